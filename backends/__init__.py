@@ -1,0 +1,1 @@
+"""I/O backends for plabs-proto (installed as ``plabs_proto.backends``)."""

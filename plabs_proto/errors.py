@@ -1,0 +1,121 @@
+"""The exceptions of plabs-proto.
+
+Every error says what was expected and what arrived.  Errors raised while an
+answer was streaming carry the text received so far in ``partial_text`` (and
+``partial_reasoning``), so a broken stream never loses what already came.
+
+Hierarchy::
+
+    LabsError
+    +-- LocalProtocolError      our caller used the API in a way the protocol forbids
+    +-- RemoteProtocolError     bytes from the peer broke the protocol
+    |   +-- HandshakeError      the server refused the handshake (HTTP status, body excerpt)
+    |   +-- ProxyError          the proxy refused or broke the tunnel
+    |   +-- TLSError            TLS failed (certificate not trusted, wrong host, ...)
+    +-- ResponseError           the server reported a failure for a query (its text)
+    +-- LabsTimeout             a deadline passed (connect, first text, query, heartbeat)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "HandshakeError",
+    "LabsError",
+    "LabsTimeout",
+    "LocalProtocolError",
+    "ProxyError",
+    "RemoteProtocolError",
+    "ResponseError",
+    "TLSError",
+]
+
+
+class LabsError(Exception):
+    """Base class of every plabs-proto error.
+
+    ``partial_text`` and ``partial_reasoning`` hold the answer (and reasoning)
+    text that had arrived when the error happened; both are empty when no query
+    was streaming.
+    """
+
+    def __init__(self, message: str, *, partial_text: str = "", partial_reasoning: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.partial_text = partial_text
+        self.partial_reasoning = partial_reasoning
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r})"
+
+
+class LocalProtocolError(LabsError):
+    """The caller asked for something the protocol or the client's state does not allow."""
+
+
+class RemoteProtocolError(LabsError):
+    """The peer sent bytes that break the protocol (or closed the connection too early)."""
+
+
+class HandshakeError(RemoteProtocolError):
+    """The server refused the Engine.IO handshake or the WebSocket upgrade.
+
+    ``status`` is the HTTP status code, ``body_excerpt`` the first bytes of the
+    body as text, and ``cloudflare`` tells whether the body is a Cloudflare
+    challenge or block page.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        body_excerpt: str = "",
+        cloudflare: bool = False,
+        partial_text: str = "",
+        partial_reasoning: str = "",
+    ) -> None:
+        super().__init__(message, partial_text=partial_text, partial_reasoning=partial_reasoning)
+        self.status = status
+        self.body_excerpt = body_excerpt
+        self.cloudflare = cloudflare
+
+
+class ProxyError(RemoteProtocolError):
+    """The proxy refused the tunnel (bad credentials, unreachable target) or spoke nonsense.
+
+    Proxy credentials never appear in the message.
+    """
+
+
+class TLSError(RemoteProtocolError):
+    """The TLS handshake or record layer failed (untrusted certificate, wrong host name, ...)."""
+
+
+class ResponseError(LabsError):
+    """The Labs server reported a failure for a query (``status: "failed"``).
+
+    ``server_text`` is the server's own text, e.g. ``"Error in processing query"``.
+    """
+
+    def __init__(
+        self, message: str, *, server_text: str = "", partial_text: str = "", partial_reasoning: str = ""
+    ) -> None:
+        super().__init__(message, partial_text=partial_text, partial_reasoning=partial_reasoning)
+        self.server_text = server_text
+
+
+class LabsTimeout(LabsError):
+    """A deadline passed.
+
+    ``deadline`` names which one: ``"connect"``, ``"first_text"``, ``"query"``
+    or ``"heartbeat"``.
+    """
+
+    def __init__(
+        self, message: str, *, deadline: str, partial_text: str = "", partial_reasoning: str = ""
+    ) -> None:
+        super().__init__(message, partial_text=partial_text, partial_reasoning=partial_reasoning)
+        self.deadline = deadline

@@ -1,0 +1,161 @@
+"""Events the client hands out, and the transport instructions it gives its caller.
+
+Events are small frozen dataclasses, built with keyword arguments only.  There
+are two families:
+
+* **Events** (:class:`Event` subclasses), read with ``LabsClient.next_event()``:
+  what happened on the Labs session (connected, answer text, reasoning,
+  citations, the final answer, a server-reported failure, the end).
+* **Instructions** (:class:`Instruction` subclasses), read with
+  ``LabsClient.transmit()``: what the caller's I/O layer must do with its TCP
+  connections (open one, write bytes to one, close one).  Each connection is
+  named by a small integer ``stream_id``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ResponseError
+
+__all__ = [
+    "AnswerFinished",
+    "AnswerRevised",
+    "Citations",
+    "Closed",
+    "CloseStream",
+    "Connected",
+    "Event",
+    "Instruction",
+    "OpenStream",
+    "QueryFailed",
+    "ReasoningDelta",
+    "SendBytes",
+    "TextDelta",
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """Base class of the events a :class:`~plabs_proto.client.LabsClient` hands out."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Connected(Event):
+    """The Socket.IO session is open: queries can be sent.
+
+    ``engine_sid`` is the Engine.IO session id, ``socket_sid`` the Socket.IO id
+    from the connect ack, ``transport`` the transport in use.
+    """
+
+    engine_sid: str
+    socket_sid: str
+    transport: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TextDelta(Event):
+    """New answer text (the new suffix of the cumulative ``output``)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReasoningDelta(Event):
+    """New reasoning text (text inside ``<think>...</think>``)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Citations(Event):
+    """The citations of the answer (URL strings or objects, as the server sent them)."""
+
+    citations: tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AnswerRevised(Event):
+    """The server's cumulative output no longer extends what was already reported.
+
+    ``text`` and ``reasoning`` are the whole answer and reasoning as they now
+    stand; deltas after this event extend these.
+    """
+
+    text: str
+    reasoning: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AnswerFinished(Event):
+    """The final progress frame arrived (``final: true``): the answer is complete."""
+
+    model: str
+    text: str
+    reasoning: str
+    citations: tuple[Any, ...] = ()
+    elapsed_time: float | None = None
+    tokens_streamed: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueryFailed(Event):
+    """The server reported a failure for the query (``status: "failed"``)."""
+
+    model: str
+    message: str
+    partial_text: str = ""
+    partial_reasoning: str = ""
+
+    def error(self) -> ResponseError:
+        """The :class:`~plabs_proto.errors.ResponseError` a backend raises for this event."""
+        return ResponseError(
+            f"Labs server reported a failure for model {self.model!r}: {self.message}",
+            server_text=self.message,
+            partial_text=self.partial_text,
+            partial_reasoning=self.partial_reasoning,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Closed(Event):
+    """The session ended (our close, or the server's disconnect)."""
+
+    reason: str
+
+
+# -- instructions for the caller's I/O layer ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Instruction:
+    """Base class of what ``LabsClient.transmit()`` asks the caller to do."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpenStream(Instruction):
+    """Open a TCP connection to ``host``:``port`` and feed what it receives to ``receive_data(stream_id, ...)``.
+
+    ``host`` and ``port`` are the first hop: the proxy when one is configured.
+    """
+
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendBytes(Instruction):
+    """Write ``data`` to the stream."""
+
+    data: bytes = field(repr=False)
+
+    def __repr__(self) -> str:
+        return f"SendBytes(stream_id={self.stream_id}, data=<{len(self.data)} bytes>)"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CloseStream(Instruction):
+    """Close the stream; the client will not use it again."""
