@@ -1,0 +1,204 @@
+"""The HTTP/1.1 layer (h11): one request at a time on a keep-alive connection.
+
+:class:`HTTPChannel` owns an ``h11.Connection`` in the client role.  It turns a
+request into bytes, the server's bytes back into one complete
+:class:`HTTPResponse` (or a :class:`SwitchedProtocol` for a WebSocket upgrade),
+and tells whether the connection can carry the next request.  h11's errors
+come out as our :class:`~plabs_proto.errors.RemoteProtocolError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import h11
+
+from .errors import LocalProtocolError, RemoteProtocolError
+
+__all__ = ["HTTPChannel", "HTTPResponse", "SwitchedProtocol", "looks_like_cloudflare"]
+
+Headers = Sequence[tuple[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPResponse:
+    """A complete response: status, reason, headers (lower-case names) and body."""
+
+    status: int
+    reason: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes = field(repr=False)
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (lower case), or None."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def header_values(self, name: str) -> list[str]:
+        """Every value of header ``name`` (lower case)."""
+        return [value for key, value in self.headers if key == name]
+
+    def text(self) -> str:
+        """The body as text (UTF-8, undecodable bytes replaced)."""
+        return self.body.decode("utf-8", "replace")
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchedProtocol:
+    """The server accepted an upgrade (101); ``trailing_data`` already belongs to the new protocol."""
+
+    headers: tuple[tuple[str, str], ...]
+    trailing_data: bytes = field(repr=False)
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+_CLOUDFLARE_MARKERS = (
+    "just a moment...",
+    "cf-please-wait",
+    "attention required! | cloudflare",
+    "cf-browser-verification",
+    "challenges.cloudflare.com",
+    "cf-chl-",
+    "cloudflare ray id",
+)
+
+
+def looks_like_cloudflare(response: HTTPResponse) -> bool:
+    """True when the response is a Cloudflare challenge or block page."""
+    if response.header("cf-mitigated") is not None:
+        return True
+    text = response.body[:65536].decode("utf-8", "replace").lower()
+    return any(marker in text for marker in _CLOUDFLARE_MARKERS)
+
+
+def _headers(raw: list[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
+    return tuple((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in raw)
+
+
+class HTTPChannel:
+    """One HTTP/1.1 client connection, one request in flight at a time.
+
+    ``max_body`` bounds the response body (and h11 bounds the head), so a
+    server that never stops sending gets an error, not our memory.
+    """
+
+    def __init__(self, *, max_body: int) -> None:
+        self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=65536)
+        self.max_body = max_body
+        self._busy = False
+        self._upgrading = False
+        self._response: h11.Response | h11.InformationalResponse | None = None
+        self._body: list[bytes] = []
+        self._size = 0
+        self._closed = False
+
+    @property
+    def busy(self) -> bool:
+        """True while a request waits for its response."""
+        return self._busy
+
+    @property
+    def reusable(self) -> bool:
+        """True when the connection can carry another request (keep-alive, not closed)."""
+        return not self._busy and not self._closed and self._conn.our_state is h11.IDLE
+
+    @property
+    def closed(self) -> bool:
+        """True once the server closed the connection or said it would."""
+        return self._closed
+
+    def request(self, method: str, target: str, headers: Headers, body: bytes = b"") -> bytes:
+        """The bytes of a request; the channel then waits for its response."""
+        if not self.reusable:
+            raise LocalProtocolError(
+                f"cannot send {method} {target}: this HTTP connection is "
+                + ("waiting for a response" if self._busy else "closed or not reusable")
+            )
+        all_headers = list(headers)
+        if method == "POST" or body:
+            all_headers.append(("Content-Length", str(len(body))))
+        try:
+            out = self._conn.send(h11.Request(method=method, target=target, headers=all_headers))
+            if body:
+                out += self._conn.send(h11.Data(data=body))
+            out += self._conn.send(h11.EndOfMessage())
+        except h11.LocalProtocolError as exc:
+            raise LocalProtocolError(f"cannot send {method} {target}: {exc}") from exc
+        self._busy = True
+        self._upgrading = any(k.lower() == "upgrade" for k, _ in headers)
+        self._response = None
+        self._body = []
+        self._size = 0
+        return out
+
+    def receive_data(self, data: bytes) -> HTTPResponse | SwitchedProtocol | None:
+        """Feed bytes (``b""`` = EOF); returns the response once complete, else None."""
+        if not self._busy:
+            if data:
+                raise RemoteProtocolError(
+                    f"expected no bytes while no HTTP request is outstanding, got {data[:60]!r}"
+                )
+            self._closed = True
+            return None
+        try:
+            self._conn.receive_data(data)
+            while True:
+                event = self._conn.next_event()
+                if event is h11.NEED_DATA:
+                    if not data:
+                        raise RemoteProtocolError(
+                            "expected the rest of the HTTP response, got end of stream"
+                        )
+                    return None
+                if isinstance(event, h11.InformationalResponse):
+                    if event.status_code == 101 and self._upgrading:
+                        self._busy = False
+                        self._closed = True  # the connection now belongs to another protocol
+                        trailing, _ = self._conn.trailing_data
+                        return SwitchedProtocol(_headers([(k, v) for k, v in event.headers]), bytes(trailing))
+                    continue  # 100 Continue and friends
+                if isinstance(event, h11.Response):
+                    self._response = event
+                elif isinstance(event, h11.Data):
+                    self._size += len(event.data)
+                    if self._size > self.max_body:
+                        raise RemoteProtocolError(
+                            f"expected an HTTP response body of at most {self.max_body} bytes, "
+                            f"got more than that"
+                        )
+                    self._body.append(bytes(event.data))
+                elif isinstance(event, h11.EndOfMessage):
+                    return self._finish()
+                elif isinstance(event, h11.ConnectionClosed):
+                    raise RemoteProtocolError("expected an HTTP response, got end of stream")
+                elif event is h11.PAUSED:  # pragma: no cover - only after a switched protocol
+                    return None
+        except h11.RemoteProtocolError as exc:
+            self._closed = True
+            raise RemoteProtocolError(f"expected a valid HTTP/1.1 response, got one h11 refuses: {exc}") from exc
+
+    def _finish(self) -> HTTPResponse:
+        response = self._response
+        if response is None:  # pragma: no cover - h11 always sends Response before EndOfMessage
+            raise RemoteProtocolError("expected an HTTP response head before its end")
+        self._busy = False
+        result = HTTPResponse(
+            status=response.status_code,
+            reason=response.reason.decode("latin-1"),
+            headers=_headers([(k, v) for k, v in response.headers]),
+            body=b"".join(self._body),
+        )
+        self._body = []
+        if self._conn.our_state is h11.DONE and self._conn.their_state is h11.DONE:
+            self._conn.start_next_cycle()
+        else:
+            self._closed = True
+        return result

@@ -1,0 +1,166 @@
+"""The WebSocket layer: frames on a connection that HTTP/1.1 (h11) has upgraded.
+
+Parsing of the server's frames is wsproto's ``FrameProtocol`` (UTF-8 validation,
+fragmentation, control frames, close codes).  Our own frames are masked with
+keys drawn from the random generator the client was handed, so a test can
+reproduce every byte we send (wsproto would draw masks from ``os.urandom``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import random
+import struct
+
+from wsproto.frame_protocol import (
+    CloseReason,
+    FrameProtocol,
+    Opcode,
+    ParseFailed,
+    XorMaskerSimple,
+)
+
+from .errors import LocalProtocolError, RemoteProtocolError
+
+__all__ = ["WebSocketChannel", "accept_token", "make_key"]
+
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def make_key(rng: random.Random) -> str:
+    """A ``Sec-WebSocket-Key``: 16 bytes from ``rng``, base64-encoded."""
+    return base64.b64encode(rng.getrandbits(128).to_bytes(16, "big")).decode("ascii")
+
+
+def accept_token(key: str) -> str:
+    """The ``Sec-WebSocket-Accept`` value a server must answer to ``key`` (RFC 6455 §4.2.2)."""
+    return base64.b64encode(hashlib.sha1(key.encode("ascii") + _GUID).digest()).decode("ascii")
+
+
+def _frame(opcode: int, payload: bytes, rng: random.Random) -> bytes:
+    """One final, masked client frame."""
+    n = len(payload)
+    if n < 126:
+        header = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
+    elif n < 65536:
+        header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
+    key = rng.getrandbits(32).to_bytes(4, "big")
+    return header + key + bytes(XorMaskerSimple(key).process(bytearray(payload)))
+
+
+class WebSocketChannel:
+    """Client side of an open WebSocket connection.
+
+    ``receive_data`` takes bytes from the server and returns the complete
+    messages (``str`` for text, ``bytes`` for binary).  Server pings are
+    answered and a server close is acknowledged on their own: the replies wait
+    in ``data_to_send()``.  A message longer than ``max_message_size`` bytes is
+    refused with :class:`RemoteProtocolError` before it is buffered whole.
+    """
+
+    def __init__(self, rng: random.Random, *, max_message_size: int, trailing_data: bytes = b"") -> None:
+        self._rng = rng
+        self._proto = FrameProtocol(client=True, extensions=[])
+        self._outgoing = bytearray()
+        self._parts: list[str | bytes] = []
+        self._size = 0
+        self.max_message_size = max_message_size
+        #: ``(code, reason)`` once the server sent a close frame.
+        self.close_reason: tuple[int, str] | None = None
+        self._close_sent = False
+        self._pending = trailing_data
+
+    @property
+    def closed(self) -> bool:
+        """True once the server's close frame arrived or ours was sent."""
+        return self.close_reason is not None or self._close_sent
+
+    def send_text(self, text: str) -> bytes:
+        """The bytes of one masked text frame carrying ``text``."""
+        if self._close_sent:
+            raise LocalProtocolError("cannot send a WebSocket message after our close frame was sent")
+        return _frame(Opcode.TEXT, text.encode("utf-8"), self._rng)
+
+    def close(self, code: int = CloseReason.NORMAL_CLOSURE, reason: str = "") -> bytes:
+        """The bytes of our close frame (empty if it was already sent)."""
+        if self._close_sent:
+            return b""
+        self._close_sent = True
+        return _frame(Opcode.CLOSE, struct.pack("!H", code) + reason.encode("utf-8")[:123], self._rng)
+
+    def data_to_send(self) -> bytes:
+        """Pongs and close replies produced while receiving."""
+        out = bytes(self._outgoing)
+        self._outgoing.clear()
+        return out
+
+    def receive_data(self, data: bytes) -> list[str | bytes]:
+        """Feed bytes from the server; returns the messages they complete."""
+        if self._pending:
+            data = self._pending + data
+            self._pending = b""
+        if self.close_reason is not None:
+            if data:
+                raise RemoteProtocolError(
+                    f"expected nothing after the server's WebSocket close frame, got {len(data)} more bytes"
+                )
+            return []
+        self._proto.receive_bytes(data)
+        messages: list[str | bytes] = []
+        try:
+            for frame in self._proto.received_frames():
+                opcode = frame.opcode
+                if opcode is Opcode.TEXT or opcode is Opcode.BINARY or opcode is Opcode.CONTINUATION:
+                    payload = frame.payload
+                    if isinstance(payload, tuple):  # only CLOSE frames carry a tuple
+                        continue
+                    if not self._parts and frame.message_finished:
+                        # The common case: a whole message in one frame.
+                        if isinstance(payload, str):
+                            if len(payload) > self.max_message_size:
+                                self._too_big(len(payload.encode("utf-8")))
+                            messages.append(payload)
+                        else:
+                            if len(payload) > self.max_message_size:
+                                self._too_big(len(payload))
+                            messages.append(bytes(payload))
+                        continue
+                    self._size += len(payload) if not isinstance(payload, str) else len(payload.encode("utf-8"))
+                    if self._size > self.max_message_size:
+                        self._too_big(self._size)
+                    self._parts.append(payload if isinstance(payload, str) else bytes(payload))
+                    if frame.message_finished:
+                        first = self._parts[0]
+                        if isinstance(first, str):
+                            messages.append("".join(p for p in self._parts if isinstance(p, str)))
+                        else:
+                            messages.append(b"".join(p for p in self._parts if isinstance(p, bytes)))
+                        self._parts = []
+                        self._size = 0
+                elif opcode is Opcode.PING:
+                    payload = frame.payload
+                    if isinstance(payload, (bytes, bytearray)) and not self._close_sent:
+                        self._outgoing += _frame(Opcode.PONG, bytes(payload), self._rng)
+                elif opcode is Opcode.CLOSE:
+                    code, reason = frame.payload if isinstance(frame.payload, tuple) else (1005, "")
+                    self.close_reason = (int(code), str(reason))
+                    if not self._close_sent:
+                        reply = code if code not in (CloseReason.NO_STATUS_RCVD,) else CloseReason.NORMAL_CLOSURE
+                        self._outgoing += self.close(int(reply))
+                    break
+                # PONG frames: we send no pings, so they carry nothing for us.
+        except ParseFailed as exc:
+            raise RemoteProtocolError(
+                f"expected a valid WebSocket frame from the server, got one that fails: {exc} "
+                f"(close code {int(exc.code)})"
+            ) from exc
+        return messages
+
+    def _too_big(self, size: int) -> None:
+        raise RemoteProtocolError(
+            f"expected a WebSocket message of at most {self.max_message_size} bytes, "
+            f"got one of at least {size} bytes"
+        )

@@ -1,0 +1,183 @@
+"""A scripted in-memory peer for the sans-IO client's transcript tests.
+
+No sockets: the test plays the server.  ``Harness`` carries out the client's
+``transmit()`` instructions into per-stream buffers; server-side layers
+(a proxy script, an in-memory TLS server) turn those raw bytes into the
+plaintext a test asserts byte for byte, and wrap the test's replies.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import struct
+from typing import Any
+
+from wsproto.frame_protocol import FrameProtocol, Opcode
+
+from plabs_proto.client import LabsClient
+from plabs_proto.events import CloseStream, Event, OpenStream, SendBytes
+
+
+def http_response(status: int, body: bytes | str = b"", *, reason: str = "", headers: dict[str, str] | None = None,
+                  close: bool = False) -> bytes:
+    """An HTTP/1.1 response with a Content-Length."""
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+    reason = reason or {200: "OK", 101: "Switching Protocols", 400: "Bad Request", 403: "Forbidden",
+                        404: "Not Found"}.get(status, "Whatever")
+    head = f"HTTP/1.1 {status} {reason}\r\n"
+    all_headers = {"Content-Type": "text/plain; charset=UTF-8", "Content-Length": str(len(body))}
+    all_headers.update(headers or {})
+    if close:
+        all_headers["Connection"] = "close"
+    for key, value in all_headers.items():
+        head += f"{key}: {value}\r\n"
+    return head.encode("latin-1") + b"\r\n" + body
+
+
+def switching_protocols(key: str) -> bytes:
+    from plabs_proto.websocket import accept_token
+
+    return (
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Accept: {accept_token(key)}\r\n\r\n"
+    ).encode("ascii")
+
+
+def ws_frame(payload: str | bytes, *, opcode: int | None = None, fin: bool = True) -> bytes:
+    """An unmasked server frame."""
+    data = payload.encode("utf-8") if isinstance(payload, str) else payload
+    if opcode is None:
+        opcode = Opcode.TEXT if isinstance(payload, str) else Opcode.BINARY
+    first = (0x80 if fin else 0) | opcode
+    n = len(data)
+    if n < 126:
+        header = struct.pack("!BB", first, n)
+    elif n < 65536:
+        header = struct.pack("!BBH", first, 126, n)
+    else:
+        header = struct.pack("!BBQ", first, 127, n)
+    return header + data
+
+
+def open_packet(sid: str = "SID1", ping_interval: int = 25000, ping_timeout: int = 20000,
+                upgrades: tuple[str, ...] = ("websocket",), max_payload: int = 1000000) -> str:
+    return "0" + json.dumps(
+        {"sid": sid, "upgrades": list(upgrades), "pingInterval": ping_interval, "pingTimeout": ping_timeout,
+         "maxPayload": max_payload},
+        separators=(",", ":"),
+    )
+
+
+def progress(model: str, payload: dict[str, Any]) -> str:
+    return "42" + json.dumps([f"{model}_query_progress", payload], separators=(",", ":"), ensure_ascii=False)
+
+
+class ClientFrames:
+    """Decodes the client's masked WebSocket frames (server side of wsproto)."""
+
+    def __init__(self) -> None:
+        self._proto = FrameProtocol(client=False, extensions=[])
+
+    def feed(self, data: bytes) -> list[str | bytes]:
+        self._proto.receive_bytes(data)
+        out: list[str | bytes] = []
+        for frame in self._proto.received_frames():
+            if frame.opcode is Opcode.CLOSE:
+                out.append(b"<close>")
+            elif isinstance(frame.payload, (str, bytes)):
+                out.append(frame.payload)
+        return out
+
+
+class TLSServerEnd:
+    """Server side of TLS in memory (trustme certificate)."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._obj = context.wrap_bio(self._in, self._out, server_side=True)
+        self._handshaken = False
+
+    def receive(self, raw: bytes) -> tuple[bytes, bytes]:
+        """Feed client bytes; returns (plaintext, bytes to send back)."""
+        self._in.write(raw)
+        if not self._handshaken:
+            try:
+                self._obj.do_handshake()
+                self._handshaken = True
+            except ssl.SSLWantReadError:
+                return b"", self._out.read()
+        plain = b""
+        while True:
+            try:
+                chunk = self._obj.read(65536)
+            except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                break
+            if not chunk:
+                break
+            plain += chunk
+        return plain, self._out.read()
+
+    def send(self, plain: bytes) -> bytes:
+        self._obj.write(plain)
+        return self._out.read()
+
+
+class Harness:
+    """Carries out the client's instructions into buffers the test reads."""
+
+    def __init__(self, client: LabsClient) -> None:
+        self.client = client
+        self.now = 0.0
+        self.opened: list[OpenStream] = []
+        self.closed: list[int] = []
+        self.raw: dict[int, bytearray] = {}
+        self.tls: dict[int, TLSServerEnd] = {}
+        self.tls_context: ssl.SSLContext | None = None
+
+    def pump(self) -> None:
+        for instruction in self.client.transmit():
+            if isinstance(instruction, OpenStream):
+                self.opened.append(instruction)
+                self.raw[instruction.stream_id] = bytearray()
+                if self.tls_context is not None:
+                    self.tls[instruction.stream_id] = TLSServerEnd(self.tls_context)
+            elif isinstance(instruction, SendBytes):
+                assert instruction.stream_id not in self.closed, "bytes sent on a closed stream"
+                self.raw[instruction.stream_id] += instruction.data
+            elif isinstance(instruction, CloseStream):
+                self.closed.append(instruction.stream_id)
+
+    def take_raw(self, stream_id: int) -> bytes:
+        self.pump()
+        data = bytes(self.raw[stream_id])
+        self.raw[stream_id].clear()
+        return data
+
+    def take(self, stream_id: int) -> bytes:
+        """Plaintext the client wrote on ``stream_id`` since the last call (TLS handled)."""
+        data = self.take_raw(stream_id)
+        end = self.tls.get(stream_id)
+        if end is None:
+            return data
+        plain = b""
+        while data:
+            chunk, reply = end.receive(data)
+            plain += chunk
+            data = b""
+            if reply:
+                self.client.receive_data(stream_id, reply, self.now)
+                data = self.take_raw(stream_id)
+        return plain
+
+    def reply(self, stream_id: int, data: bytes) -> None:
+        end = self.tls.get(stream_id)
+        if end is not None:
+            data = end.send(data)
+        self.client.receive_data(stream_id, data, self.now)
+        self.pump()
+
+    def events(self) -> list[Event]:
+        return self.client.events()

@@ -1,0 +1,527 @@
+"""Byte-exact transcripts of the sans-IO client against a scripted in-memory server."""
+
+from __future__ import annotations
+
+import json
+import random
+import ssl
+
+import pytest
+import trustme
+from peer import (
+    ClientFrames,
+    Harness,
+    http_response,
+    open_packet,
+    progress,
+    switching_protocols,
+    ws_frame,
+)
+
+from plabs_proto.client import ClientConfig, ClientState, LabsClient
+from plabs_proto.errors import (
+    HandshakeError,
+    LabsTimeout,
+    LocalProtocolError,
+    RemoteProtocolError,
+    ResponseError,
+)
+from plabs_proto.events import (
+    AnswerFinished,
+    Citations,
+    Closed,
+    Connected,
+    OpenStream,
+    QueryFailed,
+    ReasoningDelta,
+    TextDelta,
+)
+
+T = "d82c07cd"  # the first draw of random.Random(0), as the `t` cache buster
+KEY = "a6qUVePnBoLCCUysYp9vvg=="  # the second: the Sec-WebSocket-Key
+QUERY = (
+    '42["perplexity_labs",{"version":"2.18","source":"default","model":"sonar",'
+    '"messages":[{"role":"user","content":"hi"}]}]'
+)
+COMMON = (
+    b"User-Agent: plabs-proto/0.1\r\nAccept: */*\r\nOrigin: https://labs.perplexity.ai\r\n"
+    b"Referer: https://labs.perplexity.ai/\r\n"
+)
+
+
+def make(transport: str = "upgrade", server: str = "http://labs.test", **kw: object) -> Harness:
+    client = LabsClient(ClientConfig(server=server, transport=transport, **kw), rng=random.Random(0))  # type: ignore[arg-type]
+    return Harness(client)
+
+
+def get(target: str, host: bytes = b"labs.test") -> bytes:
+    return b"GET " + target.encode() + b" HTTP/1.1\r\nHost: " + host + b"\r\n" + COMMON + b"\r\n"
+
+
+def post(target: str, body: bytes, host: bytes = b"labs.test") -> bytes:
+    return (
+        b"POST " + target.encode() + b" HTTP/1.1\r\nHost: " + host + b"\r\n" + COMMON
+        + b"Content-Type: text/plain;charset=UTF-8\r\nContent-Length: " + str(len(body)).encode()
+        + b"\r\n\r\n" + body
+    )
+
+
+def upgrade_request(target: str, host: bytes = b"labs.test", key: str = KEY) -> bytes:
+    return (
+        b"GET " + target.encode() + b" HTTP/1.1\r\nHost: " + host + b"\r\n" + COMMON
+        + b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+        + b"Sec-WebSocket-Key: " + key.encode() + b"\r\n\r\n"
+    )
+
+
+POLL = f"/socket.io/?EIO=4&transport=polling&t={T}"
+POLL_SID = POLL + "&sid=SID1"
+WS_SID = "/socket.io/?EIO=4&transport=websocket&sid=SID1"
+
+
+def handshake_upgrade(h: Harness, *, ok: bytes = b"OK", ack_on_get: bool = True, query: bool = True) -> ClientFrames:
+    """Drive the polling handshake and the upgrade; returns the decoder of the client's frames."""
+    c = h.client
+    c.connect(h.now)
+    if query:
+        c.query("hi", model="sonar", now=h.now)
+    h.pump()
+    assert h.opened == [OpenStream(stream_id=1, host="labs.test", port=80)]
+    assert h.take(1) == get(POLL)
+    h.reply(1, http_response(200, open_packet()))
+    assert h.take(1) == post(POLL_SID, b'40{"jwt":"anonymous-ask-user"}')
+    h.reply(1, http_response(200, ok))
+    assert h.take(1) == get(POLL_SID)
+    h.reply(1, http_response(200, '40{"sid":"S1"}' if ack_on_get else "6"))
+    assert h.take(1) == upgrade_request(WS_SID)
+    h.reply(1, switching_protocols(KEY))
+    frames = ClientFrames()
+    expected = ["2probe", "5"] + ([QUERY] if query and ack_on_get else [])
+    assert frames.feed(h.take(1)) == expected
+    return frames
+
+
+def test_upgrade_transcript_python_flavour() -> None:
+    h = make()
+    frames = handshake_upgrade(h)
+    assert h.events() == [Connected(engine_sid="SID1", socket_sid="S1", transport="upgrade")]
+    assert h.client.state is ClientState.QUERYING
+    # python-engineio: 3probe, then the NOOP it queued for the poll, then the answer.
+    h.reply(1, ws_frame("3probe") + ws_frame("6"))
+    h.reply(1, ws_frame(progress("sonar", {"output": "Hel", "final": False})))
+    h.reply(1, ws_frame(progress("sonar", {"output": "Hello!", "final": False})))
+    h.reply(1, ws_frame("2"))
+    assert frames.feed(h.take(1)) == ["3"]
+    final = {"output": "Hello!", "final": True, "status": "completed", "citations": ["https://a.example"],
+             "elapsed_time": 0.7, "tokens_streamed": 3}
+    h.reply(1, ws_frame(progress("sonar", final)))
+    assert h.events() == [
+        TextDelta(text="Hel"),
+        TextDelta(text="lo!"),
+        Citations(citations=("https://a.example",)),
+        AnswerFinished(model="sonar", text="Hello!", reasoning="", citations=("https://a.example",),
+                       elapsed_time=0.7, tokens_streamed=3),
+    ]
+    assert h.client.state is ClientState.READY
+    h.client.close(h.now)
+    assert frames.feed(h.take(1)) == ["41", "1", b"<close>"]
+    assert h.closed == [1]
+    assert h.events() == [Closed(reason="closed by the client")]
+
+
+def test_upgrade_transcript_node_flavour_ack_on_websocket() -> None:
+    """Node: 'ok' in lower case, the ack arrives after the upgrade, no NOOP."""
+    h = make()
+    frames = handshake_upgrade(h, ok=b"ok", ack_on_get=False)
+    assert h.events() == []
+    h.reply(1, ws_frame("3probe") + ws_frame("2") + ws_frame('40{"sid":"S1"}'))
+    assert frames.feed(h.take(1)) == ["3", QUERY]
+    assert h.events() == [Connected(engine_sid="SID1", socket_sid="S1", transport="upgrade")]
+
+
+def test_websocket_transport_transcript() -> None:
+    h = make("websocket")
+    c = h.client
+    c.connect(0.0)
+    c.query("hi", model="sonar", now=0.0)
+    assert h.take(1) == upgrade_request("/socket.io/?EIO=4&transport=websocket", key=KEY)
+    h.reply(1, switching_protocols(KEY) + ws_frame(open_packet(upgrades=())))
+    frames = ClientFrames()
+    assert frames.feed(h.take(1)) == ['40{"jwt":"anonymous-ask-user"}']
+    h.reply(1, ws_frame('40{"sid":"S9"}'))
+    assert frames.feed(h.take(1)) == [QUERY]
+    h.reply(1, ws_frame(progress("sonar", {"output": "ok", "final": True, "citations": []})))
+    assert h.events() == [
+        Connected(engine_sid="SID1", socket_sid="S9", transport="websocket"),
+        TextDelta(text="ok"),
+        AnswerFinished(model="sonar", text="ok", reasoning="", citations=()),
+    ]
+
+
+def test_polling_transport_transcript_uses_two_streams() -> None:
+    h = make("polling")
+    c = h.client
+    c.connect(0.0)
+    c.query("hi", model="sonar", now=0.0)
+    assert h.take(1) == get(POLL)
+    h.reply(1, http_response(200, open_packet()))
+    # The CONNECT goes on a second connection while the first one long-polls.
+    assert [o.stream_id for o in h.opened] == [1, 2]
+    assert h.take(2) == post(POLL_SID, b'40{"jwt":"anonymous-ask-user"}')
+    assert h.take(1) == get(POLL_SID)
+    h.reply(2, http_response(200, "ok"))
+    h.reply(1, http_response(200, '40{"sid":"S1"}\x1e2'))
+    # The ack sends the query; the pong waits for that POST to finish (one POST at a time).
+    assert h.take(2) == post(POLL_SID, QUERY.encode())
+    assert h.take(1) == get(POLL_SID)
+    h.reply(2, http_response(200, "ok"))
+    assert h.take(2) == post(POLL_SID, b"3")
+    h.reply(1, http_response(200, progress("sonar", {"output": "a\u00e9", "final": False})))
+    assert h.take(1) == get(POLL_SID)
+    h.reply(2, http_response(200, "ok"))
+    h.reply(1, http_response(200, progress("sonar", {"output": "a\u00e9!", "final": True, "citations": []})))
+    assert h.events() == [
+        Connected(engine_sid="SID1", socket_sid="S1", transport="polling"),
+        TextDelta(text="a\u00e9"),
+        TextDelta(text="!"),
+        AnswerFinished(model="sonar", text="a\u00e9!", reasoning="", citations=()),
+    ]
+    h.client.close(0.0)
+    assert h.take(2) == post(POLL_SID, b"41\x1e1")
+    assert sorted(h.closed) == [1, 2]
+
+
+def test_keep_alive_refused_opens_a_new_connection() -> None:
+    h = make()
+    h.client.connect(0.0)
+    assert h.take(1) == get(POLL)
+    h.reply(1, http_response(200, open_packet(), close=True))
+    assert h.closed == [1]
+    assert h.opened[-1] == OpenStream(stream_id=2, host="labs.test", port=80)
+    assert h.take(2) == post(POLL_SID, b'40{"jwt":"anonymous-ask-user"}')
+
+
+def test_upgrade_falls_back_to_polling_when_not_offered() -> None:
+    h = make()
+    h.client.connect(0.0)
+    h.take(1)
+    h.reply(1, http_response(200, open_packet(upgrades=())))
+    assert h.client.transport == "polling"
+    assert h.take(2) == post(POLL_SID, b'40{"jwt":"anonymous-ask-user"}')
+
+
+# -- TLS and proxies -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def tls_pair(ca: trustme.CA, hostname: str = "www.perplexity.ai") -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert(hostname).configure_cert(server)
+    server.set_alpn_protocols(["http/1.1"])
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    return server, client
+
+
+def test_tls_transcript(ca: trustme.CA) -> None:
+    server_ctx, client_ctx = tls_pair(ca)
+    h = make(server="https://www.perplexity.ai", ssl_context=client_ctx)
+    h.tls_context = server_ctx
+    h.client.connect(0.0)
+    h.pump()
+    assert h.opened == [OpenStream(stream_id=1, host="www.perplexity.ai", port=443)]
+    assert h.take(1) == get(POLL, host=b"www.perplexity.ai")
+    h.reply(1, http_response(200, open_packet()))
+    assert h.take(1) == post(POLL_SID, b'40{"jwt":"anonymous-ask-user"}', host=b"www.perplexity.ai")
+
+
+def test_tls_wrong_host_is_refused(ca: trustme.CA) -> None:
+    from plabs_proto.errors import TLSError
+
+    server_ctx, client_ctx = tls_pair(ca, hostname="other.example")
+    h = make(server="https://www.perplexity.ai", ssl_context=client_ctx)
+    h.tls_context = server_ctx
+    h.client.connect(0.0)
+    with pytest.raises(TLSError, match=r"www\.perplexity\.ai"):
+        h.take(1)
+    assert h.client.state is ClientState.ERROR
+    h.pump()
+    assert h.closed == [1]
+
+
+def test_http_connect_proxy_then_tls(ca: trustme.CA) -> None:
+    server_ctx, client_ctx = tls_pair(ca)
+    h = make(server="https://www.perplexity.ai", ssl_context=client_ctx, proxy="http://bob:s3cret@proxy.test:3128")
+    h.client.connect(0.0)
+    h.pump()
+    assert h.opened == [OpenStream(stream_id=1, host="proxy.test", port=3128)]
+    assert h.take_raw(1) == (
+        b"CONNECT www.perplexity.ai:443 HTTP/1.1\r\nHost: www.perplexity.ai:443\r\n"
+        b"Proxy-Authorization: Basic Ym9iOnMzY3JldA==\r\n\r\n"
+    )
+    h.client.receive_data(1, b"HTTP/1.1 200 Connection established\r\n\r\n", 0.0)
+    h.tls_context = server_ctx
+    h.tls[1] = __import__("peer").TLSServerEnd(server_ctx)
+    assert h.take(1) == get(POLL, host=b"www.perplexity.ai")
+
+
+def test_http_connect_proxy_refusal_hides_the_password() -> None:
+    from plabs_proto.errors import ProxyError
+
+    h = make(proxy="http://bob:s3cret@proxy.test:3128")
+    h.client.connect(0.0)
+    h.take_raw(1)
+    with pytest.raises(ProxyError) as info:
+        h.client.receive_data(1, b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n", 0.0)
+    assert "407" in str(info.value)
+    assert "s3cret" not in str(info.value) and "s3cret" not in repr(h.client.config)
+
+
+def test_socks5_proxy_transcript() -> None:
+    h = make(proxy="socks5://bob:pw@proxy.test:1080")
+    h.client.connect(0.0)
+    h.pump()
+    assert h.opened == [OpenStream(stream_id=1, host="proxy.test", port=1080)]
+    assert h.take_raw(1) == b"\x05\x02\x00\x02"
+    h.client.receive_data(1, b"\x05\x02", 0.0)
+    assert h.take_raw(1) == b"\x01\x03bob\x02pw"
+    h.client.receive_data(1, b"\x01\x00", 0.0)
+    assert h.take_raw(1) == b"\x05\x01\x00\x03\x09labs.test\x00\x50"
+    h.client.receive_data(1, b"\x05\x00\x00\x01\x7f\x00\x00\x01\x04\x38", 0.0)
+    assert h.take(1) == get(POLL)
+
+
+# -- heartbeats and deadlines ----------------------------------------------------------------------------
+
+
+def test_heartbeat_deadline_driven_by_the_caller() -> None:
+    h = make(connect_timeout=5.0, first_text_timeout=None)
+    c = h.client
+    c.connect(0.0)
+    assert c.get_timer() == 5.0
+    h.now = 0.1
+    h.take(1)
+    h.reply(1, http_response(200, open_packet(ping_interval=200, ping_timeout=100)))
+    assert c.get_timer() == pytest.approx(0.4)  # heartbeat: 0.1 + 0.2 + 0.1
+    h.take(1)
+    h.reply(1, http_response(200, "OK"))
+    h.take(1)
+    h.reply(1, http_response(200, '40{"sid":"S1"}'))
+    h.take(1)
+    h.reply(1, switching_protocols(KEY) + ws_frame("3probe"))
+    h.take(1)
+    assert c.get_timer() == pytest.approx(0.4)  # connected: only the heartbeat is left
+    h.now = 0.3
+    c.handle_timer(0.3)  # early: nothing happens
+    h.reply(1, ws_frame("2"))
+    assert c.get_timer() == pytest.approx(0.6)
+    assert ClientFrames().feed(h.take(1)) == ["3"]
+    with pytest.raises(LabsTimeout, match="ping") as info:
+        c.handle_timer(0.6)
+    assert info.value.deadline == "heartbeat"
+    assert c.state is ClientState.ERROR
+    h.pump()
+    assert h.closed == [1]
+
+
+def test_first_text_deadline_carries_what_arrived() -> None:
+    h = make(first_text_timeout=2.0)
+    handshake_upgrade(h)
+    assert h.client.get_timer() == 2.0
+    with pytest.raises(LabsTimeout) as info:
+        h.client.handle_timer(2.5)
+    assert info.value.deadline == "first_text"
+
+
+def test_query_deadline_keeps_partial_text() -> None:
+    h = make(query_timeout=3.0, first_text_timeout=None)
+    handshake_upgrade(h)
+    h.reply(1, ws_frame("3probe") + ws_frame('40{"sid":"S1"}'))
+    h.reply(1, ws_frame(progress("sonar", {"output": "partial", "final": False})))
+    with pytest.raises(LabsTimeout) as info:
+        h.client.handle_timer(3.0)
+    assert info.value.deadline == "query"
+    assert info.value.partial_text == "partial"
+
+
+# -- failures ------------------------------------------------------------------------------------------
+
+CLOUDFLARE_PAGE = (
+    "<!DOCTYPE html><html><head><title>Just a moment...</title></head>"
+    "<body><div id='cf-please-wait'>Checking your browser</div></body></html>"
+)
+
+
+def test_cloudflare_page_on_the_polling_get() -> None:
+    h = make()
+    h.client.connect(0.0)
+    h.take(1)
+    with pytest.raises(HandshakeError, match="Cloudflare") as info:
+        h.reply(1, http_response(403, CLOUDFLARE_PAGE, headers={"Content-Type": "text/html"}))
+    assert info.value.status == 403 and info.value.cloudflare
+    assert "Just a moment" in info.value.body_excerpt
+
+
+def test_cloudflare_page_on_the_upgrade() -> None:
+    h = make("websocket")
+    h.client.connect(0.0)
+    h.take(1)
+    with pytest.raises(HandshakeError, match="WebSocket upgrade") as info:
+        h.reply(1, http_response(403, CLOUDFLARE_PAGE))
+    assert info.value.cloudflare
+
+
+def test_unknown_sid_names_the_engineio_error() -> None:
+    h = make()
+    h.client.connect(0.0)
+    h.take(1)
+    h.reply(1, http_response(200, open_packet()))
+    h.take(1)
+    with pytest.raises(HandshakeError, match="Session ID unknown"):
+        h.reply(1, http_response(400, '{"code":1,"message":"Session ID unknown"}'))
+
+
+def test_html_instead_of_open_packet() -> None:
+    h = make()
+    h.client.connect(0.0)
+    h.take(1)
+    with pytest.raises(RemoteProtocolError, match="open packet"):
+        h.reply(1, http_response(200, "<html><body>hello</body></html>"))
+
+
+def test_post_answer_must_be_ok() -> None:
+    h = make()
+    h.client.connect(0.0)
+    h.take(1)
+    h.reply(1, http_response(200, open_packet()))
+    h.take(1)
+    with pytest.raises(RemoteProtocolError, match="'ok'"):
+        h.reply(1, http_response(200, "nope"))
+
+
+def test_connection_dropped_mid_answer_keeps_partial_text() -> None:
+    h = make()
+    handshake_upgrade(h)
+    h.reply(1, ws_frame("3probe"))
+    h.reply(1, ws_frame(progress("sonar", {"output": "Half an ans", "final": False})))
+    with pytest.raises(RemoteProtocolError, match="closed the connection") as info:
+        h.reply(1, b"")
+    assert info.value.partial_text == "Half an ans"
+    assert h.client.partial_text == "Half an ans"
+
+
+def test_server_failure_frame() -> None:
+    h = make()
+    handshake_upgrade(h)
+    h.reply(1, ws_frame("3probe") + ws_frame(progress("sonar", {"output": "x", "final": False})))
+    h.reply(1, ws_frame(progress("sonar", {"status": "failed", "text": "Error in processing query"})))
+    events = h.events()
+    failed = events[-1]
+    assert isinstance(failed, QueryFailed)
+    error = failed.error()
+    assert isinstance(error, ResponseError)
+    assert error.server_text == "Error in processing query" and error.partial_text == "x"
+    assert h.client.state is ClientState.READY  # the session survives a failed query
+
+
+@pytest.mark.parametrize(
+    ("frame", "match"),
+    [
+        ("1", "Engine.IO close"),
+        ("41", "Socket.IO disconnect"),
+        (ws_frame(b"\x03\xe8bye", opcode=0x8), "WebSocket close"),
+    ],
+)
+def test_server_ends_session_mid_answer(frame: str | bytes, match: str) -> None:
+    h = make()
+    handshake_upgrade(h)
+    h.reply(1, ws_frame("3probe") + ws_frame(progress("sonar", {"output": "so far", "final": False})))
+    data = frame if isinstance(frame, bytes) else ws_frame(frame)
+    with pytest.raises(RemoteProtocolError, match=match) as info:
+        h.reply(1, data)
+    assert info.value.partial_text == "so far"
+
+
+def test_connect_error_is_a_response_error() -> None:
+    h = make("websocket")
+    h.client.connect(0.0)
+    h.take(1)
+    with pytest.raises(ResponseError, match="Not authorized"):
+        h.reply(1, switching_protocols(KEY) + ws_frame(open_packet())
+                + ws_frame('44{"message":"Not authorized"}'))
+
+
+def test_bad_probe_answer() -> None:
+    h = make()
+    handshake_upgrade(h)
+    with pytest.raises(RemoteProtocolError, match="3probe"):
+        h.reply(1, ws_frame("3nope"))
+
+
+def test_wrong_accept_header() -> None:
+    h = make("websocket")
+    h.client.connect(0.0)
+    h.take(1)
+    with pytest.raises(RemoteProtocolError, match="Sec-WebSocket-Accept"):
+        h.reply(1, switching_protocols("AAAAAAAAAAAAAAAAAAAAAA=="))
+
+
+def test_endless_websocket_frame_is_bounded() -> None:
+    h = make(max_message_size=1000)
+    handshake_upgrade(h)
+    h.reply(1, ws_frame("3probe"))
+    header = b"\x81\x7f" + (10**12).to_bytes(8, "big")
+    h.reply(1, header + b"4" * 900)
+    with pytest.raises(RemoteProtocolError, match="at most 1000 bytes"):
+        h.reply(1, b"x" * 200)
+
+
+def test_oversized_http_body_is_bounded() -> None:
+    h = make(max_message_size=100)
+    h.client.connect(0.0)
+    h.take(1)
+    with pytest.raises(RemoteProtocolError, match="at most 100 bytes"):
+        h.reply(1, b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"0" * 200)
+
+
+# -- local misuse and several queries --------------------------------------------------------------------
+
+
+def test_local_misuse() -> None:
+    h = make()
+    with pytest.raises(LocalProtocolError, match="connect"):
+        h.client.query("hi", now=0.0)
+    h.client.connect(0.0)
+    with pytest.raises(LocalProtocolError, match="new client"):
+        h.client.connect(0.0)
+    h.client.query("hi", now=0.0)
+    with pytest.raises(LocalProtocolError, match="one after another"):
+        h.client.query("again", now=0.0)
+    with pytest.raises(LocalProtocolError, match="transport"):
+        LabsClient(ClientConfig(transport="carrier-pigeon"), rng=random.Random(0))
+    with pytest.raises(LocalProtocolError, match="server URL"):
+        LabsClient(ClientConfig(server="ftp://x"), rng=random.Random(0))
+
+
+def test_several_queries_on_one_session_and_reasoning() -> None:
+    h = make()
+    frames = handshake_upgrade(h)
+    h.reply(1, ws_frame("3probe"))
+    h.reply(1, ws_frame(progress("sonar", {"output": "one", "final": True, "citations": []})))
+    h.client.query([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "one"},
+                    {"role": "user", "content": "why?"}], model="r1-1776", now=1.0)
+    sent = frames.feed(h.take(1))
+    assert len(sent) == 1 and json.loads(sent[0][2:])[1]["model"] == "r1-1776"
+    h.reply(1, ws_frame(progress("r1-1776", {"output": "Because", "final": False})))
+    h.reply(1, ws_frame(progress("r1-1776", {"output": "Because</think>\n\nSo.", "final": False})))
+    h.reply(1, ws_frame(progress("r1-1776", {"output": "Because</think>\n\nSo.", "final": True, "citations": []})))
+    events = h.events()
+    assert [type(e) for e in events[:3]] == [Connected, TextDelta, AnswerFinished]
+    rest = events[3:]
+    assert ReasoningDelta(text="Because") in rest and TextDelta(text="So.") in rest
+    final = rest[-1]
+    assert isinstance(final, AnswerFinished) and final.text == "So." and final.reasoning == "Because"
