@@ -64,7 +64,14 @@ from .events import (
     TextDelta,
 )
 from .http import HTTPChannel, HTTPResponse, SwitchedProtocol, looks_like_cloudflare
-from .labs import DEFAULT_MODEL, DEFAULT_VERSION, REQUEST_EVENT, AnswerDecoder, build_request
+from .labs import (
+    DEFAULT_MODEL,
+    DEFAULT_VERSION,
+    REQUEST_EVENT,
+    AnswerDecoder,
+    CumulativeFrameReader,
+    build_request,
+)
 from .proxy import HTTPConnectTunnel, ProxyConfig, SOCKS5Tunnel, parse_proxy_url
 from .stack import Layer, StreamStack
 from .tls import TLSLayer, check_ssl_context, make_ssl_context
@@ -209,6 +216,7 @@ class LabsClient:
         self._eio_out: list[str] = []  # Engine.IO text packets waiting for a POST or the WebSocket
         self._sio = socketio.PacketDecoder()
         self._decoder: AnswerDecoder | None = None
+        self._frames = CumulativeFrameReader()
         self._pending_query: str | None = None
         self._query_started = 0.0
         self._last_text = ""
@@ -286,6 +294,7 @@ class LabsClient:
         self._now = now
         frame = "42" + json.dumps([REQUEST_EVENT, request], separators=(",", ":"), ensure_ascii=False)
         self._decoder = AnswerDecoder(request["model"])
+        self._frames = CumulativeFrameReader()
         self._query_started = now
         if self.config.first_text_timeout is not None:
             self._deadlines["first_text"] = now + self.config.first_text_timeout
@@ -762,7 +771,7 @@ class LabsClient:
             self._probing = False
             return
         if text[:1] == "4":
-            self._on_sio_text(text[1:], now)
+            self._on_sio_text(text, 1, now)
         else:
             self._on_eio_packet(engineio.decode_packet(text), now)
 
@@ -772,7 +781,7 @@ class LabsClient:
             if isinstance(packet.data, bytes):
                 self._on_sio_binary(packet.data)
             else:
-                self._on_sio_text(packet.data or "", now)
+                self._on_sio_text(packet.data or "", 0, now)
         elif kind is engineio.PacketType.PING:
             self._deadlines["heartbeat"] = now + self._ping_window
             self._send_eio("3")
@@ -796,19 +805,26 @@ class LabsClient:
                 f"got {kind.name.lower()} {packet.data!r:.60}"
             )
 
-    def _on_sio_text(self, text: str, now: float) -> None:
-        # Fast path: an EVENT on the default namespace without an ack id: 2["name",...]
-        if text[:2] == '2[' and not self._sio.awaiting_attachments:
+    def _on_sio_text(self, text: str, start: int, now: float) -> None:
+        """The Socket.IO packet at ``text[start:]``."""
+        # Fast paths: an EVENT on the default namespace without an ack id, 2["name",...]
+        if text.startswith("2[", start) and not self._sio.awaiting_attachments:
+            if self._decoder is not None:
+                # A progress frame read by the prefix it shares with the previous one.
+                fast = self._frames.read(text, start)
+                if fast is not None:
+                    self._on_event(fast[0], fast[1], now)
+                    return
             try:
-                args = json.loads(text[1:])
+                args = json.loads(text[start + 1 :])
             except ValueError:
                 raise RemoteProtocolError(
-                    f"expected a JSON array after '42', got {text[:60]!r}"
+                    f"expected a JSON array after '42', got {text[start : start + 60]!r}"
                 ) from None
             if type(args) is list and args and type(args[0]) is str:
-                self._on_event(args, now)
+                self._on_event(args[0], args[1] if len(args) > 1 else None, now)
                 return
-        packet = self._sio.feed(text)
+        packet = self._sio.feed(text[start:] if start else text)
         if packet is not None:
             self._on_sio_packet(packet, now)
 
@@ -831,7 +847,7 @@ class LabsClient:
         elif kind is socketio.PacketType.EVENT:
             args = packet.data
             if isinstance(args, list) and args and isinstance(args[0], str):
-                self._on_event(args, now)
+                self._on_event(args[0], args[1] if len(args) > 1 else None, now)
         elif kind is socketio.PacketType.CONNECT_ERROR:
             data = packet.data
             message = data.get("message") if isinstance(data, dict) else data
@@ -863,12 +879,11 @@ class LabsClient:
             self._state = ClientState.QUERYING
             self._send_eio(frame)
 
-    def _on_event(self, args: list[Any], now: float) -> None:
+    def _on_event(self, name: str, payload: object, now: float) -> None:
         decoder = self._decoder
-        name = args[0]
         if decoder is None or not name.endswith("_query_progress"):
             return  # not an answer we wait for
-        events = decoder.feed(args[1] if len(args) > 1 else None)
+        events = decoder.feed(payload)
         for event in events:
             if type(event) is TextDelta or type(event) is ReasoningDelta:
                 if self._deadlines:

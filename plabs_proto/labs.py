@@ -19,11 +19,13 @@ rules, shared by :func:`split_reasoning` and the decoder:
 
 from __future__ import annotations
 
+import json.decoder
 import math
 import re
 import reprlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from enum import Enum
+from json import loads as _loads
 from typing import Any
 
 from .errors import LocalProtocolError, RemoteProtocolError
@@ -37,6 +39,7 @@ __all__ = [
     "MODELS_WITHOUT_OPEN_THINK",
     "REQUEST_EVENT",
     "AnswerDecoder",
+    "CumulativeFrameReader",
     "build_request",
     "normalize_messages",
     "progress_event_name",
@@ -493,3 +496,89 @@ class AnswerDecoder:
         return QueryFailed(
             model=self._model, message=message, partial_text=partial, partial_reasoning=reasoning
         )
+
+
+# -- reading successive progress frames by their shared prefix ------------------------------------------
+
+# A progress event as servers write it: 2["<name>",{"output":"<string>  (JSON whitespace allowed between tokens)
+_PROGRESS_HEAD = re.compile(r'2\[[ \t\n\r]*"([^"\\\x00-\x1f]*)"[ \t\n\r]*,[ \t\n\r]*\{[ \t\n\r]*"output"[ \t\n\r]*:[ \t\n\r]*"')
+
+
+class CumulativeFrameReader:
+    """Reads ``<model>_query_progress`` event text cheaply, by what it shares with the previous frame.
+
+    Because ``output`` is cumulative, frame *n+1* of an answer normally starts
+    with every character of frame *n* up to the end of its output string.
+    :meth:`read` checks that prefix with one ``str.startswith`` (a memory
+    compare) and decodes only the new part of the output and the small tail of
+    the object, instead of JSON-decoding the whole frame.  Whenever the frame
+    is not of that shape (``output`` not the first key, the output does not
+    extend the previous one, the tail is not a plain object...) it returns
+    ``None`` and the caller decodes the frame in full, so the result is always
+    what ``json.loads`` would give.
+    """
+
+    __slots__ = ("_name", "_output", "_prefix", "_start")
+
+    def __init__(self) -> None:
+        self._prefix = ""
+        self._start = -1
+        self._output = ""
+        self._name = ""
+
+    def read(self, text: str, start: int) -> tuple[str, dict[str, Any]] | None:
+        """``(event name, payload)`` for the Socket.IO event at ``text[start:]``, or None.
+
+        ``text[start:]`` must be a Socket.IO packet (``2[...``); ``text[:start]``
+        is whatever came before it in the same message (the Engine.IO type).
+        """
+        prefix = self._prefix
+        if prefix and start == self._start and text.startswith(prefix):
+            try:
+                new, end = _scanstring(text, len(prefix))
+            except ValueError:
+                return None
+            if new and "\udc00" <= new[0] <= "\udfff":
+                return None  # a surrogate pair split across frames: JSON decoding would join it
+            output = self._output + new
+            name = self._name
+        else:
+            match = _PROGRESS_HEAD.match(text, start)
+            if match is None:
+                return None
+            try:
+                output, end = _scanstring(text, match.end())
+            except ValueError:
+                return None
+            name = match.group(1)
+        tail = text[end:].rstrip(" \t\n\r")
+        if tail == "}]":
+            payload: dict[str, Any] = {}
+        else:
+            if not tail.endswith("]"):
+                return None
+            inner = tail[:-1].rstrip(" \t\n\r")
+            if not inner.startswith(","):
+                return None
+            try:
+                payload = _loads("{" + inner[1:])
+            except ValueError:
+                return None
+            if type(payload) is not dict or "output" in payload:
+                return None
+        payload["output"] = output
+        self._prefix = text[: end - 1]
+        self._start = start
+        self._output = output
+        self._name = name
+        return name, payload
+
+
+#: ``scanstring(text, index, strict)``: the JSON string starting just after a quote at
+#: ``text[index]``, and the index after its closing quote (the C implementation json uses).
+_scanstring_c: Callable[[str, int, bool], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
+
+
+def _scanstring(text: str, index: int) -> tuple[str, int]:
+    return _scanstring_c(text, index, True)
+

@@ -1,0 +1,99 @@
+"""CumulativeFrameReader: the prefix fast path always agrees with json.loads, or steps aside."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from plabs_proto.labs import CumulativeFrameReader
+
+
+def frame(output: str, *, ascii_only: bool = False, spaces: bool = False, **extra: object) -> str:
+    payload = {"output": output, **extra}
+    separators = (", ", ": ") if spaces else (",", ":")
+    return "42" + json.dumps(["sonar_query_progress", payload], ensure_ascii=ascii_only, separators=separators)
+
+
+def full(text: str) -> tuple[str, dict[str, object]]:
+    args = json.loads(text[2:])
+    return args[0], args[1]
+
+
+def test_second_frame_takes_the_prefix_path() -> None:
+    reader = CumulativeFrameReader()
+    first = frame("Hello", final=False)
+    assert reader.read(first, 1) == full(first)
+    second = frame("Hello, world \u00e9\U0001f600", final=False, elapsed_time=0.5)
+    assert reader.read(second, 1) == full(second)
+    # The state now holds the whole output: a third frame extends it.
+    third = frame("Hello, world \u00e9\U0001f600!", final=True, citations=["https://a.example"])
+    assert reader.read(third, 1) == full(third)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '42["x",{"final":false,"output":"a"}]',  # output not first: full decoding
+        '42["x",{"output":"a"},"extra"]',  # more arguments
+        '42["x",{"output":"a","output":"b"}]',  # a duplicate key: the last one wins in JSON
+        '42["x",{"output":"a"}',  # cut short
+        '42["x",{"output":"a\x01"}]',  # a raw control character is not JSON
+        '42["x\\u0041",{"output":"a"}]',  # an escaped name
+        '42["x",{"output":"a"}]\x1e',  # junk after the array
+    ],
+)
+def test_shapes_it_steps_aside_for(text: str) -> None:
+    assert CumulativeFrameReader().read(text, 1) is None
+
+
+def test_output_that_does_not_extend_falls_back_to_the_head() -> None:
+    reader = CumulativeFrameReader()
+    reader.read(frame("Hello world"), 1)
+    shorter = frame("Hello")
+    assert reader.read(shorter, 1) == full(shorter)
+
+
+def test_split_surrogate_pair_is_not_joined_wrongly() -> None:
+    reader = CumulativeFrameReader()
+    first = '42["x",{"output":"a\\ud83d"}]'
+    assert reader.read(first, 1) == ("x", {"output": "a\ud83d"})
+    second = '42["x",{"output":"a\\ud83d\\ude00"}]'
+    assert reader.read(second, 1) is None  # the caller's json.loads joins the pair
+    assert json.loads(second[2:])[1]["output"] == "a\U0001f600"
+
+
+texts = st.text(max_size=30)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    parts=st.lists(texts, min_size=1, max_size=8),
+    ascii_only=st.booleans(),
+    spaces=st.booleans(),
+    extra=st.dictionaries(st.sampled_from(["final", "status", "elapsed_time", "citations", "x"]),
+                          st.one_of(st.booleans(), st.integers(), st.text(max_size=5), st.none()), max_size=3),
+    shrink_at=st.integers(0, 10),
+)
+def test_agrees_with_json_loads(parts: list[str], ascii_only: bool, spaces: bool, extra: dict[str, object],
+                                shrink_at: int) -> None:
+    reader = CumulativeFrameReader()
+    output = ""
+    for i, part in enumerate(parts):
+        output = output[: len(output) // 2] if i == shrink_at else output + part
+        text = frame(output, ascii_only=ascii_only, spaces=spaces, **extra)
+        got = reader.read(text, 1)
+        if got is not None:
+            assert got == full(text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(prefix=st.sampled_from(["", "4"]), body=st.text(max_size=80))
+def test_arbitrary_text_never_raises(prefix: str, body: str) -> None:
+    reader = CumulativeFrameReader()
+    text = prefix + '2["a",{"output":"' + body
+    got = reader.read(text, len(prefix))
+    if got is not None:
+        assert got == tuple(json.loads(text[len(prefix) + 1 :]))
