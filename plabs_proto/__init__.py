@@ -1,5 +1,12 @@
-"""plabs-proto: a sans-IO Perplexity Labs client."""
+"""plabs-proto: a sans-IO Perplexity Labs client.
 
+The core (this package) parses and emits every byte of a Labs session (proxy
+tunnel, TLS, HTTP/1.1, WebSocket, Engine.IO, Socket.IO, the Labs events) and
+does no I/O.  :class:`LabsClient` is the entry point; the backends in
+``plabs_proto.backends`` drive it over real sockets.
+"""
+
+from .client import TRANSPORTS, ClientConfig, ClientState, LabsClient
 from .errors import (
     HandshakeError,
     LabsError,
@@ -10,14 +17,52 @@ from .errors import (
     ResponseError,
     TLSError,
 )
+from .events import (
+    AnswerFinished,
+    AnswerRevised,
+    Citations,
+    Closed,
+    CloseStream,
+    Connected,
+    Event,
+    Instruction,
+    OpenStream,
+    QueryFailed,
+    ReasoningDelta,
+    SendBytes,
+    TextDelta,
+)
+from .labs import DEFAULT_MODEL, MODELS
+
+__version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_MODEL",
+    "MODELS",
+    "TRANSPORTS",
+    "AnswerFinished",
+    "AnswerRevised",
+    "Citations",
+    "ClientConfig",
+    "ClientState",
+    "CloseStream",
+    "Closed",
+    "Connected",
+    "Event",
     "HandshakeError",
+    "Instruction",
+    "LabsClient",
     "LabsError",
     "LabsTimeout",
     "LocalProtocolError",
+    "OpenStream",
     "ProxyError",
+    "QueryFailed",
+    "ReasoningDelta",
     "RemoteProtocolError",
     "ResponseError",
+    "SendBytes",
     "TLSError",
+    "TextDelta",
+    "__version__",
 ]
