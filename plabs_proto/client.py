@@ -334,6 +334,10 @@ class LabsClient:
         """Feed bytes received on a stream (``b""`` at end of file)."""
         stream = self._streams.get(stream_id)
         if stream is None or not stream.open:
+            if not 0 < stream_id < self._next_stream_id:
+                raise LocalProtocolError(
+                    f"expected the id of a stream this client opened, got {stream_id!r}"
+                )
             if self._state is ClientState.ERROR:
                 raise LocalProtocolError("cannot receive data: the client already failed and closed its streams")
             return  # late bytes for a stream we already closed
@@ -733,7 +737,7 @@ class LabsClient:
 
     def _send_eio(self, text: str) -> None:
         main = self._main
-        if main is not None and main.ws is not None and main.open:
+        if main is not None and main.ws is not None and main.open and not main.ws.closed:
             self._write(main, main.ws.send_text(text))
         else:
             self._eio_out.append(text)

@@ -525,3 +525,19 @@ def test_several_queries_on_one_session_and_reasoning() -> None:
     assert ReasoningDelta(text="Because") in rest and TextDelta(text="So.") in rest
     final = rest[-1]
     assert isinstance(final, AnswerFinished) and final.text == "So." and final.reasoning == "Because"
+
+
+def test_bytes_for_a_stream_never_opened_is_local_misuse() -> None:
+    h = make()
+    h.client.connect(0.0)
+    with pytest.raises(LocalProtocolError, match="stream"):
+        h.client.receive_data(7, b"x", 0.0)
+
+
+def test_late_bytes_for_a_closed_stream_are_ignored() -> None:
+    h = make()
+    h.client.connect(0.0)
+    h.take(1)
+    h.reply(1, http_response(200, open_packet(), close=True))
+    assert 1 in h.closed
+    h.client.receive_data(1, b"late", 0.0)  # the caller's read raced our CloseStream
