@@ -1,0 +1,755 @@
+"""A local Perplexity Labs server for tests and demos (python-socketio + aiohttp).
+
+It speaks the Labs protocol of ``/work/shared/protocol.md`` through python-socketio, an
+independent Socket.IO implementation, served by aiohttp on a real socket.  It keeps the
+"python flavour" of python-engineio: the polling POST is answered ``OK`` and a NOOP (``6``)
+is queued right after ``3probe``.
+
+Switches (:class:`EmulatorConfig`) cover the answer text and pacing, short heartbeats, TLS,
+a failure frame, an abrupt drop mid-answer, silence and Cloudflare-style 403 pages.
+
+Two deliberate departures from stock python-engineio 4.x: the open packet advertises the real
+``pingInterval`` for fractional seconds (stock sends ``int(seconds) * 1000``, i.e. ``0`` for
+0.2 s), and a polling client's CLOSE ends its pending long-poll GET at once (stock holds it
+until the poll timeout).
+
+Three ways to run it: ``async with Emulator(cfg) as em`` on the caller's asyncio loop,
+:class:`EmulatorThread` (its own loop in a daemon thread, for sync and trio tests) and
+:func:`run` (foreground, used by ``plabs emulator``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qs
+
+import engineio
+import socketio
+from aiohttp import web
+from engineio import packet as eio_packet
+
+__all__ = [
+    "ALLOWED_ORIGIN",
+    "CLOUDFLARE_HTML",
+    "DEFAULT_JWT",
+    "REASONING_MODELS",
+    "Emulator",
+    "EmulatorConfig",
+    "EmulatorThread",
+    "build_output",
+    "default_answer",
+    "default_citations",
+    "default_reasoning",
+    "run",
+    "validate_request",
+]
+
+ALLOWED_ORIGIN = "https://labs.perplexity.ai"
+DEFAULT_JWT = "anonymous-ask-user"
+QUERY_EVENT = "perplexity_labs"
+#: Models whose output carries the chain of thought inline between ``<think>`` and ``</think>``.
+REASONING_MODELS = frozenset({"r1-1776", "sonar-reasoning", "sonar-reasoning-pro"})
+#: The model whose output lacks the opening ``<think>`` (protocol.md §2.3).
+NO_OPENING_THINK = "r1-1776"
+SONAR_CITATIONS = (
+    "https://example.com/labs-emulator/source-1",
+    "https://example.org/labs-emulator/source-2",
+)
+_ROLES = ("user", "assistant", "system")
+_FLUSH_TIMEOUT = 1.0  # seconds a drop waits for already emitted frames to leave
+
+#: A Cloudflare-style challenge page (the markers clients look for: title, ``cf-please-wait``).
+CLOUDFLARE_HTML = (
+    '<!DOCTYPE html><html lang="en-US"><head><title>Just a moment...</title>'
+    '<meta http-equiv="Content-Type" content="text/html; charset=UTF-8">'
+    '<meta name="robots" content="noindex,nofollow"></head>'
+    '<body><div class="main-wrapper" role="main"><div class="main-content">'
+    '<h1 class="zone-name-title h1">www.perplexity.ai</h1>'
+    '<div id="cf-please-wait"><p>Verifying you are human. This may take a few seconds.</p></div>'
+    "<noscript>Enable JavaScript and cookies to continue</noscript>"
+    "</div></div></body></html>\n"
+)
+_CLOUDFLARE_MODES = (None, "polling", "upgrade", "all")
+
+
+@dataclass
+class EmulatorConfig:
+    """What the emulator answers and which faults it injects.
+
+    Times are in seconds.  ``answer``/``reasoning`` of ``None`` mean a deterministic default
+    text built from the prompt; ``citations`` of ``None`` means a couple of example URLs for
+    ``sonar*`` models and ``[]`` for the others.
+    """
+
+    answer: str | None = None
+    reasoning: str | None = None
+    chunk_size: int = 8
+    frame_delay: float = 0.01
+    ping_interval: float = 25.0
+    ping_timeout: float = 20.0
+    max_payload: int = 1_000_000
+    fail: str | None = None
+    fail_after: int = 0
+    drop_after: int | None = None
+    silent: bool = False
+    cloudflare: str | None = None
+    not_found: bool = False
+    citations: list[Any] | None = None
+    check_origin: bool = True
+    jwt: str = DEFAULT_JWT
+
+    def __post_init__(self) -> None:
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be at least 1, got {self.chunk_size!r}")
+        if self.frame_delay < 0:
+            raise ValueError(f"frame_delay must be >= 0, got {self.frame_delay!r}")
+        if self.ping_interval <= 0 or self.ping_timeout <= 0:
+            raise ValueError(
+                f"ping_interval and ping_timeout must be > 0, got {self.ping_interval!r}, {self.ping_timeout!r}"
+            )
+        if self.fail_after < 0:
+            raise ValueError(f"fail_after must be >= 0, got {self.fail_after!r}")
+        if self.drop_after is not None and self.drop_after < 0:
+            raise ValueError(f"drop_after must be None or >= 0, got {self.drop_after!r}")
+        if self.cloudflare not in _CLOUDFLARE_MODES:
+            raise ValueError(f"cloudflare must be one of {_CLOUDFLARE_MODES!r}, got {self.cloudflare!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Answer text (pure functions, shared by the emulator and the tests)
+# --------------------------------------------------------------------------------------------
+
+
+def _prompt(messages: list[dict[str, Any]]) -> str:
+    """The content of the last user message (or of the last message)."""
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            return str(message.get("content", ""))
+    return str(messages[-1].get("content", "")) if messages else ""
+
+
+def _excerpt(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def default_answer(model: str, prompt: str) -> str:
+    """The deterministic answer used when ``EmulatorConfig.answer`` is ``None``."""
+    return (
+        f"This is the plabs-proto Labs emulator answering as {model}. "
+        f"You asked: \u201c{_excerpt(prompt)}\u201d. "
+        "A real Perplexity Labs model would answer here; this text is fixed so tests can check it. "
+        "It arrives in small cumulative chunks, like the real service."
+    )
+
+
+def default_reasoning(model: str, prompt: str) -> str:
+    """The deterministic thinking text used when ``EmulatorConfig.reasoning`` is ``None``."""
+    return (
+        f"The user asked: \u201c{_excerpt(prompt, 80)}\u201d. "
+        f"I am {model} in the emulator, so I will answer briefly and plainly."
+    )
+
+
+def default_citations(model: str) -> list[Any]:
+    """Example citations for ``sonar*`` models, none for the others."""
+    return list(SONAR_CITATIONS) if model.startswith("sonar") else []
+
+
+def build_output(model: str, answer: str, reasoning: str) -> str:
+    """The full ``output`` text of a completed answer for ``model``.
+
+    Reasoning models wrap their thinking in ``<think>...</think>`` followed by a blank line;
+    ``r1-1776`` omits the opening tag.
+    """
+    if model not in REASONING_MODELS:
+        return answer
+    opening = "" if model == NO_OPENING_THINK else "<think>"
+    return f"{opening}{reasoning}</think>\n\n{answer}"
+
+
+def validate_request(args: tuple[Any, ...]) -> tuple[str, list[dict[str, Any]]] | str:
+    """Check the arguments of a ``perplexity_labs`` event.
+
+    Returns ``(model, messages)`` for a good request, else the text of the failure frame.
+    """
+    if len(args) != 1:
+        return f"Invalid request: expected one request object, got {len(args)} arguments"
+    request = args[0]
+    if not isinstance(request, dict):
+        return f"Invalid request: expected a JSON object, got {_short(request)}"
+    for key in ("version", "source", "model", "messages"):
+        if key not in request:
+            return f"Invalid request: missing field {key!r}"
+    for key in ("version", "source", "model"):
+        if not isinstance(request[key], str) or not request[key]:
+            return f"Invalid request: {key!r} must be a non-empty string, got {_short(request[key])}"
+    messages = request["messages"]
+    if not isinstance(messages, list) or not messages:
+        return f"Invalid request: 'messages' must be a non-empty list, got {_short(messages)}"
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            return f"Invalid request: messages[{index}] must be an object, got {_short(message)}"
+        if message.get("role") not in _ROLES:
+            return (
+                f"Invalid request: messages[{index}].role must be one of {list(_ROLES)}, "
+                f"got {_short(message.get('role'))}"
+            )
+        if not isinstance(message.get("content"), str):
+            return (
+                f"Invalid request: messages[{index}].content must be a string, "
+                f"got {_short(message.get('content'))}"
+            )
+    return request["model"], messages
+
+
+def _short(value: Any) -> str:
+    return repr(value)[:60]
+
+
+# --------------------------------------------------------------------------------------------
+# Server plumbing
+# --------------------------------------------------------------------------------------------
+
+
+class _EngineServer(engineio.AsyncServer):  # type: ignore[misc]
+    """python-engineio's server, with its background tasks tracked and the open packet fixed.
+
+    * Every task it starts (ping timers, event handlers) is remembered so :meth:`Emulator.stop`
+      can cancel it; nothing is left pending on the loop.
+    * python-engineio computes ``pingInterval`` as ``int(seconds) * 1000``, which advertises
+      ``0`` for a 0.2 s interval; the queued open packet is corrected before it is sent.
+    * ``on_connect_hook`` sees the handshake so the emulator can find the TCP connection.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.tracked_tasks: set[asyncio.Task[Any]] = set()
+        self.on_connect_hook: Callable[[str, dict[str, Any]], None] | None = None
+
+    def start_background_task(self, target: Any, *args: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(target(*args, **kwargs))
+        self.tracked_tasks.add(task)
+        task.add_done_callback(self.tracked_tasks.discard)
+        return task
+
+    async def _trigger_event(self, event: str, *args: Any, **kwargs: Any) -> Any:
+        if event == "connect" and len(args) == 2:
+            sid, environ = args
+            self._fix_open_packet(sid)
+            if self.on_connect_hook is not None:
+                self.on_connect_hook(sid, environ)
+        result = await super()._trigger_event(event, *args, **kwargs)
+        if event == "disconnect" and len(args) == 2 and args[1] == self.reason.CLIENT_DISCONNECT:
+            # A polling client sent CLOSE: end its pending long-poll GET now (with an empty
+            # body) instead of holding it until the poll timeout, as python-engineio would.
+            sock = self.sockets.get(args[0])
+            if sock is not None and not sock.upgraded:
+                sock.queue.put_nowait(None)
+        return result
+
+    def _fix_open_packet(self, sid: str) -> None:
+        sock = self.sockets.get(sid)
+        if sock is None:
+            return
+        queue = sock.queue
+        held = []
+        while True:
+            try:
+                held.append(queue.get_nowait())
+            except asyncio.QueueEmpty:
+                break
+            queue.task_done()
+        for pkt in held:
+            if pkt is not None and pkt.packet_type == eio_packet.OPEN and isinstance(pkt.data, dict):
+                pkt.data["pingInterval"] = round(
+                    (self.ping_interval + self.ping_interval_grace_period) * 1000
+                )
+            queue.put_nowait(pkt)
+
+
+class _SocketServer(socketio.AsyncServer):  # type: ignore[misc]
+    def _engineio_server_class(self) -> type[_EngineServer]:
+        return _EngineServer
+
+
+@dataclass
+class _Session:
+    """Per Socket.IO connection state: queries run one after another."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+
+class Emulator:
+    """A Labs server on this asyncio loop.  ``await start()`` returns its base URL."""
+
+    def __init__(self, config: EmulatorConfig | None = None) -> None:
+        self.config = config if config is not None else EmulatorConfig()
+        self._url: str | None = None
+        self._port: int | None = None
+        self._runner: web.AppRunner | None = None
+        self._sio: _SocketServer | None = None
+        self._sessions: dict[str, _Session] = {}
+        # Engine.IO sid -> TCP transports that carried requests of that session.
+        self._transports: dict[str, set[asyncio.Transport]] = {}
+        self._dropped: set[str] = set()
+        self._ssl = False
+
+    # -- public API --------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The base URL, e.g. ``http://127.0.0.1:54321``."""
+        if self._url is None:
+            raise RuntimeError("the emulator is not running; call start() first")
+        return self._url
+
+    @property
+    def port(self) -> int:
+        """The TCP port the emulator listens on."""
+        if self._port is None:
+            raise RuntimeError("the emulator is not running; call start() first")
+        return self._port
+
+    async def start(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        certfile: str | None = None,
+        keyfile: str | None = None,
+    ) -> str:
+        """Listen on ``host:port`` (0 = a free port), with TLS when ``certfile`` is given."""
+        if self._runner is not None:
+            raise RuntimeError("the emulator is already running")
+        if keyfile is not None and certfile is None:
+            raise ValueError("keyfile given without certfile")
+        ssl_context: ssl.SSLContext | None = None
+        if certfile is not None:
+            ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_context.load_cert_chain(certfile, keyfile)
+        cfg = self.config
+        sio = _SocketServer(
+            async_mode="aiohttp",
+            cors_allowed_origins=[ALLOWED_ORIGIN] if cfg.check_origin else "*",
+            ping_interval=cfg.ping_interval,
+            ping_timeout=cfg.ping_timeout,
+            max_http_buffer_size=cfg.max_payload,
+            logger=False,
+            engineio_logger=False,
+        )
+        sio.eio.on_connect_hook = self._on_engine_connect
+        sio.on("connect", self._on_connect)
+        sio.on("disconnect", self._on_disconnect)
+        sio.on(QUERY_EVENT, self._on_query)
+        app = web.Application(middlewares=[self._middleware])
+        sio.attach(app, socketio_path="socket.io")
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.setblocking(False)
+            site = web.SockSite(runner, sock, ssl_context=ssl_context)
+            await site.start()
+        except BaseException:
+            sock.close()
+            await runner.cleanup()
+            raise
+        self._sio = sio
+        self._runner = runner
+        self._ssl = ssl_context is not None
+        self._port = int(sock.getsockname()[1])
+        scheme = "https" if self._ssl else "http"
+        shown = f"[{host}]" if ":" in host else host
+        self._url = f"{scheme}://{shown}:{self._port}"
+        return self._url
+
+    async def stop(self) -> None:
+        """Close every session and the listening socket; leave no task behind."""
+        runner, sio = self._runner, self._sio
+        if runner is None or sio is None:
+            return
+        self._runner = None
+        self._sio = None
+        eio: _EngineServer = sio.eio
+        # 1. Stop streaming answers.
+        for session in list(self._sessions.values()):
+            for task in list(session.tasks):
+                task.cancel()
+        # 2. Close Engine.IO sessions: the CLOSE packet goes to whoever is listening, then
+        #    pending polls and websocket writers are released.
+        for sock in list(eio.sockets.values()):
+            with contextlib.suppress(Exception):
+                await sock.close(wait=False, abort=False)
+            with contextlib.suppress(Exception):
+                sock.queue.put_nowait(None)
+        await asyncio.sleep(0)
+        await sio.shutdown()
+        # 3. Stop the web server (waits briefly for handlers, then cancels them).
+        await runner.cleanup()
+        # 4. Whatever python-engineio still has running (ping timers...) is cancelled.
+        await _cancel_all(eio.tracked_tasks)
+        for session in list(self._sessions.values()):
+            await _cancel_all(session.tasks)
+        eio.sockets.clear()
+        self._sessions.clear()
+        self._transports.clear()
+        self._dropped.clear()
+        self._url = None
+        self._port = None
+
+    async def __aenter__(self) -> Emulator:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # -- HTTP level ----------------------------------------------------------------------------
+
+    @web.middleware
+    async def _middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if not request.path.startswith("/socket.io"):
+            return await handler(request)
+        query = parse_qs(request.query_string)
+        sid = query.get("sid", [None])[0]
+        transport = query.get("transport", ["polling"])[0]
+        is_upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
+        cloudflare = self.config.cloudflare
+        if cloudflare in ("upgrade", "all") and (transport == "websocket" or is_upgrade):
+            return _cloudflare_response()
+        if sid is None and request.method == "GET" and transport == "polling":
+            if cloudflare in ("polling", "all"):
+                return _cloudflare_response()
+            if self.config.not_found:
+                return web.Response(status=404, text="Not Found", content_type="text/plain")
+        if sid is not None:
+            tcp = request.transport
+            if sid in self._dropped:
+                if tcp is not None:
+                    tcp.abort()
+                return web.Response(status=400, text="dropped")  # never reaches the peer
+            if tcp is not None:
+                self._transports.setdefault(sid, set()).add(tcp)
+        return await handler(request)
+
+    def _on_engine_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
+        request = environ.get("aiohttp.request")
+        if isinstance(request, web.BaseRequest) and request.transport is not None:
+            self._transports.setdefault(eio_sid, set()).add(request.transport)
+
+    async def _drop(self, sid: str) -> None:
+        """Abort the TCP connections of a session: no close frame, no Engine.IO close packet."""
+        sio = self._sio
+        if sio is None:
+            return
+        eio_sid = sio.manager.eio_sid_from_sid(sid, "/")
+        if eio_sid is None:
+            return
+        sock = sio.eio.sockets.get(eio_sid)
+        if sock is not None:
+            # Let the frames already emitted reach the peer first (a pending poll or the
+            # websocket writer takes them off the queue), so "after N frames" means N arrived.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(sock.queue.join(), _FLUSH_TIMEOUT)
+            deadline = time.monotonic() + _FLUSH_TIMEOUT
+            await asyncio.sleep(0.02)
+            while time.monotonic() < deadline and any(
+                tcp.get_write_buffer_size()
+                for tcp in self._transports.get(eio_sid, set())
+                if not tcp.is_closing()
+            ):
+                await asyncio.sleep(0.005)
+        self._dropped.add(eio_sid)
+        for tcp in self._transports.pop(eio_sid, set()):
+            tcp.abort()
+        if sock is not None:
+            await sock.close(wait=False, abort=True)
+            sock.queue.put_nowait(None)
+
+    # -- Socket.IO level ---------------------------------------------------------------------
+
+    async def _on_connect(self, sid: str, environ: dict[str, Any], auth: Any) -> None:
+        if not isinstance(auth, dict) or auth.get("jwt") != self.config.jwt:
+            raise socketio.exceptions.ConnectionRefusedError(
+                f"not authorized: expected auth {{'jwt': {self.config.jwt!r}}}, got {_short(auth)}"
+            )
+        self._sessions[sid] = _Session()
+
+    async def _on_disconnect(self, sid: str, reason: Any = None) -> None:
+        session = self._sessions.pop(sid, None)
+        if session is None:
+            return
+        current = asyncio.current_task()
+        for task in session.tasks:
+            if task is not current:
+                task.cancel()
+        sio = self._sio
+        if sio is not None:
+            eio_sid = sio.manager.eio_sid_from_sid(sid, "/")
+            if eio_sid is not None:
+                self._transports.pop(eio_sid, None)
+
+    async def _on_query(self, sid: str, *args: Any) -> None:
+        session = self._sessions.get(sid)
+        task = asyncio.current_task()
+        if session is None or task is None:
+            return
+        session.tasks.add(task)
+        try:
+            async with session.lock:
+                await self._answer(sid, args)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            session.tasks.discard(task)
+
+    async def _answer(self, sid: str, args: tuple[Any, ...]) -> None:
+        cfg = self.config
+        if cfg.silent:
+            return
+        started = time.monotonic()
+        checked = validate_request(args)
+        if isinstance(checked, str):
+            model = _model_of(args)
+            await self._emit(sid, model, {"status": "failed", "text": checked})
+            return
+        model, messages = checked
+        prompt = _prompt(messages)
+        answer = cfg.answer if cfg.answer is not None else default_answer(model, prompt)
+        reasoning = cfg.reasoning if cfg.reasoning is not None else default_reasoning(model, prompt)
+        full = build_output(model, answer, reasoning)
+        citations = list(cfg.citations) if cfg.citations is not None else default_citations(model)
+        count = math.ceil(len(full) / cfg.chunk_size)
+        for sent in range(count + 1):
+            if cfg.drop_after is not None and sent == cfg.drop_after:
+                await self._drop(sid)
+                return
+            if cfg.fail is not None and sent == cfg.fail_after:
+                await self._emit(sid, model, {"status": "failed", "text": cfg.fail})
+                return
+            if sent == count:
+                break
+            if sent and cfg.frame_delay > 0:
+                await asyncio.sleep(cfg.frame_delay)
+            frame = {
+                "output": full[: (sent + 1) * cfg.chunk_size],
+                "final": False,
+                "elapsed_time": _elapsed(started),
+                "tokens_streamed": sent + 1,
+            }
+            await self._emit(sid, model, frame)
+        if count and cfg.frame_delay > 0:
+            await asyncio.sleep(cfg.frame_delay)
+        final = {
+            "output": full,
+            "final": True,
+            "status": "completed",
+            "citations": citations,
+            "elapsed_time": _elapsed(started),
+            "tokens_streamed": count,
+        }
+        await self._emit(sid, model, final)
+
+    async def _emit(self, sid: str, model: str, data: dict[str, Any]) -> None:
+        sio = self._sio
+        if sio is not None:
+            await sio.emit(f"{model}_query_progress", data, to=sid)
+
+
+def _model_of(args: tuple[Any, ...]) -> str:
+    if args and isinstance(args[0], dict):
+        model = args[0].get("model")
+        if isinstance(model, str) and model:
+            return model
+    return "unknown"
+
+
+def _elapsed(started: float) -> float:
+    return round(time.monotonic() - started, 3)
+
+
+def _cloudflare_response() -> web.Response:
+    return web.Response(
+        status=403,
+        text=CLOUDFLARE_HTML,
+        content_type="text/html",
+        charset="UTF-8",
+        headers={
+            "Server": "cloudflare",
+            "CF-RAY": "8f0e0d0c0b0a0908-AMS",
+            "cf-mitigated": "challenge",
+            "Cache-Control": "private, max-age=0, no-store, no-cache, must-revalidate",
+        },
+    )
+
+
+async def _cancel_all(tasks: set[asyncio.Task[Any]]) -> None:
+    pending = [task for task in tasks if not task.done()]
+    current = asyncio.current_task()
+    pending = [task for task in pending if task is not current]
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Running it: in a thread, or in the foreground
+# --------------------------------------------------------------------------------------------
+
+
+class EmulatorThread:
+    """An :class:`Emulator` on its own asyncio loop in a daemon thread (for sync/trio tests)."""
+
+    def __init__(
+        self,
+        config: EmulatorConfig | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        certfile: str | None = None,
+        keyfile: str | None = None,
+    ) -> None:
+        self.config = config if config is not None else EmulatorConfig()
+        self._host = host
+        self._port_wanted = port
+        self._certfile = certfile
+        self._keyfile = keyfile
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._emulator: Emulator | None = None
+        self._url: str | None = None
+        self._port: int | None = None
+
+    @property
+    def url(self) -> str:
+        """The base URL of the running emulator."""
+        if self._url is None:
+            raise RuntimeError("the emulator thread is not running; call start() first")
+        return self._url
+
+    @property
+    def port(self) -> int:
+        """The TCP port of the running emulator."""
+        if self._port is None:
+            raise RuntimeError("the emulator thread is not running; call start() first")
+        return self._port
+
+    def start(self, timeout: float = 10.0) -> str:
+        """Start the thread and wait until the emulator listens; returns its URL."""
+        if self._thread is not None:
+            raise RuntimeError("the emulator thread is already running")
+        self._ready.clear()
+        self._error = None
+        thread = threading.Thread(target=self._run, name="plabs-emulator", daemon=True)
+        self._thread = thread
+        thread.start()
+        if not self._ready.wait(timeout):
+            self.stop()
+            raise RuntimeError(f"the emulator did not start within {timeout} s")
+        if self._error is not None:
+            error = self._error
+            thread.join(timeout)
+            self._thread = None
+            raise error
+        return self.url
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the emulator and join the thread."""
+        thread = self._thread
+        if thread is None:
+            return
+        loop, stop_event = self._loop, self._stop_event
+        if loop is not None and stop_event is not None:
+            with contextlib.suppress(RuntimeError):  # the loop may already be closed
+                loop.call_soon_threadsafe(stop_event.set)
+        thread.join(timeout)
+        if thread.is_alive():
+            raise RuntimeError(f"the emulator thread did not stop within {timeout} s")
+        self._thread = None
+        self._url = None
+        self._port = None
+
+    def __enter__(self) -> EmulatorThread:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # reported to start(); the thread must not die noisily
+            if not self._ready.is_set():
+                self._error = exc
+                self._ready.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop_event = asyncio.Event()
+        emulator = Emulator(self.config)
+        self._emulator = emulator
+        try:
+            self._url = await emulator.start(
+                self._host, self._port_wanted, certfile=self._certfile, keyfile=self._keyfile
+            )
+            self._port = emulator.port
+            self._ready.set()
+            await self._stop_event.wait()
+        finally:
+            await emulator.stop()
+            self._emulator = None
+            self._loop = None
+
+
+def run(
+    config: EmulatorConfig | None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+) -> None:
+    """Serve in the foreground until Ctrl-C; prints one line with the URL."""
+
+    async def main() -> None:
+        emulator = Emulator(config)
+        url = await emulator.start(host, port, certfile=certfile, keyfile=keyfile)
+        print(f"Perplexity Labs emulator listening on {url} (Ctrl-C to stop)", flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await emulator.stop()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
