@@ -72,6 +72,8 @@ class WebSocketChannel:
         self.close_reason: tuple[int, str] | None = None
         self._close_sent = False
         self._pending = trailing_data
+        self._buffer = bytearray()  # the start of a frame not complete yet
+        self._fragmented = False  # a fragmented message is under way (wsproto reassembles it)
 
     @property
     def closed(self) -> bool:
@@ -98,7 +100,14 @@ class WebSocketChannel:
         return out
 
     def receive_data(self, data: bytes) -> list[str | bytes]:
-        """Feed bytes from the server; returns the messages they complete."""
+        """Feed bytes from the server; returns the messages they complete.
+
+        Frames are cut at their boundaries here.  The frame servers send
+        almost always (final, unmasked, no extension bits, text or binary, no
+        fragmented message under way) is decoded directly; every other frame
+        (control frames, fragments, anything odd) is handed whole to wsproto,
+        which validates it, so wsproto never holds half a frame.
+        """
         if self._pending:
             data = self._pending + data
             self._pending = b""
@@ -108,30 +117,82 @@ class WebSocketChannel:
                     f"expected nothing after the server's WebSocket close frame, got {len(data)} more bytes"
                 )
             return []
-        self._proto.receive_bytes(data)
+        buf: bytes | bytearray
+        if self._buffer:
+            self._buffer += data
+            buf = self._buffer
+        else:
+            buf = data  # the usual case: nothing left over, work on the bytes as they came
         messages: list[str | bytes] = []
+        pos = 0
+        size = len(buf)
+        limit = self.max_message_size
+        while size - pos >= 2:
+            first = buf[pos]
+            second = buf[pos + 1]
+            length = second & 0x7F
+            head = 2
+            if length == 126:
+                if size - pos < 4:
+                    break
+                length = (buf[pos + 2] << 8) | buf[pos + 3]
+                head = 4
+            elif length == 127:
+                if size - pos < 10:
+                    break
+                length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+                head = 10
+            if second & 0x80:
+                head += 4  # a masked frame: wsproto refuses it below
+            if length > limit or (self._fragmented and self._size + length > limit):
+                self._too_big(length + (self._size if self._fragmented else 0))
+            end = pos + head + length
+            if end > size:
+                break
+            if (first == 0x81 or first == 0x82) and not second & 0x80 and not self._fragmented:
+                payload = buf[pos + head : end]
+                if first == 0x81:
+                    try:
+                        messages.append(str(payload, "utf-8"))
+                    except UnicodeDecodeError as exc:
+                        raise RemoteProtocolError(
+                            f"expected UTF-8 in a WebSocket text frame, got bytes that are not: {exc}"
+                        ) from None
+                else:
+                    messages.append(bytes(payload))
+            else:
+                self._proto.receive_bytes(bytes(buf[pos:end]))
+                self._wsproto_frames(messages)
+                if self.close_reason is not None:
+                    pos = end
+                    if pos < size:
+                        raise RemoteProtocolError(
+                            "expected nothing after the server's WebSocket close frame, "
+                            f"got {size - pos} more bytes"
+                        )
+                    break
+            pos = end
+        # Keep the start of an incomplete frame (its size was checked against the limit above).
+        if buf is self._buffer:
+            del self._buffer[:pos]
+        elif pos < size:
+            self._buffer = bytearray(buf[pos:])
+        return messages
+
+    def _wsproto_frames(self, messages: list[str | bytes]) -> None:
+        """Collect what wsproto makes of the whole frames it was handed."""
         try:
             for frame in self._proto.received_frames():
                 opcode = frame.opcode
+                payload = frame.payload
                 if opcode is Opcode.TEXT or opcode is Opcode.BINARY or opcode is Opcode.CONTINUATION:
-                    payload = frame.payload
                     if isinstance(payload, tuple):  # only CLOSE frames carry a tuple
-                        continue
-                    if not self._parts and frame.message_finished:
-                        # The common case: a whole message in one frame.
-                        if isinstance(payload, str):
-                            if len(payload) > self.max_message_size:
-                                self._too_big(len(payload.encode("utf-8")))
-                            messages.append(payload)
-                        else:
-                            if len(payload) > self.max_message_size:
-                                self._too_big(len(payload))
-                            messages.append(bytes(payload))
                         continue
                     self._size += len(payload) if not isinstance(payload, str) else len(payload.encode("utf-8"))
                     if self._size > self.max_message_size:
                         self._too_big(self._size)
                     self._parts.append(payload if isinstance(payload, str) else bytes(payload))
+                    self._fragmented = not frame.message_finished
                     if frame.message_finished:
                         first = self._parts[0]
                         if isinstance(first, str):
@@ -141,11 +202,10 @@ class WebSocketChannel:
                         self._parts = []
                         self._size = 0
                 elif opcode is Opcode.PING:
-                    payload = frame.payload
                     if isinstance(payload, (bytes, bytearray)) and not self._close_sent:
                         self._outgoing += _frame(Opcode.PONG, bytes(payload), self._rng)
                 elif opcode is Opcode.CLOSE:
-                    code, reason = frame.payload if isinstance(frame.payload, tuple) else (1005, "")
+                    code, reason = payload if isinstance(payload, tuple) else (1005, "")
                     self.close_reason = (int(code), str(reason))
                     if not self._close_sent:
                         reply = code if code not in (CloseReason.NO_STATUS_RCVD,) else CloseReason.NORMAL_CLOSURE
@@ -157,7 +217,6 @@ class WebSocketChannel:
                 f"expected a valid WebSocket frame from the server, got one that fails: {exc} "
                 f"(close code {int(exc.code)})"
             ) from exc
-        return messages
 
     def _too_big(self, size: int) -> None:
         raise RemoteProtocolError(
