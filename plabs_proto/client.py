@@ -265,6 +265,10 @@ class LabsClient:
                 self._send_upgrade(stream, sid=None)
             else:
                 self._http(stream, "GET", self._target("polling"), b"", _OPEN)
+            if self.config.transport == "polling":
+                # The POST connection opens now, so its TCP (and TLS, proxy) handshakes
+                # run beside the handshake GET instead of after it.
+                self._post_stream = self._open_stream()
 
     def query(
         self,

@@ -164,9 +164,11 @@ def test_polling_transport_transcript_uses_two_streams() -> None:
     c.connect(0.0)
     c.query("hi", model="sonar", now=0.0)
     assert h.take(1) == get(POLL)
-    h.reply(1, http_response(200, open_packet()))
-    # The CONNECT goes on a second connection while the first one long-polls.
+    # The POST connection opens at once, so its handshakes run beside the first GET.
     assert [o.stream_id for o in h.opened] == [1, 2]
+    assert h.take(2) == b""
+    h.reply(1, http_response(200, open_packet()))
+    # The CONNECT goes on the second connection while the first one long-polls.
     assert h.take(2) == post(POLL_SID, b'40{"jwt":"anonymous-ask-user"}')
     assert h.take(1) == get(POLL_SID)
     h.reply(2, http_response(200, "ok"))
