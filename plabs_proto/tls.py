@@ -17,7 +17,11 @@ _READ_SIZE = 65536
 
 def make_ssl_context(cafile: str | None = None) -> ssl.SSLContext:
     """A verifying client context: system CAs (or ``cafile``), ALPN ``http/1.1``, TLS 1.2 or newer."""
-    context = ssl.create_default_context(cafile=cafile)
+    try:
+        context = ssl.create_default_context(cafile=cafile)
+    except (OSError, ssl.SSLError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise LocalProtocolError(f"expected a readable PEM CA file at {cafile!r}, could not load it: {reason}") from exc
     context.set_alpn_protocols(["http/1.1"])
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context

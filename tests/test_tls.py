@@ -404,3 +404,9 @@ def test_corrupted_record_after_handshake_is_a_tls_error(cafile: str, server_ctx
     record[-1] ^= 0xFF  # break the authentication tag
     with pytest.raises(TLSError, match=r"^TLS connection with 'localhost' failed: "):
         client.receive_data(bytes(record))
+
+
+def test_missing_cafile_names_the_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.pem"
+    with pytest.raises(LocalProtocolError, match=r"nope\.pem"):
+        make_ssl_context(str(missing))
