@@ -1,0 +1,539 @@
+"""What the three backends share, with no I/O of its own.
+
+* :func:`build_config` turns the keyword arguments of ``ask``/``connect`` into a
+  :class:`~plabs_proto.client.ClientConfig` (and maps ``timeout``);
+* :func:`to_messages` turns a prompt string into one user message;
+* :func:`make_rng` picks the randomness (system randomness, or a seeded generator
+  when a trace must be replayable);
+* :func:`stream_error` and :func:`closed_error` word the errors a backend raises
+  itself (a socket failed, the session ended early), without ever naming proxy
+  credentials;
+* :class:`AsyncAnswer`, :class:`AsyncQuery` and :class:`AsyncSession`: the answer
+  stream, query stream and session of the two async backends, written against the
+  small :class:`AsyncLink` interface each backend implements over its sockets.
+
+``timeout`` is the overall deadline of a query, counted from the moment it is
+asked.  ``ask`` starts the connection and the query at the same instant, so it
+becomes ``ClientConfig.query_timeout``, which covers connecting too;
+``connect_timeout`` is capped by it (at most :data:`CONNECT_TIMEOUT`).  A keyword
+argument naming a ``ClientConfig`` field (``connect_timeout=``,
+``first_text_timeout=``, ``query_timeout=``...) wins over this mapping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import random
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+from plabs_proto.client import ClientConfig, ClientState, LabsClient, Tracer
+from plabs_proto.errors import LocalProtocolError, RemoteProtocolError, ResponseError
+from plabs_proto.events import AnswerFinished, Closed, Connected, Event, OpenStream, QueryFailed, TextDelta
+from plabs_proto.labs import normalize_messages
+from plabs_proto.proxy import ProxyConfig
+from plabs_proto.trace import SEED_DIRECTION
+
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "DEFAULT_MODEL",
+    "DEFAULT_SERVER",
+    "DEFAULT_TIMEOUT",
+    "MODELS",
+    "READ_SIZE",
+    "SEED_DIRECTION",
+    "AsyncAnswer",
+    "AsyncLink",
+    "AsyncQuery",
+    "AsyncSession",
+    "Headers",
+    "Messages",
+    "announce_seed",
+    "build_config",
+    "check_event",
+    "closed_error",
+    "make_rng",
+    "stream_error",
+    "to_messages",
+]
+
+DEFAULT_MODEL = "r1-1776"
+DEFAULT_SERVER = "https://www.perplexity.ai"
+MODELS = ["r1-1776", "sonar-pro", "sonar", "sonar-reasoning", "sonar-reasoning-pro"]
+#: Seconds a whole ``ask`` may take (connecting included); ``None`` means no overall deadline.
+DEFAULT_TIMEOUT = 300.0
+#: Upper bound of the connect deadline that ``timeout`` implies.
+CONNECT_TIMEOUT = 30.0
+#: Bytes read from a socket at a time.
+READ_SIZE = 65536
+
+Messages = str | Sequence[Mapping[str, Any]]
+Headers = Mapping[str, str] | Iterable[tuple[str, str]] | None
+
+# ClientConfig fields ask/connect take as named parameters; the rest may come as **config.
+_NAMED = frozenset({"server", "transport", "proxy", "ssl_context", "cafile", "headers"})
+_EXTRAS = frozenset(f.name for f in dataclasses.fields(ClientConfig)) - _NAMED
+_TIMEOUTS = frozenset({"connect_timeout", "first_text_timeout", "query_timeout"})
+_STRINGS = frozenset({"origin", "jwt", "version", "user_agent", "path"})
+
+
+def _check_seconds(name: str, value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise LocalProtocolError(f"expected {name} as a number of seconds > 0 or None, got {value!r:.60}")
+    return float(value)
+
+
+def _headers(headers: Headers) -> tuple[tuple[str, str], ...]:
+    if headers is None:
+        return ()
+    pairs = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
+    out: list[tuple[str, str]] = []
+    for pair in pairs:
+        if (
+            not isinstance(pair, tuple)
+            or len(pair) != 2
+            or not isinstance(pair[0], str)
+            or not isinstance(pair[1], str)
+        ):
+            raise LocalProtocolError(
+                f"expected headers as a mapping or (name, value) pairs of str, got {pair!r:.60}"
+            )
+        out.append((pair[0], pair[1]))
+    return tuple(out)
+
+
+def build_config(
+    *,
+    server: str,
+    proxy: str | ProxyConfig | None,
+    transport: str,
+    ssl_context: Any,
+    cafile: str | None,
+    timeout: float | None,
+    headers: Headers,
+    extras: Mapping[str, Any],
+) -> ClientConfig:
+    """The :class:`ClientConfig` for ``ask``/``connect`` (see the module docstring for ``timeout``).
+
+    ``extras`` are the other keyword arguments; each must name a ``ClientConfig``
+    field (``origin``, ``jwt``, ``version``, ``user_agent``, ``path``, ``tls``,
+    ``connect_timeout``, ``first_text_timeout``, ``query_timeout``,
+    ``max_message_size``), else :class:`LocalProtocolError`.
+    """
+    unknown = sorted(set(extras) - _EXTRAS)
+    if unknown:
+        raise LocalProtocolError(
+            f"expected keyword arguments among {', '.join(sorted(_EXTRAS))} "
+            f"(besides the named ones), got {', '.join(map(repr, unknown))}"
+        )
+    if not isinstance(server, str):
+        raise LocalProtocolError(f"expected the server URL as a str, got {type(server).__name__}")
+    if proxy is not None and not isinstance(proxy, str | ProxyConfig):
+        raise LocalProtocolError(f"expected the proxy as a URL str or a ProxyConfig, got {type(proxy).__name__}")
+    overall = _check_seconds("timeout", timeout)
+    values: dict[str, Any] = {
+        "server": server,
+        "proxy": proxy,
+        "transport": transport,
+        "ssl_context": ssl_context,
+        "cafile": cafile,
+        "headers": _headers(headers),
+        "query_timeout": overall,
+        "connect_timeout": CONNECT_TIMEOUT if overall is None else min(overall, CONNECT_TIMEOUT),
+    }
+    for name, value in extras.items():
+        if name in _TIMEOUTS:
+            value = _check_seconds(name, value)
+        elif name in _STRINGS and not isinstance(value, str):
+            raise LocalProtocolError(f"expected {name} as a str, got {value!r:.60}")
+        elif name == "tls" and value is not None and not isinstance(value, bool):
+            raise LocalProtocolError(f"expected tls as True, False or None, got {value!r:.60}")
+        elif name == "max_message_size" and value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise LocalProtocolError(f"expected max_message_size as an int >= 1 or None, got {value!r:.60}")
+        values[name] = value
+    return ClientConfig(**values)
+
+
+def to_messages(prompt_or_messages: Messages) -> list[dict[str, str]]:
+    """The conversation, checked now: a prompt string becomes ``[{"role": "user", "content": prompt}]``.
+
+    Messages are normalised as Labs takes them (see
+    :func:`plabs_proto.labs.normalize_messages`); anything malformed raises
+    :class:`~plabs_proto.errors.LocalProtocolError` here, before any connection.
+    """
+    return normalize_messages(prompt_or_messages)
+
+
+def make_rng(tracer: Tracer | None, seed: int | None) -> tuple[random.Random, int | None]:
+    """The generator for ``LabsClient(rng=...)`` and the seed it was made from.
+
+    With a ``seed``, ``random.Random(seed)``.  Without one, ``random.SystemRandom()``;
+    but when a ``tracer`` records the session, a fresh 128-bit seed is drawn from
+    ``os.urandom`` so that the trace can be replayed (the backend hands it to the
+    tracer, see :func:`announce_seed`).
+    """
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise LocalProtocolError(f"expected seed as an int or None, got {seed!r:.60}")
+        return random.Random(seed), seed
+    if tracer is not None:
+        seed = int.from_bytes(os.urandom(16), "big")
+        return random.Random(seed), seed
+    return random.SystemRandom(), None
+
+
+def announce_seed(tracer: Tracer | None, seed: int | None, now: float) -> None:
+    """Tell the tracer the seed: ``tracer(now, 0, "seed", b"<decimal seed>")`` (stream 0 is never a socket)."""
+    if tracer is not None and seed is not None:
+        tracer(now, 0, SEED_DIRECTION, str(seed).encode("ascii"))
+
+
+def _peer(open_stream: OpenStream | None, proxied: bool) -> str:
+    if open_stream is None:
+        return "the server"
+    host = f"[{open_stream.host}]" if ":" in open_stream.host else open_stream.host
+    return f"the {'proxy' if proxied else 'server'} at {host}:{open_stream.port}"
+
+
+def stream_error(
+    exc: BaseException,
+    *,
+    action: str,
+    open_stream: OpenStream | None,
+    proxied: bool,
+    partial_text: str,
+    partial_reasoning: str,
+) -> RemoteProtocolError:
+    """A :class:`RemoteProtocolError` for a socket failure (``action`` is "connect to", "send to"...).
+
+    The message names the host and port the socket went to (the proxy's when one is
+    used: proxy credentials are never part of it) and how much of the answer came.
+    """
+    what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    got = f" after {len(partial_text)} characters of the answer" if partial_text else ""
+    return RemoteProtocolError(
+        f"expected to {action} {_peer(open_stream, proxied)}, but the connection failed{got} ({what})",
+        partial_text=partial_text,
+        partial_reasoning=partial_reasoning,
+    )
+
+
+def closed_error(reason: str, *, partial_text: str, partial_reasoning: str) -> RemoteProtocolError:
+    """The error for a session that ended (``Closed`` event) while an answer or the connect ack was awaited."""
+    return RemoteProtocolError(
+        f"expected the answer to finish, but the session ended: {reason}",
+        partial_text=partial_text,
+        partial_reasoning=partial_reasoning,
+    )
+
+
+def check_event(event: Event, *, partial_text: str, partial_reasoning: str) -> bool:
+    """Judge an event met while a query streams: True once the answer is finished.
+
+    ``QueryFailed`` raises its :class:`~plabs_proto.errors.ResponseError`; ``Closed``
+    raises :func:`closed_error`.  Anything else is False.
+    """
+    kind = type(event)
+    if kind is AnswerFinished:
+        return True
+    if kind is QueryFailed:
+        assert isinstance(event, QueryFailed)
+        raise event.error()
+    if kind is Closed:
+        assert isinstance(event, Closed)
+        raise closed_error(event.reason, partial_text=partial_text, partial_reasoning=partial_reasoning)
+    return False
+
+
+# -- the async answer stream and session, shared by the asyncio and trio backends ----------------------
+#
+# They are classes rather than async generators: trio warns (ResourceWarning) about every
+# async generator collected before it was exhausted, and an abandoned answer must not warn.
+# An object can close its sockets synchronously from __del__ instead.
+
+
+class AsyncLink(Protocol):
+    """What a backend's connection driver offers the shared classes below."""
+
+    client: LabsClient
+    events: deque[Event]
+    finished: bool
+
+    def now(self) -> float:
+        """The backend's clock (the one the client's deadlines use)."""
+
+    def command(self, method: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+        """Call a client command with ``now=``; misuse raises, other errors are kept for next_event."""
+
+    async def next_event(self) -> Event:
+        """The next event (pumping I/O as needed); raises the session's error after the events before it."""
+
+    def close(self) -> None:
+        """Close every connection at once, synchronously (safe from ``__del__``)."""
+
+    async def aclose(self) -> None:
+        """Close politely if the session is healthy (bounded in time), then every connection."""
+
+
+def _release(close: Callable[[], None]) -> None:
+    with contextlib.suppress(Exception):
+        close()
+
+
+class AsyncAnswer:
+    """What ``ask`` returns: an async iterator of answer text deltas (str).
+
+    The connection opens on the first ``__anext__`` and closes when the answer is
+    complete, on an error or cancellation, on :meth:`aclose` (or leaving
+    ``async with``), and, failing all that, when the object is collected.
+    """
+
+    def __init__(
+        self,
+        make_link: Callable[[], AsyncLink],
+        messages: Messages,
+        model: str,
+        tracer: Tracer | None,
+        seed: int | None,
+    ) -> None:
+        self._make_link = make_link
+        self._messages = messages
+        self._model = model
+        self._tracer = tracer
+        self._seed = seed
+        self._link: AsyncLink | None = None
+        self._done = False
+        self._reading = False
+
+    @property
+    def seed(self) -> int | None:
+        """The seed of the client's randomness (None: system randomness)."""
+        return self._seed
+
+    def __aiter__(self) -> AsyncAnswer:
+        return self
+
+    async def __anext__(self) -> str:
+        if self._done:
+            raise StopAsyncIteration
+        if self._reading:
+            raise LocalProtocolError("cannot read one answer in two tasks at once")
+        self._reading = True
+        try:
+            return await self._next()
+        finally:
+            self._reading = False
+
+    async def _next(self) -> str:
+        link = self._link
+        try:
+            if link is None:
+                link = self._link = self._make_link()
+                announce_seed(self._tracer, self._seed, link.now())
+                link.command(link.client.connect)
+                link.command(link.client.query, self._messages, model=self._model)
+            client = link.client
+            while True:
+                event = await link.next_event()
+                if type(event) is TextDelta:
+                    return event.text
+                if check_event(event, partial_text=client.partial_text, partial_reasoning=client.partial_reasoning):
+                    break
+        except BaseException:
+            self._done = True
+            if link is not None:
+                link.close()
+            raise
+        self._done = True
+        await link.aclose()
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        """Stop: close the connection (politely if it is healthy)."""
+        self._done = True
+        if self._link is not None:
+            await self._link.aclose()
+
+    async def __aenter__(self) -> AsyncAnswer:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        link = self._link
+        if link is not None and not link.finished:
+            _release(link.close)
+
+
+class AsyncQuery:
+    """What ``Session.query`` returns: an async iterator of the answer's events.
+
+    ``TextDelta``, ``ReasoningDelta``, ``Citations``, ``AnswerRevised``, then
+    ``AnswerFinished``.  The query is sent on the first ``__anext__``.  A
+    server-reported failure raises :class:`~plabs_proto.errors.ResponseError` and
+    leaves the session usable; any other error, a cancellation, or leaving before
+    ``AnswerFinished`` closes the session.
+    """
+
+    def __init__(self, session: AsyncSession, link: AsyncLink, messages: Messages, model: str) -> None:
+        self._session = session
+        self._link = link
+        self._messages = messages
+        self._model = model
+        self._started = False
+        self._done = False
+        self._reading = False
+
+    def __aiter__(self) -> AsyncQuery:
+        return self
+
+    async def __anext__(self) -> Event:
+        if self._done:
+            raise StopAsyncIteration
+        if self._reading:
+            raise LocalProtocolError("cannot read one query's events in two tasks at once")
+        self._reading = True
+        try:
+            return await self._next()
+        finally:
+            self._reading = False
+
+    async def _next(self) -> Event:
+        link = self._link
+        client = link.client
+        try:
+            if not self._started:
+                self._started = True
+                link.events.clear()
+                link.command(client.query, self._messages, model=self._model)
+            while True:
+                event = await link.next_event()
+                if type(event) is Connected:
+                    continue
+                if check_event(event, partial_text=client.partial_text, partial_reasoning=client.partial_reasoning):
+                    self._finish()
+                return event
+        except ResponseError:
+            self._finish()
+            if not link.finished and client.state is ClientState.READY:
+                raise  # the server failed this query; the session goes on
+            link.close()
+            raise
+        except LocalProtocolError:
+            self._finish()  # a misuse (or a session already over) closes nothing
+            raise
+        except BaseException:
+            self._finish()
+            link.close()
+            raise
+
+    def _finish(self) -> None:
+        if not self._done:
+            self._done = True
+            self._session._busy = False
+
+    async def aclose(self) -> None:
+        """Stop reading: if the answer was still streaming, the session closes."""
+        if self._done:
+            return
+        self._finish()
+        if self._started:
+            await self._link.aclose()
+
+    async def __aenter__(self) -> AsyncQuery:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        if not self._done:
+            self._finish()
+            if self._started:
+                _release(self._link.close)
+
+
+class AsyncSession:
+    """One Labs connection for several queries, run one after another (``async with``).
+
+    Backends subclass it and say how to make the connection driver (:meth:`_new_link`).
+    """
+
+    def __init__(self, config: ClientConfig, *, tracer: Tracer | None = None, seed: int | None = None) -> None:
+        rng, self.seed = make_rng(tracer, seed)
+        self._client = LabsClient(config, rng=rng, tracer=tracer)
+        self._tracer = tracer
+        self._link: AsyncLink | None = None
+        self._busy = False
+        #: The ``Connected`` event, once the session is open.
+        self.connected: Connected | None = None
+
+    def _new_link(self) -> AsyncLink:
+        raise NotImplementedError
+
+    @property
+    def client(self) -> LabsClient:
+        """The sans-IO client underneath (its state, partial text, transport)."""
+        return self._client
+
+    async def open(self) -> None:
+        """Connect and wait for the Socket.IO connect ack."""
+        if self._link is not None:
+            raise LocalProtocolError("cannot open this session: it was opened already")
+        link = self._link = self._new_link()
+        try:
+            announce_seed(self._tracer, self.seed, link.now())
+            link.command(self._client.connect)
+            while True:
+                event = await link.next_event()
+                if type(event) is Connected:
+                    self.connected = event
+                    return
+                if type(event) is Closed:
+                    raise closed_error(event.reason, partial_text="", partial_reasoning="")
+        except BaseException:
+            link.close()
+            raise
+
+    def query(self, messages: Messages, *, model: str = DEFAULT_MODEL) -> AsyncQuery:
+        """Ask; iterate the result for the answer's events (see :class:`AsyncQuery`).
+
+        Raises :class:`~plabs_proto.errors.LocalProtocolError` at once when the
+        session is not open or another query on it is still streaming.
+        """
+        link = self._link
+        if link is None:
+            raise LocalProtocolError("cannot query: the session is not open (use `async with connect(...)`)")
+        if self._busy:
+            raise LocalProtocolError(
+                "cannot start a query while another one is still streaming on this session: "
+                "queries run one after another"
+            )
+        messages = to_messages(messages)
+        self._busy = True
+        return AsyncQuery(self, link, messages, model)
+
+    async def aclose(self) -> None:
+        """Close the session (politely when it is healthy); idempotent."""
+        if self._link is not None:
+            await self._link.aclose()
+
+    async def __aenter__(self) -> AsyncSession:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        link = self._link
+        if link is not None and not link.finished:
+            _release(link.close)

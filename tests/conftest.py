@@ -1,0 +1,245 @@
+"""Fixtures shared by the end-to-end backend tests.
+
+* ``tls_files``: a trustme CA, a server certificate for 127.0.0.1/localhost, one for
+  another host name, and a second CA that signed nothing here (files in a temp dir).
+* ``emulator_factory(**EmulatorConfig fields, certfile=, keyfile=)``: a running
+  :class:`~plabs_proto.backends.emulator.EmulatorThread`; one per distinct set of
+  options, shared by the whole run and stopped at its end.
+* ``node_factory(**start_node_server options)``: the same for the Node.js server.
+* ``proxy_factory(scheme)``: a pproxy subprocess (``http`` or ``socks5``) asking for
+  ``PROXY_USER``/``PROXY_PASSWORD``, shared by the run; ``fresh_proxy(scheme)``: a new
+  one for this test only (pproxy remembers a client address once it has logged in, so
+  a wrong-password test needs a proxy nobody used).
+* ``sockets_to(port)``: how many sockets this process holds open to 127.0.0.1:``port``
+  (Linux ``/proc``), to check that a client closed every connection it made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+import pytest
+import trustme
+from plabs_proto.backends.emulator import EmulatorConfig, EmulatorThread
+from servers import NODE_SERVER_DIR, NodeServer, free_port, start_node_server
+
+PROXY_USER = "alice"
+PROXY_PASSWORD = "s3cret-pa55"  # a distinctive string: tests check that no error message contains it
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """Paths of the PEM files the TLS tests use."""
+
+    cafile: str  # the CA that signed certfile and wrong_host_certfile
+    certfile: str  # certificate chain for 127.0.0.1 and localhost
+    keyfile: str
+    wrong_host_certfile: str  # signed by the CA, but for example.org only
+    wrong_host_keyfile: str
+    other_cafile: str  # a CA that signed none of these
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
+    directory = tmp_path_factory.mktemp("tls")
+    ca, other = trustme.CA(), trustme.CA()
+    good = ca.issue_cert("127.0.0.1", "localhost")
+    wrong = ca.issue_cert("example.org")
+    paths = {name: str(directory / f"{name}.pem") for name in ("ca", "other", "cert", "key", "wcert", "wkey")}
+    ca.cert_pem.write_to_path(paths["ca"])
+    other.cert_pem.write_to_path(paths["other"])
+    for blob in good.cert_chain_pems:
+        blob.write_to_path(paths["cert"], append=True)
+    good.private_key_pem.write_to_path(paths["key"])
+    for blob in wrong.cert_chain_pems:
+        blob.write_to_path(paths["wcert"], append=True)
+    wrong.private_key_pem.write_to_path(paths["wkey"])
+    return TLSFiles(
+        cafile=paths["ca"],
+        certfile=paths["cert"],
+        keyfile=paths["key"],
+        wrong_host_certfile=paths["wcert"],
+        wrong_host_keyfile=paths["wkey"],
+        other_cafile=paths["other"],
+    )
+
+
+def _key(options: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((name, repr(value)) for name, value in options.items()))
+
+
+EmulatorFactory = Callable[..., EmulatorThread]
+NodeFactory = Callable[..., NodeServer]
+
+
+@pytest.fixture(scope="session")
+def emulator_factory() -> Iterator[EmulatorFactory]:
+    running: dict[tuple[tuple[str, str], ...], EmulatorThread] = {}
+
+    def start(*, certfile: str | None = None, keyfile: str | None = None, **config: Any) -> EmulatorThread:
+        key = _key({"certfile": certfile, "keyfile": keyfile, **config})
+        emulator = running.get(key)
+        if emulator is None:
+            emulator = EmulatorThread(EmulatorConfig(**config), certfile=certfile, keyfile=keyfile)
+            emulator.start()
+            running[key] = emulator
+        return emulator
+
+    try:
+        yield start
+    finally:
+        for emulator in running.values():
+            emulator.stop()
+
+
+@pytest.fixture(scope="session")
+def node_factory() -> Iterator[NodeFactory]:
+    if shutil.which("node") is None or not (NODE_SERVER_DIR / "node_modules" / "socket.io").is_dir():
+        pytest.skip("Node.js or tests/node_server/node_modules is missing (run `npm ci` in tests/node_server)")
+    running: dict[tuple[tuple[str, str], ...], NodeServer] = {}
+
+    def start(**options: Any) -> NodeServer:
+        key = _key(options)
+        server = running.get(key)
+        if server is None:
+            server = start_node_server(**options)
+            running[key] = server
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in running.values():
+            server.stop()
+
+
+# -- pproxy --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Proxy:
+    """A pproxy subprocess listening on 127.0.0.1."""
+
+    scheme: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log: IO[bytes]
+
+    def url(self, password: str = PROXY_PASSWORD, user: str = PROXY_USER) -> str:
+        return f"{self.scheme}://{user}:{password}@127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self.log.close()
+
+
+def _start_proxy(scheme: str) -> Proxy:
+    for _ in range(3):  # the free port may be taken in between: try again
+        port = free_port()
+        log = tempfile.TemporaryFile()  # noqa: SIM115 - Proxy.stop() closes it
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pproxy", "-l", f"{scheme}://127.0.0.1:{port}#{PROXY_USER}:{PROXY_PASSWORD}"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+        )
+        proxy = Proxy(scheme, port, process, log)
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                return proxy
+            except OSError:
+                time.sleep(0.02)
+        log.seek(0)
+        output = log.read()[-500:]
+        proxy.stop()
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"pproxy did not listen on {port} within 10 s: {output!r}")
+    raise RuntimeError(f"pproxy could not start: {output!r}")
+
+
+ProxyFactory = Callable[[str], Proxy]
+
+
+@pytest.fixture(scope="session")
+def proxy_factory() -> Iterator[ProxyFactory]:
+    running: dict[str, Proxy] = {}
+
+    def start(scheme: str) -> Proxy:
+        if scheme not in running:
+            running[scheme] = _start_proxy(scheme)
+        return running[scheme]
+
+    try:
+        yield start
+    finally:
+        for proxy in running.values():
+            proxy.stop()
+
+
+@pytest.fixture
+def fresh_proxy() -> Iterator[ProxyFactory]:
+    started: list[Proxy] = []
+
+    def start(scheme: str) -> Proxy:
+        proxy = _start_proxy(scheme)
+        started.append(proxy)
+        return proxy
+
+    try:
+        yield start
+    finally:
+        for proxy in started:
+            proxy.stop()
+
+
+# -- leak checks ---------------------------------------------------------------------------------
+
+
+def _socket_inodes() -> set[int]:
+    inodes = set()
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{name}")
+            if target.startswith("socket:["):
+                inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def _sockets_to(port: int) -> int:
+    """Open sockets of this process whose remote end is ``port`` (any address)."""
+    mine = _socket_inodes()
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as lines:
+            next(lines)
+            for line in lines:
+                fields = line.split()
+                remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+                if remote_port == port and int(fields[9]) in mine:
+                    count += 1
+    return count
+
+
+@pytest.fixture
+def sockets_to() -> Callable[[int], int]:
+    if not os.path.isdir("/proc/self/fd") or not os.path.exists("/proc/net/tcp"):
+        pytest.skip("needs Linux /proc to list this process's sockets")
+    return _sockets_to

@@ -1,0 +1,163 @@
+"""The shared, I/O-free pieces of the backends (``plabs_proto.backends._options``)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from plabs_proto.backends import _options as options
+
+from plabs_proto.client import ClientConfig
+from plabs_proto.errors import LocalProtocolError, RemoteProtocolError, ResponseError
+from plabs_proto.events import AnswerFinished, Closed, OpenStream, QueryFailed, ReasoningDelta, TextDelta
+from plabs_proto.trace import TraceRecorder
+
+
+def config(**overrides: Any) -> ClientConfig:
+    values: dict[str, Any] = {
+        "server": "https://labs.test",
+        "proxy": None,
+        "transport": "upgrade",
+        "ssl_context": None,
+        "cafile": None,
+        "timeout": options.DEFAULT_TIMEOUT,
+        "headers": None,
+    }
+    extras = {k: v for k, v in overrides.items() if k not in values}
+    values.update({k: v for k, v in overrides.items() if k in values})
+    return options.build_config(**values, extras=extras)
+
+
+def test_timeout_maps_to_query_and_caps_connect() -> None:
+    cfg = config(timeout=12.5)
+    assert (cfg.query_timeout, cfg.connect_timeout) == (12.5, 12.5)
+    cfg = config(timeout=300)
+    assert (cfg.query_timeout, cfg.connect_timeout) == (300.0, options.CONNECT_TIMEOUT)
+    cfg = config(timeout=None)
+    assert (cfg.query_timeout, cfg.connect_timeout) == (None, options.CONNECT_TIMEOUT)
+    assert cfg.first_text_timeout == ClientConfig().first_text_timeout
+
+
+def test_named_config_fields_win_over_the_mapping() -> None:
+    cfg = config(timeout=5, connect_timeout=1, first_text_timeout=0.5, query_timeout=None)
+    assert (cfg.connect_timeout, cfg.first_text_timeout, cfg.query_timeout) == (1.0, 0.5, None)
+    cfg = config(origin="https://o.test", jwt="j", version="9.9", user_agent="ua", path="/sio/", tls=False,
+                 max_message_size=4096)
+    assert (cfg.origin, cfg.jwt, cfg.version, cfg.user_agent, cfg.path, cfg.tls, cfg.max_message_size) == (
+        "https://o.test", "j", "9.9", "ua", "/sio/", False, 4096
+    )
+
+
+def test_headers_from_a_mapping_or_pairs() -> None:
+    assert config(headers={"X-A": "1", "X-B": "2"}).headers == (("X-A", "1"), ("X-B", "2"))
+    assert config(headers=[("X-A", "1"), ("X-A", "2")]).headers == (("X-A", "1"), ("X-A", "2"))
+    with pytest.raises(LocalProtocolError, match="headers"):
+        config(headers=[("X-A", 1)])
+    with pytest.raises(LocalProtocolError, match="headers"):
+        config(headers=["X-A: 1"])
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("timeout", 0, "timeout"),
+        ("timeout", -1, "timeout"),
+        ("timeout", True, "timeout"),
+        ("timeout", "10", "timeout"),
+        ("first_text_timeout", 0, "first_text_timeout"),
+        ("connect_timeout", "1", "connect_timeout"),
+        ("jwt", 5, "jwt"),
+        ("tls", "yes", "tls"),
+        ("max_message_size", 0, "max_message_size"),
+        ("max_message_size", True, "max_message_size"),
+        ("server", b"https://x", "server URL"),
+        ("proxy", 8080, "proxy"),
+    ],
+)
+def test_bad_values_are_refused(name: str, value: object, expected: str) -> None:
+    with pytest.raises(LocalProtocolError, match=expected):
+        config(**{name: value})
+
+
+def test_unknown_keyword_is_refused_with_the_allowed_list() -> None:
+    with pytest.raises(LocalProtocolError) as caught:
+        config(temperature=0.2, stream=True)
+    message = str(caught.value)
+    assert "'stream', 'temperature'" in message
+    assert "first_text_timeout" in message and "max_message_size" in message
+
+
+def test_to_messages() -> None:
+    assert options.to_messages("hi") == [{"role": "user", "content": "hi"}]
+    messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
+    assert options.to_messages(messages) == messages
+    for bad in (b"hi", {"role": "user", "content": "hi"}, 42, None):
+        with pytest.raises(LocalProtocolError, match="expected the messages as a str"):
+            options.to_messages(bad)  # type: ignore[arg-type]
+    with pytest.raises(LocalProtocolError, match="message 0: expected 'role'"):
+        options.to_messages([{"role": "robot", "content": "beep"}])
+
+
+def test_make_rng() -> None:
+    rng, seed = options.make_rng(None, 1234)
+    assert seed == 1234 and rng.getrandbits(64) == random.Random(1234).getrandbits(64)
+    rng, seed = options.make_rng(None, None)
+    assert isinstance(rng, random.SystemRandom) and seed is None
+
+    def tracer(now: float, stream_id: int, direction: str, data: bytes) -> None:
+        pass
+
+    rng, seed = options.make_rng(tracer, None)
+    assert seed is not None and 0 <= seed < 2**128
+    assert type(rng) is random.Random and rng.getrandbits(64) == random.Random(seed).getrandbits(64)
+    seeds = {options.make_rng(tracer, None)[1] for _ in range(5)}
+    assert len(seeds) == 5
+    with pytest.raises(LocalProtocolError, match="seed"):
+        options.make_rng(None, True)
+
+
+def test_announce_seed_reaches_a_trace_recorder() -> None:
+    calls: list[tuple[float, int, str, bytes]] = []
+    options.announce_seed(lambda *args: calls.append(args), 42, 3.5)
+    options.announce_seed(lambda *args: calls.append(args), None, 3.5)
+    options.announce_seed(None, 42, 3.5)
+    assert calls == [(3.5, 0, "seed", b"42")]
+    recorder = TraceRecorder({"plabs_trace": 1})
+    options.announce_seed(recorder, 2**100 + 7, 0.0)
+    assert recorder.header["seed"] == 2**100 + 7
+
+
+def test_stream_error_names_the_hop_and_the_partial_text() -> None:
+    target = OpenStream(stream_id=1, host="proxy.test", port=3128)
+    error = options.stream_error(
+        ConnectionResetError(104, "Connection reset by peer"),
+        action="receive from",
+        open_stream=target,
+        proxied=True,
+        partial_text="Hello",
+        partial_reasoning="hmm",
+    )
+    assert type(error) is RemoteProtocolError
+    assert str(error) == (
+        "expected to receive from the proxy at proxy.test:3128, but the connection failed after 5 characters "
+        "of the answer (ConnectionResetError: [Errno 104] Connection reset by peer)"
+    )
+    assert (error.partial_text, error.partial_reasoning) == ("Hello", "hmm")
+    v6 = OpenStream(stream_id=2, host="::1", port=443)
+    error = options.stream_error(OSError("boom"), action="connect to", open_stream=v6, proxied=False,
+                                 partial_text="", partial_reasoning="")
+    assert str(error) == "expected to connect to the server at [::1]:443, but the connection failed (OSError: boom)"
+
+
+def test_check_event() -> None:
+    assert options.check_event(AnswerFinished(model="m", text="t", reasoning=""), partial_text="", partial_reasoning="")
+    assert not options.check_event(TextDelta(text="t"), partial_text="", partial_reasoning="")
+    assert not options.check_event(ReasoningDelta(text="t"), partial_text="", partial_reasoning="")
+    failed = QueryFailed(model="sonar", message="Error in processing query", partial_text="par")
+    with pytest.raises(ResponseError) as caught:
+        options.check_event(failed, partial_text="", partial_reasoning="")
+    assert (caught.value.server_text, caught.value.partial_text) == ("Error in processing query", "par")
+    with pytest.raises(RemoteProtocolError, match="session ended: bye") as ended:
+        options.check_event(Closed(reason="bye"), partial_text="abc", partial_reasoning="")
+    assert ended.value.partial_text == "abc"

@@ -1,0 +1,423 @@
+"""End to end: the asyncio, trio and blocking backends against the emulator and the Node.js server.
+
+Every test runs the real backends over loopback sockets (through pproxy for the proxy
+tests, over TLS with a trustme CA for the TLS tests) and checks the whole answer or
+the exact error.  The async backends run under ``asyncio.run``/``trio.run`` so one
+test body covers all three.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import ssl
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import trio
+from conftest import PROXY_PASSWORD, EmulatorFactory, NodeFactory, ProxyFactory, TLSFiles
+from plabs_proto.backends import asyncio as asyncio_backend
+from plabs_proto.backends import sync as sync_backend
+from plabs_proto.backends import trio as trio_backend
+from plabs_proto.backends.emulator import default_answer, default_reasoning
+from servers import free_port
+
+from plabs_proto.errors import (
+    HandshakeError,
+    LabsError,
+    LabsTimeout,
+    ProxyError,
+    RemoteProtocolError,
+    ResponseError,
+    TLSError,
+)
+from plabs_proto.events import AnswerFinished, Citations, Event, ReasoningDelta, TextDelta
+
+BACKENDS = ["asyncio", "trio", "sync"]
+SERVERS = ["emulator", "node"]
+TRANSPORTS = ["upgrade", "websocket", "polling"]
+FAST = {"frame_delay": 0.001}
+MULTIBYTE = (
+    "Emoji 🌍🎉👩\u200d👩\u200d👧 and flags 🇫🇷🇯🇵; CJK 漢字かなカナ한국어; "
+    "combining e\u0301 a\u0308\u0304 n\u0303; RTL שלום مرحبا; math \U0001d518\U0001d52b\U0001d526 and ∑∫√."
+)
+
+
+def run_ask(backend: str, prompt: Any, **options: Any) -> str:
+    """The whole answer of ``ask`` on ``backend``."""
+    if backend == "sync":
+        with contextlib.closing(sync_backend.ask(prompt, **options)) as answer:
+            return "".join(answer)
+
+    async def main() -> str:
+        module: Any = asyncio_backend if backend == "asyncio" else trio_backend
+        async with contextlib.aclosing(module.ask(prompt, **options)) as answer:
+            return "".join([str(text) async for text in answer])
+
+    return asyncio.run(main()) if backend == "asyncio" else trio.run(main)
+
+
+def run_session(backend: str, queries: list[tuple[str, str]], **options: Any) -> list[list[Event]]:
+    """The events of each ``(prompt, model)`` query, run one after another on one session."""
+    if backend == "sync":
+        with sync_backend.connect(**options) as session:
+            return [list(session.query(prompt, model=model)) for prompt, model in queries]
+
+    async def main() -> list[list[Event]]:
+        module: Any = asyncio_backend if backend == "asyncio" else trio_backend
+        results: list[list[Event]] = []
+        async with module.connect(**options) as session:
+            for prompt, model in queries:
+                results.append([event async for event in session.query(prompt, model=model)])
+        return results
+
+    return asyncio.run(main()) if backend == "asyncio" else trio.run(main)
+
+
+def raises(backend: str, error: type[LabsError], prompt: Any = "hello", **options: Any) -> LabsError:
+    """The error ``ask`` raises (checked to be exactly of type ``error`` or a subclass)."""
+    with pytest.raises(error) as caught:
+        run_ask(backend, prompt, **options)
+    return caught.value
+
+
+def start_server(kind: str, emulator_factory: EmulatorFactory, node_factory: NodeFactory, **options: Any) -> str:
+    """The URL of an emulator or Node server with these options (EmulatorConfig names)."""
+    if kind == "emulator":
+        return emulator_factory(**options).url
+    return node_factory(**options).url
+
+
+@pytest.fixture(params=SERVERS)
+def server_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def start(
+    server_kind: str, emulator_factory: EmulatorFactory, node_factory: NodeFactory
+) -> Callable[..., str]:
+    def start(**options: Any) -> str:
+        return start_server(server_kind, emulator_factory, node_factory, **options)
+
+    return start
+
+
+# -- every transport against both servers ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_answer_on_every_transport(backend: str, transport: str, start: Callable[..., str]) -> None:
+    url = start(**FAST)
+    prompt = f"What is {transport} on {backend}?"
+    assert run_ask(backend, prompt, server=url, transport=transport, model="sonar", timeout=10) == (
+        default_answer("sonar", prompt)
+    )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_messages_and_default_model(backend: str, start: Callable[..., str]) -> None:
+    url = start(**FAST)
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": "first answer"},
+        {"role": "user", "content": "second question"},
+    ]
+    # r1-1776 (the default) streams its reasoning first: ask yields the answer text only.
+    assert run_ask(backend, messages, server=url, timeout=10) == default_answer("r1-1776", "second question")
+
+
+@pytest.mark.parametrize("transport", ["upgrade", "polling"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_session_runs_queries_one_after_another(backend: str, transport: str, start: Callable[..., str]) -> None:
+    url = start(**FAST)
+    queries = [("one", "sonar-reasoning"), ("two", "sonar"), ("three", "r1-1776")]
+    results = run_session(backend, queries, server=url, transport=transport, timeout=10)
+    assert len(results) == 3
+    for (prompt, model), events in zip(queries, results, strict=True):
+        answer = default_answer(model, prompt)
+        reasoning = default_reasoning(model, prompt) if model != "sonar" else ""
+        assert "".join(e.text for e in events if isinstance(e, TextDelta)) == answer
+        assert "".join(e.text for e in events if isinstance(e, ReasoningDelta)) == reasoning
+        finished = events[-1]
+        assert isinstance(finished, AnswerFinished)
+        assert (finished.model, finished.text, finished.reasoning) == (model, answer, reasoning)
+        assert not any(isinstance(e, AnswerFinished) for e in events[:-1])
+        if model == "sonar":
+            citations = [e for e in events if isinstance(e, Citations)]
+            assert citations and citations[-1].citations == finished.citations != ()
+
+
+# -- TLS ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tls_with_a_private_ca(
+    backend: str, transport: str, emulator_factory: EmulatorFactory, tls_files: TLSFiles
+) -> None:
+    emulator = emulator_factory(certfile=tls_files.certfile, keyfile=tls_files.keyfile, **FAST)
+    assert emulator.url.startswith("https://127.0.0.1:")
+    answer = run_ask(backend, "secure?", server=emulator.url, cafile=tls_files.cafile, transport=transport,
+                     model="sonar", timeout=10)
+    assert answer == default_answer("sonar", "secure?")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tls_to_node_with_an_ssl_context(backend: str, node_factory: NodeFactory, tls_files: TLSFiles) -> None:
+    server = node_factory(certfile=tls_files.certfile, keyfile=tls_files.keyfile, **FAST)
+    context = ssl.create_default_context(cafile=tls_files.cafile)
+    answer = run_ask(backend, "node tls", server=server.url, ssl_context=context, model="sonar", timeout=10)
+    assert answer == default_answer("sonar", "node tls")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tls_untrusted_certificate_is_refused(
+    backend: str, emulator_factory: EmulatorFactory, tls_files: TLSFiles
+) -> None:
+    emulator = emulator_factory(certfile=tls_files.certfile, keyfile=tls_files.keyfile, **FAST)
+    error = raises(backend, TLSError, server=emulator.url, cafile=tls_files.other_cafile, timeout=10)
+    assert "certificate" in str(error)
+    assert "issuer" in str(error) or "verify" in str(error)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tls_wrong_host_is_refused(backend: str, emulator_factory: EmulatorFactory, tls_files: TLSFiles) -> None:
+    emulator = emulator_factory(certfile=tls_files.wrong_host_certfile, keyfile=tls_files.wrong_host_keyfile, **FAST)
+    error = raises(backend, TLSError, server=emulator.url, cafile=tls_files.cafile, timeout=10)
+    assert "127.0.0.1" in str(error)
+    assert "mismatch" in str(error) or "not valid" in str(error)
+
+
+# -- proxies --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+@pytest.mark.parametrize("scheme", ["http", "socks5"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_through_a_proxy_with_auth(
+    backend: str,
+    scheme: str,
+    tls: bool,
+    proxy_factory: ProxyFactory,
+    emulator_factory: EmulatorFactory,
+    tls_files: TLSFiles,
+) -> None:
+    proxy = proxy_factory(scheme)
+    files = {"certfile": tls_files.certfile, "keyfile": tls_files.keyfile} if tls else {}
+    emulator = emulator_factory(**files, **FAST)
+    answer = run_ask(backend, f"via {scheme}", server=emulator.url, proxy=proxy.url(),
+                     cafile=tls_files.cafile if tls else None, model="sonar", timeout=10)
+    assert answer == default_answer("sonar", f"via {scheme}")
+
+
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_proxy_to_node(backend: str, transport: str, proxy_factory: ProxyFactory, node_factory: NodeFactory) -> None:
+    proxy = proxy_factory("socks5")
+    server = node_factory(**FAST)
+    answer = run_ask(backend, "socks to node", server=server.url, proxy=proxy.url(), transport=transport,
+                     model="sonar", timeout=10)
+    assert answer == default_answer("sonar", "socks to node")
+
+
+@pytest.mark.parametrize("scheme", ["http", "socks5"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_proxy_wrong_password_is_refused(
+    backend: str, scheme: str, fresh_proxy: ProxyFactory, emulator_factory: EmulatorFactory
+) -> None:
+    proxy = fresh_proxy(scheme)
+    emulator = emulator_factory(**FAST)
+    wrong = "wr0ng-Pa55w0rd"
+    error = raises(backend, ProxyError, server=emulator.url, proxy=proxy.url(password=wrong), timeout=10)
+    for text in (str(error), repr(error), repr(error.args)):
+        assert wrong not in text
+        assert PROXY_PASSWORD not in text
+    assert "127.0.0.1" in str(error)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unreachable_proxy_names_no_credentials(backend: str) -> None:
+    port = free_port()
+    error = raises(backend, RemoteProtocolError, server="http://127.0.0.1:9", proxy=f"http://alice:{PROXY_PASSWORD}@127.0.0.1:{port}", timeout=5)
+    assert type(error) is RemoteProtocolError
+    assert f"the proxy at 127.0.0.1:{port}" in str(error)
+    assert PROXY_PASSWORD not in str(error) and "alice" not in str(error)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_connection_refused(backend: str) -> None:
+    port = free_port()
+    error = raises(backend, RemoteProtocolError, server=f"http://127.0.0.1:{port}", timeout=5)
+    assert type(error) is RemoteProtocolError
+    assert f"connect to the server at 127.0.0.1:{port}" in str(error)
+    assert "refused" in str(error).lower()
+    assert error.partial_text == ""
+
+
+# -- heartbeats during a long answer -------------------------------------------------------------------
+
+
+def _count_pings() -> tuple[Callable[[float, int, str, bytes], None], list[bytes]]:
+    inbound: list[bytes] = []
+
+    def tracer(now: float, stream_id: int, direction: str, data: bytes) -> None:
+        if direction == "in":
+            inbound.append(data)
+
+    return tracer, inbound
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pings_every_200ms_during_a_long_answer(backend: str, start: Callable[..., str]) -> None:
+    # ~40 frames 50 ms apart: the answer takes about 2 s; the server pings every 0.2 s and
+    # gives up 0.2 s later without a pong, so the answer only completes if every ping is answered.
+    url = start(frame_delay=0.05, ping_interval=0.2, ping_timeout=0.2)
+    tracer, inbound = _count_pings()
+    started = time.monotonic()
+    answer = run_ask(backend, "long", server=url, model="sonar-reasoning", transport="websocket", timeout=10,
+                     tracer=tracer)
+    elapsed = time.monotonic() - started
+    assert answer == default_answer("sonar-reasoning", "long")
+    assert elapsed > 1.5
+    # A server WebSocket text frame holding just "2" (Engine.IO ping): 0x81 0x01 '2'.
+    pings = b"".join(inbound).count(b"\x81\x012")
+    assert pings >= 5
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pings_on_polling(backend: str, emulator_factory: EmulatorFactory) -> None:
+    url = emulator_factory(frame_delay=0.03, ping_interval=0.2, ping_timeout=0.2).url
+    tracer, inbound = _count_pings()
+    answer = run_ask(backend, "polled", server=url, model="sonar", transport="polling", timeout=10, tracer=tracer)
+    assert answer == default_answer("sonar", "polled")
+    # Pings arrive in long-polling GET bodies: a lone "2", or "2" between record separators.
+    bodies = b"".join(inbound)
+    assert bodies.count(b"\r\n\r\n2") + bodies.count(b"\x1e2\x1e") + bodies.count(b"\x1e2\r") >= 1
+
+
+# -- failures ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_server_failure_frame(backend: str, start: Callable[..., str]) -> None:
+    url = start(fail="Error in processing query", fail_after=3, chunk_size=8, **FAST)
+    error = raises(backend, ResponseError, "will fail", server=url, model="sonar", timeout=10)
+    assert type(error) is ResponseError
+    assert error.server_text == "Error in processing query"
+    assert "Error in processing query" in str(error)
+    assert error.partial_text == default_answer("sonar", "will fail")[:24]
+
+
+@pytest.mark.parametrize("transport", ["upgrade", "polling"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_connection_dropped_mid_answer(backend: str, transport: str, start: Callable[..., str]) -> None:
+    url = start(drop_after=5, chunk_size=8, **FAST)
+    error = raises(backend, RemoteProtocolError, "drop me", server=url, model="sonar", transport=transport,
+                   timeout=10)
+    full = default_answer("sonar", "drop me")
+    assert error.partial_text
+    assert full.startswith(error.partial_text)
+    assert len(error.partial_text) <= 40
+    assert not isinstance(error, HandshakeError | ProxyError | TLSError)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_silence_hits_the_first_text_deadline(backend: str, start: Callable[..., str]) -> None:
+    url = start(silent=True, **FAST)
+    started = time.monotonic()
+    error = raises(backend, LabsTimeout, server=url, first_text_timeout=0.5, timeout=10)
+    elapsed = time.monotonic() - started
+    assert isinstance(error, LabsTimeout) and error.deadline == "first_text"
+    assert 0.5 <= elapsed < 2.0
+    assert "0.5 s" in str(error)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_timeout_is_the_overall_deadline(backend: str, emulator_factory: EmulatorFactory) -> None:
+    url = emulator_factory(silent=True, **FAST).url
+    started = time.monotonic()
+    error = raises(backend, LabsTimeout, server=url, timeout=0.6)
+    elapsed = time.monotonic() - started
+    assert isinstance(error, LabsTimeout) and error.deadline == "query"
+    assert 0.6 <= elapsed < 2.0
+
+
+@pytest.mark.parametrize(
+    ("mode", "transport"), [("polling", "upgrade"), ("polling", "polling"), ("upgrade", "upgrade"),
+                            ("upgrade", "websocket")]
+)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cloudflare_page_is_a_handshake_error(
+    backend: str, mode: str, transport: str, emulator_factory: EmulatorFactory
+) -> None:
+    url = emulator_factory(cloudflare=mode, **FAST).url
+    error = raises(backend, HandshakeError, server=url, transport=transport, timeout=10)
+    assert isinstance(error, HandshakeError)
+    assert error.cloudflare is True
+    assert error.status == 403
+    assert "Cloudflare" in str(error)
+
+
+# -- content ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_multibyte_text_split_across_frames(backend: str, transport: str, start: Callable[..., str]) -> None:
+    url = start(answer=MULTIBYTE, reasoning="思考 🤔 e\u0301", chunk_size=1, frame_delay=0)
+    events = run_session(backend, [("unicode", "sonar-reasoning")], server=url, transport=transport, timeout=20)[0]
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == MULTIBYTE
+    assert "".join(e.text for e in events if isinstance(e, ReasoningDelta)) == "思考 🤔 e\u0301"
+    assert len([e for e in events if isinstance(e, TextDelta)]) > 50  # really split
+
+
+def _big_text(size: int) -> str:
+    # Varied, position-dependent content so a lost, doubled or reordered piece shows.
+    pieces = []
+    total = 0
+    index = 0
+    while total < size:
+        piece = f"[{index:07d}:é漢🙂] "
+        pieces.append(piece)
+        total += len(piece)
+        index += 1
+    return "".join(pieces)[:size]
+
+
+BIG = _big_text(1_000_000)
+
+
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_one_megabyte_answer(backend: str, transport: str, emulator_factory: EmulatorFactory) -> None:
+    # 1,000,000 characters (about 1.6 MB of UTF-8) in 4 cumulative frames of up to ~1.6 MB each.
+    # (Emulator only: the Node server takes its answer on the command line, limited to 128 KiB.)
+    url = emulator_factory(answer=BIG, chunk_size=250_000, frame_delay=0, max_payload=20_000_000).url
+    answer = run_ask(backend, "big", server=url, model="sonar", transport=transport, timeout=30,
+                     max_message_size=20_000_000)
+    assert len(answer) == len(BIG)
+    assert answer == BIG
+
+
+def test_trio_answer_collected_after_the_run(node_factory: NodeFactory, sockets_to: Callable[[int], int]) -> None:
+    server = node_factory(frame_delay=0.02)
+    held = [trio_backend.ask("kept past the run", server=server.url, model="sonar", timeout=10)]
+
+    async def first() -> str:
+        return str(await held[0].__anext__())
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert trio.run(first)
+        assert sockets_to(server.port) == 1
+        held.clear()  # the answer is collected outside any trio run
+        gc.collect()
+    assert sockets_to(server.port) == 0
+    assert [str(w.message) for w in caught] == []
