@@ -1,0 +1,561 @@
+"""The ``plabs`` command line.
+
+Commands::
+
+    plabs ask [options] PROMPT...     stream an answer (PROMPT "-" reads standard input)
+    plabs replay [--json] FILE        print the events of a recorded trace again
+    plabs models                      the known models, default first
+    plabs emulator [options]          run the local Labs emulator in the foreground
+
+``ask`` prints the answer on standard output as it arrives, the reasoning on
+standard error (dimmed on a terminal; ``--no-reasoning`` hides it) and the
+citations after the answer.  ``--json`` prints one JSON object per event
+instead, one per line::
+
+    {"event": "reasoning", "text": "..."}
+    {"event": "text", "text": "..."}
+    {"event": "citations", "citations": [...]}
+    {"event": "revised", "text": "...", "reasoning": "..."}
+    {"event": "finished", "model": "...", "text": "...", "reasoning": "...", "citations": [...],
+     "elapsed_time": 1.2, "tokens_streamed": 42}
+    {"event": "error", "error": "LabsTimeout", "message": "..."}
+
+Errors end with one line ``plabs: error: <message>`` on standard error and exit
+status 1 (2 for a usage error); what was already printed stays.  Ctrl-C exits
+with status 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import builtins
+import contextlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from typing import IO, Any
+
+from plabs_proto.errors import LabsError
+from plabs_proto.events import (
+    AnswerFinished,
+    AnswerRevised,
+    Citations,
+    Event,
+    QueryFailed,
+    ReasoningDelta,
+    TextDelta,
+)
+from plabs_proto.labs import DEFAULT_MODEL, MODELS
+from plabs_proto.trace import TraceError, TraceRecorder, config_header, replay
+
+__all__ = ["EventPrinter", "build_parser", "main"]
+
+DEFAULT_SERVER = "https://www.perplexity.ai"
+BACKENDS = ("asyncio", "trio", "sync")
+TRANSPORTS = ("upgrade", "websocket", "polling")
+_DIM, _UNDIM = "\x1b[2m", "\x1b[22m"
+_EMULATOR_LOGGERS = ("aiohttp.access", "aiohttp.server", "aiohttp.web", "engineio.server", "socketio.server")
+#: ``BaseExceptionGroup`` (Python 3.11+; ``()`` matches nothing before).
+_EXCEPTION_GROUP: Any = getattr(builtins, "BaseExceptionGroup", ())
+
+
+class _UsageError(Exception):
+    """A bad argument found after parsing (exit status 2)."""
+
+
+class _Failure(Exception):
+    """Something the CLI itself could not do (one error line, exit status 1)."""
+
+
+class EventPrinter:
+    """Prints answer events, as text or as JSON lines (see the module docstring).
+
+    ``dim`` wraps reasoning in ANSI dim/normal codes.  :meth:`end_line` ends a
+    half-printed line before an error or an interrupt.
+    """
+
+    def __init__(
+        self, *, json_lines: bool, reasoning: bool, stdout: IO[str], stderr: IO[str], dim: bool = False
+    ) -> None:
+        self.json_lines = json_lines
+        self.reasoning = reasoning
+        self.stdout = stdout
+        self.stderr = stderr
+        self.dim = dim
+        self._ascii = not (getattr(stdout, "encoding", None) or "utf-8").lower().replace("-", "").startswith("utf")
+        self._text_open = False  # answer text printed, not ended by a newline
+        self._reasoning_open = False  # reasoning printed, not ended by a newline
+        self._citations: tuple[Any, ...] = ()
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def event(self, event: Event) -> None:
+        """Print one event (``Connected``/``Closed`` are not printed; ``QueryFailed`` raises)."""
+        if isinstance(event, QueryFailed):
+            raise event.error()
+        if self.json_lines:
+            obj = self.event_json(event)
+            if obj is not None:
+                self._write(self.stdout, json.dumps(obj, ensure_ascii=self._ascii) + "\n")
+            return
+        if isinstance(event, TextDelta):
+            self._answer(event.text)
+        elif isinstance(event, ReasoningDelta):
+            if self.reasoning and event.text:
+                text = f"{_DIM}{event.text}{_UNDIM}" if self.dim else event.text
+                self._reasoning_open = not event.text.endswith("\n")  # set first: Ctrl-C may stop the write
+                self._write(self.stderr, text)
+        elif isinstance(event, Citations):
+            self._citations = event.citations
+        elif isinstance(event, AnswerRevised):
+            self.end_line()
+            note = "[the server revised the answer; it follows in full]"
+            self._write(self.stderr, (f"{_DIM}{note}{_UNDIM}" if self.dim else note) + "\n")
+            self._answer(event.text)
+        elif isinstance(event, AnswerFinished):
+            self.end_line()
+            citations = event.citations or self._citations
+            if citations:
+                lines = [f"[{n}] {_citation_text(c)}" for n, c in enumerate(citations, 1)]
+                self._write(self.stdout, "\nCitations:\n" + "\n".join(lines) + "\n")
+
+    def event_json(self, event: Event) -> dict[str, Any] | None:
+        """The JSON object printed for ``event`` in ``--json`` mode (None: not printed)."""
+        if isinstance(event, TextDelta):
+            return {"event": "text", "text": event.text}
+        if isinstance(event, ReasoningDelta):
+            return {"event": "reasoning", "text": event.text} if self.reasoning else None
+        if isinstance(event, Citations):
+            return {"event": "citations", "citations": list(event.citations)}
+        if isinstance(event, AnswerRevised):
+            return {"event": "revised", "text": event.text, "reasoning": event.reasoning}
+        if isinstance(event, AnswerFinished):
+            return {
+                "event": "finished",
+                "model": event.model,
+                "text": event.text,
+                "reasoning": event.reasoning,
+                "citations": list(event.citations),
+                "elapsed_time": event.elapsed_time,
+                "tokens_streamed": event.tokens_streamed,
+            }
+        return None
+
+    def error(self, exc: BaseException, message: str) -> None:
+        """Report an error: end the half-printed line, a JSON ``error`` object, then ``plabs: error:``."""
+        if self.json_lines:
+            obj = {"event": "error", "error": type(exc).__name__, "message": message}
+            with contextlib.suppress(OSError, ValueError):
+                self._write(self.stdout, json.dumps(obj, ensure_ascii=self._ascii) + "\n")
+        else:
+            self.end_line()
+        _print_error(message, self.stderr)
+
+    def end_line(self) -> None:
+        """End a half-printed answer (stdout) or reasoning (stderr) line."""
+        with contextlib.suppress(OSError, ValueError):
+            if self._reasoning_open:
+                self._reasoning_open = False
+                self._write(self.stderr, "\n")
+            if self._text_open:
+                self._text_open = False
+                self._write(self.stdout, "\n")
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _answer(self, text: str) -> None:
+        if not text:
+            return
+        if self._reasoning_open:
+            self._reasoning_open = False
+            self._write(self.stderr, "\n")
+        self._text_open = not text.endswith("\n")  # set first: Ctrl-C may stop the write
+        self._write(self.stdout, text)
+
+    @staticmethod
+    def _write(stream: IO[str], text: str) -> None:
+        stream.write(text)
+        stream.flush()
+
+
+def _citation_text(citation: Any) -> str:
+    if isinstance(citation, str):
+        return citation
+    if isinstance(citation, dict):
+        url = citation.get("url") or citation.get("link")
+        title = citation.get("title") or citation.get("name")
+        if isinstance(url, str):
+            return f"{title} <{url}>" if isinstance(title, str) and title else url
+    return json.dumps(citation, ensure_ascii=False)
+
+
+def _print_error(message: str, stderr: IO[str] | None = None) -> None:
+    stream = stderr if stderr is not None else sys.stderr
+    line = " ".join(message.split()) or "unknown error"
+    with contextlib.suppress(OSError, ValueError):
+        stream.write(f"plabs: error: {line}\n")
+        stream.flush()
+
+
+# -- the parser ------------------------------------------------------------------------------------
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _delay(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _count(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {text!r}")
+    return value
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("plabs-proto")
+    except Exception:
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``plabs``."""
+    parser = argparse.ArgumentParser(
+        prog="plabs",
+        description="A Perplexity Labs client (sans-IO core, asyncio/trio/blocking backends).",
+    )
+    parser.add_argument("--version", action="version", version=f"plabs {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def output_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--json", action="store_true", help="print one JSON object per event, one per line")
+        sub.add_argument("--no-reasoning", action="store_true", help="do not print the model's reasoning")
+
+    ask = commands.add_parser(
+        "ask",
+        help="ask Labs and stream the answer",
+        description="Ask Perplexity Labs and stream the answer: text on stdout, reasoning on stderr.",
+    )
+    ask.add_argument("prompt", nargs="+", metavar="PROMPT", help='the question (words are joined); "-" reads stdin')
+    ask.add_argument("--model", default=DEFAULT_MODEL, help=f"the model (default {DEFAULT_MODEL}; see `plabs models`)")
+    ask.add_argument("--server", default=None, metavar="URL", help=f"the Labs server (default {DEFAULT_SERVER})")
+    ask.add_argument("--proxy", default=None, metavar="URL", help="http://[user:pass@]host:port or socks5://...")
+    ask.add_argument("--transport", default="upgrade", choices=TRANSPORTS, help="default: upgrade")
+    ask.add_argument("--backend", default="asyncio", choices=BACKENDS, help="default: asyncio")
+    ask.add_argument("--cafile", default=None, metavar="PEM", help="trust these CA certificates instead")
+    ask.add_argument("--timeout", type=_seconds, default=None, metavar="S", help="overall deadline in seconds")
+    ask.add_argument("--trace", default=None, metavar="FILE", help="record the bytes of the session (JSON lines)")
+    ask.add_argument("--emulator", action="store_true", help="ask a local emulator started in-process")
+    output_options(ask)
+    ask.set_defaults(run=_cmd_ask, parser=ask)
+
+    rep = commands.add_parser(
+        "replay",
+        help="print the events of a recorded trace again",
+        description="Feed a trace recorded with `plabs ask --trace` back through the client and print the events.",
+    )
+    rep.add_argument("file", metavar="FILE", help='the trace ("-" reads stdin)')
+    output_options(rep)
+    rep.set_defaults(run=_cmd_replay, parser=rep)
+
+    models = commands.add_parser("models", help="list the known models, default first")
+    models.set_defaults(run=_cmd_models, parser=models)
+
+    emu = commands.add_parser(
+        "emulator",
+        help="run the local Labs emulator in the foreground",
+        description="Serve the Labs protocol locally until Ctrl-C (prints its URL on one line).",
+    )
+    emu.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
+    emu.add_argument("--port", type=_port, default=0, help="default: 0 (a free port)")
+    emu.add_argument("--certfile", default=None, metavar="PEM", help="serve TLS with this certificate")
+    emu.add_argument("--keyfile", default=None, metavar="PEM", help="the certificate's private key")
+    emu.add_argument("--answer", default=None, metavar="TEXT", help="the answer text (default: built from the prompt)")
+    emu.add_argument("--reasoning", default=None, metavar="TEXT", help="the reasoning text of reasoning models")
+    emu.add_argument("--frame-delay", type=_delay, default=None, metavar="S", help="seconds between answer frames")
+    emu.add_argument("--ping-interval", type=_seconds, default=None, metavar="S", help="Engine.IO ping interval")
+    emu.add_argument("--fail", default=None, metavar="TEXT", help="answer every query with this failure text")
+    emu.add_argument("--drop-after", type=_count, default=None, metavar="N", help="drop the connection after N frames")
+    emu.add_argument("--silent", action="store_true", help="never answer a query")
+    emu.add_argument("--cloudflare", choices=("polling", "upgrade", "all"), default=None, help="serve 403 pages")
+    emu.set_defaults(run=_cmd_emulator, parser=emu)
+    return parser
+
+
+# -- commands --------------------------------------------------------------------------------------
+
+
+def _printer(args: argparse.Namespace) -> EventPrinter:
+    dim = sys.stderr.isatty() and not os.environ.get("NO_COLOR")
+    return EventPrinter(
+        json_lines=args.json, reasoning=not args.no_reasoning, stdout=sys.stdout, stderr=sys.stderr, dim=dim
+    )
+
+
+def _read_prompt(words: Sequence[str]) -> str:
+    if list(words) == ["-"]:
+        prompt = sys.stdin.read().strip()
+        if not prompt:
+            raise _UsageError("expected a prompt on standard input, got nothing")
+        return prompt
+    prompt = " ".join(words).strip()
+    if not prompt:
+        raise _UsageError("expected a prompt, got an empty one")
+    return prompt
+
+
+def _cmd_ask(args: argparse.Namespace, printer: EventPrinter) -> int:
+    prompt = _read_prompt(args.prompt)
+    if args.emulator and args.server is not None:
+        raise _UsageError("--emulator and --server cannot be used together")
+    if args.cafile is not None:
+        try:
+            open(args.cafile, "rb").close()  # only checks that it can be read
+        except OSError as exc:
+            raise _Failure(f"cannot read the CA file {args.cafile!r}: {exc.strerror or exc}") from None
+    trace_file: IO[str] | None = None
+    if args.trace is not None:
+        try:
+            trace_file = open(args.trace, "w", encoding="utf-8")  # noqa: SIM115 - closed in the finally below
+        except OSError as exc:
+            raise _Failure(f"cannot write the trace to {args.trace!r}: {exc.strerror or exc}") from None
+    recorder = TraceRecorder({}) if trace_file is not None else None
+    emulator: Any = None
+    try:
+        server = args.server or DEFAULT_SERVER
+        if args.emulator:
+            emulator = _start_emulator()
+            server = emulator.url
+        options: dict[str, Any] = {
+            "server": server,
+            "proxy": args.proxy,
+            "transport": args.transport,
+            "cafile": args.cafile,
+            "tracer": recorder,
+        }
+        if args.timeout is not None:
+            options["timeout"] = args.timeout
+        runner = {"asyncio": _ask_asyncio, "trio": _ask_trio, "sync": _ask_sync}[args.backend]
+        runner(prompt, args.model, options, recorder, printer)
+    finally:
+        if emulator is not None:
+            emulator.stop()
+        if trace_file is not None and recorder is not None:
+            with trace_file:
+                if "plabs_trace" in recorder.header:
+                    trace_file.write("".join(line + "\n" for line in recorder.lines()))
+    return 0
+
+
+def _start_emulator() -> Any:
+    try:
+        from .emulator import EmulatorConfig, EmulatorThread
+    except ImportError as exc:
+        raise _Failure(
+            f"the emulator needs python-socketio and aiohttp (pip install 'plabs-proto[emulator]'): {exc}"
+        ) from None
+    # The in-process emulator is a demo server: its request logs (python-engineio reports a
+    # poll that races with the session's close, for one) would only clutter our stderr.
+    for name in _EMULATOR_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+    emulator = EmulatorThread(EmulatorConfig(), host="127.0.0.1", port=0)
+    emulator.start()
+    return emulator
+
+
+def _set_header(recorder: TraceRecorder | None, session: Any, prompt: str, model: str) -> None:
+    if recorder is not None:
+        recorder.header.update(config_header(session.client.config, model=model, messages=prompt, seed=session.seed))
+
+
+def _ask_asyncio(
+    prompt: str, model: str, options: dict[str, Any], recorder: TraceRecorder | None, printer: EventPrinter
+) -> None:
+    import asyncio
+
+    from . import asyncio as backend
+
+    async def main() -> None:
+        session = backend.connect(**options)
+        _set_header(recorder, session, prompt, model)
+        async with session, contextlib.aclosing(session.query(prompt, model=model)) as events:
+            async for event in events:
+                printer.event(event)
+
+    asyncio.run(main())
+
+
+def _ask_trio(
+    prompt: str, model: str, options: dict[str, Any], recorder: TraceRecorder | None, printer: EventPrinter
+) -> None:
+    try:
+        import trio
+
+        from . import trio as backend
+    except ImportError as exc:
+        raise _Failure(f"the trio backend needs trio (pip install 'plabs-proto[trio]'): {exc}") from None
+
+    async def main() -> None:
+        session = backend.connect(**options)
+        _set_header(recorder, session, prompt, model)
+        async with session, contextlib.aclosing(session.query(prompt, model=model)) as events:
+            async for event in events:
+                printer.event(event)
+
+    trio.run(main)
+
+
+def _ask_sync(
+    prompt: str, model: str, options: dict[str, Any], recorder: TraceRecorder | None, printer: EventPrinter
+) -> None:
+    from . import sync as backend
+
+    session = backend.connect(**options)
+    _set_header(recorder, session, prompt, model)
+    with session, contextlib.closing(session.query(prompt, model=model)) as events:
+        for event in events:
+            printer.event(event)
+
+
+def _trace_lines(path: str) -> Iterator[str]:
+    if path == "-":
+        yield from sys.stdin
+        return
+    try:
+        handle = open(path, encoding="utf-8")  # noqa: SIM115 - closed by the with below
+    except OSError as exc:
+        raise _Failure(f"cannot read the trace {path!r}: {exc.strerror or exc}") from None
+    with handle:
+        try:
+            yield from handle
+        except UnicodeDecodeError as exc:
+            raise TraceError(f"expected a UTF-8 trace file, got undecodable bytes: {exc}") from None
+
+
+def _cmd_replay(args: argparse.Namespace, printer: EventPrinter) -> int:
+    for event in replay(_trace_lines(args.file)):
+        printer.event(event)
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace, printer: EventPrinter) -> int:
+    names = [DEFAULT_MODEL, *(name for name in MODELS if name != DEFAULT_MODEL)]
+    printer.stdout.write("".join(name + "\n" for name in names))
+    printer.stdout.flush()
+    return 0
+
+
+def _cmd_emulator(args: argparse.Namespace, printer: EventPrinter) -> int:
+    try:
+        from .emulator import EmulatorConfig, run
+    except ImportError as exc:
+        raise _Failure(
+            f"the emulator needs python-socketio and aiohttp (pip install 'plabs-proto[emulator]'): {exc}"
+        ) from None
+    if args.keyfile is not None and args.certfile is None:
+        raise _UsageError("--keyfile needs --certfile")
+    settings: dict[str, Any] = {"silent": args.silent}
+    for name in ("answer", "reasoning", "frame_delay", "ping_interval", "fail", "drop_after", "cloudflare"):
+        value = getattr(args, name)
+        if value is not None:
+            settings[name] = value
+    try:
+        config = EmulatorConfig(**settings)
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+    try:
+        run(config, args.host, args.port, args.certfile, args.keyfile)
+    except OSError as exc:
+        files = f" with certfile {args.certfile!r}" if args.certfile else ""
+        raise _Failure(
+            f"cannot start the emulator on {args.host}:{args.port}{files}: {exc.strerror or exc}"
+        ) from None
+    return 0
+
+
+# -- main ------------------------------------------------------------------------------------------
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, or ``[exc]``."""
+    if isinstance(exc, _EXCEPTION_GROUP):
+        subs: tuple[BaseException, ...] = exc.exceptions
+        return [leaf for sub in subs for leaf in _leaves(sub)]
+    return [exc]
+
+
+def _describe(exc: BaseException) -> str | None:
+    """The message for an error the CLI reports in one line, or None for a bug (traceback)."""
+    if isinstance(exc, LabsError | TraceError | _Failure):
+        return str(exc)
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror or exc}{where}"
+    return None
+
+
+def _quiet_stdout() -> None:
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``plabs``; returns the exit status (``SystemExit`` 2 for usage errors)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    printer = _printer(args) if args.command in ("ask", "replay") else EventPrinter(
+        json_lines=False, reasoning=False, stdout=sys.stdout, stderr=sys.stderr
+    )
+    run: Callable[[argparse.Namespace, EventPrinter], int] = args.run
+    try:
+        return run(args, printer)
+    except _UsageError as exc:
+        sub: argparse.ArgumentParser = args.parser
+        sub.error(str(exc))
+    except BaseException as exc:  # sorted out below; bugs are re-raised
+        leaves = _leaves(exc)
+        if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
+            printer.end_line()
+            return 130
+        if any(isinstance(leaf, BrokenPipeError) for leaf in leaves):
+            _quiet_stdout()
+            return 1
+        for leaf in leaves:
+            message = _describe(leaf)
+            if message is not None:
+                printer.error(leaf, message)
+                return 1
+        raise
+
