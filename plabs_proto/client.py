@@ -84,6 +84,9 @@ DEFAULT_SERVER = "https://www.perplexity.ai"
 DEFAULT_ORIGIN = "https://labs.perplexity.ai"
 DEFAULT_JWT = "anonymous-ask-user"
 _DEFAULT_LIMIT = 1_000_000
+#: A polling GET body may batch several packets, each up to the message limit; the body is
+#: bounded at this many times the limit (and every packet in it by the limit).
+_PACKETS_PER_BODY = 8
 
 #: ``tracer(now, stream_id, direction, data)``: called with every byte above TLS ("in" or "out").
 Tracer = Callable[[float, int, str, bytes], None]
@@ -461,7 +464,7 @@ class LabsClient:
             layers.append(TLSLayer(self._ssl_context, self._host))
         stack = StreamStack(layers)
         stack.start()
-        stream = _Stream(stream_id, stack, HTTPChannel(max_body=self._limit))
+        stream = _Stream(stream_id, stack, HTTPChannel(max_body=self._limit * _PACKETS_PER_BODY))
         self._streams[stream_id] = stream
         self._instructions.append(OpenStream(stream_id=stream_id, host=host, port=port))
         opening = stack.data_to_send()  # a CONNECT request, a SOCKS greeting or a ClientHello
@@ -658,7 +661,7 @@ class LabsClient:
             self._limit = max(info.max_payload, 1024)
             for stream in self._streams.values():
                 if stream.http is not None:
-                    stream.http.max_body = self._limit
+                    stream.http.max_body = self._limit * _PACKETS_PER_BODY
                 if stream.ws is not None:
                     stream.ws.max_message_size = self._limit
         self._deadlines["heartbeat"] = now + self._ping_window
@@ -667,6 +670,11 @@ class LabsClient:
         if response.status != 200:
             raise self._refused(response, what, 200)
         for packet in engineio.decode_payload(response.text()):
+            if packet.data is not None and len(packet.data) > self._limit:
+                raise RemoteProtocolError(
+                    f"expected Engine.IO packets of at most {self._limit} bytes in {what}, "
+                    f"got one of {len(packet.data)}"
+                )
             self._on_eio_packet(packet, now)
 
     def _next_poll(self) -> None:

@@ -148,6 +148,11 @@ class HTTPChannel:
                 )
             self._closed = True
             return None
+        if not data and self._response is None:
+            self._closed = True
+            raise RemoteProtocolError(
+                "expected an HTTP response, got end of stream before a complete response head"
+            )
         try:
             self._conn.receive_data(data)
             while True:
@@ -183,6 +188,10 @@ class HTTPChannel:
                     return None
         except h11.RemoteProtocolError as exc:
             self._closed = True
+            if not data:
+                raise RemoteProtocolError(
+                    f"expected the rest of the HTTP response, got end of stream ({exc})"
+                ) from exc
             raise RemoteProtocolError(f"expected a valid HTTP/1.1 response, got one h11 refuses: {exc}") from exc
 
     def _finish(self) -> HTTPResponse:

@@ -485,8 +485,27 @@ def test_oversized_http_body_is_bounded() -> None:
     h = make(max_message_size=100)
     h.client.connect(0.0)
     h.take(1)
+    # A polling body may batch packets: it is bounded at 8 times the message limit.
+    with pytest.raises(RemoteProtocolError, match="at most 800 bytes"):
+        h.reply(1, b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"0" * 900)
+
+
+def test_oversized_packet_in_a_polling_body_is_refused() -> None:
+    h = make("polling", max_message_size=100)
+    h.client.connect(0.0)
+    h.take(1)
+    h.reply(1, http_response(200, open_packet()))
+    h.take(1)
     with pytest.raises(RemoteProtocolError, match="at most 100 bytes"):
-        h.reply(1, b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"0" * 200)
+        h.reply(1, http_response(200, "4" + "x" * 150 + "\x1e2"))
+
+
+def test_end_of_stream_before_a_response() -> None:
+    h = make()
+    h.client.connect(0.0)
+    h.take(1)
+    with pytest.raises(RemoteProtocolError, match="end of stream before a complete response head"):
+        h.reply(1, b"")
 
 
 # -- local misuse and several queries --------------------------------------------------------------------
