@@ -452,6 +452,13 @@ class Emulator:
                 return web.Response(status=400, text="dropped")  # never reaches the peer
             if tcp is not None:
                 self._transports.setdefault(sid, set()).add(tcp)
+            try:
+                return await handler(request)
+            except KeyError:
+                # python-engineio raises KeyError("Session is disconnected") for a long-poll GET
+                # still pending when its session closes (the client's close POST won the race).
+                # Answer as Engine.IO does for a session it no longer knows.
+                return web.json_response({"code": 1, "message": "Session ID unknown"}, status=400)
         return await handler(request)
 
     def _on_engine_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
