@@ -39,6 +39,7 @@ from ._options import (
     DEFAULT_SERVER,
     DEFAULT_TIMEOUT,
     MODELS,
+    READ_SIZE,
     AsyncAnswer,
     AsyncSession,
     Headers,
@@ -54,12 +55,18 @@ __all__ = ["PerplexityLabs", "Session", "ask", "connect"]
 _CLOSE_WAIT = 1.0  # seconds aclose() waits for the sockets to finish closing before aborting them
 
 
-class _StreamProtocol(asyncio.Protocol):
-    """One TCP connection of a :class:`_Link`: hands everything to the link."""
+class _StreamProtocol(asyncio.BufferedProtocol):
+    """One TCP connection of a :class:`_Link`: hands everything to the link.
+
+    A buffered protocol: the loop reads into one buffer kept for the
+    connection's life (``recv_into``) instead of allocating a fresh
+    ``READ_SIZE`` bytes object for every read.
+    """
 
     def __init__(self, link: _Link, stream_id: int) -> None:
         self.link = link
         self.stream_id = stream_id
+        self._view = memoryview(bytearray(READ_SIZE))
         self.transport: asyncio.Transport | None = None
         self.eof = False
         self.lost: asyncio.Future[None] = link.loop.create_future()
@@ -72,8 +79,11 @@ class _StreamProtocol(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.link.made(self)
 
-    def data_received(self, data: bytes) -> None:
-        self.link.receive(self.stream_id, data)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.link.receive(self.stream_id, bytes(self._view[:nbytes]))
 
     def eof_received(self) -> bool:
         self.eof = True

@@ -77,6 +77,7 @@ class _Link:
         self.client = client
         self.proxied = client.config.proxy is not None
         self.selector = selectors.DefaultSelector()
+        self._read_view = memoryview(bytearray(READ_SIZE))  # one buffer for every read (recv_into)
         self.sockets: dict[int, _Socket] = {}
         self.events: deque[Event] = deque()
         self.error: BaseException | None = None
@@ -216,7 +217,8 @@ class _Link:
                 self._write(entry)
             if mask & selectors.EVENT_READ:
                 try:
-                    data = entry.sock.recv(READ_SIZE)
+                    count = entry.sock.recv_into(self._read_view)
+                    data = bytes(self._read_view[:count])
                 except (BlockingIOError, InterruptedError):
                     continue
                 except OSError as exc:

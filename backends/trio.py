@@ -102,6 +102,7 @@ class _Link:
         self.streams: dict[int, trio.SocketStream] = {}
         self.targets: dict[int, OpenStream] = {}
         self.at_eof: set[int] = set()
+        self._read_views: dict[int, memoryview] = {}
         self.events: deque[Event] = deque()
         self.error: BaseException | None = None
         self.finished = False
@@ -204,7 +205,7 @@ class _Link:
         with trio.move_on_at(until):
             if len(readable) == 1:
                 stream_id, stream = readable[0]
-                got.append((stream_id, await self._read(stream)))
+                got.append((stream_id, await self._read(stream_id, stream)))
             elif readable:
                 try:
                     async with trio.open_nursery() as nursery:
@@ -231,11 +232,17 @@ class _Link:
             assert at is not None
             self._fire_timer(at)
 
-    async def _read(self, stream: trio.SocketStream) -> bytes | BaseException:
+    async def _read(self, stream_id: int, stream: trio.SocketStream) -> bytes | BaseException:
+        # Read into a buffer kept for the stream (recv_into) rather than a fresh READ_SIZE
+        # bytes object per read. One buffer per stream: polling reads two streams at once.
+        view = self._read_views.get(stream_id)
+        if view is None:
+            view = self._read_views[stream_id] = memoryview(bytearray(READ_SIZE))
         try:
-            return await stream.receive_some(READ_SIZE)
+            count = await stream.socket.recv_into(view)
         except _STREAM_ERRORS as exc:
             return _cause(exc)
+        return bytes(view[:count])
 
     async def _read_into(
         self,
@@ -244,7 +251,7 @@ class _Link:
         got: list[tuple[int, bytes | BaseException]],
         scope: trio.CancelScope,
     ) -> None:
-        got.append((stream_id, await self._read(stream)))
+        got.append((stream_id, await self._read(stream_id, stream)))
         scope.cancel()
 
     def _stream_error(self, exc: BaseException, action: str, stream_id: int) -> LabsError:
@@ -262,6 +269,7 @@ class _Link:
     def _close_stream(self, stream_id: int) -> None:
         stream = self.streams.pop(stream_id, None)
         self.at_eof.discard(stream_id)
+        self._read_views.pop(stream_id, None)
         if stream is not None:
             sock = stream.socket
             try:
