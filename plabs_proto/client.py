@@ -144,14 +144,7 @@ class _Stream:
     open: bool = True
 
 
-_OPEN, _CONNECT_POST, _ACK_POLL, _UPGRADE, _POLL, _POST = (
-    "open",
-    "connect-post",
-    "ack-poll",
-    "upgrade",
-    "poll",
-    "post",
-)
+_OPEN, _CONNECT_POST, _UPGRADE, _POLL, _POST = ("open", "connect-post", "upgrade", "poll", "post")
 
 
 class LabsClient:
@@ -215,6 +208,9 @@ class LabsClient:
         self.socket_sid = ""
         self._connected = False
         self._probing = False
+        self._ws_stream: _Stream | None = None  # upgrade transport: the connection for the WebSocket
+        self._connect_posted = False  # upgrade transport: the CONNECT POST was answered
+        self._probe_sent = False
         self._ws_key = ""
         self._eio_out: list[str] = []  # Engine.IO text packets waiting for a POST or the WebSocket
         self._sio = socketio.PacketDecoder()
@@ -268,10 +264,12 @@ class LabsClient:
                 self._send_upgrade(stream, sid=None)
             else:
                 self._http(stream, "GET", self._target("polling"), b"", _OPEN)
+            # The second connection (polling: for POSTs; upgrade: for the WebSocket) opens
+            # now, so its TCP (and TLS, proxy) handshakes run beside the handshake GET.
             if self.config.transport == "polling":
-                # The POST connection opens now, so its TCP (and TLS, proxy) handshakes
-                # run beside the handshake GET instead of after it.
                 self._post_stream = self._open_stream()
+            elif self.config.transport == "upgrade":
+                self._ws_stream = self._open_stream()
 
     def query(
         self,
@@ -557,16 +555,8 @@ class LabsClient:
             self._on_open_response(stream, result, now)
         elif purpose == _CONNECT_POST:
             self._check_post(result, "the Socket.IO CONNECT POST")
-            main = self._usable(self._main_or(stream))
-            self._main = main
-            self._http(main, "GET", self._target("polling", self.engine_sid), b"", _ACK_POLL)
-        elif purpose == _ACK_POLL:
-            self._on_poll_body(result, now, "the connect-ack GET")
-            if self._state in (ClientState.CLOSED, ClientState.ERROR):
-                return
-            main = self._usable(self._main_or(stream))
-            self._main = main
-            self._send_upgrade(main, self.engine_sid)
+            self._connect_posted = True
+            self._maybe_probe()
         elif purpose == _POLL:
             self._on_poll_body(result, now, "a long-polling GET")
             self._next_poll()
@@ -574,11 +564,6 @@ class LabsClient:
             self._check_post(result, "a polling POST")
             self._flush_posts()
         # "close": nothing more to do
-
-    def _main_or(self, stream: _Stream) -> _Stream:
-        if self._main is stream or self._main is None:
-            return stream
-        return self._main
 
     def _remember_cookies(self, response: HTTPResponse) -> None:
         for value in response.header_values("set-cookie"):
@@ -639,12 +624,21 @@ class LabsClient:
         for packet in packets[1:]:
             self._on_eio_packet(packet, now)
         if "websocket" not in self._upgrades and self._transport_name == "upgrade":
-            self._transport_name = "polling"  # the server offers no upgrade: stay on polling
+            # The server offers no upgrade: stay on polling, POSTing on the connection
+            # that was opened for the WebSocket.
+            self._transport_name = "polling"
+            self._post_stream, self._ws_stream = self._ws_stream, None
         auth = "40" + json.dumps({"jwt": self.config.jwt}, separators=(",", ":"))
         if self._transport_name == "upgrade":
+            # The CONNECT POST and the WebSocket upgrade go out together, on two connections.
+            # The probe waits for both answers, so the server has the CONNECT before the
+            # upgrade ends polling; its ack then comes on the WebSocket.
             main = self._usable(stream)
             self._main = main
             self._http(main, "POST", self._target("polling", self.engine_sid), auth.encode("utf-8"), _CONNECT_POST)
+            ws_stream = self._usable(self._ws_stream)
+            self._ws_stream = ws_stream
+            self._send_upgrade(ws_stream, self.engine_sid)
         else:
             self._main = self._usable(stream)
             self._eio_out.append(auth)
@@ -713,20 +707,32 @@ class LabsClient:
             )
         self._remember_cookies(HTTPResponse(101, "", switched.headers, b""))
         stream.http = None
-        ws = WebSocketChannel(self._rng, max_message_size=self._limit)
-        stream.ws = ws
-        self._main = stream
+        stream.ws = WebSocketChannel(self._rng, max_message_size=self._limit)
         if self._transport_name == "upgrade":
-            self._probing = True
-            # The probe and the upgrade go out together, then whatever waited for the
-            # WebSocket (pongs, a query): servers read them in order, so no round trip is spent.
-            out = ws.send_text("2probe") + ws.send_text("5")
-            for text in self._eio_out:
-                out += ws.send_text(text)
-            self._eio_out.clear()
-            self._write(stream, out)
+            self._maybe_probe()
+        else:
+            self._main = stream
         if switched.trailing_data:
             self._on_ws_bytes(stream, switched.trailing_data, now)
+
+    def _maybe_probe(self) -> None:
+        """Upgrade transport: once the WebSocket is open and the CONNECT POST answered, switch to it."""
+        stream = self._ws_stream
+        if not self._connect_posted or stream is None or stream.ws is None or self._probe_sent:
+            return
+        ws = stream.ws
+        self._probing = self._probe_sent = True
+        # The probe and the upgrade go out together, then whatever waited for the
+        # WebSocket (pongs, a query): servers read them in order, so no round trip is spent.
+        out = ws.send_text("2probe") + ws.send_text("5")
+        for text in self._eio_out:
+            out += ws.send_text(text)
+        self._eio_out.clear()
+        self._write(stream, out)
+        polling = self._main
+        self._main = stream
+        if polling is not None and polling is not stream:
+            self._close_stream(polling)  # the upgrade ends polling
 
     def _on_eof(self, stream: _Stream, now: float) -> None:
         if stream.ws is not None:

@@ -79,42 +79,57 @@ POLL_SID = POLL + "&sid=SID1"
 WS_SID = "/socket.io/?EIO=4&transport=websocket&sid=SID1"
 
 
-def handshake_upgrade(h: Harness, *, ok: bytes = b"OK", ack_on_get: bool = True, query: bool = True) -> ClientFrames:
-    """Drive the polling handshake and the upgrade; returns the decoder of the client's frames."""
+WS = 2  # the upgrade transport's WebSocket connection
+
+
+def handshake_upgrade(h: Harness, *, ok: bytes = b"OK", ack: bool = True, query: bool = True) -> ClientFrames:
+    """Drive the polling handshake and the upgrade; returns the decoder of the client's frames.
+
+    With ``ack`` the server answers the probe and sends the connect ack (python-engineio
+    would add a NOOP after it), and the query goes out.
+    """
     c = h.client
     c.connect(h.now)
     if query:
         c.query("hi", model="sonar", now=h.now)
     h.pump()
-    assert h.opened == [OpenStream(stream_id=1, host="labs.test", port=80)]
+    # Two connections at once: the polling handshake, and the one for the WebSocket.
+    assert h.opened == [OpenStream(stream_id=1, host="labs.test", port=80),
+                        OpenStream(stream_id=WS, host="labs.test", port=80)]
     assert h.take(1) == get(POLL)
+    assert h.take(WS) == b""
     h.reply(1, http_response(200, open_packet()))
+    # The CONNECT POST and the upgrade request go out together.
     assert h.take(1) == post(POLL_SID, b'40{"jwt":"anonymous-ask-user"}')
+    assert h.take(WS) == upgrade_request(WS_SID)
+    h.reply(WS, switching_protocols(KEY))
+    assert h.take(WS) == b""  # the probe waits for the POST's answer
     h.reply(1, http_response(200, ok))
-    assert h.take(1) == get(POLL_SID)
-    h.reply(1, http_response(200, '40{"sid":"S1"}' if ack_on_get else "6"))
-    assert h.take(1) == upgrade_request(WS_SID)
-    h.reply(1, switching_protocols(KEY))
     frames = ClientFrames()
-    expected = ["2probe", "5"] + ([QUERY] if query and ack_on_get else [])
-    assert frames.feed(h.take(1)) == expected
+    assert frames.feed(h.take(WS)) == ["2probe", "5"]
+    assert 1 in h.closed  # the upgrade ends polling
+    if ack:
+        h.reply(WS, ws_frame("3probe") + ws_frame('40{"sid":"S1"}') + ws_frame("6"))
+        assert frames.feed(h.take(WS)) == ([QUERY] if query else [])
     return frames
 
 
 def test_upgrade_transcript_python_flavour() -> None:
     h = make()
-    frames = handshake_upgrade(h)
+    frames = handshake_upgrade(h, ack=False)
+    assert h.events() == []
+    # python-engineio: 3probe, then what it had queued for the poll (the ack, a NOOP).
+    h.reply(WS, ws_frame("3probe") + ws_frame('40{"sid":"S1"}') + ws_frame("6"))
+    assert frames.feed(h.take(WS)) == [QUERY]
     assert h.events() == [Connected(engine_sid="SID1", socket_sid="S1", transport="upgrade")]
     assert h.client.state is ClientState.QUERYING
-    # python-engineio: 3probe, then the NOOP it queued for the poll, then the answer.
-    h.reply(1, ws_frame("3probe") + ws_frame("6"))
-    h.reply(1, ws_frame(progress("sonar", {"output": "Hel", "final": False})))
-    h.reply(1, ws_frame(progress("sonar", {"output": "Hello!", "final": False})))
-    h.reply(1, ws_frame("2"))
-    assert frames.feed(h.take(1)) == ["3"]
+    h.reply(WS, ws_frame(progress("sonar", {"output": "Hel", "final": False})))
+    h.reply(WS, ws_frame(progress("sonar", {"output": "Hello!", "final": False})))
+    h.reply(WS, ws_frame("2"))
+    assert frames.feed(h.take(WS)) == ["3"]
     final = {"output": "Hello!", "final": True, "status": "completed", "citations": ["https://a.example"],
              "elapsed_time": 0.7, "tokens_streamed": 3}
-    h.reply(1, ws_frame(progress("sonar", final)))
+    h.reply(WS, ws_frame(progress("sonar", final)))
     assert h.events() == [
         TextDelta(text="Hel"),
         TextDelta(text="lo!"),
@@ -124,18 +139,18 @@ def test_upgrade_transcript_python_flavour() -> None:
     ]
     assert h.client.state is ClientState.READY
     h.client.close(h.now)
-    assert frames.feed(h.take(1)) == ["41", "1", b"<close>"]
-    assert h.closed == [1]
+    assert frames.feed(h.take(WS)) == ["41", "1", b"<close>"]
+    assert h.closed == [1, WS]
     assert h.events() == [Closed(reason="closed by the client")]
 
 
 def test_upgrade_transcript_node_flavour_ack_on_websocket() -> None:
-    """Node: 'ok' in lower case, the ack arrives after the upgrade, no NOOP."""
+    """Node: 'ok' in lower case, the ack flushed onto the WebSocket, no NOOP."""
     h = make()
-    frames = handshake_upgrade(h, ok=b"ok", ack_on_get=False)
+    frames = handshake_upgrade(h, ok=b"ok", ack=False)
     assert h.events() == []
-    h.reply(1, ws_frame("3probe") + ws_frame("2") + ws_frame('40{"sid":"S1"}'))
-    assert frames.feed(h.take(1)) == ["3", QUERY]
+    h.reply(WS, ws_frame("3probe") + ws_frame("2") + ws_frame('40{"sid":"S1"}'))
+    assert frames.feed(h.take(WS)) == ["3", QUERY]
     assert h.events() == [Connected(engine_sid="SID1", socket_sid="S1", transport="upgrade")]
 
 
@@ -199,8 +214,9 @@ def test_keep_alive_refused_opens_a_new_connection() -> None:
     assert h.take(1) == get(POLL)
     h.reply(1, http_response(200, open_packet(), close=True))
     assert h.closed == [1]
-    assert h.opened[-1] == OpenStream(stream_id=2, host="labs.test", port=80)
-    assert h.take(2) == post(POLL_SID, b'40{"jwt":"anonymous-ask-user"}')
+    assert h.opened[-1] == OpenStream(stream_id=3, host="labs.test", port=80)
+    assert h.take(3) == post(POLL_SID, b'40{"jwt":"anonymous-ask-user"}')
+    assert h.take(WS) == upgrade_request(WS_SID)
 
 
 def test_upgrade_falls_back_to_polling_when_not_offered() -> None:
@@ -209,7 +225,9 @@ def test_upgrade_falls_back_to_polling_when_not_offered() -> None:
     h.take(1)
     h.reply(1, http_response(200, open_packet(upgrades=())))
     assert h.client.transport == "polling"
+    # The connection opened for the WebSocket carries the POSTs instead.
     assert h.take(2) == post(POLL_SID, b'40{"jwt":"anonymous-ask-user"}')
+    assert h.take(1) == get(POLL_SID)
 
 
 # -- TLS and proxies -----------------------------------------------------------------------------------
@@ -235,7 +253,8 @@ def test_tls_transcript(ca: trustme.CA) -> None:
     h.tls_context = server_ctx
     h.client.connect(0.0)
     h.pump()
-    assert h.opened == [OpenStream(stream_id=1, host="www.perplexity.ai", port=443)]
+    assert h.opened == [OpenStream(stream_id=1, host="www.perplexity.ai", port=443),
+                        OpenStream(stream_id=2, host="www.perplexity.ai", port=443)]
     assert h.take(1) == get(POLL, host=b"www.perplexity.ai")
     h.reply(1, http_response(200, open_packet()))
     assert h.take(1) == post(POLL_SID, b'40{"jwt":"anonymous-ask-user"}', host=b"www.perplexity.ai")
@@ -252,7 +271,7 @@ def test_tls_wrong_host_is_refused(ca: trustme.CA) -> None:
         h.take(1)
     assert h.client.state is ClientState.ERROR
     h.pump()
-    assert h.closed == [1]
+    assert h.closed == [1, 2]
 
 
 def test_http_connect_proxy_then_tls(ca: trustme.CA) -> None:
@@ -260,7 +279,8 @@ def test_http_connect_proxy_then_tls(ca: trustme.CA) -> None:
     h = make(server="https://www.perplexity.ai", ssl_context=client_ctx, proxy="http://bob:s3cret@proxy.test:3128")
     h.client.connect(0.0)
     h.pump()
-    assert h.opened == [OpenStream(stream_id=1, host="proxy.test", port=3128)]
+    assert [o.host for o in h.opened] == ["proxy.test", "proxy.test"]
+    assert h.opened[0] == OpenStream(stream_id=1, host="proxy.test", port=3128)
     assert h.take_raw(1) == (
         b"CONNECT www.perplexity.ai:443 HTTP/1.1\r\nHost: www.perplexity.ai:443\r\n"
         b"Proxy-Authorization: Basic Ym9iOnMzY3JldA==\r\n\r\n"
@@ -287,7 +307,8 @@ def test_socks5_proxy_transcript() -> None:
     h = make(proxy="socks5://bob:pw@proxy.test:1080")
     h.client.connect(0.0)
     h.pump()
-    assert h.opened == [OpenStream(stream_id=1, host="proxy.test", port=1080)]
+    assert h.opened[0] == OpenStream(stream_id=1, host="proxy.test", port=1080)
+    assert h.take_raw(2) == b"\x05\x02\x00\x02"  # the WebSocket connection tunnels at once too
     assert h.take_raw(1) == b"\x05\x02\x00\x02"
     h.client.receive_data(1, b"\x05\x02", 0.0)
     assert h.take_raw(1) == b"\x01\x03bob\x02pw"
@@ -309,25 +330,21 @@ def test_heartbeat_deadline_driven_by_the_caller() -> None:
     h.take(1)
     h.reply(1, http_response(200, open_packet(ping_interval=200, ping_timeout=100)))
     assert c.get_timer() == pytest.approx(0.4)  # heartbeat: 0.1 + 0.2 + 0.1
-    h.take(1)
     h.reply(1, http_response(200, "OK"))
-    h.take(1)
-    h.reply(1, http_response(200, '40{"sid":"S1"}'))
-    h.take(1)
-    h.reply(1, switching_protocols(KEY) + ws_frame("3probe"))
-    h.take(1)
+    h.reply(WS, switching_protocols(KEY) + ws_frame("3probe") + ws_frame('40{"sid":"S1"}'))
+    h.take(WS)
     assert c.get_timer() == pytest.approx(0.4)  # connected: only the heartbeat is left
     h.now = 0.3
     c.handle_timer(0.3)  # early: nothing happens
-    h.reply(1, ws_frame("2"))
+    h.reply(WS, ws_frame("2"))
     assert c.get_timer() == pytest.approx(0.6)
-    assert ClientFrames().feed(h.take(1)) == ["3"]
+    assert ClientFrames().feed(h.take(WS)) == ["3"]
     with pytest.raises(LabsTimeout, match="ping") as info:
         c.handle_timer(0.6)
     assert info.value.deadline == "heartbeat"
     assert c.state is ClientState.ERROR
     h.pump()
-    assert h.closed == [1]
+    assert h.closed == [1, WS]
 
 
 def test_first_text_deadline_carries_what_arrived() -> None:
@@ -342,8 +359,7 @@ def test_first_text_deadline_carries_what_arrived() -> None:
 def test_query_deadline_keeps_partial_text() -> None:
     h = make(query_timeout=3.0, first_text_timeout=None)
     handshake_upgrade(h)
-    h.reply(1, ws_frame("3probe") + ws_frame('40{"sid":"S1"}'))
-    h.reply(1, ws_frame(progress("sonar", {"output": "partial", "final": False})))
+    h.reply(WS, ws_frame(progress("sonar", {"output": "partial", "final": False})))
     with pytest.raises(LabsTimeout) as info:
         h.client.handle_timer(3.0)
     assert info.value.deadline == "query"
@@ -408,10 +424,9 @@ def test_post_answer_must_be_ok() -> None:
 def test_connection_dropped_mid_answer_keeps_partial_text() -> None:
     h = make()
     handshake_upgrade(h)
-    h.reply(1, ws_frame("3probe"))
-    h.reply(1, ws_frame(progress("sonar", {"output": "Half an ans", "final": False})))
+    h.reply(WS, ws_frame(progress("sonar", {"output": "Half an ans", "final": False})))
     with pytest.raises(RemoteProtocolError, match="closed the connection") as info:
-        h.reply(1, b"")
+        h.reply(WS, b"")
     assert info.value.partial_text == "Half an ans"
     assert h.client.partial_text == "Half an ans"
 
@@ -419,8 +434,8 @@ def test_connection_dropped_mid_answer_keeps_partial_text() -> None:
 def test_server_failure_frame() -> None:
     h = make()
     handshake_upgrade(h)
-    h.reply(1, ws_frame("3probe") + ws_frame(progress("sonar", {"output": "x", "final": False})))
-    h.reply(1, ws_frame(progress("sonar", {"status": "failed", "text": "Error in processing query"})))
+    h.reply(WS, ws_frame(progress("sonar", {"output": "x", "final": False})))
+    h.reply(WS, ws_frame(progress("sonar", {"status": "failed", "text": "Error in processing query"})))
     events = h.events()
     failed = events[-1]
     assert isinstance(failed, QueryFailed)
@@ -441,10 +456,10 @@ def test_server_failure_frame() -> None:
 def test_server_ends_session_mid_answer(frame: str | bytes, match: str) -> None:
     h = make()
     handshake_upgrade(h)
-    h.reply(1, ws_frame("3probe") + ws_frame(progress("sonar", {"output": "so far", "final": False})))
+    h.reply(WS, ws_frame(progress("sonar", {"output": "so far", "final": False})))
     data = frame if isinstance(frame, bytes) else ws_frame(frame)
     with pytest.raises(RemoteProtocolError, match=match) as info:
-        h.reply(1, data)
+        h.reply(WS, data)
     assert info.value.partial_text == "so far"
 
 
@@ -459,9 +474,9 @@ def test_connect_error_is_a_response_error() -> None:
 
 def test_bad_probe_answer() -> None:
     h = make()
-    handshake_upgrade(h)
+    handshake_upgrade(h, ack=False)
     with pytest.raises(RemoteProtocolError, match="3probe"):
-        h.reply(1, ws_frame("3nope"))
+        h.reply(WS, ws_frame("3nope"))
 
 
 def test_wrong_accept_header() -> None:
@@ -475,10 +490,9 @@ def test_wrong_accept_header() -> None:
 def test_endless_websocket_frame_is_bounded() -> None:
     h = make(max_message_size=1000)
     handshake_upgrade(h)
-    h.reply(1, ws_frame("3probe"))
     header = b"\x81\x7f" + (10**12).to_bytes(8, "big")
     with pytest.raises(RemoteProtocolError, match="at most 1000 bytes"):
-        h.reply(1, header + b"4" * 900)  # refused on its header, before any of it is buffered
+        h.reply(WS, header + b"4" * 900)  # refused on its header, before any of it is buffered
 
 
 def test_oversized_http_body_is_bounded() -> None:
@@ -530,15 +544,14 @@ def test_local_misuse() -> None:
 def test_several_queries_on_one_session_and_reasoning() -> None:
     h = make()
     frames = handshake_upgrade(h)
-    h.reply(1, ws_frame("3probe"))
-    h.reply(1, ws_frame(progress("sonar", {"output": "one", "final": True, "citations": []})))
+    h.reply(WS, ws_frame(progress("sonar", {"output": "one", "final": True, "citations": []})))
     h.client.query([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "one"},
                     {"role": "user", "content": "why?"}], model="r1-1776", now=1.0)
-    sent = frames.feed(h.take(1))
+    sent = frames.feed(h.take(WS))
     assert len(sent) == 1 and json.loads(sent[0][2:])[1]["model"] == "r1-1776"
-    h.reply(1, ws_frame(progress("r1-1776", {"output": "Because", "final": False})))
-    h.reply(1, ws_frame(progress("r1-1776", {"output": "Because</think>\n\nSo.", "final": False})))
-    h.reply(1, ws_frame(progress("r1-1776", {"output": "Because</think>\n\nSo.", "final": True, "citations": []})))
+    h.reply(WS, ws_frame(progress("r1-1776", {"output": "Because", "final": False})))
+    h.reply(WS, ws_frame(progress("r1-1776", {"output": "Because</think>\n\nSo.", "final": False})))
+    h.reply(WS, ws_frame(progress("r1-1776", {"output": "Because</think>\n\nSo.", "final": True, "citations": []})))
     events = h.events()
     assert [type(e) for e in events[:3]] == [Connected, TextDelta, AnswerFinished]
     rest = events[3:]

@@ -41,14 +41,11 @@ def _run_upgrade(script: bytes, cuts: list[int]) -> list[Event]:
     client.query("hi", model="sonar", now=0.0)
     h.take(1)
     h.reply(1, http_response(200, open_packet()))
-    h.take(1)
     h.reply(1, http_response(200, "OK"))
-    h.take(1)
-    h.reply(1, http_response(200, "6"))
-    h.take(1)
+    h.take(2)
     points = sorted({c % (len(script) + 1) for c in cuts} | {0, len(script)})
     for start, end in itertools.pairwise(points):
-        client.receive_data(1, script[start:end], 0.0)
+        client.receive_data(2, script[start:end], 0.0)
     return client.events()
 
 
@@ -79,17 +76,13 @@ def test_any_bytes_after_the_upgrade_give_events_or_remote_protocol_error(junk: 
     client.query("hi", model="sonar", now=0.0)
     h.take(1)
     h.reply(1, http_response(200, open_packet()))
-    h.take(1)
     h.reply(1, http_response(200, "OK"))
-    h.take(1)
-    h.reply(1, http_response(200, '40{"sid":"S"}'))
-    h.take(1)
-    h.reply(1, switching_protocols(KEY) + ws_frame("3probe"))
+    h.reply(2, switching_protocols(KEY) + ws_frame("3probe") + ws_frame('40{"sid":"S"}'))
     points = sorted({c % (len(junk) + 1) for c in cuts} | {0, len(junk)})
     try:
         for start, end in itertools.pairwise(points):
-            client.receive_data(1, junk[start:end], 0.0)
-        client.receive_data(1, b"", 0.0)
+            client.receive_data(2, junk[start:end], 0.0)
+        client.receive_data(2, b"", 0.0)
     except RemoteProtocolError:
         pass
     client.events()
