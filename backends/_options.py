@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import os
 import random
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
@@ -56,6 +57,7 @@ __all__ = [
     "check_event",
     "closed_error",
     "make_rng",
+    "read_buffer",
     "stream_error",
     "to_messages",
 ]
@@ -69,6 +71,21 @@ DEFAULT_TIMEOUT = 300.0
 CONNECT_TIMEOUT = 30.0
 #: Bytes read from a socket at a time.
 READ_SIZE = 65536
+
+_read_buffers = threading.local()
+
+
+def read_buffer() -> memoryview:
+    """A READ_SIZE buffer shared by every connection of this thread.
+
+    A backend reads into it (``recv_into``) and copies out what arrived before it
+    reads again, so one buffer serves all its connections: no allocation of a
+    fresh READ_SIZE object per read, and no READ_SIZE buffer per connection.
+    """
+    view: memoryview | None = getattr(_read_buffers, "view", None)
+    if view is None:
+        view = _read_buffers.view = memoryview(bytearray(READ_SIZE))
+    return view
 
 Messages = str | Sequence[Mapping[str, Any]]
 Headers = Mapping[str, str] | Iterable[tuple[str, str]] | None

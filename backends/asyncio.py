@@ -46,6 +46,7 @@ from ._options import (
     Messages,
     build_config,
     make_rng,
+    read_buffer,
     stream_error,
     to_messages,
 )
@@ -58,15 +59,18 @@ _CLOSE_WAIT = 1.0  # seconds aclose() waits for the sockets to finish closing be
 class _StreamProtocol(asyncio.BufferedProtocol):
     """One TCP connection of a :class:`_Link`: hands everything to the link.
 
-    A buffered protocol: the loop reads into one buffer kept for the
-    connection's life (``recv_into``) instead of allocating a fresh
-    ``READ_SIZE`` bytes object for every read.
+    A buffered protocol: the loop reads (``recv_into``) into the thread's shared
+    read buffer instead of allocating a fresh 256 KiB bytes object for every read;
+    ``buffer_updated`` copies out what arrived before any other read can happen.
+    (A proactor loop keeps reads pending across callbacks: there each connection
+    gets a buffer of its own.)
     """
 
     def __init__(self, link: _Link, stream_id: int) -> None:
         self.link = link
         self.stream_id = stream_id
-        self._view = memoryview(bytearray(READ_SIZE))
+        proactor = "Proactor" in type(link.loop).__name__
+        self._view = memoryview(bytearray(READ_SIZE)) if proactor else read_buffer()
         self.transport: asyncio.Transport | None = None
         self.eof = False
         self.lost: asyncio.Future[None] = link.loop.create_future()

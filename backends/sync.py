@@ -40,7 +40,6 @@ from ._options import (
     DEFAULT_MODEL,
     DEFAULT_SERVER,
     DEFAULT_TIMEOUT,
-    READ_SIZE,
     Headers,
     Messages,
     announce_seed,
@@ -48,6 +47,7 @@ from ._options import (
     check_event,
     closed_error,
     make_rng,
+    read_buffer,
     stream_error,
     to_messages,
 )
@@ -77,7 +77,7 @@ class _Link:
         self.client = client
         self.proxied = client.config.proxy is not None
         self.selector = selectors.DefaultSelector()
-        self._read_view = memoryview(bytearray(READ_SIZE))  # one buffer for every read (recv_into)
+        self._read_view = read_buffer()  # the thread's read buffer (recv_into, copied out at once)
         self.sockets: dict[int, _Socket] = {}
         self.events: deque[Event] = deque()
         self.error: BaseException | None = None

@@ -102,7 +102,6 @@ class _Link:
         self.streams: dict[int, trio.SocketStream] = {}
         self.targets: dict[int, OpenStream] = {}
         self.at_eof: set[int] = set()
-        self._read_views: dict[int, memoryview] = {}
         self.events: deque[Event] = deque()
         self.error: BaseException | None = None
         self.finished = False
@@ -233,16 +232,12 @@ class _Link:
             self._fire_timer(at)
 
     async def _read(self, stream_id: int, stream: trio.SocketStream) -> bytes | BaseException:
-        # Read into a buffer kept for the stream (recv_into) rather than a fresh READ_SIZE
-        # bytes object per read. One buffer per stream: polling reads two streams at once.
-        view = self._read_views.get(stream_id)
-        if view is None:
-            view = self._read_views[stream_id] = memoryview(bytearray(READ_SIZE))
+        # receive_some, not recv_into a shared buffer: trio checkpoints between the
+        # syscall and our copy, so another task's read could overwrite the buffer.
         try:
-            count = await stream.socket.recv_into(view)
+            return await stream.receive_some(READ_SIZE)
         except _STREAM_ERRORS as exc:
             return _cause(exc)
-        return bytes(view[:count])
 
     async def _read_into(
         self,
@@ -269,7 +264,6 @@ class _Link:
     def _close_stream(self, stream_id: int) -> None:
         stream = self.streams.pop(stream_id, None)
         self.at_eof.discard(stream_id)
-        self._read_views.pop(stream_id, None)
         if stream is not None:
             sock = stream.socket
             try:
