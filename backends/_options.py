@@ -69,8 +69,10 @@ MODELS = ["r1-1776", "sonar-pro", "sonar", "sonar-reasoning", "sonar-reasoning-p
 DEFAULT_TIMEOUT = 300.0
 #: Upper bound of the connect deadline that ``timeout`` implies.
 CONNECT_TIMEOUT = 30.0
-#: Bytes read from a socket at a time.
-READ_SIZE = 65536
+#: Bytes read from a socket at a time: as much as fits under glibc's default mmap threshold
+#: (128 KiB), so the bytes object a read becomes comes from the heap, not from a fresh mmap
+#: (and its page faults) every time.
+READ_SIZE = 126 * 1024
 
 _read_buffers = threading.local()
 

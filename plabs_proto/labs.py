@@ -25,7 +25,6 @@ import re
 import reprlib
 from collections.abc import Callable, Mapping, Sequence
 from enum import Enum
-from json import loads as _loads
 from typing import Any
 
 from .errors import LocalProtocolError, RemoteProtocolError
@@ -560,11 +559,12 @@ class CumulativeFrameReader:
             inner = tail[:-1].rstrip(" \t\n\r")
             if not inner.startswith(","):
                 return None
+            body = "{" + inner[1:]
             try:
-                payload = _loads("{" + inner[1:])
-            except ValueError:
+                payload, stop = _scan_json(body, 0)
+            except (StopIteration, ValueError):
                 return None
-            if type(payload) is not dict or "output" in payload:
+            if stop != len(body) or type(payload) is not dict or "output" in payload:
                 return None
         payload["output"] = output
         self._prefix = text[: end - 1]
@@ -577,6 +577,11 @@ class CumulativeFrameReader:
 #: ``scanstring(text, index, strict)``: the JSON string starting just after a quote at
 #: ``text[index]``, and the index after its closing quote (the C implementation json uses).
 _scanstring_c: Callable[[str, int, bool], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
+
+
+#: ``scan(text, index)``: the JSON value starting at ``text[index]`` and the index after it
+#: (json's C scanner, without json.loads's wrappers); StopIteration when there is none.
+_scan_json: Callable[[str, int], tuple[Any, int]] = json.decoder.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 def _scanstring(text: str, index: int) -> tuple[str, int]:
