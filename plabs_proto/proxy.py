@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from http import HTTPStatus
 from urllib.parse import quote, unquote
@@ -198,13 +199,97 @@ def _credential_bytes(username: str | None, password: str | None) -> tuple[bytes
 _IDLE, _NEGOTIATING, _ESTABLISHED, _FAILED = "idle", "negotiating", "established", "failed"
 
 
-class HTTPConnectTunnel:
+class _Tunnel(ABC):
+    """What both tunnels share: the Layer plumbing around their own negotiation.
+
+    Bytes from above wait in ``_pending`` until the tunnel is established; bytes
+    for the proxy collect in ``_out``.  A subclass implements ``_negotiate`` (bytes
+    from the proxy before the tunnel is up; returns what comes after its answer)
+    and may override ``_negotiation_bytes`` (bytes it still has for the proxy).
+    """
+
+    _kind = "proxy"
+
+    def __init__(self) -> None:
+        self._state = _IDLE
+        self._error: ProxyError | None = None
+        self._out: list[bytes] = []
+        self._pending: list[bytes] = []
+        self._eof = False
+
+    @property
+    def established(self) -> bool:
+        return self._state == _ESTABLISHED
+
+    @property
+    def eof(self) -> bool:
+        return self._eof
+
+    def send(self, data: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        if not data:
+            return
+        if self._state == _ESTABLISHED:
+            self._out.append(data)
+        else:
+            self._pending.append(data)
+
+    def data_to_send(self) -> bytes:
+        if self._state != _ESTABLISHED:
+            negotiation = self._negotiation_bytes()
+            if negotiation:
+                self._out.append(negotiation)
+        out = self._out
+        if not out:
+            return b""
+        result = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        return result
+
+    def receive_data(self, data: bytes) -> bytes:
+        state = self._state
+        if state == _ESTABLISHED:
+            if not data:
+                self._eof = True
+            elif self._eof:
+                raise LocalProtocolError(f"cannot receive data after EOF, got {data[:60]!r}")
+            return data
+        if self._error is not None:
+            raise self._error
+        if state == _IDLE:
+            raise LocalProtocolError(f"call start() before feeding the {self._kind}'s bytes to the tunnel")
+        try:
+            return self._negotiate(data)
+        except ProxyError as exc:
+            self._state = _FAILED
+            self._error = exc
+            raise
+
+    def _established_now(self) -> None:
+        """The tunnel is up: what waited for it goes out."""
+        self._state = _ESTABLISHED
+        if self._pending:
+            self._out.extend(self._pending)
+            self._pending = []
+
+    def _negotiation_bytes(self) -> bytes:
+        return b""
+
+    @abstractmethod
+    def _negotiate(self, data: bytes) -> bytes:
+        """Bytes from the proxy before the tunnel is up; returns those that follow its answer."""
+
+
+class HTTPConnectTunnel(_Tunnel):
     """A tunnel through an HTTP proxy: ``CONNECT host:port HTTP/1.1``.
 
     A 2xx answer establishes the tunnel; bytes the proxy sent after its answer go up.
     Any other answer, garbage, an oversized answer or an early close raises
     :class:`~plabs_proto.errors.ProxyError` (credentials never appear in it).
     """
+
+    _kind = "HTTP proxy"
 
     def __init__(
         self, target_host: str, target_port: int, *, username: str | None = None, password: str | None = None
@@ -225,24 +310,12 @@ class HTTPConnectTunnel:
             )
         except h11.LocalProtocolError as exc:
             raise LocalProtocolError(f"cannot build a CONNECT request to {self._target!r}: {exc}") from None
+        super().__init__()
         self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_RESPONSE_HEAD)
-        self._state = _IDLE
-        self._error: ProxyError | None = None
-        self._out: list[bytes] = []
-        self._pending: list[bytes] = []
         self._received = 0
         self._first_bytes = b""
-        self._eof = False
         self.response: h11.Response | None = None
         """The proxy's 2xx answer, once the tunnel is up."""
-
-    @property
-    def established(self) -> bool:
-        return self._state == _ESTABLISHED
-
-    @property
-    def eof(self) -> bool:
-        return self._eof
 
     def start(self) -> None:
         """Queue the CONNECT request."""
@@ -251,43 +324,6 @@ class HTTPConnectTunnel:
         self._out.append(self._h11.send(self._request) or b"")
         self._h11.send(h11.EndOfMessage())
         self._state = _NEGOTIATING
-
-    def send(self, data: bytes) -> None:
-        if self._error is not None:
-            raise self._error
-        if not data:
-            return
-        if self._state == _ESTABLISHED:
-            self._out.append(data)
-        else:
-            self._pending.append(data)
-
-    def data_to_send(self) -> bytes:
-        out = self._out
-        if not out:
-            return b""
-        result = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        return result
-
-    def receive_data(self, data: bytes) -> bytes:
-        state = self._state
-        if state == _ESTABLISHED:
-            if not data:
-                self._eof = True
-            elif self._eof:
-                raise LocalProtocolError(f"cannot receive data after EOF, got {data[:60]!r}")
-            return data
-        if self._error is not None:
-            raise self._error
-        if state == _IDLE:
-            raise LocalProtocolError("call start() before feeding the HTTP proxy's bytes to the tunnel")
-        try:
-            return self._negotiate(data)
-        except ProxyError as exc:
-            self._state = _FAILED
-            self._error = exc
-            raise
 
     def _negotiate(self, data: bytes) -> bytes:
         if len(self._first_bytes) < 60:
@@ -330,10 +366,7 @@ class HTTPConnectTunnel:
     def _establish(self, response: h11.Response) -> bytes:
         self.response = response
         trailing, _closed = self._h11.trailing_data
-        self._state = _ESTABLISHED
-        if self._pending:
-            self._out.extend(self._pending)
-            self._pending = []
+        self._established_now()
         return bytes(trailing)
 
     def _refusal(self, response: h11.Response) -> str:
@@ -371,7 +404,7 @@ _METHOD_NAMES = {0x00: "no authentication", 0x02: "username/password"}
 _WAIT_METHOD, _WAIT_AUTH, _WAIT_CONNECT = "method selection reply", "username/password reply", "connect reply"
 
 
-class SOCKS5Tunnel:
+class SOCKS5Tunnel(_Tunnel):
     """A tunnel through a SOCKS5 proxy (``CONNECT``; RFC 1928, user/password per RFC 1929).
 
     Offers "no authentication", plus "username/password" when credentials are given.
@@ -379,6 +412,8 @@ class SOCKS5Tunnel:
     an IP literal.  Bytes after the connect reply go up.  Every refusal raises
     :class:`~plabs_proto.errors.ProxyError` naming the reply.
     """
+
+    _kind = "SOCKS5 proxy"
 
     def __init__(
         self, target_host: str, target_port: int, *, username: str | None = None, password: str | None = None
@@ -407,22 +442,10 @@ class SOCKS5Tunnel:
         self._command = socks5.SOCKS5CommandRequest(
             command=socks5.SOCKS5Command.CONNECT, atype=atype, addr=addr, port=target_port
         )
+        super().__init__()
         self._socks = socks5.SOCKS5Connection()
-        self._state = _IDLE
         self._waiting = _WAIT_METHOD
         self._buffer = bytearray()
-        self._error: ProxyError | None = None
-        self._out: list[bytes] = []
-        self._pending: list[bytes] = []
-        self._eof = False
-
-    @property
-    def established(self) -> bool:
-        return self._state == _ESTABLISHED
-
-    @property
-    def eof(self) -> bool:
-        return self._eof
 
     def start(self) -> None:
         """Queue the greeting (the offered authentication methods)."""
@@ -434,44 +457,8 @@ class SOCKS5Tunnel:
         self._socks.send(socks5.SOCKS5AuthMethodsRequest(methods))
         self._state = _NEGOTIATING
 
-    def send(self, data: bytes) -> None:
-        if self._error is not None:
-            raise self._error
-        if not data:
-            return
-        if self._state == _ESTABLISHED:
-            self._out.append(data)
-        else:
-            self._pending.append(data)
-
-    def data_to_send(self) -> bytes:
-        if self._state != _ESTABLISHED:
-            return bytes(self._socks.data_to_send())
-        out = self._out
-        if not out:
-            return b""
-        result = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        return result
-
-    def receive_data(self, data: bytes) -> bytes:
-        state = self._state
-        if state == _ESTABLISHED:
-            if not data:
-                self._eof = True
-            elif self._eof:
-                raise LocalProtocolError(f"cannot receive data after EOF, got {data[:60]!r}")
-            return data
-        if self._error is not None:
-            raise self._error
-        if state == _IDLE:
-            raise LocalProtocolError("call start() before feeding the SOCKS5 proxy's bytes to the tunnel")
-        try:
-            return self._negotiate(data)
-        except ProxyError as exc:
-            self._state = _FAILED
-            self._error = exc
-            raise
+    def _negotiation_bytes(self) -> bytes:
+        return bytes(self._socks.data_to_send())
 
     # -- negotiation -----------------------------------------------------------------
 
@@ -506,9 +493,8 @@ class SOCKS5Tunnel:
         if self._state != _ESTABLISHED:
             return b""
         # Switch the outgoing side to plain bytes: the command request first, then held data.
-        self._out.append(self._socks.data_to_send())
-        self._out.extend(self._pending)
-        self._pending = []
+        self._out.append(bytes(self._socks.data_to_send()))
+        self._established_now()
         rest = bytes(buffer)
         buffer.clear()
         return rest
