@@ -8,6 +8,7 @@ plaintext a test asserts byte for byte, and wrap the test's replies.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import ssl
 import struct
@@ -91,38 +92,50 @@ class ClientFrames:
         return out
 
 
-class TLSServerEnd:
-    """Server side of TLS in memory (trustme certificate)."""
+class MemoryTLSServer:
+    """The server side of TLS over two MemoryBIOs; collects what the client sent."""
 
     def __init__(self, context: ssl.SSLContext) -> None:
-        self._in = ssl.MemoryBIO()
-        self._out = ssl.MemoryBIO()
-        self._obj = context.wrap_bio(self._in, self._out, server_side=True)
-        self._handshaken = False
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.ssl = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
+        self.handshake_done = False
+        self.received = bytearray()
+        self.peer_closed = False
 
-    def receive(self, raw: bytes) -> tuple[bytes, bytes]:
-        """Feed client bytes; returns (plaintext, bytes to send back)."""
-        self._in.write(raw)
-        if not self._handshaken:
+    def receive_data(self, data: bytes) -> None:
+        if data:
+            self.incoming.write(data)
+        else:
+            self.incoming.write_eof()
+        if not self.handshake_done:
             try:
-                self._obj.do_handshake()
-                self._handshaken = True
+                self.ssl.do_handshake()
             except ssl.SSLWantReadError:
-                return b"", self._out.read()
-        plain = b""
+                return
+            self.handshake_done = True
         while True:
             try:
-                chunk = self._obj.read(65536)
-            except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
-                break
+                chunk = self.ssl.read(65536)
+            except ssl.SSLWantReadError:
+                return
+            except ssl.SSLZeroReturnError:
+                self.peer_closed = True
+                return
             if not chunk:
-                break
-            plain += chunk
-        return plain, self._out.read()
+                self.peer_closed = True
+                return
+            self.received += chunk
 
-    def send(self, plain: bytes) -> bytes:
-        self._obj.write(plain)
-        return self._out.read()
+    def send(self, data: bytes) -> None:
+        self.ssl.write(data)
+
+    def close_notify(self) -> None:
+        with contextlib.suppress(ssl.SSLWantReadError):
+            self.ssl.unwrap()
+
+    def data_to_send(self) -> bytes:
+        return self.outgoing.read()
 
 
 class Harness:
@@ -134,7 +147,7 @@ class Harness:
         self.opened: list[OpenStream] = []
         self.closed: list[int] = []
         self.raw: dict[int, bytearray] = {}
-        self.tls: dict[int, TLSServerEnd] = {}
+        self.tls: dict[int, MemoryTLSServer] = {}
         self.tls_context: ssl.SSLContext | None = None
 
     def pump(self) -> None:
@@ -143,7 +156,7 @@ class Harness:
                 self.opened.append(instruction)
                 self.raw[instruction.stream_id] = bytearray()
                 if self.tls_context is not None:
-                    self.tls[instruction.stream_id] = TLSServerEnd(self.tls_context)
+                    self.tls[instruction.stream_id] = MemoryTLSServer(self.tls_context)
             elif isinstance(instruction, SendBytes):
                 assert instruction.stream_id not in self.closed, "bytes sent on a closed stream"
                 self.raw[instruction.stream_id] += instruction.data
@@ -162,20 +175,22 @@ class Harness:
         end = self.tls.get(stream_id)
         if end is None:
             return data
-        plain = b""
-        while data:
-            chunk, reply = end.receive(data)
-            plain += chunk
+        while data:  # run the TLS handshake to its end, then collect the plaintext
+            end.receive_data(data)
+            reply = end.data_to_send()
             data = b""
             if reply:
                 self.client.receive_data(stream_id, reply, self.now)
                 data = self.take_raw(stream_id)
+        plain = bytes(end.received)
+        end.received.clear()
         return plain
 
     def reply(self, stream_id: int, data: bytes) -> None:
         end = self.tls.get(stream_id)
         if end is not None:
-            data = end.send(data)
+            end.send(data)
+            data = end.data_to_send()
         self.client.receive_data(stream_id, data, self.now)
         self.pump()
 

@@ -11,6 +11,7 @@ import trustme
 from peer import (
     ClientFrames,
     Harness,
+    MemoryTLSServer,
     http_response,
     open_packet,
     progress,
@@ -287,7 +288,7 @@ def test_http_connect_proxy_then_tls(ca: trustme.CA) -> None:
     )
     h.client.receive_data(1, b"HTTP/1.1 200 Connection established\r\n\r\n", 0.0)
     h.tls_context = server_ctx
-    h.tls[1] = __import__("peer").TLSServerEnd(server_ctx)
+    h.tls[1] = MemoryTLSServer(server_ctx)
     assert h.take(1) == get(POLL, host=b"www.perplexity.ai")
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import ssl
 from collections.abc import Callable
 
 import pytest
 import trustme
+from peer import MemoryTLSServer
 
 from plabs_proto.errors import LocalProtocolError, ProxyError, TLSError
 from plabs_proto.proxy import HTTPConnectTunnel, SOCKS5Tunnel
@@ -15,52 +15,6 @@ from plabs_proto.stack import Layer, StreamStack
 from plabs_proto.tls import TLSLayer, make_ssl_context
 
 HOST = "labs.example"
-
-
-class MemoryTLSServer:
-    """The server side of TLS over two MemoryBIOs; collects what the client sent."""
-
-    def __init__(self, context: ssl.SSLContext) -> None:
-        self.incoming = ssl.MemoryBIO()
-        self.outgoing = ssl.MemoryBIO()
-        self.ssl = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
-        self.handshake_done = False
-        self.received = bytearray()
-        self.peer_closed = False
-
-    def receive_data(self, data: bytes) -> None:
-        if data:
-            self.incoming.write(data)
-        else:
-            self.incoming.write_eof()
-        if not self.handshake_done:
-            try:
-                self.ssl.do_handshake()
-            except ssl.SSLWantReadError:
-                return
-            self.handshake_done = True
-        while True:
-            try:
-                chunk = self.ssl.read(65536)
-            except ssl.SSLWantReadError:
-                return
-            except ssl.SSLZeroReturnError:
-                self.peer_closed = True
-                return
-            if not chunk:
-                self.peer_closed = True
-                return
-            self.received += chunk
-
-    def send(self, data: bytes) -> None:
-        self.ssl.write(data)
-
-    def close_notify(self) -> None:
-        with contextlib.suppress(ssl.SSLWantReadError):
-            self.ssl.unwrap()
-
-    def data_to_send(self) -> bytes:
-        return self.outgoing.read()
 
 
 @pytest.fixture(scope="module")
