@@ -27,6 +27,7 @@ import dataclasses
 import os
 import random
 import threading
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
@@ -51,6 +52,7 @@ __all__ = [
     "AsyncQuery",
     "AsyncSession",
     "Headers",
+    "LinkBase",
     "Messages",
     "announce_seed",
     "build_config",
@@ -271,6 +273,56 @@ def check_event(event: Event, *, partial_text: str, partial_reasoning: str) -> b
     return False
 
 
+# -- what every backend's connection driver shares ----------------------------------------------------
+
+
+class LinkBase(ABC):
+    """The bookkeeping of a backend's connection driver ("link") around its LabsClient.
+
+    A link keeps the client, the events waiting for the consumer, and the first
+    error; it closes every connection once that error is kept.  Subclasses give the
+    clock (``now``), their ``_shutdown`` and what follows a command (``_after_command``).
+    """
+
+    client: LabsClient
+    events: deque[Event]
+    error: BaseException | None
+    finished: bool
+    now: Callable[[], float]
+
+    def command(self, method: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+        """Call a user command of the client (connect, query) with ``now=``.
+
+        Misuse raises :class:`LocalProtocolError` at once; any other error is kept
+        for the consumer, who gets it after the events that came before it.
+        """
+        if self.error is not None:
+            raise LocalProtocolError(f"cannot use this session: it failed ({self.error})") from self.error
+        if self.finished:
+            raise LocalProtocolError("cannot use this session: it is closed")
+        try:
+            method(*args, now=self.now(), **kwargs)
+        except LocalProtocolError:
+            raise
+        except Exception as exc:
+            self._fail(exc)
+            self.events.extend(self.client.events())
+            return
+        self._after_command()
+
+    def _after_command(self) -> None:
+        self.events.extend(self.client.events())
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        self._shutdown()
+
+    @abstractmethod
+    def _shutdown(self) -> None:
+        """Close every connection at once."""
+
+
 # -- the async answer stream and session, shared by the asyncio and trio backends ----------------------
 #
 # They are classes rather than async generators: trio warns (ResourceWarning) about every
@@ -480,7 +532,7 @@ class AsyncQuery:
                 _release(self._link.close)
 
 
-class AsyncSession:
+class AsyncSession(ABC):
     """One Labs connection for several queries, run one after another (``async with``).
 
     Backends subclass it and say how to make the connection driver (:meth:`_new_link`).
@@ -495,8 +547,9 @@ class AsyncSession:
         #: The ``Connected`` event, once the session is open.
         self.connected: Connected | None = None
 
+    @abstractmethod
     def _new_link(self) -> AsyncLink:
-        raise NotImplementedError
+        """The backend's connection driver for this session's client."""
 
     @property
     def client(self) -> LabsClient:

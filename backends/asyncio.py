@@ -43,6 +43,7 @@ from ._options import (
     AsyncAnswer,
     AsyncSession,
     Headers,
+    LinkBase,
     Messages,
     build_config,
     make_rng,
@@ -100,7 +101,7 @@ class _StreamProtocol(asyncio.BufferedProtocol):
         self.link.lost(self, exc)
 
 
-class _Link:
+class _Link(LinkBase):
     """A LabsClient over asyncio transports.
 
     Core inputs come from protocol callbacks and the timer; events are queued
@@ -127,22 +128,6 @@ class _Link:
         self._waiter: asyncio.Future[None] | None = None
 
     # -- inputs ----------------------------------------------------------------------------------
-
-    def command(self, method: Any, *args: Any, **kwargs: Any) -> None:
-        """Call a user command of the client (connect, query): misuse raises, other errors are kept."""
-        if self.error is not None:
-            raise LocalProtocolError(f"cannot use this session: it failed ({self.error})") from self.error
-        if self.finished:
-            raise LocalProtocolError("cannot use this session: it is closed")
-        try:
-            method(*args, now=self.loop.time(), **kwargs)
-        except LocalProtocolError:
-            self._after()
-            raise
-        except Exception as exc:
-            self._fail(exc)
-            return
-        self._after()
 
     def receive(self, stream_id: int, data: bytes) -> None:
         if self.finished:
@@ -275,6 +260,9 @@ class _Link:
         with contextlib.suppress(Exception):
             self._transmit()  # what the core queued with its error (a TLS alert, CloseStream...)
         self._shutdown()
+
+    def _after_command(self) -> None:
+        self._after()
 
     def _shutdown(self) -> None:
         self.finished = True

@@ -41,6 +41,7 @@ from ._options import (
     DEFAULT_SERVER,
     DEFAULT_TIMEOUT,
     Headers,
+    LinkBase,
     Messages,
     announce_seed,
     build_config,
@@ -70,11 +71,12 @@ class _Socket:
     eof: bool = False
 
 
-class _Link:
+class _Link(LinkBase):
     """A LabsClient over non-blocking sockets, pumped by whoever calls :meth:`next_event`."""
 
     def __init__(self, client: LabsClient) -> None:
         self.client = client
+        self.now = time.monotonic
         self.proxied = client.config.proxy is not None
         self.selector = selectors.DefaultSelector()
         self._read_view = read_buffer()  # the thread's read buffer (recv_into, copied out at once)
@@ -82,20 +84,6 @@ class _Link:
         self.events: deque[Event] = deque()
         self.error: BaseException | None = None
         self.finished = False
-
-    def command(self, method: Any, *args: Any, **kwargs: Any) -> None:
-        """Call a user command of the client (connect, query); its output goes out on the next wait."""
-        if self.error is not None:
-            raise LocalProtocolError(f"cannot use this session: it failed ({self.error})") from self.error
-        if self.finished:
-            raise LocalProtocolError("cannot use this session: it is closed")
-        try:
-            method(*args, now=time.monotonic(), **kwargs)
-        except LocalProtocolError:
-            raise
-        except Exception as exc:
-            self._fail(exc)
-        self.events.extend(self.client.events())
 
     def next_event(self) -> Event:
         """The next event; the kept error once the events before it are taken."""
@@ -249,11 +237,6 @@ class _Link:
             with contextlib.suppress(KeyError, ValueError):
                 self.selector.unregister(entry.sock)
             entry.sock.close()
-
-    def _fail(self, exc: BaseException) -> None:
-        if self.error is None:
-            self.error = exc
-        self._shutdown()
 
     def _shutdown(self) -> None:
         self.finished = True

@@ -48,6 +48,7 @@ from ._options import (
     AsyncAnswer,
     AsyncSession,
     Headers,
+    LinkBase,
     Messages,
     build_config,
     closed_error,
@@ -92,7 +93,7 @@ def _collapse(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return leaves[0]
 
 
-class _Link:
+class _Link(LinkBase):
     """A LabsClient over trio socket streams, pumped by whoever awaits :meth:`next_event`."""
 
     def __init__(self, client: LabsClient) -> None:
@@ -106,20 +107,6 @@ class _Link:
         self.error: BaseException | None = None
         self.finished = False
         self._pumping = False
-
-    def command(self, method: Any, *args: Any, **kwargs: Any) -> None:
-        """Call a user command of the client (connect, query); its output goes out on the next wait."""
-        if self.error is not None:
-            raise LocalProtocolError(f"cannot use this session: it failed ({self.error})") from self.error
-        if self.finished:
-            raise LocalProtocolError("cannot use this session: it is closed")
-        try:
-            method(*args, now=trio.current_time(), **kwargs)
-        except LocalProtocolError:
-            raise
-        except Exception as exc:
-            self._fail(exc)
-        self.events.extend(self.client.events())
 
     async def next_event(self) -> Event:
         """The next event; the kept error once the events before it are taken."""
@@ -271,11 +258,6 @@ class _Link:
             except RuntimeError:  # collected after trio.run() ended: nothing can be waiting on it
                 with contextlib.suppress(OSError):
                     os.close(sock.detach())
-
-    def _fail(self, exc: BaseException) -> None:
-        if self.error is None:
-            self.error = exc
-        self._shutdown()
 
     def _shutdown(self) -> None:
         self.finished = True
