@@ -503,7 +503,11 @@ class LabsClient:
         ]
         if self._cookies:
             headers.append(("Cookie", "; ".join(f"{k}={v}" for k, v in self._cookies.items())))
-        headers.extend(self.config.headers)
+        if self.config.headers:
+            # The caller's headers replace ours of the same name (a browser's User-Agent, say).
+            own = {name.lower() for name, _ in self.config.headers}
+            headers = [(name, value) for name, value in headers if name.lower() not in own]
+            headers.extend(self.config.headers)
         return headers
 
     def _usable(self, stream: _Stream | None) -> _Stream:

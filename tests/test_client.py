@@ -575,3 +575,11 @@ def test_late_bytes_for_a_closed_stream_are_ignored() -> None:
     h.reply(1, http_response(200, open_packet(), close=True))
     assert 1 in h.closed
     h.client.receive_data(1, b"late", 0.0)  # the caller's read raced our CloseStream
+
+
+def test_callers_headers_replace_ours_of_the_same_name() -> None:
+    h = make(headers=(("user-agent", "Mozilla/5.0 (X11)"), ("X-Extra", "1")))
+    h.client.connect(0.0)
+    request = h.take(1)
+    assert b"User-Agent: plabs-proto" not in request
+    assert request.endswith(b"Referer: https://labs.perplexity.ai/\r\nuser-agent: Mozilla/5.0 (X11)\r\nX-Extra: 1\r\n\r\n")
