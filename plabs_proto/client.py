@@ -75,7 +75,7 @@ from .labs import (
 from .proxy import HTTPConnectTunnel, ProxyConfig, SOCKS5Tunnel, parse_proxy_url
 from .stack import Layer, StreamStack
 from .tls import TLSLayer, check_ssl_context, make_ssl_context
-from .websocket import WebSocketChannel, accept_token, make_key
+from .websocket import Utf8Text, WebSocketChannel, accept_token, make_key
 
 __all__ = ["TRANSPORTS", "ClientConfig", "ClientState", "LabsClient", "Tracer"]
 
@@ -711,7 +711,7 @@ class LabsClient:
             )
         self._remember_cookies(HTTPResponse(101, "", switched.headers, b""))
         stream.http = None
-        stream.ws = WebSocketChannel(self._rng, max_message_size=self._limit)
+        stream.ws = WebSocketChannel(self._rng, max_message_size=self._limit, raw_text=True)
         if self._transport_name == "upgrade":
             self._maybe_probe()
         else:
@@ -774,7 +774,22 @@ class LabsClient:
         for message in messages:
             if self._state in (ClientState.CLOSED, ClientState.ERROR):
                 break
-            if isinstance(message, str):
+            if isinstance(message, Utf8Text):
+                data = message.data
+                if (
+                    self._decoder is not None
+                    and data[:3] == b"42["
+                    and not self._probing
+                    and not self._sio.awaiting_attachments
+                ):
+                    # A progress frame read on its bytes: only what follows the previous
+                    # frame's output is decoded.
+                    fast = self._frames.read_bytes(data, 1)
+                    if fast is not None:
+                        self._on_event(fast[0], fast[1], now)
+                        continue
+                self._on_ws_text(message.decode(), now)
+            elif isinstance(message, str):
                 self._on_ws_text(message, now)
             else:
                 self._on_sio_binary(message)

@@ -517,10 +517,11 @@ class CumulativeFrameReader:
     what ``json.loads`` would give.
     """
 
-    __slots__ = ("_name", "_output", "_prefix", "_start")
+    __slots__ = ("_bprefix", "_name", "_output", "_prefix", "_start")
 
     def __init__(self) -> None:
-        self._prefix = ""
+        self._prefix = ""  # the previous frame's text up to the end of its output ("" = unknown)
+        self._bprefix: memoryview | None = None  # the same as UTF-8 bytes (None = not computed yet)
         self._start = -1
         self._output = ""
         self._name = ""
@@ -550,28 +551,69 @@ class CumulativeFrameReader:
             except ValueError:
                 return None
             name = match.group(1)
-        tail = text[end:].rstrip(" \t\n\r")
-        if tail == "}]":
-            payload: dict[str, Any] = {}
-        else:
-            if not tail.endswith("]"):
-                return None
-            inner = tail[:-1].rstrip(" \t\n\r")
-            if not inner.startswith(","):
-                return None
-            body = "{" + inner[1:]
-            try:
-                payload, stop = _scan_json(body, 0)
-            except (StopIteration, ValueError):
-                return None
-            if stop != len(body) or type(payload) is not dict or "output" in payload:
-                return None
+        payload = _tail(text, end)
+        if payload is None:
+            return None
         payload["output"] = output
         self._prefix = text[: end - 1]
+        self._bprefix = None
         self._start = start
         self._output = output
         self._name = name
         return name, payload
+
+    def read_bytes(self, data: bytes, start: int) -> tuple[str, dict[str, Any]] | None:
+        """:meth:`read` for a WebSocket text frame's undecoded UTF-8 payload, or None.
+
+        It only takes the prefix path: when ``data`` begins with the bytes of the
+        previous frame up to the end of its output, only the bytes after them are
+        decoded (and so checked as UTF-8; the rest were checked in that frame).
+        None means: decode the frame and use :meth:`read` or a full decoding.
+        """
+        bprefix = self._bprefix
+        if bprefix is None:
+            if not self._prefix or start != self._start:
+                return None
+            bprefix = self._bprefix = memoryview(self._prefix.encode("utf-8", "surrogatepass"))
+        if start != self._start or not data.startswith(bprefix):
+            return None
+        try:
+            rest = data[len(bprefix) :].decode("utf-8")
+            new, end = _scanstring(rest, 0)
+        except ValueError:  # UnicodeDecodeError too: the caller's full decoding reports it
+            return None
+        if new and "\udc00" <= new[0] <= "\udfff":
+            return None  # a surrogate pair split across frames: JSON decoding would join it
+        payload = _tail(rest, end)
+        if payload is None:
+            return None
+        output = self._output + new
+        payload["output"] = output
+        # A view of this frame's bytes, not a copy: the frame is kept alive instead.
+        self._bprefix = memoryview(data)[: len(bprefix) + len(rest[: end - 1].encode("utf-8"))]
+        self._prefix = ""  # the text form is not kept on this path
+        self._output = output
+        return self._name, payload
+
+
+def _tail(text: str, end: int) -> dict[str, Any] | None:
+    """The rest of a progress object after its output string (``text[end:]``), or None if it is not plain."""
+    tail = text[end:].rstrip(" \t\n\r")
+    if tail == "}]":
+        return {}
+    if not tail.endswith("]"):
+        return None
+    inner = tail[:-1].rstrip(" \t\n\r")
+    if not inner.startswith(","):
+        return None
+    body = "{" + inner[1:]
+    try:
+        payload, stop = _scan_json(body, 0)
+    except (StopIteration, ValueError):
+        return None
+    if stop != len(body) or type(payload) is not dict or "output" in payload:
+        return None
+    return payload
 
 
 #: ``scanstring(text, index, strict)``: the JSON string starting just after a quote at

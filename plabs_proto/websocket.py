@@ -12,6 +12,7 @@ import base64
 import hashlib
 import random
 import struct
+from dataclasses import dataclass
 
 from wsproto.frame_protocol import (
     CloseReason,
@@ -23,7 +24,7 @@ from wsproto.frame_protocol import (
 
 from .errors import LocalProtocolError, RemoteProtocolError
 
-__all__ = ["WebSocketChannel", "accept_token", "make_key"]
+__all__ = ["Utf8Text", "WebSocketChannel", "accept_token", "make_key"]
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -51,6 +52,25 @@ def _frame(opcode: int, payload: bytes, rng: random.Random) -> bytes:
     return header + key + bytes(XorMaskerSimple(key).process(bytearray(payload)))
 
 
+@dataclass(frozen=True, slots=True)
+class Utf8Text:
+    """A text frame's payload, not decoded yet (``WebSocketChannel(raw_text=True)``).
+
+    The caller may read what it knows of it as bytes and decode only the rest;
+    :meth:`decode` gives the whole text, or the error for bytes that are not UTF-8.
+    """
+
+    data: bytes
+
+    def decode(self) -> str:
+        try:
+            return self.data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RemoteProtocolError(
+                f"expected UTF-8 in a WebSocket text frame, got bytes that are not: {exc}"
+            ) from None
+
+
 class WebSocketChannel:
     """Client side of an open WebSocket connection.
 
@@ -61,8 +81,12 @@ class WebSocketChannel:
     refused with :class:`RemoteProtocolError` before it is buffered whole.
     """
 
-    def __init__(self, rng: random.Random, *, max_message_size: int, trailing_data: bytes = b"") -> None:
+    def __init__(
+        self, rng: random.Random, *, max_message_size: int, trailing_data: bytes = b"", raw_text: bool = False
+    ) -> None:
         self._rng = rng
+        #: Hand whole single-frame text messages out as :class:`Utf8Text`, undecoded.
+        self.raw_text = raw_text
         self._proto = FrameProtocol(client=True, extensions=[])
         self._outgoing = bytearray()
         self._parts: list[str | bytes] = []
@@ -99,7 +123,7 @@ class WebSocketChannel:
         self._outgoing.clear()
         return out
 
-    def receive_data(self, data: bytes) -> list[str | bytes]:
+    def receive_data(self, data: bytes) -> list[str | bytes | Utf8Text]:
         """Feed bytes from the server; returns the messages they complete.
 
         Frames are cut at their boundaries here.  The frame servers send
@@ -123,7 +147,7 @@ class WebSocketChannel:
             buf = self._buffer
         else:
             buf = data  # the usual case: nothing left over, work on the bytes as they came
-        messages: list[str | bytes] = []
+        messages: list[str | bytes | Utf8Text] = []
         pos = 0
         size = len(buf)
         limit = self.max_message_size
@@ -151,7 +175,9 @@ class WebSocketChannel:
                 break
             if (first == 0x81 or first == 0x82) and not second & 0x80 and not self._fragmented:
                 payload = buf[pos + head : end]
-                if first == 0x81:
+                if first == 0x81 and self.raw_text:
+                    messages.append(Utf8Text(payload if type(payload) is bytes else bytes(payload)))
+                elif first == 0x81:
                     try:
                         messages.append(str(payload, "utf-8"))
                     except UnicodeDecodeError as exc:
@@ -179,7 +205,7 @@ class WebSocketChannel:
             self._buffer = bytearray(buf[pos:])
         return messages
 
-    def _wsproto_frames(self, messages: list[str | bytes]) -> None:
+    def _wsproto_frames(self, messages: list[str | bytes | Utf8Text]) -> None:
         """Collect what wsproto makes of the whole frames it was handed."""
         try:
             for frame in self._proto.received_frames():

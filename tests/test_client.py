@@ -583,3 +583,14 @@ def test_callers_headers_replace_ours_of_the_same_name() -> None:
     request = h.take(1)
     assert b"User-Agent: plabs-proto" not in request
     assert request.endswith(b"Referer: https://labs.perplexity.ai/\r\nuser-agent: Mozilla/5.0 (X11)\r\nX-Extra: 1\r\n\r\n")
+
+
+def test_bad_utf8_after_a_known_prefix_is_still_refused() -> None:
+    h = make()
+    handshake_upgrade(h)
+    good = progress("sonar", {"output": "abc", "final": False})
+    h.reply(WS, ws_frame(good))
+    bad = good.encode()[: good.index("abc") + 3] + b"\xff" + b'","final":false}]'
+    with pytest.raises(RemoteProtocolError, match="UTF-8") as info:
+        h.reply(WS, ws_frame(bad, opcode=0x1))
+    assert info.value.partial_text == "abc"

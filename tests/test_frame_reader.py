@@ -97,3 +97,53 @@ def test_arbitrary_text_never_raises(prefix: str, body: str) -> None:
     got = reader.read(text, len(prefix))
     if got is not None:
         assert got == tuple(json.loads(text[len(prefix) + 1 :]))
+
+
+def read_either(reader: CumulativeFrameReader, text: str) -> tuple[str, dict[str, object]] | None:
+    """What the client does with a WebSocket text frame: the bytes path, else the text path."""
+    got = reader.read_bytes(text.encode("utf-8"), 1)
+    return got if got is not None else reader.read(text, 1)
+
+
+def test_bytes_path_takes_over_after_the_text_path() -> None:
+    reader = CumulativeFrameReader()
+    first = frame("Hé", final=False)
+    assert reader.read_bytes(first.encode(), 1) is None  # nothing known yet
+    assert reader.read(first, 1) == full(first)
+    for output in ("Hé, wo", "Hé, world \U0001f600", "Hé, world \U0001f600 \u4e2d\u6587"):
+        text = frame(output, final=False, elapsed_time=0.5)
+        assert reader.read_bytes(text.encode(), 1) == full(text)
+    shrunk = frame("Hé", final=True)
+    assert reader.read_bytes(shrunk.encode(), 1) is None  # not an extension: decode it whole
+    assert reader.read(shrunk, 1) == full(shrunk)
+
+
+def test_bytes_path_leaves_bad_utf8_to_the_full_decoding() -> None:
+    reader = CumulativeFrameReader()
+    reader.read(frame("ok"), 1)
+    bad = frame("ok").encode()[:-3] + b"\xff\xfe" + b'"}]'
+    assert reader.read_bytes(bad, 1) is None
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    parts=st.lists(texts, min_size=1, max_size=8),
+    ascii_only=st.booleans(),
+    spaces=st.booleans(),
+    shrink_at=st.integers(0, 10),
+)
+def test_bytes_and_text_paths_agree_with_json_loads(
+    parts: list[str], ascii_only: bool, spaces: bool, shrink_at: int
+) -> None:
+    reader = CumulativeFrameReader()
+    output = ""
+    for i, part in enumerate(parts):
+        output = output[: len(output) // 2] if i == shrink_at else output + part
+        text = frame(output, ascii_only=ascii_only, spaces=spaces, final=False)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            continue  # lone surrogates cannot travel in a WebSocket text frame
+        got = read_either(reader, text)
+        if got is not None:
+            assert got == full(text)

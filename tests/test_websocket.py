@@ -117,3 +117,15 @@ def test_any_bytes_give_messages_or_remote_protocol_error(data: bytes) -> None:
         channel(limit=100).receive_data(data)
     except RemoteProtocolError:
         pass
+
+
+def test_raw_text_mode_hands_out_undecoded_text() -> None:
+    from plabs_proto.websocket import Utf8Text
+
+    ws = WebSocketChannel(random.Random(1), max_message_size=1000, raw_text=True)
+    got = ws.receive_data(ws_frame("héllo") + ws_frame("a", fin=False) + ws_frame("b", opcode=0x0) + ws_frame(b"\x01"))
+    assert got == [Utf8Text("héllo".encode()), "ab", b"\x01"]  # a fragmented message comes decoded, by wsproto
+    first = got[0]
+    assert isinstance(first, Utf8Text) and first.decode() == "héllo"
+    with pytest.raises(RemoteProtocolError, match="UTF-8"):
+        Utf8Text(b"\xff").decode()
