@@ -217,7 +217,6 @@ class LabsClient:
         self._decoder: AnswerDecoder | None = None
         self._frames = CumulativeFrameReader()
         self._pending_query: str | None = None
-        self._query_started = 0.0
         self._last_text = ""
         self._last_reasoning = ""
         self._transport_name = config.transport
@@ -300,7 +299,6 @@ class LabsClient:
         frame = "42" + json.dumps([REQUEST_EVENT, request], separators=(",", ":"), ensure_ascii=False)
         self._decoder = AnswerDecoder(request["model"])
         self._frames = CumulativeFrameReader()
-        self._query_started = now
         if self.config.first_text_timeout is not None:
             self._deadlines["first_text"] = now + self.config.first_text_timeout
         if self.config.query_timeout is not None:
