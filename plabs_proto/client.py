@@ -15,9 +15,12 @@ and reads ``next_event()`` for what happened.  User commands are
 Three transports are offered:
 
 ``"upgrade"`` (default)
-    What the browser does: the Engine.IO polling handshake (GET the open
-    packet, POST the Socket.IO CONNECT, GET the connect ack), then a WebSocket
-    upgrade on the same keep-alive connection (``2probe``/``3probe``, ``5``).
+    Like the browser: the Engine.IO polling handshake (GET the open packet,
+    POST the Socket.IO CONNECT), then a WebSocket upgrade (``2probe``/``3probe``,
+    ``5``).  The WebSocket's connection opens beside the first one and its
+    upgrade request goes out with the CONNECT POST; the connect ack then comes
+    on the WebSocket (or on a poll, if the server sends it there).  Requests on
+    one connection reuse it while the server keeps it alive.
 ``"websocket"``
     Straight to a WebSocket: fewest round trips.
 ``"polling"``
