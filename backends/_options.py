@@ -30,7 +30,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from plabs_proto.client import ClientConfig, ClientState, LabsClient, Tracer
 from plabs_proto.errors import LocalProtocolError, RemoteProtocolError, ResponseError
@@ -54,6 +54,7 @@ __all__ = [
     "Headers",
     "LinkBase",
     "Messages",
+    "SessionBase",
     "announce_seed",
     "build_config",
     "check_event",
@@ -358,13 +359,44 @@ def _release(close: Callable[[], None]) -> None:
         close()
 
 
-class AsyncAnswer:
+T = TypeVar("T")
+
+
+class _OneReader(ABC, Generic[T]):
+    """An async iterator that one task reads at a time (its subclasses give ``_next``)."""
+
+    _what = "this stream"
+    _done = False
+    _reading = False
+
+    def __aiter__(self) -> _OneReader[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        if self._done:
+            raise StopAsyncIteration
+        if self._reading:
+            raise LocalProtocolError(f"cannot read {self._what} in two tasks at once")
+        self._reading = True
+        try:
+            return await self._next()
+        finally:
+            self._reading = False
+
+    @abstractmethod
+    async def _next(self) -> T:
+        """The next item; sets ``_done`` at the end."""
+
+
+class AsyncAnswer(_OneReader[str]):
     """What ``ask`` returns: an async iterator of answer text deltas (str).
 
     The connection opens on the first ``__anext__`` and closes when the answer is
     complete, on an error or cancellation, on :meth:`aclose` (or leaving
     ``async with``), and, failing all that, when the object is collected.
     """
+
+    _what = "one answer"
 
     def __init__(
         self,
@@ -387,20 +419,6 @@ class AsyncAnswer:
     def seed(self) -> int | None:
         """The seed of the client's randomness (None: system randomness)."""
         return self._seed
-
-    def __aiter__(self) -> AsyncAnswer:
-        return self
-
-    async def __anext__(self) -> str:
-        if self._done:
-            raise StopAsyncIteration
-        if self._reading:
-            raise LocalProtocolError("cannot read one answer in two tasks at once")
-        self._reading = True
-        try:
-            return await self._next()
-        finally:
-            self._reading = False
 
     async def _next(self) -> str:
         link = self._link
@@ -444,7 +462,7 @@ class AsyncAnswer:
             _release(link.close)
 
 
-class AsyncQuery:
+class AsyncQuery(_OneReader[Event]):
     """What ``Session.query`` returns: an async iterator of the answer's events.
 
     ``TextDelta``, ``ReasoningDelta``, ``Citations``, ``AnswerRevised``, then
@@ -454,6 +472,8 @@ class AsyncQuery:
     ``AnswerFinished`` closes the session.
     """
 
+    _what = "one query's events"
+
     def __init__(self, session: AsyncSession, link: AsyncLink, messages: Messages, model: str) -> None:
         self._session = session
         self._link = link
@@ -462,20 +482,6 @@ class AsyncQuery:
         self._started = False
         self._done = False
         self._reading = False
-
-    def __aiter__(self) -> AsyncQuery:
-        return self
-
-    async def __anext__(self) -> Event:
-        if self._done:
-            raise StopAsyncIteration
-        if self._reading:
-            raise LocalProtocolError("cannot read one query's events in two tasks at once")
-        self._reading = True
-        try:
-            return await self._next()
-        finally:
-            self._reading = False
 
     async def _next(self) -> Event:
         link = self._link
@@ -532,29 +538,36 @@ class AsyncQuery:
                 _release(self._link.close)
 
 
-class AsyncSession(ABC):
+class SessionBase:
+    """What every backend's ``Session`` holds: its client, seed, tracer and whether a query runs."""
+
+    def __init__(self, config: ClientConfig, *, tracer: Tracer | None = None, seed: int | None = None) -> None:
+        rng, self.seed = make_rng(tracer, seed)
+        self._client = LabsClient(config, rng=rng, tracer=tracer)
+        self._tracer = tracer
+        self._busy = False
+        #: The ``Connected`` event, once the session is open.
+        self.connected: Connected | None = None
+
+    @property
+    def client(self) -> LabsClient:
+        """The sans-IO client underneath (its state, partial text, transport)."""
+        return self._client
+
+
+class AsyncSession(SessionBase, ABC):
     """One Labs connection for several queries, run one after another (``async with``).
 
     Backends subclass it and say how to make the connection driver (:meth:`_new_link`).
     """
 
     def __init__(self, config: ClientConfig, *, tracer: Tracer | None = None, seed: int | None = None) -> None:
-        rng, self.seed = make_rng(tracer, seed)
-        self._client = LabsClient(config, rng=rng, tracer=tracer)
-        self._tracer = tracer
+        super().__init__(config, tracer=tracer, seed=seed)
         self._link: AsyncLink | None = None
-        self._busy = False
-        #: The ``Connected`` event, once the session is open.
-        self.connected: Connected | None = None
 
     @abstractmethod
     def _new_link(self) -> AsyncLink:
         """The backend's connection driver for this session's client."""
-
-    @property
-    def client(self) -> LabsClient:
-        """The sans-IO client underneath (its state, partial text, transport)."""
-        return self._client
 
     async def open(self) -> None:
         """Connect and wait for the Socket.IO connect ack."""

@@ -43,6 +43,7 @@ from ._options import (
     Headers,
     LinkBase,
     Messages,
+    SessionBase,
     announce_seed,
     build_config,
     check_event,
@@ -337,7 +338,7 @@ def _answer(
         link.close()
 
 
-class Session:
+class Session(SessionBase):
     """One Labs connection for several queries, run one after another.
 
     Use ``with connect(...) as session``; :meth:`query` streams the typed events
@@ -347,18 +348,8 @@ class Session:
     """
 
     def __init__(self, config: ClientConfig, *, tracer: Tracer | None = None, seed: int | None = None) -> None:
-        rng, self.seed = make_rng(tracer, seed)
-        self._client = LabsClient(config, rng=rng, tracer=tracer)
-        self._tracer = tracer
+        super().__init__(config, tracer=tracer, seed=seed)
         self._link: _Link | None = None
-        self._busy = False
-        #: The ``Connected`` event, once the session is open.
-        self.connected: Connected | None = None
-
-    @property
-    def client(self) -> LabsClient:
-        """The sans-IO client underneath (its state, partial text, transport)."""
-        return self._client
 
     def open(self) -> None:
         """Connect and wait for the Socket.IO connect ack."""
