@@ -56,14 +56,26 @@ class Connected(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TextDelta(Event):
-    """New answer text (the new suffix of the cumulative ``output``)."""
+    """New answer text (the new suffix of the cumulative ``output``).
+
+    The rule for a consumer that reads TextDeltas alone: joining every
+    TextDelta of a query gives :attr:`AnswerFinished.text`, unless an
+    :class:`AnswerRevised` came whose ``text`` differs from the text joined so
+    far (a true rewrite of the answer text, see there).  No answer text ever
+    arrives only inside an AnswerRevised.
+    """
 
     text: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReasoningDelta(Event):
-    """New reasoning text (text inside ``<think>...</think>``)."""
+    """New reasoning text (text inside ``<think>...</think>``).
+
+    The same rule as for :class:`TextDelta`: joining every ReasoningDelta gives
+    :attr:`AnswerFinished.reasoning`, unless an :class:`AnswerRevised` came
+    whose ``reasoning`` differs from the reasoning joined so far.
+    """
 
     text: str
 
@@ -80,7 +92,19 @@ class AnswerRevised(Event):
     """The server's cumulative output no longer extends what was already reported.
 
     ``text`` and ``reasoning`` are the whole answer and reasoning as they now
-    stand; deltas after this event extend these.
+    stand, up to this event; deltas after it extend these.  A consumer that
+    follows revisions (sets its text and reasoning to these, then appends the
+    deltas) always holds what the decoder holds.
+
+    A revision rewrites only what must be rewritten.  Often only one part is
+    taken back: the default model ``r1-1776`` streams untagged output as
+    reasoning, and when the final frame shows it was the answer, the reasoning
+    is rewritten (to ``""``) while the answer text grows from ``""``.  Then
+    ``text`` repeats the text reported so far, unchanged, and the new text
+    follows as a :class:`TextDelta` (the same holds for ``reasoning`` and
+    :class:`ReasoningDelta`).  So ``text`` differs from the text reported
+    before only on a true rewrite of the answer text: text already handed out
+    that the server no longer sends.
     """
 
     text: str
@@ -89,7 +113,13 @@ class AnswerRevised(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AnswerFinished(Event):
-    """The final progress frame arrived (``final: true``): the answer is complete."""
+    """The final progress frame arrived (``final: true``): the answer is complete.
+
+    ``text`` and ``reasoning`` are the server's final answer and reasoning: what
+    the deltas of the query join to when followed with their revisions, and
+    what the TextDeltas alone join to unless an :class:`AnswerRevised` rewrote
+    the answer text (see :class:`TextDelta`).
+    """
 
     model: str
     text: str

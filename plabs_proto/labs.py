@@ -15,6 +15,17 @@ rules, shared by :func:`split_reasoning` and the decoder:
   later tags are plain answer text;
 * an output with neither tag is all answer, and one whose ``<think>`` was never
   closed is all reasoning.
+
+While an answer streams, the decoder cannot always know which side of the
+split text belongs to: for a model in :data:`MODELS_WITHOUT_OPEN_THINK` untagged
+output is reported as reasoning until a ``</think>`` comes or the final frame
+shows it was the answer; a server may also send an output that does not extend
+the last one.  Then an :class:`~plabs_proto.events.AnswerRevised` takes back
+only what must be taken back, and the part that still extends what was
+reported goes on as deltas.  The rule this gives a consumer: joining the
+TextDeltas of a query gives ``AnswerFinished.text`` unless an AnswerRevised
+came whose ``text`` differs from the text joined so far; following the
+revisions (reset, then append the deltas) is always right.
 """
 
 from __future__ import annotations
@@ -321,14 +332,23 @@ def _grown(raw: str, old0: int, old1: int, new0: int, new1: int) -> str | None:
 
 
 def _diff(old: tuple[str, str], new: tuple[str, str]) -> list[Event]:
-    """Deltas from the ``(reasoning, text)`` reported to ``new``, or one AnswerRevised."""
+    """The events that take a consumer from the ``(reasoning, text)`` reported to ``new``.
+
+    Deltas when both extend what was reported.  Otherwise one AnswerRevised
+    first, which rewrites only what must be rewritten: when the text still
+    extends the text reported (from ``""`` too) the revision repeats that text
+    unchanged and the rest of it follows as a TextDelta, so a consumer of
+    TextDeltas alone misses nothing; the same for the reasoning.
+    """
     (old_r, old_t), (new_r, new_t) = old, new
-    if not (new_r.startswith(old_r) and new_t.startswith(old_t)):
-        return [AnswerRevised(text=new_t, reasoning=new_r)]
+    keep_r = new_r.startswith(old_r)
+    keep_t = new_t.startswith(old_t)
     events: list[Event] = []
-    if len(new_r) > len(old_r):
+    if not (keep_r and keep_t):
+        events.append(AnswerRevised(text=old_t if keep_t else new_t, reasoning=old_r if keep_r else new_r))
+    if keep_r and len(new_r) > len(old_r):
         events.append(ReasoningDelta(text=new_r[len(old_r) :]))
-    if len(new_t) > len(old_t):
+    if keep_t and len(new_t) > len(old_t):
         events.append(TextDelta(text=new_t[len(old_t) :]))
     return events
 
@@ -352,7 +372,9 @@ class AnswerDecoder:
     :class:`AnswerRevised`, then :class:`AnswerFinished` or
     :class:`QueryFailed`.  ``output`` is cumulative: the deltas are its new
     suffix.  Concatenating the deltas (restarting from an AnswerRevised) gives
-    :attr:`text` and :attr:`reasoning` at every step.
+    :attr:`text` and :attr:`reasoning` at every step; an AnswerRevised changes
+    the ``text`` (or ``reasoning``) it carries only when the new one does not
+    extend the one reported (see the module docstring).
 
     Per frame the cost is proportional to the new text only (plus one C-level
     ``startswith`` over the known prefix); the final frame is split whole once.

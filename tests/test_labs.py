@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Sequence
@@ -49,6 +50,25 @@ def replay(events: Sequence[Event], state: tuple[str, str] = ("", "")) -> tuple[
         elif isinstance(event, AnswerRevised):
             reasoning, text = event.reasoning, event.text
     return reasoning, text
+
+
+def deltas_only(events: Sequence[Event]) -> tuple[str, str, bool, bool]:
+    """What a consumer that reads deltas alone holds: (reasoning, text, reasoning rewritten, text rewritten).
+
+    A "rewritten" flag is set by an AnswerRevised whose text (or reasoning)
+    differs from what that consumer joined so far: only then may it be wrong.
+    """
+    reasoning = text = ""
+    rewrote_r = rewrote_t = False
+    for event in events:
+        if isinstance(event, ReasoningDelta):
+            reasoning += event.text
+        elif isinstance(event, TextDelta):
+            text += event.text
+        elif isinstance(event, AnswerRevised):
+            rewrote_r = rewrote_r or event.reasoning != reasoning
+            rewrote_t = rewrote_t or event.text != text
+    return reasoning, text, rewrote_r, rewrote_t
 
 
 def feed_all(decoder: AnswerDecoder, payloads: Sequence[object]) -> list[Event]:
@@ -458,13 +478,51 @@ def test_r1_without_any_think_is_revised_at_the_end() -> None:
             {"output": "Paris is the capital.", "final": True, "status": "completed", "citations": []},
         ],
     )
+    # Only the reasoning is taken back; the answer text, new, comes as a TextDelta.
     assert events == [
         ReasoningDelta(text="Paris is"),
         ReasoningDelta(text=" the capital."),
-        AnswerRevised(text="Paris is the capital.", reasoning=""),
+        AnswerRevised(text="", reasoning=""),
+        TextDelta(text="Paris is the capital."),
         AnswerFinished(model="r1-1776", text="Paris is the capital.", reasoning=""),
     ]
     assert (decoder.reasoning, decoder.text) == ("", "Paris is the capital.")
+
+
+@pytest.mark.parametrize("frames", [1, 2, 5])
+def test_r1_short_answer_reaches_a_text_delta_reader(frames: int) -> None:
+    # The default model, an output that never has "</think>": streamed as reasoning,
+    # it must still reach a consumer that joins TextDeltas only (ask() is one).
+    answer = "Hi! How can I help?"
+    cut = len(answer) // frames
+    events = stream("r1-1776", [answer[: cut * (n + 1)] for n in range(frames)], answer)
+    finished = events[-1]
+    assert isinstance(finished, AnswerFinished) and finished.text == answer
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == answer
+    assert deltas_only(events)[3] is False  # no rewrite of the text
+
+
+def test_true_rewrite_of_the_text_is_a_revision_with_the_new_text() -> None:
+    events = stream("r1-1776", ["<think>Plan A</think>Paris is big"], "<think>Plan B</think>Lyon is big")
+    assert events == [
+        ReasoningDelta(text="Plan A"),
+        TextDelta(text="Paris is big"),
+        AnswerRevised(text="Lyon is big", reasoning="Plan B"),
+        AnswerFinished(model="r1-1776", text="Lyon is big", reasoning="Plan B"),
+    ]
+    assert deltas_only(events) == ("Plan A", "Paris is big", True, True)
+
+
+def test_rewritten_text_with_growing_reasoning_keeps_the_reasoning() -> None:
+    # The symmetric case: the reasoning extends what was reported, the text does not.
+    events = stream("sonar-reasoning", ["<think>ab</think>xyz"], "<think>abc</think>uvw")
+    assert events == [
+        ReasoningDelta(text="ab"),
+        TextDelta(text="xyz"),
+        AnswerRevised(text="uvw", reasoning="ab"),
+        ReasoningDelta(text="c"),
+        AnswerFinished(model="sonar-reasoning", text="uvw", reasoning="abc"),
+    ]
 
 
 def test_r1_single_final_frame_without_think_needs_no_revision() -> None:
@@ -479,7 +537,8 @@ def test_closing_tag_revises_text_reported_as_answer() -> None:
     events = stream("sonar-reasoning", ["Let me", "Let me see</think>\n", "Let me see</think>\nOK"])
     assert events == [
         TextDelta(text="Let me"),
-        AnswerRevised(text="", reasoning="Let me see"),
+        AnswerRevised(text="", reasoning=""),
+        ReasoningDelta(text="Let me see"),
         TextDelta(text="OK"),
         AnswerFinished(model="sonar-reasoning", text="OK", reasoning="Let me see"),
     ]
@@ -785,7 +844,7 @@ FRAGMENTS = [
     "\u0301",
 ]
 outputs_st = st.lists(st.sampled_from(FRAGMENTS), max_size=14).map("".join) | st.text(max_size=30)
-models_st = st.sampled_from(["r1-1776", "sonar", "sonar-reasoning"])
+models_st = st.sampled_from(MODELS)
 
 
 def check_stream(model: str, outputs: Sequence[str], final: str) -> None:
@@ -794,15 +853,21 @@ def check_stream(model: str, outputs: Sequence[str], final: str) -> None:
     assume_open = model in MODELS_WITHOUT_OPEN_THINK
     view = ("", "")
     frames = [*outputs, final]
+    all_events: list[Event] = []
     for index, output in enumerate(frames):
         is_final = index == len(frames) - 1
         events = decoder.feed({"output": output, "final": is_final})
+        all_events.extend(events)
         new_view = replay(events, view)
         assert new_view == (decoder.reasoning, decoder.text)
         for event in events:
             if isinstance(event, AnswerRevised):
-                # a revision only where the new view does not extend the old one
-                assert not (new_view[0].startswith(view[0]) and new_view[1].startswith(view[1]))
+                # a revision only where the new view does not extend the old one, and it
+                # rewrites only the part that does not: the other is repeated unchanged
+                keep_r, keep_t = new_view[0].startswith(view[0]), new_view[1].startswith(view[1])
+                assert not (keep_r and keep_t)
+                assert event.reasoning == (view[0] if keep_r else new_view[0])
+                assert event.text == (view[1] if keep_t else new_view[1])
         if not is_final:
             whole_r, whole_t = reference_split(output, assume_open)
             assert whole_r.startswith(new_view[0])
@@ -813,6 +878,19 @@ def check_stream(model: str, outputs: Sequence[str], final: str) -> None:
     assert isinstance(events[-1], AnswerFinished)
     assert (events[-1].reasoning, events[-1].text) == view == split_reasoning(final) == reference_split(final)
     assert decoder.finished
+    # A consumer of deltas alone ends with the final answer unless it was told of a rewrite.
+    reasoning, text, rewrote_r, rewrote_t = deltas_only(all_events)
+    if not rewrote_t:
+        assert text == events[-1].text
+    if not rewrote_r:
+        assert reasoning == events[-1].reasoning
+    # ... and it is told only of true rewrites: when every output extends the one before
+    # and its answer text is the start of the final one, the text is never rewritten.
+    final_text = split_reasoning(final)[1]
+    if all(b.startswith(a) for a, b in itertools.pairwise(frames)) and all(
+        final_text.startswith(reference_split(o, assume_open)[1]) for o in outputs
+    ):
+        assert not rewrote_t
 
 
 @settings(max_examples=300, deadline=None)
