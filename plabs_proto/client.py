@@ -220,8 +220,6 @@ class LabsClient:
         self._decoder: AnswerDecoder | None = None
         self._frames = CumulativeFrameReader()
         self._pending_query: str | None = None
-        self._last_text = ""
-        self._last_reasoning = ""
         self._transport_name = config.transport
         self._upgrades: tuple[str, ...] = ("websocket",)
         self._now = 0.0
@@ -240,13 +238,18 @@ class LabsClient:
 
     @property
     def partial_text(self) -> str:
-        """The answer text of the current (or last) query so far."""
-        return self._decoder.text if self._decoder is not None else self._last_text
+        """The answer text so far of the query streaming now; ``""`` when none is.
+
+        A finished answer is in its ``AnswerFinished`` (a failed one in its
+        ``QueryFailed``).  Errors copy this, so an error after an answer finished
+        carries no partial text (see :class:`~plabs_proto.errors.LabsError`).
+        """
+        return self._decoder.text if self._decoder is not None else ""
 
     @property
     def partial_reasoning(self) -> str:
-        """The reasoning text of the current (or last) query so far."""
-        return self._decoder.reasoning if self._decoder is not None else self._last_reasoning
+        """The reasoning so far of the query streaming now; ``""`` when none is."""
+        return self._decoder.reasoning if self._decoder is not None else ""
 
     # -- user commands --------------------------------------------------------------------------
 
@@ -931,8 +934,6 @@ class LabsClient:
                 if self._deadlines:
                     self._deadlines.pop("first_text", None)
             elif type(event) is AnswerFinished or type(event) is QueryFailed:
-                self._last_text = decoder.text
-                self._last_reasoning = decoder.reasoning
                 self._decoder = None
                 self._deadlines.pop("first_text", None)
                 self._deadlines.pop("query", None)

@@ -35,7 +35,8 @@ class LabsError(Exception):
 
     ``partial_text`` and ``partial_reasoning`` hold the answer (and reasoning)
     text that had arrived when the error happened; both are empty when no query
-    was streaming.
+    was streaming (an error after an answer finished, a heartbeat timeout
+    between queries, carries none: that answer is in its ``AnswerFinished``).
     """
 
     def __init__(self, message: str, *, partial_text: str = "", partial_reasoning: str = "") -> None:

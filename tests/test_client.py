@@ -367,6 +367,42 @@ def test_query_deadline_keeps_partial_text() -> None:
     assert info.value.partial_text == "partial"
 
 
+def test_heartbeat_after_the_answer_carries_no_partial_text() -> None:
+    # errors.py: partial_text is empty when no query was streaming.  A finished answer
+    # is in its AnswerFinished; an error after it must not pass it off as a partial one.
+    h = make(first_text_timeout=None)
+    handshake_upgrade(h)
+    assert h.client.get_timer() == 45.0  # pingInterval + pingTimeout of open_packet()
+    h.reply(WS, ws_frame(progress("sonar", {"output": "Done.", "final": True, "citations": []})))
+    finished = h.events()[-1]
+    assert isinstance(finished, AnswerFinished) and finished.text == "Done."
+    assert (h.client.partial_text, h.client.partial_reasoning) == ("", "")
+    with pytest.raises(LabsTimeout, match="ping") as info:
+        h.client.handle_timer(45.0)
+    assert info.value.deadline == "heartbeat"
+    assert (info.value.partial_text, info.value.partial_reasoning) == ("", "")
+    h.pump()
+    assert h.take(WS) == b"" and WS in h.closed
+
+
+def test_heartbeat_while_an_answer_streams_carries_it() -> None:
+    h = make(first_text_timeout=None)
+    handshake_upgrade(h)
+    h.reply(WS, ws_frame(progress("sonar", {"output": "<think>Hm</think>Half", "final": False})))
+    with pytest.raises(LabsTimeout, match="ping") as info:
+        h.client.handle_timer(45.0)
+    assert (info.value.partial_text, info.value.partial_reasoning) == ("Half", "Hm")
+
+
+def test_connection_lost_after_the_answer_carries_no_partial_text() -> None:
+    h = make()
+    handshake_upgrade(h)
+    h.reply(WS, ws_frame(progress("sonar", {"output": "Done.", "final": True})))
+    with pytest.raises(RemoteProtocolError, match="WebSocket connection to stay open") as info:
+        h.reply(WS, b"")
+    assert info.value.partial_text == ""
+
+
 # -- failures ------------------------------------------------------------------------------------------
 
 CLOUDFLARE_PAGE = (
