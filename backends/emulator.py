@@ -5,8 +5,9 @@ independent Socket.IO implementation, served by aiohttp on a real socket.  It ke
 "python flavour" of python-engineio: the polling POST is answered ``OK`` and a NOOP (``6``)
 is queued right after ``3probe``.
 
-Switches (:class:`EmulatorConfig`) cover the answer text and pacing, short heartbeats, TLS,
-a failure frame, an abrupt drop mid-answer, silence and Cloudflare-style 403 pages.
+Switches (:class:`EmulatorConfig`) cover the answer text and pacing, answers without
+reasoning or rewritten at the end, short heartbeats, TLS, a failure frame, an abrupt drop
+mid-answer, silence and Cloudflare-style 403 pages.
 
 Two deliberate departures from stock python-engineio 4.x: the open packet advertises the real
 ``pingInterval`` for fractional seconds (stock sends ``int(seconds) * 1000``, i.e. ``0`` for
@@ -89,10 +90,17 @@ class EmulatorConfig:
     Times are in seconds.  ``answer``/``reasoning`` of ``None`` mean a deterministic default
     text built from the prompt; ``citations`` of ``None`` means a couple of example URLs for
     ``sonar*`` models and ``[]`` for the others.
+
+    ``no_reasoning`` sends the answer alone, with no ``<think>...</think>``, for every
+    model (a short ``r1-1776`` answer, or a server that sends no reasoning).
+    ``final_output``, when set, is the ``output`` of the final frame instead of the
+    streamed one: a server that rewrites its answer at the end.
     """
 
     answer: str | None = None
     reasoning: str | None = None
+    no_reasoning: bool = False
+    final_output: str | None = None
     chunk_size: int = 8
     frame_delay: float = 0.01
     ping_interval: float = 25.0
@@ -546,7 +554,7 @@ class Emulator:
         prompt = _prompt(messages)
         answer = cfg.answer if cfg.answer is not None else default_answer(model, prompt)
         reasoning = cfg.reasoning if cfg.reasoning is not None else default_reasoning(model, prompt)
-        full = build_output(model, answer, reasoning)
+        full = answer if cfg.no_reasoning else build_output(model, answer, reasoning)
         citations = list(cfg.citations) if cfg.citations is not None else default_citations(model)
         count = math.ceil(len(full) / cfg.chunk_size)
         for sent in range(count + 1):
@@ -570,7 +578,7 @@ class Emulator:
         if count and cfg.frame_delay > 0:
             await asyncio.sleep(cfg.frame_delay)
         final = {
-            "output": full,
+            "output": full if cfg.final_output is None else cfg.final_output,
             "final": True,
             "status": "completed",
             "citations": citations,

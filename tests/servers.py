@@ -100,6 +100,8 @@ def start_node_server(
     port: int = 0,
     answer: str | None = None,
     reasoning: str | None = None,
+    no_reasoning: bool = False,
+    final_output: str | None = None,
     chunk_size: int | None = None,
     frame_delay: float | None = None,
     ping_interval: float | None = None,
@@ -138,6 +140,10 @@ def start_node_server(
         args += ["--answer", answer]
     if reasoning is not None:
         args += ["--reasoning", reasoning]
+    if no_reasoning:
+        args.append("--no-reasoning")
+    if final_output is not None:
+        args += ["--final-output", final_output]
     if chunk_size is not None:
         args += ["--chunk-size", str(chunk_size)]
     if frame_delay is not None:

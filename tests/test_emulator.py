@@ -264,6 +264,29 @@ async def test_r1_1776_omits_the_opening_think_tag(flavour: str) -> None:
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
 @run_async
+async def test_no_reasoning_switch_sends_the_bare_answer(flavour: str) -> None:
+    async with (
+        serving(flavour, answer="Paris.", reasoning="unused", no_reasoning=True, chunk_size=4, **FAST) as url,
+        labs_client(url) as client,
+    ):
+        frames = await client.ask(labs_request("r1-1776"))
+    check_stream(frames, "r1-1776", "Paris.", 4, [])
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@run_async
+async def test_final_output_switch_rewrites_the_last_frame(flavour: str) -> None:
+    async with (
+        serving(flavour, answer="Paris.", final_output="Lyon.", chunk_size=4, **FAST) as url,
+        labs_client(url) as client,
+    ):
+        frames = await client.ask(labs_request("sonar"))
+    assert [data["output"] for _, data in frames] == ["Pari", "Paris.", "Lyon."]
+    assert frames[-1][1]["final"] is True
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@run_async
 async def test_citations_switch(flavour: str) -> None:
     cites = ["https://a.example/1", "https://b.example/2"]
     async with serving(flavour, answer="x", citations=cites, **FAST) as url, labs_client(url) as client:

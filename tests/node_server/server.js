@@ -6,7 +6,8 @@
 // on the WebSocket after the upgrade.  Prints exactly one line {"port": N} on stdout when it
 // listens; logs nothing else to stdout.  Exits promptly on SIGTERM or SIGINT.
 //
-// Flags: --host H --port N --answer TEXT --reasoning TEXT --chunk-size N --frame-delay-ms N
+// Flags: --host H --port N --answer TEXT --reasoning TEXT --no-reasoning --final-output TEXT
+//        --chunk-size N --frame-delay-ms N
 //        --ping-interval-ms N --ping-timeout-ms N --max-payload N --fail TEXT --fail-after N
 //        --drop-after N --silent --citations JSON --jwt TEXT --no-check-origin
 //        --certfile PATH --keyfile PATH
@@ -38,6 +39,8 @@ function parseArgs(argv) {
     port: 0,
     answer: null,
     reasoning: null,
+    noReasoning: false,
+    finalOutput: null,
     chunkSize: 8,
     frameDelayMs: 10,
     pingIntervalMs: 25000,
@@ -67,6 +70,7 @@ function parseArgs(argv) {
     "--host": "host",
     "--answer": "answer",
     "--reasoning": "reasoning",
+    "--final-output": "finalOutput",
     "--fail": "fail",
     "--jwt": "jwt",
     "--certfile": "certfile",
@@ -76,6 +80,8 @@ function parseArgs(argv) {
     const flag = argv[i];
     if (flag === "--silent") {
       opts.silent = true;
+    } else if (flag === "--no-reasoning") {
+      opts.noReasoning = true;
     } else if (flag === "--no-check-origin") {
       opts.checkOrigin = false;
     } else if (flag in ints || flag in strings || flag === "--citations") {
@@ -310,7 +316,7 @@ async function answer(socket, args) {
   const prompt = lastPrompt(messages);
   const text = opts.answer !== null ? opts.answer : defaultAnswer(model, prompt);
   const reasoning = opts.reasoning !== null ? opts.reasoning : defaultReasoning(model, prompt);
-  const full = codePoints(buildOutput(model, text, reasoning));
+  const full = codePoints(opts.noReasoning ? text : buildOutput(model, text, reasoning));
   const citations = opts.citations !== null ? opts.citations : model.startsWith("sonar") ? SONAR_CITATIONS : [];
   const count = Math.ceil(full.length / opts.chunkSize);
   for (let sent = 0; sent <= count; sent++) {
@@ -335,7 +341,7 @@ async function answer(socket, args) {
   if (count > 0 && opts.frameDelayMs > 0) await sleep(opts.frameDelayMs);
   if (!socket.connected) return;
   socket.emit(event, {
-    output: full.join(""),
+    output: opts.finalOutput !== null ? opts.finalOutput : full.join(""),
     final: true,
     status: "completed",
     citations,
