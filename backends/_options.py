@@ -8,6 +8,9 @@
 * :func:`stream_error` and :func:`closed_error` word the errors a backend raises
   itself (a socket failed, the session ended early), without ever naming proxy
   credentials;
+* :class:`AnswerText` keeps the promise of the text-only APIs (``ask``): what they
+  yield joins to the server's final answer, or they raise
+  :class:`~plabs_proto.errors.AnswerRewrittenError`;
 * :class:`AsyncAnswer`, :class:`AsyncQuery` and :class:`AsyncSession`: the answer
   stream, query stream and session of the two async backends, written against the
   small :class:`AsyncLink` interface each backend implements over its sockets.
@@ -33,8 +36,17 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 from plabs_proto.client import ClientConfig, ClientState, LabsClient, Tracer
-from plabs_proto.errors import LocalProtocolError, RemoteProtocolError, ResponseError
-from plabs_proto.events import AnswerFinished, Closed, Connected, Event, OpenStream, QueryFailed, TextDelta
+from plabs_proto.errors import AnswerRewrittenError, LocalProtocolError, RemoteProtocolError, ResponseError
+from plabs_proto.events import (
+    AnswerFinished,
+    AnswerRevised,
+    Closed,
+    Connected,
+    Event,
+    OpenStream,
+    QueryFailed,
+    TextDelta,
+)
 from plabs_proto.labs import normalize_messages
 from plabs_proto.proxy import ProxyConfig
 from plabs_proto.trace import SEED_DIRECTION
@@ -47,6 +59,7 @@ __all__ = [
     "MODELS",
     "READ_SIZE",
     "SEED_DIRECTION",
+    "AnswerText",
     "AsyncAnswer",
     "AsyncLink",
     "AsyncQuery",
@@ -274,6 +287,85 @@ def check_event(event: Event, *, partial_text: str, partial_reasoning: str) -> b
     return False
 
 
+# -- the text a text-only API yields ------------------------------------------------------------------
+
+
+class AnswerText:
+    """What a text-only API (``ask``) yields of one query: the answer text, and only it.
+
+    Feed it the query's ``TextDelta`` and ``AnswerRevised`` events with
+    :meth:`take` and yield what it returns; at ``AnswerFinished`` yield what
+    :meth:`finish` returns.  The promise: the text yielded joins to
+    ``AnswerFinished.text``, or :meth:`finish` raises
+    :class:`~plabs_proto.errors.AnswerRewrittenError`.
+
+    A TextDelta is yielded as it comes.  An ``AnswerRevised`` whose text begins
+    with what was yielded (the decoder repeats the text unchanged when only the
+    reasoning was rewritten, as for ``r1-1776``) yields the rest of it.  One
+    that rewrites yielded text cannot be followed: nothing more is yielded
+    until a later revision or the final answer begins with the yielded text
+    again, and :meth:`finish` raises when the final answer does not.
+    """
+
+    __slots__ = ("_following", "_parts")
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []  # what was yielded
+        self._following = True  # False after a revision that rewrote yielded text
+
+    @property
+    def yielded(self) -> str:
+        """The text yielded so far."""
+        if len(self._parts) > 1:
+            self._parts[:] = ["".join(self._parts)]
+        return self._parts[0] if self._parts else ""
+
+    def take(self, event: Event) -> str:
+        """The text to yield for ``event`` (``""``: nothing)."""
+        kind = type(event)
+        if kind is TextDelta:
+            assert isinstance(event, TextDelta)
+            if self._following and event.text:
+                self._parts.append(event.text)
+                return event.text
+            return ""
+        if kind is AnswerRevised:
+            assert isinstance(event, AnswerRevised)
+            return self._catch_up(event.text)
+        return ""
+
+    def finish(self, finished: AnswerFinished) -> str:
+        """The rest of the final answer to yield (usually ``""``), or raise AnswerRewrittenError."""
+        rest = self._catch_up(finished.text)
+        if self._following:
+            return rest
+        yielded = self.yielded
+        final = finished.text
+        same = 0
+        while same < min(len(yielded), len(final)) and yielded[same] == final[same]:
+            same += 1
+        raise AnswerRewrittenError(
+            f"expected the final answer to begin with the {len(yielded)} characters already yielded, "
+            f"but the server rewrote the answer after they were yielded: its final text "
+            f"({len(final)} characters) differs from them at character {same}; "
+            "the final answer is in the error's text",
+            text=final,
+            reasoning=finished.reasoning,
+            yielded=yielded,
+        )
+
+    def _catch_up(self, text: str) -> str:
+        yielded = self.yielded
+        if not text.startswith(yielded):
+            self._following = False
+            return ""
+        self._following = True
+        rest = text[len(yielded) :]
+        if rest:
+            self._parts.append(rest)
+        return rest
+
+
 # -- what every backend's connection driver shares ----------------------------------------------------
 
 
@@ -391,6 +483,10 @@ class _OneReader(ABC, Generic[T]):
 class AsyncAnswer(_OneReader[str]):
     """What ``ask`` returns: an async iterator of answer text deltas (str).
 
+    The texts join to the server's final answer (``AnswerFinished.text``), or
+    the iteration ends with :class:`~plabs_proto.errors.AnswerRewrittenError`
+    when the server rewrote text already yielded (see :class:`AnswerText`).
+
     The connection opens on the first ``__anext__`` and closes when the answer is
     complete, on an error or cancellation, on :meth:`aclose` (or leaving
     ``async with``), and, failing all that, when the object is collected.
@@ -412,6 +508,7 @@ class AsyncAnswer(_OneReader[str]):
         self._tracer = tracer
         self._seed = seed
         self._link: AsyncLink | None = None
+        self._text = AnswerText()
         self._done = False
         self._reading = False
 
@@ -431,9 +528,12 @@ class AsyncAnswer(_OneReader[str]):
             client = link.client
             while True:
                 event = await link.next_event()
-                if type(event) is TextDelta:
-                    return event.text
-                if check_event(event, partial_text=client.partial_text, partial_reasoning=client.partial_reasoning):
+                kind = type(event)
+                if kind is TextDelta or kind is AnswerRevised:
+                    text = self._text.take(event)
+                    if text:
+                        return text
+                elif check_event(event, partial_text=client.partial_text, partial_reasoning=client.partial_reasoning):
                     break
         except BaseException:
             self._done = True
@@ -442,6 +542,10 @@ class AsyncAnswer(_OneReader[str]):
             raise
         self._done = True
         await link.aclose()
+        assert isinstance(event, AnswerFinished)
+        rest = self._text.finish(event)  # raises AnswerRewrittenError when the text was rewritten
+        if rest:
+            return rest
         raise StopAsyncIteration
 
     async def aclose(self) -> None:

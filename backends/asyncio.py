@@ -346,10 +346,16 @@ def ask(
     ``first_text_timeout``, ``connect_timeout``, ``max_message_size``, ``tls``...).
     ``proxy`` is ``http://[user:pass@]host:port`` or ``socks5://[user:pass@]host:port``.
 
-    Reasoning text is not yielded and a revised answer (``AnswerRevised``) is not
-    signalled: use :func:`connect` for the typed events.  Errors: a server-reported
-    failure raises :class:`~plabs_proto.errors.ResponseError`; protocol errors,
-    timeouts (:class:`~plabs_proto.errors.LabsTimeout`) and socket failures
+    Only the answer text is yielded (no reasoning: use :func:`connect` for the typed
+    events), and the texts join to the server's final answer, ``AnswerFinished.text``.
+    Text once yielded cannot be taken back: should the server rewrite it (an
+    ``AnswerRevised`` whose text does not begin with what was yielded), the answer
+    is read to its end and :class:`~plabs_proto.errors.AnswerRewrittenError` is raised,
+    with the final answer in ``text`` and what was yielded in ``yielded``.  A
+    revision of the reasoning alone (``r1-1776`` answers without ``</think>``) is no
+    rewrite.  Errors: a server-reported failure raises
+    :class:`~plabs_proto.errors.ResponseError`; protocol errors, timeouts
+    (:class:`~plabs_proto.errors.LabsTimeout`) and socket failures
     (:class:`~plabs_proto.errors.RemoteProtocolError`) carry ``partial_text``.
 
     ``tracer`` sees every byte above TLS; then the client's randomness comes from
@@ -429,6 +435,10 @@ class PerplexityLabs:
         cls, model: str, messages: Messages, proxy: str | None = None, **kwargs: Any
     ) -> AsyncGenerator[str, None]:
         """Yield the answer text in pieces (an empty ``model`` means :attr:`default_model`).
+
+        The pieces join to the server's final answer, as with :func:`ask` (and, as
+        there, :class:`~plabs_proto.errors.AnswerRewrittenError` when the server
+        rewrote text already yielded).
 
         The options of :func:`ask` (``server``, ``timeout``...) pass through
         ``kwargs``; other keyword arguments that gpt4free hands every provider

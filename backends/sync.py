@@ -33,13 +33,24 @@ from typing import Any, cast
 
 from plabs_proto.client import ClientConfig, ClientState, LabsClient, Tracer
 from plabs_proto.errors import LabsError, LocalProtocolError, ResponseError
-from plabs_proto.events import Closed, CloseStream, Connected, Event, OpenStream, SendBytes, TextDelta
+from plabs_proto.events import (
+    AnswerFinished,
+    AnswerRevised,
+    Closed,
+    CloseStream,
+    Connected,
+    Event,
+    OpenStream,
+    SendBytes,
+    TextDelta,
+)
 from plabs_proto.proxy import ProxyConfig
 
 from ._options import (
     DEFAULT_MODEL,
     DEFAULT_SERVER,
     DEFAULT_TIMEOUT,
+    AnswerText,
     Headers,
     LinkBase,
     Messages,
@@ -309,7 +320,8 @@ def ask(
 ) -> Generator[str, None, None]:
     """Ask Labs once and stream the answer text (a generator of str deltas).
 
-    Same options, errors and tracing as :func:`plabs_proto.backends.asyncio.ask`.
+    Same options, errors and tracing as :func:`plabs_proto.backends.asyncio.ask`, and the
+    same promise: the texts join to the final answer, else AnswerRewrittenError.
     """
     messages = to_messages(prompt_or_messages)
     cfg = _config(server, proxy, transport, ssl_context, cafile, timeout, headers, config)
@@ -322,20 +334,28 @@ def _answer(
     client: LabsClient, messages: Messages, model: str, tracer: Tracer | None, seed: int | None
 ) -> Generator[str, None, None]:
     link = _Link(client)
+    answer = AnswerText()
     try:
         announce_seed(tracer, seed, time.monotonic())
         link.command(client.connect)
         link.command(client.query, messages, model=model)
         while True:
             event = link.next_event()
-            if type(event) is TextDelta:
-                yield event.text
+            kind = type(event)
+            if kind is TextDelta or kind is AnswerRevised:
+                text = answer.take(event)
+                if text:
+                    yield text
             elif check_event(
                 event, partial_text=client.partial_text, partial_reasoning=client.partial_reasoning
             ):
-                return
+                break
     finally:
         link.close()
+    assert isinstance(event, AnswerFinished)
+    rest = answer.finish(event)  # raises AnswerRewrittenError when the text was rewritten
+    if rest:
+        yield rest
 
 
 class Session(SessionBase):

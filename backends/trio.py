@@ -308,7 +308,8 @@ def ask(
 ) -> AsyncAnswer:
     """Ask Labs once and stream the answer text: ``async for text in ask(...)``.
 
-    Same options, errors and tracing as :func:`plabs_proto.backends.asyncio.ask`.
+    Same options, errors and tracing as :func:`plabs_proto.backends.asyncio.ask`, and the
+    same promise: the texts join to the final answer, else AnswerRewrittenError.
     """
     messages = to_messages(prompt_or_messages)
     cfg = build_config(

@@ -8,6 +8,7 @@ does no I/O.  :class:`LabsClient` is the entry point; the backends in
 
 from .client import TRANSPORTS, ClientConfig, ClientState, LabsClient
 from .errors import (
+    AnswerRewrittenError,
     HandshakeError,
     LabsError,
     LabsTimeout,
@@ -42,6 +43,7 @@ __all__ = [
     "TRANSPORTS",
     "AnswerFinished",
     "AnswerRevised",
+    "AnswerRewrittenError",
     "Citations",
     "ClientConfig",
     "ClientState",

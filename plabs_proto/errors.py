@@ -14,11 +14,13 @@ Hierarchy::
     |   +-- TLSError            TLS failed (certificate not trusted, wrong host, ...)
     +-- ResponseError           the server reported a failure for a query (its text)
     +-- LabsTimeout             a deadline passed (connect, first text, query, heartbeat)
+    +-- AnswerRewrittenError    the server rewrote answer text ``ask`` had already yielded
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "AnswerRewrittenError",
     "HandshakeError",
     "LabsError",
     "LabsTimeout",
@@ -120,3 +122,24 @@ class LabsTimeout(LabsError):
     ) -> None:
         super().__init__(message, partial_text=partial_text, partial_reasoning=partial_reasoning)
         self.deadline = deadline
+
+
+class AnswerRewrittenError(LabsError):
+    """The server rewrote answer text that a text-only API had already yielded.
+
+    ``ask`` (and the ``PerplexityLabs`` provider) yield the answer text as it
+    arrives and cannot take any of it back.  When the server's final answer
+    does not begin with what was yielded (it revised text it had sent; see
+    :class:`~plabs_proto.events.AnswerRevised`), they read the answer to its
+    end and raise this rather than end quietly with an answer that is not the
+    server's.  Nothing is lost: ``text`` and ``reasoning`` are the server's
+    final answer and reasoning (``partial_text`` and ``partial_reasoning`` hold
+    them too), ``yielded`` is the text that had been yielded.  Use
+    ``connect()`` and ``Session.query`` to follow revisions as they happen.
+    """
+
+    def __init__(self, message: str, *, text: str, reasoning: str, yielded: str) -> None:
+        super().__init__(message, partial_text=text, partial_reasoning=reasoning)
+        self.text = text
+        self.reasoning = reasoning
+        self.yielded = yielded

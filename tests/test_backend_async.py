@@ -24,7 +24,13 @@ from plabs_proto.backends import trio as trio_backend
 from plabs_proto.backends.emulator import default_answer
 
 from plabs_proto.client import ClientState
-from plabs_proto.errors import LabsError, LocalProtocolError, RemoteProtocolError, ResponseError
+from plabs_proto.errors import (
+    AnswerRewrittenError,
+    LabsError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    ResponseError,
+)
 from plabs_proto.events import AnswerFinished, Event, TextDelta
 
 pytestmark = pytest.mark.anyio
@@ -274,6 +280,30 @@ async def test_perplexity_labs_provider(emulator_factory: EmulatorFactory) -> No
     # An empty model means the default one.
     chunks = [c async for c in labs.create_async_generator("", messages, proxy=None, server=url)]
     assert "".join(chunks) == default_answer("r1-1776", "provider")
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"], indirect=True)
+async def test_perplexity_labs_provider_keeps_an_answer_without_reasoning(
+    emulator_factory: EmulatorFactory,
+) -> None:
+    # The default model with an output that never has "</think>": streamed as reasoning,
+    # revealed as the answer by the final frame.  The provider yields text only.
+    url = emulator_factory(answer="Hello there!", no_reasoning=True, chunk_size=5, **FAST).url
+    messages = [{"role": "user", "content": "hi"}]
+    chunks = [c async for c in asyncio_backend.PerplexityLabs.create_async_generator("", messages, server=url)]
+    assert "".join(chunks) == "Hello there!"
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"], indirect=True)
+async def test_perplexity_labs_provider_raises_on_a_rewritten_answer(emulator_factory: EmulatorFactory) -> None:
+    url = emulator_factory(answer="First take.", final_output="Second take.", chunk_size=5, **FAST).url
+    messages = [{"role": "user", "content": "hi"}]
+    chunks: list[str] = []
+    with pytest.raises(AnswerRewrittenError) as caught:
+        async for chunk in asyncio_backend.PerplexityLabs.create_async_generator("sonar", messages, server=url):
+            chunks.append(chunk)
+    assert "".join(chunks) == caught.value.yielded == "First take."
+    assert caught.value.text == caught.value.partial_text == "Second take."
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"], indirect=True)

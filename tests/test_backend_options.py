@@ -6,11 +6,23 @@ import random
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from plabs_proto.backends import _options as options
 
 from plabs_proto.client import ClientConfig
-from plabs_proto.errors import LocalProtocolError, RemoteProtocolError, ResponseError
-from plabs_proto.events import AnswerFinished, Closed, OpenStream, QueryFailed, ReasoningDelta, TextDelta
+from plabs_proto.errors import AnswerRewrittenError, LocalProtocolError, RemoteProtocolError, ResponseError
+from plabs_proto.events import (
+    AnswerFinished,
+    AnswerRevised,
+    Closed,
+    Event,
+    OpenStream,
+    QueryFailed,
+    ReasoningDelta,
+    TextDelta,
+)
+from plabs_proto.labs import MODELS, AnswerDecoder
 from plabs_proto.trace import TraceRecorder
 
 
@@ -161,3 +173,99 @@ def test_check_event() -> None:
     with pytest.raises(RemoteProtocolError, match="session ended: bye") as ended:
         options.check_event(Closed(reason="bye"), partial_text="abc", partial_reasoning="")
     assert ended.value.partial_text == "abc"
+
+
+# -- what a text-only API yields ----------------------------------------------------------------------
+
+
+def yielded_by(events: list[Event]) -> str:
+    """What ``ask`` yields for these events of one query (ending with AnswerFinished)."""
+    answer = options.AnswerText()
+    out = [answer.take(event) for event in events[:-1]]
+    finished = events[-1]
+    assert isinstance(finished, AnswerFinished)
+    out.append(answer.finish(finished))
+    return "".join(out)
+
+
+def finished(text: str, reasoning: str = "") -> AnswerFinished:
+    return AnswerFinished(model="r1-1776", text=text, reasoning=reasoning)
+
+
+def test_answer_text_follows_deltas_and_revisions_that_keep_it() -> None:
+    events: list[Event] = [
+        ReasoningDelta(text="Hi"),
+        AnswerRevised(text="", reasoning=""),  # the reasoning taken back, not the text
+        TextDelta(text="Hi"),
+        TextDelta(text=" there"),
+        finished("Hi there"),
+    ]
+    assert yielded_by(events) == "Hi there"
+
+
+def test_answer_text_yields_what_a_revision_adds() -> None:
+    # a revision that extends what was yielded (a decoder that sends the text whole) loses nothing
+    assert yielded_by([TextDelta(text="Hi"), AnswerRevised(text="Hi there", reasoning=""), finished("Hi there")]) == (
+        "Hi there"
+    )
+
+
+def test_answer_text_never_ends_quietly_with_another_answer() -> None:
+    # even without a revision: the final answer is checked against what was yielded
+    with pytest.raises(AnswerRewrittenError, match="differs from them at character 1") as caught:
+        yielded_by([TextDelta(text="Hello"), finished("Hallo", reasoning="r")])
+    assert (caught.value.text, caught.value.reasoning, caught.value.yielded) == ("Hallo", "r", "Hello")
+    assert (caught.value.partial_text, caught.value.partial_reasoning) == ("Hallo", "r")
+    # a final answer shorter than what was yielded is a rewrite too
+    with pytest.raises(AnswerRewrittenError, match="begin with the 5 characters"):
+        yielded_by([TextDelta(text="Hello"), finished("Hell")])
+
+
+def test_answer_text_holds_back_after_a_rewrite_until_it_can_go_on() -> None:
+    answer = options.AnswerText()
+    assert answer.take(TextDelta(text="Hello wor")) == "Hello wor"
+    assert answer.take(AnswerRevised(text="Hello", reasoning="")) == ""  # a rewrite: wait
+    assert answer.take(TextDelta(text=" w")) == ""  # the text now is "Hello w": still not ours
+    assert answer.finish(finished("Hello world")) == "ld"  # the final answer goes on from it
+    assert answer.yielded == "Hello world"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(MODELS),
+    st.lists(st.text(alphabet="ab </think>\n", max_size=20), max_size=6),
+    st.text(alphabet="ab </think>\n", max_size=20),
+)
+def test_answer_text_ends_with_the_final_answer_or_raises(model: str, outputs: list[str], final: str) -> None:
+    decoder = AnswerDecoder(model)
+    events: list[Event] = []
+    for output in outputs:
+        events.extend(decoder.feed({"output": output}))
+    events.extend(decoder.feed({"output": final, "final": True}))
+    last = events[-1]
+    assert isinstance(last, AnswerFinished)
+    answer = options.AnswerText()
+    pieces = [answer.take(event) for event in events[:-1]]
+    try:
+        pieces.append(answer.finish(last))
+    except AnswerRewrittenError as error:
+        assert error.yielded == "".join(pieces)
+        assert not last.text.startswith(error.yielded)
+        assert (error.text, error.reasoning) == (last.text, last.reasoning)
+    else:
+        assert "".join(pieces) == last.text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="ab </think>\n", max_size=30), st.lists(st.integers(min_value=0, max_value=30), max_size=8))
+def test_answer_text_of_a_cumulative_default_model_stream_is_the_final_answer(output: str, cuts: list[int]) -> None:
+    # The usual stream (each output extends the last) on the default model: text is only
+    # ever reported after "</think>", so none is rewritten, with or without reasoning.
+    decoder = AnswerDecoder("r1-1776")
+    events: list[Event] = []
+    for cut in sorted(cuts):
+        events.extend(decoder.feed({"output": output[:cut]}))
+    events.extend(decoder.feed({"output": output, "final": True}))
+    last = events[-1]
+    assert isinstance(last, AnswerFinished)
+    assert yielded_by(events) == last.text

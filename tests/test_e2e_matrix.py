@@ -27,6 +27,7 @@ from plabs_proto.backends.emulator import default_answer, default_reasoning
 from servers import free_port
 
 from plabs_proto.errors import (
+    AnswerRewrittenError,
     HandshakeError,
     LabsError,
     LabsTimeout,
@@ -300,6 +301,54 @@ def test_pings_on_polling(backend: str, emulator_factory: EmulatorFactory) -> No
     # Pings arrive in long-polling GET bodies: a lone "2", or "2" between record separators.
     bodies = b"".join(inbound)
     assert bodies.count(b"\r\n\r\n2") + bodies.count(b"\x1e2\x1e") + bodies.count(b"\x1e2\r") >= 1
+
+
+# -- answers that must not vanish -------------------------------------------------------------------------
+
+SHORT = "Hi! How can I help?"
+
+
+@pytest.mark.parametrize("answer", [SHORT, "Hi."])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_default_model_answer_without_reasoning_reaches_ask(backend: str, answer: str, start: Callable[..., str]) -> None:
+    # r1-1776 (the default) streams untagged output as reasoning until it knows better;
+    # with no "</think>" at all the final frame shows it was the answer.  ask() yields
+    # text only, and it must not end with "" for it.
+    url = start(answer=answer, no_reasoning=True, chunk_size=8, **FAST)
+    assert run_ask(backend, "hello", server=url, timeout=10) == answer
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_default_model_answer_without_reasoning_reaches_a_text_delta_reader(
+    backend: str, start: Callable[..., str]
+) -> None:
+    url = start(answer=SHORT, no_reasoning=True, chunk_size=8, **FAST)
+    events = run_session(backend, [("hello", "r1-1776")], server=url, timeout=10)[0]
+    finished = events[-1]
+    assert isinstance(finished, AnswerFinished) and (finished.text, finished.reasoning) == (SHORT, "")
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == SHORT
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rewritten_answer_raises_after_reading_to_the_end(backend: str, start: Callable[..., str]) -> None:
+    # The server streams one answer, then its final frame says another: the text
+    # already yielded cannot be taken back, so ask() does not end quietly with it.
+    url = start(answer="Paris is the capital.", final_output="Lyon, actually.", chunk_size=8, **FAST)
+    error = raises(backend, AnswerRewrittenError, "capital?", server=url, model="sonar", timeout=10)
+    assert type(error) is AnswerRewrittenError
+    assert (error.text, error.reasoning, error.yielded) == ("Lyon, actually.", "", "Paris is the capital.")
+    assert error.partial_text == "Lyon, actually."
+    assert str(error) == (
+        "expected the final answer to begin with the 21 characters already yielded, but the server "
+        "rewrote the answer after they were yielded: its final text (15 characters) differs from "
+        "them at character 0; the final answer is in the error's text"
+    )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_final_answer_longer_than_the_stream_is_yielded_whole(backend: str, start: Callable[..., str]) -> None:
+    url = start(answer="Paris", final_output="Paris is the capital.", chunk_size=2, **FAST)
+    assert run_ask(backend, "capital?", server=url, model="sonar", timeout=10) == "Paris is the capital."
 
 
 # -- failures ---------------------------------------------------------------------------------------------
