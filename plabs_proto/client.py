@@ -690,14 +690,19 @@ class LabsClient:
             self._check_request_size(self._pending_query, pending=True)
 
     def _check_request_size(self, frame: str, *, pending: bool) -> None:
-        """Refuse a query whose request the server would refuse: more bytes than its maxPayload."""
+        """Refuse a query whose request the server would refuse: not smaller than its maxPayload.
+
+        Engine.IO allows a message of exactly maxPayload bytes, but python-engineio on aiohttp
+        closes such a WebSocket message with 1009 (aiohttp's check is ``>=``): what we send
+        stays below the limit, on every transport.
+        """
         size = len(frame.encode("utf-8"))
         limit = self._max_payload
-        if limit is None or size <= limit:
+        if limit is None or size < limit:
             return
         message = (
-            f"cannot send the query: its request is {size} bytes, but the server accepts messages of "
-            f"at most {limit} bytes (maxPayload in its Engine.IO open packet); shorten the prompt"
+            f"cannot send the query: its request is {size} bytes, but the server's maxPayload (in its "
+            f"Engine.IO open packet) is {limit} bytes and a request must be smaller; shorten the prompt"
         )
         if not pending:
             raise LocalProtocolError(message)
@@ -734,13 +739,13 @@ class LabsClient:
         stream = self._usable(stream)
         self._post_stream = stream
         # Split like the reference client: a body (packets joined by one separator byte) stays
-        # within the server's maxPayload unless it is one packet (a query was checked against it).
+        # below the server's maxPayload (see _check_request_size) unless it is one packet.
         limit = self._max_payload or _ENGINEIO_MAX_PAYLOAD  # posts follow the open packet: it is known
         batch: list[str] = []
         size = -1
         for text in self._eio_out:
             size += 1 + len(text.encode("utf-8"))
-            if batch and size > limit:
+            if batch and size >= limit:
                 break
             batch.append(text)
         self._eio_out = self._eio_out[len(batch):]
