@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import tracemalloc
 
 import pytest
 from peer import ClientFrames, http_response, open_packet, progress, switching_protocols, ws_frame
@@ -131,6 +132,28 @@ def test_a_huge_max_payload_does_not_raise_the_polling_body_limit() -> None:
     s.h.reply(1, b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\n\r\n" + b"4" * 60_000)
     with pytest.raises(RemoteProtocolError, match=f"at most {1000 + 65536} bytes"):
         s.h.reply(1, b"4" * 10_000)
+
+
+def test_memory_held_for_an_endless_polling_body_is_bounded_by_the_limit() -> None:
+    # A hostile server announces a huge maxPayload and a 1 GB body, and keeps sending: the
+    # client holds no more than about its own limit (1 MiB here) before refusing the body.
+    limit = 1 << 20
+    s = Session("polling", max_payload=10**12, max_message_size=limit)
+    s.h.client.query("hi", model="sonar", now=0.0)
+    chunk = b"4" * 65536
+    fed = 0
+    tracemalloc.start()
+    try:
+        s.h.reply(1, b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n")
+        with pytest.raises(RemoteProtocolError, match=f"at most {limit + 65536} bytes"):
+            while fed < 100 * limit:
+                s.h.reply(1, chunk)
+                fed += len(chunk)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert fed <= limit + 65536
+    assert peak < 3 * limit
 
 
 def test_polling_body_holds_one_maximal_packet_and_small_ones() -> None:
