@@ -122,8 +122,8 @@ class ClientConfig:
     is refused from its header, before it is buffered.  The default, 64 MiB,
     fits a long answer's last cumulative frame.  The server's ``maxPayload``
     (from its open packet) is something else: the most the server accepts from
-    *us*.  It never changes our receive limit; a query whose request is larger
-    is refused with :class:`LocalProtocolError` before it is sent.  ``tls`` is taken
+    *us*.  It never changes our receive limit; a query whose request is not
+    smaller is refused with :class:`LocalProtocolError` before it is sent.  ``tls`` is taken
     from the URL scheme when ``None``; ``False`` speaks plain HTTP even to an
     ``https://`` server, for a caller whose transport does TLS itself (and for
     replaying a trace, which holds the bytes above TLS).
@@ -299,7 +299,7 @@ class LabsClient:
         when ready.  ``messages`` is a prompt string or a list of
         ``{"role", "content"}`` messages; they are normalised as Labs needs.
 
-        A request larger than the server's ``maxPayload`` is never sent: once
+        A request not smaller than the server's ``maxPayload`` is never sent: once
         the server's open packet has arrived, this raises
         :class:`LocalProtocolError` (the session stays as it was).  A query
         made before that waits, and the check runs when the open packet
@@ -627,9 +627,8 @@ class LabsClient:
 
     def _check_post(self, response: HTTPResponse, what: str) -> None:
         if response.status == 413:
-            what += (
-                " (413: the body was larger than the server accepts, its maxPayload being "
-                f"{self._max_payload or _ENGINEIO_MAX_PAYLOAD} bytes)"
+            what += " (413: the body was larger than the server accepts" + (
+                f", its maxPayload being {self._max_payload} bytes)" if self._max_payload is not None else ")"
             )
         if response.status != 200:
             raise self._refused(response, what, 200)
@@ -718,7 +717,7 @@ class LabsClient:
         for packet in engineio.decode_payload(response.text()):
             if packet.data is not None and len(packet.data) > self._limit:
                 raise RemoteProtocolError(
-                    f"expected Engine.IO packets of at most {self._limit} bytes in {what}, "
+                    f"expected Engine.IO packets of at most {self._limit} bytes (max_message_size) in {what}, "
                     f"got one of {len(packet.data)}"
                 )
             self._on_eio_packet(packet, now)
@@ -849,9 +848,8 @@ class LabsClient:
             code, reason = ws.close_reason
             too_big = ""
             if code == 1009:  # RFC 6455: the endpoint got a message too big for it to process
-                too_big = (
-                    "; 1009 means message too big: the server refused a message we sent "
-                    f"(its maxPayload is {self._max_payload or _ENGINEIO_MAX_PAYLOAD} bytes)"
+                too_big = "; 1009 means message too big: the server refused a message we sent" + (
+                    f" (its maxPayload is {self._max_payload} bytes)" if self._max_payload is not None else ""
                 )
             if self._decoder is not None:
                 raise RemoteProtocolError(

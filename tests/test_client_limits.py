@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import tracemalloc
 
 import pytest
@@ -120,8 +121,8 @@ def test_a_huge_max_payload_does_not_raise_what_we_receive(transport: str) -> No
     s = Session(transport, max_payload=10**12)
     s.h.client.query("hi", model="sonar", now=0.0)
     header = b"\x81\x7f" + (2**30).to_bytes(8, "big")
-    with pytest.raises(RemoteProtocolError, match=f"at most {DEFAULT_MAX_MESSAGE_SIZE} bytes, got one of at least "
-                                                  f"{2**30} bytes"):
+    expected = f"at most {DEFAULT_MAX_MESSAGE_SIZE} bytes (max_message_size), got one of at least {2**30} bytes"
+    with pytest.raises(RemoteProtocolError, match=re.escape(expected)):
         s.h.reply(MAIN[transport], header + b"4" * 1000)
     assert s.h.client.state is ClientState.ERROR
 
@@ -176,7 +177,7 @@ def test_polling_body_holds_one_maximal_packet_and_small_ones() -> None:
 
 def test_oversized_packet_in_a_polling_body_names_the_receive_limit() -> None:
     s = Session("polling", max_payload=10**9, max_message_size=100)
-    with pytest.raises(RemoteProtocolError, match="at most 100 bytes"):
+    with pytest.raises(RemoteProtocolError, match=r"at most 100 bytes \(max_message_size\) in a long-polling GET"):
         s.deliver("4" + "x" * 150, "2")
 
 
@@ -314,6 +315,15 @@ def test_close_1009_between_queries_says_message_too_big() -> None:
     s.h.reply(1, ws_frame(b"\x03\xf1", opcode=0x8))
     assert s.h.events() == [Closed(reason="WebSocket closed by the server (1009); 1009 means message too big: "
                                           "the server refused a message we sent (its maxPayload is 5000 bytes)")]
+
+
+def test_close_1009_before_the_open_packet_names_no_max_payload() -> None:
+    h = make("websocket")
+    h.client.connect(0.0)
+    h.take(1)
+    h.reply(1, switching_protocols(KEY) + ws_frame(b"\x03\xf1", opcode=0x8))
+    assert h.events() == [Closed(reason="WebSocket closed by the server (1009); 1009 means message too big: "
+                                        "the server refused a message we sent")]
 
 
 def test_polling_post_413_says_too_large() -> None:
