@@ -80,7 +80,7 @@ from .stack import Layer, StreamStack
 from .tls import TLSLayer, check_ssl_context, make_ssl_context
 from .websocket import Utf8Text, WebSocketChannel, accept_token, make_key
 
-__all__ = ["TRANSPORTS", "ClientConfig", "ClientState", "LabsClient", "Tracer"]
+__all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "TRANSPORTS", "ClientConfig", "ClientState", "LabsClient", "Tracer"]
 
 TRANSPORTS = ("upgrade", "websocket", "polling")
 DEFAULT_SERVER = "https://www.perplexity.ai"
