@@ -158,7 +158,9 @@ def build_config(
     ``extras`` are the other keyword arguments; each must name a ``ClientConfig``
     field (``origin``, ``jwt``, ``version``, ``user_agent``, ``path``, ``tls``,
     ``connect_timeout``, ``first_text_timeout``, ``query_timeout``,
-    ``max_message_size``), else :class:`LocalProtocolError`.
+    ``max_message_size``), else :class:`LocalProtocolError`.  ``max_message_size``
+    is the receive limit in bytes (the largest message taken from the server);
+    ``None`` keeps the default, :data:`~plabs_proto.client.DEFAULT_MAX_MESSAGE_SIZE`.
     """
     unknown = sorted(set(extras) - _EXTRAS)
     if unknown:
@@ -188,10 +190,13 @@ def build_config(
             raise LocalProtocolError(f"expected {name} as a str, got {value!r:.60}")
         elif name == "tls" and value is not None and not isinstance(value, bool):
             raise LocalProtocolError(f"expected tls as True, False or None, got {value!r:.60}")
-        elif name == "max_message_size" and value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 1
-        ):
-            raise LocalProtocolError(f"expected max_message_size as an int >= 1 or None, got {value!r:.60}")
+        elif name == "max_message_size":
+            if value is None:
+                continue  # the default receive limit
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise LocalProtocolError(
+                    f"expected max_message_size as an int >= 1 (bytes) or None, got {value!r:.60}"
+                )
         values[name] = value
     return ClientConfig(**values)
 

@@ -80,16 +80,20 @@ from .stack import Layer, StreamStack
 from .tls import TLSLayer, check_ssl_context, make_ssl_context
 from .websocket import Utf8Text, WebSocketChannel, accept_token, make_key
 
-__all__ = ["TRANSPORTS", "ClientConfig", "ClientState", "LabsClient", "Tracer"]
+__all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "TRANSPORTS", "ClientConfig", "ClientState", "LabsClient", "Tracer"]
 
 TRANSPORTS = ("upgrade", "websocket", "polling")
 DEFAULT_SERVER = "https://www.perplexity.ai"
 DEFAULT_ORIGIN = "https://labs.perplexity.ai"
 DEFAULT_JWT = "anonymous-ask-user"
-_DEFAULT_LIMIT = 1_000_000
-#: A polling GET body may batch several packets, each up to the message limit; the body is
-#: bounded at this many times the limit (and every packet in it by the limit).
-_PACKETS_PER_BODY = 8
+#: The default of :attr:`ClientConfig.max_message_size`, our receive limit: 64 MiB, so that a
+#: long answer's last cumulative frame (the whole answer again, JSON-escaped) fits.
+DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+#: What a polling GET body may carry beyond one packet of the receive limit: the few small
+#: packets (pings, a noop, a connect ack) a server batches with it.
+_BODY_SLACK = 64 * 1024
+#: Engine.IO's default maxPayload, for a server that does not announce one.
+_ENGINEIO_MAX_PAYLOAD = 1_000_000
 
 #: ``tracer(now, stream_id, direction, data)``: called with every byte above TLS ("in" or "out").
 Tracer = Callable[[float, int, str, bytes], None]
@@ -112,8 +116,14 @@ class ClientConfig:
 
     Timeouts are in seconds (``None`` = no deadline).  ``first_text_timeout``
     runs from the query to its first answer or reasoning text.
-    ``max_message_size`` bounds every WebSocket message and HTTP body; ``None``
-    takes the server's ``maxPayload`` from the open packet.  ``tls`` is taken
+    ``max_message_size`` is our receive limit, in bytes: the largest WebSocket
+    message or Engine.IO packet taken from the server (a polling body may carry
+    one such packet and 64 KiB of small ones besides).  A frame announcing more
+    is refused from its header, before it is buffered.  The default, 64 MiB,
+    fits a long answer's last cumulative frame.  The server's ``maxPayload``
+    (from its open packet) is something else: the most the server accepts from
+    *us*.  It never changes our receive limit; a query whose request is not
+    smaller is refused with :class:`LocalProtocolError` before it is sent.  ``tls`` is taken
     from the URL scheme when ``None``; ``False`` speaks plain HTTP even to an
     ``https://`` server, for a caller whose transport does TLS itself (and for
     replaying a trace, which holds the bytes above TLS).
@@ -134,7 +144,7 @@ class ClientConfig:
     connect_timeout: float | None = 30.0
     first_text_timeout: float | None = 60.0
     query_timeout: float | None = None
-    max_message_size: int | None = None
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
 
 
 @dataclass(slots=True)
@@ -166,6 +176,9 @@ class LabsClient:
             raise LocalProtocolError(
                 f"expected a transport among {', '.join(TRANSPORTS)}, got {config.transport!r}"
             )
+        limit = config.max_message_size
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise LocalProtocolError(f"expected max_message_size as an int >= 1 (bytes), got {limit!r:.60}")
         url = urlsplit(config.server)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise LocalProtocolError(f"expected an http:// or https:// server URL, got {config.server!r}")
@@ -204,9 +217,9 @@ class LabsClient:
         self._post_stream: _Stream | None = None  # polling transport: POST stream
         self._deadlines: dict[str, float] = {}
         self._cookies: dict[str, str] = {}
-        self._limit = config.max_message_size or _DEFAULT_LIMIT
+        self._limit = limit  # what we take from the server (config.max_message_size)
         self._ping_window = 45.0
-        self._max_payload = _DEFAULT_LIMIT
+        self._max_payload: int | None = None  # what the server takes from us: its open packet says
         self.engine_sid = ""
         self.socket_sid = ""
         self._connected = False
@@ -288,6 +301,14 @@ class LabsClient:
         Allowed while connecting (it is sent as soon as the session is up) and
         when ready.  ``messages`` is a prompt string or a list of
         ``{"role", "content"}`` messages; they are normalised as Labs needs.
+
+        A request not smaller than the server's ``maxPayload`` is never sent: once
+        the server's open packet has arrived, this raises
+        :class:`LocalProtocolError` (the session stays as it was).  A query
+        made before that waits, and the check runs when the open packet
+        arrives: the error is then raised from the ``receive_data()`` call that
+        brought it, and is fatal (the client moves to ``ERROR`` and closes its
+        streams), since the query it belongs to can no longer be refused alone.
         """
         if self._state not in (ClientState.CONNECTING, ClientState.READY) or self._decoder is not None:
             if self._decoder is not None or self._state is ClientState.QUERYING:
@@ -303,6 +324,8 @@ class LabsClient:
         request = build_request(messages, model=model or DEFAULT_MODEL, version=self.config.version)
         self._now = now
         frame = "42" + json.dumps([REQUEST_EVENT, request], separators=(",", ":"), ensure_ascii=False)
+        if self._max_payload is not None:
+            self._check_request_size(frame, pending=False)
         self._decoder = AnswerDecoder(request["model"])
         self._frames = CumulativeFrameReader()
         if self.config.first_text_timeout is not None:
@@ -466,7 +489,7 @@ class LabsClient:
             layers.append(TLSLayer(self._ssl_context, self._host))
         stack = StreamStack(layers)
         stack.start()
-        stream = _Stream(stream_id, stack, HTTPChannel(max_body=self._limit * _PACKETS_PER_BODY))
+        stream = _Stream(stream_id, stack, HTTPChannel(max_body=self._limit + _BODY_SLACK))
         self._streams[stream_id] = stream
         self._instructions.append(OpenStream(stream_id=stream_id, host=host, port=port))
         opening = stack.data_to_send()  # a CONNECT request, a SOCKS greeting or a ClientHello
@@ -606,6 +629,10 @@ class LabsClient:
         )
 
     def _check_post(self, response: HTTPResponse, what: str) -> None:
+        if response.status == 413:
+            what += " (413: the body was larger than the server accepts" + (
+                f", its maxPayload being {self._max_payload} bytes)" if self._max_payload is not None else ")"
+            )
         if response.status != 200:
             raise self._refused(response, what, 200)
         if response.body.strip().lower() != b"ok":
@@ -658,15 +685,34 @@ class LabsClient:
         self.engine_sid = info.sid
         self._upgrades = info.upgrades
         self._ping_window = (info.ping_interval + info.ping_timeout) / 1000.0
+        # maxPayload bounds what we send (our receive limit stays config.max_message_size).
         self._max_payload = info.max_payload
-        if self.config.max_message_size is None:
-            self._limit = max(info.max_payload, 1024)
-            for stream in self._streams.values():
-                if stream.http is not None:
-                    stream.http.max_body = self._limit * _PACKETS_PER_BODY
-                if stream.ws is not None:
-                    stream.ws.max_message_size = self._limit
         self._deadlines["heartbeat"] = now + self._ping_window
+        if self._pending_query is not None:
+            self._check_request_size(self._pending_query, pending=True)
+
+    def _check_request_size(self, frame: str, *, pending: bool) -> None:
+        """Refuse a query whose request the server would refuse: not smaller than its maxPayload.
+
+        Engine.IO allows a message of exactly maxPayload bytes, but python-engineio on aiohttp
+        closes such a WebSocket message with 1009 (aiohttp's check is ``>=``): what we send
+        stays below the limit, on every transport.
+        """
+        size = len(frame.encode("utf-8"))
+        limit = self._max_payload
+        if limit is None or size < limit:
+            return
+        message = (
+            f"cannot send the query: its request is {size} bytes, but the server's maxPayload (in its "
+            f"Engine.IO open packet) is {limit} bytes and a request must be smaller; shorten the prompt"
+        )
+        if not pending:
+            raise LocalProtocolError(message)
+        # A query made before the open packet: raised from receive_data, it ends the session.
+        exc = LocalProtocolError(message + " (the query was made before the server's limit was known: "
+                                 "the session is closed)")
+        self._fail(exc)
+        raise exc
 
     def _on_poll_body(self, response: HTTPResponse, now: float, what: str) -> None:
         if response.status != 200:
@@ -674,7 +720,7 @@ class LabsClient:
         for packet in engineio.decode_payload(response.text()):
             if packet.data is not None and len(packet.data) > self._limit:
                 raise RemoteProtocolError(
-                    f"expected Engine.IO packets of at most {self._limit} bytes in {what}, "
+                    f"expected Engine.IO packets of at most {self._limit} bytes (max_message_size) in {what}, "
                     f"got one of {len(packet.data)}"
                 )
             self._on_eio_packet(packet, now)
@@ -694,15 +740,16 @@ class LabsClient:
             return  # the POST in flight will flush the rest when it completes
         stream = self._usable(stream)
         self._post_stream = stream
-        # Split like the reference client: a batch stays within maxPayload unless it is one packet.
+        # Split like the reference client: a body (packets joined by one separator byte) stays
+        # below the server's maxPayload (see _check_request_size) unless it is one packet.
+        limit = self._max_payload or _ENGINEIO_MAX_PAYLOAD  # posts follow the open packet: it is known
         batch: list[str] = []
-        size = 1
+        size = -1
         for text in self._eio_out:
-            size += len(text.encode("utf-8"))
-            if batch and size > self._max_payload:
+            size += 1 + len(text.encode("utf-8"))
+            if batch and size >= limit:
                 break
             batch.append(text)
-            size += 2
         self._eio_out = self._eio_out[len(batch):]
         body = "\x1e".join(batch).encode("utf-8")
         self._http(stream, "POST", self._target("polling", self.engine_sid), body, _POST)
@@ -802,12 +849,17 @@ class LabsClient:
             self._write(stream, reply)
         if ws.close_reason is not None and self._state not in (ClientState.CLOSED, ClientState.ERROR):
             code, reason = ws.close_reason
+            too_big = ""
+            if code == 1009:  # RFC 6455: the endpoint got a message too big for it to process
+                too_big = "; 1009 means message too big: the server refused a message we sent" + (
+                    f" (its maxPayload is {self._max_payload} bytes)" if self._max_payload is not None else ""
+                )
             if self._decoder is not None:
                 raise RemoteProtocolError(
                     f"expected the rest of the answer, got a WebSocket close ({code} {reason!r}) after "
-                    f"{len(self.partial_text)} characters of it"
+                    f"{len(self.partial_text)} characters of it{too_big}"
                 )
-            self._server_closed(f"WebSocket closed by the server ({code} {reason})".rstrip())
+            self._server_closed(f"WebSocket closed by the server ({f'{code} {reason}'.rstrip()}){too_big}")
 
     def _on_ws_text(self, text: str, now: float) -> None:
         if self._probing:

@@ -246,6 +246,6 @@ class WebSocketChannel:
 
     def _too_big(self, size: int) -> None:
         raise RemoteProtocolError(
-            f"expected a WebSocket message of at most {self.max_message_size} bytes, "
+            f"expected a WebSocket message of at most {self.max_message_size} bytes (max_message_size), "
             f"got one of at least {size} bytes"
         )

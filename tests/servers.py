@@ -121,7 +121,9 @@ def start_node_server(
 ) -> NodeServer:
     """Start the Node.js Labs server; options mirror ``EmulatorConfig`` (times in seconds).
 
-    ``extra_args`` are appended to the command line as they are.  Raises :class:`NodeServerError`
+    ``answer`` goes to the server through a temporary file (removed once the server has
+    started), so it may be longer than a command line allows.  ``extra_args`` are appended
+    to the command line as they are.  Raises :class:`NodeServerError`
     if Node.js or ``tests/node_server/node_modules`` is missing, if the server exits early or if
     it does not print its port within ``startup_timeout`` seconds.
     """
@@ -136,8 +138,6 @@ def start_node_server(
             "to install the pinned socket.io package"
         )
     args: list[str] = [node, str(SERVER_JS), "--host", host, "--port", str(port)]
-    if answer is not None:
-        args += ["--answer", answer]
     if reasoning is not None:
         args += ["--reasoning", reasoning]
     if no_reasoning:
@@ -173,7 +173,21 @@ def start_node_server(
     if keyfile is not None:
         args += ["--keyfile", os.fspath(keyfile)]
     args += extra_args
+    answer_file = None
+    if answer is not None:
+        # Through a file, read by server.js at startup: a command-line argument holds at most 128 KiB.
+        answer_file = tempfile.NamedTemporaryFile("w", encoding="utf-8", suffix=".txt", delete=False)  # noqa: SIM115
+        with answer_file:
+            answer_file.write(answer)
+        args += ["--answer-file", answer_file.name]
+    try:
+        return _start(args, port, "https" if certfile is not None else "http", host, startup_timeout)
+    finally:
+        if answer_file is not None:
+            os.unlink(answer_file.name)  # read at startup (or never: the server did not start)
 
+
+def _start(args: list[str], port: int, scheme: str, host: str, startup_timeout: float) -> NodeServer:
     stderr = tempfile.TemporaryFile()  # noqa: SIM115  (a file, not a pipe: it can never fill up and block node)
     try:
         proc = subprocess.Popen(
@@ -182,7 +196,6 @@ def start_node_server(
     except BaseException:
         stderr.close()
         raise
-    scheme = "https" if certfile is not None else "http"
     server = NodeServer(proc, port, scheme, host, stderr)
     try:
         line = _read_line(proc, startup_timeout)

@@ -61,6 +61,11 @@ def test_named_config_fields_win_over_the_mapping() -> None:
     )
 
 
+def test_max_message_size_is_the_receive_limit_none_keeps_the_default() -> None:
+    assert config().max_message_size == config(max_message_size=None).max_message_size == 64 * 1024 * 1024
+    assert config(max_message_size=1).max_message_size == 1
+
+
 def test_headers_from_a_mapping_or_pairs() -> None:
     assert config(headers={"X-A": "1", "X-B": "2"}).headers == (("X-A", "1"), ("X-B", "2"))
     assert config(headers=[("X-A", "1"), ("X-A", "2")]).headers == (("X-A", "1"), ("X-A", "2"))

@@ -536,9 +536,9 @@ def test_oversized_http_body_is_bounded() -> None:
     h = make(max_message_size=100)
     h.client.connect(0.0)
     h.take(1)
-    # A polling body may batch packets: it is bounded at 8 times the message limit.
-    with pytest.raises(RemoteProtocolError, match="at most 800 bytes"):
-        h.reply(1, b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"0" * 900)
+    # A polling body may batch packets: one of the message limit and 64 KiB of small ones.
+    with pytest.raises(RemoteProtocolError, match="at most 65636 bytes"):
+        h.reply(1, b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"0" * 65637)
 
 
 def test_oversized_packet_in_a_polling_body_is_refused() -> None:

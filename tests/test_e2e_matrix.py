@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import ssl
 import time
 import warnings
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import trio
@@ -31,12 +33,14 @@ from plabs_proto.errors import (
     HandshakeError,
     LabsError,
     LabsTimeout,
+    LocalProtocolError,
     ProxyError,
     RemoteProtocolError,
     ResponseError,
     TLSError,
 )
 from plabs_proto.events import AnswerFinished, Citations, Event, ReasoningDelta, TextDelta
+from plabs_proto.labs import DEFAULT_VERSION, REQUEST_EVENT, build_request
 
 BACKENDS = ["asyncio", "trio", "sync"]
 SERVERS = ["emulator", "node"]
@@ -443,16 +447,71 @@ def _big_text(size: int) -> str:
 BIG = _big_text(1_000_000)
 
 
-@pytest.mark.parametrize("transport", ["websocket", "polling"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_one_megabyte_answer(backend: str, transport: str, emulator_factory: EmulatorFactory) -> None:
-    # 1,000,000 characters (about 1.6 MB of UTF-8) in 4 cumulative frames of up to ~1.6 MB each.
-    # (Emulator only: the Node server takes its answer on the command line, limited to 128 KiB.)
-    url = emulator_factory(answer=BIG, chunk_size=250_000, frame_delay=0, max_payload=20_000_000).url
-    answer = run_ask(backend, "big", server=url, model="sonar", transport=transport, timeout=30,
-                     max_message_size=20_000_000)
+def test_one_megabyte_answer(backend: str, transport: str, start: Callable[..., str]) -> None:
+    # 1,000,000 characters (about 1.6 MB of UTF-8) in 4 cumulative frames of up to ~1.6 MB each,
+    # from servers with their default maxPayload (1,000,000 bytes): that limit is for what the
+    # client sends, so the client's defaults take the long answer.
+    url = start(answer=BIG, chunk_size=250_000, frame_delay=0)
+    answer = run_ask(backend, "big", server=url, model="sonar", transport=transport, timeout=30)
     assert len(answer) == len(BIG)
     assert answer == BIG
+
+
+SMALL_PAYLOAD = 2000  # the servers' maxPayload (maxHttpBufferSize, max_http_buffer_size) below
+
+
+def prompt_of(request_size: int) -> str:
+    """A prompt whose request frame (model "sonar") is ``request_size`` bytes of UTF-8."""
+    def size(prompt: str) -> int:
+        request = build_request(prompt, model="sonar", version=DEFAULT_VERSION)
+        return len(("42" + json.dumps([REQUEST_EVENT, request], separators=(",", ":"), ensure_ascii=False)).encode())
+
+    prompt = "é" * ((request_size - size("x")) // 2)  # half the bytes multibyte: they count as two each
+    return prompt + "x" * (request_size - size(prompt))
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_prompt_size_against_max_payload(
+    backend: str, transport: str, start: Callable[..., str], sockets_to: Callable[[int], int]
+) -> None:
+    # ask() queries before the server's open packet: its maxPayload is checked when that arrives.
+    url = start(max_payload=SMALL_PAYLOAD, **FAST)
+    options: dict[str, Any] = {"server": url, "model": "sonar", "transport": transport, "timeout": 10}
+    fits = prompt_of(SMALL_PAYLOAD - 1)
+    assert run_ask(backend, fits, **options) == default_answer("sonar", fits)
+    error = raises(backend, LocalProtocolError, prompt_of(SMALL_PAYLOAD), **options)
+    assert str(error).startswith(
+        f"cannot send the query: its request is {SMALL_PAYLOAD} bytes, but the server's maxPayload "
+        f"(in its Engine.IO open packet) is {SMALL_PAYLOAD} bytes and a request must be smaller"
+    )
+    assert sockets_to(urlsplit(url).port or 0) == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_session_refuses_a_prompt_over_max_payload_and_goes_on(backend: str, start: Callable[..., str]) -> None:
+    # Once connected the limit is known: the query is refused at once and the session stays usable.
+    url = start(max_payload=SMALL_PAYLOAD, **FAST)
+    too_big, fits = prompt_of(SMALL_PAYLOAD + 500), prompt_of(SMALL_PAYLOAD - 1)
+    message = f"its request is {SMALL_PAYLOAD + 500} bytes, but the server's maxPayload"
+    if backend == "sync":
+        with sync_backend.connect(server=url, timeout=10) as session:
+            with pytest.raises(LocalProtocolError, match=message):
+                list(session.query(too_big, model="sonar"))
+            events = list(session.query(fits, model="sonar"))
+    else:
+        async def main() -> list[Event]:
+            module: Any = asyncio_backend if backend == "asyncio" else trio_backend
+            async with module.connect(server=url, timeout=10) as session:
+                with pytest.raises(LocalProtocolError, match=message):
+                    [event async for event in session.query(too_big, model="sonar")]
+                return [event async for event in session.query(fits, model="sonar")]
+
+        events = asyncio.run(main()) if backend == "asyncio" else trio.run(main)
+    final = events[-1]
+    assert isinstance(final, AnswerFinished) and final.text == default_answer("sonar", fits)
 
 
 def test_trio_answer_collected_after_the_run(node_factory: NodeFactory, sockets_to: Callable[[int], int]) -> None:

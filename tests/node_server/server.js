@@ -6,11 +6,13 @@
 // on the WebSocket after the upgrade.  Prints exactly one line {"port": N} on stdout when it
 // listens; logs nothing else to stdout.  Exits promptly on SIGTERM or SIGINT.
 //
-// Flags: --host H --port N --answer TEXT --reasoning TEXT --no-reasoning --final-output TEXT
-//        --chunk-size N --frame-delay-ms N
+// Flags: --host H --port N --answer TEXT --answer-file PATH --reasoning TEXT --no-reasoning
+//        --final-output TEXT --chunk-size N --frame-delay-ms N
 //        --ping-interval-ms N --ping-timeout-ms N --max-payload N --fail TEXT --fail-after N
 //        --drop-after N --silent --citations JSON --jwt TEXT --no-check-origin
 //        --certfile PATH --keyfile PATH
+// --answer-file reads the answer from a UTF-8 file at startup (a command-line argument holds
+// at most 128 KiB on Linux, too little for a long answer).
 "use strict";
 
 const fs = require("fs");
@@ -38,6 +40,7 @@ function parseArgs(argv) {
     host: "127.0.0.1",
     port: 0,
     answer: null,
+    answerFile: null,
     reasoning: null,
     noReasoning: false,
     finalOutput: null,
@@ -69,6 +72,7 @@ function parseArgs(argv) {
   const strings = {
     "--host": "host",
     "--answer": "answer",
+    "--answer-file": "answerFile",
     "--reasoning": "reasoning",
     "--final-output": "finalOutput",
     "--fail": "fail",
@@ -107,6 +111,14 @@ function parseArgs(argv) {
   if (opts.chunkSize < 1) fatal("--chunk-size must be at least 1");
   if (opts.pingIntervalMs < 1 || opts.pingTimeoutMs < 1) fatal("ping interval and timeout must be > 0");
   if (opts.keyfile && !opts.certfile) fatal("--keyfile given without --certfile");
+  if (opts.answerFile !== null) {
+    if (opts.answer !== null) fatal("--answer and --answer-file given together");
+    try {
+      opts.answer = fs.readFileSync(opts.answerFile, "utf8");
+    } catch (err) {
+      fatal(`cannot read --answer-file: ${err.message}`);
+    }
+  }
   return opts;
 }
 
