@@ -204,6 +204,24 @@ def test_refused_connection_is_one_error_line(backend: str) -> None:
     assert re.fullmatch(r"plabs: error: expected to connect to the server at 127\.0\.0\.1:1, [^\n]+\n", result.stderr)
 
 
+@pytest.mark.parametrize("backend", ["asyncio", "trio", "sync"])
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--proxy", "bogus://127.0.0.1:1", "expected a proxy URL"),
+        ("--server", "ftp://127.0.0.1:1", "expected an http:// or https:// server URL"),
+        ("--cafile", __file__, "expected a readable PEM CA file"),
+    ],
+)
+def test_bad_option_for_the_session_is_one_error_line(backend: str, option: str, value: str, message: str) -> None:
+    # The session refused its configuration while being built; collecting that half-built
+    # object must not print "Exception ignored in ... __del__" after the error line.
+    result = plabs("ask", "--backend", backend, option, value, "hello")
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"plabs: error: {message}") and result.stderr.count("\n") == 1, result.stderr
+
+
 def test_error_in_json_mode_is_also_an_event() -> None:
     result = plabs("ask", "--json", "--server", "http://127.0.0.1:1", "hello")
     assert result.returncode == 1
