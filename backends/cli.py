@@ -5,7 +5,7 @@ Commands::
     plabs ask [options] [PROMPT...]   stream an answer (no PROMPT, or "-": read standard input)
     plabs replay [--json] FILE        print the events of a recorded trace again
     plabs models                      the known models, default first
-    plabs emulator [options]          run the local Labs emulator in the foreground
+    plabs emulator [options]          run the local Labs emulator in the foreground (prints its URL)
 
 ``ask`` prints the answer on standard output as it arrives, the reasoning on
 standard error (dimmed on a terminal; ``--no-reasoning`` hides it) and the
@@ -233,10 +233,14 @@ def _is_terminal(stream: IO[str]) -> bool:
         return False
 
 
-def _print_warning(message: str, stderr: IO[str]) -> None:
+def _print_note(line: str, stderr: IO[str]) -> None:
     with contextlib.suppress(OSError, ValueError):
-        stderr.write(f"plabs: warning: {message}\n")
+        stderr.write(f"plabs: {line}\n")
         stderr.flush()
+
+
+def _print_warning(message: str, stderr: IO[str]) -> None:
+    _print_note(f"warning: {message}", stderr)
 
 
 def _print_error(message: str, stderr: IO[str] | None = None) -> None:
@@ -352,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     emu = commands.add_parser(
         "emulator",
         help="run the local Labs emulator in the foreground",
-        description="Serve the Labs protocol locally until Ctrl-C (prints its URL on one line).",
+        description="Serve the Labs protocol locally until Ctrl-C; its URL is the first line on stdout.",
     )
     emu.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
     emu.add_argument("--port", type=_port, default=0, help="default: 0 (a free port)")
@@ -592,7 +596,7 @@ def _cmd_models(args: argparse.Namespace, printer: EventPrinter) -> int:
 
 def _cmd_emulator(args: argparse.Namespace, printer: EventPrinter) -> int:
     try:
-        from .emulator import EmulatorConfig, run
+        from .emulator import EmulatorConfig
     except ImportError as exc:
         raise _Failure(
             f"the emulator needs python-socketio and aiohttp (pip install 'plabs-proto[emulator]'): {exc}"
@@ -609,13 +613,41 @@ def _cmd_emulator(args: argparse.Namespace, printer: EventPrinter) -> int:
     except ValueError as exc:
         raise _UsageError(str(exc)) from None
     try:
-        run(config, args.host, args.port, args.certfile, args.keyfile)
+        _serve_emulator(config, args.host, args.port, args.certfile, args.keyfile, printer)
     except OSError as exc:
         files = f" with certfile {args.certfile!r}" if args.certfile else ""
         raise _Failure(
             f"cannot start the emulator on {args.host}:{args.port}{files}: {exc.strerror or exc}"
         ) from None
     return 0
+
+
+def _serve_emulator(
+    config: Any, host: str, port: int, certfile: str | None, keyfile: str | None, printer: EventPrinter
+) -> None:
+    """Serve until Ctrl-C: the URL alone on the first line of stdout (for scripts and
+    copying), how to use it on stderr."""
+    import asyncio
+
+    from .emulator import Emulator
+
+    async def serve() -> None:
+        emulator = Emulator(config)
+        url = await emulator.start(host, port, certfile=certfile, keyfile=keyfile)
+        try:
+            printer.stdout.write(url + "\n")
+            printer.stdout.flush()
+            _print_note(
+                f'the Labs emulator serves {url} until Ctrl-C: `plabs ask --server {url} "..."`, '
+                f'or server="{url}" in Python',
+                printer.stderr,
+            )
+            await asyncio.Event().wait()
+        finally:
+            await emulator.stop()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
 
 
 # -- main ------------------------------------------------------------------------------------------

@@ -419,10 +419,9 @@ def test_emulator_command_serves_tls_until_interrupted(
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
     )
     processes.append(process)
-    line = read_until(process, rb"https://127\.0\.0\.1:\d+")
-    match = re.search(rb"https://127\.0\.0\.1:\d+", line)
-    assert match is not None
-    url = match.group().decode()
+    line = read_until(process, rb"\n")
+    assert re.fullmatch(rb"https://127\.0\.0\.1:\d+\n", line), line  # the URL on a line of its own
+    url = line.decode().strip()
 
     asked = plabs("ask", "--server", url, "--cafile", tls_files.cafile, "--model", "sonar", "hi")
     assert asked.returncode == 0, asked.stderr
@@ -434,6 +433,10 @@ def test_emulator_command_serves_tls_until_interrupted(
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=10)
     assert process.returncode == 0, err
+    assert err.decode() == (
+        f'plabs: the Labs emulator serves {url} until Ctrl-C: `plabs ask --server {url} "..."`, '
+        f'or server="{url}" in Python\n'
+    )
 
 
 def test_emulator_command_rejects_bad_options() -> None:
