@@ -451,6 +451,9 @@ def _cmd_ask(args: argparse.Namespace, printer: EventPrinter) -> int:
     if args.emulator and args.server is not None:
         raise _UsageError("--emulator and --server cannot be used together")
     model = _argument(args.model, "--model")
+    for name in ("server", "proxy"):  # URLs: text sent on the wire (file names may be any bytes)
+        if getattr(args, name) is not None:
+            setattr(args, name, _argument(getattr(args, name), f"--{name}"))
     prompt = _read_prompt(args.prompt)
     if model not in MODELS:
         _print_warning(f"{model!r} is not a known model ({', '.join(MODELS)}); sending it anyway", printer.stderr)

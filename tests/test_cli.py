@@ -186,6 +186,10 @@ def test_arguments_that_are_not_utf8_are_refused_in_one_line() -> None:
     model = plabs("ask", "--emulator", "--model", os.fsdecode(b"son\xffar"), "hi")
     assert (model.returncode, model.stderr.count("\n")) == (2, 1)
     assert "expected UTF-8 text in --model, got the byte 0xff" in model.stderr
+    for option, url in [("--server", b"http://caf\xe9:1"), ("--proxy", b"http://user:p\xe9ss@127.0.0.1:1")]:
+        result = plabs("ask", option, os.fsdecode(url), "hi")
+        assert (result.returncode, result.stderr.count("\n")) == (2, 1), result.stderr
+        assert f"expected UTF-8 text in {option}, got the byte 0xe9" in result.stderr
 
 
 def test_help_says_what_happens_to_bytes_that_are_not_utf8() -> None:
