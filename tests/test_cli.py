@@ -209,12 +209,13 @@ def test_unknown_model_is_sent_after_one_warning() -> None:
     assert (known.returncode, known.stderr) == (0, "")
 
 
-def on_a_terminal(*args: str) -> tuple[int, bytes]:
-    """Run ``plabs args...`` with stdout and stderr on one pseudo-terminal; its exit status and
-    everything the terminal showed, in order."""
+def on_a_terminal(*args: str, stdin_too: bool = False) -> tuple[int, bytes]:
+    """Run ``plabs args...`` with stdout and stderr (and stdin if ``stdin_too``) on one
+    pseudo-terminal; its exit status and everything the terminal showed, in order."""
     master, slave = pty.openpty()
     try:
-        process = subprocess.Popen([*PLABS, *args], stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=ENV)
+        stdin = slave if stdin_too else subprocess.DEVNULL
+        process = subprocess.Popen([*PLABS, *args], stdin=stdin, stdout=slave, stderr=slave, env=ENV)
     finally:
         os.close(slave)
     shown = b""
@@ -238,6 +239,12 @@ def on_a_terminal(*args: str) -> tuple[int, bytes]:
             process.kill()
             process.wait(5)
     return returncode, shown
+
+
+def test_no_prompt_with_stdin_on_a_terminal_is_a_usage_error() -> None:
+    returncode, shown = on_a_terminal("ask", "--emulator", stdin_too=True)  # does not wait for typing
+    assert returncode == 2
+    assert shown.endswith(b'plabs ask: error: expected a PROMPT (or a prompt on standard input, or "-")\r\n'), shown
 
 
 WAITING = b"waiting for the answer...\r\x1b[K"  # the indicator, then carriage return and erase line
