@@ -7,6 +7,8 @@ no server of their own; the emulator's default answer is built from the prompt
 
 from __future__ import annotations
 
+import gc
+import importlib
 import io
 import json
 import os
@@ -25,7 +27,7 @@ from conftest import EmulatorFactory, TLSFiles
 from plabs_proto.backends.cli import EventPrinter
 from plabs_proto.backends.emulator import SONAR_CITATIONS, default_answer, default_reasoning
 
-from plabs_proto.errors import ResponseError
+from plabs_proto.errors import LabsError, ResponseError
 from plabs_proto.events import (
     AnswerFinished,
     AnswerRevised,
@@ -347,6 +349,18 @@ def test_bad_option_for_the_session_is_one_error_line(backend: str, option: str,
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.startswith(f"plabs: error: {message}") and result.stderr.count("\n") == 1, result.stderr
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio", "sync"])
+def test_connect_that_refuses_its_config_leaves_nothing_for_del(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The same through the library: the half-built Session's __del__ must not raise.
+    module = importlib.import_module(f"plabs_proto.backends.{backend}")
+    unraisable: list[object] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    with pytest.raises(LabsError, match="expected a proxy URL"):
+        module.connect(proxy="bogus://127.0.0.1:1")
+    gc.collect()
+    assert unraisable == []
 
 
 def test_error_in_json_mode_is_also_an_event() -> None:
