@@ -671,8 +671,8 @@ class AsyncSession(SessionBase, ABC):
     """
 
     def __init__(self, config: ClientConfig, *, tracer: Tracer | None = None, seed: int | None = None) -> None:
+        self._link: AsyncLink | None = None  # first: __del__ reads it even if the client refuses the config
         super().__init__(config, tracer=tracer, seed=seed)
-        self._link: AsyncLink | None = None
 
     @abstractmethod
     def _new_link(self) -> AsyncLink:

@@ -2,10 +2,10 @@
 
 Commands::
 
-    plabs ask [options] PROMPT...     stream an answer (PROMPT "-" reads standard input)
+    plabs ask [options] [PROMPT...]   stream an answer (no PROMPT, or "-": read standard input)
     plabs replay [--json] FILE        print the events of a recorded trace again
     plabs models                      the known models, default first
-    plabs emulator [options]          run the local Labs emulator in the foreground
+    plabs emulator [options]          run the local Labs emulator in the foreground (prints its URL)
 
 ``ask`` prints the answer on standard output as it arrives, the reasoning on
 standard error (dimmed on a terminal; ``--no-reasoning`` hides it) and the
@@ -19,6 +19,16 @@ instead, one per line::
     {"event": "finished", "model": "...", "text": "...", "reasoning": "...", "citations": [...],
      "elapsed_time": 1.2, "tokens_streamed": 42}
     {"event": "error", "error": "LabsTimeout", "message": "..."}
+
+While nothing has arrived yet, a terminal on standard error shows a small
+waiting indicator (not with ``--json``, not when standard error is piped); the
+first printed text erases it.
+
+The prompt is read as UTF-8, from the arguments or from standard input.  Bytes
+that are not UTF-8 (a Latin-1 file, say) are refused with one usage error line
+naming the first bad byte, rather than guessed at: convert the text first
+(``iconv -f latin1 -t utf-8``).  A ``--model`` outside the known list is sent
+as given (the service adds models) after one warning line on standard error.
 
 Errors end with one line ``plabs: error: <message>`` on standard error and exit
 status 1 (2 for a usage error); what was already printed stays.  Ctrl-C exits
@@ -56,6 +66,7 @@ DEFAULT_SERVER = "https://www.perplexity.ai"
 BACKENDS = ("asyncio", "trio", "sync")
 TRANSPORTS = ("upgrade", "websocket", "polling")
 _DIM, _UNDIM = "\x1b[2m", "\x1b[22m"
+_ERASE_LINE = "\r\x1b[K"  # back to the start of the line, erase to its end
 _EMULATOR_LOGGERS = ("aiohttp.access", "aiohttp.server", "aiohttp.web", "engineio.server", "socketio.server")
 #: ``BaseExceptionGroup`` (Python 3.11+; ``()`` matches nothing before).
 _EXCEPTION_GROUP: Any = getattr(builtins, "BaseExceptionGroup", ())
@@ -63,6 +74,10 @@ _EXCEPTION_GROUP: Any = getattr(builtins, "BaseExceptionGroup", ())
 
 class _UsageError(Exception):
     """A bad argument found after parsing (exit status 2)."""
+
+
+class _InputError(_UsageError):
+    """Text that cannot be read as UTF-8 (exit status 2, one line without the usage)."""
 
 
 class _Failure(Exception):
@@ -88,6 +103,7 @@ class EventPrinter:
         self._text_open = False  # answer text printed, not ended by a newline
         self._reasoning_open = False  # reasoning printed, not ended by a newline
         self._citations: tuple[Any, ...] = ()
+        self._waiting = False  # the waiting indicator is on stderr, not erased yet
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -153,8 +169,26 @@ class EventPrinter:
             self.end_line()
         _print_error(message, self.stderr)
 
+    def show_waiting(self) -> None:
+        """Put the waiting indicator on stderr; the next thing printed (or :meth:`end_line`) erases it.
+
+        Only for a terminal: callers check that stderr is one and that output is not JSON.
+        """
+        note = "waiting for the answer..."
+        self._write(self.stderr, f"{_DIM}{note}{_UNDIM}" if self.dim else note)
+        self._waiting = True
+
+    def clear_waiting(self) -> None:
+        """Erase the waiting indicator if it is still shown (carriage return, erase the line)."""
+        if self._waiting:
+            self._waiting = False
+            with contextlib.suppress(OSError, ValueError):
+                self.stderr.write(_ERASE_LINE)
+                self.stderr.flush()
+
     def end_line(self) -> None:
-        """End a half-printed answer (stdout) or reasoning (stderr) line."""
+        """End a half-printed answer (stdout) or reasoning (stderr) line; erase the waiting indicator."""
+        self.clear_waiting()
         with contextlib.suppress(OSError, ValueError):
             if self._reasoning_open:
                 self._reasoning_open = False
@@ -174,8 +208,9 @@ class EventPrinter:
         self._text_open = not text.endswith("\n")  # set first: Ctrl-C may stop the write
         self._write(self.stdout, text)
 
-    @staticmethod
-    def _write(stream: IO[str], text: str) -> None:
+    def _write(self, stream: IO[str], text: str) -> None:
+        if self._waiting:
+            self.clear_waiting()
         stream.write(text)
         stream.flush()
 
@@ -189,6 +224,23 @@ def _citation_text(citation: Any) -> str:
         if isinstance(url, str):
             return f"{title} <{url}>" if isinstance(title, str) and title else url
     return json.dumps(citation, ensure_ascii=False)
+
+
+def _is_terminal(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (OSError, ValueError):
+        return False
+
+
+def _print_note(line: str, stderr: IO[str]) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        stderr.write(f"plabs: {line}\n")
+        stderr.flush()
+
+
+def _print_warning(message: str, stderr: IO[str]) -> None:
+    _print_note(f"warning: {message}", stderr)
 
 
 def _print_error(message: str, stderr: IO[str] | None = None) -> None:
@@ -266,8 +318,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="ask Labs and stream the answer",
         description="Ask Perplexity Labs and stream the answer: text on stdout, reasoning on stderr.",
     )
-    ask.add_argument("prompt", nargs="+", metavar="PROMPT", help='the question (words are joined); "-" reads stdin')
-    ask.add_argument("--model", default=DEFAULT_MODEL, help=f"the model (default {DEFAULT_MODEL}; see `plabs models`)")
+    ask.add_argument(
+        "prompt",
+        nargs="*",
+        metavar="PROMPT",
+        help='the question (words are joined); "-", or none with stdin not a terminal, reads stdin. '
+        "It must be UTF-8: other bytes are refused (exit 2), not replaced",
+    )
+    ask.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"the model (default {DEFAULT_MODEL}; see `plabs models`; another name is sent after a warning)",
+    )
     ask.add_argument("--server", default=None, metavar="URL", help=f"the Labs server (default {DEFAULT_SERVER})")
     ask.add_argument("--proxy", default=None, metavar="URL", help="http://[user:pass@]host:port or socks5://...")
     ask.add_argument("--transport", default="upgrade", choices=TRANSPORTS, help="default: upgrade")
@@ -294,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     emu = commands.add_parser(
         "emulator",
         help="run the local Labs emulator in the foreground",
-        description="Serve the Labs protocol locally until Ctrl-C (prints its URL on one line).",
+        description="Serve the Labs protocol locally until Ctrl-C; its URL is the first line on stdout.",
     )
     emu.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
     emu.add_argument("--port", type=_port, default=0, help="default: 0 (a free port)")
@@ -322,22 +384,79 @@ def _printer(args: argparse.Namespace) -> EventPrinter:
     )
 
 
+def _utf8(data: bytes, where: str) -> str:
+    """``data`` decoded as UTF-8, or a usage error naming the first byte that is not."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad = data[exc.start : exc.start + 1]
+        raise _InputError(
+            f"expected UTF-8 text {where}, got the byte 0x{bad.hex()} at offset {exc.start} "
+            "(convert the text to UTF-8 first, e.g. with iconv)"
+        ) from None
+
+
+def _argument(text: str, what: str) -> str:
+    """A command-line argument as real text.
+
+    Python decodes ``argv`` bytes that are not UTF-8 to lone surrogates
+    (``surrogateescape``); those bytes are recovered and refused.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _utf8(os.fsencode(text), f"in {what}")
+    return text
+
+
+def _read_stdin() -> str:
+    stream = sys.stdin
+    if stream is None:
+        raise _UsageError("expected a prompt on standard input, but there is no standard input")
+    binary = getattr(stream, "buffer", None)
+    if binary is not None:
+        return _utf8(binary.read(), "on standard input")
+    return _argument(stream.read(), "standard input")  # a text stream (tests); may still hold surrogates
+
+
+def _stdin_is_terminal() -> bool:
+    try:
+        return sys.stdin is None or sys.stdin.isatty()
+    except (OSError, ValueError):  # closed
+        return True
+
+
 def _read_prompt(words: Sequence[str]) -> str:
-    if list(words) == ["-"]:
-        prompt = sys.stdin.read().strip()
+    """The prompt: the words joined, or standard input for ``-`` or no words on a non-terminal stdin."""
+    words = list(words)
+    if words[:1] == ["-"] and len(words) > 1:
+        raise _UsageError(
+            f'"-" reads the prompt from standard input and takes no other words, got {len(words) - 1} more: '
+            f"{' '.join(words[1:])!r}"
+        )
+    if words == ["-"] or (not words and not _stdin_is_terminal()):
+        prompt = _read_stdin().strip()
         if not prompt:
             raise _UsageError("expected a prompt on standard input, got nothing")
         return prompt
-    prompt = " ".join(words).strip()
+    if not words:
+        raise _UsageError("expected a PROMPT (or a prompt on standard input, or \"-\")")
+    prompt = _argument(" ".join(words), "the prompt").strip()
     if not prompt:
         raise _UsageError("expected a prompt, got an empty one")
     return prompt
 
 
 def _cmd_ask(args: argparse.Namespace, printer: EventPrinter) -> int:
-    prompt = _read_prompt(args.prompt)
     if args.emulator and args.server is not None:
         raise _UsageError("--emulator and --server cannot be used together")
+    model = _argument(args.model, "--model")
+    for name in ("server", "proxy"):  # URLs: text sent on the wire (file names may be any bytes)
+        if getattr(args, name) is not None:
+            setattr(args, name, _argument(getattr(args, name), f"--{name}"))
+    prompt = _read_prompt(args.prompt)
+    if model not in MODELS:
+        _print_warning(f"{model!r} is not a known model ({', '.join(MODELS)}); sending it anyway", printer.stderr)
     if args.cafile is not None:
         try:
             open(args.cafile, "rb").close()  # only checks that it can be read
@@ -366,8 +485,11 @@ def _cmd_ask(args: argparse.Namespace, printer: EventPrinter) -> int:
         if args.timeout is not None:
             options["timeout"] = args.timeout
         runner = {"asyncio": _ask_asyncio, "trio": _ask_trio, "sync": _ask_sync}[args.backend]
-        runner(prompt, args.model, options, recorder, printer)
+        if not args.json and _is_terminal(printer.stderr):
+            printer.show_waiting()
+        runner(prompt, model, options, recorder, printer)
     finally:
+        printer.clear_waiting()
         if emulator is not None:
             emulator.stop()
         if trace_file is not None and recorder is not None:
@@ -477,7 +599,7 @@ def _cmd_models(args: argparse.Namespace, printer: EventPrinter) -> int:
 
 def _cmd_emulator(args: argparse.Namespace, printer: EventPrinter) -> int:
     try:
-        from .emulator import EmulatorConfig, run
+        from .emulator import EmulatorConfig
     except ImportError as exc:
         raise _Failure(
             f"the emulator needs python-socketio and aiohttp (pip install 'plabs-proto[emulator]'): {exc}"
@@ -494,13 +616,41 @@ def _cmd_emulator(args: argparse.Namespace, printer: EventPrinter) -> int:
     except ValueError as exc:
         raise _UsageError(str(exc)) from None
     try:
-        run(config, args.host, args.port, args.certfile, args.keyfile)
+        _serve_emulator(config, args.host, args.port, args.certfile, args.keyfile, printer)
     except OSError as exc:
         files = f" with certfile {args.certfile!r}" if args.certfile else ""
         raise _Failure(
             f"cannot start the emulator on {args.host}:{args.port}{files}: {exc.strerror or exc}"
         ) from None
     return 0
+
+
+def _serve_emulator(
+    config: Any, host: str, port: int, certfile: str | None, keyfile: str | None, printer: EventPrinter
+) -> None:
+    """Serve until Ctrl-C: the URL alone on the first line of stdout (for scripts and
+    copying), how to use it on stderr."""
+    import asyncio
+
+    from .emulator import Emulator
+
+    async def serve() -> None:
+        emulator = Emulator(config)
+        url = await emulator.start(host, port, certfile=certfile, keyfile=keyfile)
+        try:
+            printer.stdout.write(url + "\n")
+            printer.stdout.flush()
+            _print_note(
+                f'the Labs emulator serves {url} until Ctrl-C: `plabs ask --server {url} "..."`, '
+                f'or server="{url}" in Python',
+                printer.stderr,
+            )
+            await asyncio.Event().wait()
+        finally:
+            await emulator.stop()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
 
 
 # -- main ------------------------------------------------------------------------------------------
@@ -543,6 +693,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(args, printer)
     except _UsageError as exc:
         sub: argparse.ArgumentParser = args.parser
+        if isinstance(exc, _InputError):
+            sub.exit(2, f"{sub.prog}: error: {exc}\n")
         sub.error(str(exc))
     except BaseException as exc:  # sorted out below; bugs are re-raised
         leaves = _leaves(exc)

@@ -368,8 +368,8 @@ class Session(SessionBase):
     """
 
     def __init__(self, config: ClientConfig, *, tracer: Tracer | None = None, seed: int | None = None) -> None:
+        self._link: _Link | None = None  # first: __del__ reads it even if the client refuses the config
         super().__init__(config, tracer=tracer, seed=seed)
-        self._link: _Link | None = None
 
     def open(self) -> None:
         """Connect and wait for the Socket.IO connect ack."""

@@ -6,6 +6,10 @@
   :class:`~plabs_proto.backends.emulator.EmulatorThread`; one per distinct set of
   options, shared by the whole run and stopped at its end.
 * ``node_factory(**start_node_server options)``: the same for the Node.js server.
+  ``node_ready`` (which it uses) makes that server runnable first: when
+  ``tests/node_server/node_modules`` is missing and npm is on PATH it runs ``npm ci``
+  there once; if Node.js, npm or the install is missing the test is skipped, or, with
+  ``CI`` set, fails (CI installs it: a skip there would hide a broken install step).
 * ``proxy_factory(scheme)``: a pproxy subprocess (``http`` or ``socks5``) asking for
   ``PROXY_USER``/``PROXY_PASSWORD``, shared by the run; ``fresh_proxy(scheme)``: a new
   one for this test only (pproxy remembers a client address once it has logged in, so
@@ -17,6 +21,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import socket
@@ -26,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any
 
 import pytest
@@ -102,13 +108,61 @@ def emulator_factory() -> Iterator[EmulatorFactory]:
             emulator.stop()
 
 
-@pytest.fixture(scope="session")
-def node_factory() -> Iterator[NodeFactory]:
-    if shutil.which("node") is None or not (NODE_SERVER_DIR / "node_modules" / "socket.io").is_dir():
-        missing = "Node.js or tests/node_server/node_modules is missing (run `npm ci` in tests/node_server)"
+NPM_CI = ("ci", "--prefer-offline", "--no-audit", "--no-fund", "--loglevel=error")
+NPM_TIMEOUT = 300.0
+
+
+def prepare_node_server(directory: Path, *, node: str | None, npm: str | None) -> str | None:
+    """Make the Node.js test server in ``directory`` runnable; None when it is, else why not.
+
+    ``node``/``npm`` are the programs' paths (None: not installed).  When
+    ``node_modules/socket.io`` is missing, ``npm ci`` installs the pinned packages of
+    ``package-lock.json`` (the registry is asked only for what npm's cache lacks).
+    """
+    if node is None:
+        return "Node.js ('node') is not on PATH; the Node.js Labs test server needs it"
+    if (directory / "node_modules" / "socket.io").is_dir():
+        return None
+    where = directory / "node_modules"
+    if npm is None:
+        return f"{where} is missing and npm is not on PATH to install it (`npm ci` in {directory})"
+    try:
+        result = subprocess.run(
+            [npm, *NPM_CI], cwd=directory, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=NPM_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired:
+        return f"{where} is missing and `npm ci` in {directory} did not finish within {NPM_TIMEOUT:g} s"
+    if result.returncode != 0 or not (directory / "node_modules" / "socket.io").is_dir():
+        said = " | ".join((result.stderr or result.stdout).strip().splitlines()[-3:]) or "nothing"
+        return (
+            f"{where} is missing and `npm ci` in {directory} could not install it "
+            f"(exit status {result.returncode}): {said}"
+        )
+    return None
+
+
+@functools.cache
+def _node_server_problem() -> str | None:
+    return prepare_node_server(NODE_SERVER_DIR, node=shutil.which("node"), npm=shutil.which("npm"))
+
+
+def require_node_server(problem: str | None) -> None:
+    """Skip the test for ``problem`` (a reason the Node.js server cannot run), or fail it in CI."""
+    if problem is not None:
         if os.environ.get("CI"):
-            pytest.fail(missing)  # CI installs it: a skip there would hide a broken install step
-        pytest.skip(missing)
+            pytest.fail(problem)  # CI installs it: a skip there would hide a broken install step
+        pytest.skip(problem)
+
+
+@pytest.fixture(scope="session")
+def node_ready() -> None:
+    """The Node.js test server can run (``npm ci`` done if needed), else skip (or fail in CI)."""
+    require_node_server(_node_server_problem())
+
+
+@pytest.fixture(scope="session")
+def node_factory(node_ready: None) -> Iterator[NodeFactory]:
     running: dict[tuple[tuple[str, str], ...], NodeServer] = {}
 
     def start(**options: Any) -> NodeServer:

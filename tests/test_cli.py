@@ -7,9 +7,12 @@ no server of their own; the emulator's default answer is built from the prompt
 
 from __future__ import annotations
 
+import gc
+import importlib
 import io
 import json
 import os
+import pty
 import re
 import select
 import signal
@@ -24,7 +27,7 @@ from conftest import EmulatorFactory, TLSFiles
 from plabs_proto.backends.cli import EventPrinter
 from plabs_proto.backends.emulator import SONAR_CITATIONS, default_answer, default_reasoning
 
-from plabs_proto.errors import ResponseError
+from plabs_proto.errors import LabsError, ResponseError
 from plabs_proto.events import (
     AnswerFinished,
     AnswerRevised,
@@ -143,6 +146,132 @@ def test_ask_reads_the_prompt_from_stdin() -> None:
     assert result.stdout == expected_text(prompt)
 
 
+def test_ask_without_a_prompt_reads_stdin_when_it_is_not_a_terminal() -> None:
+    result = plabs("ask", "--emulator", "--no-reasoning", stdin="piped question\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == expected_text("piped question")
+
+
+def test_dash_with_more_words_is_a_usage_error() -> None:
+    result = plabs("ask", "--emulator", "-", "extra", "words", stdin="from stdin")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines()[-1] == (
+        'plabs ask: error: "-" reads the prompt from standard input and takes no other words, '
+        "got 2 more: 'extra words'"
+    )
+
+
+def run_bytes(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*PLABS, *args], input=stdin, capture_output=True, timeout=TIMEOUT, env=ENV)
+
+
+def test_stdin_that_is_not_utf8_is_refused_in_one_line() -> None:
+    result = run_bytes("ask", "--emulator", "-", stdin=b"caf\xe9 au lait")
+    assert (result.returncode, result.stdout) == (2, b"")
+    assert result.stderr == (
+        b"plabs ask: error: expected UTF-8 text on standard input, got the byte 0xe9 at offset 3 "
+        b"(convert the text to UTF-8 first, e.g. with iconv)\n"
+    )
+    piped = run_bytes("ask", "--emulator", stdin=b"\xff")  # no "-": the same reading
+    assert (piped.returncode, piped.stderr.count(b"\n")) == (2, 1)
+
+
+def test_arguments_that_are_not_utf8_are_refused_in_one_line() -> None:
+    # os.fsdecode gives the lone surrogates Python makes of such argv bytes; subprocess passes the bytes back.
+    result = plabs("ask", "--emulator", "caf" + os.fsdecode(b"\xe9"))
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        "plabs ask: error: expected UTF-8 text in the prompt, got the byte 0xe9 at offset 3 "
+        "(convert the text to UTF-8 first, e.g. with iconv)\n"
+    )
+    model = plabs("ask", "--emulator", "--model", os.fsdecode(b"son\xffar"), "hi")
+    assert (model.returncode, model.stderr.count("\n")) == (2, 1)
+    assert "expected UTF-8 text in --model, got the byte 0xff" in model.stderr
+    for option, url in [("--server", b"http://caf\xe9:1"), ("--proxy", b"http://user:p\xe9ss@127.0.0.1:1")]:
+        result = plabs("ask", option, os.fsdecode(url), "hi")
+        assert (result.returncode, result.stderr.count("\n")) == (2, 1), result.stderr
+        assert f"expected UTF-8 text in {option}, got the byte 0xe9" in result.stderr
+
+
+def test_help_says_what_happens_to_bytes_that_are_not_utf8() -> None:
+    result = plabs("ask", "--help")
+    assert result.returncode == 0
+    assert "It must be UTF-8: other bytes are refused (exit 2), not replaced" in " ".join(result.stdout.split())
+
+
+def test_unknown_model_is_sent_after_one_warning() -> None:
+    result = plabs("ask", "--emulator", "--no-reasoning", "--model", "sonar-next", "new model")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(expected_text("new model", "sonar-next"))  # the emulator answered as sonar-next
+    assert result.stderr == (
+        f"plabs: warning: 'sonar-next' is not a known model ({', '.join(MODELS)}); sending it anyway\n"
+    )
+    known = plabs("ask", "--emulator", "--no-reasoning", "--model", "sonar", "old model")
+    assert (known.returncode, known.stderr) == (0, "")
+
+
+def on_a_terminal(*args: str, stdin_too: bool = False) -> tuple[int, bytes]:
+    """Run ``plabs args...`` with stdout and stderr (and stdin if ``stdin_too``) on one
+    pseudo-terminal; its exit status and everything the terminal showed, in order."""
+    master, slave = pty.openpty()
+    try:
+        stdin = slave if stdin_too else subprocess.DEVNULL
+        process = subprocess.Popen([*PLABS, *args], stdin=stdin, stdout=slave, stderr=slave, env=ENV)
+    finally:
+        os.close(slave)
+    shown = b""
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], deadline - time.monotonic())
+            if not ready:
+                continue
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: every writer closed the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+        returncode = process.wait(10)
+    finally:
+        os.close(master)
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
+    return returncode, shown
+
+
+def test_no_prompt_with_stdin_on_a_terminal_is_a_usage_error() -> None:
+    returncode, shown = on_a_terminal("ask", "--emulator", stdin_too=True)  # does not wait for typing
+    assert returncode == 2
+    assert shown.endswith(b'plabs ask: error: expected a PROMPT (or a prompt on standard input, or "-")\r\n'), shown
+
+
+WAITING = b"waiting for the answer...\r\x1b[K"  # the indicator, then carriage return and erase line
+
+
+def test_terminal_shows_a_waiting_indicator_until_the_first_text() -> None:
+    returncode, shown = on_a_terminal("ask", "--emulator", "--no-reasoning", "wait for it")
+    assert returncode == 0, shown
+    assert shown == WAITING + expected_text("wait for it").encode().replace(b"\n", b"\r\n")
+
+
+def test_waiting_indicator_is_erased_before_an_error() -> None:
+    returncode, shown = on_a_terminal("ask", "--server", "http://127.0.0.1:1", "hello")
+    assert returncode == 1
+    assert shown.startswith(WAITING + b"plabs: error: expected to connect") and shown.count(b"\n") == 1, shown
+
+
+def test_no_waiting_indicator_in_json_mode_or_when_stderr_is_piped() -> None:
+    returncode, shown = on_a_terminal("ask", "--emulator", "--json", "--model", "sonar", "json")
+    assert returncode == 0, shown
+    assert shown.startswith(b'{"event": "text"') and b"waiting" not in shown
+    piped = plabs("ask", "--emulator", "--model", "sonar", "piped")
+    assert (piped.returncode, piped.stderr) == (0, "")
+
+
 def test_python_dash_m_runs_the_same_cli() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "plabs_proto", "ask", "--emulator", "--no-reasoning", "via -m"],
@@ -202,6 +331,36 @@ def test_refused_connection_is_one_error_line(backend: str) -> None:
     assert result.returncode == 1
     assert result.stdout == ""
     assert re.fullmatch(r"plabs: error: expected to connect to the server at 127\.0\.0\.1:1, [^\n]+\n", result.stderr)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio", "sync"])
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--proxy", "bogus://127.0.0.1:1", "expected a proxy URL"),
+        ("--server", "ftp://127.0.0.1:1", "expected an http:// or https:// server URL"),
+        ("--cafile", __file__, "expected a readable PEM CA file"),
+    ],
+)
+def test_bad_option_for_the_session_is_one_error_line(backend: str, option: str, value: str, message: str) -> None:
+    # The session refused its configuration while being built; collecting that half-built
+    # object must not print "Exception ignored in ... __del__" after the error line.
+    result = plabs("ask", "--backend", backend, option, value, "hello")
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"plabs: error: {message}") and result.stderr.count("\n") == 1, result.stderr
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio", "sync"])
+def test_connect_that_refuses_its_config_leaves_nothing_for_del(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The same through the library: the half-built Session's __del__ must not raise.
+    module = importlib.import_module(f"plabs_proto.backends.{backend}")
+    unraisable: list[object] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    with pytest.raises(LabsError, match="expected a proxy URL"):
+        module.connect(proxy="bogus://127.0.0.1:1")
+    gc.collect()
+    assert unraisable == []
 
 
 def test_error_in_json_mode_is_also_an_event() -> None:
@@ -285,10 +444,9 @@ def test_emulator_command_serves_tls_until_interrupted(
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
     )
     processes.append(process)
-    line = read_until(process, rb"https://127\.0\.0\.1:\d+")
-    match = re.search(rb"https://127\.0\.0\.1:\d+", line)
-    assert match is not None
-    url = match.group().decode()
+    line = read_until(process, rb"\n")
+    assert re.fullmatch(rb"https://127\.0\.0\.1:\d+\n", line), line  # the URL on a line of its own
+    url = line.decode().strip()
 
     asked = plabs("ask", "--server", url, "--cafile", tls_files.cafile, "--model", "sonar", "hi")
     assert asked.returncode == 0, asked.stderr
@@ -300,6 +458,10 @@ def test_emulator_command_serves_tls_until_interrupted(
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=10)
     assert process.returncode == 0, err
+    assert err.decode() == (
+        f'plabs: the Labs emulator serves {url} until Ctrl-C: `plabs ask --server {url} "..."`, '
+        f'or server="{url}" in Python\n'
+    )
 
 
 def test_emulator_command_rejects_bad_options() -> None:

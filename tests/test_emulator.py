@@ -17,6 +17,7 @@ import functools
 import http.client
 import json
 import ssl
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -27,6 +28,7 @@ import pytest
 import servers
 import socketio
 import trustme
+from conftest import NPM_CI, prepare_node_server, require_node_server
 from plabs_proto.backends.emulator import (
     ALLOWED_ORIGIN,
     SONAR_CITATIONS,
@@ -46,6 +48,14 @@ TRANSPORTS = ["websocket", "polling"]
 FAST = {"frame_delay": 0.002}
 PARTIAL_KEYS = {"output", "final", "elapsed_time", "tokens_streamed"}
 FINAL_KEYS = {"output", "final", "status", "citations", "elapsed_time", "tokens_streamed"}
+
+
+@pytest.fixture(autouse=True)
+def _node_flavour_needs_node(request: pytest.FixtureRequest) -> None:
+    """A test run on the "node" flavour first makes the Node.js server runnable (see ``node_ready``)."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("flavour") == "node":
+        request.getfixturevalue("node_ready")
 
 
 def run_async(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
@@ -503,7 +513,7 @@ async def test_post_reply_and_connect_ack(flavour: str, reply: str) -> None:
     assert ack.startswith('40{"sid":"'), ack
 
 
-def test_node_server_answers_lowercase_ok_over_http_client() -> None:
+def test_node_server_answers_lowercase_ok_over_http_client(node_ready: None) -> None:
     with start_node_server() as node:
         conn = http.client.HTTPConnection("127.0.0.1", node.port, timeout=5)
         try:
@@ -849,12 +859,62 @@ def test_start_node_server_without_node_modules_says_run_npm_ci(
         start_node_server()
 
 
-def test_node_server_reports_startup_failure_with_its_stderr() -> None:
+def fake_npm(tmp_path: Path, body: str) -> str:
+    """An executable ``npm`` standing in for the registry client (the thing tested is what
+    ``prepare_node_server`` does with it): it logs its directory and arguments, then runs ``body``
+    (Python, with ``os`` and ``sys`` imported)."""
+    script = tmp_path / "bin" / "npm"
+    script.parent.mkdir()
+    log = str(tmp_path / "npm.log")
+    script.write_text(
+        f"#!{sys.executable}\nimport os, sys\n"
+        f"with open({log!r}, 'a') as log:\n    log.write(os.getcwd() + ' ' + ' '.join(sys.argv[1:]) + '\\n')\n"
+        f"{body}\n",
+        encoding="utf-8",
+    )
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_prepare_node_server_runs_npm_ci_once_when_node_modules_is_missing(tmp_path: Path) -> None:
+    server_dir = tmp_path / "node_server"
+    server_dir.mkdir()
+    npm = fake_npm(tmp_path, "os.makedirs('node_modules/socket.io')")
+    assert prepare_node_server(server_dir, node="/usr/bin/node", npm=npm) is None
+    assert prepare_node_server(server_dir, node="/usr/bin/node", npm=npm) is None  # installed: npm not run again
+    assert (tmp_path / "npm.log").read_text(encoding="utf-8") == f"{server_dir} {' '.join(NPM_CI)}\n"
+
+
+def test_prepare_node_server_says_why_it_cannot(tmp_path: Path) -> None:
+    npm = fake_npm(tmp_path, "sys.exit('npm error code ENOTFOUND')")
+    assert prepare_node_server(tmp_path, node=None, npm=npm) == (
+        "Node.js ('node') is not on PATH; the Node.js Labs test server needs it"
+    )
+    assert prepare_node_server(tmp_path, node="/usr/bin/node", npm=None) == (
+        f"{tmp_path / 'node_modules'} is missing and npm is not on PATH to install it (`npm ci` in {tmp_path})"
+    )
+    assert prepare_node_server(tmp_path, node="/usr/bin/node", npm=npm) == (
+        f"{tmp_path / 'node_modules'} is missing and `npm ci` in {tmp_path} could not install it "
+        "(exit status 1): npm error code ENOTFOUND"
+    )
+
+
+def test_a_node_server_that_cannot_run_skips_but_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    require_node_server(None)  # nothing wrong: the test goes on
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="npm is not on PATH"):
+        require_node_server("npm is not on PATH")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="npm is not on PATH"):
+        require_node_server("npm is not on PATH")
+
+
+def test_node_server_reports_startup_failure_with_its_stderr(node_ready: None) -> None:
     with pytest.raises(NodeServerError, match=r'exited with code 2.*unknown flag "--bogus"'):
         start_node_server(extra_args=["--bogus"])
 
 
-def test_node_server_stops_promptly() -> None:
+def test_node_server_stops_promptly(node_ready: None) -> None:
     node = start_node_server(ping_interval=0.1)
     started = time.monotonic()
     node.stop()
