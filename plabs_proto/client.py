@@ -67,6 +67,7 @@ from .events import (
     TextDelta,
 )
 from .http import HTTPChannel, HTTPResponse, SwitchedProtocol, looks_like_cloudflare
+from .jsondepth import check_depth, too_deep
 from .labs import (
     DEFAULT_MODEL,
     DEFAULT_VERSION,
@@ -615,12 +616,14 @@ class LabsClient:
                 cloudflare=True,
             )
         detail = ""
-        try:
-            body = json.loads(response.body)
+        full = response.text()
+        if not too_deep(full):  # a body nested too deep is only shown, not read
+            try:
+                body = json.loads(full)
+            except ValueError:
+                body = None
             if isinstance(body, dict) and isinstance(body.get("message"), str):
                 detail = f" (Engine.IO error {body.get('code')}: {body['message']})"
-        except ValueError:
-            pass
         return HandshakeError(
             f"the server refused {what}: expected HTTP {expected}, got HTTP {response.status} "
             f"{response.reason}{detail}: {excerpt!r}",
@@ -912,6 +915,7 @@ class LabsClient:
                 if fast is not None:
                     self._on_event(fast[0], fast[1], now)
                     return
+            check_depth(text, "the JSON data of a Socket.IO event", start + 1)
             try:
                 args = json.loads(text[start + 1 :])
             except ValueError:

@@ -27,6 +27,7 @@ from enum import IntEnum
 from typing import Any, cast
 
 from .errors import LocalProtocolError, RemoteProtocolError
+from .jsondepth import check_depth
 
 __all__ = [
     "OpenPacket",
@@ -291,6 +292,7 @@ def parse_open_packet(data: str | None) -> OpenPacket:
         raise RemoteProtocolError(
             f"expected JSON text in the Engine.IO open packet, got {type(data).__name__}"
         )
+    check_depth(data, "the JSON of the Engine.IO open packet")
     try:
         fields = json.loads(data)
     except (ValueError, RecursionError):

@@ -40,6 +40,7 @@ from typing import Any
 
 from .errors import LocalProtocolError, RemoteProtocolError
 from .events import AnswerFinished, AnswerRevised, Citations, Event, QueryFailed, ReasoningDelta, TextDelta
+from .jsondepth import too_deep
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -629,9 +630,11 @@ def _tail(text: str, end: int) -> dict[str, Any] | None:
     if not inner.startswith(","):
         return None
     body = "{" + inner[1:]
+    if too_deep(body):
+        return None  # the full decoding refuses it, with the reason
     try:
         payload, stop = _scan_json(body, 0)
-    except (StopIteration, ValueError):
+    except (StopIteration, ValueError, RecursionError):
         return None
     if stop != len(body) or type(payload) is not dict or "output" in payload:
         return None

@@ -23,6 +23,7 @@ from enum import IntEnum
 from typing import Any, NoReturn
 
 from .errors import LocalProtocolError, RemoteProtocolError
+from .jsondepth import check_depth
 
 __all__ = [
     "RESERVED_EVENTS",
@@ -323,6 +324,7 @@ def decode_packet(text: str, *, max_attachments: int = 10) -> Packet:
 
     # Fast path: ``2[...]``, an EVENT on "/" without ack id - the stream of server events.
     if text[:2] == "2[":
+        check_depth(text, "the JSON data of a Socket.IO packet", 1)
         try:
             data, end = _decoder.raw_decode(text, 1)
         except (ValueError, RecursionError):
@@ -383,6 +385,7 @@ def decode_packet(text: str, *, max_attachments: int = 10) -> Packet:
 
     data = None
     if i < size:
+        check_depth(text, "the JSON data of a Socket.IO packet", i)
         try:
             data = _decoder.decode(text[i:])
         except (ValueError, RecursionError):

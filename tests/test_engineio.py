@@ -337,7 +337,8 @@ def test_parse_open_packet_websocket_only_session() -> None:
         ('{"sid":"s","pingTimeout":-1}', "got -1"),
         ('{"sid":"s","maxPayload":0}', "'maxPayload'"),
         ('{"sid":"s","maxPayload":1.5}', "got 1.5"),
-        ("[" * 100000, "expected a JSON object"),
+        ("[" * 100000, "expected the JSON of the Engine.IO open packet nested at most 100 deep"),
+        ('{"sid":"s","x":' + "[" * 100000, "nested at most 100 deep"),
     ],
 )
 def test_parse_open_packet_rejects(data: str | None, message: str) -> None:
