@@ -36,13 +36,14 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import ssl
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from . import engineio, socketio
 from .errors import (
@@ -96,6 +97,13 @@ _BODY_SLACK = 64 * 1024
 #: Engine.IO's default maxPayload, for a server that does not announce one.
 _ENGINEIO_MAX_PAYLOAD = 1_000_000
 
+#: Set-Cookie values kept and sent back: visible ASCII names, printable ASCII values, at most
+#: this many cookies of at most this many characters each (RFC 6265's minimums for a browser).
+_COOKIE_NAME = re.compile(r"[!-~]+")
+_COOKIE_VALUE = re.compile(r"[ -~]*")
+_MAX_COOKIES = 50
+_MAX_COOKIE_SIZE = 4096
+
 #: ``tracer(now, stream_id, direction, data)``: called with every byte above TLS ("in" or "out").
 Tracer = Callable[[float, int, str, bytes], None]
 
@@ -148,6 +156,22 @@ class ClientConfig:
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
 
 
+def _check_request_text(config: ClientConfig, host_header: str, path: str) -> None:
+    """Refuse what cannot go in a request head: HTTP/1.1 header text is ASCII without CR or LF."""
+    fields = [("the server host", host_header), ("the server path", path), ("origin", config.origin),
+              ("user_agent", config.user_agent)]
+    for item in config.headers:
+        if not isinstance(item, tuple) or len(item) != 2:
+            raise LocalProtocolError(f"expected each of headers as a (name, value) tuple, got {item!r:.80}")
+        fields += [("a header name", item[0]), (f"the {item[0]!r} header", item[1])]
+    for what, text in fields:
+        if not isinstance(text, str) or not text.isascii() or "\r" in text or "\n" in text:
+            raise LocalProtocolError(
+                f"expected {what} as ASCII text without CR or LF (HTTP/1.1 header text; "
+                f"punycode a host name, percent-encode a path), got {text!r:.80}"
+            )
+
+
 @dataclass(slots=True)
 class _Stream:
     id: int
@@ -196,6 +220,7 @@ class LabsClient:
         self._host_header = host_literal if self._port == default_port else f"{host_literal}:{self._port}"
         prefix = url.path.rstrip("/")
         self._path = prefix + "/" + config.path.strip("/") + "/"
+        _check_request_text(config, self._host_header, self._path)
         self._proxy: ProxyConfig | None = (
             parse_proxy_url(config.proxy) if isinstance(config.proxy, str) else config.proxy
         )
@@ -518,7 +543,9 @@ class LabsClient:
         if transport == "polling":
             query += f"&t={self._t}"
         if sid:
-            query += f"&sid={sid}"
+            # The server chose the sid (printable, checked when the open packet was read): escape
+            # every byte that could end or change the query.
+            query += "&sid=" + quote(sid, safe="")
         return f"{self._path}?{query}"
 
     def _request_headers(self) -> list[tuple[str, str]]:
@@ -598,11 +625,26 @@ class LabsClient:
         # "close": nothing more to do
 
     def _remember_cookies(self, response: HTTPResponse) -> None:
+        """Keep the ``name=value`` of each Set-Cookie, to send back in a Cookie header.
+
+        A cookie that could not be sent back as it came is ignored, as a browser
+        ignores a cookie it cannot parse: one whose name is not visible ASCII or
+        whose value holds anything but printable ASCII (a control character, a
+        non-ASCII byte).  So is one of more than :data:`_MAX_COOKIE_SIZE`
+        characters, and a new name once :data:`_MAX_COOKIES` are kept.
+        """
         for value in response.header_values("set-cookie"):
             pair = value.split(";", 1)[0]
             name, sep, val = pair.partition("=")
-            if sep and name.strip():
-                self._cookies[name.strip()] = val.strip()
+            name, val = name.strip(), val.strip()
+            if (
+                sep
+                and _COOKIE_NAME.fullmatch(name)
+                and _COOKIE_VALUE.fullmatch(val)
+                and len(name) + len(val) <= _MAX_COOKIE_SIZE
+                and (name in self._cookies or len(self._cookies) < _MAX_COOKIES)
+            ):
+                self._cookies[name] = val
 
     def _refused(self, response: HTTPResponse, what: str, expected: int) -> HandshakeError:
         text = " ".join(response.text().split())

@@ -93,6 +93,12 @@ def _show(value: str | bytes) -> str:
     return f"{value[:60]!r}... ({len(value)} {'chars' if isinstance(value, str) else 'bytes'})"
 
 
+def _show_value(value: object) -> str:
+    """A short ``repr`` of a decoded JSON value, for error messages."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:60]}... ({len(text)} chars)"
+
+
 def _b64decode(text: str, original: str) -> bytes:
     """Strict base64 (padding may be omitted, as Node's decoder allows)."""
     try:
@@ -266,25 +272,60 @@ def _decode_legacy_payload(body: str) -> list[Packet]:
 
 _OPEN_DEFAULTS: dict[str, int] = {"pingInterval": 25000, "pingTimeout": 20000, "maxPayload": 1000000}
 
+MAX_PING_MS = 2**31 - 1
+"""Largest ``pingInterval``/``pingTimeout`` accepted (ms, about 24.8 days): the longest delay a
+JavaScript timer takes (a browser client fires a longer one at once)."""
+
+MAX_PAYLOAD = 2**53 - 1
+"""Largest ``maxPayload`` accepted: the largest integer a JavaScript number holds exactly."""
+
+MAX_SID_LENGTH = 256
+"""Longest ``sid`` accepted (Engine.IO servers make 20-character ones)."""
+
+_OPEN_LIMITS: dict[str, int] = {"pingInterval": MAX_PING_MS, "pingTimeout": MAX_PING_MS, "maxPayload": MAX_PAYLOAD}
+
 
 def _open_int(fields: dict[str, Any], key: str, data: str) -> int:
     value = fields.get(key, _OPEN_DEFAULTS[key])
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+    limit = _OPEN_LIMITS[key]
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= limit:
         raise RemoteProtocolError(
-            f"expected a positive integer {key!r} in the Engine.IO open packet, "
-            f"got {value!r} in {_show(data)}"
+            f"expected an integer {key!r} in 1..{limit} in the Engine.IO open packet, "
+            f"got {_show_value(value)}"
         )
     return value
+
+
+def _check_sid(sid: object, data: str) -> str:
+    """The open packet's ``sid`` if the client can send it back (printable, not too long)."""
+    if not isinstance(sid, str) or not sid:
+        raise RemoteProtocolError(
+            f"expected a non-empty string 'sid' in the Engine.IO open packet, got {sid!r:.60} in {_show(data)}"
+        )
+    if len(sid) > MAX_SID_LENGTH:
+        raise RemoteProtocolError(
+            f"expected a 'sid' of at most {MAX_SID_LENGTH} characters in the Engine.IO open packet, "
+            f"got one of {len(sid)}: {_show(sid)}"
+        )
+    if not sid.isprintable():
+        bad = next(char for char in sid if not char.isprintable())
+        raise RemoteProtocolError(
+            "expected a 'sid' of printable characters in the Engine.IO open packet (it goes back in "
+            f"every request), got {bad!r} at position {sid.index(bad)} of {_show(sid)}"
+        )
+    return sid
 
 
 def parse_open_packet(data: str | None) -> OpenPacket:
     """Parse the JSON of an ``open`` packet (``0{"sid":...}`` without the ``0``).
 
-    ``sid`` is required; missing optional fields take the Engine.IO defaults (pingInterval 25000,
-    pingTimeout 20000, maxPayload 1000000, upgrades ``("websocket",)``).  Integral floats are accepted for
-    the numbers; any other wrong type raises RemoteProtocolError.
+    ``sid`` is required: a non-empty string of at most :data:`MAX_SID_LENGTH` printable characters
+    (no control characters, no lone surrogates).  Missing optional fields take the Engine.IO defaults
+    (pingInterval 25000, pingTimeout 20000, maxPayload 1000000, upgrades ``("websocket",)``).  Integral
+    floats are accepted for the numbers; the ping times are bounded by :data:`MAX_PING_MS` and maxPayload
+    by :data:`MAX_PAYLOAD`.  Anything else raises RemoteProtocolError.
     """
     if data is None:
         raise RemoteProtocolError("expected JSON data in the Engine.IO open packet, got none")
@@ -301,11 +342,7 @@ def parse_open_packet(data: str | None) -> OpenPacket:
         ) from None
     if not isinstance(fields, dict):
         raise RemoteProtocolError(f"expected a JSON object in the Engine.IO open packet, got {_show(data)}")
-    sid = fields.get("sid")
-    if not isinstance(sid, str) or not sid:
-        raise RemoteProtocolError(
-            f"expected a non-empty string 'sid' in the Engine.IO open packet, got {sid!r} in {_show(data)}"
-        )
+    sid = _check_sid(fields.get("sid"), data)
     upgrades = fields.get("upgrades", ["websocket"])
     if not isinstance(upgrades, list) or not all(isinstance(u, str) for u in upgrades):
         raise RemoteProtocolError(

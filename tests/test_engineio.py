@@ -339,6 +339,17 @@ def test_parse_open_packet_websocket_only_session() -> None:
         ('{"sid":"s","maxPayload":1.5}', "got 1.5"),
         ("[" * 100000, "expected the JSON of the Engine.IO open packet nested at most 100 deep"),
         ('{"sid":"s","x":' + "[" * 100000, "nested at most 100 deep"),
+        # numbers a client cannot use: beyond a JavaScript timer, beyond a JavaScript integer
+        ('{"sid":"s","pingInterval":1e308}', "expected an integer 'pingInterval' in 1..2147483647"),
+        ('{"sid":"s","pingTimeout":2147483648}', "got 2147483648"),
+        ('{"sid":"s","pingTimeout":1' + "0" * 400 + "}", "'pingTimeout' in 1..2147483647"),
+        ('{"sid":"s","maxPayload":9007199254740992}', "'maxPayload' in 1..9007199254740991"),
+        # a sid that cannot go back in a request: control characters, lone surrogates, too long
+        ('{"sid":"a\\r\\nb"}', "got '\\r' at position 1"),
+        ('{"sid":"a\\u0000"}', "got '\\x00' at position 1"),
+        ('{"sid":"\\udce9"}', "got '\\udce9' at position 0"),
+        ('{"sid":"a\\u2028"}', "printable characters"),
+        ('{"sid":"' + "s" * 257 + '"}', "at most 256 characters"),
     ],
 )
 def test_parse_open_packet_rejects(data: str | None, message: str) -> None:
