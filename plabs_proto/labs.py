@@ -115,6 +115,21 @@ def progress_event_name(model: str) -> str:
 # -- the request --------------------------------------------------------------------------------------
 
 
+def _check_utf8(text: str, where: str) -> str:
+    """``text`` if it can be sent as UTF-8; LocalProtocolError naming a lone surrogate otherwise."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise LocalProtocolError(
+                f"{where}: expected text that can be sent as UTF-8, got a lone surrogate "
+                f"{text[exc.start]!r} at position {exc.start} (Python makes one of each byte it could "
+                "not decode, as in sys.argv or stdin read with the wrong encoding: decode those bytes "
+                "with their real encoding, or with errors='replace')"
+            ) from None
+    return text
+
+
 def _content_text(index: int, message: Mapping[Any, Any]) -> str:
     if "content" not in message:
         raise LocalProtocolError(
@@ -122,7 +137,7 @@ def _content_text(index: int, message: Mapping[Any, Any]) -> str:
         )
     content = message["content"]
     if isinstance(content, str):
-        return content
+        return _check_utf8(content, f"message {index}")
     if not isinstance(content, list):
         raise LocalProtocolError(
             f"message {index}: expected 'content' to be a str or a list of parts, got {_excerpt(content)}"
@@ -148,7 +163,7 @@ def _content_text(index: int, message: Mapping[Any, Any]) -> str:
                 f"got {_excerpt(part)}"
             )
         if text:
-            texts.append(text)
+            texts.append(_check_utf8(text, f"message {index}, part {part_index}"))
     return "\n".join(texts)
 
 
@@ -206,11 +221,15 @@ def build_request(
 
     An empty ``model`` means :data:`DEFAULT_MODEL`; model ids outside
     :data:`MODELS` are sent as given (Labs changes its list over time).
+    Every string must be sendable as UTF-8: a lone surrogate (what Python
+    makes of undecodable bytes in ``sys.argv`` or stdin) raises
+    :class:`LocalProtocolError` naming the message and position.
     """
-    model = _check_model(model)
+    model = _check_utf8(_check_model(model), "model")
     for name, value in (("version", version), ("source", source)):
         if not isinstance(value, str):
             raise LocalProtocolError(f"expected {name} as a str, got {_excerpt(value)}")
+        _check_utf8(value, name)
     return {"version": version, "source": source, "model": model, "messages": normalize_messages(messages)}
 
 
@@ -355,8 +374,13 @@ def _diff(old: tuple[str, str], new: tuple[str, str]) -> list[Event]:
 
 
 def _float_or_none(value: object) -> float | None:
+    """A JSON number as a finite float; None for anything else, NaN, infinities and integers too
+    large for a float (``elapsed_time`` is informational: an absurd one is dropped, not fatal)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            return None
         return number if math.isfinite(number) else None
     return None
 
