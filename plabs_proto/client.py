@@ -160,6 +160,8 @@ def _check_request_text(config: ClientConfig, host_header: str, path: str) -> No
     """Refuse what cannot go in a request head: HTTP/1.1 header text is ASCII without CR or LF."""
     fields = [("the server host", host_header), ("the server path", path), ("origin", config.origin),
               ("user_agent", config.user_agent)]
+    if not isinstance(config.headers, (tuple, list)):
+        raise LocalProtocolError(f"expected headers as a tuple of (name, value) tuples, got {config.headers!r:.80}")
     for item in config.headers:
         if not isinstance(item, tuple) or len(item) != 2:
             raise LocalProtocolError(f"expected each of headers as a (name, value) tuple, got {item!r:.80}")
@@ -204,9 +206,14 @@ class LabsClient:
         limit = config.max_message_size
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise LocalProtocolError(f"expected max_message_size as an int >= 1 (bytes), got {limit!r:.60}")
-        url = urlsplit(config.server)
-        if url.scheme not in ("http", "https") or not url.hostname:
+        try:
+            url = urlsplit(config.server) if isinstance(config.server, str) else None
+        except ValueError:  # an unclosed "[" of an IPv6 address, say
+            url = None
+        if url is None or url.scheme not in ("http", "https") or not url.hostname:
             raise LocalProtocolError(f"expected an http:// or https:// server URL, got {config.server!r}")
+        if not isinstance(config.path, str):
+            raise LocalProtocolError(f"expected the path as a str, got {config.path!r}")
         https = url.scheme == "https"
         self._tls = https if config.tls is None else config.tls
         self._host = url.hostname

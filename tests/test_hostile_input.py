@@ -342,9 +342,13 @@ def test_ask_with_a_lone_surrogate_raises_local_protocol_error(emulator_factory:
         ({"headers": (("X-Name",),)}, r"a \(name, value\) tuple"),
         ({"server": "http://b\u00fccher.test"}, "the server host as ASCII"),
         ({"server": "http://labs.test/caf\u00e9"}, "the server path as ASCII"),
+        ({"server": "http://[::1"}, "expected an http:// or https:// server URL, got 'http://\\[::1'"),
+        ({"server": 5}, "expected an http:// or https:// server URL, got 5"),
+        ({"path": None}, "expected the path as a str, got None"),
+        ({"headers": 5}, r"expected headers as a tuple of \(name, value\) tuples, got 5"),
     ],
 )
-def test_request_text_the_caller_gives_must_be_ascii(kw: dict[str, Any], match: str) -> None:
+def test_request_text_the_caller_gives_must_be_ascii_and_well_formed(kw: dict[str, Any], match: str) -> None:
     with pytest.raises(LocalProtocolError, match=match):
         LabsClient(ClientConfig(**kw), rng=random.Random(0))
 
