@@ -701,9 +701,9 @@ class LabsClient:
             raise RemoteProtocolError(
                 f"expected the Engine.IO open packet '0{{...}}' from the handshake GET, got{hint} {body[:60]!r}"
             )
-        packets = engineio.decode_payload(body)
-        first = packets[0]
-        if first.type is not engineio.PacketType.OPEN or not isinstance(first.data, str):
+        packets = engineio.decode_payload(body)  # "0:", a v3 empty payload, gives no packet
+        first = packets[0] if packets else None
+        if first is None or first.type is not engineio.PacketType.OPEN or not isinstance(first.data, str):
             raise RemoteProtocolError(
                 f"expected the Engine.IO open packet first in the handshake GET, got {body[:60]!r}"
             )

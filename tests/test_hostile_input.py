@@ -157,6 +157,17 @@ def test_a_refused_handshake_still_names_the_engineio_error() -> None:
         h.reply(1, http_response(400, '{"code":3,"message":"Bad request"}'))
 
 
+@pytest.mark.parametrize("transport", ["upgrade", "polling"])
+@pytest.mark.parametrize("body", ["0:", "6", "40"])
+def test_a_handshake_without_an_open_packet_is_the_servers_fault(transport: str, body: str) -> None:
+    h = make(transport)
+    h.client.connect(0.0)
+    h.pump()
+    with pytest.raises(RemoteProtocolError, match=r"expected the Engine\.IO open packet first in the handshake GET"):
+        h.reply(1, http_response(200, body))
+    assert h.client.state is ClientState.ERROR
+
+
 # -- numbers -------------------------------------------------------------------------------------------
 
 
