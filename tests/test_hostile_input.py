@@ -496,3 +496,20 @@ def test_any_prompt_gives_a_request_or_local_protocol_error(prompt: str, model: 
     except LocalProtocolError:
         return
     json.dumps(request, ensure_ascii=False).encode("utf-8")
+
+
+@FAST
+@given(first=raw_json, second=raw_json)
+def test_the_frame_reader_gives_what_json_gives_or_leaves_it_to_the_full_decoding(first: str, second: str) -> None:
+    reader = CumulativeFrameReader()
+    for output, tail in (("a", first), ("ab", second)):
+        frame = '2["sonar_query_progress",{"output":' + json.dumps(output) + ',"x":' + tail + "}]"
+        for got in (reader.read(frame, 0), CumulativeFrameReader().read(frame, 0)):
+            if got is not None:  # compared as JSON text: NaN is not equal to itself
+                expected = json.loads(frame[1:])[1]
+                assert got[0] == "sonar_query_progress"
+                assert json.dumps(got[1], sort_keys=True) == json.dumps(expected, sort_keys=True)
+        try:
+            reader.read_bytes(frame.encode("utf-8", "surrogatepass"), 0)
+        except LabsError:
+            pass
