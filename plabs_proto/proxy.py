@@ -191,7 +191,22 @@ def _credential_bytes(username: str | None, password: str | None) -> tuple[bytes
         return None
     if username is None:
         raise LocalProtocolError("a proxy password was given without a user name")
-    return username.encode("utf-8"), (password or "").encode("utf-8")
+    try:
+        return username.encode("utf-8"), (password or "").encode("utf-8")
+    except UnicodeEncodeError as exc:
+        which = "password" if _encodes(username) else "user name"
+        raise LocalProtocolError(
+            f"expected a proxy {which} that can be sent as UTF-8, got one with a lone surrogate at "
+            f"position {exc.start} (decode the bytes it came from with a real encoding)"
+        ) from None
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # -- HTTP CONNECT ------------------------------------------------------------------------

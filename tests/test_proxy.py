@@ -733,3 +733,16 @@ def test_proxy_config_redacted_url(config: ProxyConfig, url: str) -> None:
 def test_proxy_config_validates(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(LocalProtocolError, match=match):
         ProxyConfig(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("tunnel_cls", [HTTPConnectTunnel, SOCKS5Tunnel])
+@pytest.mark.parametrize(
+    ("username", "password", "which"),
+    [("caf\udce9", "pw", "user name"), ("user", "caf\udce9", "password")],
+)
+def test_credentials_that_are_not_utf8_are_local_misuse(
+    tunnel_cls: type[HTTPConnectTunnel] | type[SOCKS5Tunnel], username: str, password: str, which: str
+) -> None:
+    # What Python makes of non-UTF-8 bytes in argv: a lone surrogate, which cannot be sent.
+    with pytest.raises(LocalProtocolError, match=f"expected a proxy {which} that can be sent as UTF-8"):
+        tunnel_cls("example.com", 443, username=username, password=password)
