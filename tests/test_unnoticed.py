@@ -17,7 +17,7 @@ from test_client import KEY, POLL, POLL_SID, QUERY, WS, get, handshake_upgrade, 
 
 from plabs_proto.client import ClientConfig, ClientState, LabsClient
 from plabs_proto.errors import LabsTimeout
-from plabs_proto.events import AnswerFinished, Connected, OpenStream, TextDelta
+from plabs_proto.events import AnswerFinished, Closed, Connected, OpenStream, TextDelta
 from plabs_proto.labs import CumulativeFrameReader
 from plabs_proto.proxy import HTTPConnectTunnel, parse_proxy_url
 
@@ -141,3 +141,21 @@ def test_client_through_proxy_with_empty_password_sends_credentials(url: str) ->
         b"CONNECT labs.test:80 HTTP/1.1\r\nHost: labs.test:80\r\nProxy-Authorization: Basic YWxpY2U6\r\n\r\n"
     )
     assert h.take_raw(WS).startswith(b"CONNECT labs.test:80 HTTP/1.1\r\n")
+
+
+# -- found by the property tests ------------------------------------------------------------------------------
+
+
+def test_packets_after_a_close_packet_in_a_polling_payload_are_ignored() -> None:
+    """``1`` (close) then more packets in one payload: the session ended at the close, as on a WebSocket."""
+    h = make("polling")
+    h.client.connect(0.0)
+    h.take(1)
+    h.reply(1, http_response(200, open_packet()))
+    h.take(1)
+    h.take(2)
+    h.reply(2, http_response(200, "ok"))
+    h.reply(1, http_response(200, "1\x1e0\x1e40"))  # no error: the rest is not read
+    assert h.client.state is ClientState.CLOSED
+    assert h.events() == [Closed(reason="Engine.IO session closed by the server")]
+    assert sorted(h.closed) == [1, 2]
