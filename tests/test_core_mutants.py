@@ -138,3 +138,11 @@ def test_split_pair_at_the_ends_of_the_low_surrogate_range(pair: str) -> None:
     reader.read('42["x",{"output":"a"}]', 1)
     reader.read_bytes(high_only.encode(), 1)
     assert reader.read_bytes(both.encode(), 1) is None
+
+
+def test_bytes_path_after_a_text_with_a_raw_lone_surrogate_does_not_raise() -> None:
+    """The text path may see a lone surrogate as a character (not an escape); the bytes path then
+    compares UTF-8 bytes against it and must step aside, not raise UnicodeEncodeError."""
+    reader = CumulativeFrameReader()
+    assert reader.read('42["x",{"output":"a\ud800"}]', 1) == ("x", {"output": "a\ud800"})
+    assert reader.read_bytes(b'42["x",{"output":"ab"}]', 1) is None

@@ -266,8 +266,8 @@ def run(t: Transcript, steps: Sequence[Step] | None = None, split: Splitter = wh
         end = h.tls.get(s)
         if end is not None:
             ok = call(lambda s=s: h.take(s))  # finish the TLS handshake
-            if not ok or s in h.closed:
-                continue
+            if not ok or s in h.closed or not end.handshake_done:
+                continue  # (no handshake yet: a mutation changed the order; the server cannot send)
             end.send(step.render())
             data = end.data_to_send()
         else:
