@@ -770,6 +770,8 @@ class LabsClient:
         if response.status != 200:
             raise self._refused(response, what, 200)
         for packet in engineio.decode_payload(response.text()):
+            if self._state in (ClientState.CLOSED, ClientState.ERROR):
+                break  # a close packet ended the session: the rest of the payload is not read
             if packet.data is not None and len(packet.data) > self._limit:
                 raise RemoteProtocolError(
                     f"expected Engine.IO packets of at most {self._limit} bytes (max_message_size) in {what}, "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from plabs_proto.labs import CumulativeFrameReader
@@ -85,18 +85,46 @@ def test_agrees_with_json_loads(parts: list[str], ascii_only: bool, spaces: bool
         output = output[: len(output) // 2] if i == shrink_at else output + part
         text = frame(output, ascii_only=ascii_only, spaces=spaces, **extra)
         got = reader.read(text, 1)
+        event("prefix path" if got is not None else "stepped aside")
         if got is not None:
             assert got == full(text)
 
 
+TAILS = ['"}]', '"}]\n', '","final":true,"citations":["x"]}]', '"},"extra"]', '","output":"b"}]', '"}]x',
+         '"', '"}', '"}}]', '\\"}]', '"\x01}]', '", "x": [1, {"y": null}]}]', '","n":1e999}]']
+
+
 @settings(max_examples=200, deadline=None)
-@given(prefix=st.sampled_from(["", "4"]), body=st.text(max_size=80))
-def test_arbitrary_text_never_raises(prefix: str, body: str) -> None:
+@given(
+    prefix=st.sampled_from(["", "4"]),
+    output=st.text(max_size=40),
+    ascii_only=st.booleans(),
+    # Half the tails are plain, so the prefix path (and its assertion) runs in a good share of examples.
+    tail=st.one_of(st.sampled_from(TAILS[:3]), st.sampled_from(TAILS[:3]), st.sampled_from(TAILS[3:]),
+                   st.text(max_size=20)),
+    noise=st.one_of(st.none(), st.none(), st.tuples(st.integers(0, 200), st.text(min_size=1, max_size=5))),
+)
+def test_arbitrary_text_never_raises(prefix: str, output: str, ascii_only: bool, tail: str,
+                                     noise: tuple[int, str] | None) -> None:
+    """Frames near the plain shape (a JSON string, then a tail, maybe noise anywhere): the reader
+    never raises, agrees with json.loads when it answers, and answers every plain frame."""
+    text = prefix + '2["a",{"output":' + json.dumps(output, ensure_ascii=ascii_only) + tail[1:]
+    if tail[:1] != '"':
+        text = prefix + '2["a",{"output":"' + tail
+    if noise is not None:
+        at = len(prefix) + noise[0] % (len(text) - len(prefix) + 1)
+        text = text[:at] + noise[1] + text[at:]
     reader = CumulativeFrameReader()
-    text = prefix + '2["a",{"output":"' + body
     got = reader.read(text, len(prefix))
+    event("prefix path" if got is not None else "stepped aside")
+    try:
+        expected = tuple(json.loads(text[len(prefix) + 1 :]))
+    except ValueError:
+        expected = None
     if got is not None:
-        assert got == tuple(json.loads(text[len(prefix) + 1 :]))
+        assert got == expected
+    if noise is None and tail in ('"}]', '"}]\n', '","final":true,"citations":["x"]}]'):
+        assert got == expected  # the plain shapes take the prefix path
 
 
 def read_either(reader: CumulativeFrameReader, text: str) -> tuple[str, dict[str, object]] | None:
@@ -127,7 +155,8 @@ def test_bytes_path_leaves_bad_utf8_to_the_full_decoding() -> None:
 
 @settings(max_examples=150, deadline=None)
 @given(
-    parts=st.lists(texts, min_size=1, max_size=8),
+    # Halves of a surrogate pair as parts of their own: a pair split across frames is common.
+    parts=st.lists(st.one_of(texts, st.sampled_from(["\ud83d", "\ude00", "\U0001f600"])), min_size=1, max_size=8),
     ascii_only=st.booleans(),
     spaces=st.booleans(),
     shrink_at=st.integers(0, 10),
@@ -145,5 +174,6 @@ def test_bytes_and_text_paths_agree_with_json_loads(
         except UnicodeEncodeError:
             continue  # lone surrogates cannot travel in a WebSocket text frame
         got = read_either(reader, text)
+        event("read" if got is not None else "stepped aside")
         if got is not None:
             assert got == full(text)
