@@ -308,8 +308,10 @@ class _Delivered:
             elif isinstance(event, AnswerFinished):
                 assert event.text == self.text, "AnswerFinished.text is not the text delivered"
                 self.finished.append(event)
+                self.text = ""  # no query streams now: partial_text is empty again
             elif isinstance(event, QueryFailed):
                 assert event.partial_text == self.text
+                self.text = ""
             elif isinstance(event, Closed):
                 assert client.state is ClientState.CLOSED
 
