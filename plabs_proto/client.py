@@ -95,6 +95,16 @@ _PACKETS_PER_BODY = 8
 Tracer = Callable[[float, int, str, bytes], None]
 
 
+class _SessionEnded(LocalProtocolError):
+    """Something tried to open a connection or write after the session ended.
+
+    Raised by :meth:`LabsClient._open_stream` and :meth:`LabsClient._write` once
+    the state is CLOSED or ERROR: whatever was under way (the rest of a
+    handshake, the next poll, a pong) stops there, and the guard around every
+    entry point swallows it, so a closed session never opens a new stream.
+    """
+
+
 class ClientState(Enum):
     """Where the session stands."""
 
@@ -424,9 +434,12 @@ class LabsClient:
         def __enter__(self) -> None:
             return None
 
-        def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> bool:
+            if isinstance(exc, _SessionEnded):
+                return True  # the session ended mid-step: the rest of the step has nothing to do
             if isinstance(exc, LabsError) and not isinstance(exc, LocalProtocolError):
                 self.client._fail(exc)
+            return False
 
     def _guard(self) -> LabsClient._GuardCtx:
         return LabsClient._GuardCtx(self)
@@ -449,6 +462,7 @@ class LabsClient:
     # -- internals: streams and HTTP ------------------------------------------------------------
 
     def _open_stream(self) -> _Stream:
+        self._check_live("open a connection")
         stream_id = self._next_stream_id
         self._next_stream_id += 1
         layers: list[Layer] = []
@@ -477,7 +491,13 @@ class LabsClient:
             self._instructions.append(CloseStream(stream_id=stream.id))
         self._streams.pop(stream.id, None)
 
+    def _check_live(self, what: str) -> None:
+        """Refuse to ``what`` once the session has ended: every stream is closed for good."""
+        if self._state is ClientState.CLOSED or self._state is ClientState.ERROR:
+            raise _SessionEnded(f"cannot {what}: the session is {self._state.value}")
+
     def _write(self, stream: _Stream, data: bytes) -> None:
+        self._check_live("send")
         if self._tracer is not None:
             self._tracer(self._now, stream.id, "out", data)
         stack = stream.stack
@@ -628,6 +648,8 @@ class LabsClient:
         self._on_open_packet(first.data, now)
         for packet in packets[1:]:
             self._on_eio_packet(packet, now)
+            if self._state is ClientState.CLOSED:
+                return  # the server closed the session at once (an Engine.IO close packet)
         if "websocket" not in self._upgrades and self._transport_name == "upgrade":
             # The server offers no upgrade: stay on polling, POSTing on the connection
             # that was opened for the WebSocket.
@@ -675,6 +697,8 @@ class LabsClient:
                     f"got one of {len(packet.data)}"
                 )
             self._on_eio_packet(packet, now)
+            if self._state is ClientState.CLOSED:
+                return  # the packets after a close belong to no session
 
     def _next_poll(self) -> None:
         if self._state in (ClientState.CLOSED, ClientState.ERROR) or self._transport_name != "polling":
