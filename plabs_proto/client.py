@@ -850,7 +850,11 @@ class LabsClient:
                 self._on_sio_text(packet.data or "", 0, now)
         elif kind is engineio.PacketType.PING:
             self._deadlines["heartbeat"] = now + self._ping_window
-            self._send_eio("3")
+            # One pong waiting to be sent answers every ping before it: the server only
+            # needs a pong after its latest ping (it clears its pingTimeout timer on any
+            # pong), so pings that arrive while a POST is stalled queue nothing more.
+            if "3" not in self._eio_out:
+                self._send_eio("3")
         elif kind is engineio.PacketType.NOOP:
             pass
         elif kind is engineio.PacketType.OPEN:
