@@ -71,6 +71,13 @@ class Utf8Text:
             ) from None
 
 
+#: A fragmented message may have any number of fragments as long as, past the first
+#: ``_FREE_FRAGMENTS``, they average at least ``_MIN_FRAGMENT`` bytes: each one costs wsproto a
+#: frame, so a message in 2-byte continuation frames is refused early.
+_FREE_FRAGMENTS = 1024
+_MIN_FRAGMENT = 64
+
+
 class WebSocketChannel:
     """Client side of an open WebSocket connection.
 
@@ -91,6 +98,7 @@ class WebSocketChannel:
         self._outgoing = bytearray()
         self._parts: list[str | bytes] = []
         self._size = 0
+        self._fragments = 0  # in the message under way
         self.max_message_size = max_message_size
         #: ``(code, reason)`` once the server sent a close frame.
         self.close_reason: tuple[int, str] | None = None
@@ -217,6 +225,12 @@ class WebSocketChannel:
                     self._size += len(payload) if not isinstance(payload, str) else len(payload.encode("utf-8"))
                     if self._size > self.max_message_size:
                         self._too_big(self._size)
+                    self._fragments += 1
+                    if self._fragments > _FREE_FRAGMENTS + self._size // _MIN_FRAGMENT:
+                        raise RemoteProtocolError(
+                            f"expected a fragmented WebSocket message in fragments of {_MIN_FRAGMENT} bytes "
+                            f"on average, got {self._fragments} fragments for {self._size} bytes"
+                        )
                     self._parts.append(payload if isinstance(payload, str) else bytes(payload))
                     self._fragmented = not frame.message_finished
                     if frame.message_finished:
@@ -227,6 +241,7 @@ class WebSocketChannel:
                             messages.append(b"".join(p for p in self._parts if isinstance(p, bytes)))
                         self._parts = []
                         self._size = 0
+                        self._fragments = 0
                 elif opcode is Opcode.PING:
                     if isinstance(payload, (bytes, bytearray)) and not self._close_sent:
                         self._outgoing += _frame(Opcode.PONG, bytes(payload), self._rng)
