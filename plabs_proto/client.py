@@ -639,14 +639,14 @@ class LabsClient:
             raise RemoteProtocolError(
                 f"expected the Engine.IO open packet '0{{...}}' from the handshake GET, got{hint} {body[:60]!r}"
             )
-        packets = engineio.decode_payload(body)
-        first = packets[0]
-        if first.type is not engineio.PacketType.OPEN or not isinstance(first.data, str):
+        packets = engineio.iter_payload(body)
+        first = next(packets, None)  # None: the v3 empty payload '0:'
+        if first is None or first.type is not engineio.PacketType.OPEN or not isinstance(first.data, str):
             raise RemoteProtocolError(
                 f"expected the Engine.IO open packet first in the handshake GET, got {body[:60]!r}"
             )
         self._on_open_packet(first.data, now)
-        for packet in packets[1:]:
+        for packet in packets:
             self._on_eio_packet(packet, now)
             if self._state is ClientState.CLOSED:
                 return  # the server closed the session at once (an Engine.IO close packet)
@@ -690,7 +690,10 @@ class LabsClient:
     def _on_poll_body(self, response: HTTPResponse, now: float, what: str) -> None:
         if response.status != 200:
             raise self._refused(response, what, 200)
-        for packet in engineio.decode_payload(response.text()):
+        noop = engineio.PacketType.NOOP
+        for packet in engineio.iter_payload(response.text()):
+            if packet.type is noop:
+                continue
             if packet.data is not None and len(packet.data) > self._limit:
                 raise RemoteProtocolError(
                     f"expected Engine.IO packets of at most {self._limit} bytes in {what}, "
@@ -777,7 +780,9 @@ class LabsClient:
             )
         http = stream.http
         if http is not None and http.busy:
-            http.receive_data(b"")  # raises: the response was cut short
+            # A response whose body ends at end of file (HTTP/1.0, no Content-Length) completes
+            # now; one cut short raises.
+            self._on_http_bytes(stream, b"", now)
         self._close_stream(stream)  # an idle keep-alive connection the server let go
 
     # -- internals: Engine.IO and Socket.IO -----------------------------------------------------
