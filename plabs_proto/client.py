@@ -226,6 +226,7 @@ class LabsClient:
         self._probe_sent = False
         self._ws_key = ""
         self._eio_out: list[str] = []  # Engine.IO text packets waiting for a POST or the WebSocket
+        self._pong_queued = False  # a pong was queued since the last transmit()
         self._sio = socketio.PacketDecoder()
         self._decoder: AnswerDecoder | None = None
         self._frames = CumulativeFrameReader()
@@ -421,6 +422,7 @@ class LabsClient:
         """What the caller must do now with its connections, in order."""
         out = self._instructions
         self._instructions = []
+        self._pong_queued = False
         return out
 
     # -- internals: errors ----------------------------------------------------------------------
@@ -857,9 +859,12 @@ class LabsClient:
             self._deadlines["heartbeat"] = now + self._ping_window
             # One pong waiting to be sent answers every ping before it: the server only
             # needs a pong after its latest ping (it clears its pingTimeout timer on any
-            # pong), so pings that arrive while a POST is stalled queue nothing more.
-            if "3" not in self._eio_out:
+            # pong; eio-sio-spec.md 1.6), so pings that arrive while a POST is stalled
+            # queue nothing more.
+            # Likewise on a WebSocket: a pong not handed to transmit() yet answers a ping after it.
+            if not self._pong_queued and "3" not in self._eio_out:
                 self._send_eio("3")
+                self._pong_queued = True
         elif kind is engineio.PacketType.NOOP:
             pass
         elif kind is engineio.PacketType.OPEN:

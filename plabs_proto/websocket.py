@@ -92,7 +92,8 @@ class WebSocketChannel:
         self, rng: random.Random, *, max_message_size: int, trailing_data: bytes = b"", raw_text: bool = False
     ) -> None:
         self._rng = rng
-        #: Hand whole single-frame text messages out as :class:`Utf8Text`, undecoded.
+        #: Hand whole single-frame text messages out as :class:`Utf8Text`, undecoded (but for
+        #: those of one or two bytes: as ``str`` they cost nothing, as ``Utf8Text`` 40 times their size).
         self.raw_text = raw_text
         self._proto = FrameProtocol(client=True, extensions=[])
         self._outgoing = bytearray()
@@ -183,7 +184,7 @@ class WebSocketChannel:
                 break
             if (first == 0x81 or first == 0x82) and not second & 0x80 and not self._fragmented:
                 payload = buf[pos + head : end]
-                if first == 0x81 and self.raw_text:
+                if first == 0x81 and self.raw_text and length > 2:
                     messages.append(Utf8Text(payload if type(payload) is bytes else bytes(payload)))
                 elif first == 0x81:
                     try:

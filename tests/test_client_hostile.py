@@ -8,7 +8,7 @@ import tracemalloc
 from collections.abc import Callable
 
 import pytest
-from peer import Harness, http_response, open_packet, switching_protocols, ws_frame
+from peer import ClientFrames, Harness, http_response, open_packet, switching_protocols, ws_frame
 from test_client import KEY, POLL, POLL_SID, get, make, post
 from wsproto.frame_protocol import Opcode
 
@@ -154,3 +154,17 @@ def test_an_empty_legacy_handshake_body_is_a_remote_protocol_error() -> None:
     with pytest.raises(RemoteProtocolError, match=r"expected the Engine\.IO open packet first .* got '0:'"):
         h.client.receive_data(1, http_response(200, "0:"), 0.0)
     assert h.client.state is ClientState.ERROR
+
+
+def test_a_flood_of_websocket_pings_gets_one_pong_per_transmit() -> None:
+    """Every ping used to cost a masked pong frame and a SendBytes (50 times the input in memory)."""
+    h = _websocket()
+    frames = ClientFrames()
+    data = ws_frame("2") * 30_000
+    peak = _peak(lambda: h.client.receive_data(1, data, 1.0))
+    assert peak < 8 * len(data), f"{peak / len(data):.1f} times the input"
+    assert frames.feed(h.take(1)) == ["3"]
+    h.reply(1, ws_frame("2"))  # a ping after that pong was handed out gets its own
+    assert frames.feed(h.take(1)) == ["3"]
+    h.reply(1, ws_frame("2") + ws_frame("2"))
+    assert frames.feed(h.take(1)) == ["3"]
