@@ -231,7 +231,7 @@ def iter_payload(body: str) -> Iterator[Packet]:
 
 # A segment that starts badly: empty (a separator or the end follows), or not a type digit nor 'b'.
 _BAD_START = re.compile(r"\x1e(?:[^0-6b\x1e]|\x1e|\Z)")
-_BINARY_SEGMENT = re.compile(r"(?:^|(?<=\x1e))b[^\x1e]*")
+_BINARY_SEGMENT = re.compile(r"\x1eb[^\x1e]*")  # (starts with the separator: found fast)
 
 
 def _check_v4(body: str) -> None:
@@ -241,11 +241,17 @@ def _check_v4(body: str) -> None:
     else:
         match = _BAD_START.search(body)
         bad = match.start() + 1 if match is not None else len(body) + 1
+    if body[0] == "b" and bad > 0:
+        first = body[: body.find(SEPARATOR)] if SEPARATOR in body else body
+        try:
+            _b64decode(first[1:], first)
+        except RemoteProtocolError:
+            bad = 0
     for match in _BINARY_SEGMENT.finditer(body, 0, min(bad, len(body))):
         try:
-            _b64decode(match.group()[1:], match.group())
+            _b64decode(match.group()[2:], match.group()[1:])
         except RemoteProtocolError:
-            bad = match.start()
+            bad = match.start() + 1
             break
     if bad > len(body):
         return
