@@ -340,7 +340,10 @@ def _legacy_scan(units: str, paired: bool, *, build: bool) -> Iterator[Packet]:
         first = units[start]
         if first in _TYPE_BY_CHAR:
             if build:
-                yield decode_packet(_joined(units[start:end], paired))
+                text = units[start:end]
+                if paired:
+                    text = _joined(text, paired)
+                yield _BARE.get(text) or decode_packet(text)
             continue
         text = _joined(units[start:end], paired)
         if first != "b":
