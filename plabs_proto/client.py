@@ -108,6 +108,16 @@ _MAX_COOKIE_SIZE = 4096
 Tracer = Callable[[float, int, str, bytes], None]
 
 
+class _SessionEnded(LocalProtocolError):
+    """Something tried to open a connection or write after the session ended.
+
+    Raised by :meth:`LabsClient._open_stream` and :meth:`LabsClient._write` once
+    the state is CLOSED or ERROR: whatever was under way (the rest of a
+    handshake, the next poll, a pong) stops there, and the guard around every
+    entry point swallows it, so a closed session never opens a new stream.
+    """
+
+
 class ClientState(Enum):
     """Where the session stands."""
 
@@ -262,6 +272,7 @@ class LabsClient:
         self._probe_sent = False
         self._ws_key = ""
         self._eio_out: list[str] = []  # Engine.IO text packets waiting for a POST or the WebSocket
+        self._pong_queued = False  # a pong was queued since the last transmit()
         self._sio = socketio.PacketDecoder()
         self._decoder: AnswerDecoder | None = None
         self._frames = CumulativeFrameReader()
@@ -470,6 +481,7 @@ class LabsClient:
         """What the caller must do now with its connections, in order."""
         out = self._instructions
         self._instructions = []
+        self._pong_queued = False
         return out
 
     # -- internals: errors ----------------------------------------------------------------------
@@ -483,9 +495,12 @@ class LabsClient:
         def __enter__(self) -> None:
             return None
 
-        def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> bool:
+            if isinstance(exc, _SessionEnded):
+                return True  # the session ended mid-step: the rest of the step has nothing to do
             if isinstance(exc, LabsError) and not isinstance(exc, LocalProtocolError):
                 self.client._fail(exc)
+            return False
 
     def _guard(self) -> LabsClient._GuardCtx:
         return LabsClient._GuardCtx(self)
@@ -508,6 +523,7 @@ class LabsClient:
     # -- internals: streams and HTTP ------------------------------------------------------------
 
     def _open_stream(self) -> _Stream:
+        self._check_live("open a connection")
         stream_id = self._next_stream_id
         self._next_stream_id += 1
         layers: list[Layer] = []
@@ -536,7 +552,13 @@ class LabsClient:
             self._instructions.append(CloseStream(stream_id=stream.id))
         self._streams.pop(stream.id, None)
 
+    def _check_live(self, what: str) -> None:
+        """Refuse to ``what`` once the session has ended: every stream is closed for good."""
+        if self._state is ClientState.CLOSED or self._state is ClientState.ERROR:
+            raise _SessionEnded(f"cannot {what}: the session is {self._state.value}")
+
     def _write(self, stream: _Stream, data: bytes) -> None:
+        self._check_live("send")
         if self._tracer is not None:
             self._tracer(self._now, stream.id, "out", data)
         stack = stream.stack
@@ -701,15 +723,17 @@ class LabsClient:
             raise RemoteProtocolError(
                 f"expected the Engine.IO open packet '0{{...}}' from the handshake GET, got{hint} {body[:60]!r}"
             )
-        packets = engineio.decode_payload(body)  # "0:", a v3 empty payload, gives no packet
-        first = packets[0] if packets else None
+        packets = engineio.iter_payload(body)
+        first = next(packets, None)  # None: the v3 empty payload '0:'
         if first is None or first.type is not engineio.PacketType.OPEN or not isinstance(first.data, str):
             raise RemoteProtocolError(
                 f"expected the Engine.IO open packet first in the handshake GET, got {body[:60]!r}"
             )
         self._on_open_packet(first.data, now)
-        for packet in packets[1:]:
+        for packet in packets:
             self._on_eio_packet(packet, now)
+            if self._state is ClientState.CLOSED:
+                return  # the server closed the session at once (an Engine.IO close packet)
         if "websocket" not in self._upgrades and self._transport_name == "upgrade":
             # The server offers no upgrade: stay on polling, POSTing on the connection
             # that was opened for the WebSocket.
@@ -769,15 +793,18 @@ class LabsClient:
     def _on_poll_body(self, response: HTTPResponse, now: float, what: str) -> None:
         if response.status != 200:
             raise self._refused(response, what, 200)
-        for packet in engineio.decode_payload(response.text()):
-            if self._state in (ClientState.CLOSED, ClientState.ERROR):
-                break  # a close packet ended the session: the rest of the payload is not read
+        noop = engineio.PacketType.NOOP
+        for packet in engineio.iter_payload(response.text()):
+            if packet.type is noop:
+                continue
             if packet.data is not None and len(packet.data) > self._limit:
                 raise RemoteProtocolError(
                     f"expected Engine.IO packets of at most {self._limit} bytes (max_message_size) in {what}, "
                     f"got one of {len(packet.data)}"
                 )
             self._on_eio_packet(packet, now)
+            if self._state is ClientState.CLOSED:
+                return  # the packets after a close belong to no session
 
     def _next_poll(self) -> None:
         if self._state in (ClientState.CLOSED, ClientState.ERROR) or self._transport_name != "polling":
@@ -857,7 +884,9 @@ class LabsClient:
             )
         http = stream.http
         if http is not None and http.busy:
-            http.receive_data(b"")  # raises: the response was cut short
+            # A response whose body ends at end of file (HTTP/1.0, no Content-Length) completes
+            # now; one cut short raises.
+            self._on_http_bytes(stream, b"", now)
         self._close_stream(stream)  # an idle keep-alive connection the server let go
 
     # -- internals: Engine.IO and Socket.IO -----------------------------------------------------
@@ -935,7 +964,14 @@ class LabsClient:
                 self._on_sio_text(packet.data or "", 0, now)
         elif kind is engineio.PacketType.PING:
             self._deadlines["heartbeat"] = now + self._ping_window
-            self._send_eio("3")
+            # One pong waiting to be sent answers every ping before it: the server only
+            # needs a pong after its latest ping (it clears its pingTimeout timer on any
+            # pong; eio-sio-spec.md 1.6), so pings that arrive while a POST is stalled
+            # queue nothing more.
+            # Likewise on a WebSocket: a pong not handed to transmit() yet answers a ping after it.
+            if not self._pong_queued and "3" not in self._eio_out:
+                self._send_eio("3")
+                self._pong_queued = True
         elif kind is engineio.PacketType.NOOP:
             pass
         elif kind is engineio.PacketType.OPEN:

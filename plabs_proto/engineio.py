@@ -21,7 +21,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, cast
@@ -37,6 +38,7 @@ __all__ = [
     "decode_payload",
     "encode_packet",
     "encode_payload",
+    "iter_payload",
     "parse_open_packet",
 ]
 
@@ -83,6 +85,8 @@ class OpenPacket:
 _TYPE_BY_CHAR: dict[str, PacketType] = {str(t.value): t for t in PacketType}
 _CHAR_BY_TYPE: dict[int, str] = {t: str(t.value) for t in PacketType}
 _DIGITS = frozenset("0123456789")
+# The packets without data (``6``, ``2``...), built once: a body of a million noops shares one.
+_BARE: dict[str, Packet] = {char: Packet(ptype) for char, ptype in _TYPE_BY_CHAR.items()}
 _BINARY_TYPES = (bytes, bytearray, memoryview)
 
 
@@ -148,6 +152,9 @@ def decode_packet(data: str | bytes) -> Packet:
     """
     if isinstance(data, str):
         # Hot path: one dict lookup and one slice.
+        bare = _BARE.get(data)
+        if bare is not None:
+            return bare
         ptype = _TYPE_BY_CHAR.get(data[:1])
         if ptype is not None:
             return Packet(ptype, data[1:] or None)
@@ -184,13 +191,22 @@ def encode_payload(packets: Iterable[Packet]) -> str:
 
 
 def decode_payload(body: str) -> list[Packet]:
-    """Decode a polling response body into packets.
+    """Decode a polling response body into a list of packets (see :func:`iter_payload` for the rules)."""
+    return list(iter_payload(body))
+
+
+def iter_payload(body: str) -> Iterator[Packet]:
+    """Check a whole polling response body, then give its packets one by one.
 
     Rule: if the body starts with ``<digits>:`` **and** the whole body parses exactly as a valid Engine.IO
     v3 length-prefixed payload (``<len>:<packet>`` repeated, ``len`` in UTF-16 code units, binary as
-    ``b4<base64>``), it is read that way; ``0:`` (the v3 empty payload) gives ``[]``.  Otherwise the body
-    is read as v4: split on ``\\x1e``, every segment a packet.  In v4 an empty body, an empty segment and
+    ``b4<base64>``), it is read that way; ``0:`` (the v3 empty payload) gives nothing.  Otherwise the body
+    is read as v4: split on ``\x1e``, every segment a packet.  In v4 an empty body, an empty segment and
     a trailing separator are errors, and one bad packet rejects the whole payload.
+
+    The whole body is checked before this returns, so an error comes before any packet; the packets are
+    then built as the iterator is read, one at a time, so a body of a million tiny packets never holds a
+    million objects.
 
     The rule is unambiguous in practice: a v4 body that happens to be a complete valid v3 payload (for
     example ``2:42``, "ping with data ``:42``") would need a ping/close/... packet whose data starts with
@@ -206,68 +222,159 @@ def decode_payload(body: str) -> list[Packet]:
         while k < limit and body[k] in _DIGITS:
             k += 1
         if k < len(body) and body[k] == ":":
+            units, paired = _utf16_units(body)
             try:
-                return _decode_legacy_payload(body)
+                for _ in _legacy_scan(units, paired, build=False):
+                    pass
             except RemoteProtocolError:
                 pass  # not a valid v3 payload: read it as v4
-    segments = body.split(SEPARATOR)
-    packets: list[Packet] = []
-    count = len(segments)
-    for index, segment in enumerate(segments):
-        if not segment:
-            where = "a trailing" if index == count - 1 else "an empty"
-            raise RemoteProtocolError(
-                f"expected a packet between record separators, got {where} segment "
-                f"(#{index + 1} of {count}) in {_show(body)}"
-            )
+            else:
+                return _legacy_scan(units, paired, build=True)
+    _check_v4(body)
+    if SEPARATOR not in body:
+        return iter((decode_packet(body),))
+    return _v4_packets(body)
+
+
+# A segment that starts badly: empty (a separator or the end follows), or not a type digit nor 'b'.
+_BAD_START = re.compile(r"\x1e(?:[^0-6b\x1e]|\x1e|\Z)")
+_BINARY_SEGMENT = re.compile(r"\x1eb[^\x1e]*")  # (starts with the separator: found fast)
+
+
+def _check_v4(body: str) -> None:
+    """Raise for the first bad segment of a v4 payload, as decoding it segment by segment would."""
+    if body[0] == SEPARATOR or (body[0] not in _TYPE_BY_CHAR and body[0] != "b"):
+        bad = 0
+    else:
+        match = _BAD_START.search(body)
+        bad = match.start() + 1 if match is not None else len(body) + 1
+    if body[0] == "b" and bad > 0:
+        first = body[: body.find(SEPARATOR)] if SEPARATOR in body else body
         try:
-            packets.append(decode_packet(segment))
-        except RemoteProtocolError as exc:
-            raise RemoteProtocolError(f"bad packet #{index + 1} of {count} in payload: {exc}") from None
-    return packets
+            _b64decode(first[1:], first)
+        except RemoteProtocolError:
+            bad = 0
+    for match in _BINARY_SEGMENT.finditer(body, 0, min(bad, len(body))):
+        try:
+            _b64decode(match.group()[2:], match.group()[1:])
+        except RemoteProtocolError:
+            bad = match.start() + 1
+            break
+    if bad > len(body):
+        return
+    count = body.count(SEPARATOR) + 1
+    index = body.count(SEPARATOR, 0, bad)
+    end = body.find(SEPARATOR, bad)
+    segment = body[bad : end if end >= 0 else len(body)]
+    if not segment:
+        where = "a trailing" if index == count - 1 else "an empty"
+        raise RemoteProtocolError(
+            f"expected a packet between record separators, got {where} segment "
+            f"(#{index + 1} of {count}) in {_show(body)}"
+        )
+    try:
+        decode_packet(segment)  # raises: the segment was found bad
+    except RemoteProtocolError as exc:
+        raise RemoteProtocolError(f"bad packet #{index + 1} of {count} in payload: {exc}") from None
+
+
+def _v4_packets(body: str) -> Iterator[Packet]:
+    """The packets of a checked v4 payload, built one at a time."""
+    start = 0
+    size = len(body)
+    find = body.find
+    bare = _BARE.get
+    while True:
+        end = find(SEPARATOR, start)
+        if end < 0:
+            yield decode_packet(body[start:])
+            return
+        segment = body[start:end]
+        yield bare(segment) or decode_packet(segment)
+        start = end + 1
+        if start >= size:  # pragma: no cover - a checked body has no trailing separator
+            return
+
+
+_ASTRAL = re.compile(r"[\U00010000-\U0010ffff]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+_LEGACY_LENGTH = re.compile("[0-9]{1,16}:")
+
+
+def _surrogate_pair(match: re.Match[str]) -> str:
+    code = ord(match.group()) - 0x10000
+    return chr(0xD800 + (code >> 10)) + chr(0xDC00 + (code & 0x3FF))
+
+
+def _utf16_units(body: str) -> tuple[str, bool]:
+    """``body`` with one character per UTF-16 code unit (characters beyond the BMP as their two
+    surrogates), and whether it holds any surrogate (slices then need joining back)."""
+    if _ASTRAL.search(body) is not None:
+        return _ASTRAL.sub(_surrogate_pair, body), True
+    return body, _SURROGATE.search(body) is not None
+
+
+def _legacy_scan(units: str, paired: bool, *, build: bool) -> Iterator[Packet]:
+    """Read a v3 payload (``units``: one character per UTF-16 code unit); raises RemoteProtocolError.
+
+    With ``build`` false it only checks, building nothing but what checking binary packets needs.
+    """
+    total = len(units)
+    pos = 0
+    match = _LEGACY_LENGTH.match
+    while pos < total:
+        head = match(units, pos)
+        if head is None:
+            if units[pos] in _DIGITS:
+                raise RemoteProtocolError(
+                    f"expected a decimal length of at most 16 digits and ':' at code unit {pos} "
+                    f"of a v3 payload, got {_show(_joined(units, paired))}"
+                )
+            raise RemoteProtocolError(
+                f"expected a decimal length at code unit {pos} of a v3 payload, got {_show(_joined(units, paired))}"
+            )
+        start = head.end()
+        length = int(units[pos : start - 1])
+        end = start + length
+        if end > total:
+            raise RemoteProtocolError(
+                f"expected {length} code units after the length in a v3 payload, "
+                f"got {total - start} in {_show(_joined(units, paired))}"
+            )
+        pos = end
+        if not length:
+            continue
+        first = units[start]
+        if first in _TYPE_BY_CHAR:
+            if build:
+                text = units[start:end]
+                if paired:
+                    text = _joined(text, paired)
+                yield _BARE.get(text) or decode_packet(text)
+            continue
+        text = _joined(units[start:end], paired)
+        if first != "b":
+            decode_packet(text)  # raises: not a type digit
+        if text[1:2] != "4":
+            raise RemoteProtocolError(f"expected 'b4<base64>' for a v3 binary packet, got {_show(text)}")
+        data = _b64decode(text[2:], text)
+        if build:
+            yield Packet(PacketType.MESSAGE, data)
+
+
+def _joined(units: str, paired: bool) -> str:
+    """Code units back to text: surrogate pairs become the character they encode (lone ones stay)."""
+    if paired and _SURROGATE.search(units) is not None:
+        return units.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
+    return units
 
 
 def _decode_legacy_payload(body: str) -> list[Packet]:
     """Strictly decode an Engine.IO v3 length-prefixed text payload (raises RemoteProtocolError)."""
     if not body:
         raise RemoteProtocolError("expected an Engine.IO v3 payload, got ''")
-    # Lengths count UTF-16 code units, so work on the UTF-16 form: unit k is units[2k:2k+2].
-    units = body.encode("utf-16-le", "surrogatepass")
-    total = len(units) // 2
-    packets: list[Packet] = []
-    pos = 0
-    while pos < total:
-        start = pos
-        while pos < total and units[2 * pos + 1] == 0 and 48 <= units[2 * pos] <= 57:
-            pos += 1
-        if pos == start or pos - start > 16:
-            raise RemoteProtocolError(
-                f"expected a decimal length at code unit {start} of a v3 payload, got {_show(body)}"
-            )
-        if pos >= total or units[2 * pos] != 58 or units[2 * pos + 1] != 0:
-            raise RemoteProtocolError(
-                f"expected ':' after the length at code unit {pos} of a v3 payload, got {_show(body)}"
-            )
-        length = int(units[2 * start : 2 * pos : 2])
-        pos += 1
-        end = pos + length
-        if end > total:
-            raise RemoteProtocolError(
-                f"expected {length} code units after the length in a v3 payload, "
-                f"got {total - pos} in {_show(body)}"
-            )
-        if length:
-            text = units[2 * pos : 2 * end].decode("utf-16-le", "surrogatepass")
-            if text[0] == "b":
-                if text[1:2] != "4":
-                    raise RemoteProtocolError(
-                        f"expected 'b4<base64>' for a v3 binary packet, got {_show(text)}"
-                    )
-                packets.append(Packet(PacketType.MESSAGE, _b64decode(text[2:], text)))
-            else:
-                packets.append(decode_packet(text))
-        pos = end
-    return packets
+    units, paired = _utf16_units(body)
+    return list(_legacy_scan(units, paired, build=True))
 
 
 _OPEN_DEFAULTS: dict[str, int] = {"pingInterval": 25000, "pingTimeout": 20000, "maxPayload": 1000000}

@@ -79,6 +79,13 @@ def looks_like_cloudflare(response: HTTPResponse) -> bool:
     return any(marker in text for marker in _CLOUDFLARE_MARKERS)
 
 
+#: A body may come in any number of pieces (HTTP chunks, or reads) as long as, past the first
+#: ``_FREE_PIECES``, they average at least ``_MIN_PIECE`` bytes: every piece costs h11 an event,
+#: so a body in 2-byte chunks is refused early instead of costing seconds per megabyte.
+_FREE_PIECES = 1024
+_MIN_PIECE = 64
+
+
 def _headers(raw: list[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
     return tuple((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in raw)
 
@@ -96,8 +103,8 @@ class HTTPChannel:
         self._busy = False
         self._upgrading = False
         self._response: h11.Response | h11.InformationalResponse | None = None
-        self._body: list[bytes] = []
-        self._size = 0
+        self._body = bytearray()
+        self._pieces = 0
         self._closed = False
 
     @property
@@ -135,8 +142,8 @@ class HTTPChannel:
         self._busy = True
         self._upgrading = any(k.lower() == "upgrade" for k, _ in headers)
         self._response = None
-        self._body = []
-        self._size = 0
+        self._body = bytearray()
+        self._pieces = 0
         return out
 
     def receive_data(self, data: bytes) -> HTTPResponse | SwitchedProtocol | None:
@@ -173,13 +180,19 @@ class HTTPChannel:
                 if isinstance(event, h11.Response):
                     self._response = event
                 elif isinstance(event, h11.Data):
-                    self._size += len(event.data)
-                    if self._size > self.max_body:
+                    body = self._body
+                    body += event.data
+                    if len(body) > self.max_body:
                         raise RemoteProtocolError(
                             f"expected an HTTP response body of at most {self.max_body} bytes, "
                             f"got more than that"
                         )
-                    self._body.append(bytes(event.data))
+                    self._pieces += 1
+                    if self._pieces > _FREE_PIECES + len(body) // _MIN_PIECE:
+                        raise RemoteProtocolError(
+                            f"expected an HTTP response body in pieces of {_MIN_PIECE} bytes on average, "
+                            f"got {self._pieces} pieces for {len(body)} bytes"
+                        )
                 elif isinstance(event, h11.EndOfMessage):
                     return self._finish()
                 elif isinstance(event, h11.ConnectionClosed):
@@ -203,9 +216,9 @@ class HTTPChannel:
             status=response.status_code,
             reason=response.reason.decode("latin-1"),
             headers=_headers([(k, v) for k, v in response.headers]),
-            body=b"".join(self._body),
+            body=bytes(self._body),
         )
-        self._body = []
+        self._body = bytearray()
         if self._conn.our_state is h11.DONE and self._conn.their_state is h11.DONE:
             self._conn.start_next_cycle()
         else:

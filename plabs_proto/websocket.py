@@ -71,6 +71,13 @@ class Utf8Text:
             ) from None
 
 
+#: A fragmented message may have any number of fragments as long as, past the first
+#: ``_FREE_FRAGMENTS``, they average at least ``_MIN_FRAGMENT`` bytes: each one costs wsproto a
+#: frame, so a message in 2-byte continuation frames is refused early.
+_FREE_FRAGMENTS = 1024
+_MIN_FRAGMENT = 64
+
+
 class WebSocketChannel:
     """Client side of an open WebSocket connection.
 
@@ -85,12 +92,14 @@ class WebSocketChannel:
         self, rng: random.Random, *, max_message_size: int, trailing_data: bytes = b"", raw_text: bool = False
     ) -> None:
         self._rng = rng
-        #: Hand whole single-frame text messages out as :class:`Utf8Text`, undecoded.
+        #: Hand whole single-frame text messages out as :class:`Utf8Text`, undecoded (but for
+        #: those of one or two bytes: as ``str`` they cost nothing, as ``Utf8Text`` 40 times their size).
         self.raw_text = raw_text
         self._proto = FrameProtocol(client=True, extensions=[])
         self._outgoing = bytearray()
         self._parts: list[str | bytes] = []
         self._size = 0
+        self._fragments = 0  # in the message under way
         self.max_message_size = max_message_size
         #: ``(code, reason)`` once the server sent a close frame.
         self.close_reason: tuple[int, str] | None = None
@@ -175,7 +184,7 @@ class WebSocketChannel:
                 break
             if (first == 0x81 or first == 0x82) and not second & 0x80 and not self._fragmented:
                 payload = buf[pos + head : end]
-                if first == 0x81 and self.raw_text:
+                if first == 0x81 and self.raw_text and length > 2:
                     messages.append(Utf8Text(payload if type(payload) is bytes else bytes(payload)))
                 elif first == 0x81:
                     try:
@@ -217,6 +226,12 @@ class WebSocketChannel:
                     self._size += len(payload) if not isinstance(payload, str) else len(payload.encode("utf-8"))
                     if self._size > self.max_message_size:
                         self._too_big(self._size)
+                    self._fragments += 1
+                    if self._fragments > _FREE_FRAGMENTS + self._size // _MIN_FRAGMENT:
+                        raise RemoteProtocolError(
+                            f"expected a fragmented WebSocket message in fragments of {_MIN_FRAGMENT} bytes "
+                            f"on average, got {self._fragments} fragments for {self._size} bytes"
+                        )
                     self._parts.append(payload if isinstance(payload, str) else bytes(payload))
                     self._fragmented = not frame.message_finished
                     if frame.message_finished:
@@ -227,6 +242,7 @@ class WebSocketChannel:
                             messages.append(b"".join(p for p in self._parts if isinstance(p, bytes)))
                         self._parts = []
                         self._size = 0
+                        self._fragments = 0
                 elif opcode is Opcode.PING:
                     if isinstance(payload, (bytes, bytearray)) and not self._close_sent:
                         self._outgoing += _frame(Opcode.PONG, bytes(payload), self._rng)

@@ -388,11 +388,10 @@ def test_packet_round_trip(packet: Packet, b64: bool) -> None:
 def test_payload_round_trip(packets: list[Packet]) -> None:
     body = encode_payload(packets)
     decoded = decode_payload(body)
-    if re.match(r"[0-9]+:", body):
+    if decoded != packets:
         # The documented ambiguity: a v4 body that is also a complete valid v3 payload reads as v3.
-        assert decoded in (packets, engineio._decode_legacy_payload(body))
-    else:
-        assert decoded == packets
+        assert re.match(r"[0-9]+:", body)
+        assert decoded == engineio._decode_legacy_payload(body)
 
 
 @settings(max_examples=200, deadline=None)
@@ -430,3 +429,63 @@ def test_parse_open_packet_never_raises_anything_else(data: str) -> None:
         parse_open_packet(data)
     except RemoteProtocolError:
         pass
+
+
+def _reference_legacy(body: str) -> list[Packet]:
+    """The v3 reader as first written, one UTF-16 code unit at a time: the rules, slowly."""
+    units = body.encode("utf-16-le", "surrogatepass")
+    total = len(units) // 2
+    out: list[Packet] = []
+    pos = 0
+    while pos < total:
+        start = pos
+        while pos < total and units[2 * pos + 1] == 0 and 48 <= units[2 * pos] <= 57:
+            pos += 1
+        if pos == start or pos - start > 16 or pos >= total or units[2 * pos : 2 * pos + 2] != b":\x00":
+            raise RemoteProtocolError("expected a length and ':'")
+        length = int(units[2 * start : 2 * pos : 2])
+        pos += 1
+        end = pos + length
+        if end > total:
+            raise RemoteProtocolError("expected more code units")
+        if length:
+            text = units[2 * pos : 2 * end].decode("utf-16-le", "surrogatepass")
+            if text[0] == "b":
+                if text[1:2] != "4":
+                    raise RemoteProtocolError("expected b4")
+                out.append(Packet(PacketType.MESSAGE, engineio._b64decode(text[2:], text)))
+            else:
+                out.append(decode_packet(text))
+        pos = end
+    return out
+
+
+legacy_pieces = st.one_of(
+    st.text(alphabet="0123456789:b4\x1e", max_size=4),
+    st.text(max_size=4),  # any characters, surrogates and characters beyond the BMP included
+    st.builds(lambda n: f"{n}:", st.integers(0, 12)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(legacy_pieces, min_size=1, max_size=8))
+def test_legacy_reader_agrees_with_the_code_unit_reference(pieces: list[str]) -> None:
+    """The fast v3 reader (str slices, surrogate pairs expanded) and the slow one agree on every body."""
+    body = "".join(pieces)
+    try:
+        expected: list[Packet] | None = _reference_legacy(body)
+    except RemoteProtocolError:
+        expected = None
+    try:
+        got: list[Packet] | None = engineio._decode_legacy_payload(body) if body else None
+    except RemoteProtocolError:
+        got = None
+    assert got == expected or (not body and got is None)
+
+
+def test_iter_payload_checks_the_whole_body_before_the_first_packet() -> None:
+    with pytest.raises(RemoteProtocolError, match="bad packet #3 of 3"):
+        engineio.iter_payload("4a\x1e6\x1ex")
+    packets = engineio.iter_payload("6\x1e4a\x1e6")
+    assert next(packets) is next(engineio.iter_payload("6"))  # data-less packets are shared
+    assert list(packets) == [Packet(PacketType.MESSAGE, "a"), Packet(PacketType.NOOP)]
