@@ -14,8 +14,7 @@ property test, by hand::
     PLABS_FUZZ_EXAMPLES=200000 python -m pytest tests/test_fuzz_sessions.py -q --timeout 0
 
 (five property tests, so 200000 each is a million examples; see benchmarks/RESULTS.md for the
-time it takes).  Shapes a fix on another branch is still to land for are xfail (not strict) in
-:data:`KNOWN`, so the lead can flip them once it is merged.
+time it takes).
 """
 
 from __future__ import annotations
@@ -91,7 +90,7 @@ def splitter(cuts: list[int]) -> Callable[[bytes], list[bytes]]:
 
 splits = st.one_of(st.just([]), st.just([-1]), st.lists(st.integers(0, 5000), max_size=12))
 
-# Engine.IO packets a hostile server may send mid-session (none of them a shape in KNOWN).
+# Engine.IO packets a hostile server may send mid-session.
 packets = st.one_of(
     st.sampled_from([
         "1", "41", "6", "2", "3", "5", "4", "40", '40{"sid":"X"}', "44", '44{"message":"no"}', "42[]",
@@ -318,28 +317,11 @@ SHAPES: dict[str, Callable[[Transcript], list[Step]]] = {
     "a flood of message packets": lambda t: _inject_at_progress(t, "4x\x1e" * 20_000 + "4x"),
 }
 
-#: Shapes a fix on another branch is to handle (issue 7); xfail until it is merged.
-KNOWN: dict[tuple[str, str], str] = {
-    ("deep nesting in a progress frame", "*"): "RecursionError on deep JSON nesting",
-    ("deep nesting in an object", "*"): "RecursionError on deep JSON nesting",
-    # The sid goes into every later request's URL: the WebSocket transport sends none.
-    ("control characters in the sid", "upgrade"): "sid escaping",
-    ("control characters in the sid", "polling"): "sid escaping",
-    ("non-ASCII in the sid", "upgrade"): "sid escaping (UnicodeEncodeError)",
-    ("non-ASCII in the sid", "polling"): "sid escaping (UnicodeEncodeError)",
-    ("non-ASCII cookies", "upgrade"): "UnicodeEncodeError on a hostile server string (a cookie)",
-    ("non-ASCII cookies", "polling"): "UnicodeEncodeError on a hostile server string (a cookie)",
-}
-
-
 def _shape_params() -> list[object]:
     params: list[object] = []
     for name in sorted(SHAPES):
         for transport in TRANSPORTS:
-            reason = KNOWN.get((name, transport)) or KNOWN.get((name, "*"))
-            marks = [pytest.mark.xfail(strict=False, reason=f"issue 7: {reason}, fixed on another branch")] \
-                if reason else []
-            params.append(pytest.param(name, transport, marks=marks, id=f"{name}-{transport}"))
+            params.append(pytest.param(name, transport, id=f"{name}-{transport}"))
     return params
 
 
@@ -356,11 +338,12 @@ MB = 1 << 20
 
 
 def _feed_until_error(steps: list[Step], t: Transcript, stream: int, head: bytes, body: bytes,
-                      total: int, *, trace: bool = True) -> tuple[int, int, float]:
+                      total: int, *, trace: bool = True,
+                      max_message_size: int | None = None) -> tuple[int, int, float]:
     """Run ``steps``, then feed ``head`` and ``body`` again and again on ``stream`` until an error or
     ``total`` bytes; the bytes fed, the peak of traced memory (0 without ``trace``: tracemalloc makes
     every allocation several times slower, so time is best measured without it), the slowest call."""
-    client, h = make_client(t)
+    client, h = make_client(t, max_message_size=max_message_size)
     client.connect(0.0)
     client.query("hi", model="sonar", now=0.0)
     h.pump()
@@ -417,25 +400,21 @@ HUGE: dict[str, tuple[str, int, bytes, bytes, dict[str, object]]] = {
         {"max_payload": 10**12}),
 }
 
-KNOWN_HUGE = {
-    "a 100 MB WebSocket frame after a huge maxPayload": "a receive limit that the server's maxPayload raises",
-    "a 100 MB polling body after a huge maxPayload": "a receive limit that the server's maxPayload raises",
-}
+#: The receive limit (max_message_size) of these clients: what one message or body may hold.  (The
+#: default, 64 MiB, holds a long answer; a smaller one keeps the test quick, the bound is the same.)
+LIMIT = 8 * MB
 
 
-@pytest.mark.parametrize("shape", [
-    pytest.param(name, marks=[pytest.mark.xfail(strict=False, reason=f"issue 7: {KNOWN_HUGE[name]}, fixed on "
-                                                "another branch")] if name in KNOWN_HUGE else [])
-    for name in sorted(HUGE)
-])
+@pytest.mark.parametrize("shape", sorted(HUGE))
 def test_memory_stays_bounded_under_100_mb_of_hostile_input(shape: str) -> None:
-    """100 MB of one hostile shape, in 64 KB chunks: refused long before its end, in bounded memory."""
+    """100 MB of one hostile shape, in 64 KB chunks: refused long before its end, in memory bounded by the
+    client's receive limit (whatever maxPayload the server announces)."""
     transport, before, head, body, open_kw = HUGE[shape]
     t = build(transport, ["a"])
     steps = (_with_open(t, **open_kw) if open_kw else list(t.steps))[:before]
     fed, peak, slowest = _feed_until_error(steps, t, t.steps[-1].stream, head, body * (65536 // len(body)),
-                                           100 * MB)
-    assert peak < 40 * MB, f"{peak / MB:.1f} MB traced after {fed / MB:.1f} MB of input"
+                                           100 * MB, max_message_size=LIMIT)
+    assert peak < 2 * LIMIT, f"{peak / MB:.1f} MB traced after {fed / MB:.1f} MB of input"
     assert fed < 100 * MB, "100 MB of hostile input accepted"
     assert slowest < 2.0
 
@@ -447,9 +426,6 @@ def test_memory_stays_bounded_under_100_mb_of_hostile_input(shape: str) -> None:
 ])
 def test_a_flood_of_pings_or_noops_in_bounded_time_and_memory(transport: str, packet: str) -> None:
     """64 KB of pings (or noops) in one read: each call stays quick, memory small."""
-    if (packet, transport) == ("2", "websocket"):
-        # 21845 pings in one 64 KB read take about 1.4 s to answer one by one on a loaded machine.
-        pytest.xfail("issue 7: pong flood, fixed on another branch")
     t = build(transport, ["a"])
     before = 2 if transport == "websocket" else 4
     if transport == "websocket":
@@ -476,8 +452,6 @@ def test_a_flood_of_pings_or_noops_in_bounded_time_and_memory(transport: str, pa
     pytest.param(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", id="HTTP/1.1 close"),
 ])
 @pytest.mark.parametrize("transport", ["upgrade", "polling"])
-@pytest.mark.xfail(strict=False, reason="issue 7: HTTP/1.0 EOF bodies, fixed on another branch (today the "
-                   "response completed by the EOF is dropped: no error, no progress)")
 def test_an_eof_delimited_handshake_body(transport: str, head: bytes) -> None:
     """The open packet in a body that ends at EOF: the session goes on, on a new connection."""
     t = build(transport, ["a"])

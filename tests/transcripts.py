@@ -23,6 +23,7 @@ whatever a server sends:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import ssl
@@ -209,11 +210,13 @@ def whole(data: bytes) -> list[bytes]:
     return [data]
 
 
-def make_client(t: Transcript) -> tuple[LabsClient, Harness]:
+def make_client(t: Transcript, *, max_message_size: int | None = None) -> tuple[LabsClient, Harness]:
     server = ("https" if t.tls else "http") + "://labs.test"
     proxy = None if t.proxy is None else f"{t.proxy}://bob:pw@proxy.test:{3128 if t.proxy == 'http' else 1080}"
     config = ClientConfig(server=server, transport=t.transport, proxy=proxy,
                           ssl_context=_client_context() if t.tls else None)
+    if max_message_size is not None:
+        config = dataclasses.replace(config, max_message_size=max_message_size)
     client = LabsClient(config, rng=random.Random(0))
     h = Harness(client)
     if t.tls and t.proxy is None:
