@@ -103,6 +103,7 @@ class EventPrinter:
         self._text_open = False  # answer text printed, not ended by a newline
         self._reasoning_open = False  # reasoning printed, not ended by a newline
         self._citations: tuple[Any, ...] = ()
+        self._printed = ""  # the answer text printed for the current query
         self._waiting = False  # the waiting indicator is on stderr, not erased yet
 
     # -- events ---------------------------------------------------------------------------------
@@ -126,11 +127,21 @@ class EventPrinter:
         elif isinstance(event, Citations):
             self._citations = event.citations
         elif isinstance(event, AnswerRevised):
-            self.end_line()
-            note = "[the server revised the answer; it follows in full]"
-            self._write(self.stderr, (f"{_DIM}{note}{_UNDIM}" if self.dim else note) + "\n")
-            self._answer(event.text)
+            # The answer printed so far stands when the revision repeats it (only the reasoning was
+            # taken back: r1-1776's untagged answer, shown as reasoning until the end); the rest of
+            # the answer follows as TextDeltas.  Only a rewritten answer is printed again in full.
+            if event.text != self._printed:
+                self.end_line()
+                note = "[the server revised the answer; it follows in full]"
+                self._write(self.stderr, (f"{_DIM}{note}{_UNDIM}" if self.dim else note) + "\n")
+                self._printed = ""
+                self._answer(event.text)
+            elif self.reasoning:
+                self.end_line()
+                note = "[the server revised its reasoning; the answer follows]"
+                self._write(self.stderr, (f"{_DIM}{note}{_UNDIM}" if self.dim else note) + "\n")
         elif isinstance(event, AnswerFinished):
+            self._printed = ""
             self.end_line()
             citations = event.citations or self._citations
             if citations:
@@ -206,6 +217,7 @@ class EventPrinter:
             self._reasoning_open = False
             self._write(self.stderr, "\n")
         self._text_open = not text.endswith("\n")  # set first: Ctrl-C may stop the write
+        self._printed += text
         self._write(self.stdout, text)
 
     def _write(self, stream: IO[str], text: str) -> None:

@@ -496,6 +496,27 @@ def test_printer_text_mode_revision_dim_reasoning_and_citation_objects() -> None
     assert err.getvalue() == "\x1b[2mHmm\x1b[22m\n\x1b[2m[the server revised the answer; it follows in full]\x1b[22m\n"
 
 
+def test_printer_a_revision_of_the_reasoning_alone_does_not_reprint_the_answer() -> None:
+    """r1-1776 without </think>: the answer streams as reasoning, then the final frame takes the
+    reasoning back (the answer printed so far, none, stands) and the answer follows as a TextDelta."""
+    out, err = io.StringIO(), io.StringIO()
+    printer = EventPrinter(json_lines=False, reasoning=True, stdout=out, stderr=err)
+    for event in [
+        ReasoningDelta(text="Hello"),
+        AnswerRevised(text="", reasoning=""),
+        TextDelta(text="Hello"),
+        AnswerFinished(model="r1-1776", text="Hello", reasoning=""),
+    ]:
+        printer.event(event)
+    assert out.getvalue() == "Hello\n"
+    assert err.getvalue() == "Hello\n[the server revised its reasoning; the answer follows]\n"
+    out, err = io.StringIO(), io.StringIO()
+    printer = EventPrinter(json_lines=False, reasoning=False, stdout=out, stderr=err)
+    for event in [TextDelta(text="Hel"), AnswerRevised(text="Hel", reasoning="x"), TextDelta(text="lo")]:
+        printer.event(event)
+    assert (out.getvalue(), err.getvalue()) == ("Hello", "")
+
+
 def test_printer_json_mode_shapes_and_failures() -> None:
     out, err = io.StringIO(), io.StringIO()
     printer = EventPrinter(json_lines=True, reasoning=False, stdout=out, stderr=err)
