@@ -29,30 +29,26 @@ from collections import deque
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from plabs_proto.client import ClientConfig, ClientState, LabsClient, Tracer
 from plabs_proto.errors import LabsError, LocalProtocolError, ResponseError
 from plabs_proto.events import Closed, CloseStream, Connected, Event, OpenStream, SendBytes, TextDelta
-from plabs_proto.proxy import ProxyConfig
 
-from ._options import (
+from ._config import (
     DEFAULT_MODEL,
-    DEFAULT_SERVER,
-    DEFAULT_TIMEOUT,
-    Headers,
-    LinkBase,
+    AskOptions,
     Messages,
-    SessionBase,
+    SessionOptions,
     announce_seed,
-    build_config,
-    check_event,
-    closed_error,
-    make_rng,
-    read_buffer,
-    stream_error,
+    parse_options,
     to_messages,
 )
+from ._errors import check_event, closed_error, stream_error
+from ._link import LinkBase, SessionBase, read_buffer
+
+if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; only type checkers read it here
+    from typing import Unpack
 
 __all__ = ["Session", "ask", "connect"]
 
@@ -270,52 +266,15 @@ class _Link(LinkBase):
 # -- the public API --------------------------------------------------------------------------------
 
 
-def _config(
-    server: str,
-    proxy: str | ProxyConfig | None,
-    transport: str,
-    ssl_context: Any,
-    cafile: str | None,
-    timeout: float | None,
-    headers: Headers,
-    extras: dict[str, Any],
-) -> ClientConfig:
-    return build_config(
-        server=server,
-        proxy=proxy,
-        transport=transport,
-        ssl_context=ssl_context,
-        cafile=cafile,
-        timeout=timeout,
-        headers=headers,
-        extras=extras,
-    )
-
-
-def ask(
-    prompt_or_messages: Messages,
-    *,
-    model: str = DEFAULT_MODEL,
-    server: str = DEFAULT_SERVER,
-    proxy: str | ProxyConfig | None = None,
-    transport: str = "upgrade",
-    ssl_context: Any = None,
-    cafile: str | None = None,
-    timeout: float | None = DEFAULT_TIMEOUT,
-    headers: Headers = None,
-    tracer: Tracer | None = None,
-    seed: int | None = None,
-    **config: Any,
-) -> Generator[str, None, None]:
+def ask(prompt_or_messages: Messages, **options: Unpack[AskOptions]) -> Generator[str, None, None]:
     """Ask Labs once and stream the answer text (a generator of str deltas).
 
     Same options, errors and tracing as :func:`plabs_proto.backends.asyncio.ask`.
     """
     messages = to_messages(prompt_or_messages)
-    cfg = _config(server, proxy, transport, ssl_context, cafile, timeout, headers, config)
-    rng, used_seed = make_rng(tracer, seed)
-    client = LabsClient(cfg, rng=rng, tracer=tracer)
-    return _answer(client, messages, model, tracer, used_seed)
+    opts = parse_options(options, with_model=True)
+    client, used_seed = opts.new_client()
+    return _answer(client, messages, opts.model, opts.tracer, used_seed)
 
 
 def _answer(
@@ -443,20 +402,8 @@ class Session(SessionBase):
                 self._link.close()
 
 
-def connect(
-    *,
-    server: str = DEFAULT_SERVER,
-    proxy: str | ProxyConfig | None = None,
-    transport: str = "upgrade",
-    ssl_context: Any = None,
-    cafile: str | None = None,
-    timeout: float | None = DEFAULT_TIMEOUT,
-    headers: Headers = None,
-    tracer: Tracer | None = None,
-    seed: int | None = None,
-    **config: Any,
-) -> Session:
+def connect(**options: Unpack[SessionOptions]) -> Session:
     """A :class:`Session` (not open yet: use ``with``).  Options as for :func:`ask`; ``timeout``
     bounds each query."""
-    cfg = _config(server, proxy, transport, ssl_context, cafile, timeout, headers, config)
-    return Session(cfg, tracer=tracer, seed=seed)
+    opts = parse_options(options, with_model=False)
+    return Session(opts.config, tracer=opts.tracer, seed=opts.seed)

@@ -28,34 +28,24 @@ import math
 import os
 import sys
 from collections import deque
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import trio
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
-from plabs_proto.client import LabsClient, Tracer
+from plabs_proto.client import LabsClient
 from plabs_proto.errors import LabsError, LocalProtocolError
 from plabs_proto.events import CloseStream, Event, OpenStream, SendBytes
-from plabs_proto.proxy import ProxyConfig
 
-from ._options import (
-    DEFAULT_MODEL,
-    DEFAULT_SERVER,
-    DEFAULT_TIMEOUT,
-    READ_SIZE,
-    AsyncAnswer,
-    AsyncSession,
-    Headers,
-    LinkBase,
-    Messages,
-    build_config,
-    closed_error,
-    make_rng,
-    stream_error,
-    to_messages,
-)
+from ._async_api import AsyncAnswer, AsyncSession
+from ._config import AskOptions, Messages, SessionOptions, parse_options, to_messages
+from ._errors import closed_error, stream_error
+from ._link import READ_SIZE, LinkBase
+
+if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; only type checkers read it here
+    from typing import Unpack
 
 __all__ = ["Session", "ask", "connect"]
 
@@ -291,33 +281,15 @@ class _Link(LinkBase):
 # -- the public API --------------------------------------------------------------------------------
 
 
-def ask(
-    prompt_or_messages: Messages,
-    *,
-    model: str = DEFAULT_MODEL,
-    server: str = DEFAULT_SERVER,
-    proxy: str | ProxyConfig | None = None,
-    transport: str = "upgrade",
-    ssl_context: Any = None,
-    cafile: str | None = None,
-    timeout: float | None = DEFAULT_TIMEOUT,
-    headers: Headers = None,
-    tracer: Tracer | None = None,
-    seed: int | None = None,
-    **config: Any,
-) -> AsyncAnswer:
+def ask(prompt_or_messages: Messages, **options: Unpack[AskOptions]) -> AsyncAnswer:
     """Ask Labs once and stream the answer text: ``async for text in ask(...)``.
 
     Same options, errors and tracing as :func:`plabs_proto.backends.asyncio.ask`.
     """
     messages = to_messages(prompt_or_messages)
-    cfg = build_config(
-        server=server, proxy=proxy, transport=transport, ssl_context=ssl_context, cafile=cafile,
-        timeout=timeout, headers=headers, extras=config,
-    )
-    rng, used_seed = make_rng(tracer, seed)
-    client = LabsClient(cfg, rng=rng, tracer=tracer)
-    return AsyncAnswer(lambda: _Link(client), messages, model, tracer, used_seed)
+    opts = parse_options(options, with_model=True)
+    client, used_seed = opts.new_client()
+    return AsyncAnswer(lambda: _Link(client), messages, opts.model, opts.tracer, used_seed)
 
 
 class Session(AsyncSession):
@@ -337,23 +309,8 @@ class Session(AsyncSession):
         return self
 
 
-def connect(
-    *,
-    server: str = DEFAULT_SERVER,
-    proxy: str | ProxyConfig | None = None,
-    transport: str = "upgrade",
-    ssl_context: Any = None,
-    cafile: str | None = None,
-    timeout: float | None = DEFAULT_TIMEOUT,
-    headers: Headers = None,
-    tracer: Tracer | None = None,
-    seed: int | None = None,
-    **config: Any,
-) -> Session:
+def connect(**options: Unpack[SessionOptions]) -> Session:
     """A :class:`Session` (not open yet: use ``async with``).  Options as for :func:`ask`;
     ``timeout`` bounds each query."""
-    cfg = build_config(
-        server=server, proxy=proxy, transport=transport, ssl_context=ssl_context, cafile=cafile,
-        timeout=timeout, headers=headers, extras=config,
-    )
-    return Session(cfg, tracer=tracer, seed=seed)
+    opts = parse_options(options, with_model=False)
+    return Session(opts.config, tracer=opts.tracer, seed=opts.seed)
