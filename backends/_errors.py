@@ -1,13 +1,14 @@
 """The errors a backend raises itself, worded once.
 
-* :func:`stream_error`: a socket failed (named by host and port, never with proxy credentials);
+* :func:`stream_error`: a socket failed: a :class:`~plabs_proto.errors.NetworkError` naming host,
+  port and errno (never proxy credentials), caused by the ``OSError``;
 * :func:`closed_error`: the session ended while an answer or the connect ack was awaited;
 * :func:`check_event`: the events that end a query's stream (finished, failed, closed).
 """
 
 from __future__ import annotations
 
-from plabs_proto.errors import RemoteProtocolError
+from plabs_proto.errors import NetworkError, RemoteProtocolError
 from plabs_proto.events import AnswerFinished, Closed, Event, OpenStream, QueryFailed
 
 __all__ = ["check_event", "closed_error", "stream_error"]
@@ -28,19 +29,26 @@ def stream_error(
     proxied: bool,
     partial_text: str,
     partial_reasoning: str,
-) -> RemoteProtocolError:
-    """A :class:`RemoteProtocolError` for a socket failure (``action`` is "connect to", "send to"...).
+) -> NetworkError:
+    """A :class:`NetworkError` for a socket failure (``action`` is "connect to", "send to"...).
 
     The message names the host and port the socket went to (the proxy's when one is
-    used: proxy credentials are never part of it) and how much of the answer came.
+    used: proxy credentials are never part of it), the error with its errno, and how
+    much of the answer came.  ``exc`` becomes the error's ``__cause__`` (as ``raise
+    ... from exc`` would make it), also when the backend keeps the error to raise later.
     """
     what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     got = f" after {len(partial_text)} characters of the answer" if partial_text else ""
-    return RemoteProtocolError(
+    error = NetworkError(
         f"expected to {action} {_peer(open_stream, proxied)}, but the connection failed{got} ({what})",
+        host="" if open_stream is None else open_stream.host,
+        port=0 if open_stream is None else open_stream.port,
+        errno=exc.errno if isinstance(exc, OSError) else None,
         partial_text=partial_text,
         partial_reasoning=partial_reasoning,
     )
+    error.__cause__ = exc
+    return error
 
 
 def closed_error(reason: str, *, partial_text: str, partial_reasoning: str) -> RemoteProtocolError:

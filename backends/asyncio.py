@@ -30,7 +30,7 @@ from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any, cast
 
 from plabs_proto.client import LabsClient
-from plabs_proto.errors import LabsError, LocalProtocolError
+from plabs_proto.errors import LocalProtocolError, NetworkError
 from plabs_proto.events import CloseStream, Event, OpenStream, SendBytes
 
 from ._async_api import AsyncAnswer, AsyncSession
@@ -182,7 +182,7 @@ class _Link(LinkBase):
                 else:
                     self._fail(exc)
 
-    def _stream_error(self, exc: BaseException, action: str, stream_id: int) -> LabsError:
+    def _stream_error(self, exc: BaseException, action: str, stream_id: int) -> NetworkError:
         return stream_error(
             exc,
             action=action,
@@ -325,7 +325,7 @@ def ask(prompt_or_messages: Messages, **options: Unpack[AskOptions]) -> AsyncAns
     signalled: use :func:`connect` for the typed events.  Errors: a server-reported
     failure raises :class:`~plabs_proto.errors.ResponseError`; protocol errors,
     timeouts (:class:`~plabs_proto.errors.LabsTimeout`) and socket failures
-    (:class:`~plabs_proto.errors.RemoteProtocolError`) carry ``partial_text``.
+    (:class:`~plabs_proto.errors.NetworkError`, caused by the ``OSError``) carry ``partial_text``.
 
     ``tracer`` sees every byte above TLS; then the client's randomness comes from
     ``random.Random(seed)`` (a fresh seed when ``seed`` is None, announced to the

@@ -32,7 +32,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
 from plabs_proto.client import ClientConfig, ClientState, LabsClient, Tracer
-from plabs_proto.errors import LabsError, LocalProtocolError, ResponseError
+from plabs_proto.errors import LocalProtocolError, NetworkError, ResponseError
 from plabs_proto.events import Closed, CloseStream, Connected, Event, OpenStream, SendBytes, TextDelta
 
 from ._config import (
@@ -119,7 +119,7 @@ class _Link(LinkBase):
         try:
             addresses = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
         except OSError as exc:
-            raise self._stream_error(exc, "connect to", target) from None
+            raise self._stream_error(exc, "connect to", target) from exc
         self._connect_next(target, list(addresses), None)
 
     def _connect_next(self, target: OpenStream, addresses: list[_AddrInfo], failure: OSError | None) -> None:
@@ -167,7 +167,7 @@ class _Link(LinkBase):
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
-                raise self._stream_error(exc, "send to", entry.target) from None
+                raise self._stream_error(exc, "send to", entry.target) from exc
             del entry.out[:sent]
         mask = selectors.EVENT_WRITE if entry.out else 0
         if not entry.eof:
@@ -207,7 +207,7 @@ class _Link(LinkBase):
                 except (BlockingIOError, InterruptedError):
                     continue
                 except OSError as exc:
-                    raise self._stream_error(exc, "receive from", entry.target) from None
+                    raise self._stream_error(exc, "receive from", entry.target) from exc
                 if not data:
                     entry.eof = True
                     self._write(entry)  # stop watching for reads
@@ -216,7 +216,7 @@ class _Link(LinkBase):
         if at is not None and time.monotonic() >= at:
             self.client.handle_timer(time.monotonic())
 
-    def _stream_error(self, exc: BaseException, action: str, target: OpenStream) -> LabsError:
+    def _stream_error(self, exc: BaseException, action: str, target: OpenStream) -> NetworkError:
         return stream_error(
             exc,
             action=action,

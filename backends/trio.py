@@ -36,7 +36,7 @@ if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
 from plabs_proto.client import LabsClient
-from plabs_proto.errors import LabsError, LocalProtocolError
+from plabs_proto.errors import LocalProtocolError, NetworkError
 from plabs_proto.events import CloseStream, Event, OpenStream, SendBytes
 
 from ._async_api import AsyncAnswer, AsyncSession
@@ -139,7 +139,8 @@ class _Link(LinkBase):
                         try:
                             await self._before_timer(stream.send_all(data))
                         except _STREAM_ERRORS as exc:
-                            raise self._stream_error(_cause(exc), "send to", stream_id) from None
+                            cause = _cause(exc)
+                            raise self._stream_error(cause, "send to", stream_id) from cause
                 elif kind is OpenStream:
                     await self._open(cast(OpenStream, instruction))
                 elif kind is CloseStream:
@@ -150,7 +151,8 @@ class _Link(LinkBase):
         try:
             stream = await self._before_timer(trio.open_tcp_stream(target.host, target.port))
         except OSError as exc:
-            raise self._stream_error(_connect_failure(exc), "connect to", target.stream_id) from None
+            cause = _connect_failure(exc)
+            raise self._stream_error(cause, "connect to", target.stream_id) from cause
         self.streams[target.stream_id] = stream  # trio turns TCP_NODELAY on for its socket streams
 
     async def _before_timer(self, awaitable: Any) -> Any:
@@ -226,7 +228,7 @@ class _Link(LinkBase):
         got.append((stream_id, await self._read(stream_id, stream)))
         scope.cancel()
 
-    def _stream_error(self, exc: BaseException, action: str, stream_id: int) -> LabsError:
+    def _stream_error(self, exc: BaseException, action: str, stream_id: int) -> NetworkError:
         return stream_error(
             exc,
             action=action,

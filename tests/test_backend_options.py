@@ -10,7 +10,7 @@ import pytest
 from plabs_proto.backends import _config, _errors
 
 from plabs_proto.client import ClientConfig
-from plabs_proto.errors import LocalProtocolError, RemoteProtocolError, ResponseError
+from plabs_proto.errors import LocalProtocolError, NetworkError, RemoteProtocolError, ResponseError
 from plabs_proto.events import AnswerFinished, Closed, OpenStream, QueryFailed, ReasoningDelta, TextDelta
 from plabs_proto.trace import TraceRecorder
 
@@ -139,7 +139,9 @@ def test_stream_error_names_the_hop_and_the_partial_text() -> None:
         partial_text="Hello",
         partial_reasoning="hmm",
     )
-    assert type(error) is RemoteProtocolError
+    assert type(error) is NetworkError
+    assert (error.host, error.port, error.errno) == ("proxy.test", 3128, 104)
+    assert isinstance(error.__cause__, ConnectionResetError)
     assert str(error) == (
         "expected to receive from the proxy at proxy.test:3128, but the connection failed after 5 characters "
         "of the answer (ConnectionResetError: [Errno 104] Connection reset by peer)"
@@ -149,6 +151,7 @@ def test_stream_error_names_the_hop_and_the_partial_text() -> None:
     error = _errors.stream_error(OSError("boom"), action="connect to", open_stream=v6, proxied=False,
                                  partial_text="", partial_reasoning="")
     assert str(error) == "expected to connect to the server at [::1]:443, but the connection failed (OSError: boom)"
+    assert (error.host, error.port, error.errno) == ("::1", 443, None)
 
 
 def test_check_event() -> None:

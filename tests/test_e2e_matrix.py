@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import ssl
 import time
@@ -30,6 +31,7 @@ from plabs_proto.errors import (
     HandshakeError,
     LabsError,
     LabsTimeout,
+    NetworkError,
     ProxyError,
     RemoteProtocolError,
     ResponseError,
@@ -245,8 +247,8 @@ def test_proxy_wrong_password_is_refused(
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_unreachable_proxy_names_no_credentials(backend: str) -> None:
     port = free_port()
-    error = raises(backend, RemoteProtocolError, server="http://127.0.0.1:9", proxy=f"http://alice:{PROXY_PASSWORD}@127.0.0.1:{port}", timeout=5)
-    assert type(error) is RemoteProtocolError
+    error = raises(backend, NetworkError, server="http://127.0.0.1:9", proxy=f"http://alice:{PROXY_PASSWORD}@127.0.0.1:{port}", timeout=5)
+    assert type(error) is NetworkError and (error.host, error.port) == ("127.0.0.1", port)
     assert f"the proxy at 127.0.0.1:{port}" in str(error)
     assert PROXY_PASSWORD not in str(error) and "alice" not in str(error)
 
@@ -254,11 +256,15 @@ def test_unreachable_proxy_names_no_credentials(backend: str) -> None:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_connection_refused(backend: str) -> None:
     port = free_port()
-    error = raises(backend, RemoteProtocolError, server=f"http://127.0.0.1:{port}", timeout=5)
-    assert type(error) is RemoteProtocolError
+    error = raises(backend, NetworkError, server=f"http://127.0.0.1:{port}", timeout=5)
+    assert type(error) is NetworkError
     assert f"connect to the server at 127.0.0.1:{port}" in str(error)
     assert "refused" in str(error).lower()
     assert error.partial_text == ""
+    # The socket's own error is kept: chained as the cause, and its errno named.
+    assert isinstance(error.__cause__, ConnectionRefusedError)
+    assert (error.host, error.port, error.errno) == ("127.0.0.1", port, errno.ECONNREFUSED)
+    assert f"[Errno {errno.ECONNREFUSED}]" in str(error)
 
 
 # -- heartbeats during a long answer -------------------------------------------------------------------
@@ -319,8 +325,9 @@ def test_server_failure_frame(backend: str, start: Callable[..., str]) -> None:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_connection_dropped_mid_answer(backend: str, transport: str, start: Callable[..., str]) -> None:
     url = start(drop_after=5, chunk_size=8, **FAST)
-    error = raises(backend, RemoteProtocolError, "drop me", server=url, model="sonar", transport=transport,
-                   timeout=10)
+    # A close the peer made is a protocol error (the answer ended too early); a reset, a network one.
+    error = raises(backend, LabsError, "drop me", server=url, model="sonar", transport=transport, timeout=10)
+    assert isinstance(error, RemoteProtocolError | NetworkError)
     full = default_answer("sonar", "drop me")
     assert error.partial_text
     assert full.startswith(error.partial_text)
