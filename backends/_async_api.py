@@ -188,6 +188,7 @@ class AsyncQuery(_OneReader[Event]):
         try:
             if not self._started:
                 self._started = True
+                await self._session._stop_idling()
                 link.events.clear()
                 link.command(client.query, self._messages, model=self._model)
             while True:
@@ -195,11 +196,12 @@ class AsyncQuery(_OneReader[Event]):
                 if type(event) is Connected:
                     continue
                 if check_event(event, partial_text=client.partial_text, partial_reasoning=client.partial_reasoning):
-                    self._finish()
+                    self._finish(idle=True)
                 return event
         except ResponseError:
             self._finish()
             if not link.finished and client.state is ClientState.READY:
+                self._session._start_idling()
                 raise  # the server failed this query; the session goes on
             link.close()
             raise
@@ -211,10 +213,12 @@ class AsyncQuery(_OneReader[Event]):
             link.close()
             raise
 
-    def _finish(self) -> None:
+    def _finish(self, *, idle: bool = False) -> None:
         if not self._done:
             self._done = True
             self._session._busy = False
+            if idle:  # the answer is complete and the session goes on
+                self._session._start_idling()
 
     async def aclose(self) -> None:
         """Stop reading: if the answer was still streaming, the session closes."""
@@ -251,6 +255,12 @@ class AsyncSession(SessionBase, ABC):
     def _new_link(self) -> AsyncLink:
         """The backend's connection driver for this session's client."""
 
+    def _start_idling(self) -> None:
+        """Keep the open session alive between queries (a backend that reads only when awaited overrides it)."""
+
+    async def _stop_idling(self) -> None:
+        """Stop what :meth:`_start_idling` started, before the consumer reads again."""
+
     async def open(self) -> None:
         """Connect and wait for the Socket.IO connect ack."""
         if self._link is not None:
@@ -263,6 +273,7 @@ class AsyncSession(SessionBase, ABC):
                 event = await link.next_event()
                 if type(event) is Connected:
                     self.connected = event
+                    self._start_idling()
                     return
                 if type(event) is Closed:
                     raise closed_error(event.reason, partial_text="", partial_reasoning="")
@@ -291,6 +302,7 @@ class AsyncSession(SessionBase, ABC):
     async def aclose(self) -> None:
         """Close the session (politely when it is healthy); idempotent."""
         if self._link is not None:
+            await self._stop_idling()
             await self._link.aclose()
 
     async def __aenter__(self) -> AsyncSession:

@@ -72,6 +72,14 @@ class Network(ABC):
     async def send_last(self, stream: Stream, data: bytes, deadline: float) -> None:
         """The polite close's write: sent until ``deadline`` even inside a cancelled task; errors ignored."""
 
+    @abstractmethod
+    def wake(self) -> None:
+        """End the :meth:`receive` or :meth:`sleep_until` under way early (it returns nothing).
+
+        Called from the backend's own thread (trio) or another one (sync) to stop
+        :meth:`~._driver.Driver.pump_idle`; never interrupts a write.
+        """
+
 
 T = TypeVar("T")
 

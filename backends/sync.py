@@ -8,9 +8,11 @@ for the first connection that has bytes, or the deadline, where the driver calls
 ``handle_timer``.  The driver's coroutines never suspend on this network, so
 :func:`~._seam.run_blocking` steps them to the end.
 
-A :class:`Session` reads only while it is used: between queries the server's
-pings wait in the socket (Engine.IO allows ``pingInterval + pingTimeout``, 45 s
-on Labs, before it gives up).
+Between the queries of a :class:`Session`, a helper thread runs the driver's
+``pump_idle`` so the server's pings are answered however long the session idles
+(answering them only at the next call would let Engine.IO's ``pingInterval +
+pingTimeout``, 45 s on Labs, pass).  The thread touches the client only while the
+session idles: a query wakes it and waits for it to end before reading.
 
 Leaving an answer early closes every socket: at once when an error or Ctrl-C
 interrupts the wait; after a ``break``, when the generator is dropped (at once
@@ -23,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import selectors
 import socket
+import threading
 import time
 from collections.abc import Callable, Generator, Sequence
 from types import TracebackType
@@ -177,6 +180,8 @@ class _Link:
         self.network = SelectorNetwork()
         self.driver = Driver(client, self.network)
         self.events = self.driver.events
+        self._idler: threading.Thread | None = None
+        self._idle_stop = False
 
     @property
     def finished(self) -> bool:
@@ -192,8 +197,28 @@ class _Link:
             return events.popleft()
         return run_blocking(self.driver.next_event())
 
+    def start_idling(self) -> None:
+        """Answer the server's pings in a helper thread until :meth:`stop_idling` (between queries)."""
+        if self._idler is None and not self.driver.finished:
+            self._idle_stop = False
+            self._idler = threading.Thread(target=self._idle, name="plabs-heartbeats", daemon=True)
+            self._idler.start()
+
+    def _idle(self) -> None:
+        run_blocking(self.driver.pump_idle(lambda: self._idle_stop))
+
+    def stop_idling(self) -> None:
+        """Stop the helper thread (waking its wait; a write it makes is finished first)."""
+        idler = self._idler
+        if idler is not None:
+            self._idle_stop = True
+            self.network.wake()
+            idler.join()
+            self._idler = None
+
     def close(self) -> None:
         """Close politely if still healthy (writes bounded in time), then close every socket."""
+        self.stop_idling()
         if not self.driver.finished:
             run_blocking(self.driver.aclose())
         self.network.close()
@@ -238,8 +263,8 @@ class Session(SessionBase):
 
     Use ``with connect(...) as session``; :meth:`query` streams the typed events
     of one answer, ending with ``AnswerFinished``.  Leaving a ``query`` generator
-    before its answer finished closes the session.  The session reads only while
-    it is used (see the module docstring about idle gaps).
+    before its answer finished closes the session.  Between queries a helper
+    thread answers the server's pings (see the module docstring).
     """
 
     def __init__(self, config: ClientConfig, *, tracer: Tracer | None = None, seed: int | None = None) -> None:
@@ -258,6 +283,7 @@ class Session(SessionBase):
                 event = link.next_event()
                 if type(event) is Connected:
                     self.connected = event
+                    link.start_idling()
                     return
                 if type(event) is Closed:
                     raise closed_error(event.reason, partial_text="", partial_reasoning="")
@@ -294,6 +320,7 @@ class Session(SessionBase):
         done = False
         client = self._client
         try:
+            link.stop_idling()
             link.events.clear()
             link.command(client.query, messages, model=model)
             while True:
@@ -315,7 +342,9 @@ class Session(SessionBase):
             raise
         finally:
             self._busy = False
-            if not done:
+            if done:
+                link.start_idling()  # the session goes on (a closed one starts nothing)
+            else:
                 link.close()
 
     def close(self) -> None:

@@ -10,10 +10,10 @@ transport) until the client's ``get_timer()`` deadline, where it calls
 across a ``yield``, so the generators are safe to abandon, and no
 ExceptionGroup escapes.
 
-Consequence: a :class:`Session` reads only while a query (or ``open()``) is
-awaited.  Between queries the server's pings wait in the socket; Engine.IO gives
-``pingInterval + pingTimeout`` (45 s on Labs) before it gives up, so keep idle
-gaps shorter than that.
+Between the queries of a :class:`Session` (``async with connect(...)``), a task
+in the session's own nursery runs the driver's ``pump_idle``, so the server's
+pings are answered however long the session idles; a query stops that task
+(waking its wait, never interrupting a write) before it reads.
 
 Leaving an answer early (``break``, an exception, cancellation) closes the
 connection; its sockets are closed synchronously, so even an iterator that is
@@ -29,13 +29,14 @@ import math
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import trio
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
+from plabs_proto.client import ClientConfig, Tracer
 
 from ._async_api import AsyncAnswer, AsyncSession
 from ._config import AskOptions, Messages, SessionOptions, parse_options, to_messages
@@ -124,6 +125,9 @@ class _TrioStream(Stream):
 class TrioNetwork(Network):
     """The seam on trio: ``open_tcp_stream``, ``send_all``, ``receive_some`` under cancel scopes."""
 
+    def __init__(self) -> None:
+        self._waiting: trio.CancelScope | None = None  # the wait under way, which wake() cancels
+
     def now(self) -> float:
         return trio.current_time()
 
@@ -139,7 +143,7 @@ class TrioNetwork(Network):
         self, streams: Sequence[Stream], deadline: float | None
     ) -> list[tuple[Stream, bytes | OSError]]:
         got: list[tuple[Stream, bytes | OSError]] = []
-        with trio.move_on_at(_until(deadline)):
+        with trio.move_on_at(_until(deadline)) as self._waiting:
             if len(streams) == 1:
                 only = cast(_TrioStream, streams[0])
                 got.append((only, await only.receive()))
@@ -150,6 +154,7 @@ class TrioNetwork(Network):
                             nursery.start_soon(self._receive_into, cast(_TrioStream, stream), got, nursery.cancel_scope)
                 except BaseExceptionGroup as group:
                     raise _collapse(group) from None
+        self._waiting = None
         return got
 
     async def _receive_into(
@@ -159,7 +164,13 @@ class TrioNetwork(Network):
         scope.cancel()
 
     async def sleep_until(self, deadline: float) -> None:
-        await trio.sleep_until(deadline)
+        with trio.move_on_at(deadline) as self._waiting:
+            await trio.sleep_forever()
+        self._waiting = None
+
+    def wake(self) -> None:
+        if self._waiting is not None:
+            self._waiting.cancel()
 
     async def send_last(self, stream: Stream, data: bytes, deadline: float) -> None:
         with trio.CancelScope(shield=True, deadline=deadline), contextlib.suppress(OSError):
@@ -185,16 +196,69 @@ class Session(AsyncSession):
 
     ``async with connect(...) as session:`` then ``async for event in
     session.query(...)``.  Leaving a query before ``AnswerFinished`` closes the
-    session.  The session reads only while it is awaited (see the module
-    docstring about idle gaps).
+    session.  Between queries a task in the session's own nursery (opened by
+    ``async with``) answers the server's pings; a session opened with
+    :meth:`open` alone reads only while it is awaited.
     """
+
+    def __init__(self, config: ClientConfig, *, tracer: Tracer | None = None, seed: int | None = None) -> None:
+        super().__init__(config, tracer=tracer, seed=seed)
+        self._nursery_manager: Any = None
+        self._nursery: trio.Nursery | None = None
+        self._idling: trio.Event | None = None  # set when the idle task has ended
+        self._idle_stop = False
 
     def _new_link(self) -> Driver:
         return Driver(self._client, TrioNetwork())
 
+    def _start_idling(self) -> None:
+        link = self._link
+        if self._nursery is None or self._idling is not None or not isinstance(link, Driver) or link.finished:
+            return
+        self._idle_stop = False
+        self._idling = trio.Event()
+        with contextlib.suppress(RuntimeError):  # the nursery is closing
+            self._nursery.start_soon(self._idle, link, self._idling)
+
+    async def _idle(self, link: Driver, done: trio.Event) -> None:
+        try:
+            await link.pump_idle(lambda: self._idle_stop)
+        finally:
+            done.set()
+
+    async def _stop_idling(self) -> None:
+        idling = self._idling
+        if idling is None:
+            return
+        self._idle_stop = True
+        if isinstance(self._link, Driver):
+            self._link.network.wake()
+        await idling.wait()
+        self._idling = None
+
     async def __aenter__(self) -> Session:
-        await self.open()
+        manager = trio.open_nursery()
+        self._nursery = await manager.__aenter__()
+        self._nursery_manager = manager
+        try:
+            await self.open()
+        except BaseException:
+            await self._close_nursery()
+            raise
         return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            await self.aclose()
+        finally:
+            await self._close_nursery()
+
+    async def _close_nursery(self) -> None:
+        nursery, manager = self._nursery, self._nursery_manager
+        self._nursery = self._nursery_manager = None
+        if nursery is not None and manager is not None:
+            nursery.cancel_scope.cancel()  # the idle task, if still there, ends (its Cancelled stays inside)
+            await manager.__aexit__(None, None, None)
 
 
 def connect(**options: Unpack[SessionOptions]) -> Session:
