@@ -21,10 +21,10 @@ from collections.abc import Callable
 from typing import cast
 
 from plabs_proto.client import LabsClient
-from plabs_proto.errors import LocalProtocolError, NetworkError
+from plabs_proto.errors import LocalProtocolError
 from plabs_proto.events import CloseStream, Event, OpenStream, SendBytes
 
-from ._errors import closed_error, stream_error
+from ._errors import closed_error
 from ._link import LinkBase
 from ._seam import Network, Stream
 
@@ -167,16 +167,6 @@ class Driver(LinkBase):
                 self.client.receive_data(stream_id, data, network.now())
         if at is not None and (overdue or (not got and network.now() >= at)):
             self.client.handle_timer(max(network.now(), at))
-
-    def _stream_error(self, exc: OSError, action: str, stream_id: int) -> NetworkError:
-        return stream_error(
-            exc,
-            action=action,
-            open_stream=self.targets.get(stream_id),
-            proxied=self.proxied,
-            partial_text=self.client.partial_text,
-            partial_reasoning=self.client.partial_reasoning,
-        )
 
     # -- ending ----------------------------------------------------------------------------------
 

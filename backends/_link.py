@@ -15,10 +15,11 @@ from collections.abc import Callable
 from typing import Any
 
 from plabs_proto.client import ClientConfig, LabsClient, Tracer
-from plabs_proto.errors import LocalProtocolError
-from plabs_proto.events import Connected, Event
+from plabs_proto.errors import LocalProtocolError, NetworkError
+from plabs_proto.events import Connected, Event, OpenStream
 
 from ._config import make_rng
+from ._errors import stream_error
 
 __all__ = ["READ_SIZE", "LinkBase", "SessionBase", "read_buffer"]
 
@@ -59,6 +60,8 @@ class LinkBase(ABC):
     error: BaseException | None
     finished: bool
     now: Callable[[], float]
+    targets: dict[int, OpenStream]  # where each connection goes, for the errors' wording
+    proxied: bool
 
     def command(self, method: Callable[..., None], *args: Any, **kwargs: Any) -> None:
         """Call a user command of the client (connect, query) with ``now=``.
@@ -87,6 +90,17 @@ class LinkBase(ABC):
         if self.error is None:
             self.error = exc
         self._shutdown()
+
+    def _stream_error(self, exc: BaseException, action: str, stream_id: int) -> NetworkError:
+        """The :class:`NetworkError` for a socket failure on this connection (see :func:`stream_error`)."""
+        return stream_error(
+            exc,
+            action=action,
+            open_stream=self.targets.get(stream_id),
+            proxied=self.proxied,
+            partial_text=self.client.partial_text,
+            partial_reasoning=self.client.partial_reasoning,
+        )
 
     @abstractmethod
     def _shutdown(self) -> None:

@@ -30,12 +30,11 @@ from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any, cast
 
 from plabs_proto.client import LabsClient
-from plabs_proto.errors import LocalProtocolError, NetworkError
+from plabs_proto.errors import LocalProtocolError
 from plabs_proto.events import CloseStream, Event, OpenStream, SendBytes
 
 from ._async_api import AsyncAnswer, AsyncSession
 from ._config import DEFAULT_MODEL, MODELS, AskOptions, Messages, SessionOptions, parse_options, to_messages
-from ._errors import stream_error
 from ._link import READ_SIZE, LinkBase, read_buffer
 
 if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; only type checkers read it here
@@ -181,16 +180,6 @@ class _Link(LinkBase):
                     self._fail(self._stream_error(exc, "connect to", target.stream_id))
                 else:
                     self._fail(exc)
-
-    def _stream_error(self, exc: BaseException, action: str, stream_id: int) -> NetworkError:
-        return stream_error(
-            exc,
-            action=action,
-            open_stream=self.targets.get(stream_id),
-            proxied=self.proxied,
-            partial_text=self.client.partial_text,
-            partial_reasoning=self.client.partial_reasoning,
-        )
 
     # -- outputs ---------------------------------------------------------------------------------
 
