@@ -302,7 +302,11 @@ class AsyncSession(SessionBase, ABC):
     async def aclose(self) -> None:
         """Close the session (politely when it is healthy); idempotent."""
         if self._link is not None:
-            await self._stop_idling()
+            try:
+                await self._stop_idling()
+            except BaseException:  # cancelled while the idle task ends: close at once
+                self._link.close()
+                raise
             await self._link.aclose()
 
     async def __aenter__(self) -> AsyncSession:

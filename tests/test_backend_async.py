@@ -325,3 +325,23 @@ async def test_two_tasks_cannot_read_one_answer(lab: ModuleType, emulator_factor
             group.start_soon(second)
     assert [str(exc) for exc in failures] == ["cannot read one answer in two tasks at once"]
     assert "".join(texts) == default_answer("sonar", "shared")  # the first reader was not disturbed
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"], indirect=True)
+async def test_trio_session_nursery_leaks_no_exception_group(
+    emulator_factory: EmulatorFactory, sockets_to: Callable[[int], int]
+) -> None:
+    # The session's own nursery (its idle task) must not wrap what leaves `async with` in an ExceptionGroup.
+    import trio
+
+    emulator = emulator_factory(**FAST)
+    with pytest.raises(ValueError, match="mine"):
+        async with trio_backend.connect(server=emulator.url, timeout=10):
+            raise ValueError("mine")
+    with trio.move_on_after(0.3) as scope:
+        async with trio_backend.connect(server=emulator.url, timeout=10) as session:
+            events = [event async for event in session.query("idle then cancelled", model="sonar")]
+            await trio.sleep(5)  # idling (the idle task reads) when the cancellation comes
+    assert scope.cancelled_caught
+    assert text_of(events) == default_answer("sonar", "idle then cancelled")
+    assert await settle(sockets_to, emulator.port) == 0  # closed at once, not left to the collector
