@@ -121,6 +121,12 @@ def parse_options(options: Mapping[str, Any], *, with_model: bool) -> Options:
     A name that is not an option, or a value of the wrong kind, raises
     :class:`~plabs_proto.errors.LocalProtocolError` (before any connection).
     """
+    allowed = (AskOptions if with_model else SessionOptions).__optional_keys__
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise LocalProtocolError(
+            f"expected keyword arguments among {', '.join(sorted(allowed))}, got {', '.join(map(repr, unknown))}"
+        )
     extras = dict(options)
     model = extras.pop("model", DEFAULT_MODEL) if with_model else DEFAULT_MODEL
     tracer = extras.pop("tracer", None)
@@ -129,22 +135,12 @@ def parse_options(options: Mapping[str, Any], *, with_model: bool) -> Options:
         raise LocalProtocolError(f"expected the model as a str, got {model!r:.60}")
     if tracer is not None and not callable(tracer):
         raise LocalProtocolError(f"expected tracer as a callable or None, got {tracer!r:.60}")
-    config = build_config(
-        server=extras.pop("server", DEFAULT_SERVER),
-        proxy=extras.pop("proxy", None),
-        transport=extras.pop("transport", "upgrade"),
-        ssl_context=extras.pop("ssl_context", None),
-        cafile=extras.pop("cafile", None),
-        timeout=extras.pop("timeout", DEFAULT_TIMEOUT),
-        headers=extras.pop("headers", None),
-        extras=extras,
-    )
+    config = build_config(extras)
     return Options(config=config, tracer=tracer, seed=seed, model=model)
 
 
-# ClientConfig fields build_config takes as named parameters; the rest come in ``extras``.
-_NAMED = frozenset({"server", "transport", "proxy", "ssl_context", "cafile", "headers"})
-_EXTRAS = frozenset(f.name for f in dataclasses.fields(ClientConfig)) - _NAMED
+# The options build_config takes: every ClientConfig field, and ``timeout``.
+_OPTIONS = frozenset(f.name for f in dataclasses.fields(ClientConfig)) | {"timeout"}
 _TIMEOUTS = frozenset({"connect_timeout", "first_text_timeout", "query_timeout"})
 _STRINGS = frozenset({"origin", "jwt", "version", "user_agent", "path"})
 
@@ -176,42 +172,29 @@ def _headers(headers: Headers) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def build_config(
-    *,
-    server: str,
-    proxy: str | ProxyConfig | None,
-    transport: str,
-    ssl_context: Any,
-    cafile: str | None,
-    timeout: float | None,
-    headers: Headers,
-    extras: Mapping[str, Any],
-) -> ClientConfig:
-    """The :class:`ClientConfig` for ``ask``/``connect`` (see the module docstring for ``timeout``).
+def build_config(options: Mapping[str, Any]) -> ClientConfig:
+    """The :class:`ClientConfig` for the connection options of ``ask``/``connect``.
 
-    ``extras`` are the other keyword arguments; each must name a ``ClientConfig``
-    field (``origin``, ``jwt``, ``version``, ``user_agent``, ``path``, ``tls``,
-    ``connect_timeout``, ``first_text_timeout``, ``query_timeout``,
-    ``max_message_size``), else :class:`LocalProtocolError`.
+    Every name must be a ``ClientConfig`` field or ``timeout`` (see the module
+    docstring), else :class:`LocalProtocolError`; the values are checked here.
     """
-    unknown = sorted(set(extras) - _EXTRAS)
+    unknown = sorted(set(options) - _OPTIONS)
     if unknown:
         raise LocalProtocolError(
-            f"expected keyword arguments among {', '.join(sorted(_EXTRAS))} "
-            f"(besides the named ones), got {', '.join(map(repr, unknown))}"
+            f"expected keyword arguments among {', '.join(sorted(_OPTIONS))}, got {', '.join(map(repr, unknown))}"
         )
+    extras = dict(options)
+    server = extras.pop("server", DEFAULT_SERVER)
+    proxy = extras.pop("proxy", None)
     if not isinstance(server, str):
         raise LocalProtocolError(f"expected the server URL as a str, got {type(server).__name__}")
     if proxy is not None and not isinstance(proxy, str | ProxyConfig):
         raise LocalProtocolError(f"expected the proxy as a URL str or a ProxyConfig, got {type(proxy).__name__}")
-    overall = _check_seconds("timeout", timeout)
+    overall = _check_seconds("timeout", extras.pop("timeout", DEFAULT_TIMEOUT))
     values: dict[str, Any] = {
         "server": server,
         "proxy": proxy,
-        "transport": transport,
-        "ssl_context": ssl_context,
-        "cafile": cafile,
-        "headers": _headers(headers),
+        "headers": _headers(extras.pop("headers", None)),
         "query_timeout": overall,
         "connect_timeout": CONNECT_TIMEOUT if overall is None else min(overall, CONNECT_TIMEOUT),
     }

@@ -16,18 +16,7 @@ from plabs_proto.trace import TraceRecorder
 
 
 def config(**overrides: Any) -> ClientConfig:
-    values: dict[str, Any] = {
-        "server": "https://labs.test",
-        "proxy": None,
-        "transport": "upgrade",
-        "ssl_context": None,
-        "cafile": None,
-        "timeout": _config.DEFAULT_TIMEOUT,
-        "headers": None,
-    }
-    extras = {k: v for k, v in overrides.items() if k not in values}
-    values.update({k: v for k, v in overrides.items() if k in values})
-    return _config.build_config(**values, extras=extras)
+    return _config.build_config({"server": "https://labs.test", **overrides})
 
 
 def test_timeout_maps_to_query_and_caps_connect() -> None:
