@@ -10,14 +10,14 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 from plabs_proto.client import ClientConfig, ClientState, LabsClient, Tracer
 from plabs_proto.errors import LocalProtocolError, ResponseError
-from plabs_proto.events import Closed, Connected, Event, TextDelta
+from plabs_proto.events import Connected, Event, TextDelta
 
 from ._config import DEFAULT_MODEL, Messages, announce_seed, to_messages
-from ._errors import check_event, closed_error
+from ._errors import check_event, opened
 from ._link import SessionBase
 
 __all__ = ["AsyncAnswer", "AsyncLink", "AsyncQuery", "AsyncSession"]
@@ -269,14 +269,11 @@ class AsyncSession(SessionBase, ABC):
         try:
             announce_seed(self._tracer, self.seed, link.now())
             link.command(self._client.connect)
-            while True:
+            event = await link.next_event()
+            while not opened(event):
                 event = await link.next_event()
-                if type(event) is Connected:
-                    self.connected = event
-                    self._start_idling()
-                    return
-                if type(event) is Closed:
-                    raise closed_error(event.reason, partial_text="", partial_reasoning="")
+            self.connected = cast(Connected, event)
+            self._start_idling()
         except BaseException:
             link.close()
             raise

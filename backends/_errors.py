@@ -3,15 +3,16 @@
 * :func:`stream_error`: a socket failed: a :class:`~plabs_proto.errors.NetworkError` naming host,
   port and errno (never proxy credentials), caused by the ``OSError``;
 * :func:`closed_error`: the session ended while an answer or the connect ack was awaited;
-* :func:`check_event`: the events that end a query's stream (finished, failed, closed).
+* :func:`check_event`: the events that end a query's stream (finished, failed, closed);
+* :func:`opened`: the events that end a session's opening (connected, closed).
 """
 
 from __future__ import annotations
 
 from plabs_proto.errors import NetworkError, RemoteProtocolError
-from plabs_proto.events import AnswerFinished, Closed, Event, OpenStream, QueryFailed
+from plabs_proto.events import AnswerFinished, Closed, Connected, Event, OpenStream, QueryFailed
 
-__all__ = ["check_event", "closed_error", "stream_error"]
+__all__ = ["check_event", "closed_error", "opened", "stream_error"]
 
 
 def _peer(open_stream: OpenStream | None, proxied: bool) -> str:
@@ -77,3 +78,11 @@ def check_event(event: Event, *, partial_text: str, partial_reasoning: str) -> b
         raise closed_error(event.reason, partial_text=partial_text, partial_reasoning=partial_reasoning)
     return False
 
+
+
+def opened(event: Event) -> bool:
+    """Judge an event met while a session opens: True for ``Connected``; ``Closed`` raises :func:`closed_error`."""
+    if type(event) is Closed:
+        assert isinstance(event, Closed)
+        raise closed_error(event.reason, partial_text="", partial_reasoning="")
+    return type(event) is Connected

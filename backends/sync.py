@@ -29,11 +29,11 @@ import threading
 import time
 from collections.abc import Callable, Generator, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from plabs_proto.client import ClientConfig, ClientState, LabsClient, Tracer
 from plabs_proto.errors import LocalProtocolError, ResponseError
-from plabs_proto.events import Closed, Connected, Event, TextDelta
+from plabs_proto.events import Connected, Event, TextDelta
 
 from ._config import (
     DEFAULT_MODEL,
@@ -45,7 +45,7 @@ from ._config import (
     to_messages,
 )
 from ._driver import Driver
-from ._errors import check_event, closed_error
+from ._errors import check_event, opened
 from ._link import SessionBase, read_buffer
 from ._seam import Network, Stream, run_blocking
 
@@ -279,14 +279,11 @@ class Session(SessionBase):
         try:
             announce_seed(self._tracer, self.seed, time.monotonic())
             link.command(self._client.connect)
-            while True:
+            event = link.next_event()
+            while not opened(event):
                 event = link.next_event()
-                if type(event) is Connected:
-                    self.connected = event
-                    link.start_idling()
-                    return
-                if type(event) is Closed:
-                    raise closed_error(event.reason, partial_text="", partial_reasoning="")
+            self.connected = cast(Connected, event)
+            link.start_idling()
         except BaseException:
             link.close()
             raise

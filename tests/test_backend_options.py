@@ -11,7 +11,15 @@ from plabs_proto.backends import _config, _errors
 
 from plabs_proto.client import ClientConfig
 from plabs_proto.errors import LocalProtocolError, NetworkError, RemoteProtocolError, ResponseError
-from plabs_proto.events import AnswerFinished, Closed, OpenStream, QueryFailed, ReasoningDelta, TextDelta
+from plabs_proto.events import (
+    AnswerFinished,
+    Closed,
+    Connected,
+    OpenStream,
+    QueryFailed,
+    ReasoningDelta,
+    TextDelta,
+)
 from plabs_proto.trace import TraceRecorder
 
 
@@ -189,3 +197,10 @@ def test_parse_options_refuses_what_is_not_an_option() -> None:
         _config.parse_options({"model": 3}, with_model=True)
     with pytest.raises(LocalProtocolError, match="tracer"):
         _config.parse_options({"tracer": "file.txt"}, with_model=True)
+
+
+def test_opened() -> None:
+    assert _errors.opened(Connected(engine_sid="e", socket_sid="s", transport="websocket"))
+    assert not _errors.opened(TextDelta(text="early"))
+    with pytest.raises(RemoteProtocolError, match="the session ended: gone"):
+        _errors.opened(Closed(reason="gone"))
