@@ -213,7 +213,8 @@ class _Link:
         if idler is not None:
             self._idle_stop = True
             self.network.wake()
-            idler.join()
+            if idler is not threading.current_thread():  # a collector's __del__ may run in the idler itself
+                idler.join()
             self._idler = None
 
     def close(self) -> None:
