@@ -27,30 +27,18 @@ import contextlib
 import socket
 from collections import deque
 from collections.abc import AsyncGenerator
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from plabs_proto.client import LabsClient, Tracer
-from plabs_proto.errors import LabsError, LocalProtocolError
+from plabs_proto.client import LabsClient
+from plabs_proto.errors import LocalProtocolError
 from plabs_proto.events import CloseStream, Event, OpenStream, SendBytes
-from plabs_proto.proxy import ProxyConfig
 
-from ._options import (
-    DEFAULT_MODEL,
-    DEFAULT_SERVER,
-    DEFAULT_TIMEOUT,
-    MODELS,
-    READ_SIZE,
-    AsyncAnswer,
-    AsyncSession,
-    Headers,
-    LinkBase,
-    Messages,
-    build_config,
-    make_rng,
-    read_buffer,
-    stream_error,
-    to_messages,
-)
+from ._async_api import AsyncAnswer, AsyncSession
+from ._config import DEFAULT_MODEL, MODELS, AskOptions, Messages, SessionOptions, parse_options, to_messages
+from ._link import READ_SIZE, LinkBase, read_buffer
+
+if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; only type checkers read it here
+    from typing import Unpack
 
 __all__ = ["PerplexityLabs", "Session", "ask", "connect"]
 
@@ -193,16 +181,6 @@ class _Link(LinkBase):
                 else:
                     self._fail(exc)
 
-    def _stream_error(self, exc: BaseException, action: str, stream_id: int) -> LabsError:
-        return stream_error(
-            exc,
-            action=action,
-            open_stream=self.targets.get(stream_id),
-            proxied=self.proxied,
-            partial_text=self.client.partial_text,
-            partial_reasoning=self.client.partial_reasoning,
-        )
-
     # -- outputs ---------------------------------------------------------------------------------
 
     def _after(self) -> None:
@@ -322,21 +300,7 @@ class _Link(LinkBase):
 # -- the public API --------------------------------------------------------------------------------
 
 
-def ask(
-    prompt_or_messages: Messages,
-    *,
-    model: str = DEFAULT_MODEL,
-    server: str = DEFAULT_SERVER,
-    proxy: str | ProxyConfig | None = None,
-    transport: str = "upgrade",
-    ssl_context: Any = None,
-    cafile: str | None = None,
-    timeout: float | None = DEFAULT_TIMEOUT,
-    headers: Headers = None,
-    tracer: Tracer | None = None,
-    seed: int | None = None,
-    **config: Any,
-) -> AsyncAnswer:
+def ask(prompt_or_messages: Messages, **options: Unpack[AskOptions]) -> AsyncAnswer:
     """Ask Labs once and stream the answer text as it grows: ``async for text in ask(...)``.
 
     ``prompt_or_messages`` is a prompt (one user message) or a list of
@@ -356,7 +320,7 @@ def ask(
     rewrite.  Errors: a server-reported failure raises
     :class:`~plabs_proto.errors.ResponseError`; protocol errors, timeouts
     (:class:`~plabs_proto.errors.LabsTimeout`) and socket failures
-    (:class:`~plabs_proto.errors.RemoteProtocolError`) carry ``partial_text``.
+    (:class:`~plabs_proto.errors.NetworkError`, caused by the ``OSError``) carry ``partial_text``.
 
     ``tracer`` sees every byte above TLS; then the client's randomness comes from
     ``random.Random(seed)`` (a fresh seed when ``seed`` is None, announced to the
@@ -367,13 +331,9 @@ def ask(
     cancellation, on ``aclose()``/``async with``, or when the object is collected.
     """
     messages = to_messages(prompt_or_messages)
-    cfg = build_config(
-        server=server, proxy=proxy, transport=transport, ssl_context=ssl_context, cafile=cafile,
-        timeout=timeout, headers=headers, extras=config,
-    )
-    rng, used_seed = make_rng(tracer, seed)
-    client = LabsClient(cfg, rng=rng, tracer=tracer)
-    return AsyncAnswer(lambda: _Link(client, asyncio.get_running_loop()), messages, model, tracer, used_seed)
+    opts = parse_options(options, with_model=True)
+    client, used_seed = opts.new_client()
+    return AsyncAnswer(lambda: _Link(client, asyncio.get_running_loop()), messages, opts.model, opts.tracer, used_seed)
 
 
 class Session(AsyncSession):
@@ -393,33 +353,15 @@ class Session(AsyncSession):
         return self
 
 
-def connect(
-    *,
-    server: str = DEFAULT_SERVER,
-    proxy: str | ProxyConfig | None = None,
-    transport: str = "upgrade",
-    ssl_context: Any = None,
-    cafile: str | None = None,
-    timeout: float | None = DEFAULT_TIMEOUT,
-    headers: Headers = None,
-    tracer: Tracer | None = None,
-    seed: int | None = None,
-    **config: Any,
-) -> Session:
+def connect(**options: Unpack[SessionOptions]) -> Session:
     """A :class:`Session` (not open yet: use ``async with``).  Options as for :func:`ask`;
     ``timeout`` bounds each query."""
-    cfg = build_config(
-        server=server, proxy=proxy, transport=transport, ssl_context=ssl_context, cafile=cafile,
-        timeout=timeout, headers=headers, extras=config,
-    )
-    return Session(cfg, tracer=tracer, seed=seed)
+    opts = parse_options(options, with_model=False)
+    return Session(opts.config, tracer=opts.tracer, seed=opts.seed)
 
 
-_ASK_OPTIONS = frozenset(
-    {"server", "transport", "ssl_context", "cafile", "timeout", "headers", "tracer", "seed"}
-    | {"origin", "jwt", "version", "user_agent", "path", "tls"}
-    | {"connect_timeout", "first_text_timeout", "query_timeout", "max_message_size"}
-)
+# The options of ask that pass through a provider call's kwargs (model and proxy come as arguments).
+_ASK_OPTIONS = AskOptions.__optional_keys__ - {"model", "proxy"}
 
 
 class PerplexityLabs:

@@ -47,6 +47,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any
 
+from plabs_proto.client import DEFAULT_SERVER
 from plabs_proto.errors import LabsError
 from plabs_proto.events import (
     AnswerFinished,
@@ -62,7 +63,6 @@ from plabs_proto.trace import TraceError, TraceRecorder, config_header, replay
 
 __all__ = ["EventPrinter", "build_parser", "main"]
 
-DEFAULT_SERVER = "https://www.perplexity.ai"
 BACKENDS = ("asyncio", "trio", "sync")
 TRANSPORTS = ("upgrade", "websocket", "polling")
 _DIM, _UNDIM = "\x1b[2m", "\x1b[22m"

@@ -1,15 +1,18 @@
 """The blocking backend: :func:`ask` and :func:`connect` on stdlib sockets and :mod:`selectors`.
 
-Non-blocking TCP sockets share one selector.  To get the next event the backend
-carries out ``transmit()`` (connects and writes are started and finished as the
-selector reports the sockets writable), then waits in ``select()`` until data
-arrives or the client's ``get_timer()`` deadline (``time.monotonic()`` clock),
-where it calls ``handle_timer``.  Reads take 64 KiB at a time.  (Host names are
-resolved with a blocking ``getaddrinfo``, outside the deadlines.)
+It runs the one driver (:mod:`._driver`) over :class:`SelectorNetwork`, the network
+seam (:mod:`._seam`) on stdlib sockets: connects block until the client's
+``get_timer()`` deadline (``time.monotonic()`` clock; host names are resolved with
+a blocking ``getaddrinfo``, outside the deadlines), reads wait in one selector
+for the first connection that has bytes, or the deadline, where the driver calls
+``handle_timer``.  The driver's coroutines never suspend on this network, so
+:func:`~._seam.run_blocking` steps them to the end.
 
-A :class:`Session` reads only while it is used: between queries the server's
-pings wait in the socket (Engine.IO allows ``pingInterval + pingTimeout``, 45 s
-on Labs, before it gives up).
+Between the queries of a :class:`Session`, a helper thread runs the driver's
+``pump_idle`` so the server's pings are answered however long the session idles
+(answering them only at the next call would let Engine.IO's ``pingInterval +
+pingTimeout``, 45 s on Labs, pass).  The thread touches the client only while the
+session idles: a query wakes it and waits for it to end before reading.
 
 Leaving an answer early closes every socket: at once when an error or Ctrl-C
 interrupts the wait; after a ``break``, when the generator is dropped (at once
@@ -20,314 +23,222 @@ closes it at a known point.
 from __future__ import annotations
 
 import contextlib
-import errno
-import os
 import selectors
 import socket
+import threading
 import time
-from collections import deque
-from collections.abc import Generator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Generator, Sequence
 from types import TracebackType
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from plabs_proto.client import ClientConfig, ClientState, LabsClient, Tracer
-from plabs_proto.errors import LabsError, LocalProtocolError, ResponseError
-from plabs_proto.events import (
-    AnswerFinished,
-    AnswerRevised,
-    Closed,
-    CloseStream,
-    Connected,
-    Event,
-    OpenStream,
-    SendBytes,
-    TextDelta,
-)
-from plabs_proto.proxy import ProxyConfig
+from plabs_proto.errors import LocalProtocolError, ResponseError
+from plabs_proto.events import AnswerFinished, AnswerRevised, Connected, Event, TextDelta
 
-from ._options import (
+from ._config import (
     DEFAULT_MODEL,
-    DEFAULT_SERVER,
-    DEFAULT_TIMEOUT,
-    AnswerText,
-    Headers,
-    LinkBase,
+    AskOptions,
     Messages,
-    SessionBase,
+    SessionOptions,
     announce_seed,
-    build_config,
-    check_event,
-    closed_error,
-    make_rng,
-    read_buffer,
-    stream_error,
+    parse_options,
     to_messages,
 )
+from ._driver import Driver
+from ._errors import check_event, opened
+from ._link import SessionBase, read_buffer
+from ._seam import Network, Stream, run_blocking
+from ._text import AnswerText
+
+if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; only type checkers read it here
+    from typing import Unpack
 
 __all__ = ["Session", "ask", "connect"]
 
-_IN_PROGRESS = {errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN}
-_AddrInfo = tuple[int, int, int, str, Any]
+_GRACE = 0.001  # seconds a write gets when its deadline has already passed
 
 
-@dataclass(slots=True)
-class _Socket:
-    """One connection: its socket, the addresses still to try while connecting, unsent bytes."""
+class _SocketStream(Stream):
+    """A non-blocking TCP socket, read through its network's selector."""
 
-    sock: socket.socket
-    target: OpenStream
-    addresses: list[_AddrInfo]
-    connecting: bool = True
-    out: bytearray = field(default_factory=bytearray)
-    eof: bool = False
+    def __init__(self, sock: socket.socket, network: SelectorNetwork) -> None:
+        self.sock = sock
+        self.network = network
+
+    async def send_all(self, data: bytes, deadline: float | None) -> bool:
+        view = memoryview(data)
+        while view:
+            try:
+                sent = self.sock.send(view)
+            except (BlockingIOError, InterruptedError):
+                if not self.network.wait_writable(self.sock, deadline):
+                    return False
+                continue
+            view = view[sent:]
+        return True
+
+    def close(self) -> None:
+        self.network.forget(self.sock)
+        self.sock.close()
 
 
-class _Link(LinkBase):
-    """A LabsClient over non-blocking sockets, pumped by whoever calls :meth:`next_event`."""
+class SelectorNetwork(Network):
+    """The seam on stdlib sockets: blocking connects, non-blocking reads through one selector.
+
+    :meth:`wake` (from another thread) ends a :meth:`receive` or :meth:`sleep_until` early.
+    """
+
+    def __init__(self) -> None:
+        self.selector = selectors.DefaultSelector()
+        self._read_view = read_buffer()
+        self._wake_in, self._wake_out = socket.socketpair()
+        self._wake_in.setblocking(False)
+        self._wake_out.setblocking(False)
+        self.selector.register(self._wake_in, selectors.EVENT_READ, None)
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    async def connect(self, host: str, port: int, deadline: float | None) -> Stream | None:
+        timeout = None if deadline is None else max(deadline - time.monotonic(), _GRACE)
+        try:
+            sock = socket.create_connection((host, port), timeout=timeout)
+        except TimeoutError as exc:
+            if exc.errno is None:  # our deadline (socket.timeout), not the kernel's ETIMEDOUT
+                return None
+            raise
+        sock.setblocking(False)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        stream = _SocketStream(sock, self)
+        self.selector.register(sock, selectors.EVENT_READ, stream)
+        return stream
+
+    def wait_writable(self, sock: socket.socket, deadline: float | None) -> bool:
+        """Wait until ``sock`` takes more bytes: False at the deadline."""
+        timeout = None if deadline is None else max(deadline - time.monotonic(), _GRACE)
+        with selectors.DefaultSelector() as selector:
+            selector.register(sock, selectors.EVENT_WRITE)
+            return bool(selector.select(timeout))
+
+    async def receive(
+        self, streams: Sequence[Stream], deadline: float | None
+    ) -> list[tuple[Stream, bytes | OSError]]:
+        # The selector watches exactly the open streams not at their end (and the wake socket).
+        ready = self.selector.select(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        got: list[tuple[Stream, bytes | OSError]] = []
+        view = self._read_view
+        for key, _ in ready:
+            stream = key.data
+            if stream is None:
+                self._drain_wake()
+                continue
+            try:
+                count = stream.sock.recv_into(view)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError as exc:
+                got.append((stream, exc))
+                continue
+            if not count:
+                self.forget(stream.sock)
+            got.append((stream, bytes(view[:count])))
+        return got
+
+    async def sleep_until(self, deadline: float) -> None:
+        if self.selector.select(max(0.0, deadline - time.monotonic())):
+            self._drain_wake()
+
+    async def send_last(self, stream: Stream, data: bytes, deadline: float) -> None:
+        with contextlib.suppress(OSError):
+            await stream.send_all(data, deadline)
+
+    def forget(self, sock: socket.socket) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(sock)
+
+    def wake(self) -> None:
+        """End the current wait early (from any thread)."""
+        with contextlib.suppress(OSError):
+            self._wake_out.send(b"x")
+
+    def _drain_wake(self) -> None:
+        with contextlib.suppress(OSError):
+            while self._wake_in.recv(64):
+                pass
+
+    def close(self) -> None:
+        self.selector.close()
+        self._wake_in.close()
+        self._wake_out.close()
+
+
+class _Link:
+    """The one driver over blocking sockets, stepped synchronously (see :func:`run_blocking`)."""
 
     def __init__(self, client: LabsClient) -> None:
         self.client = client
-        self.now = time.monotonic
-        self.proxied = client.config.proxy is not None
-        self.selector = selectors.DefaultSelector()
-        self._read_view = read_buffer()  # the thread's read buffer (recv_into, copied out at once)
-        self.sockets: dict[int, _Socket] = {}
-        self.events: deque[Event] = deque()
-        self.error: BaseException | None = None
-        self.finished = False
+        self.network = SelectorNetwork()
+        self.driver = Driver(client, self.network)
+        self.events = self.driver.events
+        self._idler: threading.Thread | None = None
+        self._idle_stop = False
+
+    @property
+    def finished(self) -> bool:
+        return self.driver.finished
+
+    def command(self, method: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+        self.driver.command(method, *args, **kwargs)
 
     def next_event(self) -> Event:
         """The next event; the kept error once the events before it are taken."""
-        while True:
-            if self.events:
-                return self.events.popleft()
-            if self.error is not None:
-                raise self.error
-            if self.finished:
-                raise LocalProtocolError("cannot wait for an answer: the session is closed")
-            try:
-                self._transmit()
-                if not self.events:
-                    self._wait()
-            except Exception as exc:  # LabsError from the core, wrapped socket errors, core bugs
-                self._fail(exc)
-            self.events.extend(self.client.events())
+        events = self.events
+        if events:
+            return events.popleft()
+        return run_blocking(self.driver.next_event())
 
-    # -- pumping ---------------------------------------------------------------------------------
+    def start_idling(self) -> None:
+        """Answer the server's pings in a helper thread until :meth:`stop_idling` (between queries)."""
+        if self._idler is None and not self.driver.finished:
+            self._idle_stop = False
+            self._idler = threading.Thread(target=self._idle, name="plabs-heartbeats", daemon=True)
+            self._idler.start()
 
-    def _transmit(self) -> None:
-        for instruction in self.client.transmit():
-            kind = type(instruction)
-            if kind is SendBytes:
-                entry = self.sockets.get(instruction.stream_id)
-                if entry is not None:
-                    entry.out += cast(SendBytes, instruction).data
-                    if not entry.connecting:
-                        self._write(entry)
-            elif kind is OpenStream:
-                self._open(cast(OpenStream, instruction))
-            elif kind is CloseStream:
-                self._close_stream(instruction.stream_id)
+    def _idle(self) -> None:
+        run_blocking(self.driver.pump_idle(lambda: self._idle_stop))
 
-    def _open(self, target: OpenStream) -> None:
-        try:
-            addresses = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
-        except OSError as exc:
-            raise self._stream_error(exc, "connect to", target) from None
-        self._connect_next(target, list(addresses), None)
-
-    def _connect_next(self, target: OpenStream, addresses: list[_AddrInfo], failure: OSError | None) -> None:
-        """Start connecting to the first address that takes it (raise when none is left)."""
-        while addresses:
-            family, kind, proto, _, address = addresses.pop(0)
-            sock = socket.socket(family, kind, proto)
-            try:
-                sock.setblocking(False)
-                if family in (socket.AF_INET, socket.AF_INET6):
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                code = sock.connect_ex(address)
-            except OSError as exc:
-                sock.close()
-                failure = exc
-                continue
-            if code and code not in _IN_PROGRESS:
-                sock.close()
-                failure = OSError(code, os.strerror(code))
-                continue
-            old = self.sockets.get(target.stream_id)
-            entry = _Socket(sock, target, addresses)
-            if old is not None:
-                entry.out = old.out
-            self.sockets[target.stream_id] = entry
-            self.selector.register(sock, selectors.EVENT_WRITE, entry)
-            return
-        self.sockets.pop(target.stream_id, None)
-        raise self._stream_error(failure or OSError("no address to connect to"), "connect to", target)
-
-    def _connected(self, entry: _Socket) -> None:
-        code = entry.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if code:
-            self.selector.unregister(entry.sock)
-            entry.sock.close()
-            self._connect_next(entry.target, entry.addresses, OSError(code, os.strerror(code)))
-            return
-        entry.connecting = False
-        self._write(entry)
-
-    def _write(self, entry: _Socket) -> None:
-        while entry.out:
-            try:
-                sent = entry.sock.send(entry.out)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                raise self._stream_error(exc, "send to", entry.target) from None
-            del entry.out[:sent]
-        mask = selectors.EVENT_WRITE if entry.out else 0
-        if not entry.eof:
-            mask |= selectors.EVENT_READ
-        if mask:
-            self.selector.modify(entry.sock, mask, entry)
-        else:
-            self.selector.unregister(entry.sock)
-
-    def _wait(self) -> None:
-        """Wait for the sockets or the deadline, and feed the client what happened."""
-        at = self.client.get_timer()
-        if not self.selector.get_map():
-            if at is None:
-                raise closed_error(
-                    "no connection is left to read from",
-                    partial_text=self.client.partial_text,
-                    partial_reasoning=self.client.partial_reasoning,
-                )
-            time.sleep(max(0.0, at - time.monotonic()))
-            ready = []
-        else:
-            ready = self.selector.select(None if at is None else max(0.0, at - time.monotonic()))
-        for key, mask in ready:
-            entry = cast(_Socket, key.data)
-            if self.sockets.get(entry.target.stream_id) is not entry:
-                continue  # closed by an earlier input in this round
-            if entry.connecting:
-                self._connected(entry)
-                continue
-            if mask & selectors.EVENT_WRITE:
-                self._write(entry)
-            if mask & selectors.EVENT_READ:
-                try:
-                    count = entry.sock.recv_into(self._read_view)
-                    data = bytes(self._read_view[:count])
-                except (BlockingIOError, InterruptedError):
-                    continue
-                except OSError as exc:
-                    raise self._stream_error(exc, "receive from", entry.target) from None
-                if not data:
-                    entry.eof = True
-                    self._write(entry)  # stop watching for reads
-                self.client.receive_data(entry.target.stream_id, data, time.monotonic())
-                self._transmit()
-        if at is not None and time.monotonic() >= at:
-            self.client.handle_timer(time.monotonic())
-
-    def _stream_error(self, exc: BaseException, action: str, target: OpenStream) -> LabsError:
-        return stream_error(
-            exc,
-            action=action,
-            open_stream=target,
-            proxied=self.proxied,
-            partial_text=self.client.partial_text,
-            partial_reasoning=self.client.partial_reasoning,
-        )
-
-    # -- ending ----------------------------------------------------------------------------------
-
-    def _close_stream(self, stream_id: int) -> None:
-        entry = self.sockets.pop(stream_id, None)
-        if entry is not None:
-            with contextlib.suppress(KeyError, ValueError):
-                self.selector.unregister(entry.sock)
-            entry.sock.close()
-
-    def _shutdown(self) -> None:
-        self.finished = True
-        for stream_id in list(self.sockets):
-            self._close_stream(stream_id)
-        self.selector.close()
+    def stop_idling(self) -> None:
+        """Stop the helper thread (waking its wait; a write it makes is finished first)."""
+        idler = self._idler
+        if idler is not None:
+            self._idle_stop = True
+            self.network.wake()
+            if idler is not threading.current_thread():  # a collector's __del__ may run in the idler itself
+                idler.join()
+            self._idler = None
 
     def close(self) -> None:
-        """Close politely if still healthy (one non-blocking write per socket), then close every socket."""
-        if self.finished:
-            return
-        with contextlib.suppress(Exception):
-            self.client.close(time.monotonic())
-        try:
-            for instruction in self.client.transmit():
-                entry = self.sockets.get(instruction.stream_id)
-                if entry is None:
-                    continue
-                if type(instruction) is SendBytes and not entry.connecting:
-                    entry.out += instruction.data
-                    with contextlib.suppress(OSError):
-                        entry.sock.send(entry.out)
-                    entry.out.clear()
-                elif type(instruction) is CloseStream:
-                    self._close_stream(instruction.stream_id)
-        finally:
-            self._shutdown()
+        """Close politely if still healthy (writes bounded in time), then close every socket."""
+        self.stop_idling()
+        if not self.driver.finished:
+            run_blocking(self.driver.aclose())
+        self.network.close()
 
 
 # -- the public API --------------------------------------------------------------------------------
 
 
-def _config(
-    server: str,
-    proxy: str | ProxyConfig | None,
-    transport: str,
-    ssl_context: Any,
-    cafile: str | None,
-    timeout: float | None,
-    headers: Headers,
-    extras: dict[str, Any],
-) -> ClientConfig:
-    return build_config(
-        server=server,
-        proxy=proxy,
-        transport=transport,
-        ssl_context=ssl_context,
-        cafile=cafile,
-        timeout=timeout,
-        headers=headers,
-        extras=extras,
-    )
-
-
-def ask(
-    prompt_or_messages: Messages,
-    *,
-    model: str = DEFAULT_MODEL,
-    server: str = DEFAULT_SERVER,
-    proxy: str | ProxyConfig | None = None,
-    transport: str = "upgrade",
-    ssl_context: Any = None,
-    cafile: str | None = None,
-    timeout: float | None = DEFAULT_TIMEOUT,
-    headers: Headers = None,
-    tracer: Tracer | None = None,
-    seed: int | None = None,
-    **config: Any,
-) -> Generator[str, None, None]:
+def ask(prompt_or_messages: Messages, **options: Unpack[AskOptions]) -> Generator[str, None, None]:
     """Ask Labs once and stream the answer text (a generator of str deltas).
 
     Same options, errors and tracing as :func:`plabs_proto.backends.asyncio.ask`, and the
     same promise: the texts join to the final answer, else AnswerRewrittenError.
     """
     messages = to_messages(prompt_or_messages)
-    cfg = _config(server, proxy, transport, ssl_context, cafile, timeout, headers, config)
-    rng, used_seed = make_rng(tracer, seed)
-    client = LabsClient(cfg, rng=rng, tracer=tracer)
-    return _answer(client, messages, model, tracer, used_seed)
+    opts = parse_options(options, with_model=True)
+    client, used_seed = opts.new_client()
+    return _answer(client, messages, opts.model, opts.tracer, used_seed)
 
 
 def _answer(
@@ -363,8 +274,8 @@ class Session(SessionBase):
 
     Use ``with connect(...) as session``; :meth:`query` streams the typed events
     of one answer, ending with ``AnswerFinished``.  Leaving a ``query`` generator
-    before its answer finished closes the session.  The session reads only while
-    it is used (see the module docstring about idle gaps).
+    before its answer finished closes the session.  Between queries a helper
+    thread answers the server's pings (see the module docstring).
     """
 
     def __init__(self, config: ClientConfig, *, tracer: Tracer | None = None, seed: int | None = None) -> None:
@@ -379,13 +290,11 @@ class Session(SessionBase):
         try:
             announce_seed(self._tracer, self.seed, time.monotonic())
             link.command(self._client.connect)
-            while True:
+            event = link.next_event()
+            while not opened(event):
                 event = link.next_event()
-                if type(event) is Connected:
-                    self.connected = event
-                    return
-                if type(event) is Closed:
-                    raise closed_error(event.reason, partial_text="", partial_reasoning="")
+            self.connected = cast(Connected, event)
+            link.start_idling()
         except BaseException:
             link.close()
             raise
@@ -419,6 +328,7 @@ class Session(SessionBase):
         done = False
         client = self._client
         try:
+            link.stop_idling()
             link.events.clear()
             link.command(client.query, messages, model=model)
             while True:
@@ -440,7 +350,9 @@ class Session(SessionBase):
             raise
         finally:
             self._busy = False
-            if not done:
+            if done:
+                link.start_idling()  # the session goes on (a closed one starts nothing)
+            else:
                 link.close()
 
     def close(self) -> None:
@@ -463,20 +375,8 @@ class Session(SessionBase):
                 self._link.close()
 
 
-def connect(
-    *,
-    server: str = DEFAULT_SERVER,
-    proxy: str | ProxyConfig | None = None,
-    transport: str = "upgrade",
-    ssl_context: Any = None,
-    cafile: str | None = None,
-    timeout: float | None = DEFAULT_TIMEOUT,
-    headers: Headers = None,
-    tracer: Tracer | None = None,
-    seed: int | None = None,
-    **config: Any,
-) -> Session:
+def connect(**options: Unpack[SessionOptions]) -> Session:
     """A :class:`Session` (not open yet: use ``with``).  Options as for :func:`ask`; ``timeout``
     bounds each query."""
-    cfg = _config(server, proxy, transport, ssl_context, cafile, timeout, headers, config)
-    return Session(cfg, tracer=tracer, seed=seed)
+    opts = parse_options(options, with_model=False)
+    return Session(opts.config, tracer=opts.tracer, seed=opts.seed)

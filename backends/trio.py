@@ -1,18 +1,19 @@
 """The trio backend: :func:`ask` and :func:`connect`.
 
-Everything runs in the consumer's own task, without a background task: to get
-the next event, the backend carries out ``transmit()`` (opening connections with
-``trio.open_tcp_stream``, writing with ``send_all``), then reads 64 KiB from the
+It runs the one driver (:mod:`._driver`) over :class:`TrioNetwork`, the network
+seam (:mod:`._seam`) on trio, in the consumer's own task: to get the next event,
+the driver carries out ``transmit()`` (opening connections with
+``trio.open_tcp_stream``, writing with ``send_all``), then reads from the
 connection (or from each connection, in a short-lived nursery, on the polling
 transport) until the client's ``get_timer()`` deadline, where it calls
 ``handle_timer(trio.current_time())``.  No nursery or cancel scope is ever held
 across a ``yield``, so the generators are safe to abandon, and no
 ExceptionGroup escapes.
 
-Consequence: a :class:`Session` reads only while a query (or ``open()``) is
-awaited.  Between queries the server's pings wait in the socket; Engine.IO gives
-``pingInterval + pingTimeout`` (45 s on Labs) before it gives up, so keep idle
-gaps shorter than that.
+Between the queries of a :class:`Session` (``async with connect(...)``), a task
+in the session's own nursery runs the driver's ``pump_idle``, so the server's
+pings are answered however long the session idles; a query stops that task
+(waking its wait, never interrupting a write) before it reads.
 
 Leaving an answer early (``break``, an exception, cancellation) closes the
 connection; its sockets are closed synchronously, so even an iterator that is
@@ -27,49 +28,40 @@ import contextlib
 import math
 import os
 import sys
-from collections import deque
-from typing import Any, cast
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import trio
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
-from plabs_proto.client import LabsClient, Tracer
-from plabs_proto.errors import LabsError, LocalProtocolError
-from plabs_proto.events import CloseStream, Event, OpenStream, SendBytes
-from plabs_proto.proxy import ProxyConfig
+from plabs_proto.client import ClientConfig, Tracer
 
-from ._options import (
-    DEFAULT_MODEL,
-    DEFAULT_SERVER,
-    DEFAULT_TIMEOUT,
-    READ_SIZE,
-    AsyncAnswer,
-    AsyncSession,
-    Headers,
-    LinkBase,
-    Messages,
-    build_config,
-    closed_error,
-    make_rng,
-    stream_error,
-    to_messages,
-)
+from ._async_api import AsyncAnswer, AsyncSession
+from ._config import AskOptions, Messages, SessionOptions, parse_options, to_messages
+from ._driver import Driver
+from ._link import READ_SIZE
+from ._seam import Network, Stream
+
+if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; only type checkers read it here
+    from typing import Unpack
 
 __all__ = ["Session", "ask", "connect"]
 
-_CLOSE_WAIT = 0.25  # seconds the polite close may spend writing
 _GRACE = 0.001  # seconds given to bytes already waiting when a deadline is overdue
 _STREAM_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
-def _cause(exc: BaseException) -> BaseException:
-    """The OSError under a trio.BrokenResourceError, for the message."""
-    return exc.__cause__ if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None else exc
+def _os_error(exc: BaseException) -> OSError:
+    """The OSError under a trio stream error (one is made when trio kept none)."""
+    if isinstance(exc, OSError):
+        return exc
+    cause = exc.__cause__
+    return cause if isinstance(cause, OSError) else OSError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
 
 
-def _connect_failure(exc: OSError) -> BaseException:
+def _connect_failure(exc: OSError) -> OSError:
     """The first underlying error of trio's "all attempts to connect ... failed" (it names the cause)."""
     cause = exc.__cause__
     while isinstance(cause, BaseExceptionGroup) and cause.exceptions:
@@ -93,232 +85,111 @@ def _collapse(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return leaves[0]
 
 
-class _Link(LinkBase):
-    """A LabsClient over trio socket streams, pumped by whoever awaits :meth:`next_event`."""
+def _until(deadline: float | None) -> float:
+    return math.inf if deadline is None else deadline
 
-    def __init__(self, client: LabsClient) -> None:
-        self.client = client
-        self.now = trio.current_time
-        self.proxied = client.config.proxy is not None
-        self.streams: dict[int, trio.SocketStream] = {}
-        self.targets: dict[int, OpenStream] = {}
-        self.at_eof: set[int] = set()
-        self.events: deque[Event] = deque()
-        self.error: BaseException | None = None
-        self.finished = False
-        self._pumping = False
 
-    async def next_event(self) -> Event:
-        """The next event; the kept error once the events before it are taken."""
-        if self._pumping:
-            raise LocalProtocolError("cannot wait for this session's events in two tasks at once")
-        self._pumping = True
-        try:
-            while True:
-                if self.events:
-                    return self.events.popleft()
-                if self.error is not None:
-                    raise self.error
-                if self.finished:
-                    raise LocalProtocolError("cannot wait for an answer: the session is closed")
-                try:
-                    await self._flush()
-                    if not self.events and not self.finished:
-                        await self._wait_input()
-                except Exception as exc:  # LabsError from the core, wrapped socket errors, core bugs
-                    self._fail(exc)
-                self.events.extend(self.client.events())
-        finally:
-            self._pumping = False
+class _TrioStream(Stream):
+    """A trio socket stream."""
 
-    # -- pumping ---------------------------------------------------------------------------------
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream  # trio turns TCP_NODELAY on for its socket streams
 
-    async def _flush(self) -> None:
-        """Carry out ``transmit()`` until the client has nothing more to say."""
-        while True:
-            instructions = self.client.transmit()
-            if not instructions:
-                return
-            for instruction in instructions:
-                kind = type(instruction)
-                stream_id = instruction.stream_id
-                if kind is SendBytes:
-                    stream = self.streams.get(stream_id)
-                    if stream is not None:
-                        data = cast(SendBytes, instruction).data
-                        try:
-                            await self._before_timer(stream.send_all(data))
-                        except _STREAM_ERRORS as exc:
-                            raise self._stream_error(_cause(exc), "send to", stream_id) from None
-                elif kind is OpenStream:
-                    await self._open(cast(OpenStream, instruction))
-                elif kind is CloseStream:
-                    self._close_stream(stream_id)
+    async def send_all(self, data: bytes, deadline: float | None) -> bool:
+        # A deadline already passed still gives the write a moment (the bytes may fit at once).
+        with trio.move_on_at(_until(deadline) if deadline is None else max(deadline, trio.current_time() + _GRACE)):
+            try:
+                await self.stream.send_all(data)
+            except _STREAM_ERRORS as exc:
+                raise _os_error(exc) from exc
+            return True
+        return False
 
-    async def _open(self, target: OpenStream) -> None:
-        self.targets[target.stream_id] = target
-        try:
-            stream = await self._before_timer(trio.open_tcp_stream(target.host, target.port))
-        except OSError as exc:
-            raise self._stream_error(_connect_failure(exc), "connect to", target.stream_id) from None
-        self.streams[target.stream_id] = stream  # trio turns TCP_NODELAY on for its socket streams
-
-    async def _before_timer(self, awaitable: Any) -> Any:
-        """Await ``awaitable`` unless the client's next deadline comes first (then fire it)."""
-        at = self.client.get_timer()
-        with trio.move_on_at(math.inf if at is None else max(at, trio.current_time() + _GRACE)):
-            return await awaitable
-        assert at is not None
-        self._fire_timer(at)
-        raise LocalProtocolError(f"expected a deadline error from the client at {at}, got none")
-
-    def _fire_timer(self, at: float) -> None:
-        self.client.handle_timer(max(trio.current_time(), at))
-
-    async def _wait_input(self) -> None:
-        """Read what comes first on any connection, or fire the deadline.
-
-        When the deadline has already passed (the consumer was busy elsewhere), bytes
-        that are waiting are read first, once, so the client sees what came before
-        the deadline; then the deadline fires.
-        """
-        at = self.client.get_timer()
-        now = trio.current_time()
-        overdue = at is not None and at <= now
-        until = now + _GRACE if overdue else (math.inf if at is None else at)
-        readable = [(sid, stream) for sid, stream in self.streams.items() if sid not in self.at_eof]
-        got: list[tuple[int, bytes | BaseException]] = []
-        with trio.move_on_at(until):
-            if len(readable) == 1:
-                stream_id, stream = readable[0]
-                got.append((stream_id, await self._read(stream_id, stream)))
-            elif readable:
-                try:
-                    async with trio.open_nursery() as nursery:
-                        for stream_id, stream in readable:
-                            nursery.start_soon(self._read_into, stream_id, stream, got, nursery.cancel_scope)
-                except BaseExceptionGroup as group:
-                    raise _collapse(group) from None
-            elif at is None:
-                raise closed_error(
-                    "no connection is left to read from",
-                    partial_text=self.client.partial_text,
-                    partial_reasoning=self.client.partial_reasoning,
-                )
-            else:
-                await trio.sleep_forever()
-        for stream_id, data in got:
-            if isinstance(data, BaseException):
-                raise self._stream_error(data, "receive from", stream_id)
-            if not data:
-                self.at_eof.add(stream_id)
-            if stream_id in self.streams:
-                self.client.receive_data(stream_id, data, trio.current_time())
-        if overdue or not got:
-            assert at is not None
-            self._fire_timer(at)
-
-    async def _read(self, stream_id: int, stream: trio.SocketStream) -> bytes | BaseException:
+    async def receive(self) -> bytes | OSError:
         # receive_some, not recv_into a shared buffer: trio checkpoints between the
         # syscall and our copy, so another task's read could overwrite the buffer.
         try:
-            return await stream.receive_some(READ_SIZE)
+            return await self.stream.receive_some(READ_SIZE)
         except _STREAM_ERRORS as exc:
-            return _cause(exc)
-
-    async def _read_into(
-        self,
-        stream_id: int,
-        stream: trio.SocketStream,
-        got: list[tuple[int, bytes | BaseException]],
-        scope: trio.CancelScope,
-    ) -> None:
-        got.append((stream_id, await self._read(stream_id, stream)))
-        scope.cancel()
-
-    def _stream_error(self, exc: BaseException, action: str, stream_id: int) -> LabsError:
-        return stream_error(
-            exc,
-            action=action,
-            open_stream=self.targets.get(stream_id),
-            proxied=self.proxied,
-            partial_text=self.client.partial_text,
-            partial_reasoning=self.client.partial_reasoning,
-        )
-
-    # -- ending ----------------------------------------------------------------------------------
-
-    def _close_stream(self, stream_id: int) -> None:
-        stream = self.streams.pop(stream_id, None)
-        self.at_eof.discard(stream_id)
-        if stream is not None:
-            sock = stream.socket
-            try:
-                sock.close()
-            except RuntimeError:  # collected after trio.run() ended: nothing can be waiting on it
-                with contextlib.suppress(OSError):
-                    os.close(sock.detach())
-
-    def _shutdown(self) -> None:
-        self.finished = True
-        for stream_id in list(self.streams):
-            self._close_stream(stream_id)
+            return _os_error(exc)
 
     def close(self) -> None:
-        """Close every socket at once (synchronously: no polite goodbye)."""
-        self._shutdown()
-
-    async def aclose(self) -> None:
-        """Close politely if still healthy (bounded, shielded writes), then close every socket."""
-        if self.finished:
-            return
-        with contextlib.suppress(Exception):
-            self.client.close(trio.current_time())
+        sock = self.stream.socket
         try:
-            with trio.CancelScope(shield=True, deadline=trio.current_time() + _CLOSE_WAIT):
-                for instruction in self.client.transmit():
-                    stream = self.streams.get(instruction.stream_id)
-                    if type(instruction) is SendBytes and stream is not None:
-                        await stream.send_all(instruction.data)
-                    elif type(instruction) is CloseStream:
-                        self._close_stream(instruction.stream_id)
-        except _STREAM_ERRORS:
-            pass
-        finally:
-            self._shutdown()
+            sock.close()
+        except RuntimeError:  # collected after trio.run() ended: nothing can be waiting on it
+            with contextlib.suppress(OSError):
+                os.close(sock.detach())
+
+
+class TrioNetwork(Network):
+    """The seam on trio: ``open_tcp_stream``, ``send_all``, ``receive_some`` under cancel scopes."""
+
+    def __init__(self) -> None:
+        self._waiting: trio.CancelScope | None = None  # the wait under way, which wake() cancels
+
+    def now(self) -> float:
+        return trio.current_time()
+
+    async def connect(self, host: str, port: int, deadline: float | None) -> Stream | None:
+        with trio.move_on_at(_until(deadline) if deadline is None else max(deadline, trio.current_time() + _GRACE)):
+            try:
+                return _TrioStream(await trio.open_tcp_stream(host, port))
+            except OSError as exc:
+                raise _connect_failure(exc) from exc
+        return None
+
+    async def receive(
+        self, streams: Sequence[Stream], deadline: float | None
+    ) -> list[tuple[Stream, bytes | OSError]]:
+        got: list[tuple[Stream, bytes | OSError]] = []
+        with trio.move_on_at(_until(deadline)) as self._waiting:
+            if len(streams) == 1:
+                only = cast(_TrioStream, streams[0])
+                got.append((only, await only.receive()))
+            else:
+                try:
+                    async with trio.open_nursery() as nursery:
+                        for stream in streams:
+                            nursery.start_soon(self._receive_into, cast(_TrioStream, stream), got, nursery.cancel_scope)
+                except BaseExceptionGroup as group:
+                    raise _collapse(group) from None
+        self._waiting = None
+        return got
+
+    async def _receive_into(
+        self, stream: _TrioStream, got: list[tuple[Stream, bytes | OSError]], scope: trio.CancelScope
+    ) -> None:
+        got.append((stream, await stream.receive()))
+        scope.cancel()
+
+    async def sleep_until(self, deadline: float) -> None:
+        with trio.move_on_at(deadline) as self._waiting:
+            await trio.sleep_forever()
+        self._waiting = None
+
+    def wake(self) -> None:
+        if self._waiting is not None:
+            self._waiting.cancel()
+
+    async def send_last(self, stream: Stream, data: bytes, deadline: float) -> None:
+        with trio.CancelScope(shield=True, deadline=deadline), contextlib.suppress(OSError):
+            await stream.send_all(data, None)
 
 
 # -- the public API --------------------------------------------------------------------------------
 
 
-def ask(
-    prompt_or_messages: Messages,
-    *,
-    model: str = DEFAULT_MODEL,
-    server: str = DEFAULT_SERVER,
-    proxy: str | ProxyConfig | None = None,
-    transport: str = "upgrade",
-    ssl_context: Any = None,
-    cafile: str | None = None,
-    timeout: float | None = DEFAULT_TIMEOUT,
-    headers: Headers = None,
-    tracer: Tracer | None = None,
-    seed: int | None = None,
-    **config: Any,
-) -> AsyncAnswer:
+def ask(prompt_or_messages: Messages, **options: Unpack[AskOptions]) -> AsyncAnswer:
     """Ask Labs once and stream the answer text: ``async for text in ask(...)``.
 
     Same options, errors and tracing as :func:`plabs_proto.backends.asyncio.ask`, and the
     same promise: the texts join to the final answer, else AnswerRewrittenError.
     """
     messages = to_messages(prompt_or_messages)
-    cfg = build_config(
-        server=server, proxy=proxy, transport=transport, ssl_context=ssl_context, cafile=cafile,
-        timeout=timeout, headers=headers, extras=config,
-    )
-    rng, used_seed = make_rng(tracer, seed)
-    client = LabsClient(cfg, rng=rng, tracer=tracer)
-    return AsyncAnswer(lambda: _Link(client), messages, model, tracer, used_seed)
+    opts = parse_options(options, with_model=True)
+    client, used_seed = opts.new_client()
+    return AsyncAnswer(lambda: Driver(client, TrioNetwork()), messages, opts.model, opts.tracer, used_seed)
 
 
 class Session(AsyncSession):
@@ -326,35 +197,73 @@ class Session(AsyncSession):
 
     ``async with connect(...) as session:`` then ``async for event in
     session.query(...)``.  Leaving a query before ``AnswerFinished`` closes the
-    session.  The session reads only while it is awaited (see the module
-    docstring about idle gaps).
+    session.  Between queries a task in the session's own nursery (opened by
+    ``async with``) answers the server's pings; a session opened with
+    :meth:`open` alone reads only while it is awaited.
     """
 
-    def _new_link(self) -> _Link:
-        return _Link(self._client)
+    def __init__(self, config: ClientConfig, *, tracer: Tracer | None = None, seed: int | None = None) -> None:
+        super().__init__(config, tracer=tracer, seed=seed)
+        self._nursery_manager: Any = None
+        self._nursery: trio.Nursery | None = None
+        self._idling: trio.Event | None = None  # set when the idle task has ended
+        self._idle_stop = False
+
+    def _new_link(self) -> Driver:
+        return Driver(self._client, TrioNetwork())
+
+    def _start_idling(self) -> None:
+        link = self._link
+        if self._nursery is None or self._idling is not None or not isinstance(link, Driver) or link.finished:
+            return
+        self._idle_stop = False
+        self._idling = trio.Event()
+        with contextlib.suppress(RuntimeError):  # the nursery is closing
+            self._nursery.start_soon(self._idle, link, self._idling)
+
+    async def _idle(self, link: Driver, done: trio.Event) -> None:
+        try:
+            await link.pump_idle(lambda: self._idle_stop)
+        finally:
+            done.set()
+
+    async def _stop_idling(self) -> None:
+        idling = self._idling
+        if idling is None:
+            return
+        self._idle_stop = True
+        if isinstance(self._link, Driver):
+            self._link.network.wake()
+        await idling.wait()
+        self._idling = None
 
     async def __aenter__(self) -> Session:
-        await self.open()
+        manager = trio.open_nursery()
+        self._nursery = await manager.__aenter__()
+        self._nursery_manager = manager
+        try:
+            await self.open()
+        except BaseException:
+            await self._close_nursery()
+            raise
         return self
 
+    async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            await self.aclose()
+        finally:
+            await self._close_nursery()
 
-def connect(
-    *,
-    server: str = DEFAULT_SERVER,
-    proxy: str | ProxyConfig | None = None,
-    transport: str = "upgrade",
-    ssl_context: Any = None,
-    cafile: str | None = None,
-    timeout: float | None = DEFAULT_TIMEOUT,
-    headers: Headers = None,
-    tracer: Tracer | None = None,
-    seed: int | None = None,
-    **config: Any,
-) -> Session:
+    async def _close_nursery(self) -> None:
+        nursery, manager = self._nursery, self._nursery_manager
+        self._nursery = self._nursery_manager = None
+        if nursery is not None and manager is not None:
+            nursery.cancel_scope.cancel()  # the idle task, if still there, ends (its Cancelled stays inside)
+            await manager.__aexit__(None, None, None)
+
+
+def connect(**options: Unpack[SessionOptions]) -> Session:
     """A :class:`Session` (not open yet: use ``async with``).  Options as for :func:`ask`;
     ``timeout`` bounds each query."""
-    cfg = build_config(
-        server=server, proxy=proxy, transport=transport, ssl_context=ssl_context, cafile=cafile,
-        timeout=timeout, headers=headers, extras=config,
-    )
-    return Session(cfg, tracer=tracer, seed=seed)
+    opts = parse_options(options, with_model=False)
+    return Session(opts.config, tracer=opts.tracer, seed=opts.seed)

@@ -141,8 +141,30 @@ async def ask_seed(url: str, cafile: str | None, prompt: str = PROMPT) -> Result
     return first, "".join(parts)
 
 
+async def ask_anyio(url: str, transport: str, cafile: str | None, prompt: str = PROMPT) -> Result:
+    """The evaluated anyio backend (benchmarks/anyio_backend.py), on whichever loop runs it."""
+    from anyio_backend import ask
+
+    parts: list[str] = []
+    first = 0.0
+    start = time.perf_counter()
+    answer = ask(prompt, model=MODEL, server=url, transport=transport, cafile=cafile)
+    async with contextlib.aclosing(answer):
+        async for text in answer:
+            if text and not parts:
+                first = time.perf_counter() - start
+            if text:
+                parts.append(text)
+    return first, "".join(parts)
+
+
 def runner(kind: str, url: str, cafile: str | None, prompt: str = PROMPT) -> Callable[[], Result]:
     """A no-argument function asking once with client ``kind`` (from plain code)."""
+    if kind.startswith("anyio-"):  # anyio-<loop>-<transport>: the evaluated anyio backend
+        import anyio
+
+        _, loop, transport = kind.split("-", 2)
+        return lambda: anyio.run(ask_anyio, url, transport, cafile, prompt, backend=loop)
     if kind.startswith("plabs-"):
         _, backend, transport = kind.split("-", 2)
         if backend == "asyncio":

@@ -92,7 +92,33 @@ async def _trio_sessions(kind: str, url: str, n: int) -> list[Any]:
     return results
 
 
+async def _anyio_sessions(kind: str, url: str, n: int) -> list[Any]:
+    """The evaluated anyio backend (anyio-<loop>-<transport>), in an anyio task group."""
+    import anyio
+    from _clients import ask_anyio
+
+    transport = kind.rsplit("-", 1)[1]
+    results: list[Any] = [None] * n
+
+    async def one(i: int) -> None:
+        start = time.perf_counter()
+        try:
+            first, text = await ask_anyio(url, transport, None)
+            results[i] = ((start, start + first, time.perf_counter()), text)
+        except Exception as exc:
+            results[i] = exc
+
+    async with anyio.create_task_group() as group:
+        for i in range(n):
+            group.start_soon(one, i)
+    return results
+
+
 def run_sessions(kind: str, url: str, n: int) -> list[Any]:
+    if kind.startswith("anyio-"):
+        import anyio
+
+        return anyio.run(_anyio_sessions, kind, url, n, backend=kind.split("-")[1])  # type: ignore[no-any-return]
     if kind.startswith("plabs-trio-"):
         import trio
 

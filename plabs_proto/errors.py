@@ -15,6 +15,10 @@ Hierarchy::
     +-- ResponseError           the server reported a failure for a query (its text)
     +-- LabsTimeout             a deadline passed (connect, first text, query, heartbeat)
     +-- AnswerRewrittenError    the server rewrote answer text ``ask`` had already yielded
+    +-- NetworkError            a socket failed below the protocol (refused, reset, unreachable...)
+
+The core never raises :class:`NetworkError` (it does no I/O); the backends raise
+it ``from`` the :class:`OSError` they met, so the cause stays in the traceback.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ __all__ = [
     "LabsError",
     "LabsTimeout",
     "LocalProtocolError",
+    "NetworkError",
     "ProxyError",
     "RemoteProtocolError",
     "ResponseError",
@@ -143,3 +148,26 @@ class AnswerRewrittenError(LabsError):
         self.text = text
         self.reasoning = reasoning
         self.yielded = yielded
+class NetworkError(LabsError):
+    """A connection failed below the protocol: refused, reset, timed out, unreachable, unresolvable.
+
+    ``host`` and ``port`` name where the socket went (the proxy's, when one is used;
+    proxy credentials are never part of the error) and ``errno`` is the
+    :class:`OSError`'s ``errno`` (``None`` when there was none).  The backend raises
+    it ``from`` that :class:`OSError`, which is its ``__cause__``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        host: str,
+        port: int,
+        errno: int | None = None,
+        partial_text: str = "",
+        partial_reasoning: str = "",
+    ) -> None:
+        super().__init__(message, partial_text=partial_text, partial_reasoning=partial_reasoning)
+        self.host = host
+        self.port = port
+        self.errno = errno

@@ -1,21 +1,29 @@
-"""The shared, I/O-free pieces of the backends (``plabs_proto.backends._options``)."""
+"""The shared, I/O-free pieces of the backends (``plabs_proto.backends._config`` and ``._errors``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from plabs_proto.backends import _options as options
+from plabs_proto.backends import _config, _errors, _text
 
 from plabs_proto.client import ClientConfig
-from plabs_proto.errors import AnswerRewrittenError, LocalProtocolError, RemoteProtocolError, ResponseError
+from plabs_proto.errors import (
+    AnswerRewrittenError,
+    LocalProtocolError,
+    NetworkError,
+    RemoteProtocolError,
+    ResponseError,
+)
 from plabs_proto.events import (
     AnswerFinished,
     AnswerRevised,
     Closed,
+    Connected,
     Event,
     OpenStream,
     QueryFailed,
@@ -27,27 +35,16 @@ from plabs_proto.trace import TraceRecorder
 
 
 def config(**overrides: Any) -> ClientConfig:
-    values: dict[str, Any] = {
-        "server": "https://labs.test",
-        "proxy": None,
-        "transport": "upgrade",
-        "ssl_context": None,
-        "cafile": None,
-        "timeout": options.DEFAULT_TIMEOUT,
-        "headers": None,
-    }
-    extras = {k: v for k, v in overrides.items() if k not in values}
-    values.update({k: v for k, v in overrides.items() if k in values})
-    return options.build_config(**values, extras=extras)
+    return _config.build_config({"server": "https://labs.test", **overrides})
 
 
 def test_timeout_maps_to_query_and_caps_connect() -> None:
     cfg = config(timeout=12.5)
     assert (cfg.query_timeout, cfg.connect_timeout) == (12.5, 12.5)
     cfg = config(timeout=300)
-    assert (cfg.query_timeout, cfg.connect_timeout) == (300.0, options.CONNECT_TIMEOUT)
+    assert (cfg.query_timeout, cfg.connect_timeout) == (300.0, _config.CONNECT_TIMEOUT)
     cfg = config(timeout=None)
-    assert (cfg.query_timeout, cfg.connect_timeout) == (None, options.CONNECT_TIMEOUT)
+    assert (cfg.query_timeout, cfg.connect_timeout) == (None, _config.CONNECT_TIMEOUT)
     assert cfg.first_text_timeout == ClientConfig().first_text_timeout
 
 
@@ -106,48 +103,48 @@ def test_unknown_keyword_is_refused_with_the_allowed_list() -> None:
 
 
 def test_to_messages() -> None:
-    assert options.to_messages("hi") == [{"role": "user", "content": "hi"}]
+    assert _config.to_messages("hi") == [{"role": "user", "content": "hi"}]
     messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
-    assert options.to_messages(messages) == messages
+    assert _config.to_messages(messages) == messages
     for bad in (b"hi", {"role": "user", "content": "hi"}, 42, None):
         with pytest.raises(LocalProtocolError, match="expected the messages as a str"):
-            options.to_messages(bad)  # type: ignore[arg-type]
+            _config.to_messages(bad)  # type: ignore[arg-type]
     with pytest.raises(LocalProtocolError, match="message 0: expected 'role'"):
-        options.to_messages([{"role": "robot", "content": "beep"}])
+        _config.to_messages([{"role": "robot", "content": "beep"}])
 
 
 def test_make_rng() -> None:
-    rng, seed = options.make_rng(None, 1234)
+    rng, seed = _config.make_rng(None, 1234)
     assert seed == 1234 and rng.getrandbits(64) == random.Random(1234).getrandbits(64)
-    rng, seed = options.make_rng(None, None)
+    rng, seed = _config.make_rng(None, None)
     assert isinstance(rng, random.SystemRandom) and seed is None
 
     def tracer(now: float, stream_id: int, direction: str, data: bytes) -> None:
         pass
 
-    rng, seed = options.make_rng(tracer, None)
+    rng, seed = _config.make_rng(tracer, None)
     assert seed is not None and 0 <= seed < 2**128
     assert type(rng) is random.Random and rng.getrandbits(64) == random.Random(seed).getrandbits(64)
-    seeds = {options.make_rng(tracer, None)[1] for _ in range(5)}
+    seeds = {_config.make_rng(tracer, None)[1] for _ in range(5)}
     assert len(seeds) == 5
     with pytest.raises(LocalProtocolError, match="seed"):
-        options.make_rng(None, True)
+        _config.make_rng(None, True)
 
 
 def test_announce_seed_reaches_a_trace_recorder() -> None:
     calls: list[tuple[float, int, str, bytes]] = []
-    options.announce_seed(lambda *args: calls.append(args), 42, 3.5)
-    options.announce_seed(lambda *args: calls.append(args), None, 3.5)
-    options.announce_seed(None, 42, 3.5)
+    _config.announce_seed(lambda *args: calls.append(args), 42, 3.5)
+    _config.announce_seed(lambda *args: calls.append(args), None, 3.5)
+    _config.announce_seed(None, 42, 3.5)
     assert calls == [(3.5, 0, "seed", b"42")]
     recorder = TraceRecorder({"plabs_trace": 1})
-    options.announce_seed(recorder, 2**100 + 7, 0.0)
+    _config.announce_seed(recorder, 2**100 + 7, 0.0)
     assert recorder.header["seed"] == 2**100 + 7
 
 
 def test_stream_error_names_the_hop_and_the_partial_text() -> None:
     target = OpenStream(stream_id=1, host="proxy.test", port=3128)
-    error = options.stream_error(
+    error = _errors.stream_error(
         ConnectionResetError(104, "Connection reset by peer"),
         action="receive from",
         open_stream=target,
@@ -155,28 +152,31 @@ def test_stream_error_names_the_hop_and_the_partial_text() -> None:
         partial_text="Hello",
         partial_reasoning="hmm",
     )
-    assert type(error) is RemoteProtocolError
+    assert type(error) is NetworkError
+    assert (error.host, error.port, error.errno) == ("proxy.test", 3128, 104)
+    assert isinstance(error.__cause__, ConnectionResetError)
     assert str(error) == (
         "expected to receive from the proxy at proxy.test:3128, but the connection failed after 5 characters "
         "of the answer (ConnectionResetError: [Errno 104] Connection reset by peer)"
     )
     assert (error.partial_text, error.partial_reasoning) == ("Hello", "hmm")
     v6 = OpenStream(stream_id=2, host="::1", port=443)
-    error = options.stream_error(OSError("boom"), action="connect to", open_stream=v6, proxied=False,
+    error = _errors.stream_error(OSError("boom"), action="connect to", open_stream=v6, proxied=False,
                                  partial_text="", partial_reasoning="")
     assert str(error) == "expected to connect to the server at [::1]:443, but the connection failed (OSError: boom)"
+    assert (error.host, error.port, error.errno) == ("::1", 443, None)
 
 
 def test_check_event() -> None:
-    assert options.check_event(AnswerFinished(model="m", text="t", reasoning=""), partial_text="", partial_reasoning="")
-    assert not options.check_event(TextDelta(text="t"), partial_text="", partial_reasoning="")
-    assert not options.check_event(ReasoningDelta(text="t"), partial_text="", partial_reasoning="")
+    assert _errors.check_event(AnswerFinished(model="m", text="t", reasoning=""), partial_text="", partial_reasoning="")
+    assert not _errors.check_event(TextDelta(text="t"), partial_text="", partial_reasoning="")
+    assert not _errors.check_event(ReasoningDelta(text="t"), partial_text="", partial_reasoning="")
     failed = QueryFailed(model="sonar", message="Error in processing query", partial_text="par")
     with pytest.raises(ResponseError) as caught:
-        options.check_event(failed, partial_text="", partial_reasoning="")
+        _errors.check_event(failed, partial_text="", partial_reasoning="")
     assert (caught.value.server_text, caught.value.partial_text) == ("Error in processing query", "par")
     with pytest.raises(RemoteProtocolError, match="session ended: bye") as ended:
-        options.check_event(Closed(reason="bye"), partial_text="abc", partial_reasoning="")
+        _errors.check_event(Closed(reason="bye"), partial_text="abc", partial_reasoning="")
     assert ended.value.partial_text == "abc"
 
 
@@ -185,7 +185,7 @@ def test_check_event() -> None:
 
 def yielded_by(events: list[Event]) -> str:
     """What ``ask`` yields for these events of one query (ending with AnswerFinished)."""
-    answer = options.AnswerText()
+    answer = _text.AnswerText()
     out = [answer.take(event) for event in events[:-1]]
     finished = events[-1]
     assert isinstance(finished, AnswerFinished)
@@ -227,7 +227,7 @@ def test_answer_text_never_ends_quietly_with_another_answer() -> None:
 
 
 def test_answer_text_holds_back_after_a_rewrite_until_it_can_go_on() -> None:
-    answer = options.AnswerText()
+    answer = _text.AnswerText()
     assert answer.take(TextDelta(text="Hello wor")) == "Hello wor"
     assert answer.take(AnswerRevised(text="Hello", reasoning="")) == ""  # a rewrite: wait
     assert answer.take(TextDelta(text=" w")) == ""  # the text now is "Hello w": still not ours
@@ -249,7 +249,7 @@ def test_answer_text_ends_with_the_final_answer_or_raises(model: str, outputs: l
     events.extend(decoder.feed({"output": final, "final": True}))
     last = events[-1]
     assert isinstance(last, AnswerFinished)
-    answer = options.AnswerText()
+    answer = _text.AnswerText()
     pieces = [answer.take(event) for event in events[:-1]]
     try:
         pieces.append(answer.finish(last))
@@ -274,3 +274,43 @@ def test_answer_text_of_a_cumulative_default_model_stream_is_the_final_answer(ou
     last = events[-1]
     assert isinstance(last, AnswerFinished)
     assert yielded_by(events) == last.text
+def test_the_options_are_the_config_fields_plus_the_backend_ones() -> None:
+    # One definition: every ClientConfig field but the ones the core fills itself is an option,
+    # and ask takes exactly connect's options plus the model.
+    fields = {f.name for f in dataclasses.fields(ClientConfig)}
+    session = _config.SessionOptions.__optional_keys__
+    assert session == fields | {"timeout", "tracer", "seed"}
+    assert _config.AskOptions.__optional_keys__ == session | {"model"}
+
+
+def test_parse_options_applies_the_defaults_of_the_core() -> None:
+    from plabs_proto import client, labs
+
+    opts = _config.parse_options({}, with_model=True)
+    assert opts.config.server == client.DEFAULT_SERVER
+    assert opts.model == labs.DEFAULT_MODEL
+    assert opts.config.query_timeout == _config.DEFAULT_TIMEOUT
+    assert (opts.tracer, opts.seed) == (None, None)
+    assert _config.DEFAULT_MODEL is labs.DEFAULT_MODEL and _config.MODELS is labs.MODELS
+    opts = _config.parse_options({"model": "sonar", "seed": 3, "jwt": "j", "timeout": 4}, with_model=True)
+    assert (opts.model, opts.seed, opts.config.jwt, opts.config.query_timeout) == ("sonar", 3, "j", 4.0)
+    client_, seed = opts.new_client()
+    assert seed == 3 and client_.config is opts.config
+
+
+def test_parse_options_refuses_what_is_not_an_option() -> None:
+    with pytest.raises(LocalProtocolError, match="'colour'"):
+        _config.parse_options({"colour": "red"}, with_model=True)
+    with pytest.raises(LocalProtocolError, match="'model'"):
+        _config.parse_options({"model": "sonar"}, with_model=False)  # connect takes no model
+    with pytest.raises(LocalProtocolError, match="model as a str"):
+        _config.parse_options({"model": 3}, with_model=True)
+    with pytest.raises(LocalProtocolError, match="tracer"):
+        _config.parse_options({"tracer": "file.txt"}, with_model=True)
+
+
+def test_opened() -> None:
+    assert _errors.opened(Connected(engine_sid="e", socket_sid="s", transport="websocket"))
+    assert not _errors.opened(TextDelta(text="early"))
+    with pytest.raises(RemoteProtocolError, match="the session ended: gone"):
+        _errors.opened(Closed(reason="gone"))

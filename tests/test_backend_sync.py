@@ -151,3 +151,40 @@ def test_options_are_checked_when_ask_is_called() -> None:
         sync_backend.ask("hi", bogus=1)
     with pytest.raises(LocalProtocolError, match="not open"):
         sync_backend.connect(server="http://127.0.0.1:9").query("x")
+
+
+def test_a_session_closed_from_its_own_heartbeat_thread_closes(
+    emulator_factory: EmulatorFactory, sockets_to: Callable[[int], int]
+) -> None:
+    # Code that runs in the heartbeat thread (a tracer here; a collector's __del__ in real life) may
+    # close the session: the thread cannot wait for itself, so it stops itself and the session closes.
+    import threading
+
+    server = emulator_factory(ping_interval=0.1, ping_timeout=0.2, **FAST)
+    closed_in: list[str] = []
+    session: sync_backend.Session | None = None
+
+    def tracer(now: float, stream_id: int, direction: str, data: bytes) -> None:
+        thread = threading.current_thread()
+        if session is not None and direction == "in" and thread.name == "plabs-heartbeats" and not closed_in:
+            try:
+                session.close()
+            except Exception as exc:  # e.g. "cannot join current thread"
+                closed_in.append(repr(exc))
+            else:
+                closed_in.append("closed")
+
+    session = sync_backend.connect(server=server.url, timeout=10, tracer=tracer)
+    session.open()
+    deadline = time.monotonic() + 5
+    while not closed_in and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert closed_in == ["closed"]
+    for _ in range(100):
+        if sockets_to(server.port) == 0:
+            break
+        time.sleep(0.02)
+    assert sockets_to(server.port) == 0
+    with pytest.raises(LocalProtocolError, match="it is closed"):  # closed, not failed
+        list(session.query("after the close", model="sonar"))
+    session.close()

@@ -367,7 +367,7 @@ def test_error_in_json_mode_is_also_an_event() -> None:
     result = plabs("ask", "--json", "--server", "http://127.0.0.1:1", "hello")
     assert result.returncode == 1
     [event] = json_lines(result.stdout)
-    assert event["event"] == "error" and event["error"] == "RemoteProtocolError"
+    assert event["event"] == "error" and event["error"] == "NetworkError"
     assert result.stderr == f"plabs: error: {event['message']}\n"
 
 

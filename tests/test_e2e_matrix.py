@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import json
 import ssl
@@ -34,6 +35,7 @@ from plabs_proto.errors import (
     LabsError,
     LabsTimeout,
     LocalProtocolError,
+    NetworkError,
     ProxyError,
     RemoteProtocolError,
     ResponseError,
@@ -66,11 +68,18 @@ def run_ask(backend: str, prompt: Any, **options: Any) -> str:
     return asyncio.run(main()) if backend == "asyncio" else trio.run(main)
 
 
-def run_session(backend: str, queries: list[tuple[str, str]], **options: Any) -> list[list[Event]]:
-    """The events of each ``(prompt, model)`` query, run one after another on one session."""
+def run_session(
+    backend: str, queries: list[tuple[str, str]], *, idle: float = 0.0, **options: Any
+) -> list[list[Event]]:
+    """The events of each ``(prompt, model)`` query, run one after another on one session
+    (``idle`` seconds of idling after each)."""
     if backend == "sync":
+        results: list[list[Event]] = []
         with sync_backend.connect(**options) as session:
-            return [list(session.query(prompt, model=model)) for prompt, model in queries]
+            for prompt, model in queries:
+                results.append(list(session.query(prompt, model=model)))
+                time.sleep(idle)
+        return results
 
     async def main() -> list[list[Event]]:
         module: Any = asyncio_backend if backend == "asyncio" else trio_backend
@@ -78,6 +87,7 @@ def run_session(backend: str, queries: list[tuple[str, str]], **options: Any) ->
         async with module.connect(**options) as session:
             for prompt, model in queries:
                 results.append([event async for event in session.query(prompt, model=model)])
+                await (asyncio.sleep(idle) if backend == "asyncio" else trio.sleep(idle))
         return results
 
     return asyncio.run(main()) if backend == "asyncio" else trio.run(main)
@@ -250,20 +260,36 @@ def test_proxy_wrong_password_is_refused(
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_unreachable_proxy_names_no_credentials(backend: str) -> None:
     port = free_port()
-    error = raises(backend, RemoteProtocolError, server="http://127.0.0.1:9", proxy=f"http://alice:{PROXY_PASSWORD}@127.0.0.1:{port}", timeout=5)
-    assert type(error) is RemoteProtocolError
+    error = raises(backend, NetworkError, server="http://127.0.0.1:9", proxy=f"http://alice:{PROXY_PASSWORD}@127.0.0.1:{port}", timeout=5)
+    assert type(error) is NetworkError and (error.host, error.port) == ("127.0.0.1", port)
     assert f"the proxy at 127.0.0.1:{port}" in str(error)
     assert PROXY_PASSWORD not in str(error) and "alice" not in str(error)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_idle_session_answers_pings(backend: str, start: Callable[..., str]) -> None:
+    # The server gives up pingInterval + pingTimeout = 0.4 s after a ping without a pong; idling
+    # three ping intervals (0.6 s) between queries works only if the session answers pings while idle.
+    url = start(ping_interval=0.2, ping_timeout=0.2, **FAST)
+    prompts = ["before the gap", "after the gap", "after another"]
+    results = run_session(backend, [(prompt, "sonar") for prompt in prompts], idle=0.6, server=url, timeout=10)
+    assert ["".join(e.text for e in events if type(e) is TextDelta) for events in results] == [
+        default_answer("sonar", prompt) for prompt in prompts
+    ]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_connection_refused(backend: str) -> None:
     port = free_port()
-    error = raises(backend, RemoteProtocolError, server=f"http://127.0.0.1:{port}", timeout=5)
-    assert type(error) is RemoteProtocolError
+    error = raises(backend, NetworkError, server=f"http://127.0.0.1:{port}", timeout=5)
+    assert type(error) is NetworkError
     assert f"connect to the server at 127.0.0.1:{port}" in str(error)
     assert "refused" in str(error).lower()
     assert error.partial_text == ""
+    # The socket's own error is kept: chained as the cause, and its errno named.
+    assert isinstance(error.__cause__, ConnectionRefusedError)
+    assert (error.host, error.port, error.errno) == ("127.0.0.1", port, errno.ECONNREFUSED)
+    assert f"[Errno {errno.ECONNREFUSED}]" in str(error)
 
 
 # -- heartbeats during a long answer -------------------------------------------------------------------
@@ -372,8 +398,9 @@ def test_server_failure_frame(backend: str, start: Callable[..., str]) -> None:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_connection_dropped_mid_answer(backend: str, transport: str, start: Callable[..., str]) -> None:
     url = start(drop_after=5, chunk_size=8, **FAST)
-    error = raises(backend, RemoteProtocolError, "drop me", server=url, model="sonar", transport=transport,
-                   timeout=10)
+    # A close the peer made is a protocol error (the answer ended too early); a reset, a network one.
+    error = raises(backend, LabsError, "drop me", server=url, model="sonar", transport=transport, timeout=10)
+    assert isinstance(error, RemoteProtocolError | NetworkError)
     full = default_answer("sonar", "drop me")
     assert error.partial_text
     assert full.startswith(error.partial_text)

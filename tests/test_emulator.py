@@ -920,3 +920,25 @@ def test_node_server_stops_promptly(node_ready: None) -> None:
     node.stop()
     assert time.monotonic() - started < 2.0
     assert node.process.returncode == 0
+
+
+def test_the_installed_engineio_is_in_the_pinned_range_and_has_the_private_hooks() -> None:
+    # The emulator subclasses private hooks of python-engineio/python-socketio; pyproject pins the
+    # releases they were checked on. An upgrade past the pin must come with a check of these hooks.
+    from importlib.metadata import version
+
+    import engineio
+    import socketio
+    import tomllib
+    from packaging.requirements import Requirement
+
+    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    pins = {Requirement(line).name: Requirement(line) for line in pyproject["project"]["optional-dependencies"]["emulator"]}
+    for name in ("python-engineio", "python-socketio"):
+        assert pins[name].specifier.contains(version(name)), (name, version(name), str(pins[name].specifier))
+        assert any(spec.operator == "<" for spec in pins[name].specifier), f"{name} has no upper bound"
+    assert callable(engineio.AsyncServer._trigger_event)
+    assert callable(socketio.AsyncServer._engineio_server_class)
+    # The emulator shares nothing with the client: an honest second opinion.
+    source = (Path(__file__).parent.parent / "backends" / "emulator.py").read_text()
+    assert "plabs_proto" not in source and "from ." not in source

@@ -1,0 +1,332 @@
+"""The answer stream, query stream and session of the two async backends (asyncio, trio).
+
+They are written against the small :class:`AsyncLink` interface each backend
+implements over its sockets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Generic, Protocol, TypeVar, cast
+
+from plabs_proto.client import ClientConfig, ClientState, LabsClient, Tracer
+from plabs_proto.errors import LocalProtocolError, ResponseError
+from plabs_proto.events import AnswerFinished, AnswerRevised, Connected, Event, TextDelta
+
+from ._config import DEFAULT_MODEL, Messages, announce_seed, to_messages
+from ._errors import check_event, opened
+from ._link import SessionBase
+from ._text import AnswerText
+
+__all__ = ["AsyncAnswer", "AsyncLink", "AsyncQuery", "AsyncSession"]
+
+
+# -- the async answer stream and session, shared by the asyncio and trio backends ----------------------
+#
+# They are classes rather than async generators: trio warns (ResourceWarning) about every
+# async generator collected before it was exhausted, and an abandoned answer must not warn.
+# An object can close its sockets synchronously from __del__ instead.
+
+
+class AsyncLink(Protocol):
+    """What a backend's connection driver offers the shared classes below."""
+
+    client: LabsClient
+    events: deque[Event]
+    finished: bool
+
+    def now(self) -> float:
+        """The backend's clock (the one the client's deadlines use)."""
+
+    def command(self, method: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+        """Call a client command with ``now=``; misuse raises, other errors are kept for next_event."""
+
+    async def next_event(self) -> Event:
+        """The next event (pumping I/O as needed); raises the session's error after the events before it."""
+
+    def close(self) -> None:
+        """Close every connection at once, synchronously (safe from ``__del__``)."""
+
+    async def aclose(self) -> None:
+        """Close politely if the session is healthy (bounded in time), then every connection."""
+
+
+def _release(close: Callable[[], None]) -> None:
+    with contextlib.suppress(Exception):
+        close()
+
+
+T = TypeVar("T")
+
+
+class _OneReader(ABC, Generic[T]):
+    """An async iterator that one task reads at a time (its subclasses give ``_next``)."""
+
+    _what = "this stream"
+    _done = False
+    _reading = False
+
+    def __aiter__(self) -> _OneReader[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        if self._done:
+            raise StopAsyncIteration
+        if self._reading:
+            raise LocalProtocolError(f"cannot read {self._what} in two tasks at once")
+        self._reading = True
+        try:
+            return await self._next()
+        finally:
+            self._reading = False
+
+    @abstractmethod
+    async def _next(self) -> T:
+        """The next item; sets ``_done`` at the end."""
+
+
+class AsyncAnswer(_OneReader[str]):
+    """What ``ask`` returns: an async iterator of answer text deltas (str).
+
+    The texts join to the server's final answer (``AnswerFinished.text``), or
+    the iteration ends with :class:`~plabs_proto.errors.AnswerRewrittenError`
+    when the server rewrote text already yielded (see :class:`AnswerText`).
+
+    The connection opens on the first ``__anext__`` and closes when the answer is
+    complete, on an error or cancellation, on :meth:`aclose` (or leaving
+    ``async with``), and, failing all that, when the object is collected.
+    """
+
+    _what = "one answer"
+
+    def __init__(
+        self,
+        make_link: Callable[[], AsyncLink],
+        messages: Messages,
+        model: str,
+        tracer: Tracer | None,
+        seed: int | None,
+    ) -> None:
+        self._make_link = make_link
+        self._messages = messages
+        self._model = model
+        self._tracer = tracer
+        self._seed = seed
+        self._link: AsyncLink | None = None
+        self._text = AnswerText()
+        self._done = False
+        self._reading = False
+
+    @property
+    def seed(self) -> int | None:
+        """The seed of the client's randomness (None: system randomness)."""
+        return self._seed
+
+    async def _next(self) -> str:
+        link = self._link
+        try:
+            if link is None:
+                link = self._link = self._make_link()
+                announce_seed(self._tracer, self._seed, link.now())
+                link.command(link.client.connect)
+                link.command(link.client.query, self._messages, model=self._model)
+            client = link.client
+            while True:
+                event = await link.next_event()
+                kind = type(event)
+                if kind is TextDelta or kind is AnswerRevised:
+                    text = self._text.take(event)
+                    if text:
+                        return text
+                elif check_event(event, partial_text=client.partial_text, partial_reasoning=client.partial_reasoning):
+                    break
+        except BaseException:
+            self._done = True
+            if link is not None:
+                link.close()
+            raise
+        self._done = True
+        await link.aclose()
+        assert isinstance(event, AnswerFinished)
+        rest = self._text.finish(event)  # raises AnswerRewrittenError when the text was rewritten
+        if rest:
+            return rest
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        """Stop: close the connection (politely if it is healthy)."""
+        self._done = True
+        if self._link is not None:
+            await self._link.aclose()
+
+    async def __aenter__(self) -> AsyncAnswer:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        link = self._link
+        if link is not None and not link.finished:
+            _release(link.close)
+
+
+class AsyncQuery(_OneReader[Event]):
+    """What ``Session.query`` returns: an async iterator of the answer's events.
+
+    ``TextDelta``, ``ReasoningDelta``, ``Citations``, ``AnswerRevised``, then
+    ``AnswerFinished``.  The query is sent on the first ``__anext__``.  A
+    server-reported failure raises :class:`~plabs_proto.errors.ResponseError` and
+    leaves the session usable; any other error, a cancellation, or leaving before
+    ``AnswerFinished`` closes the session.
+    """
+
+    _what = "one query's events"
+
+    def __init__(self, session: AsyncSession, link: AsyncLink, messages: Messages, model: str) -> None:
+        self._session = session
+        self._link = link
+        self._messages = messages
+        self._model = model
+        self._started = False
+        self._done = False
+        self._reading = False
+
+    async def _next(self) -> Event:
+        link = self._link
+        client = link.client
+        try:
+            if not self._started:
+                self._started = True
+                await self._session._stop_idling()
+                link.events.clear()
+                link.command(client.query, self._messages, model=self._model)
+            while True:
+                event = await link.next_event()
+                if type(event) is Connected:
+                    continue
+                if check_event(event, partial_text=client.partial_text, partial_reasoning=client.partial_reasoning):
+                    self._finish(idle=True)
+                return event
+        except ResponseError:
+            self._finish()
+            if not link.finished and client.state is ClientState.READY:
+                self._session._start_idling()
+                raise  # the server failed this query; the session goes on
+            link.close()
+            raise
+        except LocalProtocolError:
+            self._finish()  # a misuse (or a session already over) closes nothing
+            raise
+        except BaseException:
+            self._finish()
+            link.close()
+            raise
+
+    def _finish(self, *, idle: bool = False) -> None:
+        if not self._done:
+            self._done = True
+            self._session._busy = False
+            if idle:  # the answer is complete and the session goes on
+                self._session._start_idling()
+
+    async def aclose(self) -> None:
+        """Stop reading: if the answer was still streaming, the session closes."""
+        if self._done:
+            return
+        self._finish()
+        if self._started:
+            await self._link.aclose()
+
+    async def __aenter__(self) -> AsyncQuery:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        if not self._done:
+            self._finish()
+            if self._started:
+                _release(self._link.close)
+
+
+class AsyncSession(SessionBase, ABC):
+    """One Labs connection for several queries, run one after another (``async with``).
+
+    Backends subclass it and say how to make the connection driver (:meth:`_new_link`).
+    """
+
+    def __init__(self, config: ClientConfig, *, tracer: Tracer | None = None, seed: int | None = None) -> None:
+        self._link: AsyncLink | None = None  # first: __del__ reads it even if the client refuses the config
+        super().__init__(config, tracer=tracer, seed=seed)
+
+    @abstractmethod
+    def _new_link(self) -> AsyncLink:
+        """The backend's connection driver for this session's client."""
+
+    def _start_idling(self) -> None:
+        """Keep the open session alive between queries (a backend that reads only when awaited overrides it)."""
+
+    async def _stop_idling(self) -> None:
+        """Stop what :meth:`_start_idling` started, before the consumer reads again."""
+
+    async def open(self) -> None:
+        """Connect and wait for the Socket.IO connect ack."""
+        if self._link is not None:
+            raise LocalProtocolError("cannot open this session: it was opened already")
+        link = self._link = self._new_link()
+        try:
+            announce_seed(self._tracer, self.seed, link.now())
+            link.command(self._client.connect)
+            event = await link.next_event()
+            while not opened(event):
+                event = await link.next_event()
+            self.connected = cast(Connected, event)
+            self._start_idling()
+        except BaseException:
+            link.close()
+            raise
+
+    def query(self, messages: Messages, *, model: str = DEFAULT_MODEL) -> AsyncQuery:
+        """Ask; iterate the result for the answer's events (see :class:`AsyncQuery`).
+
+        Raises :class:`~plabs_proto.errors.LocalProtocolError` at once when the
+        session is not open or another query on it is still streaming.
+        """
+        link = self._link
+        if link is None:
+            raise LocalProtocolError("cannot query: the session is not open (use `async with connect(...)`)")
+        if self._busy:
+            raise LocalProtocolError(
+                "cannot start a query while another one is still streaming on this session: "
+                "queries run one after another"
+            )
+        messages = to_messages(messages)
+        self._busy = True
+        return AsyncQuery(self, link, messages, model)
+
+    async def aclose(self) -> None:
+        """Close the session (politely when it is healthy); idempotent."""
+        if self._link is not None:
+            try:
+                await self._stop_idling()
+            except BaseException:  # cancelled while the idle task ends: close at once
+                self._link.close()
+                raise
+            await self._link.aclose()
+
+    async def __aenter__(self) -> AsyncSession:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        link = self._link
+        if link is not None and not link.finished:
+            _release(link.close)

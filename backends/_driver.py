@@ -1,0 +1,203 @@
+"""The one driver loop of the pull-style backends (trio and sync), over the network seam.
+
+:class:`Driver` runs a :class:`~plabs_proto.client.LabsClient` over a
+:class:`~._seam.Network` for whoever awaits :meth:`Driver.next_event`:
+instructions out (``transmit()``: open, send, close), bytes and timers in
+(``receive_data``, ``handle_timer`` at the client's ``get_timer()`` deadline),
+events to the consumer, the first error kept (and raised once the events before
+it are taken), every connection closed on exit.  :meth:`Driver.pump_idle` keeps
+the session alive between queries (answering the server's pings) until told to
+stop.
+
+The asyncio backend keeps its own push-style path (protocol callbacks feed the
+client), which is faster there; it shares :class:`~._link.LinkBase` with this one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from collections.abc import Callable
+from typing import cast
+
+from plabs_proto.client import LabsClient
+from plabs_proto.errors import LocalProtocolError
+from plabs_proto.events import CloseStream, Event, OpenStream, SendBytes
+
+from ._errors import closed_error
+from ._link import LinkBase
+from ._seam import Network, Stream
+
+__all__ = ["CLOSE_WAIT", "Driver"]
+
+#: Seconds the polite close may spend writing.
+CLOSE_WAIT = 0.25
+_GRACE = 0.001  # seconds given to bytes already waiting when a deadline is overdue
+
+
+class Driver(LinkBase):
+    """A LabsClient over a :class:`Network`, pumped by whoever awaits :meth:`next_event`."""
+
+    def __init__(self, client: LabsClient, network: Network) -> None:
+        self.client = client
+        self.network = network
+        self.now = network.now
+        self.proxied = client.config.proxy is not None
+        self.streams: dict[int, Stream] = {}
+        self.targets: dict[int, OpenStream] = {}
+        self.at_eof: set[int] = set()
+        self.events: deque[Event] = deque()
+        self.error: BaseException | None = None
+        self.finished = False
+        self._pumping = False
+
+    async def next_event(self) -> Event:
+        """The next event; the kept error once the events before it are taken."""
+        return cast(Event, await self._pump(None))
+
+    async def pump_idle(self, stop: Callable[[], bool]) -> None:
+        """Keep the session alive (pings answered, deadlines fired) until ``stop()`` is true.
+
+        Events that come meanwhile wait in :attr:`events`; an error is kept (as in
+        :meth:`next_event`) and ends the pumping.  The network must wake
+        :meth:`Network.receive` when ``stop`` turns true (trio: cancellation).
+        """
+        with contextlib.suppress(Exception):
+            await self._pump(stop)
+
+    async def _pump(self, stop: Callable[[], bool] | None) -> Event | None:
+        if self._pumping:
+            raise LocalProtocolError("cannot wait for this session's events in two tasks at once")
+        self._pumping = True
+        try:
+            while True:
+                if stop is None and self.events:
+                    return self.events.popleft()
+                if self.error is not None:
+                    raise self.error
+                if self.finished:
+                    raise LocalProtocolError("cannot wait for an answer: the session is closed")
+                try:
+                    await self._flush()
+                    if stop is not None and stop():
+                        return None  # after the flush: what the last input asked for (a pong) is sent
+                    if (stop is not None or not self.events) and not self.finished:
+                        await self._wait_input()
+                except Exception as exc:  # LabsError from the core, wrapped socket errors, core bugs
+                    self._fail(exc)
+                self.events.extend(self.client.events())
+        finally:
+            self._pumping = False
+
+    # -- pumping ---------------------------------------------------------------------------------
+
+    async def _flush(self) -> None:
+        """Carry out ``transmit()`` until the client has nothing more to say."""
+        while True:
+            instructions = self.client.transmit()
+            if not instructions:
+                return
+            for instruction in instructions:
+                kind = type(instruction)
+                stream_id = instruction.stream_id
+                if kind is SendBytes:
+                    stream = self.streams.get(stream_id)
+                    if stream is not None:
+                        try:
+                            sent = await stream.send_all(cast(SendBytes, instruction).data, self.client.get_timer())
+                        except OSError as exc:
+                            raise self._stream_error(exc, "send to", stream_id) from exc
+                        if not sent:
+                            self._deadline_came()
+                elif kind is OpenStream:
+                    await self._open(cast(OpenStream, instruction))
+                elif kind is CloseStream:
+                    self._close_stream(stream_id)
+
+    async def _open(self, target: OpenStream) -> None:
+        self.targets[target.stream_id] = target
+        try:
+            stream = await self.network.connect(target.host, target.port, self.client.get_timer())
+        except OSError as exc:
+            raise self._stream_error(exc, "connect to", target.stream_id) from exc
+        if stream is None:
+            self._deadline_came()
+        else:
+            self.streams[target.stream_id] = stream
+
+    def _deadline_came(self) -> None:
+        """A write or connect ran into the client's deadline: fire it (the client raises its timeout)."""
+        at = self.client.get_timer()
+        assert at is not None
+        self.client.handle_timer(max(self.network.now(), at))
+        raise LocalProtocolError(f"expected a deadline error from the client at {at}, got none")
+
+    async def _wait_input(self) -> None:
+        """Read what comes first on any connection, or fire the deadline.
+
+        When the deadline has already passed (the consumer was busy elsewhere), bytes
+        that are waiting are read first, once, so the client sees what came before
+        the deadline; then the deadline fires.
+        """
+        network = self.network
+        at = self.client.get_timer()
+        now = network.now()
+        overdue = at is not None and at <= now
+        until = now + _GRACE if overdue else at
+        readable = [(sid, stream) for sid, stream in self.streams.items() if sid not in self.at_eof]
+        if readable:
+            got = await network.receive([stream for _, stream in readable], until)
+        elif at is None:
+            raise closed_error(
+                "no connection is left to read from",
+                partial_text=self.client.partial_text,
+                partial_reasoning=self.client.partial_reasoning,
+            )
+        else:
+            await network.sleep_until(at if until is None else until)
+            got = []
+        ids = {id(stream): sid for sid, stream in readable}
+        for stream, data in got:
+            stream_id = ids[id(stream)]
+            if isinstance(data, OSError):
+                raise self._stream_error(data, "receive from", stream_id) from data
+            if not data:
+                self.at_eof.add(stream_id)
+            if stream_id in self.streams:
+                self.client.receive_data(stream_id, data, network.now())
+        if at is not None and (overdue or (not got and network.now() >= at)):
+            self.client.handle_timer(max(network.now(), at))
+
+    # -- ending ----------------------------------------------------------------------------------
+
+    def _close_stream(self, stream_id: int) -> None:
+        stream = self.streams.pop(stream_id, None)
+        self.at_eof.discard(stream_id)
+        if stream is not None:
+            stream.close()
+
+    def _shutdown(self) -> None:
+        self.finished = True
+        for stream_id in list(self.streams):
+            self._close_stream(stream_id)
+
+    def close(self) -> None:
+        """Close every connection at once (synchronously: no polite goodbye)."""
+        self._shutdown()
+
+    async def aclose(self) -> None:
+        """Close politely if still healthy (writes bounded by :data:`CLOSE_WAIT`), then every connection."""
+        if self.finished:
+            return
+        try:
+            with contextlib.suppress(Exception):
+                self.client.close(self.network.now())
+            deadline = self.network.now() + CLOSE_WAIT
+            for instruction in self.client.transmit():
+                stream = self.streams.get(instruction.stream_id)
+                if type(instruction) is SendBytes and stream is not None:
+                    await self.network.send_last(stream, instruction.data, deadline)
+                elif type(instruction) is CloseStream:
+                    self._close_stream(instruction.stream_id)
+        finally:
+            self._shutdown()

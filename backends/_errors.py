@@ -1,0 +1,88 @@
+"""The errors a backend raises itself, worded once.
+
+* :func:`stream_error`: a socket failed: a :class:`~plabs_proto.errors.NetworkError` naming host,
+  port and errno (never proxy credentials), caused by the ``OSError``;
+* :func:`closed_error`: the session ended while an answer or the connect ack was awaited;
+* :func:`check_event`: the events that end a query's stream (finished, failed, closed);
+* :func:`opened`: the events that end a session's opening (connected, closed).
+"""
+
+from __future__ import annotations
+
+from plabs_proto.errors import NetworkError, RemoteProtocolError
+from plabs_proto.events import AnswerFinished, Closed, Connected, Event, OpenStream, QueryFailed
+
+__all__ = ["check_event", "closed_error", "opened", "stream_error"]
+
+
+def _peer(open_stream: OpenStream | None, proxied: bool) -> str:
+    if open_stream is None:
+        return "the server"
+    host = f"[{open_stream.host}]" if ":" in open_stream.host else open_stream.host
+    return f"the {'proxy' if proxied else 'server'} at {host}:{open_stream.port}"
+
+
+def stream_error(
+    exc: BaseException,
+    *,
+    action: str,
+    open_stream: OpenStream | None,
+    proxied: bool,
+    partial_text: str,
+    partial_reasoning: str,
+) -> NetworkError:
+    """A :class:`NetworkError` for a socket failure (``action`` is "connect to", "send to"...).
+
+    The message names the host and port the socket went to (the proxy's when one is
+    used: proxy credentials are never part of it), the error with its errno, and how
+    much of the answer came.  ``exc`` becomes the error's ``__cause__`` (as ``raise
+    ... from exc`` would make it), also when the backend keeps the error to raise later.
+    """
+    what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    got = f" after {len(partial_text)} characters of the answer" if partial_text else ""
+    error = NetworkError(
+        f"expected to {action} {_peer(open_stream, proxied)}, but the connection failed{got} ({what})",
+        host="" if open_stream is None else open_stream.host,
+        port=0 if open_stream is None else open_stream.port,
+        errno=exc.errno if isinstance(exc, OSError) else None,
+        partial_text=partial_text,
+        partial_reasoning=partial_reasoning,
+    )
+    error.__cause__ = exc
+    return error
+
+
+def closed_error(reason: str, *, partial_text: str, partial_reasoning: str) -> RemoteProtocolError:
+    """The error for a session that ended (``Closed`` event) while an answer or the connect ack was awaited."""
+    return RemoteProtocolError(
+        f"expected the answer to finish, but the session ended: {reason}",
+        partial_text=partial_text,
+        partial_reasoning=partial_reasoning,
+    )
+
+
+def check_event(event: Event, *, partial_text: str, partial_reasoning: str) -> bool:
+    """Judge an event met while a query streams: True once the answer is finished.
+
+    ``QueryFailed`` raises its :class:`~plabs_proto.errors.ResponseError`; ``Closed``
+    raises :func:`closed_error`.  Anything else is False.
+    """
+    kind = type(event)
+    if kind is AnswerFinished:
+        return True
+    if kind is QueryFailed:
+        assert isinstance(event, QueryFailed)
+        raise event.error()
+    if kind is Closed:
+        assert isinstance(event, Closed)
+        raise closed_error(event.reason, partial_text=partial_text, partial_reasoning=partial_reasoning)
+    return False
+
+
+
+def opened(event: Event) -> bool:
+    """Judge an event met while a session opens: True for ``Connected``; ``Closed`` raises :func:`closed_error`."""
+    if type(event) is Closed:
+        assert isinstance(event, Closed)
+        raise closed_error(event.reason, partial_text="", partial_reasoning="")
+    return type(event) is Connected

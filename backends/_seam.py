@@ -1,0 +1,94 @@
+"""The network seam: the little a driver needs from a network, and nothing more.
+
+In the spirit of httpcore's ``NetworkStream``/``NetworkBackend``, shaped for this
+client: it opens TCP connections, writes to them, closes them, and waits for the
+first of several connections to have bytes (or for a deadline).  The driver in
+:mod:`._driver` runs the sans-IO client over any :class:`Network`:
+
+* :class:`~.trio.TrioNetwork` (trio sockets, the trio backend);
+* :class:`~.sync.SelectorNetwork` (blocking stdlib sockets and one selector, the sync backend);
+* ``tests/memory_network.py``: connections in memory and a fake clock, so the
+  driver's own tests run without sockets or sleeps.
+
+Every method is ``async``, also on the blocking network, whose methods block and
+never suspend: the sync backend runs the one driver with :func:`run_blocking`,
+which steps a coroutine that never awaits anything that suspends.  One loop, in
+one place, serves both.
+
+Deadlines are absolute times on :meth:`Network.now`'s clock (``None``: none).
+Failures are :class:`OSError` (the network says which); the driver words them
+as :class:`~plabs_proto.errors.NetworkError`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
+
+__all__ = ["Network", "Stream", "run_blocking"]
+
+
+class Stream(ABC):
+    """One open connection."""
+
+    @abstractmethod
+    async def send_all(self, data: bytes, deadline: float | None) -> bool:
+        """Write all of ``data``; False when the deadline came first.  Raises OSError."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close at once (synchronous, idempotent, safe from ``__del__``)."""
+
+
+class Network(ABC):
+    """Opens :class:`Stream` s and waits for their bytes, on one clock."""
+
+    @abstractmethod
+    def now(self) -> float:
+        """The clock every deadline is on (the client's ``now``)."""
+
+    @abstractmethod
+    async def connect(self, host: str, port: int, deadline: float | None) -> Stream | None:
+        """A connection to ``host:port``; None when the deadline came first.  Raises OSError."""
+
+    @abstractmethod
+    async def receive(
+        self, streams: Sequence[Stream], deadline: float | None
+    ) -> list[tuple[Stream, bytes | OSError]]:
+        """Wait until one of ``streams`` has bytes (``b""`` at its end, or the OSError it met).
+
+        Returns what came, for one stream or more (at least one when anything came);
+        an empty list at the deadline, or when woken early (the caller looks at the
+        clock).  ``streams`` is never empty; a stream that returned ``b""`` is not
+        passed again.
+        """
+
+    @abstractmethod
+    async def sleep_until(self, deadline: float) -> None:
+        """Wait for the deadline (or less, when woken early)."""
+
+    @abstractmethod
+    async def send_last(self, stream: Stream, data: bytes, deadline: float) -> None:
+        """The polite close's write: sent until ``deadline`` even inside a cancelled task; errors ignored."""
+
+    @abstractmethod
+    def wake(self) -> None:
+        """End the :meth:`receive` or :meth:`sleep_until` under way early (it returns nothing).
+
+        Called from the backend's own thread (trio) or another one (sync) to stop
+        :meth:`~._driver.Driver.pump_idle`; never interrupts a write.
+        """
+
+
+T = TypeVar("T")
+
+
+def run_blocking(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that never suspends (the driver over a blocking network) to its end."""
+    try:
+        coroutine.send(None)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    coroutine.close()
+    raise RuntimeError("expected a blocking network's coroutine to finish without suspending, but it suspended")
