@@ -62,6 +62,9 @@ def _release(close: Callable[[], None]) -> None:
 T = TypeVar("T")
 
 
+R = TypeVar("R", bound="_OneReader[Any]")
+
+
 class _OneReader(ABC, Generic[T]):
     """An async iterator that one task reads at a time (its subclasses give ``_next``)."""
 
@@ -86,6 +89,16 @@ class _OneReader(ABC, Generic[T]):
     @abstractmethod
     async def _next(self) -> T:
         """The next item; sets ``_done`` at the end."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Stop reading and release the connection."""
+
+    async def __aenter__(self: R) -> R:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
 
 class AsyncAnswer(_OneReader[str]):
@@ -162,12 +175,6 @@ class AsyncAnswer(_OneReader[str]):
         if self._link is not None:
             await self._link.aclose()
 
-    async def __aenter__(self) -> AsyncAnswer:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
     def __del__(self) -> None:
         link = self._link
         if link is not None and not link.finished:
@@ -240,12 +247,6 @@ class AsyncQuery(_OneReader[Event]):
         self._finish()
         if self._started:
             await self._link.aclose()
-
-    async def __aenter__(self) -> AsyncQuery:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
     def __del__(self) -> None:
         if not self._done:

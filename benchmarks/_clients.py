@@ -29,10 +29,8 @@ Result = tuple[float, str]
 def plabs_kinds(backends: tuple[str, ...] = BACKENDS, transports: tuple[str, ...] = TRANSPORTS) -> list[str]:
     return [f"plabs-{b}-{t}" for t in transports for b in backends]
 
-
-async def ask_plabs_asyncio(url: str, transport: str, cafile: str | None, prompt: str = PROMPT) -> Result:
-    from plabs_proto.backends.asyncio import ask
-
+async def _collect(ask: Callable[..., Any], url: str, transport: str, cafile: str | None, prompt: str) -> Result:
+    """Time an async ``ask``: seconds to its first non-empty text, and the whole answer."""
     parts: list[str] = []
     first = 0.0
     start = time.perf_counter()
@@ -44,22 +42,19 @@ async def ask_plabs_asyncio(url: str, transport: str, cafile: str | None, prompt
             if text:
                 parts.append(text)
     return first, "".join(parts)
+
+
+
+async def ask_plabs_asyncio(url: str, transport: str, cafile: str | None, prompt: str = PROMPT) -> Result:
+    from plabs_proto.backends.asyncio import ask
+
+    return await _collect(ask, url, transport, cafile, prompt)
 
 
 async def ask_plabs_trio(url: str, transport: str, cafile: str | None, prompt: str = PROMPT) -> Result:
     from plabs_proto.backends.trio import ask
 
-    parts: list[str] = []
-    first = 0.0
-    start = time.perf_counter()
-    answer = ask(prompt, model=MODEL, server=url, transport=transport, cafile=cafile)
-    async with contextlib.aclosing(answer):
-        async for text in answer:
-            if text and not parts:
-                first = time.perf_counter() - start
-            if text:
-                parts.append(text)
-    return first, "".join(parts)
+    return await _collect(ask, url, transport, cafile, prompt)
 
 
 def ask_plabs_sync(url: str, transport: str, cafile: str | None, prompt: str = PROMPT) -> Result:
@@ -145,17 +140,7 @@ async def ask_anyio(url: str, transport: str, cafile: str | None, prompt: str = 
     """The evaluated anyio backend (benchmarks/anyio_backend.py), on whichever loop runs it."""
     from anyio_backend import ask
 
-    parts: list[str] = []
-    first = 0.0
-    start = time.perf_counter()
-    answer = ask(prompt, model=MODEL, server=url, transport=transport, cafile=cafile)
-    async with contextlib.aclosing(answer):
-        async for text in answer:
-            if text and not parts:
-                first = time.perf_counter() - start
-            if text:
-                parts.append(text)
-    return first, "".join(parts)
+    return await _collect(ask, url, transport, cafile, prompt)
 
 
 def runner(kind: str, url: str, cafile: str | None, prompt: str = PROMPT) -> Callable[[], Result]:
