@@ -351,6 +351,7 @@ class _Sessions:
         self.active = 0  # requests being served
         self.idle: deque[tuple[Any, float]] = deque()  # (connected session, when it became idle)
         self.opening = 0  # warm sessions being connected
+        self.lent = 0  # warm sessions serving a request
         self.library = ""
         self.module: ModuleType | None = None
         self.closing = anyio.Event()  # set at shutdown: streams end, the pool closes
@@ -389,13 +390,19 @@ class _Sessions:
         return not (self.library == "trio" and time.monotonic() - since > TRIO_IDLE_LIMIT)
 
     async def take(self) -> Any | None:
-        """A warm session, or None (idle sessions found dead or too old are closed)."""
+        """A warm session, or None (idle sessions found dead or too old are closed).
+
+        A session taken is lent, not gone: it still counts toward ``warm``, so taking
+        one opens no replacement (whose handshake would compete with the request for
+        the CPU); it comes back with :meth:`release`.
+        """
         while self.idle:
             session, since = self.idle.popleft()
-            self._poke()
             if self._healthy(session, since):
+                self.lent += 1
                 return session
             await self.aclose(session)
+            self._poke()
         return None
 
     async def open(self) -> Any:
@@ -409,17 +416,20 @@ class _Sessions:
             raise
         return session
 
-    async def give_back(self, session: Any) -> None:
-        """After a clean finish: into the pool if it wants one, else closed."""
-        if (
-            not self.closing.is_set()
-            and len(self.idle) + self.opening < self.config.warm
-            and session.client.state is ClientState.READY
-        ):
+    def _wanted(self) -> int:
+        """How many more sessions the pool wants."""
+        return self.config.warm - (len(self.idle) + self.opening + self.lent)
+
+    async def release(self, session: Any, *, lent: bool, clean: bool) -> None:
+        """A request is done with ``session``: back into the pool after a clean finish when the
+        pool wants it, else closed (the pool then opens a replacement)."""
+        if lent:
+            self.lent -= 1
+        if clean and not self.closing.is_set() and self._wanted() > 0 and session.client.state is ClientState.READY:
             self.idle.append((session, time.monotonic()))
-            self._poke()
         else:
             await self.aclose(session)
+            self._poke()
 
     @staticmethod
     async def aclose(session: Any) -> None:
@@ -440,7 +450,7 @@ class _Sessions:
                     if not self._healthy(session, since):
                         self.idle.remove((session, since))
                         group.start_soon(self.aclose, session)
-                while len(self.idle) + self.opening < self.config.warm:
+                while self._wanted() > 0:
                     self.opening += 1
                     group.start_soon(self._warm_one)
                 self._wake = anyio.Event()
@@ -497,6 +507,7 @@ class _Completion:
         self.done = False  # the last body part sent
         self.left = False  # the request no longer counts toward max_sessions
         self.session: Any = None
+        self.lent = False  # the session came from the warm pool
         self.clean = False
         self.interrupted = ""  # why the work was cancelled: "disconnect" or "shutdown"
         model = json.dumps(request.model, ensure_ascii=False)
@@ -525,10 +536,7 @@ class _Completion:
         finally:
             session, self.session = self.session, None
             if session is not None:
-                if self.clean:
-                    await self.sessions.give_back(session)
-                else:
-                    await self.sessions.aclose(session)
+                await self.sessions.release(session, lent=self.lent, clean=self.clean)
             self._leave()
 
     def _leave(self) -> None:
@@ -558,6 +566,8 @@ class _Completion:
         session = await self.sessions.take()
         if session is None:
             session = await self.sessions.open()
+        else:
+            self.lent = True
         self.session = session
         async with session.query(self.request.messages, model=self.request.model) as query:
             async for event in query:

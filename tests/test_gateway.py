@@ -565,3 +565,23 @@ def test_curl_backend_is_not_available_yet() -> None:
                             text=True, timeout=30, env=ENV)
     assert result.returncode == 1
     assert "curl backend is not available yet" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_a_lent_warm_session_opens_no_replacement(
+    gateway_factory: GatewayFactory, emulator_factory: EmulatorFactory
+) -> None:
+    """A request that takes the warm session does not make the pool open another one beside it
+    (its handshake would compete with the request); the session comes back after a clean finish."""
+    emulator = emulator_factory(answer="warm " * 30, chunk_size=5, frame_delay=0.05)
+    port = port_of(emulator.url)
+    gateway = gateway_factory("--server", emulator.url, "--warm", "1")
+    wait_for(lambda: httpx.get(gateway.root + "/health").json()["warm"] == 1, 10)
+    with gateway.client() as client:
+        stream = client.chat.completions.create(model="sonar", messages=[{"role": "user", "content": "w"}], stream=True)
+        pieces = [next(iter(stream)).choices[0].delta.content or ""]
+        time.sleep(1.2)  # longer than the pool's check period
+        assert established_to(port) == 1
+        pieces += [chunk.choices[0].delta.content or "" for chunk in stream]
+    assert "".join(pieces) == "warm " * 30
+    wait_for(lambda: httpx.get(gateway.root + "/health").json()["warm"] == 1, 5)
+    assert established_to(port) == 1
