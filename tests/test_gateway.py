@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from conftest import EmulatorFactory, NodeFactory
+from conftest import EmulatorFactory, NodeFactory, TLSFiles
 from plabs_proto.backends.emulator import SONAR_CITATIONS, default_answer, default_reasoning
 
 from plabs_proto.labs import DEFAULT_MODEL, MODELS
@@ -494,6 +494,10 @@ def test_a_client_that_leaves_closes_its_labs_session(
             assert established_to(port) >= 1
         # the client left: the gateway's Labs connection must go within a second
         assert wait_for(lambda port=port: established_to(port) == 0, 1.0) < 1.0  # type: ignore[misc]
+        # the same for a request that is not streamed: the client gives up waiting for the whole answer
+        with httpx.Client(timeout=0.5) as client, pytest.raises(httpx.ReadTimeout):
+            client.post(gateway.base_url + "/chat/completions", json={**body, "stream": False})
+        assert wait_for(lambda port=port: established_to(port) == 0, 1.0) < 1.0  # type: ignore[misc]
 
 
 def test_ctrl_c_with_streams_open(emulator_factory: EmulatorFactory, own_gateways: list[Gateway]) -> None:
@@ -558,6 +562,32 @@ def test_trio_backend_under_hypercorn(gateway_factory: GatewayFactory, labs_url:
         ))
     assert text == default_answer("sonar-reasoning", PROMPT)
     assert reasoning == default_reasoning("sonar-reasoning", PROMPT) and citations == list(SONAR_CITATIONS)
+
+
+def test_trio_backend_with_a_warm_pool(gateway_factory: GatewayFactory, emulator_factory: EmulatorFactory) -> None:
+    pytest.importorskip("hypercorn")
+    emulator = emulator_factory(frame_delay=0.001)
+    gateway = gateway_factory("--server", emulator.url, "--backend", "trio", "--warm", "1")
+    wait_for(lambda: httpx.get(gateway.root + "/health").json()["warm"] == 1, 10)
+    with gateway.client() as client:
+        for n in range(3):
+            whole = client.chat.completions.create(model="sonar", messages=[{"role": "user", "content": f"t{n}"}])
+            assert whole.choices[0].message.content == default_answer("sonar", f"t{n}")
+    wait_for(lambda: httpx.get(gateway.root + "/health").json()["warm"] == 1, 5)
+    assert established_to(port_of(emulator.url)) == 1
+
+
+def test_tls_server_with_cafile(gateway_factory: GatewayFactory, emulator_factory: EmulatorFactory,
+                                tls_files: TLSFiles) -> None:
+    emulator = emulator_factory(certfile=tls_files.certfile, keyfile=tls_files.keyfile)
+    gateway = gateway_factory("--server", emulator.url, "--cafile", tls_files.cafile)
+    with gateway.client() as client:
+        whole = client.chat.completions.create(model="sonar", messages=[{"role": "user", "content": PROMPT}])
+    assert whole.choices[0].message.content == default_answer("sonar", PROMPT)
+    untrusted = gateway_factory("--server", emulator.url)  # the system CAs do not know the test CA
+    with untrusted.client() as client, pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model="sonar", messages=[{"role": "user", "content": PROMPT}])
+    assert caught.value.status_code == 502 and "certificate" in caught.value.message
 
 
 def test_curl_backend_is_not_available_yet() -> None:
