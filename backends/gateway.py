@@ -354,7 +354,8 @@ class _Sessions:
         self.lent = 0  # warm sessions serving a request
         self.library = ""
         self.module: ModuleType | None = None
-        self.closing = anyio.Event()  # set at shutdown: streams end, the pool closes
+        self.stopping = False  # shutdown began: streams end, the pool closes
+        self._closing: anyio.Event | None = None  # made on the event loop, by start()
         self._wake: anyio.Event | None = None
 
     def start(self) -> None:
@@ -367,8 +368,26 @@ class _Sessions:
                 f"the {name} backend needs an ASGI server running {name}, but it runs {self.library}"
             )
         self.module = _backend_module(name)
-        self.closing = anyio.Event()
+        self._closing = anyio.Event()
+        if self.stopping:
+            self._closing.set()
         self._wake = anyio.Event()
+
+    def ensure_started(self) -> None:
+        """Start on first use when the ASGI server ran no lifespan (no warm pool then)."""
+        if self.module is None:
+            self.start()
+
+    def stop(self) -> None:
+        """Begin the shutdown (safe to call more than once)."""
+        self.stopping = True
+        if self._closing is not None:
+            self._closing.set()
+        self._poke()
+
+    async def wait_stopping(self) -> None:
+        assert self._closing is not None
+        await self._closing.wait()
 
     # -- the limit
 
@@ -425,7 +444,7 @@ class _Sessions:
         pool wants it, else closed (the pool then opens a replacement)."""
         if lent:
             self.lent -= 1
-        if clean and not self.closing.is_set() and self._wanted() > 0 and session.client.state is ClientState.READY:
+        if clean and not self.stopping and self._wanted() > 0 and session.client.state is ClientState.READY:
             self.idle.append((session, time.monotonic()))
         else:
             await self.aclose(session)
@@ -445,7 +464,7 @@ class _Sessions:
     async def keep_warm(self) -> None:
         """Keep ``warm`` sessions connected until shutdown (run in the app's task group)."""
         async with anyio.create_task_group() as group:
-            while not self.closing.is_set():
+            while not self.stopping:
                 for session, since in list(self.idle):
                     if not self._healthy(session, since):
                         self.idle.remove((session, since))
@@ -467,14 +486,13 @@ class _Sessions:
             return
         finally:
             self.opening -= 1
-        if self.closing.is_set():
+        if self.stopping:
             await self.aclose(session)
         else:
             self.idle.append((session, time.monotonic()))
 
     async def shutdown(self) -> None:
-        self.closing.set()
-        self._poke()
+        self.stop()
         idle = [session for session, _ in self.idle]
         self.idle.clear()
         for session in idle:
@@ -560,7 +578,7 @@ class _Completion:
                 scope.cancel()
 
             group.start_soon(until, "disconnect", disconnect)
-            group.start_soon(until, "shutdown", self.sessions.closing.wait)
+            group.start_soon(until, "shutdown", self.sessions.wait_stopping)
 
     async def _events(self) -> AsyncIterator[Event]:
         session = await self.sessions.take()
@@ -766,7 +784,8 @@ def create_app(config: GatewayConfig | None = None, **settings: Any) -> Starlett
         try:
             authorize(request)
             chat = parse_chat_request(await read_json(request))
-            if sessions.closing.is_set():
+            sessions.ensure_started()
+            if sessions.stopping:
                 raise _Refusal(503, "the gateway is shutting down", "api_error", "shutting_down")
             if not sessions.try_enter():
                 raise _Refusal(
@@ -831,4 +850,4 @@ def begin_shutdown(app: Starlette) -> None:
     lifespan shutdown closes the rest.
     """
     sessions: _Sessions = app.state.gateway
-    sessions.closing.set()
+    sessions.stop()

@@ -615,3 +615,24 @@ def test_a_lent_warm_session_opens_no_replacement(
     assert "".join(pieces) == "warm " * 30
     wait_for(lambda: httpx.get(gateway.root + "/health").json()["warm"] == 1, 5)
     assert established_to(port) == 1
+
+
+def test_the_app_runs_in_process_without_a_lifespan(emulator_factory: EmulatorFactory) -> None:
+    """create_app() is a plain ASGI app: httpx's ASGITransport (which runs no lifespan) can drive it."""
+    from plabs_proto.backends.gateway import create_app
+
+    app = create_app(server=emulator_factory().url)
+
+    async def main() -> tuple[httpx.Response, httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            body = {"model": "sonar", "messages": [{"role": "user", "content": PROMPT}]}
+            whole = await client.post("/v1/chat/completions", json=body)
+            streamed = await client.post("/v1/chat/completions", json={**body, "stream": True})
+            return whole, streamed
+
+    whole, streamed = asyncio.run(main())
+    assert whole.json()["choices"][0]["message"]["content"] == default_answer("sonar", PROMPT)
+    chunks = [json.loads(line[6:]) for line in streamed.text.split("\n\n") if line.startswith("data: {")]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == default_answer("sonar", PROMPT)
+    assert streamed.text.endswith("data: [DONE]\n\n")
