@@ -259,14 +259,9 @@ def test_one_mib_answer(gateway_factory: GatewayFactory, emulator_factory: Emula
     assert len(big.encode()) == 1024 * 1024
     gateway = gateway_factory("--server", emulator_factory(answer=big, chunk_size=65536, frame_delay=0).url)
     with gateway.client() as client:
-        try:
-            text, _, _, finishes = stream_parts(
-                client.chat.completions.create(model="sonar", messages=[{"role": "user", "content": "big"}], stream=True)
-            )
-        except openai.APIError as exc:
-            if "message of at most" in str(exc):
-                pytest.xfail(f"issue 7 receive limit, merged separately ({exc})")
-            raise
+        text, _, _, finishes = stream_parts(
+            client.chat.completions.create(model="sonar", messages=[{"role": "user", "content": "big"}], stream=True)
+        )
         assert text == big and finishes == ["stop"]
         whole = client.chat.completions.create(model="sonar", messages=[{"role": "user", "content": "big"}])
     assert whole.choices[0].message.content == big
