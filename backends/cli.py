@@ -6,6 +6,7 @@ Commands::
     plabs replay [--json] FILE        print the events of a recorded trace again
     plabs models                      the known models, default first
     plabs emulator [options]          run the local Labs emulator in the foreground (prints its URL)
+    plabs serve [options]             serve an OpenAI-compatible API backed by Labs
 
 ``ask`` prints the answer on standard output as it arrives, the reasoning on
 standard error (dimmed on a terminal; ``--no-reasoning`` hides it) and the
@@ -383,6 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
     emu.add_argument("--silent", action="store_true", help="never answer a query")
     emu.add_argument("--cloudflare", choices=("polling", "upgrade", "all"), default=None, help="serve 403 pages")
     emu.set_defaults(run=_cmd_emulator, parser=emu)
+
+    from .serve import add_serve_command  # the OpenAI-compatible gateway (issue 11)
+
+    add_serve_command(commands)
     return parser
 
 

@@ -1,0 +1,386 @@
+"""The OpenAI-compatible gateway (``plabs serve``) side by side with a direct ``ask()``.
+
+    python benchmarks/gateway.py [--delay 0.01] [--runs 9] [--sessions 200] [--quick]
+
+Against the same Labs emulator (its own process), through the latency relay (relay.py):
+
+1. **Time to first token**, interleaved per round (direct, cold gateway, warm gateway): a
+   direct ``ask()`` in this process, clocked from the call to its first text; and a request
+   to ``plabs serve`` (cold: no ``--warm``; warm: ``--warm 2``), clocked from writing the
+   HTTP request on an open loopback connection to reading the first ``content`` chunk (a
+   bare socket client, so no client library's time is counted).  Over a zero-delay relay
+   ("loopback") and over a relay of DELAY seconds each way (RTT = 2 * DELAY).
+2. **CPU per streamed chunk** for a long burst answer (frames of 8 characters, no delay):
+   the CPU time of the process doing the Labs work, divided by the chunks: this process for
+   the direct ``ask()``, the gateway process (its Labs client and its HTTP/SSE output) for
+   the gateway.  Interleaved, median of the runs.
+3. **SESSIONS concurrent streams**: a fresh gateway gets SESSIONS streamed requests at once
+   (answers of 60 frames 50 ms apart, so they overlap); every answer is checked and the
+   gateway's peak resident memory (VmHWM) is read; beside it, a child process runs SESSIONS
+   direct ``ask()`` calls at once and reports its own peak.
+
+Targets (issue 11): the gateway adds at most 1 ms to the first token on loopback and costs
+at most 2x the direct CPU per chunk; with ``--warm`` the first token comes at most one
+round trip after the request reaches the gateway (plus server time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import re
+import resource
+import select
+import subprocess
+import sys
+import time
+from typing import Any
+
+from _common import HERE, PYTHON, Child, child_env, header, median, table, verdict
+
+MODEL = "sonar"
+PROMPT = "What is sans-IO?"
+ANSWER = (
+    "Sans-IO means the protocol code never touches a socket: it takes the bytes that arrived and "
+    "gives back events and the bytes to send, so any I/O library can drive it."
+)
+WORDS = "Sans-IO keeps the protocol apart from the sockets, so one state machine serves every backend. "
+
+
+def text_of(chars: int) -> str:
+    return (WORDS * (chars // len(WORDS) + 1))[:chars]
+
+
+# -- the gateway process ---------------------------------------------------------------------------
+
+
+class Gateway:
+    """``plabs serve`` in a child process, on a free port."""
+
+    def __init__(self, server: str, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [PYTHON, "-m", "plabs_proto", "serve", "--port", "0", "--server", server, *args],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=child_env(),  # stderr: ours
+        )
+        assert self.proc.stdout is not None
+        got = b""
+        deadline = time.monotonic() + 20
+        while not re.search(rb"http://127\.0\.0\.1:(\d+)/v1", got):
+            data = b""
+            if time.monotonic() < deadline and select.select([self.proc.stdout], [], [], 1)[0]:
+                data = os.read(self.proc.stdout.fileno(), 4096)
+                got += data
+            if not data and (time.monotonic() >= deadline or self.proc.poll() is not None):
+                self.stop()
+                raise SystemExit(f"plabs serve did not start: {got!r}")
+        match = re.search(rb"http://127\.0\.0\.1:(\d+)/v1", got)
+        assert match is not None
+        self.port = int(match.group(1))
+
+    def cpu(self) -> float:
+        """The gateway process's CPU seconds so far (user + system)."""
+        with open(f"/proc/{self.proc.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def peak_kib(self) -> tuple[int, int]:
+        """(VmRSS, VmHWM) of the gateway in KiB."""
+        values = {}
+        with open(f"/proc/{self.proc.pid}/status") as status:
+            for line in status:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    values[line.split(":")[0]] = int(line.split()[1])
+        return values["VmRSS"], values["VmHWM"]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(2)  # SIGINT: Ctrl-C
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+# -- a bare client ---------------------------------------------------------------------------------
+
+
+async def stream_once(port: int, prompt: str = PROMPT) -> tuple[float, str, int]:
+    """One streamed request on a fresh loopback connection: (seconds from writing the request to the
+    first content chunk, the joined content, the number of content chunks)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    body = json.dumps({"model": MODEL, "stream": True, "messages": [{"role": "user", "content": prompt}]}).encode()
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    try:
+        start = time.perf_counter()
+        writer.write(request)
+        first = 0.0
+        data = b""
+        while True:
+            chunk = await reader.read(262144)
+            if not chunk:
+                break
+            if not first and b'"content":"' in chunk:
+                first = time.perf_counter() - start
+            data += chunk
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    head, _, raw = data.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(f"gateway answered {head[:200]!r}")
+    if b"transfer-encoding: chunked" in head.lower():
+        raw = dechunk(raw)
+    parts = []
+    for event in raw.split(b"\n\n"):
+        if event.startswith(b"data: {"):
+            obj = json.loads(event[6:])
+            if "error" in obj:
+                raise RuntimeError(f"stream error: {obj['error']}")
+            content = obj["choices"][0]["delta"].get("content")
+            if content:
+                parts.append(content)
+    return first, "".join(parts), len(parts)
+
+
+def dechunk(raw: bytes) -> bytes:
+    out = []
+    while raw:
+        size_line, _, raw = raw.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out.append(raw[:size])
+        raw = raw[size + 2:]
+    return b"".join(out)
+
+
+async def direct_once(url: str, prompt: str = PROMPT) -> tuple[float, str, int]:
+    from plabs_proto.backends.asyncio import ask
+
+    parts: list[str] = []
+    first = 0.0
+    start = time.perf_counter()
+    async with ask(prompt, model=MODEL, server=url) as answer:
+        async for text in answer:
+            if text and not parts:
+                first = time.perf_counter() - start
+            parts.append(text)
+    return first, "".join(parts), len(parts)
+
+
+# -- the measurements ------------------------------------------------------------------------------
+
+
+def ttft(relay_url: str, cold: Gateway, warm: Gateway, runs: int) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {"direct": [], "cold": [], "warm": []}
+
+    async def main() -> None:
+        for round_ in range(runs + 1):  # round 0 warms up
+            for kind in times:
+                if kind == "direct":
+                    first, text, _ = await direct_once(relay_url)
+                else:
+                    first, text, _ = await stream_once((cold if kind == "cold" else warm).port)
+                    await asyncio.sleep(0.05)  # a warm session goes back to the pool
+                if text != ANSWER:
+                    raise SystemExit(f"{kind}: wrong answer {text[:80]!r}")
+                if round_:
+                    times[kind].append(first)
+
+    asyncio.run(main())
+    return times
+
+
+def cpu_per_chunk(relay_url: str, gateway: Gateway, chars: int, runs: int) -> dict[str, list[float]]:
+    expected = text_of(chars)
+    cpus: dict[str, list[float]] = {"direct": [], "gateway": []}
+
+    async def main() -> None:
+        for round_ in range(runs + 1):
+            before = time.process_time()
+            _, text, chunks = await direct_once(relay_url)
+            direct = (time.process_time() - before) / chunks
+            if text != expected:
+                raise SystemExit(f"direct: wrong burst answer ({len(text)} chars)")
+            before = gateway.cpu()
+            _, text, chunks = await stream_once(gateway.port)
+            await asyncio.sleep(0.05)
+            through = (gateway.cpu() - before) / chunks
+            if text != expected:
+                raise SystemExit(f"gateway: wrong burst answer ({len(text)} chars)")
+            if round_:
+                cpus["direct"].append(direct)
+                cpus["gateway"].append(through)
+
+    asyncio.run(main())
+    return cpus
+
+
+def concurrent_gateway(url: str, sessions: int, expected: str) -> dict[str, Any]:
+    gateway = Gateway(url)
+    try:
+        async def main() -> list[Any]:
+            await stream_once(gateway.port, "warm-up")
+            return list(await asyncio.gather(*(stream_once(gateway.port, f"q{n}") for n in range(sessions)),
+                                             return_exceptions=True))
+
+        time.sleep(0.2)
+        base, _ = gateway.peak_kib()
+        started = time.perf_counter()
+        cpu0 = gateway.cpu()
+        results = asyncio.run(main())
+        wall = time.perf_counter() - started
+        cpu = gateway.cpu() - cpu0
+        _, peak = gateway.peak_kib()
+    finally:
+        gateway.stop()
+    correct = sum(1 for r in results if not isinstance(r, BaseException) and r[1] == expected)
+    errors = [repr(r)[:200] for r in results if isinstance(r, BaseException)][:3]
+    return {"correct": correct, "base_kib": base, "peak_kib": peak, "wall": wall, "cpu": cpu, "errors": errors}
+
+
+def concurrent_direct_worker(url: str, sessions: int, expected: str) -> None:
+    """In a child: SESSIONS direct ask() at once; prints a JSON line."""
+
+    async def main() -> list[Any]:
+        await direct_once(url, "warm-up")
+        gc.collect()
+        return list(await asyncio.gather(*(direct_once(url, f"q{n}") for n in range(sessions)),
+                                         return_exceptions=True))
+
+    with open("/proc/self/status") as status:
+        base = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    results = asyncio.run(main())
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    correct = sum(1 for r in results if not isinstance(r, BaseException) and r[1] == expected)
+    print(json.dumps({"correct": correct, "base_kib": base, "peak_kib": peak,
+                      "wall": time.perf_counter() - wall0, "cpu": time.process_time() - cpu0}))
+
+
+def concurrent_direct(url: str, sessions: int, frames_text: str) -> dict[str, Any]:
+    proc = subprocess.run(
+        [PYTHON, str(HERE / "gateway.py"), "--direct-worker", url, str(sessions), str(len(frames_text))],
+        capture_output=True, text=True, env=child_env(), timeout=120,
+    )
+    if proc.returncode:
+        raise SystemExit(f"direct worker failed: {proc.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--delay", type=float, default=0.01, help="one-way delay of the slow relay (default 0.01 s)")
+    parser.add_argument("--runs", type=int, default=9, help="measured rounds per measurement (default 9)")
+    parser.add_argument("--sessions", type=int, default=200, help="concurrent streams (default 200)")
+    parser.add_argument("--burst", type=int, default=12000, help="characters of the CPU answer (default 12000)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 rounds, 20 sessions")
+    parser.add_argument("--direct-worker", nargs=3, metavar=("URL", "N", "CHARS"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.direct_worker:
+        url, n, chars = args.direct_worker
+        concurrent_direct_worker(url, int(n), text_of(int(chars)))
+        return {}
+    runs = 2 if args.quick else args.runs
+    sessions = 20 if args.quick else args.sessions
+    rtt = 2 * args.delay
+    started = time.monotonic()
+    results: dict[str, Any] = {}
+    long_text = text_of(60 * 8)
+    children: list[Any] = []
+    try:
+        short = Child("servers.py", "emulator", "--answer", ANSWER, "--chunk-size", "8", "--frame-delay", "0.002")
+        children.append(short)
+        burst = Child("servers.py", "emulator", "--answer", text_of(args.burst), "--chunk-size", "8",
+                      "--frame-delay", "0")
+        children.append(burst)
+        slow = Child("servers.py", "emulator", "--answer", long_text, "--chunk-size", "8", "--frame-delay", "0.05")
+        children.append(slow)
+
+        def relay(url: str, delay: float) -> str:
+            port = url.rsplit(":", 1)[1]
+            extra = ["--no-handshake"] if delay == 0 else []
+            child = Child("relay.py", "--upstream", f"127.0.0.1:{port}", "--delay", str(delay), *extra)
+            children.append(child)
+            return f"http://127.0.0.1:{child.ready[0]}"
+
+        for link, delay in (("loopback", 0.0), ("slow", args.delay)):
+            url = relay(short.ready[0], delay)
+            cold, warm = Gateway(url), Gateway(url, "--warm", "2")
+            children += [cold, warm]
+            time.sleep(1.0 + 10 * delay)  # the warm pool connects
+            results[f"ttft_{link}"] = {k: median(v) for k, v in ttft(url, cold, warm, runs).items()}
+
+        burst_url = relay(burst.ready[0], 0.0)
+        burst_gateway = Gateway(burst_url)
+        children.append(burst_gateway)
+        cpus = cpu_per_chunk(burst_url, burst_gateway, args.burst, runs)
+        results["cpu"] = {k: median(v) for k, v in cpus.items()}
+
+        slow_url = relay(slow.ready[0], 0.0)
+        results["concurrent_gateway"] = concurrent_gateway(slow_url, sessions, long_text)
+        results["concurrent_direct"] = concurrent_direct(slow_url, sessions, long_text)
+    finally:
+        for child in reversed(children):
+            child.stop()
+    elapsed = time.monotonic() - started
+
+    print(header("The OpenAI-compatible gateway vs a direct ask() (benchmarks/gateway.py)"))
+    print(f"emulator behind the latency relay; one-way delay {args.delay * 1000:.0f} ms on the slow link "
+          f"(RTT {rtt * 1000:.0f} ms); median of {runs} interleaved rounds after a warm-up; {elapsed:.0f} s")
+    print()
+    rows = []
+    for link in ("loopback", "slow"):
+        r = results[f"ttft_{link}"]
+        rows.append([link, f"{r['direct'] * 1000:.1f}", f"{r['cold'] * 1000:.1f}", f"{r['warm'] * 1000:.1f}",
+                     f"{(r['cold'] - r['direct']) * 1000:+.1f}", f"{(r['warm'] - r['direct']) * 1000:+.1f}",
+                     f"{r['warm'] / rtt:.2f}" if link == "slow" else "-"])
+    print(table(["link", "direct ask ms", "gateway cold ms", "gateway --warm ms", "cold - direct",
+                 "warm - direct", "warm in RTT"], rows))
+    print()
+    cpu = results["cpu"]
+    print(table(["CPU per streamed chunk", "µs"], [
+        ["direct ask() (this process)", f"{cpu['direct'] * 1e6:.1f}"],
+        ["gateway (its process)", f"{cpu['gateway'] * 1e6:.1f}"],
+        ["ratio gateway / direct", f"{cpu['gateway'] / cpu['direct']:.2f}"],
+    ]))
+    print()
+    g, d = results["concurrent_gateway"], results["concurrent_direct"]
+    print(table([f"{sessions} concurrent streams", "correct", "baseline MiB", "peak MiB", "KiB/stream", "wall s",
+                 "CPU s"], [
+        ["gateway (its process)", f"{g['correct']}/{sessions}", f"{g['base_kib'] / 1024:.1f}",
+         f"{g['peak_kib'] / 1024:.1f}", f"{(g['peak_kib'] - g['base_kib']) / sessions:.0f}", f"{g['wall']:.2f}",
+         f"{g['cpu']:.2f}"],
+        ["direct ask() (one process)", f"{d['correct']}/{sessions}", f"{d['base_kib'] / 1024:.1f}",
+         f"{d['peak_kib'] / 1024:.1f}", f"{(d['peak_kib'] - d['base_kib']) / sessions:.0f}", f"{d['wall']:.2f}",
+         f"{d['cpu']:.2f}"],
+    ]))
+    if g.get("errors"):
+        print("gateway errors:", g["errors"])
+    print()
+    loop, slow_r = results["ttft_loopback"], results["ttft_slow"]
+    cold_added = (loop["cold"] - loop["direct"]) * 1000
+    warm_added = (loop["warm"] - loop["direct"]) * 1000
+    print(f"gateway adds at most 1 ms to the first token on loopback: cold {cold_added:+.2f} ms "
+          f"({verdict(cold_added <= 1.0)}), with --warm {warm_added:+.2f} ms ({verdict(warm_added <= 1.0)})")
+    ratio = cpu["gateway"] / cpu["direct"]
+    print(f"gateway CPU per chunk at most 2x direct: {ratio:.2f}x ({verdict(ratio <= 2.0)})")
+    print(f"--warm first token within 1 RTT (+ server time): {slow_r['warm'] / rtt:.2f} RTT "
+          f"({verdict(round(slow_r['warm'] / rtt) <= 1)})")
+    print(f"{sessions} concurrent streams all correct: gateway {verdict(g['correct'] == sessions)}, "
+          f"direct {verdict(d['correct'] == sessions)}")
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,633 @@
+"""``plabs serve``, the OpenAI-compatible gateway, end to end.
+
+Every test starts ``plabs serve`` as a subprocess (one per distinct command
+line, shared by the module and stopped with SIGINT at its end, which must exit
+0) in front of the emulator or the Node.js server, and talks to it the way users
+do: the official ``openai`` package (sync and async), httpx, and curl.  Answers
+are compared with what the Labs server sends (the emulator's deterministic
+default texts), byte for byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from conftest import EmulatorFactory, NodeFactory, TLSFiles
+from plabs_proto.backends.emulator import SONAR_CITATIONS, default_answer, default_reasoning
+
+from plabs_proto.labs import DEFAULT_MODEL, MODELS
+
+SCRIPT = Path(sys.executable).with_name("plabs")
+PLABS = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "plabs_proto"]
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "error"}
+KEY = "sk-gateway-test-0123456789"  # a distinctive string: no output may contain it
+PROMPT = "Say something about sans-IO"
+MULTIBYTE = "Grüße, 世界! 🚀 Ünïcödé: ∑ a·b ≠ 😀 — “quoted” \u0301e " * 7
+
+
+@dataclass
+class Gateway:
+    process: subprocess.Popen[bytes]
+    base_url: str  # http://127.0.0.1:PORT/v1
+    root: str  # http://127.0.0.1:PORT
+
+    def client(self, api_key: str = "unused", **options: Any) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.base_url, api_key=api_key, max_retries=0, timeout=60, **options)
+
+    def async_client(self, api_key: str = "unused") -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key, max_retries=0, timeout=60)
+
+
+def _read_line(process: subprocess.Popen[bytes], pattern: bytes, timeout: float = 20.0) -> bytes:
+    assert process.stdout is not None
+    fd = process.stdout.fileno()
+    got = b""
+    deadline = time.monotonic() + timeout
+    while not re.search(pattern, got):
+        left = deadline - time.monotonic()
+        assert left > 0, f"expected {pattern!r} on stdout within {timeout} s, got {got!r}"
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            chunk = os.read(fd, 65536)
+            assert chunk, f"the gateway exited before printing its URL: {got!r}"
+            got += chunk
+    return got
+
+
+def start_gateway(*args: str) -> Gateway:
+    process = subprocess.Popen(
+        [*PLABS, "serve", "--port", "0", *args],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
+    )
+    try:
+        line = _read_line(process, rb"http://127\.0\.0\.1:\d+/v1")
+    except BaseException:
+        process.kill()
+        _, err = process.communicate(timeout=10)
+        raise AssertionError(f"plabs serve did not start: {err.decode(errors='replace')[-2000:]}") from None
+    match = re.search(rb"http://127\.0\.0\.1:\d+/v1", line)
+    assert match is not None
+    base = match.group().decode()
+    return Gateway(process, base, base[: -len("/v1")])
+
+
+def stop_gateway(gateway: Gateway, timeout: float = 10.0, interrupt: bool = True) -> tuple[int, str]:
+    """SIGINT (Ctrl-C) unless ``interrupt`` is False (sent already), then the exit status and stderr."""
+    process = gateway.process
+    if interrupt and process.poll() is None:
+        process.send_signal(signal.SIGINT)
+    try:
+        _, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, err = process.communicate(timeout=timeout)
+        raise AssertionError(f"plabs serve did not stop within {timeout} s of SIGINT") from None
+    return process.returncode, err.decode(errors="replace")
+
+
+GatewayFactory = Callable[..., Gateway]
+
+
+@pytest.fixture(scope="module")
+def gateway_factory() -> Iterator[GatewayFactory]:
+    running: dict[tuple[str, ...], Gateway] = {}
+
+    def start(*args: str) -> Gateway:
+        gateway = running.get(args)
+        if gateway is None:
+            gateway = running[args] = start_gateway(*args)
+        return gateway
+
+    yield start
+    failures = []
+    for args, gateway in running.items():
+        status, err = stop_gateway(gateway)
+        if status != 0 or "Traceback" in err or KEY in err:
+            failures.append(f"{args}: exit {status}, stderr {err[-1500:]!r}")
+    assert not failures, failures
+
+
+@pytest.fixture
+def own_gateways() -> Iterator[list[Gateway]]:
+    """Gateways a test starts for itself (stopped at its end whatever happened)."""
+    started: list[Gateway] = []
+    yield started
+    for gateway in started:
+        if gateway.process.poll() is None:
+            gateway.process.kill()
+        gateway.process.communicate(timeout=10)
+
+
+@pytest.fixture(params=["emulator", "node"])
+def labs_url(request: pytest.FixtureRequest, emulator_factory: EmulatorFactory) -> str:
+    """The URL of a default Labs server: the emulator, or the Node.js server."""
+    if request.param == "emulator":
+        return emulator_factory().url
+    node_factory: NodeFactory = request.getfixturevalue("node_factory")
+    return node_factory().url
+
+
+def established_to(port: int) -> int:
+    """Established TCP connections of any process on this host to ``port`` (Linux /proc)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as lines:
+            next(lines)
+            for line in lines:
+                fields = line.split()
+                if int(fields[2].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                    count += 1
+    return count
+
+
+def wait_for(condition: Callable[[], bool], timeout: float) -> float:
+    """Seconds until ``condition()`` held; AssertionError after ``timeout``."""
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout, f"not within {timeout} s"
+        time.sleep(0.01)
+    return time.monotonic() - started
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1].rstrip("/"))
+
+
+def stream_parts(stream: Any) -> tuple[str, str, list[Any], list[Any]]:
+    """Joined content and reasoning_content, the citations, and the finish reasons of a streamed reply."""
+    text, reasoning, citations, finishes = [], [], [], []
+    for chunk in stream:
+        assert chunk.object == "chat.completion.chunk"
+        delta = chunk.choices[0].delta
+        text.append(delta.content or "")
+        reasoning.append(getattr(delta, "reasoning_content", None) or "")
+        if chunk.choices[0].finish_reason is not None:
+            finishes.append(chunk.choices[0].finish_reason)
+            citations = getattr(chunk, "citations", None) or []
+    return "".join(text), "".join(reasoning), citations, finishes
+
+
+# -- models, health, the happy paths ------------------------------------------------------------------
+
+
+def test_models_and_health(gateway_factory: GatewayFactory, emulator_factory: EmulatorFactory) -> None:
+    gateway = gateway_factory("--server", emulator_factory().url)
+    with gateway.client() as client:
+        ids = [model.id for model in client.models.list()]
+    assert ids[0] == DEFAULT_MODEL and sorted(ids) == sorted(MODELS)
+    health = httpx.get(gateway.root + "/health")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+
+
+@pytest.mark.parametrize("model", ["sonar", "sonar-reasoning", "r1-1776"])
+def test_openai_sync_client_streamed_and_not(gateway_factory: GatewayFactory, labs_url: str, model: str) -> None:
+    gateway = gateway_factory("--server", labs_url)
+    messages: Any = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": PROMPT}]
+    answer, reasoning = default_answer(model, PROMPT), default_reasoning(model, PROMPT)
+    citations = SONAR_CITATIONS if model.startswith("sonar") else []
+    expected_reasoning = reasoning if model != "sonar" else ""
+    with gateway.client() as client:
+        text, streamed_reasoning, streamed_citations, finishes = stream_parts(
+            client.chat.completions.create(model=model, messages=messages, stream=True)
+        )
+        assert text == answer
+        assert streamed_reasoning == expected_reasoning
+        assert streamed_citations == list(citations) and finishes == ["stop"]
+
+        whole = client.chat.completions.create(model=model, messages=messages, temperature=0.2, max_tokens=5)
+    assert whole.object == "chat.completion" and whole.model == model
+    assert whole.choices[0].message.content == answer and whole.choices[0].finish_reason == "stop"
+    assert getattr(whole.choices[0].message, "reasoning_content", None) == (expected_reasoning or None)
+    assert getattr(whole, "citations", None) == list(citations)
+    assert whole.usage is not None and whole.usage.completion_tokens > 0  # Labs's tokens_streamed
+    assert whole.usage.prompt_tokens is None  # not reported by Labs, so not invented
+
+
+def test_openai_async_client_list_content_and_default_model(
+    gateway_factory: GatewayFactory, labs_url: str
+) -> None:
+    gateway = gateway_factory("--server", labs_url)
+    parts: Any = [{"type": "text", "text": "Say something"}, {"type": "text", "text": "about sans-IO"}]
+    prompt = "Say something\nabout sans-IO"
+
+    async def main() -> tuple[str, str]:
+        async with gateway.async_client() as client:
+            stream = await client.chat.completions.create(
+                model="", messages=[{"role": "user", "content": parts}], stream=True
+            )
+            pieces = [chunk.choices[0].delta.content or "" async for chunk in stream]
+            whole = await client.chat.completions.create(model="", messages=[{"role": "user", "content": parts}])
+            return "".join(pieces), whole.choices[0].message.content or ""
+
+    streamed, whole = asyncio.run(main())
+    assert streamed == whole == default_answer(DEFAULT_MODEL, prompt)
+
+
+def test_multibyte_answer_byte_for_byte(gateway_factory: GatewayFactory, emulator_factory: EmulatorFactory,
+                                        node_factory: NodeFactory) -> None:
+    for url in (emulator_factory(answer=MULTIBYTE, chunk_size=3, frame_delay=0).url,
+                node_factory(answer=MULTIBYTE, chunk_size=3).url):
+        gateway = gateway_factory("--server", url)
+        with gateway.client() as client:
+            text, _, _, _ = stream_parts(
+                client.chat.completions.create(model="sonar", messages=[{"role": "user", "content": "hi"}], stream=True)
+            )
+            whole = client.chat.completions.create(model="sonar", messages=[{"role": "user", "content": "hi"}])
+        assert text.encode() == MULTIBYTE.encode()
+        assert (whole.choices[0].message.content or "").encode() == MULTIBYTE.encode()
+
+
+def test_one_mib_answer(gateway_factory: GatewayFactory, emulator_factory: EmulatorFactory) -> None:
+    big = ("0123456789abcdef" * 65536)[: 1024 * 1024 - 3] + "€"  # 1 MiB of UTF-8
+    assert len(big.encode()) == 1024 * 1024
+    gateway = gateway_factory("--server", emulator_factory(answer=big, chunk_size=65536, frame_delay=0).url)
+    with gateway.client() as client:
+        text, _, _, finishes = stream_parts(
+            client.chat.completions.create(model="sonar", messages=[{"role": "user", "content": "big"}], stream=True)
+        )
+        assert text == big and finishes == ["stop"]
+        whole = client.chat.completions.create(model="sonar", messages=[{"role": "user", "content": "big"}])
+    assert whole.choices[0].message.content == big
+
+
+def test_a_large_answer_from_the_node_server(gateway_factory: GatewayFactory, node_factory: NodeFactory) -> None:
+    """As large as a command line argument may be (Linux: 128 KiB): server.js takes its answer from argv."""
+    big = (MULTIBYTE * 400)[: 70_000]
+    assert len(big.encode()) > 100_000
+    gateway = gateway_factory("--server", node_factory(answer=big, chunk_size=4096, frame_delay=0).url)
+    with gateway.client() as client:
+        text, _, _, finishes = stream_parts(
+            client.chat.completions.create(model="sonar", messages=[{"role": "user", "content": "big"}], stream=True)
+        )
+    assert text.encode() == big.encode() and finishes == ["stop"]
+
+
+def test_curl_streams_and_answers(gateway_factory: GatewayFactory, emulator_factory: EmulatorFactory) -> None:
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+    gateway = gateway_factory("--server", emulator_factory().url)
+    body = json.dumps({"model": "sonar", "messages": [{"role": "user", "content": PROMPT}], "stream": True})
+    result = subprocess.run(
+        [curl, "-sS", "-N", gateway.base_url + "/chat/completions", "-H", "Content-Type: application/json",
+         "-d", body], capture_output=True, timeout=30, check=True,
+    )
+    events = [line[len(b"data: "):] for line in result.stdout.split(b"\n\n") if line.startswith(b"data: ")]
+    assert events[-1] == b"[DONE]"
+    chunks = [json.loads(event) for event in events[:-1]]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == default_answer("sonar", PROMPT)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop" and chunks[-1]["citations"] == list(SONAR_CITATIONS)
+    whole = subprocess.run(
+        [curl, "-sS", gateway.base_url + "/chat/completions", "-d", body.replace('"stream": true', '"stream": false')],
+        capture_output=True, timeout=30, check=True,
+    )
+    assert json.loads(whole.stdout)["choices"][0]["message"]["content"] == default_answer("sonar", PROMPT)
+
+
+def test_an_answer_without_reasoning_from_r1_is_all_content(
+    gateway_factory: GatewayFactory, emulator_factory: EmulatorFactory
+) -> None:
+    """r1-1776 without </think>: streamed as reasoning, revised to the answer at the end; content is exact."""
+    gateway = gateway_factory("--server", emulator_factory(no_reasoning=True, answer="Short and plain.").url)
+    with gateway.client() as client:
+        chunks = list(client.chat.completions.create(
+            model="r1-1776", messages=[{"role": "user", "content": "hi"}], stream=True
+        ))
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks)
+    assert text == "Short and plain."
+    final = chunks[-1]
+    assert getattr(final, "reasoning_revised", None) is True and getattr(final, "reasoning_content_final", None) == ""
+
+
+def test_a_rewritten_answer_ends_the_stream_with_an_error(
+    gateway_factory: GatewayFactory, emulator_factory: EmulatorFactory
+) -> None:
+    emulator = emulator_factory(answer="The first version of the answer.", final_output="Another text entirely.",
+                                no_reasoning=True)
+    gateway = gateway_factory("--server", emulator.url)
+    with gateway.client() as client:
+        stream = client.chat.completions.create(model="sonar", messages=[{"role": "user", "content": "hi"}], stream=True)
+        got = []
+        with pytest.raises(openai.APIError) as caught:
+            for chunk in stream:
+                got.append(chunk.choices[0].delta.content or "")
+        assert "".join(got) and "The first version of the answer.".startswith("".join(got))
+        assert isinstance(caught.value.body, dict) and caught.value.body["code"] == "answer_rewritten"
+        assert caught.value.body["final_text"] == "Another text entirely."
+        whole = client.chat.completions.create(model="sonar", messages=[{"role": "user", "content": "hi"}])
+    assert whole.choices[0].message.content == "Another text entirely."
+
+
+# -- errors --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        (b"{not json", "invalid JSON"),
+        (b"[]", "JSON object"),
+        (json.dumps({"model": "sonar"}).encode(), "messages"),
+        (json.dumps({"messages": [{"role": "robot", "content": "hi"}]}).encode(), "role"),
+        (json.dumps({"messages": [{"role": "user", "content": "hi"}], "n": 2}).encode(), "'n' must be 1"),
+        (json.dumps({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}).encode(),
+         "tools"),
+        (json.dumps({"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:,"}}]}]}).encode(), "text only"),
+        (json.dumps({"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}).encode(), "stream"),
+    ],
+)
+def test_bad_requests_are_400(gateway_factory: GatewayFactory, emulator_factory: EmulatorFactory,
+                              body: bytes, needle: str) -> None:
+    gateway = gateway_factory("--server", emulator_factory().url)
+    response = httpx.post(gateway.base_url + "/chat/completions", content=body,
+                          headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert needle in error["message"] and error["type"] == "invalid_request_error"
+
+
+def test_n_above_one_is_refused_through_openai(gateway_factory: GatewayFactory, emulator_factory: EmulatorFactory) -> None:
+    gateway = gateway_factory("--server", emulator_factory().url)
+    with gateway.client() as client, pytest.raises(openai.BadRequestError, match="'n' must be 1"):
+        client.chat.completions.create(model="sonar", messages=[{"role": "user", "content": "hi"}], n=2)
+
+
+def test_api_key(gateway_factory: GatewayFactory, emulator_factory: EmulatorFactory) -> None:
+    gateway = gateway_factory("--server", emulator_factory().url, "--api-key", KEY)
+    messages: Any = [{"role": "user", "content": PROMPT}]
+    with gateway.client(api_key="sk-wrong") as client, pytest.raises(openai.AuthenticationError) as caught:
+        client.chat.completions.create(model="sonar", messages=messages)
+    assert caught.value.status_code == 401 and KEY not in str(caught.value)
+    missing = httpx.post(gateway.base_url + "/chat/completions", json={"messages": messages})
+    assert missing.status_code == 401 and missing.json()["error"]["code"] == "invalid_api_key"
+    assert httpx.get(gateway.base_url + "/models").status_code == 401
+    with gateway.client(api_key=KEY) as client:
+        whole = client.chat.completions.create(model="sonar", messages=messages)
+    assert whole.choices[0].message.content == default_answer("sonar", PROMPT)
+
+
+def test_429_when_the_sessions_are_busy(gateway_factory: GatewayFactory, emulator_factory: EmulatorFactory) -> None:
+    emulator = emulator_factory(answer="slow " * 40, chunk_size=5, frame_delay=0.05)
+    gateway = gateway_factory("--server", emulator.url, "--max-sessions", "1")
+    messages: Any = [{"role": "user", "content": "hi"}]
+    with gateway.client() as client:
+        stream = client.chat.completions.create(model="sonar", messages=messages, stream=True)
+        first = next(iter(stream))
+        assert first.choices[0].delta.content
+        with pytest.raises(openai.RateLimitError) as caught:
+            client.chat.completions.create(model="sonar", messages=messages)
+        assert caught.value.status_code == 429
+        rest = "".join(chunk.choices[0].delta.content or "" for chunk in stream)
+        assert (first.choices[0].delta.content or "") + rest == "slow " * 40
+        again = client.chat.completions.create(model="sonar", messages=messages)  # the slot is free again
+    assert again.choices[0].message.content == "slow " * 40
+
+
+def test_502_keeps_the_labs_text(gateway_factory: GatewayFactory, labs_url: str,
+                                 emulator_factory: EmulatorFactory, request: pytest.FixtureRequest) -> None:
+    if "emulator" in request.node.callspec.id:
+        url = emulator_factory(fail="Error in processing query").url
+    else:
+        url = request.getfixturevalue("node_factory")(fail="Error in processing query").url
+    gateway = gateway_factory("--server", url)
+    messages: Any = [{"role": "user", "content": "hi"}]
+    with gateway.client() as client:
+        for stream in (False, True):
+            with pytest.raises(openai.APIStatusError) as caught:
+                client.chat.completions.create(model="sonar", messages=messages, stream=stream)
+            assert caught.value.status_code == 502
+            assert "Error in processing query" in caught.value.message
+            assert isinstance(caught.value.body, dict) and caught.value.body["labs_text"] == "Error in processing query"
+
+
+def test_a_failure_after_the_stream_started_is_an_error_event(
+    gateway_factory: GatewayFactory, emulator_factory: EmulatorFactory
+) -> None:
+    gateway = gateway_factory("--server", emulator_factory(fail="Error in processing query", fail_after=3).url)
+    with gateway.client() as client:
+        stream = client.chat.completions.create(model="sonar", messages=[{"role": "user", "content": "hi"}], stream=True)
+        got = []
+        with pytest.raises(openai.APIError, match="Error in processing query"):
+            for chunk in stream:
+                got.append(chunk.choices[0].delta.content or "")
+    assert "".join(got) == default_answer("sonar", "hi")[: 3 * 8]
+
+
+def test_504_on_a_labs_timeout(gateway_factory: GatewayFactory, emulator_factory: EmulatorFactory) -> None:
+    gateway = gateway_factory("--server", emulator_factory(silent=True).url, "--timeout", "0.5")
+    with gateway.client() as client:
+        for stream in (False, True):
+            with pytest.raises(openai.APIStatusError) as caught:
+                client.chat.completions.create(model="sonar", messages=[{"role": "user", "content": "hi"}],
+                                               stream=stream)
+            assert caught.value.status_code == 504 and "timed out" in caught.value.message
+
+
+def test_502_when_labs_is_unreachable(gateway_factory: GatewayFactory) -> None:
+    gateway = gateway_factory("--server", "http://127.0.0.1:9")
+    with gateway.client() as client, pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model="sonar", messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.status_code == 502 and "127.0.0.1:9" in caught.value.message
+
+
+# -- load, disconnects, shutdown, the warm pool ------------------------------------------------------------
+
+
+def test_fifty_concurrent_streams(gateway_factory: GatewayFactory, labs_url: str) -> None:
+    gateway = gateway_factory("--server", labs_url)
+
+    async def one(client: openai.AsyncOpenAI, n: int) -> bool:
+        prompt = f"question {n}"
+        stream = await client.chat.completions.create(
+            model="sonar", messages=[{"role": "user", "content": prompt}], stream=True
+        )
+        text = "".join([chunk.choices[0].delta.content or "" async for chunk in stream])
+        return text == default_answer("sonar", prompt)
+
+    async def main() -> list[bool]:
+        async with openai.AsyncOpenAI(
+            base_url=gateway.base_url, api_key="x", max_retries=0, timeout=60,
+            http_client=openai.DefaultAsyncHttpxClient(limits=httpx.Limits(max_connections=100)),
+        ) as client:
+            return await asyncio.gather(*(one(client, n) for n in range(50)))
+
+    assert all(asyncio.run(main()))
+
+
+def test_a_client_that_leaves_closes_its_labs_session(
+    gateway_factory: GatewayFactory, emulator_factory: EmulatorFactory, node_factory: NodeFactory
+) -> None:
+    for server in (emulator_factory(answer="long " * 400, chunk_size=5, frame_delay=0.02),
+                   node_factory(answer="long " * 400, chunk_size=5, frame_delay=0.02)):
+        gateway = gateway_factory("--server", server.url)
+        port = port_of(server.url)
+        body = {"model": "sonar", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+        with httpx.Client(timeout=30) as client, client.stream(
+            "POST", gateway.base_url + "/chat/completions", json=body
+        ) as response:
+            assert response.status_code == 200
+            lines = response.iter_lines()
+            assert next(lines).startswith("data: ")
+            assert established_to(port) >= 1
+        # the client left: the gateway's Labs connection must go within a second
+        assert wait_for(lambda port=port: established_to(port) == 0, 1.0) < 1.0  # type: ignore[misc]
+        # the same for a request that is not streamed: the client gives up waiting for the whole answer
+        with httpx.Client(timeout=0.5) as client, pytest.raises(httpx.ReadTimeout):
+            client.post(gateway.base_url + "/chat/completions", json={**body, "stream": False})
+        assert wait_for(lambda port=port: established_to(port) == 0, 1.0) < 1.0  # type: ignore[misc]
+
+
+def test_ctrl_c_with_streams_open(emulator_factory: EmulatorFactory, own_gateways: list[Gateway]) -> None:
+    emulator = emulator_factory(answer="forever " * 500, chunk_size=8, frame_delay=0.05)
+    gateway = start_gateway("--server", emulator.url)
+    own_gateways.append(gateway)
+    port = port_of(emulator.url)
+    errors: list[BaseException] = []
+
+    async def one(client: openai.AsyncOpenAI) -> None:
+        stream = await client.chat.completions.create(
+            model="sonar", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        try:
+            async for _ in stream:
+                pass
+        except openai.APIError as exc:
+            errors.append(exc)
+
+    async def main() -> float:
+        async with gateway.async_client() as client:
+            tasks = [asyncio.create_task(one(client)) for _ in range(3)]
+            await asyncio.sleep(0.5)
+            assert established_to(port) >= 3
+            gateway.process.send_signal(signal.SIGINT)
+            started = time.monotonic()
+            await asyncio.wait_for(asyncio.gather(*tasks), 10)
+            return time.monotonic() - started
+
+    took = asyncio.run(main())
+    assert took < 3.0
+    assert len(errors) == 3 and all("shutting down" in str(exc) for exc in errors)
+    status, err = stop_gateway(gateway, interrupt=False)
+    assert status == 0 and "Traceback" not in err, err
+    assert established_to(port) == 0
+
+
+def test_warm_sessions_skip_the_handshake_and_are_reused(
+    gateway_factory: GatewayFactory, emulator_factory: EmulatorFactory
+) -> None:
+    emulator = emulator_factory(ping_interval=0.3, ping_timeout=0.3, frame_delay=0.002)
+    port = port_of(emulator.url)
+    gateway = gateway_factory("--server", emulator.url, "--warm", "2", "--transport", "websocket")
+    wait_for(lambda: httpx.get(gateway.root + "/health").json()["warm"] == 2, 10)
+    time.sleep(1.0)  # several heartbeats: idle sessions answer them and stay
+    assert httpx.get(gateway.root + "/health").json()["warm"] == 2
+    assert established_to(port) == 2
+    with gateway.client() as client:
+        for n in range(4):
+            whole = client.chat.completions.create(model="sonar", messages=[{"role": "user", "content": f"q{n}"}])
+            assert whole.choices[0].message.content == default_answer("sonar", f"q{n}")
+    wait_for(lambda: httpx.get(gateway.root + "/health").json()["warm"] == 2, 5)
+    assert established_to(port) == 2  # reused or replaced, never more
+
+
+def test_trio_backend_under_hypercorn(gateway_factory: GatewayFactory, labs_url: str) -> None:
+    pytest.importorskip("hypercorn")
+    gateway = gateway_factory("--server", labs_url, "--backend", "trio")
+    with gateway.client() as client:
+        text, reasoning, citations, _ = stream_parts(client.chat.completions.create(
+            model="sonar-reasoning", messages=[{"role": "user", "content": PROMPT}], stream=True
+        ))
+    assert text == default_answer("sonar-reasoning", PROMPT)
+    assert reasoning == default_reasoning("sonar-reasoning", PROMPT) and citations == list(SONAR_CITATIONS)
+
+
+def test_trio_backend_with_a_warm_pool(gateway_factory: GatewayFactory, emulator_factory: EmulatorFactory) -> None:
+    pytest.importorskip("hypercorn")
+    emulator = emulator_factory(frame_delay=0.001)
+    gateway = gateway_factory("--server", emulator.url, "--backend", "trio", "--warm", "1")
+    wait_for(lambda: httpx.get(gateway.root + "/health").json()["warm"] == 1, 10)
+    with gateway.client() as client:
+        for n in range(3):
+            whole = client.chat.completions.create(model="sonar", messages=[{"role": "user", "content": f"t{n}"}])
+            assert whole.choices[0].message.content == default_answer("sonar", f"t{n}")
+    wait_for(lambda: httpx.get(gateway.root + "/health").json()["warm"] == 1, 5)
+    assert established_to(port_of(emulator.url)) == 1
+
+
+def test_tls_server_with_cafile(gateway_factory: GatewayFactory, emulator_factory: EmulatorFactory,
+                                tls_files: TLSFiles) -> None:
+    emulator = emulator_factory(certfile=tls_files.certfile, keyfile=tls_files.keyfile)
+    gateway = gateway_factory("--server", emulator.url, "--cafile", tls_files.cafile)
+    with gateway.client() as client:
+        whole = client.chat.completions.create(model="sonar", messages=[{"role": "user", "content": PROMPT}])
+    assert whole.choices[0].message.content == default_answer("sonar", PROMPT)
+    untrusted = gateway_factory("--server", emulator.url)  # the system CAs do not know the test CA
+    with untrusted.client() as client, pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model="sonar", messages=[{"role": "user", "content": PROMPT}])
+    assert caught.value.status_code == 502 and "certificate" in caught.value.message
+
+
+def test_curl_backend_is_not_available_yet() -> None:
+    result = subprocess.run([*PLABS, "serve", "--port", "0", "--backend", "curl"], capture_output=True,
+                            text=True, timeout=30, env=ENV)
+    assert result.returncode == 1
+    assert "curl backend is not available yet" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_a_lent_warm_session_opens_no_replacement(
+    gateway_factory: GatewayFactory, emulator_factory: EmulatorFactory
+) -> None:
+    """A request that takes the warm session does not make the pool open another one beside it
+    (its handshake would compete with the request); the session comes back after a clean finish."""
+    emulator = emulator_factory(answer="warm " * 30, chunk_size=5, frame_delay=0.05)
+    port = port_of(emulator.url)
+    gateway = gateway_factory("--server", emulator.url, "--warm", "1")
+    wait_for(lambda: httpx.get(gateway.root + "/health").json()["warm"] == 1, 10)
+    with gateway.client() as client:
+        stream = client.chat.completions.create(model="sonar", messages=[{"role": "user", "content": "w"}], stream=True)
+        pieces = [next(iter(stream)).choices[0].delta.content or ""]
+        time.sleep(1.2)  # longer than the pool's check period
+        assert established_to(port) == 1
+        pieces += [chunk.choices[0].delta.content or "" for chunk in stream]
+    assert "".join(pieces) == "warm " * 30
+    wait_for(lambda: httpx.get(gateway.root + "/health").json()["warm"] == 1, 5)
+    assert established_to(port) == 1
+
+
+def test_the_app_runs_in_process_without_a_lifespan(emulator_factory: EmulatorFactory) -> None:
+    """create_app() is a plain ASGI app: httpx's ASGITransport (which runs no lifespan) can drive it."""
+    from plabs_proto.backends.gateway import create_app
+
+    app = create_app(server=emulator_factory().url)
+
+    async def main() -> tuple[httpx.Response, httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            body = {"model": "sonar", "messages": [{"role": "user", "content": PROMPT}]}
+            whole = await client.post("/v1/chat/completions", json=body)
+            streamed = await client.post("/v1/chat/completions", json={**body, "stream": True})
+            return whole, streamed
+
+    whole, streamed = asyncio.run(main())
+    assert whole.json()["choices"][0]["message"]["content"] == default_answer("sonar", PROMPT)
+    chunks = [json.loads(line[6:]) for line in streamed.text.split("\n\n") if line.startswith("data: {")]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == default_answer("sonar", PROMPT)
+    assert streamed.text.endswith("data: [DONE]\n\n")
