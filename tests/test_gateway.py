@@ -254,10 +254,18 @@ def test_multibyte_answer_byte_for_byte(gateway_factory: GatewayFactory, emulato
         assert (whole.choices[0].message.content or "").encode() == MULTIBYTE.encode()
 
 
-def test_one_mib_answer(gateway_factory: GatewayFactory, emulator_factory: EmulatorFactory) -> None:
+@pytest.mark.parametrize("server", ["emulator", "node"])
+def test_one_mib_answer(
+    gateway_factory: GatewayFactory, emulator_factory: EmulatorFactory, node_factory: NodeFactory, server: str
+) -> None:
+    """1 MiB of UTF-8, byte for byte, from both server families (server.js reads it from a file)."""
     big = ("0123456789abcdef" * 65536)[: 1024 * 1024 - 3] + "€"  # 1 MiB of UTF-8
     assert len(big.encode()) == 1024 * 1024
-    gateway = gateway_factory("--server", emulator_factory(answer=big, chunk_size=65536, frame_delay=0).url)
+    if server == "emulator":
+        url = emulator_factory(answer=big, chunk_size=65536, frame_delay=0).url
+    else:
+        url = node_factory(answer=big, chunk_size=65536, frame_delay=0).url
+    gateway = gateway_factory("--server", url)
     with gateway.client() as client:
         text, _, _, finishes = stream_parts(
             client.chat.completions.create(model="sonar", messages=[{"role": "user", "content": "big"}], stream=True)
@@ -265,18 +273,6 @@ def test_one_mib_answer(gateway_factory: GatewayFactory, emulator_factory: Emula
         assert text == big and finishes == ["stop"]
         whole = client.chat.completions.create(model="sonar", messages=[{"role": "user", "content": "big"}])
     assert whole.choices[0].message.content == big
-
-
-def test_a_large_answer_from_the_node_server(gateway_factory: GatewayFactory, node_factory: NodeFactory) -> None:
-    """As large as a command line argument may be (Linux: 128 KiB): server.js takes its answer from argv."""
-    big = (MULTIBYTE * 400)[: 70_000]
-    assert len(big.encode()) > 100_000
-    gateway = gateway_factory("--server", node_factory(answer=big, chunk_size=4096, frame_delay=0).url)
-    with gateway.client() as client:
-        text, _, _, finishes = stream_parts(
-            client.chat.completions.create(model="sonar", messages=[{"role": "user", "content": "big"}], stream=True)
-        )
-    assert text.encode() == big.encode() and finishes == ["stop"]
 
 
 def test_curl_streams_and_answers(gateway_factory: GatewayFactory, emulator_factory: EmulatorFactory) -> None:
