@@ -36,6 +36,7 @@ class AsyncLink(Protocol):
 
     client: LabsClient
     events: deque[Event]
+    error: BaseException | None
     finished: bool
 
     def now(self) -> float:
@@ -189,6 +190,10 @@ class AsyncQuery(_OneReader[Event]):
     server-reported failure raises :class:`~plabs_proto.errors.ResponseError` and
     leaves the session usable; any other error, a cancellation, or leaving before
     ``AnswerFinished`` closes the session.
+
+    The first query after ``open(wait=False)`` takes the connect ack on its way
+    (it is not yielded: it sets ``session.connected``), and raises what
+    ``open()`` would have raised when the server refuses the handshake.
     """
 
     _what = "one query's events"
@@ -208,12 +213,17 @@ class AsyncQuery(_OneReader[Event]):
         try:
             if not self._started:
                 self._started = True
-                await self._session._stop_idling()
-                link.events.clear()
+                session = self._session
+                await session._stop_idling()
+                if session.connected is not None:
+                    link.events.clear()
+                elif link.error is not None:  # open(wait=False): the handshake failed already
+                    raise link.error
                 link.command(client.query, self._messages, model=self._model)
             while True:
                 event = await link.next_event()
-                if type(event) is Connected:
+                if type(event) is Connected:  # the ack, after open(wait=False)
+                    self._session.connected = event
                     continue
                 if check_event(event, partial_text=client.partial_text, partial_reasoning=client.partial_reasoning):
                     self._finish(idle=True)
@@ -275,14 +285,25 @@ class AsyncSession(SessionBase, ABC):
     async def _stop_idling(self) -> None:
         """Stop what :meth:`_start_idling` started, before the consumer reads again."""
 
-    async def open(self) -> None:
-        """Connect and wait for the Socket.IO connect ack."""
+    async def open(self, *, wait: bool = True) -> None:
+        """Connect and wait for the Socket.IO connect ack (``async with`` calls this).
+
+        ``open(wait=False)`` only starts the handshake and returns at once: a
+        :meth:`query` may follow before the server acked the connection, and its
+        query then goes out right behind the Socket.IO CONNECT (as ``ask`` sends
+        it), a round trip sooner than after ``open()``.  Iterating that query
+        takes the ack (setting :attr:`connected`) and raises what ``open()``
+        would have raised when the server refuses the handshake.
+        """
         if self._link is not None:
             raise LocalProtocolError("cannot open this session: it was opened already")
         link = self._link = self._new_link()
         try:
             announce_seed(self._tracer, self.seed, link.now())
             link.command(self._client.connect)
+            if not wait:
+                self._start_idling()  # a backend that reads only when awaited makes progress meanwhile
+                return
             event = await link.next_event()
             while not opened(event):
                 event = await link.next_event()

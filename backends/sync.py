@@ -282,14 +282,25 @@ class Session(SessionBase):
         self._link: _Link | None = None  # first: __del__ reads it even if the client refuses the config
         super().__init__(config, tracer=tracer, seed=seed)
 
-    def open(self) -> None:
-        """Connect and wait for the Socket.IO connect ack."""
+    def open(self, *, wait: bool = True) -> None:
+        """Connect and wait for the Socket.IO connect ack (``with`` calls this).
+
+        ``open(wait=False)`` only starts the handshake (in the helper thread) and
+        returns at once: a :meth:`query` may follow before the server acked the
+        connection, and its query then goes out right behind the Socket.IO
+        CONNECT (as ``ask`` sends it), a round trip sooner than after ``open()``.
+        Iterating that query takes the ack (setting :attr:`connected`) and raises
+        what ``open()`` would have raised when the server refuses the handshake.
+        """
         if self._link is not None:
             raise LocalProtocolError("cannot open this session: it was opened already")
         link = self._link = _Link(self._client)
         try:
             announce_seed(self._tracer, self.seed, time.monotonic())
             link.command(self._client.connect)
+            if not wait:
+                link.start_idling()
+                return
             event = link.next_event()
             while not opened(event):
                 event = link.next_event()
@@ -302,6 +313,7 @@ class Session(SessionBase):
     def query(self, messages: Messages, *, model: str = DEFAULT_MODEL) -> Generator[Event, None, None]:
         """Ask and stream the answer's events (``TextDelta``, ``ReasoningDelta``, ``Citations``,
         ``AnswerRevised``, then ``AnswerFinished``); the query is sent on the first ``next()``.
+        After ``open(wait=False)`` the first query takes the connect ack on its way (see :meth:`open`).
 
         A server-reported failure raises :class:`~plabs_proto.errors.ResponseError`
         (the session stays usable); any other error, or leaving before
@@ -329,11 +341,15 @@ class Session(SessionBase):
         client = self._client
         try:
             link.stop_idling()
-            link.events.clear()
+            if self.connected is not None:
+                link.events.clear()
+            elif link.driver.error is not None:  # open(wait=False): the handshake failed already
+                raise link.driver.error
             link.command(client.query, messages, model=model)
             while True:
                 event = link.next_event()
-                if type(event) is Connected:
+                if type(event) is Connected:  # the ack, after open(wait=False)
+                    self.connected = event
                     continue
                 try:
                     done = check_event(

@@ -37,6 +37,7 @@ if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
 from plabs_proto.client import ClientConfig, Tracer
+from plabs_proto.errors import LocalProtocolError
 
 from ._async_api import AsyncAnswer, AsyncSession
 from ._config import AskOptions, Messages, SessionOptions, parse_options, to_messages
@@ -198,8 +199,19 @@ class Session(AsyncSession):
     ``async with connect(...) as session:`` then ``async for event in
     session.query(...)``.  Leaving a query before ``AnswerFinished`` closes the
     session.  Between queries a task in the session's own nursery (opened by
-    ``async with``) answers the server's pings; a session opened with
-    :meth:`open` alone reads only while it is awaited.
+    ``async with``, or by :meth:`keep_alive`) answers the server's pings; a
+    session opened with :meth:`open` alone reads only while it is awaited.
+
+    To send the first query right behind the handshake (see
+    :meth:`~plabs_proto.backends._async_api.AsyncSession.open`), with pings
+    answered between queries::
+
+        session = connect(...)
+        async with session.keep_alive():
+            await session.open(wait=False)
+            async for event in session.query("Hello"):
+                ...
+            await session.aclose()
     """
 
     def __init__(self, config: ClientConfig, *, tracer: Tracer | None = None, seed: int | None = None) -> None:
@@ -214,12 +226,15 @@ class Session(AsyncSession):
 
     def _start_idling(self) -> None:
         link = self._link
-        if self._nursery is None or self._idling is not None or not isinstance(link, Driver) or link.finished:
+        nursery = self._nursery
+        if nursery is None or self._idling is not None or self._busy or not isinstance(link, Driver) or link.finished:
             return
         self._idle_stop = False
         self._idling = trio.Event()
-        with contextlib.suppress(RuntimeError):  # the nursery is closing
-            self._nursery.start_soon(self._idle, link, self._idling)
+        try:
+            nursery.start_soon(self._idle, link, self._idling)
+        except RuntimeError:  # the nursery is closing
+            self._idling = None
 
     async def _idle(self, link: Driver, done: trio.Event) -> None:
         try:
@@ -237,10 +252,22 @@ class Session(AsyncSession):
         await idling.wait()
         self._idling = None
 
-    async def __aenter__(self) -> Session:
+    def keep_alive(self) -> _KeepAlive:
+        """An async context manager inside which this session answers the server's pings
+        between queries (from a task in a nursery of its own), whoever opened it, and in
+        whatever task its queries run.  Leaving it stops that (it does not close the
+        session).  ``async with session:`` does this for you."""
+        return _KeepAlive(self)
+
+    async def _open_nursery(self) -> None:
+        if self._nursery is not None:
+            raise LocalProtocolError("cannot keep this session alive twice at once")
         manager = trio.open_nursery()
         self._nursery = await manager.__aenter__()
         self._nursery_manager = manager
+
+    async def __aenter__(self) -> Session:
+        await self._open_nursery()
         try:
             await self.open()
         except BaseException:
@@ -260,6 +287,27 @@ class Session(AsyncSession):
         if nursery is not None and manager is not None:
             nursery.cancel_scope.cancel()  # the idle task, if still there, ends (its Cancelled stays inside)
             await manager.__aexit__(None, None, None)
+            self._idling = None
+
+
+class _KeepAlive:
+    """What :meth:`Session.keep_alive` returns."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    async def __aenter__(self) -> Session:
+        session = self._session
+        await session._open_nursery()
+        session._start_idling()  # when open and between queries
+        return session
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        session = self._session
+        try:
+            await session._stop_idling()
+        finally:
+            await session._close_nursery()
 
 
 def connect(**options: Unpack[SessionOptions]) -> Session:

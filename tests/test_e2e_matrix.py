@@ -41,8 +41,8 @@ from plabs_proto.errors import (
     ResponseError,
     TLSError,
 )
-from plabs_proto.events import AnswerFinished, Citations, Event, ReasoningDelta, TextDelta
-from plabs_proto.labs import DEFAULT_VERSION, REQUEST_EVENT, build_request
+from plabs_proto.events import AnswerFinished, Citations, Connected, Event, ReasoningDelta, TextDelta
+from plabs_proto.labs import DEFAULT_MODEL, DEFAULT_VERSION, REQUEST_EVENT, build_request
 
 BACKENDS = ["asyncio", "trio", "sync"]
 SERVERS = ["emulator", "node"]
@@ -167,6 +167,120 @@ def test_session_runs_queries_one_after_another(backend: str, transport: str, st
         if model == "sonar":
             citations = [e for e in events if isinstance(e, Citations)]
             assert citations and citations[-1].citations == finished.citations != ()
+
+
+# -- open(wait=False): the first query right behind the handshake --------------------------------------
+
+
+def run_opened(
+    backend: str, prompts: list[str], *, wait: bool = False, keep_alive: bool = False, **options: Any
+) -> tuple[Connected | None, list[str]]:
+    """The ``connected`` event and each prompt's answer text, the session opened with ``open(wait=...)``
+    (on trio inside ``keep_alive()`` when asked); the first query is made before anything is awaited."""
+    if backend == "sync":
+        session = sync_backend.connect(**options)
+        try:
+            session.open(wait=wait)
+            assert wait or session.connected is None
+            answers = ["".join(e.text for e in session.query(p) if type(e) is TextDelta) for p in prompts]
+            return session.connected, answers
+        finally:
+            session.close()
+
+    async def main() -> tuple[Connected | None, list[str]]:
+        module: Any = asyncio_backend if backend == "asyncio" else trio_backend
+        session = module.connect(**options)
+        alive = session.keep_alive() if keep_alive else contextlib.nullcontext()
+        async with alive:
+            try:
+                await session.open(wait=wait)
+                assert wait or session.connected is None
+                answers = []
+                for prompt in prompts:
+                    async with session.query(prompt) as query:
+                        answers.append("".join([e.text async for e in query if type(e) is TextDelta]))
+                return session.connected, answers
+            finally:
+                await session.aclose()
+
+    return asyncio.run(main()) if backend == "asyncio" else trio.run(main)
+
+
+OPENINGS = [("asyncio", False), ("trio", False), ("trio", True), ("sync", False)]
+
+
+@pytest.mark.parametrize(("backend", "keep_alive"), OPENINGS)
+def test_query_after_open_without_waiting(backend: str, keep_alive: bool, start: Callable[..., str]) -> None:
+    # The first query is made before the connect ack; a second one follows on the same session.
+    url = start(**FAST)
+    connected, answers = run_opened(backend, ["first", "second"], keep_alive=keep_alive, server=url, timeout=10)
+    assert isinstance(connected, Connected) and connected.socket_sid
+    assert answers == [default_answer(DEFAULT_MODEL, "first"), default_answer(DEFAULT_MODEL, "second")]
+
+
+@pytest.mark.parametrize(("backend", "keep_alive"), OPENINGS)
+def test_refused_connection_raises_from_the_first_query(
+    backend: str, keep_alive: bool, start: Callable[..., str]
+) -> None:
+    # The server refuses the Socket.IO CONNECT (wrong jwt): the query raises what open() raises.
+    url = start(**FAST)
+    with pytest.raises(ResponseError) as waited:
+        run_opened(backend, ["hello"], wait=True, server=url, jwt="not-the-one", timeout=10)
+    with pytest.raises(ResponseError) as pipelined:
+        run_opened(backend, ["hello"], keep_alive=keep_alive, server=url, jwt="not-the-one", timeout=10)
+    assert "refused the Socket.IO connection: not authorized" in str(pipelined.value)
+    assert str(pipelined.value) == str(waited.value)
+
+
+@pytest.mark.parametrize("transport", ["upgrade", "websocket"])
+@pytest.mark.parametrize(("backend", "keep_alive"), OPENINGS)
+def test_cloudflare_page_raises_from_the_first_query(
+    backend: str, keep_alive: bool, transport: str, emulator_factory: EmulatorFactory
+) -> None:
+    url = emulator_factory(cloudflare="upgrade", **FAST).url
+    with pytest.raises(HandshakeError) as waited:
+        run_opened(backend, ["hello"], wait=True, server=url, transport=transport, timeout=10)
+    with pytest.raises(HandshakeError) as pipelined:
+        run_opened(backend, ["hello"], keep_alive=keep_alive, server=url, transport=transport, timeout=10)
+    assert (pipelined.value.status, pipelined.value.cloudflare) == (403, True)
+    assert str(pipelined.value) == str(waited.value)
+
+
+@pytest.mark.parametrize(("backend", "keep_alive"), OPENINGS)
+def test_query_goes_out_without_waiting_for_the_consumer(
+    backend: str, keep_alive: bool, emulator_factory: EmulatorFactory
+) -> None:
+    # In the byte trace, the query (the one long write: the prompt is long) goes out no later
+    # than the input step that brings the server's connect ack ('40{"sid":...'): before it, or
+    # written by that very step (the same clock reading: the core sends a query it holds the
+    # moment the ack arrives).  After a plain open() the consumer sees Connected first and
+    # queries only then: a later step.
+    url = emulator_factory(**FAST).url
+    prompt = "pipelined " * 40
+
+    def trace(wait: bool) -> list[tuple[float, str, bytes]]:
+        records: list[tuple[float, str, bytes]] = []
+
+        def tracer(now: float, stream_id: int, direction: str, data: bytes) -> None:
+            records.append((now, direction, data))
+
+        run_opened(
+            backend, [prompt], wait=wait, keep_alive=keep_alive, server=url, transport="websocket",
+            tracer=tracer, timeout=10,
+        )
+        return records
+
+    def ack_and_query(records: list[tuple[float, str, bytes]]) -> tuple[int, int]:
+        ack = next(i for i, (_, way, data) in enumerate(records) if way == "in" and b'40{"sid"' in data)
+        query = next(i for i, (_, way, data) in enumerate(records) if way == "out" and len(data) > len(prompt))
+        return ack, query
+
+    records = trace(wait=False)
+    ack, query = ack_and_query(records)
+    assert query < ack or records[query][0] == records[ack][0]
+    records = trace(wait=True)
+    ack, query = ack_and_query(records)
+    assert query > ack and records[query][0] > records[ack][0]
 
 
 # -- TLS ------------------------------------------------------------------------------------------------
