@@ -51,9 +51,11 @@ the first chunk ends the stream with ``data: {"error": {...}}``.
 time), taken from the warm pool when ``warm > 0`` (connected in advance, so a
 request skips the handshake) or opened for it.  A session goes back to the
 pool only after a clean finish; any error, a client that leaves, or a shutdown
-closes it at once.  Under asyncio, idle pooled sessions answer heartbeats in
-the background; the trio backend reads only while a query runs, so there idle
-sessions are replaced before the server's heartbeat allowance could run out.
+closes it at once.  Idle pooled sessions answer heartbeats in the background:
+under asyncio by themselves, under trio from a task of the pool per session,
+which holds the session's ``keep_alive()`` until the session is closed.  A
+session opened for a request sends its query the moment the server acks the
+connection (``open(wait=False)``), not a turn of the event loop later.
 """
 
 from __future__ import annotations
@@ -101,9 +103,6 @@ DEFAULT_SERVER = "https://www.perplexity.ai"
 BACKENDS = ("auto", "asyncio", "trio", "curl")
 #: Largest request body read (bytes); a larger one is refused with 413.
 MAX_BODY = 8 * 1024 * 1024
-#: Seconds an idle pooled trio session is kept (it cannot answer heartbeats while idle;
-#: Labs allows pingInterval + pingTimeout = 45 s).
-TRIO_IDLE_LIMIT = 20.0
 _POOL_CHECK = 1.0  # seconds between checks of the warm pool
 _POOL_RETRY = 1.0  # seconds before trying again after a warm session failed to connect
 _CLOSE_WAIT = 2.0  # seconds a session's polite close may take
@@ -349,9 +348,11 @@ class _Sessions:
         self.config = config
         self.options = config.connect_options()
         self.active = 0  # requests being served
-        self.idle: deque[tuple[Any, float]] = deque()  # (connected session, when it became idle)
+        self.idle: deque[Any] = deque()  # connected sessions waiting for a request
         self.opening = 0  # warm sessions being connected
         self.lent = 0  # warm sessions serving a request
+        self.held: dict[Any, anyio.Event] = {}  # trio: pooled sessions kept alive by a task, and what ends it
+        self._group: anyio.abc.TaskGroup | None = None  # keep_warm's, where those tasks run
         self.library = ""
         self.module: ModuleType | None = None
         self.stopping = False  # shutdown began: streams end, the pool closes
@@ -403,10 +404,9 @@ class _Sessions:
 
     # -- sessions
 
-    def _healthy(self, session: Any, since: float) -> bool:
-        if session.client.state is not ClientState.READY:
-            return False
-        return not (self.library == "trio" and time.monotonic() - since > TRIO_IDLE_LIMIT)
+    @staticmethod
+    def _healthy(session: Any) -> bool:
+        return bool(session.client.state is ClientState.READY)
 
     async def take(self) -> Any | None:
         """A warm session, or None (idle sessions found dead or too old are closed).
@@ -416,20 +416,21 @@ class _Sessions:
         the CPU); it comes back with :meth:`release`.
         """
         while self.idle:
-            session, since = self.idle.popleft()
-            if self._healthy(session, since):
+            session = self.idle.popleft()
+            if self._healthy(session):
                 self.lent += 1
                 return session
             await self.aclose(session)
             self._poke()
         return None
 
-    async def open(self) -> Any:
-        """A new connected session (raises the backend's errors; closes what it opened on any)."""
+    async def open(self, *, wait: bool = True) -> Any:
+        """A new session, connected (``wait``) or connecting, so that its first query goes out as
+        the connect ack arrives (raises the backend's errors; closes what it opened on any)."""
         assert self.module is not None
         session = self.module.connect(**self.options)
         try:
-            await session.open()
+            await session.open(wait=wait)
         except BaseException:
             await self.aclose(session)
             raise
@@ -445,17 +446,34 @@ class _Sessions:
         if lent:
             self.lent -= 1
         if clean and not self.stopping and self._wanted() > 0 and session.client.state is ClientState.READY:
-            self.idle.append((session, time.monotonic()))
+            self._keep_alive(session)
+            self.idle.append(session)
         else:
             await self.aclose(session)
             self._poke()
 
-    @staticmethod
-    async def aclose(session: Any) -> None:
+    async def aclose(self, session: Any) -> None:
         """Close a session politely, bounded in time and shielded from cancellation (a session
         whose query failed or was cancelled has closed its sockets already)."""
         with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_WAIT), contextlib.suppress(Exception):
             await session.aclose()
+        done = self.held.pop(session, None)
+        if done is not None:
+            done.set()
+
+    def _keep_alive(self, session: Any) -> None:
+        """Under trio, have a task of the pool hold ``session.keep_alive()`` (its pings answered
+        between queries, in whichever task the queries run) until the session is closed."""
+        if self.library == "trio" and session not in self.held and self._group is not None:
+            done = self.held[session] = anyio.Event()
+            self._group.start_soon(self._hold, session, done)
+
+    async def _hold(self, session: Any, done: anyio.Event) -> None:
+        try:
+            async with session.keep_alive():
+                await done.wait()
+        finally:
+            self.held.pop(session, None)
 
     def _poke(self) -> None:
         if self._wake is not None:
@@ -464,10 +482,11 @@ class _Sessions:
     async def keep_warm(self) -> None:
         """Keep ``warm`` sessions connected until shutdown (run in the app's task group)."""
         async with anyio.create_task_group() as group:
+            self._group = group
             while not self.stopping:
-                for session, since in list(self.idle):
-                    if not self._healthy(session, since):
-                        self.idle.remove((session, since))
+                for session in list(self.idle):
+                    if not self._healthy(session):
+                        self.idle.remove(session)
                         group.start_soon(self.aclose, session)
                 while self._wanted() > 0:
                     self.opening += 1
@@ -475,6 +494,7 @@ class _Sessions:
                 self._wake = anyio.Event()
                 with anyio.move_on_after(_POOL_CHECK):
                     await self._wake.wait()
+            self._group = None
             group.cancel_scope.cancel()
 
     async def _warm_one(self) -> None:
@@ -489,11 +509,12 @@ class _Sessions:
         if self.stopping:
             await self.aclose(session)
         else:
-            self.idle.append((session, time.monotonic()))
+            self._keep_alive(session)
+            self.idle.append(session)
 
     async def shutdown(self) -> None:
         self.stop()
-        idle = [session for session, _ in self.idle]
+        idle = list(self.idle)
         self.idle.clear()
         for session in idle:
             await self.aclose(session)
@@ -583,7 +604,7 @@ class _Completion:
     async def _events(self) -> AsyncIterator[Event]:
         session = await self.sessions.take()
         if session is None:
-            session = await self.sessions.open()
+            session = await self.sessions.open(wait=False)
         else:
             self.lent = True
         self.session = session

@@ -568,6 +568,42 @@ def test_trio_backend_with_a_warm_pool(gateway_factory: GatewayFactory, emulator
     assert established_to(port_of(emulator.url)) == 1
 
 
+def connections_to(port: int) -> set[int]:
+    """The local ports of this host's established TCP connections to ``port`` (Linux /proc)."""
+    ports: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as lines:
+            next(lines)
+            for line in lines:
+                fields = line.split()
+                if int(fields[2].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def test_trio_warm_session_answers_pings_while_idle(
+    gateway_factory: GatewayFactory, emulator_factory: EmulatorFactory
+) -> None:
+    # The server gives up pingInterval + pingTimeout = 0.4 s after a ping without a pong: the pooled
+    # session lives through three ping intervals only if it answers pings while idle, and the
+    # request is then answered on that same connection.
+    pytest.importorskip("hypercorn")
+    emulator = emulator_factory(ping_interval=0.2, ping_timeout=0.2, frame_delay=0.001)
+    port = port_of(emulator.url)
+    gateway = gateway_factory("--server", emulator.url, "--backend", "trio", "--warm", "1", "--transport", "websocket")
+    wait_for(lambda: httpx.get(gateway.root + "/health").json()["warm"] == 1, 10)
+    before = connections_to(port)
+    assert len(before) == 1
+    time.sleep(0.6)
+    assert connections_to(port) == before
+    with gateway.client() as client:
+        whole = client.chat.completions.create(model="sonar", messages=[{"role": "user", "content": "after"}])
+    assert whole.choices[0].message.content == default_answer("sonar", "after")
+    time.sleep(0.6)  # idle again, after a query
+    assert connections_to(port) == before
+    assert httpx.get(gateway.root + "/health").json()["warm"] == 1
+
+
 def test_tls_server_with_cafile(gateway_factory: GatewayFactory, emulator_factory: EmulatorFactory,
                                 tls_files: TLSFiles) -> None:
     emulator = emulator_factory(certfile=tls_files.certfile, keyfile=tls_files.keyfile)
