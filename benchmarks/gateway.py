@@ -4,8 +4,10 @@
 
 Against the same Labs emulator (its own process), through the latency relay (relay.py):
 
-1. **Time to first token**, interleaved per round (direct, cold gateway, warm gateway): a
-   direct ``ask()`` in this process, clocked from the call to its first text; and a request
+1. **Time to first token**, interleaved per round (direct, direct sessions, cold gateway, warm
+   gateway): a direct ``ask()`` in this process, clocked from the call to its first text;
+   beside it a direct asyncio ``Session``, ``open()`` (waiting for the connect ack) then a
+   query, and ``open(wait=False)`` then a query (the gateway's cold path); and a request
    to ``plabs serve`` (cold: no ``--warm``; warm: ``--warm 2``), clocked from writing the
    HTTP request on an open loopback connection to reading the first ``content`` chunk (a
    bare socket client, so no client library's time is counted).  Over a zero-delay relay
@@ -177,17 +179,42 @@ async def direct_once(url: str, prompt: str = PROMPT) -> tuple[float, str, int]:
     return first, "".join(parts), len(parts)
 
 
+async def session_once(url: str, *, wait: bool, prompt: str = PROMPT) -> tuple[float, str, int]:
+    """A direct ``Session``: ``open(wait=wait)`` then one query, clocked from ``connect()`` to its first text."""
+    from plabs_proto.backends.asyncio import connect
+
+    from plabs_proto.events import TextDelta
+
+    parts: list[str] = []
+    first = 0.0
+    start = time.perf_counter()
+    session = connect(server=url)
+    try:
+        await session.open(wait=wait)
+        async with session.query(prompt, model=MODEL) as query:
+            async for event in query:
+                if type(event) is TextDelta:
+                    if not parts:
+                        first = time.perf_counter() - start
+                    parts.append(event.text)
+    finally:
+        await session.aclose()
+    return first, "".join(parts), len(parts)
+
+
 # -- the measurements ------------------------------------------------------------------------------
 
 
 def ttft(relay_url: str, cold: Gateway, warm: Gateway, runs: int) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {"direct": [], "cold": [], "warm": []}
+    times: dict[str, list[float]] = {"direct": [], "open": [], "pipelined": [], "cold": [], "warm": []}
 
     async def main() -> None:
         for round_ in range(runs + 1):  # round 0 warms up
             for kind in times:
                 if kind == "direct":
                     first, text, _ = await direct_once(relay_url)
+                elif kind in ("open", "pipelined"):
+                    first, text, _ = await session_once(relay_url, wait=kind == "open")
                 else:
                     first, text, _ = await stream_once((cold if kind == "cold" else warm).port)
                     await asyncio.sleep(0.05)  # a warm session goes back to the pool
@@ -347,6 +374,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      f"{r['warm'] / rtt:.2f}" if link == "slow" else "-"])
     print(table(["link", "direct ask ms", "gateway cold ms", "gateway --warm ms", "cold - direct",
                  "warm - direct", "warm in RTT"], rows))
+    print()
+    rows = []
+    for link in ("loopback", "slow"):
+        r = results[f"ttft_{link}"]
+        rows.append([link, f"{r['direct'] * 1000:.1f}", f"{r['open'] * 1000:.1f}", f"{r['pipelined'] * 1000:.1f}",
+                     f"{r['open'] / r['direct']:.2f}", f"{r['pipelined'] / r['direct']:.2f}"])
+    print(table(["direct, this process", "ask() ms", "Session open() + query ms", "open(wait=False) + query ms",
+                 "open / ask", "wait=False / ask"], rows))
     print()
     cpu = results["cpu"]
     print(table(["CPU per streamed chunk", "µs"], [
