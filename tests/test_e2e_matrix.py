@@ -392,6 +392,32 @@ def test_idle_session_answers_pings(backend: str, start: Callable[..., str]) -> 
     ]
 
 
+def test_trio_keep_alive_answers_pings_for_queries_in_other_tasks(start: Callable[..., str]) -> None:
+    # A session opened without a nursery, kept alive by one task while others query it (the
+    # gateway's pool): it idles three ping intervals before and between the queries.
+    url = start(ping_interval=0.2, ping_timeout=0.2, **FAST)
+    answers: list[str] = []
+
+    async def ask_in_a_task(session: trio_backend.Session, prompt: str) -> None:
+        async with session.query(prompt) as query:
+            answers.append("".join([e.text async for e in query if type(e) is TextDelta]))
+
+    async def main() -> None:
+        session = trio_backend.connect(server=url, timeout=10)
+        await session.open()
+        try:
+            async with session.keep_alive(), trio.open_nursery() as nursery:
+                for prompt in ("one", "two"):
+                    await trio.sleep(0.6)
+                    nursery.start_soon(ask_in_a_task, session, prompt)
+                    await trio.sleep(0)
+        finally:
+            await session.aclose()
+
+    trio.run(main)
+    assert answers == [default_answer(DEFAULT_MODEL, "one"), default_answer(DEFAULT_MODEL, "two")]
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_connection_refused(backend: str) -> None:
     port = free_port()
