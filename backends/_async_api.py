@@ -290,9 +290,9 @@ class AsyncSession(SessionBase, ABC):
 
         ``open(wait=False)`` only starts the handshake and returns at once: a
         :meth:`query` may follow before the server acked the connection, and its
-        query then goes out right behind the Socket.IO CONNECT (as ``ask`` sends
-        it), a round trip sooner than after ``open()``.  Iterating that query
-        takes the ack (setting :attr:`connected`) and raises what ``open()``
+        query then goes out as soon as the client may send it (as ``ask`` sends
+        it): in the very step that reads the ack, not after a turn of the
+        caller's code.  Iterating that query takes the ack (setting :attr:`connected`) and raises what ``open()``
         would have raised when the server refuses the handshake.
         """
         if self._link is not None:

@@ -202,7 +202,7 @@ class Session(AsyncSession):
     ``async with``, or by :meth:`keep_alive`) answers the server's pings; a
     session opened with :meth:`open` alone reads only while it is awaited.
 
-    To send the first query right behind the handshake (see
+    To send the first query as the handshake ends (see
     :meth:`~plabs_proto.backends._async_api.AsyncSession.open`), with pings
     answered between queries::
 
