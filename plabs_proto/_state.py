@@ -82,9 +82,9 @@ TRANSITIONS: dict[tuple[SessionState, str], SessionState] = {
 _HINTS: dict[tuple[SessionState, str], str] = {
     (IDLE, QUERY): "; call connect() first",
     (QUERYING, QUERY): ": queries run one after another, and one is still streaming",
-    (CONNECTING, CONNECT): ": connect() starts a new session once",
-    (READY, CONNECT): ": connect() starts a new session once",
-    (QUERYING, CONNECT): ": connect() starts a new session once",
+    (CONNECTING, CONNECT): ": connect() needs a new client (a session connects once)",
+    (READY, CONNECT): ": connect() needs a new client (a session connects once)",
+    (QUERYING, CONNECT): ": connect() needs a new client (a session connects once)",
 }
 
 

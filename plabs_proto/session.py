@@ -395,30 +395,54 @@ class LabsSession:
             self._on_ws_text(ws, message.decode(), now)
 
     def receive_websocket_close(self, ws_id: int, code: int | None, now: float, reason: str = "") -> None:
-        """The WebSocket of ``ws_id`` closed (``code`` None when unknown, e.g. the connection just ended)."""
+        """The WebSocket of ``ws_id`` closed.
+
+        ``code`` is the close frame's code, or None when the connection ended
+        without a close frame (or the carrier does not know).  Closed while an
+        answer streams is an error; otherwise it ends the session cleanly.
+        """
         ws = self._websocket(ws_id)
         if ws is None:
             return
         ws.closed = True
         with self._guard():
+            querying = self._decoder is not None and self._state is SessionState.QUERYING
+            if code is None:
+                raise RemoteProtocolError(
+                    "expected the rest of the answer, but the server closed the connection "
+                    f"after {len(self.partial_text)} characters of it"
+                    if querying
+                    else "expected the WebSocket connection to stay open, but the server closed it"
+                )
             too_big = ""
             if code == 1009:  # RFC 6455: the endpoint got a message too big for it to process
                 too_big = "; 1009 means message too big: the server refused a message we sent" + (
                     f" (its maxPayload is {self._max_payload} bytes)" if self._max_payload is not None else ""
                 )
-            shown = "no close code" if code is None else f"{code} {reason}".rstrip()
-            if self._decoder is not None and self._state is SessionState.QUERYING:
+            if querying:
                 raise RemoteProtocolError(
-                    f"expected the rest of the answer, got a WebSocket close ({shown}) after "
+                    f"expected the rest of the answer, got a WebSocket close ({code} {reason!r}) after "
                     f"{len(self.partial_text)} characters of it{too_big}"
                 )
-            if not ws.open:
-                raise RemoteProtocolError(f"expected the WebSocket to open, but it closed first ({shown})")
-            if not self._on_ws:
+            shown = f"{code} {reason}".rstrip()
+            if not ws.open or not self._on_ws:
                 raise RemoteProtocolError(
-                    f"expected the WebSocket to stay open for the upgrade, but the server closed it ({shown})"
+                    f"expected the WebSocket to stay open for the session, but the server closed it ({shown})"
                 )
             self._server_closed(f"WebSocket closed by the server ({shown}){too_big}")
+
+    def receive_websocket_refused(
+        self, ws_id: int, status: int, headers: Sequence[tuple[str, str]], body: bytes, now: float,
+        reason: str = "",
+    ) -> None:
+        """The server answered the WebSocket handshake of ``ws_id`` with an HTTP response, not 101."""
+        ws = self._websocket(ws_id)
+        if ws is None:
+            return
+        ws.closed = True
+        response = HTTPResponse(status, reason, tuple((k.lower(), v) for k, v in headers), bytes(body))
+        with self._guard():
+            raise self._refused(response, "the WebSocket upgrade", 101)
 
     def receive_transport_error(self, id: int, message: str, now: float) -> None:
         """The request or WebSocket ``id`` failed below HTTP (refused, reset, TLS): the session fails."""
@@ -481,9 +505,13 @@ class LabsSession:
 
     def transmit(self) -> list[SessionInstruction]:
         """What the carrier must do now, in order."""
+        self._pong_queued = False  # one pong per transmit(): a ping after this one needs its own
+        return self._drain()
+
+    def _drain(self) -> list[SessionInstruction]:
+        """The instructions so far, without ending the pong window (for the byte level, between inputs)."""
         out = self._out
         self._out = []
-        self._pong_queued = False
         return out
 
     # -- internals: errors and the end ----------------------------------------------------------

@@ -271,8 +271,12 @@ def test_server_close_when_ready_is_a_clean_end() -> None:
     assert s.state is SessionState.CLOSED and s.transmit() == []
     s2, ws2 = connected("upgrade")
     assert ws2 is not None
-    s2.receive_websocket_close(ws2, None, 3.0)
-    assert s2.events() == [Closed(reason="WebSocket closed by the server (no close code)")]
+    s2.receive_websocket_close(ws2, 1001, 3.0, "going away")
+    assert s2.events() == [Closed(reason="WebSocket closed by the server (1001 going away)")]
+    s3, ws3 = connected("websocket")
+    assert ws3 is not None
+    with pytest.raises(RemoteProtocolError, match="connection to stay open"):
+        s3.receive_websocket_close(ws3, None, 3.0)  # the connection ended without a close frame
 
 
 def test_engineio_close_cuts_an_answer() -> None:
