@@ -81,7 +81,7 @@ from .session import (
 )
 from .stack import Layer, StreamStack
 from .tls import TLSLayer, check_ssl_context, make_ssl_context
-from .websocket import Utf8Text, WebSocketChannel, accept_token, make_key
+from .websocket import WebSocketChannel, accept_token, make_key
 
 __all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "TRANSPORTS", "ClientConfig", "ClientState", "LabsClient", "Tracer"]
 
@@ -671,13 +671,8 @@ class LabsClient:
             return
         session = self._session
         messages = ws.receive_data(data)
-        for message in messages:
-            if session.state in END_STATES:
-                break
-            if type(message) is Utf8Text:
-                session.receive_websocket_utf8(ws_id, message, now)
-            else:
-                session.receive_websocket_message(ws_id, message, now)  # type: ignore[arg-type]
+        if messages:
+            session._receive_websocket_messages(ws_id, messages, now)
         self._carry(session._drain())
         reply = ws.data_to_send()  # wsproto's pong to a WebSocket ping, its answer to a close
         if reply and stream.open and session.state not in END_STATES:

@@ -125,6 +125,9 @@ def _size(packet: engineio.Packet) -> int:
     return len(encoded.encode("utf-8") if isinstance(encoded, str) else encoded)
 
 
+_CLOSED, _ERROR, _QUERYING = SessionState.CLOSED, SessionState.ERROR, SessionState.QUERYING
+
+
 class _Ended(Exception):
     """The session ended in the middle of a step: the rest of the step has nothing to do."""
 
@@ -363,36 +366,52 @@ class LabsSession:
 
     def receive_websocket_message(self, ws_id: int, data: str | bytes, now: float) -> None:
         """A whole message from the WebSocket of ``ws_id``: ``str`` for text, ``bytes`` for binary."""
-        ws = self._websocket(ws_id)
-        if ws is None:
-            return
-        with self._guard():
-            self._check_open(ws)
-            if isinstance(data, str):
-                if len(data) > self._limit:
-                    raise self._too_big(len(data))
-                self._on_ws_text(ws, data, now)
-            else:
-                if len(data) > self._limit:
-                    raise self._too_big(len(data))
-                self._on_sio_binary(bytes(data), now)
+        self._receive_websocket_messages(ws_id, [data], now)
 
     def receive_websocket_utf8(self, ws_id: int, message: Utf8Text, now: float) -> None:
-        """A text message not decoded yet: the byte level's fast path (only new text is decoded)."""
+        """A text message not decoded yet (:class:`~plabs_proto.websocket.Utf8Text`): only its new text is decoded."""
+        self._receive_websocket_messages(ws_id, [message], now)
+
+    def _receive_websocket_messages(self, ws_id: int, messages: list[str | bytes | Utf8Text], now: float) -> None:
+        """Every message one read brought, in order: the byte level's hot path.
+
+        The same as a ``receive_websocket_message`` (or ``receive_websocket_utf8``)
+        per message, with the WebSocket looked up and the error guard set up once
+        per read instead of once per message.  A progress frame is read on its
+        UTF-8 bytes by the prefix it shares with the previous one.
+        """
         ws = self._websocket(ws_id)
         if ws is None:
             return
         with self._guard():
             self._check_open(ws)
-            data = message.data
-            if len(data) > self._limit:
-                raise self._too_big(len(data))
-            if self._decoder is not None and data[:3] == b"42[" and not ws.probing and not self._sio.awaiting_attachments:
-                fast = self._frames.read_bytes(data, 1)
-                if fast is not None:
-                    self._on_event(fast[0], fast[1], now)
-                    return
-            self._on_ws_text(ws, message.decode(), now)
+            limit = self._limit
+            for message in messages:
+                if self._state is _CLOSED or self._state is _ERROR or ws.closed:
+                    break
+                if isinstance(message, Utf8Text):
+                    data = message.data
+                    if len(data) > limit:
+                        raise self._too_big(len(data))
+                    if (
+                        self._decoder is not None
+                        and data[:3] == b"42["
+                        and not ws.probing
+                        and not self._sio.awaiting_attachments
+                    ):
+                        fast = self._frames.read_bytes(data, 1)
+                        if fast is not None:
+                            self._on_event(fast[0], fast[1], now)
+                            continue
+                    self._on_ws_text(ws, message.decode(), now)
+                elif isinstance(message, str):
+                    if len(message) > limit:
+                        raise self._too_big(len(message))
+                    self._on_ws_text(ws, message, now)
+                else:
+                    if len(message) > limit:
+                        raise self._too_big(len(message))
+                    self._on_sio_binary(bytes(message), now)
 
     def receive_websocket_close(self, ws_id: int, code: int | None, now: float, reason: str = "") -> None:
         """The WebSocket of ``ws_id`` closed.
@@ -907,7 +926,7 @@ class LabsSession:
 
     def _on_event(self, name: str, payload: object, now: float) -> None:
         decoder = self._decoder
-        if decoder is None or self._state is not SessionState.QUERYING or not name.endswith("_query_progress"):
+        if decoder is None or self._state is not _QUERYING or not name.endswith("_query_progress"):
             return  # not an answer we wait for
         events = decoder.feed(payload)
         for event in events:
