@@ -439,3 +439,19 @@ def test_any_input_sequence_raises_only_labs_errors_and_ends_cleanly(transport: 
         closed = {x.ws_id for x in issued if isinstance(x, WebSocketClose)}
         assert opened <= closed | peer_closed
         assert s.get_timer() is None
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_a_progress_frame_with_nan_is_refused_as_the_codec_refuses_it(fast: bool) -> None:
+    s, ws_id = connected("websocket")
+    assert ws_id is not None
+    s.query("hi", model="sonar", now=2.0)
+    good = progress("He")
+    s.receive_websocket_message(ws_id, good, 3.0)
+    bad = progress("Hello")[:-2] + ',"elapsed_time":NaN}]'
+    with pytest.raises(RemoteProtocolError, match="invalid payload"):
+        if fast:
+            s.receive_websocket_utf8(ws_id, Utf8Text(bad.encode()), 4.0)
+        else:
+            s.receive_websocket_message(ws_id, bad, 4.0)
+    assert s.state is SessionState.ERROR
