@@ -321,6 +321,10 @@ class LabsSession:
         self, request_id: int, status: int, headers: Sequence[tuple[str, str]], body: bytes, now: float
     ) -> None:
         """The response to the ``HTTPRequest`` of ``request_id`` (any status; headers as received)."""
+        if isinstance(status, bool) or not isinstance(status, int) or not isinstance(body, (bytes, bytearray)):
+            raise LocalProtocolError(
+                f"expected an int status and a bytes body, got {type(status).__name__} and {type(body).__name__}"
+            )
         self._receive_http_response(request_id, status, headers, body, now)
 
     def _receive_http_response(
@@ -366,6 +370,10 @@ class LabsSession:
 
     def receive_websocket_message(self, ws_id: int, data: str | bytes, now: float) -> None:
         """A whole message from the WebSocket of ``ws_id``: ``str`` for text, ``bytes`` for binary."""
+        if not isinstance(data, (str, bytes, bytearray, memoryview)):
+            raise LocalProtocolError(
+                f"expected a WebSocket message as str (text) or bytes (binary), got {type(data).__name__}"
+            )
         self._receive_websocket_messages(ws_id, [data], now)
 
     def receive_websocket_utf8(self, ws_id: int, message: Utf8Text, now: float) -> None:

@@ -347,6 +347,19 @@ def test_close_after_close_does_nothing_and_ids_are_checked() -> None:
         s.receive_http_response(99, 200, [], b"", 7.0)
 
 
+def test_inputs_of_the_wrong_type_are_local_errors() -> None:
+    s, ws_id = connected("websocket")
+    assert ws_id is not None
+    with pytest.raises(LocalProtocolError, match=r"as str .* or bytes"):
+        s.receive_websocket_message(ws_id, ValueError("an aiohttp ERROR message"), 2.0)  # type: ignore[arg-type]
+    p = session("polling")
+    p.connect(0.0)
+    p.transmit()
+    with pytest.raises(LocalProtocolError, match="bytes body"):
+        p.receive_http_response(1, 200, [], "0{}", 0.5)  # type: ignore[arg-type]
+    assert s.state is SessionState.READY and p.state is SessionState.CONNECTING
+
+
 # -- the byte level's fast path agrees with the str path ------------------------------------------
 
 
