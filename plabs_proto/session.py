@@ -380,26 +380,30 @@ class LabsSession:
         """A text message not decoded yet (:class:`~plabs_proto.websocket.Utf8Text`): only its new text is decoded."""
         self._receive_websocket_messages(ws_id, [message], now)
 
-    def _receive_websocket_messages(self, ws_id: int, messages: list[str | bytes | Utf8Text], now: float) -> None:
+    def _receive_websocket_messages(
+        self, ws_id: int, messages: list[str | bytes | Utf8Text], now: float, *, limited: bool = False
+    ) -> None:
         """Every message one read brought, in order: the byte level's hot path.
 
         The same as a ``receive_websocket_message`` (or ``receive_websocket_utf8``)
         per message, with the WebSocket looked up and the error guard set up once
         per read instead of once per message.  A progress frame is read on its
-        UTF-8 bytes by the prefix it shares with the previous one.
+        UTF-8 bytes by the prefix it shares with the previous one.  ``limited``:
+        the caller already refused messages over ``max_message_size`` (the byte
+        level's WebSocket does, from the frame header).
         """
         ws = self._websocket(ws_id)
         if ws is None:
             return
         with self._guard():
             self._check_open(ws)
-            limit = self._limit
+            limit = None if limited else self._limit
             for message in messages:
-                if self._state is _CLOSED or self._state is _ERROR or ws.closed:
-                    break
+                if self._state is _CLOSED or self._state is _ERROR:
+                    break  # (the session ended: what follows belongs to no session)
                 if isinstance(message, Utf8Text):
                     data = message.data
-                    if len(data) > limit:
+                    if limit is not None and len(data) > limit:
                         raise self._too_big(len(data))
                     if (
                         self._decoder is not None
@@ -413,11 +417,11 @@ class LabsSession:
                             continue
                     self._on_ws_text(ws, message.decode(), now)
                 elif isinstance(message, str):
-                    if len(message) > limit:
+                    if limit is not None and len(message) > limit:
                         raise self._too_big(len(message))
                     self._on_ws_text(ws, message, now)
                 else:
-                    if len(message) > limit:
+                    if limit is not None and len(message) > limit:
                         raise self._too_big(len(message))
                     self._on_sio_binary(bytes(message), now)
 
