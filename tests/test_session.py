@@ -14,7 +14,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from plabs_proto.errors import HandshakeError, LabsError, LabsTimeout, LocalProtocolError, RemoteProtocolError
+from plabs_proto.errors import (
+    HandshakeError,
+    LabsError,
+    LabsTimeout,
+    LocalProtocolError,
+    RemoteProtocolError,
+    ResponseError,
+)
 from plabs_proto.events import (
     AnswerFinished,
     Closed,
@@ -468,3 +475,48 @@ def test_a_progress_frame_with_nan_is_refused_as_the_codec_refuses_it(fast: bool
         else:
             s.receive_websocket_message(ws_id, bad, 4.0)
     assert s.state is SessionState.ERROR
+
+
+def test_close_on_polling_posts_the_goodbye() -> None:
+    s, _ = connected("polling")
+    s.close(5.0)
+    assert s.transmit() == [HTTPRequest(request_id=5, method="POST", url=f"{BASE}&transport=polling{T}&sid=E1",
+                                        headers=POST_HEADERS, body=b"41\x1e1")]
+    assert s.events() == [Closed(reason="closed by the client")]
+    s.receive_http_response(5, 200, [], b"ok", 5.1)  # nobody waits for it: ignored
+    s.receive_http_response(4, 200, [], b"6", 5.1)  # the poll that was out: ignored too
+    assert s.transmit() == [] and s.state is SessionState.CLOSED
+
+
+def test_close_before_the_probe_posts_and_gives_up_the_websocket() -> None:
+    s = session("upgrade")
+    s.connect(0.0)
+    s.transmit()
+    s.receive_http_response(1, 200, [], open_packet().encode(), 0.5)
+    s.transmit()  # the CONNECT POST (2) and the WebSocket (3)
+    s.close(1.0)
+    out = s.transmit()
+    assert out == [HTTPRequest(request_id=4, method="POST", url=f"{BASE}&transport=polling{T}&sid=E1",
+                               headers=POST_HEADERS, body=b"41\x1e1"), WebSocketClose(ws_id=3)]
+    s.receive_websocket_open(3, 1.1)  # late news of a WebSocket given up: ignored
+    assert s.transmit() == []
+
+
+def test_connect_error_is_a_response_error() -> None:
+    s = session("websocket")
+    s.connect(0.0)
+    s.transmit()
+    s.receive_websocket_open(1, 0.1)
+    s.receive_websocket_message(1, open_packet(), 0.2)
+    with pytest.raises(ResponseError, match=r"refused the Socket\.IO connection: Not authorized"):
+        s.receive_websocket_message(1, '44{"message":"Not authorized"}', 0.3)
+    assert s.state is SessionState.ERROR and s.transmit()[-1] == WebSocketClose(ws_id=1)
+
+
+def test_websocket_refused_with_an_http_status() -> None:
+    s = session("websocket")
+    s.connect(0.0)
+    s.transmit()
+    with pytest.raises(HandshakeError, match="refused the WebSocket upgrade: expected HTTP 101, got HTTP 403") as info:
+        s.receive_websocket_refused(1, 403, [], b"forbidden", 0.1)
+    assert info.value.status == 403 and s.state is SessionState.ERROR
