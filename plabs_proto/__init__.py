@@ -3,7 +3,9 @@
 The core (this package) parses and emits every byte of a Labs session (proxy
 tunnel, TLS, HTTP/1.1, WebSocket, Engine.IO, Socket.IO, the Labs events) and
 does no I/O.  :class:`LabsClient` is the entry point; the backends in
-``plabs_proto.backends`` drive it over real sockets.
+``plabs_proto.backends`` drive it over real sockets.  :class:`LabsSession` is
+the level below bytes: the same session over abstract HTTP requests and
+WebSocket messages, for any HTTP/WebSocket client to carry.
 """
 
 from .client import TRANSPORTS, ClientConfig, ClientState, LabsClient
@@ -27,14 +29,20 @@ from .events import (
     CloseStream,
     Connected,
     Event,
+    HTTPRequest,
     Instruction,
     OpenStream,
     QueryFailed,
     ReasoningDelta,
     SendBytes,
+    SessionInstruction,
     TextDelta,
+    WebSocketClose,
+    WebSocketConnect,
+    WebSocketSend,
 )
 from .labs import DEFAULT_MODEL, MODELS
+from .session import LabsSession, SessionConfig, SessionState
 
 __version__ = "0.1.0"
 
@@ -52,10 +60,12 @@ __all__ = [
     "Closed",
     "Connected",
     "Event",
+    "HTTPRequest",
     "HandshakeError",
     "Instruction",
     "LabsClient",
     "LabsError",
+    "LabsSession",
     "LabsTimeout",
     "LocalProtocolError",
     "NetworkError",
@@ -66,7 +76,13 @@ __all__ = [
     "RemoteProtocolError",
     "ResponseError",
     "SendBytes",
+    "SessionConfig",
+    "SessionInstruction",
+    "SessionState",
     "TLSError",
     "TextDelta",
+    "WebSocketClose",
+    "WebSocketConnect",
+    "WebSocketSend",
     "__version__",
 ]

@@ -30,72 +30,60 @@ Three transports are offered:
 Fatal errors are raised from the method that discovered them, after the
 client has moved to :attr:`ClientState.ERROR` and queued ``CloseStream`` for
 every connection.  They carry the answer text received so far.
+
+Two levels: every Engine.IO, Socket.IO and Labs rule lives in
+:class:`~plabs_proto.session.LabsSession` (the message level, which any
+HTTP/WebSocket client can drive); this module is the byte level beneath it.
+It turns each ``HTTPRequest`` and ``WebSocketConnect`` into a request on a
+stream (h11, wsproto, TLS, a proxy tunnel), keeps cookies, reuses a
+connection while the server keeps it alive, and opens the second connection
+at ``connect()`` (polling: for POSTs; upgrade: for the WebSocket) so its
+handshakes run beside the first request's.  HTTP body and WebSocket frame
+limits are checked here, from the bytes, before anything is buffered.
 """
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import ssl
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
-from . import engineio, socketio
-from .errors import (
-    HandshakeError,
-    LabsError,
-    LabsTimeout,
-    LocalProtocolError,
-    RemoteProtocolError,
-    ResponseError,
-)
+from ._state import END_STATES, SessionState
+from .errors import LabsError, LocalProtocolError, RemoteProtocolError
 from .events import (
-    AnswerFinished,
-    Closed,
     CloseStream,
-    Connected,
     Event,
+    HTTPRequest,
     Instruction,
     OpenStream,
-    QueryFailed,
-    ReasoningDelta,
     SendBytes,
-    TextDelta,
+    SessionInstruction,
+    WebSocketClose,
+    WebSocketConnect,
+    WebSocketSend,
 )
-from .http import HTTPChannel, HTTPResponse, SwitchedProtocol, looks_like_cloudflare
-from .jsondepth import check_depth, too_deep
-from .labs import (
-    DEFAULT_MODEL,
-    DEFAULT_VERSION,
-    REQUEST_EVENT,
-    AnswerDecoder,
-    CumulativeFrameReader,
-    build_request,
-)
+from .http import HTTPChannel, HTTPResponse, SwitchedProtocol
+from .labs import DEFAULT_MODEL, DEFAULT_VERSION
 from .proxy import HTTPConnectTunnel, ProxyConfig, SOCKS5Tunnel, parse_proxy_url
+from .session import (
+    BODY_SLACK,
+    DEFAULT_JWT,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_ORIGIN,
+    DEFAULT_SERVER,
+    TRANSPORTS,
+    LabsSession,
+    SessionConfig,
+)
 from .stack import Layer, StreamStack
 from .tls import TLSLayer, check_ssl_context, make_ssl_context
-from .websocket import Utf8Text, WebSocketChannel, accept_token, make_key
+from .websocket import WebSocketChannel, accept_token, make_key
 
 __all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "TRANSPORTS", "ClientConfig", "ClientState", "LabsClient", "Tracer"]
-
-TRANSPORTS = ("upgrade", "websocket", "polling")
-DEFAULT_SERVER = "https://www.perplexity.ai"
-DEFAULT_ORIGIN = "https://labs.perplexity.ai"
-DEFAULT_JWT = "anonymous-ask-user"
-#: The default of :attr:`ClientConfig.max_message_size`, our receive limit: 64 MiB, so that a
-#: long answer's last cumulative frame (the whole answer again, JSON-escaped) fits.
-DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
-#: What a polling GET body may carry beyond one packet of the receive limit: the few small
-#: packets (pings, a noop, a connect ack) a server batches with it.
-_BODY_SLACK = 64 * 1024
-#: Engine.IO's default maxPayload, for a server that does not announce one.
-_ENGINEIO_MAX_PAYLOAD = 1_000_000
 
 #: Set-Cookie values kept and sent back: visible ASCII names, printable ASCII values, at most
 #: this many cookies of at most this many characters each (RFC 6265's minimums for a browser).
@@ -108,25 +96,8 @@ _MAX_COOKIE_SIZE = 4096
 Tracer = Callable[[float, int, str, bytes], None]
 
 
-class _SessionEnded(LocalProtocolError):
-    """Something tried to open a connection or write after the session ended.
-
-    Raised by :meth:`LabsClient._open_stream` and :meth:`LabsClient._write` once
-    the state is CLOSED or ERROR: whatever was under way (the rest of a
-    handshake, the next poll, a pong) stops there, and the guard around every
-    entry point swallows it, so a closed session never opens a new stream.
-    """
-
-
-class ClientState(Enum):
-    """Where the session stands."""
-
-    IDLE = "idle"  #: created, ``connect()`` not called yet
-    CONNECTING = "connecting"  #: handshake under way
-    READY = "ready"  #: connected, no query in flight
-    QUERYING = "querying"  #: a query's answer is streaming
-    CLOSED = "closed"  #: ended cleanly (our close or the server's)
-    ERROR = "error"  #: ended by an error; every stream was closed
+#: Where the session stands: the message level's states (see :mod:`plabs_proto._state`).
+ClientState = SessionState
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -165,6 +136,21 @@ class ClientConfig:
     query_timeout: float | None = None
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
 
+    def session_config(self) -> SessionConfig:
+        """The message-level part of this configuration, for :class:`~plabs_proto.session.LabsSession`."""
+        return SessionConfig(
+            server=self.server,
+            path=self.path,
+            transport=self.transport,
+            origin=self.origin,
+            jwt=self.jwt,
+            version=self.version,
+            connect_timeout=self.connect_timeout,
+            first_text_timeout=self.first_text_timeout,
+            query_timeout=self.query_timeout,
+            max_message_size=self.max_message_size,
+        )
+
 
 def _check_request_text(config: ClientConfig, host_header: str, path: str) -> None:
     """Refuse what cannot go in a request head: HTTP/1.1 header text is ASCII without CR or LF."""
@@ -190,15 +176,19 @@ class _Stream:
     stack: StreamStack
     http: HTTPChannel | None
     ws: WebSocketChannel | None = None
-    purpose: str = ""  # what the outstanding HTTP request is for
+    request_id: int | None = None  # the session's HTTPRequest waiting for its response here
+    ws_id: int | None = None  # the session's WebSocket on this stream (its upgrade, then its frames)
     open: bool = True
 
 
-_OPEN, _CONNECT_POST, _UPGRADE, _POLL, _POST = ("open", "connect-post", "upgrade", "poll", "post")
-
-
 class LabsClient:
-    """A sans-IO Perplexity Labs session.  See the module docstring for the loop.
+    """A sans-IO Perplexity Labs session at the byte level.  See the module docstring for the loop.
+
+    It is a :class:`~plabs_proto.session.LabsSession` (the message level: every
+    Engine.IO, Socket.IO and Labs rule) carried by this module's byte stack:
+    each HTTP request and WebSocket the session asks for becomes bytes on a
+    stream (h11, wsproto, TLS over MemoryBIO, a proxy tunnel), with the
+    cookies, keep-alive and second connection a browser would use.
 
     ``rng`` supplies every random choice (the ``t`` cache buster, WebSocket
     keys and masks): pass ``random.SystemRandom()`` in production and a seeded
@@ -236,8 +226,7 @@ class LabsClient:
         host_literal = f"[{self._host}]" if ":" in self._host else self._host
         self._host_header = host_literal if self._port == default_port else f"{host_literal}:{self._port}"
         prefix = url.path.rstrip("/")
-        self._path = prefix + "/" + config.path.strip("/") + "/"
-        _check_request_text(config, self._host_header, self._path)
+        _check_request_text(config, self._host_header, prefix + "/" + config.path.strip("/") + "/")
         self._proxy: ProxyConfig | None = (
             parse_proxy_url(config.proxy) if isinstance(config.proxy, str) else config.proxy
         )
@@ -248,50 +237,51 @@ class LabsClient:
                 self._ssl_context = config.ssl_context
             else:
                 self._ssl_context = make_ssl_context(config.cafile)
+        self._session = LabsSession(config.session_config(), rng=rng)  # draws the cache buster first
         self._rng = rng
         self._tracer = tracer
-        self._t = f"{rng.getrandbits(32):08x}"
-        self._state = ClientState.IDLE
-        self._events: deque[Event] = deque()
         self._instructions: list[Instruction] = []
         self._streams: dict[int, _Stream] = {}
         self._next_stream_id = 1
-        self._main: _Stream | None = None  # GET / WebSocket stream
-        self._post_stream: _Stream | None = None  # polling transport: POST stream
-        self._deadlines: dict[str, float] = {}
-        self._cookies: dict[str, str] = {}
-        self._limit = limit  # what we take from the server (config.max_message_size)
-        self._ping_window = 45.0
-        self._max_payload: int | None = None  # what the server takes from us: its open packet says
-        self.engine_sid = ""
-        self.socket_sid = ""
-        self._connected = False
-        self._probing = False
-        self._ws_stream: _Stream | None = None  # upgrade transport: the connection for the WebSocket
-        self._connect_posted = False  # upgrade transport: the CONNECT POST was answered
-        self._probe_sent = False
+        self._main: _Stream | None = None  # GETs (and the upgrade transport's POSTs)
+        self._post_stream: _Stream | None = None  # polling transport: POSTs
+        self._spare: _Stream | None = None  # opened by connect() beside the first request
+        self._ws_stream: _Stream | None = None
         self._ws_key = ""
-        self._eio_out: list[str] = []  # Engine.IO text packets waiting for a POST or the WebSocket
-        self._pong_queued = False  # a pong was queued since the last transmit()
-        self._sio = socketio.PacketDecoder()
-        self._decoder: AnswerDecoder | None = None
-        self._frames = CumulativeFrameReader()
-        self._pending_query: str | None = None
-        self._transport_name = config.transport
-        self._upgrades: tuple[str, ...] = ("websocket",)
+        self._ws_active = False  # the WebSocket carries the session (its first message went out)
+        self._closing = False  # close() was called: the WebSocket gets a close frame
+        self._cookies: dict[str, str] = {}
+        self._limit = limit
+        self._out_stream: _Stream | None = None  # WebSocket bytes gathered for one write
+        self._out_data: list[bytes] = []
         self._now = 0.0
 
     # -- public state ---------------------------------------------------------------------------
 
     @property
+    def session(self) -> LabsSession:
+        """The message-level session this client carries."""
+        return self._session
+
+    @property
     def state(self) -> ClientState:
         """The session's state."""
-        return self._state
+        return self._session.state
 
     @property
     def transport(self) -> str:
         """The transport in use: the configured one, or ``"polling"`` if an upgrade was not offered."""
-        return self._transport_name
+        return self._session.transport
+
+    @property
+    def engine_sid(self) -> str:
+        """The Engine.IO session id (``""`` until the open packet)."""
+        return self._session.engine_sid
+
+    @property
+    def socket_sid(self) -> str:
+        """The Socket.IO session id (``""`` until the connect ack)."""
+        return self._session.socket_sid
 
     @property
     def partial_text(self) -> str:
@@ -301,37 +291,23 @@ class LabsClient:
         ``QueryFailed``).  Errors copy this, so an error after an answer finished
         carries no partial text (see :class:`~plabs_proto.errors.LabsError`).
         """
-        return self._decoder.text if self._decoder is not None else ""
+        return self._session.partial_text
 
     @property
     def partial_reasoning(self) -> str:
         """The reasoning so far of the query streaming now; ``""`` when none is."""
-        return self._decoder.reasoning if self._decoder is not None else ""
+        return self._session.partial_reasoning
 
     # -- user commands --------------------------------------------------------------------------
 
     def connect(self, now: float) -> None:
         """Start the session: the first ``transmit()`` then opens a connection."""
-        if self._state is not ClientState.IDLE:
-            raise LocalProtocolError(f"connect() needs a new client, but this one is {self._state.value}")
         self._now = now
-        self._state = ClientState.CONNECTING
-        self._transport_name = self.config.transport
-        if self.config.connect_timeout is not None:
-            self._deadlines["connect"] = now + self.config.connect_timeout
-        with self._guard():
-            stream = self._open_stream()
-            self._main = stream
-            if self.config.transport == "websocket":
-                self._send_upgrade(stream, sid=None)
-            else:
-                self._http(stream, "GET", self._target("polling"), b"", _OPEN)
-            # The second connection (polling: for POSTs; upgrade: for the WebSocket) opens
-            # now, so its TCP (and TLS, proxy) handshakes run beside the handshake GET.
-            if self.config.transport == "polling":
-                self._post_stream = self._open_stream()
-            elif self.config.transport == "upgrade":
-                self._ws_stream = self._open_stream()
+        self._step(lambda: self._session.connect(now))
+        # The second connection (polling: for POSTs; upgrade: for the WebSocket) opens now,
+        # so its TCP (and TLS, proxy) handshakes run beside the handshake GET.
+        if self.config.transport != "websocket" and self._session.state is ClientState.CONNECTING:
+            self._spare = self._open_stream()
 
     def query(
         self,
@@ -342,67 +318,22 @@ class LabsClient:
     ) -> None:
         """Ask Labs; the answer comes as events.  One query at a time per session.
 
-        Allowed while connecting (it is sent as soon as the session is up) and
-        when ready.  ``messages`` is a prompt string or a list of
-        ``{"role", "content"}`` messages; they are normalised as Labs needs.
-
-        A request not smaller than the server's ``maxPayload`` is never sent: once
-        the server's open packet has arrived, this raises
-        :class:`LocalProtocolError` (the session stays as it was).  A query
-        made before that waits, and the check runs when the open packet
-        arrives: the error is then raised from the ``receive_data()`` call that
-        brought it, and is fatal (the client moves to ``ERROR`` and closes its
-        streams), since the query it belongs to can no longer be refused alone.
+        See :meth:`LabsSession.query <plabs_proto.session.LabsSession.query>`:
+        allowed while connecting and when ready; a request not smaller than the
+        server's ``maxPayload`` raises :class:`LocalProtocolError` (fatal only
+        for a query made before the open packet, raised from the
+        ``receive_data()`` that brought it).
         """
-        if self._state not in (ClientState.CONNECTING, ClientState.READY) or self._decoder is not None:
-            if self._decoder is not None or self._state is ClientState.QUERYING:
-                raise LocalProtocolError(
-                    "cannot start a query while another one is still streaming on this session: "
-                    "queries run one after another"
-                )
-            raise LocalProtocolError(
-                f"cannot query a session that is {self._state.value}; call connect() first"
-                if self._state is ClientState.IDLE
-                else f"cannot query a session that is {self._state.value}"
-            )
-        request = build_request(messages, model=model or DEFAULT_MODEL, version=self.config.version)
         self._now = now
-        frame = "42" + json.dumps([REQUEST_EVENT, request], separators=(",", ":"), ensure_ascii=False)
-        if self._max_payload is not None:
-            self._check_request_size(frame, pending=False)
-        self._decoder = AnswerDecoder(request["model"])
-        self._frames = CumulativeFrameReader()
-        if self.config.first_text_timeout is not None:
-            self._deadlines["first_text"] = now + self.config.first_text_timeout
-        if self.config.query_timeout is not None:
-            self._deadlines["query"] = now + self.config.query_timeout
-        if self._state is ClientState.READY:
-            self._state = ClientState.QUERYING
-            with self._guard():
-                self._send_eio(frame)
-        else:
-            self._pending_query = frame
+        self._step(lambda: self._session.query(messages, model=model, now=now))
 
     def close(self, now: float) -> None:
         """End the session politely (Socket.IO and Engine.IO close), then close every stream."""
-        if self._state in (ClientState.CLOSED, ClientState.ERROR):
+        if self._session.state in END_STATES:
             return
         self._now = now
-        if self._state is not ClientState.IDLE:
-            main = self._main
-            if main is not None and main.ws is not None and not main.ws.closed and main.open:
-                self._write(main, main.ws.send_text("41") + main.ws.send_text("1") + main.ws.close())
-            elif self.engine_sid and self._transport_name != "websocket":
-                stream = self._post_stream if self._transport_name == "polling" else self._main
-                if stream is not None and stream.open and stream.http is not None and stream.http.reusable:
-                    body = engineio.encode_payload(
-                        [engineio.Packet(engineio.PacketType.MESSAGE, "1"), engineio.Packet(engineio.PacketType.CLOSE)]
-                    ).encode("utf-8")
-                    self._http(stream, "POST", self._target("polling", self.engine_sid), body, "close")
-        self._state = ClientState.CLOSED
-        self._deadlines.clear()
-        self._close_all()
-        self._events.append(Closed(reason="closed by the client"))
+        self._closing = True
+        self._step(lambda: self._session.close(now))
 
     # -- I/O inputs -----------------------------------------------------------------------------
 
@@ -414,116 +345,168 @@ class LabsClient:
                 raise LocalProtocolError(
                     f"expected the id of a stream this client opened, got {stream_id!r}"
                 )
-            if self._state is ClientState.ERROR:
+            if self._session.state is ClientState.ERROR:
                 raise LocalProtocolError("cannot receive data: the client already failed and closed its streams")
             return  # late bytes for a stream we already closed
         self._now = now
-        with self._guard():
-            stack = stream.stack
-            app = stack.receive_data(data)
-            raw = stack.data_to_send()
-            if raw:
-                self._instructions.append(SendBytes(stream_id=stream.id, data=raw))
-            if app:
-                if self._tracer is not None:
-                    self._tracer(now, stream.id, "in", app)
-                if stream.ws is not None:
-                    self._on_ws_bytes(stream, app, now)
-                else:
-                    self._on_http_bytes(stream, app, now)
-            if stack.eof and stream.open:
-                if self._tracer is not None:
-                    self._tracer(now, stream.id, "in", b"")
-                self._on_eof(stream, now)
+        self._step(lambda: self._receive(stream, data, now))
+
+    def _receive(self, stream: _Stream, data: bytes, now: float) -> None:
+        stack = stream.stack
+        app = stack.receive_data(data)
+        raw = stack.data_to_send()
+        if raw:
+            self._instructions.append(SendBytes(stream_id=stream.id, data=raw))
+        if app:
+            if self._tracer is not None:
+                self._tracer(now, stream.id, "in", app)
+            if stream.ws is not None:
+                self._on_ws_bytes(stream, app, now)
+            else:
+                self._on_http_bytes(stream, app, now)
+        if stack.eof and stream.open:
+            if self._tracer is not None:
+                self._tracer(now, stream.id, "in", b"")
+            self._on_eof(stream, now)
 
     def handle_timer(self, now: float) -> None:
         """Fire the deadlines due at ``now`` (call it when ``get_timer()`` comes)."""
         self._now = now
-        due = [(at, name) for name, at in self._deadlines.items() if at <= now]
-        if not due:
-            return
-        _, name = min(due)
-        waited = {
-            "connect": self.config.connect_timeout,
-            "first_text": self.config.first_text_timeout,
-            "query": self.config.query_timeout,
-            "heartbeat": self._ping_window,
-        }[name]
-        message = {
-            "connect": f"expected the Labs session to be connected within {waited:g} s, it was not",
-            "first_text": f"expected the first answer text within {waited:g} s of the query, got none",
-            "query": f"expected the whole answer within {waited:g} s of the query, it was not complete",
-            "heartbeat": (
-                f"expected a ping from the server at least every {waited:g} s "
-                "(pingInterval + pingTimeout), got none"
-            ),
-        }[name]
-        with self._guard():
-            raise LabsTimeout(message, deadline=name)
+        self._step(lambda: self._session.handle_timer(now))
 
     # -- outputs --------------------------------------------------------------------------------
 
     def get_timer(self) -> float | None:
         """The next deadline (same clock as ``now``), or None."""
-        return min(self._deadlines.values()) if self._deadlines else None
+        return self._session.get_timer()
 
     def next_event(self) -> Event | None:
         """The next event, or None when there is none for now."""
-        return self._events.popleft() if self._events else None
+        return self._session.next_event()
 
     def events(self) -> list[Event]:
         """Every pending event at once."""
-        out = list(self._events)
-        self._events.clear()
-        return out
+        return self._session.events()
 
     def transmit(self) -> list[Instruction]:
         """What the caller must do now with its connections, in order."""
+        self._carry(self._session.transmit())  # (empty: every input carried its own; ends the pong window)
         out = self._instructions
         self._instructions = []
-        self._pong_queued = False
         return out
 
-    # -- internals: errors ----------------------------------------------------------------------
+    # -- internals: carrying the session's instructions -----------------------------------------
 
-    class _GuardCtx:
-        __slots__ = ("client",)
+    def _step(self, action: Callable[[], None]) -> None:
+        """Run one input or command, then carry what the session asked for.
 
-        def __init__(self, client: LabsClient) -> None:
-            self.client = client
+        An error from the bytes (TLS, HTTP, WebSocket, a proxy) fails the
+        session as one of its own would; either way every stream is closed
+        once the session has ended.
+        """
+        try:
+            action()
+            self._carry(self._session._drain())
+        except LabsError as exc:
+            session = self._session
+            if not isinstance(exc, LocalProtocolError) and session.state is not ClientState.ERROR:
+                session._fail(exc)
+            if session.state is ClientState.ERROR:
+                self._out_stream, self._out_data = None, []
+                self._close_all()
+            else:
+                self._carry(session._drain())
+            raise
 
-        def __enter__(self) -> None:
-            return None
+    def _carry(self, instructions: list[SessionInstruction]) -> None:
+        """Turn the session's instructions into streams and bytes."""
+        for instruction in instructions:
+            kind = type(instruction)
+            if kind is WebSocketSend:
+                assert isinstance(instruction, WebSocketSend)
+                self._on_ws_send(instruction)
+            elif kind is HTTPRequest:
+                assert isinstance(instruction, HTTPRequest)
+                self._on_request(instruction)
+            elif kind is WebSocketConnect:
+                assert isinstance(instruction, WebSocketConnect)
+                self._on_ws_connect(instruction)
+            elif kind is WebSocketClose:
+                self._on_ws_close()
+        self._flush()
+        if self._session.state in END_STATES:
+            self._close_all()
 
-        def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> bool:
-            if isinstance(exc, _SessionEnded):
-                return True  # the session ended mid-step: the rest of the step has nothing to do
-            if isinstance(exc, LabsError) and not isinstance(exc, LocalProtocolError):
-                self.client._fail(exc)
-            return False
+    def _on_request(self, request: HTTPRequest) -> None:
+        polling_post = request.method == "POST" and self._session.transport == "polling"
+        stream = self._post_stream if polling_post else self._main
+        if polling_post and stream is None and self._spare is not None:
+            stream, self._spare = self._spare, None
+        if self._session.state in END_STATES:
+            # The goodbye POST of close(): only on a connection open and idle already.
+            if stream is None or not stream.open or stream.http is None or not stream.http.reusable:
+                return
+        else:
+            stream = self._usable(stream)
+        if polling_post:
+            self._post_stream = stream
+        else:
+            self._main = stream
+        headers = self._request_headers(request.headers)
+        assert stream.http is not None  # _usable gives a stream that can carry a request
+        stream.request_id = request.request_id
+        self._write(stream, stream.http.request(request.method, _target(request.url), headers, request.body))
 
-    def _guard(self) -> LabsClient._GuardCtx:
-        return LabsClient._GuardCtx(self)
+    def _on_ws_connect(self, connect: WebSocketConnect) -> None:
+        stream, self._spare = self._spare, None
+        stream = self._usable(stream) if stream is not None else self._open_stream()
+        self._ws_stream = stream
+        stream.ws_id = connect.ws_id
+        self._ws_key = make_key(self._rng)
+        headers = self._request_headers(connect.headers)
+        headers += [
+            ("Connection", "Upgrade"),
+            ("Upgrade", "websocket"),
+            ("Sec-WebSocket-Version", "13"),
+            ("Sec-WebSocket-Key", self._ws_key),
+        ]
+        assert stream.http is not None
+        self._write(stream, stream.http.request("GET", _target(connect.url), headers))
 
-    def _fail(self, exc: LabsError) -> None:
-        if not exc.partial_text:
-            exc.partial_text = self.partial_text
-        if not exc.partial_reasoning:
-            exc.partial_reasoning = self.partial_reasoning
-        self._state = ClientState.ERROR
-        self._deadlines.clear()
-        self._close_all()
+    def _on_ws_send(self, send: WebSocketSend) -> None:
+        stream = self._ws_stream
+        if stream is None or not stream.open or stream.ws is None or stream.ws.closed:
+            return
+        if not isinstance(send.data, str):
+            raise LocalProtocolError("expected text WebSocket messages from the session, got bytes")
+        if not self._ws_active:
+            self._ws_active = True
+            polling = self._main
+            self._main = stream
+            if polling is not None and polling is not stream:
+                # The upgrade ends polling: its connection closes once the probe is written.
+                self._write(stream, stream.ws.send_text(send.data))
+                self._flush()
+                self._close_stream(polling)
+                return
+        self._write(stream, stream.ws.send_text(send.data))
 
-    def _close_all(self) -> None:
-        for stream in self._streams.values():
-            if stream.open:
-                stream.open = False
-                self._instructions.append(CloseStream(stream_id=stream.id))
+    def _on_ws_close(self) -> None:
+        stream = self._ws_stream
+        if (
+            self._closing
+            and self._ws_active
+            and stream is not None
+            and stream.open
+            and stream.ws is not None
+            and not stream.ws.closed
+        ):
+            self._write(stream, stream.ws.close())
 
-    # -- internals: streams and HTTP ------------------------------------------------------------
+    # -- internals: streams and bytes -----------------------------------------------------------
 
     def _open_stream(self) -> _Stream:
-        self._check_live("open a connection")
+        self._flush()
         stream_id = self._next_stream_id
         self._next_stream_id += 1
         layers: list[Layer] = []
@@ -538,7 +521,7 @@ class LabsClient:
             layers.append(TLSLayer(self._ssl_context, self._host))
         stack = StreamStack(layers)
         stack.start()
-        stream = _Stream(stream_id, stack, HTTPChannel(max_body=self._limit + _BODY_SLACK))
+        stream = _Stream(stream_id, stack, HTTPChannel(max_body=self._limit + BODY_SLACK))
         self._streams[stream_id] = stream
         self._instructions.append(OpenStream(stream_id=stream_id, host=host, port=port))
         opening = stack.data_to_send()  # a CONNECT request, a SOCKS greeting or a ClientHello
@@ -547,52 +530,18 @@ class LabsClient:
         return stream
 
     def _close_stream(self, stream: _Stream) -> None:
+        self._flush()
         if stream.open:
             stream.open = False
             self._instructions.append(CloseStream(stream_id=stream.id))
         self._streams.pop(stream.id, None)
 
-    def _check_live(self, what: str) -> None:
-        """Refuse to ``what`` once the session has ended: every stream is closed for good."""
-        if self._state is ClientState.CLOSED or self._state is ClientState.ERROR:
-            raise _SessionEnded(f"cannot {what}: the session is {self._state.value}")
-
-    def _write(self, stream: _Stream, data: bytes) -> None:
-        self._check_live("send")
-        if self._tracer is not None:
-            self._tracer(self._now, stream.id, "out", data)
-        stack = stream.stack
-        stack.send(data)
-        raw = stack.data_to_send()
-        if raw:
-            self._instructions.append(SendBytes(stream_id=stream.id, data=raw))
-
-    def _target(self, transport: str, sid: str | None = None) -> str:
-        query = f"EIO=4&transport={transport}"
-        if transport == "polling":
-            query += f"&t={self._t}"
-        if sid:
-            # The server chose the sid (printable, checked when the open packet was read): escape
-            # every byte that could end or change the query.
-            query += "&sid=" + quote(sid, safe="")
-        return f"{self._path}?{query}"
-
-    def _request_headers(self) -> list[tuple[str, str]]:
-        headers = [
-            ("Host", self._host_header),
-            ("User-Agent", self.config.user_agent),
-            ("Accept", "*/*"),
-            ("Origin", self.config.origin),
-            ("Referer", self.config.origin.rstrip("/") + "/"),
-        ]
-        if self._cookies:
-            headers.append(("Cookie", "; ".join(f"{k}={v}" for k, v in self._cookies.items())))
-        if self.config.headers:
-            # The caller's headers replace ours of the same name (a browser's User-Agent, say).
-            own = {name.lower() for name, _ in self.config.headers}
-            headers = [(name, value) for name, value in headers if name.lower() not in own]
-            headers.extend(self.config.headers)
-        return headers
+    def _close_all(self) -> None:
+        self._flush()
+        for stream in self._streams.values():
+            if stream.open:
+                stream.open = False
+                self._instructions.append(CloseStream(stream_id=stream.id))
 
     def _usable(self, stream: _Stream | None) -> _Stream:
         """``stream`` if it can carry a request now, else a fresh connection in its place."""
@@ -602,26 +551,43 @@ class LabsClient:
             self._close_stream(stream)
         return self._open_stream()
 
-    def _http(self, stream: _Stream, method: str, target: str, body: bytes, purpose: str) -> None:
-        headers = self._request_headers()
-        if method == "POST":
-            headers.append(("Content-Type", "text/plain;charset=UTF-8"))
-        assert stream.http is not None  # every caller passes a stream from _usable/_open_stream
-        stream.purpose = purpose
-        self._write(stream, stream.http.request(method, target, headers, body))
+    def _write(self, stream: _Stream, data: bytes) -> None:
+        """Write ``data``; consecutive writes to one stream go out as one (one TLS record, one trace)."""
+        if self._out_stream is not stream:
+            self._flush()
+            self._out_stream = stream
+        self._out_data.append(data)
 
-    def _send_upgrade(self, stream: _Stream, sid: str | None) -> None:
-        self._ws_key = make_key(self._rng)
-        headers = self._request_headers()
-        headers += [
-            ("Connection", "Upgrade"),
-            ("Upgrade", "websocket"),
-            ("Sec-WebSocket-Version", "13"),
-            ("Sec-WebSocket-Key", self._ws_key),
-        ]
-        assert stream.http is not None
-        stream.purpose = _UPGRADE
-        self._write(stream, stream.http.request("GET", self._target("websocket", sid), headers))
+    def _flush(self) -> None:
+        stream = self._out_stream
+        if stream is None:
+            return
+        data = b"".join(self._out_data)
+        self._out_stream, self._out_data = None, []
+        if not stream.open:
+            return
+        if self._tracer is not None:
+            self._tracer(self._now, stream.id, "out", data)
+        stack = stream.stack
+        stack.send(data)
+        raw = stack.data_to_send()
+        if raw:
+            self._instructions.append(SendBytes(stream_id=stream.id, data=raw))
+
+    def _request_headers(self, session_headers: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
+        """Ours, then the session's (Origin, Referer), cookies, the caller's, and a POST's Content-Type last."""
+        headers = [("Host", self._host_header), ("User-Agent", self.config.user_agent), ("Accept", "*/*")]
+        last: list[tuple[str, str]] = []
+        for name, value in session_headers:
+            (last if name == "Content-Type" else headers).append((name, value))
+        if self._cookies:
+            headers.append(("Cookie", "; ".join(f"{k}={v}" for k, v in self._cookies.items())))
+        if self.config.headers:
+            # The caller's headers replace ours of the same name (a browser's User-Agent, say).
+            own = {name.lower() for name, _ in self.config.headers}
+            headers = [(name, value) for name, value in headers if name.lower() not in own]
+            headers.extend(self.config.headers)
+        return headers + last
 
     def _on_http_bytes(self, stream: _Stream, data: bytes, now: float) -> None:
         http = stream.http
@@ -630,28 +596,22 @@ class LabsClient:
         result = http.receive_data(data)
         if result is None:
             return
-        purpose, stream.purpose = stream.purpose, ""
+        request_id, stream.request_id = stream.request_id, None
         if isinstance(result, SwitchedProtocol):
             self._on_switched(stream, result, now)
             return
         self._remember_cookies(result)
-        if purpose == _UPGRADE:
-            raise self._refused(result, "the WebSocket upgrade", 101)
+        if stream.ws_id is not None:
+            self._session.receive_websocket_refused(
+                stream.ws_id, result.status, result.headers, result.body, now, reason=result.reason
+            )
+            return
         if http.closed:
             self._close_stream(stream)
-        if purpose == _OPEN:
-            self._on_open_response(stream, result, now)
-        elif purpose == _CONNECT_POST:
-            self._check_post(result, "the Socket.IO CONNECT POST")
-            self._connect_posted = True
-            self._maybe_probe()
-        elif purpose == _POLL:
-            self._on_poll_body(result, now, "a long-polling GET")
-            self._next_poll()
-        elif purpose == _POST:
-            self._check_post(result, "a polling POST")
-            self._flush_posts()
-        # "close": nothing more to do
+        if request_id is not None:
+            self._session._receive_http_response(
+                request_id, result.status, result.headers, result.body, now, reason=result.reason
+            )
 
     def _remember_cookies(self, response: HTTPResponse) -> None:
         """Keep the ``name=value`` of each Set-Cookie, to send back in a Cookie header.
@@ -675,166 +635,6 @@ class LabsClient:
             ):
                 self._cookies[name] = val
 
-    def _refused(self, response: HTTPResponse, what: str, expected: int) -> HandshakeError:
-        text = " ".join(response.text().split())
-        excerpt = text[:200]
-        if looks_like_cloudflare(response):
-            return HandshakeError(
-                f"Cloudflare blocked {what}: expected HTTP {expected}, got HTTP {response.status} "
-                f"{response.reason} with a Cloudflare challenge page",
-                status=response.status,
-                body_excerpt=excerpt,
-                cloudflare=True,
-            )
-        detail = ""
-        full = response.text()
-        if not too_deep(full):  # a body nested too deep is only shown, not read
-            try:
-                body = json.loads(full)
-            except ValueError:
-                body = None
-            if isinstance(body, dict) and isinstance(body.get("message"), str):
-                detail = f" (Engine.IO error {body.get('code')}: {body['message']})"
-        return HandshakeError(
-            f"the server refused {what}: expected HTTP {expected}, got HTTP {response.status} "
-            f"{response.reason}{detail}: {excerpt!r}",
-            status=response.status,
-            body_excerpt=excerpt,
-        )
-
-    def _check_post(self, response: HTTPResponse, what: str) -> None:
-        if response.status == 413:
-            what += " (413: the body was larger than the server accepts" + (
-                f", its maxPayload being {self._max_payload} bytes)" if self._max_payload is not None else ")"
-            )
-        if response.status != 200:
-            raise self._refused(response, what, 200)
-        if response.body.strip().lower() != b"ok":
-            raise RemoteProtocolError(
-                f"expected 'ok' (any case) in answer to {what}, got {response.body[:60]!r}"
-            )
-
-    def _on_open_response(self, stream: _Stream, response: HTTPResponse, now: float) -> None:
-        if response.status != 200:
-            raise self._refused(response, "the Engine.IO handshake (polling GET)", 200)
-        body = response.text()
-        if not body.lstrip().startswith(("0", "9", "8", "7", "6", "5", "4", "3", "2", "1")):
-            hint = " (an HTML page)" if "<html" in body[:2000].lower() else ""
-            raise RemoteProtocolError(
-                f"expected the Engine.IO open packet '0{{...}}' from the handshake GET, got{hint} {body[:60]!r}"
-            )
-        packets = engineio.iter_payload(body)
-        first = next(packets, None)  # None: the v3 empty payload '0:'
-        if first is None or first.type is not engineio.PacketType.OPEN or not isinstance(first.data, str):
-            raise RemoteProtocolError(
-                f"expected the Engine.IO open packet first in the handshake GET, got {body[:60]!r}"
-            )
-        self._on_open_packet(first.data, now)
-        for packet in packets:
-            self._on_eio_packet(packet, now)
-            if self._state is ClientState.CLOSED:
-                return  # the server closed the session at once (an Engine.IO close packet)
-        if "websocket" not in self._upgrades and self._transport_name == "upgrade":
-            # The server offers no upgrade: stay on polling, POSTing on the connection
-            # that was opened for the WebSocket.
-            self._transport_name = "polling"
-            self._post_stream, self._ws_stream = self._ws_stream, None
-        auth = "40" + json.dumps({"jwt": self.config.jwt}, separators=(",", ":"))
-        if self._transport_name == "upgrade":
-            # The CONNECT POST and the WebSocket upgrade go out together, on two connections.
-            # The probe waits for both answers, so the server has the CONNECT before the
-            # upgrade ends polling; its ack then comes on the WebSocket.
-            main = self._usable(stream)
-            self._main = main
-            self._http(main, "POST", self._target("polling", self.engine_sid), auth.encode("utf-8"), _CONNECT_POST)
-            ws_stream = self._usable(self._ws_stream)
-            self._ws_stream = ws_stream
-            self._send_upgrade(ws_stream, self.engine_sid)
-        else:
-            self._main = self._usable(stream)
-            self._eio_out.append(auth)
-            self._flush_posts()
-            self._next_poll()
-
-    def _on_open_packet(self, data: str, now: float) -> None:
-        info = engineio.parse_open_packet(data)
-        self.engine_sid = info.sid
-        self._upgrades = info.upgrades
-        self._ping_window = (info.ping_interval + info.ping_timeout) / 1000.0
-        # maxPayload bounds what we send (our receive limit stays config.max_message_size).
-        self._max_payload = info.max_payload
-        self._deadlines["heartbeat"] = now + self._ping_window
-        if self._pending_query is not None:
-            self._check_request_size(self._pending_query, pending=True)
-
-    def _check_request_size(self, frame: str, *, pending: bool) -> None:
-        """Refuse a query whose request the server would refuse: not smaller than its maxPayload.
-
-        Engine.IO allows a message of exactly maxPayload bytes, but python-engineio on aiohttp
-        closes such a WebSocket message with 1009 (aiohttp's check is ``>=``): what we send
-        stays below the limit, on every transport.
-        """
-        size = len(frame.encode("utf-8"))
-        limit = self._max_payload
-        if limit is None or size < limit:
-            return
-        message = (
-            f"cannot send the query: its request is {size} bytes, but the server's maxPayload (in its "
-            f"Engine.IO open packet) is {limit} bytes and a request must be smaller; shorten the prompt"
-        )
-        if not pending:
-            raise LocalProtocolError(message)
-        # A query made before the open packet: raised from receive_data, it ends the session.
-        exc = LocalProtocolError(message + " (the query was made before the server's limit was known: "
-                                 "the session is closed)")
-        self._fail(exc)
-        raise exc
-
-    def _on_poll_body(self, response: HTTPResponse, now: float, what: str) -> None:
-        if response.status != 200:
-            raise self._refused(response, what, 200)
-        noop = engineio.PacketType.NOOP
-        for packet in engineio.iter_payload(response.text()):
-            if packet.type is noop:
-                continue
-            if packet.data is not None and len(packet.data) > self._limit:
-                raise RemoteProtocolError(
-                    f"expected Engine.IO packets of at most {self._limit} bytes (max_message_size) in {what}, "
-                    f"got one of {len(packet.data)}"
-                )
-            self._on_eio_packet(packet, now)
-            if self._state is ClientState.CLOSED:
-                return  # the packets after a close belong to no session
-
-    def _next_poll(self) -> None:
-        if self._state in (ClientState.CLOSED, ClientState.ERROR) or self._transport_name != "polling":
-            return
-        main = self._usable(self._main)
-        self._main = main
-        self._http(main, "GET", self._target("polling", self.engine_sid), b"", _POLL)
-
-    def _flush_posts(self) -> None:
-        if not self._eio_out or self._state in (ClientState.CLOSED, ClientState.ERROR):
-            return
-        stream = self._post_stream
-        if stream is not None and stream.open and stream.http is not None and stream.http.busy:
-            return  # the POST in flight will flush the rest when it completes
-        stream = self._usable(stream)
-        self._post_stream = stream
-        # Split like the reference client: a body (packets joined by one separator byte) stays
-        # below the server's maxPayload (see _check_request_size) unless it is one packet.
-        limit = self._max_payload or _ENGINEIO_MAX_PAYLOAD  # posts follow the open packet: it is known
-        batch: list[str] = []
-        size = -1
-        for text in self._eio_out:
-            size += 1 + len(text.encode("utf-8"))
-            if batch and size >= limit:
-                break
-            batch.append(text)
-        self._eio_out = self._eio_out[len(batch):]
-        body = "\x1e".join(batch).encode("utf-8")
-        self._http(stream, "POST", self._target("polling", self.engine_sid), body, _POST)
-
     def _on_switched(self, stream: _Stream, switched: SwitchedProtocol, now: float) -> None:
         accept = switched.header("sec-websocket-accept")
         if accept != accept_token(self._ws_key):
@@ -844,44 +644,19 @@ class LabsClient:
         self._remember_cookies(HTTPResponse(101, "", switched.headers, b""))
         stream.http = None
         stream.ws = WebSocketChannel(self._rng, max_message_size=self._limit, raw_text=True)
-        if self._transport_name == "upgrade":
-            self._maybe_probe()
-        else:
-            self._main = stream
+        if stream.ws_id is not None:
+            self._session.receive_websocket_open(stream.ws_id, now)
+            self._carry(self._session._drain())  # the probe goes out before any answer to what follows
         if switched.trailing_data:
             self._on_ws_bytes(stream, switched.trailing_data, now)
 
-    def _maybe_probe(self) -> None:
-        """Upgrade transport: once the WebSocket is open and the CONNECT POST answered, switch to it."""
-        stream = self._ws_stream
-        if not self._connect_posted or stream is None or stream.ws is None or self._probe_sent:
-            return
-        ws = stream.ws
-        self._probing = self._probe_sent = True
-        # The probe and the upgrade go out together, then whatever waited for the
-        # WebSocket (pongs, a query): servers read them in order, so no round trip is spent.
-        out = ws.send_text("2probe") + ws.send_text("5")
-        for text in self._eio_out:
-            out += ws.send_text(text)
-        self._eio_out.clear()
-        self._write(stream, out)
-        polling = self._main
-        self._main = stream
-        if polling is not None and polling is not stream:
-            self._close_stream(polling)  # the upgrade ends polling
-
     def _on_eof(self, stream: _Stream, now: float) -> None:
         if stream.ws is not None:
-            if self._state is ClientState.CLOSED:
-                self._close_stream(stream)
-                return
-            querying = self._decoder is not None
-            raise RemoteProtocolError(
-                "expected the rest of the answer, but the server closed the connection "
-                f"after {len(self.partial_text)} characters of it"
-                if querying
-                else "expected the WebSocket connection to stay open, but the server closed it"
-            )
+            if self._session.state is not ClientState.CLOSED and stream.ws_id is not None:
+                # The connection ended without a close frame: an error unless the session is over.
+                self._session.receive_websocket_close(stream.ws_id, None, now)
+            self._close_stream(stream)
+            return
         http = stream.http
         if http is not None and http.busy:
             # A response whose body ends at end of file (HTTP/1.0, no Content-Length) completes
@@ -889,202 +664,26 @@ class LabsClient:
             self._on_http_bytes(stream, b"", now)
         self._close_stream(stream)  # an idle keep-alive connection the server let go
 
-    # -- internals: Engine.IO and Socket.IO -----------------------------------------------------
-
-    def _send_eio(self, text: str) -> None:
-        main = self._main
-        if main is not None and main.ws is not None and main.open and not main.ws.closed:
-            self._write(main, main.ws.send_text(text))
-        else:
-            self._eio_out.append(text)
-            if self._transport_name == "polling" and self.engine_sid:
-                self._flush_posts()
-
     def _on_ws_bytes(self, stream: _Stream, data: bytes, now: float) -> None:
         ws = stream.ws
-        if ws is None:  # pragma: no cover
+        ws_id = stream.ws_id
+        if ws is None or ws_id is None:  # pragma: no cover
             return
+        session = self._session
         messages = ws.receive_data(data)
-        for message in messages:
-            if self._state in (ClientState.CLOSED, ClientState.ERROR):
-                break
-            if isinstance(message, Utf8Text):
-                data = message.data
-                if (
-                    self._decoder is not None
-                    and data[:3] == b"42["
-                    and not self._probing
-                    and not self._sio.awaiting_attachments
-                ):
-                    # A progress frame read on its bytes: only what follows the previous
-                    # frame's output is decoded.
-                    fast = self._frames.read_bytes(data, 1)
-                    if fast is not None:
-                        self._on_event(fast[0], fast[1], now)
-                        continue
-                self._on_ws_text(message.decode(), now)
-            elif isinstance(message, str):
-                self._on_ws_text(message, now)
-            else:
-                self._on_sio_binary(message)
-        reply = ws.data_to_send()
-        if reply and stream.open:
+        if messages:
+            session._receive_websocket_messages(ws_id, messages, now, limited=True)  # the channel's limit
+        self._carry(session._drain())
+        reply = ws.data_to_send()  # wsproto's pong to a WebSocket ping, its answer to a close
+        if reply and stream.open and session.state not in END_STATES:
             self._write(stream, reply)
-        if ws.close_reason is not None and self._state not in (ClientState.CLOSED, ClientState.ERROR):
+            self._flush()
+        if ws.close_reason is not None and session.state not in END_STATES:
             code, reason = ws.close_reason
-            too_big = ""
-            if code == 1009:  # RFC 6455: the endpoint got a message too big for it to process
-                too_big = "; 1009 means message too big: the server refused a message we sent" + (
-                    f" (its maxPayload is {self._max_payload} bytes)" if self._max_payload is not None else ""
-                )
-            if self._decoder is not None:
-                raise RemoteProtocolError(
-                    f"expected the rest of the answer, got a WebSocket close ({code} {reason!r}) after "
-                    f"{len(self.partial_text)} characters of it{too_big}"
-                )
-            self._server_closed(f"WebSocket closed by the server ({f'{code} {reason}'.rstrip()}){too_big}")
+            session.receive_websocket_close(ws_id, code, now, reason)
 
-    def _on_ws_text(self, text: str, now: float) -> None:
-        if self._probing:
-            if text != "3probe":
-                raise RemoteProtocolError(f"expected '3probe' in answer to the upgrade probe, got {text[:60]!r}")
-            self._probing = False
-            return
-        if text[:1] == "4":
-            self._on_sio_text(text, 1, now)
-        else:
-            self._on_eio_packet(engineio.decode_packet(text), now)
 
-    def _on_eio_packet(self, packet: engineio.Packet, now: float) -> None:
-        kind = packet.type
-        if kind is engineio.PacketType.MESSAGE:
-            if isinstance(packet.data, bytes):
-                self._on_sio_binary(packet.data)
-            else:
-                self._on_sio_text(packet.data or "", 0, now)
-        elif kind is engineio.PacketType.PING:
-            self._deadlines["heartbeat"] = now + self._ping_window
-            # One pong waiting to be sent answers every ping before it: the server only
-            # needs a pong after its latest ping (it clears its pingTimeout timer on any
-            # pong; eio-sio-spec.md 1.6), so pings that arrive while a POST is stalled
-            # queue nothing more.
-            # Likewise on a WebSocket: a pong not handed to transmit() yet answers a ping after it.
-            if not self._pong_queued and "3" not in self._eio_out:
-                self._send_eio("3")
-                self._pong_queued = True
-        elif kind is engineio.PacketType.NOOP:
-            pass
-        elif kind is engineio.PacketType.OPEN:
-            if self.engine_sid:
-                raise RemoteProtocolError(f"expected one Engine.IO open packet, got a second one: {packet.data!r}")
-            self._on_open_packet(packet.data if isinstance(packet.data, str) else "", now)
-            self._send_eio("40" + json.dumps({"jwt": self.config.jwt}, separators=(",", ":")))
-        elif kind is engineio.PacketType.CLOSE:
-            if self._decoder is not None:
-                raise RemoteProtocolError(
-                    "expected the rest of the answer, got an Engine.IO close packet after "
-                    f"{len(self.partial_text)} characters of it"
-                )
-            self._server_closed("Engine.IO session closed by the server")
-        else:
-            raise RemoteProtocolError(
-                f"expected an Engine.IO packet a server sends (open, close, ping, message, noop), "
-                f"got {kind.name.lower()} {packet.data!r:.60}"
-            )
-
-    def _on_sio_text(self, text: str, start: int, now: float) -> None:
-        """The Socket.IO packet at ``text[start:]``."""
-        # Fast paths: an EVENT on the default namespace without an ack id, 2["name",...]
-        if text.startswith("2[", start) and not self._sio.awaiting_attachments:
-            if self._decoder is not None:
-                # A progress frame read by the prefix it shares with the previous one.
-                fast = self._frames.read(text, start)
-                if fast is not None:
-                    self._on_event(fast[0], fast[1], now)
-                    return
-            check_depth(text, "the JSON data of a Socket.IO event", start + 1)
-            try:
-                args = json.loads(text[start + 1 :])
-            except ValueError:
-                raise RemoteProtocolError(
-                    f"expected a JSON array after '42', got {text[start : start + 60]!r}"
-                ) from None
-            if type(args) is list and args and type(args[0]) is str:
-                self._on_event(args[0], args[1] if len(args) > 1 else None, now)
-                return
-        packet = self._sio.feed(text[start:] if start else text)
-        if packet is not None:
-            self._on_sio_packet(packet, now)
-
-    def _on_sio_binary(self, data: bytes) -> None:
-        packet = self._sio.feed(data)
-        if packet is not None:
-            self._on_sio_packet(packet, self._now)
-
-    def _on_sio_packet(self, packet: socketio.Packet, now: float) -> None:
-        if packet.namespace != "/":
-            return  # not ours
-        kind = packet.type
-        if kind is socketio.PacketType.CONNECT:
-            data = packet.data
-            if not isinstance(data, dict) or not isinstance(data.get("sid"), str):
-                raise RemoteProtocolError(
-                    f"expected a Socket.IO connect ack with a sid ('40{{\"sid\":...}}'), got {data!r:.60}"
-                )
-            self._on_connected(data["sid"])
-        elif kind is socketio.PacketType.EVENT:
-            args = packet.data
-            if isinstance(args, list) and args and isinstance(args[0], str):
-                self._on_event(args[0], args[1] if len(args) > 1 else None, now)
-        elif kind is socketio.PacketType.CONNECT_ERROR:
-            data = packet.data
-            message = data.get("message") if isinstance(data, dict) else data
-            raise ResponseError(
-                f"the server refused the Socket.IO connection: {message}", server_text=str(message)
-            )
-        elif kind is socketio.PacketType.DISCONNECT:
-            if self._decoder is not None:
-                raise RemoteProtocolError(
-                    "expected the rest of the answer, got a Socket.IO disconnect after "
-                    f"{len(self.partial_text)} characters of it"
-                )
-            self._server_closed("Socket.IO namespace disconnected by the server")
-        # ACKs: we send no acked events, so there is nothing to match them with.
-
-    def _on_connected(self, socket_sid: str) -> None:
-        if self._connected:
-            return  # a duplicate ack (it may be re-sent on the new transport)
-        self._connected = True
-        self.socket_sid = socket_sid
-        self._deadlines.pop("connect", None)
-        self._events.append(
-            Connected(engine_sid=self.engine_sid, socket_sid=socket_sid, transport=self._transport_name)
-        )
-        self._state = ClientState.READY
-        if self._pending_query is not None:
-            # Before the upgrade this waits in _eio_out and goes out right behind the probe.
-            frame, self._pending_query = self._pending_query, None
-            self._state = ClientState.QUERYING
-            self._send_eio(frame)
-
-    def _on_event(self, name: str, payload: object, now: float) -> None:
-        decoder = self._decoder
-        if decoder is None or not name.endswith("_query_progress"):
-            return  # not an answer we wait for
-        events = decoder.feed(payload)
-        for event in events:
-            if type(event) is TextDelta or type(event) is ReasoningDelta:
-                if self._deadlines:
-                    self._deadlines.pop("first_text", None)
-            elif type(event) is AnswerFinished or type(event) is QueryFailed:
-                self._decoder = None
-                self._deadlines.pop("first_text", None)
-                self._deadlines.pop("query", None)
-                self._state = ClientState.READY
-        self._events.extend(events)
-
-    def _server_closed(self, reason: str) -> None:
-        self._state = ClientState.CLOSED
-        self._deadlines.clear()
-        self._close_all()
-        self._events.append(Closed(reason=reason))
+def _target(url: str) -> str:
+    """The request target (path and query) of an absolute URL."""
+    parts = urlsplit(url)
+    return f"{parts.path}?{parts.query}" if parts.query else parts.path

@@ -10,6 +10,12 @@ are two families:
   ``LabsClient.transmit()``: what the caller's I/O layer must do with its TCP
   connections (open one, write bytes to one, close one).  Each connection is
   named by a small integer ``stream_id``.
+* **Session instructions** (:class:`SessionInstruction` subclasses), read with
+  ``LabsSession.transmit()``: the message level, one step above bytes.  Make an
+  HTTP request, open a WebSocket, send a WebSocket message, close it.  Any
+  HTTP or WebSocket client can carry them; requests are named by
+  ``request_id``, WebSockets by ``ws_id`` (one counter, so an id names one
+  thing).
 """
 
 from __future__ import annotations
@@ -27,12 +33,17 @@ __all__ = [
     "Closed",
     "Connected",
     "Event",
+    "HTTPRequest",
     "Instruction",
     "OpenStream",
     "QueryFailed",
     "ReasoningDelta",
     "SendBytes",
+    "SessionInstruction",
     "TextDelta",
+    "WebSocketClose",
+    "WebSocketConnect",
+    "WebSocketSend",
 ]
 
 
@@ -189,3 +200,54 @@ class SendBytes(Instruction):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CloseStream(Instruction):
     """Close the stream; the client will not use it again."""
+
+
+# -- instructions of the message level (plabs_proto.session.LabsSession) ----------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionInstruction:
+    """Base class of what ``LabsSession.transmit()`` asks its HTTP/WebSocket client to do."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HTTPRequest(SessionInstruction):
+    """Make one HTTP request and hand its response to ``receive_http_response(request_id, ...)``.
+
+    ``url`` is absolute (``https://host/socket.io/?EIO=4&transport=polling&t=...``).
+    ``headers`` are the ones the protocol needs (Origin, Referer, a POST's
+    Content-Type); the carrier adds its own (Host, User-Agent, cookies, ...).
+    Requests never rely on sharing a connection: any connection (or none kept
+    alive) will do.  A request that fails below HTTP goes to
+    ``receive_transport_error(request_id, ...)``.
+    """
+
+    request_id: int
+    method: str
+    url: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebSocketConnect(SessionInstruction):
+    """Open a WebSocket to ``url`` (``ws://`` or ``wss://``); report ``receive_websocket_open(ws_id, ...)``."""
+
+    ws_id: int
+    url: str
+    headers: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebSocketSend(SessionInstruction):
+    """Send one WebSocket message: a text message for ``str``, a binary one for ``bytes``."""
+
+    ws_id: int
+    data: str | bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebSocketClose(SessionInstruction):
+    """Close the WebSocket (or give up opening it); the session will not use it again."""
+
+    ws_id: int

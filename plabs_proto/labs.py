@@ -36,7 +36,7 @@ import re
 import reprlib
 from collections.abc import Callable, Mapping, Sequence
 from enum import Enum
-from typing import Any
+from typing import Any, NoReturn
 
 from .errors import LocalProtocolError, RemoteProtocolError
 from .events import AnswerFinished, AnswerRevised, Citations, Event, QueryFailed, ReasoningDelta, TextDelta
@@ -670,9 +670,17 @@ def _tail(text: str, end: int) -> dict[str, Any] | None:
 _scanstring_c: Callable[[str, int, bool], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
 
 
+def _refuse_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not JSON")
+
+
 #: ``scan(text, index)``: the JSON value starting at ``text[index]`` and the index after it
 #: (json's C scanner, without json.loads's wrappers); StopIteration when there is none.
-_scan_json: Callable[[str, int], tuple[Any, int]] = json.decoder.JSONDecoder().scan_once  # type: ignore[attr-defined]
+#: NaN, Infinity and -Infinity raise ValueError, as in the Socket.IO codec: the fast path
+#: steps aside for them and the full decoding refuses the frame.
+_scan_json: Callable[[str, int], tuple[Any, int]] = json.decoder.JSONDecoder(  # type: ignore[attr-defined]
+    parse_constant=_refuse_constant
+).scan_once
 
 
 def _scanstring(text: str, index: int) -> tuple[str, int]:

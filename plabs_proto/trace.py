@@ -39,19 +39,11 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .client import (
-    DEFAULT_JWT,
-    DEFAULT_ORIGIN,
-    DEFAULT_SERVER,
-    TRANSPORTS,
-    ClientConfig,
-    ClientState,
-    LabsClient,
-    Tracer,
-)
+from .client import TRANSPORTS, ClientConfig, ClientState, LabsClient, Tracer
 from .errors import LocalProtocolError
 from .events import Event
 from .labs import DEFAULT_MODEL, DEFAULT_VERSION
+from .session import DEFAULT_JWT, DEFAULT_ORIGIN, DEFAULT_SERVER
 
 __all__ = [
     "REDACTED",

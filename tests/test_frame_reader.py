@@ -8,6 +8,8 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
+from plabs_proto import socketio
+from plabs_proto.errors import RemoteProtocolError
 from plabs_proto.labs import CumulativeFrameReader
 
 
@@ -177,3 +179,23 @@ def test_bytes_and_text_paths_agree_with_json_loads(
         event("read" if got is not None else "stepped aside")
         if got is not None:
             assert got == full(text)
+
+
+_CONSTANTS = st.sampled_from(["NaN", "Infinity", "-Infinity"])
+
+
+@given(output=st.text(max_size=20), first=st.booleans(), key=st.sampled_from(["elapsed_time", "x", "final"]),
+       constant=_CONSTANTS)
+@settings(max_examples=100, deadline=None)
+def test_fast_paths_refuse_what_the_codec_refuses(output: str, first: bool, key: str, constant: str) -> None:
+    """A NaN or Infinity in a progress frame's tail: the codec refuses it, so the reader steps aside."""
+    text = frame(output, final=False)[:-2] + f',"{key}":{constant}}}]'
+    with pytest.raises(RemoteProtocolError):
+        socketio.decode_packet(text[1:])
+    reader = CumulativeFrameReader()
+    if not first:  # the prefix path: a previous frame whose output this one extends
+        previous = frame(output[:-1] if output else "", final=False)
+        assert reader.read(previous, 1) == full(previous)
+        assert reader.read_bytes(previous.encode("utf-8", "surrogatepass"), 1) in (None, full(previous))
+    assert reader.read(text, 1) is None
+    assert reader.read_bytes(text.encode("utf-8", "surrogatepass"), 1) is None

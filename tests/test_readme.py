@@ -2,6 +2,7 @@
 
 * the sans-IO example prints what its comments say;
 * the offline Python example (``server=`` the emulator) prints the emulator's answer;
+* the LabsSession example, carried by aiohttp, prints the emulator's answer;
 * "Quick start": the first command installs the emulator extra and asks ``--emulator``
   (its ``plabs ask`` part is run here); the second is the test command, the one
   command ``.ci/run`` runs, and the one the "Tests" section names.
@@ -63,6 +64,17 @@ def test_offline_python_example_asks_the_emulator(emulator_factory: EmulatorFact
     emulator = emulator_factory(frame_delay=0.001)
     printed = _run_block(block.replace(readme_url, emulator.url))
     assert printed == default_answer("r1-1776", "What is sans-IO?")
+
+
+def test_bring_your_own_client_example_asks_the_emulator(emulator_factory: EmulatorFactory) -> None:
+    readme_url = "http://127.0.0.1:8765"
+    section = _section("Bring your own HTTP and WebSocket client")
+    (block,) = [b for b in _blocks("python", section) if "LabsSession(" in b]
+    assert len(block.splitlines()) < 60, "the example is meant to stay under 60 lines"
+    assert f'server="{readme_url}"' in block
+    emulator = emulator_factory(frame_delay=0.001)
+    printed = _run_block(block.replace(readme_url, emulator.url))
+    assert printed == default_answer("r1-1776", "What is sans-IO?") + "\n"
 
 
 def _quick_start() -> tuple[str, str]:

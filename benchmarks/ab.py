@@ -1,0 +1,107 @@
+"""This checkout's core against another commit's, side by side in one process.
+
+    python benchmarks/ab.py [--base main] [--frames 2000] [--step 8] [--rounds 21]
+
+A machine shared with other work makes two separate runs disagree by more than the
+differences worth measuring.  So the other commit's ``plabs_proto`` is unpacked
+(``git archive``) under another name (``plabs_base``: the package imports itself
+relatively) and both are timed in the same process, alternately A B B A..., on
+core.py's recorded stream: ``LabsClient.receive_data`` on 64 KiB reads of
+WebSocket progress frames after a scripted ``websocket`` handshake, then draining
+the events.  Process CPU time per frame; the median and the minimum of each, and
+B / A.  A is the base, B this checkout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import importlib
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from types import ModuleType
+
+from core import CHUNK, _frame, recorded_stream
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "a6qUVePnBoLCCUysYp9vvg=="  # the Sec-WebSocket-Key random.Random(0) gives
+ACCEPT = base64.b64encode(hashlib.sha1((KEY + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+SWITCH = (
+    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    f"Sec-WebSocket-Accept: {ACCEPT}\r\n\r\n"
+).encode()
+OPEN = '0{"sid":"E","upgrades":[],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}'
+
+
+def base_package(rev: str, into: Path) -> ModuleType:
+    """``plabs_proto`` as of ``rev``, imported as ``plabs_base.client``."""
+    archive = into / "base.tar"
+    with archive.open("wb") as out:
+        subprocess.run(["git", "-C", str(ROOT), "archive", rev, "plabs_proto"], stdout=out, check=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(into / "tree", filter="data")
+    shutil.move(into / "tree" / "plabs_proto", into / "plabs_base")
+    sys.path.insert(0, str(into))
+    return importlib.import_module("plabs_base.client")
+
+
+def per_frame(client_module: ModuleType, stream: bytes, answer: str, frames: int) -> float:
+    """CPU µs per frame for one pass over the stream."""
+    client = client_module.LabsClient(
+        client_module.ClientConfig(server="http://labs.test", transport="websocket"), rng=random.Random(0)
+    )
+    client.connect(0.0)
+    client.query("hi", model="sonar", now=0.0)
+    client.transmit()
+    client.receive_data(1, SWITCH + _frame(OPEN) + _frame('40{"sid":"S"}'), 0.5)
+    client.transmit()
+    client.events()
+    last = None
+    start = time.process_time()
+    for i in range(0, len(stream), CHUNK):
+        client.receive_data(1, stream[i : i + CHUNK], 1.0)
+        got = client.events()
+        if got:
+            last = got[-1]
+    spent = time.process_time() - start
+    if type(last).__name__ != "AnswerFinished" or getattr(last, "text", None) != answer:
+        raise SystemExit(f"{client_module.__name__} decoded the wrong answer")
+    return spent / frames * 1e6
+
+
+def main(argv: list[str] | None = None) -> float:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", default="main", help="the commit to compare with (default main)")
+    parser.add_argument("--frames", type=int, default=2000)
+    parser.add_argument("--step", type=int, default=8, help="characters added per frame (default 8)")
+    parser.add_argument("--rounds", type=int, default=21)
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    current = importlib.import_module("plabs_proto.client")
+    stream, answer = recorded_stream(args.frames, args.step)
+    times: dict[str, list[float]] = {"A": [], "B": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        base = base_package(args.base, Path(tmp))
+        for round_ in range(args.rounds):
+            order = (("A", base), ("B", current)) if round_ % 2 == 0 else (("B", current), ("A", base))
+            for name, module in order:
+                times[name].append(per_frame(module, stream, answer, args.frames))
+    a, b = statistics.median(times["A"]), statistics.median(times["B"])
+    low_a, low_b = min(times["A"]), min(times["B"])
+    print(f"{args.frames} frames, {args.step} characters a frame, {args.rounds} rounds; CPU µs per frame")
+    print(f"A ({args.base}): median {a:.2f}, min {low_a:.2f}")
+    print(f"B (this checkout): median {b:.2f}, min {low_b:.2f}")
+    print(f"B / A: median {b / a:.3f}, min {low_b / low_a:.3f}")
+    return b / a
+
+
+if __name__ == "__main__":
+    main()
