@@ -83,7 +83,7 @@ from .stack import Layer, StreamStack
 from .tls import TLSLayer, check_ssl_context, make_ssl_context
 from .websocket import WebSocketChannel, accept_token, make_key
 
-__all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "TRANSPORTS", "ClientConfig", "ClientState", "LabsClient", "Tracer"]
+__all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "DEFAULT_SERVER", "TRANSPORTS", "ClientConfig", "ClientState", "LabsClient", "Tracer"]
 
 #: Set-Cookie values kept and sent back: visible ASCII names, printable ASCII values, at most
 #: this many cookies of at most this many characters each (RFC 6265's minimums for a browser).

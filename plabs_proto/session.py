@@ -79,7 +79,7 @@ from .labs import (
 )
 from .websocket import Utf8Text
 
-__all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "TRANSPORTS", "LabsSession", "SessionConfig", "SessionState"]
+__all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "DEFAULT_SERVER", "TRANSPORTS", "LabsSession", "SessionConfig", "SessionState"]
 
 TRANSPORTS = ("upgrade", "websocket", "polling")
 DEFAULT_SERVER = "https://www.perplexity.ai"
