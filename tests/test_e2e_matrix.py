@@ -277,7 +277,11 @@ def test_query_goes_out_without_waiting_for_the_consumer(
 
     records = trace(wait=False)
     ack, query = ack_and_query(records)
-    assert query < ack or records[query][0] == records[ack][0]
+    if backend != "sync":
+        assert query < ack or records[query][0] == records[ack][0]
+    # (sync: the helper thread runs the handshake while the caller goes on, so on a loaded machine it
+    # may read the ack before the caller's first next(); the query then goes out at that next(), a
+    # step later but no round trip later: the order is a race, not a property.)
     records = trace(wait=True)
     ack, query = ack_and_query(records)
     assert query > ack and records[query][0] > records[ack][0]
