@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar, cast
 
-from plabs_proto.client import ClientConfig, ClientState, LabsClient, Tracer
+from plabs_proto.client import ClientState, LabsClient, Tracer
 from plabs_proto.errors import LocalProtocolError, ResponseError
 from plabs_proto.events import AnswerFinished, AnswerRevised, Connected, Event, TextDelta
 
@@ -64,6 +64,7 @@ T = TypeVar("T")
 
 
 R = TypeVar("R", bound="_OneReader[Any]")
+S = TypeVar("S", bound="AsyncSession")
 
 
 class _OneReader(ABC, Generic[T]):
@@ -271,9 +272,7 @@ class AsyncSession(SessionBase, ABC):
     Backends subclass it and say how to make the connection driver (:meth:`_new_link`).
     """
 
-    def __init__(self, config: ClientConfig, *, tracer: Tracer | None = None, seed: int | None = None) -> None:
-        self._link: AsyncLink | None = None  # first: __del__ reads it even if the client refuses the config
-        super().__init__(config, tracer=tracer, seed=seed)
+    _link: AsyncLink | None
 
     @abstractmethod
     def _new_link(self) -> AsyncLink:
@@ -322,11 +321,7 @@ class AsyncSession(SessionBase, ABC):
         link = self._link
         if link is None:
             raise LocalProtocolError("cannot query: the session is not open (use `async with connect(...)`)")
-        if self._busy:
-            raise LocalProtocolError(
-                "cannot start a query while another one is still streaming on this session: "
-                "queries run one after another"
-            )
+        self._check_idle()
         messages = to_messages(messages)
         self._busy = True
         return AsyncQuery(self, link, messages, model)
@@ -341,7 +336,7 @@ class AsyncSession(SessionBase, ABC):
                 raise
             await self._link.aclose()
 
-    async def __aenter__(self) -> AsyncSession:
+    async def __aenter__(self: S) -> S:
         await self.open()
         return self
 

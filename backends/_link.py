@@ -110,7 +110,10 @@ class LinkBase(ABC):
 class SessionBase:
     """What every backend's ``Session`` holds: its client, seed, tracer and whether a query runs."""
 
+    _link: Any  # the backend's connection driver once open (subclasses say which)
+
     def __init__(self, config: ClientConfig, *, tracer: Tracer | None = None, seed: int | None = None) -> None:
+        self._link = None  # first: __del__ reads it even if the client refuses the config
         rng, self.seed = make_rng(tracer, seed)
         self._client = LabsClient(config, rng=rng, tracer=tracer)
         self._tracer = tracer
@@ -122,3 +125,11 @@ class SessionBase:
     def client(self) -> LabsClient:
         """The sans-IO client underneath (its state, partial text, transport)."""
         return self._client
+
+    def _check_idle(self) -> None:
+        """Raise :class:`LocalProtocolError` while a query of this session is still streaming."""
+        if self._busy:
+            raise LocalProtocolError(
+                "cannot start a query while another one is still streaming on this session: "
+                "queries run one after another"
+            )

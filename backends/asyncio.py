@@ -348,10 +348,6 @@ class Session(AsyncSession):
     def _new_link(self) -> _Link:
         return _Link(self._client, asyncio.get_running_loop())
 
-    async def __aenter__(self) -> Session:
-        await self.open()
-        return self
-
 
 def connect(**options: Unpack[SessionOptions]) -> Session:
     """A :class:`Session` (not open yet: use ``async with``).  Options as for :func:`ask`;

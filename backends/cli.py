@@ -43,10 +43,11 @@ import builtins
 import contextlib
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from plabs_proto.client import DEFAULT_SERVER
 from plabs_proto.errors import LabsError
@@ -66,6 +67,7 @@ __all__ = ["EventPrinter", "build_parser", "main"]
 
 BACKENDS = ("asyncio", "trio", "sync")
 TRANSPORTS = ("upgrade", "websocket", "polling")
+_N = TypeVar("_N", int, float)
 _DIM, _UNDIM = "\x1b[2m", "\x1b[22m"
 _ERASE_LINE = "\r\x1b[K"  # back to the start of the line, erase to its end
 _EMULATOR_LOGGERS = ("aiohttp.access", "aiohttp.server", "aiohttp.web", "engineio.server", "socketio.server")
@@ -267,34 +269,27 @@ def _print_error(message: str, stderr: IO[str] | None = None) -> None:
 # -- the parser ------------------------------------------------------------------------------------
 
 
-def _seconds(text: str) -> float:
+def _number(text: str, convert: Callable[[str], _N], what: str, ok: Callable[[_N], bool], bound: str) -> _N:
+    """An argparse type: ``text`` as ``convert`` reads it, when ``ok``; else "expected <what> <bound>"."""
     try:
-        value = float(text)
+        value = convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {what} {bound}, got {text!r}")
     return value
+
+
+def _seconds(text: str) -> float:
+    return _number(text, float, "a number of seconds", lambda value: 0 < value < math.inf, "> 0")
 
 
 def _delay(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
-    return value
+    return _number(text, float, "a number of seconds", lambda value: 0 <= value < math.inf, ">= 0")
 
 
 def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return value
+    return _number(text, int, "a whole number", lambda value: value >= 0, ">= 0")
 
 
 def _port(text: str) -> int:

@@ -26,36 +26,11 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from .cli import _count, _port, _seconds  # the argparse types plabs uses
+
 __all__ = ["add_serve_command", "serve"]
 
 _EXTRA = "pip install 'plabs-proto[gateway]'"
-
-
-def _whole(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return value
-
-
-def _port(text: str) -> int:
-    value = _whole(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {text!r}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
-    return value
 
 
 def add_serve_command(commands: Any) -> argparse.ArgumentParser:
@@ -77,9 +52,9 @@ def add_serve_command(commands: Any) -> argparse.ArgumentParser:
     sub.add_argument("--cafile", default=None, metavar="PEM", help="trust these CA certificates instead")
     sub.add_argument("--api-key", default=None, metavar="KEY",
                      help="require 'Authorization: Bearer KEY' (default: $PLABS_API_KEY, else no key)")
-    sub.add_argument("--max-sessions", type=_whole, default=0, metavar="N",
+    sub.add_argument("--max-sessions", type=_count, default=0, metavar="N",
                      help="answer 429 beyond N requests at once (default 0: no limit)")
-    sub.add_argument("--warm", type=_whole, default=0, metavar="N", help="keep N Labs sessions connected, ready")
+    sub.add_argument("--warm", type=_count, default=0, metavar="N", help="keep N Labs sessions connected, ready")
     sub.add_argument("--timeout", type=_seconds, default=None, metavar="S",
                      help="deadline of each Labs query in seconds (default 300)")
     sub.set_defaults(run=_cmd_serve, parser=sub)

@@ -27,11 +27,11 @@ import selectors
 import socket
 import threading
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Generator, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
-from plabs_proto.client import ClientConfig, ClientState, LabsClient, Tracer
+from plabs_proto.client import ClientState, LabsClient, Tracer
 from plabs_proto.errors import LocalProtocolError, ResponseError
 from plabs_proto.events import AnswerFinished, AnswerRevised, Connected, Event, TextDelta
 
@@ -173,40 +173,33 @@ class SelectorNetwork(Network):
         self._wake_out.close()
 
 
-class _Link:
-    """The one driver over blocking sockets, stepped synchronously (see :func:`run_blocking`)."""
+class _Link(Driver):
+    """The one driver over blocking sockets, stepped synchronously (see :func:`run_blocking`),
+    with the helper thread that idles between queries."""
+
+    network: SelectorNetwork
 
     def __init__(self, client: LabsClient) -> None:
-        self.client = client
-        self.network = SelectorNetwork()
-        self.driver = Driver(client, self.network)
-        self.events = self.driver.events
+        super().__init__(client, SelectorNetwork())
         self._idler: threading.Thread | None = None
         self._idle_stop = False
 
-    @property
-    def finished(self) -> bool:
-        return self.driver.finished
-
-    def command(self, method: Callable[..., None], *args: Any, **kwargs: Any) -> None:
-        self.driver.command(method, *args, **kwargs)
-
-    def next_event(self) -> Event:
+    def next_event_now(self) -> Event:
         """The next event; the kept error once the events before it are taken."""
         events = self.events
         if events:
             return events.popleft()
-        return run_blocking(self.driver.next_event())
+        return run_blocking(self.next_event())
 
     def start_idling(self) -> None:
         """Answer the server's pings in a helper thread until :meth:`stop_idling` (between queries)."""
-        if self._idler is None and not self.driver.finished:
+        if self._idler is None and not self.finished:
             self._idle_stop = False
             self._idler = threading.Thread(target=self._idle, name="plabs-heartbeats", daemon=True)
             self._idler.start()
 
     def _idle(self) -> None:
-        run_blocking(self.driver.pump_idle(lambda: self._idle_stop))
+        run_blocking(self.pump_idle(lambda: self._idle_stop))
 
     def stop_idling(self) -> None:
         """Stop the helper thread (waking its wait; a write it makes is finished first)."""
@@ -221,8 +214,8 @@ class _Link:
     def close(self) -> None:
         """Close politely if still healthy (writes bounded in time), then close every socket."""
         self.stop_idling()
-        if not self.driver.finished:
-            run_blocking(self.driver.aclose())
+        if not self.finished:
+            run_blocking(self.aclose())
         self.network.close()
 
 
@@ -251,7 +244,7 @@ def _answer(
         link.command(client.connect)
         link.command(client.query, messages, model=model)
         while True:
-            event = link.next_event()
+            event = link.next_event_now()
             kind = type(event)
             if kind is TextDelta or kind is AnswerRevised:
                 text = answer.take(event)
@@ -278,9 +271,7 @@ class Session(SessionBase):
     thread answers the server's pings (see the module docstring).
     """
 
-    def __init__(self, config: ClientConfig, *, tracer: Tracer | None = None, seed: int | None = None) -> None:
-        self._link: _Link | None = None  # first: __del__ reads it even if the client refuses the config
-        super().__init__(config, tracer=tracer, seed=seed)
+    _link: _Link | None
 
     def open(self, *, wait: bool = True) -> None:
         """Connect and wait for the Socket.IO connect ack (``with`` calls this).
@@ -301,9 +292,9 @@ class Session(SessionBase):
             if not wait:
                 link.start_idling()
                 return
-            event = link.next_event()
+            event = link.next_event_now()
             while not opened(event):
-                event = link.next_event()
+                event = link.next_event_now()
             self.connected = cast(Connected, event)
             link.start_idling()
         except BaseException:
@@ -327,13 +318,6 @@ class Session(SessionBase):
         self._check_idle()
         return self._query(link, to_messages(messages), model)
 
-    def _check_idle(self) -> None:
-        if self._busy:
-            raise LocalProtocolError(
-                "cannot start a query while another one is still streaming on this session: "
-                "queries run one after another"
-            )
-
     def _query(self, link: _Link, messages: Messages, model: str) -> Generator[Event, None, None]:
         self._check_idle()  # again: two queries may have been made before either started
         self._busy = True
@@ -343,11 +327,11 @@ class Session(SessionBase):
             link.stop_idling()
             if self.connected is not None:
                 link.events.clear()
-            elif link.driver.error is not None:  # open(wait=False): the handshake failed already
-                raise link.driver.error
+            elif link.error is not None:  # open(wait=False): the handshake failed already
+                raise link.error
             link.command(client.query, messages, model=model)
             while True:
-                event = link.next_event()
+                event = link.next_event_now()
                 if type(event) is Connected:  # the ack, after open(wait=False)
                     self.connected = event
                     continue
