@@ -50,6 +50,7 @@ from .errors import (
     LabsError,
     LabsTimeout,
     LocalProtocolError,
+    NetworkError,
     RemoteProtocolError,
     ResponseError,
 )
@@ -188,6 +189,8 @@ class LabsSession:
         ws_scheme = "wss" if url.scheme == "https" else "ws"
         self._http_base = f"{url.scheme}://{authority}{path}"
         self._ws_base = f"{ws_scheme}://{authority}{path}"
+        self._host = host  # where every request and WebSocket goes (for a NetworkError)
+        self._port = port if port is not None else (443 if url.scheme == "https" else 80)
         self._origin_headers = (("Origin", config.origin), ("Referer", config.origin.rstrip("/") + "/"))
         self._t = f"{rng.getrandbits(32):08x}"
         self._limit = limit
@@ -476,7 +479,15 @@ class LabsSession:
             raise self._refused(response, "the WebSocket upgrade", 101)
 
     def receive_transport_error(self, id: int, message: str, now: float) -> None:
-        """The request or WebSocket ``id`` failed below HTTP (refused, reset, TLS): the session fails."""
+        """The request or WebSocket ``id`` failed below HTTP (refused, reset, TLS): the session fails.
+
+        Raises :class:`~plabs_proto.errors.NetworkError` with the server's
+        ``host`` and ``port`` (from ``SessionConfig.server``: every request and
+        WebSocket goes there; the port is 443 or 80 when the URL names none) and
+        ``errno=None`` (the carrier's message is all the session knows), keeping
+        the answer's text so far in ``partial_text``.  Late news of a request or
+        WebSocket nobody waits for any more (the session ended) is ignored.
+        """
         ws = self._ws
         if ws is not None and ws.id == id:
             if ws.closed or self._state in _state.END_STATES:
@@ -490,9 +501,11 @@ class LabsSession:
             what = f"the HTTP request ({purpose})"
         with self._guard():
             text = self.partial_text
-            raise RemoteProtocolError(
-                f"expected {what} to go through, but it failed below HTTP: {message}"
-                + (f" (after {len(text)} characters of the answer)" if text else "")
+            raise NetworkError(
+                f"expected {what} to {self._host} port {self._port} to go through, but it failed below HTTP: "
+                f"{message}" + (f" (after {len(text)} characters of the answer)" if text else ""),
+                host=self._host,
+                port=self._port,
             )
 
     def handle_timer(self, now: float) -> None:

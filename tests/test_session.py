@@ -19,6 +19,7 @@ from plabs_proto.errors import (
     LabsError,
     LabsTimeout,
     LocalProtocolError,
+    NetworkError,
     RemoteProtocolError,
     ResponseError,
 )
@@ -255,10 +256,32 @@ def test_transport_error_fails_the_session() -> None:
     s.query("hi", model="sonar", now=2.0)
     s.receive_websocket_message(ws_id, progress("Hel"), 3.0)
     s.transmit()
-    with pytest.raises(RemoteProtocolError, match="failed below HTTP: connection reset") as info:
+    with pytest.raises(NetworkError, match=r"labs\.test port 80 to go through, but it failed below HTTP: connection "
+                       "reset") as info:
         s.receive_transport_error(ws_id, "connection reset", 4.0)
     assert info.value.partial_text == "Hel"
+    assert (info.value.host, info.value.port, info.value.errno) == ("labs.test", 80, None)
     assert s.state is SessionState.ERROR and s.transmit() == []  # the WebSocket is gone already
+
+
+@pytest.mark.parametrize(
+    ("server", "host", "port"),
+    [("https://labs.test", "labs.test", 443), ("http://127.0.0.1:8123/", "127.0.0.1", 8123),
+     ("https://[::1]:9443", "::1", 9443)],
+)
+def test_a_failed_request_is_a_network_error_naming_the_server(server: str, host: str, port: int) -> None:
+    s = LabsSession(SessionConfig(server=server, transport="polling"), rng=random.Random(0))
+    s.connect(0.0)
+    (first,) = s.transmit()
+    assert isinstance(first, HTTPRequest)
+    with pytest.raises(NetworkError, match=r"expected the HTTP request \(open\) to .* but it failed below HTTP: "
+                       "connection refused") as info:
+        s.receive_transport_error(first.request_id, "connection refused", 0.5)
+    assert (info.value.host, info.value.port, info.value.errno) == (host, port, None)
+    assert info.value.partial_text == ""
+    assert s.state is SessionState.ERROR and s.transmit() == [] and s.get_timer() is None
+    s.receive_transport_error(first.request_id, "late news", 0.6)  # nobody waits for it: ignored
+    assert s.state is SessionState.ERROR
 
 
 def test_websocket_1009_during_a_query_names_the_servers_limit() -> None:
