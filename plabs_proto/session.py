@@ -26,6 +26,14 @@ and TLS.  It never assumes two requests share a connection.  Once the session
 has ended (CLOSED or ERROR) every WebSocket it opened has a ``WebSocketClose``
 and requests still out have nobody waiting for them: drop them.
 
+The byte level (:class:`~plabs_proto.client.LabsClient`) drives a session with
+the public calls above (``receive_http_response(..., reason=...)``,
+``receive_websocket_messages(..., limited=True)`` for each WebSocket read) and
+exactly two internals, both for what only a carrier that parses the bytes
+itself has: ``_drain()`` hands out the instructions of each input without
+ending the pong window that ``transmit()`` ends, and ``_fail(exc)`` ends the
+session for an error in the bytes (TLS, HTTP, WebSocket frames, a proxy).
+
 The pieces below: one Engine.IO session (packets, heartbeats, the outgoing
 queue, the Socket.IO and Labs layers above it) and, under it, one small piece
 per transport: :class:`_Polling` (long-polling GETs and POSTs), :class:`_WebSocket`
@@ -321,19 +329,23 @@ class LabsSession:
     # -- inputs ---------------------------------------------------------------------------------
 
     def receive_http_response(
-        self, request_id: int, status: int, headers: Sequence[tuple[str, str]], body: bytes, now: float
-    ) -> None:
-        """The response to the ``HTTPRequest`` of ``request_id`` (any status; headers as received)."""
-        if isinstance(status, bool) or not isinstance(status, int) or not isinstance(body, (bytes, bytearray)):
-            raise LocalProtocolError(
-                f"expected an int status and a bytes body, got {type(status).__name__} and {type(body).__name__}"
-            )
-        self._receive_http_response(request_id, status, headers, body, now)
-
-    def _receive_http_response(
         self, request_id: int, status: int, headers: Sequence[tuple[str, str]], body: bytes, now: float,
-        reason: str = "",
+        *, reason: str = "",
     ) -> None:
+        """The response to the ``HTTPRequest`` of ``request_id`` (any status; headers as received).
+
+        ``reason`` is the status line's reason phrase, for a carrier that has
+        it (HTTP/1.1; HTTP/2 has none): error messages then show it after the
+        status ("HTTP 403 Forbidden").
+        """
+        if (
+            isinstance(status, bool) or not isinstance(status, int) or not isinstance(body, (bytes, bytearray))
+            or not isinstance(reason, str)
+        ):
+            raise LocalProtocolError(
+                "expected an int status, a bytes body and a str reason, got "
+                f"{type(status).__name__}, {type(body).__name__} and {type(reason).__name__}"
+            )
         purpose = self._take_request(request_id)
         if purpose is None:
             return
@@ -377,23 +389,29 @@ class LabsSession:
             raise LocalProtocolError(
                 f"expected a WebSocket message as str (text) or bytes (binary), got {type(data).__name__}"
             )
-        self._receive_websocket_messages(ws_id, [data], now)
+        self.receive_websocket_messages(ws_id, [data], now)
 
     def receive_websocket_utf8(self, ws_id: int, message: Utf8Text, now: float) -> None:
         """A text message not decoded yet (:class:`~plabs_proto.websocket.Utf8Text`): only its new text is decoded."""
-        self._receive_websocket_messages(ws_id, [message], now)
+        self.receive_websocket_messages(ws_id, [message], now)
 
-    def _receive_websocket_messages(
-        self, ws_id: int, messages: list[str | bytes | Utf8Text], now: float, *, limited: bool = False
+    def receive_websocket_messages(
+        self, ws_id: int, messages: Sequence[str | bytes | Utf8Text], now: float, *, limited: bool = False
     ) -> None:
-        """Every message one read brought, in order: the byte level's hot path.
+        """Every message one read of the WebSocket ``ws_id`` brought, in order: the hot path.
 
-        The same as a ``receive_websocket_message`` (or ``receive_websocket_utf8``)
-        per message, with the WebSocket looked up and the error guard set up once
-        per read instead of once per message.  A progress frame is read on its
-        UTF-8 bytes by the prefix it shares with the previous one.  ``limited``:
-        the caller already refused messages over ``max_message_size`` (the byte
-        level's WebSocket does, from the frame header).
+        The same as a ``receive_websocket_message`` per ``str`` (text) or
+        ``bytes`` (binary) message and a ``receive_websocket_utf8`` per
+        :class:`~plabs_proto.websocket.Utf8Text` (text not decoded yet), with
+        the WebSocket looked up and the error guard set up once per read
+        instead of once per message.  A progress frame given as ``Utf8Text``
+        is read on its UTF-8 bytes by the prefix it shares with the previous
+        one, so only its new text is decoded: a carrier that can hand the
+        undecoded text of its messages should.  Messages after one that ended
+        the session are dropped.  ``limited=True`` says the carrier already
+        refused every message over ``max_message_size`` (the byte level's
+        WebSocket does, from the frame header), so the session does not
+        measure them again.
         """
         ws = self._websocket(ws_id)
         if ws is None:
@@ -423,10 +441,15 @@ class LabsSession:
                     if limit is not None and len(message) > limit:
                         raise self._too_big(len(message))
                     self._on_ws_text(ws, message, now)
-                else:
+                elif isinstance(message, (bytes, bytearray, memoryview)):
                     if limit is not None and len(message) > limit:
                         raise self._too_big(len(message))
                     self._on_sio_binary(bytes(message), now)
+                else:
+                    raise LocalProtocolError(
+                        "expected WebSocket messages as str (text), bytes (binary) or Utf8Text, got "
+                        f"{type(message).__name__}"
+                    )
 
     def receive_websocket_close(self, ws_id: int, code: int | None, now: float, reason: str = "") -> None:
         """The WebSocket of ``ws_id`` closed.
@@ -553,7 +576,14 @@ class LabsSession:
         return self._drain()
 
     def _drain(self) -> list[SessionInstruction]:
-        """The instructions so far, without ending the pong window (for the byte level, between inputs)."""
+        """The instructions so far, without ending the pong window (for the byte level, between inputs).
+
+        The byte level carries each input's instructions at once (so that, say,
+        the probe goes out before the answer to what follows it in the same
+        read) but a ping answered in that read and one in the next still share
+        one pong until its own ``transmit()``, as they would for a carrier that
+        calls ``transmit()`` once per read.
+        """
         out = self._out
         self._out = []
         return out
@@ -580,6 +610,12 @@ class LabsSession:
         return LabsSession._GuardCtx(self)
 
     def _fail(self, exc: LabsError) -> None:
+        """End the session in ERROR because of ``exc`` (keeping the answer so far on it).
+
+        The byte level calls it for an error of its own bytes (TLS, HTTP, a
+        WebSocket frame, a proxy): below the messages, the session would never
+        see it otherwise.
+        """
         if not exc.partial_text:
             exc.partial_text = self.partial_text
         if not exc.partial_reasoning:
