@@ -217,7 +217,6 @@ class LabsSession:
         self._upgrades: tuple[str, ...] = ("websocket",)
         self._queue: list[engineio.Packet] = []  # Engine.IO packets waiting for a POST or the WebSocket
         self._pong_queued = False  # a pong is out since the last transmit()
-        self._connected = False
         self._connect_posted = False  # upgrade: the CONNECT POST was answered
         # The transports
         self._polling = _Polling()
@@ -973,9 +972,8 @@ class LabsSession:
         # ACKs: we send no acked events, so there is nothing to match them with.
 
     def _on_connected(self, socket_sid: str) -> None:
-        if self._connected:
-            return  # a duplicate ack (it may be re-sent on the new transport)
-        self._connected = True
+        if self._state is not SessionState.CONNECTING:
+            return  # a duplicate ack (it may be re-sent on the new transport): the table says we are connected
         self.socket_sid = socket_sid
         self._deadlines.pop("connect", None)
         self._state = next_state(self._state, _state.CONNECTED)

@@ -599,3 +599,13 @@ def test_a_message_of_another_type_is_refused() -> None:
     assert ws_id is not None
     with pytest.raises(LocalProtocolError, match="str \\(text\\), bytes \\(binary\\) or Utf8Text, got int"):
         s.receive_websocket_messages(ws_id, [3], 3.0)  # type: ignore[list-item]
+
+
+def test_a_second_connect_ack_is_ignored_in_any_connected_state() -> None:
+    s, ws_id = connected("websocket")
+    assert ws_id is not None
+    s.receive_websocket_message(ws_id, '40{"sid":"S2"}', 1.5)  # re-sent, as on a new transport
+    assert s.events() == [] and s.state is SessionState.READY and s.socket_sid == "S1"
+    s.query("hi", model="sonar", now=2.0)
+    s.receive_websocket_message(ws_id, '40{"sid":"S3"}', 2.5)
+    assert s.events() == [] and s.state is SessionState.QUERYING and s.socket_sid == "S1"
