@@ -142,13 +142,86 @@ class _Ended(Exception):
 
 
 class _Polling:
-    """The long-polling piece: at most one GET and one POST out at a time."""
+    """The long-polling piece: carries Engine.IO packets by GET and POST, at most one of each out.
 
-    __slots__ = ("get_id", "post_id")
+    It knows requests, not Engine.IO: it batches the session's outgoing queue
+    into POST bodies below the server's maxPayload, keeps one GET waiting, and
+    hands every packet a GET brings to the session.  The session decides when
+    polling runs (``transport == "polling"``) and what the packets mean.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("get_id", "post_id", "session")
+
+    def __init__(self, session: LabsSession) -> None:
+        self.session = session
         self.get_id: int | None = None
         self.post_id: int | None = None
+
+    def poll(self) -> None:
+        """Keep one long-polling GET out (when polling carries the session)."""
+        session = self.session
+        if session._transport != "polling" or self.get_id is not None:
+            return
+        self.get_id = session._request("GET", session._url("polling", session.engine_sid), b"", "poll")
+
+    def flush(self) -> None:
+        """POST what waits in the session's queue, unless a POST is out (its answer sends the rest)."""
+        session = self.session
+        queue = session._queue
+        if not queue or self.post_id is not None:
+            return
+        session._check_live()
+        # Like the reference client: a body stays below the server's maxPayload unless it is one packet.
+        limit = session._max_payload or ENGINEIO_MAX_PAYLOAD
+        size = -1
+        count = 0
+        for packet in queue:
+            size += 1 + _size(packet)
+            if count and size >= limit:
+                break
+            count += 1
+        batch, session._queue = queue[:count], queue[count:]
+        body = engineio.encode_payload(batch).encode("utf-8")
+        self.post_id = session._request("POST", session._url("polling", session.engine_sid), body, "post")
+
+    def on_get(self, response: HTTPResponse, now: float) -> None:
+        """A long-polling GET's answer: its packets go up to the session, then the next GET goes out."""
+        self.get_id = None
+        session = self.session
+        what = "a long-polling GET"
+        if response.status != 200:
+            raise session._refused(response, what, 200)
+        noop = engineio.PacketType.NOOP
+        limit = session._limit
+        for packet in engineio.iter_payload(response.text()):
+            if packet.type is noop:
+                continue
+            if packet.data is not None and len(packet.data) > limit:
+                raise RemoteProtocolError(
+                    f"expected Engine.IO packets of at most {limit} bytes (max_message_size) in {what}, "
+                    f"got one of {len(packet.data)}"
+                )
+            session._on_eio_packet(packet, now)
+            session._check_live()  # the packets after a close belong to no session
+        self.poll()
+
+    def on_post(self, response: HTTPResponse) -> None:
+        """A polling POST's answer: 'ok', then the next batch goes out."""
+        self.post_id = None
+        self.check_post(response, "a polling POST")
+        self.flush()
+
+    def check_post(self, response: HTTPResponse, what: str) -> None:
+        """Refuse a POST's answer other than 200 'ok' (413 names the server's maxPayload)."""
+        session = self.session
+        if response.status == 413:
+            what += " (413: the body was larger than the server accepts" + (
+                f", its maxPayload being {session._max_payload} bytes)" if session._max_payload is not None else ")"
+            )
+        if response.status != 200:
+            raise session._refused(response, what, 200)
+        if response.body.strip().lower() != b"ok":
+            raise RemoteProtocolError(f"expected 'ok' (any case) in answer to {what}, got {response.body[:60]!r}")
 
 
 class _WebSocket:
@@ -219,7 +292,7 @@ class LabsSession:
         self._pong_queued = False  # a pong is out since the last transmit()
         self._connect_posted = False  # upgrade: the CONNECT POST was answered
         # The transports
-        self._polling = _Polling()
+        self._polling = _Polling(self)
         self._ws: _WebSocket | None = None
         self._on_ws = False  # packets go over the WebSocket (websocket transport, or upgraded)
         # Socket.IO and Labs
@@ -358,17 +431,13 @@ class LabsSession:
             if purpose == "open":
                 self._on_open_response(response, now)
             elif purpose == "connect-post":
-                self._check_post(response, "the Socket.IO CONNECT POST")
+                self._polling.check_post(response, "the Socket.IO CONNECT POST")
                 self._connect_posted = True
                 self._maybe_probe()
             elif purpose == "poll":
-                self._polling.get_id = None
-                self._on_poll_body(response, now, "a long-polling GET")
-                self._next_poll()
+                self._polling.on_get(response, now)
             elif purpose == "post":
-                self._polling.post_id = None
-                self._check_post(response, "a polling POST")
-                self._flush_posts()
+                self._polling.on_post(response)
 
     def receive_websocket_open(self, ws_id: int, now: float) -> None:
         """The WebSocket of ``ws_id`` is open (its handshake succeeded)."""
@@ -733,16 +802,6 @@ class LabsSession:
             body_excerpt=excerpt,
         )
 
-    def _check_post(self, response: HTTPResponse, what: str) -> None:
-        if response.status == 413:
-            what += " (413: the body was larger than the server accepts" + (
-                f", its maxPayload being {self._max_payload} bytes)" if self._max_payload is not None else ")"
-            )
-        if response.status != 200:
-            raise self._refused(response, what, 200)
-        if response.body.strip().lower() != b"ok":
-            raise RemoteProtocolError(f"expected 'ok' (any case) in answer to {what}, got {response.body[:60]!r}")
-
     def _on_open_response(self, response: HTTPResponse, now: float) -> None:
         if response.status != 200:
             raise self._refused(response, "the Engine.IO handshake (polling GET)", 200)
@@ -771,45 +830,8 @@ class LabsSession:
             self._open_websocket(self.engine_sid)
         else:
             self._queue.append(auth)
-            self._flush_posts()
-            self._next_poll()
-
-    def _on_poll_body(self, response: HTTPResponse, now: float, what: str) -> None:
-        if response.status != 200:
-            raise self._refused(response, what, 200)
-        noop = engineio.PacketType.NOOP
-        for packet in engineio.iter_payload(response.text()):
-            if packet.type is noop:
-                continue
-            if packet.data is not None and len(packet.data) > self._limit:
-                raise RemoteProtocolError(
-                    f"expected Engine.IO packets of at most {self._limit} bytes (max_message_size) in {what}, "
-                    f"got one of {len(packet.data)}"
-                )
-            self._on_eio_packet(packet, now)
-            self._check_live()  # the packets after a close belong to no session
-
-    def _next_poll(self) -> None:
-        if self._transport != "polling" or self._polling.get_id is not None:
-            return
-        self._polling.get_id = self._request("GET", self._url("polling", self.engine_sid), b"", "poll")
-
-    def _flush_posts(self) -> None:
-        if not self._queue or self._polling.post_id is not None:
-            return  # nothing to send, or the POST out sends the rest when it is answered
-        self._check_live()
-        # Like the reference client: a body stays below the server's maxPayload unless it is one packet.
-        limit = self._max_payload or ENGINEIO_MAX_PAYLOAD
-        size = -1
-        count = 0
-        for packet in self._queue:
-            size += 1 + _size(packet)
-            if count and size >= limit:
-                break
-            count += 1
-        batch, self._queue = self._queue[:count], self._queue[count:]
-        body = engineio.encode_payload(batch).encode("utf-8")
-        self._polling.post_id = self._request("POST", self._url("polling", self.engine_sid), body, "post")
+            self._polling.flush()
+            self._polling.poll()
 
     # -- internals: the WebSocket piece ---------------------------------------------------------
 
@@ -838,7 +860,7 @@ class LabsSession:
         else:
             self._queue.append(packet)
             if self._transport == "polling" and self.engine_sid:
-                self._flush_posts()
+                self._polling.flush()
 
     def _on_ws_text(self, ws: _WebSocket, text: str, now: float) -> None:
         if ws.probing:
