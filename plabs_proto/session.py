@@ -34,11 +34,14 @@ itself has: ``_drain()`` hands out the instructions of each input without
 ending the pong window that ``transmit()`` ends, and ``_fail(exc)`` ends the
 session for an error in the bytes (TLS, HTTP, WebSocket frames, a proxy).
 
-The pieces below: one Engine.IO session (packets, heartbeats, the outgoing
-queue, the Socket.IO and Labs layers above it) and, under it, one small piece
-per transport: :class:`_Polling` (long-polling GETs and POSTs), :class:`_WebSocket`
-(one WebSocket) and the upgrade, which is a polling handshake followed by a
-WebSocket probe.
+The pieces below, in the manner of aioquic's H3 over QUIC: the session itself
+is the shared part, which knows what the packets mean (the Engine.IO open,
+ping/pong and close, Socket.IO, the Labs events, the outgoing queue, the state
+table and the deadlines); under it, one small piece per transport knows only
+how to carry Engine.IO packets: :class:`_Polling` (a long-polling GET out, the
+queue batched into POSTs), :class:`_WebSocket` (one packet per message, the
+probe's answer) and :class:`_Upgrade`, over those two (the CONNECT by POST
+while the WebSocket opens, then the probe and the switch).
 """
 
 from __future__ import annotations
@@ -225,15 +228,79 @@ class _Polling:
 
 
 class _WebSocket:
-    """The WebSocket piece: one WebSocket, from WebSocketConnect to WebSocketClose."""
+    """The WebSocket piece: one WebSocket, one Engine.IO packet per message, from connect to close.
 
-    __slots__ = ("closed", "id", "open", "probing")
+    It knows messages, not Engine.IO: it sends packets as messages, answers the
+    upgrade probe's '3probe' check, and hands every other text message up to the
+    session (a Socket.IO message straight to the Socket.IO layer).
+    """
 
-    def __init__(self, ws_id: int) -> None:
+    __slots__ = ("closed", "id", "open", "probing", "session")
+
+    def __init__(self, session: LabsSession, ws_id: int) -> None:
+        self.session = session
         self.id = ws_id
         self.open = False  # receive_websocket_open came
         self.closed = False  # WebSocketClose was sent or the peer closed it
         self.probing = False  # upgrade: 2probe sent, 3probe not received yet
+
+    def send(self, packet: engineio.Packet) -> None:
+        self.session._out.append(WebSocketSend(ws_id=self.id, data=engineio.encode_packet(packet)))
+
+    def on_text(self, text: str, now: float) -> None:
+        """One text message: the probe's answer, or an Engine.IO packet for the session."""
+        if self.probing:
+            if text != "3probe":
+                raise RemoteProtocolError(f"expected '3probe' in answer to the upgrade probe, got {text[:60]!r}")
+            self.probing = False
+            return
+        if text[:1] == "4":
+            self.session._on_sio_text(text, 1, now)
+        else:
+            self.session._on_eio_packet(engineio.decode_packet(text), now)
+
+    def close(self) -> None:
+        """Close it (once): a WebSocketClose for the carrier."""
+        if not self.closed:
+            self.closed = True
+            self.session._out.append(WebSocketClose(ws_id=self.id))
+
+
+class _Upgrade:
+    """The upgrade piece, over the other two: a polling handshake, then a WebSocket probe and the switch.
+
+    The CONNECT goes by POST while the WebSocket opens; once both are done the
+    probe and the upgrade packet go out together, followed by whatever waited
+    in the queue, and from then on the WebSocket carries the session.
+    """
+
+    __slots__ = ("posted", "session")
+
+    def __init__(self, session: LabsSession) -> None:
+        self.session = session
+        self.posted = False  # the CONNECT POST was answered
+
+    def on_connect_post(self, response: HTTPResponse) -> None:
+        self.session._polling.check_post(response, "the Socket.IO CONNECT POST")
+        self.posted = True
+        self.probe()
+
+    def probe(self) -> None:
+        """Once the WebSocket is open and the CONNECT POST answered, probe and switch to it."""
+        session = self.session
+        ws = session._ws
+        if not self.posted or ws is None or not ws.open or ws.probing or session._on_ws:
+            return
+        session._check_live()
+        ws.probing = True
+        session._on_ws = True
+        # The probe and the upgrade go out together, then whatever waited (pongs, a query):
+        # servers read them in order, so no round trip is spent.
+        ws.send(engineio.Packet(engineio.PacketType.PING, "probe"))
+        ws.send(engineio.Packet(engineio.PacketType.UPGRADE))
+        queued, session._queue = session._queue, []
+        for packet in queued:
+            ws.send(packet)
 
 
 class LabsSession:
@@ -290,9 +357,9 @@ class LabsSession:
         self._upgrades: tuple[str, ...] = ("websocket",)
         self._queue: list[engineio.Packet] = []  # Engine.IO packets waiting for a POST or the WebSocket
         self._pong_queued = False  # a pong is out since the last transmit()
-        self._connect_posted = False  # upgrade: the CONNECT POST was answered
         # The transports
         self._polling = _Polling(self)
+        self._upgrade = _Upgrade(self)
         self._ws: _WebSocket | None = None
         self._on_ws = False  # packets go over the WebSocket (websocket transport, or upgraded)
         # Socket.IO and Labs
@@ -391,7 +458,7 @@ class LabsSession:
         ws = self._ws
         if self._on_ws and ws is not None and ws.open and not ws.closed:
             for packet in goodbye:
-                self._out.append(WebSocketSend(ws_id=ws.id, data=engineio.encode_packet(packet)))
+                ws.send(packet)
         elif self.engine_sid and self._transport != "websocket":
             body = engineio.encode_payload(goodbye).encode("utf-8")
             self._emit_request("POST", self._url("polling", self.engine_sid), body, "close")
@@ -431,9 +498,7 @@ class LabsSession:
             if purpose == "open":
                 self._on_open_response(response, now)
             elif purpose == "connect-post":
-                self._polling.check_post(response, "the Socket.IO CONNECT POST")
-                self._connect_posted = True
-                self._maybe_probe()
+                self._upgrade.on_connect_post(response)
             elif purpose == "poll":
                 self._polling.on_get(response, now)
             elif purpose == "post":
@@ -449,7 +514,7 @@ class LabsSession:
         ws.open = True
         with self._guard():
             if self._transport == "upgrade":
-                self._maybe_probe()
+                self._upgrade.probe()
 
     def receive_websocket_message(self, ws_id: int, data: str | bytes, now: float) -> None:
         """A whole message from the WebSocket of ``ws_id``: ``str`` for text, ``bytes`` for binary."""
@@ -504,11 +569,11 @@ class LabsSession:
                         if fast is not None:
                             self._on_event(fast[0], fast[1], now)
                             continue
-                    self._on_ws_text(ws, message.decode(), now)
+                    ws.on_text(message.decode(), now)
                 elif isinstance(message, str):
                     if limit is not None and len(message) > limit:
                         raise self._too_big(len(message))
-                    self._on_ws_text(ws, message, now)
+                    ws.on_text(message, now)
                 elif isinstance(message, (bytes, bytearray, memoryview)):
                     if limit is not None and len(message) > limit:
                         raise self._too_big(len(message))
@@ -696,10 +761,8 @@ class LabsSession:
         self._deadlines.clear()
         self._requests.clear()
         self._queue.clear()
-        ws = self._ws
-        if ws is not None and not ws.closed:
-            ws.closed = True
-            self._out.append(WebSocketClose(ws_id=ws.id))
+        if self._ws is not None:
+            self._ws.close()
 
     def _server_closed(self, reason: str) -> None:
         self._state = next_state(self._state, _state.SERVER_CLOSED)
@@ -771,7 +834,7 @@ class LabsSession:
 
     def _open_websocket(self, sid: str | None) -> None:
         self._check_live()
-        self._ws = _WebSocket(self._take_id())
+        self._ws = _WebSocket(self, self._take_id())
         self._out.append(WebSocketConnect(ws_id=self._ws.id, url=self._url("websocket", sid), headers=self._origin_headers))
 
     # -- internals: the polling piece -----------------------------------------------------------
@@ -833,45 +896,18 @@ class LabsSession:
             self._polling.flush()
             self._polling.poll()
 
-    # -- internals: the WebSocket piece ---------------------------------------------------------
-
-    def _maybe_probe(self) -> None:
-        """Upgrade: once the WebSocket is open and the CONNECT POST answered, probe and switch to it."""
-        ws = self._ws
-        if not self._connect_posted or ws is None or not ws.open or ws.probing or self._on_ws:
-            return
-        self._check_live()
-        ws.probing = True
-        self._on_ws = True
-        # The probe and the upgrade go out together, then whatever waited (pongs, a query):
-        # servers read them in order, so no round trip is spent.
-        for packet in (engineio.Packet(engineio.PacketType.PING, "probe"), engineio.Packet(engineio.PacketType.UPGRADE)):
-            self._out.append(WebSocketSend(ws_id=ws.id, data=engineio.encode_packet(packet)))
-        queued, self._queue = self._queue, []
-        for packet in queued:
-            self._out.append(WebSocketSend(ws_id=ws.id, data=engineio.encode_packet(packet)))
+    # -- internals: sending -------------------------------------------------------------------
 
     def _send(self, packet: engineio.Packet) -> None:
         """Send one Engine.IO packet: on the WebSocket once it carries them, else by POST."""
         self._check_live()
         ws = self._ws
         if self._on_ws and ws is not None and ws.open and not ws.closed:
-            self._out.append(WebSocketSend(ws_id=ws.id, data=engineio.encode_packet(packet)))
+            ws.send(packet)
         else:
             self._queue.append(packet)
             if self._transport == "polling" and self.engine_sid:
                 self._polling.flush()
-
-    def _on_ws_text(self, ws: _WebSocket, text: str, now: float) -> None:
-        if ws.probing:
-            if text != "3probe":
-                raise RemoteProtocolError(f"expected '3probe' in answer to the upgrade probe, got {text[:60]!r}")
-            ws.probing = False
-            return
-        if text[:1] == "4":
-            self._on_sio_text(text, 1, now)
-        else:
-            self._on_eio_packet(engineio.decode_packet(text), now)
 
     # -- internals: the Engine.IO session -------------------------------------------------------
 
