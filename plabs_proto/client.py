@@ -609,7 +609,7 @@ class LabsClient:
         if http.closed:
             self._close_stream(stream)
         if request_id is not None:
-            self._session._receive_http_response(
+            self._session.receive_http_response(
                 request_id, result.status, result.headers, result.body, now, reason=result.reason
             )
 
@@ -672,7 +672,7 @@ class LabsClient:
         session = self._session
         messages = ws.receive_data(data)
         if messages:
-            session._receive_websocket_messages(ws_id, messages, now, limited=True)  # the channel's limit
+            session.receive_websocket_messages(ws_id, messages, now, limited=True)  # the channel's limit
         self._carry(session._drain())
         reply = ws.data_to_send()  # wsproto's pong to a WebSocket ping, its answer to a close
         if reply and stream.open and session.state not in END_STATES:

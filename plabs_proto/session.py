@@ -26,11 +26,22 @@ and TLS.  It never assumes two requests share a connection.  Once the session
 has ended (CLOSED or ERROR) every WebSocket it opened has a ``WebSocketClose``
 and requests still out have nobody waiting for them: drop them.
 
-The pieces below: one Engine.IO session (packets, heartbeats, the outgoing
-queue, the Socket.IO and Labs layers above it) and, under it, one small piece
-per transport: :class:`_Polling` (long-polling GETs and POSTs), :class:`_WebSocket`
-(one WebSocket) and the upgrade, which is a polling handshake followed by a
-WebSocket probe.
+The byte level (:class:`~plabs_proto.client.LabsClient`) drives a session with
+the public calls above (``receive_http_response(..., reason=...)``,
+``receive_websocket_messages(..., limited=True)`` for each WebSocket read) and
+exactly two internals, both for what only a carrier that parses the bytes
+itself has: ``_drain()`` hands out the instructions of each input without
+ending the pong window that ``transmit()`` ends, and ``_fail(exc)`` ends the
+session for an error in the bytes (TLS, HTTP, WebSocket frames, a proxy).
+
+The pieces below, in the manner of aioquic's H3 over QUIC: the session itself
+is the shared part, which knows what the packets mean (the Engine.IO open,
+ping/pong and close, Socket.IO, the Labs events, the outgoing queue, the state
+table and the deadlines); under it, one small piece per transport knows only
+how to carry Engine.IO packets: :class:`_Polling` (a long-polling GET out, the
+queue batched into POSTs), :class:`_WebSocket` (one packet per message, the
+probe's answer) and :class:`_Upgrade`, over those two (the CONNECT by POST
+while the WebSocket opens, then the probe and the switch).
 """
 
 from __future__ import annotations
@@ -50,6 +61,7 @@ from .errors import (
     LabsError,
     LabsTimeout,
     LocalProtocolError,
+    NetworkError,
     RemoteProtocolError,
     ResponseError,
 )
@@ -133,25 +145,162 @@ class _Ended(Exception):
 
 
 class _Polling:
-    """The long-polling piece: at most one GET and one POST out at a time."""
+    """The long-polling piece: carries Engine.IO packets by GET and POST, at most one of each out.
 
-    __slots__ = ("get_id", "post_id")
+    It knows requests, not Engine.IO: it batches the session's outgoing queue
+    into POST bodies below the server's maxPayload, keeps one GET waiting, and
+    hands every packet a GET brings to the session.  The session decides when
+    polling runs (``transport == "polling"``) and what the packets mean.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("get_id", "post_id", "session")
+
+    def __init__(self, session: LabsSession) -> None:
+        self.session = session
         self.get_id: int | None = None
         self.post_id: int | None = None
 
+    def poll(self) -> None:
+        """Keep one long-polling GET out (when polling carries the session)."""
+        session = self.session
+        if session._transport != "polling" or self.get_id is not None:
+            return
+        self.get_id = session._request("GET", session._url("polling", session.engine_sid), b"", "poll")
+
+    def flush(self) -> None:
+        """POST what waits in the session's queue, unless a POST is out (its answer sends the rest)."""
+        session = self.session
+        queue = session._queue
+        if not queue or self.post_id is not None:
+            return
+        session._check_live()
+        # Like the reference client: a body stays below the server's maxPayload unless it is one packet.
+        limit = session._max_payload or ENGINEIO_MAX_PAYLOAD
+        size = -1
+        count = 0
+        for packet in queue:
+            size += 1 + _size(packet)
+            if count and size >= limit:
+                break
+            count += 1
+        batch, session._queue = queue[:count], queue[count:]
+        body = engineio.encode_payload(batch).encode("utf-8")
+        self.post_id = session._request("POST", session._url("polling", session.engine_sid), body, "post")
+
+    def on_get(self, response: HTTPResponse, now: float) -> None:
+        """A long-polling GET's answer: its packets go up to the session, then the next GET goes out."""
+        self.get_id = None
+        session = self.session
+        what = "a long-polling GET"
+        if response.status != 200:
+            raise session._refused(response, what, 200)
+        noop = engineio.PacketType.NOOP
+        limit = session._limit
+        for packet in engineio.iter_payload(response.text()):
+            if packet.type is noop:
+                continue
+            if packet.data is not None and len(packet.data) > limit:
+                raise RemoteProtocolError(
+                    f"expected Engine.IO packets of at most {limit} bytes (max_message_size) in {what}, "
+                    f"got one of {len(packet.data)}"
+                )
+            session._on_eio_packet(packet, now)
+            session._check_live()  # the packets after a close belong to no session
+        self.poll()
+
+    def on_post(self, response: HTTPResponse) -> None:
+        """A polling POST's answer: 'ok', then the next batch goes out."""
+        self.post_id = None
+        self.check_post(response, "a polling POST")
+        self.flush()
+
+    def check_post(self, response: HTTPResponse, what: str) -> None:
+        """Refuse a POST's answer other than 200 'ok' (413 names the server's maxPayload)."""
+        session = self.session
+        if response.status == 413:
+            what += " (413: the body was larger than the server accepts" + (
+                f", its maxPayload being {session._max_payload} bytes)" if session._max_payload is not None else ")"
+            )
+        if response.status != 200:
+            raise session._refused(response, what, 200)
+        if response.body.strip().lower() != b"ok":
+            raise RemoteProtocolError(f"expected 'ok' (any case) in answer to {what}, got {response.body[:60]!r}")
+
 
 class _WebSocket:
-    """The WebSocket piece: one WebSocket, from WebSocketConnect to WebSocketClose."""
+    """The WebSocket piece: one WebSocket, one Engine.IO packet per message, from connect to close.
 
-    __slots__ = ("closed", "id", "open", "probing")
+    It knows messages, not Engine.IO: it sends packets as messages, answers the
+    upgrade probe's '3probe' check, and hands every other text message up to the
+    session (a Socket.IO message straight to the Socket.IO layer).
+    """
 
-    def __init__(self, ws_id: int) -> None:
+    __slots__ = ("closed", "id", "open", "probing", "session")
+
+    def __init__(self, session: LabsSession, ws_id: int) -> None:
+        self.session = session
         self.id = ws_id
         self.open = False  # receive_websocket_open came
         self.closed = False  # WebSocketClose was sent or the peer closed it
         self.probing = False  # upgrade: 2probe sent, 3probe not received yet
+
+    def send(self, packet: engineio.Packet) -> None:
+        self.session._out.append(WebSocketSend(ws_id=self.id, data=engineio.encode_packet(packet)))
+
+    def on_text(self, text: str, now: float) -> None:
+        """One text message: the probe's answer, or an Engine.IO packet for the session."""
+        if self.probing:
+            if text != "3probe":
+                raise RemoteProtocolError(f"expected '3probe' in answer to the upgrade probe, got {text[:60]!r}")
+            self.probing = False
+            return
+        if text[:1] == "4":
+            self.session._on_sio_text(text, 1, now)
+        else:
+            self.session._on_eio_packet(engineio.decode_packet(text), now)
+
+    def close(self) -> None:
+        """Close it (once): a WebSocketClose for the carrier."""
+        if not self.closed:
+            self.closed = True
+            self.session._out.append(WebSocketClose(ws_id=self.id))
+
+
+class _Upgrade:
+    """The upgrade piece, over the other two: a polling handshake, then a WebSocket probe and the switch.
+
+    The CONNECT goes by POST while the WebSocket opens; once both are done the
+    probe and the upgrade packet go out together, followed by whatever waited
+    in the queue, and from then on the WebSocket carries the session.
+    """
+
+    __slots__ = ("posted", "session")
+
+    def __init__(self, session: LabsSession) -> None:
+        self.session = session
+        self.posted = False  # the CONNECT POST was answered
+
+    def on_connect_post(self, response: HTTPResponse) -> None:
+        self.session._polling.check_post(response, "the Socket.IO CONNECT POST")
+        self.posted = True
+        self.probe()
+
+    def probe(self) -> None:
+        """Once the WebSocket is open and the CONNECT POST answered, probe and switch to it."""
+        session = self.session
+        ws = session._ws
+        if not self.posted or ws is None or not ws.open or ws.probing or session._on_ws:
+            return
+        session._check_live()
+        ws.probing = True
+        session._on_ws = True
+        # The probe and the upgrade go out together, then whatever waited (pongs, a query):
+        # servers read them in order, so no round trip is spent.
+        ws.send(engineio.Packet(engineio.PacketType.PING, "probe"))
+        ws.send(engineio.Packet(engineio.PacketType.UPGRADE))
+        queued, session._queue = session._queue, []
+        for packet in queued:
+            ws.send(packet)
 
 
 class LabsSession:
@@ -188,6 +337,8 @@ class LabsSession:
         ws_scheme = "wss" if url.scheme == "https" else "ws"
         self._http_base = f"{url.scheme}://{authority}{path}"
         self._ws_base = f"{ws_scheme}://{authority}{path}"
+        self._host = host  # where every request and WebSocket goes (for a NetworkError)
+        self._port = port if port is not None else (443 if url.scheme == "https" else 80)
         self._origin_headers = (("Origin", config.origin), ("Referer", config.origin.rstrip("/") + "/"))
         self._t = f"{rng.getrandbits(32):08x}"
         self._limit = limit
@@ -206,10 +357,9 @@ class LabsSession:
         self._upgrades: tuple[str, ...] = ("websocket",)
         self._queue: list[engineio.Packet] = []  # Engine.IO packets waiting for a POST or the WebSocket
         self._pong_queued = False  # a pong is out since the last transmit()
-        self._connected = False
-        self._connect_posted = False  # upgrade: the CONNECT POST was answered
         # The transports
-        self._polling = _Polling()
+        self._polling = _Polling(self)
+        self._upgrade = _Upgrade(self)
         self._ws: _WebSocket | None = None
         self._on_ws = False  # packets go over the WebSocket (websocket transport, or upgraded)
         # Socket.IO and Labs
@@ -308,7 +458,7 @@ class LabsSession:
         ws = self._ws
         if self._on_ws and ws is not None and ws.open and not ws.closed:
             for packet in goodbye:
-                self._out.append(WebSocketSend(ws_id=ws.id, data=engineio.encode_packet(packet)))
+                ws.send(packet)
         elif self.engine_sid and self._transport != "websocket":
             body = engineio.encode_payload(goodbye).encode("utf-8")
             self._emit_request("POST", self._url("polling", self.engine_sid), body, "close")
@@ -318,19 +468,23 @@ class LabsSession:
     # -- inputs ---------------------------------------------------------------------------------
 
     def receive_http_response(
-        self, request_id: int, status: int, headers: Sequence[tuple[str, str]], body: bytes, now: float
-    ) -> None:
-        """The response to the ``HTTPRequest`` of ``request_id`` (any status; headers as received)."""
-        if isinstance(status, bool) or not isinstance(status, int) or not isinstance(body, (bytes, bytearray)):
-            raise LocalProtocolError(
-                f"expected an int status and a bytes body, got {type(status).__name__} and {type(body).__name__}"
-            )
-        self._receive_http_response(request_id, status, headers, body, now)
-
-    def _receive_http_response(
         self, request_id: int, status: int, headers: Sequence[tuple[str, str]], body: bytes, now: float,
-        reason: str = "",
+        *, reason: str = "",
     ) -> None:
+        """The response to the ``HTTPRequest`` of ``request_id`` (any status; headers as received).
+
+        ``reason`` is the status line's reason phrase, for a carrier that has
+        it (HTTP/1.1; HTTP/2 has none): error messages then show it after the
+        status ("HTTP 403 Forbidden").
+        """
+        if (
+            isinstance(status, bool) or not isinstance(status, int) or not isinstance(body, (bytes, bytearray))
+            or not isinstance(reason, str)
+        ):
+            raise LocalProtocolError(
+                "expected an int status, a bytes body and a str reason, got "
+                f"{type(status).__name__}, {type(body).__name__} and {type(reason).__name__}"
+            )
         purpose = self._take_request(request_id)
         if purpose is None:
             return
@@ -344,17 +498,11 @@ class LabsSession:
             if purpose == "open":
                 self._on_open_response(response, now)
             elif purpose == "connect-post":
-                self._check_post(response, "the Socket.IO CONNECT POST")
-                self._connect_posted = True
-                self._maybe_probe()
+                self._upgrade.on_connect_post(response)
             elif purpose == "poll":
-                self._polling.get_id = None
-                self._on_poll_body(response, now, "a long-polling GET")
-                self._next_poll()
+                self._polling.on_get(response, now)
             elif purpose == "post":
-                self._polling.post_id = None
-                self._check_post(response, "a polling POST")
-                self._flush_posts()
+                self._polling.on_post(response)
 
     def receive_websocket_open(self, ws_id: int, now: float) -> None:
         """The WebSocket of ``ws_id`` is open (its handshake succeeded)."""
@@ -366,7 +514,7 @@ class LabsSession:
         ws.open = True
         with self._guard():
             if self._transport == "upgrade":
-                self._maybe_probe()
+                self._upgrade.probe()
 
     def receive_websocket_message(self, ws_id: int, data: str | bytes, now: float) -> None:
         """A whole message from the WebSocket of ``ws_id``: ``str`` for text, ``bytes`` for binary."""
@@ -374,23 +522,29 @@ class LabsSession:
             raise LocalProtocolError(
                 f"expected a WebSocket message as str (text) or bytes (binary), got {type(data).__name__}"
             )
-        self._receive_websocket_messages(ws_id, [data], now)
+        self.receive_websocket_messages(ws_id, [data], now)
 
     def receive_websocket_utf8(self, ws_id: int, message: Utf8Text, now: float) -> None:
         """A text message not decoded yet (:class:`~plabs_proto.websocket.Utf8Text`): only its new text is decoded."""
-        self._receive_websocket_messages(ws_id, [message], now)
+        self.receive_websocket_messages(ws_id, [message], now)
 
-    def _receive_websocket_messages(
-        self, ws_id: int, messages: list[str | bytes | Utf8Text], now: float, *, limited: bool = False
+    def receive_websocket_messages(
+        self, ws_id: int, messages: Sequence[str | bytes | Utf8Text], now: float, *, limited: bool = False
     ) -> None:
-        """Every message one read brought, in order: the byte level's hot path.
+        """Every message one read of the WebSocket ``ws_id`` brought, in order: the hot path.
 
-        The same as a ``receive_websocket_message`` (or ``receive_websocket_utf8``)
-        per message, with the WebSocket looked up and the error guard set up once
-        per read instead of once per message.  A progress frame is read on its
-        UTF-8 bytes by the prefix it shares with the previous one.  ``limited``:
-        the caller already refused messages over ``max_message_size`` (the byte
-        level's WebSocket does, from the frame header).
+        The same as a ``receive_websocket_message`` per ``str`` (text) or
+        ``bytes`` (binary) message and a ``receive_websocket_utf8`` per
+        :class:`~plabs_proto.websocket.Utf8Text` (text not decoded yet), with
+        the WebSocket looked up and the error guard set up once per read
+        instead of once per message.  A progress frame given as ``Utf8Text``
+        is read on its UTF-8 bytes by the prefix it shares with the previous
+        one, so only its new text is decoded: a carrier that can hand the
+        undecoded text of its messages should.  Messages after one that ended
+        the session are dropped.  ``limited=True`` says the carrier already
+        refused every message over ``max_message_size`` (the byte level's
+        WebSocket does, from the frame header), so the session does not
+        measure them again.
         """
         ws = self._websocket(ws_id)
         if ws is None:
@@ -415,15 +569,20 @@ class LabsSession:
                         if fast is not None:
                             self._on_event(fast[0], fast[1], now)
                             continue
-                    self._on_ws_text(ws, message.decode(), now)
+                    ws.on_text(message.decode(), now)
                 elif isinstance(message, str):
                     if limit is not None and len(message) > limit:
                         raise self._too_big(len(message))
-                    self._on_ws_text(ws, message, now)
-                else:
+                    ws.on_text(message, now)
+                elif isinstance(message, (bytes, bytearray, memoryview)):
                     if limit is not None and len(message) > limit:
                         raise self._too_big(len(message))
                     self._on_sio_binary(bytes(message), now)
+                else:
+                    raise LocalProtocolError(
+                        "expected WebSocket messages as str (text), bytes (binary) or Utf8Text, got "
+                        f"{type(message).__name__}"
+                    )
 
     def receive_websocket_close(self, ws_id: int, code: int | None, now: float, reason: str = "") -> None:
         """The WebSocket of ``ws_id`` closed.
@@ -476,7 +635,15 @@ class LabsSession:
             raise self._refused(response, "the WebSocket upgrade", 101)
 
     def receive_transport_error(self, id: int, message: str, now: float) -> None:
-        """The request or WebSocket ``id`` failed below HTTP (refused, reset, TLS): the session fails."""
+        """The request or WebSocket ``id`` failed below HTTP (refused, reset, TLS): the session fails.
+
+        Raises :class:`~plabs_proto.errors.NetworkError` with the server's
+        ``host`` and ``port`` (from ``SessionConfig.server``: every request and
+        WebSocket goes there; the port is 443 or 80 when the URL names none) and
+        ``errno=None`` (the carrier's message is all the session knows), keeping
+        the answer's text so far in ``partial_text``.  Late news of a request or
+        WebSocket nobody waits for any more (the session ended) is ignored.
+        """
         ws = self._ws
         if ws is not None and ws.id == id:
             if ws.closed or self._state in _state.END_STATES:
@@ -490,9 +657,11 @@ class LabsSession:
             what = f"the HTTP request ({purpose})"
         with self._guard():
             text = self.partial_text
-            raise RemoteProtocolError(
-                f"expected {what} to go through, but it failed below HTTP: {message}"
-                + (f" (after {len(text)} characters of the answer)" if text else "")
+            raise NetworkError(
+                f"expected {what} to {self._host} port {self._port} to go through, but it failed below HTTP: "
+                f"{message}" + (f" (after {len(text)} characters of the answer)" if text else ""),
+                host=self._host,
+                port=self._port,
             )
 
     def handle_timer(self, now: float) -> None:
@@ -540,7 +709,14 @@ class LabsSession:
         return self._drain()
 
     def _drain(self) -> list[SessionInstruction]:
-        """The instructions so far, without ending the pong window (for the byte level, between inputs)."""
+        """The instructions so far, without ending the pong window (for the byte level, between inputs).
+
+        The byte level carries each input's instructions at once (so that, say,
+        the probe goes out before the answer to what follows it in the same
+        read) but a ping answered in that read and one in the next still share
+        one pong until its own ``transmit()``, as they would for a carrier that
+        calls ``transmit()`` once per read.
+        """
         out = self._out
         self._out = []
         return out
@@ -567,6 +743,12 @@ class LabsSession:
         return LabsSession._GuardCtx(self)
 
     def _fail(self, exc: LabsError) -> None:
+        """End the session in ERROR because of ``exc`` (keeping the answer so far on it).
+
+        The byte level calls it for an error of its own bytes (TLS, HTTP, a
+        WebSocket frame, a proxy): below the messages, the session would never
+        see it otherwise.
+        """
         if not exc.partial_text:
             exc.partial_text = self.partial_text
         if not exc.partial_reasoning:
@@ -579,10 +761,8 @@ class LabsSession:
         self._deadlines.clear()
         self._requests.clear()
         self._queue.clear()
-        ws = self._ws
-        if ws is not None and not ws.closed:
-            ws.closed = True
-            self._out.append(WebSocketClose(ws_id=ws.id))
+        if self._ws is not None:
+            self._ws.close()
 
     def _server_closed(self, reason: str) -> None:
         self._state = next_state(self._state, _state.SERVER_CLOSED)
@@ -654,7 +834,7 @@ class LabsSession:
 
     def _open_websocket(self, sid: str | None) -> None:
         self._check_live()
-        self._ws = _WebSocket(self._take_id())
+        self._ws = _WebSocket(self, self._take_id())
         self._out.append(WebSocketConnect(ws_id=self._ws.id, url=self._url("websocket", sid), headers=self._origin_headers))
 
     # -- internals: the polling piece -----------------------------------------------------------
@@ -685,16 +865,6 @@ class LabsSession:
             body_excerpt=excerpt,
         )
 
-    def _check_post(self, response: HTTPResponse, what: str) -> None:
-        if response.status == 413:
-            what += " (413: the body was larger than the server accepts" + (
-                f", its maxPayload being {self._max_payload} bytes)" if self._max_payload is not None else ")"
-            )
-        if response.status != 200:
-            raise self._refused(response, what, 200)
-        if response.body.strip().lower() != b"ok":
-            raise RemoteProtocolError(f"expected 'ok' (any case) in answer to {what}, got {response.body[:60]!r}")
-
     def _on_open_response(self, response: HTTPResponse, now: float) -> None:
         if response.status != 200:
             raise self._refused(response, "the Engine.IO handshake (polling GET)", 200)
@@ -723,85 +893,21 @@ class LabsSession:
             self._open_websocket(self.engine_sid)
         else:
             self._queue.append(auth)
-            self._flush_posts()
-            self._next_poll()
+            self._polling.flush()
+            self._polling.poll()
 
-    def _on_poll_body(self, response: HTTPResponse, now: float, what: str) -> None:
-        if response.status != 200:
-            raise self._refused(response, what, 200)
-        noop = engineio.PacketType.NOOP
-        for packet in engineio.iter_payload(response.text()):
-            if packet.type is noop:
-                continue
-            if packet.data is not None and len(packet.data) > self._limit:
-                raise RemoteProtocolError(
-                    f"expected Engine.IO packets of at most {self._limit} bytes (max_message_size) in {what}, "
-                    f"got one of {len(packet.data)}"
-                )
-            self._on_eio_packet(packet, now)
-            self._check_live()  # the packets after a close belong to no session
-
-    def _next_poll(self) -> None:
-        if self._transport != "polling" or self._polling.get_id is not None:
-            return
-        self._polling.get_id = self._request("GET", self._url("polling", self.engine_sid), b"", "poll")
-
-    def _flush_posts(self) -> None:
-        if not self._queue or self._polling.post_id is not None:
-            return  # nothing to send, or the POST out sends the rest when it is answered
-        self._check_live()
-        # Like the reference client: a body stays below the server's maxPayload unless it is one packet.
-        limit = self._max_payload or ENGINEIO_MAX_PAYLOAD
-        size = -1
-        count = 0
-        for packet in self._queue:
-            size += 1 + _size(packet)
-            if count and size >= limit:
-                break
-            count += 1
-        batch, self._queue = self._queue[:count], self._queue[count:]
-        body = engineio.encode_payload(batch).encode("utf-8")
-        self._polling.post_id = self._request("POST", self._url("polling", self.engine_sid), body, "post")
-
-    # -- internals: the WebSocket piece ---------------------------------------------------------
-
-    def _maybe_probe(self) -> None:
-        """Upgrade: once the WebSocket is open and the CONNECT POST answered, probe and switch to it."""
-        ws = self._ws
-        if not self._connect_posted or ws is None or not ws.open or ws.probing or self._on_ws:
-            return
-        self._check_live()
-        ws.probing = True
-        self._on_ws = True
-        # The probe and the upgrade go out together, then whatever waited (pongs, a query):
-        # servers read them in order, so no round trip is spent.
-        for packet in (engineio.Packet(engineio.PacketType.PING, "probe"), engineio.Packet(engineio.PacketType.UPGRADE)):
-            self._out.append(WebSocketSend(ws_id=ws.id, data=engineio.encode_packet(packet)))
-        queued, self._queue = self._queue, []
-        for packet in queued:
-            self._out.append(WebSocketSend(ws_id=ws.id, data=engineio.encode_packet(packet)))
+    # -- internals: sending -------------------------------------------------------------------
 
     def _send(self, packet: engineio.Packet) -> None:
         """Send one Engine.IO packet: on the WebSocket once it carries them, else by POST."""
         self._check_live()
         ws = self._ws
         if self._on_ws and ws is not None and ws.open and not ws.closed:
-            self._out.append(WebSocketSend(ws_id=ws.id, data=engineio.encode_packet(packet)))
+            ws.send(packet)
         else:
             self._queue.append(packet)
             if self._transport == "polling" and self.engine_sid:
-                self._flush_posts()
-
-    def _on_ws_text(self, ws: _WebSocket, text: str, now: float) -> None:
-        if ws.probing:
-            if text != "3probe":
-                raise RemoteProtocolError(f"expected '3probe' in answer to the upgrade probe, got {text[:60]!r}")
-            ws.probing = False
-            return
-        if text[:1] == "4":
-            self._on_sio_text(text, 1, now)
-        else:
-            self._on_eio_packet(engineio.decode_packet(text), now)
+                self._polling.flush()
 
     # -- internals: the Engine.IO session -------------------------------------------------------
 
@@ -924,9 +1030,8 @@ class LabsSession:
         # ACKs: we send no acked events, so there is nothing to match them with.
 
     def _on_connected(self, socket_sid: str) -> None:
-        if self._connected:
-            return  # a duplicate ack (it may be re-sent on the new transport)
-        self._connected = True
+        if self._state is not SessionState.CONNECTING:
+            return  # a duplicate ack (it may be re-sent on the new transport): the table says we are connected
         self.socket_sid = socket_sid
         self._deadlines.pop("connect", None)
         self._state = next_state(self._state, _state.CONNECTED)

@@ -19,6 +19,7 @@ from plabs_proto.errors import (
     LabsError,
     LabsTimeout,
     LocalProtocolError,
+    NetworkError,
     RemoteProtocolError,
     ResponseError,
 )
@@ -255,10 +256,32 @@ def test_transport_error_fails_the_session() -> None:
     s.query("hi", model="sonar", now=2.0)
     s.receive_websocket_message(ws_id, progress("Hel"), 3.0)
     s.transmit()
-    with pytest.raises(RemoteProtocolError, match="failed below HTTP: connection reset") as info:
+    with pytest.raises(NetworkError, match=r"labs\.test port 80 to go through, but it failed below HTTP: connection "
+                       "reset") as info:
         s.receive_transport_error(ws_id, "connection reset", 4.0)
     assert info.value.partial_text == "Hel"
+    assert (info.value.host, info.value.port, info.value.errno) == ("labs.test", 80, None)
     assert s.state is SessionState.ERROR and s.transmit() == []  # the WebSocket is gone already
+
+
+@pytest.mark.parametrize(
+    ("server", "host", "port"),
+    [("https://labs.test", "labs.test", 443), ("http://127.0.0.1:8123/", "127.0.0.1", 8123),
+     ("https://[::1]:9443", "::1", 9443)],
+)
+def test_a_failed_request_is_a_network_error_naming_the_server(server: str, host: str, port: int) -> None:
+    s = LabsSession(SessionConfig(server=server, transport="polling"), rng=random.Random(0))
+    s.connect(0.0)
+    (first,) = s.transmit()
+    assert isinstance(first, HTTPRequest)
+    with pytest.raises(NetworkError, match=r"expected the HTTP request \(open\) to .* but it failed below HTTP: "
+                       "connection refused") as info:
+        s.receive_transport_error(first.request_id, "connection refused", 0.5)
+    assert (info.value.host, info.value.port, info.value.errno) == (host, port, None)
+    assert info.value.partial_text == ""
+    assert s.state is SessionState.ERROR and s.transmit() == [] and s.get_timer() is None
+    s.receive_transport_error(first.request_id, "late news", 0.6)  # nobody waits for it: ignored
+    assert s.state is SessionState.ERROR
 
 
 def test_websocket_1009_during_a_query_names_the_servers_limit() -> None:
@@ -520,3 +543,69 @@ def test_websocket_refused_with_an_http_status() -> None:
     with pytest.raises(HandshakeError, match="refused the WebSocket upgrade: expected HTTP 101, got HTTP 403") as info:
         s.receive_websocket_refused(1, 403, [], b"forbidden", 0.1)
     assert info.value.status == 403 and s.state is SessionState.ERROR
+
+
+# -- the calls the byte level makes -------------------------------------------------------------------
+
+
+def test_a_reason_phrase_is_shown_after_the_status() -> None:
+    s = session("polling")
+    s.connect(0.0)
+    s.transmit()
+    with pytest.raises(HandshakeError, match=r"expected HTTP 200, got HTTP 403 Forbidden: 'nope'"):
+        s.receive_http_response(1, 403, [], b"nope", 0.5, reason="Forbidden")
+    s2 = session("polling")
+    s2.connect(0.0)
+    s2.transmit()
+    with pytest.raises(LocalProtocolError, match="a str reason, got int, bytes and bytes"):
+        s2.receive_http_response(1, 403, [], b"nope", 0.5, reason=b"Forbidden")  # type: ignore[arg-type]
+    assert s2.state is SessionState.CONNECTING
+
+
+def test_messages_of_one_read_in_one_call() -> None:
+    s, ws_id = connected("websocket")
+    assert ws_id is not None
+    s.query("hi", model="sonar", now=2.0)
+    s.transmit()
+    s.receive_websocket_messages(
+        ws_id, ["2", Utf8Text(progress("Hel").encode()), Utf8Text(progress("Hello", final=True).encode()),
+                progress("ignored")], 3.0,
+    )
+    assert s.transmit() == [WebSocketSend(ws_id=ws_id, data="3")]
+    events = s.events()
+    assert [e.text for e in events if isinstance(e, TextDelta)] == ["Hel", "lo"]
+    assert isinstance(events[-1], AnswerFinished) and s.state is SessionState.READY
+    # The same limit as one message at a time, unless the carrier says it measured them already.
+    big = '42["noise","' + "x" * 300 + '"]'  # an event nobody waits for
+    s2, ws2 = connected("websocket", max_message_size=200)
+    assert ws2 is not None
+    s2.receive_websocket_messages(ws2, [big, Utf8Text(big.encode())], 4.0, limited=True)
+    assert s2.state is SessionState.READY
+    with pytest.raises(RemoteProtocolError, match="at most 200 bytes"):
+        s2.receive_websocket_messages(ws2, ["2", Utf8Text(big.encode())], 4.0)
+    assert s2.state is SessionState.ERROR
+
+
+def test_messages_after_the_end_of_the_session_are_dropped() -> None:
+    s, ws_id = connected("websocket")
+    assert ws_id is not None
+    s.receive_websocket_messages(ws_id, ["1", "2", b"\x00"], 3.0)
+    assert s.events() == [Closed(reason="Engine.IO session closed by the server")]
+    assert s.transmit() == [WebSocketClose(ws_id=ws_id)]  # no pong: the ping came after the close
+
+
+def test_a_message_of_another_type_is_refused() -> None:
+    s, ws_id = connected("websocket")
+    assert ws_id is not None
+    with pytest.raises(LocalProtocolError, match="str \\(text\\), bytes \\(binary\\) or Utf8Text, got int"):
+        s.receive_websocket_messages(ws_id, [3], 3.0)  # type: ignore[list-item]
+
+
+def test_a_second_connect_ack_is_ignored_in_any_connected_state() -> None:
+    s, ws_id = connected("websocket")
+    assert ws_id is not None
+    s.receive_websocket_message(ws_id, '40{"sid":"S2"}', 1.5)  # re-sent, as on a new transport
+    assert s.events() == [] and s.state is SessionState.READY and s.socket_sid == "S1"
+    s.query("hi", model="sonar", now=2.0)
+    s.receive_websocket_message(ws_id, '40{"sid":"S3"}', 2.5)
+    assert s.events() == [] and s.state is SessionState.QUERYING and s.socket_sid == "S1"
