@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 from curl_cffi import AsyncSession as CurlSession
 from curl_cffi import CurlError
-from curl_cffi.const import CurlECode, CurlWsFlag
+from curl_cffi.const import CurlECode, CurlHttpVersion, CurlWsFlag
 from curl_cffi.requests import AsyncWebSocket
 from curl_cffi.requests.websockets import WebSocketClosed
 
@@ -128,6 +128,9 @@ class _Link:
             proxy=self._proxy,
             verify=cast(Any, config.cafile or True),  # curl_cffi takes a CA file path too
             timeout=cast(Any, None),
+            # HTTP/2 over TLS only, as Chrome: over plain http:// curl would otherwise offer an h2c
+            # upgrade, which no browser sends (and an Engine.IO server refuses on a polling GET)
+            http_version=CurlHttpVersion.V2TLS,
         )
         self._inbox: asyncio.Queue[tuple[Callable[..., None], tuple[Any, ...]]] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -262,6 +265,9 @@ class _Link:
         except CurlError as exc:
             self._report(self._failed, request.request_id, self._error(exc, request.url))
             return
+        if self._proxy and response.status_code == 407:  # a plain http:// request the proxy forwards
+            self._report(self._failed, request.request_id, self._proxy_refused())
+            return
         headers = [(name, value or "") for name, value in response.headers.multi_items()]
         self._report(self.client.receive_http_response, request.request_id, response.status_code, headers,
                      response.content)
@@ -331,6 +337,13 @@ class _Link:
             error.partial_reasoning = exc.partial_reasoning
             raise error from error.__cause__
 
+    def _proxy_refused(self) -> ProxyError:
+        target = urlsplit(self._proxy or "")
+        return ProxyError(
+            f"expected the proxy at {target.hostname}:{target.port} to take our credentials, "
+            "it answered HTTP 407 (proxy authentication required)"
+        )
+
     def _error(self, exc: CurlError, url: str) -> LabsError:
         code = getattr(exc, "code", 0)
         target = urlsplit(self._proxy if self._proxy else url)
@@ -340,7 +353,7 @@ class _Link:
         error: LabsError
         if code in _TLS_CODES:
             error = TLSError(f"expected a TLS connection to {urlsplit(url).hostname} that verifies, got: {exc}")
-        elif self._proxy and (code in _PROXY_CODES or "proxy" in str(exc).lower() or "socks" in str(exc).lower()):
+        elif self._proxy and code in _PROXY_CODES:
             error = ProxyError(f"expected {peer} to carry the connection, it failed (curl error {code})")
         else:
             error = NetworkError(
