@@ -189,3 +189,23 @@ async def test_early_break_leaves_no_socket_open(node_factory: NodeFactory, sock
             break
         await asyncio.sleep(0.01)
     assert sockets_to(server.port) == 0
+
+
+async def test_cancellation_leaves_no_socket_open(node_factory: NodeFactory, sockets_to: Callable[[int], int]) -> None:
+    server = node_factory(frame_delay=0.02)
+    got: list[str] = []
+
+    async def read() -> None:
+        async with contextlib.aclosing(curl_backend.ask("cancel me", server=server.url, model="sonar",
+                                                        timeout=10)) as answer:
+            async for text in answer:
+                got.append(text)
+
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(read(), 0.5)
+    assert got
+    for _ in range(50):
+        if sockets_to(server.port) == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert sockets_to(server.port) == 0
