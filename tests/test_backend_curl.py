@@ -209,3 +209,14 @@ async def test_cancellation_leaves_no_socket_open(node_factory: NodeFactory, soc
             break
         await asyncio.sleep(0.01)
     assert sockets_to(server.port) == 0
+
+
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+async def test_an_idle_session_answers_pings(emulator_factory: EmulatorFactory, transport: str) -> None:
+    emulator = emulator_factory(ping_interval=0.2, ping_timeout=0.2, **FAST)
+    async with curl_backend.connect(server=emulator.url, transport=transport, timeout=10) as session:
+        for prompt in ("before idling", "after idling"):
+            events = [event async for event in session.query(prompt, model="sonar")]
+            assert isinstance(events[-1], AnswerFinished)
+            assert events[-1].text == default_answer("sonar", prompt)
+            await asyncio.sleep(1.0)  # five ping intervals: the server drops a session that misses one
