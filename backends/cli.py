@@ -65,7 +65,7 @@ from plabs_proto.trace import TraceError, TraceRecorder, config_header, replay
 
 __all__ = ["EventPrinter", "build_parser", "main"]
 
-BACKENDS = ("asyncio", "trio", "sync")
+BACKENDS = ("asyncio", "trio", "sync", "curl")
 TRANSPORTS = ("upgrade", "websocket", "polling")
 _N = TypeVar("_N", int, float)
 _DIM, _UNDIM = "\x1b[2m", "\x1b[22m"
@@ -342,6 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--proxy", default=None, metavar="URL", help="http://[user:pass@]host:port or socks5://...")
     ask.add_argument("--transport", default="upgrade", choices=TRANSPORTS, help="default: upgrade")
     ask.add_argument("--backend", default="asyncio", choices=BACKENDS, help="default: asyncio")
+    ask.add_argument(
+        "--impersonate",
+        default=None,
+        metavar="TARGET",
+        help="with --backend curl: the browser curl speaks as (a curl_cffi target; default chrome)",
+    )
     ask.add_argument("--cafile", default=None, metavar="PEM", help="trust these CA certificates instead")
     ask.add_argument("--timeout", type=_seconds, default=None, metavar="S", help="overall deadline in seconds")
     ask.add_argument("--trace", default=None, metavar="FILE", help="record the bytes of the session (JSON lines)")
@@ -496,7 +502,11 @@ def _cmd_ask(args: argparse.Namespace, printer: EventPrinter) -> int:
         }
         if args.timeout is not None:
             options["timeout"] = args.timeout
-        runner = {"asyncio": _ask_asyncio, "trio": _ask_trio, "sync": _ask_sync}[args.backend]
+        if args.backend == "curl":
+            options["impersonate"] = args.impersonate or "chrome"
+        elif args.impersonate is not None:
+            raise _Failure("--impersonate needs --backend curl (only curl speaks as a browser)")
+        runner = {"asyncio": _ask_asyncio, "trio": _ask_trio, "sync": _ask_sync, "curl": _ask_curl}[args.backend]
         if not args.json and _is_terminal(printer.stderr):
             printer.show_waiting()
         runner(prompt, model, options, recorder, printer)
@@ -543,6 +553,29 @@ def _ask_asyncio(
         session = backend.connect(**options)
         _set_header(recorder, session, prompt, model)
         async with session, contextlib.aclosing(session.query(prompt, model=model)) as events:
+            async for event in events:
+                printer.event(event)
+
+    asyncio.run(main())
+
+
+def _ask_curl(
+    prompt: str, model: str, options: dict[str, Any], recorder: TraceRecorder | None, printer: EventPrinter
+) -> None:
+    import asyncio
+
+    if recorder is not None:
+        raise _Failure("--trace records our own bytes; with --backend curl, curl keeps them (drop --trace)")
+    try:
+        from . import curl as backend
+    except ImportError as exc:
+        raise _Failure(f"the curl backend needs curl_cffi (pip install 'plabs-proto[impersonate]'): {exc}") from None
+    options = {name: value for name, value in options.items() if name != "tracer"}
+
+    async def main() -> None:
+        async with backend.connect(**options) as session, contextlib.aclosing(
+            session.query(prompt, model=model)
+        ) as events:
             async for event in events:
                 printer.event(event)
 

@@ -93,6 +93,7 @@ from plabs_proto.events import (
     TextDelta,
 )
 from plabs_proto.labs import DEFAULT_MODEL, MODELS, normalize_messages
+from plabs_proto.session import SessionState
 
 __all__ = ["BACKENDS", "DEFAULT_SERVER", "GatewayConfig", "GatewayError", "create_app"]
 
@@ -108,6 +109,8 @@ _POOL_RETRY = 1.0  # seconds before trying again after a warm session failed to 
 _CLOSE_WAIT = 2.0  # seconds a session's polite close may take
 # Request fields that would mislead when ignored: refused with a 400.
 _REFUSED = ("tools", "functions", "tool_choice", "function_call")
+# A session ready for a query: a LabsClient's (asyncio, trio) or a LabsSession's (curl)
+_READY = (ClientState.READY, SessionState.READY)
 
 
 class GatewayError(Exception):
@@ -120,7 +123,7 @@ class GatewayConfig:
 
     ``backend``: ``auto`` (the ASGI server's event loop decides: asyncio or
     trio), ``asyncio`` or ``trio`` (then the server must run that loop);
-    ``curl`` is reserved for the curl_cffi backend of a later release.
+    ``curl`` (Chrome's TLS and HTTP/2 through curl_cffi; asyncio only).
     ``timeout`` bounds each query (seconds, connecting included when no warm
     session is ready).  ``max_sessions`` limits the requests served at once (0:
     no limit); ``warm`` keeps that many connected sessions ready.  ``api_key``,
@@ -178,11 +181,15 @@ class GatewayConfig:
 
 
 def _backend_module(name: str) -> ModuleType:
-    """The backend module for ``asyncio`` or ``trio``; a clear GatewayError otherwise."""
+    """The backend module for ``asyncio``, ``trio`` or ``curl``; a clear GatewayError otherwise."""
     if name == "curl":
-        raise GatewayError(
-            "the curl backend is not available yet (a curl_cffi backend is planned); use --backend asyncio or trio"
-        )
+        try:
+            from . import curl as curl_backend
+        except ImportError as exc:
+            raise GatewayError(
+                f"the curl backend needs curl_cffi (pip install 'plabs-proto[impersonate]'): {exc}"
+            ) from None
+        return curl_backend
     if name == "asyncio":
         from . import asyncio as asyncio_backend
 
@@ -364,9 +371,9 @@ class _Sessions:
         name = self.config.backend
         if name == "auto":
             name = self.library
-        elif name != self.library:
+        elif (needs := "asyncio" if name == "curl" else name) != self.library:
             raise GatewayError(
-                f"the {name} backend needs an ASGI server running {name}, but it runs {self.library}"
+                f"the {name} backend needs an ASGI server running {needs}, but it runs {self.library}"
             )
         self.module = _backend_module(name)
         self._closing = anyio.Event()
@@ -406,7 +413,7 @@ class _Sessions:
 
     @staticmethod
     def _healthy(session: Any) -> bool:
-        return bool(session.client.state is ClientState.READY)
+        return session.client.state in _READY
 
     async def take(self) -> Any | None:
         """A warm session, or None (idle sessions found dead or too old are closed).
@@ -445,7 +452,7 @@ class _Sessions:
         pool wants it, else closed (the pool then opens a replacement)."""
         if lent:
             self.lent -= 1
-        if clean and not self.stopping and self._wanted() > 0 and session.client.state is ClientState.READY:
+        if clean and not self.stopping and self._wanted() > 0 and self._healthy(session):
             self._keep_alive(session)
             self.idle.append(session)
         else:

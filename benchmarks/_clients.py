@@ -57,6 +57,12 @@ async def ask_plabs_trio(url: str, transport: str, cafile: str | None, prompt: s
     return await _collect(ask, url, transport, cafile, prompt)
 
 
+async def ask_plabs_curl(url: str, transport: str, cafile: str | None, prompt: str = PROMPT) -> Result:
+    from plabs_proto.backends.curl import ask
+
+    return await _collect(ask, url, transport, cafile, prompt)
+
+
 def ask_plabs_sync(url: str, transport: str, cafile: str | None, prompt: str = PROMPT) -> Result:
     from plabs_proto.backends.sync import ask
 
@@ -160,6 +166,8 @@ def runner(kind: str, url: str, cafile: str | None, prompt: str = PROMPT) -> Cal
             return lambda: trio.run(ask_plabs_trio, url, transport, cafile, prompt)
         if backend == "sync":
             return lambda: ask_plabs_sync(url, transport, cafile, prompt)
+        if backend == "curl":
+            return lambda: asyncio.run(ask_plabs_curl(url, transport, cafile, prompt))
     if kind == "python-socketio":
         return lambda: asyncio.run(ask_python_socketio(url, None, cafile, prompt))
     if kind == "python-socketio-ws":
@@ -174,6 +182,9 @@ def asyncio_coroutine(kind: str, url: str, prompt: str = PROMPT) -> Callable[[],
     if kind.startswith("plabs-asyncio-"):
         transport = kind.rsplit("-", 1)[1]
         return lambda: ask_plabs_asyncio(url, transport, None, prompt)
+    if kind.startswith("plabs-curl-"):
+        transport = kind.rsplit("-", 1)[1]
+        return lambda: ask_plabs_curl(url, transport, None, prompt)
     if kind == "python-socketio":
         return lambda: ask_python_socketio(url, None, None, prompt)
     if kind == "python-socketio-ws":

@@ -23,6 +23,7 @@ Targets (issue 4): plabs-proto at most half of python-socketio's CPU per frame a
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import socket
 import sys
@@ -45,7 +46,9 @@ from _common import (
 )
 
 PLABS = ["plabs-asyncio-websocket", "plabs-trio-websocket", "plabs-sync-websocket"]
-KINDS = ["floor", *PLABS, "python-socketio", "seed"]
+# The curl_cffi backend (Chrome's TLS, libcurl's I/O) beside them, when curl_cffi is installed; no target.
+CURL = ["plabs-curl-websocket"] if importlib.util.find_spec("curl_cffi") else []
+KINDS = ["floor", *PLABS, *CURL, "python-socketio", "seed"]
 
 
 def floor_ask(url: str) -> str:
@@ -174,6 +177,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         print(f"{label(kind)}: {r['cpu'] / sio:.2f} x python-socketio (target <= 0.5: {verdict(r['cpu'] / sio <= 0.5)}), "
               f"{r['cpu'] / floor:.2f} x floor (target <= 1.3: {verdict(r['cpu'] / floor <= 1.3)}), "
               f"{n / r['wall']:.0f} frames/s wall (aim >= 15000: {verdict(n / r['wall'] >= 15000)})")
+    for kind in CURL:
+        r, pure = results[kind], results["plabs-asyncio-websocket"]
+        print(f"{label(kind)}: {r['cpu'] / pure['cpu']:.2f} x plabs-proto asyncio CPU per frame, "
+              f"{r['cpu'] / sio:.2f} x python-socketio, {n / r['wall']:.0f} frames/s wall")
     return results
 
 

@@ -7,7 +7,8 @@ each behind a relay (relay.py) that delays every chunk by DELAY seconds each way
 a round trip for each TCP connect, so one round trip (RTT) is 2 * DELAY.  Against the same
 servers and the same answer, each client asks the same question; the clock runs from the
 call to the first non-empty answer text.  Clients: plabs-proto with each transport on each
-backend, python-socketio's AsyncClient (default: polling, then upgrade), and the seed
+backend (curl: the curl_cffi backend, Chrome's TLS, side by side when curl_cffi is installed),
+python-socketio's AsyncClient (default: polling, then upgrade), and the seed
 provider's flow on aiohttp.  Runs are interleaved (one of each client per round) after one
 warm-up each; the table shows the median in milliseconds and in round trips (time / RTT).
 Every answer is checked against the expected text.
@@ -52,7 +53,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 run, asyncio and sync only")
     args = parser.parse_args(argv)
     runs = 1 if args.quick else args.runs
-    backends = ("asyncio", "sync") if args.quick else ("asyncio", "trio", "sync")
+    backends: tuple[str, ...] = ("asyncio", "sync") if args.quick else ("asyncio", "trio", "sync")
+    if _has_curl():
+        backends += ("curl",)
     kinds = plabs_kinds(backends) + OTHERS
     rtt: float = 2 * float(args.delay)
     started = time.monotonic()
@@ -126,7 +129,21 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
             print(f"{backend:<8} upgrade on {link.upper()}: {up[link] / rtt:.2f} RTT, {fewer:.2f} fewer than the seed's "
                   f"flow = {round(fewer)} round trips (target >= 2: {verdict(round(fewer) >= 2)}); "
                   f"{(sio[link] - up[link]) / rtt:.2f} fewer than python-socketio")
+    if "curl" in backends:
+        print()
+        for transport in ("websocket", "upgrade", "polling"):
+            curl, pure = results[f"plabs-curl-{transport}"], results[f"plabs-asyncio-{transport}"]
+            print(f"curl / asyncio, {transport:<9}: " + ", ".join(
+                f"{link.upper()} {curl[link] / pure[link]:.2f}x" for link in ("tcp", "tls", "tcp0", "tls0")))
     return results
+
+
+def _has_curl() -> bool:
+    try:
+        import curl_cffi  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 if __name__ == "__main__":

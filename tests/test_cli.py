@@ -129,7 +129,8 @@ def test_ask_json_prints_one_object_per_event() -> None:
 
 
 @pytest.mark.parametrize(
-    ("backend", "transport"), [("trio", "upgrade"), ("sync", "upgrade"), ("asyncio", "websocket"), ("sync", "polling")]
+    ("backend", "transport"),
+    [("trio", "upgrade"), ("sync", "upgrade"), ("asyncio", "websocket"), ("sync", "polling"), ("curl", "upgrade")],
 )
 def test_ask_backends_and_transports(backend: str, transport: str) -> None:
     prompt = f"{backend} over {transport}"
@@ -137,6 +138,20 @@ def test_ask_backends_and_transports(backend: str, transport: str) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout == expected_text(prompt)
     assert result.stderr == ""
+
+
+def test_ask_through_curl_as_another_browser() -> None:
+    pytest.importorskip("curl_cffi")
+    prompt = "curl as safari"
+    result = plabs("ask", "--emulator", "--backend", "curl", "--impersonate", "safari", "--transport", "polling",
+                   "--no-reasoning", prompt)
+    assert (result.returncode, result.stdout, result.stderr) == (0, expected_text(prompt), "")
+
+
+def test_impersonate_needs_the_curl_backend() -> None:
+    result = plabs("ask", "--backend", "asyncio", "--impersonate", "chrome", "hello")
+    assert result.returncode == 1
+    assert result.stderr == "plabs: error: --impersonate needs --backend curl (only curl speaks as a browser)\n"
 
 
 def test_ask_reads_the_prompt_from_stdin() -> None:

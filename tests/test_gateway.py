@@ -617,11 +617,17 @@ def test_tls_server_with_cafile(gateway_factory: GatewayFactory, emulator_factor
     assert caught.value.status_code == 502 and "certificate" in caught.value.message
 
 
-def test_curl_backend_is_not_available_yet() -> None:
-    result = subprocess.run([*PLABS, "serve", "--port", "0", "--backend", "curl"], capture_output=True,
-                            text=True, timeout=30, env=ENV)
-    assert result.returncode == 1
-    assert "curl backend is not available yet" in result.stderr and result.stderr.count("\n") == 1
+def test_the_curl_backend_serves(gateway_factory: GatewayFactory, emulator_factory: EmulatorFactory) -> None:
+    pytest.importorskip("curl_cffi")
+    emulator = emulator_factory(frame_delay=0.001)
+    gateway = gateway_factory("--server", emulator.url, "--backend", "curl")
+    with gateway.client() as client:
+        text, _, _, finishes = stream_parts(
+            client.chat.completions.create(model="sonar", messages=[{"role": "user", "content": PROMPT}], stream=True)
+        )
+        whole = client.chat.completions.create(model="sonar", messages=[{"role": "user", "content": PROMPT}])
+    assert text == whole.choices[0].message.content == default_answer("sonar", PROMPT)
+    assert finishes == ["stop"]
 
 
 def test_a_lent_warm_session_opens_no_replacement(
