@@ -48,10 +48,12 @@ __all__ = [
     "DEFAULT_VERSION",
     "MODELS",
     "MODELS_WITHOUT_OPEN_THINK",
+    "PROGRESS_SUFFIX",
     "REQUEST_EVENT",
     "AnswerDecoder",
     "CumulativeFrameReader",
     "build_request",
+    "is_progress_event",
     "normalize_messages",
     "progress_event_name",
     "split_reasoning",
@@ -109,7 +111,20 @@ def progress_event_name(model: str) -> str:
 
     An empty model means :data:`DEFAULT_MODEL`, as in :func:`build_request`.
     """
-    return f"{_check_model(model)}_query_progress"
+    return f"{_check_model(model)}{PROGRESS_SUFFIX}"
+
+
+PROGRESS_SUFFIX = "_query_progress"
+
+
+def is_progress_event(name: str) -> bool:
+    """Whether a Socket.IO event named ``name`` carries an answer: ``<model>_query_progress``.
+
+    The server names the event after the request's model (:func:`progress_event_name`); the
+    client takes any such event for the query it has in flight, as the clients Labs has
+    known do, so a server that spells the model differently still answers.
+    """
+    return name.endswith(PROGRESS_SUFFIX)
 
 
 # -- the request --------------------------------------------------------------------------------------

@@ -88,6 +88,7 @@ from .labs import (
     AnswerDecoder,
     CumulativeFrameReader,
     build_request,
+    is_progress_event,
 )
 from .websocket import Utf8Text
 
@@ -1043,7 +1044,7 @@ class LabsSession:
 
     def _on_event(self, name: str, payload: object, now: float) -> None:
         decoder = self._decoder
-        if decoder is None or self._state is not _QUERYING or not name.endswith("_query_progress"):
+        if decoder is None or self._state is not _QUERYING or not is_progress_event(name):
             return  # not an answer we wait for
         events = decoder.feed(payload)
         for event in events:

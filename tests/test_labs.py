@@ -31,6 +31,7 @@ from plabs_proto.labs import (
     REQUEST_EVENT,
     AnswerDecoder,
     build_request,
+    is_progress_event,
     normalize_messages,
     progress_event_name,
     split_reasoning,
@@ -961,3 +962,10 @@ def test_arbitrary_payloads_give_events_or_remote_errors(model: str, payloads: l
         assert decoder.finished == bool(terminal)
         if terminal:
             assert terminal == [events[-1]]
+
+
+def test_progress_events_are_told_by_their_suffix() -> None:
+    assert is_progress_event(progress_event_name("sonar"))
+    assert is_progress_event("some-new-model_query_progress")
+    assert not is_progress_event("sonar_query_progress_extra")
+    assert not is_progress_event("query_progress")
