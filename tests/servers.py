@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
+import select
 import shutil
 import socket
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -237,3 +240,20 @@ def _read_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
         proc.wait()
         raise NodeServerError(f"server.js exited with code {proc.returncode} before printing its port")
     return raw.decode("utf-8", "replace").strip()
+
+
+def read_until(process: subprocess.Popen[bytes], pattern: bytes, timeout: float = 10.0) -> bytes:
+    """Read ``process.stdout`` until ``pattern`` (a regex) matches what was read."""
+    assert process.stdout is not None
+    fd = process.stdout.fileno()
+    got = b""
+    deadline = time.monotonic() + timeout
+    while not re.search(pattern, got):
+        left = deadline - time.monotonic()
+        assert left > 0, f"expected {pattern!r} on stdout within {timeout} s, got {got!r}"
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            chunk = os.read(fd, 65536)
+            assert chunk, f"stdout ended before {pattern!r}: {got!r}"
+            got += chunk
+    return got

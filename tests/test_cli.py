@@ -26,6 +26,7 @@ import pytest
 from conftest import EmulatorFactory, TLSFiles
 from plabs_proto.backends.cli import EventPrinter
 from plabs_proto.backends.emulator import SONAR_CITATIONS, default_answer, default_reasoning
+from servers import read_until
 
 from plabs_proto.errors import LabsError, ResponseError
 from plabs_proto.events import (
@@ -78,23 +79,6 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
             for pipe in (process.stdin, process.stdout, process.stderr):
                 if pipe is not None:
                     pipe.close()
-
-
-def read_until(process: subprocess.Popen[bytes], pattern: bytes, timeout: float = 10.0) -> bytes:
-    """Read ``process.stdout`` until ``pattern`` (a regex) matches what was read."""
-    assert process.stdout is not None
-    fd = process.stdout.fileno()
-    got = b""
-    deadline = time.monotonic() + timeout
-    while not re.search(pattern, got):
-        left = deadline - time.monotonic()
-        assert left > 0, f"expected {pattern!r} on stdout within {timeout} s, got {got!r}"
-        ready, _, _ = select.select([fd], [], [], left)
-        if ready:
-            chunk = os.read(fd, 65536)
-            assert chunk, f"stdout ended before {pattern!r}: {got!r}"
-            got += chunk
-    return got
 
 
 # -- ask ---------------------------------------------------------------------------------------------

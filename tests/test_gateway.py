@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import re
-import select
 import shutil
 import signal
 import subprocess
@@ -31,6 +30,7 @@ import openai
 import pytest
 from conftest import EmulatorFactory, NodeFactory, TLSFiles
 from plabs_proto.backends.emulator import SONAR_CITATIONS, default_answer, default_reasoning
+from servers import read_until
 
 from plabs_proto.labs import DEFAULT_MODEL, MODELS
 
@@ -55,29 +55,13 @@ class Gateway:
         return openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key, max_retries=0, timeout=60)
 
 
-def _read_line(process: subprocess.Popen[bytes], pattern: bytes, timeout: float = 20.0) -> bytes:
-    assert process.stdout is not None
-    fd = process.stdout.fileno()
-    got = b""
-    deadline = time.monotonic() + timeout
-    while not re.search(pattern, got):
-        left = deadline - time.monotonic()
-        assert left > 0, f"expected {pattern!r} on stdout within {timeout} s, got {got!r}"
-        ready, _, _ = select.select([fd], [], [], left)
-        if ready:
-            chunk = os.read(fd, 65536)
-            assert chunk, f"the gateway exited before printing its URL: {got!r}"
-            got += chunk
-    return got
-
-
 def start_gateway(*args: str) -> Gateway:
     process = subprocess.Popen(
         [*PLABS, "serve", "--port", "0", *args],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
     )
     try:
-        line = _read_line(process, rb"http://127\.0\.0\.1:\d+/v1")
+        line = read_until(process, rb"http://127\.0\.0\.1:\d+/v1", timeout=20.0)
     except BaseException:
         process.kill()
         _, err = process.communicate(timeout=10)
