@@ -53,11 +53,11 @@ LONG = int(os.environ.get("PLABS_FUZZ_EXAMPLES", "0"))
 
 def profile(ci: int) -> settings:
     """``ci`` examples by default, ``PLABS_FUZZ_EXAMPLES`` when it is set."""
-    # The long profile keeps no example database: with one, Hypothesis keeps a Pareto front of
-    # every example, which costs more CPU than the examples themselves. A failure prints the
-    # blob that reproduces it (``@reproduce_failure``) instead.
-    return settings(max_examples=LONG or ci, deadline=None, derandomize=not LONG,
-                    database=None if LONG else settings.default.database, print_blob=True,
+    # No example database (``derandomize`` implies none for CI; for the long profile, a database
+    # makes Hypothesis keep a Pareto front of every example, which costs more CPU than the examples
+    # themselves). A failure prints the blob that reproduces it (``@reproduce_failure``) instead.
+    return settings(max_examples=LONG or ci, deadline=None, derandomize=not LONG, database=None,
+                    print_blob=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
