@@ -130,8 +130,8 @@ class ClientConfig:
     the session's headers and cookies: the headers of plabs-proto before profiles, which
     replaying an old trace needs.  ``user_agent`` replaces the profile's User-Agent; the
     client hints (``sec-ch-ua*``) are then left out, as they would contradict it.
-    ``headers`` are the caller's: each replaces the header of the same name (any case)
-    where it stands, the others go at the end.  ``permessage_deflate`` offers the
+    ``headers`` are the caller's: with a profile each replaces the header of the same name
+    (any case) where it stands, the others go at the end (without one, as before: all at the end).  ``permessage_deflate`` offers the
     WebSocket extension (``Sec-WebSocket-Extensions``); leave it False until the WebSocket
     layer negotiates it (TODO(lead): default True once websocket.py does).
     """
@@ -611,8 +611,8 @@ class LabsClient:
     ) -> list[tuple[str, str]]:
         """A polling request's headers: the browser profile's, or (without one) the plain set.
 
-        Plain: Host, User-Agent, Accept, the session's (Origin, Referer), cookies, the
-        caller's, and a POST's Content-Type last.  ``content_length`` (a POST's) takes
+        Plain (as before profiles): Host, User-Agent, Accept, the session's (Origin, Referer),
+        cookies, the caller's (replacing ours of the same name), and a POST's Content-Type last.  ``content_length`` (a POST's) takes
         Chrome's place in a profile's order; h11 keeps that one and adds no second.
         """
         profile = self.config.browser
@@ -638,7 +638,12 @@ class LabsClient:
         cookie = self._cookie_header()
         if cookie is not None:
             headers.append(("Cookie", cookie))
-        return merge_headers(headers, self.config.headers) + last
+        if self.config.headers:
+            # As before profiles (old traces replay byte for byte): the caller's replace ours at the end.
+            own = {name.lower() for name, _ in self.config.headers}
+            headers = [(name, value) for name, value in headers if name.lower() not in own]
+            headers.extend(self.config.headers)
+        return headers + last
 
     def _upgrade_headers(self, session_headers: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
         """The WebSocket upgrade's headers: the browser profile's, or the plain set and the upgrade's own."""

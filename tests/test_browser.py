@@ -176,6 +176,16 @@ def test_without_a_profile_the_plain_headers_go_out() -> None:
     )
 
 
+def test_without_a_profile_the_callers_headers_go_last_as_before() -> None:
+    h = make(browser=None, user_agent="plabs-proto/0.1", headers=(("user-agent", "Mozilla/5.0 (X11)"), ("X-Extra", "1")))
+    h.client.connect(0.0)
+    assert h.take(1) == (
+        b"GET " + POLL.encode() + b" HTTP/1.1\r\nHost: labs.test\r\nAccept: */*\r\n"
+        b"Origin: https://labs.perplexity.ai\r\nReferer: https://labs.perplexity.ai/\r\n"
+        b"user-agent: Mozilla/5.0 (X11)\r\nX-Extra: 1\r\n\r\n"
+    )
+
+
 def test_a_browser_that_is_not_a_profile_is_refused() -> None:
     with pytest.raises(LocalProtocolError, match="expected browser as a BrowserProfile or None, got 'chrome'"):
         LabsClient(ClientConfig(browser="chrome"), rng=random.Random(0))  # type: ignore[arg-type]
