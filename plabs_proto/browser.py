@@ -38,9 +38,12 @@ module; none is copied):
   ``Sec-Fetch-Mode: cors``, ``Sec-Fetch-Dest: empty``; and a header-order recorder's
   fixture of a current Chrome POST that puts ``Content-Type`` between ``sec-ch-ua``
   and ``sec-ch-ua-mobile``.
-* WebSocket handshakes of Chrome 69, 103 and 130: the order above, no client hints,
-  no ``Sec-Fetch-*`` and no ``Referer`` (so the session's Referer is not sent on the
-  upgrade), ``Cookie`` between ``Accept-Language`` and ``Sec-WebSocket-Key``.
+* WebSocket handshakes of Chrome 69, 103 and 130 (the 130 one from a DevTools
+  ``requestHeadersText``): the order above, no client hints, no ``Sec-Fetch-*`` and no
+  ``Referer`` (so the session's Referer is not sent on the upgrade), ``Cookie`` between
+  ``Accept-Language`` and ``Sec-WebSocket-Key``.  (An older Chrome 65 handshake in
+  gdut17/websocket's README.md has User-Agent after Sec-WebSocket-Version; every later one
+  has it after Cache-Control.)
 * The ``sec-ch-ua`` value (with its GREASE brand ``"Not_A Brand";v="24"``), the
   User-Agent and ``Accept-Language`` are those curl_cffi 0.17's ``chrome131`` target
   sends (captured on loopback).
