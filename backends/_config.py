@@ -29,6 +29,7 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypedDict
 
+from plabs_proto.browser import BrowserProfile
 from plabs_proto.client import DEFAULT_SERVER, ClientConfig, LabsClient, Tracer
 from plabs_proto.errors import LocalProtocolError
 from plabs_proto.labs import DEFAULT_MODEL, MODELS, normalize_messages
@@ -85,7 +86,9 @@ class SessionOptions(TypedDict, total=False):
     origin: str
     jwt: str
     version: str
-    user_agent: str
+    user_agent: str | None
+    browser: BrowserProfile | None
+    permessage_deflate: bool
     path: str
     tls: bool | None
     connect_timeout: float | None
@@ -201,8 +204,12 @@ def build_config(options: Mapping[str, Any]) -> ClientConfig:
     for name, value in extras.items():
         if name in _TIMEOUTS:
             value = _check_seconds(name, value)
-        elif name in _STRINGS and not isinstance(value, str):
+        elif name in _STRINGS and not isinstance(value, str) and not (name == "user_agent" and value is None):
             raise LocalProtocolError(f"expected {name} as a str, got {value!r:.60}")
+        elif name == "browser" and value is not None and not isinstance(value, BrowserProfile):
+            raise LocalProtocolError(f"expected browser as a BrowserProfile or None, got {value!r:.60}")
+        elif name == "permessage_deflate" and not isinstance(value, bool):
+            raise LocalProtocolError(f"expected permessage_deflate as True or False, got {value!r:.60}")
         elif name == "tls" and value is not None and not isinstance(value, bool):
             raise LocalProtocolError(f"expected tls as True, False or None, got {value!r:.60}")
         elif name == "max_message_size":

@@ -10,7 +10,8 @@ protocol needs (Origin, Referer, a POST's Content-Type) and the caller's ``heade
 The public API is the asyncio backend's (:func:`ask`, :func:`connect`), with one more
 keyword, ``impersonate`` (a curl_cffi target: ``"chrome"``, ``"safari"``...).  Options
 that only the byte level knows are refused here: ``ssl_context`` (use ``cafile``),
-``tls=False``, ``user_agent`` (curl's is the browser's).  A ``tracer`` is told the
+``tls=False``, ``user_agent`` (curl's is the browser's).  ``browser`` (the pure-Python path's
+header profile) is not used: curl sends its target's headers.  A ``tracer`` is told the
 seed but sees no bytes (curl keeps them).  Needs the ``impersonate`` extra.
 
 Errors: a refused or reset connection raises :class:`~plabs_proto.errors.NetworkError`
@@ -96,6 +97,10 @@ def _check_config(config: ClientConfig) -> None:
         raise LocalProtocolError("expected cafile on the curl backend, got ssl_context (curl does its own TLS)")
     if config.tls is False:
         raise LocalProtocolError("expected tls left as None on the curl backend, got tls=False")
+    if config.user_agent is not None:
+        raise LocalProtocolError(
+            f"expected no user_agent on the curl backend (curl sends the impersonated browser's), got {config.user_agent!r:.60}"
+        )
     if config.proxy is not None and not isinstance(config.proxy, str):
         raise LocalProtocolError("expected the proxy as a URL str on the curl backend, got a ProxyConfig")
 

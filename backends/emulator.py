@@ -7,7 +7,7 @@ is queued right after ``3probe``.
 
 Switches (:class:`EmulatorConfig`) cover the answer text and pacing, answers without
 reasoning or rewritten at the end, short heartbeats, TLS, a failure frame, an abrupt drop
-mid-answer, silence and Cloudflare-style 403 pages.
+mid-answer, silence, Cloudflare-style 403 pages and a cookie every request must bring back.
 
 Two deliberate departures from stock python-engineio 4.x: the open packet advertises the real
 ``pingInterval`` for fractional seconds (stock sends ``int(seconds) * 1000``, i.e. ``0`` for
@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import re
 import socket
 import ssl
 import threading
@@ -81,6 +82,8 @@ CLOUDFLARE_HTML = (
     "</div></div></body></html>\n"
 )
 _CLOUDFLARE_MODES = (None, "polling", "upgrade", "all")
+#: ``name=value`` as RFC 6265 allows it in a Set-Cookie (a token, then cookie-octets).
+_COOKIE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+=[!#-+\--:<-\[\]-~]*")
 
 
 @dataclass
@@ -95,6 +98,10 @@ class EmulatorConfig:
     model (a short ``r1-1776`` answer, or a server that sends no reasoning).
     ``final_output``, when set, is the ``output`` of the final frame instead of the
     streamed one: a server that rewrites its answer at the end.
+    ``cookie``, when set (``"name=value"``, like Cloudflare's ``__cf_bm``), is set on the
+    handshake response (the open packet's, or the 101 of a WebSocket-only session), and
+    every later request of a session (polls, POSTs, the upgrade) that does not bring it
+    back in its ``Cookie`` header is refused with 403.
     """
 
     answer: str | None = None
@@ -115,6 +122,7 @@ class EmulatorConfig:
     citations: list[Any] | None = None
     check_origin: bool = True
     jwt: str = DEFAULT_JWT
+    cookie: str | None = None
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1:
@@ -131,6 +139,8 @@ class EmulatorConfig:
             raise ValueError(f"drop_after must be None or >= 0, got {self.drop_after!r}")
         if self.cloudflare not in _CLOUDFLARE_MODES:
             raise ValueError(f"cloudflare must be one of {_CLOUDFLARE_MODES!r}, got {self.cloudflare!r}")
+        if self.cookie is not None and not _COOKIE.fullmatch(self.cookie):
+            raise ValueError(f"cookie must be name=value (a token and cookie-octets), got {self.cookie!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -362,6 +372,7 @@ class Emulator:
         sio.on("disconnect", self._on_disconnect)
         sio.on(QUERY_EVENT, self._on_query)
         app = web.Application(middlewares=[self._middleware])
+        app.on_response_prepare.append(self._set_cookie)
         sio.attach(app, socketio_path="socket.io")
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
@@ -453,6 +464,10 @@ class Emulator:
             if self.config.not_found:
                 return web.Response(status=404, text="Not Found", content_type="text/plain")
         if sid is not None:
+            if self.config.cookie is not None and not self._has_cookie(request):
+                return web.Response(
+                    status=403, text=f"expected the cookie {self.config.cookie.split('=')[0]} back", content_type="text/plain"
+                )
             tcp = request.transport
             if sid in self._dropped:
                 if tcp is not None:
@@ -468,6 +483,19 @@ class Emulator:
                 # Answer as Engine.IO does for a session it no longer knows.
                 return web.json_response({"code": 1, "message": "Session ID unknown"}, status=400)
         return await handler(request)
+
+    def _has_cookie(self, request: web.BaseRequest) -> bool:
+        name, _, value = (self.config.cookie or "").partition("=")
+        return request.cookies.get(name) == value
+
+    async def _set_cookie(self, request: web.BaseRequest, response: web.StreamResponse) -> None:
+        """Set the ``cookie`` switch's cookie on a session's handshake response (200, or 101)."""
+        cookie = self.config.cookie
+        if cookie is None or not request.path.startswith("/socket.io") or response.status not in (101, 200):
+            return
+        if "sid" not in parse_qs(request.query_string):
+            secure = "; Secure" if self._ssl else ""
+            response.headers.add("Set-Cookie", f"{cookie}; Path=/; HttpOnly{secure}; SameSite=None")
 
     def _on_engine_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
         request = environ.get("aiohttp.request")

@@ -53,6 +53,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ._state import END_STATES, SessionState
+from .browser import CHROME, PERMESSAGE_DEFLATE_OFFER, BrowserProfile, merge_headers
 from .errors import LabsError, LocalProtocolError, RemoteProtocolError
 from .events import (
     CloseStream,
@@ -84,6 +85,11 @@ from .tls import TLSLayer, check_ssl_context, make_ssl_context
 from .websocket import WebSocketChannel, accept_token, make_key
 
 __all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "DEFAULT_SERVER", "TRANSPORTS", "ClientConfig", "ClientState", "LabsClient", "Tracer"]
+
+#: The content codings the HTTP layer decodes, announced in ``Accept-Encoding`` (none: the header is
+#: left out, since announcing a coding we cannot decode would break on the first body that used it).
+#: TODO(lead): ``("gzip", "deflate")`` once http.py decodes them (the encoding branch).
+DECODED_CONTENT_CODINGS: tuple[str, ...] = ()
 
 #: Set-Cookie values kept and sent back: visible ASCII names, printable ASCII values, at most
 #: this many cookies of at most this many characters each (RFC 6265's minimums for a browser).
@@ -117,6 +123,17 @@ class ClientConfig:
     from the URL scheme when ``None``; ``False`` speaks plain HTTP even to an
     ``https://`` server, for a caller whose transport does TLS itself (and for
     replaying a trace, which holds the bytes above TLS).
+
+    ``browser`` is the header profile of every request (:data:`~plabs_proto.browser.CHROME`:
+    a desktop Chrome's headers, in Chrome's order; see :mod:`plabs_proto.browser`).
+    ``None`` sends only Host, User-Agent (when ``user_agent`` is set), ``Accept: */*``,
+    the session's headers and cookies: the headers of plabs-proto before profiles, which
+    replaying an old trace needs.  ``user_agent`` replaces the profile's User-Agent; the
+    client hints (``sec-ch-ua*``) are then left out, as they would contradict it.
+    ``headers`` are the caller's: with a profile each replaces the header of the same name
+    (any case) where it stands, the others go at the end (without one, as before: all at the end).  ``permessage_deflate`` offers the
+    WebSocket extension (``Sec-WebSocket-Extensions``); leave it False until the WebSocket
+    layer negotiates it (TODO(lead): default True once websocket.py does).
     """
 
     server: str = DEFAULT_SERVER
@@ -130,7 +147,9 @@ class ClientConfig:
     origin: str = DEFAULT_ORIGIN
     jwt: str = DEFAULT_JWT
     version: str = DEFAULT_VERSION
-    user_agent: str = "plabs-proto/0.1"
+    browser: BrowserProfile | None = CHROME
+    user_agent: str | None = None
+    permessage_deflate: bool = False
     connect_timeout: float | None = 30.0
     first_text_timeout: float | None = 60.0
     query_timeout: float | None = None
@@ -154,8 +173,11 @@ class ClientConfig:
 
 def _check_request_text(config: ClientConfig, host_header: str, path: str) -> None:
     """Refuse what cannot go in a request head: HTTP/1.1 header text is ASCII without CR or LF."""
-    fields = [("the server host", host_header), ("the server path", path), ("origin", config.origin),
-              ("user_agent", config.user_agent)]
+    fields = [("the server host", host_header), ("the server path", path), ("origin", config.origin)]
+    if config.user_agent is not None:
+        fields.append(("user_agent", config.user_agent))
+    if config.browser is not None and not isinstance(config.browser, BrowserProfile):
+        raise LocalProtocolError(f"expected browser as a BrowserProfile or None, got {config.browser!r:.80}")
     if not isinstance(config.headers, (tuple, list)):
         raise LocalProtocolError(f"expected headers as a tuple of (name, value) tuples, got {config.headers!r:.80}")
     for item in config.headers:
@@ -292,6 +314,11 @@ class LabsClient:
         carries no partial text (see :class:`~plabs_proto.errors.LabsError`).
         """
         return self._session.partial_text
+
+    @property
+    def cookies(self) -> dict[str, str]:
+        """The cookies kept from the server's ``Set-Cookie`` headers (name: value), sent on every request."""
+        return dict(self._cookies)
 
     @property
     def partial_reasoning(self) -> str:
@@ -452,7 +479,7 @@ class LabsClient:
             self._post_stream = stream
         else:
             self._main = stream
-        headers = self._request_headers(request.headers)
+        headers = self._request_headers(request.headers, len(request.body) if request.method == "POST" else None)
         assert stream.http is not None  # _usable gives a stream that can carry a request
         stream.request_id = request.request_id
         self._write(stream, stream.http.request(request.method, _target(request.url), headers, request.body))
@@ -463,13 +490,7 @@ class LabsClient:
         self._ws_stream = stream
         stream.ws_id = connect.ws_id
         self._ws_key = make_key(self._rng)
-        headers = self._request_headers(connect.headers)
-        headers += [
-            ("Connection", "Upgrade"),
-            ("Upgrade", "websocket"),
-            ("Sec-WebSocket-Version", "13"),
-            ("Sec-WebSocket-Key", self._ws_key),
-        ]
+        headers = self._upgrade_headers(connect.headers)
         assert stream.http is not None
         self._write(stream, stream.http.request("GET", _target(connect.url), headers))
 
@@ -574,20 +595,77 @@ class LabsClient:
         if raw:
             self._instructions.append(SendBytes(stream_id=stream.id, data=raw))
 
-    def _request_headers(self, session_headers: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
-        """Ours, then the session's (Origin, Referer), cookies, the caller's, and a POST's Content-Type last."""
-        headers = [("Host", self._host_header), ("User-Agent", self.config.user_agent), ("Accept", "*/*")]
+    def _cookie_header(self) -> str | None:
+        """The ``Cookie`` value of every cookie kept so far (None when there is none)."""
+        return "; ".join(f"{k}={v}" for k, v in self._cookies.items()) if self._cookies else None
+
+    def _caller_user_agent(self) -> str | None:
+        """The User-Agent the caller chose (``headers`` first, then ``user_agent``), or None."""
+        for name, value in self.config.headers:
+            if name.lower() == "user-agent":
+                return value
+        return self.config.user_agent
+
+    def _request_headers(
+        self, session_headers: tuple[tuple[str, str], ...], content_length: int | None = None
+    ) -> list[tuple[str, str]]:
+        """A polling request's headers: the browser profile's, or (without one) the plain set.
+
+        Plain (as before profiles): Host, User-Agent, Accept, the session's (Origin, Referer),
+        cookies, the caller's (replacing ours of the same name), and a POST's Content-Type last.  ``content_length`` (a POST's) takes
+        Chrome's place in a profile's order; h11 keeps that one and adds no second.
+        """
+        profile = self.config.browser
+        if profile is not None:
+            headers = profile.fetch_headers(
+                host=self._host_header,
+                origin=self.config.origin,
+                server=self.config.server,
+                session_headers=session_headers,
+                content_length=content_length,
+                user_agent=self._caller_user_agent(),
+                accept_encoding=", ".join(DECODED_CONTENT_CODINGS) or None,
+                cookie=self._cookie_header(),
+            )
+            return merge_headers(headers, self.config.headers)
+        headers = [("Host", self._host_header)]
+        if self.config.user_agent is not None:
+            headers.append(("User-Agent", self.config.user_agent))
+        headers.append(("Accept", "*/*"))
         last: list[tuple[str, str]] = []
         for name, value in session_headers:
             (last if name == "Content-Type" else headers).append((name, value))
-        if self._cookies:
-            headers.append(("Cookie", "; ".join(f"{k}={v}" for k, v in self._cookies.items())))
+        cookie = self._cookie_header()
+        if cookie is not None:
+            headers.append(("Cookie", cookie))
         if self.config.headers:
-            # The caller's headers replace ours of the same name (a browser's User-Agent, say).
+            # As before profiles (old traces replay byte for byte): the caller's replace ours at the end.
             own = {name.lower() for name, _ in self.config.headers}
             headers = [(name, value) for name, value in headers if name.lower() not in own]
             headers.extend(self.config.headers)
         return headers + last
+
+    def _upgrade_headers(self, session_headers: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
+        """The WebSocket upgrade's headers: the browser profile's, or the plain set and the upgrade's own."""
+        profile = self.config.browser
+        if profile is not None:
+            headers = profile.websocket_headers(
+                host=self._host_header,
+                key=self._ws_key,
+                session_headers=session_headers,
+                user_agent=self._caller_user_agent(),
+                accept_encoding=", ".join(DECODED_CONTENT_CODINGS) or None,
+                cookie=self._cookie_header(),
+                extensions=PERMESSAGE_DEFLATE_OFFER if self.config.permessage_deflate else None,
+            )
+            return merge_headers(headers, self.config.headers)
+        return [
+            *self._request_headers(session_headers),
+            ("Connection", "Upgrade"),
+            ("Upgrade", "websocket"),
+            ("Sec-WebSocket-Version", "13"),
+            ("Sec-WebSocket-Key", self._ws_key),
+        ]
 
     def _on_http_bytes(self, stream: _Stream, data: bytes, now: float) -> None:
         http = stream.http

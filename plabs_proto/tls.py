@@ -2,6 +2,22 @@
 
 Certificate verification is always on: :func:`check_ssl_context` refuses a context
 that would skip it.
+
+:func:`make_ssl_context` offers what Chrome offers where Python's ``ssl`` lets us say
+it: TLS 1.3 first (then 1.2), Chrome's TLS 1.2 cipher suites in Chrome's order
+(:data:`CHROME_TLS12_CIPHERS`), and OpenSSL's default groups, which already put
+X25519 first as Chrome does.  What the standard library cannot change, so that the
+ClientHello (its JA3/JA4 fingerprint) stays recognisably not Chrome's:
+
+* no GREASE values (RFC 8701), which Chrome puts among its suites, extensions and groups;
+* the extension list and its order (Chrome shuffles its own; it also sends
+  compress_certificate, application_settings, encrypted_client_hello, which OpenSSL does not);
+* the TLS 1.3 suites' order (OpenSSL offers AES-256-GCM first, Chrome AES-128-GCM:
+  ``ssl`` has no ``set_ciphersuites``), the groups (Chrome 131 offers X25519MLKEM768
+  first; Python 3.11 has no ``set_groups``) and the signature algorithms;
+* ALPN: Chrome offers ``h2, http/1.1``; we offer only ``http/1.1``, the one protocol we speak.
+
+For Chrome's ClientHello itself use the curl backend (``--backend curl``).
 """
 
 from __future__ import annotations
@@ -10,20 +26,39 @@ import ssl
 
 from .errors import LocalProtocolError, TLSError
 
-__all__ = ["TLSLayer", "check_ssl_context", "make_ssl_context"]
+__all__ = ["CHROME_TLS12_CIPHERS", "TLSLayer", "check_ssl_context", "make_ssl_context"]
 
 _READ_SIZE = 65536
 
+#: Chrome's TLS 1.2 cipher suites, in Chrome's order: ECDHE with AES-128-GCM, AES-256-GCM and
+#: ChaCha20-Poly1305, ECDSA before RSA.  Chrome offers six legacy suites after them (ECDHE with
+#: AES-CBC-SHA1, and RSA key exchange without forward secrecy), left out here on purpose: they
+#: would weaken a connection for a fingerprint that GREASE and the extension order give away anyway.
+CHROME_TLS12_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "ECDHE-RSA-CHACHA20-POLY1305",
+)
+
 
 def make_ssl_context(cafile: str | None = None) -> ssl.SSLContext:
-    """A verifying client context: system CAs (or ``cafile``), ALPN ``http/1.1``, TLS 1.2 or newer."""
+    """A verifying client context: system CAs (or ``cafile``), ALPN ``http/1.1``, TLS 1.2 or newer.
+
+    TLS 1.3 is offered first; for TLS 1.2 the suites are Chrome's, in Chrome's order (see the
+    module docstring for what cannot be made Chrome's).  A caller's own ``ssl_context`` is
+    used as it is.
+    """
     try:
         context = ssl.create_default_context(cafile=cafile)
     except (OSError, ssl.SSLError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise LocalProtocolError(f"expected a readable PEM CA file at {cafile!r}, could not load it: {reason}") from exc
-    context.set_alpn_protocols(["http/1.1"])
+    context.set_alpn_protocols(["http/1.1"])  # Chrome offers h2 too; we speak HTTP/1.1 only
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(":".join(CHROME_TLS12_CIPHERS))
     return context
 
 

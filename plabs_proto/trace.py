@@ -7,12 +7,14 @@ started::
      "model": "r1-1776", "messages": [{"role": "user", "content": "hi"}], "seed": 42,
      "origin": "https://labs.perplexity.ai", "jwt": "anonymous-ask-user", "version": "2.18"}
 
-(optional keys: ``path``, ``user_agent``, ``timeouts``, ``headers``); every other line is
+(optional keys: ``path``, ``user_agent``, ``browser``, ``timeouts``, ``headers``); every other line is
 one chunk of bytes the client wrote or received above TLS::
 
     {"t": 0.012345, "stream": 1, "dir": "in", "b64": "SFRUUC8xLjEgMjAwIE9L..."}
 
-``t`` is seconds since the session started, ``b64`` the bytes (``""`` on an
+``browser`` names the header profile (:data:`plabs_proto.browser.PROFILES`), ``null`` for
+none; a trace without the key predates profiles and is replayed without one, as it was
+recorded.  ``t`` is seconds since the session started, ``b64`` the bytes (``""`` on an
 ``"in"`` line is end of file).  :class:`TraceRecorder` makes traces (it is a
 client ``tracer``), :func:`replay` feeds one back through
 :class:`~plabs_proto.client.LabsClient` and gives its events again: the seed
@@ -39,6 +41,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .browser import CHROME, PROFILES
 from .client import TRANSPORTS, ClientConfig, ClientState, LabsClient, Tracer
 from .errors import LocalProtocolError
 from .events import Event
@@ -104,6 +107,7 @@ class TraceHeader:
     version: str = DEFAULT_VERSION
     path: str | None = None
     user_agent: str | None = None
+    browser: str | None = None
     timeouts: tuple[tuple[str, float | None], ...] = ()
     headers: tuple[tuple[str, str], ...] = ()
 
@@ -117,6 +121,7 @@ class TraceHeader:
         for name, value in self.timeouts:
             extra[f"{name}_timeout"] = value
         return ClientConfig(
+            browser=None if self.browser is None else PROFILES[self.browser],
             server=self.server,
             transport=self.transport,
             tls=False,
@@ -140,10 +145,13 @@ def make_header(
     version: str = DEFAULT_VERSION,
     path: str | None = None,
     user_agent: str | None = None,
+    browser: str | None = CHROME.name,
     timeouts: Mapping[str, float | None] | None = None,
     headers: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Any]:
     """The header dict for :class:`TraceRecorder` (a prompt string becomes one user message).
+
+    ``browser`` is the name of the header profile the session used (``None``: none).
 
     ``seed`` may be left ``None`` when the backend draws it and announces it to the recorder.
     """
@@ -166,6 +174,7 @@ def make_header(
         header["path"] = path
     if user_agent is not None:
         header["user_agent"] = user_agent
+    header["browser"] = browser
     if timeouts:
         header["timeouts"] = dict(timeouts)
     if headers:
@@ -196,6 +205,7 @@ def config_header(
         version=config.version,
         path=config.path,
         user_agent=config.user_agent,
+        browser=None if config.browser is None else config.browser.name,
         timeouts={
             "connect": config.connect_timeout,
             "first_text": config.first_text_timeout,
@@ -501,6 +511,12 @@ def parse_header(line: str, lineno: int = 1) -> TraceHeader:
     for key in ("origin", "jwt", "version", "path", "user_agent"):
         if key in obj:
             strings[key] = _field(obj, key, str, lineno, "a string")
+    browser = obj.get("browser")  # absent: a trace from before header profiles
+    if browser is not None and (not isinstance(browser, str) or browser not in PROFILES):
+        raise TraceError(
+            f"trace line {lineno}: expected a browser profile among {', '.join(sorted(PROFILES))} "
+            f"or null in 'browser', got {browser!r:.60}"
+        )
     headers: list[tuple[str, str]] = []
     if "headers" in obj:
         for pair in _field(obj, "headers", list, lineno, "a list of [name, value] pairs"):
@@ -527,6 +543,7 @@ def parse_header(line: str, lineno: int = 1) -> TraceHeader:
         model=model,
         messages=tuple(messages),
         seed=seed,
+        browser=browser,
         timeouts=tuple(timeouts),
         headers=tuple(headers),
         **strings,

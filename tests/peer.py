@@ -37,6 +37,63 @@ def http_response(status: int, body: bytes | str = b"", *, reason: str = "", hea
     return head.encode("latin-1") + b"\r\n" + body
 
 
+# -- what the client sends: the Chrome 131 (macOS) profile, byte for byte ----------------------------------
+
+CHROME_UA = (
+    b"Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) "
+    b"Chrome/131.0.0.0 Safari/537.36"
+)
+CHROME_CH_UA = b'"Google Chrome";v="131", "Chromium";v="131", "Not_A Brand";v="24"'
+ORIGIN = b"https://labs.perplexity.ai"
+
+
+def chrome_request(method: str, target: str, body: bytes = b"", *, host: bytes = b"labs.test",
+                   cookie: bytes | None = None, site: bytes = b"cross-site") -> bytes:
+    """A polling GET or POST as the client sends it: Chrome's XHR headers in Chrome's order.
+
+    ``site`` is ``Sec-Fetch-Site``: ``cross-site`` for the tests' ``http://labs.test`` server
+    (another scheme and site than the ``https://labs.perplexity.ai`` origin).
+    """
+    post = method == "POST"
+    return (
+        method.encode() + b" " + target.encode() + b" HTTP/1.1\r\nHost: " + host + b"\r\n"
+        + b"Connection: keep-alive\r\n"
+        + (b"Content-Length: " + str(len(body)).encode() + b"\r\n" if post else b"")
+        + b'sec-ch-ua-platform: "macOS"\r\n'
+        + b"User-Agent: " + CHROME_UA + b"\r\n"
+        + b"sec-ch-ua: " + CHROME_CH_UA + b"\r\n"
+        + (b"Content-Type: text/plain;charset=UTF-8\r\n" if post else b"")
+        + b"sec-ch-ua-mobile: ?0\r\n"
+        + b"Accept: */*\r\n"
+        + b"Origin: " + ORIGIN + b"\r\n"
+        + b"Sec-Fetch-Site: " + site + b"\r\n"
+        + b"Sec-Fetch-Mode: cors\r\n"
+        + b"Sec-Fetch-Dest: empty\r\n"
+        + b"Referer: " + ORIGIN + b"/\r\n"
+        + b"Accept-Language: en-US,en;q=0.9\r\n"
+        + (b"Cookie: " + cookie + b"\r\n" if cookie is not None else b"")
+        + b"\r\n" + body
+    )
+
+
+def chrome_upgrade(target: str, key: str, *, host: bytes = b"labs.test", cookie: bytes | None = None) -> bytes:
+    """The WebSocket upgrade request as the client sends it: Chrome's handshake headers in Chrome's order."""
+    return (
+        b"GET " + target.encode() + b" HTTP/1.1\r\nHost: " + host + b"\r\n"
+        + b"Connection: Upgrade\r\n"
+        + b"Pragma: no-cache\r\n"
+        + b"Cache-Control: no-cache\r\n"
+        + b"User-Agent: " + CHROME_UA + b"\r\n"
+        + b"Upgrade: websocket\r\n"
+        + b"Origin: " + ORIGIN + b"\r\n"
+        + b"Sec-WebSocket-Version: 13\r\n"
+        + b"Accept-Language: en-US,en;q=0.9\r\n"
+        + (b"Cookie: " + cookie + b"\r\n" if cookie is not None else b"")
+        + b"Sec-WebSocket-Key: " + key.encode() + b"\r\n"
+        + b"\r\n"
+    )
+
+
 def switching_protocols(key: str) -> bytes:
     from plabs_proto.websocket import accept_token
 

@@ -78,6 +78,8 @@ async def test_options_are_checked_at_once() -> None:
         curl_backend.ask("x", ssl_context=object())
     with pytest.raises(LocalProtocolError):
         curl_backend.connect(tls=False)
+    with pytest.raises(LocalProtocolError, match="expected no user_agent on the curl backend"):
+        curl_backend.ask("x", user_agent="Mozilla/5.0")
 
 
 # -- the Node server, TLS, proxies ------------------------------------------------------------------

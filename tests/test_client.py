@@ -12,6 +12,8 @@ from peer import (
     ClientFrames,
     Harness,
     MemoryTLSServer,
+    chrome_request,
+    chrome_upgrade,
     http_response,
     open_packet,
     progress,
@@ -44,35 +46,21 @@ QUERY = (
     '42["perplexity_labs",{"version":"2.18","source":"default","model":"sonar",'
     '"messages":[{"role":"user","content":"hi"}]}]'
 )
-COMMON = (
-    b"User-Agent: plabs-proto/0.1\r\nAccept: */*\r\nOrigin: https://labs.perplexity.ai\r\n"
-    b"Referer: https://labs.perplexity.ai/\r\n"
-)
-
-
 def make(transport: str = "upgrade", server: str = "http://labs.test", **kw: object) -> Harness:
     client = LabsClient(ClientConfig(server=server, transport=transport, **kw), rng=random.Random(0))  # type: ignore[arg-type]
     return Harness(client)
 
 
-def get(target: str, host: bytes = b"labs.test") -> bytes:
-    return b"GET " + target.encode() + b" HTTP/1.1\r\nHost: " + host + b"\r\n" + COMMON + b"\r\n"
+def get(target: str, host: bytes = b"labs.test", site: bytes = b"cross-site") -> bytes:
+    return chrome_request("GET", target, host=host, site=site)
 
 
-def post(target: str, body: bytes, host: bytes = b"labs.test") -> bytes:
-    return (
-        b"POST " + target.encode() + b" HTTP/1.1\r\nHost: " + host + b"\r\n" + COMMON
-        + b"Content-Type: text/plain;charset=UTF-8\r\nContent-Length: " + str(len(body)).encode()
-        + b"\r\n\r\n" + body
-    )
+def post(target: str, body: bytes, host: bytes = b"labs.test", site: bytes = b"cross-site") -> bytes:
+    return chrome_request("POST", target, body, host=host, site=site)
 
 
 def upgrade_request(target: str, host: bytes = b"labs.test", key: str = KEY) -> bytes:
-    return (
-        b"GET " + target.encode() + b" HTTP/1.1\r\nHost: " + host + b"\r\n" + COMMON
-        + b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
-        + b"Sec-WebSocket-Key: " + key.encode() + b"\r\n\r\n"
-    )
+    return chrome_upgrade(target, key, host=host)
 
 
 POLL = f"/socket.io/?EIO=4&transport=polling&t={T}"
@@ -256,9 +244,9 @@ def test_tls_transcript(ca: trustme.CA) -> None:
     h.pump()
     assert h.opened == [OpenStream(stream_id=1, host="www.perplexity.ai", port=443),
                         OpenStream(stream_id=2, host="www.perplexity.ai", port=443)]
-    assert h.take(1) == get(POLL, host=b"www.perplexity.ai")
+    assert h.take(1) == get(POLL, host=b"www.perplexity.ai", site=b"same-site")
     h.reply(1, http_response(200, open_packet()))
-    assert h.take(1) == post(POLL_SID, b'40{"jwt":"anonymous-ask-user"}', host=b"www.perplexity.ai")
+    assert h.take(1) == post(POLL_SID, b'40{"jwt":"anonymous-ask-user"}', host=b"www.perplexity.ai", site=b"same-site")
 
 
 def test_tls_wrong_host_is_refused(ca: trustme.CA) -> None:
@@ -289,7 +277,7 @@ def test_http_connect_proxy_then_tls(ca: trustme.CA) -> None:
     h.client.receive_data(1, b"HTTP/1.1 200 Connection established\r\n\r\n", 0.0)
     h.tls_context = server_ctx
     h.tls[1] = MemoryTLSServer(server_ctx)
-    assert h.take(1) == get(POLL, host=b"www.perplexity.ai")
+    assert h.take(1) == get(POLL, host=b"www.perplexity.ai", site=b"same-site")
 
 
 def test_http_connect_proxy_refusal_hides_the_password() -> None:
@@ -611,14 +599,6 @@ def test_late_bytes_for_a_closed_stream_are_ignored() -> None:
     h.reply(1, http_response(200, open_packet(), close=True))
     assert 1 in h.closed
     h.client.receive_data(1, b"late", 0.0)  # the caller's read raced our CloseStream
-
-
-def test_callers_headers_replace_ours_of_the_same_name() -> None:
-    h = make(headers=(("user-agent", "Mozilla/5.0 (X11)"), ("X-Extra", "1")))
-    h.client.connect(0.0)
-    request = h.take(1)
-    assert b"User-Agent: plabs-proto" not in request
-    assert request.endswith(b"Referer: https://labs.perplexity.ai/\r\nuser-agent: Mozilla/5.0 (X11)\r\nX-Extra: 1\r\n\r\n")
 
 
 def test_bad_utf8_after_a_known_prefix_is_still_refused() -> None:

@@ -19,7 +19,17 @@ import pytest
 from conftest import EmulatorFactory
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from peer import ClientFrames, Harness, http_response, open_packet, progress, switching_protocols, ws_frame
+from peer import (
+    ClientFrames,
+    Harness,
+    chrome_request,
+    chrome_upgrade,
+    http_response,
+    open_packet,
+    progress,
+    switching_protocols,
+    ws_frame,
+)
 from plabs_proto.backends import sync as sync_backend
 
 from plabs_proto import engineio, socketio
@@ -31,10 +41,6 @@ from plabs_proto.labs import AnswerDecoder, CumulativeFrameReader, build_request
 
 T = "d82c07cd"  # the first draw of random.Random(0), as the `t` cache buster
 KEY = "a6qUVePnBoLCCUysYp9vvg=="  # the second: the Sec-WebSocket-Key
-COMMON = (
-    b"User-Agent: plabs-proto/0.1\r\nAccept: */*\r\nOrigin: https://labs.perplexity.ai\r\n"
-    b"Referer: https://labs.perplexity.ai/\r\n"
-)
 DEEP = "[" * 100_000
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -44,16 +50,12 @@ def make(transport: str = "upgrade", **kw: Any) -> Harness:
                               rng=random.Random(0)))
 
 
-def post_head(target: str, cookie: bytes = b"") -> bytes:
-    return b"POST " + target.encode() + b" HTTP/1.1\r\nHost: labs.test\r\n" + COMMON + cookie
+def post(target: str, body: bytes, cookie: bytes | None = None) -> bytes:
+    return chrome_request("POST", target, body, cookie=cookie)
 
 
 def upgrade_request(target: str) -> bytes:
-    return (
-        b"GET " + target.encode() + b" HTTP/1.1\r\nHost: labs.test\r\n" + COMMON
-        + b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
-        + b"Sec-WebSocket-Key: " + KEY.encode() + b"\r\n\r\n"
-    )
+    return chrome_upgrade(target, KEY)
 
 
 def streaming(h: Harness) -> ClientFrames:
@@ -221,8 +223,7 @@ def test_the_sid_is_escaped_in_every_request(sid: str, escaped: str) -> None:
     h.reply(1, http_response(200, open_packet(sid=sid)))
     body = b'40{"jwt":"anonymous-ask-user"}'
     target = f"/socket.io/?EIO=4&transport=polling&t={T}&sid={escaped}"
-    assert h.take(1) == (post_head(target) + b"Content-Type: text/plain;charset=UTF-8\r\n"
-                         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    assert h.take(1) == post(target, body)
     assert h.take(2) == upgrade_request(f"/socket.io/?EIO=4&transport=websocket&sid={escaped}")
     assert h.client.engine_sid == sid
 
@@ -277,11 +278,8 @@ def test_cookies_that_cannot_be_sent_back_are_ignored() -> None:
     )
     h.reply(1, raw)
     body = b'40{"jwt":"anonymous-ask-user"}'
-    assert h.take(1) == (
-        post_head(f"/socket.io/?EIO=4&transport=polling&t={T}&sid=SID1", b"Cookie: good=abc; spaced=a b\r\n")
-        + b"Content-Type: text/plain;charset=UTF-8\r\nContent-Length: " + str(len(body)).encode()
-        + b"\r\n\r\n" + body
-    )
+    assert h.take(1) == post(f"/socket.io/?EIO=4&transport=polling&t={T}&sid=SID1", body,
+                             cookie=b"good=abc; spaced=a b")
 
 
 def test_at_most_fifty_cookies_are_kept() -> None:

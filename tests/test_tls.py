@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 import ssl
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from peer import MemoryTLSServer
 
+from plabs_proto.client import ClientConfig, LabsClient
 from plabs_proto.errors import LocalProtocolError, TLSError
 from plabs_proto.tls import TLSLayer, check_ssl_context, make_ssl_context
 
@@ -89,6 +91,81 @@ def test_make_ssl_context_verifies_and_requires_tls12(cafile: str) -> None:
     assert context.check_hostname is True
     assert context.minimum_version == ssl.TLSVersion.TLSv1_2
     check_ssl_context(context)  # does not raise
+
+
+# -- what the ClientHello offers ---------------------------------------------------------------
+
+
+def client_hello_fields(record: bytes) -> tuple[list[int], dict[int, bytes]]:
+    """The cipher suites and the extensions (type: data) of a TLS record holding a ClientHello."""
+    assert record[0] == 0x16 and record[5] == 0x01, "expected a handshake record with a ClientHello"
+    body = record[5:]
+    at = 4 + 2 + 32  # handshake header, legacy version, random
+    at += 1 + body[at]  # session id
+    size = int.from_bytes(body[at : at + 2], "big")
+    suites = [int.from_bytes(body[i : i + 2], "big") for i in range(at + 2, at + 2 + size, 2)]
+    at += 2 + size
+    at += 1 + body[at]  # compression methods
+    end = at + 2 + int.from_bytes(body[at : at + 2], "big")
+    at += 2
+    extensions: dict[int, bytes] = {}
+    while at < end:
+        kind, length = int.from_bytes(body[at : at + 2], "big"), int.from_bytes(body[at + 2 : at + 4], "big")
+        extensions[kind] = body[at + 4 : at + 4 + length]
+        at += 4 + length
+    return suites, extensions
+
+
+def test_the_tls12_suites_are_chromes_in_chromes_order_after_the_tls13_ones(cafile: str) -> None:
+    offered = [(c["protocol"], c["name"]) for c in make_ssl_context(cafile).get_ciphers()]
+    assert [name for protocol, name in offered if protocol == "TLSv1.2"] == [
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+    ]
+    assert [protocol for protocol, _ in offered[:3]] == ["TLSv1.3"] * 3
+
+
+def test_the_client_hello_offers_tls13_first_x25519_first_and_http11(cafile: str) -> None:
+    client = TLSLayer(make_ssl_context(cafile), "localhost")
+    client.start()
+    suites, extensions = client_hello_fields(client.data_to_send())
+    # TLS 1.3's three (OpenSSL's order), Chrome's six for TLS 1.2, the renegotiation SCSV.
+    assert suites == [0x1302, 0x1303, 0x1301, 0xC02B, 0xC02F, 0xC02C, 0xC030, 0xCCA9, 0xCCA8, 0x00FF]
+    assert extensions[43][1:3] == b"\x03\x04"  # supported_versions: TLS 1.3 first
+    assert extensions[10][2:4] == b"\x00\x1d"  # supported_groups: X25519 first
+    assert extensions[16] == b"\x00\x09\x08http/1.1"  # ALPN: HTTP/1.1 alone
+
+
+@pytest.mark.parametrize(
+    ("key_type", "suite"),
+    [(trustme.KeyType.ECDSA, "ECDHE-ECDSA-AES128-GCM-SHA256"), (trustme.KeyType.RSA, "ECDHE-RSA-AES128-GCM-SHA256")],
+)
+def test_a_tls12_server_picks_chromes_first_suite_for_its_key(
+    key_type: trustme.KeyType, suite: str, tmp_path: Path
+) -> None:
+    ca = trustme.CA(key_type=key_type)
+    cafile = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(cafile))
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost", key_type=key_type).configure_cert(server_ctx)
+    server_ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    server_ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE  # the server follows the client's order
+    client, server = connected(str(cafile), server_ctx)
+    assert client.version == "TLSv1.2"
+    cipher = server.ssl.cipher()
+    assert cipher is not None and cipher[0] == suite
+
+
+def test_a_callers_own_context_is_left_as_it_is(ca: trustme.CA) -> None:
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    before = [c["name"] for c in context.get_ciphers()]
+    LabsClient(ClientConfig(server="https://localhost", ssl_context=context), rng=random.Random(0))
+    assert [c["name"] for c in context.get_ciphers()] == before
 
 
 def test_cert_none_context_is_refused(cafile: str) -> None:
