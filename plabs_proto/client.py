@@ -66,7 +66,7 @@ from .events import (
     WebSocketConnect,
     WebSocketSend,
 )
-from .http import HTTPChannel, HTTPResponse, SwitchedProtocol
+from .http import ACCEPT_ENCODING, HTTPChannel, HTTPResponse, SwitchedProtocol
 from .labs import DEFAULT_MODEL, DEFAULT_VERSION
 from .proxy import HTTPConnectTunnel, ProxyConfig, SOCKS5Tunnel, parse_proxy_url
 from .session import (
@@ -81,7 +81,7 @@ from .session import (
 )
 from .stack import Layer, StreamStack
 from .tls import TLSLayer, check_ssl_context, make_ssl_context
-from .websocket import WebSocketChannel, accept_token, make_key
+from .websocket import DEFLATE_OFFER, WebSocketChannel, accept_token, make_key, negotiate_deflate
 
 __all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "DEFAULT_SERVER", "TRANSPORTS", "ClientConfig", "ClientState", "LabsClient", "Tracer"]
 
@@ -117,6 +117,18 @@ class ClientConfig:
     from the URL scheme when ``None``; ``False`` speaks plain HTTP even to an
     ``https://`` server, for a caller whose transport does TLS itself (and for
     replaying a trace, which holds the bytes above TLS).
+
+    Compression, both on by default as in a browser: ``accept_encoding`` sends
+    ``Accept-Encoding: gzip, deflate`` on every HTTP request (Node's engine.io
+    and python-engineio then gzip polling bodies of 1 KiB and more); a body the
+    server compressed is inflated whatever we offered, never past the receive
+    limit.  ``permessage_deflate`` offers the WebSocket extension of RFC 7692
+    (``Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits``);
+    when the server accepts it, its compressed messages are inflated (within
+    ``max_message_size``) and ours are compressed with the parameters it chose.
+    Turned off, nothing is offered, and a server that answers with an
+    extension all the same is refused.  Neither changes the message level
+    (:class:`~plabs_proto.session.SessionConfig`): compression is the carrier's.
     """
 
     server: str = DEFAULT_SERVER
@@ -135,6 +147,8 @@ class ClientConfig:
     first_text_timeout: float | None = 60.0
     query_timeout: float | None = None
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    accept_encoding: bool = True
+    permessage_deflate: bool = True
 
     def session_config(self) -> SessionConfig:
         """The message-level part of this configuration, for :class:`~plabs_proto.session.LabsSession`."""
@@ -206,6 +220,9 @@ class LabsClient:
         limit = config.max_message_size
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise LocalProtocolError(f"expected max_message_size as an int >= 1 (bytes), got {limit!r:.60}")
+        for name in ("accept_encoding", "permessage_deflate"):
+            if not isinstance(getattr(config, name), bool):
+                raise LocalProtocolError(f"expected {name} as True or False, got {getattr(config, name)!r:.60}")
         try:
             url = urlsplit(config.server) if isinstance(config.server, str) else None
         except ValueError:  # an unclosed "[" of an IPv6 address, say
@@ -470,6 +487,9 @@ class LabsClient:
             ("Sec-WebSocket-Version", "13"),
             ("Sec-WebSocket-Key", self._ws_key),
         ]
+        if self.config.permessage_deflate:
+            # Appended last for now; the browser header profile decides its place.
+            headers.append(("Sec-WebSocket-Extensions", DEFLATE_OFFER))
         assert stream.http is not None
         self._write(stream, stream.http.request("GET", _target(connect.url), headers))
 
@@ -521,7 +541,8 @@ class LabsClient:
             layers.append(TLSLayer(self._ssl_context, self._host))
         stack = StreamStack(layers)
         stack.start()
-        stream = _Stream(stream_id, stack, HTTPChannel(max_body=self._limit + BODY_SLACK))
+        http = HTTPChannel(max_body=self._limit + BODY_SLACK, limit_name="max_message_size + 64 KiB")
+        stream = _Stream(stream_id, stack, http)
         self._streams[stream_id] = stream
         self._instructions.append(OpenStream(stream_id=stream_id, host=host, port=port))
         opening = stack.data_to_send()  # a CONNECT request, a SOCKS greeting or a ClientHello
@@ -580,6 +601,9 @@ class LabsClient:
         last: list[tuple[str, str]] = []
         for name, value in session_headers:
             (last if name == "Content-Type" else headers).append((name, value))
+        if self.config.accept_encoding:
+            # After the session's headers for now; the browser header profile decides its place.
+            headers.append(("Accept-Encoding", ACCEPT_ENCODING))
         if self._cookies:
             headers.append(("Cookie", "; ".join(f"{k}={v}" for k, v in self._cookies.items())))
         if self.config.headers:
@@ -641,9 +665,11 @@ class LabsClient:
             raise RemoteProtocolError(
                 f"expected Sec-WebSocket-Accept {accept_token(self._ws_key)!r} in the 101 response, got {accept!r}"
             )
+        deflate = negotiate_deflate(switched.header_values("sec-websocket-extensions"),
+                                    offered=self.config.permessage_deflate)
         self._remember_cookies(HTTPResponse(101, "", switched.headers, b""))
         stream.http = None
-        stream.ws = WebSocketChannel(self._rng, max_message_size=self._limit, raw_text=True)
+        stream.ws = WebSocketChannel(self._rng, max_message_size=self._limit, raw_text=True, deflate=deflate)
         if stream.ws_id is not None:
             self._session.receive_websocket_open(stream.ws_id, now)
             self._carry(self._session._drain())  # the probe goes out before any answer to what follows

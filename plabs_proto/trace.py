@@ -7,7 +7,9 @@ started::
      "model": "r1-1776", "messages": [{"role": "user", "content": "hi"}], "seed": 42,
      "origin": "https://labs.perplexity.ai", "jwt": "anonymous-ask-user", "version": "2.18"}
 
-(optional keys: ``path``, ``user_agent``, ``timeouts``, ``headers``); every other line is
+(optional keys: ``path``, ``user_agent``, ``timeouts``, ``headers``, ``accept_encoding``,
+``permessage_deflate``: the last two are written always, and a header without them is
+from before the client offered compression, so its replay offers none); every other line is
 one chunk of bytes the client wrote or received above TLS::
 
     {"t": 0.012345, "stream": 1, "dir": "in", "b64": "SFRUUC8xLjEgMjAwIE9L..."}
@@ -106,6 +108,8 @@ class TraceHeader:
     user_agent: str | None = None
     timeouts: tuple[tuple[str, float | None], ...] = ()
     headers: tuple[tuple[str, str], ...] = ()
+    accept_encoding: bool = False
+    permessage_deflate: bool = False
 
     def client_config(self) -> ClientConfig:
         """The :class:`ClientConfig` of the replayed client (plain HTTP: the trace is above TLS)."""
@@ -124,6 +128,8 @@ class TraceHeader:
             jwt=self.jwt,
             version=self.version,
             headers=self.headers,
+            accept_encoding=self.accept_encoding,
+            permessage_deflate=self.permessage_deflate,
             **extra,
         )
 
@@ -142,6 +148,8 @@ def make_header(
     user_agent: str | None = None,
     timeouts: Mapping[str, float | None] | None = None,
     headers: Sequence[tuple[str, str]] = (),
+    accept_encoding: bool = True,
+    permessage_deflate: bool = True,
 ) -> dict[str, Any]:
     """The header dict for :class:`TraceRecorder` (a prompt string becomes one user message).
 
@@ -161,6 +169,8 @@ def make_header(
         "origin": origin,
         "jwt": jwt,
         "version": version,
+        "accept_encoding": accept_encoding,
+        "permessage_deflate": permessage_deflate,
     }
     if path is not None:
         header["path"] = path
@@ -202,6 +212,8 @@ def config_header(
             "query": config.query_timeout,
         },
         headers=config.headers,
+        accept_encoding=config.accept_encoding,
+        permessage_deflate=config.permessage_deflate,
     )
 
 
@@ -501,6 +513,11 @@ def parse_header(line: str, lineno: int = 1) -> TraceHeader:
     for key in ("origin", "jwt", "version", "path", "user_agent"):
         if key in obj:
             strings[key] = _field(obj, key, str, lineno, "a string")
+    for key in ("accept_encoding", "permessage_deflate"):
+        if key in obj:
+            if not isinstance(obj[key], bool):
+                raise TraceError(f"trace line {lineno}: expected true or false in {key!r}, got {obj[key]!r:.60}")
+            strings[key] = obj[key]
     headers: list[tuple[str, str]] = []
     if "headers" in obj:
         for pair in _field(obj, "headers", list, lineno, "a list of [name, value] pairs"):

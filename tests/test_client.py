@@ -46,7 +46,7 @@ QUERY = (
 )
 COMMON = (
     b"User-Agent: plabs-proto/0.1\r\nAccept: */*\r\nOrigin: https://labs.perplexity.ai\r\n"
-    b"Referer: https://labs.perplexity.ai/\r\n"
+    b"Referer: https://labs.perplexity.ai/\r\nAccept-Encoding: gzip, deflate\r\n"
 )
 
 
@@ -71,7 +71,8 @@ def upgrade_request(target: str, host: bytes = b"labs.test", key: str = KEY) -> 
     return (
         b"GET " + target.encode() + b" HTTP/1.1\r\nHost: " + host + b"\r\n" + COMMON
         + b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
-        + b"Sec-WebSocket-Key: " + key.encode() + b"\r\n\r\n"
+        + b"Sec-WebSocket-Key: " + key.encode() + b"\r\n"
+        + b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
     )
 
 
@@ -618,7 +619,7 @@ def test_callers_headers_replace_ours_of_the_same_name() -> None:
     h.client.connect(0.0)
     request = h.take(1)
     assert b"User-Agent: plabs-proto" not in request
-    assert request.endswith(b"Referer: https://labs.perplexity.ai/\r\nuser-agent: Mozilla/5.0 (X11)\r\nX-Extra: 1\r\n\r\n")
+    assert request.endswith(b"Referer: https://labs.perplexity.ai/\r\nAccept-Encoding: gzip, deflate\r\nuser-agent: Mozilla/5.0 (X11)\r\nX-Extra: 1\r\n\r\n")
 
 
 def test_bad_utf8_after_a_known_prefix_is_still_refused() -> None:

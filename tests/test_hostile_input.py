@@ -33,7 +33,7 @@ T = "d82c07cd"  # the first draw of random.Random(0), as the `t` cache buster
 KEY = "a6qUVePnBoLCCUysYp9vvg=="  # the second: the Sec-WebSocket-Key
 COMMON = (
     b"User-Agent: plabs-proto/0.1\r\nAccept: */*\r\nOrigin: https://labs.perplexity.ai\r\n"
-    b"Referer: https://labs.perplexity.ai/\r\n"
+    b"Referer: https://labs.perplexity.ai/\r\nAccept-Encoding: gzip, deflate\r\n"
 )
 DEEP = "[" * 100_000
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -52,7 +52,8 @@ def upgrade_request(target: str) -> bytes:
     return (
         b"GET " + target.encode() + b" HTTP/1.1\r\nHost: labs.test\r\n" + COMMON
         + b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
-        + b"Sec-WebSocket-Key: " + KEY.encode() + b"\r\n\r\n"
+        + b"Sec-WebSocket-Key: " + KEY.encode() + b"\r\n"
+        + b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
     )
 
 
