@@ -92,6 +92,8 @@ class SessionOptions(TypedDict, total=False):
     first_text_timeout: float | None
     query_timeout: float | None
     max_message_size: int | None
+    accept_encoding: bool
+    permessage_deflate: bool
 
 
 class AskOptions(SessionOptions, total=False):
@@ -205,6 +207,8 @@ def build_config(options: Mapping[str, Any]) -> ClientConfig:
             raise LocalProtocolError(f"expected {name} as a str, got {value!r:.60}")
         elif name == "tls" and value is not None and not isinstance(value, bool):
             raise LocalProtocolError(f"expected tls as True, False or None, got {value!r:.60}")
+        elif name in ("accept_encoding", "permessage_deflate") and not isinstance(value, bool):
+            raise LocalProtocolError(f"expected {name} as True or False, got {value!r:.60}")
         elif name == "max_message_size":
             if value is None:
                 continue  # the default receive limit
