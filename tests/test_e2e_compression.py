@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 from typing import Any
 
@@ -23,6 +24,8 @@ from plabs_proto.backends import asyncio as asyncio_backend
 from plabs_proto.backends import sync as sync_backend
 from plabs_proto.backends import trio as trio_backend
 
+from plabs_proto.events import TextDelta
+from plabs_proto.trace import TraceError, TraceRecorder, make_header, parse_header, replay
 from plabs_proto.websocket import negotiate_deflate
 
 ANSWER = "Compression works end to end: ünïcödé, 漢字 and emoji 🌍. " * 60  # about 3.6 KiB
@@ -153,3 +156,33 @@ def test_permessage_deflate_off_offers_nothing(emulator_factory: EmulatorFactory
     head = switching(received)
     assert b"xtensions" not in head
     assert received[len(head)] == 0x81  # plain frames
+
+
+@pytest.mark.parametrize("transport", ["polling", "websocket"])
+def test_a_compressed_session_replays_byte_exact_from_its_trace(
+    transport: str, emulator_factory: EmulatorFactory
+) -> None:
+    url = emulator_url(emulator_factory)
+    recorder = TraceRecorder(make_header(server=url, transport=transport, model="sonar-pro", messages="hello"))
+    assert run_ask("sync", "hello", server=url, transport=transport, tracer=recorder, model="sonar-pro") == ANSWER
+    lines = recorder.lines()
+    header = json.loads(lines[0])
+    assert header["accept_encoding"] is True and header["permessage_deflate"] is True
+    received = b"".join(r.data for r in recorder.records if r.direction == "in")
+    assert gzip_bodies(received) if transport == "polling" else b"permessage-deflate" in received
+    replayed = TraceRecorder({})
+    events = list(replay(lines, tracer=replayed))
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == ANSWER
+    sent = [r for r in recorder.redacted_records() if r.direction == "out"]
+    assert [r.data for r in replayed.redacted_records() if r.direction == "out"] == [r.data for r in sent]
+
+
+def test_trace_headers_carry_the_compression_switches() -> None:
+    old = {"plabs_trace": 1, "server": "http://x", "transport": "upgrade", "model": "sonar", "messages": [],
+           "seed": 1}
+    assert parse_header(json.dumps(old)).client_config().permessage_deflate is False  # made before it existed
+    assert parse_header(json.dumps(old)).client_config().accept_encoding is False
+    new = parse_header(json.dumps({**old, "accept_encoding": True, "permessage_deflate": False}))
+    assert new.client_config().accept_encoding is True and new.client_config().permessage_deflate is False
+    with pytest.raises(TraceError, match="expected true or false in 'permessage_deflate', got 1"):
+        parse_header(json.dumps({**old, "permessage_deflate": 1}))
