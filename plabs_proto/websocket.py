@@ -165,12 +165,27 @@ class _BoundedDeflate(PerMessageDeflate):
             self._inbound_compressed = None
             return None
         data = self._inflate(_TAIL, last=True)
+        self._inbound_compressed = None
+        self._end_message()
+        return data
+
+    def inflate_message(self, payload: bytes) -> bytes:
+        """A whole compressed message that came in one frame, inflated within the limit.
+
+        The channel's fast path, beside wsproto's (which it must not be in the middle
+        of a compressed message): the same inflater, so the window carries over.
+        """
+        if self._decompressor is None:
+            self._decompressor = zlib.decompressobj(-self.server_max_window_bits)
+        data = self._inflate(payload + _TAIL, last=True)
+        self._end_message()
+        return data
+
+    def _end_message(self) -> None:
         inflater = self._decompressor
         if self.server_no_context_takeover or (inflater is not None and inflater.eof):
             self._decompressor = None  # the next message starts with an empty window
-        self._inbound_compressed = None
         self._inflated = 0
-        return data
 
     def _inflate(self, data: bytes, *, last: bool) -> bytes:
         inflater = self._decompressor
@@ -324,8 +339,9 @@ class WebSocketChannel:
         """Feed bytes from the server; returns the messages they complete.
 
         Frames are cut at their boundaries here.  The frame servers send
-        almost always (final, unmasked, no extension bits, text or binary, no
-        fragmented message under way) is decoded directly; every other frame
+        almost always (final, unmasked, text or binary, no extension bits or
+        just RSV1 of a negotiated permessage-deflate, no fragmented message
+        under way) is decoded directly; every other frame
         (control frames, fragments, anything odd) is handed whole to wsproto,
         which validates it, so wsproto never holds half a frame.
         """
@@ -348,6 +364,7 @@ class WebSocketChannel:
         pos = 0
         size = len(buf)
         limit = self.max_message_size
+        deflate = self._deflate
         while size - pos >= 2:
             first = buf[pos]
             second = buf[pos + 1]
@@ -370,8 +387,16 @@ class WebSocketChannel:
             end = pos + head + length
             if end > size:
                 break
-            if (first == 0x81 or first == 0x82) and not second & 0x80 and not self._fragmented:
+            if (
+                (first == 0x81 or first == 0x82 or (deflate is not None and (first == 0xC1 or first == 0xC2)))
+                and not second & 0x80
+                and not self._fragmented
+            ):
                 payload = buf[pos + head : end]
+                if first & 0x40 and deflate is not None:  # compressed: inflated within the limit
+                    payload = deflate.inflate_message(bytes(payload))
+                    length = len(payload)
+                    first &= 0xBF
                 if first == 0x81 and self.raw_text and length > 2:
                     messages.append(Utf8Text(payload if type(payload) is bytes else bytes(payload)))
                 elif first == 0x81:

@@ -27,7 +27,7 @@ from plabs_proto.client import ClientConfig, ClientState, LabsClient
 from plabs_proto.errors import LabsError, LocalProtocolError, RemoteProtocolError
 from plabs_proto.events import AnswerFinished, Connected, TextDelta
 from plabs_proto.http import HTTPChannel, HTTPResponse
-from plabs_proto.websocket import DeflateParameters, WebSocketChannel, negotiate_deflate
+from plabs_proto.websocket import DeflateParameters, Utf8Text, WebSocketChannel, negotiate_deflate
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 BODY = ('42["sonar_query_progress",{"output":"' + "Paris is the capital of France. " * 60 + '"}]').encode()
@@ -417,6 +417,40 @@ def test_a_fragmented_compressed_message_with_a_ping_between() -> None:
     channel_ = ws()
     assert channel_.receive_data(wire) == [text.decode()]
     assert channel_.data_to_send()[:2] == b"\x8a\x82"  # the pong, masked, uncompressed
+
+
+def test_the_window_carries_across_fragmented_and_whole_compressed_messages() -> None:
+    # A fragmented message goes through wsproto, a whole one through the channel's fast path:
+    # both must read and feed the one inflater.
+    texts = [("Paris, the capital of France, " * k).encode() for k in (30, 31, 32, 33)]
+    payloads = server_compress(texts)
+    half = len(payloads[1]) // 2
+    wire = (
+        frame(payloads[0])
+        + frame(payloads[1][:half], fin=False)
+        + frame(payloads[1][half:], opcode=0x0, rsv1=False)
+        + frame(payloads[2])
+        + frame(b"3", rsv1=False)  # an uncompressed message between: not part of the window
+        + frame(payloads[3])
+    )
+    for size in (len(wire), 1):
+        channel_ = ws()
+        got: list[object] = []
+        for at in range(0, len(wire), size):
+            got += channel_.receive_data(wire[at : at + size])
+        assert got == [texts[0].decode(), texts[1].decode(), texts[2].decode(), "3", texts[3].decode()]
+
+
+def test_compressed_text_comes_raw_when_asked() -> None:
+    channel_ = WebSocketChannel(random.Random(0), max_message_size=MiB, deflate=AGREED, raw_text=True)
+    (payload,) = server_compress(["é and more".encode()])
+    (message,) = channel_.receive_data(frame(payload))
+    assert isinstance(message, Utf8Text) and message.decode() == "é and more"
+    (bad,) = server_compress([b"\xff\xfe not UTF-8"])
+    (message,) = channel_.receive_data(frame(bad))
+    assert isinstance(message, Utf8Text)
+    with pytest.raises(RemoteProtocolError, match="expected UTF-8 in a WebSocket text frame"):
+        message.decode()
 
 
 def test_our_messages_are_compressed_and_a_server_reads_them() -> None:
