@@ -88,13 +88,14 @@ class SessionOptions(TypedDict, total=False):
     version: str
     user_agent: str | None
     browser: BrowserProfile | None
-    permessage_deflate: bool
     path: str
     tls: bool | None
     connect_timeout: float | None
     first_text_timeout: float | None
     query_timeout: float | None
     max_message_size: int | None
+    accept_encoding: bool
+    permessage_deflate: bool
 
 
 class AskOptions(SessionOptions, total=False):
@@ -208,10 +209,10 @@ def build_config(options: Mapping[str, Any]) -> ClientConfig:
             raise LocalProtocolError(f"expected {name} as a str, got {value!r:.60}")
         elif name == "browser" and value is not None and not isinstance(value, BrowserProfile):
             raise LocalProtocolError(f"expected browser as a BrowserProfile or None, got {value!r:.60}")
-        elif name == "permessage_deflate" and not isinstance(value, bool):
-            raise LocalProtocolError(f"expected permessage_deflate as True or False, got {value!r:.60}")
         elif name == "tls" and value is not None and not isinstance(value, bool):
             raise LocalProtocolError(f"expected tls as True, False or None, got {value!r:.60}")
+        elif name in ("accept_encoding", "permessage_deflate") and not isinstance(value, bool):
+            raise LocalProtocolError(f"expected {name} as True or False, got {value!r:.60}")
         elif name == "max_message_size":
             if value is None:
                 continue  # the default receive limit

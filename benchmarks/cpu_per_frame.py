@@ -1,6 +1,6 @@
 """CPU time per streamed frame: each client against a server that bursts a long answer.
 
-    python benchmarks/cpu_per_frame.py [--frames 5000] [--step 8] [--repeat 3] [--quick] [--profile KIND]
+    python benchmarks/cpu_per_frame.py [--frames 5000] [--step 8] [--repeat 3] [--quick] [--profile KIND] [--deflate]
 
 The burst server (servers.py burst, its own process) answers the query with FRAMES progress
 frames, ``output`` growing by STEP characters a frame (the emulator's chunk size), written in
@@ -18,6 +18,10 @@ Targets (issue 4): plabs-proto at most half of python-socketio's CPU per frame a
 1.3 times the floor; at least 15,000 frames/s end to end.
 
 ``--profile KIND`` runs that client once under cProfile and prints the top entries.
+
+``--deflate``: the burst server accepts permessage-deflate and sends the burst compressed
+(see servers.py); the clients that offer it (plabs-proto's pure-Python backends, by default)
+then inflate every frame.  Compare with a run without it for the cost of compression.
 """
 
 from __future__ import annotations
@@ -133,6 +137,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--repeat", type=int, default=3, help="measured runs per client (default 3)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 500 frames, 1 run")
     parser.add_argument("--profile", metavar="KIND", help=f"profile one client: one of {', '.join(KINDS)}")
+    parser.add_argument("--deflate", action="store_true",
+                        help="the server negotiates permessage-deflate and compresses the burst")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -146,7 +152,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     stream_mb = sum(len(s) + 60 for s in sizes) / 1e6
     started = time.monotonic()
     results: dict[str, dict[str, float]] = {}
-    with Child("servers.py", "burst", "--frames", str(args.frames), "--step", str(args.step)) as server:
+    deflate = ["--deflate"] if args.deflate else []
+    with Child("servers.py", "burst", "--frames", str(args.frames), "--step", str(args.step), *deflate) as server:
         url = server.ready[0]
         for kind in kinds:
             extra = ["--profile", kind] if args.profile else []
@@ -161,7 +168,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     print(header("CPU per streamed frame (benchmarks/cpu_per_frame.py)"))
     print(f"{n} frames, output growing by {args.step} chars a frame to {len(sizes[-1])} chars (about {stream_mb:.0f} MB "
           f"of frames); server: a burst of pre-encoded frames in its own process; each client in a fresh process, "
-          f"best of {args.repeat} after a warm-up; {elapsed:.0f} s")
+          f"best of {args.repeat} after a warm-up; {elapsed:.0f} s"
+          + ("; permessage-deflate offered by the server, the burst compressed" if args.deflate else ""))
     print()
     floor = results["floor"]["cpu"]
     sio = results["python-socketio"]["cpu"]

@@ -2,7 +2,7 @@
 
     python benchmarks/servers.py emulator [--answer TEXT] [--chunk-size 8] [--frame-delay 0.005]
                                           [--certfile F --keyfile F]
-    python benchmarks/servers.py burst [--frames 5000] [--step 8]
+    python benchmarks/servers.py burst [--frames 5000] [--step 8] [--deflate]
 
 Each prints ``READY <url>`` and serves on 127.0.0.1 until SIGTERM or until its stdin closes.
 
@@ -16,6 +16,12 @@ clients use: the polling handshake (GET open packet, POST ``40``, GET the connec
 the WebSocket upgrade in python-engineio's way (``2probe`` -> ``3probe`` plus a queued NOOP,
 ``5``), or a straight WebSocket (open packet, ``40`` -> ``40{"sid":...}``).  Polling answers
 are not supported (a query over polling gets a failure frame).
+
+``--deflate``: accept a client's permessage-deflate offer (RFC 7692, with context takeover) and
+send the burst compressed, pre-encoded like the plain one: the burst is the first compressed
+message on its connection (the handshake's messages go uncompressed, RSV1 clear, which leaves
+the window empty), so one compressor run over the burst's messages gives every connection's bytes.
+A second query on one connection gets the plain burst.
 """
 
 from __future__ import annotations
@@ -28,12 +34,14 @@ import hashlib
 import json
 import secrets
 import struct
+import zlib
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
 from _common import HOST, burst_outputs, progress_messages, ready, serve_until_stopped
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import CloseConnection, Message, Ping, TextMessage
+from wsproto.extensions import PerMessageDeflate
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _PING_INTERVAL = 25000
@@ -41,15 +49,19 @@ _PING_TIMEOUT = 20000
 _SLICE = 1 << 20
 
 
-def ws_frame(text: str) -> bytes:
-    """An unmasked server text frame."""
+def ws_frame(text: str, *, compressor: zlib._Compress | None = None) -> bytes:
+    """An unmasked server text frame (compressed by ``compressor``, RSV1 set, when given)."""
     data = text.encode("utf-8")
+    first = 0x81
+    if compressor is not None:
+        data = (compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]  # RFC 7692 §7.2.1
+        first = 0xC1
     n = len(data)
     if n < 126:
-        return struct.pack("!BB", 0x81, n) + data
+        return struct.pack("!BB", first, n) + data
     if n < 65536:
-        return struct.pack("!BBH", 0x81, 126, n) + data
-    return struct.pack("!BBQ", 0x81, 127, n) + data
+        return struct.pack("!BBH", first, 126, n) + data
+    return struct.pack("!BBQ", first, 127, n) + data
 
 
 @dataclass
@@ -58,6 +70,7 @@ class _Session:
     queue: list[str] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     upgraded: bool = False
+    deflated: bool = False  # its connection already carried the compressed burst
 
     def push(self, packet: str) -> None:
         self.queue.append(packet)
@@ -70,11 +83,13 @@ class _Session:
 
 
 class BurstServer:
-    def __init__(self, frames: int, step: int) -> None:
+    def __init__(self, frames: int, step: int, deflate: bool = False) -> None:
         self.frames = frames
         self.step = step
+        self.deflate = deflate
         self.sessions: dict[str, _Session] = {}
         self._bursts: dict[str, bytes] = {}
+        self._deflated: dict[str, bytes] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def burst(self, model: str) -> bytes:
@@ -82,6 +97,17 @@ class BurstServer:
         if data is None:
             messages = progress_messages(model, burst_outputs(self.frames, self.step))
             data = self._bursts[model] = b"".join(ws_frame(m) for m in messages)
+        return data
+
+    def deflated_burst(self, model: str) -> bytes:
+        """The burst compressed with permessage-deflate, one window over all its messages."""
+        data = self._deflated.get(model)
+        if data is None:
+            # Level 1: encoding 100 MB of growing outputs takes seconds at the default level; the
+            # client's cost (inflating) depends on what comes out, not on how hard it was squeezed.
+            compressor = zlib.compressobj(1, zlib.DEFLATED, -15)
+            messages = progress_messages(model, burst_outputs(self.frames, self.step))
+            data = self._deflated[model] = b"".join(ws_frame(m, compressor=compressor) for m in messages)
         return data
 
     def _open_packet(self, sid: str, upgrades: list[str]) -> str:
@@ -147,7 +173,9 @@ class BurstServer:
         packets = session.drain() or ["6"]
         return "200 OK", "\x1e".join(packets)
 
-    def _client_packet(self, session: _Session, packet: str, send: list[bytes] | None) -> None:
+    def _client_packet(
+        self, session: _Session, packet: str, send: list[bytes] | None, deflate: bool = False
+    ) -> None:
         """A packet from the client; replies are queued on the session (polling) or sent (WebSocket)."""
         out: list[str] = []
         if packet.startswith("40"):
@@ -163,6 +191,10 @@ class BurstServer:
             if send is None:
                 out.append("42" + json.dumps([f"{model}_query_progress",
                                               {"status": "failed", "text": "polling answers are not served"}]))
+            elif deflate and not session.deflated:
+                session.deflated = True
+                send.append(self.deflated_burst(model))
+                return
             else:
                 send.append(self.burst(model))
                 return
@@ -180,9 +212,11 @@ class BurstServer:
     ) -> None:
         key = headers.get("sec-websocket-key", "").encode("ascii")
         accept = base64.b64encode(hashlib.sha1(key + _GUID).digest()).decode("ascii")
+        deflate = self.deflate and "permessage-deflate" in headers.get("sec-websocket-extensions", "")
+        agreed = "Sec-WebSocket-Extensions: permessage-deflate\r\n" if deflate else ""
         writer.write(
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Accept: {accept}\r\n\r\n".encode("ascii")
+            f"Sec-WebSocket-Accept: {accept}\r\n{agreed}\r\n".encode("ascii")
         )
         if sid is None:
             session = _Session(secrets.token_hex(8), upgraded=True)
@@ -193,7 +227,12 @@ class BurstServer:
                 writer.write(ws_frame("1"))
                 return
             session = found
-        conn = Connection(ConnectionType.SERVER)
+        extensions = []
+        if deflate:
+            extension = PerMessageDeflate()
+            extension.finalize("permessage-deflate")  # what the 101 agreed to: the client's frames may be compressed
+            extensions.append(extension)
+        conn = Connection(ConnectionType.SERVER, extensions=extensions)
         parts: list[str] = []
         pending: list[bytes] = []  # what to send, written by this loop
         while conn.state is not ConnectionState.CLOSED:
@@ -221,7 +260,7 @@ class BurstServer:
                         session.upgraded = True
                         writer.write(b"".join(ws_frame(p) for p in session.drain()))
                     else:
-                        self._client_packet(session, text, pending)
+                        self._client_packet(session, text, pending, deflate)
                 elif isinstance(event, Message):
                     parts.clear()
                 elif isinstance(event, Ping):
@@ -241,9 +280,9 @@ class BurstServer:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-async def _serve_burst(frames: int, step: int) -> None:
-    server = BurstServer(frames, step)
-    server.burst("sonar")  # encode before the first client comes
+async def _serve_burst(frames: int, step: int, deflate: bool) -> None:
+    server = BurstServer(frames, step, deflate)
+    server.burst("sonar")  # encode before the first client comes (the compressed one: at the warm-up's query)
     listener = await asyncio.start_server(server.handle, HOST, 0, backlog=1024)
     port = listener.sockets[0].getsockname()[1]
     ready(f"http://{HOST}:{port}")
@@ -281,11 +320,12 @@ def main(argv: list[str] | None = None) -> None:
     burst = sub.add_parser("burst")
     burst.add_argument("--frames", type=int, default=5000)
     burst.add_argument("--step", type=int, default=8)
+    burst.add_argument("--deflate", action="store_true", help="accept permessage-deflate, send the burst compressed")
     args = parser.parse_args(argv)
     if args.server == "emulator":
         asyncio.run(_serve_emulator(args))
     else:
-        asyncio.run(_serve_burst(args.frames, args.step))
+        asyncio.run(_serve_burst(args.frames, args.step, args.deflate))
 
 
 if __name__ == "__main__":

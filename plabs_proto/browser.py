@@ -51,8 +51,8 @@ module; none is copied):
 Where we knowingly differ from Chrome:
 
 * ``Accept-Encoding``: Chrome says ``gzip, deflate, br, zstd``.  We announce only
-  the codings the HTTP layer decodes (the client's ``DECODED_CONTENT_CODINGS``), and
-  leave the header out when it decodes none: announcing a coding we cannot decode
+  the codings the HTTP layer decodes (``gzip, deflate``: ``plabs_proto.http.ACCEPT_ENCODING``),
+  or none when the client's ``accept_encoding`` is off: announcing a coding we cannot decode
   would break the session the first time a server used it.
 * ``Sec-WebSocket-Extensions`` is sent only when the WebSocket layer offers
   permessage-deflate (``ClientConfig.permessage_deflate``).
@@ -119,9 +119,6 @@ WEBSOCKET_ORDER = (
 
 #: Headers the session may ask for that Chrome does not send on a WebSocket handshake.
 _NOT_ON_WEBSOCKET = frozenset({"referer"})
-
-#: What a browser that offers permessage-deflate puts in ``Sec-WebSocket-Extensions``.
-PERMESSAGE_DEFLATE_OFFER = "permessage-deflate; client_max_window_bits"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -53,7 +53,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ._state import END_STATES, SessionState
-from .browser import CHROME, PERMESSAGE_DEFLATE_OFFER, BrowserProfile, merge_headers
+from .browser import CHROME, BrowserProfile, merge_headers
 from .errors import LabsError, LocalProtocolError, RemoteProtocolError
 from .events import (
     CloseStream,
@@ -67,7 +67,7 @@ from .events import (
     WebSocketConnect,
     WebSocketSend,
 )
-from .http import HTTPChannel, HTTPResponse, SwitchedProtocol
+from .http import ACCEPT_ENCODING, HTTPChannel, HTTPResponse, SwitchedProtocol
 from .labs import DEFAULT_MODEL, DEFAULT_VERSION
 from .proxy import HTTPConnectTunnel, ProxyConfig, SOCKS5Tunnel, parse_proxy_url
 from .session import (
@@ -82,14 +82,9 @@ from .session import (
 )
 from .stack import Layer, StreamStack
 from .tls import TLSLayer, check_ssl_context, make_ssl_context
-from .websocket import WebSocketChannel, accept_token, make_key
+from .websocket import DEFLATE_OFFER, WebSocketChannel, accept_token, make_key, negotiate_deflate
 
 __all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "DEFAULT_SERVER", "TRANSPORTS", "ClientConfig", "ClientState", "LabsClient", "Tracer"]
-
-#: The content codings the HTTP layer decodes, announced in ``Accept-Encoding`` (none: the header is
-#: left out, since announcing a coding we cannot decode would break on the first body that used it).
-#: TODO(lead): ``("gzip", "deflate")`` once http.py decodes them (the encoding branch).
-DECODED_CONTENT_CODINGS: tuple[str, ...] = ()
 
 #: Set-Cookie values kept and sent back: visible ASCII names, printable ASCII values, at most
 #: this many cookies of at most this many characters each (RFC 6265's minimums for a browser).
@@ -131,9 +126,19 @@ class ClientConfig:
     replaying an old trace needs.  ``user_agent`` replaces the profile's User-Agent; the
     client hints (``sec-ch-ua*``) are then left out, as they would contradict it.
     ``headers`` are the caller's: with a profile each replaces the header of the same name
-    (any case) where it stands, the others go at the end (without one, as before: all at the end).  ``permessage_deflate`` offers the
-    WebSocket extension (``Sec-WebSocket-Extensions``); leave it False until the WebSocket
-    layer negotiates it (TODO(lead): default True once websocket.py does).
+    (any case) where it stands, the others go at the end (without one, as before: all at the end).
+
+    Compression, both on by default as in a browser: ``accept_encoding`` sends
+    ``Accept-Encoding: gzip, deflate`` on every HTTP request (Node's engine.io
+    and python-engineio then gzip polling bodies of 1 KiB and more); a body the
+    server compressed is inflated whatever we offered, never past the receive
+    limit.  ``permessage_deflate`` offers the WebSocket extension of RFC 7692
+    (``Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits``);
+    when the server accepts it, its compressed messages are inflated (within
+    ``max_message_size``) and ours are compressed with the parameters it chose.
+    Turned off, nothing is offered, and a server that answers with an
+    extension all the same is refused.  Neither changes the message level
+    (:class:`~plabs_proto.session.SessionConfig`): compression is the carrier's.
     """
 
     server: str = DEFAULT_SERVER
@@ -149,11 +154,12 @@ class ClientConfig:
     version: str = DEFAULT_VERSION
     browser: BrowserProfile | None = CHROME
     user_agent: str | None = None
-    permessage_deflate: bool = False
     connect_timeout: float | None = 30.0
     first_text_timeout: float | None = 60.0
     query_timeout: float | None = None
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    accept_encoding: bool = True
+    permessage_deflate: bool = True
 
     def session_config(self) -> SessionConfig:
         """The message-level part of this configuration, for :class:`~plabs_proto.session.LabsSession`."""
@@ -228,6 +234,9 @@ class LabsClient:
         limit = config.max_message_size
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise LocalProtocolError(f"expected max_message_size as an int >= 1 (bytes), got {limit!r:.60}")
+        for name in ("accept_encoding", "permessage_deflate"):
+            if not isinstance(getattr(config, name), bool):
+                raise LocalProtocolError(f"expected {name} as True or False, got {getattr(config, name)!r:.60}")
         try:
             url = urlsplit(config.server) if isinstance(config.server, str) else None
         except ValueError:  # an unclosed "[" of an IPv6 address, say
@@ -542,7 +551,8 @@ class LabsClient:
             layers.append(TLSLayer(self._ssl_context, self._host))
         stack = StreamStack(layers)
         stack.start()
-        stream = _Stream(stream_id, stack, HTTPChannel(max_body=self._limit + BODY_SLACK))
+        http = HTTPChannel(max_body=self._limit + BODY_SLACK, limit_name="max_message_size + 64 KiB")
+        stream = _Stream(stream_id, stack, http)
         self._streams[stream_id] = stream
         self._instructions.append(OpenStream(stream_id=stream_id, host=host, port=port))
         opening = stack.data_to_send()  # a CONNECT request, a SOCKS greeting or a ClientHello
@@ -624,7 +634,7 @@ class LabsClient:
                 session_headers=session_headers,
                 content_length=content_length,
                 user_agent=self._caller_user_agent(),
-                accept_encoding=", ".join(DECODED_CONTENT_CODINGS) or None,
+                accept_encoding=ACCEPT_ENCODING if self.config.accept_encoding else None,
                 cookie=self._cookie_header(),
             )
             return merge_headers(headers, self.config.headers)
@@ -635,6 +645,8 @@ class LabsClient:
         last: list[tuple[str, str]] = []
         for name, value in session_headers:
             (last if name == "Content-Type" else headers).append((name, value))
+        if self.config.accept_encoding:
+            headers.append(("Accept-Encoding", ACCEPT_ENCODING))
         cookie = self._cookie_header()
         if cookie is not None:
             headers.append(("Cookie", cookie))
@@ -654,9 +666,9 @@ class LabsClient:
                 key=self._ws_key,
                 session_headers=session_headers,
                 user_agent=self._caller_user_agent(),
-                accept_encoding=", ".join(DECODED_CONTENT_CODINGS) or None,
+                accept_encoding=ACCEPT_ENCODING if self.config.accept_encoding else None,
                 cookie=self._cookie_header(),
-                extensions=PERMESSAGE_DEFLATE_OFFER if self.config.permessage_deflate else None,
+                extensions=DEFLATE_OFFER if self.config.permessage_deflate else None,
             )
             return merge_headers(headers, self.config.headers)
         return [
@@ -665,6 +677,7 @@ class LabsClient:
             ("Upgrade", "websocket"),
             ("Sec-WebSocket-Version", "13"),
             ("Sec-WebSocket-Key", self._ws_key),
+            *([("Sec-WebSocket-Extensions", DEFLATE_OFFER)] if self.config.permessage_deflate else []),
         ]
 
     def _on_http_bytes(self, stream: _Stream, data: bytes, now: float) -> None:
@@ -719,9 +732,11 @@ class LabsClient:
             raise RemoteProtocolError(
                 f"expected Sec-WebSocket-Accept {accept_token(self._ws_key)!r} in the 101 response, got {accept!r}"
             )
+        deflate = negotiate_deflate(switched.header_values("sec-websocket-extensions"),
+                                    offered=self.config.permessage_deflate)
         self._remember_cookies(HTTPResponse(101, "", switched.headers, b""))
         stream.http = None
-        stream.ws = WebSocketChannel(self._rng, max_message_size=self._limit, raw_text=True)
+        stream.ws = WebSocketChannel(self._rng, max_message_size=self._limit, raw_text=True, deflate=deflate)
         if stream.ws_id is not None:
             self._session.receive_websocket_open(stream.ws_id, now)
             self._carry(self._session._drain())  # the probe goes out before any answer to what follows

@@ -5,10 +5,19 @@ request into bytes, the server's bytes back into one complete
 :class:`HTTPResponse` (or a :class:`SwitchedProtocol` for a WebSocket upgrade),
 and tells whether the connection can carry the next request.  h11's errors
 come out as our :class:`~plabs_proto.errors.RemoteProtocolError`.
+
+A body sent with ``Content-Encoding: gzip`` or ``deflate`` (zlib-wrapped, or
+raw deflate as browsers also take it) is inflated here as it arrives, by
+:class:`BodyDecoder`: the response carries the decoded body.  Inflating never
+goes past the channel's ``max_body``, so a small compressed body that would
+inflate to gigabytes (a decompression bomb) is refused after ``max_body``
+bytes, and the compressed bytes count against it too.  Any other coding
+(``br``, ``zstd``: we never offer them) is refused by name.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -16,7 +25,10 @@ import h11
 
 from .errors import LocalProtocolError, RemoteProtocolError
 
-__all__ = ["HTTPChannel", "HTTPResponse", "SwitchedProtocol", "looks_like_cloudflare"]
+__all__ = ["ACCEPT_ENCODING", "BodyDecoder", "HTTPChannel", "HTTPResponse", "SwitchedProtocol", "looks_like_cloudflare"]
+
+#: What the client offers in ``Accept-Encoding``: exactly the codings :class:`BodyDecoder` inflates.
+ACCEPT_ENCODING = "gzip, deflate"
 
 Headers = Sequence[tuple[str, str]]
 
@@ -59,6 +71,10 @@ class SwitchedProtocol:
                 return value
         return None
 
+    def header_values(self, name: str) -> list[str]:
+        """Every value of header ``name`` (lower case)."""
+        return [value for key, value in self.headers if key == name]
+
 
 _CLOUDFLARE_MARKERS = (
     "just a moment...",
@@ -79,6 +95,104 @@ def looks_like_cloudflare(response: HTTPResponse) -> bool:
     return any(marker in text for marker in _CLOUDFLARE_MARKERS)
 
 
+def _codings(raw: list[tuple[bytes, bytes]]) -> list[str]:
+    """The content codings of a response head, in the order applied, ``identity`` left out."""
+    codings: list[str] = []
+    for name, value in raw:
+        if name.lower() == b"content-encoding":
+            for item in value.decode("latin-1").split(","):
+                coding = item.strip().lower()
+                if coding and coding != "identity":
+                    codings.append(coding)
+    return codings
+
+
+class BodyDecoder:
+    """Inflates one ``gzip`` or ``deflate`` response body piece by piece, within ``limit`` bytes.
+
+    :meth:`feed` takes the compressed bytes as they come and returns what they
+    inflate to; :meth:`end` checks that the compressed stream was complete.
+    Each call to zlib is told the most it may produce (``max_length``), so the
+    memory and time a body costs are bounded by ``limit`` whatever it holds.
+
+    ``deflate`` is meant to be zlib-wrapped (RFC 9110 §8.4.1.2); some servers
+    send raw deflate instead, which browsers take, and so do we: the first two
+    bytes tell which (a zlib header is a multiple of 31 with method 8).  ``gzip``
+    (and its old name ``x-gzip``) is one gzip member; bytes after its end, or a
+    stream cut short, are errors.  An empty body is an empty body whatever its
+    coding says (servers send ``Content-Encoding: gzip`` on empty answers).
+    """
+
+    __slots__ = ("_fed", "_head", "_inflater", "_size", "coding", "limit", "limit_name")
+
+    def __init__(self, coding: str, *, limit: int, limit_name: str = "max_body") -> None:
+        if coding not in ("gzip", "x-gzip", "deflate"):
+            raise LocalProtocolError(f"expected gzip, x-gzip or deflate as a body coding, got {coding!r}")
+        self.coding = coding
+        self.limit = limit
+        #: How the limit is called in error messages (the setting it comes from).
+        self.limit_name = limit_name
+        self._inflater: zlib._Decompress | None = (
+            zlib.decompressobj(16 + zlib.MAX_WBITS) if coding != "deflate" else None
+        )
+        self._head = b""  # deflate: the first byte, until the second tells zlib from raw
+        self._size = 0  # bytes produced so far
+        self._fed = 0  # compressed bytes taken so far
+
+    def feed(self, data: bytes) -> bytes:
+        """The bytes ``data`` inflates to; :class:`RemoteProtocolError` past the limit or on bad data."""
+        self._fed += len(data)
+        inflater = self._inflater
+        if inflater is None:
+            data = self._head + data
+            if len(data) < 2:
+                self._head = data
+                return b""
+            self._head = b""
+            zlib_wrapped = data[0] & 0x0F == 8 and data[0] >> 4 <= 7 and (data[0] << 8 | data[1]) % 31 == 0
+            inflater = self._inflater = zlib.decompressobj(zlib.MAX_WBITS if zlib_wrapped else -zlib.MAX_WBITS)
+        if inflater.eof:
+            if data:
+                self._trailing(len(data))
+            return b""
+        room = self.limit - self._size
+        try:
+            out = inflater.decompress(data, room + 1)
+        except zlib.error as exc:
+            raise RemoteProtocolError(
+                f"expected a {self.coding}-encoded HTTP body (Content-Encoding: {self.coding}), "
+                f"got bytes zlib cannot inflate: {exc}"
+            ) from None
+        self._size += len(out)
+        if self._size > self.limit or inflater.unconsumed_tail:
+            raise RemoteProtocolError(
+                f"expected an HTTP response body of at most {self.limit} bytes ({self.limit_name}) once "
+                f"inflated, got a {self.coding} body that inflates to more than that"
+            )
+        if inflater.unused_data:
+            self._trailing(len(inflater.unused_data))
+        return out
+
+    def end(self) -> None:
+        """Check the body held a whole compressed stream (or nothing at all)."""
+        if not self._fed:
+            return
+        if self._head:
+            raise RemoteProtocolError(
+                f"expected a {self.coding}-encoded HTTP body, got a body of one byte {self._head!r}"
+            )
+        if self._inflater is not None and not self._inflater.eof:
+            raise RemoteProtocolError(
+                f"expected a complete {self.coding} stream in the HTTP body, got one cut short "
+                f"(after {self._fed} compressed bytes)"
+            )
+
+    def _trailing(self, count: int) -> None:
+        raise RemoteProtocolError(
+            f"expected nothing after the end of the {self.coding} stream in the HTTP body, got {count} more bytes"
+        )
+
+
 #: A body may come in any number of pieces (HTTP chunks, or reads) as long as, past the first
 #: ``_FREE_PIECES``, they average at least ``_MIN_PIECE`` bytes: every piece costs h11 an event,
 #: so a body in 2-byte chunks is refused early instead of costing seconds per megabyte.
@@ -93,13 +207,18 @@ def _headers(raw: list[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
 class HTTPChannel:
     """One HTTP/1.1 client connection, one request in flight at a time.
 
-    ``max_body`` bounds the response body (and h11 bounds the head), so a
-    server that never stops sending gets an error, not our memory.
+    ``max_body`` bounds the response body, as sent and once decoded (and h11
+    bounds the head), so a server that never stops sending gets an error, not
+    our memory; ``limit_name`` is how errors call that limit.  Bodies sent with
+    ``Content-Encoding: gzip`` or ``deflate`` are decoded (see :class:`BodyDecoder`).
     """
 
-    def __init__(self, *, max_body: int) -> None:
+    def __init__(self, *, max_body: int, limit_name: str = "max_body") -> None:
         self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=65536)
         self.max_body = max_body
+        self.limit_name = limit_name
+        self._decoder: BodyDecoder | None = None
+        self._raw = 0  # body bytes as sent (compressed ones, for a coded body)
         self._busy = False
         self._upgrading = False
         self._response: h11.Response | h11.InformationalResponse | None = None
@@ -144,6 +263,8 @@ class HTTPChannel:
         self._response = None
         self._body = bytearray()
         self._pieces = 0
+        self._decoder = None
+        self._raw = 0
         return out
 
     def receive_data(self, data: bytes) -> HTTPResponse | SwitchedProtocol | None:
@@ -179,21 +300,25 @@ class HTTPChannel:
                     continue  # 100 Continue and friends
                 if isinstance(event, h11.Response):
                     self._response = event
+                    self._decoder = self._body_decoder(event)
                 elif isinstance(event, h11.Data):
-                    body = self._body
-                    body += event.data
-                    if len(body) > self.max_body:
+                    self._raw += len(event.data)
+                    if self._raw > self.max_body:
                         raise RemoteProtocolError(
-                            f"expected an HTTP response body of at most {self.max_body} bytes, "
+                            f"expected an HTTP response body of at most {self.max_body} bytes ({self.limit_name}), "
                             f"got more than that"
                         )
+                    body = self._body
+                    body += event.data if self._decoder is None else self._decoder.feed(event.data)
                     self._pieces += 1
-                    if self._pieces > _FREE_PIECES + len(body) // _MIN_PIECE:
+                    if self._pieces > _FREE_PIECES + self._raw // _MIN_PIECE:
                         raise RemoteProtocolError(
                             f"expected an HTTP response body in pieces of {_MIN_PIECE} bytes on average, "
-                            f"got {self._pieces} pieces for {len(body)} bytes"
+                            f"got {self._pieces} pieces for {self._raw} bytes"
                         )
                 elif isinstance(event, h11.EndOfMessage):
+                    if self._decoder is not None:
+                        self._decoder.end()
                     return self._finish()
                 elif isinstance(event, h11.ConnectionClosed):
                     raise RemoteProtocolError("expected an HTTP response, got end of stream")
@@ -206,6 +331,19 @@ class HTTPChannel:
                     f"expected the rest of the HTTP response, got end of stream ({exc})"
                 ) from exc
             raise RemoteProtocolError(f"expected a valid HTTP/1.1 response, got one h11 refuses: {exc}") from exc
+
+    def _body_decoder(self, response: h11.Response) -> BodyDecoder | None:
+        """The decoder for the body ``response`` announces (None: the body comes as it is)."""
+        codings = _codings(list(response.headers))
+        if not codings:
+            return None
+        if len(codings) > 1 or codings[0] not in ("gzip", "x-gzip", "deflate"):
+            self._closed = True
+            raise RemoteProtocolError(
+                f"expected a response body as it is or in one Content-Encoding we offer ({ACCEPT_ENCODING}), "
+                f"got Content-Encoding {', '.join(codings)!r} (HTTP {response.status_code})"
+            )
+        return BodyDecoder(codings[0], limit=self.max_body, limit_name=self.limit_name)
 
     def _finish(self) -> HTTPResponse:
         response = self._response

@@ -7,7 +7,9 @@ started::
      "model": "r1-1776", "messages": [{"role": "user", "content": "hi"}], "seed": 42,
      "origin": "https://labs.perplexity.ai", "jwt": "anonymous-ask-user", "version": "2.18"}
 
-(optional keys: ``path``, ``user_agent``, ``browser``, ``timeouts``, ``headers``); every other line is
+(optional keys: ``path``, ``user_agent``, ``browser``, ``timeouts``, ``headers``,
+``accept_encoding``, ``permessage_deflate``: the last two are written always, and a header
+without them is from before the client offered compression, so its replay offers none); every other line is
 one chunk of bytes the client wrote or received above TLS::
 
     {"t": 0.012345, "stream": 1, "dir": "in", "b64": "SFRUUC8xLjEgMjAwIE9L..."}
@@ -110,6 +112,8 @@ class TraceHeader:
     browser: str | None = None
     timeouts: tuple[tuple[str, float | None], ...] = ()
     headers: tuple[tuple[str, str], ...] = ()
+    accept_encoding: bool = False
+    permessage_deflate: bool = False
 
     def client_config(self) -> ClientConfig:
         """The :class:`ClientConfig` of the replayed client (plain HTTP: the trace is above TLS)."""
@@ -129,6 +133,8 @@ class TraceHeader:
             jwt=self.jwt,
             version=self.version,
             headers=self.headers,
+            accept_encoding=self.accept_encoding,
+            permessage_deflate=self.permessage_deflate,
             **extra,
         )
 
@@ -148,6 +154,8 @@ def make_header(
     browser: str | None = CHROME.name,
     timeouts: Mapping[str, float | None] | None = None,
     headers: Sequence[tuple[str, str]] = (),
+    accept_encoding: bool = True,
+    permessage_deflate: bool = True,
 ) -> dict[str, Any]:
     """The header dict for :class:`TraceRecorder` (a prompt string becomes one user message).
 
@@ -169,6 +177,8 @@ def make_header(
         "origin": origin,
         "jwt": jwt,
         "version": version,
+        "accept_encoding": accept_encoding,
+        "permessage_deflate": permessage_deflate,
     }
     if path is not None:
         header["path"] = path
@@ -212,6 +222,8 @@ def config_header(
             "query": config.query_timeout,
         },
         headers=config.headers,
+        accept_encoding=config.accept_encoding,
+        permessage_deflate=config.permessage_deflate,
     )
 
 
@@ -517,6 +529,11 @@ def parse_header(line: str, lineno: int = 1) -> TraceHeader:
             f"trace line {lineno}: expected a browser profile among {', '.join(sorted(PROFILES))} "
             f"or null in 'browser', got {browser!r:.60}"
         )
+    for key in ("accept_encoding", "permessage_deflate"):
+        if key in obj:
+            if not isinstance(obj[key], bool):
+                raise TraceError(f"trace line {lineno}: expected true or false in {key!r}, got {obj[key]!r:.60}")
+            strings[key] = obj[key]
     headers: list[tuple[str, str]] = []
     if "headers" in obj:
         for pair in _field(obj, "headers", list, lineno, "a list of [name, value] pairs"):

@@ -4,6 +4,19 @@ Parsing of the server's frames is wsproto's ``FrameProtocol`` (UTF-8 validation,
 fragmentation, control frames, close codes).  Our own frames are masked with
 keys drawn from the random generator the client was handed, so a test can
 reproduce every byte we send (wsproto would draw masks from ``os.urandom``).
+
+Compression (RFC 7692, permessage-deflate): the client offers
+:data:`DEFLATE_OFFER`; :func:`negotiate_deflate` checks the server's answer
+(only the extension we offered, only parameters RFC 7692 defines, window
+sizes 8 to 15) and gives the :class:`DeflateParameters` it agreed to.  The
+channel then hands compressed frames (RSV1 set) to wsproto's
+``PerMessageDeflate`` through a subclass that inflates with a bound: a message
+that inflates past ``max_message_size`` is refused as soon as it does, however
+small its compressed form (a decompression bomb).  Our own messages go through
+the same extension's ``frame_outbound`` (it compresses and strips the
+``00 00 ff ff`` tail), then into a frame masked from our ``rng``; with
+``client_max_window_bits=8``, which zlib cannot compress with, they go
+uncompressed (RSV1 clear), as RFC 7692 allows for any message.
 """
 
 from __future__ import annotations
@@ -12,21 +25,191 @@ import base64
 import hashlib
 import random
 import struct
+import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import (
     CloseReason,
+    FrameDecoder,
     FrameProtocol,
     Opcode,
     ParseFailed,
+    RsvBits,
     XorMaskerSimple,
 )
 
 from .errors import LocalProtocolError, RemoteProtocolError
 
-__all__ = ["Utf8Text", "WebSocketChannel", "accept_token", "make_key"]
+__all__ = [
+    "DEFLATE_OFFER",
+    "DeflateParameters",
+    "Utf8Text",
+    "WebSocketChannel",
+    "accept_token",
+    "make_key",
+    "negotiate_deflate",
+]
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+#: Our ``Sec-WebSocket-Extensions`` offer, as Chrome words it: permessage-deflate, and the
+#: server may bound the window we compress with (``client_max_window_bits`` without a value).
+DEFLATE_OFFER = "permessage-deflate; client_max_window_bits"
+_TAIL = b"\x00\x00\xff\xff"  # what a sender strips from the end of each compressed message
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeflateParameters:
+    """What the server agreed to for permessage-deflate (RFC 7692 §7.1).
+
+    ``server_no_context_takeover``: the server starts each message with an empty
+    window (we then inflate each message afresh).  ``client_no_context_takeover``:
+    so must we.  ``*_max_window_bits``: the largest LZ77 window (as a power of
+    two) each side compresses with; 15 when the server named none.
+    """
+
+    server_no_context_takeover: bool = False
+    client_no_context_takeover: bool = False
+    server_max_window_bits: int = 15
+    client_max_window_bits: int = 15
+
+
+_FLAGS = ("server_no_context_takeover", "client_no_context_takeover")
+_BITS = ("server_max_window_bits", "client_max_window_bits")
+
+
+def negotiate_deflate(values: Sequence[str], *, offered: bool) -> DeflateParameters | None:
+    """The permessage-deflate parameters the server's ``Sec-WebSocket-Extensions`` values agree to.
+
+    ``values`` are the header's values in the 101 response (none: no
+    extension, ``None``); ``offered`` tells whether we sent :data:`DEFLATE_OFFER`.
+    An extension we did not offer, one named twice, an unknown or repeated
+    parameter, a flag with a value or a window size outside 8..15 is a
+    :class:`RemoteProtocolError` (RFC 7692 §7.1: the client must fail the
+    connection), naming what arrived.
+    """
+    text = ", ".join(values)
+    extensions = [item.strip() for item in text.split(",") if item.strip()]
+    if not extensions:
+        return None
+    shown = text if len(text) <= 200 else text[:200] + "..."
+    if not offered:
+        raise RemoteProtocolError(
+            f"expected no Sec-WebSocket-Extensions in the 101 response (we offered none), got {shown!r}"
+        )
+    if len(extensions) > 1:
+        raise RemoteProtocolError(
+            f"expected at most one WebSocket extension (we offered permessage-deflate), got {shown!r}"
+        )
+    name, *params = [part.strip() for part in extensions[0].split(";")]
+    if name.lower() != "permessage-deflate":
+        raise RemoteProtocolError(
+            f"expected the WebSocket extension we offered (permessage-deflate), got {name!r:.80}"
+        )
+    agreed: dict[str, bool | int] = {}
+    for param in params:
+        key, sep, value = (part.strip() for part in param.partition("="))
+        key = key.lower()
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = value[1:-1]
+        if key in agreed:
+            raise RemoteProtocolError(f"expected each permessage-deflate parameter once, got {key!r} twice in {shown!r}")
+        if key in _FLAGS and not sep:
+            agreed[key] = True
+        elif key in _BITS and value in ("8", "9", "10", "11", "12", "13", "14", "15"):
+            agreed[key] = int(value)
+        else:
+            raise RemoteProtocolError(
+                "expected permessage-deflate parameters among server_no_context_takeover, "
+                "client_no_context_takeover (without a value), server_max_window_bits=8..15 and "
+                f"client_max_window_bits=8..15, got {param!r:.80} in {shown!r}"
+            )
+    return DeflateParameters(**agreed)  # type: ignore[arg-type]
+
+
+class _BoundedDeflate(PerMessageDeflate):
+    """wsproto's permessage-deflate, inflating each message within ``limit`` bytes.
+
+    wsproto's own inbound path inflates a frame whole (no ``max_length``), so a
+    frame of a few kilobytes could become gigabytes; here every call to zlib
+    is told the most the message may still grow by, and going past it raises
+    :class:`RemoteProtocolError` at once.  A control frame between the
+    fragments of a compressed message leaves the message's state alone.
+    """
+
+    def __init__(self, agreed: DeflateParameters, *, limit: int) -> None:
+        super().__init__(
+            client_no_context_takeover=agreed.client_no_context_takeover,
+            server_no_context_takeover=agreed.server_no_context_takeover,
+            # zlib cannot compress with a window of 8 bits: then we do not compress (see the module).
+            client_max_window_bits=max(9, agreed.client_max_window_bits),
+        )
+        # Inflating with the largest window reads any smaller one, 8 bits included.
+        self.server_max_window_bits = 15
+        self.compress_outgoing = agreed.client_max_window_bits >= 9
+        self._limit = limit
+        self._inflated = 0  # bytes the compressed message under way has inflated to
+        self.finalize(self.name)  # enabled: the parameters are already set
+
+    def frame_inbound_payload_data(self, proto: FrameDecoder | FrameProtocol, data: bytes) -> bytes | CloseReason:
+        if not self._inbound_compressed or not self._inbound_is_compressible:
+            return data
+        return self._inflate(data, last=False)
+
+    def frame_inbound_complete(self, proto: FrameDecoder | FrameProtocol, fin: bool) -> bytes | CloseReason | None:
+        if not fin or not self._inbound_is_compressible:
+            return None  # a fragment, or a control frame (perhaps between fragments)
+        if not self._inbound_compressed:
+            self._inbound_compressed = None
+            return None
+        data = self._inflate(_TAIL, last=True)
+        self._inbound_compressed = None
+        self._end_message()
+        return data
+
+    def inflate_message(self, payload: bytes) -> bytes:
+        """A whole compressed message that came in one frame, inflated within the limit.
+
+        The channel's fast path, beside wsproto's (which it must not be in the middle
+        of a compressed message): the same inflater, so the window carries over.
+        """
+        if self._decompressor is None:
+            self._decompressor = zlib.decompressobj(-self.server_max_window_bits)
+        data = self._inflate(payload + _TAIL, last=True)
+        self._end_message()
+        return data
+
+    def _end_message(self) -> None:
+        inflater = self._decompressor
+        if self.server_no_context_takeover or (inflater is not None and inflater.eof):
+            self._decompressor = None  # the next message starts with an empty window
+        self._inflated = 0
+
+    def _inflate(self, data: bytes, *, last: bool) -> bytes:
+        inflater = self._decompressor
+        if inflater is None:  # pragma: no cover - frame_inbound_header makes one for a compressed message
+            raise RemoteProtocolError("expected a compressed WebSocket message to have begun, got a fragment")
+        room = self._limit - self._inflated
+        try:
+            out = inflater.decompress(data, room + 1)
+        except zlib.error as exc:
+            raise RemoteProtocolError(
+                f"expected a permessage-deflate message zlib can inflate, got one it cannot: {exc}"
+            ) from None
+        self._inflated += len(out)
+        if self._inflated > self._limit or inflater.unconsumed_tail:
+            raise RemoteProtocolError(
+                f"expected a WebSocket message of at most {self._limit} bytes (max_message_size) once inflated, "
+                f"got a compressed one that inflates to more"
+            )
+        if inflater.eof and inflater.unused_data and not (last and inflater.unused_data == _TAIL):
+            raise RemoteProtocolError(
+                "expected nothing after the final deflate block of a WebSocket message, "
+                f"got {len(inflater.unused_data)} more bytes"
+            )
+        return out
 
 
 def make_key(rng: random.Random) -> str:
@@ -39,15 +222,16 @@ def accept_token(key: str) -> str:
     return base64.b64encode(hashlib.sha1(key.encode("ascii") + _GUID).digest()).decode("ascii")
 
 
-def _frame(opcode: int, payload: bytes, rng: random.Random) -> bytes:
-    """One final, masked client frame."""
+def _frame(opcode: int, payload: bytes, rng: random.Random, *, rsv1: bool = False) -> bytes:
+    """One final, masked client frame (``rsv1``: a compressed message)."""
     n = len(payload)
+    first = 0xC0 | opcode if rsv1 else 0x80 | opcode
     if n < 126:
-        header = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
+        header = struct.pack("!BB", first, 0x80 | n)
     elif n < 65536:
-        header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
+        header = struct.pack("!BBH", first, 0x80 | 126, n)
     else:
-        header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
+        header = struct.pack("!BBQ", first, 0x80 | 127, n)
     key = rng.getrandbits(32).to_bytes(4, "big")
     return header + key + bytes(XorMaskerSimple(key).process(bytearray(payload)))
 
@@ -71,6 +255,8 @@ class Utf8Text:
             ) from None
 
 
+_NO_RSV = RsvBits(False, False, False)
+
 #: A fragmented message may have any number of fragments as long as, past the first
 #: ``_FREE_FRAGMENTS``, they average at least ``_MIN_FRAGMENT`` bytes: each one costs wsproto a
 #: frame, so a message in 2-byte continuation frames is refused early.
@@ -86,16 +272,28 @@ class WebSocketChannel:
     answered and a server close is acknowledged on their own: the replies wait
     in ``data_to_send()``.  A message longer than ``max_message_size`` bytes is
     refused with :class:`RemoteProtocolError` before it is buffered whole.
+    ``deflate``: the permessage-deflate parameters the server agreed to (see
+    :func:`negotiate_deflate`); compressed messages are then inflated within
+    ``max_message_size`` and ours are compressed.
     """
 
     def __init__(
-        self, rng: random.Random, *, max_message_size: int, trailing_data: bytes = b"", raw_text: bool = False
+        self,
+        rng: random.Random,
+        *,
+        max_message_size: int,
+        trailing_data: bytes = b"",
+        raw_text: bool = False,
+        deflate: DeflateParameters | None = None,
     ) -> None:
         self._rng = rng
         #: Hand whole single-frame text messages out as :class:`Utf8Text`, undecoded (but for
         #: those of one or two bytes: as ``str`` they cost nothing, as ``Utf8Text`` 40 times their size).
         self.raw_text = raw_text
-        self._proto = FrameProtocol(client=True, extensions=[])
+        #: The parameters of permessage-deflate, when the server agreed to it.
+        self.deflate = deflate
+        self._deflate = _BoundedDeflate(deflate, limit=max_message_size) if deflate is not None else None
+        self._proto = FrameProtocol(client=True, extensions=[self._deflate] if self._deflate is not None else [])
         self._outgoing = bytearray()
         self._parts: list[str | bytes] = []
         self._size = 0
@@ -117,7 +315,12 @@ class WebSocketChannel:
         """The bytes of one masked text frame carrying ``text``."""
         if self._close_sent:
             raise LocalProtocolError("cannot send a WebSocket message after our close frame was sent")
-        return _frame(Opcode.TEXT, text.encode("utf-8"), self._rng)
+        data = text.encode("utf-8")
+        deflate = self._deflate
+        if deflate is not None and deflate.compress_outgoing:
+            _, payload = deflate.frame_outbound(self._proto, Opcode.TEXT, _NO_RSV, data, True)
+            return _frame(Opcode.TEXT, payload, self._rng, rsv1=True)
+        return _frame(Opcode.TEXT, data, self._rng)
 
     def close(self, code: int = CloseReason.NORMAL_CLOSURE, reason: str = "") -> bytes:
         """The bytes of our close frame (empty if it was already sent)."""
@@ -136,8 +339,9 @@ class WebSocketChannel:
         """Feed bytes from the server; returns the messages they complete.
 
         Frames are cut at their boundaries here.  The frame servers send
-        almost always (final, unmasked, no extension bits, text or binary, no
-        fragmented message under way) is decoded directly; every other frame
+        almost always (final, unmasked, text or binary, no extension bits or
+        just RSV1 of a negotiated permessage-deflate, no fragmented message
+        under way) is decoded directly; every other frame
         (control frames, fragments, anything odd) is handed whole to wsproto,
         which validates it, so wsproto never holds half a frame.
         """
@@ -160,6 +364,7 @@ class WebSocketChannel:
         pos = 0
         size = len(buf)
         limit = self.max_message_size
+        deflate = self._deflate
         while size - pos >= 2:
             first = buf[pos]
             second = buf[pos + 1]
@@ -182,8 +387,16 @@ class WebSocketChannel:
             end = pos + head + length
             if end > size:
                 break
-            if (first == 0x81 or first == 0x82) and not second & 0x80 and not self._fragmented:
+            if (
+                (first == 0x81 or first == 0x82 or (deflate is not None and (first == 0xC1 or first == 0xC2)))
+                and not second & 0x80
+                and not self._fragmented
+            ):
                 payload = buf[pos + head : end]
+                if first & 0x40 and deflate is not None:  # compressed: inflated within the limit
+                    payload = deflate.inflate_message(bytes(payload))
+                    length = len(payload)
+                    first &= 0xBF
                 if first == 0x81 and self.raw_text and length > 2:
                     messages.append(Utf8Text(payload if type(payload) is bytes else bytes(payload)))
                 elif first == 0x81:

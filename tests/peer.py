@@ -70,6 +70,7 @@ def chrome_request(method: str, target: str, body: bytes = b"", *, host: bytes =
         + b"Sec-Fetch-Mode: cors\r\n"
         + b"Sec-Fetch-Dest: empty\r\n"
         + b"Referer: " + ORIGIN + b"/\r\n"
+        + b"Accept-Encoding: gzip, deflate\r\n"
         + b"Accept-Language: en-US,en;q=0.9\r\n"
         + (b"Cookie: " + cookie + b"\r\n" if cookie is not None else b"")
         + b"\r\n" + body
@@ -87,9 +88,11 @@ def chrome_upgrade(target: str, key: str, *, host: bytes = b"labs.test", cookie:
         + b"Upgrade: websocket\r\n"
         + b"Origin: " + ORIGIN + b"\r\n"
         + b"Sec-WebSocket-Version: 13\r\n"
+        + b"Accept-Encoding: gzip, deflate\r\n"
         + b"Accept-Language: en-US,en;q=0.9\r\n"
         + (b"Cookie: " + cookie + b"\r\n" if cookie is not None else b"")
         + b"Sec-WebSocket-Key: " + key.encode() + b"\r\n"
+        + b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
         + b"\r\n"
     )
 

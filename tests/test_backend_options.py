@@ -63,6 +63,12 @@ def test_max_message_size_is_the_receive_limit_none_keeps_the_default() -> None:
     assert config(max_message_size=1).max_message_size == 1
 
 
+def test_compression_switches_reach_the_config() -> None:
+    assert config().accept_encoding is True and config().permessage_deflate is True
+    off = _config.parse_options({"accept_encoding": False, "permessage_deflate": False}, with_model=False).config
+    assert off.accept_encoding is False and off.permessage_deflate is False
+
+
 def test_headers_from_a_mapping_or_pairs() -> None:
     assert config(headers={"X-A": "1", "X-B": "2"}).headers == (("X-A", "1"), ("X-B", "2"))
     assert config(headers=[("X-A", "1"), ("X-A", "2")]).headers == (("X-A", "1"), ("X-A", "2"))
@@ -87,6 +93,8 @@ def test_headers_from_a_mapping_or_pairs() -> None:
         ("max_message_size", True, "max_message_size"),
         ("server", b"https://x", "server URL"),
         ("proxy", 8080, "proxy"),
+        ("accept_encoding", 1, "expected accept_encoding as True or False, got 1"),
+        ("permessage_deflate", None, "expected permessage_deflate as True or False, got None"),
     ],
 )
 def test_bad_values_are_refused(name: str, value: object, expected: str) -> None:

@@ -145,20 +145,22 @@ def test_the_profiles_own_user_agent_keeps_the_hints() -> None:
 # -- the WebSocket extension offer and the plain header set -------------------------------------------------
 
 
-def test_permessage_deflate_is_offered_last_when_the_websocket_layer_offers_it() -> None:
-    h = make(permessage_deflate=True)
-    h.client.connect(0.0)
-    h.pump()
-    h.take(1)
-    h.reply(1, http_response(200, open_packet()))
-    assert h.take(2) == chrome_upgrade(WS_SID, KEY)[:-2] + (
-        b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
-    )
+def test_permessage_deflate_is_offered_last_unless_turned_off() -> None:
+    offer = b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+    for deflate in (True, False):
+        h = make(permessage_deflate=deflate)
+        h.client.connect(0.0)
+        h.pump()
+        h.take(1)
+        h.reply(1, http_response(200, open_packet()))
+        expected = chrome_upgrade(WS_SID, KEY)
+        assert expected.endswith(offer + b"\r\n")
+        assert h.take(2) == (expected if deflate else expected.replace(offer, b""))
 
 
 def test_without_a_profile_the_plain_headers_go_out() -> None:
-    """``browser=None``: what plabs-proto sent before profiles (old traces replay with it)."""
-    h = make(browser=None, user_agent="plabs-proto/0.1")
+    """``browser=None``: what plabs-proto sent before profiles and compression (old traces replay with it)."""
+    h = make(browser=None, user_agent="plabs-proto/0.1", accept_encoding=False, permessage_deflate=False)
     h.client.connect(0.0)
     h.pump()
     common = (b"User-Agent: plabs-proto/0.1\r\nAccept: */*\r\nOrigin: https://labs.perplexity.ai\r\n"
@@ -177,7 +179,8 @@ def test_without_a_profile_the_plain_headers_go_out() -> None:
 
 
 def test_without_a_profile_the_callers_headers_go_last_as_before() -> None:
-    h = make(browser=None, user_agent="plabs-proto/0.1", headers=(("user-agent", "Mozilla/5.0 (X11)"), ("X-Extra", "1")))
+    h = make(browser=None, user_agent="plabs-proto/0.1", accept_encoding=False,
+             headers=(("user-agent", "Mozilla/5.0 (X11)"), ("X-Extra", "1")))
     h.client.connect(0.0)
     assert h.take(1) == (
         b"GET " + POLL.encode() + b" HTTP/1.1\r\nHost: labs.test\r\nAccept: */*\r\n"

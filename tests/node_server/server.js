@@ -10,9 +10,13 @@
 //        --final-output TEXT --chunk-size N --frame-delay-ms N
 //        --ping-interval-ms N --ping-timeout-ms N --max-payload N --fail TEXT --fail-after N
 //        --drop-after N --silent --citations JSON --jwt TEXT --no-check-origin
-//        --certfile PATH --keyfile PATH
+//        --certfile PATH --keyfile PATH --per-message-deflate
 // --answer-file reads the answer from a UTF-8 file at startup (a command-line argument holds
 // at most 128 KiB on Linux, too little for a long answer).
+// --per-message-deflate turns on engine.io's perMessageDeflate (off by default): the `ws` package
+// then accepts a client's permessage-deflate offer and compresses messages of 1 KiB and more.
+// Polling bodies of 1 KiB and more are gzipped whenever the client accepts it (httpCompression,
+// on by default).
 "use strict";
 
 const fs = require("fs");
@@ -58,6 +62,7 @@ function parseArgs(argv) {
     checkOrigin: true,
     certfile: null,
     keyfile: null,
+    perMessageDeflate: false,
   };
   const ints = {
     "--port": "port",
@@ -88,6 +93,8 @@ function parseArgs(argv) {
       opts.noReasoning = true;
     } else if (flag === "--no-check-origin") {
       opts.checkOrigin = false;
+    } else if (flag === "--per-message-deflate") {
+      opts.perMessageDeflate = true;
     } else if (flag in ints || flag in strings || flag === "--citations") {
       if (i + 1 >= argv.length) fatal(`${flag} needs a value`);
       const value = argv[++i];
@@ -232,6 +239,7 @@ const io = new Server(httpServer, {
   pingInterval: opts.pingIntervalMs,
   pingTimeout: opts.pingTimeoutMs,
   maxHttpBufferSize: opts.maxPayload,
+  perMessageDeflate: opts.perMessageDeflate,
   allowRequest: (req, callback) => {
     const origin = req.headers.origin;
     if (opts.checkOrigin && origin && origin !== ALLOWED_ORIGIN) {
