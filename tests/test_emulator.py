@@ -844,6 +844,12 @@ async def test_start_twice_is_an_error_and_restart_works() -> None:
         {"fail_after": -1},
         {"drop_after": -2},
         {"cloudflare": "sometimes"},
+        {"redirect": "handshake"},
+        {"rate_limit": "polling", "rate_limit_page": "json"},
+        {"login_page": "every"},
+        {"redirect_status": 200},
+        {"redirect_to": "https://a.test/\r\nSet-Cookie: x=1"},
+        {"retry_after": "30\nX: y"},
     ],
 )
 def test_config_rejects_bad_values(bad: dict[str, Any]) -> None:
