@@ -28,7 +28,7 @@ from .errors import ChallengeError, HandshakeError, RateLimitedError, RedirectEr
 from .http import HTTPResponse, looks_like_cloudflare
 from .jsondepth import too_deep
 
-__all__ = ["SCAN", "clean", "page_title", "refusal", "retry_after_seconds", "unexpected_page"]
+__all__ = ["SCAN", "clean", "is_page", "page_title", "refusal", "retry_after_seconds", "unexpected_page"]
 
 #: How much of a body is searched for a title or a marker.
 SCAN = 64 * 1024

@@ -10,7 +10,7 @@ Hierarchy::
     +-- LocalProtocolError      our caller used the API in a way the protocol forbids
     +-- RemoteProtocolError     bytes from the peer broke the protocol
     |   +-- HandshakeError      the server refused the handshake (HTTP status, body excerpt)
-    |   |   +-- RedirectError        it answered a redirect (301, 302, 303, 307, 308): ``location``
+    |   |   +-- RedirectError        it answered a redirect (3xx): ``location``
     |   |   +-- RateLimitedError     it answered 429 or Cloudflare error 1015: ``retry_after``
     |   |   +-- ChallengeError       Cloudflare answered a challenge or block page (``cloudflare``)
     |   |   +-- UnexpectedPageError  an HTML page (a login page...) came where Engine.IO was expected
@@ -123,7 +123,7 @@ class HandshakeError(RemoteProtocolError):
 
 
 class RedirectError(HandshakeError):
-    """The server answered a step of the handshake with a redirect (3xx): the service moved.
+    """The server answered a step of the handshake with a redirect (3xx but 304): the service moved.
 
     ``location`` is the ``Location`` header (cleaned, at most 2048
     characters), or None when the redirect named no place.  The client never

@@ -376,7 +376,7 @@ header_text = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(value=st.one_of(st.none(), header_text), date=st.one_of(st.none(), header_text))
 def test_retry_after_never_raises(value: str | None, date: str | None) -> None:
     seconds = retry_after_seconds(value, date)
