@@ -424,3 +424,18 @@ def test_any_guarded_answer_meets_only_our_errors(
         assert type(error) is HandshakeError
     shown(error.body_excerpt, 200)
     assert "\n" not in str(error) and len(str(error)) < 1500
+
+
+def test_a_rate_limit_in_the_middle_of_an_answer_keeps_its_text() -> None:
+    s, answer = at_step("poll")
+    answer(200, [], b'40{"sid":"S1"}')
+    s.query("hi", model="sonar", now=1.1)
+    requests = [i for i in s.transmit() if isinstance(i, HTTPRequest)]
+    post, poll = (next(r for r in requests if r.method == method) for method in ("POST", "GET"))
+    s.receive_http_response(post.request_id, 200, [], b"ok", 1.2)
+    s.receive_http_response(poll.request_id, 200, [], b'42["sonar_query_progress",{"output":"Half","final":false}]',
+                            1.3)
+    (again,) = [i for i in s.transmit() if isinstance(i, HTTPRequest) and i.method == "GET"]
+    with pytest.raises(RateLimitedError, match="a long-polling GET") as caught:
+        s.receive_http_response(again.request_id, 429, [("Retry-After", "2")], b"", 1.4)
+    assert (caught.value.partial_text, caught.value.retry_after) == ("Half", 2.0)
