@@ -33,7 +33,13 @@ as given (the service adds models) after one warning line on standard error.
 
 Errors end with one line ``plabs: error: <message>`` on standard error and exit
 status 1 (2 for a usage error); what was already printed stays.  Ctrl-C exits
-with status 130.
+with status 130.  What a moved or guarded service answered has a status of its
+own, for scripts to act on (the ``--json`` error object adds the fields named)::
+
+    3  RedirectError        the service moved ("location")
+    4  RateLimitedError     rate limited: wait "retry_after" seconds (null: unknown)
+    5  ChallengeError       Cloudflare's challenge or block page ("title")
+    6  UnexpectedPageError  an HTML page (a login page...) instead of Engine.IO ("title")
 """
 
 from __future__ import annotations
@@ -50,7 +56,14 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any, TypeVar
 
 from plabs_proto.client import DEFAULT_SERVER
-from plabs_proto.errors import LabsError
+from plabs_proto.errors import (
+    ChallengeError,
+    HandshakeError,
+    LabsError,
+    RateLimitedError,
+    RedirectError,
+    UnexpectedPageError,
+)
 from plabs_proto.events import (
     AnswerFinished,
     AnswerRevised,
@@ -73,6 +86,16 @@ _ERASE_LINE = "\r\x1b[K"  # back to the start of the line, erase to its end
 _EMULATOR_LOGGERS = ("aiohttp.access", "aiohttp.server", "aiohttp.web", "engineio.server", "socketio.server")
 #: ``BaseExceptionGroup`` (Python 3.11+; ``()`` matches nothing before).
 _EXCEPTION_GROUP: Any = getattr(builtins, "BaseExceptionGroup", ())
+#: The exit status of each kind of refusal by a moved or guarded service (the others exit 1).
+EXIT_STATUSES: tuple[tuple[type[HandshakeError], int], ...] = (
+    (RedirectError, 3),
+    (RateLimitedError, 4),
+    (ChallengeError, 5),
+    (UnexpectedPageError, 6),
+)
+#: The handshake steps the emulator's guard switches take (its ``GUARD_STEPS``: the emulator is
+#: imported only when it runs, as it needs the ``emulator`` extra).
+_GUARD_STEPS = ("polling", "post", "poll", "upgrade", "all")
 
 
 class _UsageError(Exception):
@@ -176,7 +199,7 @@ class EventPrinter:
     def error(self, exc: BaseException, message: str) -> None:
         """Report an error: end the half-printed line, a JSON ``error`` object, then ``plabs: error:``."""
         if self.json_lines:
-            obj = {"event": "error", "error": type(exc).__name__, "message": message}
+            obj = {"event": "error", "error": type(exc).__name__, "message": message, **_error_fields(exc)}
             with contextlib.suppress(OSError, ValueError):
                 self._write(self.stdout, json.dumps(obj, ensure_ascii=self._ascii) + "\n")
         else:
@@ -256,6 +279,28 @@ def _print_note(line: str, stderr: IO[str]) -> None:
 
 def _print_warning(message: str, stderr: IO[str]) -> None:
     _print_note(f"warning: {message}", stderr)
+
+
+def _error_fields(exc: BaseException) -> dict[str, Any]:
+    """The fields of a refused handshake worth a script's reading, for the JSON ``error`` object."""
+    if not isinstance(exc, HandshakeError):
+        return {}
+    fields: dict[str, Any] = {"status": exc.status}
+    if isinstance(exc, RedirectError):
+        fields["location"] = exc.location
+    elif isinstance(exc, RateLimitedError):
+        fields["retry_after"] = exc.retry_after
+    elif isinstance(exc, ChallengeError | UnexpectedPageError):
+        fields["title"] = exc.title
+    return fields
+
+
+def _exit_status(exc: BaseException) -> int:
+    """3 to 6 for the refusals of :data:`EXIT_STATUSES`, else 1."""
+    for kind, status in EXIT_STATUSES:
+        if isinstance(exc, kind):
+            return status
+    return 1
 
 
 def _print_error(message: str, stderr: IO[str] | None = None) -> None:
@@ -383,7 +428,26 @@ def build_parser() -> argparse.ArgumentParser:
     emu.add_argument("--fail", default=None, metavar="TEXT", help="answer every query with this failure text")
     emu.add_argument("--drop-after", type=_count, default=None, metavar="N", help="drop the connection after N frames")
     emu.add_argument("--silent", action="store_true", help="never answer a query")
-    emu.add_argument("--cloudflare", choices=("polling", "upgrade", "all"), default=None, help="serve 403 pages")
+    guard = emu.add_argument_group(
+        "guards", "answer a step of the handshake (STEP: polling = the opening GET, post, poll = the later GETs, "
+        "upgrade, all) as a moved or guarded service would"
+    )
+    guard.add_argument("--redirect", choices=_GUARD_STEPS, default=None, metavar="STEP",
+                       help="a redirect to --redirect-to")
+    guard.add_argument("--redirect-to", default=None, metavar="URL",
+                       help="the redirect's Location (default: https://www.perplexity.ai/)")
+    guard.add_argument("--redirect-status", type=int, choices=(301, 302, 303, 307, 308), default=None,
+                       metavar="CODE", help="301, 302 (default), 303, 307 or 308")
+    guard.add_argument("--rate-limit", choices=_GUARD_STEPS, default=None, metavar="STEP",
+                       help="429 Too Many Requests")
+    guard.add_argument("--rate-limit-page", choices=("plain", "cloudflare"), default=None,
+                       help="the 429's body: a line of text (default) or Cloudflare's error 1015 page")
+    guard.add_argument("--retry-after", default=None, metavar="VALUE",
+                       help="the 429's Retry-After: seconds or an HTTP date (default: 30; \"\": none)")
+    guard.add_argument("--cloudflare", choices=_GUARD_STEPS, default=None, metavar="STEP",
+                       help="Cloudflare's 403 \"Just a moment...\" challenge page")
+    guard.add_argument("--login-page", choices=_GUARD_STEPS, default=None, metavar="STEP",
+                       help="200 with an HTML login page")
     emu.set_defaults(run=_cmd_emulator, parser=emu)
 
     from .serve import add_serve_command  # the OpenAI-compatible gateway (issue 11)
@@ -652,10 +716,14 @@ def _cmd_emulator(args: argparse.Namespace, printer: EventPrinter) -> int:
     if args.keyfile is not None and args.certfile is None:
         raise _UsageError("--keyfile needs --certfile")
     settings: dict[str, Any] = {"silent": args.silent}
-    for name in ("answer", "reasoning", "frame_delay", "ping_interval", "fail", "drop_after", "cloudflare"):
+    for name in ("answer", "reasoning", "frame_delay", "ping_interval", "fail", "drop_after", "cloudflare",
+                 "redirect", "redirect_to", "redirect_status", "rate_limit", "rate_limit_page", "retry_after",
+                 "login_page"):
         value = getattr(args, name)
         if value is not None:
             settings[name] = value
+    if args.retry_after == "":
+        settings["retry_after"] = None  # no Retry-After header
     try:
         config = EmulatorConfig(**settings)
     except ValueError as exc:
@@ -753,6 +821,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             message = _describe(leaf)
             if message is not None:
                 printer.error(leaf, message)
-                return 1
+                return _exit_status(leaf)
         raise
 

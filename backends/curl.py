@@ -133,6 +133,8 @@ class _Link:
             proxy=self._proxy,
             verify=cast(Any, config.cafile or True),  # curl_cffi takes a CA file path too
             timeout=cast(Any, None),
+            # never follow a redirect silently: the session reads it as a RedirectError naming the Location
+            allow_redirects=False,
             # HTTP/2 over TLS only, as Chrome: over plain http:// curl would otherwise offer an h2c
             # upgrade, which no browser sends (and an Engine.IO server refuses on a polling GET)
             http_version=CurlHttpVersion.V2TLS,

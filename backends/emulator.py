@@ -7,7 +7,10 @@ is queued right after ``3probe``.
 
 Switches (:class:`EmulatorConfig`) cover the answer text and pacing, answers without
 reasoning or rewritten at the end, short heartbeats, TLS, a failure frame, an abrupt drop
-mid-answer, silence, Cloudflare-style 403 pages and a cookie every request must bring back.
+mid-answer, silence, a cookie every request must bring back, and what a moved or guarded
+service answers instead of Engine.IO: a redirect, a 429 or Cloudflare's rate-limit page (error
+1015), Cloudflare's 403 challenge page and an HTML login page, each at a chosen step of the
+handshake.
 
 Two deliberate departures from stock python-engineio 4.x: the open packet advertises the real
 ``pingInterval`` for fractional seconds (stock sends ``int(seconds) * 1000``, i.e. ``0`` for
@@ -44,6 +47,9 @@ __all__ = [
     "ALLOWED_ORIGIN",
     "CLOUDFLARE_HTML",
     "DEFAULT_JWT",
+    "GUARD_STEPS",
+    "LOGIN_HTML",
+    "RATE_LIMIT_HTML",
     "REASONING_MODELS",
     "Emulator",
     "EmulatorConfig",
@@ -81,9 +87,29 @@ CLOUDFLARE_HTML = (
     "<noscript>Enable JavaScript and cookies to continue</noscript>"
     "</div></div></body></html>\n"
 )
-_CLOUDFLARE_MODES = (None, "polling", "upgrade", "all")
 #: ``name=value`` as RFC 6265 allows it in a Set-Cookie (a token, then cookie-octets).
 _COOKIE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+=[!#-+\--:<-\[\]-~]*")
+#: Cloudflare's rate-limit page, error 1015 (the markers clients look for: the code, the headline).
+RATE_LIMIT_HTML = (
+    '<!DOCTYPE html><html lang="en-US"><head><title>Access denied | www.perplexity.ai used Cloudflare to '
+    "restrict access</title></head><body><div id=\"cf-wrapper\"><div id=\"cf-error-details\">"
+    '<h1><span class="cf-error-type">Error</span> <span class="cf-error-code">1015</span></h1>'
+    '<h2 class="cf-subheadline">You are being rate limited</h2>'
+    "<p>The owner of this website (www.perplexity.ai) has banned you temporarily from accessing this website.</p>"
+    '<p>Cloudflare Ray ID: <strong class="font-semibold">8f0e0d0c0b0a0908</strong></p>'
+    "</div></div></body></html>\n"
+)
+#: A login page, as a site answers a path that wants a signed-in user.
+LOGIN_HTML = (
+    '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Sign in - Perplexity</title></head>'
+    '<body><form method="post" action="/login"><input name="email" type="email">'
+    '<button type="submit">Continue with email</button></form></body></html>\n'
+)
+#: The handshake steps a guard switch can answer: "polling" (the GET that opens the session), "post"
+#: (the polling POSTs), "poll" (the long-polling GETs after it), "upgrade" (the WebSocket), "all".
+GUARD_STEPS = ("polling", "post", "poll", "upgrade", "all")
+_REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+_RATE_LIMIT_PAGES = ("plain", "cloudflare")
 
 
 @dataclass
@@ -102,6 +128,19 @@ class EmulatorConfig:
     handshake response (the open packet's, or the 101 of a WebSocket-only session), and
     every later request of a session (polls, POSTs, the upgrade) that does not bring it
     back in its ``Cookie`` header is refused with 403.
+
+    The guard switches answer a step of the handshake (one of :data:`GUARD_STEPS`) as a
+    moved or guarded service would, instead of with Engine.IO; when several apply, the
+    first in this order answers:
+
+    * ``redirect``: ``redirect_status`` (302 by default; 301, 303, 307, 308) with
+      ``Location: redirect_to``;
+    * ``rate_limit``: 429 with ``Retry-After: retry_after`` (no header when None), and
+      a short text (``rate_limit_page="plain"``) or Cloudflare's error 1015 page
+      (``"cloudflare"``, :data:`RATE_LIMIT_HTML`);
+    * ``cloudflare``: Cloudflare's 403 "Just a moment..." challenge with
+      ``cf-mitigated: challenge`` (:data:`CLOUDFLARE_HTML`);
+    * ``login_page``: 200 ``text/html``, a login page (:data:`LOGIN_HTML`).
     """
 
     answer: str | None = None
@@ -118,6 +157,13 @@ class EmulatorConfig:
     drop_after: int | None = None
     silent: bool = False
     cloudflare: str | None = None
+    redirect: str | None = None
+    redirect_to: str = "https://www.perplexity.ai/"
+    redirect_status: int = 302
+    rate_limit: str | None = None
+    rate_limit_page: str = "plain"
+    retry_after: str | None = "30"
+    login_page: str | None = None
     not_found: bool = False
     citations: list[Any] | None = None
     check_origin: bool = True
@@ -137,8 +183,18 @@ class EmulatorConfig:
             raise ValueError(f"fail_after must be >= 0, got {self.fail_after!r}")
         if self.drop_after is not None and self.drop_after < 0:
             raise ValueError(f"drop_after must be None or >= 0, got {self.drop_after!r}")
-        if self.cloudflare not in _CLOUDFLARE_MODES:
-            raise ValueError(f"cloudflare must be one of {_CLOUDFLARE_MODES!r}, got {self.cloudflare!r}")
+        for name in ("cloudflare", "redirect", "rate_limit", "login_page"):
+            step = getattr(self, name)
+            if step is not None and step not in GUARD_STEPS:
+                raise ValueError(f"{name} must be None or one of {GUARD_STEPS!r}, got {step!r}")
+        if self.redirect_status not in _REDIRECT_STATUSES:
+            raise ValueError(f"redirect_status must be one of {_REDIRECT_STATUSES!r}, got {self.redirect_status!r}")
+        if self.rate_limit_page not in _RATE_LIMIT_PAGES:
+            raise ValueError(f"rate_limit_page must be one of {_RATE_LIMIT_PAGES!r}, got {self.rate_limit_page!r}")
+        for name in ("redirect_to", "retry_after"):
+            value = getattr(self, name)
+            if value is not None and any(char in value for char in "\r\n\0"):
+                raise ValueError(f"{name} must be one header line, got {value!r}")
         if self.cookie is not None and not _COOKIE.fullmatch(self.cookie):
             raise ValueError(f"cookie must be name=value (a token and cookie-octets), got {self.cookie!r}")
 
@@ -455,14 +511,18 @@ class Emulator:
         sid = query.get("sid", [None])[0]
         transport = query.get("transport", ["polling"])[0]
         is_upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
-        cloudflare = self.config.cloudflare
-        if cloudflare in ("upgrade", "all") and (transport == "websocket" or is_upgrade):
-            return _cloudflare_response()
-        if sid is None and request.method == "GET" and transport == "polling":
-            if cloudflare in ("polling", "all"):
-                return _cloudflare_response()
-            if self.config.not_found:
-                return web.Response(status=404, text="Not Found", content_type="text/plain")
+        step: str | None
+        if transport == "websocket" or is_upgrade:
+            step = "upgrade"
+        elif sid is None:
+            step = "polling" if request.method == "GET" else None
+        else:
+            step = "post" if request.method == "POST" else "poll"
+        guarded = self._guarded(step)
+        if guarded is not None:
+            return guarded
+        if sid is None and request.method == "GET" and transport == "polling" and self.config.not_found:
+            return web.Response(status=404, text="Not Found", content_type="text/plain")
         if sid is not None:
             if self.config.cookie is not None and not self._has_cookie(request):
                 return web.Response(
@@ -496,6 +556,21 @@ class Emulator:
         if "sid" not in parse_qs(request.query_string):
             secure = "; Secure" if self._ssl else ""
             response.headers.add("Set-Cookie", f"{cookie}; Path=/; HttpOnly{secure}; SameSite=None")
+
+    def _guarded(self, step: str | None) -> web.Response | None:
+        """What a guard switch answers at ``step`` of the handshake, or None to let Engine.IO answer."""
+        cfg = self.config
+        if step is None:
+            return None
+        if cfg.redirect in (step, "all"):
+            return _redirect_response(cfg.redirect_status, cfg.redirect_to)
+        if cfg.rate_limit in (step, "all"):
+            return _rate_limit_response(cfg.rate_limit_page, cfg.retry_after)
+        if cfg.cloudflare in (step, "all"):
+            return _cloudflare_response()
+        if cfg.login_page in (step, "all"):
+            return web.Response(status=200, text=LOGIN_HTML, content_type="text/html", charset="UTF-8")
+        return None
 
     def _on_engine_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
         request = environ.get("aiohttp.request")
@@ -646,6 +721,27 @@ def _cloudflare_response() -> web.Response:
             "Cache-Control": "private, max-age=0, no-store, no-cache, must-revalidate",
         },
     )
+
+
+def _redirect_response(status: int, location: str) -> web.Response:
+    reason = {301: "Moved Permanently", 302: "Found", 303: "See Other", 307: "Temporary Redirect",
+              308: "Permanent Redirect"}[status]
+    return web.Response(
+        status=status,
+        text=f"<html><head><title>{status} {reason}</title></head><body><h1>{reason}</h1></body></html>\n",
+        content_type="text/html",
+        charset="UTF-8",
+        headers={"Location": location},
+    )
+
+
+def _rate_limit_response(page: str, retry_after: str | None) -> web.Response:
+    headers = {} if retry_after is None else {"Retry-After": retry_after}
+    if page == "cloudflare":
+        headers.update({"Server": "cloudflare", "CF-RAY": "8f0e0d0c0b0a0908-AMS"})
+        return web.Response(status=429, text=RATE_LIMIT_HTML, content_type="text/html", charset="UTF-8",
+                            headers=headers)
+    return web.Response(status=429, text="Too Many Requests", content_type="text/plain", headers=headers)
 
 
 async def _cancel_all(tasks: set[asyncio.Task[Any]]) -> None:

@@ -10,6 +10,10 @@ Hierarchy::
     +-- LocalProtocolError      our caller used the API in a way the protocol forbids
     +-- RemoteProtocolError     bytes from the peer broke the protocol
     |   +-- HandshakeError      the server refused the handshake (HTTP status, body excerpt)
+    |   |   +-- RedirectError        it answered a redirect (3xx): ``location``
+    |   |   +-- RateLimitedError     it answered 429 or Cloudflare error 1015: ``retry_after``
+    |   |   +-- ChallengeError       Cloudflare answered a challenge or block page (``cloudflare``)
+    |   |   +-- UnexpectedPageError  an HTML page (a login page...) came where Engine.IO was expected
     |   +-- ProxyError          the proxy refused or broke the tunnel
     |   +-- TLSError            TLS failed (certificate not trusted, wrong host, ...)
     +-- ResponseError           the server reported a failure for a query (its text)
@@ -19,21 +23,48 @@ Hierarchy::
 
 The core never raises :class:`NetworkError` (it does no I/O); the backends raise
 it ``from`` the :class:`OSError` they met, so the cause stays in the traceback.
+
+What a moved or guarded service answers, at any step of the handshake (the
+polling GET that opens the session, the POSTs, the long-polling GETs, the
+WebSocket upgrade), comes out as a :class:`HandshakeError` subclass of its own,
+so a caller can tell "the service moved" from "come back later" from "a browser
+is needed" without reading messages:
+
+* :class:`RedirectError`: a 3xx answer.  Its ``location`` is the ``Location``
+  header; the redirect is never followed (the new place may not speak Labs, or
+  may be a login page): point ``server`` there yourself if you trust it.
+* :class:`RateLimitedError`: 429 Too Many Requests, or Cloudflare's error 1015
+  page ("You are being rate limited", also sent with 403); ``retry_after`` is
+  the wait in seconds the ``Retry-After`` header asks for.
+* :class:`ChallengeError`: Cloudflare's "Just a moment..." challenge (or one of
+  its block pages), which only a browser gets through; ``cloudflare`` is True,
+  as on every HandshakeError before these subclasses existed.
+* :class:`UnexpectedPageError`: an HTML page (a login page, a portal, a site's
+  home page) answered with 2xx where an Engine.IO packet, ``ok`` or a 101 was
+  expected; ``title`` is the page's ``<title>``.
+
+The values in these errors come from the server, so they are cleaned before
+they are stored or shown: control and format characters removed, whitespace
+runs made one space, and each cut to a bounded length (``...`` marks a cut).
 """
 
 from __future__ import annotations
 
 __all__ = [
     "AnswerRewrittenError",
+    "ChallengeError",
     "HandshakeError",
     "LabsError",
     "LabsTimeout",
     "LocalProtocolError",
     "NetworkError",
     "ProxyError",
+    "RateLimitedError",
+    "RedirectError",
     "RemoteProtocolError",
     "ResponseError",
     "TLSError",
+    "UnexpectedPageError",
 ]
 
 
@@ -89,6 +120,125 @@ class HandshakeError(RemoteProtocolError):
         self.status = status
         self.body_excerpt = body_excerpt
         self.cloudflare = cloudflare
+
+
+class RedirectError(HandshakeError):
+    """The server answered a step of the handshake with a redirect (3xx but 304): the service moved.
+
+    ``location`` is the ``Location`` header (cleaned, at most 2048
+    characters), or None when the redirect named no place.  The client never
+    follows a redirect on its own: the new place may be another service, or a
+    login page.  If you trust it, point ``server`` (and ``path``) there.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        location: str | None,
+        body_excerpt: str = "",
+        partial_text: str = "",
+        partial_reasoning: str = "",
+    ) -> None:
+        super().__init__(
+            message, status=status, body_excerpt=body_excerpt,
+            partial_text=partial_text, partial_reasoning=partial_reasoning,
+        )
+        self.location = location
+
+
+class RateLimitedError(HandshakeError):
+    """The server (or Cloudflare, error 1015) refused a step of the handshake for too many requests.
+
+    ``retry_after`` is how many seconds the server asks us to wait, from its
+    ``Retry-After`` header, or None when it gave none that could be read.
+    ``Retry-After`` is either a number of seconds or an HTTP date; a date is
+    measured against the response's own ``Date`` header, so both times come
+    from the server's clock (the sans-IO core reads no clock), and a date in
+    the past means 0.  Without a ``Date`` header a date gives None, and
+    ``retry_after_header`` (the header as sent, cleaned, at most 100
+    characters; None when there was none) is there for the caller to read
+    against a clock of its own.  ``cloudflare`` is True for Cloudflare's
+    error 1015 page.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        retry_after: float | None,
+        retry_after_header: str | None,
+        body_excerpt: str = "",
+        cloudflare: bool = False,
+        partial_text: str = "",
+        partial_reasoning: str = "",
+    ) -> None:
+        super().__init__(
+            message, status=status, body_excerpt=body_excerpt, cloudflare=cloudflare,
+            partial_text=partial_text, partial_reasoning=partial_reasoning,
+        )
+        self.retry_after = retry_after
+        self.retry_after_header = retry_after_header
+
+
+class ChallengeError(HandshakeError):
+    """Cloudflare answered a step of the handshake with its challenge (or a block page).
+
+    The "Just a moment..." page (``cf-mitigated: challenge``) wants a browser
+    to run its JavaScript; a block page ("Attention Required!") refuses the
+    client outright.  Either way the client cannot go on: a browser-like
+    client (the curl backend), another network or a ``cf_clearance`` cookie
+    from a browser may get through.  ``cloudflare`` is always True, so code
+    written for a plain :class:`HandshakeError` with ``cloudflare`` keeps
+    working; ``title`` is the page's ``<title>`` (cleaned), or None.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        title: str | None = None,
+        body_excerpt: str = "",
+        partial_text: str = "",
+        partial_reasoning: str = "",
+    ) -> None:
+        super().__init__(
+            message, status=status, body_excerpt=body_excerpt, cloudflare=True,
+            partial_text=partial_text, partial_reasoning=partial_reasoning,
+        )
+        self.title = title
+
+
+class UnexpectedPageError(HandshakeError):
+    """An HTML page came where the handshake expected Engine.IO (a packet, ``ok``, or a WebSocket).
+
+    A login page, a captive portal or the site's home page, answered with a
+    2xx status: the server at ``server``/``path`` is not (or no longer) an
+    Engine.IO server, or it wants a login first.  ``title`` is the page's
+    ``<title>`` (cleaned, at most 200 characters), or None;
+    ``content_type`` is its ``Content-Type`` header (cleaned), or None.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        title: str | None,
+        content_type: str | None,
+        body_excerpt: str = "",
+        partial_text: str = "",
+        partial_reasoning: str = "",
+    ) -> None:
+        super().__init__(
+            message, status=status, body_excerpt=body_excerpt,
+            partial_text=partial_text, partial_reasoning=partial_reasoning,
+        )
+        self.title = title
+        self.content_type = content_type
 
 
 class ProxyError(RemoteProtocolError):

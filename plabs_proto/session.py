@@ -46,7 +46,6 @@ while the WebSocket opens, then the probe and the switch).
 
 from __future__ import annotations
 
-import json
 import random
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -55,6 +54,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from . import _state, engineio, socketio
+from ._refusal import refusal, unexpected_page
 from ._state import SessionState, next_state
 from .errors import (
     HandshakeError,
@@ -79,8 +79,7 @@ from .events import (
     WebSocketConnect,
     WebSocketSend,
 )
-from .http import HTTPResponse, looks_like_cloudflare
-from .jsondepth import too_deep
+from .http import HTTPResponse
 from .labs import (
     DEFAULT_MODEL,
     DEFAULT_VERSION,
@@ -195,6 +194,9 @@ class _Polling:
         what = "a long-polling GET"
         if response.status != 200:
             raise session._refused(response, what, 200)
+        page = unexpected_page(response, what, "Engine.IO packets")
+        if page is not None:
+            raise page
         noop = engineio.PacketType.NOOP
         limit = session._limit
         for packet in engineio.iter_payload(response.text()):
@@ -225,6 +227,9 @@ class _Polling:
         if response.status != 200:
             raise session._refused(response, what, 200)
         if response.body.strip().lower() != b"ok":
+            page = unexpected_page(response, what, "'ok'")
+            if page is not None:
+                raise page
             raise RemoteProtocolError(f"expected 'ok' (any case) in answer to {what}, got {response.body[:60]!r}")
 
 
@@ -841,39 +846,19 @@ class LabsSession:
     # -- internals: the polling piece -----------------------------------------------------------
 
     def _refused(self, response: HTTPResponse, what: str, expected: int) -> HandshakeError:
-        text = " ".join(response.text().split())
-        excerpt = text[:200]
-        got = f"HTTP {response.status} {response.reason}".rstrip()
-        if looks_like_cloudflare(response):
-            return HandshakeError(
-                f"Cloudflare blocked {what}: expected HTTP {expected}, got {got} with a Cloudflare challenge page",
-                status=response.status,
-                body_excerpt=excerpt,
-                cloudflare=True,
-            )
-        detail = ""
-        full = response.text()
-        if not too_deep(full):
-            try:
-                body = json.loads(full)
-            except ValueError:
-                body = None
-            if isinstance(body, dict) and isinstance(body.get("message"), str):
-                detail = f" (Engine.IO error {body.get('code')}: {body['message']})"
-        return HandshakeError(
-            f"the server refused {what}: expected HTTP {expected}, got {got}{detail}: {excerpt!r}",
-            status=response.status,
-            body_excerpt=excerpt,
-        )
+        """The error for ``what`` answered with a status other than ``expected`` (see :mod:`._refusal`)."""
+        return refusal(response, what, expected)
 
     def _on_open_response(self, response: HTTPResponse, now: float) -> None:
         if response.status != 200:
             raise self._refused(response, "the Engine.IO handshake (polling GET)", 200)
         body = response.text()
         if not body.lstrip().startswith(("0", "9", "8", "7", "6", "5", "4", "3", "2", "1")):
-            hint = " (an HTML page)" if "<html" in body[:2000].lower() else ""
+            page = unexpected_page(response, "the Engine.IO handshake (polling GET)", "the Engine.IO open packet '0{...}'")
+            if page is not None:
+                raise page
             raise RemoteProtocolError(
-                f"expected the Engine.IO open packet '0{{...}}' from the handshake GET, got{hint} {body[:60]!r}"
+                f"expected the Engine.IO open packet '0{{...}}' from the handshake GET, got {body[:60]!r}"
             )
         packets = engineio.iter_payload(body)
         first = next(packets, None)  # None: the v3 empty payload '0:'
