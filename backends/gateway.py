@@ -69,7 +69,7 @@ import os
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, fields
 from types import ModuleType
 from typing import Any
@@ -363,7 +363,7 @@ class _Sessions:
         self.library = ""
         self.module: ModuleType | None = None
         self.stopping = False  # shutdown began: streams end, the pool closes
-        self._closing: anyio.Event | None = None  # made on the event loop, by start()
+        self.running: set[_Completion] = set()  # the responses being sent, ended at once by stop()
         self._wake: anyio.Event | None = None
 
     def start(self) -> None:
@@ -376,9 +376,6 @@ class _Sessions:
                 f"the {name} backend needs an ASGI server running {needs}, but it runs {self.library}"
             )
         self.module = _backend_module(name)
-        self._closing = anyio.Event()
-        if self.stopping:
-            self._closing.set()
         self._wake = anyio.Event()
 
     def ensure_started(self) -> None:
@@ -387,15 +384,11 @@ class _Sessions:
             self.start()
 
     def stop(self) -> None:
-        """Begin the shutdown (safe to call more than once)."""
+        """Begin the shutdown (safe to call more than once): the responses being sent end at once."""
         self.stopping = True
-        if self._closing is not None:
-            self._closing.set()
+        for completion in list(self.running):
+            completion.interrupt("shutdown")
         self._poke()
-
-    async def wait_stopping(self) -> None:
-        assert self._closing is not None
-        await self._closing.wait()
 
     # -- the limit
 
@@ -537,9 +530,11 @@ def _sse(obj: Any) -> bytes:
 class _Completion:
     """Runs one chat completion and sends its response; the Labs session lives and dies with it.
 
-    A listener task watches for the client leaving (``http.disconnect``) and for
-    the gateway shutting down; either cancels the work at once, which closes the
-    Labs session (so the Labs server sees the client leave).  Streamed: the
+    A listener task watches for the client leaving (``http.disconnect``), and the
+    gateway's shutdown calls :meth:`interrupt`; either cancels the work at once,
+    which closes the Labs session (so the Labs server sees the client leave).
+    (One task per request, not one per thing awaited: every task and task group
+    made before the Labs session's first bytes go out delays them.)  Streamed: the
     response starts with the first chunk (errors before it get their HTTP
     status), then one chunk per delta.
     """
@@ -556,6 +551,7 @@ class _Completion:
         self.lent = False  # the session came from the warm pool
         self.clean = False
         self.interrupted = ""  # why the work was cancelled: "disconnect" or "shutdown"
+        self._cancel: anyio.CancelScope | None = None  # the work's, while it runs
         model = json.dumps(request.model, ensure_ascii=False)
         head = f'data: {{"id":"{self.id}","object":"chat.completion.chunk","created":{self.created},"model":{model},'
         self._chunk_head = (head + '"choices":[{"index":0,"delta":{').encode()
@@ -570,7 +566,11 @@ class _Completion:
 
         try:
             async with anyio.create_task_group() as group:
-                group.start_soon(self._watch, receive, group.cancel_scope)
+                self._cancel = group.cancel_scope
+                self.sessions.running.add(self)
+                if self.sessions.stopping:
+                    self.interrupt("shutdown")
+                group.start_soon(self._watch, receive)
                 try:
                     await self._respond(tracking)
                 finally:
@@ -580,33 +580,30 @@ class _Completion:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_WAIT), contextlib.suppress(Exception):
                     await self._fail(refusal, tracking)
         finally:
+            self.sessions.running.discard(self)
+            self._cancel = None
             session, self.session = self.session, None
             if session is not None:
                 await self.sessions.release(session, lent=self.lent, clean=self.clean)
             self._leave()
+
+    def interrupt(self, why: str) -> None:
+        """Cancel the work at once (``why``: "disconnect" or "shutdown"; the first reason stays)."""
+        if not self.interrupted:
+            self.interrupted = why
+        if self._cancel is not None:
+            self._cancel.cancel()
 
     def _leave(self) -> None:
         if not self.left:
             self.left = True
             self.sessions.leave()
 
-    async def _watch(self, receive: Receive, scope: anyio.CancelScope) -> None:
-        async def disconnect() -> None:
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return
-
-        async with anyio.create_task_group() as group:
-
-            async def until(what: str, wait: Callable[[], Awaitable[Any]]) -> None:
-                await wait()
-                if not self.interrupted:
-                    self.interrupted = what
-                scope.cancel()
-
-            group.start_soon(until, "disconnect", disconnect)
-            group.start_soon(until, "shutdown", self.sessions.wait_stopping)
+    async def _watch(self, receive: Receive) -> None:
+        """Wait for the client to leave (the request body is read already), then interrupt."""
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.interrupt("disconnect")
 
     async def _events(self) -> AsyncIterator[Event]:
         session = await self.sessions.take()
