@@ -653,3 +653,30 @@ def test_the_app_runs_in_process_without_a_lifespan(emulator_factory: EmulatorFa
     chunks = [json.loads(line[6:]) for line in streamed.text.split("\n\n") if line.startswith("data: {")]
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == default_answer("sonar", PROMPT)
     assert streamed.text.endswith("data: [DONE]\n\n")
+
+
+def test_chat_route_mounted_under_a_root_path_and_other_methods(emulator_factory: EmulatorFactory) -> None:
+    """The chat completion paths answer POST below a root path too (the app mounted in another app),
+    other methods get OpenAI's 405, and a path that only ends like them is not theirs."""
+    from plabs_proto.backends.gateway import create_app
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    outer = Starlette(routes=[Mount("/api", app=create_app(server=emulator_factory().url))])
+
+    async def main() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=outer)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            body = {"model": "sonar", "messages": [{"role": "user", "content": PROMPT}]}
+            return [
+                await client.post("/api/v1/chat/completions", json=body),
+                await client.post("/api/chat/completions", json={**body, "stream": True}),
+                await client.get("/api/v1/chat/completions"),
+                await client.post("/api/v1/chat/completionsx", json=body),
+            ]
+
+    whole, streamed, got, other = asyncio.run(main())
+    assert whole.json()["choices"][0]["message"]["content"] == default_answer("sonar", PROMPT)
+    assert streamed.text.endswith("data: [DONE]\n\n")
+    assert got.status_code == 405 and got.json()["error"]["type"] == "invalid_request_error"
+    assert other.status_code == 404 and other.json()["error"]["code"] == "not_found"
