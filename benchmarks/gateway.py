@@ -6,7 +6,7 @@
 Against the same Labs emulator (its own process), through the latency relay (relay.py):
 
 1. **Time to first token**, interleaved per round (direct, direct sessions, cold gateway, warm
-   gateway): a direct ``ask()`` in this process, clocked from the call to its first text;
+   gateway; in a new random order each round, 50 ms apart): a direct ``ask()`` in this process, clocked from the call to its first text;
    beside it a direct asyncio ``Session``, ``open()`` (waiting for the connect ack) then a
    query, and ``open(wait=False)`` then a query (the gateway's cold path); and a request
    to ``plabs serve`` (cold: no ``--warm``; warm: ``--warm 2``), clocked from writing the
@@ -42,6 +42,7 @@ import asyncio
 import gc
 import json
 import os
+import random
 import re
 import resource
 import select
@@ -104,6 +105,10 @@ class Gateway:
             fields = stat.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def sched(self) -> tuple[float, float]:
+        """(seconds on a CPU, seconds waiting for one) of the gateway's main thread so far."""
+        return sched_of(self.proc.pid)
+
     def peak_kib(self) -> tuple[int, int]:
         """(VmRSS, VmHWM) of the gateway in KiB."""
         values = {}
@@ -123,6 +128,14 @@ class Gateway:
                 self.proc.wait()
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+
+
+def sched_of(pid: int | str) -> tuple[float, float]:
+    """(seconds on a CPU, seconds runnable but waiting for a CPU) of a process's main thread
+    (``/proc/PID/schedstat``, in nanoseconds: precise, unlike the clock ticks of ``stat``)."""
+    with open(f"/proc/{pid}/schedstat") as stat:
+        on_cpu, waiting = stat.read().split()[:2]
+    return int(on_cpu) / 1e9, int(waiting) / 1e9
 
 
 # -- a bare client ---------------------------------------------------------------------------------
@@ -261,16 +274,27 @@ async def session_once(url: str, *, wait: bool, prompt: str = PROMPT) -> tuple[f
 
 
 def ttft(relay_url: str, cold: Gateway, warm: Gateway, runs: int, baseline: Gateway | None = None,
-         echo_port: int | None = None) -> dict[str, list[float]]:
+         echo_port: int | None = None) -> tuple[dict[str, list[float]], dict[str, list[tuple[float, float]]]]:
+    """The times to first token of every contender, and the (CPU, runqueue wait) seconds each
+    request cost the process doing the Labs work (this one for direct, else the gateway's)."""
     times: dict[str, list[float]] = {"direct": [], "open": [], "pipelined": [], "cold": [], "warm": []}
     if baseline is not None:
         times["baseline"] = []
     if echo_port is not None:
         times["echo"] = []
+    costs: dict[str, list[tuple[float, float]]] = {kind: [] for kind in times if kind != "echo"}
+    gateways = {"cold": cold, "warm": warm, "baseline": baseline}
+
+    order = list(times)
+    shuffle = random.Random(11).shuffle
 
     async def main() -> None:
         for round_ in range(runs + 1):  # round 0 warms up
-            for kind in times:
+            shuffle(order)  # no contender always follows the same one (the servers' leftovers of it)
+            for kind in order:
+                await asyncio.sleep(0.05)  # the servers finish with the last one; a warm session is back
+                gateway = gateways.get(kind)
+                before = gateway.sched() if gateway is not None else sched_of("self")
                 if kind == "echo":
                     assert echo_port is not None
                     first, text = await echo_once(echo_port), ANSWER
@@ -283,14 +307,18 @@ def ttft(relay_url: str, cold: Gateway, warm: Gateway, runs: int, baseline: Gate
                     first, text, _ = await session_once(relay_url, wait=kind == "open")
                 else:
                     first, text, _ = await stream_once((cold if kind == "cold" else warm).port)
-                    await asyncio.sleep(0.05)  # a warm session goes back to the pool
                 if text != ANSWER:
                     raise SystemExit(f"{kind}: wrong answer {text[:80]!r}")
+                if gateway is not None:
+                    await asyncio.sleep(0.05)  # the gateway finishes the request (closes its session)
+                after = gateway.sched() if gateway is not None else sched_of("self")
                 if round_:
                     times[kind].append(first)
+                    if kind in costs:
+                        costs[kind].append((after[0] - before[0], after[1] - before[1]))
 
     asyncio.run(main())
-    return times
+    return times, costs
 
 
 def cpu_per_chunk(relay_url: str, gateway: Gateway, chars: int, runs: int) -> dict[str, list[float]]:
@@ -423,9 +451,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 baseline = Gateway(url, plabs=args.baseline)
                 children.append(baseline)
             time.sleep(1.0 + 10 * delay)  # the warm pool connects
-            times = ttft(url, cold, warm, runs, baseline, int(echo.ready[0]) if link == "loopback" else None)
+            times, costs = ttft(url, cold, warm, runs, baseline, int(echo.ready[0]) if link == "loopback" else None)
+            results[f"cost_{link}"] = {k: (median([c for c, _ in v]), median([w for _, w in v]))
+                                       for k, v in costs.items()}
             results[f"ttft_{link}"] = {k: median(v) for k, v in times.items()}
             results[f"ttft_{link}_min"] = {k: min(v) for k, v in times.items()}
+            results[f"ttft_{link}_q1"] = {k: sorted(v)[(len(v) - 1) // 4] for k, v in times.items()}
 
         if not args.loopback_only:
             burst = Child("servers.py", "emulator", "--answer", text_of(args.burst), "--chunk-size", "8",
@@ -467,11 +498,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
              "cold": "gateway cold", "warm": "gateway --warm", "baseline": "baseline gateway cold",
              "echo": "echo through a 2nd process (floor)"}
     for link, _ in links:
-        r, m = results[f"ttft_{link}"], results[f"ttft_{link}_min"]
-        rows = [[names[k], f"{r[k] * 1000:.2f}", f"{m[k] * 1000:.2f}",
-                 "-" if k in ("direct", "echo") else f"{(r[k] - r['direct']) * 1000:+.2f}",
-                 "-" if k in ("direct", "echo") else f"{(m[k] - m['direct']) * 1000:+.2f}"] for k in r]
-        print(table([f"first token, {link}", "median ms", "min ms", "median - direct", "min - direct"], rows))
+        r, q, m = results[f"ttft_{link}"], results[f"ttft_{link}_q1"], results[f"ttft_{link}_min"]
+        rows = [[names[k], f"{r[k] * 1000:.2f}", f"{q[k] * 1000:.2f}", f"{m[k] * 1000:.2f}",
+                 *("-" if k in ("direct", "echo") else f"{(x[k] - x['direct']) * 1000:+.2f}" for x in (r, q, m))]
+                for k in r]
+        print(table([f"first token, {link}", "median ms", "1st quartile ms", "min ms", "median - direct",
+                     "quartile - direct", "min - direct"], rows))
+        cost = results[f"cost_{link}"]
+        print(table([f"per request, {link}: the Labs side's process", "CPU ms (median)", "runqueue wait ms (median)"],
+                    [[names[k] + (" (this process)" if k in ("direct", "open", "pipelined") else " (its process)"),
+                      f"{c * 1000:.2f}", f"{w * 1000:.2f}"] for k, (c, w) in cost.items()]))
         if "baseline" in r:
             print(f"cold gateway / baseline: median {r['cold'] / r['baseline']:.2f}, min {m['cold'] / m['baseline']:.2f}; "
                   f"added over direct: median {(r['cold'] - r['direct']) * 1000:+.2f} vs "
