@@ -475,27 +475,32 @@ def test_a_client_that_leaves_closes_its_labs_session(
         assert wait_for(lambda port=port: established_to(port) == 0, 1.0) < 1.0  # type: ignore[misc]
 
 
-def test_ctrl_c_with_streams_open(emulator_factory: EmulatorFactory, own_gateways: list[Gateway]) -> None:
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_ctrl_c_with_streams_open(emulator_factory: EmulatorFactory, own_gateways: list[Gateway], backend: str) -> None:
     emulator = emulator_factory(answer="forever " * 500, chunk_size=8, frame_delay=0.05)
-    gateway = start_gateway("--server", emulator.url)
+    gateway = start_gateway("--server", emulator.url, "--backend", backend)
     own_gateways.append(gateway)
     port = port_of(emulator.url)
     errors: list[BaseException] = []
+    streaming: list[asyncio.Event] = []
 
-    async def one(client: openai.AsyncOpenAI) -> None:
+    async def one(client: openai.AsyncOpenAI, first_chunk: asyncio.Event) -> None:
         stream = await client.chat.completions.create(
             model="sonar", messages=[{"role": "user", "content": "hi"}], stream=True
         )
         try:
             async for _ in stream:
-                pass
+                first_chunk.set()
         except openai.APIError as exc:
             errors.append(exc)
 
     async def main() -> float:
         async with gateway.async_client() as client:
-            tasks = [asyncio.create_task(one(client)) for _ in range(3)]
-            await asyncio.sleep(0.5)
+            streaming.extend(asyncio.Event() for _ in range(3))
+            tasks = [asyncio.create_task(one(client, event)) for event in streaming]
+            # Ctrl-C once every stream has its first chunk (a request still waiting for
+            # its first one gets a 503 status instead, which create() raises)
+            await asyncio.wait_for(asyncio.gather(*(event.wait() for event in streaming)), 20)
             assert established_to(port) >= 3
             gateway.process.send_signal(signal.SIGINT)
             started = time.monotonic()
