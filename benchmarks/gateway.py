@@ -1,17 +1,26 @@
 """The OpenAI-compatible gateway (``plabs serve``) side by side with a direct ``ask()``.
 
     python benchmarks/gateway.py [--delay 0.01] [--runs 9] [--sessions 200] [--quick]
+                                 [--loopback-only] [--baseline PLABS]
 
 Against the same Labs emulator (its own process), through the latency relay (relay.py):
 
 1. **Time to first token**, interleaved per round (direct, direct sessions, cold gateway, warm
-   gateway): a direct ``ask()`` in this process, clocked from the call to its first text;
+   gateway; in a new random order each round, 50 ms apart): a direct ``ask()`` in this process, clocked from the call to its first text;
    beside it a direct asyncio ``Session``, ``open()`` (waiting for the connect ack) then a
    query, and ``open(wait=False)`` then a query (the gateway's cold path); and a request
    to ``plabs serve`` (cold: no ``--warm``; warm: ``--warm 2``), clocked from writing the
    HTTP request on an open loopback connection to reading the first ``content`` chunk (a
    bare socket client, so no client library's time is counted).  Over a zero-delay relay
    ("loopback") and over a relay of DELAY seconds each way (RTT = 2 * DELAY).
+   ``--baseline PLABS`` adds a cold gateway run by another ``plabs`` executable (e.g.
+   another checkout's ``.venv/bin/plabs``, run from its own folder), in the same rounds,
+   so a change to the gateway is measured side by side.  On loopback, an **echo** round
+   gives the floor of any gateway: the same request bytes written on a fresh connection to
+   a bare asyncio echo server in another process, clocked to their return (the two wake-ups
+   of a second process that the gateway's request and first chunk cost, and nothing else).
+   Medians and minima are shown: on a shared machine the minimum tells what the code
+   costs, the median what scheduling adds.
 2. **CPU per streamed chunk** for a long burst answer (frames of 8 characters, no delay):
    the CPU time of the process doing the Labs work, divided by the chunks: this process for
    the direct ``ask()``, the gateway process (its Labs client and its HTTP/SSE output) for
@@ -33,6 +42,7 @@ import asyncio
 import gc
 import json
 import os
+import random
 import re
 import resource
 import select
@@ -60,12 +70,19 @@ def text_of(chars: int) -> str:
 
 
 class Gateway:
-    """``plabs serve`` in a child process, on a free port."""
+    """``plabs serve`` in a child process, on a free port (``plabs``: another checkout's executable,
+    run from its folder with its own imports, instead of this checkout's)."""
 
-    def __init__(self, server: str, *args: str) -> None:
+    def __init__(self, server: str, *args: str, plabs: str | None = None) -> None:
+        command = [PYTHON, "-m", "plabs_proto"] if plabs is None else [plabs]
+        env = child_env()
+        cwd = None
+        if plabs is not None:
+            env.pop("PYTHONPATH", None)
+            cwd = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(plabs))))  # .venv/bin/..
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "plabs_proto", "serve", "--port", "0", "--server", server, *args],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=child_env(),  # stderr: ours
+            [*command, "serve", "--port", "0", "--server", server, *args],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env, cwd=cwd,  # stderr: ours
         )
         assert self.proc.stdout is not None
         got = b""
@@ -88,6 +105,10 @@ class Gateway:
             fields = stat.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def sched(self) -> tuple[float, float]:
+        """(seconds on a CPU, seconds waiting for one) of the gateway's main thread so far."""
+        return sched_of(self.proc.pid)
+
     def peak_kib(self) -> tuple[int, int]:
         """(VmRSS, VmHWM) of the gateway in KiB."""
         values = {}
@@ -107,6 +128,14 @@ class Gateway:
                 self.proc.wait()
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+
+
+def sched_of(pid: int | str) -> tuple[float, float]:
+    """(seconds on a CPU, seconds runnable but waiting for a CPU) of a process's main thread
+    (``/proc/PID/schedstat``, in nanoseconds: precise, unlike the clock ticks of ``stat``)."""
+    with open(f"/proc/{pid}/schedstat") as stat:
+        on_cpu, waiting = stat.read().split()[:2]
+    return int(on_cpu) / 1e9, int(waiting) / 1e9
 
 
 # -- a bare client ---------------------------------------------------------------------------------
@@ -151,6 +180,45 @@ async def stream_once(port: int, prompt: str = PROMPT) -> tuple[float, str, int]
             if content:
                 parts.append(content)
     return first, "".join(parts), len(parts)
+
+
+async def echo_once(port: int) -> float:
+    """The floor: the bytes of a gateway request written on a fresh connection to the echo server,
+    clocked from the write to their return."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    request = b"x" * 223  # the size of stream_once's request
+    try:
+        start = time.perf_counter()
+        writer.write(request)
+        got = 0
+        while got < len(request):
+            got += len(await reader.read(65536))
+        return time.perf_counter() - start
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+def echo_server() -> None:
+    """In a child: a bare asyncio echo server on 127.0.0.1; prints READY <port>, ends when stdin closes."""
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            self.transport.write(data)  # type: ignore[attr-defined]
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Echo, "127.0.0.1", 0)
+        print("READY", server.sockets[0].getsockname()[1], flush=True)
+        done = loop.create_future()
+        loop.add_reader(sys.stdin.fileno(), lambda: done.done() or done.set_result(None))
+        await done
+        server.close()
+
+    asyncio.run(main())
 
 
 def dechunk(raw: bytes) -> bytes:
@@ -205,26 +273,52 @@ async def session_once(url: str, *, wait: bool, prompt: str = PROMPT) -> tuple[f
 # -- the measurements ------------------------------------------------------------------------------
 
 
-def ttft(relay_url: str, cold: Gateway, warm: Gateway, runs: int) -> dict[str, list[float]]:
+def ttft(relay_url: str, cold: Gateway, warm: Gateway, runs: int, baseline: Gateway | None = None,
+         echo_port: int | None = None) -> tuple[dict[str, list[float]], dict[str, list[tuple[float, float]]]]:
+    """The times to first token of every contender, and the (CPU, runqueue wait) seconds each
+    request cost the process doing the Labs work (this one for direct, else the gateway's)."""
     times: dict[str, list[float]] = {"direct": [], "open": [], "pipelined": [], "cold": [], "warm": []}
+    if baseline is not None:
+        times["baseline"] = []
+    if echo_port is not None:
+        times["echo"] = []
+    costs: dict[str, list[tuple[float, float]]] = {kind: [] for kind in times if kind != "echo"}
+    gateways = {"cold": cold, "warm": warm, "baseline": baseline}
+
+    order = list(times)
+    shuffle = random.Random(11).shuffle
 
     async def main() -> None:
         for round_ in range(runs + 1):  # round 0 warms up
-            for kind in times:
-                if kind == "direct":
+            shuffle(order)  # no contender always follows the same one (the servers' leftovers of it)
+            for kind in order:
+                await asyncio.sleep(0.05)  # the servers finish with the last one; a warm session is back
+                gateway = gateways.get(kind)
+                before = gateway.sched() if gateway is not None else sched_of("self")
+                if kind == "echo":
+                    assert echo_port is not None
+                    first, text = await echo_once(echo_port), ANSWER
+                elif kind == "baseline":
+                    assert baseline is not None
+                    first, text, _ = await stream_once(baseline.port)
+                elif kind == "direct":
                     first, text, _ = await direct_once(relay_url)
                 elif kind in ("open", "pipelined"):
                     first, text, _ = await session_once(relay_url, wait=kind == "open")
                 else:
                     first, text, _ = await stream_once((cold if kind == "cold" else warm).port)
-                    await asyncio.sleep(0.05)  # a warm session goes back to the pool
                 if text != ANSWER:
                     raise SystemExit(f"{kind}: wrong answer {text[:80]!r}")
+                if gateway is not None:
+                    await asyncio.sleep(0.05)  # the gateway finishes the request (closes its session)
+                after = gateway.sched() if gateway is not None else sched_of("self")
                 if round_:
                     times[kind].append(first)
+                    if kind in costs:
+                        costs[kind].append((after[0] - before[0], after[1] - before[1]))
 
     asyncio.run(main())
-    return times
+    return times, costs
 
 
 def cpu_per_chunk(relay_url: str, gateway: Gateway, chars: int, runs: int) -> dict[str, list[float]]:
@@ -312,11 +406,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--sessions", type=int, default=200, help="concurrent streams (default 200)")
     parser.add_argument("--burst", type=int, default=12000, help="characters of the CPU answer (default 12000)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 rounds, 20 sessions")
+    parser.add_argument("--loopback-only", action="store_true",
+                        help="only the time to first token on loopback (with the echo floor)")
+    parser.add_argument("--baseline", metavar="PLABS", default=None,
+                        help="also time a cold gateway run by this plabs executable (e.g. another checkout's "
+                        ".venv/bin/plabs), in the same rounds")
     parser.add_argument("--direct-worker", nargs=3, metavar=("URL", "N", "CHARS"), help=argparse.SUPPRESS)
+    parser.add_argument("--echo-server", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.direct_worker:
         url, n, chars = args.direct_worker
         concurrent_direct_worker(url, int(n), text_of(int(chars)))
+        return {}
+    if args.echo_server:
+        echo_server()
         return {}
     runs = 2 if args.quick else args.runs
     sessions = 20 if args.quick else args.sessions
@@ -325,14 +428,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {}
     long_text = text_of(60 * 8)
     children: list[Any] = []
+    links = (("loopback", 0.0),) if args.loopback_only else (("loopback", 0.0), ("slow", args.delay))
     try:
         short = Child("servers.py", "emulator", "--answer", ANSWER, "--chunk-size", "8", "--frame-delay", "0.002")
         children.append(short)
-        burst = Child("servers.py", "emulator", "--answer", text_of(args.burst), "--chunk-size", "8",
-                      "--frame-delay", "0")
-        children.append(burst)
-        slow = Child("servers.py", "emulator", "--answer", long_text, "--chunk-size", "8", "--frame-delay", "0.05")
-        children.append(slow)
 
         def relay(url: str, delay: float) -> str:
             port = url.rsplit(":", 1)[1]
@@ -341,22 +440,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             children.append(child)
             return f"http://127.0.0.1:{child.ready[0]}"
 
-        for link, delay in (("loopback", 0.0), ("slow", args.delay)):
+        echo = Child("gateway.py", "--echo-server")
+        children.append(echo)
+        for link, delay in links:
             url = relay(short.ready[0], delay)
             cold, warm = Gateway(url), Gateway(url, "--warm", "2")
             children += [cold, warm]
+            baseline = None
+            if args.baseline:
+                baseline = Gateway(url, plabs=args.baseline)
+                children.append(baseline)
             time.sleep(1.0 + 10 * delay)  # the warm pool connects
-            results[f"ttft_{link}"] = {k: median(v) for k, v in ttft(url, cold, warm, runs).items()}
+            times, costs = ttft(url, cold, warm, runs, baseline, int(echo.ready[0]) if link == "loopback" else None)
+            results[f"cost_{link}"] = {k: (median([c for c, _ in v]), median([w for _, w in v]))
+                                       for k, v in costs.items()}
+            results[f"ttft_{link}"] = {k: median(v) for k, v in times.items()}
+            results[f"ttft_{link}_min"] = {k: min(v) for k, v in times.items()}
+            results[f"ttft_{link}_q1"] = {k: sorted(v)[(len(v) - 1) // 4] for k, v in times.items()}
 
-        burst_url = relay(burst.ready[0], 0.0)
-        burst_gateway = Gateway(burst_url)
-        children.append(burst_gateway)
-        cpus = cpu_per_chunk(burst_url, burst_gateway, args.burst, runs)
-        results["cpu"] = {k: median(v) for k, v in cpus.items()}
+        if not args.loopback_only:
+            burst = Child("servers.py", "emulator", "--answer", text_of(args.burst), "--chunk-size", "8",
+                          "--frame-delay", "0")
+            children.append(burst)
+            slow = Child("servers.py", "emulator", "--answer", long_text, "--chunk-size", "8",
+                         "--frame-delay", "0.05")
+            children.append(slow)
+            burst_url = relay(burst.ready[0], 0.0)
+            burst_gateway = Gateway(burst_url)
+            children.append(burst_gateway)
+            cpus = cpu_per_chunk(burst_url, burst_gateway, args.burst, runs)
+            results["cpu"] = {k: median(v) for k, v in cpus.items()}
 
-        slow_url = relay(slow.ready[0], 0.0)
-        results["concurrent_gateway"] = concurrent_gateway(slow_url, sessions, long_text)
-        results["concurrent_direct"] = concurrent_direct(slow_url, sessions, long_text)
+            slow_url = relay(slow.ready[0], 0.0)
+            results["concurrent_gateway"] = concurrent_gateway(slow_url, sessions, long_text)
+            results["concurrent_direct"] = concurrent_direct(slow_url, sessions, long_text)
     finally:
         for child in reversed(children):
             child.stop()
@@ -365,9 +482,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(header("The OpenAI-compatible gateway vs a direct ask() (benchmarks/gateway.py)"))
     print(f"emulator behind the latency relay; one-way delay {args.delay * 1000:.0f} ms on the slow link "
           f"(RTT {rtt * 1000:.0f} ms); median of {runs} interleaved rounds after a warm-up; {elapsed:.0f} s")
+    if args.baseline:
+        print(f"baseline: a cold gateway run by {args.baseline}")
     print()
     rows = []
-    for link in ("loopback", "slow"):
+    for link, _ in links:
         r = results[f"ttft_{link}"]
         rows.append([link, f"{r['direct'] * 1000:.1f}", f"{r['cold'] * 1000:.1f}", f"{r['warm'] * 1000:.1f}",
                      f"{(r['cold'] - r['direct']) * 1000:+.1f}", f"{(r['warm'] - r['direct']) * 1000:+.1f}",
@@ -375,45 +494,70 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(table(["link", "direct ask ms", "gateway cold ms", "gateway --warm ms", "cold - direct",
                  "warm - direct", "warm in RTT"], rows))
     print()
-    rows = []
-    for link in ("loopback", "slow"):
-        r = results[f"ttft_{link}"]
-        rows.append([link, f"{r['direct'] * 1000:.1f}", f"{r['open'] * 1000:.1f}", f"{r['pipelined'] * 1000:.1f}",
-                     f"{r['open'] / r['direct']:.2f}", f"{r['pipelined'] / r['direct']:.2f}"])
-    print(table(["direct, this process", "ask() ms", "Session open() + query ms", "open(wait=False) + query ms",
-                 "open / ask", "wait=False / ask"], rows))
-    print()
-    cpu = results["cpu"]
-    print(table(["CPU per streamed chunk", "µs"], [
-        ["direct ask() (this process)", f"{cpu['direct'] * 1e6:.1f}"],
-        ["gateway (its process)", f"{cpu['gateway'] * 1e6:.1f}"],
-        ["ratio gateway / direct", f"{cpu['gateway'] / cpu['direct']:.2f}"],
-    ]))
-    print()
-    g, d = results["concurrent_gateway"], results["concurrent_direct"]
-    print(table([f"{sessions} concurrent streams", "correct", "baseline MiB", "peak MiB", "KiB/stream", "wall s",
-                 "CPU s"], [
-        ["gateway (its process)", f"{g['correct']}/{sessions}", f"{g['base_kib'] / 1024:.1f}",
-         f"{g['peak_kib'] / 1024:.1f}", f"{(g['peak_kib'] - g['base_kib']) / sessions:.0f}", f"{g['wall']:.2f}",
-         f"{g['cpu']:.2f}"],
-        ["direct ask() (one process)", f"{d['correct']}/{sessions}", f"{d['base_kib'] / 1024:.1f}",
-         f"{d['peak_kib'] / 1024:.1f}", f"{(d['peak_kib'] - d['base_kib']) / sessions:.0f}", f"{d['wall']:.2f}",
-         f"{d['cpu']:.2f}"],
-    ]))
-    if g.get("errors"):
-        print("gateway errors:", g["errors"])
-    print()
-    loop, slow_r = results["ttft_loopback"], results["ttft_slow"]
-    cold_added = (loop["cold"] - loop["direct"]) * 1000
-    warm_added = (loop["warm"] - loop["direct"]) * 1000
-    print(f"gateway adds at most 1 ms to the first token on loopback: cold {cold_added:+.2f} ms "
-          f"({verdict(cold_added <= 1.0)}), with --warm {warm_added:+.2f} ms ({verdict(warm_added <= 1.0)})")
-    ratio = cpu["gateway"] / cpu["direct"]
-    print(f"gateway CPU per chunk at most 2x direct: {ratio:.2f}x ({verdict(ratio <= 2.0)})")
-    print(f"--warm first token within 1 RTT (+ server time): {slow_r['warm'] / rtt:.2f} RTT "
-          f"({verdict(round(slow_r['warm'] / rtt) <= 1)})")
-    print(f"{sessions} concurrent streams all correct: gateway {verdict(g['correct'] == sessions)}, "
-          f"direct {verdict(d['correct'] == sessions)}")
+    names = {"direct": "direct ask()", "open": "direct open() + query", "pipelined": "direct open(wait=False) + query",
+             "cold": "gateway cold", "warm": "gateway --warm", "baseline": "baseline gateway cold",
+             "echo": "echo through a 2nd process (floor)"}
+    for link, _ in links:
+        r, q, m = results[f"ttft_{link}"], results[f"ttft_{link}_q1"], results[f"ttft_{link}_min"]
+        rows = [[names[k], f"{r[k] * 1000:.2f}", f"{q[k] * 1000:.2f}", f"{m[k] * 1000:.2f}",
+                 *("-" if k in ("direct", "echo") else f"{(x[k] - x['direct']) * 1000:+.2f}" for x in (r, q, m))]
+                for k in r]
+        print(table([f"first token, {link}", "median ms", "1st quartile ms", "min ms", "median - direct",
+                     "quartile - direct", "min - direct"], rows))
+        cost = results[f"cost_{link}"]
+        print(table([f"per request, {link}: the Labs side's process", "CPU ms (median)", "runqueue wait ms (median)"],
+                    [[names[k] + (" (this process)" if k in ("direct", "open", "pipelined") else " (its process)"),
+                      f"{c * 1000:.2f}", f"{w * 1000:.2f}"] for k, (c, w) in cost.items()]))
+        if "baseline" in r:
+            print(f"cold gateway / baseline: median {r['cold'] / r['baseline']:.2f}, min {m['cold'] / m['baseline']:.2f}; "
+                  f"added over direct: median {(r['cold'] - r['direct']) * 1000:+.2f} vs "
+                  f"{(r['baseline'] - r['direct']) * 1000:+.2f} ms, min {(m['cold'] - m['direct']) * 1000:+.2f} vs "
+                  f"{(m['baseline'] - m['direct']) * 1000:+.2f} ms")
+        print()
+    if not args.loopback_only:
+        rows = []
+        for link, _ in links:
+            r = results[f"ttft_{link}"]
+            rows.append([link, f"{r['direct'] * 1000:.1f}", f"{r['open'] * 1000:.1f}",
+                         f"{r['pipelined'] * 1000:.1f}", f"{r['open'] / r['direct']:.2f}",
+                         f"{r['pipelined'] / r['direct']:.2f}"])
+        print(table(["direct, this process", "ask() ms", "Session open() + query ms", "open(wait=False) + query ms",
+                     "open / ask", "wait=False / ask"], rows))
+        print()
+        cpu = results["cpu"]
+        print(table(["CPU per streamed chunk", "µs"], [
+            ["direct ask() (this process)", f"{cpu['direct'] * 1e6:.1f}"],
+            ["gateway (its process)", f"{cpu['gateway'] * 1e6:.1f}"],
+            ["ratio gateway / direct", f"{cpu['gateway'] / cpu['direct']:.2f}"],
+        ]))
+        print()
+        g, d = results["concurrent_gateway"], results["concurrent_direct"]
+        print(table([f"{sessions} concurrent streams", "correct", "baseline MiB", "peak MiB", "KiB/stream", "wall s",
+                     "CPU s"], [
+            ["gateway (its process)", f"{g['correct']}/{sessions}", f"{g['base_kib'] / 1024:.1f}",
+             f"{g['peak_kib'] / 1024:.1f}", f"{(g['peak_kib'] - g['base_kib']) / sessions:.0f}", f"{g['wall']:.2f}",
+             f"{g['cpu']:.2f}"],
+            ["direct ask() (one process)", f"{d['correct']}/{sessions}", f"{d['base_kib'] / 1024:.1f}",
+             f"{d['peak_kib'] / 1024:.1f}", f"{(d['peak_kib'] - d['base_kib']) / sessions:.0f}", f"{d['wall']:.2f}",
+             f"{d['cpu']:.2f}"],
+        ]))
+        if g.get("errors"):
+            print("gateway errors:", g["errors"])
+        print()
+    loop, loop_min = results["ttft_loopback"], results["ttft_loopback_min"]
+    for label, r in (("median", loop), ("minimum", loop_min)):
+        cold_added = (r["cold"] - r["direct"]) * 1000
+        warm_added = (r["warm"] - r["direct"]) * 1000
+        print(f"gateway adds at most 1 ms to the first token on loopback ({label}): cold {cold_added:+.2f} ms "
+              f"({verdict(cold_added <= 1.0)}), with --warm {warm_added:+.2f} ms ({verdict(warm_added <= 1.0)})")
+    if not args.loopback_only:
+        slow_r = results["ttft_slow"]
+        ratio = cpu["gateway"] / cpu["direct"]
+        print(f"gateway CPU per chunk at most 2x direct: {ratio:.2f}x ({verdict(ratio <= 2.0)})")
+        print(f"--warm first token within 1 RTT (+ server time): {slow_r['warm'] / rtt:.2f} RTT "
+              f"({verdict(round(slow_r['warm'] / rtt) <= 1)})")
+        print(f"{sessions} concurrent streams all correct: gateway {verdict(g['correct'] == sessions)}, "
+              f"direct {verdict(d['correct'] == sessions)}")
     return results
 
 

@@ -475,27 +475,32 @@ def test_a_client_that_leaves_closes_its_labs_session(
         assert wait_for(lambda port=port: established_to(port) == 0, 1.0) < 1.0  # type: ignore[misc]
 
 
-def test_ctrl_c_with_streams_open(emulator_factory: EmulatorFactory, own_gateways: list[Gateway]) -> None:
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_ctrl_c_with_streams_open(emulator_factory: EmulatorFactory, own_gateways: list[Gateway], backend: str) -> None:
     emulator = emulator_factory(answer="forever " * 500, chunk_size=8, frame_delay=0.05)
-    gateway = start_gateway("--server", emulator.url)
+    gateway = start_gateway("--server", emulator.url, "--backend", backend)
     own_gateways.append(gateway)
     port = port_of(emulator.url)
     errors: list[BaseException] = []
+    streaming: list[asyncio.Event] = []
 
-    async def one(client: openai.AsyncOpenAI) -> None:
+    async def one(client: openai.AsyncOpenAI, first_chunk: asyncio.Event) -> None:
         stream = await client.chat.completions.create(
             model="sonar", messages=[{"role": "user", "content": "hi"}], stream=True
         )
         try:
             async for _ in stream:
-                pass
+                first_chunk.set()
         except openai.APIError as exc:
             errors.append(exc)
 
     async def main() -> float:
         async with gateway.async_client() as client:
-            tasks = [asyncio.create_task(one(client)) for _ in range(3)]
-            await asyncio.sleep(0.5)
+            streaming.extend(asyncio.Event() for _ in range(3))
+            tasks = [asyncio.create_task(one(client, event)) for event in streaming]
+            # Ctrl-C once every stream has its first chunk (a request still waiting for
+            # its first one gets a 503 status instead, which create() raises)
+            await asyncio.wait_for(asyncio.gather(*(event.wait() for event in streaming)), 20)
             assert established_to(port) >= 3
             gateway.process.send_signal(signal.SIGINT)
             started = time.monotonic()
@@ -653,3 +658,30 @@ def test_the_app_runs_in_process_without_a_lifespan(emulator_factory: EmulatorFa
     chunks = [json.loads(line[6:]) for line in streamed.text.split("\n\n") if line.startswith("data: {")]
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == default_answer("sonar", PROMPT)
     assert streamed.text.endswith("data: [DONE]\n\n")
+
+
+def test_chat_route_mounted_under_a_root_path_and_other_methods(emulator_factory: EmulatorFactory) -> None:
+    """The chat completion paths answer POST below a root path too (the app mounted in another app),
+    other methods get OpenAI's 405, and a path that only ends like them is not theirs."""
+    from plabs_proto.backends.gateway import create_app
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    outer = Starlette(routes=[Mount("/api", app=create_app(server=emulator_factory().url))])
+
+    async def main() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=outer)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            body = {"model": "sonar", "messages": [{"role": "user", "content": PROMPT}]}
+            return [
+                await client.post("/api/v1/chat/completions", json=body),
+                await client.post("/api/chat/completions", json={**body, "stream": True}),
+                await client.get("/api/v1/chat/completions"),
+                await client.post("/api/v1/chat/completionsx", json=body),
+            ]
+
+    whole, streamed, got, other = asyncio.run(main())
+    assert whole.json()["choices"][0]["message"]["content"] == default_answer("sonar", PROMPT)
+    assert streamed.text.endswith("data: [DONE]\n\n")
+    assert got.status_code == 405 and got.json()["error"]["type"] == "invalid_request_error"
+    assert other.status_code == 404 and other.json()["error"]["code"] == "not_found"
