@@ -109,14 +109,14 @@ def test_a_gzip_bomb_stops_at_the_limit_in_bounded_memory() -> None:
     assert len(bomb) < 11_000
     http = channel(max_body=MiB)
     tracemalloc.start()
-    started = time.perf_counter()
+    started = time.thread_time()  # CPU, not wall time: the machine may be loaded
     try:
         with pytest.raises(RemoteProtocolError) as caught:
             http.receive_data(coded(bomb, "gzip"))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert time.perf_counter() - started < 1.0
+    assert time.thread_time() - started < 2.0
     assert peak < 4 * MiB  # never the 10 MiB it would inflate to
     assert str(caught.value) == (
         f"expected an HTTP response body of at most {MiB} bytes (max_message_size + 64 KiB) once inflated, "
@@ -491,14 +491,14 @@ def test_a_compressed_bomb_frame_stops_at_max_message_size() -> None:
     (payload,) = server_compress([b"a" * (20 * MiB)])
     assert len(payload) < 30_000
     tracemalloc.start()
-    started = time.perf_counter()
+    started = time.thread_time()  # CPU, not wall time: the machine may be loaded
     try:
         with pytest.raises(RemoteProtocolError) as caught:
             ws(limit=MiB).receive_data(frame(payload))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert time.perf_counter() - started < 1.0
+    assert time.thread_time() - started < 2.0
     assert peak < 4 * MiB
     assert str(caught.value) == (
         f"expected a WebSocket message of at most {MiB} bytes (max_message_size) once inflated, "
