@@ -42,7 +42,9 @@ reasoning.
 
 **Errors** are OpenAI's JSON (``{"error": {"message", "type", "code"}}``): 400
 for a bad request, 401 for a wrong or missing key (when an api key is set), 429
-when ``max_sessions`` requests are running, 502 when Labs fails (its text kept:
+when ``max_sessions`` requests are running or when Labs itself rate-limits
+(``code`` is ``labs_rate_limited``; its ``Retry-After`` is passed on, which the
+``openai`` package honours when it retries), 502 when Labs fails (its text kept:
 ``code`` is ``labs_error``), 504 on a Labs timeout.  A streamed request reports
 errors that come before its first chunk with these statuses too; an error after
 the first chunk ends the stream with ``data: {"error": {...}}``.
@@ -65,6 +67,7 @@ import contextlib
 import hmac
 import json
 import logging
+import math
 import os
 import secrets
 import time
@@ -84,7 +87,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from plabs_proto.client import ClientState
-from plabs_proto.errors import LabsError, LabsTimeout, LocalProtocolError, ResponseError
+from plabs_proto.errors import LabsError, LabsTimeout, LocalProtocolError, RateLimitedError, ResponseError
 from plabs_proto.events import (
     AnswerFinished,
     AnswerRevised,
@@ -250,9 +253,15 @@ class _Refusal(Exception):
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "code": self.code, **self.extra}}
 
+    def headers(self) -> dict[str, str]:
+        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else {}
+        retry_after = self.extra.get("retry_after")
+        if retry_after is not None:  # Labs said when to come back: OpenAI clients wait that long
+            headers["Retry-After"] = str(math.ceil(retry_after))
+        return headers
+
     def response(self) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
-        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers() or None)
 
 
 def _bad_request(message: str, code: str | None = None, param: str | None = None) -> _Refusal:
@@ -263,6 +272,9 @@ def _labs_refusal(exc: BaseException) -> _Refusal:
     """The OpenAI error for a failure of the Labs side."""
     if isinstance(exc, LabsTimeout):
         return _Refusal(504, f"Perplexity Labs timed out: {exc}", "api_error", "labs_timeout", deadline=exc.deadline)
+    if isinstance(exc, RateLimitedError):
+        return _Refusal(429, f"Perplexity Labs is rate limiting this gateway: {exc}", "rate_limit_error",
+                        "labs_rate_limited", retry_after=exc.retry_after)
     if isinstance(exc, ResponseError):
         return _Refusal(502, f"Perplexity Labs reported a failure: {exc.server_text or exc}", "api_error",
                         "labs_error", labs_text=exc.server_text)
@@ -640,7 +652,8 @@ class _Completion:
             await send({
                 "type": "http.response.start",
                 "status": refusal.status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *((k.lower().encode(), v.encode()) for k, v in refusal.headers().items())],
             })
             await send({"type": "http.response.body", "body": body, "more_body": False})
 

@@ -381,6 +381,20 @@ def test_429_when_the_sessions_are_busy(gateway_factory: GatewayFactory, emulato
     assert again.choices[0].message.content == "slow " * 40
 
 
+def test_429_with_retry_after_when_labs_rate_limits(gateway_factory: GatewayFactory,
+                                                    emulator_factory: EmulatorFactory) -> None:
+    gateway = gateway_factory("--server", emulator_factory(rate_limit="polling", retry_after="7").url)
+    with gateway.client() as client:
+        for stream in (False, True):
+            with pytest.raises(openai.RateLimitError) as caught:
+                client.chat.completions.create(model="sonar", messages=[{"role": "user", "content": "hi"}],
+                                               stream=stream)
+            assert caught.value.status_code == 429
+            assert caught.value.response.headers["retry-after"] == "7"
+            assert isinstance(caught.value.body, dict)
+            assert caught.value.body["code"] == "labs_rate_limited" and caught.value.body["retry_after"] == 7
+
+
 def test_502_keeps_the_labs_text(gateway_factory: GatewayFactory, labs_url: str,
                                  emulator_factory: EmulatorFactory, request: pytest.FixtureRequest) -> None:
     if "emulator" in request.node.callspec.id:
