@@ -1,4 +1,4 @@
-"""The one driver loop of the pull-style backends (trio and sync), over the network seam.
+"""The one driver loop of the socket backends (asyncio, trio and sync), over the network seam.
 
 :class:`Driver` runs a :class:`~plabs_proto.client.LabsClient` over a
 :class:`~._seam.Network` for whoever awaits :meth:`Driver.next_event`:
@@ -8,9 +8,6 @@ events to the consumer, the first error kept (and raised once the events before
 it are taken), every connection closed on exit.  :meth:`Driver.pump_idle` keeps
 the session alive between queries (answering the server's pings) until told to
 stop.
-
-The asyncio backend keeps its own push-style path (protocol callbacks feed the
-client), which is faster there; it shares :class:`~._link.LinkBase` with this one.
 """
 
 from __future__ import annotations
@@ -26,13 +23,12 @@ from plabs_proto.events import CloseStream, Event, OpenStream, SendBytes
 
 from ._errors import closed_error
 from ._link import LinkBase
-from ._seam import Network, Stream
+from ._seam import GRACE, Network, Stream
 
 __all__ = ["CLOSE_WAIT", "Driver"]
 
 #: Seconds the polite close may spend writing.
 CLOSE_WAIT = 0.25
-_GRACE = 0.001  # seconds given to bytes already waiting when a deadline is overdue
 
 
 class Driver(LinkBase):
@@ -122,6 +118,8 @@ class Driver(LinkBase):
             raise self._stream_error(exc, "connect to", target.stream_id) from exc
         if stream is None:
             self._deadline_came()
+        elif self.finished:  # closed (from elsewhere: __del__, another task) while connecting
+            stream.close()
         else:
             self.streams[target.stream_id] = stream
 
@@ -143,7 +141,7 @@ class Driver(LinkBase):
         at = self.client.get_timer()
         now = network.now()
         overdue = at is not None and at <= now
-        until = now + _GRACE if overdue else at
+        until = now + GRACE if overdue else at
         readable = [(sid, stream) for sid, stream in self.streams.items() if sid not in self.at_eof]
         if readable:
             got = await network.receive([stream for _, stream in readable], until)

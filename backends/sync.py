@@ -47,7 +47,7 @@ from ._config import (
 from ._driver import Driver
 from ._errors import check_event, opened
 from ._link import SessionBase, read_buffer
-from ._seam import Network, Stream, run_blocking
+from ._seam import GRACE, Network, Stream, run_blocking
 from ._text import AnswerText
 
 if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; only type checkers read it here
@@ -55,7 +55,6 @@ if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; only type checkers read it h
 
 __all__ = ["Session", "ask", "connect"]
 
-_GRACE = 0.001  # seconds a write gets when its deadline has already passed
 
 
 class _SocketStream(Stream):
@@ -100,7 +99,7 @@ class SelectorNetwork(Network):
         return time.monotonic()
 
     async def connect(self, host: str, port: int, deadline: float | None) -> Stream | None:
-        timeout = None if deadline is None else max(deadline - time.monotonic(), _GRACE)
+        timeout = None if deadline is None else max(deadline - time.monotonic(), GRACE)
         try:
             sock = socket.create_connection((host, port), timeout=timeout)
         except TimeoutError as exc:
@@ -116,7 +115,7 @@ class SelectorNetwork(Network):
 
     def wait_writable(self, sock: socket.socket, deadline: float | None) -> bool:
         """Wait until ``sock`` takes more bytes: False at the deadline."""
-        timeout = None if deadline is None else max(deadline - time.monotonic(), _GRACE)
+        timeout = None if deadline is None else max(deadline - time.monotonic(), GRACE)
         with selectors.DefaultSelector() as selector:
             selector.register(sock, selectors.EVENT_WRITE)
             return bool(selector.select(timeout))

@@ -43,14 +43,13 @@ from ._async_api import AsyncAnswer, AsyncSession
 from ._config import AskOptions, Messages, SessionOptions, parse_options, to_messages
 from ._driver import Driver
 from ._link import READ_SIZE
-from ._seam import Network, Stream
+from ._seam import GRACE, Network, Stream
 
 if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; only type checkers read it here
     from typing import Unpack
 
 __all__ = ["Session", "ask", "connect"]
 
-_GRACE = 0.001  # seconds given to bytes already waiting when a deadline is overdue
 _STREAM_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
@@ -98,7 +97,7 @@ class _TrioStream(Stream):
 
     async def send_all(self, data: bytes, deadline: float | None) -> bool:
         # A deadline already passed still gives the write a moment (the bytes may fit at once).
-        with trio.move_on_at(_until(deadline) if deadline is None else max(deadline, trio.current_time() + _GRACE)):
+        with trio.move_on_at(_until(deadline) if deadline is None else max(deadline, trio.current_time() + GRACE)):
             try:
                 await self.stream.send_all(data)
             except _STREAM_ERRORS as exc:
@@ -133,7 +132,7 @@ class TrioNetwork(Network):
         return trio.current_time()
 
     async def connect(self, host: str, port: int, deadline: float | None) -> Stream | None:
-        with trio.move_on_at(_until(deadline) if deadline is None else max(deadline, trio.current_time() + _GRACE)):
+        with trio.move_on_at(_until(deadline) if deadline is None else max(deadline, trio.current_time() + GRACE)):
             try:
                 return _TrioStream(await trio.open_tcp_stream(host, port))
             except OSError as exc:
