@@ -15,10 +15,11 @@ from typing import Any, Generic, Protocol, TypeVar, cast
 from plabs_proto.client import ClientState, LabsClient, Tracer
 from plabs_proto.errors import LocalProtocolError, ResponseError
 from plabs_proto.events import AnswerFinished, AnswerRevised, Connected, Event, TextDelta
+from plabs_proto.session import LabsSession
 
 from ._config import DEFAULT_MODEL, Messages, announce_seed, to_messages
 from ._errors import check_event, opened
-from ._link import SessionBase
+from ._link import Core, SessionBase
 from ._text import AnswerText
 
 __all__ = ["AsyncAnswer", "AsyncLink", "AsyncQuery", "AsyncSession"]
@@ -34,10 +35,13 @@ __all__ = ["AsyncAnswer", "AsyncLink", "AsyncQuery", "AsyncSession"]
 class AsyncLink(Protocol):
     """What a backend's connection driver offers the shared classes below."""
 
-    client: LabsClient
     events: deque[Event]
     error: BaseException | None
     finished: bool
+
+    @property
+    def client(self) -> LabsClient | LabsSession:
+        """The sans-IO core the link runs."""
 
     def now(self) -> float:
         """The backend's clock (the one the client's deadlines use)."""
@@ -64,7 +68,7 @@ T = TypeVar("T")
 
 
 R = TypeVar("R", bound="_OneReader[Any]")
-S = TypeVar("S", bound="AsyncSession")
+S = TypeVar("S", bound="AsyncSession[Any]")
 
 
 class _OneReader(ABC, Generic[T]):
@@ -199,7 +203,7 @@ class AsyncQuery(_OneReader[Event]):
 
     _what = "one query's events"
 
-    def __init__(self, session: AsyncSession, link: AsyncLink, messages: Messages, model: str) -> None:
+    def __init__(self, session: AsyncSession[Any], link: AsyncLink, messages: Messages, model: str) -> None:
         self._session = session
         self._link = link
         self._messages = messages
@@ -266,7 +270,7 @@ class AsyncQuery(_OneReader[Event]):
                 _release(self._link.close)
 
 
-class AsyncSession(SessionBase, ABC):
+class AsyncSession(SessionBase[Core], ABC):
     """One Labs connection for several queries, run one after another (``async with``).
 
     Backends subclass it and say how to make the connection driver (:meth:`_new_link`).

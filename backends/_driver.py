@@ -18,10 +18,10 @@ from collections.abc import Callable
 from typing import cast
 
 from plabs_proto.client import LabsClient
-from plabs_proto.errors import LocalProtocolError
+from plabs_proto.errors import LocalProtocolError, NetworkError
 from plabs_proto.events import CloseStream, Event, OpenStream, SendBytes
 
-from ._errors import closed_error
+from ._errors import closed_error, stream_error
 from ._link import LinkBase
 from ._seam import GRACE, Network, Stream
 
@@ -31,7 +31,7 @@ __all__ = ["CLOSE_WAIT", "Driver"]
 CLOSE_WAIT = 0.25
 
 
-class Driver(LinkBase):
+class Driver(LinkBase[LabsClient]):
     """A LabsClient over a :class:`Network`, pumped by whoever awaits :meth:`next_event`."""
 
     def __init__(self, client: LabsClient, network: Network) -> None:
@@ -69,10 +69,7 @@ class Driver(LinkBase):
             while True:
                 if stop is None and self.events:
                     return self.events.popleft()
-                if self.error is not None:
-                    raise self.error
-                if self.finished:
-                    raise LocalProtocolError("cannot wait for an answer: the session is closed")
+                self._check_open()
                 try:
                     await self._flush()
                     if stop is not None and stop():
@@ -165,6 +162,19 @@ class Driver(LinkBase):
                 self.client.receive_data(stream_id, data, network.now())
         if at is not None and (overdue or (not got and network.now() >= at)):
             self.client.handle_timer(max(network.now(), at))
+
+    def _stream_error(self, exc: BaseException, action: str, stream_id: int) -> NetworkError:
+        """The :class:`NetworkError` for a socket failure on this connection (see :func:`stream_error`)."""
+        target = self.targets.get(stream_id)
+        return stream_error(
+            exc,
+            action=action,
+            host="" if target is None else target.host,
+            port=0 if target is None else target.port,
+            proxied=self.proxied,
+            partial_text=self.client.partial_text,
+            partial_reasoning=self.client.partial_reasoning,
+        )
 
     # -- ending ----------------------------------------------------------------------------------
 

@@ -273,7 +273,7 @@ def ask(prompt_or_messages: Messages, **options: Unpack[AskOptions]) -> AsyncAns
     return AsyncAnswer(lambda: _Link(client), messages, opts.model, opts.tracer, used_seed)
 
 
-class Session(AsyncSession):
+class Session(AsyncSession[LabsClient]):
     """One Labs connection for several queries, run one after another.
 
     ``async with connect(...) as session:`` then ``async for event in

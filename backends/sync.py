@@ -31,10 +31,11 @@ from collections.abc import Generator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, cast
 
-from plabs_proto.client import ClientState, LabsClient, Tracer
+from plabs_proto.client import ClientState, LabsClient
 from plabs_proto.errors import LocalProtocolError, ResponseError
-from plabs_proto.events import AnswerFinished, AnswerRevised, Connected, Event, TextDelta
+from plabs_proto.events import Connected, Event
 
+from ._async_api import AsyncAnswer
 from ._config import (
     DEFAULT_MODEL,
     AskOptions,
@@ -48,7 +49,6 @@ from ._driver import Driver
 from ._errors import check_event, opened
 from ._link import SessionBase, read_buffer
 from ._seam import GRACE, Network, Stream, run_blocking
-from ._text import AnswerText
 
 if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; only type checkers read it here
     from typing import Unpack
@@ -210,12 +210,15 @@ class _Link(Driver):
                 idler.join()
             self._idler = None
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         """Close politely if still healthy (writes bounded in time), then close every socket."""
         self.stop_idling()
-        if not self.finished:
-            run_blocking(self.aclose())
+        await super().aclose()
         self.network.close()
+
+    def close(self) -> None:
+        """:meth:`aclose`, synchronously."""
+        run_blocking(self.aclose())
 
 
 # -- the public API --------------------------------------------------------------------------------
@@ -230,38 +233,23 @@ def ask(prompt_or_messages: Messages, **options: Unpack[AskOptions]) -> Generato
     messages = to_messages(prompt_or_messages)
     opts = parse_options(options, with_model=True)
     client, used_seed = opts.new_client()
-    return _answer(client, messages, opts.model, opts.tracer, used_seed)
+    return _answer(AsyncAnswer(lambda: _Link(client), messages, opts.model, opts.tracer, used_seed))
 
 
-def _answer(
-    client: LabsClient, messages: Messages, model: str, tracer: Tracer | None, seed: int | None
-) -> Generator[str, None, None]:
-    link = _Link(client)
-    answer = AnswerText()
+def _answer(answer: AsyncAnswer) -> Generator[str, None, None]:
+    """The shared async answer, stepped synchronously: its driver never suspends (see :func:`run_blocking`)."""
     try:
-        announce_seed(tracer, seed, time.monotonic())
-        link.command(client.connect)
-        link.command(client.query, messages, model=model)
         while True:
-            event = link.next_event_now()
-            kind = type(event)
-            if kind is TextDelta or kind is AnswerRevised:
-                text = answer.take(event)
-                if text:
-                    yield text
-            elif check_event(
-                event, partial_text=client.partial_text, partial_reasoning=client.partial_reasoning
-            ):
-                break
+            try:
+                text = run_blocking(answer.__anext__())
+            except StopAsyncIteration:
+                return
+            yield text
     finally:
-        link.close()
-    assert isinstance(event, AnswerFinished)
-    rest = answer.finish(event)  # raises AnswerRewrittenError when the text was rewritten
-    if rest:
-        yield rest
+        run_blocking(answer.aclose())
 
 
-class Session(SessionBase):
+class Session(SessionBase[LabsClient]):
     """One Labs connection for several queries, run one after another.
 
     Use ``with connect(...) as session``; :meth:`query` streams the typed events

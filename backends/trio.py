@@ -36,7 +36,7 @@ import trio
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
-from plabs_proto.client import ClientConfig, Tracer
+from plabs_proto.client import ClientConfig, LabsClient, Tracer
 from plabs_proto.errors import LocalProtocolError
 
 from ._async_api import AsyncAnswer, AsyncSession
@@ -192,7 +192,7 @@ def ask(prompt_or_messages: Messages, **options: Unpack[AskOptions]) -> AsyncAns
     return AsyncAnswer(lambda: Driver(client, TrioNetwork()), messages, opts.model, opts.tracer, used_seed)
 
 
-class Session(AsyncSession):
+class Session(AsyncSession[LabsClient]):
     """One Labs connection for several queries, run one after another.
 
     ``async with connect(...) as session:`` then ``async for event in
