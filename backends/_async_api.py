@@ -1,7 +1,9 @@
-"""The answer stream, query stream and session of the two async backends (asyncio, trio).
+"""The answer stream, query stream and session every backend shares.
 
 They are written against the small :class:`AsyncLink` interface each backend
-implements over its sockets.
+implements (the driver over its network seam; curl's link over its session).
+The asyncio, trio and curl backends hand them out as they are; the blocking
+backend steps them with :func:`~._seam.run_blocking`, as its driver never suspends.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from ._errors import check_event, opened
 from ._link import Core, SessionBase
 from ._text import AnswerText
 
-__all__ = ["AsyncAnswer", "AsyncLink", "AsyncQuery", "AsyncSession"]
+__all__ = ["AsyncAnswer", "AsyncLink", "AsyncQuery", "AsyncSession", "OneReader"]
 
 
 # -- the async answer stream and session, shared by the asyncio and trio backends ----------------------
@@ -67,18 +69,18 @@ def _release(close: Callable[[], None]) -> None:
 T = TypeVar("T")
 
 
-R = TypeVar("R", bound="_OneReader[Any]")
+R = TypeVar("R", bound="OneReader[Any]")
 S = TypeVar("S", bound="AsyncSession[Any]")
 
 
-class _OneReader(ABC, Generic[T]):
+class OneReader(ABC, Generic[T]):
     """An async iterator that one task reads at a time (its subclasses give ``_next``)."""
 
     _what = "this stream"
     _done = False
     _reading = False
 
-    def __aiter__(self) -> _OneReader[T]:
+    def __aiter__(self) -> OneReader[T]:
         return self
 
     async def __anext__(self) -> T:
@@ -107,7 +109,7 @@ class _OneReader(ABC, Generic[T]):
         await self.aclose()
 
 
-class AsyncAnswer(_OneReader[str]):
+class AsyncAnswer(OneReader[str]):
     """What ``ask`` returns: an async iterator of answer text deltas (str).
 
     The texts join to the server's final answer (``AnswerFinished.text``), or
@@ -187,7 +189,7 @@ class AsyncAnswer(_OneReader[str]):
             _release(link.close)
 
 
-class AsyncQuery(_OneReader[Event]):
+class AsyncQuery(OneReader[Event]):
     """What ``Session.query`` returns: an async iterator of the answer's events.
 
     ``TextDelta``, ``ReasoningDelta``, ``Citations``, ``AnswerRevised``, then
