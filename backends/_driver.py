@@ -49,6 +49,8 @@ class Driver(LinkBase[LabsClient]):
 
     async def next_event(self) -> Event:
         """The next event; the kept error once the events before it are taken."""
+        if self.events and not self._pumping:  # the common case, without a second coroutine
+            return self.events.popleft()
         return cast(Event, await self._pump(None))
 
     async def pump_idle(self, stop: Callable[[], bool]) -> None:

@@ -92,6 +92,28 @@ class LinkBase(ABC, Generic[Core]):
             self.error = exc
         self._shutdown()
 
+    @abstractmethod
+    async def next_event(self) -> Event:
+        """The next event (pumping I/O as needed); the kept error once the events before it are taken."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close every connection at once, synchronously (safe from ``__del__``)."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Close politely if the session is healthy (bounded in time), then every connection."""
+
+    def start_idling(self) -> None:
+        """Keep the session alive between queries (pings answered) until :meth:`stop_idling`.
+
+        Nothing here: a link that reads only while awaited overrides it (asyncio: a
+        task; sync: a thread); the trio session idles in its own nursery instead.
+        """
+
+    async def stop_idling(self) -> None:
+        """Stop what :meth:`start_idling` started, before the consumer reads again."""
+
     def _check_open(self) -> None:
         """Before waiting for an event (none is queued): raise the kept error, or say the session is closed."""
         if self.error is not None:

@@ -110,10 +110,9 @@ class _Connection(asyncio.BufferedProtocol, Stream):
     # -- the driver's side
 
     def take(self, got: list[tuple[Stream, bytes | OSError]]) -> None:
-        """Append what came (the bytes joined, then the end) to ``got``."""
+        """Append what came (each read as it came: joining them would copy them once more), then the end."""
         if self.chunks:
-            chunks = self.chunks
-            got.append((self, chunks[0] if len(chunks) == 1 else b"".join(chunks)))
+            got.extend([(self, chunk) for chunk in self.chunks])
             self.chunks = []
             if self.waiting > HIGH_WATER and self.transport is not None:
                 self.transport.resume_reading()
@@ -139,6 +138,8 @@ class AsyncioNetwork(Network):
         self.loop = asyncio.get_running_loop()
         self.open: set[_Connection] = set()  # every connection not lost yet
         self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None  # one timer, moved only when the deadline moves
+        self._timer_at: float | None = None
 
     def now(self) -> float:
         return self.loop.time()
@@ -169,19 +170,34 @@ class AsyncioNetwork(Network):
         return got
 
     async def sleep_until(self, deadline: float | None) -> None:
+        if deadline != self._timer_at:
+            self._disarm()
+            self._timer_at = deadline
+            self._timer = None if deadline is None else self.loop.call_at(deadline, self._ring)
         waiter = self._waiter = self.loop.create_future()
-        timer = None if deadline is None else self.loop.call_at(deadline, self.wake)
         try:
             await waiter
         finally:
             self._waiter = None
-            if timer is not None:
-                timer.cancel()
+
+    def _ring(self) -> None:
+        self._timer = self._timer_at = None
+        self.wake()
 
     def wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._timer_at = None
+
+    def close(self) -> None:
+        """Stop the timer and end the wait under way (the link is closed)."""
+        self._disarm()
+        self.wake()
 
     async def send_last(self, stream: Stream, data: bytes, deadline: float) -> None:
         await stream.send_all(data, deadline)  # the transport's close() writes it out before closing
@@ -226,11 +242,11 @@ class _Link(Driver):
 
     def close(self) -> None:
         super().close()
-        self.network.wake()  # an idle task ends
+        self.network.close()  # an idle task ends
 
     async def aclose(self) -> None:
         await super().aclose()
-        self.network.wake()
+        self.network.close()
         await self.network.closed()
 
 
@@ -282,18 +298,8 @@ class Session(AsyncSession[LabsClient]):
     the session.
     """
 
-    _link: _Link | None
-
     def _new_link(self) -> _Link:
         return _Link(self._client)
-
-    def _start_idling(self) -> None:
-        if self._link is not None and not self._busy:
-            self._link.start_idling()
-
-    async def _stop_idling(self) -> None:
-        if self._link is not None:
-            await self._link.stop_idling()
 
 
 def connect(**options: Unpack[SessionOptions]) -> Session:

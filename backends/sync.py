@@ -35,20 +35,23 @@ from typing import TYPE_CHECKING, TypeVar
 
 from plabs_proto.client import ClientConfig, LabsClient, Tracer
 from plabs_proto.errors import LocalProtocolError
-from plabs_proto.events import Connected, Event
+from plabs_proto.events import AnswerFinished, AnswerRevised, Connected, Event, TextDelta
 
-from ._async_api import AsyncAnswer, AsyncSession, OneReader
+from ._async_api import AsyncSession, OneReader
 from ._config import (
     DEFAULT_MODEL,
     AskOptions,
     Messages,
     SessionOptions,
+    announce_seed,
     parse_options,
     to_messages,
 )
 from ._driver import Driver
+from ._errors import check_event
 from ._link import read_buffer
 from ._seam import GRACE, Network, Stream, run_blocking
+from ._text import AnswerText
 
 if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; only type checkers read it here
     from typing import Unpack
@@ -201,7 +204,7 @@ class _Link(Driver):
     def _idle(self) -> None:
         run_blocking(self.pump_idle(lambda: self._idle_stop))
 
-    def stop_idling(self) -> None:
+    async def stop_idling(self) -> None:
         """Stop the helper thread (waking its wait; a write it makes is finished first)."""
         idler = self._idler
         if idler is not None:
@@ -213,7 +216,7 @@ class _Link(Driver):
 
     async def aclose(self) -> None:
         """Close politely if still healthy (writes bounded in time), then close every socket."""
-        self.stop_idling()
+        await self.stop_idling()
         await super().aclose()
         self.network.close()
 
@@ -234,16 +237,49 @@ def ask(prompt_or_messages: Messages, **options: Unpack[AskOptions]) -> Generato
     messages = to_messages(prompt_or_messages)
     opts = parse_options(options, with_model=True)
     client, used_seed = opts.new_client()
-    return _stepped(AsyncAnswer(lambda: _Link(client), messages, opts.model, opts.tracer, used_seed))
+    return _answer(client, messages, opts.model, opts.tracer, used_seed)
+
+
+def _answer(
+    client: LabsClient, messages: Messages, model: str, tracer: Tracer | None, seed: int | None
+) -> Generator[str, None, None]:
+    # AsyncAnswer._next written out for blocking use: stepping the shared AsyncAnswer with
+    # run_blocking costs two coroutines per frame, about 6% more instructions per frame
+    # (benchmarks/cpu_per_frame.py), past the 5% a backend may cost (issue 9).
+    link = _Link(client)
+    answer = AnswerText()
+    try:
+        announce_seed(tracer, seed, time.monotonic())
+        link.command(client.connect)
+        link.command(client.query, messages, model=model)
+        while True:
+            event = link.events.popleft() if link.events else run_blocking(link.next_event())
+            kind = type(event)
+            if kind is TextDelta or kind is AnswerRevised:
+                text = answer.take(event)
+                if text:
+                    yield text
+            elif check_event(event, partial_text=client.partial_text, partial_reasoning=client.partial_reasoning):
+                break
+    finally:
+        link.close()
+    assert isinstance(event, AnswerFinished)
+    rest = answer.finish(event)  # raises AnswerRewrittenError when the text was rewritten
+    if rest:
+        yield rest
 
 
 def _stepped(stream: OneReader[T]) -> Generator[T, None, None]:
-    """A shared async stream (an answer, a query), stepped synchronously: its driver never
-    suspends (see :func:`run_blocking`).  Leaving the generator closes the stream."""
+    """A shared async stream (a query), stepped synchronously: its driver never
+    suspends (see :func:`run_blocking`).  Leaving the generator closes the stream.
+
+    It steps ``_next`` itself, not ``__anext__``: a generator cannot be read twice at
+    once anyway, and one coroutine less per item is CPU per frame.
+    """
     try:
-        while True:
+        while not stream._done:
             try:
-                item = run_blocking(stream.__anext__())
+                item = run_blocking(stream._next())
             except StopAsyncIteration:
                 return
             yield item
@@ -254,18 +290,8 @@ def _stepped(stream: OneReader[T]) -> Generator[T, None, None]:
 class _Session(AsyncSession[LabsClient]):
     """The shared session over the blocking driver, whose helper thread idles between queries."""
 
-    _link: _Link | None
-
     def _new_link(self) -> _Link:
         return _Link(self._client)
-
-    def _start_idling(self) -> None:
-        if self._link is not None and not self._busy:
-            self._link.start_idling()
-
-    async def _stop_idling(self) -> None:
-        if self._link is not None:
-            self._link.stop_idling()
 
 
 class Session:

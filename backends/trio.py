@@ -86,7 +86,8 @@ def _collapse(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 def _until(deadline: float | None) -> float:
-    return math.inf if deadline is None else deadline
+    """A trio deadline: ``math.inf`` for none; one already passed still gives :data:`GRACE`."""
+    return math.inf if deadline is None else max(deadline, trio.current_time() + GRACE)
 
 
 class _TrioStream(Stream):
@@ -96,8 +97,7 @@ class _TrioStream(Stream):
         self.stream = stream  # trio turns TCP_NODELAY on for its socket streams
 
     async def send_all(self, data: bytes, deadline: float | None) -> bool:
-        # A deadline already passed still gives the write a moment (the bytes may fit at once).
-        with trio.move_on_at(_until(deadline) if deadline is None else max(deadline, trio.current_time() + GRACE)):
+        with trio.move_on_at(_until(deadline)):  # a deadline passed still lets bytes that fit at once go
             try:
                 await self.stream.send_all(data)
             except _STREAM_ERRORS as exc:
@@ -132,7 +132,7 @@ class TrioNetwork(Network):
         return trio.current_time()
 
     async def connect(self, host: str, port: int, deadline: float | None) -> Stream | None:
-        with trio.move_on_at(_until(deadline) if deadline is None else max(deadline, trio.current_time() + GRACE)):
+        with trio.move_on_at(_until(deadline)):
             try:
                 return _TrioStream(await trio.open_tcp_stream(host, port))
             except OSError as exc:
