@@ -1,58 +1,39 @@
-"""The answer stream, query stream and session of the two async backends (asyncio, trio).
+"""The answer stream, query stream and session every backend shares.
 
-They are written against the small :class:`AsyncLink` interface each backend
-implements over its sockets.
+They are written against :class:`~._link.LinkBase`, which every backend's link
+is (the driver over its network seam; curl's link over its session).
+The asyncio, trio and curl backends hand them out as they are; the blocking
+backend steps them with :func:`~._seam.run_blocking`, as its driver never suspends.
 """
 
 from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections import deque
 from collections.abc import Callable
-from typing import Any, Generic, Protocol, TypeVar, cast
+from typing import Any, Generic, TypeAlias, TypeVar, cast
 
-from plabs_proto.client import ClientState, LabsClient, Tracer
+from plabs_proto.client import ClientState, Tracer
 from plabs_proto.errors import LocalProtocolError, ResponseError
 from plabs_proto.events import AnswerFinished, AnswerRevised, Connected, Event, TextDelta
 
 from ._config import DEFAULT_MODEL, Messages, announce_seed, to_messages
 from ._errors import check_event, opened
-from ._link import SessionBase
+from ._link import Core, LinkBase, SessionBase
 from ._text import AnswerText
 
-__all__ = ["AsyncAnswer", "AsyncLink", "AsyncQuery", "AsyncSession"]
+__all__ = ["AsyncAnswer", "AsyncLink", "AsyncQuery", "AsyncSession", "OneReader"]
 
 
-# -- the async answer stream and session, shared by the asyncio and trio backends ----------------------
+# -- the async answer stream and session, shared by every backend -----------------------------------
 #
 # They are classes rather than async generators: trio warns (ResourceWarning) about every
 # async generator collected before it was exhausted, and an abandoned answer must not warn.
 # An object can close its sockets synchronously from __del__ instead.
 
 
-class AsyncLink(Protocol):
-    """What a backend's connection driver offers the shared classes below."""
-
-    client: LabsClient
-    events: deque[Event]
-    error: BaseException | None
-    finished: bool
-
-    def now(self) -> float:
-        """The backend's clock (the one the client's deadlines use)."""
-
-    def command(self, method: Callable[..., None], *args: Any, **kwargs: Any) -> None:
-        """Call a client command with ``now=``; misuse raises, other errors are kept for next_event."""
-
-    async def next_event(self) -> Event:
-        """The next event (pumping I/O as needed); raises the session's error after the events before it."""
-
-    def close(self) -> None:
-        """Close every connection at once, synchronously (safe from ``__del__``)."""
-
-    async def aclose(self) -> None:
-        """Close politely if the session is healthy (bounded in time), then every connection."""
+#: What a backend's connection driver offers the classes below (its core is a LabsClient or a LabsSession).
+AsyncLink: TypeAlias = LinkBase[Any]
 
 
 def _release(close: Callable[[], None]) -> None:
@@ -63,18 +44,18 @@ def _release(close: Callable[[], None]) -> None:
 T = TypeVar("T")
 
 
-R = TypeVar("R", bound="_OneReader[Any]")
-S = TypeVar("S", bound="AsyncSession")
+R = TypeVar("R", bound="OneReader[Any]")
+S = TypeVar("S", bound="AsyncSession[Any]")
 
 
-class _OneReader(ABC, Generic[T]):
+class OneReader(ABC, Generic[T]):
     """An async iterator that one task reads at a time (its subclasses give ``_next``)."""
 
     _what = "this stream"
     _done = False
     _reading = False
 
-    def __aiter__(self) -> _OneReader[T]:
+    def __aiter__(self) -> OneReader[T]:
         return self
 
     async def __anext__(self) -> T:
@@ -103,7 +84,7 @@ class _OneReader(ABC, Generic[T]):
         await self.aclose()
 
 
-class AsyncAnswer(_OneReader[str]):
+class AsyncAnswer(OneReader[str]):
     """What ``ask`` returns: an async iterator of answer text deltas (str).
 
     The texts join to the server's final answer (``AnswerFinished.text``), or
@@ -183,7 +164,7 @@ class AsyncAnswer(_OneReader[str]):
             _release(link.close)
 
 
-class AsyncQuery(_OneReader[Event]):
+class AsyncQuery(OneReader[Event]):
     """What ``Session.query`` returns: an async iterator of the answer's events.
 
     ``TextDelta``, ``ReasoningDelta``, ``Citations``, ``AnswerRevised``, then
@@ -199,7 +180,7 @@ class AsyncQuery(_OneReader[Event]):
 
     _what = "one query's events"
 
-    def __init__(self, session: AsyncSession, link: AsyncLink, messages: Messages, model: str) -> None:
+    def __init__(self, session: AsyncSession[Any], link: AsyncLink, messages: Messages, model: str) -> None:
         self._session = session
         self._link = link
         self._messages = messages
@@ -266,7 +247,7 @@ class AsyncQuery(_OneReader[Event]):
                 _release(self._link.close)
 
 
-class AsyncSession(SessionBase, ABC):
+class AsyncSession(SessionBase[Core], ABC):
     """One Labs connection for several queries, run one after another (``async with``).
 
     Backends subclass it and say how to make the connection driver (:meth:`_new_link`).
@@ -279,10 +260,14 @@ class AsyncSession(SessionBase, ABC):
         """The backend's connection driver for this session's client."""
 
     def _start_idling(self) -> None:
-        """Keep the open session alive between queries (a backend that reads only when awaited overrides it)."""
+        """Keep the open session alive between queries (the link's ``start_idling``)."""
+        if self._link is not None and not self._busy:
+            self._link.start_idling()
 
     async def _stop_idling(self) -> None:
         """Stop what :meth:`_start_idling` started, before the consumer reads again."""
+        if self._link is not None:
+            await self._link.stop_idling()
 
     async def open(self, *, wait: bool = True) -> None:
         """Connect and wait for the Socket.IO connect ack (``async with`` calls this).

@@ -1,4 +1,4 @@
-"""The one driver loop of the pull-style backends (trio and sync), over the network seam.
+"""The one driver loop of the socket backends (asyncio, trio and sync), over the network seam.
 
 :class:`Driver` runs a :class:`~plabs_proto.client.LabsClient` over a
 :class:`~._seam.Network` for whoever awaits :meth:`Driver.next_event`:
@@ -8,9 +8,6 @@ events to the consumer, the first error kept (and raised once the events before
 it are taken), every connection closed on exit.  :meth:`Driver.pump_idle` keeps
 the session alive between queries (answering the server's pings) until told to
 stop.
-
-The asyncio backend keeps its own push-style path (protocol callbacks feed the
-client), which is faster there; it shares :class:`~._link.LinkBase` with this one.
 """
 
 from __future__ import annotations
@@ -21,21 +18,20 @@ from collections.abc import Callable
 from typing import cast
 
 from plabs_proto.client import LabsClient
-from plabs_proto.errors import LocalProtocolError
+from plabs_proto.errors import LocalProtocolError, NetworkError
 from plabs_proto.events import CloseStream, Event, OpenStream, SendBytes
 
-from ._errors import closed_error
+from ._errors import closed_error, stream_error
 from ._link import LinkBase
-from ._seam import Network, Stream
+from ._seam import GRACE, Network, Stream
 
 __all__ = ["CLOSE_WAIT", "Driver"]
 
 #: Seconds the polite close may spend writing.
 CLOSE_WAIT = 0.25
-_GRACE = 0.001  # seconds given to bytes already waiting when a deadline is overdue
 
 
-class Driver(LinkBase):
+class Driver(LinkBase[LabsClient]):
     """A LabsClient over a :class:`Network`, pumped by whoever awaits :meth:`next_event`."""
 
     def __init__(self, client: LabsClient, network: Network) -> None:
@@ -53,6 +49,8 @@ class Driver(LinkBase):
 
     async def next_event(self) -> Event:
         """The next event; the kept error once the events before it are taken."""
+        if self.events and not self._pumping:  # the common case, without a second coroutine
+            return self.events.popleft()
         return cast(Event, await self._pump(None))
 
     async def pump_idle(self, stop: Callable[[], bool]) -> None:
@@ -73,10 +71,7 @@ class Driver(LinkBase):
             while True:
                 if stop is None and self.events:
                     return self.events.popleft()
-                if self.error is not None:
-                    raise self.error
-                if self.finished:
-                    raise LocalProtocolError("cannot wait for an answer: the session is closed")
+                self._check_open()
                 try:
                     await self._flush()
                     if stop is not None and stop():
@@ -122,6 +117,8 @@ class Driver(LinkBase):
             raise self._stream_error(exc, "connect to", target.stream_id) from exc
         if stream is None:
             self._deadline_came()
+        elif self.finished:  # closed (from elsewhere: __del__, another task) while connecting
+            stream.close()
         else:
             self.streams[target.stream_id] = stream
 
@@ -143,7 +140,7 @@ class Driver(LinkBase):
         at = self.client.get_timer()
         now = network.now()
         overdue = at is not None and at <= now
-        until = now + _GRACE if overdue else at
+        until = now + GRACE if overdue else at
         readable = [(sid, stream) for sid, stream in self.streams.items() if sid not in self.at_eof]
         if readable:
             got = await network.receive([stream for _, stream in readable], until)
@@ -167,6 +164,19 @@ class Driver(LinkBase):
                 self.client.receive_data(stream_id, data, network.now())
         if at is not None and (overdue or (not got and network.now() >= at)):
             self.client.handle_timer(max(network.now(), at))
+
+    def _stream_error(self, exc: BaseException, action: str, stream_id: int) -> NetworkError:
+        """The :class:`NetworkError` for a socket failure on this connection (see :func:`stream_error`)."""
+        target = self.targets.get(stream_id)
+        return stream_error(
+            exc,
+            action=action,
+            host="" if target is None else target.host,
+            port=0 if target is None else target.port,
+            proxied=self.proxied,
+            partial_text=self.client.partial_text,
+            partial_reasoning=self.client.partial_reasoning,
+        )
 
     # -- ending ----------------------------------------------------------------------------------
 

@@ -10,28 +10,31 @@
 from __future__ import annotations
 
 from plabs_proto.errors import NetworkError, RemoteProtocolError
-from plabs_proto.events import AnswerFinished, Closed, Connected, Event, OpenStream, QueryFailed
+from plabs_proto.events import AnswerFinished, Closed, Connected, Event, QueryFailed
 
 __all__ = ["check_event", "closed_error", "opened", "stream_error"]
 
 
-def _peer(open_stream: OpenStream | None, proxied: bool) -> str:
-    if open_stream is None:
+def _peer(host: str, port: int, proxied: bool) -> str:
+    if not host:
         return "the server"
-    host = f"[{open_stream.host}]" if ":" in open_stream.host else open_stream.host
-    return f"the {'proxy' if proxied else 'server'} at {host}:{open_stream.port}"
+    shown = f"[{host}]" if ":" in host else host
+    return f"the {'proxy' if proxied else 'server'} at {shown}:{port}"
 
 
 def stream_error(
     exc: BaseException,
     *,
     action: str,
-    open_stream: OpenStream | None,
+    host: str,
+    port: int,
     proxied: bool,
-    partial_text: str,
-    partial_reasoning: str,
+    partial_text: str = "",
+    partial_reasoning: str = "",
 ) -> NetworkError:
-    """A :class:`NetworkError` for a socket failure (``action`` is "connect to", "send to"...).
+    """A :class:`NetworkError` for a connection's failure (``action`` is "connect to", "send to"...).
+
+    ``host`` and ``port`` are where the connection went (``""``: not known).
 
     The message names the host and port the socket went to (the proxy's when one is
     used: proxy credentials are never part of it), the error with its errno, and how
@@ -41,9 +44,9 @@ def stream_error(
     what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     got = f" after {len(partial_text)} characters of the answer" if partial_text else ""
     error = NetworkError(
-        f"expected to {action} {_peer(open_stream, proxied)}, but the connection failed{got} ({what})",
-        host="" if open_stream is None else open_stream.host,
-        port=0 if open_stream is None else open_stream.port,
+        f"expected to {action} {_peer(host, port, proxied)}, but the connection failed{got} ({what})",
+        host=host,
+        port=port,
         errno=exc.errno if isinstance(exc, OSError) else None,
         partial_text=partial_text,
         partial_reasoning=partial_reasoning,

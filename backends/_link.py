@@ -1,27 +1,30 @@
-"""What every backend's connection driver and session share, with no I/O of its own.
+"""What every backend's connection driver ("link") and session share, with no I/O of its own.
 
-* :class:`LinkBase`: the bookkeeping around a :class:`~plabs_proto.client.LabsClient`
-  (events waiting for the consumer, the first error, closing everything once it is kept);
-* :class:`SessionBase`: what a ``Session`` holds (client, seed, tracer, whether a query runs);
+* :class:`LinkBase`: the bookkeeping around the sans-IO core a link runs (a
+  :class:`~plabs_proto.client.LabsClient`, or the curl backend's
+  :class:`~plabs_proto.session.LabsSession`): events waiting for the consumer, the
+  first error, closing everything once it is kept;
+* :class:`SessionBase`: what a ``Session`` holds (its core, seed, tracer, whether a query runs);
 * :func:`read_buffer`: the one read buffer a thread's connections share.
 """
 
 from __future__ import annotations
 
+import random
 import threading
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from plabs_proto.client import ClientConfig, LabsClient, Tracer
-from plabs_proto.errors import LocalProtocolError, NetworkError
-from plabs_proto.events import Connected, Event, OpenStream
+from plabs_proto.errors import LocalProtocolError
+from plabs_proto.events import Connected, Event
+from plabs_proto.session import LabsSession
 
 from ._config import make_rng
-from ._errors import stream_error
 
-__all__ = ["READ_SIZE", "LinkBase", "SessionBase", "read_buffer"]
+__all__ = ["READ_SIZE", "Core", "LinkBase", "SessionBase", "read_buffer"]
 
 #: Bytes read from a socket at a time: as much as fits under glibc's default mmap threshold
 #: (128 KiB), so the bytes object a read becomes comes from the heap, not from a fresh mmap
@@ -29,6 +32,9 @@ __all__ = ["READ_SIZE", "LinkBase", "SessionBase", "read_buffer"]
 READ_SIZE = 126 * 1024
 
 _read_buffers = threading.local()
+
+#: The sans-IO core a link runs: the byte-level client, or (curl) the message-level session.
+Core = TypeVar("Core", LabsClient, LabsSession)
 
 
 def read_buffer() -> memoryview:
@@ -44,27 +50,22 @@ def read_buffer() -> memoryview:
     return view
 
 
-# -- what every backend's connection driver shares ----------------------------------------------------
+class LinkBase(ABC, Generic[Core]):
+    """The bookkeeping of a backend's connection driver ("link") around its core.
 
-
-class LinkBase(ABC):
-    """The bookkeeping of a backend's connection driver ("link") around its LabsClient.
-
-    A link keeps the client, the events waiting for the consumer, and the first
-    error; it closes every connection once that error is kept.  Subclasses give the
-    clock (``now``), their ``_shutdown`` and what follows a command (``_after_command``).
+    A link keeps the core (``client``), the events waiting for the consumer, and the
+    first error; it closes every connection once that error is kept.  Subclasses give
+    the clock (``now``), their ``_shutdown`` and what follows a command (``_after_command``).
     """
 
-    client: LabsClient
+    client: Core
     events: deque[Event]
     error: BaseException | None
     finished: bool
     now: Callable[[], float]
-    targets: dict[int, OpenStream]  # where each connection goes, for the errors' wording
-    proxied: bool
 
     def command(self, method: Callable[..., None], *args: Any, **kwargs: Any) -> None:
-        """Call a user command of the client (connect, query) with ``now=``.
+        """Call a user command of the core (connect, query, close) with ``now=``.
 
         Misuse raises :class:`LocalProtocolError` at once; any other error is kept
         for the consumer, who gets it after the events that came before it.
@@ -91,38 +92,59 @@ class LinkBase(ABC):
             self.error = exc
         self._shutdown()
 
-    def _stream_error(self, exc: BaseException, action: str, stream_id: int) -> NetworkError:
-        """The :class:`NetworkError` for a socket failure on this connection (see :func:`stream_error`)."""
-        return stream_error(
-            exc,
-            action=action,
-            open_stream=self.targets.get(stream_id),
-            proxied=self.proxied,
-            partial_text=self.client.partial_text,
-            partial_reasoning=self.client.partial_reasoning,
-        )
+    @abstractmethod
+    async def next_event(self) -> Event:
+        """The next event (pumping I/O as needed); the kept error once the events before it are taken."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close every connection at once, synchronously (safe from ``__del__``)."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Close politely if the session is healthy (bounded in time), then every connection."""
+
+    def start_idling(self) -> None:
+        """Keep the session alive between queries (pings answered) until :meth:`stop_idling`.
+
+        Nothing here: a link that reads only while awaited overrides it (asyncio: a
+        task; sync: a thread); the trio session idles in its own nursery instead.
+        """
+
+    async def stop_idling(self) -> None:
+        """Stop what :meth:`start_idling` started, before the consumer reads again."""
+
+    def _check_open(self) -> None:
+        """Before waiting for an event (none is queued): raise the kept error, or say the session is closed."""
+        if self.error is not None:
+            raise self.error
+        if self.finished:
+            raise LocalProtocolError("cannot wait for an answer: the session is closed")
 
     @abstractmethod
     def _shutdown(self) -> None:
         """Close every connection at once."""
 
 
-class SessionBase:
-    """What every backend's ``Session`` holds: its client, seed, tracer and whether a query runs."""
+class SessionBase(Generic[Core]):
+    """What every backend's ``Session`` holds: its core, seed, tracer and whether a query runs."""
 
-    _link: Any  # the backend's connection driver once open (subclasses say which)
+    _link: Any = None  # the backend's connection driver once open (subclasses say which); read by __del__
 
     def __init__(self, config: ClientConfig, *, tracer: Tracer | None = None, seed: int | None = None) -> None:
-        self._link = None  # first: __del__ reads it even if the client refuses the config
         rng, self.seed = make_rng(tracer, seed)
-        self._client = LabsClient(config, rng=rng, tracer=tracer)
+        self._client: Core = self._new_core(config, rng, tracer)
         self._tracer = tracer
         self._busy = False
         #: The ``Connected`` event, once the session is open.
         self.connected: Connected | None = None
 
+    def _new_core(self, config: ClientConfig, rng: random.Random, tracer: Tracer | None) -> Core:
+        """The sans-IO core of this session (a :class:`LabsClient` unless a backend says otherwise)."""
+        return LabsClient(config, rng=rng, tracer=tracer)  # type: ignore[return-value]
+
     @property
-    def client(self) -> LabsClient:
+    def client(self) -> Core:
         """The sans-IO client underneath (its state, partial text, transport)."""
         return self._client
 

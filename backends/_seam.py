@@ -5,6 +5,7 @@ client: it opens TCP connections, writes to them, closes them, and waits for the
 first of several connections to have bytes (or for a deadline).  The driver in
 :mod:`._driver` runs the sans-IO client over any :class:`Network`:
 
+* :class:`~.asyncio.AsyncioNetwork` (asyncio protocols, the asyncio backend);
 * :class:`~.trio.TrioNetwork` (trio sockets, the trio backend);
 * :class:`~.sync.SelectorNetwork` (blocking stdlib sockets and one selector, the sync backend);
 * ``tests/memory_network.py``: connections in memory and a fake clock, so the
@@ -13,7 +14,7 @@ first of several connections to have bytes (or for a deadline).  The driver in
 Every method is ``async``, also on the blocking network, whose methods block and
 never suspend: the sync backend runs the one driver with :func:`run_blocking`,
 which steps a coroutine that never awaits anything that suspends.  One loop, in
-one place, serves both.
+one place, serves them all.
 
 Deadlines are absolute times on :meth:`Network.now`'s clock (``None``: none).
 Failures are :class:`OSError` (the network says which); the driver words them
@@ -26,7 +27,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
-__all__ = ["Network", "Stream", "run_blocking"]
+__all__ = ["GRACE", "Network", "Stream", "run_blocking"]
+
+#: Seconds a wait still gets when its deadline has already passed: bytes already waiting
+#: are read (and a write that fits at once is made) before the deadline fires.
+GRACE = 0.001
 
 
 class Stream(ABC):
@@ -76,7 +81,7 @@ class Network(ABC):
     def wake(self) -> None:
         """End the :meth:`receive` or :meth:`sleep_until` under way early (it returns nothing).
 
-        Called from the backend's own thread (trio) or another one (sync) to stop
+        Called from the backend's own thread (asyncio, trio) or another one (sync) to stop
         :meth:`~._driver.Driver.pump_idle`; never interrupts a write.
         """
 

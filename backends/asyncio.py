@@ -1,12 +1,19 @@
 """The asyncio backend: :func:`ask`, :func:`connect` and the gpt4free-style :class:`PerplexityLabs`.
 
-It drives :class:`~plabs_proto.client.LabsClient` the way aioquic's asyncio
-protocol drives QUIC: every TCP connection is an :class:`asyncio.Protocol` whose
-callbacks feed received bytes straight into the client; after every input the
-backend carries out ``transmit()`` and re-arms one ``loop.call_at`` timer on
-``get_timer()``.  The consumer (iterating ``ask(...)`` or ``Session.query(...)``)
-only waits for the events the client produced.  So heartbeats are answered even
-while the consumer is busy, or between the queries of a :class:`Session`.
+It runs the one driver (:mod:`._driver`) over :class:`AsyncioNetwork`, the network
+seam (:mod:`._seam`) on asyncio, in the consumer's own task, as the trio backend
+does.  Every TCP connection is an :class:`asyncio.BufferedProtocol` whose callbacks
+only keep what arrives (and wake the driver); the driver takes it when it waits
+for input, feeds the client, carries out ``transmit()`` and fires ``handle_timer``
+at the client's ``get_timer()`` deadline.  A connection that has more than
+:data:`HIGH_WATER` bytes waiting is paused until the driver takes them, so a
+consumer that reads slowly holds bounded memory.  (Pushing every read straight
+into the client from the callbacks, aioquic-style, as this backend once did,
+measured no cheaper per frame in benchmarks/cpu_per_frame.py.)
+
+Between the queries of a :class:`Session` a task of its own runs the driver's
+``pump_idle``, so the server's pings are answered however long the session idles;
+a query stops that task (waking its wait) before it reads.
 
 Leaving an answer early (``break``, an exception, cancellation) closes the
 connection: at once on an exception or cancellation, and when the iterator is
@@ -25,44 +32,49 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections import deque
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from plabs_proto.client import LabsClient
-from plabs_proto.errors import LocalProtocolError
-from plabs_proto.events import CloseStream, Event, OpenStream, SendBytes
 
 from ._async_api import AsyncAnswer, AsyncSession
 from ._config import DEFAULT_MODEL, MODELS, AskOptions, Messages, SessionOptions, parse_options, to_messages
-from ._link import READ_SIZE, LinkBase, read_buffer
+from ._driver import Driver
+from ._link import READ_SIZE, read_buffer
+from ._seam import GRACE, Network, Stream
 
 if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; only type checkers read it here
     from typing import Unpack
 
-__all__ = ["PerplexityLabs", "Session", "ask", "connect"]
+__all__ = ["HIGH_WATER", "AsyncioNetwork", "PerplexityLabs", "Session", "ask", "connect"]
 
+#: Bytes a connection may have waiting for the driver before its reading is paused.
+HIGH_WATER = 4 * READ_SIZE
 _CLOSE_WAIT = 1.0  # seconds aclose() waits for the sockets to finish closing before aborting them
+_idlers: set[asyncio.Task[None]] = set()  # the idle tasks running (asyncio keeps only weak references)
 
 
-class _StreamProtocol(asyncio.BufferedProtocol):
-    """One TCP connection of a :class:`_Link`: hands everything to the link.
+class _Connection(asyncio.BufferedProtocol, Stream):
+    """One TCP connection: its protocol callbacks keep what arrives for :meth:`AsyncioNetwork.receive`.
 
     A buffered protocol: the loop reads (``recv_into``) into the thread's shared
-    read buffer instead of allocating a fresh 256 KiB bytes object for every read;
-    ``buffer_updated`` copies out what arrived before any other read can happen.
-    (A proactor loop keeps reads pending across callbacks: there each connection
-    gets a buffer of its own.)
+    read buffer instead of allocating a fresh bytes object of READ_SIZE for every
+    read; ``buffer_updated`` copies out what arrived before any other read can
+    happen.  (A proactor loop keeps reads pending across callbacks: there each
+    connection gets a buffer of its own.)
     """
 
-    def __init__(self, link: _Link, stream_id: int) -> None:
-        self.link = link
-        self.stream_id = stream_id
-        proactor = "Proactor" in type(link.loop).__name__
+    def __init__(self, network: AsyncioNetwork) -> None:
+        self.network = network
+        proactor = "Proactor" in type(network.loop).__name__
         self._view = memoryview(bytearray(READ_SIZE)) if proactor else read_buffer()
         self.transport: asyncio.Transport | None = None
-        self.eof = False
-        self.lost: asyncio.Future[None] = link.loop.create_future()
+        self.chunks: list[bytes] = []  # bytes not taken yet
+        self.waiting = 0  # their length
+        self.end: bytes | OSError | None = None  # b"" at EOF, or the error the connection met
+        self.lost: asyncio.Future[None] = network.loop.create_future()
+
+    # -- the protocol's side
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -70,231 +82,172 @@ class _StreamProtocol(asyncio.BufferedProtocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.link.made(self)
+        self.network.open.add(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._view
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.link.receive(self.stream_id, bytes(self._view[:nbytes]))
+        self.chunks.append(bytes(self._view[:nbytes]))
+        self.waiting += nbytes
+        if self.waiting > HIGH_WATER and self.transport is not None:
+            self.transport.pause_reading()
+        self.network.wake()
 
     def eof_received(self) -> bool:
-        self.eof = True
-        self.link.receive(self.stream_id, b"")
+        self.end = b""
+        self.network.wake()
         return False  # let the transport close itself
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.network.open.discard(self)
         if not self.lost.done():
             self.lost.set_result(None)
-        self.link.lost(self, exc)
+        if self.end is None:
+            self.end = b"" if exc is None else exc if isinstance(exc, OSError) else OSError(str(exc))
+            self.network.wake()
+
+    # -- the driver's side
+
+    def take(self, got: list[tuple[Stream, bytes | OSError]]) -> None:
+        """Append what came (each read as it came: joining them would copy them once more), then the end."""
+        if self.chunks:
+            got.extend([(self, chunk) for chunk in self.chunks])
+            self.chunks = []
+            if self.waiting > HIGH_WATER and self.transport is not None:
+                self.transport.resume_reading()
+            self.waiting = 0
+        if self.end is not None:
+            got.append((self, self.end))
+
+    async def send_all(self, data: bytes, deadline: float | None) -> bool:
+        # The transport buffers what the socket does not take at once (as the loop's streams do).
+        if self.transport is not None:
+            self.transport.write(data)
+        return True
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
 
-class _Link(LinkBase):
-    """A LabsClient over asyncio transports.
+class AsyncioNetwork(Network):
+    """The seam on asyncio: ``create_connection`` with :class:`_Connection` protocols, one waiter."""
 
-    Core inputs come from protocol callbacks and the timer; events are queued
-    for the consumer, who waits in :meth:`next_event`.  The first error (from the
-    core or a socket) is kept, every connection is closed, and the consumer gets
-    it once it has taken the events that came before it.
-    """
-
-    def __init__(self, client: LabsClient, loop: asyncio.AbstractEventLoop) -> None:
-        self.client = client
-        self.loop = loop
-        self.now = loop.time
-        self.proxied = client.config.proxy is not None
-        self.streams: dict[int, _StreamProtocol] = {}
-        self.opening: dict[int, asyncio.Task[None]] = {}
-        self.pending: dict[int, list[bytes]] = {}  # writes for connections still opening
-        self.targets: dict[int, OpenStream] = {}
-        self.protocols: set[_StreamProtocol] = set()  # every protocol whose connection is not lost yet
-        self.events: deque[Event] = deque()
-        self.error: BaseException | None = None
-        self.finished = False
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.open: set[_Connection] = set()  # every connection not lost yet
         self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None  # one timer, moved only when the deadline moves
+        self._timer_at: float | None = None
 
-    # -- inputs ----------------------------------------------------------------------------------
+    def now(self) -> float:
+        return self.loop.time()
 
-    def receive(self, stream_id: int, data: bytes) -> None:
-        if self.finished:
-            return
+    async def connect(self, host: str, port: int, deadline: float | None) -> Stream | None:
+        timeout = None if deadline is None else max(deadline - self.loop.time(), GRACE)
         try:
-            self.client.receive_data(stream_id, data, self.loop.time())
-        except Exception as exc:  # LabsError, or a core bug: the consumer sees it either way
-            self._fail(exc)
-            return
-        self._after()
-
-    def _on_timer(self) -> None:
-        at = self._timer_at
-        self._timer = None
-        self._timer_at = None
-        if self.finished or at is None:
-            return
-        try:
-            self.client.handle_timer(max(self.loop.time(), at))
-        except Exception as exc:
-            self._fail(exc)
-            return
-        self._after()
-
-    # -- connections -----------------------------------------------------------------------------
-
-    def made(self, protocol: _StreamProtocol) -> None:
-        transport = protocol.transport
-        assert transport is not None
-        self.protocols.add(protocol)
-        stream_id = protocol.stream_id
-        if self.finished or self.opening.pop(stream_id, None) is None:
-            transport.close()  # closed (or failed) while the connection was being made
-            return
-        self.streams[stream_id] = protocol
-        for data in self.pending.pop(stream_id, ()):
-            transport.write(data)
-
-    def lost(self, protocol: _StreamProtocol, exc: Exception | None) -> None:
-        self.protocols.discard(protocol)
-        stream_id = protocol.stream_id
-        if self.streams.get(stream_id) is not protocol:
-            return  # we closed it
-        del self.streams[stream_id]
-        if self.finished:
-            return
-        if exc is not None:
-            self._fail(self._stream_error(exc, "receive from", stream_id))
-        elif not protocol.eof:
-            self.receive(stream_id, b"")
-
-    async def _open(self, target: OpenStream) -> None:
-        try:
-            await self.loop.create_connection(
-                lambda: _StreamProtocol(self, target.stream_id), target.host, target.port
+            _, connection = await asyncio.wait_for(
+                self.loop.create_connection(lambda: _Connection(self), host, port), timeout
             )
-        except asyncio.CancelledError:
+        except TimeoutError as exc:
+            if exc.errno is None:  # our deadline, not the kernel's ETIMEDOUT
+                return None
             raise
-        except Exception as exc:
-            if self.opening.pop(target.stream_id, None) is not None and not self.finished:
-                if isinstance(exc, OSError):
-                    self._fail(self._stream_error(exc, "connect to", target.stream_id))
-                else:
-                    self._fail(exc)
+        return connection
 
-    # -- outputs ---------------------------------------------------------------------------------
+    async def receive(
+        self, streams: Sequence[Stream], deadline: float | None
+    ) -> list[tuple[Stream, bytes | OSError]]:
+        got: list[tuple[Stream, bytes | OSError]] = []
+        for stream in streams:
+            cast(_Connection, stream).take(got)
+        if got:
+            return got
+        await self.sleep_until(deadline)
+        for stream in streams:
+            cast(_Connection, stream).take(got)
+        return got
 
-    def _after(self) -> None:
-        self._transmit()
-        self.events.extend(self.client.events())
-        at = self.client.get_timer()
-        if at != self._timer_at:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            self._timer_at = at
-            if at is not None:
-                self._timer = self.loop.call_at(at, self._on_timer)
-        if self.events:
-            self._wake()
+    async def sleep_until(self, deadline: float | None) -> None:
+        if deadline != self._timer_at:
+            self._disarm()
+            self._timer_at = deadline
+            self._timer = None if deadline is None else self.loop.call_at(deadline, self._ring)
+        waiter = self._waiter = self.loop.create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
 
-    def _transmit(self) -> None:
-        for instruction in self.client.transmit():
-            kind = type(instruction)
-            stream_id = instruction.stream_id
-            if kind is SendBytes:
-                data = cast(SendBytes, instruction).data
-                protocol = self.streams.get(stream_id)
-                if protocol is not None and protocol.transport is not None:
-                    protocol.transport.write(data)
-                else:
-                    waiting = self.pending.get(stream_id)
-                    if waiting is not None:
-                        waiting.append(data)
-            elif kind is OpenStream:
-                target = cast(OpenStream, instruction)
-                self.targets[stream_id] = target
-                self.pending[stream_id] = []
-                self.opening[stream_id] = self.loop.create_task(self._open(target))
-            elif kind is CloseStream:
-                self._close_stream(stream_id)
+    def _ring(self) -> None:
+        self._timer = self._timer_at = None
+        self.wake()
 
-    def _close_stream(self, stream_id: int) -> None:
-        self.pending.pop(stream_id, None)
-        task = self.opening.pop(stream_id, None)
-        if task is not None:
-            task.cancel()
-        protocol = self.streams.pop(stream_id, None)
-        if protocol is not None and protocol.transport is not None:
-            protocol.transport.close()
-
-    def _wake(self) -> None:
+    def wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _fail(self, exc: BaseException) -> None:
-        if self.error is None:
-            self.error = exc
-        with contextlib.suppress(Exception):
-            self._transmit()  # what the core queued with its error (a TLS alert, CloseStream...)
-        self._shutdown()
-
-    def _after_command(self) -> None:
-        self._after()
-
-    def _shutdown(self) -> None:
-        self.finished = True
+    def _disarm(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
-        self._timer_at = None
-        for stream_id in list(self.opening) + list(self.streams):
-            self._close_stream(stream_id)
-        self._wake()
-
-    # -- the consumer's side ---------------------------------------------------------------------
-
-    async def next_event(self) -> Event:
-        """The next event; the kept error once the events before it are taken."""
-        while True:
-            if self.events:
-                return self.events.popleft()
-            if self.error is not None:
-                raise self.error
-            if self.finished:
-                raise LocalProtocolError("cannot wait for an answer: the session is closed")
-            if self._waiter is not None:
-                raise LocalProtocolError("cannot wait for this session's events in two tasks at once")
-            waiter = self.loop.create_future()
-            self._waiter = waiter
-            try:
-                await waiter
-            finally:
-                self._waiter = None
+        self._timer = self._timer_at = None
 
     def close(self) -> None:
-        """Close politely if still healthy (the close packets are written, not awaited), then close
-        every connection at once."""
-        if not self.finished:
-            with contextlib.suppress(Exception):
-                self.client.close(self.loop.time())
-                self._transmit()
-            self._shutdown()
+        """Stop the timer and end the wait under way (the link is closed)."""
+        self._disarm()
+        self.wake()
+
+    async def send_last(self, stream: Stream, data: bytes, deadline: float) -> None:
+        await stream.send_all(data, deadline)  # the transport's close() writes it out before closing
+
+    async def closed(self) -> None:
+        """Wait (at most :data:`_CLOSE_WAIT` s) until every connection is really closed; abort the rest."""
+        if self.open:
+            try:
+                await asyncio.wait([c.lost for c in self.open], timeout=_CLOSE_WAIT)
+            finally:
+                for connection in list(self.open):
+                    if connection.transport is not None:
+                        connection.transport.abort()
+
+
+class _Link(Driver):
+    """The one driver over asyncio, with the task that idles between a session's queries."""
+
+    network: AsyncioNetwork
+
+    def __init__(self, client: LabsClient) -> None:
+        super().__init__(client, AsyncioNetwork())
+        self._idler: asyncio.Task[None] | None = None
+        self._idle_stop = False
+
+    def start_idling(self) -> None:
+        """Answer the server's pings in a task of its own until :meth:`stop_idling` (between queries)."""
+        if self._idler is None and not self.finished:
+            self._idle_stop = False
+            self._idler = idler = self.network.loop.create_task(self.pump_idle(lambda: self._idle_stop))
+            _idlers.add(idler)
+            idler.add_done_callback(_idlers.discard)
+
+    async def stop_idling(self) -> None:
+        """Stop the idle task (waking its wait; a connect it makes is finished first)."""
+        idler = self._idler
+        if idler is not None:
+            self._idle_stop = True
+            self.network.wake()
+            await asyncio.wait([idler])
+            self._idler = None
+
+    def close(self) -> None:
+        super().close()
+        self.network.close()  # an idle task ends
 
     async def aclose(self) -> None:
-        """:meth:`close`, then wait (briefly) until the sockets are really closed and no
-        connection attempt is left running."""
-        waits: list[asyncio.Future[Any]] = [task for task in self.opening.values() if not task.done()]
-        self.close()
-        waits += [p.lost for p in self.protocols]
-        if not waits:
-            return
-        try:
-            await asyncio.wait(waits, timeout=_CLOSE_WAIT)
-        finally:
-            for protocol in list(self.protocols):
-                if protocol.transport is not None:
-                    protocol.transport.abort()
+        await super().aclose()
+        self.network.close()
+        await self.network.closed()
 
 
 # -- the public API --------------------------------------------------------------------------------
@@ -333,10 +286,10 @@ def ask(prompt_or_messages: Messages, **options: Unpack[AskOptions]) -> AsyncAns
     messages = to_messages(prompt_or_messages)
     opts = parse_options(options, with_model=True)
     client, used_seed = opts.new_client()
-    return AsyncAnswer(lambda: _Link(client, asyncio.get_running_loop()), messages, opts.model, opts.tracer, used_seed)
+    return AsyncAnswer(lambda: _Link(client), messages, opts.model, opts.tracer, used_seed)
 
 
-class Session(AsyncSession):
+class Session(AsyncSession[LabsClient]):
     """One Labs connection for several queries, run one after another.
 
     ``async with connect(...) as session:`` then ``async for event in
@@ -346,7 +299,7 @@ class Session(AsyncSession):
     """
 
     def _new_link(self) -> _Link:
-        return _Link(self._client, asyncio.get_running_loop())
+        return _Link(self._client)
 
 
 def connect(**options: Unpack[SessionOptions]) -> Session:

@@ -606,6 +606,18 @@ def _set_header(recorder: TraceRecorder | None, session: Any, prompt: str, model
         recorder.header.update(config_header(session.client.config, model=model, messages=prompt, seed=session.seed))
 
 
+async def _stream(
+    backend: Any, prompt: str, model: str, options: dict[str, Any], recorder: TraceRecorder | None,
+    printer: EventPrinter,
+) -> None:
+    """One query on an async backend's session (asyncio, trio, curl), its events printed."""
+    session = backend.connect(**options)
+    _set_header(recorder, session, prompt, model)
+    async with session, contextlib.aclosing(session.query(prompt, model=model)) as events:
+        async for event in events:
+            printer.event(event)
+
+
 def _ask_asyncio(
     prompt: str, model: str, options: dict[str, Any], recorder: TraceRecorder | None, printer: EventPrinter
 ) -> None:
@@ -613,14 +625,7 @@ def _ask_asyncio(
 
     from . import asyncio as backend
 
-    async def main() -> None:
-        session = backend.connect(**options)
-        _set_header(recorder, session, prompt, model)
-        async with session, contextlib.aclosing(session.query(prompt, model=model)) as events:
-            async for event in events:
-                printer.event(event)
-
-    asyncio.run(main())
+    asyncio.run(_stream(backend, prompt, model, options, recorder, printer))
 
 
 def _ask_curl(
@@ -635,15 +640,7 @@ def _ask_curl(
     except ImportError as exc:
         raise _Failure(f"the curl backend needs curl_cffi (pip install 'plabs-proto[impersonate]'): {exc}") from None
     options = {name: value for name, value in options.items() if name != "tracer"}
-
-    async def main() -> None:
-        async with backend.connect(**options) as session, contextlib.aclosing(
-            session.query(prompt, model=model)
-        ) as events:
-            async for event in events:
-                printer.event(event)
-
-    asyncio.run(main())
+    asyncio.run(_stream(backend, prompt, model, options, None, printer))
 
 
 def _ask_trio(
@@ -656,14 +653,7 @@ def _ask_trio(
     except ImportError as exc:
         raise _Failure(f"the trio backend needs trio (pip install 'plabs-proto[trio]'): {exc}") from None
 
-    async def main() -> None:
-        session = backend.connect(**options)
-        _set_header(recorder, session, prompt, model)
-        async with session, contextlib.aclosing(session.query(prompt, model=model)) as events:
-            async for event in events:
-                printer.event(event)
-
-    trio.run(main)
+    trio.run(_stream, backend, prompt, model, options, recorder, printer)
 
 
 def _ask_sync(

@@ -36,38 +36,15 @@ from curl_cffi.const import CurlECode, CurlHttpVersion, CurlWsFlag
 from curl_cffi.requests import AsyncWebSocket
 from curl_cffi.requests.websockets import WebSocketClosed
 
-from plabs_proto.client import ClientConfig
-from plabs_proto.errors import (
-    LabsError,
-    LocalProtocolError,
-    NetworkError,
-    ProxyError,
-    ResponseError,
-    TLSError,
-)
-from plabs_proto.events import (
-    Connected,
-    Event,
-    HTTPRequest,
-    WebSocketClose,
-    WebSocketConnect,
-    WebSocketSend,
-)
-from plabs_proto.labs import DEFAULT_MODEL
+from plabs_proto.client import ClientConfig, Tracer
+from plabs_proto.errors import LabsError, LocalProtocolError, ProxyError, TLSError
+from plabs_proto.events import Event, HTTPRequest, WebSocketClose, WebSocketConnect, WebSocketSend
 from plabs_proto.session import LabsSession, SessionState
 
-from ._async_api import AsyncAnswer, AsyncLink
-from ._config import (
-    AskOptions,
-    Messages,
-    Options,
-    SessionOptions,
-    announce_seed,
-    make_rng,
-    parse_options,
-    to_messages,
-)
-from ._errors import check_event, opened
+from ._async_api import AsyncAnswer, AsyncSession
+from ._config import AskOptions, Messages, SessionOptions, make_rng, parse_options, to_messages
+from ._errors import stream_error
+from ._link import LinkBase
 
 if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; only type checkers read it here
     from typing import Unpack
@@ -111,17 +88,17 @@ def _check_impersonate(impersonate: object) -> str:
     return impersonate
 
 
-class _Link:
+class _Link(LinkBase[LabsSession]):
     """One Labs session over one curl session: a pump task runs the inputs and timers.
 
-    It offers what the shared :class:`~backends._async_api.AsyncAnswer` needs of a link
-    (``client``, ``events``, ``error``, ``finished``, ``now``, ``command``,
-    ``next_event``, ``close``, ``aclose``), with a :class:`LabsSession` as ``client``.
+    It offers what the shared :class:`~._async_api.AsyncAnswer` and
+    :class:`~._async_api.AsyncQuery` need of a link, with a :class:`LabsSession` as ``client``.
     """
 
-    def __init__(self, config: ClientConfig, rng: random.Random, impersonate: str) -> None:
+    def __init__(self, client: LabsSession, config: ClientConfig, impersonate: str) -> None:
         self._loop = asyncio.get_running_loop()
-        self.client = LabsSession(config.session_config(), rng=rng)
+        self.client = client
+        self.now = self._loop.time
         self.events: deque[Event] = deque()
         self.error: BaseException | None = None
         self.finished = False
@@ -139,6 +116,7 @@ class _Link:
             # upgrade, which no browser sends (and an Engine.IO server refuses on a polling GET)
             http_version=CurlHttpVersion.V2TLS,
         )
+        self._http_closed: asyncio.Task[None] | None = None
         self._inbox: asyncio.Queue[tuple[Callable[..., None], tuple[Any, ...]]] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         self._outgoing: dict[int, asyncio.Queue[object]] = {}
@@ -148,37 +126,20 @@ class _Link:
 
     # -- what the consumer calls --------------------------------------------------------------
 
-    def now(self) -> float:
-        return self._loop.time()
-
-    def command(self, method: Callable[..., None], *args: Any, **kwargs: Any) -> None:
-        """Call a session command with ``now=``; misuse raises, other errors wait for :meth:`next_event`."""
-        if self.error is not None:
-            raise LocalProtocolError(f"cannot use this session: it failed ({self.error})") from self.error
-        if self.finished:
-            raise LocalProtocolError("cannot use this session: it is closed")
-        try:
-            method(*args, now=self.now(), **kwargs)
-        except LocalProtocolError:
-            raise
-        except LabsError as exc:
-            self.error = exc
-        self._step()
-
     async def next_event(self) -> Event:
-        while True:
-            if self.events:
-                return self.events.popleft()
-            if self.error is not None:
-                raise self.error
-            if self.finished:
-                raise LocalProtocolError("cannot read this session: it is closed")
+        """The next event; the kept error once the events before it are taken."""
+        while not self.events:
+            self._check_open()
             self._wakeup.clear()
             await self._wakeup.wait()
+        return self.events.popleft()
 
-    def close(self) -> None:
+    def _after_command(self) -> None:
+        self._step()
+
+    def _shutdown(self) -> None:
         """Close every request and WebSocket at once (safe from ``__del__``)."""
-        if self.finished and not self._tasks and self._pump.done():
+        if self.finished:
             return
         self.finished = True
         self._pump.cancel()
@@ -191,7 +152,10 @@ class _Link:
         if not self._loop.is_closed():
             _closing.add(task := self._loop.create_task(self._http.close()))
             task.add_done_callback(_closing.discard)
+            self._http_closed = task
         self._wakeup.set()
+
+    close = _shutdown
 
     async def aclose(self) -> None:
         """Say goodbye if the session is healthy (bounded in time), then close everything."""
@@ -200,17 +164,10 @@ class _Link:
                 self.command(self.client.close)
                 if self._tasks:
                     await asyncio.wait(set(self._tasks), timeout=_CLOSE_WAIT)
-            self.finished = True
-            self._pump.cancel()
-            for task in list(self._tasks):
-                task.cancel()
-            for ws in list(self._sockets.values()):
-                with contextlib.suppress(Exception):
-                    ws.terminate()
-            self._sockets.clear()
-            await self._http.close()
         finally:
-            self.close()
+            self._shutdown()
+        if self._http_closed is not None:
+            await asyncio.wait([self._http_closed])
 
     # -- the pump -----------------------------------------------------------------------------
 
@@ -230,9 +187,11 @@ class _Link:
     def _input(self, method: Callable[..., None], *args: Any) -> None:
         try:
             method(*args, self.now())
-        except LabsError as exc:
-            if self.error is None:
-                self.error = exc
+        except Exception as exc:  # LabsError, or a core bug: the consumer sees it either way
+            self._fail(exc)
+            self.events.extend(self.client.events())
+            self._wakeup.set()
+            return
         self._step()
 
     def _step(self) -> None:
@@ -248,7 +207,7 @@ class _Link:
             elif isinstance(step, WebSocketClose) and step.ws_id in self._outgoing:
                 self._outgoing[step.ws_id].put_nowait(_Close)
         self.events.extend(client.events())
-        if self.error is not None or self.events:
+        if self.events:
             self._wakeup.set()
 
     def _start(self, work: Any) -> None:
@@ -356,19 +315,13 @@ class _Link:
         target = urlsplit(self._proxy if self._proxy else url)
         host = target.hostname or ""
         port = target.port or (443 if target.scheme in ("https", "wss") else 80)
-        peer = f"the {'proxy' if self._proxy else 'server'} at {host}:{port}"
         error: LabsError
         if code in _TLS_CODES:
             error = TLSError(f"expected a TLS connection to {urlsplit(url).hostname} that verifies, got: {exc}")
         elif self._proxy and code in _PROXY_CODES:
-            error = ProxyError(f"expected {peer} to carry the connection, it failed (curl error {code})")
+            error = ProxyError(f"expected the proxy at {host}:{port} to carry the connection, it failed (curl error {code})")
         else:
-            error = NetworkError(
-                f"expected to reach {peer}, but the connection failed (curl error {code}: {exc})",
-                host=host,
-                port=port,
-                errno=None,
-            )
+            return stream_error(exc, action="reach", host=host, port=port, proxied=self._proxy is not None)
         error.__cause__ = exc
         return error
 
@@ -391,12 +344,11 @@ def ask(prompt_or_messages: Messages, *, impersonate: str = DEFAULT_IMPERSONATE,
     _check_config(opts.config)
     target = _check_impersonate(impersonate)
     rng, seed = make_rng(opts.tracer, opts.seed)
-    return AsyncAnswer(
-        lambda: cast(AsyncLink, _Link(opts.config, rng, target)), messages, opts.model, opts.tracer, seed
-    )
+    client = LabsSession(opts.config.session_config(), rng=rng)
+    return AsyncAnswer(lambda: _Link(client, opts.config, target), messages, opts.model, opts.tracer, seed)
 
 
-class Session:
+class Session(AsyncSession[LabsSession]):
     """One Labs connection through curl for several queries, one after another (``async with``).
 
     Between queries the pump task keeps answering heartbeats.  Leaving a query
@@ -404,143 +356,29 @@ class Session:
     (:class:`~plabs_proto.errors.ResponseError`) leaves it usable.
     """
 
-    def __init__(self, opts: Options, impersonate: str) -> None:
-        self._opts = opts
-        self._impersonate = impersonate
-        self._rng, self.seed = make_rng(opts.tracer, opts.seed)
-        self._link: _Link | None = None
-        self._busy = False
-        #: The ``Connected`` event, once the session is open.
-        self.connected: Connected | None = None
+    _link: _Link | None
 
-    @property
-    def client(self) -> LabsSession:
-        """The sans-IO session underneath (its state, partial text, transport)."""
-        if self._link is None:
-            raise LocalProtocolError("cannot read the session: it is not open")
-        return self._link.client
+    def __init__(
+        self,
+        config: ClientConfig,
+        *,
+        tracer: Tracer | None = None,
+        seed: int | None = None,
+        impersonate: str = DEFAULT_IMPERSONATE,
+    ) -> None:
+        _check_config(config)
+        self._config = config
+        self._impersonate = _check_impersonate(impersonate)
+        super().__init__(config, tracer=tracer, seed=seed)
 
-    async def open(self, *, wait: bool = True) -> None:
-        """Connect and wait for the Socket.IO connect ack (``wait=False``: only start)."""
-        if self._link is not None:
-            raise LocalProtocolError("cannot open this session: it was opened already")
-        link = self._link = _Link(self._opts.config, self._rng, self._impersonate)
-        try:
-            announce_seed(self._opts.tracer, self.seed, link.now())
-            link.command(link.client.connect)
-            if not wait:
-                return
-            event = await link.next_event()
-            while not opened(event):
-                event = await link.next_event()
-            self.connected = cast(Connected, event)
-        except BaseException:
-            link.close()
-            raise
+    def _new_core(self, config: ClientConfig, rng: random.Random, tracer: Tracer | None) -> LabsSession:
+        return LabsSession(config.session_config(), rng=rng)
 
-    def query(self, messages: Messages, *, model: str = DEFAULT_MODEL) -> _Query:
-        """Ask; iterate the result for the answer's events (``TextDelta``... ``AnswerFinished``)."""
-        if self._link is None:
-            raise LocalProtocolError("cannot query: the session is not open (use `async with connect(...)`)")
-        if self._busy:
-            raise LocalProtocolError(
-                "cannot start a query while another one is still streaming on this session: "
-                "queries run one after another"
-            )
-        checked = to_messages(messages)
-        self._busy = True
-        return _Query(self, self._link, checked, model)
-
-    async def aclose(self) -> None:
-        """Close the session (politely when it is healthy); idempotent."""
-        if self._link is not None:
-            await self._link.aclose()
-
-    async def __aenter__(self) -> Session:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    def __del__(self) -> None:
-        link = self._link
-        if link is not None and not link.finished:
-            with contextlib.suppress(Exception):
-                link.close()
-
-
-class _Query:
-    """What :meth:`Session.query` returns: an async iterator of one answer's events."""
-
-    def __init__(self, session: Session, link: _Link, messages: list[dict[str, str]], model: str) -> None:
-        self._session = session
-        self._link = link
-        self._messages = messages
-        self._model = model
-        self._started = False
-        self._done = False
-
-    def __aiter__(self) -> _Query:
-        return self
-
-    async def __anext__(self) -> Event:
-        if self._done:
-            raise StopAsyncIteration
-        link = self._link
-        client = link.client
-        try:
-            if not self._started:
-                self._started = True
-                if self._session.connected is not None:
-                    link.events.clear()
-                elif link.error is not None:
-                    raise link.error
-                link.command(client.query, self._messages, model=self._model)
-            while True:
-                event = await link.next_event()
-                if type(event) is Connected:
-                    self._session.connected = event
-                    continue
-                if check_event(event, partial_text=client.partial_text, partial_reasoning=client.partial_reasoning):
-                    self._finish()
-                return event
-        except ResponseError:
-            self._finish()
-            if link.error is None and client.state is SessionState.READY:
-                raise
-            link.close()
-            raise
-        except LocalProtocolError:
-            self._finish()
-            raise
-        except BaseException:
-            self._finish()
-            link.close()
-            raise
-
-    def _finish(self) -> None:
-        if not self._done:
-            self._done = True
-            self._session._busy = False
-
-    async def aclose(self) -> None:
-        """Stop reading: if the answer was still streaming, the session closes."""
-        if self._done:
-            return
-        self._finish()
-        if self._started:
-            await self._link.aclose()
-
-    async def __aenter__(self) -> _Query:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
+    def _new_link(self) -> _Link:
+        return _Link(self._client, self._config, self._impersonate)
 
 
 def connect(*, impersonate: str = DEFAULT_IMPERSONATE, **options: Unpack[SessionOptions]) -> Session:
     """A :class:`Session` (not open yet: use ``async with``).  Options as for :func:`ask`."""
     opts = parse_options(options, with_model=False)
-    _check_config(opts.config)
-    return Session(opts, _check_impersonate(impersonate))
+    return Session(opts.config, tracer=opts.tracer, seed=opts.seed, impersonate=impersonate)

@@ -6,7 +6,9 @@ seam (:mod:`._seam`) on stdlib sockets: connects block until the client's
 a blocking ``getaddrinfo``, outside the deadlines), reads wait in one selector
 for the first connection that has bytes, or the deadline, where the driver calls
 ``handle_timer``.  The driver's coroutines never suspend on this network, so
-:func:`~._seam.run_blocking` steps them to the end.
+:func:`~._seam.run_blocking` steps them to the end, and with them the answer,
+query and session the async backends share (:mod:`._async_api`): ``ask`` and
+:class:`Session` are those, stepped synchronously.
 
 Between the queries of a :class:`Session`, a helper thread runs the driver's
 ``pump_idle`` so the server's pings are answered however long the session idles
@@ -29,12 +31,13 @@ import threading
 import time
 from collections.abc import Generator, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, TypeVar
 
-from plabs_proto.client import ClientState, LabsClient, Tracer
-from plabs_proto.errors import LocalProtocolError, ResponseError
+from plabs_proto.client import ClientConfig, LabsClient, Tracer
+from plabs_proto.errors import LocalProtocolError
 from plabs_proto.events import AnswerFinished, AnswerRevised, Connected, Event, TextDelta
 
+from ._async_api import AsyncSession, OneReader
 from ._config import (
     DEFAULT_MODEL,
     AskOptions,
@@ -45,9 +48,9 @@ from ._config import (
     to_messages,
 )
 from ._driver import Driver
-from ._errors import check_event, opened
-from ._link import SessionBase, read_buffer
-from ._seam import Network, Stream, run_blocking
+from ._errors import check_event
+from ._link import read_buffer
+from ._seam import GRACE, Network, Stream, run_blocking
 from ._text import AnswerText
 
 if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; only type checkers read it here
@@ -55,7 +58,7 @@ if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; only type checkers read it h
 
 __all__ = ["Session", "ask", "connect"]
 
-_GRACE = 0.001  # seconds a write gets when its deadline has already passed
+T = TypeVar("T")
 
 
 class _SocketStream(Stream):
@@ -100,7 +103,7 @@ class SelectorNetwork(Network):
         return time.monotonic()
 
     async def connect(self, host: str, port: int, deadline: float | None) -> Stream | None:
-        timeout = None if deadline is None else max(deadline - time.monotonic(), _GRACE)
+        timeout = None if deadline is None else max(deadline - time.monotonic(), GRACE)
         try:
             sock = socket.create_connection((host, port), timeout=timeout)
         except TimeoutError as exc:
@@ -116,7 +119,7 @@ class SelectorNetwork(Network):
 
     def wait_writable(self, sock: socket.socket, deadline: float | None) -> bool:
         """Wait until ``sock`` takes more bytes: False at the deadline."""
-        timeout = None if deadline is None else max(deadline - time.monotonic(), _GRACE)
+        timeout = None if deadline is None else max(deadline - time.monotonic(), GRACE)
         with selectors.DefaultSelector() as selector:
             selector.register(sock, selectors.EVENT_WRITE)
             return bool(selector.select(timeout))
@@ -201,7 +204,7 @@ class _Link(Driver):
     def _idle(self) -> None:
         run_blocking(self.pump_idle(lambda: self._idle_stop))
 
-    def stop_idling(self) -> None:
+    async def stop_idling(self) -> None:
         """Stop the helper thread (waking its wait; a write it makes is finished first)."""
         idler = self._idler
         if idler is not None:
@@ -211,12 +214,15 @@ class _Link(Driver):
                 idler.join()
             self._idler = None
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         """Close politely if still healthy (writes bounded in time), then close every socket."""
-        self.stop_idling()
-        if not self.finished:
-            run_blocking(self.aclose())
+        await self.stop_idling()
+        await super().aclose()
         self.network.close()
+
+    def close(self) -> None:
+        """:meth:`aclose`, synchronously."""
+        run_blocking(self.aclose())
 
 
 # -- the public API --------------------------------------------------------------------------------
@@ -237,6 +243,9 @@ def ask(prompt_or_messages: Messages, **options: Unpack[AskOptions]) -> Generato
 def _answer(
     client: LabsClient, messages: Messages, model: str, tracer: Tracer | None, seed: int | None
 ) -> Generator[str, None, None]:
+    # AsyncAnswer._next written out for blocking use: stepping the shared AsyncAnswer with
+    # run_blocking costs two coroutines per frame, about 6% more instructions per frame
+    # (benchmarks/cpu_per_frame.py), past the 5% a backend may cost (issue 9).
     link = _Link(client)
     answer = AnswerText()
     try:
@@ -244,15 +253,13 @@ def _answer(
         link.command(client.connect)
         link.command(client.query, messages, model=model)
         while True:
-            event = link.next_event_now()
+            event = link.events.popleft() if link.events else run_blocking(link.next_event())
             kind = type(event)
             if kind is TextDelta or kind is AnswerRevised:
                 text = answer.take(event)
                 if text:
                     yield text
-            elif check_event(
-                event, partial_text=client.partial_text, partial_reasoning=client.partial_reasoning
-            ):
+            elif check_event(event, partial_text=client.partial_text, partial_reasoning=client.partial_reasoning):
                 break
     finally:
         link.close()
@@ -262,44 +269,68 @@ def _answer(
         yield rest
 
 
-class Session(SessionBase):
+def _stepped(stream: OneReader[T]) -> Generator[T, None, None]:
+    """A shared async stream (a query), stepped synchronously: its driver never
+    suspends (see :func:`run_blocking`).  Leaving the generator closes the stream.
+
+    It steps ``_next`` itself, not ``__anext__``: a generator cannot be read twice at
+    once anyway, and one coroutine less per item is CPU per frame.
+    """
+    try:
+        while not stream._done:
+            try:
+                item = run_blocking(stream._next())
+            except StopAsyncIteration:
+                return
+            yield item
+    finally:
+        run_blocking(stream.aclose())
+
+
+class _Session(AsyncSession[LabsClient]):
+    """The shared session over the blocking driver, whose helper thread idles between queries."""
+
+    def _new_link(self) -> _Link:
+        return _Link(self._client)
+
+
+class Session:
     """One Labs connection for several queries, run one after another.
 
     Use ``with connect(...) as session``; :meth:`query` streams the typed events
     of one answer, ending with ``AnswerFinished``.  Leaving a ``query`` generator
     before its answer finished closes the session.  Between queries a helper
     thread answers the server's pings (see the module docstring).
+
+    It is the async backends' session (:class:`~._async_api.AsyncSession`), stepped
+    synchronously.
     """
 
-    _link: _Link | None
+    def __init__(self, config: ClientConfig, *, tracer: Tracer | None = None, seed: int | None = None) -> None:
+        self._session = _Session(config, tracer=tracer, seed=seed)
+
+    @property
+    def client(self) -> LabsClient:
+        """The sans-IO client underneath (its state, partial text, transport)."""
+        return self._session.client
+
+    @property
+    def seed(self) -> int | None:
+        """The seed of the client's randomness (None: system randomness)."""
+        return self._session.seed
+
+    @property
+    def connected(self) -> Connected | None:
+        """The ``Connected`` event, once the session is open."""
+        return self._session.connected
 
     def open(self, *, wait: bool = True) -> None:
         """Connect and wait for the Socket.IO connect ack (``with`` calls this).
 
         ``open(wait=False)`` only starts the handshake (in the helper thread) and
-        returns at once: a :meth:`query` may follow before the server acked the
-        connection, and its query then goes out as soon as the client may send
-        it (as ``ask`` sends it): in the very step that reads the ack, not after
-        a turn of the caller's code.  Iterating that query takes the ack (setting :attr:`connected`) and raises
-        what ``open()`` would have raised when the server refuses the handshake.
+        returns at once; see :meth:`~._async_api.AsyncSession.open`.
         """
-        if self._link is not None:
-            raise LocalProtocolError("cannot open this session: it was opened already")
-        link = self._link = _Link(self._client)
-        try:
-            announce_seed(self._tracer, self.seed, time.monotonic())
-            link.command(self._client.connect)
-            if not wait:
-                link.start_idling()
-                return
-            event = link.next_event_now()
-            while not opened(event):
-                event = link.next_event_now()
-            self.connected = cast(Connected, event)
-            link.start_idling()
-        except BaseException:
-            link.close()
-            raise
+        run_blocking(self._session.open(wait=wait))
 
     def query(self, messages: Messages, *, model: str = DEFAULT_MODEL) -> Generator[Event, None, None]:
         """Ask and stream the answer's events (``TextDelta``, ``ReasoningDelta``, ``Citations``,
@@ -310,55 +341,20 @@ class Session(SessionBase):
         (the session stays usable); any other error, or leaving before
         ``AnswerFinished``, closes the session.  Raises
         :class:`~plabs_proto.errors.LocalProtocolError` at once when the session is
-        not open or another query on it is still streaming.
+        not open or another query on it is still streaming (and at the first
+        ``next()`` when another query started meanwhile).
         """
-        link = self._link
-        if link is None:
+        if self._session._link is None:
             raise LocalProtocolError("cannot query: the session is not open (use `with connect(...)`)")
-        self._check_idle()
-        return self._query(link, to_messages(messages), model)
+        self._session._check_idle()
+        return self._query(to_messages(messages), model)
 
-    def _query(self, link: _Link, messages: Messages, model: str) -> Generator[Event, None, None]:
-        self._check_idle()  # again: two queries may have been made before either started
-        self._busy = True
-        done = False
-        client = self._client
-        try:
-            link.stop_idling()
-            if self.connected is not None:
-                link.events.clear()
-            elif link.error is not None:  # open(wait=False): the handshake failed already
-                raise link.error
-            link.command(client.query, messages, model=model)
-            while True:
-                event = link.next_event_now()
-                if type(event) is Connected:  # the ack, after open(wait=False)
-                    self.connected = event
-                    continue
-                try:
-                    done = check_event(
-                        event, partial_text=client.partial_text, partial_reasoning=client.partial_reasoning
-                    )
-                except ResponseError:
-                    done = not link.finished and client.state is ClientState.READY  # the session goes on
-                    raise
-                yield event
-                if done:
-                    return
-        except LocalProtocolError:
-            done = True  # a misuse (or a session already over) closes nothing
-            raise
-        finally:
-            self._busy = False
-            if done:
-                link.start_idling()  # the session goes on (a closed one starts nothing)
-            else:
-                link.close()
+    def _query(self, messages: Messages, model: str) -> Generator[Event, None, None]:
+        yield from _stepped(self._session.query(messages, model=model))
 
     def close(self) -> None:
         """Close the session (politely when it is healthy); idempotent."""
-        if self._link is not None:
-            self._link.close()
+        run_blocking(self._session.aclose())
 
     def __enter__(self) -> Session:
         self.open()
@@ -368,11 +364,6 @@ class Session(SessionBase):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-    def __del__(self) -> None:
-        if self._link is not None:
-            with contextlib.suppress(Exception):
-                self._link.close()
 
 
 def connect(**options: Unpack[SessionOptions]) -> Session:

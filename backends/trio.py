@@ -36,21 +36,20 @@ import trio
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
-from plabs_proto.client import ClientConfig, Tracer
+from plabs_proto.client import ClientConfig, LabsClient, Tracer
 from plabs_proto.errors import LocalProtocolError
 
 from ._async_api import AsyncAnswer, AsyncSession
 from ._config import AskOptions, Messages, SessionOptions, parse_options, to_messages
 from ._driver import Driver
 from ._link import READ_SIZE
-from ._seam import Network, Stream
+from ._seam import GRACE, Network, Stream
 
 if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; only type checkers read it here
     from typing import Unpack
 
 __all__ = ["Session", "ask", "connect"]
 
-_GRACE = 0.001  # seconds given to bytes already waiting when a deadline is overdue
 _STREAM_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
@@ -87,7 +86,8 @@ def _collapse(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 def _until(deadline: float | None) -> float:
-    return math.inf if deadline is None else deadline
+    """A trio deadline: ``math.inf`` for none; one already passed still gives :data:`GRACE`."""
+    return math.inf if deadline is None else max(deadline, trio.current_time() + GRACE)
 
 
 class _TrioStream(Stream):
@@ -97,8 +97,7 @@ class _TrioStream(Stream):
         self.stream = stream  # trio turns TCP_NODELAY on for its socket streams
 
     async def send_all(self, data: bytes, deadline: float | None) -> bool:
-        # A deadline already passed still gives the write a moment (the bytes may fit at once).
-        with trio.move_on_at(_until(deadline) if deadline is None else max(deadline, trio.current_time() + _GRACE)):
+        with trio.move_on_at(_until(deadline)):  # a deadline passed still lets bytes that fit at once go
             try:
                 await self.stream.send_all(data)
             except _STREAM_ERRORS as exc:
@@ -133,7 +132,7 @@ class TrioNetwork(Network):
         return trio.current_time()
 
     async def connect(self, host: str, port: int, deadline: float | None) -> Stream | None:
-        with trio.move_on_at(_until(deadline) if deadline is None else max(deadline, trio.current_time() + _GRACE)):
+        with trio.move_on_at(_until(deadline)):
             try:
                 return _TrioStream(await trio.open_tcp_stream(host, port))
             except OSError as exc:
@@ -193,7 +192,7 @@ def ask(prompt_or_messages: Messages, **options: Unpack[AskOptions]) -> AsyncAns
     return AsyncAnswer(lambda: Driver(client, TrioNetwork()), messages, opts.model, opts.tracer, used_seed)
 
 
-class Session(AsyncSession):
+class Session(AsyncSession[LabsClient]):
     """One Labs connection for several queries, run one after another.
 
     ``async with connect(...) as session:`` then ``async for event in

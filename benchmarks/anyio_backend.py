@@ -23,13 +23,11 @@ from plabs_proto.backends._async_api import AsyncAnswer
 from plabs_proto.backends._config import parse_options, to_messages
 from plabs_proto.backends._driver import Driver
 from plabs_proto.backends._link import READ_SIZE
-from plabs_proto.backends._seam import Network, Stream
-
-_GRACE = 0.001
+from plabs_proto.backends._seam import GRACE, Network, Stream
 
 
 def _deadline(deadline: float | None) -> float:
-    return math.inf if deadline is None else max(deadline, anyio.current_time() + _GRACE)
+    return math.inf if deadline is None else max(deadline, anyio.current_time() + GRACE)
 
 
 class _AnyioStream(Stream):

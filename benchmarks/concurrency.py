@@ -6,7 +6,7 @@ The Labs emulator (its own process) answers every query with FRAMES progress fra
 characters, FRAME_DELAY seconds apart, so an answer streams for about FRAMES * FRAME_DELAY
 seconds and the sessions overlap.  Each client kind runs in a fresh process: it asks once to
 warm up (imports, lazily built tables), collects garbage and reads its resident memory
-(VmRSS); then it starts SESSIONS questions at once (``asyncio.gather`` / a trio nursery),
+(VmRSS); then it starts SESSIONS questions at once (``asyncio.gather`` / an anyio task group on trio),
 waits for all of them and reads its peak resident memory (``ru_maxrss``) and CPU time.
 Memory per session = (peak - baseline) / SESSIONS.  Every answer is checked.
 
@@ -71,39 +71,20 @@ async def _asyncio_sessions(kind: str, url: str, n: int) -> list[Any]:
     return list(await asyncio.gather(*(one() for _ in range(n)), return_exceptions=True))
 
 
-async def _trio_sessions(kind: str, url: str, n: int) -> list[Any]:
-    import trio
-    from _clients import ask_plabs_trio
-
-    transport = kind.rsplit("-", 1)[1]
-    results: list[Any] = [None] * n
-
-    async def one(i: int) -> None:
-        start = time.perf_counter()
-        try:
-            first, text = await ask_plabs_trio(url, transport, None)
-            results[i] = ((start, start + first, time.perf_counter()), text)
-        except Exception as exc:
-            results[i] = exc
-
-    async with trio.open_nursery() as nursery:
-        for i in range(n):
-            nursery.start_soon(one, i)
-    return results
-
-
-async def _anyio_sessions(kind: str, url: str, n: int) -> list[Any]:
-    """The evaluated anyio backend (anyio-<loop>-<transport>), in an anyio task group."""
+async def _grouped_sessions(kind: str, url: str, n: int) -> list[Any]:
+    """The trio backend (plabs-trio-<transport>, on trio) or the evaluated anyio backend
+    (anyio-<loop>-<transport>), n asks in one anyio task group."""
     import anyio
-    from _clients import ask_anyio
+    from _clients import ask_anyio, ask_plabs_trio
 
+    ask = ask_anyio if kind.startswith("anyio-") else ask_plabs_trio
     transport = kind.rsplit("-", 1)[1]
     results: list[Any] = [None] * n
 
     async def one(i: int) -> None:
         start = time.perf_counter()
         try:
-            first, text = await ask_anyio(url, transport, None)
+            first, text = await ask(url, transport, None)
             results[i] = ((start, start + first, time.perf_counter()), text)
         except Exception as exc:
             results[i] = exc
@@ -115,14 +96,11 @@ async def _anyio_sessions(kind: str, url: str, n: int) -> list[Any]:
 
 
 def run_sessions(kind: str, url: str, n: int) -> list[Any]:
-    if kind.startswith("anyio-"):
+    if kind.startswith(("anyio-", "plabs-trio-")):
         import anyio
 
-        return anyio.run(_anyio_sessions, kind, url, n, backend=kind.split("-")[1])  # type: ignore[no-any-return]
-    if kind.startswith("plabs-trio-"):
-        import trio
-
-        return trio.run(_trio_sessions, kind, url, n)
+        loop = kind.split("-")[1]  # asyncio or trio ("plabs-trio-...": trio)
+        return anyio.run(_grouped_sessions, kind, url, n, backend=loop)  # type: ignore[no-any-return]
     return asyncio.run(_asyncio_sessions(kind, url, n))
 
 

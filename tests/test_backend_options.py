@@ -25,7 +25,6 @@ from plabs_proto.events import (
     Closed,
     Connected,
     Event,
-    OpenStream,
     QueryFailed,
     ReasoningDelta,
     TextDelta,
@@ -151,11 +150,11 @@ def test_announce_seed_reaches_a_trace_recorder() -> None:
 
 
 def test_stream_error_names_the_hop_and_the_partial_text() -> None:
-    target = OpenStream(stream_id=1, host="proxy.test", port=3128)
     error = _errors.stream_error(
         ConnectionResetError(104, "Connection reset by peer"),
         action="receive from",
-        open_stream=target,
+        host="proxy.test",
+        port=3128,
         proxied=True,
         partial_text="Hello",
         partial_reasoning="hmm",
@@ -168,9 +167,7 @@ def test_stream_error_names_the_hop_and_the_partial_text() -> None:
         "of the answer (ConnectionResetError: [Errno 104] Connection reset by peer)"
     )
     assert (error.partial_text, error.partial_reasoning) == ("Hello", "hmm")
-    v6 = OpenStream(stream_id=2, host="::1", port=443)
-    error = _errors.stream_error(OSError("boom"), action="connect to", open_stream=v6, proxied=False,
-                                 partial_text="", partial_reasoning="")
+    error = _errors.stream_error(OSError("boom"), action="connect to", host="::1", port=443, proxied=False)
     assert str(error) == "expected to connect to the server at [::1]:443, but the connection failed (OSError: boom)"
     assert (error.host, error.port, error.errno) == ("::1", 443, None)
 
