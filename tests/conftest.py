@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import os
 import shutil
@@ -126,6 +127,15 @@ def prepare_node_server(directory: Path, *, node: str | None, npm: str | None) -
     where = directory / "node_modules"
     if npm is None:
         return f"{where} is missing and npm is not on PATH to install it (`npm ci` in {directory})"
+    # pytest-xdist's workers may all get here at once: one installs, the others wait for it.
+    with open(directory / ".npm-ci.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (directory / "node_modules" / "socket.io").is_dir():
+            return None
+        return _npm_ci(directory, npm, where)
+
+
+def _npm_ci(directory: Path, npm: str, where: Path) -> str | None:
     try:
         result = subprocess.run(
             [npm, *NPM_CI], cwd=directory, stdin=subprocess.DEVNULL, capture_output=True, text=True,
