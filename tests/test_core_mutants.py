@@ -11,7 +11,13 @@ import pytest
 from test_session import BASE, POST_HEADERS, T, connected, open_packet, progress, session
 
 from plabs_proto import engineio, socketio
-from plabs_proto.errors import HandshakeError, LocalProtocolError, NetworkError, RemoteProtocolError
+from plabs_proto.errors import (
+    HandshakeError,
+    LocalProtocolError,
+    NetworkError,
+    RemoteProtocolError,
+    ResponseError,
+)
 from plabs_proto.events import (
     AnswerFinished,
     Closed,
@@ -409,3 +415,222 @@ def test_a_binary_message_nobody_announced_fails_the_session() -> None:
     with pytest.raises(RemoteProtocolError):
         s.receive_websocket_messages(ws_id, [b"\x00"], 3.0)
     assert s.state is SessionState.ERROR
+
+
+def test_the_answer_reads_only_progress_events_of_the_query_in_flight() -> None:
+    """Frames before the query went out, other events, and events with no name are not the answer."""
+    s = session("websocket")
+    s.connect(0.0)
+    s.query("hi", model="sonar", now=0.0)  # waits for the connect ack
+    s.transmit()
+    s.receive_websocket_open(1, 0.1)
+    s.receive_websocket_messages(1, [open_packet(), progress("stale")], 0.2)
+    assert s.events() == [] and s.state is SessionState.CONNECTING
+    s.receive_websocket_message(1, '40{"sid":"S1"}', 0.3)
+    s.events()
+    s.receive_websocket_messages(1, ['42["other_event",{"output":"no"}]', '42[5,{"output":"no"}]'], 0.4)
+    assert s.events() == [] and s.partial_text == ""
+    s.receive_websocket_message(1, progress("yes"), 0.5)
+    assert s.events() == [TextDelta(text="yes")]
+
+
+def test_a_progress_event_without_a_payload_says_so() -> None:
+    s, ws_id = connected("websocket")
+    assert ws_id is not None
+    s.query("hi", model="sonar", now=2.0)
+    with pytest.raises(RemoteProtocolError, match=r"^expected a JSON object as the progress payload, got NoneType: None$"):
+        s.receive_websocket_message(ws_id, '42["sonar_query_progress"]', 3.0)
+
+
+def test_reasoning_counts_as_the_first_text() -> None:
+    s, ws_id = connected("websocket", first_text_timeout=5.0)
+    assert ws_id is not None
+    s.query("hi", model="sonar", now=2.0)
+    assert s.get_timer() == 7.0
+    s.receive_websocket_message(ws_id, progress("<think>hmm"), 3.0)
+    assert s.get_timer() == 0.5 + 45.0  # only the heartbeat is left
+    s.handle_timer(8.0)
+    assert s.state is SessionState.QUERYING
+
+
+@pytest.mark.parametrize("output", ["", "Hi"])
+def test_an_answer_that_ends_leaves_no_query_deadline(output: str) -> None:
+    """An empty answer ends without a first text: its first-text deadline goes all the same."""
+    s, ws_id = connected("websocket", first_text_timeout=5.0, query_timeout=10.0)
+    assert ws_id is not None
+    s.query("hi", model="sonar", now=2.0)
+    s.receive_websocket_message(ws_id, progress(output, final=True), 3.0)
+    assert isinstance(s.events()[-1], AnswerFinished)
+    assert s.get_timer() == 0.5 + 45.0
+    s.handle_timer(13.0)
+    assert s.state is SessionState.READY
+
+
+def test_a_connect_ack_without_a_sid_shows_what_came() -> None:
+    s = session("websocket")
+    s.connect(0.0)
+    s.transmit()
+    s.receive_websocket_open(1, 0.1)
+    s.receive_websocket_message(1, open_packet(), 0.2)
+    with pytest.raises(RemoteProtocolError) as info:
+        s.receive_websocket_message(1, "40{}", 0.3)
+    assert str(info.value) == "expected a Socket.IO connect ack with a sid ('40{\"sid\":...}'), got {}"
+
+
+def test_the_first_ack_connects_a_session_without_a_connect_deadline() -> None:
+    s, _ = connected("websocket", connect_timeout=None)
+    assert s.get_timer() == 0.5 + 45.0
+
+
+def test_a_connect_error_keeps_the_servers_text() -> None:
+    for packet, text in (('44{"message":"Not authorized"}', "Not authorized"), ('44"nope"', "nope")):
+        s = session("websocket")
+        s.connect(0.0)
+        s.transmit()
+        s.receive_websocket_open(1, 0.1)
+        s.receive_websocket_message(1, open_packet(), 0.2)
+        with pytest.raises(ResponseError) as info:
+            s.receive_websocket_message(1, packet, 0.3)
+        assert str(info.value) == f"the server refused the Socket.IO connection: {text}"
+        assert info.value.server_text == text
+
+
+def test_a_socketio_disconnect_ends_or_cuts() -> None:
+    s, ws_id = connected("websocket")
+    assert ws_id is not None
+    s.receive_websocket_message(ws_id, "41", 3.0)
+    assert s.events() == [Closed(reason="Socket.IO namespace disconnected by the server")]
+    assert s.state is SessionState.CLOSED
+    s, ws_id = connected("websocket")
+    assert ws_id is not None
+    s.query("hi", model="sonar", now=2.0)
+    s.receive_websocket_message(ws_id, progress("Hel"), 2.5)
+    with pytest.raises(RemoteProtocolError) as info:
+        s.receive_websocket_message(ws_id, "41", 3.0)
+    assert str(info.value) == "expected the rest of the answer, got a Socket.IO disconnect after 3 characters of it"
+    # A query still waiting for the connect ack was not answered yet: nothing is cut.
+    s = session("websocket")
+    s.connect(0.0)
+    s.query("hi", model="sonar", now=0.0)
+    s.transmit()
+    s.receive_websocket_open(1, 0.1)
+    s.receive_websocket_messages(1, [open_packet(), "41"], 0.2)
+    assert s.events() == [Closed(reason="Socket.IO namespace disconnected by the server")]
+
+
+def test_messages_after_a_close_in_the_same_read_are_not_read() -> None:
+    s, ws_id = connected("websocket")
+    assert ws_id is not None
+    s.receive_websocket_messages(ws_id, ["1", "not a packet", Utf8Text(b"\xff")], 3.0)
+    assert s.state is SessionState.CLOSED
+
+
+def test_fast_frames_in_one_read_are_all_read() -> None:
+    s, ws_id = connected("websocket")
+    assert ws_id is not None
+    s.query("hi", model="sonar", now=2.0)
+    frames = [Utf8Text(progress(text).encode()) for text in ("He", "Hel", "Hell")]
+    s.receive_websocket_messages(ws_id, [*frames, Utf8Text(progress("Hello", final=True).encode())], 3.0)
+    events = s.events()
+    assert [e.text for e in events if isinstance(e, TextDelta)] == ["He", "l", "l", "o"]
+    assert isinstance(events[-1], AnswerFinished)
+
+
+@pytest.mark.parametrize("kind", ["str", "utf8"])
+def test_the_receive_limit_is_inclusive_for_text(kind: str) -> None:
+    noise = '42["noise","' + "x" * 200 + '"]'
+    s, ws_id = connected("websocket", max_message_size=len(noise))
+    assert ws_id is not None
+
+    def message(text: str) -> str | Utf8Text:
+        return text if kind == "str" else Utf8Text(text.encode())
+
+    s.receive_websocket_messages(ws_id, [message(noise)], 3.0)
+    assert s.state is SessionState.READY
+    with pytest.raises(RemoteProtocolError) as info:
+        s.receive_websocket_messages(ws_id, [message(noise[:-2] + 'x"]')], 3.0)
+    assert str(info.value) == (
+        f"expected a WebSocket message of at most {len(noise)} bytes (max_message_size), got one of {len(noise) + 1}"
+    )
+
+
+def test_the_receive_limit_is_inclusive_for_binary() -> None:
+    head = '451-["noise",{"_placeholder":true,"num":0}]'
+    s, ws_id = connected("websocket", max_message_size=100)
+    assert ws_id is not None
+    s.receive_websocket_messages(ws_id, [head, b"x" * 100], 3.0)
+    s.receive_websocket_messages(ws_id, [head], 3.0)
+    s.receive_websocket_messages(ws_id, [b"x" * 200], 3.0, limited=True)  # the carrier measured it
+    s.receive_websocket_messages(ws_id, [head], 3.0)
+    with pytest.raises(RemoteProtocolError) as info:
+        s.receive_websocket_messages(ws_id, [b"x" * 101], 3.0)
+    assert str(info.value) == "expected a WebSocket message of at most 100 bytes (max_message_size), got one of 101"
+
+
+@pytest.mark.parametrize("querying", [False, True])
+@pytest.mark.parametrize("kind", ["str", "utf8"])
+def test_text_while_a_binary_attachment_is_awaited_is_refused(querying: bool, kind: str) -> None:
+    s, ws_id = connected("websocket")
+    assert ws_id is not None
+    if querying:
+        s.query("hi", model="sonar", now=2.0)
+    s.receive_websocket_messages(ws_id, ['451-["noise",{"_placeholder":true,"num":0}]'], 3.0)
+    frame = progress("Hi")
+    with pytest.raises(RemoteProtocolError, match="got plaintext data when reconstructing a packet"):
+        s.receive_websocket_messages(ws_id, [frame if kind == "str" else Utf8Text(frame.encode())], 3.0)
+
+
+def test_a_frame_in_place_of_the_probes_answer_is_refused() -> None:
+    """A query waits (made while connecting); what comes before '3probe' is not its answer."""
+    s, post, ws = upgrade_opened()
+    s.query("hi", model="sonar", now=0.5)
+    s.receive_websocket_open(ws.ws_id, 0.6)
+    s.receive_http_response(post.request_id, 200, [], b"ok", 0.7)
+    frame = progress("x" * 70)
+    with pytest.raises(RemoteProtocolError) as info:
+        s.receive_websocket_messages(ws.ws_id, [Utf8Text(frame.encode())], 0.8)
+    assert str(info.value) == f"expected '3probe' in answer to the upgrade probe, got {frame[:60]!r}"
+
+
+def test_websocket_calls_check_the_id_and_the_order() -> None:
+    s = session("websocket")
+    s.connect(0.0)
+    s.transmit()
+    with pytest.raises(LocalProtocolError) as info:
+        s.receive_websocket_message(7, "2", 0.1)
+    assert str(info.value) == "expected the id of the WebSocket this session opened, got 7"
+    with pytest.raises(LocalProtocolError) as info:
+        s.receive_websocket_message(1, "2", 0.1)
+    assert str(info.value) == "expected receive_websocket_open for WebSocket 1 before its messages, got a message first"
+    s.receive_websocket_open(1, 0.1)
+    with pytest.raises(LocalProtocolError) as info:
+        s.receive_websocket_open(1, 0.2)
+    assert str(info.value) == "expected one receive_websocket_open for WebSocket 1, got a second one"
+    assert s.state is SessionState.CONNECTING
+
+
+def test_a_query_while_one_streams_says_why_and_the_version_is_sent() -> None:
+    s, ws_id = connected("websocket", version="9.9")
+    assert ws_id is not None
+    s.query("hi", model="sonar", now=2.0)
+    (send,) = s.transmit()
+    assert isinstance(send, WebSocketSend) and '"version":"9.9"' in str(send.data)
+    with pytest.raises(LocalProtocolError) as info:
+        s.query("again", model="sonar", now=2.5)
+    assert str(info.value) == (
+        "cannot start a query while another one is still streaming on this session: queries run one after another"
+    )
+
+
+def test_a_polling_packet_of_exactly_the_limit_is_read_and_noops_are_skipped() -> None:
+    s, _ = connected("polling", max_message_size=50)
+    event = '2["noise","' + "x" * 37 + '"]'  # 50 characters
+    s.receive_http_response(4, 200, [], ("4" + event + "\x1e6" + "y" * 80).encode(), 2.0)
+    assert s.state is SessionState.READY
+    (get,) = s.transmit()
+    assert isinstance(get, HTTPRequest)
+    with pytest.raises(RemoteProtocolError) as info:
+        s.receive_http_response(get.request_id, 200, [], ("4" + event + " ").encode(), 3.0)
+    assert str(info.value) == (
+        "expected Engine.IO packets of at most 50 bytes (max_message_size) in a long-polling GET, got one of 51"
+    )
