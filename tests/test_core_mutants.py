@@ -634,3 +634,35 @@ def test_a_polling_packet_of_exactly_the_limit_is_read_and_noops_are_skipped() -
     assert str(info.value) == (
         "expected Engine.IO packets of at most 50 bytes (max_message_size) in a long-polling GET, got one of 51"
     )
+
+
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        ("4", "unknown packet type: expected a digit 0-6 first, got ''"),  # a message with nothing in it
+        ("0", "expected a JSON object in the Engine.IO open packet, got ''"),  # an open packet with nothing
+    ],
+)
+def test_empty_packets_say_they_are_empty(message: str, error: str) -> None:
+    s = session("websocket")
+    s.connect(0.0)
+    s.transmit()
+    s.receive_websocket_open(1, 0.1)
+    with pytest.raises(RemoteProtocolError) as info:
+        s.receive_websocket_message(1, message, 0.2)
+    assert str(info.value) == error
+
+
+def test_a_second_open_packet_is_shown() -> None:
+    s, ws_id = connected("websocket")
+    assert ws_id is not None
+    with pytest.raises(RemoteProtocolError) as info:
+        s.receive_websocket_message(ws_id, open_packet("E2"), 3.0)
+    assert str(info.value) == f"expected one Engine.IO open packet, got a second one: {open_packet('E2')[1:]!r}"
+
+
+def test_a_post_answered_with_a_long_body_shows_sixty_bytes() -> None:
+    s, post, _ = upgrade_opened()
+    with pytest.raises(RemoteProtocolError) as info:
+        s.receive_http_response(post.request_id, 200, [], b"n" * 70, 0.6)
+    assert str(info.value) == f"expected 'ok' (any case) in answer to the Socket.IO CONNECT POST, got {b'n' * 60!r}"
