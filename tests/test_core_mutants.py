@@ -666,3 +666,24 @@ def test_a_post_answered_with_a_long_body_shows_sixty_bytes() -> None:
     with pytest.raises(RemoteProtocolError) as info:
         s.receive_http_response(post.request_id, 200, [], b"n" * 70, 0.6)
     assert str(info.value) == f"expected 'ok' (any case) in answer to the Socket.IO CONNECT POST, got {b'n' * 60!r}"
+
+
+def test_a_packet_only_clients_send_is_named() -> None:
+    s, ws_id = connected("websocket")
+    assert ws_id is not None
+    with pytest.raises(RemoteProtocolError) as info:
+        s.receive_websocket_message(ws_id, "5x", 3.0)
+    assert str(info.value) == (
+        "expected an Engine.IO packet a server sends (open, close, ping, message, noop), got upgrade 'x'"
+    )
+
+
+def test_an_engineio_close_before_the_query_went_out_is_a_clean_end() -> None:
+    s = session("websocket")
+    s.connect(0.0)
+    s.query("hi", model="sonar", now=0.0)  # waits for the connect ack
+    s.transmit()
+    s.receive_websocket_open(1, 0.1)
+    s.receive_websocket_messages(1, [open_packet(), "1"], 0.2)
+    assert s.events() == [Closed(reason="Engine.IO session closed by the server")]
+    assert s.state is SessionState.CLOSED
