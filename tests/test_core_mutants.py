@@ -687,3 +687,13 @@ def test_an_engineio_close_before_the_query_went_out_is_a_clean_end() -> None:
     s.receive_websocket_messages(1, [open_packet(), "1"], 0.2)
     assert s.events() == [Closed(reason="Engine.IO session closed by the server")]
     assert s.state is SessionState.CLOSED
+
+
+def test_nothing_goes_on_the_upgrade_websocket_before_the_probe() -> None:
+    """A ping the server sends on the new WebSocket early is answered after the probe and the switch."""
+    s, post, ws = upgrade_opened()
+    s.receive_websocket_open(ws.ws_id, 0.6)
+    s.receive_websocket_message(ws.ws_id, "2", 0.65)
+    assert s.transmit() == []
+    s.receive_http_response(post.request_id, 200, [], b"ok", 0.7)
+    assert s.transmit() == [WebSocketSend(ws_id=ws.ws_id, data=data) for data in ("2probe", "5", "3")]
