@@ -697,3 +697,42 @@ def test_nothing_goes_on_the_upgrade_websocket_before_the_probe() -> None:
     assert s.transmit() == []
     s.receive_http_response(post.request_id, 200, [], b"ok", 0.7)
     assert s.transmit() == [WebSocketSend(ws_id=ws.ws_id, data=data) for data in ("2probe", "5", "3")]
+
+
+def handshake_error(body: str) -> str:
+    """The message of the error a polling handshake answered 200 with ``body`` raises."""
+    s = session("polling")
+    s.connect(0.0)
+    s.transmit()
+    with pytest.raises(RemoteProtocolError) as info:
+        s.receive_http_response(1, 200, [], body.encode(), 0.5)
+    return str(info.value)
+
+
+@pytest.mark.parametrize("digit", "123456789")
+def test_a_handshake_body_starting_with_a_digit_is_read_as_a_payload(digit: str) -> None:
+    """Any digit may start a payload (v3 bodies start with a length): the payload decides."""
+    body = digit + "x" * 70
+    if digit in "789":
+        assert handshake_error(body) == (
+            "bad packet #1 of 1 in payload: expected an Engine.IO packet starting with a type digit 0-6 or 'b', "
+            f"got {body[:60]!r}... (71 chars)"
+        )
+    else:
+        assert handshake_error(body) == f"expected the Engine.IO open packet first in the handshake GET, got {body[:60]!r}"
+    assert handshake_error(" 9").startswith("bad packet #1 of 1 in payload")  # white space first is not the hint
+
+
+@pytest.mark.parametrize(
+    ("body", "hint"),
+    [
+        ("<!DOCTYPE html><HTML><body>" + "blocked " * 10, " (an HTML page)"),
+        ("x" * 1996 + "<html>", ""),  # a tag past the first 2000 characters does not count
+        ("x" * 1995 + "<html>", " (an HTML page)"),
+        ("hello", ""),
+    ],
+)
+def test_a_handshake_body_that_is_not_engineio_says_what_it_looks_like(body: str, hint: str) -> None:
+    assert handshake_error(body) == (
+        f"expected the Engine.IO open packet '0{{...}}' from the handshake GET, got{hint} {body[:60]!r}"
+    )
