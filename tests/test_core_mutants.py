@@ -736,3 +736,20 @@ def test_a_handshake_body_that_is_not_engineio_says_what_it_looks_like(body: str
     assert handshake_error(body) == (
         f"expected the Engine.IO open packet '0{{...}}' from the handshake GET, got{hint} {body[:60]!r}"
     )
+
+
+@pytest.mark.parametrize("kind", ["str", "utf8"])
+def test_text_while_an_attachment_is_awaited_is_refused_on_the_fast_path_too(kind: str) -> None:
+    """Mid-answer, a frame that shares the previous frame's prefix still waits its turn behind the attachment."""
+    s, ws_id = connected("websocket")
+    assert ws_id is not None
+    s.query("hi", model="sonar", now=2.0)
+
+    def message(text: str) -> str | Utf8Text:
+        return text if kind == "str" else Utf8Text(text.encode())
+
+    s.receive_websocket_messages(ws_id, [message(progress("He"))], 3.0)
+    s.receive_websocket_messages(ws_id, ['451-["noise",{"_placeholder":true,"num":0}]'], 3.0)
+    with pytest.raises(RemoteProtocolError, match="got plaintext data when reconstructing a packet"):
+        s.receive_websocket_messages(ws_id, [message(progress("Hel"))], 3.0)
+    assert s.partial_text == "He"
