@@ -743,3 +743,10 @@ def test_text_while_an_attachment_is_awaited_is_refused_on_the_fast_path_too(kin
     with pytest.raises(RemoteProtocolError, match="got plaintext data when reconstructing a packet"):
         s.receive_websocket_messages(ws_id, [message(progress("Hel"))], 3.0)
     assert s.partial_text == "He"
+
+
+def test_an_empty_message_packet_on_polling_says_it_is_empty() -> None:
+    s, _ = connected("polling")
+    with pytest.raises(RemoteProtocolError) as info:
+        s.receive_http_response(4, 200, [], b"4", 2.0)
+    assert str(info.value) == "unknown packet type: expected a digit 0-6 first, got ''"
