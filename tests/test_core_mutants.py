@@ -726,6 +726,9 @@ def test_a_handshake_body_starting_with_a_digit_is_read_as_a_payload(digit: str)
 
 def test_a_handshake_body_that_is_not_engineio_shows_what_came() -> None:
     assert handshake_error("hello") == "expected the Engine.IO open packet '0{...}' from the handshake GET, got 'hello'"
+    assert handshake_error("x" * 70) == (
+        f"expected the Engine.IO open packet '0{{...}}' from the handshake GET, got {'x' * 60!r}"
+    )
 
 
 @pytest.mark.parametrize("kind", ["str", "utf8"])
