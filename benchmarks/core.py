@@ -36,7 +36,7 @@ from wsproto.events import TextMessage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from peer import Harness, open_packet, switching_protocols
+from peer import Harness, large_progress_event, open_packet, switching_protocols
 
 from plabs_proto.client import ClientConfig, LabsClient
 from plabs_proto.events import AnswerFinished
@@ -128,15 +128,7 @@ def run_floor(stream: bytes, answer: str) -> float:
 
 def event_decode_ratio(rounds: int = 15, number: int = 2000) -> float:
     """``decode_packet`` of a 2 KB progress event / the bare minimum, best of ``rounds`` each."""
-    event = {
-        "output": "The answer is é😀. " * 60,
-        "status": "pending",
-        "final": False,
-        "citations": [f"https://example.com/{i}" for i in range(20)],
-        "chunks": [f"chunk {i}" for i in range(30)],
-        "model": "sonar",
-        "nested": {"a": [1, 2.5, None, True], "b": {"c": "é😀"}},
-    }
+    event = large_progress_event()
     payload = json.dumps(["sonar_query_progress", event], separators=(",", ":"), ensure_ascii=False)
     wire = "2" + payload
 

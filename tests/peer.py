@@ -256,3 +256,16 @@ class Harness:
 
     def events(self) -> list[Event]:
         return self.client.events()
+
+
+def large_progress_event() -> dict[str, object]:
+    """A progress event of about 2 KB with citations and nested fields (tests and benchmarks/core.py)."""
+    return {
+        "output": "The answer is é😀. " * 60,
+        "status": "pending",
+        "final": False,
+        "citations": [f"https://example.com/{i}" for i in range(20)],
+        "chunks": [f"chunk {i}" for i in range(30)],
+        "model": "sonar",
+        "nested": {"a": [1, 2.5, None, True], "b": {"c": "é😀"}},
+    }

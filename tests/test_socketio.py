@@ -10,6 +10,7 @@ import pytest
 import socketio.packet as reference_packet  # python-socketio, the emulator's server side
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from peer import large_progress_event
 
 from plabs_proto import engineio
 from plabs_proto.errors import LocalProtocolError, RemoteProtocolError
@@ -591,15 +592,7 @@ def test_feed_never_raises_anything_else(frames: list[str | bytes]) -> None:
 
 
 def test_a_large_progress_event_decodes() -> None:
-    event = {
-        "output": "The answer is é😀. " * 60,
-        "status": "pending",
-        "final": False,
-        "citations": [f"https://example.com/{i}" for i in range(20)],
-        "chunks": [f"chunk {i}" for i in range(30)],
-        "model": "sonar",
-        "nested": {"a": [1, 2.5, None, True], "b": {"c": "é😀"}},
-    }
+    event = large_progress_event()
     payload = json.dumps(["sonar_query_progress", event], separators=(",", ":"), ensure_ascii=False)
     wire = "2" + payload
     assert 1900 <= len(wire) <= 2300
