@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import re
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
@@ -243,7 +244,14 @@ class _Link(LinkBase[LabsSession]):
         try:
             ws = await self._http.ws_connect(connect.url, headers=[*connect.headers, *self._extra])
         except CurlError as exc:
-            self._report(self._failed, ws_id, self._error(exc, connect.url))
+            refused = _REFUSED_UPGRADE.search(str(exc))
+            if refused is not None:
+                # The server answered with HTTP, not 101: the session names the refusal by its status
+                # (a redirect, a rate limit, ...). curl_cffi keeps that response's headers and body
+                # to itself, so a Location or Retry-After cannot be told (those fields are None).
+                self._report(self.client.receive_websocket_refused, ws_id, int(refused.group(1)), (), b"")
+            else:
+                self._report(self._failed, ws_id, self._error(exc, connect.url))
             return
         self._sockets[ws_id] = ws
         self._report(self.client.receive_websocket_open, ws_id)
@@ -327,6 +335,8 @@ class _Link(LinkBase[LabsSession]):
 
 
 _closing: set[asyncio.Task[None]] = set()
+#: libcurl's words for a WebSocket handshake answered with another status than 101.
+_REFUSED_UPGRADE = re.compile(r"Refused WebSocket upgrade: (\d{3})\b")
 
 
 # -- the public API --------------------------------------------------------------------------------

@@ -117,6 +117,25 @@ def test_the_curl_backend_raises_the_same_errors(emulator_factory: EmulatorFacto
         check(caught.value, guard, "the Engine.IO handshake (polling GET)")
 
 
+def test_the_curl_backend_names_a_refused_upgrade_by_its_status(emulator_factory: EmulatorFactory) -> None:
+    """curl_cffi hides the refusing response's headers: the class comes from the status alone."""
+    curl = pytest.importorskip("plabs_proto.backends.curl")
+    import asyncio
+    import contextlib
+
+    async def ask(url: str) -> None:
+        async with contextlib.aclosing(curl.ask("hello", server=url, transport="upgrade", timeout=10)) as answer:
+            async for _ in answer:
+                pass
+
+    for guard, kind in (("redirect", RedirectError), ("rate_limit", RateLimitedError)):
+        url = emulator_factory(**switches(guard, "upgrade")).url
+        with pytest.raises(kind) as caught:
+            asyncio.run(ask(url))
+        assert "WebSocket upgrade" in str(caught.value), caught.value
+        assert caught.value.status == (302 if guard == "redirect" else 429)
+
+
 # -- the command line ------------------------------------------------------------------------------
 
 
