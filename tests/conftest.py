@@ -25,6 +25,7 @@ import fcntl
 import functools
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -39,6 +40,13 @@ import pytest
 import trustme
 from plabs_proto.backends.emulator import EmulatorConfig, EmulatorThread
 from servers import NODE_SERVER_DIR, NodeServer, free_port, start_node_server
+
+# A shell starts a background job (`./run-tests &`, a CI step run with `&`) with SIGINT ignored, and
+# an ignored signal stays ignored in every process it starts: the tests that press Ctrl-C on a
+# `plabs` subprocess would then see it finish or hang. A handler of ours is reset to the default in
+# the programs we start, as a terminal would leave it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 PROXY_USER = "alice"
 PROXY_PASSWORD = "s3cret-pa55"  # a distinctive string: tests check that no error message contains it
