@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import h11
 
 from .errors import LocalProtocolError, RemoteProtocolError
+from .inflate import inflate_within
 
 __all__ = ["ACCEPT_ENCODING", "BodyDecoder", "HTTPChannel", "HTTPResponse", "SwitchedProtocol", "looks_like_cloudflare"]
 
@@ -155,20 +156,14 @@ class BodyDecoder:
             if data:
                 self._trailing(len(data))
             return b""
-        room = self.limit - self._size
-        try:
-            out = inflater.decompress(data, room + 1)
-        except zlib.error as exc:
-            raise RemoteProtocolError(
-                f"expected a {self.coding}-encoded HTTP body (Content-Encoding: {self.coding}), "
-                f"got bytes zlib cannot inflate: {exc}"
-            ) from None
+        out = inflate_within(
+            inflater, data, self.limit - self._size,
+            unreadable=f"expected a {self.coding}-encoded HTTP body (Content-Encoding: {self.coding}), "
+            "got bytes zlib cannot inflate",
+            too_big=f"expected an HTTP response body of at most {self.limit} bytes ({self.limit_name}) once "
+            f"inflated, got a {self.coding} body that inflates to more than that",
+        )
         self._size += len(out)
-        if self._size > self.limit or inflater.unconsumed_tail:
-            raise RemoteProtocolError(
-                f"expected an HTTP response body of at most {self.limit} bytes ({self.limit_name}) once "
-                f"inflated, got a {self.coding} body that inflates to more than that"
-            )
         if inflater.unused_data:
             self._trailing(len(inflater.unused_data))
         return out

@@ -41,6 +41,7 @@ from wsproto.frame_protocol import (
 )
 
 from .errors import LocalProtocolError, RemoteProtocolError
+from .inflate import inflate_within
 
 __all__ = [
     "DEFLATE_OFFER",
@@ -191,19 +192,13 @@ class _BoundedDeflate(PerMessageDeflate):
         inflater = self._decompressor
         if inflater is None:  # pragma: no cover - frame_inbound_header makes one for a compressed message
             raise RemoteProtocolError("expected a compressed WebSocket message to have begun, got a fragment")
-        room = self._limit - self._inflated
-        try:
-            out = inflater.decompress(data, room + 1)
-        except zlib.error as exc:
-            raise RemoteProtocolError(
-                f"expected a permessage-deflate message zlib can inflate, got one it cannot: {exc}"
-            ) from None
+        out = inflate_within(
+            inflater, data, self._limit - self._inflated,
+            unreadable="expected a permessage-deflate message zlib can inflate, got one it cannot",
+            too_big=f"expected a WebSocket message of at most {self._limit} bytes (max_message_size) once inflated, "
+            "got a compressed one that inflates to more",
+        )
         self._inflated += len(out)
-        if self._inflated > self._limit or inflater.unconsumed_tail:
-            raise RemoteProtocolError(
-                f"expected a WebSocket message of at most {self._limit} bytes (max_message_size) once inflated, "
-                f"got a compressed one that inflates to more"
-            )
         if inflater.eof and inflater.unused_data and not (last and inflater.unused_data == _TAIL):
             raise RemoteProtocolError(
                 "expected nothing after the final deflate block of a WebSocket message, "

@@ -11,18 +11,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import re
-from typing import Any
 
 import pytest
-import trio
 from conftest import EmulatorFactory, NodeFactory
-from plabs_proto.backends import asyncio as asyncio_backend
-from plabs_proto.backends import sync as sync_backend
-from plabs_proto.backends import trio as trio_backend
+from test_e2e_matrix import run_ask
 
 from plabs_proto.events import TextDelta
 from plabs_proto.trace import TraceError, TraceRecorder, make_header, parse_header, replay
@@ -43,19 +37,6 @@ class Wire:
 
     def joined(self, direction: str) -> bytes:
         return b"".join(bytes(v) for (_, d), v in sorted(self.data.items()) if d == direction)
-
-
-def run_ask(backend: str, prompt: str, **options: Any) -> str:
-    if backend == "sync":
-        with contextlib.closing(sync_backend.ask(prompt, **options)) as answer:
-            return "".join(answer)
-
-    async def main() -> str:
-        module: Any = asyncio_backend if backend == "asyncio" else trio_backend
-        async with contextlib.aclosing(module.ask(prompt, **options)) as answer:
-            return "".join([str(text) async for text in answer])
-
-    return asyncio.run(main()) if backend == "asyncio" else trio.run(main)
 
 
 def emulator_url(emulator_factory: EmulatorFactory) -> str:
