@@ -19,6 +19,9 @@ from wsproto.frame_protocol import FrameProtocol, Opcode
 from plabs_proto.client import LabsClient
 from plabs_proto.events import CloseStream, Event, OpenStream, SendBytes
 
+T = "d82c07cd"  # the first draw of random.Random(0), as the `t` cache buster
+KEY = "a6qUVePnBoLCCUysYp9vvg=="  # the second: the Sec-WebSocket-Key
+
 
 def http_response(status: int, body: bytes | str = b"", *, reason: str = "", headers: dict[str, str] | None = None,
                   close: bool = False) -> bytes:

@@ -13,9 +13,11 @@ import pytest
 from peer import (
     CHROME_CH_UA,
     CHROME_UA,
+    KEY,
     ORIGIN,
     ClientFrames,
     Harness,
+    T,
     chrome_request,
     chrome_upgrade,
     http_response,
@@ -30,8 +32,6 @@ from plabs_proto.client import ClientConfig, LabsClient
 from plabs_proto.errors import LocalProtocolError
 from plabs_proto.trace import TraceError, make_header, parse_header
 
-T = "d82c07cd"  # the first draw of random.Random(0), as the `t` cache buster
-KEY = "a6qUVePnBoLCCUysYp9vvg=="  # the second: the Sec-WebSocket-Key
 POLL = f"/socket.io/?EIO=4&transport=polling&t={T}"
 POLL_SID = POLL + "&sid=SID1"
 WS_SID = "/socket.io/?EIO=4&transport=websocket&sid=SID1"

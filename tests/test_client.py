@@ -9,9 +9,11 @@ import ssl
 import pytest
 import trustme
 from peer import (
+    KEY,
     ClientFrames,
     Harness,
     MemoryTLSServer,
+    T,
     chrome_request,
     chrome_upgrade,
     http_response,
@@ -40,8 +42,6 @@ from plabs_proto.events import (
     TextDelta,
 )
 
-T = "d82c07cd"  # the first draw of random.Random(0), as the `t` cache buster
-KEY = "a6qUVePnBoLCCUysYp9vvg=="  # the second: the Sec-WebSocket-Key
 QUERY = (
     '42["perplexity_labs",{"version":"2.18","source":"default","model":"sonar",'
     '"messages":[{"role":"user","content":"hi"}]}]'

@@ -16,14 +16,13 @@ from dataclasses import dataclass
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from peer import http_response, open_packet, progress, switching_protocols, ws_frame
+from peer import KEY, http_response, open_packet, progress, switching_protocols, ws_frame
 from wsproto.frame_protocol import Opcode
 
 from plabs_proto.client import ClientConfig, ClientState, LabsClient
 from plabs_proto.errors import LabsError
 from plabs_proto.events import CloseStream, Instruction, OpenStream, SendBytes
 
-KEY = "a6qUVePnBoLCCUysYp9vvg=="
 ACK = '40{"sid":"S1"}'
 PARTIAL = progress("sonar", {"output": "Hel", "final": False})
 TERMINAL = (ClientState.CLOSED, ClientState.ERROR)

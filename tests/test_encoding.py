@@ -19,7 +19,7 @@ import zlib
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from peer import Harness, chrome_request, http_response, open_packet, progress, switching_protocols
+from peer import KEY, Harness, T, chrome_request, http_response, open_packet, progress, switching_protocols
 from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import FrameProtocol
 
@@ -206,8 +206,6 @@ def test_fuzz_compressed_bodies_meet_only_labs_errors(
 # -- the client: Accept-Encoding offered, compressed polling bodies decoded ----------------------------
 
 
-T = "d82c07cd"  # the first draw of random.Random(0), as the `t` cache buster
-KEY = "a6qUVePnBoLCCUysYp9vvg=="  # the second: the Sec-WebSocket-Key
 POLL_SID = "/socket.io/?EIO=4&transport=polling&sid=SID1"
 
 

@@ -20,8 +20,10 @@ from conftest import EmulatorFactory
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from peer import (
+    KEY,
     ClientFrames,
     Harness,
+    T,
     chrome_request,
     chrome_upgrade,
     http_response,
@@ -39,8 +41,6 @@ from plabs_proto.events import AnswerFinished, TextDelta
 from plabs_proto.jsondepth import MAX_DEPTH, check_depth, too_deep
 from plabs_proto.labs import AnswerDecoder, CumulativeFrameReader, build_request
 
-T = "d82c07cd"  # the first draw of random.Random(0), as the `t` cache buster
-KEY = "a6qUVePnBoLCCUysYp9vvg=="  # the second: the Sec-WebSocket-Key
 DEEP = "[" * 100_000
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

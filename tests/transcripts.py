@@ -33,7 +33,16 @@ from dataclasses import dataclass, field, replace
 from functools import cache
 
 import trustme
-from peer import Harness, MemoryTLSServer, http_response, open_packet, progress, switching_protocols, ws_frame
+from peer import (
+    KEY,
+    Harness,
+    MemoryTLSServer,
+    http_response,
+    open_packet,
+    progress,
+    switching_protocols,
+    ws_frame,
+)
 
 from plabs_proto.client import ClientConfig, ClientState, LabsClient
 from plabs_proto.errors import LabsError, LocalProtocolError
@@ -47,7 +56,6 @@ from plabs_proto.events import (
     TextDelta,
 )
 
-KEY = "a6qUVePnBoLCCUysYp9vvg=="  # the Sec-WebSocket-Key random.Random(0) gives the client
 TRANSPORTS = ("upgrade", "websocket", "polling")
 PROXIES = (None, "http", "socks5")
 #: The most CPU time any one call into the client may take, in seconds: generous, far below what
