@@ -9,17 +9,18 @@ backend steps them with :func:`~._seam.run_blocking`, as its driver never suspen
 from __future__ import annotations
 
 import contextlib
+import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, Generic, TypeAlias, TypeVar, cast
 
-from plabs_proto.client import ClientState, Tracer
+from plabs_proto.client import ClientConfig, ClientState, LabsClient, Tracer
 from plabs_proto.errors import LocalProtocolError, ResponseError
 from plabs_proto.events import AnswerFinished, AnswerRevised, Connected, Event, TextDelta
 
-from ._config import DEFAULT_MODEL, Messages, announce_seed, to_messages
+from ._config import DEFAULT_MODEL, Messages, announce_seed, make_rng, to_messages
 from ._errors import check_event, opened
-from ._link import Core, LinkBase, SessionBase
+from ._link import Core, LinkBase
 from ._text import AnswerText
 
 __all__ = ["AsyncAnswer", "AsyncLink", "AsyncQuery", "AsyncSession", "OneReader"]
@@ -247,13 +248,30 @@ class AsyncQuery(OneReader[Event]):
                 _release(self._link.close)
 
 
-class AsyncSession(SessionBase[Core], ABC):
+class AsyncSession(ABC, Generic[Core]):
     """One Labs connection for several queries, run one after another (``async with``).
 
     Backends subclass it and say how to make the connection driver (:meth:`_new_link`).
     """
 
-    _link: AsyncLink | None
+    _link: AsyncLink | None = None  # the connection driver once open; read by __del__
+
+    def __init__(self, config: ClientConfig, *, tracer: Tracer | None = None, seed: int | None = None) -> None:
+        rng, self.seed = make_rng(tracer, seed)
+        self._client: Core = self._new_core(config, rng, tracer)
+        self._tracer = tracer
+        self._busy = False
+        #: The ``Connected`` event, once the session is open.
+        self.connected: Connected | None = None
+
+    def _new_core(self, config: ClientConfig, rng: random.Random, tracer: Tracer | None) -> Core:
+        """The sans-IO core of this session (a :class:`LabsClient` unless a backend says otherwise)."""
+        return LabsClient(config, rng=rng, tracer=tracer)  # type: ignore[return-value]
+
+    @property
+    def client(self) -> Core:
+        """The sans-IO client underneath (its state, partial text, transport)."""
+        return self._client
 
     @abstractmethod
     def _new_link(self) -> AsyncLink:
@@ -305,8 +323,12 @@ class AsyncSession(SessionBase[Core], ABC):
         """
         link = self._link
         if link is None:
-            raise LocalProtocolError("cannot query: the session is not open (use `async with connect(...)`)")
-        self._check_idle()
+            raise LocalProtocolError("cannot query: the session is not open (open it, or use it as a context manager)")
+        if self._busy:
+            raise LocalProtocolError(
+                "cannot start a query while another one is still streaming on this session: "
+                "queries run one after another"
+            )
         messages = to_messages(messages)
         self._busy = True
         return AsyncQuery(self, link, messages, model)

@@ -1,30 +1,26 @@
-"""What every backend's connection driver ("link") and session share, with no I/O of its own.
+"""What every backend's connection driver ("link") shares, with no I/O of its own.
 
 * :class:`LinkBase`: the bookkeeping around the sans-IO core a link runs (a
   :class:`~plabs_proto.client.LabsClient`, or the curl backend's
   :class:`~plabs_proto.session.LabsSession`): events waiting for the consumer, the
   first error, closing everything once it is kept;
-* :class:`SessionBase`: what a ``Session`` holds (its core, seed, tracer, whether a query runs);
 * :func:`read_buffer`: the one read buffer a thread's connections share.
 """
 
 from __future__ import annotations
 
-import random
 import threading
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from plabs_proto.client import ClientConfig, LabsClient, Tracer
+from plabs_proto.client import LabsClient
 from plabs_proto.errors import LocalProtocolError
-from plabs_proto.events import Connected, Event
+from plabs_proto.events import Event
 from plabs_proto.session import LabsSession
 
-from ._config import make_rng
-
-__all__ = ["READ_SIZE", "Core", "LinkBase", "SessionBase", "read_buffer"]
+__all__ = ["READ_SIZE", "Core", "LinkBase", "read_buffer"]
 
 #: Bytes read from a socket at a time: as much as fits under glibc's default mmap threshold
 #: (128 KiB), so the bytes object a read becomes comes from the heap, not from a fresh mmap
@@ -124,34 +120,3 @@ class LinkBase(ABC, Generic[Core]):
     @abstractmethod
     def _shutdown(self) -> None:
         """Close every connection at once."""
-
-
-class SessionBase(Generic[Core]):
-    """What every backend's ``Session`` holds: its core, seed, tracer and whether a query runs."""
-
-    _link: Any = None  # the backend's connection driver once open (subclasses say which); read by __del__
-
-    def __init__(self, config: ClientConfig, *, tracer: Tracer | None = None, seed: int | None = None) -> None:
-        rng, self.seed = make_rng(tracer, seed)
-        self._client: Core = self._new_core(config, rng, tracer)
-        self._tracer = tracer
-        self._busy = False
-        #: The ``Connected`` event, once the session is open.
-        self.connected: Connected | None = None
-
-    def _new_core(self, config: ClientConfig, rng: random.Random, tracer: Tracer | None) -> Core:
-        """The sans-IO core of this session (a :class:`LabsClient` unless a backend says otherwise)."""
-        return LabsClient(config, rng=rng, tracer=tracer)  # type: ignore[return-value]
-
-    @property
-    def client(self) -> Core:
-        """The sans-IO client underneath (its state, partial text, transport)."""
-        return self._client
-
-    def _check_idle(self) -> None:
-        """Raise :class:`LocalProtocolError` while a query of this session is still streaming."""
-        if self._busy:
-            raise LocalProtocolError(
-                "cannot start a query while another one is still streaming on this session: "
-                "queries run one after another"
-            )

@@ -31,13 +31,12 @@ import threading
 import time
 from collections.abc import Generator, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 from plabs_proto.client import ClientConfig, LabsClient, Tracer
-from plabs_proto.errors import LocalProtocolError
 from plabs_proto.events import AnswerFinished, AnswerRevised, Connected, Event, TextDelta
 
-from ._async_api import AsyncSession, OneReader
+from ._async_api import AsyncQuery, AsyncSession
 from ._config import (
     DEFAULT_MODEL,
     AskOptions,
@@ -57,8 +56,6 @@ if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; only type checkers read it h
     from typing import Unpack
 
 __all__ = ["Session", "ask", "connect"]
-
-T = TypeVar("T")
 
 
 class _SocketStream(Stream):
@@ -269,24 +266,6 @@ def _answer(
         yield rest
 
 
-def _stepped(stream: OneReader[T]) -> Generator[T, None, None]:
-    """A shared async stream (a query), stepped synchronously: its driver never
-    suspends (see :func:`run_blocking`).  Leaving the generator closes the stream.
-
-    It steps ``_next`` itself, not ``__anext__``: a generator cannot be read twice at
-    once anyway, and one coroutine less per item is CPU per frame.
-    """
-    try:
-        while not stream._done:
-            try:
-                item = run_blocking(stream._next())
-            except StopAsyncIteration:
-                return
-            yield item
-    finally:
-        run_blocking(stream.aclose())
-
-
 class _Session(AsyncSession[LabsClient]):
     """The shared session over the blocking driver, whose helper thread idles between queries."""
 
@@ -341,16 +320,20 @@ class Session:
         (the session stays usable); any other error, or leaving before
         ``AnswerFinished``, closes the session.  Raises
         :class:`~plabs_proto.errors.LocalProtocolError` at once when the session is
-        not open or another query on it is still streaming (and at the first
-        ``next()`` when another query started meanwhile).
+        not open or another query on it is still streaming.
         """
-        if self._session._link is None:
-            raise LocalProtocolError("cannot query: the session is not open (use `with connect(...)`)")
-        self._session._check_idle()
-        return self._query(to_messages(messages), model)
+        return self._events(self._session.query(messages, model=model))
 
-    def _query(self, messages: Messages, model: str) -> Generator[Event, None, None]:
-        yield from _stepped(self._session.query(messages, model=model))
+    @staticmethod
+    def _events(query: AsyncQuery) -> Generator[Event, None, None]:
+        # Steps the shared query's ``_next`` (its driver never suspends, see run_blocking), not
+        # ``__anext__``: a generator cannot be read twice at once anyway, and one coroutine less
+        # per event is CPU per frame.  Leaving the generator closes the query.
+        try:
+            while not query._done:
+                yield run_blocking(query._next())
+        finally:
+            run_blocking(query.aclose())
 
     def close(self) -> None:
         """Close the session (politely when it is healthy); idempotent."""
