@@ -130,9 +130,9 @@ class AsyncAnswer(OneReader[str]):
                 announce_seed(self._tracer, self._seed, link.now())
                 link.command(link.client.connect)
                 link.command(link.client.query, self._messages, model=self._model)
-            client = link.client
-            while True:
-                event = await link.next_event()
+            client, events = link.client, link.events
+            while True:  # nothing else reads this link: queued events are taken without a coroutine
+                event = events.popleft() if events else await link.next_event()
                 kind = type(event)
                 if kind is TextDelta or kind is AnswerRevised:
                     text = self._text.take(event)

@@ -31,31 +31,30 @@ import threading
 import time
 from collections.abc import Generator, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from plabs_proto.client import ClientConfig, LabsClient, Tracer
-from plabs_proto.events import AnswerFinished, AnswerRevised, Connected, Event, TextDelta
+from plabs_proto.events import Connected, Event
 
-from ._async_api import AsyncQuery, AsyncSession
+from ._async_api import AsyncAnswer, AsyncSession, OneReader
 from ._config import (
     DEFAULT_MODEL,
     AskOptions,
     Messages,
     SessionOptions,
-    announce_seed,
     parse_options,
     to_messages,
 )
 from ._driver import Driver
-from ._errors import check_event
 from ._link import read_buffer
 from ._seam import GRACE, Network, Stream, run_blocking
-from ._text import AnswerText
 
 if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; only type checkers read it here
     from typing import Unpack
 
 __all__ = ["Session", "ask", "connect"]
+
+T = TypeVar("T")
 
 
 class _SocketStream(Stream):
@@ -184,13 +183,6 @@ class _Link(Driver):
         self._idler: threading.Thread | None = None
         self._idle_stop = False
 
-    def next_event_now(self) -> Event:
-        """The next event; the kept error once the events before it are taken."""
-        events = self.events
-        if events:
-            return events.popleft()
-        return run_blocking(self.next_event())
-
     def start_idling(self) -> None:
         """Answer the server's pings in a helper thread until :meth:`stop_idling` (between queries)."""
         if self._idler is None and not self.finished:
@@ -234,36 +226,24 @@ def ask(prompt_or_messages: Messages, **options: Unpack[AskOptions]) -> Generato
     messages = to_messages(prompt_or_messages)
     opts = parse_options(options, with_model=True)
     client, used_seed = opts.new_client()
-    return _answer(client, messages, opts.model, opts.tracer, used_seed)
+    return _stepped(AsyncAnswer(lambda: _Link(client), messages, opts.model, opts.tracer, used_seed))
 
 
-def _answer(
-    client: LabsClient, messages: Messages, model: str, tracer: Tracer | None, seed: int | None
-) -> Generator[str, None, None]:
-    # AsyncAnswer._next written out for blocking use: stepping the shared AsyncAnswer with
-    # run_blocking costs two coroutines per frame, about 6% more instructions per frame
-    # (benchmarks/cpu_per_frame.py), past the 5% a backend may cost (issue 9).
-    link = _Link(client)
-    answer = AnswerText()
+def _stepped(stream: OneReader[T]) -> Generator[T, None, None]:
+    """A shared answer or query, stepped synchronously (its driver never suspends, see
+    :func:`run_blocking`); leaving the generator closes it.
+
+    It steps ``_next``, not ``__anext__``: a generator cannot be read twice at once
+    anyway, and one coroutine less per item is CPU per frame.
+    """
     try:
-        announce_seed(tracer, seed, time.monotonic())
-        link.command(client.connect)
-        link.command(client.query, messages, model=model)
-        while True:
-            event = link.events.popleft() if link.events else run_blocking(link.next_event())
-            kind = type(event)
-            if kind is TextDelta or kind is AnswerRevised:
-                text = answer.take(event)
-                if text:
-                    yield text
-            elif check_event(event, partial_text=client.partial_text, partial_reasoning=client.partial_reasoning):
-                break
+        while not stream._done:
+            try:
+                yield run_blocking(stream._next())
+            except StopAsyncIteration:
+                return
     finally:
-        link.close()
-    assert isinstance(event, AnswerFinished)
-    rest = answer.finish(event)  # raises AnswerRewrittenError when the text was rewritten
-    if rest:
-        yield rest
+        run_blocking(stream.aclose())
 
 
 class _Session(AsyncSession[LabsClient]):
@@ -322,18 +302,7 @@ class Session:
         :class:`~plabs_proto.errors.LocalProtocolError` at once when the session is
         not open or another query on it is still streaming.
         """
-        return self._events(self._session.query(messages, model=model))
-
-    @staticmethod
-    def _events(query: AsyncQuery) -> Generator[Event, None, None]:
-        # Steps the shared query's ``_next`` (its driver never suspends, see run_blocking), not
-        # ``__anext__``: a generator cannot be read twice at once anyway, and one coroutine less
-        # per event is CPU per frame.  Leaving the generator closes the query.
-        try:
-            while not query._done:
-                yield run_blocking(query._next())
-        finally:
-            run_blocking(query.aclose())
+        return _stepped(self._session.query(messages, model=model))
 
     def close(self) -> None:
         """Close the session (politely when it is healthy); idempotent."""
