@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import cast
 
 from plabs_proto.client import LabsClient
@@ -46,6 +46,8 @@ class Driver(LinkBase[LabsClient]):
         self.error: BaseException | None = None
         self.finished = False
         self._pumping = False
+        self._idler: Callable[[], Awaitable[object]] | None = None  # awaits the idle pumping's end
+        self._idle_stop = False
 
     async def next_event(self) -> Event:
         """The next event; the kept error once the events before it are taken."""
@@ -62,6 +64,22 @@ class Driver(LinkBase[LabsClient]):
         """
         with contextlib.suppress(Exception):
             await self._pump(stop)
+
+    def start_idling(self) -> None:
+        """Answer the server's pings between queries: :meth:`pump_idle` in the background
+        (as the network runs it: a task, a thread) until :meth:`stop_idling`."""
+        if self._idler is None and not self.finished:
+            self._idle_stop = False
+            self._idler = self.network.start(self.pump_idle(lambda: self._idle_stop))
+
+    async def stop_idling(self) -> None:
+        """Stop the idle pumping (waking its wait; a write or connect under way is finished first)."""
+        idler = self._idler
+        if idler is not None:
+            self._idle_stop = True
+            self.network.wake()
+            await idler()
+            self._idler = None
 
     async def _pump(self, stop: Callable[[], bool] | None) -> Event | None:
         if self._pumping:

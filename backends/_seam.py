@@ -24,7 +24,7 @@ as :class:`~plabs_proto.errors.NetworkError`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 __all__ = ["GRACE", "Network", "Stream", "run_blocking"]
@@ -76,6 +76,15 @@ class Network(ABC):
     @abstractmethod
     async def send_last(self, stream: Stream, data: bytes, deadline: float) -> None:
         """The polite close's write: sent until ``deadline`` even inside a cancelled task; errors ignored."""
+
+    def start(self, work: Coroutine[Any, Any, None]) -> Callable[[], Awaitable[object]] | None:
+        """Run ``work`` in the background (a task, a thread); return what awaits its end.
+
+        The driver idles this way between a session's queries.  None: this network runs
+        nothing in the background (then ``work`` is closed unstarted), the default.
+        """
+        work.close()
+        return None
 
     @abstractmethod
     def wake(self) -> None:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from plabs_proto.client import LabsClient
@@ -202,6 +202,12 @@ class AsyncioNetwork(Network):
     async def send_last(self, stream: Stream, data: bytes, deadline: float) -> None:
         await stream.send_all(data, deadline)  # the transport's close() writes it out before closing
 
+    def start(self, work: Coroutine[Any, Any, None]) -> Callable[[], Awaitable[object]]:
+        task = self.loop.create_task(work)
+        _idlers.add(task)
+        task.add_done_callback(_idlers.discard)
+        return lambda: asyncio.wait([task])
+
     async def closed(self) -> None:
         """Wait (at most :data:`_CLOSE_WAIT` s) until every connection is really closed; abort the rest."""
         if self.open:
@@ -214,31 +220,12 @@ class AsyncioNetwork(Network):
 
 
 class _Link(Driver):
-    """The one driver over asyncio, with the task that idles between a session's queries."""
+    """The one driver over asyncio, which stops the network's timer when it closes."""
 
     network: AsyncioNetwork
 
     def __init__(self, client: LabsClient) -> None:
         super().__init__(client, AsyncioNetwork())
-        self._idler: asyncio.Task[None] | None = None
-        self._idle_stop = False
-
-    def start_idling(self) -> None:
-        """Answer the server's pings in a task of its own until :meth:`stop_idling` (between queries)."""
-        if self._idler is None and not self.finished:
-            self._idle_stop = False
-            self._idler = idler = self.network.loop.create_task(self.pump_idle(lambda: self._idle_stop))
-            _idlers.add(idler)
-            idler.add_done_callback(_idlers.discard)
-
-    async def stop_idling(self) -> None:
-        """Stop the idle task (waking its wait; a connect it makes is finished first)."""
-        idler = self._idler
-        if idler is not None:
-            self._idle_stop = True
-            self.network.wake()
-            await asyncio.wait([idler])
-            self._idler = None
 
     def close(self) -> None:
         super().close()

@@ -29,9 +29,9 @@ import selectors
 import socket
 import threading
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from plabs_proto.client import ClientConfig, LabsClient, Tracer
 from plabs_proto.events import Connected, Event
@@ -152,6 +152,16 @@ class SelectorNetwork(Network):
         with contextlib.suppress(OSError):
             await stream.send_all(data, deadline)
 
+    def start(self, work: Coroutine[Any, Any, None]) -> Callable[[], Awaitable[object]]:
+        thread = threading.Thread(target=run_blocking, args=(work,), name="plabs-heartbeats", daemon=True)
+        thread.start()
+
+        async def join() -> None:
+            if thread is not threading.current_thread():  # a collector's __del__ may run in the thread itself
+                thread.join()
+
+        return join
+
     def forget(self, sock: socket.socket) -> None:
         with contextlib.suppress(KeyError, ValueError):
             self.selector.unregister(sock)
@@ -173,35 +183,12 @@ class SelectorNetwork(Network):
 
 
 class _Link(Driver):
-    """The one driver over blocking sockets, stepped synchronously (see :func:`run_blocking`),
-    with the helper thread that idles between queries."""
+    """The one driver over blocking sockets, stepped synchronously (see :func:`run_blocking`)."""
 
     network: SelectorNetwork
 
     def __init__(self, client: LabsClient) -> None:
         super().__init__(client, SelectorNetwork())
-        self._idler: threading.Thread | None = None
-        self._idle_stop = False
-
-    def start_idling(self) -> None:
-        """Answer the server's pings in a helper thread until :meth:`stop_idling` (between queries)."""
-        if self._idler is None and not self.finished:
-            self._idle_stop = False
-            self._idler = threading.Thread(target=self._idle, name="plabs-heartbeats", daemon=True)
-            self._idler.start()
-
-    def _idle(self) -> None:
-        run_blocking(self.pump_idle(lambda: self._idle_stop))
-
-    async def stop_idling(self) -> None:
-        """Stop the helper thread (waking its wait; a write it makes is finished first)."""
-        idler = self._idler
-        if idler is not None:
-            self._idle_stop = True
-            self.network.wake()
-            if idler is not threading.current_thread():  # a collector's __del__ may run in the idler itself
-                idler.join()
-            self._idler = None
 
     async def aclose(self) -> None:
         """Close politely if still healthy (writes bounded in time), then close every socket."""

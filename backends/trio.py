@@ -28,7 +28,7 @@ import contextlib
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import trio
@@ -123,10 +123,14 @@ class _TrioStream(Stream):
 
 
 class TrioNetwork(Network):
-    """The seam on trio: ``open_tcp_stream``, ``send_all``, ``receive_some`` under cancel scopes."""
+    """The seam on trio: ``open_tcp_stream``, ``send_all``, ``receive_some`` under cancel scopes.
 
-    def __init__(self) -> None:
+    ``nursery()`` gives the nursery background work runs in (None: none, the work is not run).
+    """
+
+    def __init__(self, nursery: Callable[[], trio.Nursery | None] = lambda: None) -> None:
         self._waiting: trio.CancelScope | None = None  # the wait under way, which wake() cancels
+        self.nursery = nursery
 
     def now(self) -> float:
         return trio.current_time()
@@ -176,6 +180,24 @@ class TrioNetwork(Network):
         with trio.CancelScope(shield=True, deadline=deadline), contextlib.suppress(OSError):
             await stream.send_all(data, None)
 
+    def start(self, work: Coroutine[Any, Any, None]) -> Callable[[], Awaitable[object]] | None:
+        nursery, done = self.nursery(), trio.Event()
+
+        async def run() -> None:
+            try:
+                await work
+            finally:
+                done.set()
+
+        try:
+            if nursery is None:
+                raise RuntimeError("no nursery")
+            nursery.start_soon(run)
+        except RuntimeError:  # none, or it is closing: the work is not run
+            work.close()
+            return None
+        return done.wait
+
 
 # -- the public API --------------------------------------------------------------------------------
 
@@ -217,39 +239,9 @@ class Session(AsyncSession[LabsClient]):
         super().__init__(config, tracer=tracer, seed=seed)
         self._nursery_manager: Any = None
         self._nursery: trio.Nursery | None = None
-        self._idling: trio.Event | None = None  # set when the idle task has ended
-        self._idle_stop = False
 
     def _new_link(self) -> Driver:
-        return Driver(self._client, TrioNetwork())
-
-    def _start_idling(self) -> None:
-        link = self._link
-        nursery = self._nursery
-        if nursery is None or self._idling is not None or self._busy or not isinstance(link, Driver) or link.finished:
-            return
-        self._idle_stop = False
-        self._idling = trio.Event()
-        try:
-            nursery.start_soon(self._idle, link, self._idling)
-        except RuntimeError:  # the nursery is closing
-            self._idling = None
-
-    async def _idle(self, link: Driver, done: trio.Event) -> None:
-        try:
-            await link.pump_idle(lambda: self._idle_stop)
-        finally:
-            done.set()
-
-    async def _stop_idling(self) -> None:
-        idling = self._idling
-        if idling is None:
-            return
-        self._idle_stop = True
-        if isinstance(self._link, Driver):
-            self._link.network.wake()
-        await idling.wait()
-        self._idling = None
+        return Driver(self._client, TrioNetwork(lambda: self._nursery))
 
     def keep_alive(self) -> _KeepAlive:
         """An async context manager inside which this session answers the server's pings
@@ -286,7 +278,6 @@ class Session(AsyncSession[LabsClient]):
         if nursery is not None and manager is not None:
             nursery.cancel_scope.cancel()  # the idle task, if still there, ends (its Cancelled stays inside)
             await manager.__aexit__(None, None, None)
-            self._idling = None
 
 
 class _KeepAlive:
