@@ -26,12 +26,8 @@ from ._text import AnswerText
 __all__ = ["AsyncAnswer", "AsyncLink", "AsyncQuery", "AsyncSession", "OneReader"]
 
 
-# -- the async answer stream and session, shared by every backend -----------------------------------
-#
-# They are classes rather than async generators: trio warns (ResourceWarning) about every
-# async generator collected before it was exhausted, and an abandoned answer must not warn.
-# An object can close its sockets synchronously from __del__ instead.
-
+# They are classes rather than async generators: trio warns (ResourceWarning) about every async
+# generator collected unfinished, and an object can close its sockets synchronously from __del__.
 
 #: What a backend's connection driver offers the classes below (its core is a LabsClient or a LabsSession).
 AsyncLink: TypeAlias = LinkBase[Any]
@@ -43,8 +39,6 @@ def _release(close: Callable[[], None]) -> None:
 
 
 T = TypeVar("T")
-
-
 R = TypeVar("R", bound="OneReader[Any]")
 S = TypeVar("S", bound="AsyncSession[Any]")
 
@@ -100,12 +94,7 @@ class AsyncAnswer(OneReader[str]):
     _what = "one answer"
 
     def __init__(
-        self,
-        make_link: Callable[[], AsyncLink],
-        messages: Messages,
-        model: str,
-        tracer: Tracer | None,
-        seed: int | None,
+        self, make_link: Callable[[], AsyncLink], messages: Messages, model: str, tracer: Tracer | None, seed: int | None
     ) -> None:
         self._make_link = make_link
         self._messages = messages
@@ -114,13 +103,6 @@ class AsyncAnswer(OneReader[str]):
         self._seed = seed
         self._link: AsyncLink | None = None
         self._text = AnswerText()
-        self._done = False
-        self._reading = False
-
-    @property
-    def seed(self) -> int | None:
-        """The seed of the client's randomness (None: system randomness)."""
-        return self._seed
 
     async def _next(self) -> str:
         link = self._link
@@ -187,8 +169,6 @@ class AsyncQuery(OneReader[Event]):
         self._messages = messages
         self._model = model
         self._started = False
-        self._done = False
-        self._reading = False
 
     async def _next(self) -> Event:
         link = self._link

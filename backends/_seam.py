@@ -1,24 +1,15 @@
 """The network seam: the little a driver needs from a network, and nothing more.
 
-In the spirit of httpcore's ``NetworkStream``/``NetworkBackend``, shaped for this
-client: it opens TCP connections, writes to them, closes them, and waits for the
-first of several connections to have bytes (or for a deadline).  The driver in
-:mod:`._driver` runs the sans-IO client over any :class:`Network`:
+In the spirit of httpcore's ``NetworkStream``/``NetworkBackend``, shaped for this client:
+open TCP connections, write, close, and wait for the first of several connections to have
+bytes (or a deadline).  The driver (:mod:`._driver`) runs over any :class:`Network`:
+asyncio protocols (:mod:`.asyncio`), trio sockets (:mod:`.trio`), blocking sockets and one
+selector (:mod:`.sync`), or connections in memory with a fake clock (``tests/memory_network.py``).
 
-* :class:`~.asyncio.AsyncioNetwork` (asyncio protocols, the asyncio backend);
-* :class:`~.trio.TrioNetwork` (trio sockets, the trio backend);
-* :class:`~.sync.SelectorNetwork` (blocking stdlib sockets and one selector, the sync backend);
-* ``tests/memory_network.py``: connections in memory and a fake clock, so the
-  driver's own tests run without sockets or sleeps.
-
-Every method is ``async``, also on the blocking network, whose methods block and
-never suspend: the sync backend runs the one driver with :func:`run_blocking`,
-which steps a coroutine that never awaits anything that suspends.  One loop, in
-one place, serves them all.
-
-Deadlines are absolute times on :meth:`Network.now`'s clock (``None``: none).
-Failures are :class:`OSError` (the network says which); the driver words them
-as :class:`~plabs_proto.errors.NetworkError`.
+Every method is ``async``, also on the blocking network, whose methods never suspend:
+:func:`run_blocking` steps the driver's coroutines there, so one loop serves all.
+Deadlines are absolute times on :meth:`Network.now`'s clock (``None``: none); failures
+are :class:`OSError`, which the driver words as :class:`~plabs_proto.errors.NetworkError`.
 """
 
 from __future__ import annotations

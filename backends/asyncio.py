@@ -1,25 +1,15 @@
 """The asyncio backend: :func:`ask`, :func:`connect` and the gpt4free-style :class:`PerplexityLabs`.
 
-It runs the one driver (:mod:`._driver`) over :class:`AsyncioNetwork`, the network
-seam (:mod:`._seam`) on asyncio, in the consumer's own task, as the trio backend
-does.  Every TCP connection is an :class:`asyncio.BufferedProtocol` whose callbacks
-only keep what arrives (and wake the driver); the driver takes it when it waits
-for input, feeds the client, carries out ``transmit()`` and fires ``handle_timer``
-at the client's ``get_timer()`` deadline.  A connection that has more than
-:data:`HIGH_WATER` bytes waiting is paused until the driver takes them, so a
-consumer that reads slowly holds bounded memory.  (Pushing every read straight
-into the client from the callbacks, aioquic-style, as this backend once did,
-measured no cheaper per frame in benchmarks/cpu_per_frame.py.)
+It runs the one driver (:mod:`._driver`) over :class:`AsyncioNetwork`, the network seam
+(:mod:`._seam`) on asyncio, in the consumer's own task.  Each TCP connection is an
+:class:`asyncio.BufferedProtocol` whose callbacks only keep what arrives (and wake the
+driver); past :data:`HIGH_WATER` bytes waiting, reading pauses until the driver takes them,
+so a consumer that reads slowly holds bounded memory.  Between a session's queries a task
+of its own answers the server's pings.
 
-Between the queries of a :class:`Session` a task of its own runs the driver's
-``pump_idle``, so the server's pings are answered however long the session idles;
-a query stops that task (waking its wait) before it reads.
-
-Leaving an answer early (``break``, an exception, cancellation) closes the
-connection: at once on an exception or cancellation, and when the iterator is
-collected after a ``break`` (right away in CPython, as nothing else refers to
-it).  To close at a known point, use it as an async context manager (or
-:func:`contextlib.aclosing`)::
+Leaving an answer early (``break``, an exception, cancellation) closes the connection:
+at once on an exception or cancellation, after a ``break`` when the iterator is collected
+(at once in CPython).  To close at a known point, use it as an async context manager::
 
     async with ask("Hello", model="sonar") as answer:
         async for text in answer:

@@ -1,25 +1,18 @@
 """The blocking backend: :func:`ask` and :func:`connect` on stdlib sockets and :mod:`selectors`.
 
-It runs the one driver (:mod:`._driver`) over :class:`SelectorNetwork`, the network
-seam (:mod:`._seam`) on stdlib sockets: connects block until the client's
-``get_timer()`` deadline (``time.monotonic()`` clock; host names are resolved with
-a blocking ``getaddrinfo``, outside the deadlines), reads wait in one selector
-for the first connection that has bytes, or the deadline, where the driver calls
-``handle_timer``.  The driver's coroutines never suspend on this network, so
-:func:`~._seam.run_blocking` steps them to the end, and with them the answer,
-query and session the async backends share (:mod:`._async_api`): ``ask`` and
-:class:`Session` are those, stepped synchronously.
+It runs the one driver (:mod:`._driver`) over :class:`SelectorNetwork`, the network seam
+(:mod:`._seam`) on blocking sockets (``time.monotonic()`` clock; host names resolved by a
+blocking ``getaddrinfo``, outside the deadlines).  The driver never suspends on it, so
+:func:`~._seam.run_blocking` steps the answer, query and session the async backends share
+(:mod:`._async_api`) synchronously.
 
-Between the queries of a :class:`Session`, a helper thread runs the driver's
-``pump_idle`` so the server's pings are answered however long the session idles
-(answering them only at the next call would let Engine.IO's ``pingInterval +
-pingTimeout``, 45 s on Labs, pass).  The thread touches the client only while the
-session idles: a query wakes it and waits for it to end before reading.
+Between a session's queries a helper thread answers the server's pings (answering them
+only at the next call would let ``pingInterval + pingTimeout``, 45 s on Labs, pass); it
+touches the client only while the session idles.
 
-Leaving an answer early closes every socket: at once when an error or Ctrl-C
-interrupts the wait; after a ``break``, when the generator is dropped (at once
-in CPython when nothing else refers to it).  ``contextlib.closing(ask(...))``
-closes it at a known point.
+Leaving an answer early closes every socket: at once on an error or Ctrl-C; after a
+``break``, when the generator is dropped (at once in CPython).
+``contextlib.closing(ask(...))`` closes it at a known point.
 """
 
 from __future__ import annotations

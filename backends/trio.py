@@ -1,25 +1,15 @@
 """The trio backend: :func:`ask` and :func:`connect`.
 
-It runs the one driver (:mod:`._driver`) over :class:`TrioNetwork`, the network
-seam (:mod:`._seam`) on trio, in the consumer's own task: to get the next event,
-the driver carries out ``transmit()`` (opening connections with
-``trio.open_tcp_stream``, writing with ``send_all``), then reads from the
-connection (or from each connection, in a short-lived nursery, on the polling
-transport) until the client's ``get_timer()`` deadline, where it calls
-``handle_timer(trio.current_time())``.  No nursery or cancel scope is ever held
-across a ``yield``, so the generators are safe to abandon, and no
-ExceptionGroup escapes.
+It runs the one driver (:mod:`._driver`) over :class:`TrioNetwork`, the network seam
+(:mod:`._seam`) on trio, in the consumer's own task.  No nursery or cancel scope is held
+across a ``yield``, and no ExceptionGroup escapes.  Between a session's queries a task in
+the session's own nursery answers the server's pings (see :class:`Session`).
 
-Between the queries of a :class:`Session` (``async with connect(...)``), a task
-in the session's own nursery runs the driver's ``pump_idle``, so the server's
-pings are answered however long the session idles; a query stops that task
-(waking its wait, never interrupting a write) before it reads.
-
-Leaving an answer early (``break``, an exception, cancellation) closes the
-connection; its sockets are closed synchronously, so even an iterator that is
-just dropped leaks nothing and warns about nothing (``ask`` and ``query`` return
-iterator objects, not async generators, which trio would warn about).  Use
-them as async context managers to close at a known point.
+Leaving an answer early (``break``, an exception, cancellation) closes the connection;
+its sockets close synchronously, so even an iterator that is just dropped leaks nothing
+and warns about nothing (``ask`` and ``query`` return iterator objects, not async
+generators, which trio would warn about).  Use them as async context managers to close
+at a known point.
 """
 
 from __future__ import annotations
@@ -28,7 +18,7 @@ import contextlib
 import math
 import os
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import trio
@@ -237,67 +227,51 @@ class Session(AsyncSession[LabsClient]):
 
     def __init__(self, config: ClientConfig, *, tracer: Tracer | None = None, seed: int | None = None) -> None:
         super().__init__(config, tracer=tracer, seed=seed)
-        self._nursery_manager: Any = None
         self._nursery: trio.Nursery | None = None
+        self._kept: contextlib.AbstractAsyncContextManager[Session] | None = None  # async with's keep_alive()
 
     def _new_link(self) -> Driver:
         return Driver(self._client, TrioNetwork(lambda: self._nursery))
 
-    def keep_alive(self) -> _KeepAlive:
+    @contextlib.asynccontextmanager
+    async def keep_alive(self) -> AsyncIterator[Session]:
         """An async context manager inside which this session answers the server's pings
         between queries (from a task in a nursery of its own), whoever opened it, and in
         whatever task its queries run.  Leaving it stops that (it does not close the
         session).  ``async with session:`` does this for you."""
-        return _KeepAlive(self)
-
-    async def _open_nursery(self) -> None:
         if self._nursery is not None:
             raise LocalProtocolError("cannot keep this session alive twice at once")
         manager = trio.open_nursery()
-        self._nursery = await manager.__aenter__()
-        self._nursery_manager = manager
+        nursery = self._nursery = await manager.__aenter__()
+        try:
+            self._start_idling()  # when open and between queries
+            yield self
+        finally:
+            try:
+                await self._stop_idling()
+            finally:
+                self._nursery = None
+                nursery.cancel_scope.cancel()  # the idle task, if still there, ends (its Cancelled stays inside)
+                await manager.__aexit__(None, None, None)
 
     async def __aenter__(self) -> Session:
-        await self._open_nursery()
+        kept = self.keep_alive()
+        await kept.__aenter__()
         try:
             await self.open()
         except BaseException:
-            await self._close_nursery()
+            await kept.__aexit__(None, None, None)
             raise
+        self._kept = kept
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        kept, self._kept = self._kept, None
         try:
             await self.aclose()
         finally:
-            await self._close_nursery()
-
-    async def _close_nursery(self) -> None:
-        nursery, manager = self._nursery, self._nursery_manager
-        self._nursery = self._nursery_manager = None
-        if nursery is not None and manager is not None:
-            nursery.cancel_scope.cancel()  # the idle task, if still there, ends (its Cancelled stays inside)
-            await manager.__aexit__(None, None, None)
-
-
-class _KeepAlive:
-    """What :meth:`Session.keep_alive` returns."""
-
-    def __init__(self, session: Session) -> None:
-        self._session = session
-
-    async def __aenter__(self) -> Session:
-        session = self._session
-        await session._open_nursery()
-        session._start_idling()  # when open and between queries
-        return session
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        session = self._session
-        try:
-            await session._stop_idling()
-        finally:
-            await session._close_nursery()
+            if kept is not None:
+                await kept.__aexit__(None, None, None)
 
 
 def connect(**options: Unpack[SessionOptions]) -> Session:

@@ -425,6 +425,28 @@ def test_trio_keep_alive_answers_pings_for_queries_in_other_tasks(start: Callabl
     assert answers == [default_answer(DEFAULT_MODEL, "one"), default_answer(DEFAULT_MODEL, "two")]
 
 
+def test_trio_keep_alive_is_refused_twice_at_once_and_can_be_entered_again(start: Callable[..., str]) -> None:
+    url = start(ping_interval=0.2, ping_timeout=0.2, **FAST)
+
+    async def main() -> str:
+        async with trio_backend.connect(server=url, timeout=10) as session:  # keeps itself alive
+            with pytest.raises(LocalProtocolError, match="twice at once"):
+                async with session.keep_alive():
+                    pass
+        session = trio_backend.connect(server=url, timeout=10)
+        await session.open()
+        try:
+            for _ in range(2):  # pings answered in each of two keep_alive blocks, one after the other
+                async with session.keep_alive():
+                    await trio.sleep(0.6)
+            async with session.query("still there?") as query:
+                return "".join([e.text async for e in query if type(e) is TextDelta])
+        finally:
+            await session.aclose()
+
+    assert trio.run(main) == default_answer(DEFAULT_MODEL, "still there?")
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_connection_refused(backend: str) -> None:
     port = free_port()
