@@ -5,13 +5,12 @@ Every backend's ``ask(prompt, **options)`` takes the keyword arguments of
 the defaults live here (:data:`DEFAULT_TIMEOUT`, :data:`CONNECT_TIMEOUT`) or in
 the core (``DEFAULT_MODEL`` and ``MODELS`` in :mod:`plabs_proto.labs`,
 ``DEFAULT_SERVER`` in :mod:`plabs_proto.client`), nowhere else.
-:func:`parse_options` checks them and returns :class:`Options`: the
-:class:`~plabs_proto.client.ClientConfig`, the model, the tracer and the seed.
-
-* :func:`build_config` turns the connection options into a ``ClientConfig`` (and maps ``timeout``);
-* :func:`to_messages` turns a prompt string into one user message;
-* :func:`make_rng` picks the randomness (system randomness, or a seeded generator
-  when a trace must be replayable) and :func:`announce_seed` tells the tracer.
+:func:`parse_options` maps them onto a :class:`~plabs_proto.client.ClientConfig`
+(which checks its own fields) and returns :class:`Options`: the config, the
+model, the tracer and the seed.  :func:`to_messages` turns a prompt string into
+one user message; :func:`make_rng` picks the randomness (system randomness, or a
+seeded generator when a trace must be replayable) and :func:`announce_seed`
+tells the tracer.
 
 ``timeout`` is the overall deadline of a query, counted from the moment it is
 asked.  ``ask`` starts the connection and the query at the same instant, so it
@@ -34,6 +33,7 @@ from plabs_proto.client import DEFAULT_SERVER, ClientConfig, LabsClient, Tracer
 from plabs_proto.errors import LocalProtocolError
 from plabs_proto.labs import DEFAULT_MODEL, MODELS, normalize_messages
 from plabs_proto.proxy import ProxyConfig
+from plabs_proto.session import check_seconds
 from plabs_proto.trace import SEED_DIRECTION
 
 __all__ = [
@@ -48,7 +48,6 @@ __all__ = [
     "Options",
     "SessionOptions",
     "announce_seed",
-    "build_config",
     "make_rng",
     "parse_options",
     "to_messages",
@@ -70,7 +69,7 @@ class SessionOptions(TypedDict, total=False):
     ``socks5://...`` or a :class:`~plabs_proto.proxy.ProxyConfig`), ``transport``
     (``"upgrade"``, ``"websocket"`` or ``"polling"``), ``ssl_context``, ``cafile``,
     ``timeout`` (seconds, default :data:`DEFAULT_TIMEOUT`; see the module docstring),
-    ``headers`` (extra HTTP headers), ``tracer`` and ``seed`` (see ``ask``); the rest
+    ``headers`` (extra HTTP headers: a mapping or (name, value) pairs), ``tracer`` and ``seed`` (see ``ask``); the rest
     are :class:`~plabs_proto.client.ClientConfig` fields of the same name.
     """
 
@@ -123,7 +122,9 @@ def parse_options(options: Mapping[str, Any], *, with_model: bool) -> Options:
     """Check the keyword arguments of ``ask`` (``with_model``) or ``connect`` and apply the defaults.
 
     A name that is not an option, or a value of the wrong kind, raises
-    :class:`~plabs_proto.errors.LocalProtocolError` (before any connection).
+    :class:`~plabs_proto.errors.LocalProtocolError` (before any connection): the
+    values of ``ClientConfig`` fields are checked by ``ClientConfig`` itself.
+    ``max_message_size=None`` means the default; ``headers`` may be a mapping.
     """
     allowed = (AskOptions if with_model else SessionOptions).__optional_keys__
     unknown = sorted(set(options) - allowed)
@@ -131,97 +132,32 @@ def parse_options(options: Mapping[str, Any], *, with_model: bool) -> Options:
         raise LocalProtocolError(
             f"expected keyword arguments among {', '.join(sorted(allowed))}, got {', '.join(map(repr, unknown))}"
         )
-    extras = dict(options)
-    model = extras.pop("model", DEFAULT_MODEL) if with_model else DEFAULT_MODEL
-    tracer = extras.pop("tracer", None)
-    seed = extras.pop("seed", None)
+    values = dict(options)
+    model = values.pop("model", DEFAULT_MODEL)
+    tracer = values.pop("tracer", None)
+    seed = values.pop("seed", None)
     if not isinstance(model, str):
         raise LocalProtocolError(f"expected the model as a str, got {model!r:.60}")
     if tracer is not None and not callable(tracer):
         raise LocalProtocolError(f"expected tracer as a callable or None, got {tracer!r:.60}")
-    config = build_config(extras)
-    return Options(config=config, tracer=tracer, seed=seed, model=model)
-
-
-# The options build_config takes: every ClientConfig field, and ``timeout``.
-_OPTIONS = frozenset(f.name for f in dataclasses.fields(ClientConfig)) | {"timeout"}
-_TIMEOUTS = frozenset({"connect_timeout", "first_text_timeout", "query_timeout"})
-_STRINGS = frozenset({"origin", "jwt", "version", "user_agent", "path"})
-
-
-def _check_seconds(name: str, value: object) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise LocalProtocolError(f"expected {name} as a number of seconds > 0 or None, got {value!r:.60}")
-    return float(value)
-
-
-def _headers(headers: Headers) -> tuple[tuple[str, str], ...]:
+    overall = values.pop("timeout", DEFAULT_TIMEOUT)
+    check_seconds("timeout", overall)
+    if "max_message_size" in values and values["max_message_size"] is None:
+        del values["max_message_size"]  # the default receive limit
+    headers = values.pop("headers", None)
     if headers is None:
-        return ()
-    pairs = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
-    out: list[tuple[str, str]] = []
-    for pair in pairs:
-        if (
-            not isinstance(pair, tuple)
-            or len(pair) != 2
-            or not isinstance(pair[0], str)
-            or not isinstance(pair[1], str)
-        ):
-            raise LocalProtocolError(
-                f"expected headers as a mapping or (name, value) pairs of str, got {pair!r:.60}"
-            )
-        out.append((pair[0], pair[1]))
-    return tuple(out)
-
-
-def build_config(options: Mapping[str, Any]) -> ClientConfig:
-    """The :class:`ClientConfig` for the connection options of ``ask``/``connect``.
-
-    Every name must be a ``ClientConfig`` field or ``timeout`` (see the module
-    docstring), else :class:`LocalProtocolError`; the values are checked here.
-    """
-    unknown = sorted(set(options) - _OPTIONS)
-    if unknown:
-        raise LocalProtocolError(
-            f"expected keyword arguments among {', '.join(sorted(_OPTIONS))}, got {', '.join(map(repr, unknown))}"
-        )
-    extras = dict(options)
-    server = extras.pop("server", DEFAULT_SERVER)
-    proxy = extras.pop("proxy", None)
-    if not isinstance(server, str):
-        raise LocalProtocolError(f"expected the server URL as a str, got {type(server).__name__}")
-    if proxy is not None and not isinstance(proxy, str | ProxyConfig):
-        raise LocalProtocolError(f"expected the proxy as a URL str or a ProxyConfig, got {type(proxy).__name__}")
-    overall = _check_seconds("timeout", extras.pop("timeout", DEFAULT_TIMEOUT))
-    values: dict[str, Any] = {
-        "server": server,
-        "proxy": proxy,
-        "headers": _headers(extras.pop("headers", None)),
+        headers = ()
+    elif isinstance(headers, Mapping):
+        headers = tuple(headers.items())
+    elif isinstance(headers, Iterable) and not isinstance(headers, str):
+        headers = tuple(headers)
+    mapped = {
         "query_timeout": overall,
         "connect_timeout": CONNECT_TIMEOUT if overall is None else min(overall, CONNECT_TIMEOUT),
+        "headers": headers,
     }
-    for name, value in extras.items():
-        if name in _TIMEOUTS:
-            value = _check_seconds(name, value)
-        elif name in _STRINGS and not isinstance(value, str) and not (name == "user_agent" and value is None):
-            raise LocalProtocolError(f"expected {name} as a str, got {value!r:.60}")
-        elif name == "browser" and value is not None and not isinstance(value, BrowserProfile):
-            raise LocalProtocolError(f"expected browser as a BrowserProfile or None, got {value!r:.60}")
-        elif name == "tls" and value is not None and not isinstance(value, bool):
-            raise LocalProtocolError(f"expected tls as True, False or None, got {value!r:.60}")
-        elif name in ("accept_encoding", "permessage_deflate") and not isinstance(value, bool):
-            raise LocalProtocolError(f"expected {name} as True or False, got {value!r:.60}")
-        elif name == "max_message_size":
-            if value is None:
-                continue  # the default receive limit
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise LocalProtocolError(
-                    f"expected max_message_size as an int >= 1 (bytes) or None, got {value!r:.60}"
-                )
-        values[name] = value
-    return ClientConfig(**values)
+    config = ClientConfig(**{**mapped, **values})
+    return Options(config=config, tracer=tracer, seed=seed, model=model)
 
 
 def to_messages(prompt_or_messages: Messages) -> list[dict[str, str]]:

@@ -79,6 +79,8 @@ from .session import (
     TRANSPORTS,
     LabsSession,
     SessionConfig,
+    check_header_text,
+    split_server,
 )
 from .stack import Layer, StreamStack
 from .tls import TLSLayer, check_ssl_context, make_ssl_context
@@ -176,26 +178,45 @@ class ClientConfig:
             max_message_size=self.max_message_size,
         )
 
+    def __post_init__(self) -> None:
+        """Refuse a field of the wrong kind now, with :class:`LocalProtocolError`, not with a TypeError later.
 
-def _check_request_text(config: ClientConfig, host_header: str, path: str) -> None:
-    """Refuse what cannot go in a request head: HTTP/1.1 header text is ASCII without CR or LF."""
-    fields = [("the server host", host_header), ("the server path", path), ("origin", config.origin)]
-    if config.user_agent is not None:
-        fields.append(("user_agent", config.user_agent))
-    if config.browser is not None and not isinstance(config.browser, BrowserProfile):
-        raise LocalProtocolError(f"expected browser as a BrowserProfile or None, got {config.browser!r:.80}")
-    if not isinstance(config.headers, (tuple, list)):
-        raise LocalProtocolError(f"expected headers as a tuple of (name, value) tuples, got {config.headers!r:.80}")
-    for item in config.headers:
-        if not isinstance(item, tuple) or len(item) != 2:
-            raise LocalProtocolError(f"expected each of headers as a (name, value) tuple, got {item!r:.80}")
-        fields += [("a header name", item[0]), (f"the {item[0]!r} header", item[1])]
-    for what, text in fields:
-        if not isinstance(text, str) or not text.isascii() or "\r" in text or "\n" in text:
-            raise LocalProtocolError(
-                f"expected {what} as ASCII text without CR or LF (HTTP/1.1 header text; "
-                f"punycode a host name, percent-encode a path), got {text!r:.80}"
-            )
+        The message-level fields are checked by the :class:`~plabs_proto.session.SessionConfig`
+        made here, the byte-level ones below: a carrier of :meth:`session_config` (curl's)
+        gets a checked config too.
+        """
+        self.session_config()  # checks the message-level fields
+        host = split_server(self.server, self.path)[1]
+        if self.proxy is not None and not isinstance(self.proxy, ProxyConfig):
+            if not isinstance(self.proxy, str):
+                raise LocalProtocolError(
+                    f"expected the proxy as a URL str or a ProxyConfig, got {type(self.proxy).__name__}"
+                )
+            parse_proxy_url(self.proxy)
+        if self.ssl_context is not None:
+            check_ssl_context(self.ssl_context)
+        if self.cafile is not None and not isinstance(self.cafile, str):
+            raise LocalProtocolError(f"expected cafile as a str or None, got {self.cafile!r:.60}")
+        if self.tls is not None and not isinstance(self.tls, bool):
+            raise LocalProtocolError(f"expected tls as True, False or None, got {self.tls!r:.60}")
+        if self.browser is not None and not isinstance(self.browser, BrowserProfile):
+            raise LocalProtocolError(f"expected browser as a BrowserProfile or None, got {self.browser!r:.80}")
+        for name in ("accept_encoding", "permessage_deflate"):
+            if not isinstance(getattr(self, name), bool):
+                raise LocalProtocolError(f"expected {name} as True or False, got {getattr(self, name)!r:.60}")
+        texts = [("the server host", host)]
+        if self.user_agent is not None:
+            if not isinstance(self.user_agent, str):
+                raise LocalProtocolError(f"expected user_agent as a str, got {self.user_agent!r:.60}")
+            texts.append(("user_agent", self.user_agent))
+        if not isinstance(self.headers, (tuple, list)):
+            raise LocalProtocolError(f"expected headers as a tuple of (name, value) tuples, got {self.headers!r:.80}")
+        for item in self.headers:
+            if not isinstance(item, tuple) or len(item) != 2:
+                raise LocalProtocolError(f"expected each of headers as a (name, value) tuple, got {item!r:.80}")
+            texts += [("a header name", item[0]), (f"the {item[0]!r} header", item[1])]
+        for what, text in texts:
+            check_header_text(what, text)
 
 
 @dataclass(slots=True)
@@ -227,47 +248,19 @@ class LabsClient:
         self, config: ClientConfig | None = None, *, rng: random.Random, tracer: Tracer | None = None
     ) -> None:
         self.config = config = config or ClientConfig()
-        if config.transport not in TRANSPORTS:
-            raise LocalProtocolError(
-                f"expected a transport among {', '.join(TRANSPORTS)}, got {config.transport!r}"
-            )
-        limit = config.max_message_size
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise LocalProtocolError(f"expected max_message_size as an int >= 1 (bytes), got {limit!r:.60}")
-        for name in ("accept_encoding", "permessage_deflate"):
-            if not isinstance(getattr(config, name), bool):
-                raise LocalProtocolError(f"expected {name} as True or False, got {getattr(config, name)!r:.60}")
-        try:
-            url = urlsplit(config.server) if isinstance(config.server, str) else None
-        except ValueError:  # an unclosed "[" of an IPv6 address, say
-            url = None
-        if url is None or url.scheme not in ("http", "https") or not url.hostname:
-            raise LocalProtocolError(f"expected an http:// or https:// server URL, got {config.server!r}")
-        if not isinstance(config.path, str):
-            raise LocalProtocolError(f"expected the path as a str, got {config.path!r}")
-        https = url.scheme == "https"
+        scheme, self._host, port, _ = split_server(config.server, config.path)
+        https = scheme == "https"
         self._tls = https if config.tls is None else config.tls
-        self._host = url.hostname
-        try:
-            port = url.port
-        except ValueError as exc:
-            raise LocalProtocolError(f"expected a valid port in the server URL, got {config.server!r}") from exc
-        self._port = port or (443 if https else 80)
         default_port = 443 if https else 80
+        self._port = port or default_port
         host_literal = f"[{self._host}]" if ":" in self._host else self._host
         self._host_header = host_literal if self._port == default_port else f"{host_literal}:{self._port}"
-        prefix = url.path.rstrip("/")
-        _check_request_text(config, self._host_header, prefix + "/" + config.path.strip("/") + "/")
         self._proxy: ProxyConfig | None = (
             parse_proxy_url(config.proxy) if isinstance(config.proxy, str) else config.proxy
         )
         self._ssl_context: ssl.SSLContext | None = None
         if self._tls:
-            if config.ssl_context is not None:
-                check_ssl_context(config.ssl_context)
-                self._ssl_context = config.ssl_context
-            else:
-                self._ssl_context = make_ssl_context(config.cafile)
+            self._ssl_context = config.ssl_context or make_ssl_context(config.cafile)
         self._session = LabsSession(config.session_config(), rng=rng)  # draws the cache buster first
         self._rng = rng
         self._tracer = tracer
@@ -282,7 +275,7 @@ class LabsClient:
         self._ws_active = False  # the WebSocket carries the session (its first message went out)
         self._closing = False  # close() was called: the WebSocket gets a close frame
         self._cookies: dict[str, str] = {}
-        self._limit = limit
+        self._limit = config.max_message_size
         self._out_stream: _Stream | None = None  # WebSocket bytes gathered for one write
         self._out_data: list[bytes] = []
         self._now = 0.0

@@ -130,6 +130,61 @@ class SessionConfig:
     query_timeout: float | None = None
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
 
+    def __post_init__(self) -> None:
+        """Refuse a field of the wrong kind now, with :class:`LocalProtocolError`, not with a TypeError later."""
+        if self.transport not in TRANSPORTS:
+            raise LocalProtocolError(
+                f"expected a transport among {', '.join(TRANSPORTS)}, got {self.transport!r:.60}"
+            )
+        size = self.max_message_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise LocalProtocolError(f"expected max_message_size as an int >= 1 (bytes), got {size!r:.60}")
+        if not isinstance(self.path, str):
+            raise LocalProtocolError(f"expected the path as a str, got {self.path!r:.60}")
+        check_header_text("the server path", split_server(self.server, self.path)[3])
+        for name in ("origin", "jwt", "version"):
+            if not isinstance(getattr(self, name), str):
+                raise LocalProtocolError(f"expected {name} as a str, got {getattr(self, name)!r:.60}")
+        check_header_text("origin", self.origin)
+        for name in ("connect_timeout", "first_text_timeout", "query_timeout"):
+            check_seconds(name, getattr(self, name))
+
+
+def split_server(server: str, path: str) -> tuple[str, str, int | None, str]:
+    """The scheme, host, port (``None`` when the URL names none) and request path of a server URL.
+
+    The request path is the URL's own path and the Socket.IO ``path``, one slash between
+    and one at the end (``https://x.test/base`` and ``socket.io`` give ``/base/socket.io/``).
+    Anything but an ``http://`` or ``https://`` URL with a host and a valid port raises
+    :class:`LocalProtocolError`.
+    """
+    try:
+        url = urlsplit(server) if isinstance(server, str) else None
+    except ValueError:  # an unclosed "[" of an IPv6 address, say
+        url = None
+    if url is None or url.scheme not in ("http", "https") or not url.hostname:
+        raise LocalProtocolError(f"expected an http:// or https:// server URL, got {server!r:.80}")
+    try:
+        port = url.port
+    except ValueError:
+        raise LocalProtocolError(f"expected a valid port in the server URL, got {server!r:.80}") from None
+    return url.scheme, url.hostname, port, url.path.rstrip("/") + "/" + path.strip("/") + "/"
+
+
+def check_header_text(what: str, text: object) -> None:
+    """Refuse what cannot go in a request head: HTTP/1.1 header text is ASCII without CR or LF."""
+    if not isinstance(text, str) or not text.isascii() or "\r" in text or "\n" in text:
+        raise LocalProtocolError(
+            f"expected {what} as ASCII text without CR or LF (HTTP/1.1 header text; "
+            f"punycode a host name, percent-encode a path), got {text!r:.80}"
+        )
+
+
+def check_seconds(name: str, value: object) -> None:
+    """Refuse a deadline that is not ``None`` or a number of seconds > 0."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or not value > 0):
+        raise LocalProtocolError(f"expected {name} as a number of seconds > 0 or None, got {value!r:.60}")
+
 
 def _size(packet: engineio.Packet) -> int:
     """The size in bytes of an Engine.IO text packet as sent."""
@@ -319,35 +374,17 @@ class LabsSession:
 
     def __init__(self, config: SessionConfig | None = None, *, rng: random.Random) -> None:
         self.config = config = config or SessionConfig()
-        if config.transport not in TRANSPORTS:
-            raise LocalProtocolError(f"expected a transport among {', '.join(TRANSPORTS)}, got {config.transport!r}")
-        limit = config.max_message_size
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise LocalProtocolError(f"expected max_message_size as an int >= 1 (bytes), got {limit!r:.60}")
-        try:
-            url = urlsplit(config.server) if isinstance(config.server, str) else None
-            port = url.port if url is not None else None
-        except ValueError:  # an unclosed "[" of an IPv6 address, a bad port
-            url = None
-        if url is None or url.scheme not in ("http", "https") or not url.hostname:
-            raise LocalProtocolError(f"expected an http:// or https:// server URL, got {config.server!r}")
-        if not isinstance(config.path, str):
-            raise LocalProtocolError(f"expected the path as a str, got {config.path!r}")
-        host = url.hostname
+        scheme, host, port, path = split_server(config.server, config.path)
         literal = f"[{host}]" if ":" in host else host
         authority = literal if port is None else f"{literal}:{port}"
-        path = url.path.rstrip("/") + "/" + config.path.strip("/") + "/"
-        for what, text in (("origin", config.origin), ("the server path", path)):
-            if not isinstance(text, str) or not text.isascii() or "\r" in text or "\n" in text:
-                raise LocalProtocolError(f"expected {what} as ASCII text without CR or LF, got {text!r:.80}")
-        ws_scheme = "wss" if url.scheme == "https" else "ws"
-        self._http_base = f"{url.scheme}://{authority}{path}"
+        ws_scheme = "wss" if scheme == "https" else "ws"
+        self._http_base = f"{scheme}://{authority}{path}"
         self._ws_base = f"{ws_scheme}://{authority}{path}"
         self._host = host  # where every request and WebSocket goes (for a NetworkError)
-        self._port = port if port is not None else (443 if url.scheme == "https" else 80)
+        self._port = port if port is not None else (443 if scheme == "https" else 80)
         self._origin_headers = (("Origin", config.origin), ("Referer", config.origin.rstrip("/") + "/"))
         self._t = f"{rng.getrandbits(32):08x}"
-        self._limit = limit
+        self._limit = config.max_message_size
         self._state = SessionState.IDLE
         self._transport = config.transport
         self._events: deque[Event] = deque()

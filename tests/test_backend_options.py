@@ -34,7 +34,7 @@ from plabs_proto.trace import TraceRecorder
 
 
 def config(**overrides: Any) -> ClientConfig:
-    return _config.build_config({"server": "https://labs.test", **overrides})
+    return _config.parse_options({"server": "https://labs.test", **overrides}, with_model=False).config
 
 
 def test_timeout_maps_to_query_and_caps_connect() -> None:
@@ -71,10 +71,24 @@ def test_compression_switches_reach_the_config() -> None:
 def test_headers_from_a_mapping_or_pairs() -> None:
     assert config(headers={"X-A": "1", "X-B": "2"}).headers == (("X-A", "1"), ("X-B", "2"))
     assert config(headers=[("X-A", "1"), ("X-A", "2")]).headers == (("X-A", "1"), ("X-A", "2"))
-    with pytest.raises(LocalProtocolError, match="headers"):
+    assert config(headers=(pair for pair in [("X-A", "1")])).headers == (("X-A", "1"),)
+    assert config(headers=None).headers == config().headers == ()
+    with pytest.raises(LocalProtocolError, match="expected the 'X-A' header as ASCII text"):
         config(headers=[("X-A", 1)])
-    with pytest.raises(LocalProtocolError, match="headers"):
+    with pytest.raises(LocalProtocolError, match="expected the 'X-A' header as ASCII text"):
+        config(headers={"X-A": None})
+    with pytest.raises(LocalProtocolError, match=r"expected each of headers as a \(name, value\) tuple, got 'X-A: 1'"):
         config(headers=["X-A: 1"])
+    with pytest.raises(LocalProtocolError, match=r"expected headers as a tuple of \(name, value\) tuples, got 'X-A: 1'"):
+        config(headers="X-A: 1")
+    with pytest.raises(LocalProtocolError, match=r"expected headers as a tuple of \(name, value\) tuples, got 5"):
+        config(headers=5)
+
+
+def test_the_options_are_the_config_fields_and_timeout_tracer_seed() -> None:
+    fields = {field.name for field in dataclasses.fields(ClientConfig)}
+    assert _config.SessionOptions.__optional_keys__ == fields | {"timeout", "tracer", "seed"}
+    assert _config.AskOptions.__optional_keys__ == fields | {"timeout", "tracer", "seed", "model"}
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ from peer import (
     switching_protocols,
     ws_frame,
 )
-from plabs_proto.backends._config import build_config
+from plabs_proto.backends._config import parse_options
 
 from plabs_proto.browser import CHROME, fetch_site, merge_headers
 from plabs_proto.client import ClientConfig, LabsClient
@@ -252,9 +252,9 @@ def test_a_trace_header_names_the_profile_and_an_old_one_replays_without() -> No
 )
 def test_the_backends_check_the_profile_options(options: dict[str, object], message: str) -> None:
     with pytest.raises(LocalProtocolError, match=message):
-        build_config(options)
+        parse_options(options, with_model=False)
 
 
 def test_the_backends_take_the_profile_options() -> None:
-    config = build_config({"browser": None, "user_agent": None, "permessage_deflate": True})
+    config = parse_options({"browser": None, "user_agent": None, "permessage_deflate": True}, with_model=False).config
     assert (config.browser, config.user_agent, config.permessage_deflate) == (None, None, True)

@@ -40,6 +40,7 @@ from plabs_proto.errors import HandshakeError, LabsError, LocalProtocolError, Re
 from plabs_proto.events import AnswerFinished, TextDelta
 from plabs_proto.jsondepth import MAX_DEPTH, check_depth, too_deep
 from plabs_proto.labs import AnswerDecoder, CumulativeFrameReader, build_request
+from plabs_proto.session import SessionConfig
 
 DEEP = "[" * 100_000
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -341,25 +342,79 @@ def test_ask_with_a_lone_surrogate_raises_local_protocol_error(emulator_factory:
     assert list(sync_backend.ask("café", server=url, model="sonar", timeout=10))
 
 
+# -- the caller's configuration: refused when the config is made -------------------------------------------
+
+_SERVER_PORT = r"expected a valid port in the server URL, got "
+_SECONDS = r"as a number of seconds > 0 or None, got "
+
+#: Bad values of the fields a SessionConfig and a ClientConfig share (the message level's).
+SHARED_FIELDS = [
+    ({"transport": "pigeon"}, "expected a transport among upgrade, websocket, polling, got 'pigeon'"),
+    ({"transport": ["polling"]}, r"expected a transport among .*, got \['polling'\]"),
+    ({"max_message_size": 0}, r"expected max_message_size as an int >= 1 \(bytes\), got 0"),
+    ({"max_message_size": True}, r"expected max_message_size as an int >= 1 \(bytes\), got True"),
+    ({"max_message_size": 1.5}, r"expected max_message_size as an int >= 1 \(bytes\), got 1.5"),
+    ({"server": "ftp://labs.test"}, "expected an http:// or https:// server URL, got 'ftp://labs.test'"),
+    ({"server": "http://"}, "expected an http:// or https:// server URL, got 'http://'"),
+    ({"server": "http://[::1"}, "expected an http:// or https:// server URL, got 'http://\\[::1'"),
+    ({"server": 5}, "expected an http:// or https:// server URL, got 5"),
+    ({"server": b"http://labs.test"}, "expected an http:// or https:// server URL, got b'http://labs.test'"),
+    ({"server": "http://labs.test:99999"}, _SERVER_PORT + "'http://labs.test:99999'"),
+    ({"server": "http://labs.test:http"}, _SERVER_PORT + "'http://labs.test:http'"),
+    ({"server": "http://labs.test/caf\u00e9"}, "expected the server path as ASCII text without CR or LF"),
+    ({"path": None}, "expected the path as a str, got None"),
+    ({"path": "/s\u00f6cket.io/"}, "expected the server path as ASCII text without CR or LF"),
+    ({"origin": 5}, "expected origin as a str, got 5"),
+    ({"origin": "https://a.test\r\nX-Evil: 1"}, "expected origin as ASCII text without CR or LF"),
+    ({"jwt": None}, "expected jwt as a str, got None"),
+    ({"version": 2.18}, "expected version as a str, got 2.18"),
+    ({"connect_timeout": "1"}, "expected connect_timeout " + _SECONDS + "'1'"),
+    ({"first_text_timeout": 0}, "expected first_text_timeout " + _SECONDS + "0"),
+    ({"query_timeout": -1.5}, "expected query_timeout " + _SECONDS + "-1.5"),
+    ({"query_timeout": True}, "expected query_timeout " + _SECONDS + "True"),
+    ({"connect_timeout": float("nan")}, "expected connect_timeout " + _SECONDS + "nan"),
+]
+
+
+@pytest.mark.parametrize(("kw", "match"), SHARED_FIELDS)
+def test_a_session_config_checks_every_field_when_it_is_made(kw: dict[str, Any], match: str) -> None:
+    with pytest.raises(LocalProtocolError, match=match):
+        SessionConfig(**kw)
+
+
 @pytest.mark.parametrize(
     ("kw", "match"),
     [
-        ({"user_agent": "b\u00e9ta"}, "user_agent as ASCII text"),
-        ({"origin": "https://a.test\r\nX-Evil: 1"}, "origin as ASCII text without CR or LF"),
-        ({"headers": (("X-Name", "caf\u00e9"),)}, "the 'X-Name' header as ASCII"),
-        ({"headers": (("X-N\u00e4me", "v"),)}, "a header name as ASCII"),
-        ({"headers": (("X-Name",),)}, r"a \(name, value\) tuple"),
-        ({"server": "http://b\u00fccher.test"}, "the server host as ASCII"),
-        ({"server": "http://labs.test/caf\u00e9"}, "the server path as ASCII"),
-        ({"server": "http://[::1"}, "expected an http:// or https:// server URL, got 'http://\\[::1'"),
-        ({"server": 5}, "expected an http:// or https:// server URL, got 5"),
-        ({"path": None}, "expected the path as a str, got None"),
+        *SHARED_FIELDS,
+        ({"proxy": 8080}, "expected the proxy as a URL str or a ProxyConfig, got int"),
+        ({"proxy": "ftp://proxy.test"}, "expected a proxy URL starting with http://, socks5:// or socks5h://"),
+        ({"ssl_context": object()}, "expected an ssl.SSLContext, got object"),
+        ({"cafile": 5}, "expected cafile as a str or None, got 5"),
+        ({"tls": "yes"}, "expected tls as True, False or None, got 'yes'"),
+        ({"browser": "chrome"}, "expected browser as a BrowserProfile or None, got 'chrome'"),
+        ({"user_agent": 5}, "expected user_agent as a str, got 5"),
+        ({"user_agent": "b\u00e9ta"}, "expected user_agent as ASCII text"),
+        ({"accept_encoding": 1}, "expected accept_encoding as True or False, got 1"),
+        ({"permessage_deflate": None}, "expected permessage_deflate as True or False, got None"),
         ({"headers": 5}, r"expected headers as a tuple of \(name, value\) tuples, got 5"),
+        ({"headers": (("X-Name",),)}, r"expected each of headers as a \(name, value\) tuple, got \('X-Name',\)"),
+        ({"headers": (("X-Name", 1),)}, "expected the 'X-Name' header as ASCII text"),
+        ({"headers": (("X-Name", "caf\u00e9"),)}, "expected the 'X-Name' header as ASCII text"),
+        ({"headers": (("X-N\u00e4me", "v"),)}, "expected a header name as ASCII text"),
+        ({"server": "http://b\u00fccher.test"}, "expected the server host as ASCII text"),
     ],
 )
-def test_request_text_the_caller_gives_must_be_ascii_and_well_formed(kw: dict[str, Any], match: str) -> None:
+def test_a_client_config_checks_every_field_when_it_is_made(kw: dict[str, Any], match: str) -> None:
+    """Every field is checked by ``ClientConfig`` itself: a carrier of ``session_config()`` (curl) gets only good ones."""
     with pytest.raises(LocalProtocolError, match=match):
-        LabsClient(ClientConfig(**kw), rng=random.Random(0))
+        ClientConfig(**kw)
+
+
+def test_good_configs_are_taken() -> None:
+    SessionConfig(server="https://[::1]:8443/base", path="sio", connect_timeout=None, query_timeout=2,
+                  first_text_timeout=0.5, max_message_size=1)
+    ClientConfig(server="http://labs.test:80", proxy="socks5://proxy.test", cafile="ca.pem", tls=False,
+                 headers=[("X-A", "1")], browser=None, user_agent="ua", query_timeout=float("inf"))
 
 
 # -- properties: any hostile string from the server ----------------------------------------------------

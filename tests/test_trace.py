@@ -340,6 +340,8 @@ def record(t: float = 0.0, stream: int = 1, direction: str = "in", data: bytes =
         ([HEADER, record(t=True)], "trace line 2: expected a time in seconds in 't', got True"),
         ([HEADER, record(t=2.0), record(t=1.0)], "trace line 3: expected times in order, got t=1.0 after t=2.0"),
         ([HEADER.replace('"hi"', '""')], "trace line 1: the header does not start a session"),
+        ([HEADER.replace('"seed":1', '"seed":1,"timeouts":{"connect":0}')],
+         "trace line 1: the header does not start a session: expected connect_timeout as a number of seconds > 0"),
     ],
 )
 def test_bad_trace_lines_name_the_line(lines: list[str], message: str) -> None:
