@@ -1,8 +1,8 @@
-"""The answer stream, query stream and session every backend shares.
+"""The answer stream, query stream and session every backend shares, and the link they run on.
 
-They are written against :class:`~._link.LinkBase`, which every backend's link
-is (the driver over its network seam; curl's link over its session).
-The asyncio, trio and curl backends hand them out as they are; the blocking
+They are written against :class:`LinkBase`, which every backend's connection driver
+("link") is: the driver over a network seam (:mod:`._driver`), or curl's link over its
+session.  The asyncio, trio and curl backends hand them out as they are; the blocking
 backend steps them with :func:`~._seam.run_blocking`, as its driver never suspends.
 """
 
@@ -11,23 +11,104 @@ from __future__ import annotations
 import contextlib
 import random
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Generic, TypeAlias, TypeVar, cast
 
 from plabs_proto.client import ClientConfig, ClientState, LabsClient, Tracer
 from plabs_proto.errors import LocalProtocolError, ResponseError
 from plabs_proto.events import AnswerFinished, AnswerRevised, Connected, Event, TextDelta
+from plabs_proto.session import LabsSession
 
 from ._config import DEFAULT_MODEL, Messages, announce_seed, make_rng, to_messages
 from ._errors import check_event, opened
-from ._link import Core, LinkBase
 from ._text import AnswerText
 
-__all__ = ["AsyncAnswer", "AsyncLink", "AsyncQuery", "AsyncSession", "OneReader"]
+__all__ = ["AsyncAnswer", "AsyncLink", "AsyncQuery", "AsyncSession", "Core", "LinkBase", "OneReader"]
 
 
-# They are classes rather than async generators: trio warns (ResourceWarning) about every async
-# generator collected unfinished, and an object can close its sockets synchronously from __del__.
+#: The sans-IO core a link runs: the byte-level client, or (curl) the message-level session.
+Core = TypeVar("Core", LabsClient, LabsSession)
+
+
+class LinkBase(ABC, Generic[Core]):
+    """The bookkeeping of a backend's connection driver ("link") around its core.
+
+    A link keeps the core (``client``), the events waiting for the consumer, and the
+    first error; it closes every connection once that error is kept.  Subclasses give
+    the clock (``now``), their ``_shutdown`` and what follows a command (``_after_command``).
+    """
+
+    client: Core
+    events: deque[Event]
+    error: BaseException | None
+    finished: bool
+    now: Callable[[], float]
+
+    def command(self, method: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+        """Call a user command of the core (connect, query, close) with ``now=``.
+
+        Misuse raises :class:`LocalProtocolError` at once; any other error is kept
+        for the consumer, who gets it after the events that came before it.
+        """
+        if self.error is not None:
+            raise LocalProtocolError(f"cannot use this session: it failed ({self.error})") from self.error
+        if self.finished:
+            raise LocalProtocolError("cannot use this session: it is closed")
+        try:
+            method(*args, now=self.now(), **kwargs)
+        except LocalProtocolError:
+            raise
+        except Exception as exc:
+            self._fail(exc)
+            self.events.extend(self.client.events())
+            return
+        self._after_command()
+
+    def _after_command(self) -> None:
+        self.events.extend(self.client.events())
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        self._shutdown()
+
+    @abstractmethod
+    async def next_event(self) -> Event:
+        """The next event (pumping I/O as needed); the kept error once the events before it are taken."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close every connection at once, synchronously (safe from ``__del__``)."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Close politely if the session is healthy (bounded in time), then every connection."""
+
+    def start_idling(self) -> None:
+        """Keep the session alive between queries (pings answered) until :meth:`stop_idling`.
+
+        Nothing here: a link that reads only while awaited overrides it (asyncio: a
+        task; sync: a thread); the trio session idles in its own nursery instead.
+        """
+
+    async def stop_idling(self) -> None:
+        """Stop what :meth:`start_idling` started, before the consumer reads again."""
+
+    def _check_open(self) -> None:
+        """Before waiting for an event (none is queued): raise the kept error, or say the session is closed."""
+        if self.error is not None:
+            raise self.error
+        if self.finished:
+            raise LocalProtocolError("cannot wait for an answer: the session is closed")
+
+    @abstractmethod
+    def _shutdown(self) -> None:
+        """Close every connection at once."""
+
+
+# The streams are classes rather than async generators: trio warns (ResourceWarning) about every
+# async generator collected unfinished, and an object can close its sockets synchronously from __del__.
 
 #: What a backend's connection driver offers the classes below (its core is a LabsClient or a LabsSession).
 AsyncLink: TypeAlias = LinkBase[Any]

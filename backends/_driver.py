@@ -21,8 +21,8 @@ from plabs_proto.client import LabsClient
 from plabs_proto.errors import LocalProtocolError, NetworkError
 from plabs_proto.events import CloseStream, Event, OpenStream, SendBytes
 
+from ._async_api import LinkBase
 from ._errors import closed_error, stream_error
-from ._link import LinkBase
 from ._seam import GRACE, Network, Stream
 
 __all__ = ["CLOSE_WAIT", "Driver"]

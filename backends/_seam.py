@@ -14,15 +14,36 @@ are :class:`OSError`, which the driver words as :class:`~plabs_proto.errors.Netw
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
-__all__ = ["GRACE", "Network", "Stream", "run_blocking"]
+__all__ = ["GRACE", "READ_SIZE", "Network", "Stream", "read_buffer", "run_blocking"]
 
 #: Seconds a wait still gets when its deadline has already passed: bytes already waiting
 #: are read (and a write that fits at once is made) before the deadline fires.
 GRACE = 0.001
+
+#: Bytes read from a socket at a time: as much as fits under glibc's default mmap threshold
+#: (128 KiB), so the bytes object a read becomes comes from the heap, not from a fresh mmap
+#: (and its page faults) every time.
+READ_SIZE = 126 * 1024
+
+_read_buffers = threading.local()
+
+
+def read_buffer() -> memoryview:
+    """A READ_SIZE buffer shared by every connection of this thread.
+
+    A backend reads into it (``recv_into``) and copies out what arrived before it
+    reads again, so one buffer serves all its connections: no allocation of a
+    fresh READ_SIZE object per read, and no READ_SIZE buffer per connection.
+    """
+    view: memoryview | None = getattr(_read_buffers, "view", None)
+    if view is None:
+        view = _read_buffers.view = memoryview(bytearray(READ_SIZE))
+    return view
 
 
 class Stream(ABC):

@@ -30,8 +30,7 @@ from plabs_proto.client import LabsClient
 from ._async_api import AsyncAnswer, AsyncSession
 from ._config import DEFAULT_MODEL, MODELS, AskOptions, Messages, SessionOptions, parse_options, to_messages
 from ._driver import Driver
-from ._link import READ_SIZE, read_buffer
-from ._seam import GRACE, Network, Stream
+from ._seam import GRACE, READ_SIZE, Network, Stream, read_buffer
 
 if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; only type checkers read it here
     from typing import Unpack

@@ -42,10 +42,9 @@ from plabs_proto.errors import LabsError, LocalProtocolError, ProxyError, TLSErr
 from plabs_proto.events import Event, HTTPRequest, WebSocketClose, WebSocketConnect, WebSocketSend
 from plabs_proto.session import LabsSession, SessionState
 
-from ._async_api import AsyncAnswer, AsyncSession
+from ._async_api import AsyncAnswer, AsyncSession, LinkBase
 from ._config import AskOptions, Messages, SessionOptions, make_rng, parse_options, to_messages
 from ._errors import stream_error
-from ._link import LinkBase
 
 if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; only type checkers read it here
     from typing import Unpack

@@ -39,8 +39,7 @@ from ._config import (
     to_messages,
 )
 from ._driver import Driver
-from ._link import read_buffer
-from ._seam import GRACE, Network, Stream, run_blocking
+from ._seam import GRACE, Network, Stream, read_buffer, run_blocking
 
 if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; only type checkers read it here
     from typing import Unpack

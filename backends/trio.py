@@ -32,8 +32,7 @@ from plabs_proto.errors import LocalProtocolError
 from ._async_api import AsyncAnswer, AsyncSession
 from ._config import AskOptions, Messages, SessionOptions, parse_options, to_messages
 from ._driver import Driver
-from ._link import READ_SIZE
-from ._seam import GRACE, Network, Stream
+from ._seam import GRACE, READ_SIZE, Network, Stream
 
 if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; only type checkers read it here
     from typing import Unpack

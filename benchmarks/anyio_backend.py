@@ -22,8 +22,7 @@ import anyio.abc
 from plabs_proto.backends._async_api import AsyncAnswer
 from plabs_proto.backends._config import parse_options, to_messages
 from plabs_proto.backends._driver import Driver
-from plabs_proto.backends._link import READ_SIZE
-from plabs_proto.backends._seam import GRACE, Network, Stream
+from plabs_proto.backends._seam import GRACE, READ_SIZE, Network, Stream
 
 
 def _deadline(deadline: float | None) -> float:
