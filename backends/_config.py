@@ -1,23 +1,16 @@
 """The options of ``ask``/``connect``, defined once, and what turns them into a client.
 
-Every backend's ``ask(prompt, **options)`` takes the keyword arguments of
-:class:`AskOptions` and ``connect(**options)`` those of :class:`SessionOptions`;
-the defaults live here (:data:`DEFAULT_TIMEOUT`, :data:`CONNECT_TIMEOUT`) or in
-the core (``DEFAULT_MODEL`` and ``MODELS`` in :mod:`plabs_proto.labs`,
-``DEFAULT_SERVER`` in :mod:`plabs_proto.client`), nowhere else.
-:func:`parse_options` maps them onto a :class:`~plabs_proto.client.ClientConfig`
-(which checks its own fields) and returns :class:`Options`: the config, the
-model, the tracer and the seed.  :func:`to_messages` turns a prompt string into
-one user message; :func:`make_rng` picks the randomness (system randomness, or a
-seeded generator when a trace must be replayable) and :func:`announce_seed`
-tells the tracer.
+Every backend's ``ask(prompt, **options)`` takes the keyword arguments of :class:`AskOptions`,
+``connect(**options)`` those of :class:`SessionOptions`.  The defaults live here
+(:data:`DEFAULT_TIMEOUT`, :data:`CONNECT_TIMEOUT`) or in the core (``DEFAULT_MODEL``,
+``MODELS``, ``DEFAULT_SERVER``), nowhere else.  :func:`parse_options` maps them onto a
+:class:`~plabs_proto.client.ClientConfig`, which checks its own fields.
 
-``timeout`` is the overall deadline of a query, counted from the moment it is
-asked.  ``ask`` starts the connection and the query at the same instant, so it
-becomes ``ClientConfig.query_timeout``, which covers connecting too;
-``connect_timeout`` is capped by it (at most :data:`CONNECT_TIMEOUT`).  A keyword
-argument naming a ``ClientConfig`` field (``connect_timeout=``,
-``first_text_timeout=``, ``query_timeout=``...) wins over this mapping.
+``timeout`` is the overall deadline of a query, counted from the moment it is asked: ``ask``
+starts the connection and the query at the same instant, so it becomes
+``ClientConfig.query_timeout`` (which covers connecting too), and caps ``connect_timeout``
+(at most :data:`CONNECT_TIMEOUT`).  A ``ClientConfig`` field named outright
+(``connect_timeout=``, ``query_timeout=``...) wins over this mapping.
 """
 
 from __future__ import annotations
@@ -37,20 +30,8 @@ from plabs_proto.session import check_seconds
 from plabs_proto.trace import SEED_DIRECTION
 
 __all__ = [
-    "CONNECT_TIMEOUT",
-    "DEFAULT_MODEL",
-    "DEFAULT_SERVER",
-    "DEFAULT_TIMEOUT",
-    "MODELS",
-    "AskOptions",
-    "Headers",
-    "Messages",
-    "Options",
-    "SessionOptions",
-    "announce_seed",
-    "make_rng",
-    "parse_options",
-    "to_messages",
+    "CONNECT_TIMEOUT", "DEFAULT_MODEL", "DEFAULT_SERVER", "DEFAULT_TIMEOUT", "MODELS", "AskOptions", "Headers",
+    "Messages", "Options", "SessionOptions", "announce_seed", "make_rng", "parse_options", "to_messages",
 ]
 
 #: Seconds a whole ``ask`` may take (connecting included); ``None`` means no overall deadline.
@@ -60,6 +41,10 @@ CONNECT_TIMEOUT = 30.0
 
 Messages = str | Sequence[Mapping[str, Any]]
 Headers = Mapping[str, str] | Iterable[tuple[str, str]] | None
+
+#: The conversation, checked before any connection: a prompt string becomes one user message
+#: (see :func:`plabs_proto.labs.normalize_messages`); anything malformed raises LocalProtocolError.
+to_messages = normalize_messages
 
 
 class SessionOptions(TypedDict, total=False):
@@ -142,32 +127,20 @@ def parse_options(options: Mapping[str, Any], *, with_model: bool) -> Options:
         raise LocalProtocolError(f"expected tracer as a callable or None, got {tracer!r:.60}")
     overall = values.pop("timeout", DEFAULT_TIMEOUT)
     check_seconds("timeout", overall)
-    if "max_message_size" in values and values["max_message_size"] is None:
+    if values.get("max_message_size", 0) is None:
         del values["max_message_size"]  # the default receive limit
     headers = values.pop("headers", None)
-    if headers is None:
-        headers = ()
-    elif isinstance(headers, Mapping):
+    if isinstance(headers, Mapping):
         headers = tuple(headers.items())
     elif isinstance(headers, Iterable) and not isinstance(headers, str):
         headers = tuple(headers)
     mapped = {
         "query_timeout": overall,
         "connect_timeout": CONNECT_TIMEOUT if overall is None else min(overall, CONNECT_TIMEOUT),
-        "headers": headers,
+        "headers": () if headers is None else headers,
     }
     config = ClientConfig(**{**mapped, **values})
     return Options(config=config, tracer=tracer, seed=seed, model=model)
-
-
-def to_messages(prompt_or_messages: Messages) -> list[dict[str, str]]:
-    """The conversation, checked now: a prompt string becomes ``[{"role": "user", "content": prompt}]``.
-
-    Messages are normalised as Labs takes them (see
-    :func:`plabs_proto.labs.normalize_messages`); anything malformed raises
-    :class:`~plabs_proto.errors.LocalProtocolError` here, before any connection.
-    """
-    return normalize_messages(prompt_or_messages)
 
 
 def make_rng(tracer: Tracer | None, seed: int | None) -> tuple[random.Random, int | None]:

@@ -1,11 +1,6 @@
-"""The errors a backend raises itself, worded once.
-
-* :func:`stream_error`: a socket failed: a :class:`~plabs_proto.errors.NetworkError` naming host,
-  port and errno (never proxy credentials), caused by the ``OSError``;
-* :func:`closed_error`: the session ended while an answer or the connect ack was awaited;
-* :func:`check_event`: the events that end a query's stream (finished, failed, closed);
-* :func:`opened`: the events that end a session's opening (connected, closed).
-"""
+"""The errors a backend raises itself, worded once: a socket's failure (:func:`stream_error`),
+a session that ended too early (:func:`closed_error`), and the events that end a query's
+stream (:func:`check_event`) or a session's opening (:func:`opened`)."""
 
 from __future__ import annotations
 
@@ -34,12 +29,9 @@ def stream_error(
 ) -> NetworkError:
     """A :class:`NetworkError` for a connection's failure (``action`` is "connect to", "send to"...).
 
-    ``host`` and ``port`` are where the connection went (``""``: not known).
-
-    The message names the host and port the socket went to (the proxy's when one is
-    used: proxy credentials are never part of it), the error with its errno, and how
-    much of the answer came.  ``exc`` becomes the error's ``__cause__`` (as ``raise
-    ... from exc`` would make it), also when the backend keeps the error to raise later.
+    It names where the socket went (``host`` ``""``: not known; the proxy when one is used,
+    never its credentials), the error with its errno, and how much of the answer came.
+    ``exc`` becomes its ``__cause__``, also when the backend keeps the error to raise later.
     """
     what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     got = f" after {len(partial_text)} characters of the answer" if partial_text else ""
@@ -80,7 +72,6 @@ def check_event(event: Event, *, partial_text: str, partial_reasoning: str) -> b
         assert isinstance(event, Closed)
         raise closed_error(event.reason, partial_text=partial_text, partial_reasoning=partial_reasoning)
     return False
-
 
 
 def opened(event: Event) -> bool:

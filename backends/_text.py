@@ -1,10 +1,4 @@
-"""What a text-only API (``ask``) yields of one query, and the promise it keeps.
-
-:class:`AnswerText` turns a query's events into the answer text to yield: the
-pieces join to the server's final answer (``AnswerFinished.text``), or the API
-raises :class:`~plabs_proto.errors.AnswerRewrittenError`.  Every backend's
-``ask`` (and the ``PerplexityLabs`` provider) uses it.
-"""
+"""What a text-only API (every backend's ``ask``) yields of one query, and the promise it keeps."""
 
 from __future__ import annotations
 
@@ -63,11 +57,9 @@ class AnswerText:
         rest = self._catch_up(finished.text)
         if self._following:
             return rest
-        yielded = self.yielded
-        final = finished.text
-        same = 0
-        while same < min(len(yielded), len(final)) and yielded[same] == final[same]:
-            same += 1
+        yielded, final = self.yielded, finished.text
+        pairs = enumerate(zip(yielded, final, strict=False))
+        same = next((i for i, (a, b) in pairs if a != b), min(len(yielded), len(final)))
         raise AnswerRewrittenError(
             f"expected the final answer to begin with the {len(yielded)} characters already yielded, "
             f"but the server rewrote the answer after they were yielded: its final text "

@@ -23,7 +23,6 @@ import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from plabs_proto.client import ClientConfig, LabsClient, Tracer
@@ -233,15 +232,10 @@ class _Session(AsyncSession[LabsClient]):
 
 
 class Session:
-    """One Labs connection for several queries, run one after another.
+    """One Labs connection for several queries, run one after another: ``with connect(...) as session``.
 
-    Use ``with connect(...) as session``; :meth:`query` streams the typed events
-    of one answer, ending with ``AnswerFinished``.  Leaving a ``query`` generator
-    before its answer finished closes the session.  Between queries a helper
-    thread answers the server's pings (see the module docstring).
-
-    It is the async backends' session (:class:`~._async_api.AsyncSession`), stepped
-    synchronously.
+    The async backends' session (:class:`~._async_api.AsyncSession`), stepped synchronously;
+    between queries a helper thread answers the server's pings (see the module docstring).
     """
 
     def __init__(self, config: ClientConfig, *, tracer: Tracer | None = None, seed: int | None = None) -> None:
@@ -263,24 +257,15 @@ class Session:
         return self._session.connected
 
     def open(self, *, wait: bool = True) -> None:
-        """Connect and wait for the Socket.IO connect ack (``with`` calls this).
-
-        ``open(wait=False)`` only starts the handshake (in the helper thread) and
-        returns at once; see :meth:`~._async_api.AsyncSession.open`.
-        """
+        """Connect and wait for the Socket.IO connect ack (``with`` calls this); ``open(wait=False)``
+        starts the handshake in the helper thread and returns (see :meth:`~._async_api.AsyncSession.open`)."""
         run_blocking(self._session.open(wait=wait))
 
     def query(self, messages: Messages, *, model: str = DEFAULT_MODEL) -> Generator[Event, None, None]:
-        """Ask and stream the answer's events (``TextDelta``, ``ReasoningDelta``, ``Citations``,
-        ``AnswerRevised``, then ``AnswerFinished``); the query is sent on the first ``next()``.
-        After ``open(wait=False)`` the first query takes the connect ack on its way (see :meth:`open`).
-
-        A server-reported failure raises :class:`~plabs_proto.errors.ResponseError`
-        (the session stays usable); any other error, or leaving before
-        ``AnswerFinished``, closes the session.  Raises
-        :class:`~plabs_proto.errors.LocalProtocolError` at once when the session is
-        not open or another query on it is still streaming.
-        """
+        """Ask and stream the answer's events, as :class:`~._async_api.AsyncQuery` does (a
+        ResponseError leaves the session usable; any other error, or leaving the generator before
+        ``AnswerFinished``, closes it).  Raises :class:`~plabs_proto.errors.LocalProtocolError` at
+        once when the session is not open or another query on it is still streaming."""
         return _stepped(self._session.query(messages, model=model))
 
     def close(self) -> None:
@@ -291,9 +276,7 @@ class Session:
         self.open()
         return self
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 
