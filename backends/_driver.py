@@ -210,22 +210,26 @@ class Driver(LinkBase[LabsClient]):
             self._close_stream(stream_id)
 
     def close(self) -> None:
-        """Close every connection at once (synchronously: no polite goodbye)."""
+        """Close every connection and the network at once (synchronously: no polite goodbye)."""
         self._shutdown()
+        self.network.close()
 
     async def aclose(self) -> None:
-        """Close politely if still healthy (writes bounded by :data:`CLOSE_WAIT`), then every connection."""
-        if self.finished:
-            return
+        """Stop idling, close politely if still healthy (writes bounded by :data:`CLOSE_WAIT`),
+        then every connection and the network."""
+        await self.stop_idling()
         try:
-            with contextlib.suppress(Exception):
-                self.client.close(self.network.now())
-            deadline = self.network.now() + CLOSE_WAIT
-            for instruction in self.client.transmit():
-                stream = self.streams.get(instruction.stream_id)
-                if type(instruction) is SendBytes and stream is not None:
-                    await self.network.send_last(stream, instruction.data, deadline)
-                elif type(instruction) is CloseStream:
-                    self._close_stream(instruction.stream_id)
+            if not self.finished:
+                with contextlib.suppress(Exception):
+                    self.client.close(self.network.now())
+                deadline = self.network.now() + CLOSE_WAIT
+                for instruction in self.client.transmit():
+                    stream = self.streams.get(instruction.stream_id)
+                    if type(instruction) is SendBytes and stream is not None:
+                        await self.network.send_last(stream, instruction.data, deadline)
+                    elif type(instruction) is CloseStream:
+                        self._close_stream(instruction.stream_id)
         finally:
             self._shutdown()
+            self.network.close()
+        await self.network.closed()

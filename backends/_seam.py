@@ -98,6 +98,14 @@ class Network(ABC):
         work.close()
         return None
 
+    def close(self) -> None:
+        """Release what the network holds (a timer, a selector); the driver's streams are closed.  Idempotent."""
+        return None
+
+    async def closed(self) -> None:
+        """Wait (bounded in time) until the closed connections are really gone."""
+        return None
+
     @abstractmethod
     def wake(self) -> None:
         """End the :meth:`receive` or :meth:`sleep_until` under way early (it returns nothing).

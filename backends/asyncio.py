@@ -20,8 +20,6 @@ at once on an exception or cancellation, after a ``break`` when the iterator is 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -46,11 +44,9 @@ _idlers: set[asyncio.Task[None]] = set()  # the idle tasks running (asyncio keep
 class _Connection(asyncio.BufferedProtocol, Stream):
     """One TCP connection: its protocol callbacks keep what arrives for :meth:`AsyncioNetwork.receive`.
 
-    A buffered protocol: the loop reads (``recv_into``) into the thread's shared
-    read buffer instead of allocating a fresh bytes object of READ_SIZE for every
-    read; ``buffer_updated`` copies out what arrived before any other read can
-    happen.  (A proactor loop keeps reads pending across callbacks: there each
-    connection gets a buffer of its own.)
+    The loop reads into the thread's shared read buffer (:func:`~._seam.read_buffer`), and
+    ``buffer_updated`` copies out what arrived before any other read can happen (a proactor
+    loop keeps reads pending across callbacks: there each connection has a buffer of its own).
     """
 
     def __init__(self, network: AsyncioNetwork) -> None:
@@ -66,11 +62,7 @@ class _Connection(asyncio.BufferedProtocol, Stream):
     # -- the protocol's side
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.transport = cast(asyncio.Transport, transport)  # asyncio turns TCP_NODELAY on itself
         self.network.open.add(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -184,9 +176,8 @@ class AsyncioNetwork(Network):
         self._timer = self._timer_at = None
 
     def close(self) -> None:
-        """Stop the timer and end the wait under way (the link is closed)."""
         self._disarm()
-        self.wake()
+        self.wake()  # an idle task ends
 
     async def send_last(self, stream: Stream, data: bytes, deadline: float) -> None:
         await stream.send_all(data, deadline)  # the transport's close() writes it out before closing
@@ -198,7 +189,7 @@ class AsyncioNetwork(Network):
         return lambda: asyncio.wait([task])
 
     async def closed(self) -> None:
-        """Wait (at most :data:`_CLOSE_WAIT` s) until every connection is really closed; abort the rest."""
+        """Wait (at most :data:`_CLOSE_WAIT` s) until every connection is really gone; abort the rest."""
         if self.open:
             try:
                 await asyncio.wait([c.lost for c in self.open], timeout=_CLOSE_WAIT)
@@ -206,24 +197,6 @@ class AsyncioNetwork(Network):
                 for connection in list(self.open):
                     if connection.transport is not None:
                         connection.transport.abort()
-
-
-class _Link(Driver):
-    """The one driver over asyncio, which stops the network's timer when it closes."""
-
-    network: AsyncioNetwork
-
-    def __init__(self, client: LabsClient) -> None:
-        super().__init__(client, AsyncioNetwork())
-
-    def close(self) -> None:
-        super().close()
-        self.network.close()  # an idle task ends
-
-    async def aclose(self) -> None:
-        await super().aclose()
-        self.network.close()
-        await self.network.closed()
 
 
 # -- the public API --------------------------------------------------------------------------------
@@ -262,7 +235,7 @@ def ask(prompt_or_messages: Messages, **options: Unpack[AskOptions]) -> AsyncAns
     messages = to_messages(prompt_or_messages)
     opts = parse_options(options, with_model=True)
     client, used_seed = opts.new_client()
-    return AsyncAnswer(lambda: _Link(client), messages, opts.model, opts.tracer, used_seed)
+    return AsyncAnswer(lambda: Driver(client, AsyncioNetwork()), messages, opts.model, opts.tracer, used_seed)
 
 
 class Session(AsyncSession[LabsClient]):
@@ -274,8 +247,8 @@ class Session(AsyncSession[LabsClient]):
     the session.
     """
 
-    def _new_link(self) -> _Link:
-        return _Link(self._client)
+    def _new_link(self) -> Driver:
+        return Driver(self._client, AsyncioNetwork())
 
 
 def connect(**options: Unpack[SessionOptions]) -> Session:

@@ -181,14 +181,8 @@ class _Link(Driver):
     def __init__(self, client: LabsClient) -> None:
         super().__init__(client, SelectorNetwork())
 
-    async def aclose(self) -> None:
-        """Close politely if still healthy (writes bounded in time), then close every socket."""
-        await self.stop_idling()
-        await super().aclose()
-        self.network.close()
-
     def close(self) -> None:
-        """:meth:`aclose`, synchronously."""
+        """:meth:`aclose`, synchronously: the helper thread is stopped before the sockets close."""
         run_blocking(self.aclose())
 
 
