@@ -32,12 +32,9 @@ Core = TypeVar("Core", LabsClient, LabsSession)
 
 
 class LinkBase(ABC, Generic[Core]):
-    """The bookkeeping of a backend's connection driver ("link") around its core.
-
-    A link keeps the core (``client``), the events waiting for the consumer, and the
-    first error; it closes every connection once that error is kept.  Subclasses give
-    the clock (``now``), their ``_shutdown`` and what follows a command (``_after_command``).
-    """
+    """The bookkeeping of a backend's connection driver ("link") around its core: the core
+    (``client``), the events waiting for the consumer, the first error (every connection is
+    closed once it is kept).  Subclasses give the clock (``now``) and ``_shutdown``."""
 
     client: Core
     events: deque[Event]
@@ -46,11 +43,8 @@ class LinkBase(ABC, Generic[Core]):
     now: Callable[[], float]
 
     def command(self, method: Callable[..., None], *args: Any, **kwargs: Any) -> None:
-        """Call a user command of the core (connect, query, close) with ``now=``.
-
-        Misuse raises :class:`LocalProtocolError` at once; any other error is kept
-        for the consumer, who gets it after the events that came before it.
-        """
+        """Call a user command of the core (connect, query, close) with ``now=``: misuse raises
+        :class:`LocalProtocolError` at once, any other error is kept for the consumer."""
         if self.error is not None:
             raise LocalProtocolError(f"cannot use this session: it failed ({self.error})") from self.error
         if self.finished:
@@ -86,11 +80,8 @@ class LinkBase(ABC, Generic[Core]):
         """Close politely if the session is healthy (bounded in time), then every connection."""
 
     def start_idling(self) -> None:
-        """Keep the session alive between queries (pings answered) until :meth:`stop_idling`.
-
-        Nothing here: a link that reads only while awaited overrides it (asyncio: a
-        task; sync: a thread); the trio session idles in its own nursery instead.
-        """
+        """Keep the session alive between queries until :meth:`stop_idling`: nothing here (curl's
+        link reads all the time); the driver, which reads only while awaited, overrides it."""
 
     async def stop_idling(self) -> None:
         """Stop what :meth:`start_idling` started, before the consumer reads again."""
@@ -161,15 +152,12 @@ class OneReader(ABC, Generic[T]):
 
 
 class AsyncAnswer(OneReader[str]):
-    """What ``ask`` returns: an async iterator of answer text deltas (str).
+    """What ``ask`` returns: an async iterator of answer text deltas (str), which join to the
+    final answer or end with AnswerRewrittenError (see :class:`~._text.AnswerText`).
 
-    The texts join to the server's final answer (``AnswerFinished.text``), or
-    the iteration ends with :class:`~plabs_proto.errors.AnswerRewrittenError`
-    when the server rewrote text already yielded (see :class:`AnswerText`).
-
-    The connection opens on the first ``__anext__`` and closes when the answer is
-    complete, on an error or cancellation, on :meth:`aclose` (or leaving
-    ``async with``), and, failing all that, when the object is collected.
+    The connection opens on the first ``__anext__`` and closes when the answer is complete,
+    on an error or cancellation, on :meth:`aclose` (or leaving ``async with``), and, failing
+    all that, when the object is collected.
     """
 
     _what = "one answer"
@@ -351,12 +339,9 @@ class AsyncSession(ABC, Generic[Core]):
     async def open(self, *, wait: bool = True) -> None:
         """Connect and wait for the Socket.IO connect ack (``async with`` calls this).
 
-        ``open(wait=False)`` only starts the handshake and returns at once: a
-        :meth:`query` may follow before the server acked the connection, and its
-        query then goes out as soon as the client may send it (as ``ask`` sends
-        it): in the very step that reads the ack, not after a turn of the
-        caller's code.  Iterating that query takes the ack (setting :attr:`connected`) and raises what ``open()``
-        would have raised when the server refuses the handshake.
+        ``open(wait=False)`` only starts the handshake and returns at once: a :meth:`query`
+        made then goes out in the very step that reads the ack (as ``ask`` sends its query),
+        not after a turn of the caller's code (see :class:`AsyncQuery`).
         """
         if self._link is not None:
             raise LocalProtocolError("cannot open this session: it was opened already")

@@ -205,32 +205,23 @@ class AsyncioNetwork(Network):
 def ask(prompt_or_messages: Messages, **options: Unpack[AskOptions]) -> AsyncAnswer:
     """Ask Labs once and stream the answer text as it grows: ``async for text in ask(...)``.
 
-    ``prompt_or_messages`` is a prompt (one user message) or a list of
-    ``{"role", "content"}`` messages.  ``timeout`` bounds the whole call, connecting
-    included (``None``: no overall deadline); the other keyword arguments are
-    :class:`~plabs_proto.client.ClientConfig` fields (``origin``, ``jwt``, ``version``,
-    ``first_text_timeout``, ``connect_timeout``, ``max_message_size``, ``tls``...).
-    ``proxy`` is ``http://[user:pass@]host:port`` or ``socks5://[user:pass@]host:port``.
+    ``prompt_or_messages`` is a prompt (one user message) or a list of ``{"role", "content"}``
+    messages.  The options are :class:`~._config.AskOptions`: ``timeout`` bounds the whole call,
+    connecting included (``None``: no overall deadline), ``proxy`` is ``http://[user:pass@]host:port``
+    or ``socks5://...``, the rest are :class:`~plabs_proto.client.ClientConfig` fields.  They are
+    checked at once (``LocalProtocolError``).
 
-    Only the answer text is yielded (no reasoning: use :func:`connect` for the typed
-    events), and the texts join to the server's final answer, ``AnswerFinished.text``.
-    Text once yielded cannot be taken back: should the server rewrite it (an
-    ``AnswerRevised`` whose text does not begin with what was yielded), the answer
-    is read to its end and :class:`~plabs_proto.errors.AnswerRewrittenError` is raised,
-    with the final answer in ``text`` and what was yielded in ``yielded``.  A
-    revision of the reasoning alone (``r1-1776`` answers without ``</think>``) is no
-    rewrite.  Errors: a server-reported failure raises
-    :class:`~plabs_proto.errors.ResponseError`; protocol errors, timeouts
-    (:class:`~plabs_proto.errors.LabsTimeout`) and socket failures
+    Only the answer text is yielded (use :func:`connect` for reasoning and the typed events),
+    and the texts join to the server's final answer, ``AnswerFinished.text``.  Should the
+    server rewrite text already yielded, the answer is read to its end and
+    :class:`~plabs_proto.errors.AnswerRewrittenError` raised, with the final answer in ``text``
+    (a revision of the reasoning alone is no rewrite).  A server-reported failure raises
+    :class:`~plabs_proto.errors.ResponseError`; protocol errors, timeouts and socket failures
     (:class:`~plabs_proto.errors.NetworkError`, caused by the ``OSError``) carry ``partial_text``.
 
-    ``tracer`` sees every byte above TLS; then the client's randomness comes from
-    ``random.Random(seed)`` (a fresh seed when ``seed`` is None, announced to the
-    tracer as ``tracer(now, 0, "seed", b"<seed>")``) so the trace can be replayed.
-
-    Options are checked at once (``LocalProtocolError``); the connection opens on
-    the first iteration and closes when the answer ends, on an error or
-    cancellation, on ``aclose()``/``async with``, or when the object is collected.
+    ``tracer`` sees every byte above TLS; the client's randomness then comes from
+    ``random.Random(seed)`` (a fresh seed when ``seed`` is None, announced as
+    ``tracer(now, 0, "seed", b"<seed>")``) so the trace can be replayed.
     """
     messages = to_messages(prompt_or_messages)
     opts = parse_options(options, with_model=True)
@@ -274,15 +265,11 @@ class PerplexityLabs:
     async def create_async_generator(
         cls, model: str, messages: Messages, proxy: str | None = None, **kwargs: Any
     ) -> AsyncGenerator[str, None]:
-        """Yield the answer text in pieces (an empty ``model`` means :attr:`default_model`).
+        """Yield the answer text in pieces, as :func:`ask` does (an empty ``model``: :attr:`default_model`).
 
-        The pieces join to the server's final answer, as with :func:`ask` (and, as
-        there, :class:`~plabs_proto.errors.AnswerRewrittenError` when the server
-        rewrote text already yielded).
-
-        The options of :func:`ask` (``server``, ``timeout``...) pass through
-        ``kwargs``; other keyword arguments that gpt4free hands every provider
-        (``stream``, ``temperature``...) are ignored, as the original provider did.
+        The options of :func:`ask` (``server``, ``timeout``...) pass through ``kwargs``; the
+        others gpt4free hands every provider (``stream``, ``temperature``...) are ignored, as
+        the original provider did.
         """
         options = {name: value for name, value in kwargs.items() if name in _ASK_OPTIONS}
         async with ask(messages, model=model or cls.default_model, proxy=proxy, **options) as answer:

@@ -60,18 +60,10 @@ def _connect_failure(exc: OSError) -> OSError:
 
 def _collapse(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """One exception out of a nursery's group: a non-Cancelled one if any, else the first Cancelled."""
-    leaves: list[BaseException] = []
-    stack: list[BaseException] = [group]
-    while stack:
-        exc = stack.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            stack.extend(reversed(exc.exceptions))
-        else:
-            leaves.append(exc)
-    for exc in leaves:
-        if not isinstance(exc, trio.Cancelled):
-            return exc
-    return leaves[0]
+    exc: BaseException = group.split(trio.Cancelled)[1] or group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _until(deadline: float | None) -> float:
@@ -204,17 +196,12 @@ def ask(prompt_or_messages: Messages, **options: Unpack[AskOptions]) -> AsyncAns
 
 
 class Session(AsyncSession[LabsClient]):
-    """One Labs connection for several queries, run one after another.
+    """One Labs connection for several queries, run one after another: ``async with connect(...)``.
 
-    ``async with connect(...) as session:`` then ``async for event in
-    session.query(...)``.  Leaving a query before ``AnswerFinished`` closes the
-    session.  Between queries a task in the session's own nursery (opened by
-    ``async with``, or by :meth:`keep_alive`) answers the server's pings; a
-    session opened with :meth:`open` alone reads only while it is awaited.
-
-    To send the first query as the handshake ends (see
-    :meth:`~plabs_proto.backends._async_api.AsyncSession.open`), with pings
-    answered between queries::
+    Between queries a task in the session's own nursery (opened by ``async with``, or by
+    :meth:`keep_alive`) answers the server's pings; a session opened with :meth:`open` alone
+    reads only while it is awaited.  To send the first query as the handshake ends (see
+    :meth:`~._async_api.AsyncSession.open`), with pings answered between queries::
 
         session = connect(...)
         async with session.keep_alive():
