@@ -56,15 +56,15 @@ class _SocketStream(Stream):
         self.network = network
 
     async def send_all(self, data: bytes, deadline: float | None) -> bool:
-        view = memoryview(data)
-        while view:
-            try:
-                sent = self.sock.send(view)
-            except (BlockingIOError, InterruptedError):
-                if not self.network.wait_writable(self.sock, deadline):
-                    return False
-                continue
-            view = view[sent:]
+        self.sock.settimeout(None if deadline is None else max(deadline - time.monotonic(), GRACE))
+        try:
+            self.sock.sendall(data)
+        except TimeoutError as exc:
+            if exc.errno is not None:  # the kernel's ETIMEDOUT, not our deadline
+                raise
+            return False
+        finally:
+            self.sock.setblocking(False)  # reads go through the selector
         return True
 
     def close(self) -> None:
@@ -98,18 +98,10 @@ class SelectorNetwork(Network):
                 return None
             raise
         sock.setblocking(False)
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         stream = _SocketStream(sock, self)
         self.selector.register(sock, selectors.EVENT_READ, stream)
         return stream
-
-    def wait_writable(self, sock: socket.socket, deadline: float | None) -> bool:
-        """Wait until ``sock`` takes more bytes: False at the deadline."""
-        timeout = None if deadline is None else max(deadline - time.monotonic(), GRACE)
-        with selectors.DefaultSelector() as selector:
-            selector.register(sock, selectors.EVENT_WRITE)
-            return bool(selector.select(timeout))
 
     async def receive(
         self, streams: Sequence[Stream], deadline: float | None

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import gc
 import json
+import socket
 import ssl
 import time
 import warnings
@@ -445,6 +446,19 @@ def test_trio_keep_alive_is_refused_twice_at_once_and_can_be_entered_again(start
             await session.aclose()
 
     assert trio.run(main) == default_answer(DEFAULT_MODEL, "still there?")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_server_that_never_reads_meets_the_deadline_while_we_write(backend: str) -> None:
+    # A listener that never accepts: the kernel takes the connection and buffers what fits, then
+    # the 32 MB request head stalls the write (sync, trio) or the wait for the answer (asyncio's
+    # transport buffers it): either way the connect deadline ends it, not a hang.
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        started = time.monotonic()
+        with pytest.raises(LabsTimeout):
+            run_ask(backend, "hi", server=url, connect_timeout=0.5, headers={"X-Big": "a" * 32_000_000})
+        assert time.monotonic() - started < 5
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
