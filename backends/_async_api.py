@@ -217,17 +217,14 @@ class AsyncAnswer(OneReader[str]):
 
 
 class AsyncQuery(OneReader[Event]):
-    """What ``Session.query`` returns: an async iterator of the answer's events.
+    """What ``Session.query`` returns: an async iterator of the answer's events (``TextDelta``,
+    ``ReasoningDelta``, ``Citations``, ``AnswerRevised``, then ``AnswerFinished``).
 
-    ``TextDelta``, ``ReasoningDelta``, ``Citations``, ``AnswerRevised``, then
-    ``AnswerFinished``.  The query is sent on the first ``__anext__``.  A
-    server-reported failure raises :class:`~plabs_proto.errors.ResponseError` and
-    leaves the session usable; any other error, a cancellation, or leaving before
-    ``AnswerFinished`` closes the session.
-
-    The first query after ``open(wait=False)`` takes the connect ack on its way
-    (it is not yielded: it sets ``session.connected``), and raises what
-    ``open()`` would have raised when the server refuses the handshake.
+    The query is sent on the first ``__anext__``.  A server-reported failure raises
+    :class:`~plabs_proto.errors.ResponseError` and leaves the session usable; any other error,
+    a cancellation, or leaving before ``AnswerFinished`` closes the session.  After
+    ``open(wait=False)`` it takes the connect ack on its way (setting ``session.connected``),
+    and raises what ``open()`` would have raised when the server refuses the handshake.
     """
 
     _what = "one query's events"

@@ -56,12 +56,9 @@ class Driver(LinkBase[LabsClient]):
         return cast(Event, await self._pump(None))
 
     async def pump_idle(self, stop: Callable[[], bool]) -> None:
-        """Keep the session alive (pings answered, deadlines fired) until ``stop()`` is true.
-
-        Events that come meanwhile wait in :attr:`events`; an error is kept (as in
-        :meth:`next_event`) and ends the pumping.  The network must wake
-        :meth:`Network.receive` when ``stop`` turns true (trio: cancellation).
-        """
+        """Keep the session alive (pings answered, deadlines fired) until ``stop()`` is true (the
+        network's ``wake`` then ends its wait).  Events that come meanwhile wait in :attr:`events`;
+        an error is kept (as in :meth:`next_event`) and ends the pumping."""
         with contextlib.suppress(Exception):
             await self._pump(stop)
 
@@ -148,12 +145,9 @@ class Driver(LinkBase[LabsClient]):
         raise LocalProtocolError(f"expected a deadline error from the client at {at}, got none")
 
     async def _wait_input(self) -> None:
-        """Read what comes first on any connection, or fire the deadline.
-
-        When the deadline has already passed (the consumer was busy elsewhere), bytes
-        that are waiting are read first, once, so the client sees what came before
-        the deadline; then the deadline fires.
-        """
+        """Read what comes first on any connection, or fire the deadline.  When the deadline has
+        already passed (the consumer was busy elsewhere), bytes already waiting are read first,
+        once, so the client sees what came before the deadline; then it fires."""
         network = self.network
         at = self.client.get_timer()
         now = network.now()
@@ -163,11 +157,9 @@ class Driver(LinkBase[LabsClient]):
         if readable:
             got = await network.receive([stream for _, stream in readable], until)
         elif at is None:
-            raise closed_error(
-                "no connection is left to read from",
-                partial_text=self.client.partial_text,
-                partial_reasoning=self.client.partial_reasoning,
-            )
+            client = self.client
+            raise closed_error("no connection is left to read from", partial_text=client.partial_text,
+                               partial_reasoning=client.partial_reasoning)
         else:
             await network.sleep_until(at if until is None else until)
             got = []
@@ -185,16 +177,10 @@ class Driver(LinkBase[LabsClient]):
 
     def _stream_error(self, exc: BaseException, action: str, stream_id: int) -> NetworkError:
         """The :class:`NetworkError` for a socket failure on this connection (see :func:`stream_error`)."""
-        target = self.targets.get(stream_id)
-        return stream_error(
-            exc,
-            action=action,
-            host="" if target is None else target.host,
-            port=0 if target is None else target.port,
-            proxied=self.proxied,
-            partial_text=self.client.partial_text,
-            partial_reasoning=self.client.partial_reasoning,
-        )
+        target, client = self.targets.get(stream_id), self.client
+        host, port = ("", 0) if target is None else (target.host, target.port)
+        return stream_error(exc, action=action, host=host, port=port, proxied=self.proxied,
+                            partial_text=client.partial_text, partial_reasoning=client.partial_reasoning)
 
     # -- ending ----------------------------------------------------------------------------------
 

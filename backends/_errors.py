@@ -62,21 +62,17 @@ def check_event(event: Event, *, partial_text: str, partial_reasoning: str) -> b
     ``QueryFailed`` raises its :class:`~plabs_proto.errors.ResponseError`; ``Closed``
     raises :func:`closed_error`.  Anything else is False.
     """
-    kind = type(event)
-    if kind is AnswerFinished:
+    if type(event) is AnswerFinished:
         return True
-    if kind is QueryFailed:
-        assert isinstance(event, QueryFailed)
+    if isinstance(event, QueryFailed):
         raise event.error()
-    if kind is Closed:
-        assert isinstance(event, Closed)
+    if isinstance(event, Closed):
         raise closed_error(event.reason, partial_text=partial_text, partial_reasoning=partial_reasoning)
     return False
 
 
 def opened(event: Event) -> bool:
     """Judge an event met while a session opens: True for ``Connected``; ``Closed`` raises :func:`closed_error`."""
-    if type(event) is Closed:
-        assert isinstance(event, Closed)
+    if isinstance(event, Closed):
         raise closed_error(event.reason, partial_text="", partial_reasoning="")
     return type(event) is Connected

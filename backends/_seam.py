@@ -73,13 +73,9 @@ class Network(ABC):
     async def receive(
         self, streams: Sequence[Stream], deadline: float | None
     ) -> list[tuple[Stream, bytes | OSError]]:
-        """Wait until one of ``streams`` has bytes (``b""`` at its end, or the OSError it met).
-
-        Returns what came, for one stream or more (at least one when anything came);
-        an empty list at the deadline, or when woken early (the caller looks at the
-        clock).  ``streams`` is never empty; a stream that returned ``b""`` is not
-        passed again.
-        """
+        """Wait until one of ``streams`` (never empty) has bytes: ``b""`` at its end (it is not
+        passed again), or the OSError it met.  Returns what came, for one stream or more; an empty
+        list at the deadline, or when woken early (the caller looks at the clock)."""
 
     @abstractmethod
     async def sleep_until(self, deadline: float) -> None:
@@ -90,11 +86,8 @@ class Network(ABC):
         """The polite close's write: sent until ``deadline`` even inside a cancelled task; errors ignored."""
 
     def start(self, work: Coroutine[Any, Any, None]) -> Callable[[], Awaitable[object]] | None:
-        """Run ``work`` in the background (a task, a thread); return what awaits its end.
-
-        The driver idles this way between a session's queries.  None: this network runs
-        nothing in the background (then ``work`` is closed unstarted), the default.
-        """
+        """Run ``work`` (the driver's idling between queries) in the background, a task or a thread;
+        return what awaits its end.  None (the default): this network runs nothing in the background."""
         work.close()
         return None
 
@@ -108,11 +101,8 @@ class Network(ABC):
 
     @abstractmethod
     def wake(self) -> None:
-        """End the :meth:`receive` or :meth:`sleep_until` under way early (it returns nothing).
-
-        Called from the backend's own thread (asyncio, trio) or another one (sync) to stop
-        :meth:`~._driver.Driver.pump_idle`; never interrupts a write.
-        """
+        """End the :meth:`receive` or :meth:`sleep_until` under way early (it returns nothing); called
+        from the backend's own thread or another one (sync) to stop the idling; never interrupts a write."""
 
 
 T = TypeVar("T")

@@ -40,17 +40,12 @@ class AnswerText:
 
     def take(self, event: Event) -> str:
         """The text to yield for ``event`` (``""``: nothing)."""
-        kind = type(event)
-        if kind is TextDelta:
-            assert isinstance(event, TextDelta)
+        if isinstance(event, TextDelta):
             if self._following and event.text:
                 self._parts.append(event.text)
                 return event.text
             return ""
-        if kind is AnswerRevised:
-            assert isinstance(event, AnswerRevised)
-            return self._catch_up(event.text)
-        return ""
+        return self._catch_up(event.text) if isinstance(event, AnswerRevised) else ""
 
     def finish(self, finished: AnswerFinished) -> str:
         """The rest of the final answer to yield (usually ``""``), or raise AnswerRewrittenError."""

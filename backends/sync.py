@@ -194,12 +194,9 @@ def ask(prompt_or_messages: Messages, **options: Unpack[AskOptions]) -> Generato
 
 
 def _stepped(stream: OneReader[T]) -> Generator[T, None, None]:
-    """A shared answer or query, stepped synchronously (its driver never suspends, see
-    :func:`run_blocking`); leaving the generator closes it.
-
-    It steps ``_next``, not ``__anext__``: a generator cannot be read twice at once
-    anyway, and one coroutine less per item is CPU per frame.
-    """
+    """A shared answer or query, stepped synchronously (see :func:`run_blocking`); leaving the
+    generator closes it.  It steps ``_next``, not ``__anext__``: a generator cannot be read
+    twice at once anyway, and one coroutine less per item is CPU per frame."""
     try:
         while not stream._done:
             try:

@@ -214,7 +214,7 @@ class Session(AsyncSession[LabsClient]):
     def __init__(self, config: ClientConfig, *, tracer: Tracer | None = None, seed: int | None = None) -> None:
         super().__init__(config, tracer=tracer, seed=seed)
         self._nursery: trio.Nursery | None = None
-        self._kept: contextlib.AbstractAsyncContextManager[Session] | None = None  # async with's keep_alive()
+        self._kept: contextlib.AsyncExitStack | None = None  # async with's keep_alive()
 
     def _new_link(self) -> Driver:
         return Driver(self._client, TrioNetwork(lambda: self._nursery))
@@ -241,14 +241,10 @@ class Session(AsyncSession[LabsClient]):
                 await manager.__aexit__(None, None, None)
 
     async def __aenter__(self) -> Session:
-        kept = self.keep_alive()
-        await kept.__aenter__()
-        try:
+        async with contextlib.AsyncExitStack() as stack:  # kept alive from here, unless open() fails
+            await stack.enter_async_context(self.keep_alive())
             await self.open()
-        except BaseException:
-            await kept.__aexit__(None, None, None)
-            raise
-        self._kept = kept
+            self._kept = stack.pop_all()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -257,7 +253,7 @@ class Session(AsyncSession[LabsClient]):
             await self.aclose()
         finally:
             if kept is not None:
-                await kept.__aexit__(None, None, None)
+                await kept.aclose()
 
 
 def connect(**options: Unpack[SessionOptions]) -> Session:

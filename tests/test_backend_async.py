@@ -368,6 +368,10 @@ async def test_trio_session_nursery_leaks_no_exception_group(
     with pytest.raises(ValueError, match="mine"):
         async with trio_backend.connect(server=emulator.url, timeout=10):
             raise ValueError("mine")
+    with pytest.raises(ResponseError, match="not authorized"):  # open() fails inside `async with`
+        async with trio_backend.connect(server=emulator.url, jwt="not-the-one", timeout=10):
+            pass
+    assert await settle(sockets_to, emulator.port) == 0
     with trio.move_on_after(0.3) as scope:
         async with trio_backend.connect(server=emulator.url, timeout=10) as session:
             events = [event async for event in session.query("idle then cancelled", model="sonar")]
