@@ -170,14 +170,12 @@ class TrioNetwork(Network):
             finally:
                 done.set()
 
-        try:
-            if nursery is None:
-                raise RuntimeError("no nursery")
-            nursery.start_soon(run)
-        except RuntimeError:  # none, or it is closing: the work is not run
-            work.close()
-            return None
-        return done.wait
+        if nursery is not None:
+            with contextlib.suppress(RuntimeError):  # the nursery is closing
+                nursery.start_soon(run)
+                return done.wait
+        work.close()  # not run
+        return None
 
 
 # -- the public API --------------------------------------------------------------------------------
