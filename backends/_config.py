@@ -62,7 +62,7 @@ class SessionOptions(TypedDict, total=False):
     proxy: str | ProxyConfig | None
     transport: str
     ssl_context: Any
-    cafile: str | None
+    cafile: str | os.PathLike[str] | None
     timeout: float | None
     headers: Headers
     tracer: Tracer | None

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import re
 from collections import deque
@@ -108,7 +109,7 @@ class _Link(LinkBase[LabsSession]):
         self._http: CurlSession[Any] = CurlSession(
             impersonate=cast(Any, impersonate),
             proxy=self._proxy,
-            verify=cast(Any, config.cafile or True),  # curl_cffi takes a CA file path too
+            verify=cast(Any, True if config.cafile is None else os.fspath(config.cafile)),  # or a CA file path
             timeout=cast(Any, None),
             # never follow a redirect silently: the session reads it as a RedirectError naming the Location
             allow_redirects=False,

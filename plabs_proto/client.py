@@ -44,6 +44,7 @@ limits are checked here, from the bytes, before anything is buffered.
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import ssl
@@ -148,7 +149,7 @@ class ClientConfig:
     transport: str = "upgrade"
     proxy: str | ProxyConfig | None = field(default=None, repr=False)
     ssl_context: ssl.SSLContext | None = None
-    cafile: str | None = None
+    cafile: str | os.PathLike[str] | None = None
     tls: bool | None = None
     headers: tuple[tuple[str, str], ...] = ()
     origin: str = DEFAULT_ORIGIN
@@ -195,8 +196,8 @@ class ClientConfig:
             parse_proxy_url(self.proxy)
         if self.ssl_context is not None:
             check_ssl_context(self.ssl_context)
-        if self.cafile is not None and not isinstance(self.cafile, str):
-            raise LocalProtocolError(f"expected cafile as a str or None, got {self.cafile!r:.60}")
+        if self.cafile is not None and not isinstance(self.cafile, str | os.PathLike):
+            raise LocalProtocolError(f"expected cafile as a path (str or os.PathLike) or None, got {self.cafile!r:.60}")
         if self.tls is not None and not isinstance(self.tls, bool):
             raise LocalProtocolError(f"expected tls as True, False or None, got {self.tls!r:.60}")
         if self.browser is not None and not isinstance(self.browser, BrowserProfile):

@@ -22,6 +22,7 @@ For Chrome's ClientHello itself use the curl backend (``--backend curl``).
 
 from __future__ import annotations
 
+import os
 import ssl
 
 from .errors import LocalProtocolError, TLSError
@@ -44,7 +45,7 @@ CHROME_TLS12_CIPHERS = (
 )
 
 
-def make_ssl_context(cafile: str | None = None) -> ssl.SSLContext:
+def make_ssl_context(cafile: str | os.PathLike[str] | None = None) -> ssl.SSLContext:
     """A verifying client context: system CAs (or ``cafile``), ALPN ``http/1.1``, TLS 1.2 or newer.
 
     TLS 1.3 is offered first; for TLS 1.2 the suites are Chrome's, in Chrome's order (see the

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -96,7 +97,7 @@ async def test_ask_the_node_server(node_factory: NodeFactory, transport: str) ->
 async def test_tls_with_a_private_ca(emulator_factory: EmulatorFactory, tls_files: TLSFiles, transport: str) -> None:
     emulator = emulator_factory(certfile=tls_files.certfile, keyfile=tls_files.keyfile, **FAST)
     assert emulator.url.startswith("https://")
-    text = await collect("secure?", server=emulator.url, cafile=tls_files.cafile, transport=transport,
+    text = await collect("secure?", server=emulator.url, cafile=Path(tls_files.cafile), transport=transport,
                          model="sonar", timeout=10)
     assert text == default_answer("sonar", "secure?")
 

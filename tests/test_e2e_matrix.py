@@ -18,6 +18,7 @@ import ssl
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -301,7 +302,8 @@ def test_tls_with_a_private_ca(
 ) -> None:
     emulator = emulator_factory(certfile=tls_files.certfile, keyfile=tls_files.keyfile, **FAST)
     assert emulator.url.startswith("https://127.0.0.1:")
-    answer = run_ask(backend, "secure?", server=emulator.url, cafile=tls_files.cafile, transport=transport,
+    # cafile as a Path here (os.PathLike), as a str in the tests below
+    answer = run_ask(backend, "secure?", server=emulator.url, cafile=Path(tls_files.cafile), transport=transport,
                      model="sonar", timeout=10)
     assert answer == default_answer("sonar", "secure?")
 
