@@ -34,14 +34,11 @@ ACCEPT_ENCODING = "gzip, deflate"
 Headers = Sequence[tuple[str, str]]
 
 
-@dataclass(frozen=True, slots=True)
-class HTTPResponse:
-    """A complete response: status, reason, headers (lower-case names) and body."""
+class _HeaderLookup:
+    """Reading ``headers``, a tuple of (lower-case name, value) pairs, by name."""
 
-    status: int
-    reason: str
+    __slots__ = ()
     headers: tuple[tuple[str, str], ...]
-    body: bytes = field(repr=False)
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (lower case), or None."""
@@ -54,27 +51,27 @@ class HTTPResponse:
         """Every value of header ``name`` (lower case)."""
         return [value for key, value in self.headers if key == name]
 
+
+@dataclass(frozen=True, slots=True)
+class HTTPResponse(_HeaderLookup):
+    """A complete response: status, reason, headers (lower-case names) and body."""
+
+    status: int
+    reason: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes = field(repr=False)
+
     def text(self) -> str:
         """The body as text (UTF-8, undecodable bytes replaced)."""
         return self.body.decode("utf-8", "replace")
 
 
 @dataclass(frozen=True, slots=True)
-class SwitchedProtocol:
+class SwitchedProtocol(_HeaderLookup):
     """The server accepted an upgrade (101); ``trailing_data`` already belongs to the new protocol."""
 
     headers: tuple[tuple[str, str], ...]
     trailing_data: bytes = field(repr=False)
-
-    def header(self, name: str) -> str | None:
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
-
-    def header_values(self, name: str) -> list[str]:
-        """Every value of header ``name`` (lower case)."""
-        return [value for key, value in self.headers if key == name]
 
 
 _CLOUDFLARE_MARKERS = (

@@ -21,6 +21,7 @@ import h11
 from socksio import socks5
 
 from .errors import LocalProtocolError, ProxyError
+from .stack import take_all
 
 __all__ = ["HTTPConnectTunnel", "ProxyConfig", "SOCKS5Tunnel", "parse_proxy_url"]
 
@@ -255,12 +256,7 @@ class _Tunnel(ABC):
             negotiation = self._negotiation_bytes()
             if negotiation:
                 self._out.append(negotiation)
-        out = self._out
-        if not out:
-            return b""
-        result = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        return result
+        return take_all(self._out)
 
     def receive_data(self, data: bytes) -> bytes:
         state = self._state

@@ -22,7 +22,7 @@ from typing import Protocol
 
 from .errors import LocalProtocolError
 
-__all__ = ["Layer", "StreamStack"]
+__all__ = ["Layer", "StreamStack", "take_all"]
 
 
 class Layer(Protocol):
@@ -51,6 +51,15 @@ class Layer(Protocol):
     @property
     def eof(self) -> bool:
         """No more bytes will come up (the peer closed)."""
+
+
+def take_all(out: list[bytes]) -> bytes:
+    """What ``out`` holds as one bytes object (a lone piece is not copied); ``out`` is emptied."""
+    if not out:
+        return b""
+    result = out[0] if len(out) == 1 else b"".join(out)
+    out.clear()
+    return result
 
 
 class StreamStack:
@@ -156,9 +165,4 @@ class StreamStack:
             chunk = layers[0].data_to_send()
             if chunk:
                 self._out.append(chunk)
-        out = self._out
-        if not out:
-            return b""
-        result = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        return result
+        return take_all(self._out)
