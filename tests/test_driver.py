@@ -1,4 +1,5 @@
-"""The one driver of the trio and sync backends, on the in-memory network seam and its fake clock.
+"""The one driver of the socket backends (asyncio, trio and sync), on the in-memory network seam
+and its fake clock.
 
 No sockets and no sleeps: the clock jumps to whatever is due next, so every time
 asserted here is exact.  The server is played by :class:`WebSocketServer`.
