@@ -202,7 +202,7 @@ class Driver(LinkBase[LabsClient]):
 
     async def aclose(self) -> None:
         """Stop idling, close politely if still healthy (writes bounded by :data:`CLOSE_WAIT`),
-        then every connection and the network."""
+        then every connection (given a moment to go) and the network."""
         await self.stop_idling()
         try:
             if not self.finished:
@@ -215,7 +215,12 @@ class Driver(LinkBase[LabsClient]):
                         await self.network.send_last(stream, instruction.data, deadline)
                     elif type(instruction) is CloseStream:
                         self._close_stream(instruction.stream_id)
-        finally:
+        except BaseException:
             self._shutdown()
+            self.network.close()  # at once
+            raise
+        self._shutdown()
+        try:
+            await self.network.closed()
+        finally:
             self.network.close()
-        await self.network.closed()

@@ -92,11 +92,12 @@ class Network(ABC):
         return None
 
     def close(self) -> None:
-        """Release what the network holds (a timer, a selector); the driver's streams are closed.  Idempotent."""
+        """At once: release what the network holds (a timer, a selector) and drop any connection
+        still closing (the driver's streams are closed).  Idempotent."""
         return None
 
     async def closed(self) -> None:
-        """Wait (bounded in time) until the closed connections are really gone."""
+        """Give the closed connections a moment (bounded) to write out what they hold and go."""
         return None
 
     @abstractmethod

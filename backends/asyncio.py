@@ -37,7 +37,7 @@ __all__ = ["HIGH_WATER", "AsyncioNetwork", "PerplexityLabs", "Session", "ask", "
 
 #: Bytes a connection may have waiting for the driver before its reading is paused.
 HIGH_WATER = 4 * READ_SIZE
-_CLOSE_WAIT = 1.0  # seconds aclose() waits for the sockets to finish closing before aborting them
+_CLOSE_WAIT = 1.0  # seconds aclose() lets the sockets write out and close before they are aborted
 _idlers: set[asyncio.Task[None]] = set()  # the idle tasks running (asyncio keeps only weak references)
 
 
@@ -178,6 +178,9 @@ class AsyncioNetwork(Network):
     def close(self) -> None:
         self._disarm()
         self.wake()  # an idle task ends
+        for connection in list(self.open):  # closing but not gone: a peer that does not read keeps it
+            if connection.transport is not None:
+                connection.transport.abort()
 
     async def send_last(self, stream: Stream, data: bytes, deadline: float) -> None:
         await stream.send_all(data, deadline)  # the transport's close() writes it out before closing
@@ -189,14 +192,9 @@ class AsyncioNetwork(Network):
         return lambda: asyncio.wait([task])
 
     async def closed(self) -> None:
-        """Wait (at most :data:`_CLOSE_WAIT` s) until every connection is really gone; abort the rest."""
+        """Wait at most :data:`_CLOSE_WAIT` s for every connection to go (:meth:`close` aborts the rest)."""
         if self.open:
-            try:
-                await asyncio.wait([c.lost for c in self.open], timeout=_CLOSE_WAIT)
-            finally:
-                for connection in list(self.open):
-                    if connection.transport is not None:
-                        connection.transport.abort()
+            await asyncio.wait([c.lost for c in self.open], timeout=_CLOSE_WAIT)
 
 
 # -- the public API --------------------------------------------------------------------------------

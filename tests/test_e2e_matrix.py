@@ -463,6 +463,25 @@ def test_a_server_that_never_reads_meets_the_deadline_while_we_write(backend: st
         assert time.monotonic() - started < 5
 
 
+def test_asyncio_drops_a_connection_stuck_writing_when_the_answer_fails(sockets_to: Callable[[int], int]) -> None:
+    # The 32 MB request head waits in the transport's buffer for a peer that never reads; when
+    # the deadline fails the answer, the connection goes at once (aborted), not when the
+    # answer is collected or the loop ends (a graceful close would wait for the buffer forever).
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+
+        async def main() -> int:
+            answer = asyncio_backend.ask("hi", server=f"http://127.0.0.1:{port}", connect_timeout=0.5,
+                                         headers={"X-Big": "a" * 32_000_000})
+            with pytest.raises(LabsTimeout):
+                async for _ in answer:
+                    pass
+            await asyncio.sleep(0.05)  # the abort's connection_lost runs on the next turns of the loop
+            return sockets_to(port)
+
+        assert asyncio.run(main()) == 0
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_connection_refused(backend: str) -> None:
     port = free_port()
