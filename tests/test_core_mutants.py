@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_session import BASE, POST_HEADERS, T, connected, open_packet, progress, session
+from test_session import BASE, POST_HEADERS, T, connected, on_websocket, open_packet, progress, session
 
 from plabs_proto import engineio, socketio
 from plabs_proto.errors import (
@@ -170,8 +170,7 @@ def test_bytes_path_after_a_text_with_a_raw_lone_surrogate_does_not_raise() -> N
 
 
 def test_a_utf8_ping_restarts_the_heartbeat_at_its_own_time() -> None:
-    s, ws_id = connected("websocket")
-    assert ws_id is not None
+    s, ws_id = on_websocket()
     s.receive_websocket_utf8(ws_id, Utf8Text(b"2"), 7.0)
     assert s.transmit() == [WebSocketSend(ws_id=ws_id, data="3")]
     assert s.get_timer() == 7.0 + 45.0
@@ -191,13 +190,11 @@ def test_the_server_closing_a_websocket_session_with_a_query_waiting_is_a_clean_
 
 
 def test_a_connection_ended_without_a_close_frame_says_what_was_expected() -> None:
-    s, ws_id = connected("websocket")
-    assert ws_id is not None
+    s, ws_id = on_websocket()
     with pytest.raises(RemoteProtocolError) as info:
         s.receive_websocket_close(ws_id, None, 3.0)
     assert str(info.value) == "expected the WebSocket connection to stay open, but the server closed it"
-    s, ws_id = connected("websocket")
-    assert ws_id is not None
+    s, ws_id = on_websocket()
     s.query("hi", model="sonar", now=2.0)
     s.receive_websocket_message(ws_id, progress("Hel"), 2.5)
     with pytest.raises(RemoteProtocolError) as info:
@@ -253,8 +250,7 @@ def test_a_refused_websocket_handshake_from_cloudflare_is_told_by_its_header() -
 
 
 def test_a_failed_websocket_names_it_and_the_text_so_far() -> None:
-    s, ws_id = connected("websocket")
-    assert ws_id is not None
+    s, ws_id = on_websocket()
     s.query("hi", model="sonar", now=2.0)
     s.receive_websocket_message(ws_id, progress("Hel"), 3.0)
     with pytest.raises(NetworkError) as info:
@@ -263,8 +259,7 @@ def test_a_failed_websocket_names_it_and_the_text_so_far() -> None:
         "expected the WebSocket to labs.test port 80 to go through, but it failed below HTTP: connection reset "
         "(after 3 characters of the answer)"
     )
-    s, ws_id = connected("websocket")
-    assert ws_id is not None
+    s, ws_id = on_websocket()
     with pytest.raises(NetworkError) as info:
         s.receive_transport_error(ws_id, "connection reset", 4.0)
     assert str(info.value) == (
@@ -376,8 +371,7 @@ def test_close_while_the_upgrade_websocket_is_open_but_unused_posts_the_goodbye(
 
 
 def test_a_message_of_another_type_names_its_type() -> None:
-    s, ws_id = connected("websocket")
-    assert ws_id is not None
+    s, ws_id = on_websocket()
     with pytest.raises(LocalProtocolError) as info:
         s.receive_websocket_message(ws_id, 3, 3.0)  # type: ignore[arg-type]
     assert str(info.value) == "expected a WebSocket message as str (text) or bytes (binary), got int"
@@ -411,8 +405,7 @@ def test_a_progress_event_with_a_binary_attachment_is_read(transport: str) -> No
 
 
 def test_a_binary_message_nobody_announced_fails_the_session() -> None:
-    s, ws_id = connected("websocket")
-    assert ws_id is not None
+    s, ws_id = on_websocket()
     with pytest.raises(RemoteProtocolError):
         s.receive_websocket_messages(ws_id, [b"\x00"], 3.0)
     assert s.state is SessionState.ERROR
@@ -436,16 +429,14 @@ def test_the_answer_reads_only_progress_events_of_the_query_in_flight() -> None:
 
 
 def test_a_progress_event_without_a_payload_says_so() -> None:
-    s, ws_id = connected("websocket")
-    assert ws_id is not None
+    s, ws_id = on_websocket()
     s.query("hi", model="sonar", now=2.0)
     with pytest.raises(RemoteProtocolError, match=r"^expected a JSON object as the progress payload, got NoneType: None$"):
         s.receive_websocket_message(ws_id, '42["sonar_query_progress"]', 3.0)
 
 
 def test_reasoning_counts_as_the_first_text() -> None:
-    s, ws_id = connected("websocket", first_text_timeout=5.0)
-    assert ws_id is not None
+    s, ws_id = on_websocket(first_text_timeout=5.0)
     s.query("hi", model="sonar", now=2.0)
     assert s.get_timer() == 7.0
     s.receive_websocket_message(ws_id, progress("<think>hmm"), 3.0)
@@ -457,8 +448,7 @@ def test_reasoning_counts_as_the_first_text() -> None:
 @pytest.mark.parametrize("output", ["", "Hi"])
 def test_an_answer_that_ends_leaves_no_query_deadline(output: str) -> None:
     """An empty answer ends without a first text: its first-text deadline goes all the same."""
-    s, ws_id = connected("websocket", first_text_timeout=5.0, query_timeout=10.0)
-    assert ws_id is not None
+    s, ws_id = on_websocket(first_text_timeout=5.0, query_timeout=10.0)
     s.query("hi", model="sonar", now=2.0)
     s.receive_websocket_message(ws_id, progress(output, final=True), 3.0)
     assert isinstance(s.events()[-1], AnswerFinished)
@@ -497,13 +487,11 @@ def test_a_connect_error_keeps_the_servers_text() -> None:
 
 
 def test_a_socketio_disconnect_ends_or_cuts() -> None:
-    s, ws_id = connected("websocket")
-    assert ws_id is not None
+    s, ws_id = on_websocket()
     s.receive_websocket_message(ws_id, "41", 3.0)
     assert s.events() == [Closed(reason="Socket.IO namespace disconnected by the server")]
     assert s.state is SessionState.CLOSED
-    s, ws_id = connected("websocket")
-    assert ws_id is not None
+    s, ws_id = on_websocket()
     s.query("hi", model="sonar", now=2.0)
     s.receive_websocket_message(ws_id, progress("Hel"), 2.5)
     with pytest.raises(RemoteProtocolError) as info:
@@ -520,15 +508,13 @@ def test_a_socketio_disconnect_ends_or_cuts() -> None:
 
 
 def test_messages_after_a_close_in_the_same_read_are_not_read() -> None:
-    s, ws_id = connected("websocket")
-    assert ws_id is not None
+    s, ws_id = on_websocket()
     s.receive_websocket_messages(ws_id, ["1", "not a packet", Utf8Text(b"\xff")], 3.0)
     assert s.state is SessionState.CLOSED
 
 
 def test_fast_frames_in_one_read_are_all_read() -> None:
-    s, ws_id = connected("websocket")
-    assert ws_id is not None
+    s, ws_id = on_websocket()
     s.query("hi", model="sonar", now=2.0)
     frames = [Utf8Text(progress(text).encode()) for text in ("He", "Hel", "Hell")]
     s.receive_websocket_messages(ws_id, [*frames, Utf8Text(progress("Hello", final=True).encode())], 3.0)
@@ -557,8 +543,7 @@ def test_the_receive_limit_is_inclusive_for_text(kind: str) -> None:
 
 def test_the_receive_limit_is_inclusive_for_binary() -> None:
     head = '451-["noise",{"_placeholder":true,"num":0}]'
-    s, ws_id = connected("websocket", max_message_size=100)
-    assert ws_id is not None
+    s, ws_id = on_websocket(max_message_size=100)
     s.receive_websocket_messages(ws_id, [head, b"x" * 100], 3.0)
     s.receive_websocket_messages(ws_id, [head], 3.0)
     s.receive_websocket_messages(ws_id, [b"x" * 200], 3.0, limited=True)  # the carrier measured it
@@ -571,8 +556,7 @@ def test_the_receive_limit_is_inclusive_for_binary() -> None:
 @pytest.mark.parametrize("querying", [False, True])
 @pytest.mark.parametrize("kind", ["str", "utf8"])
 def test_text_while_a_binary_attachment_is_awaited_is_refused(querying: bool, kind: str) -> None:
-    s, ws_id = connected("websocket")
-    assert ws_id is not None
+    s, ws_id = on_websocket()
     if querying:
         s.query("hi", model="sonar", now=2.0)
     s.receive_websocket_messages(ws_id, ['451-["noise",{"_placeholder":true,"num":0}]'], 3.0)
@@ -611,8 +595,7 @@ def test_websocket_calls_check_the_id_and_the_order() -> None:
 
 
 def test_a_query_while_one_streams_says_why_and_the_version_is_sent() -> None:
-    s, ws_id = connected("websocket", version="9.9")
-    assert ws_id is not None
+    s, _ = on_websocket(version="9.9")
     s.query("hi", model="sonar", now=2.0)
     (send,) = s.transmit()
     assert isinstance(send, WebSocketSend) and '"version":"9.9"' in str(send.data)
@@ -655,8 +638,7 @@ def test_empty_packets_say_they_are_empty(message: str, error: str) -> None:
 
 
 def test_a_second_open_packet_is_shown() -> None:
-    s, ws_id = connected("websocket")
-    assert ws_id is not None
+    s, ws_id = on_websocket()
     with pytest.raises(RemoteProtocolError) as info:
         s.receive_websocket_message(ws_id, open_packet("E2"), 3.0)
     assert str(info.value) == f"expected one Engine.IO open packet, got a second one: {open_packet('E2')[1:]!r}"
@@ -670,8 +652,7 @@ def test_a_post_answered_with_a_long_body_shows_sixty_bytes() -> None:
 
 
 def test_a_packet_only_clients_send_is_named() -> None:
-    s, ws_id = connected("websocket")
-    assert ws_id is not None
+    s, ws_id = on_websocket()
     with pytest.raises(RemoteProtocolError) as info:
         s.receive_websocket_message(ws_id, "5x", 3.0)
     assert str(info.value) == (
@@ -734,8 +715,7 @@ def test_a_handshake_body_that_is_not_engineio_shows_what_came() -> None:
 @pytest.mark.parametrize("kind", ["str", "utf8"])
 def test_text_while_an_attachment_is_awaited_is_refused_on_the_fast_path_too(kind: str) -> None:
     """Mid-answer, a frame that shares the previous frame's prefix still waits its turn behind the attachment."""
-    s, ws_id = connected("websocket")
-    assert ws_id is not None
+    s, ws_id = on_websocket()
     s.query("hi", model="sonar", now=2.0)
 
     def message(text: str) -> str | Utf8Text:

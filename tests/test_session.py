@@ -103,6 +103,13 @@ def connected(transport: str, **config: Any) -> tuple[LabsSession, int | None]:
 # -- handshakes -----------------------------------------------------------------------------------
 
 
+def on_websocket(**config: Any) -> tuple[LabsSession, int]:
+    """:func:`connected` on the WebSocket transport, with its WebSocket's id."""
+    s, ws_id = connected("websocket", **config)
+    assert ws_id is not None
+    return s, ws_id
+
+
 def test_upgrade_handshake_instructions() -> None:
     s = session("upgrade")
     s.connect(0.0)
@@ -190,8 +197,7 @@ def test_no_upgrade_offered_stays_on_polling() -> None:
 
 
 def test_one_pong_answers_a_flood_of_pings() -> None:
-    s, ws_id = connected("websocket")
-    assert ws_id is not None
+    s, ws_id = on_websocket()
     for i in range(5):
         s.receive_websocket_message(ws_id, "2", 10.0 + i)
     assert s.transmit() == [WebSocketSend(ws_id=ws_id, data="3")]
@@ -285,8 +291,7 @@ def test_a_failed_request_is_a_network_error_naming_the_server(server: str, host
 
 
 def test_websocket_1009_during_a_query_names_the_servers_limit() -> None:
-    s, ws_id = connected("websocket")
-    assert ws_id is not None
+    s, ws_id = on_websocket()
     s.query("hi", model="sonar", now=2.0)
     with pytest.raises(RemoteProtocolError, match=r"1009 means message too big.*maxPayload is 1000000 bytes"):
         s.receive_websocket_close(ws_id, 1009, 3.0)
@@ -294,8 +299,7 @@ def test_websocket_1009_during_a_query_names_the_servers_limit() -> None:
 
 
 def test_server_close_when_ready_is_a_clean_end() -> None:
-    s, ws_id = connected("websocket")
-    assert ws_id is not None
+    s, ws_id = on_websocket()
     s.receive_websocket_close(ws_id, 1000, 3.0)
     assert s.events() == [Closed(reason="WebSocket closed by the server (1000)")]
     assert s.state is SessionState.CLOSED and s.transmit() == []
@@ -303,8 +307,7 @@ def test_server_close_when_ready_is_a_clean_end() -> None:
     assert ws2 is not None
     s2.receive_websocket_close(ws2, 1001, 3.0, "going away")
     assert s2.events() == [Closed(reason="WebSocket closed by the server (1001 going away)")]
-    s3, ws3 = connected("websocket")
-    assert ws3 is not None
+    s3, ws3 = on_websocket()
     with pytest.raises(RemoteProtocolError, match="connection to stay open"):
         s3.receive_websocket_close(ws3, None, 3.0)  # the connection ended without a close frame
 
@@ -342,8 +345,7 @@ def test_pending_query_too_big_fails_at_the_open_packet() -> None:
 
 
 def test_message_over_the_receive_limit() -> None:
-    s, ws_id = connected("websocket", max_message_size=100)
-    assert ws_id is not None
+    s, ws_id = on_websocket(max_message_size=100)
     with pytest.raises(RemoteProtocolError, match="at most 100 bytes"):
         s.receive_websocket_message(ws_id, "4" + "x" * 100, 2.0)
 
@@ -378,8 +380,7 @@ def test_close_after_close_does_nothing_and_ids_are_checked() -> None:
 
 
 def test_inputs_of_the_wrong_type_are_local_errors() -> None:
-    s, ws_id = connected("websocket")
-    assert ws_id is not None
+    s, ws_id = on_websocket()
     with pytest.raises(LocalProtocolError, match=r"as str .* or bytes"):
         s.receive_websocket_message(ws_id, ValueError("an aiohttp ERROR message"), 2.0)  # type: ignore[arg-type]
     p = session("polling")
@@ -400,8 +401,7 @@ def test_utf8_fast_path_gives_what_the_str_path_gives(parts: list[str]) -> None:
     frames = [progress(o, final=i == len(outputs) - 1) for i, o in enumerate(outputs)]
     results = []
     for fast in (False, True):
-        s, ws_id = connected("websocket")
-        assert ws_id is not None
+        s, ws_id = on_websocket()
         s.query("hi", model="sonar", now=2.0)
         for frame in frames:
             if fast:
@@ -486,8 +486,7 @@ def test_any_input_sequence_raises_only_labs_errors_and_ends_cleanly(transport: 
 
 @pytest.mark.parametrize("fast", [False, True])
 def test_a_progress_frame_with_nan_is_refused_as_the_codec_refuses_it(fast: bool) -> None:
-    s, ws_id = connected("websocket")
-    assert ws_id is not None
+    s, ws_id = on_websocket()
     s.query("hi", model="sonar", now=2.0)
     good = progress("He")
     s.receive_websocket_message(ws_id, good, 3.0)
@@ -563,8 +562,7 @@ def test_a_reason_phrase_is_shown_after_the_status() -> None:
 
 
 def test_messages_of_one_read_in_one_call() -> None:
-    s, ws_id = connected("websocket")
-    assert ws_id is not None
+    s, ws_id = on_websocket()
     s.query("hi", model="sonar", now=2.0)
     s.transmit()
     s.receive_websocket_messages(
@@ -577,8 +575,7 @@ def test_messages_of_one_read_in_one_call() -> None:
     assert isinstance(events[-1], AnswerFinished) and s.state is SessionState.READY
     # The same limit as one message at a time, unless the carrier says it measured them already.
     big = '42["noise","' + "x" * 300 + '"]'  # an event nobody waits for
-    s2, ws2 = connected("websocket", max_message_size=200)
-    assert ws2 is not None
+    s2, ws2 = on_websocket(max_message_size=200)
     s2.receive_websocket_messages(ws2, [big, Utf8Text(big.encode())], 4.0, limited=True)
     assert s2.state is SessionState.READY
     with pytest.raises(RemoteProtocolError, match="at most 200 bytes"):
@@ -587,23 +584,20 @@ def test_messages_of_one_read_in_one_call() -> None:
 
 
 def test_messages_after_the_end_of_the_session_are_dropped() -> None:
-    s, ws_id = connected("websocket")
-    assert ws_id is not None
+    s, ws_id = on_websocket()
     s.receive_websocket_messages(ws_id, ["1", "2", b"\x00"], 3.0)
     assert s.events() == [Closed(reason="Engine.IO session closed by the server")]
     assert s.transmit() == [WebSocketClose(ws_id=ws_id)]  # no pong: the ping came after the close
 
 
 def test_a_message_of_another_type_is_refused() -> None:
-    s, ws_id = connected("websocket")
-    assert ws_id is not None
+    s, ws_id = on_websocket()
     with pytest.raises(LocalProtocolError, match="str \\(text\\), bytes \\(binary\\) or Utf8Text, got int"):
         s.receive_websocket_messages(ws_id, [3], 3.0)  # type: ignore[list-item]
 
 
 def test_a_second_connect_ack_is_ignored_in_any_connected_state() -> None:
-    s, ws_id = connected("websocket")
-    assert ws_id is not None
+    s, ws_id = on_websocket()
     s.receive_websocket_message(ws_id, '40{"sid":"S2"}', 1.5)  # re-sent, as on a new transport
     assert s.events() == [] and s.state is SessionState.READY and s.socket_sid == "S1"
     s.query("hi", model="sonar", now=2.0)
