@@ -50,6 +50,11 @@ runs made one space, and each cut to a bounded length (``...`` marks a cut).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, TypedDict
+
+if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; only type checkers read it here
+    from typing import Unpack
+
 __all__ = [
     "AnswerRewrittenError",
     "ChallengeError",
@@ -122,6 +127,14 @@ class HandshakeError(RemoteProtocolError):
         self.cloudflare = cloudflare
 
 
+class _Refused(TypedDict, total=False):
+    """The keyword arguments every :class:`HandshakeError` subclass passes on as they are."""
+
+    body_excerpt: str
+    partial_text: str
+    partial_reasoning: str
+
+
 class RedirectError(HandshakeError):
     """The server answered a step of the handshake with a redirect (3xx but 304): the service moved.
 
@@ -131,20 +144,8 @@ class RedirectError(HandshakeError):
     login page.  If you trust it, point ``server`` (and ``path``) there.
     """
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int,
-        location: str | None,
-        body_excerpt: str = "",
-        partial_text: str = "",
-        partial_reasoning: str = "",
-    ) -> None:
-        super().__init__(
-            message, status=status, body_excerpt=body_excerpt,
-            partial_text=partial_text, partial_reasoning=partial_reasoning,
-        )
+    def __init__(self, message: str, *, status: int, location: str | None, **common: Unpack[_Refused]) -> None:
+        super().__init__(message, status=status, **common)
         self.location = location
 
 
@@ -170,15 +171,10 @@ class RateLimitedError(HandshakeError):
         status: int,
         retry_after: float | None,
         retry_after_header: str | None,
-        body_excerpt: str = "",
         cloudflare: bool = False,
-        partial_text: str = "",
-        partial_reasoning: str = "",
+        **common: Unpack[_Refused],
     ) -> None:
-        super().__init__(
-            message, status=status, body_excerpt=body_excerpt, cloudflare=cloudflare,
-            partial_text=partial_text, partial_reasoning=partial_reasoning,
-        )
+        super().__init__(message, status=status, cloudflare=cloudflare, **common)
         self.retry_after = retry_after
         self.retry_after_header = retry_after_header
 
@@ -195,20 +191,8 @@ class ChallengeError(HandshakeError):
     working; ``title`` is the page's ``<title>`` (cleaned), or None.
     """
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int,
-        title: str | None = None,
-        body_excerpt: str = "",
-        partial_text: str = "",
-        partial_reasoning: str = "",
-    ) -> None:
-        super().__init__(
-            message, status=status, body_excerpt=body_excerpt, cloudflare=True,
-            partial_text=partial_text, partial_reasoning=partial_reasoning,
-        )
+    def __init__(self, message: str, *, status: int, title: str | None = None, **common: Unpack[_Refused]) -> None:
+        super().__init__(message, status=status, cloudflare=True, **common)
         self.title = title
 
 
@@ -223,20 +207,9 @@ class UnexpectedPageError(HandshakeError):
     """
 
     def __init__(
-        self,
-        message: str,
-        *,
-        status: int,
-        title: str | None,
-        content_type: str | None,
-        body_excerpt: str = "",
-        partial_text: str = "",
-        partial_reasoning: str = "",
+        self, message: str, *, status: int, title: str | None, content_type: str | None, **common: Unpack[_Refused]
     ) -> None:
-        super().__init__(
-            message, status=status, body_excerpt=body_excerpt,
-            partial_text=partial_text, partial_reasoning=partial_reasoning,
-        )
+        super().__init__(message, status=status, **common)
         self.title = title
         self.content_type = content_type
 
