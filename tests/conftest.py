@@ -34,10 +34,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import IO, Any
 
 import pytest
 import trustme
+from plabs_proto.backends import asyncio as asyncio_backend
+from plabs_proto.backends import trio as trio_backend
 from plabs_proto.backends.emulator import EmulatorConfig, EmulatorThread
 from servers import NODE_SERVER_DIR, NodeServer, free_port, start_node_server
 
@@ -318,3 +321,10 @@ def sockets_to() -> Callable[[int], int]:
     if not os.path.isdir("/proc/self/fd") or not os.path.exists("/proc/net/tcp"):
         pytest.skip("needs Linux /proc to list this process's sockets")
     return _sockets_to
+
+
+@pytest.fixture
+def lab(anyio_backend: str) -> ModuleType:
+    """The backend module (asyncio or trio) of the loop the anyio test runs on."""
+    module: ModuleType = asyncio_backend if anyio_backend == "asyncio" else trio_backend
+    return module

@@ -44,12 +44,6 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture
-def lab(anyio_backend: str) -> ModuleType:
-    module: ModuleType = asyncio_backend if anyio_backend == "asyncio" else trio_backend
-    return module
-
-
 async def collect(lab: ModuleType, prompt: Any, **options: Any) -> str:
     async with contextlib.aclosing(lab.ask(prompt, **options)) as answer:
         return "".join([text async for text in answer])

@@ -15,8 +15,6 @@ from types import ModuleType
 
 import pytest
 from conftest import EmulatorFactory
-from plabs_proto.backends import asyncio as asyncio_backend
-from plabs_proto.backends import trio as trio_backend
 from plabs_proto.backends.emulator import ALLOWED_ORIGIN, EmulatorConfig, default_answer
 
 COOKIE = "__cf_bm=Q1w2E3r4.t5Y6-1732838400-1.0.1.1-abc_DEF"
@@ -84,12 +82,6 @@ def test_a_cookie_that_is_not_name_equals_value_is_refused() -> None:
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-@pytest.fixture
-def lab(anyio_backend: str) -> ModuleType:
-    module: ModuleType = asyncio_backend if anyio_backend == "asyncio" else trio_backend
-    return module
 
 
 @pytest.mark.anyio
