@@ -9,6 +9,8 @@ prints it in one line with its own exit status.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -100,38 +102,32 @@ def test_a_guard_on_the_polling_requests_after_the_handshake(
     check(caught.value, "rate_limit", what)
 
 
-def test_the_curl_backend_raises_the_same_errors(emulator_factory: EmulatorFactory) -> None:
+def run_curl_ask(url: str, transport: str) -> None:
+    """Ask on the curl backend (skipped without curl_cffi) and read the answer to its end."""
     curl = pytest.importorskip("plabs_proto.backends.curl")
-    import asyncio
-    import contextlib
 
-    async def ask(url: str) -> None:
-        async with contextlib.aclosing(curl.ask("hello", server=url, transport="polling", timeout=10)) as answer:
+    async def ask() -> None:
+        async with contextlib.aclosing(curl.ask("hello", server=url, transport=transport, timeout=10)) as answer:
             async for _ in answer:
                 pass
 
+    asyncio.run(ask())
+
+
+def test_the_curl_backend_raises_the_same_errors(emulator_factory: EmulatorFactory) -> None:
     for guard in ("redirect", "rate_limit", "login_page"):
         url = emulator_factory(**switches(guard, "polling")).url
         with pytest.raises(HandshakeError) as caught:
-            asyncio.run(ask(url))
+            run_curl_ask(url, "polling")
         check(caught.value, guard, "the Engine.IO handshake (polling GET)")
 
 
 def test_the_curl_backend_names_a_refused_upgrade_by_its_status(emulator_factory: EmulatorFactory) -> None:
     """curl_cffi hides the refusing response's headers: the class comes from the status alone."""
-    curl = pytest.importorskip("plabs_proto.backends.curl")
-    import asyncio
-    import contextlib
-
-    async def ask(url: str) -> None:
-        async with contextlib.aclosing(curl.ask("hello", server=url, transport="upgrade", timeout=10)) as answer:
-            async for _ in answer:
-                pass
-
     for guard, kind in (("redirect", RedirectError), ("rate_limit", RateLimitedError)):
         url = emulator_factory(**switches(guard, "upgrade")).url
         with pytest.raises(kind) as caught:
-            asyncio.run(ask(url))
+            run_curl_ask(url, "upgrade")
         assert "WebSocket upgrade" in str(caught.value), caught.value
         assert caught.value.status == (302 if guard == "redirect" else 429)
 
