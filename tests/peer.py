@@ -109,12 +109,12 @@ def switching_protocols(key: str) -> bytes:
     ).encode("ascii")
 
 
-def ws_frame(payload: str | bytes, *, opcode: int | None = None, fin: bool = True) -> bytes:
-    """An unmasked server frame."""
+def ws_frame(payload: str | bytes, *, opcode: int | None = None, fin: bool = True, rsv1: bool = False) -> bytes:
+    """An unmasked server frame (``rsv1``: its payload is compressed, RFC 7692)."""
     data = payload.encode("utf-8") if isinstance(payload, str) else payload
     if opcode is None:
         opcode = Opcode.TEXT if isinstance(payload, str) else Opcode.BINARY
-    first = (0x80 if fin else 0) | opcode
+    first = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode
     n = len(data)
     if n < 126:
         header = struct.pack("!BB", first, n)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gzip
 import random
-import struct
 import time
 import tracemalloc
 import zlib
@@ -19,7 +18,17 @@ import zlib
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from peer import KEY, Harness, T, chrome_request, http_response, open_packet, progress, switching_protocols
+from peer import (
+    KEY,
+    Harness,
+    T,
+    chrome_request,
+    http_response,
+    open_packet,
+    progress,
+    switching_protocols,
+    ws_frame,
+)
 from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import FrameProtocol
 
@@ -350,14 +359,8 @@ def server_compress(messages: list[bytes], *, takeover: bool = True, bits: int =
 
 
 def frame(payload: bytes, *, opcode: int = 0x1, rsv1: bool = True, fin: bool = True) -> bytes:
-    """An unmasked server frame (``rsv1``: compressed)."""
-    first = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode
-    n = len(payload)
-    if n < 126:
-        return struct.pack("!BB", first, n) + payload
-    if n < 65536:
-        return struct.pack("!BBH", first, 126, n) + payload
-    return struct.pack("!BBQ", first, 127, n) + payload
+    """An unmasked server frame, compressed (``rsv1``) unless told otherwise."""
+    return ws_frame(payload, opcode=opcode, rsv1=rsv1, fin=fin)
 
 
 AGREED = DeflateParameters()
