@@ -4,7 +4,7 @@ Every backend's ``ask(prompt, **options)`` takes the keyword arguments of :class
 ``connect(**options)`` those of :class:`SessionOptions`.  The defaults live here
 (:data:`DEFAULT_TIMEOUT`, :data:`CONNECT_TIMEOUT`) or in the core (``DEFAULT_MODEL``,
 ``MODELS``, ``DEFAULT_SERVER``), nowhere else.  :func:`parse_options` maps them onto a
-:class:`~plabs_proto.client.ClientConfig`, which checks its own fields.
+:class:`~plabs_proto.wire.client.ClientConfig`, which checks its own fields.
 
 ``timeout`` is the overall deadline of a query, counted from the moment it is asked: ``ask``
 starts the connection and the query at the same instant, so it becomes
@@ -21,13 +21,13 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypedDict
 
-from plabs_proto.browser import BrowserProfile
-from plabs_proto.client import DEFAULT_SERVER, ClientConfig, LabsClient, Tracer
 from plabs_proto.errors import LocalProtocolError
-from plabs_proto.labs import DEFAULT_MODEL, MODELS, normalize_messages
-from plabs_proto.proxy import ProxyConfig
-from plabs_proto.session import check_seconds
-from plabs_proto.trace import SEED_DIRECTION
+from plabs_proto.labs.answer import DEFAULT_MODEL, MODELS, normalize_messages
+from plabs_proto.labs.session import check_seconds
+from plabs_proto.wire.browser import BrowserProfile
+from plabs_proto.wire.client import DEFAULT_SERVER, ClientConfig, LabsClient, Tracer
+from plabs_proto.wire.proxy import ProxyConfig
+from plabs_proto.wire.trace import SEED_DIRECTION
 
 __all__ = [
     "CONNECT_TIMEOUT", "DEFAULT_MODEL", "DEFAULT_SERVER", "DEFAULT_TIMEOUT", "MODELS", "AskOptions", "Headers",
@@ -43,7 +43,7 @@ Messages = str | Sequence[Mapping[str, Any]]
 Headers = Mapping[str, str] | Iterable[tuple[str, str]] | None
 
 #: The conversation, checked before any connection: a prompt string becomes one user message
-#: (see :func:`plabs_proto.labs.normalize_messages`); anything malformed raises LocalProtocolError.
+#: (see :func:`plabs_proto.labs.answer.normalize_messages`); anything malformed raises LocalProtocolError.
 to_messages = normalize_messages
 
 
@@ -51,11 +51,11 @@ class SessionOptions(TypedDict, total=False):
     """The keyword arguments of every backend's ``connect`` (and ``ask``); all optional.
 
     ``server`` (default ``DEFAULT_SERVER``), ``proxy`` (``http://[user:pass@]host:port``,
-    ``socks5://...`` or a :class:`~plabs_proto.proxy.ProxyConfig`), ``transport``
+    ``socks5://...`` or a :class:`~plabs_proto.wire.proxy.ProxyConfig`), ``transport``
     (``"upgrade"``, ``"websocket"`` or ``"polling"``), ``ssl_context``, ``cafile``,
     ``timeout`` (seconds, default :data:`DEFAULT_TIMEOUT`; see the module docstring),
     ``headers`` (extra HTTP headers: a mapping or (name, value) pairs), ``tracer`` and ``seed`` (see ``ask``); the rest
-    are :class:`~plabs_proto.client.ClientConfig` fields of the same name.
+    are :class:`~plabs_proto.wire.client.ClientConfig` fields of the same name.
     """
 
     server: str

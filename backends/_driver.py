@@ -1,6 +1,6 @@
 """The one driver loop of the socket backends (asyncio, trio and sync), over the network seam.
 
-:class:`Driver` runs a :class:`~plabs_proto.client.LabsClient` over a
+:class:`Driver` runs a :class:`~plabs_proto.wire.client.LabsClient` over a
 :class:`~._seam.Network` for whoever awaits :meth:`Driver.next_event`:
 instructions out (``transmit()``: open, send, close), bytes and timers in
 (``receive_data``, ``handle_timer`` at the client's ``get_timer()`` deadline),
@@ -17,9 +17,9 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import cast
 
-from plabs_proto.client import LabsClient
 from plabs_proto.errors import LocalProtocolError, NetworkError
 from plabs_proto.events import CloseStream, Event, OpenStream, SendBytes
+from plabs_proto.wire.client import LabsClient
 
 from ._async_api import LinkBase
 from ._errors import closed_error, stream_error

@@ -23,7 +23,7 @@ import asyncio
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from plabs_proto.client import LabsClient
+from plabs_proto.wire.client import LabsClient
 
 from ._async_api import AsyncAnswer, AsyncSession
 from ._config import DEFAULT_MODEL, MODELS, AskOptions, Messages, SessionOptions, parse_options, to_messages
@@ -206,7 +206,7 @@ def ask(prompt_or_messages: Messages, **options: Unpack[AskOptions]) -> AsyncAns
     ``prompt_or_messages`` is a prompt (one user message) or a list of ``{"role", "content"}``
     messages.  The options are :class:`~._config.AskOptions`: ``timeout`` bounds the whole call,
     connecting included (``None``: no overall deadline), ``proxy`` is ``http://[user:pass@]host:port``
-    or ``socks5://...``, the rest are :class:`~plabs_proto.client.ClientConfig` fields.  They are
+    or ``socks5://...``, the rest are :class:`~plabs_proto.wire.client.ClientConfig` fields.  They are
     checked at once (``LocalProtocolError``).
 
     Only the answer text is yielded (use :func:`connect` for reasoning and the typed events),

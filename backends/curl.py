@@ -1,4 +1,4 @@
-"""A Chrome-impersonating backend: :class:`~plabs_proto.session.LabsSession` carried by curl_cffi.
+"""A Chrome-impersonating backend: :class:`~plabs_proto.labs.session.LabsSession` carried by curl_cffi.
 
 Every polling request goes through ``curl_cffi``'s ``AsyncSession(impersonate=...)``
 and the WebSocket through its ``ws_connect``, so the TLS ClientHello, the HTTP/2
@@ -38,10 +38,10 @@ from curl_cffi.const import CurlECode, CurlHttpVersion, CurlWsFlag
 from curl_cffi.requests import AsyncWebSocket
 from curl_cffi.requests.websockets import WebSocketClosed
 
-from plabs_proto.client import ClientConfig, Tracer
 from plabs_proto.errors import LabsError, LocalProtocolError, ProxyError, TLSError
 from plabs_proto.events import Event, HTTPRequest, WebSocketClose, WebSocketConnect, WebSocketSend
-from plabs_proto.session import LabsSession, SessionState
+from plabs_proto.labs.session import LabsSession, SessionState
+from plabs_proto.wire.client import ClientConfig, Tracer
 
 from ._async_api import AsyncAnswer, AsyncSession, LinkBase
 from ._config import AskOptions, Messages, SessionOptions, make_rng, parse_options, to_messages

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--rounds", type=int, default=21)
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    current = importlib.import_module("plabs_proto.client")
+    current = importlib.import_module("plabs_proto.wire.client")
     stream, answer = recorded_stream(args.frames, args.step)
     times: dict[str, list[float]] = {"A": [], "B": []}
     with tempfile.TemporaryDirectory() as tmp:

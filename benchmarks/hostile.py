@@ -2,7 +2,7 @@
 
     python benchmarks/hostile.py [--mb 7.6] [--shape NAME ...]
 
-Each shape is fed to a fresh :class:`~plabs_proto.client.LabsClient` (no sockets: the bytes go
+Each shape is fed to a fresh :class:`~plabs_proto.wire.client.LabsClient` (no sockets: the bytes go
 straight to ``receive_data``) after a polling or WebSocket handshake.  For each it prints the
 bytes fed, the CPU seconds per megabyte (``time.process_time()``), tracemalloc's peak above
 the baseline divided by the bytes fed, and how it ended (the events, or the error).
@@ -37,9 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from peer import http_response, open_packet, switching_protocols, ws_frame
 
-from plabs_proto.client import ClientConfig, LabsClient
 from plabs_proto.errors import LabsError
-from plabs_proto.websocket import make_key
+from plabs_proto.wire.client import ClientConfig, LabsClient
+from plabs_proto.wire.websocket import make_key
 
 
 def polling_client() -> LabsClient:

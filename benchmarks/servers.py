@@ -295,7 +295,7 @@ async def _serve_burst(frames: int, step: int, deflate: bool) -> None:
 
 
 async def _serve_emulator(args: argparse.Namespace) -> None:
-    from plabs_proto.backends.emulator import Emulator, EmulatorConfig
+    from plabs_proto.backends.programs.emulator import Emulator, EmulatorConfig
 
     config = EmulatorConfig(answer=args.answer, chunk_size=args.chunk_size, frame_delay=args.frame_delay,
                             citations=[])

@@ -8,8 +8,7 @@ the level below bytes: the same session over abstract HTTP requests and
 WebSocket messages, for any HTTP/WebSocket client to carry.
 """
 
-from .client import TRANSPORTS, ClientConfig, ClientState, LabsClient
-from .errors import (
+from plabs_proto.errors import (
     AnswerRewrittenError,
     ChallengeError,
     HandshakeError,
@@ -25,7 +24,7 @@ from .errors import (
     TLSError,
     UnexpectedPageError,
 )
-from .events import (
+from plabs_proto.events import (
     AnswerFinished,
     AnswerRevised,
     Citations,
@@ -45,8 +44,9 @@ from .events import (
     WebSocketConnect,
     WebSocketSend,
 )
-from .labs import DEFAULT_MODEL, MODELS
-from .session import LabsSession, SessionConfig, SessionState
+from plabs_proto.labs.answer import DEFAULT_MODEL, MODELS
+from plabs_proto.labs.session import LabsSession, SessionConfig, SessionState
+from plabs_proto.wire.client import TRANSPORTS, ClientConfig, ClientState, LabsClient
 
 __version__ = "0.1.0"
 

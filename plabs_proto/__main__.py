@@ -1,4 +1,4 @@
-"""``python -m plabs_proto``: the ``plabs`` command line (:func:`plabs_proto.backends.cli.main`)."""
+"""``python -m plabs_proto``: the ``plabs`` command line (:func:`plabs_proto.backends.programs.cli.main`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import importlib
 
 def _main() -> int:
     # Imported by name: the backends are installed as plabs_proto.backends but live in backends/.
-    cli = importlib.import_module("plabs_proto.backends.cli")
+    cli = importlib.import_module("plabs_proto.backends.programs.cli")
     status: int = cli.main()
     return status
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ResponseError
+from plabs_proto.errors import ResponseError
 
 __all__ = [
     "AnswerFinished",
@@ -49,7 +49,7 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Event:
-    """Base class of the events a :class:`~plabs_proto.client.LabsClient` hands out."""
+    """Base class of the events a :class:`~plabs_proto.wire.client.LabsClient` hands out."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -202,7 +202,7 @@ class CloseStream(Instruction):
     """Close the stream; the client will not use it again."""
 
 
-# -- instructions of the message level (plabs_proto.session.LabsSession) ----------------------------
+# -- instructions of the message level (plabs_proto.labs.session.LabsSession) ----------------------------
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import RemoteProtocolError
+from plabs_proto.errors import RemoteProtocolError
 
 __all__ = ["MAX_DEPTH", "check_depth", "too_deep"]
 

@@ -3,7 +3,7 @@
 * ``tls_files``: a trustme CA, a server certificate for 127.0.0.1/localhost, one for
   another host name, and a second CA that signed nothing here (files in a temp dir).
 * ``emulator_factory(**EmulatorConfig fields, certfile=, keyfile=)``: a running
-  :class:`~plabs_proto.backends.emulator.EmulatorThread`; one per distinct set of
+  :class:`~plabs_proto.backends.programs.emulator.EmulatorThread`; one per distinct set of
   options, shared by the whole run and stopped at its end.
 * ``node_factory(**start_node_server options)``: the same for the Node.js server.
   ``node_ready`` (which it uses) makes that server runnable first: when
@@ -41,7 +41,7 @@ import pytest
 import trustme
 from plabs_proto.backends import asyncio as asyncio_backend
 from plabs_proto.backends import trio as trio_backend
-from plabs_proto.backends.emulator import EmulatorConfig, EmulatorThread
+from plabs_proto.backends.programs.emulator import EmulatorConfig, EmulatorThread
 from servers import NODE_SERVER_DIR, NodeServer, free_port, start_node_server
 
 # A shell starts a background job (`./run-tests &`, a CI step run with `&`) with SIGINT ignored, and

@@ -16,8 +16,8 @@ from typing import Any
 
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
-from plabs_proto.client import LabsClient
 from plabs_proto.events import CloseStream, Event, OpenStream, SendBytes
+from plabs_proto.wire.client import LabsClient
 
 T = "d82c07cd"  # the first draw of random.Random(0), as the `t` cache buster
 KEY = "a6qUVePnBoLCCUysYp9vvg=="  # the second: the Sec-WebSocket-Key
@@ -101,7 +101,7 @@ def chrome_upgrade(target: str, key: str, *, host: bytes = b"labs.test", cookie:
 
 
 def switching_protocols(key: str) -> bytes:
-    from plabs_proto.websocket import accept_token
+    from plabs_proto.wire.websocket import accept_token
 
     return (
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"

@@ -3,7 +3,7 @@
 * :func:`start_node_server` runs ``tests/node_server/server.js`` (the official Node.js
   ``socket.io`` package, "Node flavour": ``ok`` and no NOOP after the upgrade) as a
   subprocess and returns a :class:`NodeServer`.
-* The python-socketio emulator lives in ``plabs_proto.backends.emulator``.
+* The python-socketio emulator lives in ``plabs_proto.backends.programs.emulator``.
 """
 
 from __future__ import annotations

@@ -21,9 +21,8 @@ import pytest
 from conftest import EmulatorFactory, NodeFactory
 from plabs_proto.backends import asyncio as asyncio_backend
 from plabs_proto.backends import trio as trio_backend
-from plabs_proto.backends.emulator import default_answer
+from plabs_proto.backends.programs.emulator import default_answer
 
-from plabs_proto.client import ClientState
 from plabs_proto.errors import (
     AnswerRewrittenError,
     LabsError,
@@ -32,6 +31,7 @@ from plabs_proto.errors import (
     ResponseError,
 )
 from plabs_proto.events import AnswerFinished, Event, TextDelta
+from plabs_proto.wire.client import ClientState
 
 pytestmark = pytest.mark.anyio
 

@@ -18,7 +18,7 @@ pytest.importorskip("curl_cffi")
 
 from conftest import PROXY_PASSWORD, EmulatorFactory, NodeFactory, ProxyFactory, TLSFiles
 from plabs_proto.backends import curl as curl_backend
-from plabs_proto.backends.emulator import default_answer
+from plabs_proto.backends.programs.emulator import default_answer
 
 from plabs_proto.errors import (
     LabsError,

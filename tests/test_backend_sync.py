@@ -13,11 +13,11 @@ from types import FrameType
 import pytest
 from conftest import EmulatorFactory, NodeFactory
 from plabs_proto.backends import sync as sync_backend
-from plabs_proto.backends.emulator import default_answer
+from plabs_proto.backends.programs.emulator import default_answer
 
-from plabs_proto.client import ClientState
 from plabs_proto.errors import LocalProtocolError, ResponseError
 from plabs_proto.events import AnswerFinished, TextDelta
+from plabs_proto.wire.client import ClientState
 
 FAST = {"frame_delay": 0.001}
 SLOW = {"frame_delay": 0.02}

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 from conftest import EmulatorFactory, TLSFiles
-from plabs_proto.backends.cli import EventPrinter
-from plabs_proto.backends.emulator import SONAR_CITATIONS, default_answer, default_reasoning
+from plabs_proto.backends.programs.cli import EventPrinter
+from plabs_proto.backends.programs.emulator import SONAR_CITATIONS, default_answer, default_reasoning
 from servers import read_until
 
 from plabs_proto.errors import LabsError, ResponseError
@@ -37,7 +37,7 @@ from plabs_proto.events import (
     ReasoningDelta,
     TextDelta,
 )
-from plabs_proto.labs import DEFAULT_MODEL, MODELS
+from plabs_proto.labs.answer import DEFAULT_MODEL, MODELS
 
 DATA = Path(__file__).resolve().parent / "data"
 SCRIPT = Path(sys.executable).with_name("plabs")

@@ -10,7 +10,6 @@ import json
 import pytest
 from test_session import BASE, POST_HEADERS, T, connected, on_websocket, open_packet, progress, session
 
-from plabs_proto import engineio, socketio
 from plabs_proto.errors import (
     HandshakeError,
     LocalProtocolError,
@@ -27,9 +26,10 @@ from plabs_proto.events import (
     WebSocketConnect,
     WebSocketSend,
 )
-from plabs_proto.labs import CumulativeFrameReader, normalize_messages
-from plabs_proto.session import LabsSession, SessionState
-from plabs_proto.websocket import Utf8Text
+from plabs_proto.labs import engineio, socketio
+from plabs_proto.labs.answer import CumulativeFrameReader, normalize_messages
+from plabs_proto.labs.session import LabsSession, SessionState
+from plabs_proto.wire.websocket import Utf8Text
 
 # -- engineio -------------------------------------------------------------------------------------------
 

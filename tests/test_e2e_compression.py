@@ -19,8 +19,8 @@ from conftest import EmulatorFactory, NodeFactory
 from test_e2e_matrix import run_ask
 
 from plabs_proto.events import TextDelta
-from plabs_proto.trace import TraceError, TraceRecorder, make_header, parse_header, replay
-from plabs_proto.websocket import negotiate_deflate
+from plabs_proto.wire.trace import TraceError, TraceRecorder, make_header, parse_header, replay
+from plabs_proto.wire.websocket import negotiate_deflate
 
 ANSWER = "Compression works end to end: ünïcödé, 漢字 and emoji 🌍. " * 60  # about 3.6 KiB
 

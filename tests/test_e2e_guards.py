@@ -136,7 +136,7 @@ def test_the_curl_backend_names_a_refused_upgrade_by_its_status(emulator_factory
 
 
 def test_the_emulator_command_takes_every_guard_step() -> None:
-    from plabs_proto.backends import cli, emulator
+    from plabs_proto.backends.programs import cli, emulator
 
     assert cli._GUARD_STEPS == emulator.GUARD_STEPS
     result = plabs("emulator", "--help")

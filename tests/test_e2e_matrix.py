@@ -28,7 +28,7 @@ from conftest import PROXY_PASSWORD, EmulatorFactory, NodeFactory, ProxyFactory,
 from plabs_proto.backends import asyncio as asyncio_backend
 from plabs_proto.backends import sync as sync_backend
 from plabs_proto.backends import trio as trio_backend
-from plabs_proto.backends.emulator import default_answer, default_reasoning
+from plabs_proto.backends.programs.emulator import default_answer, default_reasoning
 from servers import free_port
 
 from plabs_proto.errors import (
@@ -44,7 +44,7 @@ from plabs_proto.errors import (
     TLSError,
 )
 from plabs_proto.events import AnswerFinished, Citations, Connected, Event, ReasoningDelta, TextDelta
-from plabs_proto.labs import DEFAULT_MODEL, DEFAULT_VERSION, REQUEST_EVENT, build_request
+from plabs_proto.labs.answer import DEFAULT_MODEL, DEFAULT_VERSION, REQUEST_EVENT, build_request
 
 BACKENDS = ["asyncio", "trio", "sync"]
 SERVERS = ["emulator", "node"]

@@ -1,6 +1,6 @@
 """Sanity tests of the two Labs test servers, driven by clients we did not write.
 
-* "python": ``plabs_proto.backends.emulator`` (python-socketio + aiohttp, the production flavour:
+* "python": ``plabs_proto.backends.programs.emulator`` (python-socketio + aiohttp, the production flavour:
   ``OK`` and a NOOP after the upgrade probe).
 * "node": ``tests/node_server/server.js`` on the official Node.js ``socket.io`` 4.8.4
   (``ok`` and no NOOP after the upgrade).
@@ -29,7 +29,7 @@ import servers
 import socketio
 import trustme
 from conftest import NPM_CI, prepare_node_server, require_node_server
-from plabs_proto.backends.emulator import (
+from plabs_proto.backends.programs.emulator import (
     ALLOWED_ORIGIN,
     SONAR_CITATIONS,
     Emulator,
@@ -946,5 +946,5 @@ def test_the_installed_engineio_is_in_the_pinned_range_and_has_the_private_hooks
     assert callable(engineio.AsyncServer._trigger_event)
     assert callable(socketio.AsyncServer._engineio_server_class)
     # The emulator shares nothing with the client: an honest second opinion.
-    source = (Path(__file__).parent.parent / "backends" / "emulator.py").read_text()
+    source = (Path(__file__).parent.parent / "backends" / "programs" / "emulator.py").read_text()
     assert "plabs_proto" not in source and "from ." not in source

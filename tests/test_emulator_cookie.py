@@ -15,7 +15,7 @@ from types import ModuleType
 
 import pytest
 from conftest import EmulatorFactory
-from plabs_proto.backends.emulator import ALLOWED_ORIGIN, EmulatorConfig, default_answer
+from plabs_proto.backends.programs.emulator import ALLOWED_ORIGIN, EmulatorConfig, default_answer
 
 COOKIE = "__cf_bm=Q1w2E3r4.t5Y6-1732838400-1.0.1.1-abc_DEF"
 ORIGIN = {"Origin": ALLOWED_ORIGIN}

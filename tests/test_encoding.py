@@ -32,11 +32,11 @@ from peer import (
 from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import FrameProtocol
 
-from plabs_proto.client import ClientConfig, ClientState, LabsClient
 from plabs_proto.errors import LabsError, LocalProtocolError, RemoteProtocolError
 from plabs_proto.events import AnswerFinished, Connected, TextDelta
-from plabs_proto.http import HTTPChannel, HTTPResponse
-from plabs_proto.websocket import DeflateParameters, Utf8Text, WebSocketChannel, negotiate_deflate
+from plabs_proto.wire.client import ClientConfig, ClientState, LabsClient
+from plabs_proto.wire.http import HTTPChannel, HTTPResponse
+from plabs_proto.wire.websocket import DeflateParameters, Utf8Text, WebSocketChannel, negotiate_deflate
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 BODY = ('42["sonar_query_progress",{"output":"' + "Paris is the capital of France. " * 60 + '"}]').encode()

@@ -1,4 +1,4 @@
-"""Tests for the Engine.IO v4 codec (plabs_proto.engineio)."""
+"""Tests for the Engine.IO v4 codec (plabs_proto.labs.engineio)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from plabs_proto import engineio
-from plabs_proto.engineio import (
+from plabs_proto.errors import LocalProtocolError, RemoteProtocolError
+from plabs_proto.labs import engineio
+from plabs_proto.labs.engineio import (
     OpenPacket,
     Packet,
     PacketType,
@@ -20,7 +21,6 @@ from plabs_proto.engineio import (
     encode_payload,
     parse_open_packet,
 )
-from plabs_proto.errors import LocalProtocolError, RemoteProtocolError
 
 OPEN_JSON = '{"sid":"lv_VI97HAXpY6yYWAAAC","upgrades":["websocket"],"pingInterval":25000,"pingTimeout":5000}'
 

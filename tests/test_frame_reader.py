@@ -8,9 +8,9 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from plabs_proto import socketio
 from plabs_proto.errors import RemoteProtocolError
-from plabs_proto.labs import CumulativeFrameReader
+from plabs_proto.labs import socketio
+from plabs_proto.labs.answer import CumulativeFrameReader
 
 
 def frame(output: str, *, ascii_only: bool = False, spaces: bool = False, **extra: object) -> str:

@@ -44,9 +44,9 @@ from transcripts import (
     run,
 )
 
-from plabs_proto.client import ClientState
 from plabs_proto.errors import LabsError, LocalProtocolError
 from plabs_proto.events import AnswerFinished, Citations, Connected, TextDelta
+from plabs_proto.wire.client import ClientState
 
 LONG = int(os.environ.get("PLABS_FUZZ_EXAMPLES", "0"))
 

@@ -29,10 +29,10 @@ import httpx
 import openai
 import pytest
 from conftest import EmulatorFactory, NodeFactory, TLSFiles
-from plabs_proto.backends.emulator import SONAR_CITATIONS, default_answer, default_reasoning
+from plabs_proto.backends.programs.emulator import SONAR_CITATIONS, default_answer, default_reasoning
 from servers import read_until
 
-from plabs_proto.labs import DEFAULT_MODEL, MODELS
+from plabs_proto.labs.answer import DEFAULT_MODEL, MODELS
 
 SCRIPT = Path(sys.executable).with_name("plabs")
 PLABS = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "plabs_proto"]
@@ -655,7 +655,7 @@ def test_a_lent_warm_session_opens_no_replacement(
 
 def test_the_app_runs_in_process_without_a_lifespan(emulator_factory: EmulatorFactory) -> None:
     """create_app() is a plain ASGI app: httpx's ASGITransport (which runs no lifespan) can drive it."""
-    from plabs_proto.backends.gateway import create_app
+    from plabs_proto.backends.programs.gateway import create_app
 
     app = create_app(server=emulator_factory().url)
 
@@ -677,7 +677,7 @@ def test_the_app_runs_in_process_without_a_lifespan(emulator_factory: EmulatorFa
 def test_chat_route_mounted_under_a_root_path_and_other_methods(emulator_factory: EmulatorFactory) -> None:
     """The chat completion paths answer POST below a root path too (the app mounted in another app),
     other methods get OpenAI's 405, and a path that only ends like them is not theirs."""
-    from plabs_proto.backends.gateway import create_app
+    from plabs_proto.backends.programs.gateway import create_app
     from starlette.applications import Starlette
     from starlette.routing import Mount
 

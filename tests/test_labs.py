@@ -1,4 +1,4 @@
-"""Tests for plabs_proto.labs: the request builder and the answer decoder."""
+"""Tests for plabs_proto.labs.answer: the request builder and the answer decoder."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from plabs_proto.events import (
     ReasoningDelta,
     TextDelta,
 )
-from plabs_proto.labs import (
+from plabs_proto.labs.answer import (
     DEFAULT_MODEL,
     DEFAULT_SOURCE,
     DEFAULT_VERSION,

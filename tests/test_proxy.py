@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from plabs_proto.errors import LocalProtocolError, ProxyError, RemoteProtocolError
-from plabs_proto.proxy import HTTPConnectTunnel, ProxyConfig, SOCKS5Tunnel, parse_proxy_url
+from plabs_proto.wire.proxy import HTTPConnectTunnel, ProxyConfig, SOCKS5Tunnel, parse_proxy_url
 
 USER = "alice-user"
 PASSWORD = "hunter2-secret"

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from conftest import EmulatorFactory
-from plabs_proto.backends.emulator import default_answer
+from plabs_proto.backends.programs.emulator import default_answer
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

@@ -23,8 +23,6 @@ from hypothesis import strategies as st
 from peer import Harness, http_response, open_packet
 
 import plabs_proto
-from plabs_proto._refusal import clean, page_title, retry_after_seconds
-from plabs_proto.client import ClientConfig, LabsClient
 from plabs_proto.errors import (
     ChallengeError,
     HandshakeError,
@@ -34,7 +32,9 @@ from plabs_proto.errors import (
     UnexpectedPageError,
 )
 from plabs_proto.events import HTTPRequest, WebSocketConnect
-from plabs_proto.session import LabsSession, SessionConfig, SessionState
+from plabs_proto.labs.session import LabsSession, SessionConfig, SessionState
+from plabs_proto.refusal import clean, page_title, retry_after_seconds
+from plabs_proto.wire.client import ClientConfig, LabsClient
 
 Answer = Callable[[int, list[tuple[str, str]], bytes], None]
 

@@ -34,8 +34,8 @@ from plabs_proto.events import (
     WebSocketConnect,
     WebSocketSend,
 )
-from plabs_proto.session import LabsSession, SessionConfig, SessionState
-from plabs_proto.websocket import Utf8Text
+from plabs_proto.labs.session import LabsSession, SessionConfig, SessionState
+from plabs_proto.wire.websocket import Utf8Text
 
 BASE = "http://labs.test/socket.io/?EIO=4"
 T = "&t=d82c07cd"  # the cache buster random.Random(0) gives

@@ -1,4 +1,4 @@
-"""Tests for the Socket.IO v5 codec (plabs_proto.socketio)."""
+"""Tests for the Socket.IO v5 codec (plabs_proto.labs.socketio)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from peer import large_progress_event
 
-from plabs_proto import engineio
 from plabs_proto.errors import LocalProtocolError, RemoteProtocolError
-from plabs_proto.socketio import (
+from plabs_proto.labs import engineio
+from plabs_proto.labs.socketio import (
     RESERVED_EVENTS,
     Packet,
     PacketDecoder,

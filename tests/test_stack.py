@@ -10,9 +10,9 @@ import trustme
 from peer import MemoryTLSServer
 
 from plabs_proto.errors import LocalProtocolError, ProxyError, TLSError
-from plabs_proto.proxy import HTTPConnectTunnel, SOCKS5Tunnel
-from plabs_proto.stack import Layer, StreamStack
-from plabs_proto.tls import TLSLayer, make_ssl_context
+from plabs_proto.wire.proxy import HTTPConnectTunnel, SOCKS5Tunnel
+from plabs_proto.wire.stack import Layer, StreamStack
+from plabs_proto.wire.tls import TLSLayer, make_ssl_context
 
 HOST = "labs.example"
 

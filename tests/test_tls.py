@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from peer import MemoryTLSServer
 
-from plabs_proto.client import ClientConfig, LabsClient
 from plabs_proto.errors import LocalProtocolError, TLSError
-from plabs_proto.tls import TLSLayer, check_ssl_context, make_ssl_context
+from plabs_proto.wire.client import ClientConfig, LabsClient
+from plabs_proto.wire.tls import TLSLayer, check_ssl_context, make_ssl_context
 
 
 def chunks(data: bytes, size: int | None) -> Iterator[bytes]:

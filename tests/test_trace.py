@@ -26,7 +26,6 @@ from hypothesis import strategies as st
 from peer import http_response, open_packet, progress, switching_protocols, ws_frame
 from plabs_proto.backends import asyncio as asyncio_backend
 
-from plabs_proto.client import ClientConfig, LabsClient
 from plabs_proto.errors import LocalProtocolError, RemoteProtocolError
 from plabs_proto.events import (
     AnswerFinished,
@@ -37,7 +36,8 @@ from plabs_proto.events import (
     ReasoningDelta,
     TextDelta,
 )
-from plabs_proto.trace import (
+from plabs_proto.wire.client import ClientConfig, LabsClient
+from plabs_proto.wire.trace import (
     TraceError,
     TraceRecord,
     TraceRecorder,

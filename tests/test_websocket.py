@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from peer import ClientFrames, ws_frame
 
 from plabs_proto.errors import LocalProtocolError, RemoteProtocolError
-from plabs_proto.websocket import WebSocketChannel, accept_token, make_key
+from plabs_proto.wire.websocket import WebSocketChannel, accept_token, make_key
 
 
 def channel(limit: int = 1 << 20) -> WebSocketChannel:
@@ -120,7 +120,7 @@ def test_any_bytes_give_messages_or_remote_protocol_error(data: bytes) -> None:
 
 
 def test_raw_text_mode_hands_out_undecoded_text() -> None:
-    from plabs_proto.websocket import Utf8Text
+    from plabs_proto.wire.websocket import Utf8Text
 
     ws = WebSocketChannel(random.Random(1), max_message_size=1000, raw_text=True)
     got = ws.receive_data(ws_frame("héllo") + ws_frame("a", fin=False) + ws_frame("b", opcode=0x0) + ws_frame(b"\x01"))

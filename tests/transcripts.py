@@ -44,7 +44,6 @@ from peer import (
     ws_frame,
 )
 
-from plabs_proto.client import ClientConfig, ClientState, LabsClient
 from plabs_proto.errors import LabsError, LocalProtocolError
 from plabs_proto.events import (
     AnswerFinished,
@@ -55,6 +54,7 @@ from plabs_proto.events import (
     QueryFailed,
     TextDelta,
 )
+from plabs_proto.wire.client import ClientConfig, ClientState, LabsClient
 
 TRANSPORTS = ("upgrade", "websocket", "polling")
 PROXIES = (None, "http", "socks5")

@@ -129,7 +129,7 @@ function parseArgs(argv) {
   return opts;
 }
 
-// -- answer text (mirrors backends/emulator.py; code points, never UTF-16 halves) -------------
+// -- answer text (mirrors backends/programs/emulator.py; code points, never UTF-16 halves) -------------
 
 function codePoints(text) {
   return Array.from(text);

@@ -1,4 +1,4 @@
-"""TLS as a sans-IO :class:`~plabs_proto.stack.Layer`: ``ssl.SSLObject`` over two ``ssl.MemoryBIO``.
+"""TLS as a sans-IO :class:`~plabs_proto.wire.stack.Layer`: ``ssl.SSLObject`` over two ``ssl.MemoryBIO``.
 
 Certificate verification is always on: :func:`check_ssl_context` refuses a context
 that would skip it.
@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import ssl
 
-from .errors import LocalProtocolError, TLSError
+from plabs_proto.errors import LocalProtocolError, TLSError
 
 __all__ = ["CHROME_TLS12_CIPHERS", "TLSLayer", "check_ssl_context", "make_ssl_context"]
 

@@ -1,4 +1,4 @@
-"""``plabs serve``: run the OpenAI-compatible gateway (:mod:`plabs_proto.backends.gateway`).
+"""``plabs serve``: run the OpenAI-compatible gateway (:mod:`plabs_proto.backends.programs.gateway`).
 
     plabs serve [--host 127.0.0.1] [--port 8000] [--server URL | --emulator]
                 [--backend asyncio|trio|curl] [--transport T] [--proxy URL] [--cafile PEM]
@@ -26,7 +26,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .cli import _count, _port, _seconds  # the argparse types plabs uses
+from .arguments import count, port, seconds
 
 __all__ = ["add_serve_command", "serve"]
 
@@ -42,7 +42,7 @@ def add_serve_command(commands: Any) -> argparse.ArgumentParser:
         "(prints its base URL on one line).",
     )
     sub.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1)")
-    sub.add_argument("--port", type=_port, default=8000, help="default: 8000 (0: a free port)")
+    sub.add_argument("--port", type=port, default=8000, help="default: 8000 (0: a free port)")
     sub.add_argument("--server", default=None, metavar="URL", help="the Labs server (default https://www.perplexity.ai)")
     sub.add_argument("--emulator", action="store_true", help="answer from a local emulator started in-process")
     sub.add_argument("--backend", default="asyncio", choices=("asyncio", "trio", "curl"), help="default: asyncio")
@@ -52,10 +52,10 @@ def add_serve_command(commands: Any) -> argparse.ArgumentParser:
     sub.add_argument("--cafile", default=None, metavar="PEM", help="trust these CA certificates instead")
     sub.add_argument("--api-key", default=None, metavar="KEY",
                      help="require 'Authorization: Bearer KEY' (default: $PLABS_API_KEY, else no key)")
-    sub.add_argument("--max-sessions", type=_count, default=0, metavar="N",
+    sub.add_argument("--max-sessions", type=count, default=0, metavar="N",
                      help="answer 429 beyond N requests at once (default 0: no limit)")
-    sub.add_argument("--warm", type=_count, default=0, metavar="N", help="keep N Labs sessions connected, ready")
-    sub.add_argument("--timeout", type=_seconds, default=None, metavar="S",
+    sub.add_argument("--warm", type=count, default=0, metavar="N", help="keep N Labs sessions connected, ready")
+    sub.add_argument("--timeout", type=seconds, default=None, metavar="S",
                      help="deadline of each Labs query in seconds (default 300)")
     sub.set_defaults(run=_cmd_serve, parser=sub)
     return sub
@@ -146,7 +146,7 @@ def serve(
     """Serve the gateway in the foreground until Ctrl-C or SIGTERM.
 
     ``announce`` gets the line with the base URL once the gateway listens
-    (default: print it).  Raises :class:`~plabs_proto.backends.gateway.GatewayError`
+    (default: print it).  Raises :class:`~plabs_proto.backends.programs.gateway.GatewayError`
     for a configuration that cannot work and ``OSError`` when it cannot listen.
     """
     from .gateway import check_config

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 import h11
 
-from .errors import LocalProtocolError, RemoteProtocolError
-from .inflate import inflate_within
+from plabs_proto.errors import LocalProtocolError, RemoteProtocolError
+from plabs_proto.wire.inflate import inflate_within
 
 __all__ = ["ACCEPT_ENCODING", "BodyDecoder", "HTTPChannel", "HTTPResponse", "SwitchedProtocol", "looks_like_cloudflare"]
 

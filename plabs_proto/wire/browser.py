@@ -4,7 +4,7 @@ Labs is a web page (``https://labs.perplexity.ai``) whose script talks to
 ``https://www.perplexity.ai/socket.io/``: Engine.IO polling is ``XMLHttpRequest``
 (a cross-origin, same-site CORS request) and the upgrade is a ``WebSocket``.  A
 client that sends a library's headers is easy to refuse (protocol.md §9), so the
-byte level (:class:`~plabs_proto.client.LabsClient`) sends, by default, the
+byte level (:class:`~plabs_proto.wire.client.LabsClient`) sends, by default, the
 headers of :data:`CHROME`: Chrome 131 on macOS, the version and platform of
 curl_cffi's ``chrome131`` target, so the pure-Python path and the curl backend
 (``--impersonate chrome131``) tell the same story.
@@ -51,7 +51,7 @@ module; none is copied):
 Where we knowingly differ from Chrome:
 
 * ``Accept-Encoding``: Chrome says ``gzip, deflate, br, zstd``.  We announce only
-  the codings the HTTP layer decodes (``gzip, deflate``: ``plabs_proto.http.ACCEPT_ENCODING``),
+  the codings the HTTP layer decodes (``gzip, deflate``: ``plabs_proto.wire.http.ACCEPT_ENCODING``),
   or none when the client's ``accept_encoding`` is off: announcing a coding we cannot decode
   would break the session the first time a server used it.
 * ``Sec-WebSocket-Extensions`` is sent only when the WebSocket layer offers

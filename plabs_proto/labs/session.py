@@ -18,7 +18,7 @@ WebSocket library, a browser's fetch, curl_cffi.  Its caller does, in a loop:
 
 and reads ``next_event()`` for what happened.  Commands are ``connect(now)``,
 ``query(messages, model=..., now=...)`` and ``close(now)``.  The states and the
-moves between them are in :mod:`plabs_proto._state`.
+moves between them are in :mod:`plabs_proto.state`.
 
 The session states only what the protocol needs (Origin, Referer, a POST's
 Content-Type); its carrier adds its own headers, cookies, compression, proxies
@@ -26,7 +26,7 @@ and TLS.  It never assumes two requests share a connection.  Once the session
 has ended (CLOSED or ERROR) every WebSocket it opened has a ``WebSocketClose``
 and requests still out have nobody waiting for them: drop them.
 
-The byte level (:class:`~plabs_proto.client.LabsClient`) drives a session with
+The byte level (:class:`~plabs_proto.wire.client.LabsClient`) drives a session with
 the public calls above (``receive_http_response(..., reason=...)``,
 ``receive_websocket_messages(..., limited=True)`` for each WebSocket read) and
 exactly two internals, both for what only a carrier that parses the bytes
@@ -53,10 +53,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from . import _state, engineio, socketio
-from ._refusal import refusal, unexpected_page
-from ._state import SessionState, next_state
-from .errors import (
+from plabs_proto import state as _state
+from plabs_proto.errors import (
     HandshakeError,
     LabsError,
     LabsTimeout,
@@ -65,7 +63,7 @@ from .errors import (
     RemoteProtocolError,
     ResponseError,
 )
-from .events import (
+from plabs_proto.events import (
     AnswerFinished,
     Closed,
     Connected,
@@ -79,8 +77,8 @@ from .events import (
     WebSocketConnect,
     WebSocketSend,
 )
-from .http import HTTPResponse
-from .labs import (
+from plabs_proto.labs import engineio, socketio
+from plabs_proto.labs.answer import (
     DEFAULT_MODEL,
     DEFAULT_VERSION,
     REQUEST_EVENT,
@@ -89,7 +87,10 @@ from .labs import (
     build_request,
     is_progress_event,
 )
-from .websocket import Utf8Text
+from plabs_proto.refusal import refusal, unexpected_page
+from plabs_proto.state import SessionState, next_state
+from plabs_proto.wire.http import HTTPResponse
+from plabs_proto.wire.websocket import Utf8Text
 
 __all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "DEFAULT_SERVER", "TRANSPORTS", "LabsSession", "SessionConfig", "SessionState"]
 
@@ -112,7 +113,7 @@ class SessionConfig:
     """What the message level needs: where, how, who, and how long to wait.
 
     The same fields, defaults and meanings as in
-    :class:`~plabs_proto.client.ClientConfig`, without the byte-level ones
+    :class:`~plabs_proto.wire.client.ClientConfig`, without the byte-level ones
     (proxy, TLS, extra headers, User-Agent): those belong to whoever carries
     the session.  ``max_message_size`` is our receive limit (a WebSocket
     message, an Engine.IO packet); the server's ``maxPayload`` bounds what we
@@ -415,7 +416,7 @@ class LabsSession:
 
     @property
     def state(self) -> SessionState:
-        """The session's state (see :mod:`plabs_proto._state`)."""
+        """The session's state (see :mod:`plabs_proto.state`)."""
         return self._state
 
     @property
@@ -568,7 +569,7 @@ class LabsSession:
         self.receive_websocket_messages(ws_id, [data], now)
 
     def receive_websocket_utf8(self, ws_id: int, message: Utf8Text, now: float) -> None:
-        """A text message not decoded yet (:class:`~plabs_proto.websocket.Utf8Text`): only its new text is decoded."""
+        """A text message not decoded yet (:class:`~plabs_proto.wire.websocket.Utf8Text`): only its new text is decoded."""
         self.receive_websocket_messages(ws_id, [message], now)
 
     def receive_websocket_messages(
@@ -578,7 +579,7 @@ class LabsSession:
 
         The same as a ``receive_websocket_message`` per ``str`` (text) or
         ``bytes`` (binary) message and a ``receive_websocket_utf8`` per
-        :class:`~plabs_proto.websocket.Utf8Text` (text not decoded yet), with
+        :class:`~plabs_proto.wire.websocket.Utf8Text` (text not decoded yet), with
         the WebSocket looked up and the error guard set up once per read
         instead of once per message.  A progress frame given as ``Utf8Text``
         is read on its UTF-8 bytes by the prefix it shares with the previous

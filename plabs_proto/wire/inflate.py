@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import zlib
 
-from .errors import RemoteProtocolError
+from plabs_proto.errors import RemoteProtocolError
 
 __all__ = ["inflate_within"]
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, NoReturn
 
-from .errors import LocalProtocolError, RemoteProtocolError
-from .jsondepth import check_depth
+from plabs_proto.errors import LocalProtocolError, RemoteProtocolError
+from plabs_proto.jsondepth import check_depth
 
 __all__ = [
     "RESERVED_EVENTS",

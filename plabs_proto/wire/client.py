@@ -32,7 +32,7 @@ client has moved to :attr:`ClientState.ERROR` and queued ``CloseStream`` for
 every connection.  They carry the answer text received so far.
 
 Two levels: every Engine.IO, Socket.IO and Labs rule lives in
-:class:`~plabs_proto.session.LabsSession` (the message level, which any
+:class:`~plabs_proto.labs.session.LabsSession` (the message level, which any
 HTTP/WebSocket client can drive); this module is the byte level beneath it.
 It turns each ``HTTPRequest`` and ``WebSocketConnect`` into a request on a
 stream (h11, wsproto, TLS, a proxy tunnel), keeps cookies, reuses a
@@ -53,10 +53,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from ._state import END_STATES, SessionState
-from .browser import CHROME, BrowserProfile, merge_headers
-from .errors import LabsError, LocalProtocolError, RemoteProtocolError
-from .events import (
+from plabs_proto.errors import LabsError, LocalProtocolError, RemoteProtocolError
+from plabs_proto.events import (
     CloseStream,
     Event,
     HTTPRequest,
@@ -68,10 +66,8 @@ from .events import (
     WebSocketConnect,
     WebSocketSend,
 )
-from .http import ACCEPT_ENCODING, HTTPChannel, HTTPResponse, SwitchedProtocol
-from .labs import DEFAULT_MODEL, DEFAULT_VERSION
-from .proxy import HTTPConnectTunnel, ProxyConfig, SOCKS5Tunnel, parse_proxy_url
-from .session import (
+from plabs_proto.labs.answer import DEFAULT_MODEL, DEFAULT_VERSION
+from plabs_proto.labs.session import (
     BODY_SLACK,
     DEFAULT_JWT,
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -83,9 +79,19 @@ from .session import (
     check_header_text,
     split_server,
 )
-from .stack import Layer, StreamStack
-from .tls import TLSLayer, check_ssl_context, make_ssl_context
-from .websocket import DEFLATE_OFFER, WebSocketChannel, accept_token, make_key, negotiate_deflate
+from plabs_proto.state import END_STATES, SessionState
+from plabs_proto.wire.browser import CHROME, BrowserProfile, merge_headers
+from plabs_proto.wire.http import ACCEPT_ENCODING, HTTPChannel, HTTPResponse, SwitchedProtocol
+from plabs_proto.wire.proxy import HTTPConnectTunnel, ProxyConfig, SOCKS5Tunnel, parse_proxy_url
+from plabs_proto.wire.stack import Layer, StreamStack
+from plabs_proto.wire.tls import TLSLayer, check_ssl_context, make_ssl_context
+from plabs_proto.wire.websocket import (
+    DEFLATE_OFFER,
+    WebSocketChannel,
+    accept_token,
+    make_key,
+    negotiate_deflate,
+)
 
 __all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "DEFAULT_SERVER", "TRANSPORTS", "ClientConfig", "ClientState", "LabsClient", "Tracer"]
 
@@ -100,7 +106,7 @@ _MAX_COOKIE_SIZE = 4096
 Tracer = Callable[[float, int, str, bytes], None]
 
 
-#: Where the session stands: the message level's states (see :mod:`plabs_proto._state`).
+#: Where the session stands: the message level's states (see :mod:`plabs_proto.state`).
 ClientState = SessionState
 
 
@@ -122,8 +128,8 @@ class ClientConfig:
     ``https://`` server, for a caller whose transport does TLS itself (and for
     replaying a trace, which holds the bytes above TLS).
 
-    ``browser`` is the header profile of every request (:data:`~plabs_proto.browser.CHROME`:
-    a desktop Chrome's headers, in Chrome's order; see :mod:`plabs_proto.browser`).
+    ``browser`` is the header profile of every request (:data:`~plabs_proto.wire.browser.CHROME`:
+    a desktop Chrome's headers, in Chrome's order; see :mod:`plabs_proto.wire.browser`).
     ``None`` sends only Host, User-Agent (when ``user_agent`` is set), ``Accept: */*``,
     the session's headers and cookies: the headers of plabs-proto before profiles, which
     replaying an old trace needs.  ``user_agent`` replaces the profile's User-Agent; the
@@ -141,7 +147,7 @@ class ClientConfig:
     ``max_message_size``) and ours are compressed with the parameters it chose.
     Turned off, nothing is offered, and a server that answers with an
     extension all the same is refused.  Neither changes the message level
-    (:class:`~plabs_proto.session.SessionConfig`): compression is the carrier's.
+    (:class:`~plabs_proto.labs.session.SessionConfig`): compression is the carrier's.
     """
 
     server: str = DEFAULT_SERVER
@@ -165,7 +171,7 @@ class ClientConfig:
     permessage_deflate: bool = True
 
     def session_config(self) -> SessionConfig:
-        """The message-level part of this configuration, for :class:`~plabs_proto.session.LabsSession`."""
+        """The message-level part of this configuration, for :class:`~plabs_proto.labs.session.LabsSession`."""
         return SessionConfig(
             server=self.server,
             path=self.path,
@@ -182,7 +188,7 @@ class ClientConfig:
     def __post_init__(self) -> None:
         """Refuse a field of the wrong kind now, with :class:`LocalProtocolError`, not with a TypeError later.
 
-        The message-level fields are checked by the :class:`~plabs_proto.session.SessionConfig`
+        The message-level fields are checked by the :class:`~plabs_proto.labs.session.SessionConfig`
         made here, the byte-level ones below: a carrier of :meth:`session_config` (curl's)
         gets a checked config too.
         """
@@ -234,7 +240,7 @@ class _Stream:
 class LabsClient:
     """A sans-IO Perplexity Labs session at the byte level.  See the module docstring for the loop.
 
-    It is a :class:`~plabs_proto.session.LabsSession` (the message level: every
+    It is a :class:`~plabs_proto.labs.session.LabsSession` (the message level: every
     Engine.IO, Socket.IO and Labs rule) carried by this module's byte stack:
     each HTTP request and WebSocket the session asks for becomes bytes on a
     stream (h11, wsproto, TLS over MemoryBIO, a proxy tunnel), with the
@@ -348,7 +354,7 @@ class LabsClient:
     ) -> None:
         """Ask Labs; the answer comes as events.  One query at a time per session.
 
-        See :meth:`LabsSession.query <plabs_proto.session.LabsSession.query>`:
+        See :meth:`LabsSession.query <plabs_proto.labs.session.LabsSession.query>`:
         allowed while connecting and when ready; a request not smaller than the
         server's ``maxPayload`` raises :class:`LocalProtocolError` (fatal only
         for a query made before the open packet, raised from the

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, cast
 
-from .errors import LocalProtocolError, RemoteProtocolError
-from .jsondepth import check_depth
+from plabs_proto.errors import LocalProtocolError, RemoteProtocolError
+from plabs_proto.jsondepth import check_depth
 
 __all__ = [
     "OpenPacket",

@@ -40,8 +40,8 @@ from wsproto.frame_protocol import (
     XorMaskerSimple,
 )
 
-from .errors import LocalProtocolError, RemoteProtocolError
-from .inflate import inflate_within
+from plabs_proto.errors import LocalProtocolError, RemoteProtocolError
+from plabs_proto.wire.inflate import inflate_within
 
 __all__ = [
     "DEFLATE_OFFER",

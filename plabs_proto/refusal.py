@@ -24,9 +24,15 @@ import re
 import unicodedata
 from datetime import datetime, timezone
 
-from .errors import ChallengeError, HandshakeError, RateLimitedError, RedirectError, UnexpectedPageError
-from .http import HTTPResponse, looks_like_cloudflare
-from .jsondepth import too_deep
+from plabs_proto.errors import (
+    ChallengeError,
+    HandshakeError,
+    RateLimitedError,
+    RedirectError,
+    UnexpectedPageError,
+)
+from plabs_proto.jsondepth import too_deep
+from plabs_proto.wire.http import HTTPResponse, looks_like_cloudflare
 
 __all__ = ["SCAN", "clean", "is_page", "page_title", "refusal", "retry_after_seconds", "unexpected_page"]
 

@@ -38,9 +38,17 @@ from collections.abc import Callable, Mapping, Sequence
 from enum import Enum
 from typing import Any, NoReturn
 
-from .errors import LocalProtocolError, RemoteProtocolError
-from .events import AnswerFinished, AnswerRevised, Citations, Event, QueryFailed, ReasoningDelta, TextDelta
-from .jsondepth import too_deep
+from plabs_proto.errors import LocalProtocolError, RemoteProtocolError
+from plabs_proto.events import (
+    AnswerFinished,
+    AnswerRevised,
+    Citations,
+    Event,
+    QueryFailed,
+    ReasoningDelta,
+    TextDelta,
+)
+from plabs_proto.jsondepth import too_deep
 
 __all__ = [
     "DEFAULT_MODEL",

@@ -49,13 +49,11 @@ import builtins
 import contextlib
 import json
 import logging
-import math
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import IO, Any, TypeVar
+from typing import IO, Any
 
-from plabs_proto.client import DEFAULT_SERVER
 from plabs_proto.errors import (
     ChallengeError,
     HandshakeError,
@@ -73,14 +71,16 @@ from plabs_proto.events import (
     ReasoningDelta,
     TextDelta,
 )
-from plabs_proto.labs import DEFAULT_MODEL, MODELS
-from plabs_proto.trace import TraceError, TraceRecorder, config_header, replay
+from plabs_proto.labs.answer import DEFAULT_MODEL, MODELS
+from plabs_proto.wire.client import DEFAULT_SERVER
+from plabs_proto.wire.trace import TraceError, TraceRecorder, config_header, replay
+
+from . import arguments
 
 __all__ = ["EventPrinter", "build_parser", "main"]
 
 BACKENDS = ("asyncio", "trio", "sync", "curl")
 TRANSPORTS = ("upgrade", "websocket", "polling")
-_N = TypeVar("_N", int, float)
 _DIM, _UNDIM = "\x1b[2m", "\x1b[22m"
 _ERASE_LINE = "\r\x1b[K"  # back to the start of the line, erase to its end
 _EMULATOR_LOGGERS = ("aiohttp.access", "aiohttp.server", "aiohttp.web", "engineio.server", "socketio.server")
@@ -314,36 +314,6 @@ def _print_error(message: str, stderr: IO[str] | None = None) -> None:
 # -- the parser ------------------------------------------------------------------------------------
 
 
-def _number(text: str, convert: Callable[[str], _N], what: str, ok: Callable[[_N], bool], bound: str) -> _N:
-    """An argparse type: ``text`` as ``convert`` reads it, when ``ok``; else "expected <what> <bound>"."""
-    try:
-        value = convert(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-    if not ok(value):
-        raise argparse.ArgumentTypeError(f"expected {what} {bound}, got {text!r}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    return _number(text, float, "a number of seconds", lambda value: 0 < value < math.inf, "> 0")
-
-
-def _delay(text: str) -> float:
-    return _number(text, float, "a number of seconds", lambda value: 0 <= value < math.inf, ">= 0")
-
-
-def _count(text: str) -> int:
-    return _number(text, int, "a whole number", lambda value: value >= 0, ">= 0")
-
-
-def _port(text: str) -> int:
-    value = _count(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {text!r}")
-    return value
-
-
 def _version() -> str:
     try:
         from importlib.metadata import version
@@ -394,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --backend curl: the browser curl speaks as (a curl_cffi target; default chrome)",
     )
     ask.add_argument("--cafile", default=None, metavar="PEM", help="trust these CA certificates instead")
-    ask.add_argument("--timeout", type=_seconds, default=None, metavar="S", help="overall deadline in seconds")
+    ask.add_argument("--timeout", type=arguments.seconds, default=None, metavar="S", help="overall deadline in seconds")
     ask.add_argument("--trace", default=None, metavar="FILE", help="record the bytes of the session (JSON lines)")
     ask.add_argument("--emulator", action="store_true", help="ask a local emulator started in-process")
     output_options(ask)
@@ -418,15 +388,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve the Labs protocol locally until Ctrl-C; its URL is the first line on stdout.",
     )
     emu.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
-    emu.add_argument("--port", type=_port, default=0, help="default: 0 (a free port)")
+    emu.add_argument("--port", type=arguments.port, default=0, help="default: 0 (a free port)")
     emu.add_argument("--certfile", default=None, metavar="PEM", help="serve TLS with this certificate")
     emu.add_argument("--keyfile", default=None, metavar="PEM", help="the certificate's private key")
     emu.add_argument("--answer", default=None, metavar="TEXT", help="the answer text (default: built from the prompt)")
     emu.add_argument("--reasoning", default=None, metavar="TEXT", help="the reasoning text of reasoning models")
-    emu.add_argument("--frame-delay", type=_delay, default=None, metavar="S", help="seconds between answer frames")
-    emu.add_argument("--ping-interval", type=_seconds, default=None, metavar="S", help="Engine.IO ping interval")
+    emu.add_argument("--frame-delay", type=arguments.delay, default=None, metavar="S", help="seconds between answer frames")
+    emu.add_argument("--ping-interval", type=arguments.seconds, default=None, metavar="S", help="Engine.IO ping interval")
     emu.add_argument("--fail", default=None, metavar="TEXT", help="answer every query with this failure text")
-    emu.add_argument("--drop-after", type=_count, default=None, metavar="N", help="drop the connection after N frames")
+    emu.add_argument("--drop-after", type=arguments.count, default=None, metavar="N", help="drop the connection after N frames")
     emu.add_argument("--silent", action="store_true", help="never answer a query")
     guard = emu.add_argument_group(
         "guards", "answer a step of the handshake (STEP: polling = the opening GET, post, poll = the later GETs, "
@@ -450,7 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="200 with an HTML login page")
     emu.set_defaults(run=_cmd_emulator, parser=emu)
 
-    from .serve import add_serve_command  # the OpenAI-compatible gateway (issue 11)
+    from .serve import (
+        add_serve_command,  # the OpenAI-compatible gateway (issue 11)
+    )
 
     add_serve_command(commands)
     return parser
@@ -623,7 +595,7 @@ def _ask_asyncio(
 ) -> None:
     import asyncio
 
-    from . import asyncio as backend
+    from .. import asyncio as backend
 
     asyncio.run(_stream(backend, prompt, model, options, recorder, printer))
 
@@ -636,7 +608,7 @@ def _ask_curl(
     if recorder is not None:
         raise _Failure("--trace records our own bytes; with --backend curl, curl keeps them (drop --trace)")
     try:
-        from . import curl as backend
+        from .. import curl as backend
     except ImportError as exc:
         raise _Failure(f"the curl backend needs curl_cffi (pip install 'plabs-proto[impersonate]'): {exc}") from None
     options = {name: value for name, value in options.items() if name != "tracer"}
@@ -649,7 +621,7 @@ def _ask_trio(
     try:
         import trio
 
-        from . import trio as backend
+        from .. import trio as backend
     except ImportError as exc:
         raise _Failure(f"the trio backend needs trio (pip install 'plabs-proto[trio]'): {exc}") from None
 
@@ -659,7 +631,7 @@ def _ask_trio(
 def _ask_sync(
     prompt: str, model: str, options: dict[str, Any], recorder: TraceRecorder | None, printer: EventPrinter
 ) -> None:
-    from . import sync as backend
+    from .. import sync as backend
 
     session = backend.connect(**options)
     _set_header(recorder, session, prompt, model)

@@ -14,12 +14,12 @@ one chunk of bytes the client wrote or received above TLS::
 
     {"t": 0.012345, "stream": 1, "dir": "in", "b64": "SFRUUC8xLjEgMjAwIE9L..."}
 
-``browser`` names the header profile (:data:`plabs_proto.browser.PROFILES`), ``null`` for
+``browser`` names the header profile (:data:`plabs_proto.wire.browser.PROFILES`), ``null`` for
 none; a trace without the key predates profiles and is replayed without one, as it was
 recorded.  ``t`` is seconds since the session started, ``b64`` the bytes (``""`` on an
 ``"in"`` line is end of file).  :class:`TraceRecorder` makes traces (it is a
 client ``tracer``), :func:`replay` feeds one back through
-:class:`~plabs_proto.client.LabsClient` and gives its events again: the seed
+:class:`~plabs_proto.wire.client.LabsClient` and gives its events again: the seed
 in the header makes the client's random choices (cache buster, WebSocket key
 and masks) repeat, so a replay also writes the same bytes as the session did.
 
@@ -43,12 +43,12 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .browser import CHROME, PROFILES
-from .client import TRANSPORTS, ClientConfig, ClientState, LabsClient, Tracer
-from .errors import LocalProtocolError
-from .events import Event
-from .labs import DEFAULT_MODEL, DEFAULT_VERSION
-from .session import DEFAULT_JWT, DEFAULT_ORIGIN, DEFAULT_SERVER
+from plabs_proto.errors import LocalProtocolError
+from plabs_proto.events import Event
+from plabs_proto.labs.answer import DEFAULT_MODEL, DEFAULT_VERSION
+from plabs_proto.labs.session import DEFAULT_JWT, DEFAULT_ORIGIN, DEFAULT_SERVER
+from plabs_proto.wire.browser import CHROME, PROFILES
+from plabs_proto.wire.client import TRANSPORTS, ClientConfig, ClientState, LabsClient, Tracer
 
 __all__ = [
     "REDACTED",

@@ -6,7 +6,7 @@ or, under any ASGI server, the factory :func:`create_app` (configured by its
 arguments or, with none, by ``PLABS_*`` environment variables, see
 :meth:`GatewayConfig.from_env`)::
 
-    uvicorn --factory plabs_proto.backends.gateway:create_app --workers 4
+    uvicorn --factory plabs_proto.backends.programs.gateway:create_app --workers 4
 
 Routes:
 
@@ -86,7 +86,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from plabs_proto.client import ClientState
 from plabs_proto.errors import LabsError, LabsTimeout, LocalProtocolError, RateLimitedError, ResponseError
 from plabs_proto.events import (
     AnswerFinished,
@@ -96,8 +95,9 @@ from plabs_proto.events import (
     ReasoningDelta,
     TextDelta,
 )
-from plabs_proto.labs import DEFAULT_MODEL, MODELS, normalize_messages
-from plabs_proto.session import SessionState
+from plabs_proto.labs.answer import DEFAULT_MODEL, MODELS, normalize_messages
+from plabs_proto.labs.session import SessionState
+from plabs_proto.wire.client import ClientState
 
 __all__ = ["BACKENDS", "DEFAULT_SERVER", "GatewayConfig", "GatewayError", "create_app"]
 
@@ -188,19 +188,19 @@ def _backend_module(name: str) -> ModuleType:
     """The backend module for ``asyncio``, ``trio`` or ``curl``; a clear GatewayError otherwise."""
     if name == "curl":
         try:
-            from . import curl as curl_backend
+            from .. import curl as curl_backend
         except ImportError as exc:
             raise GatewayError(
                 f"the curl backend needs curl_cffi (pip install 'plabs-proto[impersonate]'): {exc}"
             ) from None
         return curl_backend
     if name == "asyncio":
-        from . import asyncio as asyncio_backend
+        from .. import asyncio as asyncio_backend
 
         return asyncio_backend
     if name == "trio":
         try:
-            from . import trio as trio_backend
+            from .. import trio as trio_backend
         except ImportError as exc:
             raise GatewayError(f"the trio backend needs trio (pip install 'plabs-proto[trio]'): {exc}") from None
         return trio_backend
@@ -228,7 +228,7 @@ def check_config(config: GatewayConfig) -> None:
         )
     if config.api_key is not None and not config.api_key:
         raise GatewayError("expected a non-empty api key (or none)")
-    from . import asyncio as checker
+    from .. import asyncio as checker
 
     try:
         checker.connect(**config.connect_options())  # checks the options; opens nothing

@@ -1,4 +1,4 @@
-"""Proxy tunnels as sans-IO :class:`~plabs_proto.stack.Layer` objects, and proxy URLs.
+"""Proxy tunnels as sans-IO :class:`~plabs_proto.wire.stack.Layer` objects, and proxy URLs.
 
 * :class:`HTTPConnectTunnel`: ``CONNECT host:port`` through an HTTP proxy (h11, client role).
 * :class:`SOCKS5Tunnel`: SOCKS5 ``CONNECT`` (socksio encodes the requests; replies are
@@ -20,8 +20,8 @@ from urllib.parse import quote, unquote
 import h11
 from socksio import socks5
 
-from .errors import LocalProtocolError, ProxyError
-from .stack import take_all
+from plabs_proto.errors import LocalProtocolError, ProxyError
+from plabs_proto.wire.stack import take_all
 
 __all__ = ["HTTPConnectTunnel", "ProxyConfig", "SOCKS5Tunnel", "parse_proxy_url"]
 

@@ -1,9 +1,9 @@
 """The byte-stream layers under HTTP, composed for one TCP connection.
 
 A :class:`Layer` turns one byte stream into another: a proxy tunnel
-(:class:`~plabs_proto.proxy.HTTPConnectTunnel`,
-:class:`~plabs_proto.proxy.SOCKS5Tunnel`) or TLS
-(:class:`~plabs_proto.tls.TLSLayer`).  A :class:`StreamStack` stacks them,
+(:class:`~plabs_proto.wire.proxy.HTTPConnectTunnel`,
+:class:`~plabs_proto.wire.proxy.SOCKS5Tunnel`) or TLS
+(:class:`~plabs_proto.wire.tls.TLSLayer`).  A :class:`StreamStack` stacks them,
 bottom (nearest TCP) first, and moves the bytes between them::
 
     stack = StreamStack([HTTPConnectTunnel("example.com", 443), TLSLayer(ctx, "example.com")])
@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from .errors import LocalProtocolError
+from plabs_proto.errors import LocalProtocolError
 
 __all__ = ["Layer", "StreamStack", "take_all"]
 

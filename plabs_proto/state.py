@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from .errors import LocalProtocolError
+from plabs_proto.errors import LocalProtocolError
 
 __all__ = ["END_STATES", "SessionState", "next_state"]
 
