@@ -15,10 +15,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Generic, TypeAlias, TypeVar, cast
 
+from plabs_proto.config import ClientConfig
 from plabs_proto.errors import LocalProtocolError, ResponseError
 from plabs_proto.events import AnswerFinished, AnswerRevised, Connected, Event, TextDelta
 from plabs_proto.labs.session import LabsSession
-from plabs_proto.wire.client import ClientConfig, ClientState, LabsClient, Tracer
+from plabs_proto.wire.client import ClientState, LabsClient, Tracer
 
 from ._config import DEFAULT_MODEL, Messages, announce_seed, make_rng, to_messages
 from ._errors import check_event, opened

@@ -21,11 +21,11 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypedDict
 
+from plabs_proto.config import DEFAULT_SERVER, ClientConfig, check_seconds
 from plabs_proto.errors import LocalProtocolError
 from plabs_proto.labs.answer import DEFAULT_MODEL, MODELS, normalize_messages
-from plabs_proto.labs.session import check_seconds
 from plabs_proto.wire.browser import BrowserProfile
-from plabs_proto.wire.client import DEFAULT_SERVER, ClientConfig, LabsClient, Tracer
+from plabs_proto.wire.client import LabsClient, Tracer
 from plabs_proto.wire.proxy import ProxyConfig
 from plabs_proto.wire.trace import SEED_DIRECTION
 

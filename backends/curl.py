@@ -38,10 +38,12 @@ from curl_cffi.const import CurlECode, CurlHttpVersion, CurlWsFlag
 from curl_cffi.requests import AsyncWebSocket
 from curl_cffi.requests.websockets import WebSocketClosed
 
+from plabs_proto.config import ClientConfig
 from plabs_proto.errors import LabsError, LocalProtocolError, ProxyError, TLSError
 from plabs_proto.events import Event, HTTPRequest, WebSocketClose, WebSocketConnect, WebSocketSend
-from plabs_proto.labs.session import LabsSession, SessionState
-from plabs_proto.wire.client import ClientConfig, Tracer
+from plabs_proto.labs.session import LabsSession
+from plabs_proto.state import SessionState
+from plabs_proto.wire.client import Tracer
 
 from ._async_api import AsyncAnswer, AsyncSession, LinkBase
 from ._config import AskOptions, Messages, SessionOptions, make_rng, parse_options, to_messages

@@ -25,8 +25,9 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from plabs_proto.config import ClientConfig
 from plabs_proto.events import Connected, Event
-from plabs_proto.wire.client import ClientConfig, LabsClient, Tracer
+from plabs_proto.wire.client import LabsClient, Tracer
 
 from ._async_api import AsyncAnswer, AsyncSession, OneReader
 from ._config import (

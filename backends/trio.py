@@ -26,8 +26,9 @@ import trio
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
+from plabs_proto.config import ClientConfig
 from plabs_proto.errors import LocalProtocolError
-from plabs_proto.wire.client import ClientConfig, LabsClient, Tracer
+from plabs_proto.wire.client import LabsClient, Tracer
 
 from ._async_api import AsyncAnswer, AsyncSession
 from ._config import AskOptions, Messages, SessionOptions, parse_options, to_messages

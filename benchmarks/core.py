@@ -38,10 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from peer import Harness, large_progress_event, open_packet, switching_protocols
 
+from plabs_proto.config import ClientConfig
 from plabs_proto.events import AnswerFinished
 from plabs_proto.jsondepth import too_deep
 from plabs_proto.labs.socketio import decode_packet
-from plabs_proto.wire.client import ClientConfig, LabsClient
+from plabs_proto.wire.client import LabsClient
 
 CHUNK = 65536
 WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "Perplexity", "Labs", "streams", "its", "answer"]

@@ -37,8 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from peer import http_response, open_packet, switching_protocols, ws_frame
 
+from plabs_proto.config import ClientConfig
 from plabs_proto.errors import LabsError
-from plabs_proto.wire.client import ClientConfig, LabsClient
+from plabs_proto.wire.client import LabsClient
 from plabs_proto.wire.websocket import make_key
 
 

@@ -8,6 +8,7 @@ the level below bytes: the same session over abstract HTTP requests and
 WebSocket messages, for any HTTP/WebSocket client to carry.
 """
 
+from plabs_proto.config import TRANSPORTS, ClientConfig, SessionConfig
 from plabs_proto.errors import (
     AnswerRewrittenError,
     ChallengeError,
@@ -45,8 +46,9 @@ from plabs_proto.events import (
     WebSocketSend,
 )
 from plabs_proto.labs.answer import DEFAULT_MODEL, MODELS
-from plabs_proto.labs.session import LabsSession, SessionConfig, SessionState
-from plabs_proto.wire.client import TRANSPORTS, ClientConfig, ClientState, LabsClient
+from plabs_proto.labs.session import LabsSession
+from plabs_proto.state import SessionState
+from plabs_proto.wire.client import ClientState, LabsClient
 
 __version__ = "0.1.0"
 

@@ -41,6 +41,7 @@ __all__ = [
     "SendBytes",
     "SessionInstruction",
     "TextDelta",
+    "TransportSwitched",
     "WebSocketClose",
     "WebSocketConnect",
     "WebSocketSend",
@@ -217,9 +218,19 @@ class HTTPRequest(SessionInstruction):
     ``url`` is absolute (``https://host/socket.io/?EIO=4&transport=polling&t=...``).
     ``headers`` are the ones the protocol needs (Origin, Referer, a POST's
     Content-Type); the carrier adds its own (Host, User-Agent, cookies, ...).
-    Requests never rely on sharing a connection: any connection (or none kept
-    alive) will do.  A request that fails below HTTP goes to
-    ``receive_transport_error(request_id, ...)``.
+    A request that fails below HTTP goes to ``receive_transport_error(request_id, ...)``.
+
+    ``lane``: requests of one lane go one after another, so one kept-alive
+    connection carries them; requests of different lanes may be out at the same
+    time (a long-polling GET and a POST), so a carrier that keeps connections
+    keeps one per lane.  Requests never rely on sharing a connection: any
+    connection (or none kept alive) will do.
+
+    ``incremental``: the session takes the response's body as it arrives:
+    ``receive_http_head(request_id, ...)``, then ``receive_http_body(request_id,
+    data, ...)`` for each piece, then ``receive_http_end(request_id, ...)``
+    (a Server-Sent Events stream).  Otherwise the whole response goes to
+    ``receive_http_response``.
     """
 
     request_id: int
@@ -227,6 +238,8 @@ class HTTPRequest(SessionInstruction):
     url: str
     headers: tuple[tuple[str, str], ...]
     body: bytes = field(repr=False)
+    lane: int = 0
+    incremental: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -248,6 +261,23 @@ class WebSocketSend(SessionInstruction):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WebSocketClose(SessionInstruction):
-    """Close the WebSocket (or give up opening it); the session will not use it again."""
+    """Close the WebSocket (or give up opening it); the session will not use it again.
+
+    ``code`` set: end with the closing handshake, a close frame of that code (the
+    session said goodbye and the WebSocket is open).  ``None``: drop the
+    connection (the session failed, the server ended it, or it never opened).
+    """
+
+    ws_id: int
+    code: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransportSwitched(SessionInstruction):
+    """The WebSocket ``ws_id`` carries the session from the instruction before this one on.
+
+    The HTTP requests are over: a carrier that keeps connections may close the
+    ones they used, once what it was told to send before this is written.
+    """
 
     ws_id: int

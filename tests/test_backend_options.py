@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from plabs_proto.backends import _config, _errors, _text
 
+from plabs_proto.config import ClientConfig
 from plabs_proto.errors import (
     AnswerRewrittenError,
     LocalProtocolError,
@@ -29,7 +30,6 @@ from plabs_proto.events import (
     TextDelta,
 )
 from plabs_proto.labs.answer import MODELS, AnswerDecoder
-from plabs_proto.wire.client import ClientConfig
 from plabs_proto.wire.trace import TraceRecorder
 
 
@@ -303,8 +303,8 @@ def test_the_options_are_the_config_fields_plus_the_backend_ones() -> None:
 
 
 def test_parse_options_applies_the_defaults_of_the_core() -> None:
+    from plabs_proto import config as client
     from plabs_proto.labs import answer as labs
-    from plabs_proto.wire import client
 
     opts = _config.parse_options({}, with_model=True)
     assert opts.config.server == client.DEFAULT_SERVER

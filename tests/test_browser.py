@@ -27,9 +27,10 @@ from peer import (
 )
 from plabs_proto.backends._config import parse_options
 
+from plabs_proto.config import ClientConfig
 from plabs_proto.errors import LocalProtocolError
 from plabs_proto.wire.browser import CHROME, fetch_site, merge_headers
-from plabs_proto.wire.client import ClientConfig, LabsClient
+from plabs_proto.wire.client import LabsClient
 from plabs_proto.wire.trace import TraceError, make_header, parse_header
 
 POLL = f"/socket.io/?EIO=4&transport=polling&t={T}"

@@ -23,6 +23,7 @@ from peer import (
     ws_frame,
 )
 
+from plabs_proto.config import ClientConfig
 from plabs_proto.errors import (
     HandshakeError,
     LabsTimeout,
@@ -40,7 +41,7 @@ from plabs_proto.events import (
     ReasoningDelta,
     TextDelta,
 )
-from plabs_proto.wire.client import ClientConfig, ClientState, LabsClient
+from plabs_proto.wire.client import ClientState, LabsClient
 
 QUERY = (
     '42["perplexity_labs",{"version":"2.18","source":"default","model":"sonar",'

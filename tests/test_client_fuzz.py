@@ -14,10 +14,11 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from peer import KEY, Harness, http_response, open_packet, progress, switching_protocols, ws_frame
 
+from plabs_proto.config import ClientConfig
 from plabs_proto.errors import LabsError, LocalProtocolError, RemoteProtocolError, ResponseError
 from plabs_proto.events import AnswerFinished, AnswerRevised, Closed, Event, TextDelta
 from plabs_proto.labs.answer import AnswerDecoder
-from plabs_proto.wire.client import ClientConfig, ClientState, LabsClient
+from plabs_proto.wire.client import ClientState, LabsClient
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

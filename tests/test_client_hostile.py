@@ -12,9 +12,10 @@ from peer import ClientFrames, Harness, http_response, open_packet, switching_pr
 from test_client import KEY, POLL, POLL_SID, get, make, post
 from wsproto.frame_protocol import Opcode
 
+from plabs_proto.config import ClientConfig
 from plabs_proto.errors import LabsError, RemoteProtocolError
 from plabs_proto.events import Connected
-from plabs_proto.wire.client import ClientConfig, ClientState, LabsClient
+from plabs_proto.wire.client import ClientState, LabsClient
 
 
 def _polling() -> Harness:

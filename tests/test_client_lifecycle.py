@@ -19,9 +19,10 @@ from hypothesis import strategies as st
 from peer import KEY, http_response, open_packet, progress, switching_protocols, ws_frame
 from wsproto.frame_protocol import Opcode
 
+from plabs_proto.config import ClientConfig
 from plabs_proto.errors import LabsError
 from plabs_proto.events import CloseStream, Instruction, OpenStream, SendBytes
-from plabs_proto.wire.client import ClientConfig, ClientState, LabsClient
+from plabs_proto.wire.client import ClientState, LabsClient
 
 ACK = '40{"sid":"S1"}'
 PARTIAL = progress("sonar", {"output": "Hel", "final": False})

@@ -19,9 +19,10 @@ import pytest
 from peer import ClientFrames, http_response, open_packet, progress, switching_protocols, ws_frame
 from test_client import KEY, POLL, POLL_SID, QUERY, WS, WS_SID, get, make, post, upgrade_request
 
+from plabs_proto.config import DEFAULT_MAX_MESSAGE_SIZE, ClientConfig
 from plabs_proto.errors import HandshakeError, LocalProtocolError, RemoteProtocolError
 from plabs_proto.events import AnswerFinished, Closed, Connected, TextDelta
-from plabs_proto.wire.client import DEFAULT_MAX_MESSAGE_SIZE, ClientConfig, ClientState, LabsClient
+from plabs_proto.wire.client import ClientState, LabsClient
 
 TRANSPORTS = ["upgrade", "websocket", "polling"]
 AUTH = b'40{"jwt":"anonymous-ask-user"}'

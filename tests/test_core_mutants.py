@@ -22,13 +22,15 @@ from plabs_proto.events import (
     Closed,
     HTTPRequest,
     TextDelta,
+    TransportSwitched,
     WebSocketClose,
     WebSocketConnect,
     WebSocketSend,
 )
 from plabs_proto.labs import engineio, socketio
 from plabs_proto.labs.answer import CumulativeFrameReader, normalize_messages
-from plabs_proto.labs.session import LabsSession, SessionState
+from plabs_proto.labs.session import LabsSession
+from plabs_proto.state import SessionState
 from plabs_proto.wire.websocket import Utf8Text
 
 # -- engineio -------------------------------------------------------------------------------------------
@@ -328,7 +330,8 @@ def test_the_probe_waits_for_the_websocket_to_open() -> None:
     s.receive_http_response(post.request_id, 200, [], b"ok", 0.6)
     assert s.transmit() == []
     s.receive_websocket_open(ws.ws_id, 0.7)
-    assert s.transmit() == [WebSocketSend(ws_id=ws.ws_id, data="2probe"), WebSocketSend(ws_id=ws.ws_id, data="5")]
+    assert s.transmit() == [WebSocketSend(ws_id=ws.ws_id, data="2probe"), TransportSwitched(ws_id=ws.ws_id),
+                            WebSocketSend(ws_id=ws.ws_id, data="5")]
 
 
 def test_a_pong_queued_during_the_upgrade_follows_the_probe() -> None:
@@ -340,7 +343,8 @@ def test_a_pong_queued_during_the_upgrade_follows_the_probe() -> None:
     assert isinstance(post, HTTPRequest) and isinstance(ws, WebSocketConnect)
     s.receive_websocket_open(ws.ws_id, 0.6)
     s.receive_http_response(post.request_id, 200, [], b"ok", 0.7)
-    assert s.transmit() == [WebSocketSend(ws_id=ws.ws_id, data=data) for data in ("2probe", "5", "3")]
+    assert s.transmit() == [WebSocketSend(ws_id=ws.ws_id, data="2probe"), TransportSwitched(ws_id=ws.ws_id),
+                            WebSocketSend(ws_id=ws.ws_id, data="5"), WebSocketSend(ws_id=ws.ws_id, data="3")]
 
 
 def test_close_before_the_websocket_opens_only_closes_it() -> None:
@@ -678,7 +682,8 @@ def test_nothing_goes_on_the_upgrade_websocket_before_the_probe() -> None:
     s.receive_websocket_message(ws.ws_id, "2", 0.65)
     assert s.transmit() == []
     s.receive_http_response(post.request_id, 200, [], b"ok", 0.7)
-    assert s.transmit() == [WebSocketSend(ws_id=ws.ws_id, data=data) for data in ("2probe", "5", "3")]
+    assert s.transmit() == [WebSocketSend(ws_id=ws.ws_id, data="2probe"), TransportSwitched(ws_id=ws.ws_id),
+                            WebSocketSend(ws_id=ws.ws_id, data="5"), WebSocketSend(ws_id=ws.ws_id, data="3")]
 
 
 def handshake_error(body: str) -> str:

@@ -16,9 +16,10 @@ from peer import ClientFrames, open_packet, progress, switching_protocols, ws_fr
 from plabs_proto.backends._driver import CLOSE_WAIT, Driver
 from plabs_proto.backends._seam import GRACE, run_blocking
 
+from plabs_proto.config import ClientConfig
 from plabs_proto.errors import LabsTimeout, LocalProtocolError, NetworkError, RemoteProtocolError
 from plabs_proto.events import Closed, Connected, ReasoningDelta, TextDelta
-from plabs_proto.wire.client import ClientConfig, LabsClient
+from plabs_proto.wire.client import LabsClient
 
 PING_INTERVAL, PING_TIMEOUT = 25.0, 20.0
 

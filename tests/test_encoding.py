@@ -32,9 +32,10 @@ from peer import (
 from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import FrameProtocol
 
+from plabs_proto.config import ClientConfig
 from plabs_proto.errors import LabsError, LocalProtocolError, RemoteProtocolError
 from plabs_proto.events import AnswerFinished, Connected, TextDelta
-from plabs_proto.wire.client import ClientConfig, ClientState, LabsClient
+from plabs_proto.wire.client import ClientState, LabsClient
 from plabs_proto.wire.http import HTTPChannel, HTTPResponse
 from plabs_proto.wire.websocket import DeflateParameters, Utf8Text, WebSocketChannel, negotiate_deflate
 

@@ -34,13 +34,13 @@ from peer import (
 )
 from plabs_proto.backends import sync as sync_backend
 
+from plabs_proto.config import ClientConfig, SessionConfig
 from plabs_proto.errors import HandshakeError, LabsError, LocalProtocolError, RemoteProtocolError
 from plabs_proto.events import AnswerFinished, TextDelta
 from plabs_proto.jsondepth import MAX_DEPTH, check_depth, too_deep
 from plabs_proto.labs import engineio, socketio
 from plabs_proto.labs.answer import AnswerDecoder, CumulativeFrameReader, build_request
-from plabs_proto.labs.session import SessionConfig
-from plabs_proto.wire.client import ClientConfig, ClientState, LabsClient
+from plabs_proto.wire.client import ClientState, LabsClient
 
 DEEP = "[" * 100_000
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

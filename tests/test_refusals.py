@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from peer import Harness, http_response, open_packet
 
 import plabs_proto
+from plabs_proto.config import ClientConfig, SessionConfig
 from plabs_proto.errors import (
     ChallengeError,
     HandshakeError,
@@ -32,9 +33,10 @@ from plabs_proto.errors import (
     UnexpectedPageError,
 )
 from plabs_proto.events import HTTPRequest, WebSocketConnect
-from plabs_proto.labs.session import LabsSession, SessionConfig, SessionState
+from plabs_proto.labs.session import LabsSession
 from plabs_proto.refusal import clean, page_title, retry_after_seconds
-from plabs_proto.wire.client import ClientConfig, LabsClient
+from plabs_proto.state import SessionState
+from plabs_proto.wire.client import LabsClient
 
 Answer = Callable[[int, list[tuple[str, str]], bytes], None]
 

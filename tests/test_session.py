@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from plabs_proto.config import SessionConfig
 from plabs_proto.errors import (
     HandshakeError,
     LabsError,
@@ -30,11 +31,13 @@ from plabs_proto.events import (
     HTTPRequest,
     SessionInstruction,
     TextDelta,
+    TransportSwitched,
     WebSocketClose,
     WebSocketConnect,
     WebSocketSend,
 )
-from plabs_proto.labs.session import LabsSession, SessionConfig, SessionState
+from plabs_proto.labs.session import LabsSession
+from plabs_proto.state import SessionState
 from plabs_proto.wire.websocket import Utf8Text
 
 BASE = "http://labs.test/socket.io/?EIO=4"
@@ -86,6 +89,7 @@ def connected(transport: str, **config: Any) -> tuple[LabsSession, int | None]:
             s.receive_websocket_message(second.ws_id, "3probe", 0.7)
             s.receive_websocket_message(second.ws_id, '40{"sid":"S1"}', 1.0)
             assert s.transmit() == [WebSocketSend(ws_id=second.ws_id, data="2probe"),
+                                    TransportSwitched(ws_id=second.ws_id),
                                     WebSocketSend(ws_id=second.ws_id, data="5")]
             ws_id = second.ws_id
         else:
@@ -125,7 +129,10 @@ def test_upgrade_handshake_instructions() -> None:
     s.receive_websocket_open(3, 0.6)
     assert s.transmit() == []  # the probe waits for the CONNECT POST's answer
     s.receive_http_response(2, 200, [], b"ok", 0.7)
-    assert s.transmit() == [WebSocketSend(ws_id=3, data="2probe"), WebSocketSend(ws_id=3, data="5")]
+    # The probe carries the session from here on: the session says so (the carrier may let polling's
+    # connection go).
+    assert s.transmit() == [WebSocketSend(ws_id=3, data="2probe"), TransportSwitched(ws_id=3),
+                            WebSocketSend(ws_id=3, data="5")]
     s.receive_websocket_message(3, "3probe", 0.8)
     s.receive_websocket_message(3, '40{"sid":"S1"}', 0.9)
     assert s.events() == [Connected(engine_sid="E1", socket_sid="S1", transport="upgrade")]
@@ -152,7 +159,7 @@ def test_query_streams_the_answer(transport: str) -> None:
         # Polling: the query goes by POST (id 5) while the poll GET (id 4) is out; the poll's answer
         # brings every frame in one body.
         assert s.transmit() == [HTTPRequest(request_id=5, method="POST", url=f"{BASE}&transport=polling{T}&sid=E1",
-                                            headers=POST_HEADERS, body=request.encode())]
+                                            headers=POST_HEADERS, body=request.encode(), lane=1)]
         s.receive_http_response(4, 200, [], "\x1e".join(frames).encode(), 3.0)
         assert [x.method for x in s.transmit() if isinstance(x, HTTPRequest)] == ["GET"]  # the next poll
     else:
@@ -372,7 +379,7 @@ def test_close_after_close_does_nothing_and_ids_are_checked() -> None:
     s, _ws_id = connected("websocket")
     s.close(5.0)
     assert s.transmit() == [WebSocketSend(ws_id=1, data="41"), WebSocketSend(ws_id=1, data="1"),
-                            WebSocketClose(ws_id=1)]
+                            WebSocketClose(ws_id=1, code=1000)]  # the goodbye went over it: a close frame
     s.close(6.0)
     assert s.transmit() == [] and s.state is SessionState.CLOSED
     with pytest.raises(LocalProtocolError, match="id of an HTTPRequest"):
@@ -503,7 +510,7 @@ def test_close_on_polling_posts_the_goodbye() -> None:
     s, _ = connected("polling")
     s.close(5.0)
     assert s.transmit() == [HTTPRequest(request_id=5, method="POST", url=f"{BASE}&transport=polling{T}&sid=E1",
-                                        headers=POST_HEADERS, body=b"41\x1e1")]
+                                        headers=POST_HEADERS, body=b"41\x1e1", lane=1)]
     assert s.events() == [Closed(reason="closed by the client")]
     s.receive_http_response(5, 200, [], b"ok", 5.1)  # nobody waits for it: ignored
     s.receive_http_response(4, 200, [], b"6", 5.1)  # the poll that was out: ignored too

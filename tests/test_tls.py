@@ -14,8 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from peer import MemoryTLSServer
 
+from plabs_proto.config import ClientConfig
 from plabs_proto.errors import LocalProtocolError, TLSError
-from plabs_proto.wire.client import ClientConfig, LabsClient
+from plabs_proto.wire.client import LabsClient
 from plabs_proto.wire.tls import TLSLayer, check_ssl_context, make_ssl_context
 
 

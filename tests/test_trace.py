@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from peer import http_response, open_packet, progress, switching_protocols, ws_frame
 from plabs_proto.backends import asyncio as asyncio_backend
 
+from plabs_proto.config import ClientConfig
 from plabs_proto.errors import LocalProtocolError, RemoteProtocolError
 from plabs_proto.events import (
     AnswerFinished,
@@ -36,7 +37,7 @@ from plabs_proto.events import (
     ReasoningDelta,
     TextDelta,
 )
-from plabs_proto.wire.client import ClientConfig, LabsClient
+from plabs_proto.wire.client import LabsClient
 from plabs_proto.wire.trace import (
     TraceError,
     TraceRecord,

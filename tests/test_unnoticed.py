@@ -15,10 +15,11 @@ import pytest
 from peer import ClientFrames, Harness, http_response, open_packet, switching_protocols, ws_frame
 from test_client import KEY, POLL, POLL_SID, QUERY, WS, get, handshake_upgrade, make, post
 
+from plabs_proto.config import ClientConfig
 from plabs_proto.errors import LabsTimeout
 from plabs_proto.events import AnswerFinished, Closed, Connected, OpenStream, TextDelta
 from plabs_proto.labs.answer import CumulativeFrameReader
-from plabs_proto.wire.client import ClientConfig, ClientState, LabsClient
+from plabs_proto.wire.client import ClientState, LabsClient
 from plabs_proto.wire.proxy import HTTPConnectTunnel, parse_proxy_url
 
 

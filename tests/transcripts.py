@@ -44,6 +44,7 @@ from peer import (
     ws_frame,
 )
 
+from plabs_proto.config import ClientConfig
 from plabs_proto.errors import LabsError, LocalProtocolError
 from plabs_proto.events import (
     AnswerFinished,
@@ -54,7 +55,7 @@ from plabs_proto.events import (
     QueryFailed,
     TextDelta,
 )
-from plabs_proto.wire.client import ClientConfig, ClientState, LabsClient
+from plabs_proto.wire.client import ClientState, LabsClient
 
 TRANSPORTS = ("upgrade", "websocket", "polling")
 PROXIES = (None, "http", "socks5")

@@ -54,6 +54,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any
 
+from plabs_proto.config import DEFAULT_SERVER
 from plabs_proto.errors import (
     ChallengeError,
     HandshakeError,
@@ -72,7 +73,6 @@ from plabs_proto.events import (
     TextDelta,
 )
 from plabs_proto.labs.answer import DEFAULT_MODEL, MODELS
-from plabs_proto.wire.client import DEFAULT_SERVER
 from plabs_proto.wire.trace import TraceError, TraceRecorder, config_header, replay
 
 from . import arguments

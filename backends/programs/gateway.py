@@ -96,7 +96,7 @@ from plabs_proto.events import (
     TextDelta,
 )
 from plabs_proto.labs.answer import DEFAULT_MODEL, MODELS, normalize_messages
-from plabs_proto.labs.session import SessionState
+from plabs_proto.state import SessionState
 from plabs_proto.wire.client import ClientState
 
 __all__ = ["BACKENDS", "DEFAULT_SERVER", "GatewayConfig", "GatewayError", "create_app"]

@@ -1,7 +1,18 @@
-"""The Labs client state machine.
+"""The byte level: a message-level session carried over streams, every byte in and out.
 
-:class:`LabsClient` drives a whole Perplexity Labs session without doing any
-I/O.  Its caller (a backend, or a test) does three things in a loop:
+:class:`Client` carries any message-level session (the session: Labs's
+:class:`~plabs_proto.labs.session.LabsSession`, or another service's) without
+doing any I/O.  It turns each ``HTTPRequest`` and ``WebSocketConnect`` the
+session asks for into a request on a stream (h11, wsproto, TLS over MemoryBIO,
+a proxy tunnel), keeps cookies, reuses a connection while the server keeps it
+alive (one per lane of requests), and opens the session's further connections
+at ``connect()`` so their handshakes run beside the first request's.  HTTP body
+and WebSocket frame limits are checked here, from the bytes, before anything is
+buffered.  It talks to the session only through the session's public calls:
+the session's instructions say what to do (including when the transport
+switched and how to close a WebSocket), its inputs take what came back.
+
+Its caller (a backend, or a test) does three things in a loop:
 
 1. carries out ``transmit()``: open the TCP connections it names, write the
    bytes it gives, close the connections it is done with;
@@ -10,17 +21,16 @@ I/O.  Its caller (a backend, or a test) does three things in a loop:
 3. fires ``handle_timer(now)`` when ``get_timer()``'s deadline comes;
 
 and reads ``next_event()`` for what happened.  User commands are
-``connect(now)``, ``query(messages, model=..., now=...)`` and ``close(now)``.
+``connect(now)``, ``query(..., now=...)`` and ``close(now)``.
 
-Three transports are offered:
+:class:`LabsClient` is a client of a Labs session.  Three transports are offered:
 
 ``"upgrade"`` (default)
     Like the browser: the Engine.IO polling handshake (GET the open packet,
     POST the Socket.IO CONNECT), then a WebSocket upgrade (``2probe``/``3probe``,
     ``5``).  The WebSocket's connection opens beside the first one and its
     upgrade request goes out with the CONNECT POST; the connect ack then comes
-    on the WebSocket (or on a poll, if the server sends it there).  Requests on
-    one connection reuse it while the server keeps it alive.
+    on the WebSocket (or on a poll, if the server sends it there).
 ``"websocket"``
     Straight to a WebSocket: fewest round trips.
 ``"polling"``
@@ -28,31 +38,21 @@ Three transports are offered:
     networks where WebSockets are blocked.
 
 Fatal errors are raised from the method that discovered them, after the
-client has moved to :attr:`ClientState.ERROR` and queued ``CloseStream`` for
-every connection.  They carry the answer text received so far.
-
-Two levels: every Engine.IO, Socket.IO and Labs rule lives in
-:class:`~plabs_proto.labs.session.LabsSession` (the message level, which any
-HTTP/WebSocket client can drive); this module is the byte level beneath it.
-It turns each ``HTTPRequest`` and ``WebSocketConnect`` into a request on a
-stream (h11, wsproto, TLS, a proxy tunnel), keeps cookies, reuses a
-connection while the server keeps it alive, and opens the second connection
-at ``connect()`` (polling: for POSTs; upgrade: for the WebSocket) so its
-handshakes run beside the first request's.  HTTP body and WebSocket frame
-limits are checked here, from the bytes, before anything is buffered.
+session has moved to ERROR and ``CloseStream`` was queued for every
+connection.  They carry the answer text received so far.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import ssl
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
+from plabs_proto.config import ClientConfig, split_server
 from plabs_proto.errors import LabsError, LocalProtocolError, RemoteProtocolError
 from plabs_proto.events import (
     CloseStream,
@@ -62,38 +62,37 @@ from plabs_proto.events import (
     OpenStream,
     SendBytes,
     SessionInstruction,
+    TransportSwitched,
     WebSocketClose,
     WebSocketConnect,
     WebSocketSend,
 )
-from plabs_proto.labs.answer import DEFAULT_MODEL, DEFAULT_VERSION
-from plabs_proto.labs.session import (
-    BODY_SLACK,
-    DEFAULT_JWT,
-    DEFAULT_MAX_MESSAGE_SIZE,
-    DEFAULT_ORIGIN,
-    DEFAULT_SERVER,
-    TRANSPORTS,
-    LabsSession,
-    SessionConfig,
-    check_header_text,
-    split_server,
-)
+from plabs_proto.labs.answer import DEFAULT_MODEL
+from plabs_proto.labs.engineio_session import BODY_SLACK
+from plabs_proto.labs.session import LabsSession
 from plabs_proto.state import END_STATES, SessionState
-from plabs_proto.wire.browser import CHROME, BrowserProfile, merge_headers
-from plabs_proto.wire.http import ACCEPT_ENCODING, HTTPChannel, HTTPResponse, SwitchedProtocol
+from plabs_proto.wire.browser import merge_headers
+from plabs_proto.wire.http import (
+    ACCEPT_ENCODING,
+    RESPONSE_END,
+    HTTPChannel,
+    Piece,
+    ResponseHead,
+    SwitchedProtocol,
+)
 from plabs_proto.wire.proxy import HTTPConnectTunnel, ProxyConfig, SOCKS5Tunnel, parse_proxy_url
 from plabs_proto.wire.stack import Layer, StreamStack
-from plabs_proto.wire.tls import TLSLayer, check_ssl_context, make_ssl_context
+from plabs_proto.wire.tls import TLSLayer, make_ssl_context
 from plabs_proto.wire.websocket import (
     DEFLATE_OFFER,
+    Utf8Text,
     WebSocketChannel,
     accept_token,
     make_key,
     negotiate_deflate,
 )
 
-__all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "DEFAULT_SERVER", "TRANSPORTS", "ClientConfig", "ClientState", "LabsClient", "Tracer"]
+__all__ = ["CarriedSession", "Client", "ClientState", "IncrementalSession", "LabsClient", "Tracer"]
 
 #: Set-Cookie values kept and sent back: visible ASCII names, printable ASCII values, at most
 #: this many cookies of at most this many characters each (RFC 6265's minimums for a browser).
@@ -105,125 +104,53 @@ _MAX_COOKIE_SIZE = 4096
 #: ``tracer(now, stream_id, direction, data)``: called with every byte above TLS ("in" or "out").
 Tracer = Callable[[float, int, str, bytes], None]
 
-
 #: Where the session stands: the message level's states (see :mod:`plabs_proto.state`).
 ClientState = SessionState
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ClientConfig:
-    """Everything a session needs to know before it starts.
+class CarriedSession(Protocol):
+    """What the byte level needs of a message-level session: its public calls, nothing more."""
 
-    Timeouts are in seconds (``None`` = no deadline).  ``first_text_timeout``
-    runs from the query to its first answer or reasoning text.
-    ``max_message_size`` is our receive limit, in bytes: the largest WebSocket
-    message or Engine.IO packet taken from the server (a polling body may carry
-    one such packet and 64 KiB of small ones besides).  A frame announcing more
-    is refused from its header, before it is buffered.  The default, 64 MiB,
-    fits a long answer's last cumulative frame.  The server's ``maxPayload``
-    (from its open packet) is something else: the most the server accepts from
-    *us*.  It never changes our receive limit; a query whose request is not
-    smaller is refused with :class:`LocalProtocolError` before it is sent.  ``tls`` is taken
-    from the URL scheme when ``None``; ``False`` speaks plain HTTP even to an
-    ``https://`` server, for a caller whose transport does TLS itself (and for
-    replaying a trace, which holds the bytes above TLS).
+    @property
+    def state(self) -> SessionState: ...
+    @property
+    def partial_text(self) -> str: ...
+    @property
+    def partial_reasoning(self) -> str: ...
+    @property
+    def max_connections(self) -> int: ...
 
-    ``browser`` is the header profile of every request (:data:`~plabs_proto.wire.browser.CHROME`:
-    a desktop Chrome's headers, in Chrome's order; see :mod:`plabs_proto.wire.browser`).
-    ``None`` sends only Host, User-Agent (when ``user_agent`` is set), ``Accept: */*``,
-    the session's headers and cookies: the headers of plabs-proto before profiles, which
-    replaying an old trace needs.  ``user_agent`` replaces the profile's User-Agent; the
-    client hints (``sec-ch-ua*``) are then left out, as they would contradict it.
-    ``headers`` are the caller's: with a profile each replaces the header of the same name
-    (any case) where it stands, the others go at the end (without one, as before: all at the end).
+    def connect(self, now: float) -> None: ...
+    def close(self, now: float) -> None: ...
+    def fail(self, exc: LabsError) -> None: ...
+    def transmit(self) -> list[SessionInstruction]: ...
+    def next_event(self) -> Event | None: ...
+    def events(self) -> list[Event]: ...
+    def get_timer(self) -> float | None: ...
+    def handle_timer(self, now: float) -> None: ...
+    def receive_http_response(
+        self, request_id: int, status: int, headers: Sequence[tuple[str, str]], body: bytes, now: float,
+        *, reason: str = "",
+    ) -> None: ...
+    def receive_websocket_open(self, ws_id: int, now: float) -> None: ...
+    def receive_websocket_messages(
+        self, ws_id: int, messages: Sequence[str | bytes | Utf8Text], now: float, *, limited: bool = False
+    ) -> None: ...
+    def receive_websocket_close(self, ws_id: int, code: int | None, now: float, reason: str = "") -> None: ...
+    def receive_websocket_refused(
+        self, ws_id: int, status: int, headers: Sequence[tuple[str, str]], body: bytes, now: float,
+        reason: str = "",
+    ) -> None: ...
 
-    Compression, both on by default as in a browser: ``accept_encoding`` sends
-    ``Accept-Encoding: gzip, deflate`` on every HTTP request (Node's engine.io
-    and python-engineio then gzip polling bodies of 1 KiB and more); a body the
-    server compressed is inflated whatever we offered, never past the receive
-    limit.  ``permessage_deflate`` offers the WebSocket extension of RFC 7692
-    (``Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits``);
-    when the server accepts it, its compressed messages are inflated (within
-    ``max_message_size``) and ours are compressed with the parameters it chose.
-    Turned off, nothing is offered, and a server that answers with an
-    extension all the same is refused.  Neither changes the message level
-    (:class:`~plabs_proto.labs.session.SessionConfig`): compression is the carrier's.
-    """
 
-    server: str = DEFAULT_SERVER
-    path: str = "/socket.io/"
-    transport: str = "upgrade"
-    proxy: str | ProxyConfig | None = field(default=None, repr=False)
-    ssl_context: ssl.SSLContext | None = None
-    cafile: str | os.PathLike[str] | None = None
-    tls: bool | None = None
-    headers: tuple[tuple[str, str], ...] = ()
-    origin: str = DEFAULT_ORIGIN
-    jwt: str = DEFAULT_JWT
-    version: str = DEFAULT_VERSION
-    browser: BrowserProfile | None = CHROME
-    user_agent: str | None = None
-    connect_timeout: float | None = 30.0
-    first_text_timeout: float | None = 60.0
-    query_timeout: float | None = None
-    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
-    accept_encoding: bool = True
-    permessage_deflate: bool = True
+class IncrementalSession(CarriedSession, Protocol):
+    """A session that asks for some responses in pieces (``HTTPRequest(incremental=True)``)."""
 
-    def session_config(self) -> SessionConfig:
-        """The message-level part of this configuration, for :class:`~plabs_proto.labs.session.LabsSession`."""
-        return SessionConfig(
-            server=self.server,
-            path=self.path,
-            transport=self.transport,
-            origin=self.origin,
-            jwt=self.jwt,
-            version=self.version,
-            connect_timeout=self.connect_timeout,
-            first_text_timeout=self.first_text_timeout,
-            query_timeout=self.query_timeout,
-            max_message_size=self.max_message_size,
-        )
-
-    def __post_init__(self) -> None:
-        """Refuse a field of the wrong kind now, with :class:`LocalProtocolError`, not with a TypeError later.
-
-        The message-level fields are checked by the :class:`~plabs_proto.labs.session.SessionConfig`
-        made here, the byte-level ones below: a carrier of :meth:`session_config` (curl's)
-        gets a checked config too.
-        """
-        self.session_config()  # checks the message-level fields
-        host = split_server(self.server, self.path)[1]
-        if self.proxy is not None and not isinstance(self.proxy, ProxyConfig):
-            if not isinstance(self.proxy, str):
-                raise LocalProtocolError(
-                    f"expected the proxy as a URL str or a ProxyConfig, got {type(self.proxy).__name__}"
-                )
-            parse_proxy_url(self.proxy)
-        if self.ssl_context is not None:
-            check_ssl_context(self.ssl_context)
-        if self.cafile is not None and not isinstance(self.cafile, str | os.PathLike):
-            raise LocalProtocolError(f"expected cafile as a path (str or os.PathLike) or None, got {self.cafile!r:.60}")
-        if self.tls is not None and not isinstance(self.tls, bool):
-            raise LocalProtocolError(f"expected tls as True, False or None, got {self.tls!r:.60}")
-        if self.browser is not None and not isinstance(self.browser, BrowserProfile):
-            raise LocalProtocolError(f"expected browser as a BrowserProfile or None, got {self.browser!r:.80}")
-        for name in ("accept_encoding", "permessage_deflate"):
-            if not isinstance(getattr(self, name), bool):
-                raise LocalProtocolError(f"expected {name} as True or False, got {getattr(self, name)!r:.60}")
-        texts = [("the server host", host)]
-        if self.user_agent is not None:
-            if not isinstance(self.user_agent, str):
-                raise LocalProtocolError(f"expected user_agent as a str, got {self.user_agent!r:.60}")
-            texts.append(("user_agent", self.user_agent))
-        if not isinstance(self.headers, (tuple, list)):
-            raise LocalProtocolError(f"expected headers as a tuple of (name, value) tuples, got {self.headers!r:.80}")
-        for item in self.headers:
-            if not isinstance(item, tuple) or len(item) != 2:
-                raise LocalProtocolError(f"expected each of headers as a (name, value) tuple, got {item!r:.80}")
-            texts += [("a header name", item[0]), (f"the {item[0]!r} header", item[1])]
-        for what, text in texts:
-            check_header_text(what, text)
+    def receive_http_head(
+        self, request_id: int, status: int, headers: Sequence[tuple[str, str]], now: float, *, reason: str = ""
+    ) -> None: ...
+    def receive_http_body(self, request_id: int, data: bytes, now: float) -> None: ...
+    def receive_http_end(self, request_id: int, now: float) -> None: ...
 
 
 @dataclass(slots=True)
@@ -233,28 +160,23 @@ class _Stream:
     http: HTTPChannel | None
     ws: WebSocketChannel | None = None
     request_id: int | None = None  # the session's HTTPRequest waiting for its response here
+    incremental: bool = False  # that response goes to the session in pieces
     ws_id: int | None = None  # the session's WebSocket on this stream (its upgrade, then its frames)
     open: bool = True
 
 
-class LabsClient:
-    """A sans-IO Perplexity Labs session at the byte level.  See the module docstring for the loop.
+class Client:
+    """A message-level session carried at the byte level.  See the module docstring for the loop.
 
-    It is a :class:`~plabs_proto.labs.session.LabsSession` (the message level: every
-    Engine.IO, Socket.IO and Labs rule) carried by this module's byte stack:
-    each HTTP request and WebSocket the session asks for becomes bytes on a
-    stream (h11, wsproto, TLS over MemoryBIO, a proxy tunnel), with the
-    cookies, keep-alive and second connection a browser would use.
-
-    ``rng`` supplies every random choice (the ``t`` cache buster, WebSocket
-    keys and masks): pass ``random.SystemRandom()`` in production and a seeded
+    ``rng`` supplies every random choice of the byte level (WebSocket keys and
+    masks): pass ``random.SystemRandom()`` in production and a seeded
     ``random.Random`` in tests.  ``tracer`` sees every byte above TLS.
     """
 
     def __init__(
-        self, config: ClientConfig | None = None, *, rng: random.Random, tracer: Tracer | None = None
+        self, session: CarriedSession, config: ClientConfig, *, rng: random.Random, tracer: Tracer | None = None
     ) -> None:
-        self.config = config = config or ClientConfig()
+        self.config = config
         scheme, self._host, port, _ = split_server(config.server, config.path)
         https = scheme == "https"
         self._tls = https if config.tls is None else config.tls
@@ -268,19 +190,16 @@ class LabsClient:
         self._ssl_context: ssl.SSLContext | None = None
         if self._tls:
             self._ssl_context = config.ssl_context or make_ssl_context(config.cafile)
-        self._session = LabsSession(config.session_config(), rng=rng)  # draws the cache buster first
+        self._session = session
         self._rng = rng
         self._tracer = tracer
         self._instructions: list[Instruction] = []
         self._streams: dict[int, _Stream] = {}
         self._next_stream_id = 1
-        self._main: _Stream | None = None  # GETs (and the upgrade transport's POSTs)
-        self._post_stream: _Stream | None = None  # polling transport: POSTs
+        self._lanes: dict[int, _Stream] = {}  # the connection of each lane of requests
         self._spare: _Stream | None = None  # opened by connect() beside the first request
         self._ws_stream: _Stream | None = None
         self._ws_key = ""
-        self._ws_active = False  # the WebSocket carries the session (its first message went out)
-        self._closing = False  # close() was called: the WebSocket gets a close frame
         self._cookies: dict[str, str] = {}
         self._limit = config.max_message_size
         self._out_stream: _Stream | None = None  # WebSocket bytes gathered for one write
@@ -290,29 +209,14 @@ class LabsClient:
     # -- public state ---------------------------------------------------------------------------
 
     @property
-    def session(self) -> LabsSession:
+    def session(self) -> CarriedSession:
         """The message-level session this client carries."""
         return self._session
 
     @property
-    def state(self) -> ClientState:
+    def state(self) -> SessionState:
         """The session's state."""
         return self._session.state
-
-    @property
-    def transport(self) -> str:
-        """The transport in use: the configured one, or ``"polling"`` if an upgrade was not offered."""
-        return self._session.transport
-
-    @property
-    def engine_sid(self) -> str:
-        """The Engine.IO session id (``""`` until the open packet)."""
-        return self._session.engine_sid
-
-    @property
-    def socket_sid(self) -> str:
-        """The Socket.IO session id (``""`` until the connect ack)."""
-        return self._session.socket_sid
 
     @property
     def partial_text(self) -> str:
@@ -325,51 +229,39 @@ class LabsClient:
         return self._session.partial_text
 
     @property
-    def cookies(self) -> dict[str, str]:
-        """The cookies kept from the server's ``Set-Cookie`` headers (name: value), sent on every request."""
-        return dict(self._cookies)
-
-    @property
     def partial_reasoning(self) -> str:
         """The reasoning so far of the query streaming now; ``""`` when none is."""
         return self._session.partial_reasoning
 
+    @property
+    def cookies(self) -> dict[str, str]:
+        """The cookies kept from the server's ``Set-Cookie`` headers (name: value), sent on every request."""
+        return dict(self._cookies)
+
     # -- user commands --------------------------------------------------------------------------
 
     def connect(self, now: float) -> None:
-        """Start the session: the first ``transmit()`` then opens a connection."""
+        """Start the session: the first ``transmit()`` then opens a connection (and the session's second, if it
+        uses two at once, so that its TCP, TLS and proxy handshakes run beside the first request)."""
         self._now = now
-        self._step(lambda: self._session.connect(now))
-        # The second connection (polling: for POSTs; upgrade: for the WebSocket) opens now,
-        # so its TCP (and TLS, proxy) handshakes run beside the handshake GET.
-        if self.config.transport != "websocket" and self._session.state is ClientState.CONNECTING:
+        session = self._session
+        self._step(lambda: session.connect(now))
+        if session.max_connections > 1 and session.state is SessionState.CONNECTING:
             self._spare = self._open_stream()
 
-    def query(
-        self,
-        messages: str | Sequence[Mapping[str, Any]],
-        *,
-        model: str = DEFAULT_MODEL,
-        now: float,
-    ) -> None:
-        """Ask Labs; the answer comes as events.  One query at a time per session.
-
-        See :meth:`LabsSession.query <plabs_proto.labs.session.LabsSession.query>`:
-        allowed while connecting and when ready; a request not smaller than the
-        server's ``maxPayload`` raises :class:`LocalProtocolError` (fatal only
-        for a query made before the open packet, raised from the
-        ``receive_data()`` that brought it).
-        """
+    def query(self, *args: Any, now: float, **kwargs: Any) -> None:
+        """Ask (the session's ``query`` with the same arguments); the answer comes as events."""
         self._now = now
-        self._step(lambda: self._session.query(messages, model=model, now=now))
+        session: Any = self._session
+        self._step(lambda: session.query(*args, now=now, **kwargs))
 
     def close(self, now: float) -> None:
-        """End the session politely (Socket.IO and Engine.IO close), then close every stream."""
+        """End the session politely, then close every stream."""
         if self._session.state in END_STATES:
             return
         self._now = now
-        self._closing = True
-        self._step(lambda: self._session.close(now))
+        session = self._session
+        self._step(lambda: session.close(now))
 
     # -- I/O inputs -----------------------------------------------------------------------------
 
@@ -381,7 +273,7 @@ class LabsClient:
                 raise LocalProtocolError(
                     f"expected the id of a stream this client opened, got {stream_id!r}"
                 )
-            if self._session.state is ClientState.ERROR:
+            if self._session.state is SessionState.ERROR:
                 raise LocalProtocolError("cannot receive data: the client already failed and closed its streams")
             return  # late bytes for a stream we already closed
         self._now = now
@@ -408,7 +300,8 @@ class LabsClient:
     def handle_timer(self, now: float) -> None:
         """Fire the deadlines due at ``now`` (call it when ``get_timer()`` comes)."""
         self._now = now
-        self._step(lambda: self._session.handle_timer(now))
+        session = self._session
+        self._step(lambda: session.handle_timer(now))
 
     # -- outputs --------------------------------------------------------------------------------
 
@@ -417,7 +310,7 @@ class LabsClient:
         return self._session.get_timer()
 
     def next_event(self) -> Event | None:
-        """The next event, or None when there is none for now."""
+        """The next event, or None when there is none for now (the session's own queue: held once)."""
         return self._session.next_event()
 
     def events(self) -> list[Event]:
@@ -426,7 +319,6 @@ class LabsClient:
 
     def transmit(self) -> list[Instruction]:
         """What the caller must do now with its connections, in order."""
-        self._carry(self._session.transmit())  # (empty: every input carried its own; ends the pong window)
         out = self._instructions
         self._instructions = []
         return out
@@ -440,18 +332,18 @@ class LabsClient:
         session as one of its own would; either way every stream is closed
         once the session has ended.
         """
+        session = self._session
         try:
             action()
-            self._carry(self._session._drain())
+            self._carry(session.transmit())
         except LabsError as exc:
-            session = self._session
-            if not isinstance(exc, LocalProtocolError) and session.state is not ClientState.ERROR:
-                session._fail(exc)
-            if session.state is ClientState.ERROR:
+            if not isinstance(exc, LocalProtocolError) and session.state is not SessionState.ERROR:
+                session.fail(exc)
+            if session.state is SessionState.ERROR:
                 self._out_stream, self._out_data = None, []
                 self._close_all()
             else:
-                self._carry(session._drain())
+                self._carry(session.transmit())
             raise
 
     def _carry(self, instructions: list[SessionInstruction]) -> None:
@@ -459,39 +351,40 @@ class LabsClient:
         for instruction in instructions:
             kind = type(instruction)
             if kind is WebSocketSend:
-                assert isinstance(instruction, WebSocketSend)
-                self._on_ws_send(instruction)
+                self._on_ws_send(cast(WebSocketSend, instruction))
             elif kind is HTTPRequest:
-                assert isinstance(instruction, HTTPRequest)
-                self._on_request(instruction)
+                self._on_request(cast(HTTPRequest, instruction))
             elif kind is WebSocketConnect:
-                assert isinstance(instruction, WebSocketConnect)
-                self._on_ws_connect(instruction)
+                self._on_ws_connect(cast(WebSocketConnect, instruction))
+            elif kind is TransportSwitched:
+                self._on_switch()
             elif kind is WebSocketClose:
-                self._on_ws_close()
+                self._on_ws_close(cast(WebSocketClose, instruction))
         self._flush()
         if self._session.state in END_STATES:
             self._close_all()
 
     def _on_request(self, request: HTTPRequest) -> None:
-        polling_post = request.method == "POST" and self._session.transport == "polling"
-        stream = self._post_stream if polling_post else self._main
-        if polling_post and stream is None and self._spare is not None:
-            stream, self._spare = self._spare, None
+        lane = request.lane
+        stream = self._lanes.get(lane)
+        if stream is None and lane and self._spare is not None:
+            stream, self._spare = self._spare, None  # a second lane takes the connection opened beside the first
         if self._session.state in END_STATES:
-            # The goodbye POST of close(): only on a connection open and idle already.
+            # The goodbye of a session that ended: only on a connection open and idle already.
             if stream is None or not stream.open or stream.http is None or not stream.http.reusable:
                 return
         else:
             stream = self._usable(stream)
-        if polling_post:
-            self._post_stream = stream
-        else:
-            self._main = stream
+        self._lanes[lane] = stream
         headers = self._request_headers(request.headers, len(request.body) if request.method == "POST" else None)
         assert stream.http is not None  # _usable gives a stream that can carry a request
         stream.request_id = request.request_id
-        self._write(stream, stream.http.request(request.method, _target(request.url), headers, request.body))
+        stream.incremental = request.incremental
+        self._write(
+            stream,
+            stream.http.request(request.method, _target(request.url), headers, request.body,
+                                incremental=request.incremental),
+        )
 
     def _on_ws_connect(self, connect: WebSocketConnect) -> None:
         stream, self._spare = self._spare, None
@@ -509,29 +402,21 @@ class LabsClient:
             return
         if not isinstance(send.data, str):
             raise LocalProtocolError("expected text WebSocket messages from the session, got bytes")
-        if not self._ws_active:
-            self._ws_active = True
-            polling = self._main
-            self._main = stream
-            if polling is not None and polling is not stream:
-                # The upgrade ends polling: its connection closes once the probe is written.
-                self._write(stream, stream.ws.send_text(send.data))
-                self._flush()
-                self._close_stream(polling)
-                return
         self._write(stream, stream.ws.send_text(send.data))
 
-    def _on_ws_close(self) -> None:
+    def _on_switch(self) -> None:
+        """The WebSocket carries the session now: the connections of the requests close, once what was
+        written to the WebSocket before this is out."""
+        self._flush()
+        lanes, self._lanes = self._lanes, {}
+        for stream in lanes.values():
+            if stream is not self._ws_stream:
+                self._close_stream(stream)
+
+    def _on_ws_close(self, close: WebSocketClose) -> None:
         stream = self._ws_stream
-        if (
-            self._closing
-            and self._ws_active
-            and stream is not None
-            and stream.open
-            and stream.ws is not None
-            and not stream.ws.closed
-        ):
-            self._write(stream, stream.ws.close())
+        if close.code is not None and stream is not None and stream.open and stream.ws is not None and not stream.ws.closed:
+            self._write(stream, stream.ws.close(close.code))
 
     # -- internals: streams and bytes -----------------------------------------------------------
 
@@ -684,6 +569,9 @@ class LabsClient:
         http = stream.http
         if http is None:  # pragma: no cover - streams without HTTP are WebSocket streams
             return
+        if stream.incremental:
+            self._on_pieces(stream, http.receive_pieces(data), now)
+            return
         result = http.receive_data(data)
         if result is None:
             return
@@ -691,7 +579,7 @@ class LabsClient:
         if isinstance(result, SwitchedProtocol):
             self._on_switched(stream, result, now)
             return
-        self._remember_cookies(result)
+        self._remember_cookies(result.headers)
         if stream.ws_id is not None:
             self._session.receive_websocket_refused(
                 stream.ws_id, result.status, result.headers, result.body, now, reason=result.reason
@@ -704,7 +592,27 @@ class LabsClient:
                 request_id, result.status, result.headers, result.body, now, reason=result.reason
             )
 
-    def _remember_cookies(self, response: HTTPResponse) -> None:
+    def _on_pieces(self, stream: _Stream, pieces: list[Piece], now: float) -> None:
+        """A response asked for incrementally: each piece to the session as it comes."""
+        session = cast(IncrementalSession, self._session)
+        request_id = stream.request_id
+        for piece in pieces:
+            if request_id is None:
+                return
+            if type(piece) is bytes:
+                session.receive_http_body(request_id, piece, now)
+            elif isinstance(piece, ResponseHead):
+                self._remember_cookies(piece.headers)
+                session.receive_http_head(request_id, piece.status, piece.headers, now, reason=piece.reason)
+            elif piece is RESPONSE_END:
+                stream.request_id, stream.incremental = None, False
+                assert stream.http is not None
+                if stream.http.closed:
+                    self._close_stream(stream)
+                session.receive_http_end(request_id, now)
+            self._carry(session.transmit())
+
+    def _remember_cookies(self, headers: tuple[tuple[str, str], ...]) -> None:
         """Keep the ``name=value`` of each Set-Cookie, to send back in a Cookie header.
 
         A cookie that could not be sent back as it came is ignored, as a browser
@@ -713,7 +621,7 @@ class LabsClient:
         non-ASCII byte).  So is one of more than :data:`_MAX_COOKIE_SIZE`
         characters, and a new name once :data:`_MAX_COOKIES` are kept.
         """
-        for value in response.header_values("set-cookie"):
+        for value in (value for name, value in headers if name == "set-cookie"):
             pair = value.split(";", 1)[0]
             name, sep, val = pair.partition("=")
             name, val = name.strip(), val.strip()
@@ -734,18 +642,18 @@ class LabsClient:
             )
         deflate = negotiate_deflate(switched.header_values("sec-websocket-extensions"),
                                     offered=self.config.permessage_deflate)
-        self._remember_cookies(HTTPResponse(101, "", switched.headers, b""))
+        self._remember_cookies(switched.headers)
         stream.http = None
         stream.ws = WebSocketChannel(self._rng, max_message_size=self._limit, raw_text=True, deflate=deflate)
         if stream.ws_id is not None:
             self._session.receive_websocket_open(stream.ws_id, now)
-            self._carry(self._session._drain())  # the probe goes out before any answer to what follows
+            self._carry(self._session.transmit())  # the probe goes out before any answer to what follows
         if switched.trailing_data:
             self._on_ws_bytes(stream, switched.trailing_data, now)
 
     def _on_eof(self, stream: _Stream, now: float) -> None:
         if stream.ws is not None:
-            if self._session.state is not ClientState.CLOSED and stream.ws_id is not None:
+            if self._session.state is not SessionState.CLOSED and stream.ws_id is not None:
                 # The connection ended without a close frame: an error unless the session is over.
                 self._session.receive_websocket_close(stream.ws_id, None, now)
             self._close_stream(stream)
@@ -766,7 +674,7 @@ class LabsClient:
         messages = ws.receive_data(data)
         if messages:
             session.receive_websocket_messages(ws_id, messages, now, limited=True)  # the channel's limit
-        self._carry(session._drain())
+        self._carry(session.transmit())
         reply = ws.data_to_send()  # wsproto's pong to a WebSocket ping, its answer to a close
         if reply and stream.open and session.state not in END_STATES:
             self._write(stream, reply)
@@ -774,6 +682,55 @@ class LabsClient:
         if ws.close_reason is not None and session.state not in END_STATES:
             code, reason = ws.close_reason
             session.receive_websocket_close(ws_id, code, now, reason)
+
+
+class LabsClient(Client):
+    """A :class:`~plabs_proto.labs.session.LabsSession` carried at the byte level (see :class:`Client`).
+
+    ``rng`` also draws the session's ``t`` cache buster, first.
+    """
+
+    def __init__(
+        self, config: ClientConfig | None = None, *, rng: random.Random, tracer: Tracer | None = None
+    ) -> None:
+        config = config or ClientConfig()
+        self._labs = LabsSession(config.session_config(), rng=rng)  # draws the cache buster first
+        super().__init__(self._labs, config, rng=rng, tracer=tracer)
+
+    @property
+    def session(self) -> LabsSession:
+        """The Labs session this client carries."""
+        return self._labs
+
+    @property
+    def transport(self) -> str:
+        """The transport in use: the configured one, or ``"polling"`` if an upgrade was not offered."""
+        return self._labs.transport
+
+    @property
+    def engine_sid(self) -> str:
+        """The Engine.IO session id (``""`` until the open packet)."""
+        return self._labs.engine_sid
+
+    @property
+    def socket_sid(self) -> str:
+        """The Socket.IO session id (``""`` until the connect ack)."""
+        return self._labs.socket_sid
+
+    def query(  # type: ignore[override]
+        self, messages: str | Sequence[Mapping[str, Any]], *, model: str = DEFAULT_MODEL, now: float
+    ) -> None:
+        """Ask Labs; the answer comes as events.  One query at a time per session.
+
+        See :meth:`LabsSession.query <plabs_proto.labs.session.LabsSession.query>`:
+        allowed while connecting and when ready; a request not smaller than the
+        server's ``maxPayload`` raises :class:`LocalProtocolError` (fatal only
+        for a query made before the open packet, raised from the
+        ``receive_data()`` that brought it).
+        """
+        self._now = now
+        labs = self._labs
+        self._step(lambda: labs.query(messages, model=model, now=now))
 
 
 def _target(url: str) -> str:

@@ -18,7 +18,7 @@ bytes, and the compressed bytes count against it too.  Any other coding
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import h11
@@ -26,7 +26,10 @@ import h11
 from plabs_proto.errors import LocalProtocolError, RemoteProtocolError
 from plabs_proto.wire.inflate import inflate_within
 
-__all__ = ["ACCEPT_ENCODING", "BodyDecoder", "HTTPChannel", "HTTPResponse", "SwitchedProtocol", "looks_like_cloudflare"]
+__all__ = [
+    "ACCEPT_ENCODING", "RESPONSE_END", "BodyDecoder", "HTTPChannel", "HTTPResponse", "Piece", "ResponseEnd",
+    "ResponseHead", "SwitchedProtocol", "looks_like_cloudflare",
+]
 
 #: What the client offers in ``Accept-Encoding``: exactly the codings :class:`BodyDecoder` inflates.
 ACCEPT_ENCODING = "gzip, deflate"
@@ -73,6 +76,29 @@ class SwitchedProtocol(_HeaderLookup):
     headers: tuple[tuple[str, str], ...]
     trailing_data: bytes = field(repr=False)
 
+
+@dataclass(frozen=True, slots=True)
+class ResponseHead(_HeaderLookup):
+    """A response's status line and headers (lower-case names), its body to follow in pieces."""
+
+    status: int
+    reason: str
+    headers: tuple[tuple[str, str], ...]
+
+
+class ResponseEnd:
+    """The end of a response whose body came in pieces (:data:`RESPONSE_END`, the one instance)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "RESPONSE_END"
+
+
+RESPONSE_END = ResponseEnd()
+
+#: What :meth:`HTTPChannel.receive_pieces` hands out: the head, body pieces, the end.
+Piece = ResponseHead | bytes | ResponseEnd
 
 _CLOUDFLARE_MARKERS = (
     "just a moment...",
@@ -121,15 +147,17 @@ class BodyDecoder:
     coding says (servers send ``Content-Encoding: gzip`` on empty answers).
     """
 
-    __slots__ = ("_fed", "_head", "_inflater", "_size", "coding", "limit", "limit_name")
+    __slots__ = ("_fed", "_head", "_inflater", "_size", "coding", "limit", "limit_name", "per_piece")
 
-    def __init__(self, coding: str, *, limit: int, limit_name: str = "max_body") -> None:
+    def __init__(self, coding: str, *, limit: int, limit_name: str = "max_body", per_piece: bool = False) -> None:
         if coding not in ("gzip", "x-gzip", "deflate"):
             raise LocalProtocolError(f"expected gzip, x-gzip or deflate as a body coding, got {coding!r}")
         self.coding = coding
         self.limit = limit
         #: How the limit is called in error messages (the setting it comes from).
         self.limit_name = limit_name
+        #: ``limit`` bounds what each piece inflates to, not the whole body (a stream without end).
+        self.per_piece = per_piece
         self._inflater: zlib._Decompress | None = (
             zlib.decompressobj(16 + zlib.MAX_WBITS) if coding != "deflate" else None
         )
@@ -154,11 +182,11 @@ class BodyDecoder:
                 self._trailing(len(data))
             return b""
         out = inflate_within(
-            inflater, data, self.limit - self._size,
+            inflater, data, self.limit if self.per_piece else self.limit - self._size,
             unreadable=f"expected a {self.coding}-encoded HTTP body (Content-Encoding: {self.coding}), "
             "got bytes zlib cannot inflate",
             too_big=f"expected an HTTP response body of at most {self.limit} bytes ({self.limit_name}) once "
-            f"inflated, got a {self.coding} body that inflates to more than that",
+            f"inflated{' per piece' if self.per_piece else ''}, got a {self.coding} body that inflates to more than that",
         )
         self._size += len(out)
         if inflater.unused_data:
@@ -213,6 +241,7 @@ class HTTPChannel:
         self._raw = 0  # body bytes as sent (compressed ones, for a coded body)
         self._busy = False
         self._upgrading = False
+        self._incremental = False
         self._response: h11.Response | h11.InformationalResponse | None = None
         self._body = bytearray()
         self._pieces = 0
@@ -233,8 +262,15 @@ class HTTPChannel:
         """True once the server closed the connection or said it would."""
         return self._closed
 
-    def request(self, method: str, target: str, headers: Headers, body: bytes = b"") -> bytes:
-        """The bytes of a request; the channel then waits for its response."""
+    def request(
+        self, method: str, target: str, headers: Headers, body: bytes = b"", *, incremental: bool = False
+    ) -> bytes:
+        """The bytes of a request; the channel then waits for its response.
+
+        ``incremental``: the response is read with :meth:`receive_pieces` (its
+        body handed over as it arrives, without a bound on the whole: each piece
+        is bounded, and what reads them bounds the rest), not :meth:`receive_data`.
+        """
         if not self.reusable:
             raise LocalProtocolError(
                 f"cannot send {method} {target}: this HTTP connection is "
@@ -251,6 +287,7 @@ class HTTPChannel:
         except h11.LocalProtocolError as exc:
             raise LocalProtocolError(f"cannot send {method} {target}: {exc}") from exc
         self._busy = True
+        self._incremental = incremental
         self._upgrading = any(k.lower() == "upgrade" for k, _ in headers)
         self._response = None
         self._body = bytearray()
@@ -261,13 +298,39 @@ class HTTPChannel:
 
     def receive_data(self, data: bytes) -> HTTPResponse | SwitchedProtocol | None:
         """Feed bytes (``b""`` = EOF); returns the response once complete, else None."""
+        if self._incremental:
+            raise LocalProtocolError("expected receive_pieces for a response asked for incrementally, got receive_data")
+        for item in self._read(data):
+            if type(item) is bytes:
+                self._body += item
+            elif item is RESPONSE_END:
+                return self._finish()
+            elif isinstance(item, SwitchedProtocol):
+                return item
+        return None
+
+    def receive_pieces(self, data: bytes) -> list[Piece]:
+        """Feed bytes (``b""`` = EOF) of a response asked for incrementally: its head, body pieces and end, as they come."""
+        if not self._incremental:
+            raise LocalProtocolError("expected receive_data for a response asked for whole, got receive_pieces")
+        out: list[Piece] = []
+        for item in self._read(data):
+            if isinstance(item, SwitchedProtocol):  # pragma: no cover - an upgrade is never incremental
+                raise RemoteProtocolError("expected an HTTP response, got a protocol switch")
+            if item is RESPONSE_END:
+                self._next_cycle()
+            out.append(item)
+        return out
+
+    def _read(self, data: bytes) -> Iterator[ResponseHead | bytes | ResponseEnd | SwitchedProtocol]:
+        """h11's events for ``data`` as the two modes read them, with the checks both share."""
         if not self._busy:
             if data:
                 raise RemoteProtocolError(
                     f"expected no bytes while no HTTP request is outstanding, got {data[:60]!r}"
                 )
             self._closed = True
-            return None
+            return
         if not data and self._response is None:
             self._closed = True
             raise RemoteProtocolError(
@@ -282,40 +345,46 @@ class HTTPChannel:
                         raise RemoteProtocolError(
                             "expected the rest of the HTTP response, got end of stream"
                         )
-                    return None
+                    return
                 if isinstance(event, h11.InformationalResponse):
                     if event.status_code == 101 and self._upgrading:
                         self._busy = False
                         self._closed = True  # the connection now belongs to another protocol
                         trailing, _ = self._conn.trailing_data
-                        return SwitchedProtocol(_headers([(k, v) for k, v in event.headers]), bytes(trailing))
+                        yield SwitchedProtocol(_headers([(k, v) for k, v in event.headers]), bytes(trailing))
+                        return
                     continue  # 100 Continue and friends
                 if isinstance(event, h11.Response):
                     self._response = event
                     self._decoder = self._body_decoder(event)
+                    if self._incremental:
+                        yield ResponseHead(
+                            event.status_code, event.reason.decode("latin-1"), _headers(list(event.headers))
+                        )
                 elif isinstance(event, h11.Data):
                     self._raw += len(event.data)
-                    if self._raw > self.max_body:
-                        raise RemoteProtocolError(
-                            f"expected an HTTP response body of at most {self.max_body} bytes ({self.limit_name}), "
-                            f"got more than that"
-                        )
-                    body = self._body
-                    body += event.data if self._decoder is None else self._decoder.feed(event.data)
-                    self._pieces += 1
-                    if self._pieces > _FREE_PIECES + self._raw // _MIN_PIECE:
-                        raise RemoteProtocolError(
-                            f"expected an HTTP response body in pieces of {_MIN_PIECE} bytes on average, "
-                            f"got {self._pieces} pieces for {self._raw} bytes"
-                        )
+                    if not self._incremental:
+                        if self._raw > self.max_body:
+                            raise RemoteProtocolError(
+                                f"expected an HTTP response body of at most {self.max_body} bytes "
+                                f"({self.limit_name}), got more than that"
+                            )
+                        self._pieces += 1
+                        if self._pieces > _FREE_PIECES + self._raw // _MIN_PIECE:
+                            raise RemoteProtocolError(
+                                f"expected an HTTP response body in pieces of {_MIN_PIECE} bytes on average, "
+                                f"got {self._pieces} pieces for {self._raw} bytes"
+                            )
+                    yield bytes(event.data) if self._decoder is None else self._decoder.feed(event.data)
                 elif isinstance(event, h11.EndOfMessage):
                     if self._decoder is not None:
                         self._decoder.end()
-                    return self._finish()
+                    yield RESPONSE_END
+                    return
                 elif isinstance(event, h11.ConnectionClosed):
                     raise RemoteProtocolError("expected an HTTP response, got end of stream")
                 elif event is h11.PAUSED:  # pragma: no cover - only after a switched protocol
-                    return None
+                    return
         except h11.RemoteProtocolError as exc:
             self._closed = True
             if not data:
@@ -335,13 +404,12 @@ class HTTPChannel:
                 f"expected a response body as it is or in one Content-Encoding we offer ({ACCEPT_ENCODING}), "
                 f"got Content-Encoding {', '.join(codings)!r} (HTTP {response.status_code})"
             )
-        return BodyDecoder(codings[0], limit=self.max_body, limit_name=self.limit_name)
+        return BodyDecoder(codings[0], limit=self.max_body, limit_name=self.limit_name, per_piece=self._incremental)
 
     def _finish(self) -> HTTPResponse:
         response = self._response
         if response is None:  # pragma: no cover - h11 always sends Response before EndOfMessage
             raise RemoteProtocolError("expected an HTTP response head before its end")
-        self._busy = False
         result = HTTPResponse(
             status=response.status_code,
             reason=response.reason.decode("latin-1"),
@@ -349,8 +417,13 @@ class HTTPChannel:
             body=bytes(self._body),
         )
         self._body = bytearray()
+        self._next_cycle()
+        return result
+
+    def _next_cycle(self) -> None:
+        """The response is complete: the connection takes the next request, or is done."""
+        self._busy = False
         if self._conn.our_state is h11.DONE and self._conn.their_state is h11.DONE:
             self._conn.start_next_cycle()
         else:
             self._closed = True
-        return result

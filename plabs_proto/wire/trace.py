@@ -43,12 +43,12 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from plabs_proto.config import DEFAULT_JWT, DEFAULT_ORIGIN, DEFAULT_SERVER, TRANSPORTS, ClientConfig
 from plabs_proto.errors import LocalProtocolError
 from plabs_proto.events import Event
 from plabs_proto.labs.answer import DEFAULT_MODEL, DEFAULT_VERSION
-from plabs_proto.labs.session import DEFAULT_JWT, DEFAULT_ORIGIN, DEFAULT_SERVER
 from plabs_proto.wire.browser import CHROME, PROFILES
-from plabs_proto.wire.client import TRANSPORTS, ClientConfig, ClientState, LabsClient, Tracer
+from plabs_proto.wire.client import ClientState, LabsClient, Tracer
 
 __all__ = [
     "REDACTED",
