@@ -1,9 +1,10 @@
-"""The answer stream, query stream and session every backend shares, and the link they run on.
+"""The answer, the query and the connection every backend shares, and the driver they run on.
 
-They are written against :class:`LinkBase`, which every backend's connection driver
-("link") is: the driver over a network seam (:mod:`._driver`), or curl's link over its
-session.  The asyncio, trio and curl backends hand them out as they are; the blocking
-backend steps them with :func:`~._seam.run_blocking`, as its driver never suspends.
+They are written against :class:`DriverBase`, which every backend's driver is: the driver
+over a network seam (:mod:`._driver`), or curl's driver over its HTTP/WebSocket client.  The
+asyncio, trio and curl backends hand them out as they are; the blocking backend steps them
+with :func:`~._seam.run_blocking`, as its driver never suspends.  Each holds only what the
+layer below does not: the events stay in the sans-IO core until the user takes them.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import random
 from abc import ABC, abstractmethod
-from collections import deque
 from collections.abc import Callable
 from typing import Any, Generic, TypeAlias, TypeVar, cast
 
@@ -25,23 +25,27 @@ from ._config import DEFAULT_MODEL, Messages, announce_seed, make_rng, to_messag
 from ._errors import check_event, opened
 from ._text import AnswerText
 
-__all__ = ["AsyncAnswer", "AsyncLink", "AsyncQuery", "AsyncSession", "Core", "LinkBase", "OneReader"]
+__all__ = ["AnyDriver", "AsyncAnswer", "AsyncConnection", "AsyncQuery", "Core", "DriverBase", "OneReader"]
 
 
-#: The sans-IO core a link runs: the byte-level client, or (curl) the message-level session.
+#: The sans-IO core a driver runs: the byte-level client, or (curl) the message-level session.
 Core = TypeVar("Core", LabsClient, LabsSession)
 
 
-class LinkBase(ABC, Generic[Core]):
-    """The bookkeeping of a backend's connection driver ("link") around its core: the core
-    (``client``), the events waiting for the consumer, the first error (every connection is
-    closed once it is kept).  Subclasses give the clock (``now``) and ``_shutdown``."""
+class DriverBase(ABC, Generic[Core]):
+    """What every backend's driver keeps around its core: the core (``client``), the first error
+    (every connection is closed once it is kept), whether a query is streaming (``busy``) and the
+    ``Connected`` event once the session is open.  The events themselves stay in the core until
+    :meth:`next_event` takes them.  Subclasses give the clock (``now``) and ``_shutdown``."""
 
     client: Core
-    events: deque[Event]
     error: BaseException | None
     finished: bool
     now: Callable[[], float]
+    #: A query is streaming: its reader takes the events (no idling meanwhile).
+    busy: bool = False
+    #: The ``Connected`` event, once the session is open.
+    connected: Connected | None = None
 
     def command(self, method: Callable[..., None], *args: Any, **kwargs: Any) -> None:
         """Call a user command of the core (connect, query, close) with ``now=``: misuse raises
@@ -56,12 +60,12 @@ class LinkBase(ABC, Generic[Core]):
             raise
         except Exception as exc:
             self._fail(exc)
-            self.events.extend(self.client.events())
             return
         self._after_command()
 
     def _after_command(self) -> None:
-        self.events.extend(self.client.events())
+        """What a command's instructions need at once (curl's driver starts them; the socket driver
+        carries them when next awaited)."""
 
     def _fail(self, exc: BaseException) -> None:
         if self.error is None:
@@ -82,7 +86,7 @@ class LinkBase(ABC, Generic[Core]):
 
     def start_idling(self) -> None:
         """Keep the session alive between queries until :meth:`stop_idling`: nothing here (curl's
-        link reads all the time); the driver, which reads only while awaited, overrides it."""
+        driver reads all the time); the socket driver, which reads only while awaited, overrides it."""
 
     async def stop_idling(self) -> None:
         """Stop what :meth:`start_idling` started, before the consumer reads again."""
@@ -102,8 +106,8 @@ class LinkBase(ABC, Generic[Core]):
 # The streams are classes rather than async generators: trio warns (ResourceWarning) about every
 # async generator collected unfinished, and an object can close its sockets synchronously from __del__.
 
-#: What a backend's connection driver offers the classes below (its core is a LabsClient or a LabsSession).
-AsyncLink: TypeAlias = LinkBase[Any]
+#: What a backend's driver offers the classes below (its core is a LabsClient or a LabsSession).
+AnyDriver: TypeAlias = DriverBase[Any]
 
 
 def _release(close: Callable[[], None]) -> None:
@@ -113,33 +117,35 @@ def _release(close: Callable[[], None]) -> None:
 
 T = TypeVar("T")
 R = TypeVar("R", bound="OneReader[Any]")
-S = TypeVar("S", bound="AsyncSession[Any]")
+S = TypeVar("S", bound="AsyncConnection[Any]")
 
 
 class OneReader(ABC, Generic[T]):
-    """An async iterator that one task reads at a time (its subclasses give ``_next``)."""
+    """An async iterator that one task reads at a time (its subclasses give :meth:`next_item`)."""
 
-    _what = "this stream"
-    _done = False
+    _what = "this reader"
+    #: Nothing more to read (set by :meth:`next_item` at the end).
+    done = False
     _reading = False
 
     def __aiter__(self) -> OneReader[T]:
         return self
 
     async def __anext__(self) -> T:
-        if self._done:
+        if self.done:
             raise StopAsyncIteration
         if self._reading:
             raise LocalProtocolError(f"cannot read {self._what} in two tasks at once")
         self._reading = True
         try:
-            return await self._next()
+            return await self.next_item()
         finally:
             self._reading = False
 
     @abstractmethod
-    async def _next(self) -> T:
-        """The next item; sets ``_done`` at the end."""
+    async def next_item(self) -> T:
+        """The next item (StopAsyncIteration at the end, after setting :attr:`done`), without the
+        one-reader guard of ``__anext__``: for a caller that steps it alone (the blocking backend)."""
 
     @abstractmethod
     async def aclose(self) -> None:
@@ -164,27 +170,30 @@ class AsyncAnswer(OneReader[str]):
     _what = "one answer"
 
     def __init__(
-        self, make_link: Callable[[], AsyncLink], messages: Messages, model: str, tracer: Tracer | None, seed: int | None
+        self, make_driver: Callable[[], AnyDriver], messages: Messages, model: str, tracer: Tracer | None,
+        seed: int | None,
     ) -> None:
-        self._make_link = make_link
+        self._make_driver = make_driver
         self._messages = messages
         self._model = model
         self._tracer = tracer
         self._seed = seed
-        self._link: AsyncLink | None = None
+        self._driver: AnyDriver | None = None
         self._text = AnswerText()
 
-    async def _next(self) -> str:
-        link = self._link
+    async def next_item(self) -> str:
+        driver = self._driver
         try:
-            if link is None:
-                link = self._link = self._make_link()
-                announce_seed(self._tracer, self._seed, link.now())
-                link.command(link.client.connect)
-                link.command(link.client.query, self._messages, model=self._model)
-            client, events = link.client, link.events
-            while True:  # nothing else reads this link: queued events are taken without a coroutine
-                event = events.popleft() if events else await link.next_event()
+            if driver is None:
+                driver = self._driver = self._make_driver()
+                announce_seed(self._tracer, self._seed, driver.now())
+                driver.command(driver.client.connect)
+                driver.command(driver.client.query, self._messages, model=self._model)
+            client = driver.client
+            while True:  # nothing else reads this driver: events the core holds are taken without a coroutine
+                event = client.next_event()
+                if event is None:
+                    event = await driver.next_event()
                 kind = type(event)
                 if kind is TextDelta or kind is AnswerRevised:
                     text = self._text.take(event)
@@ -193,12 +202,12 @@ class AsyncAnswer(OneReader[str]):
                 elif check_event(event, partial_text=client.partial_text, partial_reasoning=client.partial_reasoning):
                     break
         except BaseException:
-            self._done = True
-            if link is not None:
-                link.close()
+            self.done = True
+            if driver is not None:
+                driver.close()
             raise
-        self._done = True
-        await link.aclose()
+        self.done = True
+        await driver.aclose()
         assert isinstance(event, AnswerFinished)
         rest = self._text.finish(event)  # raises AnswerRewrittenError when the text was rewritten
         if rest:
@@ -207,112 +216,108 @@ class AsyncAnswer(OneReader[str]):
 
     async def aclose(self) -> None:
         """Stop: close the connection (politely if it is healthy)."""
-        self._done = True
-        if self._link is not None:
-            await self._link.aclose()
+        self.done = True
+        if self._driver is not None:
+            await self._driver.aclose()
 
     def __del__(self) -> None:
-        link = self._link
-        if link is not None and not link.finished:
-            _release(link.close)
+        driver = self._driver
+        if driver is not None and not driver.finished:
+            _release(driver.close)
 
 
 class AsyncQuery(OneReader[Event]):
-    """What ``Session.query`` returns: an async iterator of the answer's events (``TextDelta``,
+    """What ``Connection.query`` returns: an async iterator of the answer's events (``TextDelta``,
     ``ReasoningDelta``, ``Citations``, ``AnswerRevised``, then ``AnswerFinished``).
 
     The query is sent on the first ``__anext__``.  A server-reported failure raises
-    :class:`~plabs_proto.errors.ResponseError` and leaves the session usable; any other error,
-    a cancellation, or leaving before ``AnswerFinished`` closes the session.  After
-    ``open(wait=False)`` it takes the connect ack on its way (setting ``session.connected``),
+    :class:`~plabs_proto.errors.ResponseError` and leaves the connection usable; any other error,
+    a cancellation, or leaving before ``AnswerFinished`` closes it.  After
+    ``open(wait=False)`` it takes the connect ack on its way (setting ``connection.connected``),
     and raises what ``open()`` would have raised when the server refuses the handshake.
+    It works on the driver alone: the driver says whether a query is streaming (``busy``).
     """
 
     _what = "one query's events"
 
-    def __init__(self, session: AsyncSession[Any], link: AsyncLink, messages: Messages, model: str) -> None:
-        self._session = session
-        self._link = link
+    def __init__(self, driver: AnyDriver, messages: Messages, model: str) -> None:
+        self._driver = driver
         self._messages = messages
         self._model = model
         self._started = False
 
-    async def _next(self) -> Event:
-        link = self._link
-        client = link.client
+    async def next_item(self) -> Event:
+        driver = self._driver
+        client = driver.client
         try:
             if not self._started:
                 self._started = True
-                session = self._session
-                await session._stop_idling()
-                if session.connected is not None:
-                    link.events.clear()
-                elif link.error is not None:  # open(wait=False): the handshake failed already
-                    raise link.error
-                link.command(client.query, self._messages, model=self._model)
+                await driver.stop_idling()
+                if driver.connected is not None:
+                    client.events()  # what idling left (nothing of this query's)
+                elif driver.error is not None:  # open(wait=False): the handshake failed already
+                    raise driver.error
+                driver.command(client.query, self._messages, model=self._model)
             while True:
-                event = await link.next_event()
+                event = await driver.next_event()
                 if type(event) is Connected:  # the ack, after open(wait=False)
-                    self._session.connected = event
+                    driver.connected = event
                     continue
                 if check_event(event, partial_text=client.partial_text, partial_reasoning=client.partial_reasoning):
                     self._finish(idle=True)
                 return event
         except ResponseError:
             self._finish()
-            if not link.finished and client.state is ClientState.READY:
-                self._session._start_idling()
-                raise  # the server failed this query; the session goes on
-            link.close()
+            if not driver.finished and client.state is ClientState.READY:
+                driver.start_idling()
+                raise  # the server failed this query; the connection goes on
+            driver.close()
             raise
         except LocalProtocolError:
-            self._finish()  # a misuse (or a session already over) closes nothing
+            self._finish()  # a misuse (or a connection already over) closes nothing
             raise
         except BaseException:
             self._finish()
-            link.close()
+            driver.close()
             raise
 
     def _finish(self, *, idle: bool = False) -> None:
-        if not self._done:
-            self._done = True
-            self._session._busy = False
-            if idle:  # the answer is complete and the session goes on
-                self._session._start_idling()
+        if not self.done:
+            self.done = True
+            self._driver.busy = False
+            if idle:  # the answer is complete and the connection goes on
+                self._driver.start_idling()
 
     async def aclose(self) -> None:
-        """Stop reading: if the answer was still streaming, the session closes."""
-        if self._done:
+        """Stop reading: if the answer was still streaming, the connection closes."""
+        if self.done:
             return
         self._finish()
         if self._started:
-            await self._link.aclose()
+            await self._driver.aclose()
 
     def __del__(self) -> None:
-        if not self._done:
+        if not self.done:
             self._finish()
             if self._started:
-                _release(self._link.close)
+                _release(self._driver.close)
 
 
-class AsyncSession(ABC, Generic[Core]):
-    """One Labs connection for several queries, run one after another (``async with``).
+class AsyncConnection(ABC, Generic[Core]):
+    """One Labs session for several queries, run one after another (``async with``).
 
-    Backends subclass it and say how to make the connection driver (:meth:`_new_link`).
+    Backends subclass it and say how to make their driver (:meth:`_new_driver`).
     """
 
-    _link: AsyncLink | None = None  # the connection driver once open; read by __del__
+    _driver: AnyDriver | None = None  # the driver once open; read by __del__
 
     def __init__(self, config: ClientConfig, *, tracer: Tracer | None = None, seed: int | None = None) -> None:
         rng, self.seed = make_rng(tracer, seed)
         self._client: Core = self._new_core(config, rng, tracer)
         self._tracer = tracer
-        self._busy = False
-        #: The ``Connected`` event, once the session is open.
-        self.connected: Connected | None = None
 
     def _new_core(self, config: ClientConfig, rng: random.Random, tracer: Tracer | None) -> Core:
-        """The sans-IO core of this session (a :class:`LabsClient` unless a backend says otherwise)."""
+        """The sans-IO core of this connection (a :class:`LabsClient` unless a backend says otherwise)."""
         return LabsClient(config, rng=rng, tracer=tracer)  # type: ignore[return-value]
 
     @property
@@ -320,19 +325,14 @@ class AsyncSession(ABC, Generic[Core]):
         """The sans-IO client underneath (its state, partial text, transport)."""
         return self._client
 
+    @property
+    def connected(self) -> Connected | None:
+        """The ``Connected`` event, once the connection is open."""
+        return self._driver.connected if self._driver is not None else None
+
     @abstractmethod
-    def _new_link(self) -> AsyncLink:
-        """The backend's connection driver for this session's client."""
-
-    def _start_idling(self) -> None:
-        """Keep the open session alive between queries (the link's ``start_idling``)."""
-        if self._link is not None and not self._busy:
-            self._link.start_idling()
-
-    async def _stop_idling(self) -> None:
-        """Stop what :meth:`_start_idling` started, before the consumer reads again."""
-        if self._link is not None:
-            await self._link.stop_idling()
+    def _new_driver(self) -> AnyDriver:
+        """The backend's driver for this connection's client."""
 
     async def open(self, *, wait: bool = True) -> None:
         """Connect and wait for the Socket.IO connect ack (``async with`` calls this).
@@ -341,51 +341,52 @@ class AsyncSession(ABC, Generic[Core]):
         made then goes out in the very step that reads the ack (as ``ask`` sends its query),
         not after a turn of the caller's code (see :class:`AsyncQuery`).
         """
-        if self._link is not None:
-            raise LocalProtocolError("cannot open this session: it was opened already")
-        link = self._link = self._new_link()
+        if self._driver is not None:
+            raise LocalProtocolError("cannot open this connection: it was opened already")
+        driver = self._driver = self._new_driver()
         try:
-            announce_seed(self._tracer, self.seed, link.now())
-            link.command(self._client.connect)
+            announce_seed(self._tracer, self.seed, driver.now())
+            driver.command(self._client.connect)
             if not wait:
-                self._start_idling()  # a backend that reads only when awaited makes progress meanwhile
+                driver.start_idling()  # a backend that reads only when awaited makes progress meanwhile
                 return
-            event = await link.next_event()
+            event = await driver.next_event()
             while not opened(event):
-                event = await link.next_event()
-            self.connected = cast(Connected, event)
-            self._start_idling()
+                event = await driver.next_event()
+            driver.connected = cast(Connected, event)
+            driver.start_idling()
         except BaseException:
-            link.close()
+            driver.close()
             raise
 
     def query(self, messages: Messages, *, model: str = DEFAULT_MODEL) -> AsyncQuery:
         """Ask; iterate the result for the answer's events (see :class:`AsyncQuery`).
 
         Raises :class:`~plabs_proto.errors.LocalProtocolError` at once when the
-        session is not open or another query on it is still streaming.
+        connection is not open or another query on it is still streaming.
         """
-        link = self._link
-        if link is None:
-            raise LocalProtocolError("cannot query: the session is not open (open it, or use it as a context manager)")
-        if self._busy:
+        driver = self._driver
+        if driver is None:
+            raise LocalProtocolError("cannot query: the connection is not open (open it, or use it as a context manager)")
+        if driver.busy:
             raise LocalProtocolError(
                 "cannot start a query while another one is still streaming on this session: "
                 "queries run one after another"
             )
         messages = to_messages(messages)
-        self._busy = True
-        return AsyncQuery(self, link, messages, model)
+        driver.busy = True
+        return AsyncQuery(driver, messages, model)
 
     async def aclose(self) -> None:
-        """Close the session (politely when it is healthy); idempotent."""
-        if self._link is not None:
+        """Close the connection (politely when it is healthy); idempotent."""
+        driver = self._driver
+        if driver is not None:
             try:
-                await self._stop_idling()
+                await driver.stop_idling()
             except BaseException:  # cancelled while the idle task ends: close at once
-                self._link.close()
+                driver.close()
                 raise
-            await self._link.aclose()
+            await driver.aclose()
 
     async def __aenter__(self: S) -> S:
         await self.open()
@@ -395,6 +396,6 @@ class AsyncSession(ABC, Generic[Core]):
         await self.aclose()
 
     def __del__(self) -> None:
-        link = self._link
-        if link is not None and not link.finished:
-            _release(link.close)
+        driver = self._driver
+        if driver is not None and not driver.finished:
+            _release(driver.close)

@@ -4,7 +4,8 @@
 :class:`~._seam.Network` for whoever awaits :meth:`Driver.next_event`:
 instructions out (``transmit()``: open, send, close), bytes and timers in
 (``receive_data``, ``handle_timer`` at the client's ``get_timer()`` deadline),
-events to the consumer, the first error kept (and raised once the events before
+the client's events to the consumer (taken from the client as they are asked for:
+the driver holds none), the first error kept (and raised once the events before
 it are taken), every connection closed on exit.  :meth:`Driver.pump_idle` keeps
 the session alive between queries (answering the server's pings) until told to
 stop.
@@ -13,7 +14,6 @@ stop.
 from __future__ import annotations
 
 import contextlib
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import cast
 
@@ -21,7 +21,7 @@ from plabs_proto.errors import LocalProtocolError, NetworkError
 from plabs_proto.events import CloseStream, Event, OpenStream, SendBytes
 from plabs_proto.wire.client import LabsClient
 
-from ._async_api import LinkBase
+from ._async_api import DriverBase
 from ._errors import closed_error, stream_error
 from ._seam import GRACE, Network, Stream
 
@@ -31,7 +31,7 @@ __all__ = ["CLOSE_WAIT", "Driver"]
 CLOSE_WAIT = 0.25
 
 
-class Driver(LinkBase[LabsClient]):
+class Driver(DriverBase[LabsClient]):
     """A LabsClient over a :class:`Network`, pumped by whoever awaits :meth:`next_event`."""
 
     def __init__(self, client: LabsClient, network: Network) -> None:
@@ -42,7 +42,6 @@ class Driver(LinkBase[LabsClient]):
         self.streams: dict[int, Stream] = {}
         self.targets: dict[int, OpenStream] = {}
         self.at_eof: set[int] = set()
-        self.events: deque[Event] = deque()
         self.error: BaseException | None = None
         self.finished = False
         self._pumping = False
@@ -51,21 +50,24 @@ class Driver(LinkBase[LabsClient]):
 
     async def next_event(self) -> Event:
         """The next event; the kept error once the events before it are taken."""
-        if self.events and not self._pumping:  # the common case, without a second coroutine
-            return self.events.popleft()
+        if not self._pumping:
+            event = self.client.next_event()
+            if event is not None:  # the common case, without a second coroutine
+                return event
         return cast(Event, await self._pump(None))
 
     async def pump_idle(self, stop: Callable[[], bool]) -> None:
         """Keep the session alive (pings answered, deadlines fired) until ``stop()`` is true (the
-        network's ``wake`` then ends its wait).  Events that come meanwhile wait in :attr:`events`;
+        network's ``wake`` then ends its wait).  Events that come meanwhile wait in the client;
         an error is kept (as in :meth:`next_event`) and ends the pumping."""
         with contextlib.suppress(Exception):
             await self._pump(stop)
 
     def start_idling(self) -> None:
         """Answer the server's pings between queries: :meth:`pump_idle` in the background
-        (as the network runs it: a task, a thread) until :meth:`stop_idling`."""
-        if self._idler is None and not self.finished:
+        (as the network runs it: a task, a thread) until :meth:`stop_idling`; not while a query
+        streams (its reader pumps)."""
+        if self._idler is None and not self.finished and not self.busy:
             self._idle_stop = False
             self._idler = self.network.start(self.pump_idle(lambda: self._idle_stop))
 
@@ -83,19 +85,21 @@ class Driver(LinkBase[LabsClient]):
             raise LocalProtocolError("cannot wait for this session's events in two tasks at once")
         self._pumping = True
         try:
+            client = self.client
             while True:
-                if stop is None and self.events:
-                    return self.events.popleft()
+                if stop is None:
+                    event = client.next_event()
+                    if event is not None:
+                        return event
                 self._check_open()
                 try:
                     await self._flush()
                     if stop is not None and stop():
                         return None  # after the flush: what the last input asked for (a pong) is sent
-                    if (stop is not None or not self.events) and not self.finished:
+                    if not self.finished:
                         await self._wait_input()
                 except Exception as exc:  # LabsError from the core, wrapped socket errors, core bugs
                     self._fail(exc)
-                self.events.extend(self.client.events())
         finally:
             self._pumping = False
 

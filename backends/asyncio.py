@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from plabs_proto.wire.client import LabsClient
 
-from ._async_api import AsyncAnswer, AsyncSession
+from ._async_api import AsyncAnswer, AsyncConnection
 from ._config import DEFAULT_MODEL, MODELS, AskOptions, Messages, SessionOptions, parse_options, to_messages
 from ._driver import Driver
 from ._seam import GRACE, READ_SIZE, Network, Stream, read_buffer
@@ -33,7 +33,7 @@ from ._seam import GRACE, READ_SIZE, Network, Stream, read_buffer
 if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; only type checkers read it here
     from typing import Unpack
 
-__all__ = ["HIGH_WATER", "AsyncioNetwork", "PerplexityLabs", "Session", "ask", "connect"]
+__all__ = ["HIGH_WATER", "AsyncioNetwork", "Connection", "PerplexityLabs", "Session", "ask", "connect"]
 
 #: Bytes a connection may have waiting for the driver before its reading is paused.
 HIGH_WATER = 4 * READ_SIZE
@@ -227,7 +227,7 @@ def ask(prompt_or_messages: Messages, **options: Unpack[AskOptions]) -> AsyncAns
     return AsyncAnswer(lambda: Driver(client, AsyncioNetwork()), messages, opts.model, opts.tracer, used_seed)
 
 
-class Session(AsyncSession[LabsClient]):
+class Connection(AsyncConnection[LabsClient]):
     """One Labs connection for several queries, run one after another.
 
     ``async with connect(...) as session:`` then ``async for event in
@@ -236,15 +236,15 @@ class Session(AsyncSession[LabsClient]):
     the session.
     """
 
-    def _new_link(self) -> Driver:
+    def _new_driver(self) -> Driver:
         return Driver(self._client, AsyncioNetwork())
 
 
-def connect(**options: Unpack[SessionOptions]) -> Session:
-    """A :class:`Session` (not open yet: use ``async with``).  Options as for :func:`ask`;
+def connect(**options: Unpack[SessionOptions]) -> Connection:
+    """A :class:`Connection` (not open yet: use ``async with``).  Options as for :func:`ask`;
     ``timeout`` bounds each query."""
     opts = parse_options(options, with_model=False)
-    return Session(opts.config, tracer=opts.tracer, seed=opts.seed)
+    return Connection(opts.config, tracer=opts.tracer, seed=opts.seed)
 
 
 # The options of ask that pass through a provider call's kwargs (model and proxy come as arguments).
@@ -273,3 +273,7 @@ class PerplexityLabs:
         async with ask(messages, model=model or cls.default_model, proxy=proxy, **options) as answer:
             async for text in answer:
                 yield text
+
+
+#: The name of :class:`Connection` before 0.2 (see the README's changelog).
+Session = Connection

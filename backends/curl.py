@@ -1,6 +1,6 @@
 """A Chrome-impersonating backend: :class:`~plabs_proto.labs.session.LabsSession` carried by curl_cffi.
 
-Every polling request goes through ``curl_cffi``'s ``AsyncSession(impersonate=...)``
+Every polling request goes through ``curl_cffi``'s ``AsyncConnection(impersonate=...)``
 and the WebSocket through its ``ws_connect``, so the TLS ClientHello, the HTTP/2
 settings and the header order are those of the browser curl impersonates
 (``"chrome"`` by default), as the seed provider's were.  curl owns the User-Agent,
@@ -27,12 +27,11 @@ import contextlib
 import os
 import random
 import re
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
-from curl_cffi import AsyncSession as CurlSession
+from curl_cffi import AsyncSession as CurlHTTP
 from curl_cffi import CurlError
 from curl_cffi.const import CurlECode, CurlHttpVersion, CurlWsFlag
 from curl_cffi.requests import AsyncWebSocket
@@ -45,14 +44,14 @@ from plabs_proto.labs.session import LabsSession
 from plabs_proto.state import SessionState
 from plabs_proto.wire.client import Tracer
 
-from ._async_api import AsyncAnswer, AsyncSession, LinkBase
+from ._async_api import AsyncAnswer, AsyncConnection, DriverBase
 from ._config import AskOptions, Messages, SessionOptions, make_rng, parse_options, to_messages
 from ._errors import stream_error
 
 if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; only type checkers read it here
     from typing import Unpack
 
-__all__ = ["DEFAULT_IMPERSONATE", "Session", "ask", "connect"]
+__all__ = ["DEFAULT_IMPERSONATE", "Connection", "Session", "ask", "connect"]
 
 #: The browser curl impersonates unless told otherwise.
 DEFAULT_IMPERSONATE = "chrome"
@@ -69,7 +68,8 @@ _TLS_CODES = frozenset(
     }
 )
 _PROXY_CODES = frozenset({CurlECode.PROXY, CurlECode.COULDNT_RESOLVE_PROXY})
-_Close = object()  # the writer's "close the WebSocket" item
+_Close = object()  # the writer's "close the WebSocket with a close frame" item
+_Drop = object()  # the writer's "drop the WebSocket" item
 
 
 def _check_config(config: ClientConfig) -> None:
@@ -91,7 +91,7 @@ def _check_impersonate(impersonate: object) -> str:
     return impersonate
 
 
-class _Link(LinkBase[LabsSession]):
+class _CurlDriver(DriverBase[LabsSession]):
     """One Labs session over one curl session: a pump task runs the inputs and timers.
 
     It offers what the shared :class:`~._async_api.AsyncAnswer` and
@@ -102,13 +102,12 @@ class _Link(LinkBase[LabsSession]):
         self._loop = asyncio.get_running_loop()
         self.client = client
         self.now = self._loop.time
-        self.events: deque[Event] = deque()
         self.error: BaseException | None = None
         self.finished = False
         self._proxy = config.proxy if isinstance(config.proxy, str) else None
         self._extra = list(config.headers)
         # timeout=None: curl waits as long as the session does (its deadlines are the session's)
-        self._http: CurlSession[Any] = CurlSession(
+        self._http: CurlHTTP[Any] = CurlHTTP(
             impersonate=cast(Any, impersonate),
             proxy=self._proxy,
             verify=cast(Any, True if config.cafile is None else os.fspath(config.cafile)),  # or a CA file path
@@ -131,11 +130,14 @@ class _Link(LinkBase[LabsSession]):
 
     async def next_event(self) -> Event:
         """The next event; the kept error once the events before it are taken."""
-        while not self.events:
+        client = self.client
+        while True:
+            event = client.next_event()
+            if event is not None:
+                return event
             self._check_open()
             self._wakeup.clear()
             await self._wakeup.wait()
-        return self.events.popleft()
 
     def _after_command(self) -> None:
         self._step()
@@ -192,7 +194,6 @@ class _Link(LinkBase[LabsSession]):
             method(*args, self.now())
         except Exception as exc:  # LabsError, or a core bug: the consumer sees it either way
             self._fail(exc)
-            self.events.extend(self.client.events())
             self._wakeup.set()
             return
         self._step()
@@ -208,10 +209,9 @@ class _Link(LinkBase[LabsSession]):
             elif isinstance(step, WebSocketSend):
                 self._outgoing[step.ws_id].put_nowait(step.data)
             elif isinstance(step, WebSocketClose) and step.ws_id in self._outgoing:
-                self._outgoing[step.ws_id].put_nowait(_Close)
-        self.events.extend(client.events())
-        if self.events:
-            self._wakeup.set()
+                # A close frame when the session said goodbye over it (code), else the connection dropped.
+                self._outgoing[step.ws_id].put_nowait(_Close if step.code is not None else _Drop)
+        self._wakeup.set()  # the consumer looks for events in the session
 
     def _start(self, work: Any) -> None:
         task = self._loop.create_task(work)
@@ -291,6 +291,10 @@ class _Link(LinkBase[LabsSession]):
                 with contextlib.suppress(CurlError):
                     await ws.close(timeout=_CLOSE_WAIT)
                 return
+            if item is _Drop:
+                with contextlib.suppress(Exception):
+                    ws.terminate()
+                return
             try:
                 if isinstance(item, str):
                     await ws.send_str(item)
@@ -357,10 +361,10 @@ def ask(prompt_or_messages: Messages, *, impersonate: str = DEFAULT_IMPERSONATE,
     target = _check_impersonate(impersonate)
     rng, seed = make_rng(opts.tracer, opts.seed)
     client = LabsSession(opts.config.session_config(), rng=rng)
-    return AsyncAnswer(lambda: _Link(client, opts.config, target), messages, opts.model, opts.tracer, seed)
+    return AsyncAnswer(lambda: _CurlDriver(client, opts.config, target), messages, opts.model, opts.tracer, seed)
 
 
-class Session(AsyncSession[LabsSession]):
+class Connection(AsyncConnection[LabsSession]):
     """One Labs connection through curl for several queries, one after another (``async with``).
 
     Between queries the pump task keeps answering heartbeats.  Leaving a query
@@ -368,7 +372,7 @@ class Session(AsyncSession[LabsSession]):
     (:class:`~plabs_proto.errors.ResponseError`) leaves it usable.
     """
 
-    _link: _Link | None
+    _link: _CurlDriver | None
 
     def __init__(
         self,
@@ -386,11 +390,15 @@ class Session(AsyncSession[LabsSession]):
     def _new_core(self, config: ClientConfig, rng: random.Random, tracer: Tracer | None) -> LabsSession:
         return LabsSession(config.session_config(), rng=rng)
 
-    def _new_link(self) -> _Link:
-        return _Link(self._client, self._config, self._impersonate)
+    def _new_driver(self) -> _CurlDriver:
+        return _CurlDriver(self._client, self._config, self._impersonate)
 
 
-def connect(*, impersonate: str = DEFAULT_IMPERSONATE, **options: Unpack[SessionOptions]) -> Session:
-    """A :class:`Session` (not open yet: use ``async with``).  Options as for :func:`ask`."""
+def connect(*, impersonate: str = DEFAULT_IMPERSONATE, **options: Unpack[SessionOptions]) -> Connection:
+    """A :class:`Connection` (not open yet: use ``async with``).  Options as for :func:`ask`."""
     opts = parse_options(options, with_model=False)
-    return Session(opts.config, tracer=opts.tracer, seed=opts.seed, impersonate=impersonate)
+    return Connection(opts.config, tracer=opts.tracer, seed=opts.seed, impersonate=impersonate)
+
+
+#: The name of :class:`Connection` before 0.2 (see the README's changelog).
+Session = Connection

@@ -29,7 +29,7 @@ from plabs_proto.config import ClientConfig
 from plabs_proto.events import Connected, Event
 from plabs_proto.wire.client import LabsClient, Tracer
 
-from ._async_api import AsyncAnswer, AsyncSession, OneReader
+from ._async_api import AsyncAnswer, AsyncConnection, OneReader
 from ._config import (
     DEFAULT_MODEL,
     AskOptions,
@@ -44,7 +44,7 @@ from ._seam import GRACE, Network, Stream, read_buffer, run_blocking
 if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; only type checkers read it here
     from typing import Unpack
 
-__all__ = ["Session", "ask", "connect"]
+__all__ = ["Connection", "Session", "ask", "connect"]
 
 T = TypeVar("T")
 
@@ -166,7 +166,7 @@ class SelectorNetwork(Network):
         self._wake_out.close()
 
 
-class _Link(Driver):
+class _BlockingDriver(Driver):
     """The one driver over blocking sockets, stepped synchronously (see :func:`run_blocking`)."""
 
     network: SelectorNetwork
@@ -191,72 +191,72 @@ def ask(prompt_or_messages: Messages, **options: Unpack[AskOptions]) -> Generato
     messages = to_messages(prompt_or_messages)
     opts = parse_options(options, with_model=True)
     client, used_seed = opts.new_client()
-    return _stepped(AsyncAnswer(lambda: _Link(client), messages, opts.model, opts.tracer, used_seed))
+    return _stepped(AsyncAnswer(lambda: _BlockingDriver(client), messages, opts.model, opts.tracer, used_seed))
 
 
-def _stepped(stream: OneReader[T]) -> Generator[T, None, None]:
+def _stepped(reader: OneReader[T]) -> Generator[T, None, None]:
     """A shared answer or query, stepped synchronously (see :func:`run_blocking`); leaving the
-    generator closes it.  It steps ``_next``, not ``__anext__``: a generator cannot be read
+    generator closes it.  It steps ``next_item``, not ``__anext__``: a generator cannot be read
     twice at once anyway, and one coroutine less per item is CPU per frame."""
     try:
-        while not stream._done:
+        while not reader.done:
             try:
-                yield run_blocking(stream._next())
+                yield run_blocking(reader.next_item())
             except StopAsyncIteration:
                 return
     finally:
-        run_blocking(stream.aclose())
+        run_blocking(reader.aclose())
 
 
-class _Session(AsyncSession[LabsClient]):
+class _AsyncConnection(AsyncConnection[LabsClient]):
     """The shared session over the blocking driver, whose helper thread idles between queries."""
 
-    def _new_link(self) -> _Link:
-        return _Link(self._client)
+    def _new_driver(self) -> _BlockingDriver:
+        return _BlockingDriver(self._client)
 
 
-class Session:
+class Connection:
     """One Labs connection for several queries, run one after another: ``with connect(...) as session``.
 
-    The async backends' session (:class:`~._async_api.AsyncSession`), stepped synchronously;
+    The async backends' session (:class:`~._async_api.AsyncConnection`), stepped synchronously;
     between queries a helper thread answers the server's pings (see the module docstring).
     """
 
     def __init__(self, config: ClientConfig, *, tracer: Tracer | None = None, seed: int | None = None) -> None:
-        self._session = _Session(config, tracer=tracer, seed=seed)
+        self._connection = _AsyncConnection(config, tracer=tracer, seed=seed)
 
     @property
     def client(self) -> LabsClient:
         """The sans-IO client underneath (its state, partial text, transport)."""
-        return self._session.client
+        return self._connection.client
 
     @property
     def seed(self) -> int | None:
         """The seed of the client's randomness (None: system randomness)."""
-        return self._session.seed
+        return self._connection.seed
 
     @property
     def connected(self) -> Connected | None:
         """The ``Connected`` event, once the session is open."""
-        return self._session.connected
+        return self._connection.connected
 
     def open(self, *, wait: bool = True) -> None:
         """Connect and wait for the Socket.IO connect ack (``with`` calls this); ``open(wait=False)``
-        starts the handshake in the helper thread and returns (see :meth:`~._async_api.AsyncSession.open`)."""
-        run_blocking(self._session.open(wait=wait))
+        starts the handshake in the helper thread and returns (see :meth:`~._async_api.AsyncConnection.open`)."""
+        run_blocking(self._connection.open(wait=wait))
 
     def query(self, messages: Messages, *, model: str = DEFAULT_MODEL) -> Generator[Event, None, None]:
         """Ask and stream the answer's events, as :class:`~._async_api.AsyncQuery` does (a
         ResponseError leaves the session usable; any other error, or leaving the generator before
         ``AnswerFinished``, closes it).  Raises :class:`~plabs_proto.errors.LocalProtocolError` at
         once when the session is not open or another query on it is still streaming."""
-        return _stepped(self._session.query(messages, model=model))
+        return _stepped(self._connection.query(messages, model=model))
 
     def close(self) -> None:
         """Close the session (politely when it is healthy); idempotent."""
-        run_blocking(self._session.aclose())
+        run_blocking(self._connection.aclose())
 
-    def __enter__(self) -> Session:
+    def __enter__(self) -> Connection:
         self.open()
         return self
 
@@ -264,8 +264,12 @@ class Session:
         self.close()
 
 
-def connect(**options: Unpack[SessionOptions]) -> Session:
-    """A :class:`Session` (not open yet: use ``with``).  Options as for :func:`ask`; ``timeout``
+def connect(**options: Unpack[SessionOptions]) -> Connection:
+    """A :class:`Connection` (not open yet: use ``with``).  Options as for :func:`ask`; ``timeout``
     bounds each query."""
     opts = parse_options(options, with_model=False)
-    return Session(opts.config, tracer=opts.tracer, seed=opts.seed)
+    return Connection(opts.config, tracer=opts.tracer, seed=opts.seed)
+
+
+#: The name of :class:`Connection` before 0.2 (see the README's changelog).
+Session = Connection

@@ -30,7 +30,7 @@ from plabs_proto.config import ClientConfig
 from plabs_proto.errors import LocalProtocolError
 from plabs_proto.wire.client import LabsClient, Tracer
 
-from ._async_api import AsyncAnswer, AsyncSession
+from ._async_api import AsyncAnswer, AsyncConnection
 from ._config import AskOptions, Messages, SessionOptions, parse_options, to_messages
 from ._driver import Driver
 from ._seam import GRACE, READ_SIZE, Network, Stream
@@ -38,7 +38,7 @@ from ._seam import GRACE, READ_SIZE, Network, Stream
 if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; only type checkers read it here
     from typing import Unpack
 
-__all__ = ["Session", "ask", "connect"]
+__all__ = ["Connection", "Session", "ask", "connect"]
 
 _STREAM_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
@@ -194,13 +194,13 @@ def ask(prompt_or_messages: Messages, **options: Unpack[AskOptions]) -> AsyncAns
     return AsyncAnswer(lambda: Driver(client, TrioNetwork()), messages, opts.model, opts.tracer, used_seed)
 
 
-class Session(AsyncSession[LabsClient]):
+class Connection(AsyncConnection[LabsClient]):
     """One Labs connection for several queries, run one after another: ``async with connect(...)``.
 
     Between queries a task in the session's own nursery (opened by ``async with``, or by
     :meth:`keep_alive`) answers the server's pings; a session opened with :meth:`open` alone
     reads only while it is awaited.  To send the first query as the handshake ends (see
-    :meth:`~._async_api.AsyncSession.open`), with pings answered between queries::
+    :meth:`~._async_api.AsyncConnection.open`), with pings answered between queries::
 
         session = connect(...)
         async with session.keep_alive():
@@ -215,11 +215,11 @@ class Session(AsyncSession[LabsClient]):
         self._nursery: trio.Nursery | None = None
         self._kept: contextlib.AsyncExitStack | None = None  # async with's keep_alive()
 
-    def _new_link(self) -> Driver:
+    def _new_driver(self) -> Driver:
         return Driver(self._client, TrioNetwork(lambda: self._nursery))
 
     @contextlib.asynccontextmanager
-    async def keep_alive(self) -> AsyncIterator[Session]:
+    async def keep_alive(self) -> AsyncIterator[Connection]:
         """An async context manager inside which this session answers the server's pings
         between queries (from a task in a nursery of its own), whoever opened it, and in
         whatever task its queries run.  Leaving it stops that (it does not close the
@@ -229,17 +229,19 @@ class Session(AsyncSession[LabsClient]):
         manager = trio.open_nursery()
         nursery = self._nursery = await manager.__aenter__()
         try:
-            self._start_idling()  # when open and between queries
+            if self._driver is not None:
+                self._driver.start_idling()  # when open and between queries
             yield self
         finally:
             try:
-                await self._stop_idling()
+                if self._driver is not None:
+                    await self._driver.stop_idling()
             finally:
                 self._nursery = None
                 nursery.cancel_scope.cancel()  # the idle task, if still there, ends (its Cancelled stays inside)
                 await manager.__aexit__(None, None, None)
 
-    async def __aenter__(self) -> Session:
+    async def __aenter__(self) -> Connection:
         async with contextlib.AsyncExitStack() as stack:  # kept alive from here, unless open() fails
             await stack.enter_async_context(self.keep_alive())
             await self.open()
@@ -255,8 +257,12 @@ class Session(AsyncSession[LabsClient]):
                 await kept.aclose()
 
 
-def connect(**options: Unpack[SessionOptions]) -> Session:
-    """A :class:`Session` (not open yet: use ``async with``).  Options as for :func:`ask`;
+def connect(**options: Unpack[SessionOptions]) -> Connection:
+    """A :class:`Connection` (not open yet: use ``async with``).  Options as for :func:`ask`;
     ``timeout`` bounds each query."""
     opts = parse_options(options, with_model=False)
-    return Session(opts.config, tracer=opts.tracer, seed=opts.seed)
+    return Connection(opts.config, tracer=opts.tracer, seed=opts.seed)
+
+
+#: The name of :class:`Connection` before 0.2 (see the README's changelog).
+Session = Connection
