@@ -115,6 +115,131 @@ def _size(packet: engineio.Packet) -> int:
     return len(encoded.encode("utf-8") if isinstance(encoded, str) else encoded)
 
 
+def _check_post(response: HTTPResponse, what: str, max_payload: int | None) -> None:
+    """Refuse a POST's answer other than 200 'ok' (413 names the server's maxPayload)."""
+    if response.status == 413:
+        what += " (413: the body was larger than the server accepts" + (
+            f", its maxPayload being {max_payload} bytes)" if max_payload is not None else ")"
+        )
+    if response.status != 200:
+        raise refusal(response, what, 200)
+    if response.body.strip().lower() != b"ok":
+        page = unexpected_page(response, what, "'ok'")
+        if page is not None:
+            raise page
+        raise RemoteProtocolError(f"expected 'ok' (any case) in answer to {what}, got {response.body[:60]!r}")
+
+
+def _open_payload(response: HTTPResponse) -> tuple[str, Iterator[engineio.Packet]]:
+    """The open packet's data of the handshake GET's answer, and the packets after it."""
+    what = "the Engine.IO handshake (polling GET)"
+    if response.status != 200:
+        raise refusal(response, what, 200)
+    body = response.text()
+    if not body.lstrip().startswith(("0", "9", "8", "7", "6", "5", "4", "3", "2", "1")):
+        page = unexpected_page(response, what, "the Engine.IO open packet '0{...}'")
+        if page is not None:
+            raise page
+        raise RemoteProtocolError(f"expected the Engine.IO open packet '0{{...}}' from the handshake GET, got {body[:60]!r}")
+    packets = engineio.iter_payload(body)
+    first = next(packets, None)  # None: the v3 empty payload '0:'
+    if first is None or first.type is not engineio.PacketType.OPEN or not isinstance(first.data, str):
+        raise RemoteProtocolError(f"expected the Engine.IO open packet first in the handshake GET, got {body[:60]!r}")
+    return first.data, packets
+
+
+def _batch(queue: list[engineio.Packet], limit: int) -> int:
+    """How many packets of ``queue`` one POST takes: its body stays below the server's maxPayload
+    unless it is one packet, like the reference client's."""
+    size = -1
+    count = 0
+    for packet in queue:
+        size += 1 + _size(packet)
+        if count and size >= limit:
+            break
+        count += 1
+    return count
+
+
+def _websocket_closed(code: int, reason: str, *, carrying: bool, max_payload: int | None) -> Closed:
+    """The event for a WebSocket the server closed with ``code``; ``carrying``: it carried the session."""
+    note = ""
+    if code == 1009:  # RFC 6455: the endpoint got a message too big for it to process
+        note = "; 1009 means message too big: the server refused a message we sent" + (
+            f" (its maxPayload is {max_payload} bytes)" if max_payload is not None else ""
+        )
+    shown = f"{code} {reason}".rstrip()
+    return Closed(
+        reason=f"WebSocket closed by the server ({shown}){note}",
+        cut=f"got a WebSocket close ({code} {reason!r})",
+        error="" if carrying else f"expected the WebSocket to stay open for the session, but the server closed it ({shown})",
+        note=note,
+    )
+
+
+class _Requests:
+    """The requests and the WebSocket a session asks for: their ids (one counter), URLs and
+    headers, and what each request still waited for is for."""
+
+    __slots__ = ("_http_base", "_next_id", "_origin_headers", "_purposes", "_t", "_ws_base", "host", "port")
+
+    def __init__(self, config: SessionConfig, rng: random.Random) -> None:
+        scheme, host, port, path = split_server(config.server, config.path)
+        literal = f"[{host}]" if ":" in host else host
+        authority = literal if port is None else f"{literal}:{port}"
+        ws_scheme = "wss" if scheme == "https" else "ws"
+        self._http_base = f"{scheme}://{authority}{path}"
+        self._ws_base = f"{ws_scheme}://{authority}{path}"
+        self.host = host
+        self.port = port if port is not None else (443 if scheme == "https" else 80)
+        self._origin_headers = (("Origin", config.origin), ("Referer", config.origin.rstrip("/") + "/"))
+        self._t = f"{rng.getrandbits(32):08x}"
+        self._next_id = 1
+        self._purposes: dict[int, str] = {}  # request id -> what it is for
+
+    def _take_id(self) -> int:
+        new = self._next_id
+        self._next_id += 1
+        return new
+
+    def _url(self, transport: str, sid: str | None) -> str:
+        query = f"EIO=4&transport={transport}"
+        if transport == "polling":
+            query += f"&t={self._t}"
+        if sid:
+            query += "&sid=" + quote(sid, safe="")  # checked printable when read; escaped all the same
+        base = self._http_base if transport == "polling" else self._ws_base
+        return f"{base}?{query}"
+
+    def make(self, method: str, sid: str | None, body: bytes, purpose: str, lane: int) -> HTTPRequest:
+        """A polling request of the session ``sid`` (None: the handshake), waited for as ``purpose``."""
+        headers: tuple[tuple[str, str], ...] = self._origin_headers
+        if method == "POST":
+            headers += (("Content-Type", "text/plain;charset=UTF-8"),)
+        request_id = self._take_id()
+        self._purposes[request_id] = purpose
+        return HTTPRequest(
+            request_id=request_id, method=method, url=self._url("polling", sid), headers=headers, body=body, lane=lane
+        )
+
+    def websocket(self, sid: str | None) -> WebSocketConnect:
+        """The session's WebSocket (of the session ``sid``; None: straight to a WebSocket)."""
+        return WebSocketConnect(ws_id=self._take_id(), url=self._url("websocket", sid), headers=self._origin_headers)
+
+    def take(self, request_id: int, ws_id: int | None) -> str | None:
+        """What the request was for; None for one nobody waits for any more (:meth:`forget`)."""
+        purpose = self._purposes.pop(request_id, None)
+        if purpose is None and (
+            not isinstance(request_id, int) or not 0 < request_id < self._next_id or request_id == ws_id
+        ):
+            raise LocalProtocolError(f"expected the id of an HTTPRequest this session made, got {request_id!r}")
+        return purpose
+
+    def forget(self) -> None:
+        """Nobody waits for any request any more (the session ended)."""
+        self._purposes.clear()
+
+
 class _Ended(Exception):
     """The session ended in the middle of a step: the rest of the step has nothing to do."""
 
@@ -136,22 +261,12 @@ class EngineIOSession:
     """
 
     def __init__(self, config: SessionConfig, *, rng: random.Random) -> None:
-        scheme, host, port, path = split_server(config.server, config.path)
-        literal = f"[{host}]" if ":" in host else host
-        authority = literal if port is None else f"{literal}:{port}"
-        ws_scheme = "wss" if scheme == "https" else "ws"
-        self._http_base = f"{scheme}://{authority}{path}"
-        self._ws_base = f"{ws_scheme}://{authority}{path}"
-        self.host = host  #: where every request and WebSocket goes
-        self.port = port if port is not None else (443 if scheme == "https" else 80)
-        self._origin_headers = (("Origin", config.origin), ("Referer", config.origin.rstrip("/") + "/"))
-        self._t = f"{rng.getrandbits(32):08x}"
+        self._requests = _Requests(config, rng)
+        self.host, self.port = self._requests.host, self._requests.port  #: where everything goes
         self._limit = config.max_message_size
         self._transport = config.transport
         self._events: deque[Event] = deque()
         self._out: list[SessionInstruction] = []
-        self._next_id = 1
-        self._requests: dict[int, str] = {}  # request id -> what it is for
         self._ended = False
         self._heartbeat: float | None = None  # the heartbeat deadline
         self.sid = ""  #: the Engine.IO session id ("" until the open packet)
@@ -180,11 +295,6 @@ class EngineIOSession:
         return self._max_payload
 
     @property
-    def ping_window(self) -> float:
-        """Seconds between the server's pings at most (pingInterval + pingTimeout)."""
-        return self._ping_window
-
-    @property
     def max_connections(self) -> int:
         """The most connections the session uses at once: a second for polling's POSTs or the upgrade's WebSocket."""
         return 1 if self._transport == "websocket" else 2
@@ -197,7 +307,7 @@ class EngineIOSession:
             self._open_websocket(sid=None)
             self._on_ws = True
         else:
-            self._request("GET", self._url("polling"), b"", _OPEN)
+            self._request("GET", None, b"", _OPEN)
 
     def send(self, text: str) -> None:
         """Send an Engine.IO message (text): queued until the session is open, then by its transport."""
@@ -226,7 +336,8 @@ class EngineIOSession:
             code = 1000
         elif self.sid and self._transport != "websocket":
             body = engineio.encode_payload(goodbye).encode("utf-8")
-            self._emit_request("POST", self._url("polling", self.sid), body, _CLOSE, lane=self._post_lane())
+            lane = 1 if self._transport == "polling" else 0  # beside the long-polling GET, as every POST
+            self._out.append(self._requests.make("POST", self.sid, body, _CLOSE, lane))
         self._end(code)
 
     def abort(self) -> None:
@@ -249,14 +360,14 @@ class EngineIOSession:
         if purpose == _OPEN:
             self._work = self._on_open_response(response, now)
         elif purpose == _CONNECT_POST:
-            self._check_post(response, "the Socket.IO CONNECT POST")
+            _check_post(response, "the Socket.IO CONNECT POST", self._max_payload)
             self._posted = True
             self._probe()
         elif purpose == _POLL:
             self._work = self._on_poll(response, now)
         else:  # _POST (a _CLOSE is not waited for: the session ended with it)
             self._post_id = None
-            self._check_post(response, "a polling POST")
+            _check_post(response, "a polling POST", self._max_payload)
             self._flush()
 
     def receive_websocket_open(self, ws_id: int, now: float) -> None:
@@ -273,11 +384,8 @@ class EngineIOSession:
     def receive_websocket_messages(
         self, ws_id: int, messages: Sequence[str | bytes | Utf8Text], now: float, *, limited: bool = False
     ) -> None:
-        """The messages one read of the WebSocket ``ws_id`` brought, in order: read as :meth:`next_event` asks.
-
-        ``limited=True`` says the carrier already refused every message over
-        ``max_message_size`` (the byte level's WebSocket does, from the frame header).
-        """
+        """The messages one read of the WebSocket ``ws_id`` brought, read as :meth:`next_event` asks
+        (``limited``: the carrier refused every message over ``max_message_size`` already)."""
         ws = self._websocket(ws_id)
         if ws is None:
             return
@@ -294,27 +402,13 @@ class EngineIOSession:
             return
         ws.closed = True
         if code is None:
-            self._closed(
-                "the server closed the connection",
+            self._closed(Closed(
+                reason="the server closed the connection",
                 cut="but the server closed the connection",
                 error="expected the WebSocket connection to stay open, but the server closed it",
-            )
-            return
-        note = ""
-        if code == 1009:  # RFC 6455: the endpoint got a message too big for it to process
-            note = "; 1009 means message too big: the server refused a message we sent" + (
-                f" (its maxPayload is {self._max_payload} bytes)" if self._max_payload is not None else ""
-            )
-        shown = f"{code} {reason}".rstrip()
-        error = ""
-        if not ws.open or not self._on_ws:
-            error = f"expected the WebSocket to stay open for the session, but the server closed it ({shown})"
-        self._closed(
-            f"WebSocket closed by the server ({shown}){note}",
-            cut=f"got a WebSocket close ({code} {reason!r})",
-            error=error,
-            note=note,
-        )
+            ))
+        else:
+            self._closed(_websocket_closed(code, reason, carrying=ws.open and self._on_ws, max_payload=self._max_payload))
 
     def receive_websocket_refused(self, ws_id: int, response: HTTPResponse, now: float) -> None:
         """The server answered the WebSocket handshake of ``ws_id`` with an HTTP response, not 101: raises."""
@@ -360,14 +454,9 @@ class EngineIOSession:
         return self._heartbeat
 
     def next_event(self) -> Event | None:
-        """The next event, or None when there is none for now.
-
-        What an input brought (a polling body's packets, a read's WebSocket
-        messages) is read as the events are asked for, one at a time, as h11
-        parses: when the layer above ends on an event, what came after it is
-        never read (no pong for a ping after a disconnect, no next poll).
-        Errors in it are raised from here.
-        """
+        """The next event, or None: what an input brought is read as events are asked for (as h11
+        parses), so what came after the event the layer above ended on is never read; its errors
+        are raised from here."""
         events = self._events
         if events:
             return events.popleft()
@@ -396,16 +485,16 @@ class EngineIOSession:
         self._ended = True
         self._work = None
         self._heartbeat = None
-        self._requests.clear()
+        self._requests.forget()
         self._queue.clear()
         ws = self._ws
         if ws is not None and not ws.closed:
             ws.closed = True
             self._out.append(WebSocketClose(ws_id=ws.id, code=code))
 
-    def _closed(self, reason: str, *, cut: str, error: str = "", note: str = "") -> None:
+    def _closed(self, event: Closed) -> None:
         """The server ended the session: the event up, and the end (the WebSocket dropped)."""
-        self._events.append(Closed(reason=reason, cut=cut, error=error, note=note))
+        self._events.append(event)
         self._end(None)
 
     def _check_live(self) -> None:
@@ -419,49 +508,15 @@ class EngineIOSession:
 
     # -- internals: requests and WebSockets -----------------------------------------------------
 
-    def _take_id(self) -> int:
-        new = self._next_id
-        self._next_id += 1
-        return new
-
-    def _url(self, transport: str, sid: str | None = None) -> str:
-        query = f"EIO=4&transport={transport}"
-        if transport == "polling":
-            query += f"&t={self._t}"
-        if sid:
-            query += "&sid=" + quote(sid, safe="")  # checked printable when read; escaped all the same
-        base = self._http_base if transport == "polling" else self._ws_base
-        return f"{base}?{query}"
-
-    def _post_lane(self) -> int:
-        """Polling's POSTs go beside its long-polling GET, so on a lane of their own."""
-        return 1 if self._transport == "polling" else 0
-
-    def _request(self, method: str, url: str, body: bytes, purpose: str, lane: int = 0) -> int:
+    def _request(self, method: str, sid: str | None, body: bytes, purpose: str, lane: int = 0) -> int:
         self._check_live()
-        return self._emit_request(method, url, body, purpose, lane)
-
-    def _emit_request(self, method: str, url: str, body: bytes, purpose: str, lane: int = 0) -> int:
-        headers: tuple[tuple[str, str], ...] = self._origin_headers
-        if method == "POST":
-            headers += (("Content-Type", "text/plain;charset=UTF-8"),)
-        request_id = self._take_id()
-        self._requests[request_id] = purpose
-        self._out.append(
-            HTTPRequest(request_id=request_id, method=method, url=url, headers=headers, body=body, lane=lane)
-        )
-        return request_id
+        request = self._requests.make(method, sid, body, purpose, lane)
+        self._out.append(request)
+        return request.request_id
 
     def _take_request(self, request_id: int) -> str | None:
         """What the request was for; None for one nobody waits for any more (the session ended)."""
-        purpose = self._requests.pop(request_id, None)
-        if purpose is None and (
-            not isinstance(request_id, int)
-            or not 0 < request_id < self._next_id
-            or (self._ws is not None and self._ws.id == request_id)
-        ):
-            raise LocalProtocolError(f"expected the id of an HTTPRequest this session made, got {request_id!r}")
-        return purpose
+        return self._requests.take(request_id, self._ws.id if self._ws is not None else None)
 
     def _websocket(self, ws_id: int) -> _WebSocket | None:
         ws = self._ws
@@ -473,8 +528,9 @@ class EngineIOSession:
 
     def _open_websocket(self, sid: str | None) -> None:
         self._check_live()
-        ws = self._ws = _WebSocket(self._take_id())
-        self._out.append(WebSocketConnect(ws_id=ws.id, url=self._url("websocket", sid), headers=self._origin_headers))
+        connect = self._requests.websocket(sid)
+        self._ws = _WebSocket(connect.ws_id)
+        self._out.append(connect)
 
     def _ws_send(self, ws: _WebSocket, packet: engineio.Packet) -> None:
         self._out.append(WebSocketSend(ws_id=ws.id, data=engineio.encode_packet(packet)))
@@ -498,24 +554,16 @@ class EngineIOSession:
         if not queue or self._post_id is not None:
             return
         self._check_live()
-        # Like the reference client: a body stays below the server's maxPayload unless it is one packet.
-        limit = self._max_payload or ENGINEIO_MAX_PAYLOAD
-        size = -1
-        count = 0
-        for packet in queue:
-            size += 1 + _size(packet)
-            if count and size >= limit:
-                break
-            count += 1
+        count = _batch(queue, self._max_payload or ENGINEIO_MAX_PAYLOAD)
         batch, self._queue = queue[:count], queue[count:]
         body = engineio.encode_payload(batch).encode("utf-8")
-        self._post_id = self._request("POST", self._url("polling", self.sid), body, _POST, lane=1)
+        self._post_id = self._request("POST", self.sid, body, _POST, lane=1)  # beside the long-polling GET
 
     def _poll(self) -> None:
         """Keep one long-polling GET out (when polling carries the session)."""
         if self._transport != "polling" or self._get_id is not None:
             return
-        self._get_id = self._request("GET", self._url("polling", self.sid), b"", _POLL)
+        self._get_id = self._request("GET", self.sid, b"", _POLL)
 
     def _probe(self) -> None:
         """Upgrade: once the WebSocket is open and the first POST answered, probe and switch to it."""
@@ -535,20 +583,6 @@ class EngineIOSession:
             self._ws_send(ws, packet)
 
     # -- internals: polling ---------------------------------------------------------------------
-
-    def _check_post(self, response: HTTPResponse, what: str) -> None:
-        """Refuse a POST's answer other than 200 'ok' (413 names the server's maxPayload)."""
-        if response.status == 413:
-            what += " (413: the body was larger than the server accepts" + (
-                f", its maxPayload being {self._max_payload} bytes)" if self._max_payload is not None else ")"
-            )
-        if response.status != 200:
-            raise refusal(response, what, 200)
-        if response.body.strip().lower() != b"ok":
-            page = unexpected_page(response, what, "'ok'")
-            if page is not None:
-                raise page
-            raise RemoteProtocolError(f"expected 'ok' (any case) in answer to {what}, got {response.body[:60]!r}")
 
     def _on_poll(self, response: HTTPResponse, now: float) -> Iterator[Event]:
         """A long-polling GET's answer: its packets, then the next GET."""
@@ -573,23 +607,9 @@ class EngineIOSession:
         self._poll()
 
     def _on_open_response(self, response: HTTPResponse, now: float) -> Iterator[Event]:
-        what = "the Engine.IO handshake (polling GET)"
-        if response.status != 200:
-            raise refusal(response, what, 200)
-        body = response.text()
-        if not body.lstrip().startswith(("0", "9", "8", "7", "6", "5", "4", "3", "2", "1")):
-            page = unexpected_page(response, what, "the Engine.IO open packet '0{...}'")
-            if page is not None:
-                raise page
-            raise RemoteProtocolError(
-                f"expected the Engine.IO open packet '0{{...}}' from the handshake GET, got {body[:60]!r}"
-            )
-        packets = engineio.iter_payload(body)
-        first = next(packets, None)  # None: the v3 empty payload '0:'
-        if first is None or first.type is not engineio.PacketType.OPEN or not isinstance(first.data, str):
-            raise RemoteProtocolError(f"expected the Engine.IO open packet first in the handshake GET, got {body[:60]!r}")
+        data, packets = _open_payload(response)
         waiting, self._queue = self._queue, []  # what the layer above sent before the open (its CONNECT)
-        yield self._on_open_packet(first.data, now)
+        yield self._on_open_packet(data, now)
         for packet in packets:
             yield from self._on_packet(packet, now)
             self._check_live()  # the server closed the session at once
@@ -599,7 +619,7 @@ class EngineIOSession:
             # The first POST (the CONNECT) and the WebSocket go out together; the probe waits for both
             # answers, so the server has the CONNECT before the upgrade ends polling.
             post = engineio.encode_payload(waiting).encode("utf-8")
-            self._request("POST", self._url("polling", self.sid), post, _CONNECT_POST)
+            self._request("POST", self.sid, post, _CONNECT_POST)
             self._open_websocket(self.sid)
         else:
             self._queue[:0] = waiting
@@ -619,7 +639,7 @@ class EngineIOSession:
                 data = message.data
                 if limit is not None and len(data) > limit:
                     raise self._too_big(len(data))
-                if data[:1] == b"4" and not ws.probing:
+                if data[:1] == b"4" and not ws.probing:  # an Engine.IO message: handed up undecoded
                     yield Message(data=message, start=1)
                     continue
                 text = message.decode()
@@ -677,7 +697,7 @@ class EngineIOSession:
             for waiting in queued:
                 self._send(waiting)
         elif kind is engineio.PacketType.CLOSE:
-            self._closed("Engine.IO session closed by the server", cut="got an Engine.IO close packet")
+            self._closed(Closed(reason="Engine.IO session closed by the server", cut="got an Engine.IO close packet"))
         else:
             raise RemoteProtocolError(
                 "expected an Engine.IO packet a server sends (open, close, ping, message, noop), "

@@ -45,7 +45,6 @@ connection.  They carry the answer text received so far.
 from __future__ import annotations
 
 import random
-import re
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -71,9 +70,8 @@ from plabs_proto.labs.answer import DEFAULT_MODEL
 from plabs_proto.labs.engineio_session import BODY_SLACK
 from plabs_proto.labs.session import LabsSession
 from plabs_proto.state import END_STATES, SessionState
-from plabs_proto.wire.browser import merge_headers
+from plabs_proto.wire.headers import CookieJar, RequestHeaders
 from plabs_proto.wire.http import (
-    ACCEPT_ENCODING,
     RESPONSE_END,
     HTTPChannel,
     Piece,
@@ -84,7 +82,6 @@ from plabs_proto.wire.proxy import HTTPConnectTunnel, ProxyConfig, SOCKS5Tunnel,
 from plabs_proto.wire.stack import Layer, StreamStack
 from plabs_proto.wire.tls import TLSLayer, make_ssl_context
 from plabs_proto.wire.websocket import (
-    DEFLATE_OFFER,
     Utf8Text,
     WebSocketChannel,
     accept_token,
@@ -93,13 +90,6 @@ from plabs_proto.wire.websocket import (
 )
 
 __all__ = ["CarriedSession", "Client", "ClientState", "IncrementalSession", "LabsClient", "Tracer"]
-
-#: Set-Cookie values kept and sent back: visible ASCII names, printable ASCII values, at most
-#: this many cookies of at most this many characters each (RFC 6265's minimums for a browser).
-_COOKIE_NAME = re.compile(r"[!-~]+")
-_COOKIE_VALUE = re.compile(r"[ -~]*")
-_MAX_COOKIES = 50
-_MAX_COOKIE_SIZE = 4096
 
 #: ``tracer(now, stream_id, direction, data)``: called with every byte above TLS ("in" or "out").
 Tracer = Callable[[float, int, str, bytes], None]
@@ -200,7 +190,8 @@ class Client:
         self._spare: _Stream | None = None  # opened by connect() beside the first request
         self._ws_stream: _Stream | None = None
         self._ws_key = ""
-        self._cookies: dict[str, str] = {}
+        self._cookies = CookieJar()
+        self._headers = RequestHeaders(config, self._host_header, self._cookies)
         self._limit = config.max_message_size
         self._out_stream: _Stream | None = None  # WebSocket bytes gathered for one write
         self._out_data: list[bytes] = []
@@ -236,7 +227,7 @@ class Client:
     @property
     def cookies(self) -> dict[str, str]:
         """The cookies kept from the server's ``Set-Cookie`` headers (name: value), sent on every request."""
-        return dict(self._cookies)
+        return self._cookies.as_dict()
 
     # -- user commands --------------------------------------------------------------------------
 
@@ -376,7 +367,7 @@ class Client:
         else:
             stream = self._usable(stream)
         self._lanes[lane] = stream
-        headers = self._request_headers(request.headers, len(request.body) if request.method == "POST" else None)
+        headers = self._headers.request(request.headers, len(request.body) if request.method == "POST" else None)
         assert stream.http is not None  # _usable gives a stream that can carry a request
         stream.request_id = request.request_id
         stream.incremental = request.incremental
@@ -392,7 +383,7 @@ class Client:
         self._ws_stream = stream
         stream.ws_id = connect.ws_id
         self._ws_key = make_key(self._rng)
-        headers = self._upgrade_headers(connect.headers)
+        headers = self._headers.upgrade(connect.headers, self._ws_key)
         assert stream.http is not None
         self._write(stream, stream.http.request("GET", _target(connect.url), headers))
 
@@ -490,81 +481,6 @@ class Client:
         if raw:
             self._instructions.append(SendBytes(stream_id=stream.id, data=raw))
 
-    def _cookie_header(self) -> str | None:
-        """The ``Cookie`` value of every cookie kept so far (None when there is none)."""
-        return "; ".join(f"{k}={v}" for k, v in self._cookies.items()) if self._cookies else None
-
-    def _caller_user_agent(self) -> str | None:
-        """The User-Agent the caller chose (``headers`` first, then ``user_agent``), or None."""
-        for name, value in self.config.headers:
-            if name.lower() == "user-agent":
-                return value
-        return self.config.user_agent
-
-    def _request_headers(
-        self, session_headers: tuple[tuple[str, str], ...], content_length: int | None = None
-    ) -> list[tuple[str, str]]:
-        """A polling request's headers: the browser profile's, or (without one) the plain set.
-
-        Plain (as before profiles): Host, User-Agent, Accept, the session's (Origin, Referer),
-        cookies, the caller's (replacing ours of the same name), and a POST's Content-Type last.  ``content_length`` (a POST's) takes
-        Chrome's place in a profile's order; h11 keeps that one and adds no second.
-        """
-        profile = self.config.browser
-        if profile is not None:
-            headers = profile.fetch_headers(
-                host=self._host_header,
-                origin=self.config.origin,
-                server=self.config.server,
-                session_headers=session_headers,
-                content_length=content_length,
-                user_agent=self._caller_user_agent(),
-                accept_encoding=ACCEPT_ENCODING if self.config.accept_encoding else None,
-                cookie=self._cookie_header(),
-            )
-            return merge_headers(headers, self.config.headers)
-        headers = [("Host", self._host_header)]
-        if self.config.user_agent is not None:
-            headers.append(("User-Agent", self.config.user_agent))
-        headers.append(("Accept", "*/*"))
-        last: list[tuple[str, str]] = []
-        for name, value in session_headers:
-            (last if name == "Content-Type" else headers).append((name, value))
-        if self.config.accept_encoding:
-            headers.append(("Accept-Encoding", ACCEPT_ENCODING))
-        cookie = self._cookie_header()
-        if cookie is not None:
-            headers.append(("Cookie", cookie))
-        if self.config.headers:
-            # As before profiles (old traces replay byte for byte): the caller's replace ours at the end.
-            own = {name.lower() for name, _ in self.config.headers}
-            headers = [(name, value) for name, value in headers if name.lower() not in own]
-            headers.extend(self.config.headers)
-        return headers + last
-
-    def _upgrade_headers(self, session_headers: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
-        """The WebSocket upgrade's headers: the browser profile's, or the plain set and the upgrade's own."""
-        profile = self.config.browser
-        if profile is not None:
-            headers = profile.websocket_headers(
-                host=self._host_header,
-                key=self._ws_key,
-                session_headers=session_headers,
-                user_agent=self._caller_user_agent(),
-                accept_encoding=ACCEPT_ENCODING if self.config.accept_encoding else None,
-                cookie=self._cookie_header(),
-                extensions=DEFLATE_OFFER if self.config.permessage_deflate else None,
-            )
-            return merge_headers(headers, self.config.headers)
-        return [
-            *self._request_headers(session_headers),
-            ("Connection", "Upgrade"),
-            ("Upgrade", "websocket"),
-            ("Sec-WebSocket-Version", "13"),
-            ("Sec-WebSocket-Key", self._ws_key),
-            *([("Sec-WebSocket-Extensions", DEFLATE_OFFER)] if self.config.permessage_deflate else []),
-        ]
-
     def _on_http_bytes(self, stream: _Stream, data: bytes, now: float) -> None:
         http = stream.http
         if http is None:  # pragma: no cover - streams without HTTP are WebSocket streams
@@ -579,7 +495,7 @@ class Client:
         if isinstance(result, SwitchedProtocol):
             self._on_switched(stream, result, now)
             return
-        self._remember_cookies(result.headers)
+        self._cookies.remember(result.headers)
         if stream.ws_id is not None:
             self._session.receive_websocket_refused(
                 stream.ws_id, result.status, result.headers, result.body, now, reason=result.reason
@@ -602,7 +518,7 @@ class Client:
             if type(piece) is bytes:
                 session.receive_http_body(request_id, piece, now)
             elif isinstance(piece, ResponseHead):
-                self._remember_cookies(piece.headers)
+                self._cookies.remember(piece.headers)
                 session.receive_http_head(request_id, piece.status, piece.headers, now, reason=piece.reason)
             elif piece is RESPONSE_END:
                 stream.request_id, stream.incremental = None, False
@@ -612,28 +528,6 @@ class Client:
                 session.receive_http_end(request_id, now)
             self._carry(session.transmit())
 
-    def _remember_cookies(self, headers: tuple[tuple[str, str], ...]) -> None:
-        """Keep the ``name=value`` of each Set-Cookie, to send back in a Cookie header.
-
-        A cookie that could not be sent back as it came is ignored, as a browser
-        ignores a cookie it cannot parse: one whose name is not visible ASCII or
-        whose value holds anything but printable ASCII (a control character, a
-        non-ASCII byte).  So is one of more than :data:`_MAX_COOKIE_SIZE`
-        characters, and a new name once :data:`_MAX_COOKIES` are kept.
-        """
-        for value in (value for name, value in headers if name == "set-cookie"):
-            pair = value.split(";", 1)[0]
-            name, sep, val = pair.partition("=")
-            name, val = name.strip(), val.strip()
-            if (
-                sep
-                and _COOKIE_NAME.fullmatch(name)
-                and _COOKIE_VALUE.fullmatch(val)
-                and len(name) + len(val) <= _MAX_COOKIE_SIZE
-                and (name in self._cookies or len(self._cookies) < _MAX_COOKIES)
-            ):
-                self._cookies[name] = val
-
     def _on_switched(self, stream: _Stream, switched: SwitchedProtocol, now: float) -> None:
         accept = switched.header("sec-websocket-accept")
         if accept != accept_token(self._ws_key):
@@ -642,7 +536,7 @@ class Client:
             )
         deflate = negotiate_deflate(switched.header_values("sec-websocket-extensions"),
                                     offered=self.config.permessage_deflate)
-        self._remember_cookies(switched.headers)
+        self._cookies.remember(switched.headers)
         stream.http = None
         stream.ws = WebSocketChannel(self._rng, max_message_size=self._limit, raw_text=True, deflate=deflate)
         if stream.ws_id is not None:
