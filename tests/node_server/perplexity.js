@@ -128,9 +128,11 @@ function settle(raw) {
 
 // -- the answer, as a list of SSE data objects ------------------------------------------------
 
+// By code points, not UTF-16 units: a piece never ends inside a surrogate pair.
 function split(text, size) {
+  const points = Array.from(text);
   const out = [];
-  for (let at = 0; at < text.length; at += size) out.push(text.slice(at, at + size));
+  for (let at = 0; at < points.length; at += size) out.push(points.slice(at, at + size).join(""));
   return out;
 }
 
@@ -431,7 +433,8 @@ async function streamAnswer(settings, req, res, ask) {
   await send(`event: end_of_stream${eol}data: {}${eol}${eol}`);
   if (gz !== null) {
     const tail = await new Promise((resolve) => {
-      gz.end(() => resolve(Buffer.concat(pending)));
+      gz.on("end", () => resolve(Buffer.concat(pending)));
+      gz.end();
     });
     if (tail.length > 0) await put(tail);
   }
