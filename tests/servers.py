@@ -209,12 +209,14 @@ def start_perplexity_node(
     certfile: str | os.PathLike[str] | None = None,
     keyfile: str | os.PathLike[str] | None = None,
     startup_timeout: float = 15.0,
+    frame_delay: float | None = None,
     **settings: Any,
 ) -> NodeServer:
     """Start ``perplexity.js``; ``settings`` are its JSON config keys (see the file's header:
-    shape, answer, chunk_size, line_ending, extras, write_size, frame_delay_ms, early_final,
-    fail, error_code, fail_after, rate_limit, retry_after, cloudflare, require_cookie,
-    drop_after, gzip).
+    shape, answer, chunk_size, line_ending, extras, write_size, early_final, fail, error_code,
+    fail_after, rate_limit, retry_after, cloudflare, redirect, redirect_to, redirect_status,
+    require_cookie, session_token, drop_after, gzip), the names of ``PerplexityEmulatorConfig``;
+    ``frame_delay`` is in seconds, as there.
 
     The config goes through a temporary file (removed once the server has started), so the
     answer may be longer than a command line allows.  It needs only Node.js, no npm package.
@@ -227,6 +229,8 @@ def start_perplexity_node(
         args += ["--certfile", os.fspath(certfile)]
     if keyfile is not None:
         args += ["--keyfile", os.fspath(keyfile)]
+    if frame_delay is not None:
+        settings["frame_delay_ms"] = int(_ms(frame_delay))
     config_file = tempfile.NamedTemporaryFile("w", encoding="utf-8", suffix=".json", delete=False)  # noqa: SIM115
     with config_file:
         json.dump(settings, config_file)

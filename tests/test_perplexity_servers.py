@@ -18,6 +18,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -500,6 +501,44 @@ def test_required_cookie(server: Serve) -> None:
     assert sse(body)[-1] == ("end_of_stream", {})
 
 
+@pytest.mark.parametrize("step", ["session", "ask"])
+def test_redirect(server: Serve, step: str) -> None:
+    url = server(redirect=step, redirect_status=301, redirect_to="https://www.perplexity.ai/moved")
+    with httpx.Client(base_url=url) as client:
+        warm_up = client.get(SESSION)
+        response, _ = ask(client)
+    moved, kept = (warm_up, response) if step == "session" else (response, warm_up)
+    assert moved.status_code == 301 and moved.headers["location"] == "https://www.perplexity.ai/moved"
+    assert kept.status_code == 200
+    with httpx.Client(base_url=server(redirect="all")) as client:
+        response, _ = ask(client)
+    assert response.status_code == 302 and response.headers["location"] == "https://www.perplexity.ai/"
+
+
+def test_session_token(server: Serve) -> None:
+    url = server(session_token="token-abc")
+    with warm(url) as client:
+        response, body = ask(client)
+        assert response.status_code == 401
+        assert "__Secure-next-auth.session-token" in json.loads(body)["detail"]
+        assert "missing or expired" in json.loads(body)["detail"]
+        client.cookies.set("__Secure-next-auth.session-token", "token-old")
+        response, body = ask(client)
+        assert response.status_code == 401 and "token-old" not in body.decode()  # the server does not echo it
+    with warm(url, cookies={"__Secure-next-auth.session-token": "token-abc"}) as client:
+        response, body = ask(client)
+    assert response.status_code == 200 and sse(body)[-1] == ("end_of_stream", {})
+
+
+def test_frame_delay(server: Serve) -> None:
+    with warm(server(shape="steps", answer="Slow.", frame_delay=0.05)) as client:
+        started = time.monotonic()
+        _, body = ask(client)
+        elapsed = time.monotonic() - started
+    frames = check_frames("steps", sse(body), "Slow.")
+    assert elapsed >= 0.05 * len(frames) * 0.9, (elapsed, len(frames))
+
+
 @pytest.mark.parametrize("after", [0, 3])
 def test_drop_mid_stream(server: Serve, after: int) -> None:
     received = b""
@@ -612,6 +651,10 @@ def test_emulator_config_limits() -> None:
         ({"line_ending": "cr"}, "line_ending must be one of ('crlf', 'lf'), got 'cr'"),
         ({"rate_limit": "poll"}, "rate_limit must be None or one of ('session', 'ask', 'all'), got 'poll'"),
         ({"retry_after": "1\r\nX: y"}, "retry_after must be one header line"),
+        ({"redirect_to": "https://a/\r\n"}, "redirect_to must be one header line"),
+        ({"redirect_status": 304}, "redirect_status must be one of (301, 302, 303, 307, 308), got 304"),
+        ({"redirect": "upgrade"}, "redirect must be None or one of ('session', 'ask', 'all'), got 'upgrade'"),
+        ({"session_token": "a b"}, "session_token must be a cookie value (cookie-octets), got 'a b'"),
     ]:
         with pytest.raises(ValueError, match=re.escape(words)):
             PerplexityEmulatorConfig(**options)
@@ -713,6 +756,9 @@ def test_cli_serves_each_shape(shape: str, processes: list[subprocess.Popen[byte
      "--rate-limit of the perplexity emulator takes one of session, ask, all, got 'polling'"),
     (["--cloudflare", "ask"], "--cloudflare of the labs emulator takes one of polling, post, poll, upgrade, all"),
     (["--service", "perplexity", "--shape", "tree"], "invalid choice: 'tree'"),
+    (["--redirect", "session"], "--redirect of the labs emulator takes one of polling, post, poll, upgrade, all"),
+    (["--session-token", "t"], "--session-token is not an option of the labs emulator"),
+    (["--service", "perplexity", "--login-page", "all"], "--login-page is not an option of the perplexity emulator"),
     (["--service", "perplexity", "--chunk-size", "0"], "--chunk-size"),
 ])
 def test_cli_refuses_options_of_the_other_service(

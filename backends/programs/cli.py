@@ -419,6 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the failed frame's error_code with --fail (default: FREE_TIER_RATE_LIMITED)")
     sse.add_argument("--require-cookie", action="store_true",
                      help="refuse an ask without the cookie of GET /api/auth/session (403)")
+    sse.add_argument("--session-token", default=None, metavar="TOKEN",
+                     help="refuse an ask without the cookie __Secure-next-auth.session-token=TOKEN (401)")
     sse.add_argument("--gzip", action="store_true", help="gzip the SSE body when the client accepts it")
     sse.add_argument("--extras", action="store_true",
                      help="SSE extras: a retry: line, comments, data over several lines")
@@ -426,8 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
         "guards", "answer a step as a moved or guarded service would (STEP, labs: polling = the opening GET, "
         "post, poll = the later GETs, upgrade, all; perplexity: session = the warm-up, ask, all)"
     )
-    guard.add_argument("--redirect", choices=_GUARD_STEPS, default=None, metavar="STEP",
-                       help="a redirect to --redirect-to (labs)")
+    guard.add_argument("--redirect", choices=_ALL_GUARD_STEPS, default=None, metavar="STEP",
+                       help="a redirect to --redirect-to")
     guard.add_argument("--redirect-to", default=None, metavar="URL",
                        help="the redirect's Location (default: https://www.perplexity.ai/)")
     guard.add_argument("--redirect-status", type=int, choices=(301, 302, 303, 307, 308), default=None,
@@ -733,8 +735,8 @@ def _labs_emulator(args: argparse.Namespace) -> tuple[Any, Any]:
             f"the emulator needs python-socketio and aiohttp (pip install 'plabs-proto[emulator]'): {exc}"
         ) from None
     _refuse_options(args, ("shape", "line_ending", "chunk_size", "write_size", "early_final", "error_code",
-                           "require_cookie", "gzip", "extras"), "labs")
-    for name in ("rate_limit", "cloudflare"):
+                           "require_cookie", "session_token", "gzip", "extras"), "labs")
+    for name in ("rate_limit", "cloudflare", "redirect"):
         step = getattr(args, name)
         if step is not None and step not in _GUARD_STEPS:
             raise _UsageError(f"--{name.replace('_', '-')} of the labs emulator takes one of "
@@ -754,16 +756,16 @@ def _perplexity_emulator(args: argparse.Namespace) -> tuple[Any, Any]:
         from .emulator_perplexity import PerplexityEmulator, PerplexityEmulatorConfig
     except ImportError as exc:
         raise _Failure(f"the emulator needs aiohttp (pip install 'plabs-proto[emulator]'): {exc}") from None
-    _refuse_options(args, ("reasoning", "ping_interval", "silent", "redirect", "redirect_to", "redirect_status",
-                           "rate_limit_page", "login_page"), "perplexity")
-    for name in ("rate_limit", "cloudflare"):
+    _refuse_options(args, ("reasoning", "ping_interval", "silent", "rate_limit_page", "login_page"), "perplexity")
+    for name in ("rate_limit", "cloudflare", "redirect"):
         step = getattr(args, name)
         if step is not None and step not in _SSE_GUARD_STEPS:
             raise _UsageError(f"--{name.replace('_', '-')} of the perplexity emulator takes one of "
                               f"{', '.join(_SSE_GUARD_STEPS)}, got {step!r}")
     settings = _emulator_settings(args, (
         "answer", "frame_delay", "fail", "drop_after", "cloudflare", "rate_limit", "retry_after", "shape",
-        "line_ending", "chunk_size", "write_size", "error_code"))
+        "line_ending", "chunk_size", "write_size", "error_code", "redirect", "redirect_to", "redirect_status",
+        "session_token"))
     for name in ("early_final", "require_cookie", "gzip", "extras"):
         settings[name] = getattr(args, name)
     try:

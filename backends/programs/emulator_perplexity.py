@@ -45,6 +45,7 @@ __all__ = [
     "GUARD_STEPS",
     "LINE_ENDINGS",
     "SHAPES",
+    "TOKEN_COOKIE",
     "WEB_RESULTS",
     "PerplexityEmulator",
     "PerplexityEmulatorConfig",
@@ -96,6 +97,10 @@ CATALOG: dict[str, Any] = {
     "default_models": {"search": "turbo"},
 }
 SESSION_COOKIE = "__cf_bm"
+#: The cookie of a signed-in session (protocol.md §10.2).
+TOKEN_COOKIE = "__Secure-next-auth.session-token"
+_REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+_COOKIE_VALUE = re.compile(r"[!#-+\--:<-\[\]-~]+")
 CSRF_COOKIE = "next-auth.csrf-token"
 _THINKING = "Looking through the sources for the answer."
 _NO_STORE = "private, max-age=0, no-store, no-cache, must-revalidate"
@@ -117,7 +122,11 @@ class PerplexityEmulatorConfig:
       ``error_code``, then ``end_of_stream``.
     * ``rate_limit`` / ``cloudflare``: a step of :data:`GUARD_STEPS` answered 429 with
       ``Retry-After: retry_after`` (none when None) / Cloudflare's 403 challenge page.
+    * ``redirect``: a step of :data:`GUARD_STEPS` answered ``redirect_status`` (302 by default)
+      with ``Location: redirect_to``, as a moved site answers.
     * ``require_cookie``: an ask without the warm-up's ``__cf_bm`` cookie is refused with 403.
+    * ``session_token``: an ask without the cookie ``__Secure-next-auth.session-token`` of this
+      value is refused with 401 (a signed-in session whose token is missing or expired).
     * ``drop_after``: the connection closes after this many frames, with no end.
     * ``gzip``: the SSE body is gzip-encoded (flushed per frame) when the client accepts gzip.
     """
@@ -136,7 +145,11 @@ class PerplexityEmulatorConfig:
     rate_limit: str | None = None
     retry_after: str | None = "30"
     cloudflare: str | None = None
+    redirect: str | None = None
+    redirect_to: str = "https://www.perplexity.ai/"
+    redirect_status: int = 302
     require_cookie: bool = False
+    session_token: str | None = None
     drop_after: int | None = None
     gzip: bool = False
 
@@ -155,12 +168,18 @@ class PerplexityEmulatorConfig:
             raise ValueError(f"fail_after must be >= 0, got {self.fail_after!r}")
         if self.drop_after is not None and self.drop_after < 0:
             raise ValueError(f"drop_after must be None or >= 0, got {self.drop_after!r}")
-        for name in ("rate_limit", "cloudflare"):
+        for name in ("rate_limit", "cloudflare", "redirect"):
             step = getattr(self, name)
             if step is not None and step not in GUARD_STEPS:
                 raise ValueError(f"{name} must be None or one of {GUARD_STEPS!r}, got {step!r}")
-        if self.retry_after is not None and any(char in self.retry_after for char in "\r\n\0"):
-            raise ValueError(f"retry_after must be one header line, got {self.retry_after!r}")
+        if self.redirect_status not in _REDIRECT_STATUSES:
+            raise ValueError(f"redirect_status must be one of {_REDIRECT_STATUSES!r}, got {self.redirect_status!r}")
+        for name in ("retry_after", "redirect_to"):
+            value = getattr(self, name)
+            if value is not None and any(char in value for char in "\r\n\0"):
+                raise ValueError(f"{name} must be one header line, got {value!r}")
+        if self.session_token is not None and not _COOKIE_VALUE.fullmatch(self.session_token):
+            raise ValueError(f"session_token must be a cookie value (cookie-octets), got {self.session_token!r}")
 
 
 def default_answer(query: str) -> str:
@@ -463,6 +482,9 @@ class PerplexityEmulator:
 
     def _guarded(self, step: str) -> web.Response | None:
         cfg = self.config
+        if cfg.redirect in (step, "all"):
+            return web.Response(status=cfg.redirect_status, text="<html><body>Moved</body></html>\n",
+                                content_type="text/html", headers={"Location": cfg.redirect_to})
         if cfg.rate_limit in (step, "all"):
             headers = {} if cfg.retry_after is None else {"Retry-After": cfg.retry_after}
             return web.json_response({"detail": {"error_code": "RATE_LIMITED", "message": "Too many requests"}},
@@ -502,6 +524,11 @@ class PerplexityEmulator:
             return web.json_response({"detail": f"expected the cookie {SESSION_COOKIE} set by GET "
                                                 f"/api/auth/session, got {'none' if got is None else repr(got)}"},
                                      status=403)
+        token = self.config.session_token
+        if token is not None and request.cookies.get(TOKEN_COOKIE) != token:
+            got = "none" if TOKEN_COOKIE not in request.cookies else "another value"
+            return web.json_response({"detail": f"expected the session token in the cookie {TOKEN_COOKIE} "
+                                                f"(signed in), got {got}: missing or expired"}, status=401)
         try:
             ask = await self._read_ask(request)
         except _BadRequest as exc:

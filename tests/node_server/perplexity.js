@@ -31,7 +31,11 @@
 //   rate_limit     "session" | "ask" | "all": 429 with Retry-After: retry_after (default "30";
 //                  null: no header)
 //   cloudflare     "session" | "ask" | "all": Cloudflare's 403 challenge page (HTML)
+//   redirect       "session" | "ask" | "all": redirect_status (default 302) to redirect_to
+//                  (default https://www.perplexity.ai/)
 //   require_cookie true: an ask without the warm-up's __cf_bm cookie is answered 403
+//   session_token  an ask without the cookie __Secure-next-auth.session-token of this value is
+//                  answered 401 (signed in, the token missing or expired)
 //   drop_after     the connection is cut after this many frames, with no end
 //   gzip           true: the SSE body is gzip-encoded (flushed per frame) if the client accepts it
 "use strict";
@@ -109,6 +113,7 @@ function settle(raw) {
     shape: "blocks", answer: null, chunk_size: 8, line_ending: "crlf", extras: false, write_size: null,
     frame_delay_ms: 0, early_final: false, fail: null, error_code: "FREE_TIER_RATE_LIMITED", fail_after: 0,
     rate_limit: null, retry_after: "30", cloudflare: null, require_cookie: false, drop_after: null, gzip: false,
+    redirect: null, redirect_to: "https://www.perplexity.ai/", redirect_status: 302, session_token: null,
   };
   for (const [key, value] of Object.entries(raw)) {
     if (!(key in s)) die(`unknown config key ${key}`);
@@ -120,7 +125,8 @@ function settle(raw) {
   if (s.write_size !== null && !(Number.isInteger(s.write_size) && s.write_size >= 1)) {
     die(`write_size: expected null or an integer >= 1, got ${s.write_size}`);
   }
-  for (const key of ["rate_limit", "cloudflare"]) {
+  if (![301, 302, 303, 307, 308].includes(s.redirect_status)) die(`redirect_status: expected 301, 302, 303, 307 or 308, got ${s.redirect_status}`);
+  for (const key of ["rate_limit", "cloudflare", "redirect"]) {
     if (s[key] !== null && !STEP_CHOICES.includes(s[key])) die(`${key}: expected one of ${STEP_CHOICES}, got ${s[key]}`);
   }
   return s;
@@ -290,6 +296,11 @@ function json(res, status, body, headers = {}) {
 }
 
 function guard(settings, step, res) {
+  if (settings.redirect === step || settings.redirect === "all") {
+    res.writeHead(settings.redirect_status, { Location: settings.redirect_to, "Content-Length": 0 });
+    res.end();
+    return true;
+  }
   if (settings.rate_limit === step || settings.rate_limit === "all") {
     const headers = settings.retry_after === null ? {} : { "Retry-After": String(settings.retry_after) };
     json(res, 429, { detail: "rate limited: too many requests" }, headers);
@@ -456,6 +467,12 @@ function handler(settings) {
         const got = cookies(req).__cf_bm;
         if (!issued.has(got)) {
           return json(res, 403, { detail: `expected the cookie __cf_bm from GET /api/auth/session, got ${got === undefined ? "none" : JSON.stringify(got)}` });
+        }
+      }
+      if (settings.session_token !== null) {
+        const got = cookies(req)["__Secure-next-auth.session-token"];
+        if (got !== settings.session_token) {
+          return json(res, 401, { detail: `expected a valid __Secure-next-auth.session-token cookie, got ${got === undefined ? "none" : "a wrong one"}: the session token is missing or expired` });
         }
       }
       let ask;
