@@ -15,6 +15,10 @@
   (the SSE ask endpoint), and ``perplexity_node_factory(**start_perplexity_node options)`` the
   same for ``tests/node_server/perplexity.js`` (Node.js alone, no npm package; skipped without
   Node.js, failed in CI): one per distinct set of options, shared by the run, stopped at its end.
+* ``perplexity_server(**options)``: the base URL of a running server of the SSE ask endpoint with
+  those options (the names of ``PerplexityEmulatorConfig``, ``certfile``/``keyfile`` for TLS);
+  parametrized, so a test using it runs once on the Python emulator ("python") and once on
+  perplexity.js ("node").
 * ``proxy_factory(scheme)``: a pproxy subprocess (``http`` or ``socks5``) asking for
   ``PROXY_USER``/``PROXY_PASSWORD``, shared by the run; ``fresh_proxy(scheme)``: a new
   one for this test only (pproxy remembers a client address once it has logged in, so
@@ -255,6 +259,14 @@ def perplexity_node_factory() -> Iterator[NodeFactory]:
     finally:
         for server in running.values():
             server.stop()
+
+
+@pytest.fixture(params=["python", "node"])
+def perplexity_server(request: pytest.FixtureRequest) -> Callable[..., str]:
+    factory = request.getfixturevalue(
+        "perplexity_emulator_factory" if request.param == "python" else "perplexity_node_factory"
+    )
+    return lambda **options: str(factory(**options).url)
 
 
 # -- pproxy --------------------------------------------------------------------------------------

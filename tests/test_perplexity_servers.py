@@ -2,7 +2,7 @@
 
 The Python emulator (``plabs_proto.backends.programs.emulator_perplexity``) and the Node.js
 server (``tests/node_server/perplexity.js``) were written apart from each other; each test here
-runs against both (the ``server`` fixture) with a plain HTTP client (httpx), for every answer
+runs against both (conftest's ``perplexity_server``) with a plain HTTP client (httpx), for every answer
 shape and failure mode: the frames parse as §10 says, the answer streamed and the COMPLETED
 frame's answer equal the configured text, follow-ups stay in their thread.
 """
@@ -46,16 +46,6 @@ SCRIPT = Path(sys.executable).with_name("plabs")
 PLABS = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "plabs_proto"]
 
 Serve = Callable[..., str]
-
-
-@pytest.fixture(params=["python", "node"])
-def server(request: pytest.FixtureRequest) -> Serve:
-    """``server(**options)``: the base URL of a running server of that kind with those options."""
-    if request.param == "python":
-        factory = request.getfixturevalue("perplexity_emulator_factory")
-        return lambda **options: str(factory(**options).url)
-    factory = request.getfixturevalue("perplexity_node_factory")
-    return lambda **options: str(factory(**options).url)
 
 
 # -- the few lines of SSE and JSON Patch a test needs ---------------------------------------------
@@ -232,8 +222,8 @@ def check_frames(shape: str, events: list[tuple[str, Any]], answer: str, *, earl
 # -- the warm-up and the catalog ------------------------------------------------------------------
 
 
-def test_warm_up_sets_the_anonymous_cookies(server: Serve) -> None:
-    url = server()
+def test_warm_up_sets_the_anonymous_cookies(perplexity_server: Serve) -> None:
+    url = perplexity_server()
     with httpx.Client(base_url=url) as client:
         response = client.get(SESSION)
         assert response.status_code == 200 and response.json() == {}
@@ -244,8 +234,8 @@ def test_warm_up_sets_the_anonymous_cookies(server: Serve) -> None:
         assert "__cf_bm" in page.headers["set-cookie"]
 
 
-def test_model_catalog(server: Serve) -> None:
-    with httpx.Client(base_url=server()) as client:
+def test_model_catalog(perplexity_server: Serve) -> None:
+    with httpx.Client(base_url=perplexity_server()) as client:
         catalog = client.get("/rest/models/config/v2").json()
     assert catalog["default_models"]["search"] == "turbo"
     assert catalog["default_models"]["search"] in catalog["models"]
@@ -254,8 +244,8 @@ def test_model_catalog(server: Serve) -> None:
         assert entry["subscription_tier"] in ("free", "pro", "max")
 
 
-def test_unknown_path_and_method(server: Serve) -> None:
-    with httpx.Client(base_url=server()) as client:
+def test_unknown_path_and_method(perplexity_server: Serve) -> None:
+    with httpx.Client(base_url=perplexity_server()) as client:
         assert client.get("/nowhere").status_code == 404
         refused = client.get(ASK)
         assert refused.status_code == 405
@@ -266,8 +256,8 @@ def test_unknown_path_and_method(server: Serve) -> None:
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_shape_streams_the_answer_and_completes_with_it(server: Serve, shape: str) -> None:
-    with warm(server(shape=shape, answer=ANSWER)) as client:
+def test_shape_streams_the_answer_and_completes_with_it(perplexity_server: Serve, shape: str) -> None:
+    with warm(perplexity_server(shape=shape, answer=ANSWER)) as client:
         response, body = ask(client)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
@@ -280,8 +270,8 @@ def test_shape_streams_the_answer_and_completes_with_it(server: Serve, shape: st
     assert len(frames) > len(ANSWER) // 8  # streamed in pieces of 8 characters
 
 
-def test_steps_shape_double_encodes_the_final_answer(server: Serve) -> None:
-    with warm(server(shape="steps", answer=ANSWER)) as client:
+def test_steps_shape_double_encodes_the_final_answer(perplexity_server: Serve) -> None:
+    with warm(perplexity_server(shape="steps", answer=ANSWER)) as client:
         _, body = ask(client, "double?")
     frames = [data for _, data in sse(body)[:-1]]
     steps = json.loads(frames[-1]["text"])
@@ -298,8 +288,8 @@ def test_steps_shape_double_encodes_the_final_answer(server: Serve) -> None:
     assert "FINAL" not in json.dumps(json.loads(frames[0]["text"]))  # the first frame has no answer yet
 
 
-def test_blocks_shape_sources_plan_and_both_tracks(server: Serve) -> None:
-    with warm(server(shape="blocks", answer=ANSWER)) as client:
+def test_blocks_shape_sources_plan_and_both_tracks(perplexity_server: Serve) -> None:
+    with warm(perplexity_server(shape="blocks", answer=ANSWER)) as client:
         _, body = ask(client)
     frames = [data for _, data in sse(body)[:-1]]
     blocks = [block for frame in frames for block in frame["blocks"]]
@@ -317,8 +307,8 @@ def test_blocks_shape_sources_plan_and_both_tracks(server: Serve) -> None:
         assert "".join(markdown["chunks"]) == ANSWER
 
 
-def test_workflow_shape_patches_one_block(server: Serve) -> None:
-    with warm(server(shape="workflow", answer=ANSWER)) as client:
+def test_workflow_shape_patches_one_block(perplexity_server: Serve) -> None:
+    with warm(perplexity_server(shape="workflow", answer=ANSWER)) as client:
         _, body = ask(client, "flow?")
     frames = [data for _, data in sse(body)[:-1]]
     first = frames[0]["blocks"][0]
@@ -342,16 +332,16 @@ def test_workflow_shape_patches_one_block(server: Serve) -> None:
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_early_final_trap(server: Serve, shape: str) -> None:
+def test_early_final_trap(perplexity_server: Serve, shape: str) -> None:
     """A PENDING frame with final: true arrives while half of the answer is still missing."""
-    with warm(server(shape=shape, answer=ANSWER, early_final=True)) as client:
+    with warm(perplexity_server(shape=shape, answer=ANSWER, early_final=True)) as client:
         _, body = ask(client)
     check_frames(shape, sse(body), ANSWER, early_final=True)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_lf_line_endings_and_sse_extras(server: Serve, shape: str) -> None:
-    with warm(server(shape=shape, answer=ANSWER, line_ending="lf", extras=True)) as client:
+def test_lf_line_endings_and_sse_extras(perplexity_server: Serve, shape: str) -> None:
+    with warm(perplexity_server(shape=shape, answer=ANSWER, line_ending="lf", extras=True)) as client:
         _, body = ask(client)
     assert b"\r" not in body
     assert body.startswith(b"retry: ")
@@ -360,20 +350,20 @@ def test_lf_line_endings_and_sse_extras(server: Serve, shape: str) -> None:
     check_frames(shape, sse(body), ANSWER)
 
 
-def test_one_character_pieces_and_an_empty_answer(server: Serve) -> None:
-    with warm(server(shape="blocks", answer="ab🚀", chunk_size=1)) as client:
+def test_one_character_pieces_and_an_empty_answer(perplexity_server: Serve) -> None:
+    with warm(perplexity_server(shape="blocks", answer="ab🚀", chunk_size=1)) as client:
         _, body = ask(client)
     frames = check_frames("blocks", sse(body), "ab🚀")
     streamed = [block for frame in frames[:-2] for block in frame["blocks"] if block["intended_usage"] == "ask_text"]
     assert len(streamed) == 3  # one frame per character, the rocket whole
-    with warm(server(shape="workflow", answer="")) as client:
+    with warm(perplexity_server(shape="workflow", answer="")) as client:
         _, body = ask(client)
     check_frames("workflow", sse(body), "")
 
 
-def test_a_long_answer(server: Serve) -> None:
+def test_a_long_answer(perplexity_server: Serve) -> None:
     long = "".join(f"Sentence {number} of a long answer. " for number in range(3000))  # ~100 KB
-    with warm(server(shape="steps", answer=long, chunk_size=20000)) as client:
+    with warm(perplexity_server(shape="steps", answer=long, chunk_size=20000)) as client:
         _, body = ask(client)
     check_frames("steps", sse(body), long)
 
@@ -401,8 +391,8 @@ def raw_chunks(url: str, payload: dict[str, Any]) -> tuple[bytes, list[bytes]]:
         rest = rest[size + 2 :]
 
 
-def test_one_byte_writes(server: Serve) -> None:
-    url = server(shape="workflow", answer="Byte by byte.", write_size=1)
+def test_one_byte_writes(perplexity_server: Serve) -> None:
+    url = perplexity_server(shape="workflow", answer="Byte by byte.", write_size=1)
     head, chunks = raw_chunks(url, body_of())
     assert head.startswith(b"HTTP/1.1 200")
     assert {len(chunk) for chunk in chunks} == {1}
@@ -412,8 +402,8 @@ def test_one_byte_writes(server: Serve) -> None:
 # -- gzip ----------------------------------------------------------------------------------------------
 
 
-def test_gzip_when_the_client_accepts_it(server: Serve) -> None:
-    url = server(shape="steps", answer=ANSWER, gzip=True)
+def test_gzip_when_the_client_accepts_it(perplexity_server: Serve) -> None:
+    url = perplexity_server(shape="steps", answer=ANSWER, gzip=True)
     with warm(url) as client, client.stream("POST", ASK, json=body_of()) as response:
         raw = b"".join(response.iter_raw())
     assert response.headers["content-encoding"] == "gzip"
@@ -424,9 +414,9 @@ def test_gzip_when_the_client_accepts_it(server: Serve) -> None:
     check_frames("steps", sse(body), ANSWER)
 
 
-def test_gzip_is_flushed_per_frame(server: Serve) -> None:
+def test_gzip_is_flushed_per_frame(perplexity_server: Serve) -> None:
     """Cut after three frames, the compressed bytes that arrived still hold three whole frames."""
-    url = server(shape="blocks", answer=ANSWER, gzip=True, drop_after=3)
+    url = perplexity_server(shape="blocks", answer=ANSWER, gzip=True, drop_after=3)
     raw = b""
     with warm(url) as client, client.stream("POST", ASK, json=body_of()) as response:
         assert response.headers["content-encoding"] == "gzip"
@@ -441,8 +431,8 @@ def test_gzip_is_flushed_per_frame(server: Serve) -> None:
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_status_failed_with_error_code(server: Serve, shape: str) -> None:
-    url = server(shape=shape, fail="Error in processing query.", error_code="SOMETHING_BROKE", fail_after=2)
+def test_status_failed_with_error_code(perplexity_server: Serve, shape: str) -> None:
+    url = perplexity_server(shape=shape, fail="Error in processing query.", error_code="SOMETHING_BROKE", fail_after=2)
     with warm(url) as client:
         response, body = ask(client)
     assert response.status_code == 200
@@ -454,28 +444,28 @@ def test_status_failed_with_error_code(server: Serve, shape: str) -> None:
     assert [data["status"] for _, data in events[:2]] == ["PENDING", "PENDING"]
 
 
-def test_free_tier_rate_limited_is_the_default_error_code(server: Serve) -> None:
-    with warm(server(fail="Upgrade to continue.")) as client:
+def test_free_tier_rate_limited_is_the_default_error_code(perplexity_server: Serve) -> None:
+    with warm(perplexity_server(fail="Upgrade to continue.")) as client:
         _, body = ask(client)
     events = sse(body)
     assert events[0][1]["error_code"] == "FREE_TIER_RATE_LIMITED" and events[0][1]["status"] == "failed"
 
 
-def test_http_429_with_retry_after(server: Serve) -> None:
-    with warm(server(rate_limit="ask", retry_after="7")) as client:
+def test_http_429_with_retry_after(perplexity_server: Serve) -> None:
+    with warm(perplexity_server(rate_limit="ask", retry_after="7")) as client:
         response, _ = ask(client)
     assert response.status_code == 429 and response.headers["retry-after"] == "7"
-    with warm(server(rate_limit="ask", retry_after=None)) as client:
+    with warm(perplexity_server(rate_limit="ask", retry_after=None)) as client:
         response, _ = ask(client)
     assert response.status_code == 429 and "retry-after" not in response.headers
-    with httpx.Client(base_url=server(rate_limit="session")) as client:
+    with httpx.Client(base_url=perplexity_server(rate_limit="session")) as client:
         assert client.get(SESSION).status_code == 429
         assert ask(client)[0].status_code == 200  # only the warm-up is limited
 
 
 @pytest.mark.parametrize("step", ["ask", "session", "all"])
-def test_cloudflare_challenge_page(server: Serve, step: str) -> None:
-    with httpx.Client(base_url=server(cloudflare=step)) as client:
+def test_cloudflare_challenge_page(perplexity_server: Serve, step: str) -> None:
+    with httpx.Client(base_url=perplexity_server(cloudflare=step)) as client:
         warm_up = client.get(SESSION)
         response, body = ask(client)
     challenged = [response] if step == "ask" else [warm_up] if step == "session" else [warm_up, response]
@@ -486,8 +476,8 @@ def test_cloudflare_challenge_page(server: Serve, step: str) -> None:
     assert b"Just a moment..." in body if step != "session" else response.status_code == 200
 
 
-def test_required_cookie(server: Serve) -> None:
-    url = server(require_cookie=True)
+def test_required_cookie(perplexity_server: Serve) -> None:
+    url = perplexity_server(require_cookie=True)
     with httpx.Client(base_url=url) as client:
         response, body = ask(client)
         assert response.status_code == 403
@@ -502,21 +492,21 @@ def test_required_cookie(server: Serve) -> None:
 
 
 @pytest.mark.parametrize("step", ["session", "ask"])
-def test_redirect(server: Serve, step: str) -> None:
-    url = server(redirect=step, redirect_status=301, redirect_to="https://www.perplexity.ai/moved")
+def test_redirect(perplexity_server: Serve, step: str) -> None:
+    url = perplexity_server(redirect=step, redirect_status=301, redirect_to="https://www.perplexity.ai/moved")
     with httpx.Client(base_url=url) as client:
         warm_up = client.get(SESSION)
         response, _ = ask(client)
     moved, kept = (warm_up, response) if step == "session" else (response, warm_up)
     assert moved.status_code == 301 and moved.headers["location"] == "https://www.perplexity.ai/moved"
     assert kept.status_code == 200
-    with httpx.Client(base_url=server(redirect="all")) as client:
+    with httpx.Client(base_url=perplexity_server(redirect="all")) as client:
         response, _ = ask(client)
     assert response.status_code == 302 and response.headers["location"] == "https://www.perplexity.ai/"
 
 
-def test_session_token(server: Serve) -> None:
-    url = server(session_token="token-abc")
+def test_session_token(perplexity_server: Serve) -> None:
+    url = perplexity_server(session_token="token-abc")
     with warm(url) as client:
         response, body = ask(client)
         assert response.status_code == 401
@@ -530,8 +520,8 @@ def test_session_token(server: Serve) -> None:
     assert response.status_code == 200 and sse(body)[-1] == ("end_of_stream", {})
 
 
-def test_frame_delay(server: Serve) -> None:
-    with warm(server(shape="steps", answer="Slow.", frame_delay=0.05)) as client:
+def test_frame_delay(perplexity_server: Serve) -> None:
+    with warm(perplexity_server(shape="steps", answer="Slow.", frame_delay=0.05)) as client:
         started = time.monotonic()
         _, body = ask(client)
         elapsed = time.monotonic() - started
@@ -540,9 +530,9 @@ def test_frame_delay(server: Serve) -> None:
 
 
 @pytest.mark.parametrize("after", [0, 3])
-def test_drop_mid_stream(server: Serve, after: int) -> None:
+def test_drop_mid_stream(perplexity_server: Serve, after: int) -> None:
     received = b""
-    with warm(server(shape="steps", answer=ANSWER, drop_after=after)) as client, \
+    with warm(perplexity_server(shape="steps", answer=ANSWER, drop_after=after)) as client, \
             client.stream("POST", ASK, json=body_of()) as response:
         assert response.status_code == 200
         with pytest.raises(httpx.RemoteProtocolError):
@@ -556,8 +546,8 @@ def test_drop_mid_stream(server: Serve, after: int) -> None:
 # -- the request checks ------------------------------------------------------------------------------
 
 
-def test_request_checks(server: Serve) -> None:
-    with warm(server()) as client:
+def test_request_checks(perplexity_server: Serve) -> None:
+    with warm(perplexity_server()) as client:
         def post(content: bytes, content_type: str = "application/json") -> httpx.Response:
             return client.post(ASK, content=content, headers={"Content-Type": content_type})
 
@@ -587,8 +577,8 @@ def identity(body: bytes) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_follow_up_stays_in_the_thread(server: Serve, shape: str) -> None:
-    with warm(server(shape=shape, answer="Follow me.")) as client:
+def test_follow_up_stays_in_the_thread(perplexity_server: Serve, shape: str) -> None:
+    with warm(perplexity_server(shape=shape, answer="Follow me.")) as client:
         _, body = ask(client, "First question")
         first = identity(body)
         assert first["thread_url_slug"].startswith("first-question")
@@ -609,8 +599,8 @@ def test_follow_up_stays_in_the_thread(server: Serve, shape: str) -> None:
     assert other["read_write_token"] != first["read_write_token"]
 
 
-def test_follow_up_checks(server: Serve) -> None:
-    with warm(server()) as client:
+def test_follow_up_checks(perplexity_server: Serve) -> None:
+    with warm(perplexity_server()) as client:
         _, body = ask(client, "Start")
         first = identity(body)
         unknown, text = ask(client, "Next", last_backend_uuid="00000000-0000-4000-8000-00000000dead",
@@ -628,8 +618,8 @@ def test_follow_up_checks(server: Serve) -> None:
 # -- TLS ----------------------------------------------------------------------------------------------
 
 
-def test_tls(request: pytest.FixtureRequest, server: Serve, tls_files: Any) -> None:
-    url = server(shape="blocks", answer="Over TLS.", certfile=tls_files.certfile, keyfile=tls_files.keyfile)
+def test_tls(request: pytest.FixtureRequest, perplexity_server: Serve, tls_files: Any) -> None:
+    url = perplexity_server(shape="blocks", answer="Over TLS.", certfile=tls_files.certfile, keyfile=tls_files.keyfile)
     assert url.startswith("https://")
     with warm(url, verify=ssl.create_default_context(cafile=tls_files.cafile)) as client:
         _, body = ask(client)
