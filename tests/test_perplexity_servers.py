@@ -473,7 +473,10 @@ def test_cloudflare_challenge_page(perplexity_server: Serve, step: str) -> None:
         assert page.status_code == 403
         assert page.headers["content-type"].startswith("text/html")
         assert page.headers["cf-mitigated"] == "challenge"
-    assert b"Just a moment..." in body if step != "session" else response.status_code == 200
+    if step == "session":
+        assert response.status_code == 200  # only the warm-up is challenged
+    else:
+        assert b"Just a moment..." in body
 
 
 def test_required_cookie(perplexity_server: Serve) -> None:
@@ -591,8 +594,8 @@ def test_follow_up_stays_in_the_thread(perplexity_server: Serve, shape: str) -> 
         third = identity(body)
         _, body = ask(client, "Elsewhere", last_backend_uuid=None)  # a new thread
         other = identity(body)
+    assert len({first["backend_uuid"], second["backend_uuid"], third["backend_uuid"]}) == 3  # a new answer each
     for later in (second, third):
-        assert later["backend_uuid"] not in (first["backend_uuid"], second["backend_uuid"] if later is third else "")
         for key in ("thread_url_slug", "read_write_token", "context_uuid"):
             assert later[key] == first[key]
     assert other["thread_url_slug"] != first["thread_url_slug"]
