@@ -10,6 +10,15 @@
   ``tests/node_server/node_modules`` is missing and npm is on PATH it runs ``npm ci``
   there once; if Node.js, npm or the install is missing the test is skipped, or, with
   ``CI`` set, fails (CI installs it: a skip there would hide a broken install step).
+* ``perplexity_emulator_factory(**PerplexityEmulatorConfig fields, certfile=, keyfile=)``: a
+  running :class:`~plabs_proto.backends.programs.emulator_perplexity.PerplexityEmulatorThread`
+  (the SSE ask endpoint), and ``perplexity_node_factory(**start_perplexity_node options)`` the
+  same for ``tests/node_server/perplexity.js`` (Node.js alone, no npm package; skipped without
+  Node.js, failed in CI): one per distinct set of options, shared by the run, stopped at its end.
+* ``perplexity_server(**options)``: the base URL of a running server of the SSE ask endpoint with
+  those options (the names of ``PerplexityEmulatorConfig``, ``certfile``/``keyfile`` for TLS);
+  parametrized, so a test using it runs once on the Python emulator ("python") and once on
+  perplexity.js ("node").
 * ``proxy_factory(scheme)``: a pproxy subprocess (``http`` or ``socks5``) asking for
   ``PROXY_USER``/``PROXY_PASSWORD``, shared by the run; ``fresh_proxy(scheme)``: a new
   one for this test only (pproxy remembers a client address once it has logged in, so
@@ -42,7 +51,11 @@ import trustme
 from plabs_proto.backends import asyncio as asyncio_backend
 from plabs_proto.backends import trio as trio_backend
 from plabs_proto.backends.programs.emulator import EmulatorConfig, EmulatorThread
-from servers import NODE_SERVER_DIR, NodeServer, free_port, start_node_server
+from plabs_proto.backends.programs.emulator_perplexity import (
+    PerplexityEmulatorConfig,
+    PerplexityEmulatorThread,
+)
+from servers import NODE_SERVER_DIR, NodeServer, free_port, start_node_server, start_perplexity_node
 
 # A shell starts a background job (`./run-tests &`, a CI step run with `&`) with SIGINT ignored, and
 # an ignored signal stays ignored in every process it starts: the tests that press Ctrl-C on a
@@ -199,6 +212,61 @@ def node_factory(node_ready: None) -> Iterator[NodeFactory]:
     finally:
         for server in running.values():
             server.stop()
+
+
+PerplexityEmulatorFactory = Callable[..., PerplexityEmulatorThread]
+
+
+@pytest.fixture(scope="session")
+def perplexity_emulator_factory() -> Iterator[PerplexityEmulatorFactory]:
+    running: dict[tuple[tuple[str, str], ...], PerplexityEmulatorThread] = {}
+
+    def start(
+        *, certfile: str | None = None, keyfile: str | None = None, **config: Any
+    ) -> PerplexityEmulatorThread:
+        key = _key({"certfile": certfile, "keyfile": keyfile, **config})
+        emulator = running.get(key)
+        if emulator is None:
+            emulator = PerplexityEmulatorThread(PerplexityEmulatorConfig(**config), certfile=certfile, keyfile=keyfile)
+            emulator.start()
+            running[key] = emulator
+        return emulator
+
+    try:
+        yield start
+    finally:
+        for emulator in running.values():
+            emulator.stop()
+
+
+@pytest.fixture(scope="session")
+def perplexity_node_factory() -> Iterator[NodeFactory]:
+    require_node_server(
+        None if shutil.which("node") else "Node.js ('node') is not on PATH; perplexity.js needs it"
+    )
+    running: dict[tuple[tuple[str, str], ...], NodeServer] = {}
+
+    def start(**options: Any) -> NodeServer:
+        key = _key(options)
+        server = running.get(key)
+        if server is None:
+            server = start_perplexity_node(**options)
+            running[key] = server
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in running.values():
+            server.stop()
+
+
+@pytest.fixture(params=["python", "node"])
+def perplexity_server(request: pytest.FixtureRequest) -> Callable[..., str]:
+    factory = request.getfixturevalue(
+        "perplexity_emulator_factory" if request.param == "python" else "perplexity_node_factory"
+    )
+    return lambda **options: str(factory(**options).url)
 
 
 # -- pproxy --------------------------------------------------------------------------------------

@@ -3,7 +3,11 @@
 * :func:`start_node_server` runs ``tests/node_server/server.js`` (the official Node.js
   ``socket.io`` package, "Node flavour": ``ok`` and no NOOP after the upgrade) as a
   subprocess and returns a :class:`NodeServer`.
-* The python-socketio emulator lives in ``plabs_proto.backends.programs.emulator``.
+* :func:`start_perplexity_node` runs ``tests/node_server/perplexity.js`` (a server of the SSE ask
+  endpoint on plain Node ``http``, written from protocol.md §10 independently of the Python one) and
+  returns a :class:`NodeServer`.
+* The python-socketio emulator lives in ``plabs_proto.backends.programs.emulator``, the Python
+  server of the SSE ask endpoint in ``plabs_proto.backends.programs.emulator_perplexity``.
 """
 
 from __future__ import annotations
@@ -24,10 +28,18 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-__all__ = ["NODE_SERVER_DIR", "NodeServer", "NodeServerError", "free_port", "start_node_server"]
+__all__ = [
+    "NODE_SERVER_DIR",
+    "NodeServer",
+    "NodeServerError",
+    "free_port",
+    "start_node_server",
+    "start_perplexity_node",
+]
 
 NODE_SERVER_DIR = Path(__file__).resolve().parent / "node_server"
 SERVER_JS = NODE_SERVER_DIR / "server.js"
+PERPLEXITY_JS = NODE_SERVER_DIR / "perplexity.js"
 
 
 class NodeServerError(RuntimeError):
@@ -188,6 +200,45 @@ def start_node_server(
     finally:
         if answer_file is not None:
             os.unlink(answer_file.name)  # read at startup (or never: the server did not start)
+
+
+def start_perplexity_node(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    certfile: str | os.PathLike[str] | None = None,
+    keyfile: str | os.PathLike[str] | None = None,
+    startup_timeout: float = 15.0,
+    frame_delay: float | None = None,
+    **settings: Any,
+) -> NodeServer:
+    """Start ``perplexity.js``; ``settings`` are its JSON config keys (see the file's header:
+    shape, answer, chunk_size, line_ending, extras, write_size, early_final, fail, error_code,
+    fail_after, rate_limit, retry_after, cloudflare, redirect, redirect_to, redirect_status,
+    require_cookie, session_token, drop_after, gzip), the names of ``PerplexityEmulatorConfig``;
+    ``frame_delay`` is in seconds, as there.
+
+    The config goes through a temporary file (removed once the server has started), so the
+    answer may be longer than a command line allows.  It needs only Node.js, no npm package.
+    """
+    node = shutil.which("node")
+    if node is None:
+        raise NodeServerError("Node.js ('node') is not on PATH; it is needed for perplexity.js")
+    args: list[str] = [node, str(PERPLEXITY_JS), "--host", host, "--port", str(port)]
+    if certfile is not None:
+        args += ["--certfile", os.fspath(certfile)]
+    if keyfile is not None:
+        args += ["--keyfile", os.fspath(keyfile)]
+    if frame_delay is not None:
+        settings["frame_delay_ms"] = int(_ms(frame_delay))
+    config_file = tempfile.NamedTemporaryFile("w", encoding="utf-8", suffix=".json", delete=False)  # noqa: SIM115
+    with config_file:
+        json.dump(settings, config_file)
+    args += ["--config-file", config_file.name]
+    try:
+        return _start(args, port, "https" if certfile is not None else "http", host, startup_timeout)
+    finally:
+        os.unlink(config_file.name)
 
 
 def _start(args: list[str], port: int, scheme: str, host: str, startup_timeout: float) -> NodeServer:

@@ -96,6 +96,10 @@ EXIT_STATUSES: tuple[tuple[type[HandshakeError], int], ...] = (
 #: The handshake steps the emulator's guard switches take (its ``GUARD_STEPS``: the emulator is
 #: imported only when it runs, as it needs the ``emulator`` extra).
 _GUARD_STEPS = ("polling", "post", "poll", "upgrade", "all")
+#: The same for the Perplexity emulator (its ``GUARD_STEPS``), and its answer shapes (``SHAPES``).
+_SSE_GUARD_STEPS = ("session", "ask", "all")
+_ALL_GUARD_STEPS = (*_GUARD_STEPS[:-1], *_SSE_GUARD_STEPS)
+_SHAPES = ("steps", "blocks", "workflow")
 
 
 class _UsageError(Exception):
@@ -384,40 +388,62 @@ def build_parser() -> argparse.ArgumentParser:
 
     emu = commands.add_parser(
         "emulator",
-        help="run the local Labs emulator in the foreground",
-        description="Serve the Labs protocol locally until Ctrl-C; its URL is the first line on stdout.",
+        help="run a local emulator of Labs or of the Perplexity ask endpoint in the foreground",
+        description="Serve the Labs protocol (--service labs, the default) or Perplexity's SSE ask endpoint "
+        "(--service perplexity) locally until Ctrl-C; its URL is the first line on stdout.",
     )
+    emu.add_argument("--service", choices=("labs", "perplexity"), default="labs",
+                     help="labs (default): the Socket.IO service; perplexity: POST /rest/sse/perplexity_ask")
     emu.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
     emu.add_argument("--port", type=arguments.port, default=0, help="default: 0 (a free port)")
     emu.add_argument("--certfile", default=None, metavar="PEM", help="serve TLS with this certificate")
     emu.add_argument("--keyfile", default=None, metavar="PEM", help="the certificate's private key")
     emu.add_argument("--answer", default=None, metavar="TEXT", help="the answer text (default: built from the prompt)")
-    emu.add_argument("--reasoning", default=None, metavar="TEXT", help="the reasoning text of reasoning models")
+    emu.add_argument("--reasoning", default=None, metavar="TEXT", help="the reasoning text of reasoning models (labs)")
     emu.add_argument("--frame-delay", type=arguments.delay, default=None, metavar="S", help="seconds between answer frames")
-    emu.add_argument("--ping-interval", type=arguments.seconds, default=None, metavar="S", help="Engine.IO ping interval")
+    emu.add_argument("--ping-interval", type=arguments.seconds, default=None, metavar="S", help="Engine.IO ping interval (labs)")
     emu.add_argument("--fail", default=None, metavar="TEXT", help="answer every query with this failure text")
     emu.add_argument("--drop-after", type=arguments.count, default=None, metavar="N", help="drop the connection after N frames")
-    emu.add_argument("--silent", action="store_true", help="never answer a query")
+    emu.add_argument("--silent", action="store_true", help="never answer a query (labs)")
+    sse = emu.add_argument_group("perplexity", "how --service perplexity answers (protocol.md §10)")
+    sse.add_argument("--shape", choices=_SHAPES, default=None,
+                     help="the answer shape: steps (legacy text), blocks (markdown blocks, the default), workflow")
+    sse.add_argument("--line-ending", choices=("crlf", "lf"), default=None, help="the SSE line ending (default: crlf)")
+    sse.add_argument("--chunk-size", type=arguments.count, default=None, metavar="N",
+                     help="answer characters per frame (default: 8)")
+    sse.add_argument("--write-size", type=arguments.count, default=None, metavar="N",
+                     help="send the body in writes of N bytes (1: byte by byte)")
+    sse.add_argument("--early-final", action="store_true",
+                     help="the trap: a PENDING frame with final: true before the answer is complete")
+    sse.add_argument("--error-code", default=None, metavar="CODE",
+                     help="the failed frame's error_code with --fail (default: FREE_TIER_RATE_LIMITED)")
+    sse.add_argument("--require-cookie", action="store_true",
+                     help="refuse an ask without the cookie of GET /api/auth/session (403)")
+    sse.add_argument("--session-token", default=None, metavar="TOKEN",
+                     help="refuse an ask without the cookie __Secure-next-auth.session-token=TOKEN (401)")
+    sse.add_argument("--gzip", action="store_true", help="gzip the SSE body when the client accepts it")
+    sse.add_argument("--extras", action="store_true",
+                     help="SSE extras: a retry: line, comments, data over several lines")
     guard = emu.add_argument_group(
-        "guards", "answer a step of the handshake (STEP: polling = the opening GET, post, poll = the later GETs, "
-        "upgrade, all) as a moved or guarded service would"
+        "guards", "answer a step as a moved or guarded service would (STEP, labs: polling = the opening GET, "
+        "post, poll = the later GETs, upgrade, all; perplexity: session = the warm-up, ask, all)"
     )
-    guard.add_argument("--redirect", choices=_GUARD_STEPS, default=None, metavar="STEP",
+    guard.add_argument("--redirect", choices=_ALL_GUARD_STEPS, default=None, metavar="STEP",
                        help="a redirect to --redirect-to")
     guard.add_argument("--redirect-to", default=None, metavar="URL",
                        help="the redirect's Location (default: https://www.perplexity.ai/)")
     guard.add_argument("--redirect-status", type=int, choices=(301, 302, 303, 307, 308), default=None,
                        metavar="CODE", help="301, 302 (default), 303, 307 or 308")
-    guard.add_argument("--rate-limit", choices=_GUARD_STEPS, default=None, metavar="STEP",
+    guard.add_argument("--rate-limit", choices=_ALL_GUARD_STEPS, default=None, metavar="STEP",
                        help="429 Too Many Requests")
     guard.add_argument("--rate-limit-page", choices=("plain", "cloudflare"), default=None,
-                       help="the 429's body: a line of text (default) or Cloudflare's error 1015 page")
+                       help="the 429's body: a line of text (default) or Cloudflare's error 1015 page (labs)")
     guard.add_argument("--retry-after", default=None, metavar="VALUE",
                        help="the 429's Retry-After: seconds or an HTTP date (default: 30; \"\": none)")
-    guard.add_argument("--cloudflare", choices=_GUARD_STEPS, default=None, metavar="STEP",
+    guard.add_argument("--cloudflare", choices=_ALL_GUARD_STEPS, default=None, metavar="STEP",
                        help="Cloudflare's 403 \"Just a moment...\" challenge page")
     guard.add_argument("--login-page", choices=_GUARD_STEPS, default=None, metavar="STEP",
-                       help="200 with an HTML login page")
+                       help="200 with an HTML login page (labs)")
     emu.set_defaults(run=_cmd_emulator, parser=emu)
 
     from .serve import (
@@ -669,29 +695,16 @@ def _cmd_models(args: argparse.Namespace, printer: EventPrinter) -> int:
 
 
 def _cmd_emulator(args: argparse.Namespace, printer: EventPrinter) -> int:
-    try:
-        from .emulator import EmulatorConfig
-    except ImportError as exc:
-        raise _Failure(
-            f"the emulator needs python-socketio and aiohttp (pip install 'plabs-proto[emulator]'): {exc}"
-        ) from None
     if args.keyfile is not None and args.certfile is None:
         raise _UsageError("--keyfile needs --certfile")
-    settings: dict[str, Any] = {"silent": args.silent}
-    for name in ("answer", "reasoning", "frame_delay", "ping_interval", "fail", "drop_after", "cloudflare",
-                 "redirect", "redirect_to", "redirect_status", "rate_limit", "rate_limit_page", "retry_after",
-                 "login_page"):
-        value = getattr(args, name)
-        if value is not None:
-            settings[name] = value
-    if args.retry_after == "":
-        settings["retry_after"] = None  # no Retry-After header
+    if args.service == "perplexity":
+        config, factory = _perplexity_emulator(args)
+        note = "the Perplexity emulator serves {url} until Ctrl-C: `plabs ask --service perplexity --server {url} \"...\"`"
+    else:
+        config, factory = _labs_emulator(args)
+        note = 'the Labs emulator serves {url} until Ctrl-C: `plabs ask --server {url} "..."`'
     try:
-        config = EmulatorConfig(**settings)
-    except ValueError as exc:
-        raise _UsageError(str(exc)) from None
-    try:
-        _serve_emulator(config, args.host, args.port, args.certfile, args.keyfile, printer)
+        _serve_emulator(factory, config, note, args.host, args.port, args.certfile, args.keyfile, printer)
     except OSError as exc:
         files = f" with certfile {args.certfile!r}" if args.certfile else ""
         raise _Failure(
@@ -700,26 +713,82 @@ def _cmd_emulator(args: argparse.Namespace, printer: EventPrinter) -> int:
     return 0
 
 
+def _refuse_options(args: argparse.Namespace, names: tuple[str, ...], service: str) -> None:
+    """A usage error for an option of the other service's emulator."""
+    for name in names:
+        if getattr(args, name) not in (None, False):
+            raise _UsageError(f"--{name.replace('_', '-')} is not an option of the {service} emulator")
+
+
+def _emulator_settings(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
+    settings: dict[str, Any] = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    if args.retry_after == "":
+        settings["retry_after"] = None  # no Retry-After header
+    return settings
+
+
+def _labs_emulator(args: argparse.Namespace) -> tuple[Any, Any]:
+    try:
+        from .emulator import Emulator, EmulatorConfig
+    except ImportError as exc:
+        raise _Failure(
+            f"the emulator needs python-socketio and aiohttp (pip install 'plabs-proto[emulator]'): {exc}"
+        ) from None
+    _refuse_options(args, ("shape", "line_ending", "chunk_size", "write_size", "early_final", "error_code",
+                           "require_cookie", "session_token", "gzip", "extras"), "labs")
+    for name in ("rate_limit", "cloudflare", "redirect"):
+        step = getattr(args, name)
+        if step is not None and step not in _GUARD_STEPS:
+            raise _UsageError(f"--{name.replace('_', '-')} of the labs emulator takes one of "
+                              f"{', '.join(_GUARD_STEPS)}, got {step!r}")
+    settings = _emulator_settings(args, (
+        "answer", "reasoning", "frame_delay", "ping_interval", "fail", "drop_after", "cloudflare", "redirect",
+        "redirect_to", "redirect_status", "rate_limit", "rate_limit_page", "retry_after", "login_page"))
+    settings["silent"] = args.silent
+    try:
+        return EmulatorConfig(**settings), Emulator
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+
+
+def _perplexity_emulator(args: argparse.Namespace) -> tuple[Any, Any]:
+    try:
+        from .emulator_perplexity import PerplexityEmulator, PerplexityEmulatorConfig
+    except ImportError as exc:
+        raise _Failure(f"the emulator needs aiohttp (pip install 'plabs-proto[emulator]'): {exc}") from None
+    _refuse_options(args, ("reasoning", "ping_interval", "silent", "rate_limit_page", "login_page"), "perplexity")
+    for name in ("rate_limit", "cloudflare", "redirect"):
+        step = getattr(args, name)
+        if step is not None and step not in _SSE_GUARD_STEPS:
+            raise _UsageError(f"--{name.replace('_', '-')} of the perplexity emulator takes one of "
+                              f"{', '.join(_SSE_GUARD_STEPS)}, got {step!r}")
+    settings = _emulator_settings(args, (
+        "answer", "frame_delay", "fail", "drop_after", "cloudflare", "rate_limit", "retry_after", "shape",
+        "line_ending", "chunk_size", "write_size", "error_code", "redirect", "redirect_to", "redirect_status",
+        "session_token"))
+    for name in ("early_final", "require_cookie", "gzip", "extras"):
+        settings[name] = getattr(args, name)
+    try:
+        return PerplexityEmulatorConfig(**settings), PerplexityEmulator
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+
+
 def _serve_emulator(
-    config: Any, host: str, port: int, certfile: str | None, keyfile: str | None, printer: EventPrinter
+    factory: Any, config: Any, note: str, host: str, port: int, certfile: str | None, keyfile: str | None,
+    printer: EventPrinter,
 ) -> None:
     """Serve until Ctrl-C: the URL alone on the first line of stdout (for scripts and
-    copying), how to use it on stderr."""
+    copying), how to use it (``note`` with ``{url}``) on stderr."""
     import asyncio
 
-    from .emulator import Emulator
-
     async def serve() -> None:
-        emulator = Emulator(config)
+        emulator = factory(config)
         url = await emulator.start(host, port, certfile=certfile, keyfile=keyfile)
         try:
             printer.stdout.write(url + "\n")
             printer.stdout.flush()
-            _print_note(
-                f'the Labs emulator serves {url} until Ctrl-C: `plabs ask --server {url} "..."`, '
-                f'or server="{url}" in Python',
-                printer.stderr,
-            )
+            _print_note(note.format(url=url) + f', or server="{url}" in Python', printer.stderr)
             await asyncio.Event().wait()
         finally:
             await emulator.stop()
