@@ -41,7 +41,7 @@ _CLOSE_WAIT = 1.0  # seconds aclose() lets the sockets write out and close befor
 _idlers: set[asyncio.Task[None]] = set()  # the idle tasks running (asyncio keeps only weak references)
 
 
-class _Connection(asyncio.BufferedProtocol, Stream):
+class _StreamProtocol(asyncio.BufferedProtocol, Stream):
     """One TCP connection: its protocol callbacks keep what arrives for :meth:`AsyncioNetwork.receive`.
 
     The loop reads into the thread's shared read buffer (:func:`~._seam.read_buffer`), and
@@ -113,11 +113,11 @@ class _Connection(asyncio.BufferedProtocol, Stream):
 
 
 class AsyncioNetwork(Network):
-    """The seam on asyncio: ``create_connection`` with :class:`_Connection` protocols, one waiter."""
+    """The seam on asyncio: ``create_connection`` with :class:`_StreamProtocol` protocols, one waiter."""
 
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
-        self.open: set[_Connection] = set()  # every connection not lost yet
+        self.open: set[_StreamProtocol] = set()  # every connection not lost yet
         self._waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None  # one timer, moved only when the deadline moves
         self._timer_at: float | None = None
@@ -129,7 +129,7 @@ class AsyncioNetwork(Network):
         timeout = None if deadline is None else max(deadline - self.loop.time(), GRACE)
         try:
             _, connection = await asyncio.wait_for(
-                self.loop.create_connection(lambda: _Connection(self), host, port), timeout
+                self.loop.create_connection(lambda: _StreamProtocol(self), host, port), timeout
             )
         except TimeoutError as exc:
             if exc.errno is None:  # our deadline, not the kernel's ETIMEDOUT
@@ -142,12 +142,12 @@ class AsyncioNetwork(Network):
     ) -> list[tuple[Stream, bytes | OSError]]:
         got: list[tuple[Stream, bytes | OSError]] = []
         for stream in streams:
-            cast(_Connection, stream).take(got)
+            cast(_StreamProtocol, stream).take(got)
         if got:
             return got
         await self.sleep_until(deadline)
         for stream in streams:
-            cast(_Connection, stream).take(got)
+            cast(_StreamProtocol, stream).take(got)
         return got
 
     async def sleep_until(self, deadline: float | None) -> None:

@@ -25,6 +25,11 @@
   a wrong-password test needs a proxy nobody used).
 * ``sockets_to(port)``: how many sockets this process holds open to 127.0.0.1:``port``
   (Linux ``/proc``), to check that a client closed every connection it made.
+
+Hypothesis runs derandomized (the profile ``ci``, the default): every run tries the same
+examples, so a failure is the same failure on every machine, and no example database is kept.
+``HYPOTHESIS_PROFILE=explore`` searches afresh each run (and prints the seed of a failure,
+with the blob to reproduce it).
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from typing import IO, Any
 
 import pytest
 import trustme
+from hypothesis import settings
 from plabs_proto.backends import asyncio as asyncio_backend
 from plabs_proto.backends import trio as trio_backend
 from plabs_proto.backends.programs.emulator import EmulatorConfig, EmulatorThread
@@ -56,6 +62,10 @@ from plabs_proto.backends.programs.emulator_perplexity import (
     PerplexityEmulatorThread,
 )
 from servers import NODE_SERVER_DIR, NodeServer, free_port, start_node_server, start_perplexity_node
+
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # A shell starts a background job (`./run-tests &`, a CI step run with `&`) with SIGINT ignored, and
 # an ignored signal stays ignored in every process it starts: the tests that press Ctrl-C on a
