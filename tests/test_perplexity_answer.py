@@ -281,6 +281,12 @@ def test_markdown_chunk_starting_offset() -> None:
         decoder.feed({})
 
 
+def test_a_first_patch_may_add_chunks_at_once() -> None:
+    # OmniRoute's applyMarkdownDiff starts each usage with no chunks: /chunks/0 needs no replace "" before it
+    events = run([{"blocks": [diff("ask_text", "markdown_block", add("/chunks/0", "a"))]}], end=True)
+    assert text_of(events) == finished(events).text == "a"
+
+
 def test_diff_blocks_on_a_markdown_block() -> None:
     # the patches of §10.4 and OmniRoute's applyMarkdownDiff: replace "" the whole block, add /chunks/<n>,
     # replace /progress; then the COMPLETED frame's whole markdown_block
@@ -403,6 +409,12 @@ def test_the_double_encoded_final_answer() -> None:
     assert finished(run([{"text": '[{"step_type":"FINAL","content":"plain"}]'}], end=True)).text == "plain"
     only_chunks = json.dumps([{"step_type": "FINAL", "content": {"answer": json.dumps({"answer": "", "chunks": ["a", "b"]})}}])
     assert finished(run([{"text": only_chunks}], end=True)).text == "ab"
+    # chunks without the whole answer: the whole list again (OmniRoute), or only the new ones (jacob-bd)
+    def chunked(*chunks: str) -> dict[str, Any]:
+        return {"text": json.dumps([{"step_type": "FINAL", "content": {"answer": json.dumps({"chunks": list(chunks)})}}])}
+
+    events = run([chunked("a"), chunked("a", "b"), chunked("c"), chunked("a", "b", "c", "d")], end=True)
+    assert text_of(events) == finished(events).text == "abcd"
     structured = json.dumps([{"step_type": "FINAL", "content": {"answer": json.dumps(
         {"structured_answer": [{"type": "markdown", "text": "s1"}, {"text": "s2"}]})}}])
     assert finished(run([{"text": structured}], end=True)).text == "s1s2"
@@ -546,8 +558,8 @@ MALFORMED: list[tuple[Any, str]] = [
      "expected a 'value' in an add patch at '/a', got none"),
     ({"blocks": [diff("ask_text", "markdown_block", add("chunks", 1))]},
      "expected a patch 'path' that is empty or starts with '/'"),
-    ({"blocks": [diff("ask_text_1_markdown", "markdown_block", add("/chunks/0", "x"))]},
-     "expected the patch path '/chunks' in the markdown_block, got no member 'chunks'"),
+    ({"blocks": [diff("ask_text_1_markdown", "markdown_block", add("/answer/x", "x"))]},
+     "expected the patch path '/answer' in the markdown_block, got no member 'answer'"),
     ({"blocks": [diff("ask_text", "markdown_block", replace("", {"chunks": []}), add("/chunks/1", "x"))]},
      "expected the add patch's index in '/chunks/1' of the markdown_block to be at most 0, got 1"),
     ({"blocks": [diff("ask_text", "markdown_block", replace("", {"chunks": []}), replace("/chunks/0", "x"))]},

@@ -184,6 +184,7 @@ class AnswerDecoder:
         "_citations",
         "_finished",
         "_legacy",
+        "_legacy_chunks",
         "_markdown",
         "_model",
         "_plans",
@@ -231,6 +232,7 @@ class AnswerDecoder:
         self._plans: dict[str, Any] = {}
         self._web: dict[str, Any] = {}  # block field -> block holding web_results
         self._legacy: str | None = None  # the answer of the steps shape, whole
+        self._legacy_chunks: list[Any] = []  # its chunks, when it sends chunks without the whole answer
         self._citations: tuple[Any, ...] = ()
         self._queries: set[str] = set()
         self._sources: set[str] = set()
@@ -464,10 +466,7 @@ class AnswerDecoder:
             doc["chunks"] = list(chunks)
         else:
             if offset is None:
-                held = len(old)
-                # chunks that extend the ones held are the whole list again; others come after them
-                start = held if len(chunks) >= held and chunks[:held] == old else 0
-                self._grow(old, chunks[start:] if start else chunks)
+                self._absorb(old, chunks)
             else:
                 if type(offset) is not int or not 0 <= offset <= len(old):
                     self._fail(
@@ -484,6 +483,12 @@ class AnswerDecoder:
                 self._grow(old, chunks[same:])
             doc["chunks"] = old
         self._markdown[usage] = doc
+
+    def _absorb(self, held: list[Any], chunks: list[Any]) -> None:
+        """Add ``chunks`` sent without an offset: chunks that extend the ones held are the whole list
+        again (only the new ones are added); others come after them."""
+        size = len(held)
+        self._grow(held, chunks[size:] if len(chunks) >= size and chunks[:size] == held else chunks)
 
     def _grow(self, chunks: list[Any], more: list[Any]) -> None:
         if len(chunks) + len(more) > self.max_chunks:
@@ -514,7 +519,8 @@ class AnswerDecoder:
         if field == "markdown_block":
             if not _is_answer_usage(usage):
                 return patches_left, ""
-            root: Any = self._markdown.get(usage, {})
+            # a first patch may add chunks at once (OmniRoute starts every block with no chunks)
+            root: Any = self._markdown.get(usage) or {"chunks": []}
             kind = "text"
         elif field == "workflow_block":
             root = {} if self._workflow is None else self._workflow
@@ -793,7 +799,9 @@ class AnswerDecoder:
         else:
             chunks = self._list(found.get("chunks"), "'chunks'", self.max_chunks)
             if chunks:
-                self._set_legacy(self._join(chunks, "answer"))
+                # the whole list again (OmniRoute joins it) or only the new chunks (jacob-bd adds them up)
+                self._legacy = None
+                self._absorb(self._legacy_chunks, chunks)
             else:
                 parts = self._list(found.get("structured_answer"), "'structured_answer'", self.max_chunks)
                 texts = [part.get("text") for part in parts if isinstance(part, dict)]
@@ -839,8 +847,8 @@ class AnswerDecoder:
             usages = list(self._markdown)
             ranked = sorted(range(len(usages)), key=lambda n: (not _has_text(tracks[n]), usages[n] != "ask_text", n))
             answer = tracks[ranked[0]]
-        if not _has_text(answer) and self._legacy:
-            answer = (None, self._legacy)
+        if not _has_text(answer) and (self._legacy or self._legacy_chunks):
+            answer = (None, self._legacy) if self._legacy else (self._legacy_chunks, None)
         for chunks, whole in (answer, reasoning):
             if chunks is not None and not isinstance(chunks, list):
                 self._fail(f"expected 'chunks' to be a list, got {_excerpt(chunks)}")
