@@ -838,8 +838,8 @@ json_value = st.recursive(
 )
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(frames=st.lists(json_value, max_size=6))
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(frames=st.lists(json_value, max_size=5))
 def test_hostile_json_meets_only_named_errors(frames: list[Any]) -> None:
     decoder = AnswerDecoder(max_chunks=50, max_steps=20, max_text=500)
     started = time.process_time()
@@ -853,17 +853,26 @@ def test_hostile_json_meets_only_named_errors(frames: list[Any]) -> None:
     assert time.process_time() - started < 2
 
 
+small_value = st.recursive(
+    st.one_of(st.none(), st.integers(), st.text(max_size=4), st.sampled_from(["thinking", "answer"])),
+    lambda children: st.one_of(st.lists(children, max_size=3), st.dictionaries(
+        st.sampled_from(["steps", "items", "payload", "text_payload", "chunks", "text", "variant"]), children,
+        max_size=3)),
+    max_leaves=8,
+)
+
+
 def hostile_patch() -> st.SearchStrategy[dict[str, Any]]:
     return st.fixed_dictionaries({
         "op": st.sampled_from(["add", "replace", "remove"]),
         "path": st.lists(st.sampled_from(["steps", "items", "payload", "text_payload", "chunks", "0", "1", "-",
                                           "text", "variant", "01", "~1"]), max_size=8).map(lambda t: "/" + "/".join(t) if t else ""),
-        "value": json_value,
+        "value": small_value,
     })
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(patches=st.lists(st.lists(hostile_patch(), max_size=5), max_size=8))
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(patches=st.lists(st.lists(hostile_patch(), max_size=4), max_size=6))
 def test_hostile_patches_meet_only_named_errors(patches: list[list[dict[str, Any]]]) -> None:
     decoder = AnswerDecoder(max_chunks=50, max_text=500)
     decoder.feed({"blocks": [{"intended_usage": "workflow_root", "workflow_block": {"steps": [{"items": [
@@ -876,3 +885,70 @@ def test_hostile_patches_meet_only_named_errors(patches: list[list[dict[str, Any
         assert str(exc).startswith("expected ")
     else:
         assert finished(events).text == decoder.partial_text
+
+
+def thinking_frame(*pieces: list[str]) -> dict[str, Any]:
+    items = [{"payload": {"text_payload": {"variant": "thinking", "text": "", "chunks": list(piece)}}} for piece in pieces]
+    return {"blocks": [{"intended_usage": "workflow_root", "workflow_block": {"steps": [{"items": items}]}}]}
+
+
+def test_every_thinking_item_is_reasoning() -> None:
+    base = "/steps/0/items"
+    frames = [
+        thinking_frame(["First"]),
+        {"blocks": [diff("workflow_root", "workflow_block", add(f"{base}/0/payload/text_payload/chunks/-", " thought."),
+                         add(f"{base}/-", {"payload": {"text_payload": {"variant": "thinking", "chunks": []}}}))]},
+        {"blocks": [diff("workflow_root", "workflow_block", add(f"{base}/1/payload/text_payload/chunks/0", "Second."))]},
+        {"blocks": [diff("workflow_root", "workflow_block", replace(f"{base}/0/payload/text_payload/chunks/0", "1st"))]},
+        {"status": "COMPLETED"},
+    ]
+    assert run(frames) == [
+        ReasoningDelta(text="First"),
+        ReasoningDelta(text=" thought."),
+        ReasoningDelta(text="\n\nSecond."),
+        AnswerRevised(text="", reasoning="1st thought.\n\nSecond."),
+        AnswerFinished(model="", text="", reasoning="1st thought.\n\nSecond."),
+    ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(operations=st.lists(st.tuples(st.integers(min_value=0, max_value=2), operation), max_size=15),
+       final=st.lists(st.one_of(st.none(), chunk), min_size=3, max_size=3))
+def test_the_reasoning_deltas_join_to_the_final_reasoning(operations: list[Any], final: list[str | None]) -> None:
+    """Three thinking items patched in any order: following revisions gives the final reasoning (the items'
+    texts joined with a blank line), and without a revision the ReasoningDeltas alone do."""
+    models: list[list[str]] = [[], [], []]
+    wholes = ["", "", ""]
+    frames: list[Any] = [thinking_frame([], [], [])]
+    for item, op in operations:
+        prefix = f"/steps/0/items/{item}/payload/text_payload"
+        model = models[item]
+        if op[0] == "add":
+            patch = add(f"{prefix}/chunks/-", op[1])
+            model.append(op[1])
+        elif op[0] == "replace" and op[1] < len(model):
+            patch = replace(f"{prefix}/chunks/{op[1]}", op[2])
+            model[op[1]] = op[2]
+        elif op[0] == "remove" and op[1] < len(model):
+            patch = {"op": "remove", "path": f"{prefix}/chunks/{op[1]}"}
+            del model[op[1]]
+        elif op[0] == "whole":
+            patch = replace(f"{prefix}/chunks", op[1])
+            models[item] = list(op[1])
+        elif op[0] == "answer":
+            patch = replace(f"{prefix}/text", op[1])
+            wholes[item] = op[1]
+        else:
+            continue
+        frames.append({"blocks": [diff("workflow_root", "workflow_block", patch)]})
+    closing = [replace(f"/steps/0/items/{n}/payload/text_payload/text", text) for n, text in enumerate(final) if text is not None]
+    for n, text in enumerate(final):
+        if text is not None:
+            wholes[n] = text
+    frames.append({"status": "COMPLETED", "blocks": [diff("workflow_root", "workflow_block", *closing)]})
+    expected = "\n\n".join(part for part in (whole or "".join(model) for whole, model in zip(wholes, models, strict=True)) if part)
+    events = run(frames)
+    assert finished(events).reasoning == expected
+    assert followed(events) == ("", expected)
+    if not any(isinstance(event, AnswerRevised) for event in events):
+        assert "".join(event.text for event in events if isinstance(event, ReasoningDelta)) == expected

@@ -187,6 +187,7 @@ class AnswerDecoder:
         "_legacy_chunks",
         "_markdown",
         "_model",
+        "_pieces",
         "_plans",
         "_queries",
         "_reasoning",
@@ -227,6 +228,7 @@ class AnswerDecoder:
         self._budget = self.max_rewrite
         self._answer = _Text()
         self._reasoning = _Text()
+        self._pieces: list[_Text] = []  # each thinking item's text, followed on its own
         self._markdown: dict[str, dict[str, Any]] = {}  # usage ("" for none) -> markdown_block, first seen first
         self._workflow: Any = None
         self._plans: dict[str, Any] = {}
@@ -824,10 +826,10 @@ class AnswerDecoder:
                 self._fail(f"expected the {what}'s chunks to be strings, got {_excerpt(chunk)}")
         return "".join(chunk for chunk in chunks if chunk)
 
-    def _sources_now(self) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
-        """``((chunks, whole), (chunks, whole))`` of the answer and the reasoning as they now stand."""
+    def _sources_now(self) -> tuple[tuple[Any, Any], list[tuple[Any, Any]]]:
+        """``(chunks, whole)`` of the answer, and of each piece of reasoning, as they now stand."""
         answer: tuple[Any, Any] = (None, None)
-        reasoning: tuple[Any, Any] = (None, None)
+        reasoning: list[tuple[Any, Any]] = []
         if self._workflow is not None:
             for payload in self._items():
                 text = payload.get("text_payload")
@@ -837,8 +839,7 @@ class AnswerDecoder:
                 variant = text.get("variant")
                 pair = (text.get("chunks"), text.get("text"))
                 if variant == "thinking":
-                    if reasoning == (None, None):
-                        reasoning = pair
+                    reasoning.append(pair)
                 elif variant in (None, "", "answer") and answer == (None, None):
                     answer = pair
         if answer == (None, None) and self._markdown:
@@ -849,7 +850,7 @@ class AnswerDecoder:
             answer = tracks[ranked[0]]
         if not _has_text(answer) and (self._legacy or self._legacy_chunks):
             answer = (None, self._legacy) if self._legacy else (self._legacy_chunks, None)
-        for chunks, whole in (answer, reasoning):
+        for chunks, whole in (answer, *reasoning):
             if chunks is not None and not isinstance(chunks, list):
                 self._fail(f"expected 'chunks' to be a list, got {_excerpt(chunks)}")
             if whole is not None and not isinstance(whole, str):
@@ -888,6 +889,39 @@ class AnswerDecoder:
             return _Change(revised=whole, ref=None)
         return None
 
+    def _thinking(self, items: list[tuple[Any, Any]]) -> _Change | None:
+        """How the reasoning changes: its pieces (the thinking items) each followed as a text of its own,
+        joined with a blank line between them.  Growth at or after the last piece with text is a delta;
+        any other change rewrites the reasoning."""
+        pieces = self._pieces
+        while len(pieces) < len(items):
+            pieces.append(_Text())
+        changes = [self._change(pieces[n], chunks, whole, "reasoning") for n, (chunks, whole) in enumerate(items)]
+        last = max((n for n, piece in enumerate(pieces) if piece.length), default=-1)
+        simple = len(pieces) == len(items) and all(
+            change is None or (change.revised is None and n >= last) for n, change in enumerate(changes)
+        )
+        added: list[str] = []
+        seen_text = last >= 0
+        for n, change in enumerate(changes):
+            if change is None:
+                continue
+            if simple and change.delta:
+                if seen_text and not pieces[n].length:
+                    added.append("\n\n")
+                added.append(change.delta)
+                seen_text = True
+            _apply(pieces[n], change)
+        del pieces[len(items) :]
+        if simple:
+            delta = "".join(added)
+            self._limit(self._reasoning.length + len(delta), "reasoning")
+            return _Change(delta=delta) if delta else None
+        whole = "\n\n".join(piece.text() for piece in pieces if piece.length)
+        self._limit(len(whole), "reasoning")
+        old = self._reasoning.text()
+        return _Change(delta=whole[len(old) :]) if whole.startswith(old) else _Change(revised=whole)
+
     def _final_text(self, text: _Text, chunks: list[Any] | None, what: str) -> str:
         """The whole text at the end, from its chunks (an empty list is an empty text)."""
         return text.text() if chunks is None else self._join(chunks, what)
@@ -897,12 +931,8 @@ class AnswerDecoder:
             self._fail(f"expected the {what} to be at most {self.max_text} characters, got {size}")
 
     def _texts(self, events: list[Event]) -> None:
-        (chunks, whole), (rchunks, rwhole) = self._sources_now()
-        self._emit(
-            events,
-            self._change(self._answer, chunks, whole, "answer"),
-            self._change(self._reasoning, rchunks, rwhole, "reasoning"),
-        )
+        (chunks, whole), thinking = self._sources_now()
+        self._emit(events, self._change(self._answer, chunks, whole, "answer"), self._thinking(thinking))
 
     def _emit(self, events: list[Event], answer: _Change | None, reasoning: _Change | None) -> None:
         if (answer is not None and answer.revised is not None) or (
@@ -919,20 +949,22 @@ class AnswerDecoder:
         for change, text, kind in ((reasoning, self._reasoning, ReasoningDelta), (answer, self._answer, TextDelta)):
             if change is None:
                 continue
-            if change.revised is not None:
-                text.reset(change.revised)
-            elif change.delta:
-                text.append(change.delta)
+            if change.revised is None and change.delta:
                 events.append(kind(text=change.delta))
-            if change.ref is not _UNSET:
-                text.ref = change.ref
-                text.count = change.count
+            _apply(text, change)
 
     def _finish(self) -> list[Event]:
         events: list[Event] = []
-        (chunks, whole), (rchunks, rwhole) = self._sources_now()
+        (chunks, whole), thinking = self._sources_now()
         final = whole or self._final_text(self._answer, chunks, "answer")
-        rfinal = rwhole or self._final_text(self._reasoning, rchunks, "reasoning")
+        if thinking or self._pieces:
+            parts = [
+                rwhole or self._final_text(self._pieces[n] if n < len(self._pieces) else _Text(), rchunks, "reasoning")
+                for n, (rchunks, rwhole) in enumerate(thinking)
+            ]
+            rfinal = "\n\n".join(part for part in parts if part)
+        else:
+            rfinal = self.partial_reasoning
         self._limit(len(final), "answer")
         self._limit(len(rfinal), "reasoning")
         answer = reasoning = None
@@ -947,6 +979,17 @@ class AnswerDecoder:
             AnswerFinished(model=self._model, text=final, reasoning=rfinal, citations=self._citations)
         )
         return events
+
+
+def _apply(text: _Text, change: _Change) -> None:
+    """Take a change into what was reported of a text."""
+    if change.revised is not None:
+        text.reset(change.revised)
+    else:
+        text.append(change.delta)
+    if change.ref is not _UNSET:
+        text.ref = change.ref
+        text.count = change.count
 
 
 def _has_text(pair: tuple[Any, Any]) -> bool:
