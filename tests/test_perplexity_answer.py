@@ -7,6 +7,7 @@ read in its repository (protocol.md §10 names the versions read).
 from __future__ import annotations
 
 import json
+import re
 import time
 import tracemalloc
 from collections.abc import Iterator
@@ -42,8 +43,12 @@ from plabs_proto.perplexity.answer import (
     DEFAULT_MAX_PATCHES,
     DEFAULT_MAX_STEPS,
     DEFAULT_MAX_TEXT,
+    END_OF_STREAM,
+    MESSAGE,
     AnswerDecoder,
+    load_frame,
 )
+from plabs_proto.perplexity.sse import SSEDecoder
 
 
 def run(frames: list[Any], decoder: AnswerDecoder | None = None, *, end: bool = False) -> list[Event]:
@@ -98,6 +103,43 @@ def add(path: str, value: Any) -> dict[str, Any]:
 
 def replace(path: str, value: Any) -> dict[str, Any]:
     return {"op": "replace", "path": path, "value": value}
+
+
+def test_from_bytes_to_events() -> None:
+    """How a session joins the pieces: SSE events, their data decoded by load_frame, end_of_stream."""
+    body = (
+        b'event: message\r\ndata: {"backend_uuid":"b1","status":"PENDING","blocks":[{"intended_usage":"ask_text",'
+        b'"markdown_block":{"chunks":["Hi"]}}]}\r\n\r\n'
+        b'event: message\r\ndata: {"backend_uuid":"b1","status":"PENDING","final":true}\r\n\r\n'
+        b"event: end_of_stream\r\ndata: {}\r\n\r\n"
+    )
+    sse, decoder = SSEDecoder(), AnswerDecoder(model="turbo")
+    events: list[Event] = []
+    for byte in range(len(body)):
+        for event in sse.feed(body[byte : byte + 1]):
+            if event.event == MESSAGE:
+                events += decoder.feed(load_frame(event.data))
+            elif event.event == END_OF_STREAM:
+                events += decoder.end_of_stream()
+    assert sse.end() is False
+    assert events == [
+        ThreadIdentity(backend_uuid="b1"),
+        TextDelta(text="Hi"),
+        AnswerFinished(model="turbo", text="Hi", reasoning=""),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ("{", "expected an answer frame of JSON, got str: '{'"),
+        ('{"a": NaN}', "NaN is not JSON"),
+        ("[" * 101 + "]" * 101, "expected an answer frame nested at most 100 deep"),
+    ],
+)
+def test_load_frame_refuses_what_is_not_json(data: str, message: str) -> None:
+    with pytest.raises(RemoteProtocolError, match=re.escape(message)):
+        load_frame(data)
 
 
 # -- the workflow shape (2026-08 on) --------------------------------------------------------------------

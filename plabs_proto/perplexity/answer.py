@@ -15,7 +15,8 @@ The shapes the service has used (protocol.md §10.4), all taken, in any order of
   decoded value) holding a list of steps ``{step_type, content}``; the ``FINAL``
   step's ``content.answer`` is itself a JSON string ``{answer, chunks, web_results}``
   (or an object, or plain text).  An older form put that object (or plain answer
-  text) in ``text`` directly.  Each frame carries the whole answer so far.
+  text) in ``text`` directly.  Each frame carries the whole answer so far (or, with
+  only ``chunks``, either all of them again or only the new ones).
 * **blocks** (schematized): ``blocks[]`` of ``{intended_usage, <kind>_block}`` or
   ``{intended_usage, diff_block: {field, patches}}`` (RFC 6902 patches against the
   block named by ``field``).  The answer is the ``markdown_block`` of usage
@@ -27,8 +28,9 @@ The shapes the service has used (protocol.md §10.4), all taken, in any order of
   steps: ``plan_block.steps``.
 * **workflow** (2026-08 on): ``workflow_block {status, steps[{items[]}]}``, patched by
   ``diff_block {field: "workflow_block"}``; the answer is the first text item whose
-  ``variant`` is ``"answer"`` (or none), the reasoning the first ``"thinking"`` one;
-  ``queries_payload`` and ``sources_payload`` items are search steps.
+  ``variant`` is ``"answer"`` (or none); the ``"thinking"`` items are the reasoning
+  (joined with a blank line); ``queries_payload`` and ``sources_payload`` items are
+  search steps.
 
 The end (§10.3): the answer is finished by a frame whose ``status`` is ``COMPLETED``
 (or by :meth:`AnswerDecoder.end_of_stream`), never by ``final: true`` alone, which
@@ -78,8 +80,16 @@ __all__ = [
     "DEFAULT_MAX_PATCHES",
     "DEFAULT_MAX_STEPS",
     "DEFAULT_MAX_TEXT",
+    "END_OF_STREAM",
+    "MESSAGE",
     "AnswerDecoder",
+    "load_frame",
 ]
+
+MESSAGE = "message"
+"""The SSE event type of an answer frame."""
+END_OF_STREAM = "end_of_stream"
+"""The SSE event type that ends the stream (its data is ``{}``)."""
 
 DEFAULT_MAX_TEXT = 8 * 1024 * 1024
 """Longest answer (and longest reasoning), in characters."""
@@ -110,6 +120,23 @@ def _excerpt(value: object) -> str:
     if isinstance(value, str):
         return f"str: {value[:60]!r}" + ("..." if len(value) > 60 else "")
     return f"{type(value).__name__}: {_REPR.repr(value)}"
+
+
+def load_frame(data: str) -> Any:
+    """The JSON value of an SSE event's data, for :meth:`AnswerDecoder.feed`.
+
+    Nesting deeper than :data:`plabs_proto.jsondepth.MAX_DEPTH`, text that is not
+    JSON, and ``NaN``/``Infinity`` are refused with :class:`RemoteProtocolError`.
+    """
+    check_depth(data, "an answer frame")
+    try:
+        return json.loads(data, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:
+        raise RemoteProtocolError(f"expected an answer frame of JSON, got {_excerpt(data)} ({exc})") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _is_answer_usage(usage: str | None) -> bool:
