@@ -664,6 +664,18 @@ def test_the_block_limit() -> None:
         run([{"blocks": [{}] * 4}], AnswerDecoder(max_blocks=3))
 
 
+def test_the_answer_tracks_and_plans_kept_are_bounded() -> None:
+    tracks = [md(f"ask_text_{n}_markdown", chunks=["x"]) for n in range(3)]
+    run([{"blocks": tracks}], AnswerDecoder(max_blocks=3))
+    with pytest.raises(RemoteProtocolError, match=r"expected at most 3 answer tracks \(markdown usages\), got 4"):
+        run([{"blocks": tracks}, {"blocks": [diff("ask_text", "markdown_block", add("/chunks/0", "y"))]}],
+            AnswerDecoder(max_blocks=3))
+    plans = [{"intended_usage": f"plan{n}", "plan_block": {}} for n in range(3)]
+    run([{"blocks": plans}], AnswerDecoder(max_blocks=3))
+    with pytest.raises(RemoteProtocolError, match="expected at most 3 plans, got 4"):
+        run([{"blocks": plans}, {"blocks": [{"intended_usage": "plan9", "plan_block": {}}]}], AnswerDecoder(max_blocks=3))
+
+
 def test_the_patch_limit_counts_every_diff_block_of_a_frame() -> None:
     patch = replace("/progress", "x")
     start = {"blocks": [md("ask_text", progress="")]}
@@ -679,12 +691,15 @@ def test_the_step_limit() -> None:
     run([{"text": steps}], AnswerDecoder(max_steps=3))
     with pytest.raises(RemoteProtocolError, match="expected at most 3 steps in 'text', got 4"):
         run([{"text": json.dumps([{"step_type": "INITIAL_QUERY", "content": {}}] * 4)}], AnswerDecoder(max_steps=3))
-    workflow = {"steps": [{"items": [{}] * 3}] * 3}
+    workflow = {"steps": [{"items": [{}]}, {"items": [{}, {}]}, {}]}
     run([{"blocks": [{"workflow_block": workflow}]}], AnswerDecoder(max_steps=3))
     with pytest.raises(RemoteProtocolError, match="expected at most 3 workflow steps, got 4"):
         run([{"blocks": [{"workflow_block": {"steps": [{}] * 4}}]}], AnswerDecoder(max_steps=3))
-    with pytest.raises(RemoteProtocolError, match="expected at most 3 items in a workflow step, got 4"):
+    with pytest.raises(RemoteProtocolError, match="expected at most 3 items in the workflow, got 4"):
         run([{"blocks": [{"workflow_block": {"steps": [{"items": [{}] * 4}]}}]}], AnswerDecoder(max_steps=3))
+    with pytest.raises(RemoteProtocolError, match="expected at most 3 items in the workflow, got 4"):
+        run([{"blocks": [{"workflow_block": {"steps": [{"items": [{}] * 2}, {"items": [{}] * 2}]}}]}],
+            AnswerDecoder(max_steps=3))
     with pytest.raises(RemoteProtocolError, match="expected at most 3 plan steps, got 4"):
         run([{"blocks": [{"plan_block": {"steps": [{}] * 4}}]}], AnswerDecoder(max_steps=3))
 

@@ -94,9 +94,9 @@ END_OF_STREAM = "end_of_stream"
 DEFAULT_MAX_TEXT = 8 * 1024 * 1024
 """Longest answer (and longest reasoning), in characters."""
 DEFAULT_MAX_BLOCKS = 1000
-"""Most blocks in one frame."""
+"""Most blocks in one frame, and most answer tracks (markdown usages) and plans kept."""
 DEFAULT_MAX_STEPS = 1000
-"""Most steps in a steps list, a plan or a workflow, and most items in one workflow step."""
+"""Most steps in a steps list, a plan or a workflow, and most items in a whole workflow."""
 DEFAULT_MAX_PATCHES = 10_000
 """Most patches in one frame (all its ``diff_block`` s together)."""
 DEFAULT_MAX_CHUNKS = 1 << 20
@@ -214,6 +214,7 @@ class AnswerDecoder:
         "_legacy_chunks",
         "_markdown",
         "_model",
+        "_payloads",
         "_pieces",
         "_plans",
         "_queries",
@@ -258,6 +259,7 @@ class AnswerDecoder:
         self._pieces: list[_Text] = []  # each thinking item's text, followed on its own
         self._markdown: dict[str, dict[str, Any]] = {}  # usage ("" for none) -> markdown_block, first seen first
         self._workflow: Any = None
+        self._payloads: list[dict[str, Any]] | None = None  # the workflow's item payloads (None: walk again)
         self._plans: dict[str, Any] = {}
         self._web: dict[str, Any] = {}  # block field -> block holding web_results
         self._legacy: str | None = None  # the answer of the steps shape, whole
@@ -467,8 +469,10 @@ class AnswerDecoder:
             if not isinstance(value, dict):
                 self._fail(f"expected 'workflow_block' to be a JSON object, got {_excerpt(value)}")
             self._workflow = value
+            self._payloads = None
             return "steps"
         if field == "plan_block":
+            self._keep(self._plans, usage, "plans")
             self._plans[usage] = value
             return "steps"
         if field in ("web_result_block", "sources_mode_block"):
@@ -483,6 +487,7 @@ class AnswerDecoder:
         if chunks is not None and not isinstance(chunks, list):
             self._fail(f"expected 'chunks' to be a list in a markdown_block, got {_excerpt(chunks)}")
         offset = value.get("chunk_starting_offset")
+        self._keep(self._markdown, usage, "answer tracks (markdown usages)")
         doc = dict(value)
         old_doc = self._markdown.get(usage)
         old = old_doc.get("chunks") if isinstance(old_doc, dict) else None
@@ -492,7 +497,9 @@ class AnswerDecoder:
         elif not isinstance(old, list):
             if offset not in (None, 0):
                 self._fail(f"expected 'chunk_starting_offset' 0 in the first markdown_block, got {_excerpt(offset)}")
-            doc["chunks"] = list(chunks)
+            fresh: list[Any] = []
+            self._grow(fresh, chunks)
+            doc["chunks"] = fresh
         else:
             if offset is None:
                 self._absorb(old, chunks)
@@ -512,6 +519,10 @@ class AnswerDecoder:
                 self._grow(old, chunks[same:])
             doc["chunks"] = old
         self._markdown[usage] = doc
+
+    def _keep(self, kept: dict[str, Any], usage: str, what: str) -> None:
+        if usage not in kept and len(kept) >= self.max_blocks:
+            self._fail(f"expected at most {self.max_blocks} {what}, got {len(kept) + 1}")
 
     def _absorb(self, held: list[Any], chunks: list[Any]) -> None:
         """Add ``chunks`` sent without an offset: chunks that extend the ones held are the whole list
@@ -549,12 +560,14 @@ class AnswerDecoder:
             if not _is_answer_usage(usage):
                 return patches_left, ""
             # a first patch may add chunks at once (OmniRoute starts every block with no chunks)
+            self._keep(self._markdown, usage, "answer tracks (markdown usages)")
             root: Any = self._markdown.get(usage) or {"chunks": []}
             kind = "text"
         elif field == "workflow_block":
             root = {} if self._workflow is None else self._workflow
-            kind = "steps"
+            kind = "text"
         elif field == "plan_block":
+            self._keep(self._plans, usage, "plans")
             root = self._plans.get(usage, {})
             kind = "steps"
         elif field in ("web_result_block", "sources_mode_block"):
@@ -565,7 +578,13 @@ class AnswerDecoder:
                 self._parse_patch(patch)
             return patches_left, ""
         for patch in patches:
-            root = self._apply(root, patch, field)
+            root, tokens = self._apply(root, patch, field)
+            if field == "workflow_block" and (
+                len(tokens) <= 5 or "queries_payload" in tokens or "sources_payload" in tokens
+            ):
+                kind = "steps"  # the structure or the search steps changed
+                if len(tokens) <= 5:
+                    self._payloads = None
         if field == "markdown_block":
             if not isinstance(root, dict):
                 self._fail(f"expected a patched markdown_block to be a JSON object, got {_excerpt(root)}")
@@ -596,13 +615,11 @@ class AnswerDecoder:
             self._fail(f"expected a 'value' in an {op} patch at {path!r}, got none")
         return op, tokens, patch.get("value")
 
-    def _apply(self, root: Any, patch: object, field: str) -> Any:
-        """Apply one RFC 6902 patch (add, replace, remove) to ``root``; return the new root."""
+    def _apply(self, root: Any, patch: object, field: str) -> tuple[Any, list[str]]:
+        """Apply one RFC 6902 patch (add, replace, remove) to ``root``; return the new root and the path."""
         op, tokens, value = self._parse_patch(patch)
         if not tokens:
-            if op == "remove":
-                return {}
-            return value
+            return ({} if op == "remove" else value), tokens
         target = root
         for depth, token in enumerate(tokens[:-1]):
             target = self._step(target, token, tokens[: depth + 1], field)
@@ -648,7 +665,7 @@ class AnswerDecoder:
                     del target[index]
         else:
             self._fail(f"expected an object or array at the parent of {where!r} in the {field}, got {_excerpt(target)}")
-        return root
+        return root, tokens
 
     def _step(self, target: Any, token: str, tokens: list[str], field: str) -> Any:
         where = "/" + "/".join(tokens)
@@ -743,15 +760,25 @@ class AnswerDecoder:
                     self._read(self._dict(payload["sources_payload"], "'sources_payload'").get("sources"), events)
 
     def _items(self) -> list[dict[str, Any]]:
-        """The payloads of the workflow's items, in order."""
+        """The payloads of the workflow's items, in order.
+
+        Kept until a patch changes the workflow's structure (a path of at most five
+        tokens: ``/steps/<n>/items/<m>/payload``), so a frame that only adds a
+        chunk does not walk the whole workflow again.
+        """
+        if self._payloads is not None:
+            return self._payloads
         found: list[dict[str, Any]] = []
         workflow = self._dict(self._workflow, "the workflow_block")
         for step in self._list(workflow.get("steps"), "workflow steps", self.max_steps):
             step = self._dict(step, "a workflow step")
-            for item in self._list(step.get("items"), "items in a workflow step", self.max_steps):
+            items = self._list(step.get("items"), "items in a workflow step")
+            if len(found) + len(items) > self.max_steps:
+                self._fail(f"expected at most {self.max_steps} items in the workflow, got {len(found) + len(items)}")
+            for item in items:
                 item = self._dict(item, "a workflow item")
-                payload = self._dict(item.get("payload"), "an item's 'payload'")
-                found.append(payload)
+                found.append(self._dict(item.get("payload"), "an item's 'payload'"))
+        self._payloads = found
         return found
 
     # -- the steps shape (``text``) -------------------------------------------------------------------
