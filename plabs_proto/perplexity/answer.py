@@ -43,7 +43,11 @@ Cost: the text is kept as chunks and only new chunks are joined, so a stream of
 small patches costs time linear in the answer; a frame that carries the whole
 answer (the steps shape) costs time linear in that frame, which its bytes force.
 A patch that changes a chunk already reported makes the text be joined again;
-that re-joining is bounded in all by ``max_rewrite`` characters.
+that re-joining is bounded in all by ``max_rewrite`` characters.  Search steps are
+read again only from the plans and the workflow a frame changed, and the workflow
+is walked again only when its structure changes.  Every count is bounded (the
+``max_*`` arguments): blocks per frame, answer tracks and plans kept, steps, items,
+patches per frame, chunks per text, characters of answer and of reasoning.
 """
 
 from __future__ import annotations
@@ -220,6 +224,8 @@ class AnswerDecoder:
         "_queries",
         "_reasoning",
         "_sources",
+        "_stale_plans",
+        "_stale_workflow",
         "_thread",
         "_touched",
         "_web",
@@ -269,6 +275,8 @@ class AnswerDecoder:
         self._sources: set[str] = set()
         self._thread: tuple[str, str | None, str | None] | None = None
         self._touched: dict[int, int] = {}
+        self._stale_plans: set[str] = set()  # plans changed in this frame
+        self._stale_workflow = False  # the workflow's structure or search steps changed in this frame
         self._finished = False
         self._broken = False
 
@@ -352,10 +360,11 @@ class AnswerDecoder:
         if isinstance(model, str) and model:
             self._model = model
         self._touched = {}
-        steps_touched = False
+        self._stale_plans = set()
+        self._stale_workflow = False
         citations: list[Any] | None = None
         if "blocks" in frame and frame["blocks"] is not None:
-            steps_touched, citations = self._blocks(frame["blocks"])
+            citations = self._blocks(frame["blocks"])
         legacy = frame.get("text")
         if legacy is not None and legacy != "":
             legacy_citations = self._steps_text(legacy, events)
@@ -364,7 +373,7 @@ class AnswerDecoder:
         top = frame.get("web_results")
         if isinstance(top, list):
             citations = top
-        if steps_touched:
+        if self._stale_plans or self._stale_workflow:
             self._block_steps(events)
         if citations is not None:
             self._cite(citations, events)
@@ -421,12 +430,12 @@ class AnswerDecoder:
 
     # -- the blocks shape and the workflow shape ----------------------------------------------------
 
-    def _blocks(self, blocks: object) -> tuple[bool, list[Any] | None]:
+    def _blocks(self, blocks: object) -> list[Any] | None:
+        """Take the blocks of a frame; return the web results when they changed."""
         if not isinstance(blocks, list):
             self._fail(f"expected 'blocks' to be a list, got {_excerpt(blocks)}")
         if len(blocks) > self.max_blocks:
             self._fail(f"expected at most {self.max_blocks} blocks in a frame, got {len(blocks)}")
-        steps_touched = False
         web_touched = False
         patches_left = self.max_patches
         for block in blocks:
@@ -445,10 +454,9 @@ class AnswerDecoder:
                     kind = self._whole(usage, field, value)
                 else:
                     continue
-                steps_touched = steps_touched or kind == "steps"
                 web_touched = web_touched or kind == "web"
         if not web_touched:
-            return steps_touched, None
+            return None
         citations: list[Any] = []
         for holder in self._web.values():
             results = holder.get("web_results") if isinstance(holder, dict) else None
@@ -456,7 +464,7 @@ class AnswerDecoder:
                 self._fail(f"expected 'web_results' to be a list, got {_excerpt(results)}")
             if results:
                 citations = results
-        return steps_touched, citations
+        return citations
 
     def _whole(self, usage: str, field: str, value: object) -> str:
         """Take a whole ``<kind>_block``; say what it touched ("text", "steps", "web" or "")."""
@@ -470,10 +478,12 @@ class AnswerDecoder:
                 self._fail(f"expected 'workflow_block' to be a JSON object, got {_excerpt(value)}")
             self._workflow = value
             self._payloads = None
+            self._stale_workflow = True
             return "steps"
         if field == "plan_block":
             self._keep(self._plans, usage, "plans")
             self._plans[usage] = value
+            self._stale_plans.add(usage)
             return "steps"
         if field in ("web_result_block", "sources_mode_block"):
             self._web[field] = value
@@ -583,6 +593,7 @@ class AnswerDecoder:
                 len(tokens) <= 5 or "queries_payload" in tokens or "sources_payload" in tokens
             ):
                 kind = "steps"  # the structure or the search steps changed
+                self._stale_workflow = True
                 if len(tokens) <= 5:
                     self._payloads = None
         if field == "markdown_block":
@@ -593,6 +604,7 @@ class AnswerDecoder:
             self._workflow = root
         elif field == "plan_block":
             self._plans[usage] = root
+            self._stale_plans.add(usage)
         else:
             self._web[field] = root
         return patches_left, kind
@@ -744,7 +756,9 @@ class AnswerDecoder:
             events.append(Citations(citations=cited))
 
     def _block_steps(self, events: list[Event]) -> None:
-        for plan in self._plans.values():
+        """Report the new search steps of the plans and the workflow changed in this frame."""
+        for usage in [usage for usage in self._plans if usage in self._stale_plans]:
+            plan = self._plans[usage]
             plan = self._dict(plan, "a plan_block")
             for step in self._list(plan.get("steps"), "plan steps", self.max_steps):
                 step = self._dict(step, "a plan step")
@@ -752,7 +766,7 @@ class AnswerDecoder:
                 self._searched(search.get("queries"), events)
                 read = self._dict(step.get("read_results_content"), "'read_results_content'")
                 self._read(read.get("urls"), events)
-        if self._workflow is not None:
+        if self._stale_workflow and self._workflow is not None:
             for payload in self._items():
                 if "queries_payload" in payload:
                     self._searched(self._dict(payload["queries_payload"], "'queries_payload'").get("queries"), events)
