@@ -56,6 +56,8 @@ if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; only type checkers read it h
     from typing import Unpack
 
 __all__ = [
+    "AnswerFailedError",
+    "AnswerRateLimitedError",
     "AnswerRewrittenError",
     "ChallengeError",
     "HandshakeError",
@@ -294,3 +296,58 @@ class NetworkError(LabsError):
         self.host = host
         self.port = port
         self.errno = errno
+
+
+# -- errors of the Perplexity ask service (plabs_proto.perplexity) -------------------------------------
+
+
+class AnswerFailedError(ResponseError):
+    """The ask service reported a failure for the query (``status: "failed"``, or an ``error_code``).
+
+    ``error_code`` is the service's code (e.g. ``"INTERNAL_ERROR"``), or None when
+    it sent none; ``server_text`` is its own message (``error_message`` or ``text``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        error_code: str | None,
+        server_text: str = "",
+        partial_text: str = "",
+        partial_reasoning: str = "",
+    ) -> None:
+        super().__init__(
+            message, server_text=server_text, partial_text=partial_text, partial_reasoning=partial_reasoning
+        )
+        self.error_code = error_code
+
+
+class AnswerRateLimitedError(RateLimitedError):
+    """The ask service refused the query in its answer stream for a quota (``FREE_TIER_RATE_LIMITED``).
+
+    The HTTP answer itself was a success (``status`` is 200); the refusal came as
+    a frame.  ``error_code`` is the service's code, ``server_text`` its own message
+    (often empty), and ``retry_after`` is None: the stream says no time.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        error_code: str,
+        server_text: str = "",
+        partial_text: str = "",
+        partial_reasoning: str = "",
+    ) -> None:
+        super().__init__(
+            message,
+            status=200,
+            retry_after=None,
+            retry_after_header=None,
+            body_excerpt=server_text,
+            partial_text=partial_text,
+            partial_reasoning=partial_reasoning,
+        )
+        self.error_code = error_code
+        self.server_text = server_text

@@ -38,9 +38,12 @@ __all__ = [
     "OpenStream",
     "QueryFailed",
     "ReasoningDelta",
+    "SearchQueries",
     "SendBytes",
     "SessionInstruction",
+    "SourcesRead",
     "TextDelta",
+    "ThreadIdentity",
     "TransportSwitched",
     "WebSocketClose",
     "WebSocketConnect",
@@ -281,3 +284,44 @@ class TransportSwitched(SessionInstruction):
     """
 
     ws_id: int
+
+
+# -- events of the Perplexity ask service (plabs_proto.perplexity) -------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SearchQueries(Event):
+    """The service searched the web for ``queries`` (one search step).
+
+    Search steps (this and :class:`SourcesRead`) come in the order the service
+    took them, each query and each source once.
+    """
+
+    queries: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SourcesRead(Event):
+    """The service read these sources (one reading step).
+
+    Each source is a dict ``{"url": ..., "title": ...}`` (``title`` is ``""``
+    when the service named none), the form :class:`Citations` uses.
+    """
+
+    sources: tuple[dict[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ThreadIdentity(Event):
+    """Which thread the answer belongs to: what a follow-up in the same thread sends back.
+
+    ``backend_uuid`` names this answer (a follow-up sends it as
+    ``last_backend_uuid``), ``read_write_token`` is the thread's token and
+    ``thread_url_slug`` its place on the site (``/search/<slug>``); either may be
+    None when the service did not send it.  Handed out when first known and
+    again whenever one of them changes.
+    """
+
+    backend_uuid: str
+    read_write_token: str | None = None
+    thread_url_slug: str | None = None
