@@ -1,6 +1,8 @@
 """This checkout's core against another commit's, side by side in one process.
 
     python benchmarks/ab.py [--base main] [--frames 2000] [--step 8] [--rounds 21]
+    python benchmarks/ab.py --base REV --instructions    # valgrind's instruction counts instead
+
 
 A machine shared with other work makes two separate runs disagree by more than the
 differences worth measuring.  So the other commit's ``plabs_proto`` is unpacked
@@ -10,6 +12,11 @@ core.py's recorded stream: ``LabsClient.receive_data`` on 64 KiB reads of
 WebSocket progress frames after a scripted ``websocket`` handshake, then draining
 the events.  Process CPU time per frame; the median and the minimum of each, and
 B / A.  A is the base, B this checkout.
+
+``--instructions`` counts instead of timing, for a machine too busy for times to agree: each
+side runs alone under valgrind (cachegrind), once with ``--frames`` frames and once with three
+times as many, and the difference divided by the extra frames is instructions per frame,
+without the start-up.  Valgrind must be on PATH.
 """
 
 from __future__ import annotations
@@ -42,15 +49,20 @@ OPEN = '0{"sid":"E","upgrades":[],"pingInterval":25000,"pingTimeout":20000,"maxP
 
 
 def base_package(rev: str, into: Path) -> ModuleType:
-    """``plabs_proto`` as of ``rev``, imported as ``plabs_base.client``."""
+    """``plabs_proto`` as of ``rev``, imported as ``plabs_base``: its byte-level client module
+    (``plabs_base.wire.client``, or ``plabs_base.client`` before the layout of issue 16).  The
+    package's own absolute imports are renamed with it."""
     archive = into / "base.tar"
     with archive.open("wb") as out:
         subprocess.run(["git", "-C", str(ROOT), "archive", rev, "plabs_proto"], stdout=out, check=True)
     with tarfile.open(archive) as tar:
         tar.extractall(into / "tree", filter="data")
     shutil.move(into / "tree" / "plabs_proto", into / "plabs_base")
+    for source in (into / "plabs_base").rglob("*.py"):
+        source.write_text(source.read_text().replace("plabs_proto", "plabs_base"))
     sys.path.insert(0, str(into))
-    return importlib.import_module("plabs_base.client")
+    wire = into / "plabs_base" / "wire" / "client.py"
+    return importlib.import_module("plabs_base.wire.client" if wire.exists() else "plabs_base.client")
 
 
 def per_frame(client_module: ModuleType, stream: bytes, answer: str, frames: int) -> float:
@@ -77,16 +89,54 @@ def per_frame(client_module: ModuleType, stream: bytes, answer: str, frames: int
     return spent / frames * 1e6
 
 
+def count_instructions(side: str, rev: str, frames: int, step: int) -> float:
+    """Instructions per frame of one side ("A": ``rev``, "B": this checkout), counted by cachegrind:
+    the recorded stream is made outside valgrind and read from a file, so only decoding is counted."""
+    counts = []
+    for n in (frames, 3 * frames):
+        with tempfile.TemporaryDirectory() as tmp:
+            out, recorded = Path(tmp) / "cachegrind.out", Path(tmp) / "stream"
+            stream, answer = recorded_stream(n, step)
+            recorded.write_bytes(answer.encode() + b"\0" + stream)
+            subprocess.run(
+                ["valgrind", "--tool=cachegrind", "--cache-sim=no", f"--cachegrind-out-file={out}",
+                 sys.executable, __file__, "--one", side, "--base", rev, "--frames", str(n), "--stream", str(recorded)],
+                check=True, capture_output=True, cwd=Path(__file__).parent,
+            )
+            summary = next(line for line in out.read_text().splitlines() if line.startswith("summary:"))
+            counts.append(int(summary.split()[1]))
+    return (counts[1] - counts[0]) / (2 * frames)
+
+
 def main(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", default="main", help="the commit to compare with (default main)")
     parser.add_argument("--frames", type=int, default=2000)
     parser.add_argument("--step", type=int, default=8, help="characters added per frame (default 8)")
     parser.add_argument("--rounds", type=int, default=21)
+    parser.add_argument("--instructions", action="store_true", help="count instructions (valgrind) instead")
+    parser.add_argument("--one", choices=("A", "B"), help=argparse.SUPPRESS)  # one pass of one side
+    parser.add_argument("--stream", help=argparse.SUPPRESS)  # ... on this recorded stream
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    current = importlib.import_module("plabs_proto.wire.client")
+    if args.instructions:
+        a, b = (count_instructions(side, args.base, args.frames, args.step) for side in ("A", "B"))
+        print(f"{args.frames} and {3 * args.frames} frames, {args.step} characters a frame; instructions per frame")
+        print(f"A ({args.base}): {a:,.0f}")
+        print(f"B (this checkout): {b:,.0f}")
+        print(f"B / A: {b / a:.3f}")
+        return b / a
+    if args.one is not None:
+        answer_bytes, _, stream = Path(args.stream).read_bytes().partition(b"\0")
+        answer = answer_bytes.decode()
+        with tempfile.TemporaryDirectory() as tmp:
+            module = base_package(args.base, Path(tmp)) if args.one == "A" else importlib.import_module(
+                "plabs_proto.wire.client"
+            )
+            per_frame(module, stream, answer, args.frames)
+        return 0.0
     stream, answer = recorded_stream(args.frames, args.step)
+    current = importlib.import_module("plabs_proto.wire.client")
     times: dict[str, list[float]] = {"A": [], "B": []}
     with tempfile.TemporaryDirectory() as tmp:
         base = base_package(args.base, Path(tmp))

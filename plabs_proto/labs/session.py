@@ -71,6 +71,7 @@ __all__ = ["LabsSession"]
 
 _CLOSED, _ERROR, _QUERYING = SessionState.CLOSED, SessionState.ERROR, SessionState.QUERYING
 _CONNECT_TEXT_TYPE = socketio.PacketType.CONNECT
+_Message = eio.Message
 _DISCONNECT = socketio.encode_packet(socketio.Packet(socketio.PacketType.DISCONNECT))
 
 
@@ -407,19 +408,27 @@ class LabsSession:
 
     def _read_engine(self, now: float) -> None:
         """Read the Engine.IO session's events, until there are none or this session has ended."""
-        engine = self._engine
-        while True:
-            event = engine.next_event()
-            if event is None:
-                return
-            kind = type(event)
-            if kind is eio.Message:
-                self._on_message(event.data, event.start, now)  # type: ignore[union-attr]
-            elif kind is eio.Opened:
+        for event in self._engine.events():
+            if type(event) is _Message:
+                data, start = event
+                if type(data) is Utf8Text:
+                    raw = data.data
+                    if self._decoder is not None and raw[start : start + 2] == b"2[" and not self._sio.awaiting_attachments:
+                        # A progress frame read by the bytes it shares with the previous one.
+                        fast = self._frames.read_bytes(raw, start)
+                        if fast is not None:
+                            self._on_event(fast[0], fast[1], now)
+                            continue
+                    self._on_text(data.decode(), start, now)
+                elif type(data) is bytes:
+                    self._on_binary(data, now)
+                else:
+                    self._on_text(data, start, now)  # type: ignore[arg-type]
+            elif type(event) is eio.Opened:
                 if self._pending_query is not None:
                     self._check_request_size(self._pending_query, pending=True)
-            elif kind is eio.Closed:
-                self._on_closed(event)  # type: ignore[arg-type]
+            elif type(event) is eio.Closed:
+                self._on_closed(event)
             # eio.Upgraded: the WebSocket carries the session now; nothing changes up here.
             if self._state is _CLOSED or self._state is _ERROR:
                 return  # what came after belongs to no session
@@ -434,24 +443,8 @@ class LabsSession:
             raise RemoteProtocolError(event.error)
         self._server_closed(event.reason)
 
-    def _on_message(self, data: str | bytes | Utf8Text, start: int, now: float) -> None:
-        """An Engine.IO message: the Socket.IO packet at ``data[start:]``."""
-        if type(data) is Utf8Text:
-            raw = data.data
-            if self._decoder is not None and raw[start : start + 2] == b"2[" and not self._sio.awaiting_attachments:
-                # A progress frame read by the bytes it shares with the previous one.
-                fast = self._frames.read_bytes(raw, start)
-                if fast is not None:
-                    self._on_event(fast[0], fast[1], now)
-                    return
-            text = data.decode()
-        elif type(data) is bytes:
-            packet = self._sio.feed(data)
-            if packet is not None:
-                self._on_sio_packet(packet, now)
-            return
-        else:
-            text = data  # type: ignore[assignment]
+    def _on_text(self, text: str, start: int, now: float) -> None:
+        """The Socket.IO packet at ``text[start:]``."""
         if text.startswith("2[", start) and self._decoder is not None and not self._sio.awaiting_attachments:
             # A progress frame read by the prefix it shares with the previous one.
             fast = self._frames.read(text, start)
@@ -459,6 +452,11 @@ class LabsSession:
                 self._on_event(fast[0], fast[1], now)
                 return
         packet = self._sio.feed(text[start:] if start else text)
+        if packet is not None:
+            self._on_sio_packet(packet, now)
+
+    def _on_binary(self, data: bytes, now: float) -> None:
+        packet = self._sio.feed(data)
         if packet is not None:
             self._on_sio_packet(packet, now)
 
