@@ -642,8 +642,10 @@ class EngineIOSession:
         if self._transport == "upgrade":
             # The first POST (the CONNECT) and the WebSocket go out together; the probe waits for both
             # answers, so the server has the CONNECT before the upgrade ends polling.
-            post = engineio.encode_payload(waiting).encode("utf-8")
-            self._request("POST", self.sid, post, _CONNECT_POST)
+            if waiting:
+                self._request("POST", self.sid, engineio.encode_payload(waiting).encode("utf-8"), _CONNECT_POST)
+            else:
+                self._posted = True  # nothing to say by POST: the probe waits for the WebSocket alone
             self._open_websocket(self.sid)
         else:
             self._queue[:0] = waiting
