@@ -786,3 +786,34 @@ def test_access_log_one_line_per_request_and_quiet(emulator_factory: EmulatorFac
     assert len(lines) == 3 and KEY not in err and secret_prompt not in err
     status, err = stop_gateway(quiet)
     assert (status, err) == (0, "")
+
+
+def test_estimate_tokens_is_a_token_per_four_bytes_rounded_up() -> None:
+    from plabs_proto.backends.programs.gateway import estimate_tokens
+
+    assert [estimate_tokens(text) for text in ("", "a", "abcd", "abcde", "é", "éé", "ééé", "😀", "世界")] == [
+        0, 1, 1, 2, 1, 1, 2, 1, 2]
+
+
+def test_fold_history_is_the_question_with_the_earlier_turns_first() -> None:
+    """The seam for a service that takes one question: a lone user message is itself."""
+    from plabs_proto.backends.programs.gateway import fold_history
+
+    assert fold_history([{"role": "user", "content": "What is sans-IO?"}]) == "What is sans-IO?"
+    assert fold_history([
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is sans-IO?"},
+        {"role": "assistant", "content": "I/O-free protocol code."},
+        {"role": "user", "content": "Why does it help testing?"},
+    ]) == ("system: Be brief.\n\nuser: What is sans-IO?\n\nassistant: I/O-free protocol code.\n\n"
+           "Why does it help testing?")
+
+
+def test_config_from_the_environment_takes_any_model() -> None:
+    from plabs_proto.backends.programs.gateway import GatewayConfig, GatewayError
+
+    assert GatewayConfig.from_env({"PLABS_ANY_MODEL": "1"}).any_model is True
+    assert GatewayConfig.from_env({"PLABS_ANY_MODEL": "0"}).any_model is False
+    assert GatewayConfig.from_env({}).any_model is False
+    with pytest.raises(GatewayError, match="expected PLABS_ANY_MODEL as 0 or 1, got 'yes'"):
+        GatewayConfig.from_env({"PLABS_ANY_MODEL": "yes"})

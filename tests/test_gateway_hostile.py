@@ -163,6 +163,8 @@ def test_the_responses_api_has_the_same_limits(post: Any, silent: Silent) -> Non
     refused(post, silent, {"model": "sonar", "input": [{"type": "function_call_output", "output": "1"}]}, 400,
             "unsupported_content", "input", path)
     refused(post, silent, {"input": "hi"}, 400, None, "model", path)
+    refused(post, silent, {"model": "sonar", "input": "hi", "previous_response_id": "resp_1"}, 400,
+            "unsupported_parameter", "previous_response_id", path)
     refused(post, silent, {"model": "sonar", "input": "hi", "instructions": 3}, 400, None, "instructions", path)
 
 

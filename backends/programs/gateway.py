@@ -561,6 +561,9 @@ def parse_responses_request(body: Any, config: GatewayConfig | None = None) -> _
     model = _model(body, config)
     stream = _stream_flag(body)
     _refuse_tools(body)
+    if body.get("previous_response_id") is not None:
+        raise _bad_request("this gateway keeps no responses: send the whole conversation in 'input' instead of "
+                           "'previous_response_id'", "unsupported_parameter", "previous_response_id")
     prompt = estimate_tokens("\n\n".join(message["content"] for message in messages))
     return _ChatRequest(messages, model, stream, False, prompt)
 
