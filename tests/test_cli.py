@@ -382,7 +382,6 @@ def test_server_failure_keeps_the_partial_answer(emulator_factory: EmulatorFacto
 @pytest.mark.parametrize(
     "args",
     [
-        ["ask"],
         ["ask", "--transport", "carrier-pigeon", "hi"],
         ["ask", "--timeout", "-1", "hi"],
         ["ask", "--emulator", "--server", "http://127.0.0.1:1", "hi"],

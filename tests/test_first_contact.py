@@ -79,7 +79,6 @@ def test_an_empty_prompt_is_one_line(args: list[str], stdin: str) -> None:
                                 "'bogus://127.0.0.1:1'"),
         ("http://user:s3cret@127.0.0.1:99999", "expected a proxy port between 1 and 65535, got "
                                                "'http://user:***@127.0.0.1:99999'"),
-        ("socks5://", "expected a proxy host, got 'socks5://'"),
     ],
 )
 def test_a_malformed_proxy_is_a_usage_error(command: list[str], proxy: str, message: str) -> None:

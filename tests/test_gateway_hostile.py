@@ -265,7 +265,7 @@ def unreachable_post(post: Any) -> Any:
     return lambda path, body: post(path, body, app)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=bodies, path=st.sampled_from(["/v1/chat/completions", "/v1/responses"]))
 def test_fuzzed_requests_get_a_4xx_in_openai_shape(unreachable_post: Any, body: bytes, path: str) -> None:
     started = time.monotonic()
