@@ -817,3 +817,13 @@ def test_config_from_the_environment_takes_any_model() -> None:
     assert GatewayConfig.from_env({}).any_model is False
     with pytest.raises(GatewayError, match="expected PLABS_ANY_MODEL as 0 or 1, got 'yes'"):
         GatewayConfig.from_env({"PLABS_ANY_MODEL": "yes"})
+
+
+def test_the_models_served_are_checked_at_startup() -> None:
+    from plabs_proto.backends.programs.gateway import LABS_MODELS, GatewayError, ModelCard, create_app
+
+    extra = ModelCard(id="another", owned_by="someone", created=1, service="other")
+    assert [card.id for card in create_app(models=(*LABS_MODELS, extra)).state.gateway.config.models][-1] == "another"
+    for models in ((), (*LABS_MODELS, LABS_MODELS[0]), ("sonar",)):
+        with pytest.raises(GatewayError, match="expected the models as ModelCards with distinct ids"):
+            create_app(models=models)

@@ -307,6 +307,9 @@ def check_config(config: GatewayConfig) -> None:
         )
     if config.api_key is not None and not config.api_key:
         raise GatewayError("expected a non-empty api key (or none)")
+    ids = [card.id if isinstance(card, ModelCard) else None for card in config.models]
+    if not ids or None in ids or len(set(ids)) != len(ids):
+        raise GatewayError(f"expected the models as ModelCards with distinct ids, got {config.models!r:.200}")
     from .. import asyncio as checker
 
     try:
@@ -1289,6 +1292,12 @@ def create_app(config: GatewayConfig | None = None, **settings: Any) -> Starlett
                 return
             except _ClientLeft:
                 return  # nobody to answer
+            except Exception as exc:  # a bug of the gateway: logged with its traceback, answered in shape
+                logger.exception("internal error of the gateway on %s %s", scope["method"], scope["path"])
+                internal = _Refusal(500, f"internal error of the gateway: {type(exc).__name__}", "api_error",
+                                    "internal_error")
+                await internal.response()(scope, receive, send)
+                return
             await answer(sessions, request)(scope, receive, send)
 
         return handle
