@@ -827,3 +827,22 @@ def test_the_models_served_are_checked_at_startup() -> None:
     for models in ((), (*LABS_MODELS, LABS_MODELS[0]), ("sonar",)):
         with pytest.raises(GatewayError, match="expected the models as ModelCards with distinct ids"):
             create_app(models=models)
+
+
+def test_the_responses_api_reports_failures(gateway_factory: GatewayFactory,
+                                            emulator_factory: EmulatorFactory) -> None:
+    """Before the stream starts: the HTTP status; after: a response.failed event with the error."""
+    gateway = gateway_factory("--server", emulator_factory(fail="Error in processing query", fail_after=3).url)
+    with gateway.client() as client:
+        events = list(client.responses.create(model="sonar", input="hi", stream=True))
+    assert events[-1].type == "response.failed"
+    failed = events[-1].response
+    assert failed.status == "failed" and failed.error is not None
+    assert failed.error.code == "labs_error" and "Error in processing query" in failed.error.message
+    deltas = "".join(event.delta for event in events if event.type == "response.output_text.delta")
+    assert deltas == default_answer("sonar", "hi")[: 3 * 8]
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+    at_once = gateway_factory("--server", emulator_factory(fail="Error in processing query").url)
+    with at_once.client() as client, pytest.raises(openai.APIStatusError) as caught:
+        client.responses.create(model="sonar", input="hi")
+    assert caught.value.status_code == 502 and "Error in processing query" in caught.value.message
