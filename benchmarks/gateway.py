@@ -2,6 +2,7 @@
 
     python benchmarks/gateway.py [--delay 0.01] [--runs 9] [--sessions 200] [--quick]
                                  [--loopback-only] [--baseline PLABS]
+    python benchmarks/gateway.py --scale 1000 [--frames 40] [--transport websocket]
 
 Against the same Labs emulator (its own process), through the latency relay (relay.py):
 
