@@ -21,7 +21,12 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-import trio
+try:
+    import trio
+except ImportError as exc:  # the core and the other backends need no trio: say which extra brings it
+    raise ModuleNotFoundError(
+        f"plabs_proto.backends.trio needs trio: pip install 'plabs-proto[trio]' ({exc})", name=exc.name
+    ) from exc
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup

@@ -2,6 +2,7 @@
 
     python benchmarks/gateway.py [--delay 0.01] [--runs 9] [--sessions 200] [--quick]
                                  [--loopback-only] [--baseline PLABS]
+    python benchmarks/gateway.py --scale 1000 [--frames 40] [--transport websocket]
 
 Against the same Labs emulator (its own process), through the latency relay (relay.py):
 
@@ -29,6 +30,14 @@ Against the same Labs emulator (its own process), through the latency relay (rel
    (answers of 60 frames 50 ms apart, so they overlap); every answer is checked and the
    gateway's peak resident memory (VmHWM) is read; beside it, a child process runs SESSIONS
    direct ``ask()`` calls at once and reports its own peak.
+
+4. ``--scale N``: the scale run of issue 18 alone.  N streamed requests at once (default
+   1,000) through one fresh gateway process in front of the emulator (its own process,
+   ``--transport websocket``: one Labs connection per stream), answers of ``--frames`` (40)
+   frames of 8 characters 50 ms apart; every answer is checked byte for byte; the gateway's peak memory over its idle
+   baseline per stream (VmHWM) and its CPU per streamed chunk are recorded.  Then N more
+   clients leave after their first chunk, and the gateway must hold no Labs connection and
+   no active request within 5 s (``/proc/net/tcp`` and ``/health``).
 
 Targets (issue 11): the gateway adds at most 1 ms to the first token on loopback and costs
 at most 2x the direct CPU per chunk; with ``--warm`` the first token comes at most one
@@ -75,6 +84,8 @@ class Gateway:
 
     def __init__(self, server: str, *args: str, plabs: str | None = None) -> None:
         command = [PYTHON, "-m", "plabs_proto"] if plabs is None else [plabs]
+        if plabs is None:
+            args = ("--quiet", *args)  # no access log on our stderr (a baseline may predate --quiet)
         env = child_env()
         cwd = None
         if plabs is not None:
@@ -369,6 +380,120 @@ def concurrent_gateway(url: str, sessions: int, expected: str) -> dict[str, Any]
     return {"correct": correct, "base_kib": base, "peak_kib": peak, "wall": wall, "cpu": cpu, "errors": errors}
 
 
+def established_to(port: int) -> int:
+    """Established TCP connections on this host to 127.0.0.1:``port`` (Linux /proc)."""
+    count = 0
+    for table_path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table_path) as lines:
+            next(lines)
+            for line in lines:
+                fields = line.split()
+                if int(fields[2].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                    count += 1
+    return count
+
+
+async def leave_after_first_chunk(port: int, prompt: str) -> bool:
+    """A streamed request whose client closes its connection after the first content chunk."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    body = json.dumps({"model": MODEL, "stream": True, "messages": [{"role": "user", "content": prompt}]}).encode()
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    data = b""
+    try:
+        while b'"content":"' not in data:
+            chunk = await reader.read(65536)
+            if not chunk:
+                return False
+            data += chunk
+        return True
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def health(port: int) -> dict[str, Any]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    data = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    result: dict[str, Any] = json.loads(dechunk(data.partition(b"\r\n\r\n")[2]) if b"chunked" in data.lower()
+                                        else data.partition(b"\r\n\r\n")[2])
+    return result
+
+
+def scale(streams: int, frames: int = 40, frame_delay: float = 0.05, transport: str = "websocket") -> dict[str, Any]:
+    """The scale run: ``streams`` concurrent streams through one gateway, then as many clients leaving."""
+    text = text_of(frames * 8)
+    emulator = Child("servers.py", "emulator", "--answer", text, "--chunk-size", "8",
+                     "--frame-delay", str(frame_delay), timeout=60)
+    url = emulator.ready[0]
+    emulator_port = int(url.rsplit(":", 1)[1])
+    gateway = Gateway(url, "--transport", transport)
+    try:
+        async def wave() -> list[Any]:
+            await stream_once(gateway.port, "warm-up")
+            return list(await asyncio.gather(*(stream_once(gateway.port, f"q{n}") for n in range(streams)),
+                                             return_exceptions=True))
+
+        time.sleep(0.5)
+        gc.collect()
+        base, _ = gateway.peak_kib()
+        cpu0, started = gateway.cpu(), time.perf_counter()
+        results = asyncio.run(wave())
+        wall, cpu = time.perf_counter() - started, gateway.cpu() - cpu0
+        _, peak = gateway.peak_kib()
+        correct = sum(1 for r in results if not isinstance(r, BaseException) and r[1] == text)
+        chunks = sum(r[2] for r in results if not isinstance(r, BaseException))
+        errors = [repr(r)[:200] for r in results if isinstance(r, BaseException) or r[1] != text][:3]
+        t0 = time.perf_counter()
+        while established_to(emulator_port) and time.perf_counter() - t0 < 5:  # closes still under way
+            time.sleep(0.05)
+        after_wave = established_to(emulator_port)
+
+        async def leaving() -> tuple[int, float, dict[str, Any]]:
+            left = await asyncio.gather(*(leave_after_first_chunk(gateway.port, f"l{n}") for n in range(streams)),
+                                        return_exceptions=True)
+            t0 = time.perf_counter()
+            while established_to(emulator_port) and time.perf_counter() - t0 < 5:
+                await asyncio.sleep(0.05)
+            return sum(1 for r in left if r is True), time.perf_counter() - t0, await health(gateway.port)
+
+        left, drained, state = asyncio.run(leaving())
+        still_open = established_to(emulator_port)
+    finally:
+        gateway.stop()
+        emulator.stop()
+    return {"streams": streams, "frames": frames, "transport": transport, "correct": correct, "chunks": chunks, "base_kib": base, "peak_kib": peak,
+            "wall": wall, "cpu": cpu, "errors": errors, "open_after_wave": after_wave, "left": left,
+            "drained_s": drained, "open_after_leaving": still_open, "health": state}
+
+
+def print_scale(r: dict[str, Any]) -> None:
+    n = r["streams"]
+    print(header(f"{n} concurrent streams through one gateway (benchmarks/gateway.py --scale {n} "
+                 f"--frames {r['frames']} --transport {r['transport']})"))
+    print(table(["", "value"], [
+        ["answers exact", f"{r['correct']}/{n}"],
+        ["content chunks streamed", str(r["chunks"])],
+        ["gateway baseline / peak MiB", f"{r['base_kib'] / 1024:.1f} / {r['peak_kib'] / 1024:.1f}"],
+        ["memory per stream KiB (peak - baseline) / N", f"{(r['peak_kib'] - r['base_kib']) / n:.1f}"],
+        ["gateway CPU s (whole wave)", f"{r['cpu']:.2f}"],
+        ["CPU per chunk µs (gateway CPU / chunks)", f"{r['cpu'] / max(r['chunks'], 1) * 1e6:.1f}"],
+        ["wall s (all streams)", f"{r['wall']:.2f}"],
+        ["Labs connections open after the wave", str(r["open_after_wave"])],
+        ["clients that left after their first chunk", f"{r['left']}/{n}"],
+        ["Labs connections open after they left", f"{r['open_after_leaving']} (after {r['drained_s']:.2f} s)"],
+        ["/health after they left", json.dumps(r["health"])],
+    ]))
+    if r["errors"]:
+        print("errors:", r["errors"])
+    ok = (r["correct"] == n and r["open_after_wave"] == 0 and r["open_after_leaving"] == 0
+          and r["health"].get("active") == 0)
+    print(f"every answer exact and no session left open: {verdict(ok)}")
+
+
 def concurrent_direct_worker(url: str, sessions: int, expected: str) -> None:
     """In a child: SESSIONS direct ask() at once; prints a JSON line."""
 
@@ -411,6 +536,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--baseline", metavar="PLABS", default=None,
                         help="also time a cold gateway run by this plabs executable (e.g. another checkout's "
                         ".venv/bin/plabs), in the same rounds")
+    parser.add_argument("--scale", type=int, metavar="N", default=None,
+                        help="only the scale run: N concurrent streams through one gateway (e.g. 1000)")
+    parser.add_argument("--frames", type=int, default=40, help="frames per answer of the scale run (default 40)")
+    parser.add_argument("--transport", default="websocket", help="the gateway's transport in the scale run")
     parser.add_argument("--direct-worker", nargs=3, metavar=("URL", "N", "CHARS"), help=argparse.SUPPRESS)
     parser.add_argument("--echo-server", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -421,6 +550,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.echo_server:
         echo_server()
         return {}
+    if args.scale is not None:
+        result = scale(args.scale, args.frames, transport=args.transport)
+        print_scale(result)
+        return result
     runs = 2 if args.quick else args.runs
     sessions = 20 if args.quick else args.sessions
     rtt = 2 * args.delay

@@ -336,7 +336,6 @@ def test_refused_connection_is_one_error_line(backend: str) -> None:
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
-        ("--proxy", "bogus://127.0.0.1:1", "expected a proxy URL"),
         ("--server", "ftp://127.0.0.1:1", "expected an http:// or https:// server URL"),
         ("--cafile", __file__, "expected a readable PEM CA file"),
     ],
@@ -383,7 +382,6 @@ def test_server_failure_keeps_the_partial_answer(emulator_factory: EmulatorFacto
 @pytest.mark.parametrize(
     "args",
     [
-        ["ask"],
         ["ask", "--transport", "carrier-pigeon", "hi"],
         ["ask", "--timeout", "-1", "hi"],
         ["ask", "--emulator", "--server", "http://127.0.0.1:1", "hi"],

@@ -61,14 +61,15 @@ def start_gateway(*args: str) -> Gateway:
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
     )
     try:
-        line = read_until(process, rb"http://127\.0\.0\.1:\d+/v1", timeout=20.0)
+        line = read_until(process, rb"http://127\.0\.0\.1:\d+/v1\n", timeout=20.0)
     except BaseException:
         process.kill()
         _, err = process.communicate(timeout=10)
         raise AssertionError(f"plabs serve did not start: {err.decode(errors='replace')[-2000:]}") from None
-    match = re.search(rb"http://127\.0\.0\.1:\d+/v1", line)
-    assert match is not None
-    base = match.group().decode()
+    # the first line of stdout is the base URL alone, as the emulator prints its URL
+    match = re.fullmatch(rb"http://127\.0\.0\.1:\d+/v1\n", line)
+    assert match is not None, line
+    base = match.group().decode().strip()
     return Gateway(process, base, base[: -len("/v1")])
 
 
@@ -174,10 +175,16 @@ def stream_parts(stream: Any) -> tuple[str, str, list[Any], list[Any]]:
 def test_models_and_health(gateway_factory: GatewayFactory, emulator_factory: EmulatorFactory) -> None:
     gateway = gateway_factory("--server", emulator_factory().url)
     with gateway.client() as client:
-        ids = [model.id for model in client.models.list()]
+        listed = list(client.models.list())
+        ids = [model.id for model in listed]
+        sonar = client.models.retrieve("sonar")
+        with pytest.raises(openai.NotFoundError, match="gpt-4o"):
+            client.models.retrieve("gpt-4o")
     assert ids[0] == DEFAULT_MODEL and sorted(ids) == sorted(MODELS)
+    assert all(model.owned_by == "perplexity" and model.created > 1.7e9 for model in listed)
+    assert (sonar.id, sonar.object, sonar.created) == ("sonar", "model", 1738195200)
     health = httpx.get(gateway.root + "/health")
-    assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert health.status_code == 200 and health.json() == {"status": "ok", "active": 0, "warm": 0}
 
 
 @pytest.mark.parametrize("model", ["sonar", "sonar-reasoning", "r1-1776"])
@@ -201,12 +208,12 @@ def test_openai_sync_client_streamed_and_not(gateway_factory: GatewayFactory, la
     assert getattr(whole.choices[0].message, "reasoning_content", None) == (expected_reasoning or None)
     assert getattr(whole, "citations", None) == list(citations)
     assert whole.usage is not None and whole.usage.completion_tokens > 0  # Labs's tokens_streamed
-    assert whole.usage.prompt_tokens is None  # not reported by Labs, so not invented
+    prompt_bytes = len("\n\n".join(m["content"] for m in messages).encode())
+    assert whole.usage.prompt_tokens == -(-prompt_bytes // 4)  # estimated: one token per 4 bytes, rounded up
+    assert whole.usage.total_tokens == whole.usage.prompt_tokens + whole.usage.completion_tokens
 
 
-def test_openai_async_client_list_content_and_default_model(
-    gateway_factory: GatewayFactory, labs_url: str
-) -> None:
+def test_openai_async_client_list_content(gateway_factory: GatewayFactory, labs_url: str) -> None:
     gateway = gateway_factory("--server", labs_url)
     parts: Any = [{"type": "text", "text": "Say something"}, {"type": "text", "text": "about sans-IO"}]
     prompt = "Say something\nabout sans-IO"
@@ -214,10 +221,12 @@ def test_openai_async_client_list_content_and_default_model(
     async def main() -> tuple[str, str]:
         async with gateway.async_client() as client:
             stream = await client.chat.completions.create(
-                model="", messages=[{"role": "user", "content": parts}], stream=True
+                model=DEFAULT_MODEL, messages=[{"role": "user", "content": parts}], stream=True
             )
             pieces = [chunk.choices[0].delta.content or "" async for chunk in stream]
-            whole = await client.chat.completions.create(model="", messages=[{"role": "user", "content": parts}])
+            whole = await client.chat.completions.create(
+                model=DEFAULT_MODEL, messages=[{"role": "user", "content": parts}]
+            )
             return "".join(pieces), whole.choices[0].message.content or ""
 
     streamed, whole = asyncio.run(main())
@@ -319,29 +328,80 @@ def test_a_rewritten_answer_ends_the_stream_with_an_error(
 # -- errors --------------------------------------------------------------------------------------------
 
 
+def hi(**fields: Any) -> bytes:
+    """A chat completion request body: model sonar, one user message, and ``fields``."""
+    return json.dumps({"model": "sonar", "messages": [{"role": "user", "content": "hi"}], **fields}).encode()
+
+
+def assert_openai_error(response: httpx.Response, status: int, code: str | None, param: str | None) -> str:
+    """``response`` is OpenAI's error shape with these values; its message."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert list(body) == ["error"]
+    error = body["error"]
+    assert {"message", "type", "param", "code"} <= set(error), error
+    assert (error["code"], error["param"]) == (code, param), error
+    assert error["type"] == ("invalid_request_error" if status < 429 else error["type"])
+    assert isinstance(error["message"], str) and error["message"]
+    return str(error["message"])
+
+
 @pytest.mark.parametrize(
-    ("body", "needle"),
+    ("body", "needle", "code", "param"),
     [
-        (b"{not json", "invalid JSON"),
-        (b"[]", "JSON object"),
-        (json.dumps({"model": "sonar"}).encode(), "messages"),
-        (json.dumps({"messages": [{"role": "robot", "content": "hi"}]}).encode(), "role"),
-        (json.dumps({"messages": [{"role": "user", "content": "hi"}], "n": 2}).encode(), "'n' must be 1"),
-        (json.dumps({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}).encode(),
-         "tools"),
-        (json.dumps({"messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "data:,"}}]}]}).encode(), "text only"),
-        (json.dumps({"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}).encode(), "stream"),
+        (b"{not json", "invalid JSON", "invalid_json", None),
+        (b'{"model": "sonar", "x": NaN}', "NaN is not JSON", "invalid_json", None),
+        (b'{"model": "sonar\xff"}', "UTF-8, got the byte 0xff at offset 16", "invalid_json", None),
+        (b"[]", "JSON object", None, None),
+        (json.dumps({"model": "sonar"}).encode(), "messages", None, "messages"),
+        (json.dumps({"model": "sonar", "messages": [{"role": "robot", "content": "hi"}]}).encode(),
+         "'system', 'developer', 'user', 'assistant'", None, "messages"),
+        (json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode(), "must provide a model", None, "model"),
+        (hi(model=""), "must provide a model", None, "model"),
+        (hi(model=7), "'model' as a string", None, "model"),
+        (hi(n=2), "'n' must be 1", "unsupported_parameter", "n"),
+        (hi(tools=[{"type": "function"}]), "tools", "unsupported_parameter", "tools"),
+        (hi(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}]),
+         "text only", "unsupported_content", "messages"),
+        (hi(stream="yes"), "stream", None, "stream"),
+        (hi(stream_options="yes"), "stream_options", None, "stream_options"),
+        (hi(model="sonar\ud800"), "UTF-8", None, "model"),
     ],
 )
 def test_bad_requests_are_400(gateway_factory: GatewayFactory, emulator_factory: EmulatorFactory,
-                              body: bytes, needle: str) -> None:
-    gateway = gateway_factory("--server", emulator_factory().url)
+                              body: bytes, needle: str, code: str | None, param: str | None) -> None:
+    gateway = gateway_factory("--server", emulator_factory().url, "--any-model")
     response = httpx.post(gateway.base_url + "/chat/completions", content=body,
                           headers={"content-type": "application/json"})
-    assert response.status_code == 400
-    error = response.json()["error"]
-    assert needle in error["message"] and error["type"] == "invalid_request_error"
+    assert needle in assert_openai_error(response, 400, code, param)
+
+
+def test_models_are_checked_unless_any_model(gateway_factory: GatewayFactory,
+                                             emulator_factory: EmulatorFactory) -> None:
+    url = emulator_factory().url
+    strict = gateway_factory("--server", url)
+    with strict.client() as client, pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    assert isinstance(caught.value.body, dict) and caught.value.body["code"] == "model_not_found"
+    assert "gpt-4o" in caught.value.message and "sonar" in caught.value.message
+    missing = httpx.post(strict.base_url + "/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+    assert_openai_error(missing, 400, None, "model")
+    lenient = gateway_factory("--server", url, "--any-model")
+    with lenient.client() as client:
+        whole = client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    assert whole.choices[0].message.content == default_answer("gpt-4o", "hi")  # Labs got the id as given
+
+
+def test_unknown_paths_and_methods_answer_in_the_same_shape(gateway_factory: GatewayFactory,
+                                                            emulator_factory: EmulatorFactory) -> None:
+    gateway = gateway_factory("--server", emulator_factory().url)
+    message = assert_openai_error(httpx.post(gateway.base_url + "/embeddings", json={}), 404, "unknown_url", None)
+    assert message.startswith("Invalid URL (POST /v1/embeddings)")
+    got = httpx.get(gateway.base_url + "/chat/completions")
+    assert_openai_error(got, 405, "method_not_allowed", None)
+    assert got.headers["allow"] == "POST"
+    assert_openai_error(httpx.get(gateway.base_url + "/models/gpt-4o"), 404, "model_not_found", "model")
 
 
 def test_n_above_one_is_refused_through_openai(gateway_factory: GatewayFactory, emulator_factory: EmulatorFactory) -> None:
@@ -356,7 +416,7 @@ def test_api_key(gateway_factory: GatewayFactory, emulator_factory: EmulatorFact
     with gateway.client(api_key="sk-wrong") as client, pytest.raises(openai.AuthenticationError) as caught:
         client.chat.completions.create(model="sonar", messages=messages)
     assert caught.value.status_code == 401 and KEY not in str(caught.value)
-    missing = httpx.post(gateway.base_url + "/chat/completions", json={"messages": messages})
+    missing = httpx.post(gateway.base_url + "/chat/completions", json={"model": "sonar", "messages": messages})
     assert missing.status_code == 401 and missing.json()["error"]["code"] == "invalid_api_key"
     assert httpx.get(gateway.base_url + "/models").status_code == 401
     with gateway.client(api_key=KEY) as client:
@@ -374,7 +434,8 @@ def test_429_when_the_sessions_are_busy(gateway_factory: GatewayFactory, emulato
         assert first.choices[0].delta.content
         with pytest.raises(openai.RateLimitError) as caught:
             client.chat.completions.create(model="sonar", messages=messages)
-        assert caught.value.status_code == 429
+        assert caught.value.status_code == 429 and caught.value.response.headers["retry-after"] == "1"
+        assert isinstance(caught.value.body, dict) and caught.value.body["code"] == "rate_limit_exceeded"
         rest = "".join(chunk.choices[0].delta.content or "" for chunk in stream)
         assert (first.choices[0].delta.content or "") + rest == "slow " * 40
         again = client.chat.completions.create(model="sonar", messages=messages)  # the slot is free again
@@ -698,4 +759,90 @@ def test_chat_route_mounted_under_a_root_path_and_other_methods(emulator_factory
     assert whole.json()["choices"][0]["message"]["content"] == default_answer("sonar", PROMPT)
     assert streamed.text.endswith("data: [DONE]\n\n")
     assert got.status_code == 405 and got.json()["error"]["type"] == "invalid_request_error"
-    assert other.status_code == 404 and other.json()["error"]["code"] == "not_found"
+    assert other.status_code == 404 and other.json()["error"]["code"] == "unknown_url"
+
+
+def test_access_log_one_line_per_request_and_quiet(emulator_factory: EmulatorFactory,
+                                                  own_gateways: list[Gateway]) -> None:
+    """Method, path, status, seconds and model on stderr, never the key or the prompt; none with --quiet."""
+    url = emulator_factory().url
+    secret_prompt = "a prompt that must not be logged"
+    logged = start_gateway("--server", url, "--api-key", KEY)
+    quiet = start_gateway("--server", url, "--api-key", KEY, "--quiet")
+    own_gateways += [logged, quiet]
+    for gateway in (logged, quiet):
+        with gateway.client(api_key=KEY) as client:
+            client.chat.completions.create(model="sonar", messages=[{"role": "user", "content": secret_prompt}])
+            list(client.chat.completions.create(model="sonar", messages=[{"role": "user", "content": "hi"}],
+                                                stream=True))
+        httpx.get(gateway.base_url + "/models")  # no key: 401
+    status, err = stop_gateway(logged)
+    assert status == 0
+    lines = err.splitlines()
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
+    assert re.fullmatch(stamp + r" POST /v1/chat/completions 200 \d+\.\d{3}s model=sonar", lines[0]), lines
+    assert re.fullmatch(stamp + r" POST /v1/chat/completions 200 \d+\.\d{3}s model=sonar", lines[1]), lines
+    assert re.fullmatch(stamp + r" GET /v1/models 401 \d+\.\d{3}s", lines[2]), lines
+    assert len(lines) == 3 and KEY not in err and secret_prompt not in err
+    status, err = stop_gateway(quiet)
+    assert (status, err) == (0, "")
+
+
+def test_estimate_tokens_is_a_token_per_four_bytes_rounded_up() -> None:
+    from plabs_proto.backends.programs.gateway import estimate_tokens
+
+    assert [estimate_tokens(text) for text in ("", "a", "abcd", "abcde", "é", "éé", "ééé", "😀", "世界")] == [
+        0, 1, 1, 2, 1, 1, 2, 1, 2]
+
+
+def test_fold_history_is_the_question_with_the_earlier_turns_first() -> None:
+    """The seam for a service that takes one question: a lone user message is itself."""
+    from plabs_proto.backends.programs.gateway import fold_history
+
+    assert fold_history([{"role": "user", "content": "What is sans-IO?"}]) == "What is sans-IO?"
+    assert fold_history([
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is sans-IO?"},
+        {"role": "assistant", "content": "I/O-free protocol code."},
+        {"role": "user", "content": "Why does it help testing?"},
+    ]) == ("system: Be brief.\n\nuser: What is sans-IO?\n\nassistant: I/O-free protocol code.\n\n"
+           "Why does it help testing?")
+
+
+def test_config_from_the_environment_takes_any_model() -> None:
+    from plabs_proto.backends.programs.gateway import GatewayConfig, GatewayError
+
+    assert GatewayConfig.from_env({"PLABS_ANY_MODEL": "1"}).any_model is True
+    assert GatewayConfig.from_env({"PLABS_ANY_MODEL": "0"}).any_model is False
+    assert GatewayConfig.from_env({}).any_model is False
+    with pytest.raises(GatewayError, match="expected PLABS_ANY_MODEL as 0 or 1, got 'yes'"):
+        GatewayConfig.from_env({"PLABS_ANY_MODEL": "yes"})
+
+
+def test_the_models_served_are_checked_at_startup() -> None:
+    from plabs_proto.backends.programs.gateway import LABS_MODELS, GatewayError, ModelCard, create_app
+
+    extra = ModelCard(id="another", owned_by="someone", created=1, service="other")
+    assert [card.id for card in create_app(models=(*LABS_MODELS, extra)).state.gateway.config.models][-1] == "another"
+    for models in ((), (*LABS_MODELS, LABS_MODELS[0]), ("sonar",)):
+        with pytest.raises(GatewayError, match="expected the models as ModelCards with distinct ids"):
+            create_app(models=models)
+
+
+def test_the_responses_api_reports_failures(gateway_factory: GatewayFactory,
+                                            emulator_factory: EmulatorFactory) -> None:
+    """Before the stream starts: the HTTP status; after: a response.failed event with the error."""
+    gateway = gateway_factory("--server", emulator_factory(fail="Error in processing query", fail_after=3).url)
+    with gateway.client() as client:
+        events = list(client.responses.create(model="sonar", input="hi", stream=True))
+    assert events[-1].type == "response.failed"
+    failed = events[-1].response
+    assert failed.status == "failed" and failed.error is not None
+    assert failed.error.code == "labs_error" and "Error in processing query" in failed.error.message
+    deltas = "".join(event.delta for event in events if event.type == "response.output_text.delta")
+    assert deltas == default_answer("sonar", "hi")[: 3 * 8]
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+    at_once = gateway_factory("--server", emulator_factory(fail="Error in processing query").url)
+    with at_once.client() as client, pytest.raises(openai.APIStatusError) as caught:
+        client.responses.create(model="sonar", input="hi")
+    assert caught.value.status_code == 502 and "Error in processing query" in caught.value.message

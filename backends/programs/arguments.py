@@ -8,7 +8,10 @@ import math
 from collections.abc import Callable
 from typing import TypeVar
 
-__all__ = ["count", "delay", "number", "port", "seconds"]
+from plabs_proto.errors import LocalProtocolError
+from plabs_proto.wire.proxy import parse_proxy_url
+
+__all__ = ["count", "delay", "number", "port", "proxy", "seconds"]
 
 N = TypeVar("N", int, float)
 
@@ -41,3 +44,12 @@ def port(text: str) -> int:
     if value > 65535:
         raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {text!r}")
     return value
+
+
+def proxy(text: str) -> str:
+    """A proxy URL (``http://[user:pass@]host:port`` or ``socks5://...``), checked before anything starts."""
+    try:
+        parse_proxy_url(text)
+    except LocalProtocolError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text

@@ -107,7 +107,7 @@ class _UsageError(Exception):
 
 
 class _InputError(_UsageError):
-    """Text that cannot be read as UTF-8 (exit status 2, one line without the usage)."""
+    """No prompt text, or text that cannot be read as UTF-8 (exit status 2, one line without the usage)."""
 
 
 class _Failure(Exception):
@@ -358,7 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"the model (default {DEFAULT_MODEL}; see `plabs models`; another name is sent after a warning)",
     )
     ask.add_argument("--server", default=None, metavar="URL", help=f"the Labs server (default {DEFAULT_SERVER})")
-    ask.add_argument("--proxy", default=None, metavar="URL", help="http://[user:pass@]host:port or socks5://...")
+    ask.add_argument("--proxy", type=arguments.proxy, default=None, metavar="URL",
+                     help="http://[user:pass@]host:port or socks5://...")
     ask.add_argument("--transport", default="upgrade", choices=TRANSPORTS, help="default: upgrade")
     ask.add_argument("--backend", default="asyncio", choices=BACKENDS, help="default: asyncio")
     ask.add_argument(
@@ -517,13 +518,13 @@ def _read_prompt(words: Sequence[str]) -> str:
     if words == ["-"] or (not words and not _stdin_is_terminal()):
         prompt = _read_stdin().strip()
         if not prompt:
-            raise _UsageError("expected a prompt on standard input, got nothing")
+            raise _InputError("expected a prompt on standard input, got nothing")
         return prompt
     if not words:
         raise _UsageError("expected a PROMPT (or a prompt on standard input, or \"-\")")
     prompt = _argument(" ".join(words), "the prompt").strip()
     if not prompt:
-        raise _UsageError("expected a prompt, got an empty one")
+        raise _InputError("expected a prompt, got an empty one")
     return prompt
 
 
@@ -827,13 +828,12 @@ def _quiet_stdout() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``plabs``; returns the exit status (``SystemExit`` 2 for usage errors)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    printer = _printer(args) if args.command in ("ask", "replay") else EventPrinter(
-        json_lines=False, reasoning=False, stdout=sys.stdout, stderr=sys.stderr
-    )
-    run: Callable[[argparse.Namespace, EventPrinter], int] = args.run
-    try:
+    printer = EventPrinter(json_lines=False, reasoning=False, stdout=sys.stdout, stderr=sys.stderr)
+    try:  # from the start: a Ctrl-C while the command is still starting is an interrupt like any other
+        args = build_parser().parse_args(argv)
+        if args.command in ("ask", "replay"):
+            printer = _printer(args)
+        run: Callable[[argparse.Namespace, EventPrinter], int] = args.run
         return run(args, printer)
     except _UsageError as exc:
         sub: argparse.ArgumentParser = args.parser

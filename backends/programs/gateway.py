@@ -11,13 +11,24 @@ arguments or, with none, by ``PLABS_*`` environment variables, see
 Routes:
 
 * ``POST /v1/chat/completions``: OpenAI's chat completion, streamed (Server-Sent
-  Events, ``chat.completion.chunk`` objects then ``data: [DONE]``) or not
-  (one ``chat.completion``).  Answer text is ``content``, reasoning is
-  ``reasoning_content`` (the convention of OpenAI-compatible servers for
-  reasoning models), citations are a top-level ``citations`` list (as
+  Events, ``chat.completion.chunk`` objects then ``data: [DONE]``; with
+  ``stream_options.include_usage`` a last chunk with ``choices: []`` and the
+  ``usage``) or not (one ``chat.completion``).  Answer text is ``content``,
+  reasoning is ``reasoning_content`` (the convention of OpenAI-compatible servers
+  for reasoning models), citations are a top-level ``citations`` list (as
   Perplexity's own API returns them) on the final chunk and in the response.
-* ``GET /v1/models``: the Labs models in OpenAI's list format.
-* ``GET /health``: ``{"status": "ok", ...}``.
+* ``POST /v1/responses``: OpenAI's Responses API (``input`` as text or message
+  items, ``instructions``), one ``response`` object or its typed events
+  (``response.created`` ... ``response.output_text.delta`` ... ``response.completed``).
+* ``GET /v1/models`` and ``GET /v1/models/{id}``: the models served
+  (:attr:`GatewayConfig.models`, the Labs models by default).  A request without
+  a model is a 400; with one not listed, a 404 ``model_not_found`` unless
+  ``any_model``.
+* ``GET /health``: ``{"status": "ok", "active": N, "warm": N}``.
+
+``usage`` counts the completion as Labs reports it (``tokens_streamed``) and
+estimates what it does not report by :func:`estimate_tokens` (one token per 4
+bytes of UTF-8): the prompt always, the completion when Labs gives no count.
 
 It is built on the public API of the Labs backends only (``connect()`` and
 ``Session.query()``): under an asyncio server it drives
@@ -40,14 +51,22 @@ chunk says so with ``reasoning_revised: true`` and the final reasoning in
 ``reasoning_content_final``; the non-streamed response always has the final
 reasoning.
 
-**Errors** are OpenAI's JSON (``{"error": {"message", "type", "code"}}``): 400
-for a bad request, 401 for a wrong or missing key (when an api key is set), 429
-when ``max_sessions`` requests are running or when Labs itself rate-limits
-(``code`` is ``labs_rate_limited``; its ``Retry-After`` is passed on, which the
-``openai`` package honours when it retries), 502 when Labs fails (its text kept:
-``code`` is ``labs_error``), 504 on a Labs timeout.  A streamed request reports
-errors that come before its first chunk with these statuses too; an error after
-the first chunk ends the stream with ``data: {"error": {...}}``.
+**Errors** are OpenAI's JSON (``{"error": {"message", "type", "param",
+"code"}}``), the same from every path.  Every client mistake is a 4xx decided
+before any Labs session opens: 400 for a bad request (JSON that is not strict
+UTF-8 JSON nested at most :data:`~plabs_proto.jsondepth.MAX_DEPTH` deep:
+``invalid_json``; more text than :data:`MAX_PROMPT`: ``context_length_exceeded``;
+more messages than :data:`MAX_MESSAGES`: ``array_above_max_length``; a model id
+longer than :data:`MAX_MODEL_ID`: ``string_above_max_length``), 401 for a wrong
+or missing key (when an api key is set), 404 for an unknown model or path, 405,
+413 for a body over :data:`MAX_BODY`, 429 with ``Retry-After: 1`` when
+``max_sessions`` requests are running.  A 5xx is for what Labs did: 429 when
+Labs rate-limits (``code`` is ``labs_rate_limited``; its ``Retry-After`` is
+passed on, which the ``openai`` package honours when it retries), 502 when Labs
+fails (its text kept: ``code`` is ``labs_error``), 504 on a Labs timeout.  A
+streamed request reports errors that come before its first chunk with these
+statuses too; an error after the first chunk ends the stream with ``data:
+{"error": {...}}`` (a ``response.failed`` event on the Responses API).
 
 **Sessions.** Every request gets a Labs session of its own (one query at a
 time), taken from the warm pool when ``warm > 0`` (connected in advance, so a
@@ -95,22 +114,47 @@ from plabs_proto.events import (
     ReasoningDelta,
     TextDelta,
 )
+from plabs_proto.jsondepth import MAX_DEPTH, too_deep
 from plabs_proto.labs.answer import DEFAULT_MODEL, MODELS, normalize_messages
 from plabs_proto.state import SessionState
 from plabs_proto.wire.client import ClientState
 
-__all__ = ["BACKENDS", "DEFAULT_SERVER", "GatewayConfig", "GatewayError", "create_app"]
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_SERVER",
+    "LABS_MODELS",
+    "MAX_MESSAGES",
+    "MAX_MODEL_ID",
+    "MAX_PROMPT",
+    "GatewayConfig",
+    "GatewayError",
+    "ModelCard",
+    "create_app",
+    "estimate_tokens",
+    "fold_history",
+]
 
 logger = logging.getLogger("plabs_proto.gateway")
+#: One line per request (method, path, status, seconds, model), at INFO; ``plabs serve --quiet`` silences it.
+access_logger = logging.getLogger("plabs_proto.gateway.access")
 
 DEFAULT_SERVER = "https://www.perplexity.ai"
 #: Labs backends the gateway can drive; ``auto`` follows the ASGI server's event loop.
 BACKENDS = ("auto", "asyncio", "trio", "curl")
 #: Largest request body read (bytes); a larger one is refused with 413.
 MAX_BODY = 8 * 1024 * 1024
+#: Most text a request may send, in UTF-8 bytes over all its messages (and instructions).  Labs's
+#: Socket.IO server takes messages of up to 1 MB; JSON escapes a byte to at most 6 (``\u0001``),
+#: so 128 KiB of any text fits.  More is refused with 400 ``context_length_exceeded``.
+MAX_PROMPT = 128 * 1024
+#: Most messages (or input items) a request may send: OpenAI's own limit.  More: 400 ``array_above_max_length``.
+MAX_MESSAGES = 2048
+#: Longest model id taken (characters); longer: 400 ``string_above_max_length``.
+MAX_MODEL_ID = 256
 _POOL_CHECK = 1.0  # seconds between checks of the warm pool
 _POOL_RETRY = 1.0  # seconds before trying again after a warm session failed to connect
 _CLOSE_WAIT = 2.0  # seconds a session's polite close may take
+_BUSY_RETRY = 1  # the Retry-After (seconds) of a 429 when max_sessions requests are running
 # Request fields that would mislead when ignored: refused with a 400.
 _REFUSED = ("tools", "functions", "tool_choice", "function_call")
 # A session ready for a query: a LabsClient's (asyncio, trio) or a LabsSession's (curl)
@@ -119,6 +163,32 @@ _READY = (ClientState.READY, SessionState.READY)
 
 class GatewayError(Exception):
     """The gateway cannot be set up as configured (an unknown backend, a bad option)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelCard:
+    """A model the gateway serves, as ``GET /v1/models`` shows it; ``service`` names who answers it."""
+
+    id: str
+    owned_by: str
+    created: int  # Unix time
+    service: str
+
+    def as_openai(self) -> dict[str, Any]:
+        """OpenAI's model object."""
+        return {"id": self.id, "object": "model", "created": self.created, "owned_by": self.owned_by}
+
+
+# When each Labs model first appeared in a public Labs client (gpt4free's provider, protocol.md appendix A):
+# the sonar family on 2025-01-30, sonar-reasoning-pro on 2025-02-07, r1-1776 on 2025-02-21 (00:00 UTC).
+_LABS_CREATED = {"sonar-pro": 1738195200, "sonar": 1738195200, "sonar-reasoning": 1738195200,
+                 "sonar-reasoning-pro": 1738886400, "r1-1776": 1740096000}
+#: The Labs models (:data:`plabs_proto.labs.answer.MODELS`), the default first.  A second service
+#: adds its own cards to :attr:`GatewayConfig.models`.
+LABS_MODELS: tuple[ModelCard, ...] = tuple(
+    ModelCard(id=name, owned_by="perplexity", created=_LABS_CREATED.get(name, 0), service="labs")
+    for name in (DEFAULT_MODEL, *(name for name in MODELS if name != DEFAULT_MODEL))
+)
 
 
 @dataclass(frozen=True)
@@ -132,7 +202,9 @@ class GatewayConfig:
     session is ready).  ``max_sessions`` limits the requests served at once (0:
     no limit); ``warm`` keeps that many connected sessions ready.  ``api_key``,
     when set, is required as ``Authorization: Bearer KEY``; it is never shown
-    (not in ``repr``, not in logs).
+    (not in ``repr``, not in logs).  ``models`` are the models served (listed,
+    and the only ones taken unless ``any_model``, which passes any other id on
+    to Labs as given).
     """
 
     server: str = DEFAULT_SERVER
@@ -144,19 +216,22 @@ class GatewayConfig:
     max_sessions: int = 0
     warm: int = 0
     timeout: float | None = 300.0
+    any_model: bool = False
+    models: tuple[ModelCard, ...] = LABS_MODELS
     options: Mapping[str, Any] = field(default_factory=dict)  # more keyword arguments of connect()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> GatewayConfig:
         """The configuration from ``PLABS_SERVER``, ``PLABS_BACKEND``, ``PLABS_TRANSPORT``,
         ``PLABS_PROXY``, ``PLABS_CAFILE``, ``PLABS_API_KEY``, ``PLABS_MAX_SESSIONS``,
-        ``PLABS_WARM`` and ``PLABS_TIMEOUT`` (unset: the defaults).  This is what
-        ``create_app()`` uses when given nothing, e.g. under ``uvicorn --factory``."""
+        ``PLABS_WARM``, ``PLABS_TIMEOUT`` and ``PLABS_ANY_MODEL`` (``1``: any model id; unset:
+        the defaults).  This is what ``create_app()`` uses when given nothing, e.g. under
+        ``uvicorn --factory``."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = env.get(f"PLABS_{f.name.upper()}")
-            if raw is None or f.name == "options":
+            if raw is None or f.name in ("options", "models"):
                 continue
             if f.name in ("max_sessions", "warm"):
                 try:
@@ -168,6 +243,10 @@ class GatewayConfig:
                     values[f.name] = float(raw)
                 except ValueError:
                     raise GatewayError(f"expected PLABS_TIMEOUT as a number of seconds, got {raw!r}") from None
+            elif f.name == "any_model":
+                if raw not in ("0", "1"):
+                    raise GatewayError(f"expected PLABS_ANY_MODEL as 0 or 1, got {raw!r}")
+                values[f.name] = raw == "1"
             else:
                 values[f.name] = raw
         return cls(**values)
@@ -228,6 +307,9 @@ def check_config(config: GatewayConfig) -> None:
         )
     if config.api_key is not None and not config.api_key:
         raise GatewayError("expected a non-empty api key (or none)")
+    ids = [card.id if isinstance(card, ModelCard) else None for card in config.models]
+    if not ids or None in ids or len(set(ids)) != len(ids):
+        raise GatewayError(f"expected the models as ModelCards with distinct ids, got {config.models!r:.200}")
     from .. import asyncio as checker
 
     try:
@@ -240,24 +322,32 @@ def check_config(config: GatewayConfig) -> None:
 
 
 class _Refusal(Exception):
-    """An error answered in OpenAI's JSON shape."""
+    """An error answered in OpenAI's JSON shape: ``{"error": {"message", "type", "param", "code", ...}}``."""
 
-    def __init__(self, status: int, message: str, type_: str, code: str | None, **extra: Any) -> None:
+    def __init__(self, status: int, message: str, type_: str, code: str | None, *, param: str | None = None,
+                 headers: Mapping[str, str] | None = None, **extra: Any) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.type = type_
         self.code = code
+        self.param = param
         self.extra = extra
+        self._headers = dict(headers or {})
+
+    def error(self) -> dict[str, Any]:
+        """The ``error`` object."""
+        return {"message": self.message, "type": self.type, "param": self.param, "code": self.code, **self.extra}
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "code": self.code, **self.extra}}
+        return {"error": self.error()}
 
     def headers(self) -> dict[str, str]:
         headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else {}
         retry_after = self.extra.get("retry_after")
         if retry_after is not None:  # Labs said when to come back: OpenAI clients wait that long
             headers["Retry-After"] = str(math.ceil(retry_after))
+        headers.update(self._headers)
         return headers
 
     def response(self) -> JSONResponse:
@@ -278,9 +368,40 @@ def _labs_refusal(exc: BaseException) -> _Refusal:
     if isinstance(exc, ResponseError):
         return _Refusal(502, f"Perplexity Labs reported a failure: {exc.server_text or exc}", "api_error",
                         "labs_error", labs_text=exc.server_text)
+    if isinstance(exc, LocalProtocolError):  # the request passed the gateway's checks but not the client's
+        return _bad_request(f"the request cannot be sent to Perplexity Labs: {exc}", "invalid_value")
     if isinstance(exc, LabsError):
         return _Refusal(502, f"the Perplexity Labs session failed: {exc}", "api_error", "labs_unavailable")
     return _Refusal(500, f"internal error of the gateway: {type(exc).__name__}", "api_error", "internal_error")
+
+
+def _shown(value: Any) -> str:
+    """A value from a request, for an error message: its JSON, at most 40 characters."""
+    try:
+        text = json.dumps(value, ensure_ascii=True)
+    except (TypeError, ValueError, RecursionError):
+        text = type(value).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def estimate_tokens(text: str) -> int:
+    """The token count the gateway reports where the service reports none: one token per 4 bytes of
+    UTF-8, rounded up (OpenAI's rule of thumb of about 4 characters a token in English text)."""
+    return -(-len(text.encode("utf-8", "surrogatepass")) // 4)
+
+
+def fold_history(messages: list[dict[str, str]]) -> str:
+    """One question from an OpenAI conversation, for a service that takes a single question.
+
+    A lone user message is the question itself; otherwise the earlier turns come first, each
+    under its role, then the last message.  (Labs takes the conversation as it is; this is the
+    seam where a service with threads of its own maps a history to a follow-up instead.)
+    """
+    if len(messages) == 1 and messages[0]["role"] == "user":
+        return messages[0]["content"]
+    *earlier, last = messages
+    lines = [f"{message['role']}: {message['content']}" for message in earlier]
+    return "\n\n".join([*lines, last["content"]]) if lines else last["content"]
 
 
 @dataclass
@@ -289,73 +410,180 @@ class _ChatRequest:
     model: str
     stream: bool
     include_usage: bool
+    prompt_tokens: int
 
 
-def _content_parts(index: int, content: Any) -> Any:
-    """Refuse content parts Labs cannot take (images, audio...): Labs takes text only."""
-    if isinstance(content, list):
-        for part_index, part in enumerate(content):
-            if isinstance(part, dict) and part.get("type") != "text":
-                raise _bad_request(
-                    f"messages[{index}].content[{part_index}]: expected a text part, got a part of type "
-                    f"{str(part.get('type'))[:40]!r}: Perplexity Labs takes text only",
-                    "unsupported_content",
-                    f"messages[{index}].content",
-                )
-    return content
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
-def parse_chat_request(body: Any) -> _ChatRequest:
-    """Check an OpenAI chat completion request; raise :class:`_Refusal` (400) for a bad one."""
-    if not isinstance(body, dict):
-        raise _bad_request(f"expected a JSON object as the request body, got {type(body).__name__}")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise _bad_request("expected 'messages' as a non-empty list of messages", param="messages")
-    converted: list[dict[str, Any]] = []
-    for index, message in enumerate(messages):
+def _text_of(content: Any, where: str, param: str, part_types: tuple[str, ...]) -> str:
+    """The text of a message's content: a str, or a list of text parts (of ``part_types``)."""
+    if isinstance(content, str):
+        return content
+    if content is None:  # an assistant's message of tool calls only
+        return ""
+    if not isinstance(content, list):
+        raise _bad_request(f"{where}: expected 'content' as a string or a list of text parts, got {_shown(content)}",
+                           param=param)
+    texts: list[str] = []
+    for index, part in enumerate(content):
+        if not isinstance(part, dict):
+            raise _bad_request(f"{where}.content[{index}]: expected an object, got {_shown(part)}", param=param)
+        kind = part.get("type")
+        if kind not in part_types:
+            raise _bad_request(
+                f"{where}.content[{index}]: expected a part of type {' or '.join(map(repr, part_types))}, got "
+                f"{_shown(kind)}: Perplexity Labs takes text only",
+                "unsupported_content",
+                param,
+            )
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise _bad_request(f"{where}.content[{index}].text: expected a string, got {_shown(text)}", param=param)
+        if text:
+            texts.append(text)
+    return "\n".join(texts)
+
+
+def _conversation(items: Any, param: str, part_types: tuple[str, ...], first: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """``first`` then the messages ``items``, checked and normalized (Labs's rules), within the limits."""
+    if not isinstance(items, list) or not items:
+        raise _bad_request(f"expected '{param}' as a non-empty list of messages, got {_shown(items)}", param=param)
+    if len(items) > MAX_MESSAGES:
+        raise _bad_request(
+            f"expected '{param}' to hold at most {MAX_MESSAGES} messages, got {len(items)}",
+            "array_above_max_length", param,
+        )
+    converted = list(first)
+    size = sum(len(message["content"].encode("utf-8", "surrogatepass")) for message in first)
+    for index, message in enumerate(items):
+        where = f"{param}[{index}]"
         if not isinstance(message, dict):
-            raise _bad_request(f"messages[{index}]: expected an object, got {type(message).__name__}",
-                               param="messages")
+            raise _bad_request(f"{where}: expected an object, got {_shown(message)}", param=param)
+        if message.get("type", "message") != "message":
+            raise _bad_request(f"{where}: expected an item of type 'message', got {_shown(message.get('type'))}: "
+                               "Perplexity Labs takes messages only", "unsupported_content", param)
         role = message.get("role")
-        if role == "developer":  # OpenAI's newer name for the system role
-            role = "system"
-        converted.append({"role": role, "content": _content_parts(index, message.get("content"))})
+        if not isinstance(role, str) or role not in _ROLES:
+            got = _shown(role) if "role" in message else "no 'role'"
+            raise _bad_request(f"{where}: expected 'role' to be one of {', '.join(map(repr, _ROLES))}, got {got}",
+                               param=param)
+        text = _text_of(message.get("content"), where, param, part_types)
+        size += len(text.encode("utf-8", "surrogatepass"))
+        if size > MAX_PROMPT:
+            raise _bad_request(
+                f"expected at most {MAX_PROMPT} bytes of text (UTF-8) in a request, got more by {where}",
+                "context_length_exceeded", param,
+            )
+        converted.append({"role": _ROLES[role], "content": text})
     try:
-        normalized = normalize_messages(converted)
+        return normalize_messages(converted)
     except LocalProtocolError as exc:
-        raise _bad_request(str(exc), param="messages") from None
-    model = body.get("model", DEFAULT_MODEL)
+        raise _bad_request(str(exc), param=param) from None
+
+
+def _model(body: dict[str, Any], config: GatewayConfig) -> str:
+    """The request's model id: required, and one of the gateway's unless ``any_model``."""
+    model = body.get("model")
     if model is None or model == "":
-        model = DEFAULT_MODEL
+        raise _bad_request("you must provide a model parameter ('model': one of GET /v1/models)", param="model")
     if not isinstance(model, str):
-        raise _bad_request(f"expected 'model' as a string, got {type(model).__name__}", param="model")
+        raise _bad_request(f"expected 'model' as a string, got {_shown(model)}", param="model")
+    if len(model) > MAX_MODEL_ID:
+        raise _bad_request(f"expected 'model' of at most {MAX_MODEL_ID} characters, got {len(model)}",
+                           "string_above_max_length", "model")
+    if not config.any_model and all(card.id != model for card in config.models):
+        raise _Refusal(404, f"The model {_shown(model)} does not exist: expected one of "
+                       f"{', '.join(card.id for card in config.models)} (GET /v1/models)",
+                       "invalid_request_error", "model_not_found", param="model")
+    try:
+        model.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _bad_request(f"expected 'model' as text that can be sent as UTF-8, got {_shown(model)}",
+                           param="model") from None
+    return model
+
+
+def _stream_flag(body: dict[str, Any]) -> bool:
     stream = body.get("stream", False)
     if stream is None:
-        stream = False
+        return False
     if not isinstance(stream, bool):
-        raise _bad_request(f"expected 'stream' as true or false, got {json.dumps(stream)[:40]}", param="stream")
-    n = body.get("n", 1)
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise _bad_request(f"expected 'n' as a whole number >= 1, got {json.dumps(n)[:40]}", param="n")
-    if n is not None and n > 1:
-        raise _bad_request(f"Perplexity Labs gives one answer per request: 'n' must be 1, got {n}",
-                           "unsupported_parameter", "n")
+        raise _bad_request(f"expected 'stream' as true or false, got {_shown(stream)}", param="stream")
+    return stream
+
+
+def _refuse_tools(body: dict[str, Any]) -> None:
     for name in _REFUSED:
         if body.get(name) not in (None, [], "none"):
             raise _bad_request(
                 f"Perplexity Labs cannot call tools: '{name}' is not supported", "unsupported_parameter", name
             )
+
+
+def _object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise _bad_request(f"expected a JSON object as the request body, got {_shown(body)}")
+    return body
+
+
+def parse_chat_request(body: Any, config: GatewayConfig | None = None) -> _ChatRequest:
+    """Check an OpenAI chat completion request; raise :class:`_Refusal` (4xx) for a bad one."""
+    config = config or GatewayConfig()
+    body = _object(body)
+    messages = _conversation(body.get("messages"), "messages", ("text",), [])
+    model = _model(body, config)
+    stream = _stream_flag(body)
+    n = body.get("n", 1)
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise _bad_request(f"expected 'n' as a whole number >= 1, got {_shown(n)}", param="n")
+    if n is not None and n > 1:
+        raise _bad_request(f"Perplexity Labs gives one answer per request: 'n' must be 1, got {n}",
+                           "unsupported_parameter", "n")
+    _refuse_tools(body)
     options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise _bad_request(f"expected 'stream_options' as an object, got {_shown(options)}", param="stream_options")
     include_usage = isinstance(options, dict) and options.get("include_usage") is True
-    return _ChatRequest(normalized, model, stream, include_usage)
+    prompt = estimate_tokens("\n\n".join(message["content"] for message in messages))
+    return _ChatRequest(messages, model, stream, include_usage, prompt)
 
 
-def _usage(finished: AnswerFinished) -> dict[str, int] | None:
-    """The counts Labs reported: ``tokens_streamed`` as the completion tokens (nothing invented)."""
-    if finished.tokens_streamed is None:
-        return None
-    return {"completion_tokens": finished.tokens_streamed}
+def parse_responses_request(body: Any, config: GatewayConfig | None = None) -> _ChatRequest:
+    """Check an OpenAI Responses API request (``input``: a string or message items; ``instructions``)."""
+    config = config or GatewayConfig()
+    body = _object(body)
+    instructions = body.get("instructions")
+    if instructions is not None and not isinstance(instructions, str):
+        raise _bad_request(f"expected 'instructions' as a string, got {_shown(instructions)}", param="instructions")
+    first = [{"role": "system", "content": instructions}] if instructions else []
+    items = body.get("input")
+    if isinstance(items, str):
+        items = [{"role": "user", "content": items}]
+    messages = _conversation(items, "input", ("input_text", "output_text", "text"), first)
+    model = _model(body, config)
+    stream = _stream_flag(body)
+    _refuse_tools(body)
+    if body.get("previous_response_id") is not None:
+        raise _bad_request("this gateway keeps no responses: send the whole conversation in 'input' instead of "
+                           "'previous_response_id'", "unsupported_parameter", "previous_response_id")
+    prompt = estimate_tokens("\n\n".join(message["content"] for message in messages))
+    return _ChatRequest(messages, model, stream, False, prompt)
+
+
+def _completion_tokens(finished: AnswerFinished) -> int:
+    """Labs's own count when it gives one (``tokens_streamed``), else the estimate of the answer and
+    its reasoning (reasoning counts as completion, as OpenAI counts it)."""
+    if finished.tokens_streamed is not None:
+        return finished.tokens_streamed
+    return estimate_tokens(finished.text) + estimate_tokens(finished.reasoning)
+
+
+def _usage(finished: AnswerFinished, prompt_tokens: int) -> dict[str, int]:
+    """OpenAI's ``usage``: the prompt's tokens estimated, the completion's as Labs counts them."""
+    completion = _completion_tokens(finished)
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+            "total_tokens": prompt_tokens + completion}
 
 
 # -- sessions: the warm pool and the limit ------------------------------------------------------------
@@ -536,6 +764,18 @@ class _Sessions:
 # -- the chat completion response (one ASGI callable for both modes) ----------------------------------
 
 
+def _rewritten(sent: str, final: str) -> _Refusal:
+    """The error that ends a stream whose text Labs rewrote after it was sent."""
+    return _Refusal(
+        502,
+        f"Perplexity Labs rewrote the answer after {len(sent)} characters of it were streamed; "
+        "the text streamed is not the final answer, which is in this error's final_text",
+        "api_error",
+        "answer_rewritten",
+        final_text=final,
+    )
+
+
 def _sse(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
 
@@ -646,7 +886,7 @@ class _Completion:
         if refusal.status in (500, 502, 504):
             logger.warning("chat completion failed (%d): %s", refusal.status, refusal.message)
         if self.started:
-            await send({"type": "http.response.body", "body": _sse(refusal.body()), "more_body": False})
+            await send({"type": "http.response.body", "body": self._failure_event(refusal), "more_body": False})
         else:
             body = json.dumps(refusal.body(), ensure_ascii=False).encode()
             await send({
@@ -656,6 +896,10 @@ class _Completion:
                             *((k.lower().encode(), v.encode()) for k, v in refusal.headers().items())],
             })
             await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    def _failure_event(self, refusal: _Refusal) -> bytes:
+        """The last bytes of a stream that failed after it started."""
+        return _sse(refusal.body())
 
     async def _whole(self, events: AsyncIterator[Event], send: Send) -> None:
         finished: AnswerFinished | None = None
@@ -675,10 +919,8 @@ class _Completion:
             "model": finished.model or self.request.model,
             "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
             "citations": list(finished.citations),
+            "usage": _usage(finished, self.request.prompt_tokens),
         }
-        usage = _usage(finished)
-        if usage is not None:
-            body["usage"] = usage
         data = json.dumps(body, ensure_ascii=False).encode()
         await send({
             "type": "http.response.start",
@@ -733,16 +975,7 @@ class _Completion:
                 finished = event
         assert finished is not None
         if not await self._catch_up(send, sent, finished.text):
-            so_far = "".join(sent)
-            raise_after = _Refusal(
-                502,
-                f"Perplexity Labs rewrote the answer after {len(so_far)} characters of it were streamed; "
-                "the text streamed is not the final answer, which is in this error's final_text",
-                "api_error",
-                "answer_rewritten",
-                final_text=finished.text,
-            )
-            await self._fail(raise_after, send)
+            await self._fail(_rewritten("".join(sent), finished.text), send)
             return
         self.clean = True
         final: dict[str, Any] = {
@@ -756,11 +989,14 @@ class _Completion:
         if "".join(reasoning) != finished.reasoning:
             final["reasoning_revised"] = True
             final["reasoning_content_final"] = finished.reasoning
-        if self.request.include_usage:
-            final["usage"] = _usage(finished)
         if not self.started:  # an empty answer: the stream still has its role and final chunk
             await self._chunk(send, b'"content":""')
-        await send({"type": "http.response.body", "body": _sse(final) + b"data: [DONE]\n\n", "more_body": False})
+        tail = _sse(final)
+        if self.request.include_usage:  # as OpenAI sends it: a chunk of its own, with no choices, last
+            tail += _sse({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                          "model": final["model"], "choices": [],
+                          "usage": _usage(finished, self.request.prompt_tokens)})
+        await send({"type": "http.response.body", "body": tail + b"data: [DONE]\n\n", "more_body": False})
 
     async def _catch_up(self, send: Send, sent: list[str], text: str) -> bool:
         """Follow a revision or the final text: send what extends the text sent; False on a rewrite."""
@@ -775,9 +1011,129 @@ class _Completion:
         return True
 
 
+class _Response(_Completion):
+    """A Responses API answer (``POST /v1/responses``): one ``response`` object, or its typed stream
+    events (``response.created`` ... ``response.output_text.delta`` ... ``response.completed``).
+    Answer text only: the reasoning is in the chat completions' ``reasoning_content``."""
+
+    def __init__(self, sessions: _Sessions, request: _ChatRequest) -> None:
+        super().__init__(sessions, request)
+        self.id = "resp_" + secrets.token_hex(12)
+        self.item = "msg_" + secrets.token_hex(12)
+        self.sequence = 0
+
+    def _object(self, status: str, text: str | None = None, finished: AnswerFinished | None = None,
+                error: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The ``response`` object, ``in_progress`` (no output yet), ``completed`` or ``failed``."""
+        output = [] if text is None else [self._item("completed", text)]
+        usage = None
+        if finished is not None:
+            completion = _completion_tokens(finished)
+            reasoning = estimate_tokens(finished.reasoning) if finished.reasoning else 0
+            usage = {"input_tokens": self.request.prompt_tokens, "input_tokens_details": {"cached_tokens": 0},
+                     "output_tokens": completion, "output_tokens_details": {"reasoning_tokens": reasoning},
+                     "total_tokens": self.request.prompt_tokens + completion}
+        return {"id": self.id, "object": "response", "created_at": self.created, "status": status,
+                "model": finished.model if finished is not None and finished.model else self.request.model,
+                "output": output, "usage": usage, "error": error, "incomplete_details": None,
+                "instructions": None, "parallel_tool_calls": False, "tool_choice": "none", "tools": [],
+                "text": {"format": {"type": "text"}}}
+
+    def _item(self, status: str, text: str | None) -> dict[str, Any]:
+        content = [] if text is None else [self._part(text)]
+        return {"id": self.item, "type": "message", "status": status, "role": "assistant", "content": content}
+
+    @staticmethod
+    def _part(text: str) -> dict[str, Any]:
+        return {"type": "output_text", "text": text, "annotations": []}
+
+    def _event(self, kind: str, **fields: Any) -> bytes:
+        data = {"type": kind, "sequence_number": self.sequence, **fields}
+        self.sequence += 1
+        return f"event: {kind}\n".encode() + _sse(data)
+
+    def _text_event(self, kind: str, **fields: Any) -> bytes:
+        return self._event(kind, item_id=self.item, output_index=0, content_index=0, **fields)
+
+    def _failure_event(self, refusal: _Refusal) -> bytes:
+        error = {"code": refusal.code, "message": refusal.message}
+        return self._event("response.failed", response=self._object("failed", error=error))
+
+    async def _whole(self, events: AsyncIterator[Event], send: Send) -> None:
+        finished: AnswerFinished | None = None
+        async for event in events:
+            if isinstance(event, AnswerFinished):
+                finished = event
+        assert finished is not None
+        self.clean = True
+        data = json.dumps(self._object("completed", finished.text, finished), ensure_ascii=False).encode()
+        await send({
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())],
+        })
+        await send({"type": "http.response.body", "body": data, "more_body": False})
+
+    async def _open(self, send: Send) -> None:
+        """Start the response with its opening events (once)."""
+        if self.started:
+            return
+        self.started = True
+        await send({
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+                        (b"x-accel-buffering", b"no")],
+        })
+        opening = (self._event("response.created", response=self._object("in_progress"))
+                   + self._event("response.in_progress", response=self._object("in_progress"))
+                   + self._event("response.output_item.added", output_index=0, item=self._item("in_progress", None))
+                   + self._text_event("response.content_part.added", part=self._part("")))
+        await send({"type": "http.response.body", "body": opening, "more_body": True})
+
+    async def _delta(self, send: Send, text: str) -> None:
+        await self._open(send)
+        data = self._text_event("response.output_text.delta", delta=text, logprobs=[])
+        await send({"type": "http.response.body", "body": data, "more_body": True})
+
+    async def _stream(self, events: AsyncIterator[Event], send: Send) -> None:
+        sent = ""
+        following = True
+        finished: AnswerFinished | None = None
+        async for event in events:
+            if isinstance(event, TextDelta):
+                if following and event.text:
+                    sent += event.text
+                    await self._delta(send, event.text)
+            elif isinstance(event, AnswerRevised):
+                following = following and event.text.startswith(sent)
+            elif isinstance(event, AnswerFinished):
+                finished = event
+        assert finished is not None
+        if not (following and finished.text.startswith(sent)):
+            await self._open(send)
+            await self._fail(_rewritten(sent, finished.text), send)
+            return
+        rest = finished.text[len(sent):]
+        if rest:
+            await self._delta(send, rest)
+        self.clean = True
+        text = finished.text
+        await self._open(send)  # an empty answer still has its opening events
+        tail = (self._text_event("response.output_text.done", text=text, logprobs=[])
+                + self._text_event("response.content_part.done", part=self._part(text))
+                + self._event("response.output_item.done", output_index=0, item=self._item("completed", text))
+                + self._event("response.completed", response=self._object("completed", text, finished)))
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+
 # -- the application ---------------------------------------------------------------------------------
 
 _CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
+_RESPONSES_PATHS = ("/v1/responses", "/responses")
+_FAST_PATHS = {**dict.fromkeys(_CHAT_PATHS, "chat"), **dict.fromkeys(_RESPONSES_PATHS, "responses")}
+#: Where the access log finds the request's model (set by the handlers once the body is read).
+_MODEL_KEY = "plabs.model"
 
 
 class _ClientLeft(Exception):
@@ -793,6 +1149,27 @@ def _route_path(scope: Scope) -> str:
     return path
 
 
+def _parse_json(data: bytes) -> Any:
+    """A request body as JSON; 400 for anything but strict UTF-8 JSON nested at most MAX_DEPTH deep."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _bad_request(f"expected a JSON request body in UTF-8, got the byte 0x{data[exc.start]:02x} at "
+                           f"offset {exc.start}", "invalid_json") from None
+    if too_deep(text):
+        raise _bad_request(f"expected a JSON request body nested at most {MAX_DEPTH} deep, got deeper nesting",
+                           "invalid_json")
+
+    def constant(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        return json.loads(text, parse_constant=constant)
+    except (ValueError, RecursionError) as exc:
+        raise _bad_request(f"expected a JSON request body, got invalid JSON ({str(exc)[:200]})",
+                           "invalid_json") from None
+
+
 class _Endpoint:
     """A bare ASGI app as a route's endpoint (Starlette takes a plain function for a request handler)."""
 
@@ -804,25 +1181,45 @@ class _Endpoint:
 
 
 class _App(Starlette):
-    """Starlette, with ``POST`` to the chat completion paths handed straight to ``chat``.
+    """Starlette, with ``POST`` to the chat completion and responses paths handed straight to their
+    handlers, and one access log line per request.
 
     Every chat completion pays for whatever runs before its Labs session opens
     and for every layer each streamed chunk is sent through: Starlette's
     middleware stack, router and request/response wrappers cost about 70 µs a
     request (measured on a loaded machine) and two ``send`` wrappers a chunk.
-    The chat handler needs none of them (it answers its own errors, in OpenAI's
+    The handlers need none of them (they answer their own errors, in OpenAI's
     shape); the routes stay for everything else (and a 405 for other methods).
     """
 
-    def __init__(self, chat: ASGIApp, **settings: Any) -> None:
+    def __init__(self, fast: Mapping[str, ASGIApp], **settings: Any) -> None:
         super().__init__(**settings)
-        self.chat = chat
+        self.fast = fast
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and _route_path(scope) in _CHAT_PATHS:
-            await self.chat(scope, receive, send)
-        else:
+        if scope["type"] != "http":
             await super().__call__(scope, receive, send)
+            return
+        started = time.monotonic()
+        status = 0
+
+        async def sending(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            handler = self.fast.get(_route_path(scope)) if scope["method"] == "POST" else None
+            if handler is not None:
+                await handler(scope, receive, sending)
+            else:
+                await super().__call__(scope, receive, sending)
+        finally:
+            if access_logger.isEnabledFor(logging.INFO):
+                model = scope.get(_MODEL_KEY)
+                access_logger.info("%s %s %s %.3fs%s", scope["method"], scope["path"], status or "-",
+                                   time.monotonic() - started, f" model={model}" if model else "")
 
 
 def create_app(config: GatewayConfig | None = None, **settings: Any) -> Starlette:
@@ -840,6 +1237,7 @@ def create_app(config: GatewayConfig | None = None, **settings: Any) -> Starlett
     check_config(config)
     sessions = _Sessions(config)
     key = config.api_key.encode() if config.api_key is not None else None
+    cards = {card.id: card for card in config.models}
 
     def authorize(headers: Headers) -> None:
         if key is None:
@@ -868,49 +1266,83 @@ def create_app(config: GatewayConfig | None = None, **settings: Any) -> Starlett
             parts.append(part)
             if not message.get("more_body", False):
                 break
-        try:
-            return json.loads(b"".join(parts))
-        except ValueError as exc:
-            raise _bad_request(f"expected a JSON request body, got invalid JSON ({exc})") from None
+        return _parse_json(b"".join(parts))
 
-    async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
-        """POST /v1/chat/completions, as a bare ASGI app (see :class:`_App`)."""
-        try:
-            authorize(Headers(scope=scope))
-            chat = parse_chat_request(await read_json(receive))
-            sessions.ensure_started()
-            if sessions.stopping:
-                raise _Refusal(503, "the gateway is shutting down", "api_error", "shutting_down")
-            if not sessions.try_enter():
-                raise _Refusal(
-                    429,
-                    f"all {config.max_sessions} Labs sessions of this gateway are busy; try again shortly",
-                    "rate_limit_error",
-                    "rate_limit_exceeded",
-                )
-        except _Refusal as refusal:
-            await refusal.response()(scope, receive, send)
-            return
-        except _ClientLeft:
-            return  # nobody to answer
-        await _Completion(sessions, chat)(scope, receive, send)
+    def handler(parse: Any, answer: type[_Completion]) -> ASGIApp:
+        """A bare ASGI app (see :class:`_App`) that checks a request, then has ``answer`` answer it."""
+
+        async def handle(scope: Scope, receive: Receive, send: Send) -> None:
+            try:
+                authorize(Headers(scope=scope))
+                request = parse(await read_json(receive), config)
+                scope[_MODEL_KEY] = request.model
+                sessions.ensure_started()
+                if sessions.stopping:
+                    raise _Refusal(503, "the gateway is shutting down", "api_error", "shutting_down")
+                if not sessions.try_enter():
+                    raise _Refusal(
+                        429,
+                        f"all {config.max_sessions} Labs sessions of this gateway are busy; try again shortly",
+                        "rate_limit_error",
+                        "rate_limit_exceeded",
+                        headers={"Retry-After": str(_BUSY_RETRY)},
+                    )
+            except _Refusal as refusal:
+                await refusal.response()(scope, receive, send)
+                return
+            except _ClientLeft:
+                return  # nobody to answer
+            except Exception as exc:  # a bug of the gateway: logged with its traceback, answered in shape
+                logger.exception("internal error of the gateway on %s %s", scope["method"], scope["path"])
+                internal = _Refusal(500, f"internal error of the gateway: {type(exc).__name__}", "api_error",
+                                    "internal_error")
+                await internal.response()(scope, receive, send)
+                return
+            await answer(sessions, request)(scope, receive, send)
+
+        return handle
+
+    chat_completions = handler(parse_chat_request, _Completion)
+    responses = handler(parse_responses_request, _Response)
 
     async def models(request: Request) -> Response:
         try:
             authorize(request.headers)
         except _Refusal as refusal:
             return refusal.response()
-        names = [DEFAULT_MODEL, *(name for name in MODELS if name != DEFAULT_MODEL)]
-        data = [{"id": name, "object": "model", "created": 0, "owned_by": "perplexity-labs"} for name in names]
-        return JSONResponse({"object": "list", "data": data})
+        return JSONResponse({"object": "list", "data": [card.as_openai() for card in config.models]})
+
+    async def model(request: Request) -> Response:
+        try:
+            authorize(request.headers)
+            card = cards.get(request.path_params["model"])
+            if card is None:
+                raise _Refusal(404, f"The model {_shown(request.path_params['model'])} does not exist: expected "
+                               f"one of {', '.join(cards)}", "invalid_request_error", "model_not_found",
+                               param="model")
+        except _Refusal as refusal:
+            return refusal.response()
+        return JSONResponse(card.as_openai())
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "active": sessions.active, "warm": len(sessions.idle)})
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
-        return _Refusal(exc.status_code, str(exc.detail), "invalid_request_error", kind).response()
+        if exc.status_code == 404:
+            message, code = f"Invalid URL ({request.method} {request.url.path}): no such endpoint", "unknown_url"
+        elif exc.status_code == 405:
+            message, code = (f"expected another method for {request.url.path}, got {request.method}",
+                             "method_not_allowed")
+        else:
+            message, code = str(exc.detail), None
+        return _Refusal(exc.status_code, message, "invalid_request_error", code,
+                        headers=exc.headers).response()
+
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        # (the ASGI server logs the exception itself: it is a bug of the gateway)
+        return _Refusal(500, f"internal error of the gateway: {type(exc).__name__}", "api_error",
+                        "internal_error").response()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -926,14 +1358,17 @@ def create_app(config: GatewayConfig | None = None, **settings: Any) -> Starlett
                 group.cancel_scope.cancel()
 
     app = _App(
-        chat_completions,
+        {path: chat_completions if kind == "chat" else responses for path, kind in _FAST_PATHS.items()},
         routes=[
             *(Route(path, _Endpoint(chat_completions), methods=["POST"]) for path in _CHAT_PATHS),
+            *(Route(path, _Endpoint(responses), methods=["POST"]) for path in _RESPONSES_PATHS),
             Route("/v1/models", models, methods=["GET"]),
             Route("/models", models, methods=["GET"]),
+            Route("/v1/models/{model:path}", model, methods=["GET"]),
+            Route("/models/{model:path}", model, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
         ],
-        exception_handlers={HTTPException: http_error},
+        exception_handlers={HTTPException: http_error, Exception: internal_error},
         lifespan=lifespan,
     )
     app.state.gateway = sessions

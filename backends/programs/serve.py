@@ -2,11 +2,13 @@
 
     plabs serve [--host 127.0.0.1] [--port 8000] [--server URL | --emulator]
                 [--backend asyncio|trio|curl] [--transport T] [--proxy URL] [--cafile PEM]
-                [--api-key KEY] [--max-sessions N] [--warm N] [--timeout S]
+                [--api-key KEY] [--max-sessions N] [--warm N] [--timeout S] [--any-model] [--quiet]
 
 With the asyncio backend (the default) uvicorn serves the app; with ``trio``,
-hypercorn's trio worker does.  The command binds to 127.0.0.1 unless told
-otherwise, prints one line with its base URL once it listens, and on Ctrl-C (or
+hypercorn's trio worker does (the ``gateway-trio`` extra).  The command binds to
+127.0.0.1 unless told otherwise, prints its base URL alone on the first line of
+standard output once it listens, logs one line per request on standard error
+(method, path, status, seconds, model; ``--quiet``: none), and on Ctrl-C (or
 SIGTERM) ends every open stream at once (with an error event), closes their
 Labs sessions and the warm pool, and exits with status 0.
 
@@ -23,22 +25,24 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .arguments import count, port, seconds
+from .arguments import count, port, proxy, seconds
 
 __all__ = ["add_serve_command", "serve"]
 
 _EXTRA = "pip install 'plabs-proto[gateway]'"
+_TRIO_EXTRA = "pip install 'plabs-proto[gateway-trio]'"
 
 
 def add_serve_command(commands: Any) -> argparse.ArgumentParser:
     """Add ``serve`` to the ``plabs`` subcommands (``commands`` is ``add_subparsers()``'s result)."""
     sub: argparse.ArgumentParser = commands.add_parser(
         "serve",
-        help="serve an OpenAI-compatible API (/v1/chat/completions) backed by Labs",
-        description="Serve OpenAI's chat completions API, answered by Perplexity Labs, until Ctrl-C "
+        help="serve an OpenAI-compatible API (/v1/chat/completions, /v1/responses) backed by Labs",
+        description="Serve OpenAI's chat completions and responses APIs, answered by Perplexity Labs, until Ctrl-C "
         "(prints its base URL on one line).",
     )
     sub.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1)")
@@ -48,7 +52,8 @@ def add_serve_command(commands: Any) -> argparse.ArgumentParser:
     sub.add_argument("--backend", default="asyncio", choices=("asyncio", "trio", "curl"), help="default: asyncio")
     sub.add_argument("--transport", default="upgrade", choices=("upgrade", "websocket", "polling"),
                      help="default: upgrade")
-    sub.add_argument("--proxy", default=None, metavar="URL", help="http://[user:pass@]host:port or socks5://...")
+    sub.add_argument("--proxy", type=proxy, default=None, metavar="URL",
+                     help="http://[user:pass@]host:port or socks5://...")
     sub.add_argument("--cafile", default=None, metavar="PEM", help="trust these CA certificates instead")
     sub.add_argument("--api-key", default=None, metavar="KEY",
                      help="require 'Authorization: Bearer KEY' (default: $PLABS_API_KEY, else no key)")
@@ -57,6 +62,10 @@ def add_serve_command(commands: Any) -> argparse.ArgumentParser:
     sub.add_argument("--warm", type=count, default=0, metavar="N", help="keep N Labs sessions connected, ready")
     sub.add_argument("--timeout", type=seconds, default=None, metavar="S",
                      help="deadline of each Labs query in seconds (default 300)")
+    sub.add_argument("--any-model", action="store_true",
+                     help="pass any model id on to Labs (default: 404 model_not_found for ids `plabs models` "
+                     "does not list)")
+    sub.add_argument("--quiet", action="store_true", help="no access log (one line per request on stderr)")
     sub.set_defaults(run=_cmd_serve, parser=sub)
     return sub
 
@@ -84,6 +93,7 @@ def _cmd_serve(args: argparse.Namespace, printer: Any) -> int:
         "api_key": api_key,
         "max_sessions": args.max_sessions,
         "warm": args.warm,
+        "any_model": args.any_model,
     }
     if args.timeout is not None:
         settings["timeout"] = args.timeout
@@ -104,6 +114,7 @@ def _cmd_serve(args: argparse.Namespace, printer: Any) -> int:
             settings["server"] = args.server
         try:
             config = gateway.GatewayConfig(**settings)
+            _access_log(quiet=args.quiet)
             serve(config, host=args.host, port=args.port)
         except gateway.GatewayError as exc:
             return _error(str(exc))
@@ -113,6 +124,21 @@ def _cmd_serve(args: argparse.Namespace, printer: Any) -> int:
         if emulator is not None:
             emulator.stop()
     return 0
+
+
+def _access_log(*, quiet: bool) -> None:
+    """The access log on standard error (one line a request, with the time), unless ``quiet``."""
+    access = logging.getLogger("plabs_proto.gateway.access")
+    access.propagate = False
+    if quiet:
+        access.setLevel(logging.WARNING)
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    formatter = logging.Formatter("%(asctime)sZ %(message)s", "%Y-%m-%dT%H:%M:%S")
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -145,8 +171,8 @@ def serve(
 ) -> None:
     """Serve the gateway in the foreground until Ctrl-C or SIGTERM.
 
-    ``announce`` gets the line with the base URL once the gateway listens
-    (default: print it).  Raises :class:`~plabs_proto.backends.programs.gateway.GatewayError`
+    ``announce`` gets the base URL (``http://HOST:PORT/v1``) once the gateway
+    listens (default: print it alone on a line).  Raises :class:`~plabs_proto.backends.programs.gateway.GatewayError`
     for a configuration that cannot work and ``OSError`` when it cannot listen.
     """
     from .gateway import check_config
@@ -158,7 +184,7 @@ def serve(
 
     sock = _listen(host, port)
     try:
-        line = f"plabs gateway: OpenAI-compatible API at {_base_url(sock)} (Ctrl-C to stop)"
+        line = _base_url(sock)
         if config.backend == "trio":
             _serve_trio(config, sock, lambda: announce(line))
         else:
@@ -220,7 +246,7 @@ def _serve_trio(config: Any, sock: socket.socket, ready: Callable[[], None]) -> 
     except ImportError as exc:
         from .gateway import GatewayError
 
-        raise GatewayError(f"--backend trio serves with hypercorn on trio (pip install hypercorn trio): {exc}") from None
+        raise GatewayError(f"--backend trio serves with hypercorn on trio ({_TRIO_EXTRA}): {exc}") from None
     from .gateway import begin_shutdown, create_app
 
     app = create_app(config)
