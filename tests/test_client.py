@@ -214,7 +214,7 @@ def test_upgrade_falls_back_to_polling_when_not_offered() -> None:
     h.client.connect(0.0)
     h.take(1)
     h.reply(1, http_response(200, open_packet(upgrades=())))
-    assert h.client.transport == "polling"
+    assert h.client.session.transport == "polling"
     # The connection opened for the WebSocket carries the POSTs instead.
     assert h.take(2) == post(POLL_SID, b'40{"jwt":"anonymous-ask-user"}')
     assert h.take(1) == get(POLL_SID)

@@ -144,7 +144,7 @@ def test_a_response_that_ends_at_end_of_file_completes() -> None:
     assert h.closed == [1]
     assert h.take(2) == post(POLL_SID, b'40{"jwt":"anonymous-ask-user"}')
     assert h.take(3) == get(POLL_SID)  # the next poll on a new connection
-    assert h.client.state is ClientState.CONNECTING and h.client.engine_sid == "SID1"
+    assert h.client.state is ClientState.CONNECTING and h.client.session.engine_sid == "SID1"
 
 
 def test_an_empty_legacy_handshake_body_is_a_remote_protocol_error() -> None:

@@ -263,7 +263,7 @@ def test_accept_encoding_can_be_turned_off() -> None:
     assert request == chrome_request("GET", f"/socket.io/?EIO=4&transport=polling&t={T}").replace(b"Accept-Encoding: gzip, deflate\r\n", b"")
     # A server that compresses anyway is still understood.
     h.reply(1, gzipped(open_packet()))
-    assert h.client.engine_sid == "SID1"
+    assert h.client.session.engine_sid == "SID1"
 
 
 def test_the_callers_accept_encoding_replaces_ours() -> None:

@@ -474,6 +474,6 @@ def test_an_eof_delimited_handshake_body(transport: str, head: bytes) -> None:
         client.receive_data(1, chunk, 0.0)
     h.pump()
     assert 1 in h.closed
-    assert client.engine_sid == "SID1"
+    assert client.session.engine_sid == "SID1"
     sent = b"".join(h.take_raw(s) for s in h.raw if s not in h.closed)
     assert b"sid=SID1" in sent  # the CONNECT POST (and the upgrade) went out

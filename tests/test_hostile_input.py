@@ -226,7 +226,7 @@ def test_the_sid_is_escaped_in_every_request(sid: str, escaped: str) -> None:
     target = f"/socket.io/?EIO=4&transport=polling&t={T}&sid={escaped}"
     assert h.take(1) == post(target, body)
     assert h.take(2) == upgrade_request(f"/socket.io/?EIO=4&transport=websocket&sid={escaped}")
-    assert h.client.engine_sid == sid
+    assert h.client.session.engine_sid == sid
 
 
 @pytest.mark.parametrize(

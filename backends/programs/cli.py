@@ -728,6 +728,15 @@ def _emulator_settings(args: argparse.Namespace, names: tuple[str, ...]) -> dict
     return settings
 
 
+def _check_guard_steps(args: argparse.Namespace, steps: Sequence[str], service: str) -> None:
+    """Refuse a guard step (``--rate-limit STEP``...) the emulator of ``service`` does not have."""
+    for name in ("rate_limit", "cloudflare", "redirect"):
+        step = getattr(args, name)
+        if step is not None and step not in steps:
+            raise _UsageError(f"--{name.replace('_', '-')} of the {service} emulator takes one of "
+                              f"{', '.join(steps)}, got {step!r}")
+
+
 def _labs_emulator(args: argparse.Namespace) -> tuple[Any, Any]:
     try:
         from .emulator import Emulator, EmulatorConfig
@@ -737,11 +746,7 @@ def _labs_emulator(args: argparse.Namespace) -> tuple[Any, Any]:
         ) from None
     _refuse_options(args, ("shape", "line_ending", "chunk_size", "write_size", "early_final", "error_code",
                            "require_cookie", "session_token", "gzip", "extras"), "labs")
-    for name in ("rate_limit", "cloudflare", "redirect"):
-        step = getattr(args, name)
-        if step is not None and step not in _GUARD_STEPS:
-            raise _UsageError(f"--{name.replace('_', '-')} of the labs emulator takes one of "
-                              f"{', '.join(_GUARD_STEPS)}, got {step!r}")
+    _check_guard_steps(args, _GUARD_STEPS, "labs")
     settings = _emulator_settings(args, (
         "answer", "reasoning", "frame_delay", "ping_interval", "fail", "drop_after", "cloudflare", "redirect",
         "redirect_to", "redirect_status", "rate_limit", "rate_limit_page", "retry_after", "login_page"))
@@ -758,11 +763,7 @@ def _perplexity_emulator(args: argparse.Namespace) -> tuple[Any, Any]:
     except ImportError as exc:
         raise _Failure(f"the emulator needs aiohttp (pip install 'plabs-proto[emulator]'): {exc}") from None
     _refuse_options(args, ("reasoning", "ping_interval", "silent", "rate_limit_page", "login_page"), "perplexity")
-    for name in ("rate_limit", "cloudflare", "redirect"):
-        step = getattr(args, name)
-        if step is not None and step not in _SSE_GUARD_STEPS:
-            raise _UsageError(f"--{name.replace('_', '-')} of the perplexity emulator takes one of "
-                              f"{', '.join(_SSE_GUARD_STEPS)}, got {step!r}")
+    _check_guard_steps(args, _SSE_GUARD_STEPS, "perplexity")
     settings = _emulator_settings(args, (
         "answer", "frame_delay", "fail", "drop_after", "cloudflare", "rate_limit", "retry_after", "shape",
         "line_ending", "chunk_size", "write_size", "error_code", "redirect", "redirect_to", "redirect_status",

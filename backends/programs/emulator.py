@@ -35,7 +35,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol, TypeVar
 from urllib.parse import parse_qs
 
 import engineio
@@ -365,22 +365,11 @@ class _Session:
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
-class Emulator:
-    """A Labs server on this asyncio loop.  ``await start()`` returns its base URL."""
+class Listening:
+    """What both emulators share: where they listen (:attr:`url`, :attr:`port`) and how they start to."""
 
-    def __init__(self, config: EmulatorConfig | None = None) -> None:
-        self.config = config if config is not None else EmulatorConfig()
-        self._url: str | None = None
-        self._port: int | None = None
-        self._runner: web.AppRunner | None = None
-        self._sio: _SocketServer | None = None
-        self._sessions: dict[str, _Session] = {}
-        # Engine.IO sid -> TCP transports that carried requests of that session.
-        self._transports: dict[str, set[asyncio.Transport]] = {}
-        self._dropped: set[str] = set()
-        self._ssl = False
-
-    # -- public API --------------------------------------------------------------------------
+    _url: str | None = None
+    _port: int | None = None
 
     @property
     def url(self) -> str:
@@ -396,6 +385,50 @@ class Emulator:
             raise RuntimeError("the emulator is not running; call start() first")
         return self._port
 
+    async def _listen(
+        self, app: web.Application, host: str, port: int, certfile: str | None, keyfile: str | None
+    ) -> web.AppRunner:
+        """Serve ``app`` on ``host:port`` (0 = a free port), with TLS when ``certfile`` is given; sets the URL."""
+        if keyfile is not None and certfile is None:
+            raise ValueError("keyfile given without certfile")
+        ssl_context: ssl.SSLContext | None = None
+        if certfile is not None:
+            ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_context.load_cert_chain(certfile, keyfile)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.setblocking(False)
+            await web.SockSite(runner, sock, ssl_context=ssl_context).start()
+        except BaseException:
+            sock.close()
+            await runner.cleanup()
+            raise
+        self._port = int(sock.getsockname()[1])
+        shown = f"[{host}]" if ":" in host else host
+        self._url = f"{'https' if ssl_context else 'http'}://{shown}:{self._port}"
+        return runner
+
+
+class Emulator(Listening):
+    """A Labs server on this asyncio loop.  ``await start()`` returns its base URL."""
+
+    def __init__(self, config: EmulatorConfig | None = None) -> None:
+        self.config = config if config is not None else EmulatorConfig()
+        self._runner: web.AppRunner | None = None
+        self._sio: _SocketServer | None = None
+        self._sessions: dict[str, _Session] = {}
+        # Engine.IO sid -> TCP transports that carried requests of that session.
+        self._transports: dict[str, set[asyncio.Transport]] = {}
+        self._dropped: set[str] = set()
+        self._ssl = False
+
+    # -- public API --------------------------------------------------------------------------
+
     async def start(
         self,
         host: str = "127.0.0.1",
@@ -407,12 +440,6 @@ class Emulator:
         """Listen on ``host:port`` (0 = a free port), with TLS when ``certfile`` is given."""
         if self._runner is not None:
             raise RuntimeError("the emulator is already running")
-        if keyfile is not None and certfile is None:
-            raise ValueError("keyfile given without certfile")
-        ssl_context: ssl.SSLContext | None = None
-        if certfile is not None:
-            ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ssl_context.load_cert_chain(certfile, keyfile)
         cfg = self.config
         sio = _SocketServer(
             async_mode="aiohttp",
@@ -430,28 +457,11 @@ class Emulator:
         app = web.Application(middlewares=[self._middleware])
         app.on_response_prepare.append(self._set_cookie)
         sio.attach(app, socketio_path="socket.io")
-        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-            sock.setblocking(False)
-            site = web.SockSite(runner, sock, ssl_context=ssl_context)
-            await site.start()
-        except BaseException:
-            sock.close()
-            await runner.cleanup()
-            raise
+        runner = await self._listen(app, host, port, certfile, keyfile)
         self._sio = sio
         self._runner = runner
-        self._ssl = ssl_context is not None
-        self._port = int(sock.getsockname()[1])
-        scheme = "https" if self._ssl else "http"
-        shown = f"[{host}]" if ":" in host else host
-        self._url = f"{scheme}://{shown}:{self._port}"
-        return self._url
+        self._ssl = certfile is not None
+        return self.url
 
     async def stop(self) -> None:
         """Close every session and the listening socket; leave no task behind."""
@@ -759,29 +769,41 @@ async def _cancel_all(tasks: set[asyncio.Task[Any]]) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-class EmulatorThread:
-    """An :class:`Emulator` on its own asyncio loop in a daemon thread (for sync/trio tests)."""
+class EmulatedServer(Protocol):
+    """What an emulator offers: start listening (its URL), its port, stop."""
+
+    @property
+    def port(self) -> int: ...
+
+    async def start(self, host: str, port: int, *, certfile: str | None, keyfile: str | None) -> str: ...
+
+    async def stop(self) -> None: ...
+
+
+_T = TypeVar("_T", bound="ServerThread")
+
+
+class ServerThread:
+    """An emulator (made by ``make``) on its own asyncio loop in a daemon thread named ``name``."""
 
     def __init__(
         self,
-        config: EmulatorConfig | None = None,
+        make: Callable[[], EmulatedServer],
         *,
+        name: str,
         host: str = "127.0.0.1",
         port: int = 0,
         certfile: str | None = None,
         keyfile: str | None = None,
     ) -> None:
-        self.config = config if config is not None else EmulatorConfig()
-        self._host = host
-        self._port_wanted = port
-        self._certfile = certfile
-        self._keyfile = keyfile
+        self._make = make
+        self._name = name
+        self._where = (host, port, certfile, keyfile)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
-        self._emulator: Emulator | None = None
         self._url: str | None = None
         self._port: int | None = None
 
@@ -805,7 +827,7 @@ class EmulatorThread:
             raise RuntimeError("the emulator thread is already running")
         self._ready.clear()
         self._error = None
-        thread = threading.Thread(target=self._run, name="plabs-emulator", daemon=True)
+        thread = threading.Thread(target=self._run, name=self._name, daemon=True)
         self._thread = thread
         thread.start()
         if not self._ready.wait(timeout):
@@ -819,7 +841,7 @@ class EmulatorThread:
         return self.url
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the emulator and join the thread."""
+        """Stop the emulator and join the thread (idempotent)."""
         thread = self._thread
         if thread is None:
             return
@@ -834,15 +856,12 @@ class EmulatorThread:
         self._url = None
         self._port = None
 
-    def __enter__(self) -> EmulatorThread:
+    def __enter__(self: _T) -> _T:
         self.start()
         return self
 
     def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
 
@@ -857,19 +876,53 @@ class EmulatorThread:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
-        emulator = Emulator(self.config)
-        self._emulator = emulator
+        server = self._make()
+        host, port, certfile, keyfile = self._where
         try:
-            self._url = await emulator.start(
-                self._host, self._port_wanted, certfile=self._certfile, keyfile=self._keyfile
-            )
-            self._port = emulator.port
+            self._url = await server.start(host, port, certfile=certfile, keyfile=keyfile)
+            self._port = server.port
             self._ready.set()
             await self._stop_event.wait()
         finally:
-            await emulator.stop()
-            self._emulator = None
+            await server.stop()
             self._loop = None
+
+
+def run_server(
+    make: Callable[[], EmulatedServer], what: str, host: str = "127.0.0.1", port: int = 0,
+    certfile: str | None = None, keyfile: str | None = None,
+) -> None:
+    """Serve the emulator ``make`` makes (on the loop) in the foreground until Ctrl-C; prints one line:
+    ``what`` and the URL."""
+
+    async def main() -> None:
+        server = make()
+        url = await server.start(host, port, certfile=certfile, keyfile=keyfile)
+        print(f"{what} listening on {url} (Ctrl-C to stop)", flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await server.stop()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
+
+
+class EmulatorThread(ServerThread):
+    """An :class:`Emulator` on its own asyncio loop in a daemon thread (see :class:`ServerThread`)."""
+
+    def __init__(
+        self,
+        config: EmulatorConfig | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        certfile: str | None = None,
+        keyfile: str | None = None,
+    ) -> None:
+        self.config = config if config is not None else EmulatorConfig()
+        super().__init__(lambda: Emulator(self.config), name="plabs-emulator", host=host, port=port, certfile=certfile,
+                         keyfile=keyfile)
 
 
 def run(
@@ -880,15 +933,4 @@ def run(
     keyfile: str | None = None,
 ) -> None:
     """Serve in the foreground until Ctrl-C; prints one line with the URL."""
-
-    async def main() -> None:
-        emulator = Emulator(config)
-        url = await emulator.start(host, port, certfile=certfile, keyfile=keyfile)
-        print(f"Perplexity Labs emulator listening on {url} (Ctrl-C to stop)", flush=True)
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await emulator.stop()
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main())
+    run_server(lambda: Emulator(config), "Perplexity Labs emulator", host, port, certfile, keyfile)

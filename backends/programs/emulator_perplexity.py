@@ -21,13 +21,9 @@ asyncio loop, :class:`PerplexityEmulatorThread` (its own loop in a daemon thread
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
 import secrets
-import socket
-import ssl
-import threading
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -37,7 +33,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .emulator import CLOUDFLARE_HTML
+from .emulator import CLOUDFLARE_HTML, Listening, ServerThread, run_server
 
 __all__ = [
     "CATALOG",
@@ -391,31 +387,15 @@ class _BadRequest(Exception):
         self.detail = detail
 
 
-class PerplexityEmulator:
+class PerplexityEmulator(Listening):
     """The ask endpoint's server on this asyncio loop.  ``await start()`` returns its base URL."""
 
     def __init__(self, config: PerplexityEmulatorConfig | None = None) -> None:
         self.config = config if config is not None else PerplexityEmulatorConfig()
         self._runner: web.AppRunner | None = None
-        self._url: str | None = None
-        self._port: int | None = None
         self._threads: dict[str, _Thread] = {}  # backend_uuid of any answer -> its thread
         self._cookies: set[str] = set()  # the __cf_bm values handed out
         self._tasks: set[asyncio.Task[Any]] = set()
-
-    @property
-    def url(self) -> str:
-        """The base URL, e.g. ``http://127.0.0.1:54321``."""
-        if self._url is None:
-            raise RuntimeError("the emulator is not running; call start() first")
-        return self._url
-
-    @property
-    def port(self) -> int:
-        """The TCP port the emulator listens on."""
-        if self._port is None:
-            raise RuntimeError("the emulator is not running; call start() first")
-        return self._port
 
     async def start(
         self, host: str = "127.0.0.1", port: int = 0, *, certfile: str | None = None, keyfile: str | None = None
@@ -423,35 +403,13 @@ class PerplexityEmulator:
         """Listen on ``host:port`` (0 = a free port), with TLS when ``certfile`` is given."""
         if self._runner is not None:
             raise RuntimeError("the emulator is already running")
-        if keyfile is not None and certfile is None:
-            raise ValueError("keyfile given without certfile")
-        ssl_context: ssl.SSLContext | None = None
-        if certfile is not None:
-            ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ssl_context.load_cert_chain(certfile, keyfile)
         app = web.Application()
         app.router.add_get("/api/auth/session", self._session)
         app.router.add_get("/search/new", self._session)
         app.router.add_get("/rest/models/config/v2", self._catalog)
         app.router.add_post("/rest/sse/perplexity_ask", self._ask)
-        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-            sock.setblocking(False)
-            await web.SockSite(runner, sock, ssl_context=ssl_context).start()
-        except BaseException:
-            sock.close()
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self._port = int(sock.getsockname()[1])
-        shown = f"[{host}]" if ":" in host else host
-        self._url = f"{'https' if ssl_context else 'http'}://{shown}:{self._port}"
-        return self._url
+        self._runner = await self._listen(app, host, port, certfile, keyfile)
+        return self.url
 
     async def stop(self) -> None:
         """Stop answering, close the listening socket; leave no task behind."""
@@ -638,8 +596,8 @@ class PerplexityEmulator:
 # --------------------------------------------------------------------------------------------
 
 
-class PerplexityEmulatorThread:
-    """A :class:`PerplexityEmulator` on its own asyncio loop in a daemon thread."""
+class PerplexityEmulatorThread(ServerThread):
+    """An :class:`PerplexityEmulator` on its own asyncio loop in a daemon thread (see :class:`~.emulator.ServerThread`)."""
 
     def __init__(
         self,
@@ -651,94 +609,8 @@ class PerplexityEmulatorThread:
         keyfile: str | None = None,
     ) -> None:
         self.config = config if config is not None else PerplexityEmulatorConfig()
-        self._where = (host, port, certfile, keyfile)
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop_event: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._url: str | None = None
-        self._port: int | None = None
-
-    @property
-    def url(self) -> str:
-        """The base URL of the running emulator."""
-        if self._url is None:
-            raise RuntimeError("the emulator thread is not running; call start() first")
-        return self._url
-
-    @property
-    def port(self) -> int:
-        """The TCP port of the running emulator."""
-        if self._port is None:
-            raise RuntimeError("the emulator thread is not running; call start() first")
-        return self._port
-
-    def start(self, timeout: float = 10.0) -> str:
-        """Start the thread and wait until the emulator listens; returns its URL."""
-        if self._thread is not None:
-            raise RuntimeError("the emulator thread is already running")
-        self._ready.clear()
-        self._error = None
-        thread = threading.Thread(target=self._run, name="plabs-perplexity-emulator", daemon=True)
-        self._thread = thread
-        thread.start()
-        if not self._ready.wait(timeout):
-            self.stop()
-            raise RuntimeError(f"the emulator did not start within {timeout} s")
-        if self._error is not None:
-            error = self._error
-            thread.join(timeout)
-            self._thread = None
-            raise error
-        return self.url
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the emulator and join the thread (idempotent)."""
-        thread = self._thread
-        if thread is None:
-            return
-        loop, stop_event = self._loop, self._stop_event
-        if loop is not None and stop_event is not None:
-            with contextlib.suppress(RuntimeError):  # the loop may already be closed
-                loop.call_soon_threadsafe(stop_event.set)
-        thread.join(timeout)
-        if thread.is_alive():
-            raise RuntimeError(f"the emulator thread did not stop within {timeout} s")
-        self._thread = None
-        self._url = None
-        self._port = None
-
-    def __enter__(self) -> PerplexityEmulatorThread:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:  # reported to start(); the thread must not die noisily
-            if not self._ready.is_set():
-                self._error = exc
-                self._ready.set()
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop_event = asyncio.Event()
-        emulator = PerplexityEmulator(self.config)
-        host, port, certfile, keyfile = self._where
-        try:
-            self._url = await emulator.start(host, port, certfile=certfile, keyfile=keyfile)
-            self._port = emulator.port
-            self._ready.set()
-            await self._stop_event.wait()
-        finally:
-            await emulator.stop()
-            self._loop = None
+        super().__init__(lambda: PerplexityEmulator(self.config), name="plabs-perplexity-emulator", host=host, port=port,
+                         certfile=certfile, keyfile=keyfile)
 
 
 def run(
@@ -749,15 +621,4 @@ def run(
     keyfile: str | None = None,
 ) -> None:
     """Serve in the foreground until Ctrl-C; prints one line with the URL."""
-
-    async def main() -> None:
-        emulator = PerplexityEmulator(config)
-        url = await emulator.start(host, port, certfile=certfile, keyfile=keyfile)
-        print(f"Perplexity emulator listening on {url} (Ctrl-C to stop)", flush=True)
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await emulator.stop()
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main())
+    run_server(lambda: PerplexityEmulator(config), "Perplexity emulator", host, port, certfile, keyfile)

@@ -122,24 +122,19 @@ def _server(server: str) -> str:
     return server.rstrip("/")
 
 
+def _json_get(server: str, path: str) -> Request:
+    base = _server(server)
+    return Request(method="GET", url=base + path, headers=(("Accept", "application/json"), ("Referer", base + "/")))
+
+
 def warmup_request(server: str = BASE_URL) -> Request:
     """``GET /api/auth/session``: the request that gets the anonymous cookies before the ask."""
-    base = _server(server)
-    return Request(
-        method="GET",
-        url=base + WARMUP_PATH,
-        headers=(("Accept", "application/json"), ("Referer", base + "/")),
-    )
+    return _json_get(server, WARMUP_PATH)
 
 
 def catalog_request(server: str = BASE_URL) -> Request:
     """``GET /rest/models/config/v2``: the service's model catalog (read it with :func:`parse_catalog`)."""
-    base = _server(server)
-    return Request(
-        method="GET",
-        url=base + CATALOG_PATH,
-        headers=(("Accept", "application/json"), ("Referer", base + "/")),
-    )
+    return _json_get(server, CATALOG_PATH)
 
 
 def ask_headers(server: str = BASE_URL, *, thread_url_slug: str | None = None) -> tuple[tuple[str, str], ...]:

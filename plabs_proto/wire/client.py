@@ -593,23 +593,8 @@ class LabsClient(Client):
 
     @property
     def session(self) -> LabsSession:
-        """The Labs session this client carries."""
+        """The Labs session this client carries (its transport, Engine.IO and Socket.IO ids)."""
         return self._labs
-
-    @property
-    def transport(self) -> str:
-        """The transport in use: the configured one, or ``"polling"`` if an upgrade was not offered."""
-        return self._labs.transport
-
-    @property
-    def engine_sid(self) -> str:
-        """The Engine.IO session id (``""`` until the open packet)."""
-        return self._labs.engine_sid
-
-    @property
-    def socket_sid(self) -> str:
-        """The Socket.IO session id (``""`` until the connect ack)."""
-        return self._labs.socket_sid
 
     def query(  # type: ignore[override]
         self, messages: str | Sequence[Mapping[str, Any]], *, model: str = DEFAULT_MODEL, now: float
