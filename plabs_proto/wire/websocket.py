@@ -12,11 +12,13 @@ sizes 8 to 15) and gives the :class:`DeflateParameters` it agreed to.  The
 channel then hands compressed frames (RSV1 set) to wsproto's
 ``PerMessageDeflate`` through a subclass that inflates with a bound: a message
 that inflates past ``max_message_size`` is refused as soon as it does, however
-small its compressed form (a decompression bomb).  Our own messages go through
-the same extension's ``frame_outbound`` (it compresses and strips the
-``00 00 ff ff`` tail), then into a frame masked from our ``rng``; with
+small its compressed form (a decompression bomb).  Our own messages are
+compressed each by a compressor of its own (the ``00 00 ff ff`` tail
+stripped), then put into a frame masked from our ``rng``; with
 ``client_max_window_bits=8``, which zlib cannot compress with, they go
-uncompressed (RSV1 clear), as RFC 7692 allows for any message.
+uncompressed (RSV1 clear), as RFC 7692 allows for any message.  The extension
+costs memory only while a message is being compressed or inflated (a
+thousand sessions may share a process): see ``_BoundedDeflate``.
 """
 
 from __future__ import annotations
