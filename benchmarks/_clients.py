@@ -29,12 +29,15 @@ Result = tuple[float, str]
 def plabs_kinds(backends: tuple[str, ...] = BACKENDS, transports: tuple[str, ...] = TRANSPORTS) -> list[str]:
     return [f"plabs-{b}-{t}" for t in transports for b in backends]
 
-async def _collect(ask: Callable[..., Any], url: str, transport: str, cafile: str | None, prompt: str) -> Result:
-    """Time an async ``ask``: seconds to its first non-empty text, and the whole answer."""
+async def _collect(
+    ask: Callable[..., Any], url: str, transport: str, cafile: str | None, prompt: str, **options: Any
+) -> Result:
+    """Time an async ``ask``: seconds to its first non-empty text, and the whole answer.
+    ``options``: more keywords for ``ask`` (e.g. ``permessage_deflate=False``)."""
     parts: list[str] = []
     first = 0.0
     start = time.perf_counter()
-    answer = ask(prompt, model=MODEL, server=url, transport=transport, cafile=cafile)
+    answer = ask(prompt, model=MODEL, server=url, transport=transport, cafile=cafile, **options)
     async with contextlib.aclosing(answer):
         async for text in answer:
             if text and not parts:
@@ -45,16 +48,18 @@ async def _collect(ask: Callable[..., Any], url: str, transport: str, cafile: st
 
 
 
-async def ask_plabs_asyncio(url: str, transport: str, cafile: str | None, prompt: str = PROMPT) -> Result:
+async def ask_plabs_asyncio(
+    url: str, transport: str, cafile: str | None, prompt: str = PROMPT, **options: Any
+) -> Result:
     from plabs_proto.backends.asyncio import ask
 
-    return await _collect(ask, url, transport, cafile, prompt)
+    return await _collect(ask, url, transport, cafile, prompt, **options)
 
 
-async def ask_plabs_trio(url: str, transport: str, cafile: str | None, prompt: str = PROMPT) -> Result:
+async def ask_plabs_trio(url: str, transport: str, cafile: str | None, prompt: str = PROMPT, **options: Any) -> Result:
     from plabs_proto.backends.trio import ask
 
-    return await _collect(ask, url, transport, cafile, prompt)
+    return await _collect(ask, url, transport, cafile, prompt, **options)
 
 
 async def ask_plabs_curl(url: str, transport: str, cafile: str | None, prompt: str = PROMPT) -> Result:
@@ -63,13 +68,13 @@ async def ask_plabs_curl(url: str, transport: str, cafile: str | None, prompt: s
     return await _collect(ask, url, transport, cafile, prompt)
 
 
-def ask_plabs_sync(url: str, transport: str, cafile: str | None, prompt: str = PROMPT) -> Result:
+def ask_plabs_sync(url: str, transport: str, cafile: str | None, prompt: str = PROMPT, **options: Any) -> Result:
     from plabs_proto.backends.sync import ask
 
     parts: list[str] = []
     first = 0.0
     start = time.perf_counter()
-    answer = ask(prompt, model=MODEL, server=url, transport=transport, cafile=cafile)
+    answer = ask(prompt, model=MODEL, server=url, transport=transport, cafile=cafile, **options)
     with contextlib.closing(answer):
         for text in answer:
             if text and not parts:
@@ -177,11 +182,11 @@ def runner(kind: str, url: str, cafile: str | None, prompt: str = PROMPT) -> Cal
     raise ValueError(f"unknown client kind {kind!r}")
 
 
-def asyncio_coroutine(kind: str, url: str, prompt: str = PROMPT) -> Callable[[], Awaitable[Result]]:
-    """For the asyncio kinds: a factory of one-question coroutines (no TLS)."""
+def asyncio_coroutine(kind: str, url: str, prompt: str = PROMPT, **options: Any) -> Callable[[], Awaitable[Result]]:
+    """For the asyncio kinds: a factory of one-question coroutines (no TLS); ``options`` go to plabs' ``ask``."""
     if kind.startswith("plabs-asyncio-"):
         transport = kind.rsplit("-", 1)[1]
-        return lambda: ask_plabs_asyncio(url, transport, None, prompt)
+        return lambda: ask_plabs_asyncio(url, transport, None, prompt, **options)
     if kind.startswith("plabs-curl-"):
         transport = kind.rsplit("-", 1)[1]
         return lambda: ask_plabs_curl(url, transport, None, prompt)

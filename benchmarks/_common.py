@@ -101,6 +101,35 @@ class Child:
         self.stop()
 
 
+class NodeChild(Child):
+    """The Node.js Labs server (tests/node_server/server.js, socket.io) with ``args``; ``ready`` holds its URL.
+
+    It prints ``{"port": N}`` once it listens and exits on SIGTERM.  Its packages must be
+    installed (``npm ci`` in tests/node_server; ``./run-tests`` does it).
+    """
+
+    def __init__(self, *args: str, timeout: float = 20.0) -> None:
+        server = ROOT / "tests" / "node_server" / "server.js"
+        if not (server.parent / "node_modules" / "socket.io").is_dir():
+            raise RuntimeError(f"{server.parent / 'node_modules'} is missing: run `npm ci` in {server.parent}")
+        self.args = ["node", str(server), *args]
+        self.proc = subprocess.Popen(self.args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            self.ready = self._wait_port(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_port(self, timeout: float) -> list[str]:
+        stdout = self.proc.stdout
+        assert stdout is not None
+        readable, _, _ = select.select([stdout], [], [], timeout)
+        line = stdout.readline() if readable else ""
+        if not line.startswith('{"port"'):
+            raise RuntimeError(f"server.js: expected {{\"port\": N}} within {timeout} s, got {line[:200]!r}")
+        return [f"http://{HOST}:{json.loads(line)['port']}"]
+
+
 def run_worker(script: str, *args: str, timeout: float = 150.0) -> dict[str, Any]:
     """Run ``script args...`` to completion in a child; its last stdout line is a JSON result."""
     proc = subprocess.run(

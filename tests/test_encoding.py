@@ -14,6 +14,7 @@ import random
 import time
 import tracemalloc
 import zlib
+from collections.abc import Callable
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -487,6 +488,90 @@ def test_client_no_context_takeover_and_a_small_window_are_honoured() -> None:
 def test_a_window_of_8_bits_sends_uncompressed() -> None:
     wire = ws(DeflateParameters(client_max_window_bits=8)).send_text("hello")
     assert wire[0] == 0x81  # RSV1 clear: allowed for any message
+
+
+def retained(run: Callable[[], object]) -> tuple[int, int]:
+    """``(bytes still allocated, peak bytes)`` while ``run()`` ran, what it returned dropped."""
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        run()
+        after, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return after - before, peak - before
+
+
+def test_a_server_that_agrees_but_sends_plain_messages_costs_no_inflater() -> None:
+    # Node's ws compresses only messages of 1 KiB and more: the extension is negotiated, yet a
+    # Labs session may never see a compressed message.  zlib's inflate state alone is 7 KiB.
+    plain = b"".join(frame(b'42["p",{"output":"' + b"x" * k + b'"}]', rsv1=False) for k in range(50))
+    channel_ = ws()
+    channel_.receive_data(plain)  # warm: the channel's own buffers exist
+    kept, peak = retained(lambda: channel_.receive_data(plain))
+    assert kept < 1024 and peak < 8 * 1024
+    # The first compressed message is what makes an inflater: the same measure sees it.
+    (payload,) = server_compress([b"hello " * 10])
+    _, peak = retained(lambda: channel_.receive_data(frame(payload)))
+    assert peak > 7 * 1024
+
+
+@pytest.mark.parametrize("fragmented", [False, True])
+def test_between_compressed_messages_only_their_text_is_kept(fragmented: bool) -> None:
+    # Context takeover: the next message may refer back into this one.  What is kept is the
+    # inflated text (1.2 KiB here), not an inflater (7 KiB of state and a 32 KiB window).
+    texts = [('42["p",{"output":"' + "Paris is lovely. " * k + '"}]').encode() for k in (30, 31, 32, 33)]
+    payloads = server_compress(texts)
+    wires = [frame(p) for p in payloads]
+    if fragmented:  # through wsproto's path, which must keep the same history
+        wires[1:3] = [frame(p[:5], fin=False) + frame(p[5:], opcode=0x0, rsv1=False) for p in payloads[1:3]]
+    channel_ = ws()
+    got: list[object] = []
+    kept, _ = retained(lambda: got.extend(channel_.receive_data(b"".join(wires[:3]))))
+    assert got == [t.decode() for t in texts[:3]]
+    # What stays: the messages returned and the history; an inflater alone is 39 KiB.
+    assert sum(len(t) for t in texts[:3]) < kept < 8 * 1024
+    assert channel_.receive_data(wires[3]) == [texts[3].decode()]  # it refers back: the history held
+    # Without context takeover nothing is kept at all.
+    payloads = server_compress(texts, takeover=False)
+    channel_ = ws(DeflateParameters(server_no_context_takeover=True))
+    channel_.receive_data(frame(payloads[0]))
+    got = []
+    kept, _ = retained(lambda: got.extend(channel_.receive_data(frame(payloads[1]))))
+    assert got == [texts[1].decode()] and kept < len(texts[1]) + 512  # the message returned, no history
+
+
+def test_the_history_reaches_back_a_whole_window() -> None:
+    # The server may refer back 32 KiB (zlib's compressor: up to 32,506 bytes), across messages.
+    rng = random.Random(3)
+    first = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(40_000)).encode()
+    second = first[-32_400:][:600]  # 32,400 bytes back from the end of the first message
+    payloads = server_compress([first, b"3", second])
+    assert len(payloads[2]) < 40  # a back-reference, not the text
+    for chunk in (None, 7):
+        channel_ = ws()
+        wire = b"".join(frame(p) for p in payloads)
+        got: list[object] = []
+        for at in range(0, len(wire), chunk or len(wire)):
+            got += channel_.receive_data(wire[at : at + (chunk or len(wire))])
+        assert got == [first.decode(), "3", second.decode()]
+
+
+def test_our_messages_keep_no_compressor() -> None:
+    # Each message is compressed by a compressor made for it (zlib's deflate state is 256 KiB at
+    # the largest window): once sent, nothing of it is left.
+    channel_ = ws()
+    kept, peak = retained(lambda: [channel_.send_text("3") for _ in range(10)])
+    assert kept < 512 and peak < 64 * 1024  # zlib's deflate state at the largest window alone: 256 KiB
+    server = PerMessageDeflate()
+    server.finalize("permessage-deflate")
+    decoder = FrameProtocol(client=False, extensions=[server])
+    rng = random.Random(5)
+    texts = ["".join(rng.choice("ab c") for _ in range(n)) for n in (0, 1, 250, 251, 70_000)] + ["3"] * 2
+    for text in texts:  # the window and hash table sized to each message, read by a server with takeover
+        decoder.receive_bytes(channel_.send_text(text))
+    assert [f.payload for f in decoder.received_frames()] == texts
 
 
 def test_a_compressed_bomb_frame_stops_at_max_message_size() -> None:

@@ -12,11 +12,13 @@ sizes 8 to 15) and gives the :class:`DeflateParameters` it agreed to.  The
 channel then hands compressed frames (RSV1 set) to wsproto's
 ``PerMessageDeflate`` through a subclass that inflates with a bound: a message
 that inflates past ``max_message_size`` is refused as soon as it does, however
-small its compressed form (a decompression bomb).  Our own messages go through
-the same extension's ``frame_outbound`` (it compresses and strips the
-``00 00 ff ff`` tail), then into a frame masked from our ``rng``; with
+small its compressed form (a decompression bomb).  Our own messages are
+compressed each by a compressor of its own (the ``00 00 ff ff`` tail
+stripped), then put into a frame masked from our ``rng``; with
 ``client_max_window_bits=8``, which zlib cannot compress with, they go
-uncompressed (RSV1 clear), as RFC 7692 allows for any message.
+uncompressed (RSV1 clear), as RFC 7692 allows for any message.  The extension
+costs memory only while a message is being compressed or inflated (a
+thousand sessions may share a process): see ``_BoundedDeflate``.
 """
 
 from __future__ import annotations
@@ -138,6 +140,17 @@ class _BoundedDeflate(PerMessageDeflate):
     is told the most the message may still grow by, and going past it raises
     :class:`RemoteProtocolError` at once.  A control frame between the
     fragments of a compressed message leaves the message's state alone.
+
+    Memory is spent only on what the server uses, since a thousand sessions may
+    share a process.  Nothing is allocated at negotiation: a server that agrees
+    to the extension but sends its messages plain (Node's ``ws`` compresses only
+    messages of 1 KiB and more) costs nothing.  An inflater (zlib's state, about
+    7 KiB, and a window of up to 32 KiB) lives only while a compressed message
+    comes in; between messages we keep, for context takeover, just the end of
+    what the server sent (as much of it as its window reaches, ``_history``) and
+    hand it to the next message's inflater as its dictionary: zlib then reads the
+    back-references exactly as with the inflater kept, for a few microseconds
+    per message.  Our own messages: see :meth:`compress`.
     """
 
     def __init__(self, agreed: DeflateParameters, *, limit: int) -> None:
@@ -150,9 +163,19 @@ class _BoundedDeflate(PerMessageDeflate):
         # Inflating with the largest window reads any smaller one, 8 bits included.
         self.server_max_window_bits = 15
         self.compress_outgoing = agreed.client_max_window_bits >= 9
+        self._client_bits = agreed.client_max_window_bits
         self._limit = limit
         self._inflated = 0  # bytes the compressed message under way has inflated to
+        self._history = b""  # the end of the server's earlier compressed messages, inflated
+        self._message: list[bytes] = []  # what the compressed message under way inflated to so far
         self.finalize(self.name)  # enabled: the parameters are already set
+
+    def frame_inbound_header(
+        self, proto: FrameDecoder | FrameProtocol, opcode: Opcode, rsv: RsvBits, payload_length: int
+    ) -> CloseReason | RsvBits:
+        if rsv.rsv1 and self._inbound_compressed is None and opcode in (Opcode.TEXT, Opcode.BINARY):
+            self._start()  # before wsproto would make an inflater of its own, without the history
+        return super().frame_inbound_header(proto, opcode, rsv, payload_length)
 
     def frame_inbound_payload_data(self, proto: FrameDecoder | FrameProtocol, data: bytes) -> bytes | CloseReason:
         if not self._inbound_compressed or not self._inbound_is_compressible:
@@ -170,22 +193,61 @@ class _BoundedDeflate(PerMessageDeflate):
         self._end_message()
         return data
 
+    def compress(self, data: bytes) -> bytes:
+        """``data`` as the payload of one compressed message (RFC 7692 §7.2.1), tail stripped.
+
+        Each message gets a compressor of its own, sized to it and dropped at once, instead of
+        wsproto's one compressor kept for the session: zlib's deflate state is 256 KiB at the
+        largest window (a window, hash chains, a pending buffer), of which each session kept
+        about 120 KiB resident, to compress a few messages of a few dozen bytes (the connect
+        packet, the query, pongs).  RFC 7692 lets us: context takeover permits the server to
+        keep our window, it does not oblige us to refer to it (§7.2.1, "MAY"), so a message
+        compressed afresh reads the same on the server's side.  We still compress, as Chrome
+        does, rather than send everything plain (§6.1 allows that too): a server sees the
+        frames a browser sends.  The window and hash table are sized to the message (a window
+        reaches across the whole message once it is 262 bytes larger, zlib's lookahead; a
+        block holds the whole message): for a message of a few hundred bytes that makes the
+        stream the largest ones make, at a tenth of the cost (zlib clears its hash table).
+        """
+        n = len(data)
+        bits = min(self._client_bits, max(9, (n + 262).bit_length()))
+        level = min(8, max(1, n.bit_length() - 6))  # zlib's memLevel: a block of 2 ** (level + 6) symbols
+        compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -bits, level)
+        return (compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
     def inflate_message(self, payload: bytes) -> bytes:
         """A whole compressed message that came in one frame, inflated within the limit.
 
         The channel's fast path, beside wsproto's (which it must not be in the middle
-        of a compressed message): the same inflater, so the window carries over.
+        of a compressed message): the same history, so the window carries over.
         """
-        if self._decompressor is None:
-            self._decompressor = zlib.decompressobj(-self.server_max_window_bits)
+        self._start()
         data = self._inflate(payload + _TAIL, last=True)
         self._end_message()
         return data
 
+    def _start(self) -> None:
+        """The inflater of a compressed message, its window primed with the earlier messages."""
+        bits = -self.server_max_window_bits
+        self._decompressor = zlib.decompressobj(bits, zdict=self._history) if self._history else zlib.decompressobj(bits)
+
     def _end_message(self) -> None:
         inflater = self._decompressor
         if self.server_no_context_takeover or (inflater is not None and inflater.eof):
-            self._decompressor = None  # the next message starts with an empty window
+            self._history = b""  # the next message starts with an empty window
+        else:  # the last window's worth of it, copying no more than that (a message may be large)
+            window = 1 << self.server_max_window_bits
+            kept: list[bytes] = []
+            size = 0
+            for part in reversed([self._history, *self._message]):
+                kept.append(part[-window:])
+                size += len(kept[-1])
+                if size >= window:
+                    break
+            kept.reverse()
+            self._history = b"".join(kept)[-window:]
+        self._decompressor = None
+        self._message = []
         self._inflated = 0
 
     def _inflate(self, data: bytes, *, last: bool) -> bytes:
@@ -204,6 +266,8 @@ class _BoundedDeflate(PerMessageDeflate):
                 "expected nothing after the final deflate block of a WebSocket message, "
                 f"got {len(inflater.unused_data)} more bytes"
             )
+        if out and not self.server_no_context_takeover:
+            self._message.append(out)
         return out
 
 
@@ -249,8 +313,6 @@ class Utf8Text:
                 f"expected UTF-8 in a WebSocket text frame, got bytes that are not: {exc}"
             ) from None
 
-
-_NO_RSV = RsvBits(False, False, False)
 
 #: A fragmented message may have any number of fragments as long as, past the first
 #: ``_FREE_FRAGMENTS``, they average at least ``_MIN_FRAGMENT`` bytes: each one costs wsproto a
@@ -313,8 +375,7 @@ class WebSocketChannel:
         data = text.encode("utf-8")
         deflate = self._deflate
         if deflate is not None and deflate.compress_outgoing:
-            _, payload = deflate.frame_outbound(self._proto, Opcode.TEXT, _NO_RSV, data, True)
-            return _frame(Opcode.TEXT, payload, self._rng, rsv1=True)
+            return _frame(Opcode.TEXT, deflate.compress(data), self._rng, rsv1=True)
         return _frame(Opcode.TEXT, data, self._rng)
 
     def close(self, code: int = CloseReason.NORMAL_CLOSURE, reason: str = "") -> bytes:
