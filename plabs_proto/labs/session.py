@@ -40,7 +40,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from plabs_proto import state as _state
+import plabs_proto.state as _state
 from plabs_proto.config import SessionConfig
 from plabs_proto.errors import LabsError, LabsTimeout, LocalProtocolError, RemoteProtocolError, ResponseError
 from plabs_proto.events import (
