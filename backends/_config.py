@@ -80,6 +80,9 @@ class SessionOptions(TypedDict, total=False):
     max_message_size: int | None
     accept_encoding: bool
     permessage_deflate: bool
+    service: str
+    session_token: str | None
+    cookies_txt: str | None
 
 
 class AskOptions(SessionOptions, total=False):
