@@ -148,7 +148,8 @@ class RequestHeaders:
         headers = [("Host", self._host)]
         if self._config.user_agent is not None:
             headers.append(("User-Agent", self._config.user_agent))
-        headers.append(("Accept", "*/*"))
+        if not any(name.lower() == "accept" for name, _ in session_headers):  # (the session's takes its place)
+            headers.append(("Accept", "*/*"))
         last: list[tuple[str, str]] = []
         for name, value in session_headers:
             (last if name == "Content-Type" else headers).append((name, value))
