@@ -204,3 +204,49 @@ def test_a_cookies_txt_signs_in(perplexity_server: Serve, monkeypatch: pytest.Mo
     monkeypatch.delenv("PLABS_SESSION_TOKEN", raising=False)
     monkeypatch.setenv("PLABS_COOKIES_FILE", str(path))
     assert ask_sync(url) == ANSWER
+
+
+# -- a server that keeps no connection alive --------------------------------------------------------------
+
+_FRAME = (
+    '{"backend_uuid":"b-%d","read_write_token":"rw","thread_url_slug":"s","status":"COMPLETED","final":true,'
+    '"blocks":[{"intended_usage":"ask_text","markdown_block":{"chunks":["Done."]}}]}'
+)
+
+
+async def _closing_server(asks: list[bytes]) -> asyncio.Server:
+    """Answers every request, then closes the connection (as a server whose keep-alive ran out)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        body = await reader.readexactly(length)
+        if head.startswith(b"GET"):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+        else:
+            asks.append(body)
+            data = f"event: message\r\ndata: {_FRAME % len(asks)}\r\n\r\n".encode()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
+        await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+def test_queries_after_the_server_closed_every_connection() -> None:
+    async def main() -> list[bytes]:
+        asks: list[bytes] = []
+        server = await _closing_server(asks)
+        port = server.sockets[0].getsockname()[1]
+        async with server, pasyncio.connect(**options(f"http://127.0.0.1:{port}")) as connection:
+            await asyncio.sleep(0.1)  # the idle connection has nothing to read: it waits
+            for prompt in ("First?", "Then?"):
+                events = [event async for event in connection.query(prompt)]
+                assert isinstance(events[-1], AnswerFinished) and events[-1].text == "Done."
+                await asyncio.sleep(0.1)
+        return asks
+
+    asks = asyncio.run(main())
+    assert len(asks) == 2 and b'"last_backend_uuid":"b-1"' in asks[1]

@@ -496,3 +496,15 @@ def test_hostile_sse_bytes_raise_only_named_errors_in_bounded_time(pieces: list[
     assert time.process_time() - started < 1.0
     if s.state is SessionState.READY:
         assert isinstance(s.events()[-1], AnswerFinished)
+
+
+def test_the_token_is_never_shown_in_an_instruction() -> None:
+    s = session(session_token="tok-secret")
+    s.connect(0.0)
+    (warmup,) = s.transmit()
+    assert "tok-secret" not in repr(warmup) and "('Cookie', '[redacted]')" in repr(warmup)
+    assert repr(WARMUP) == (
+        "HTTPRequest(request_id=1, method='GET', url='https://pplx.test/api/auth/session', "
+        "headers=(('Accept', 'application/json'), ('Referer', 'https://pplx.test/')), body=<0 bytes>, lane=0, "
+        "incremental=False)"
+    )
