@@ -250,3 +250,47 @@ def test_queries_after_the_server_closed_every_connection() -> None:
 
     asks = asyncio.run(main())
     assert len(asks) == 2 and b'"last_backend_uuid":"b-1"' in asks[1]
+
+
+# -- the curl backend ----------------------------------------------------------------------------------------
+
+
+def test_curl_asks_and_follows_up(perplexity_server: Serve, tls_files: Any) -> None:
+    curl = pytest.importorskip("plabs_proto.backends.curl")
+    url = perplexity_server(answer=ANSWER, require_cookie=True, gzip=True, write_size=7,
+                            certfile=tls_files.certfile, keyfile=tls_files.keyfile)
+
+    async def main() -> tuple[str, list[list[Event]]]:
+        text = "".join([piece async for piece in curl.ask("What is up?", **options(url, cafile=tls_files.cafile))])
+        runs: list[list[Event]] = []
+        async with curl.connect(**options(url, cafile=tls_files.cafile)) as connection:
+            for prompt in ("First?", "Then?"):
+                runs.append([event async for event in connection.query(prompt)])
+        return text, runs
+
+    text, runs = asyncio.run(main())
+    assert text == ANSWER
+    slugs = set()
+    for events in runs:
+        assert isinstance(events[-1], AnswerFinished) and events[-1].text == ANSWER
+        slugs |= {e.thread_url_slug for e in events if isinstance(e, ThreadIdentity)}
+    assert len(slugs) == 1
+
+
+def test_curl_errors(perplexity_server: Serve) -> None:
+    curl = pytest.importorskip("plabs_proto.backends.curl")
+
+    async def ask(url: str, **extra: Any) -> str:
+        return "".join([piece async for piece in curl.ask("What is up?", **options(url, **extra))])
+
+    with pytest.raises(RateLimitedError) as info:
+        asyncio.run(ask(perplexity_server(rate_limit="ask", retry_after="7")))
+    assert info.value.retry_after == 7.0
+    with pytest.raises(ChallengeError):
+        asyncio.run(ask(perplexity_server(cloudflare="ask")))
+    with pytest.raises(SignInError):
+        asyncio.run(ask(perplexity_server(session_token="tok-1")))
+    assert asyncio.run(ask(perplexity_server(answer=ANSWER, session_token="tok-1"), session_token="tok-1")) == ANSWER
+    with pytest.raises(LabsError) as dropped:
+        asyncio.run(ask(perplexity_server(answer=ANSWER, drop_after=5, chunk_size=4)))
+    assert dropped.value.partial_text and ANSWER.startswith(dropped.value.partial_text)

@@ -91,7 +91,7 @@ from plabs_proto.state import SessionState, next_state
 from plabs_proto.wire.http import HTTPResponse
 from plabs_proto.wire.websocket import Utf8Text
 
-__all__ = ["ERROR_BODY_LIMIT", "TRANSPORT", "PerplexitySession"]
+__all__ = ["ERROR_BODY_LIMIT", "TRANSPORT", "PerplexitySession", "signed_in_cookie"]
 
 #: What ``Connected.transport`` says for this service.
 TRANSPORT = "sse"
@@ -114,6 +114,18 @@ def _query_text(messages: str | Sequence[Mapping[str, Any]], follow_up: bool) ->
     if len(listed) == 1:
         return listed[0]["content"]
     return "\n".join(f"{message['role'].capitalize()}: {message['content']}" for message in listed)
+
+
+def signed_in_cookie(config: SessionConfig) -> str | None:
+    """The ``Cookie`` value a signed-in session sends: the cookies.txt cookies, then the session token
+    (which wins over a cookie of the same name); None when anonymous."""
+    pairs: dict[str, str] = {}
+    if config.cookies_txt is not None:
+        for cookie in read_cookies_txt(config.cookies_txt):
+            pairs[cookie.name] = cookie.value
+    if config.session_token is not None:
+        pairs[SESSION_COOKIE] = config.session_token
+    return "; ".join(f"{name}={value}" for name, value in pairs.items()) if pairs else None
 
 
 class _Ask:
@@ -153,18 +165,8 @@ class PerplexitySession:
         self._ask: _Ask | None = None  # the ask in flight (its answer streaming, or waiting for the warm-up)
         self._pending: tuple[str, dict[str, Any]] | None = None  # a query made while connecting
         self._thread: ThreadIdentity | None = None
-        self._cookie = self._signed_in_cookie(config)
+        self._cookie = signed_in_cookie(config)
         self._server = config.server.rstrip("/")
-
-    @staticmethod
-    def _signed_in_cookie(config: SessionConfig) -> str | None:
-        pairs: dict[str, str] = {}
-        if config.cookies_txt is not None:
-            for cookie in read_cookies_txt(config.cookies_txt):
-                pairs[cookie.name] = cookie.value
-        if config.session_token is not None:
-            pairs[SESSION_COOKIE] = config.session_token
-        return "; ".join(f"{name}={value}" for name, value in pairs.items()) if pairs else None
 
     # -- public state ---------------------------------------------------------------------------
 
@@ -406,6 +408,10 @@ class PerplexitySession:
     def receive_websocket_open(self, ws_id: int, now: float) -> None:
         """Not used: this session opens no WebSocket."""
         raise LocalProtocolError(f"expected no WebSocket on an ask session, got news of WebSocket {ws_id}")
+
+    def receive_websocket_message(self, ws_id: int, data: str | bytes, now: float) -> None:
+        """Not used: this session opens no WebSocket."""
+        raise LocalProtocolError(f"expected no WebSocket on an ask session, got a message of WebSocket {ws_id}")
 
     def receive_websocket_messages(
         self, ws_id: int, messages: Sequence[str | bytes | Utf8Text], now: float, *, limited: bool = False
