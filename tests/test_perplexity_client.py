@@ -200,3 +200,20 @@ def test_with_the_browser_profile_one_cookie_header_and_same_origin() -> None:
     request = sent(c.transmit())
     assert request.count(b"Cookie:") == 1 and b"Origin: http://pplx.test\r\n" in request
     assert b"Cookie: __Secure-next-auth.session-token=tok; __cf_bm=bm1; next-auth.csrf-token=c1\r\n" in request
+
+
+def test_a_trace_never_holds_the_session_token() -> None:
+    from plabs_proto.wire.trace import TraceRecorder
+
+    recorder = TraceRecorder({"plabs_trace": 1})
+    cfg = ClientConfig(server="http://pplx.test", service="perplexity", session_token="tok-secret-9")
+    c = PerplexityClient(cfg, rng=random.Random(0), tracer=recorder)
+    c.connect(0.0)
+    c.transmit()
+    c.receive_data(1, WARMUP_RESPONSE, 0.1)
+    c.query("Hello", now=1.0)
+    c.transmit()
+    assert any(b"tok-secret-9" in record.data for record in recorder.records)  # what went out
+    assert all("tok-secret-9" not in line for line in recorder.lines())
+    assert sum(b"Cookie: __Secure-next-auth.session-token=[redacted]; __cf_bm=[redacted]" in r.data
+               for r in recorder.redacted_records()) == 1

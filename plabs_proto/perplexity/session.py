@@ -131,7 +131,7 @@ def signed_in_cookie(config: SessionConfig) -> str | None:
 class _Ask:
     """The ask in flight: its request id, its decoders, and the refusal body when it was refused."""
 
-    __slots__ = ("answer", "head", "refused", "request_id", "sse", "status")
+    __slots__ = ("answer", "head", "refused", "request_id", "sse")
 
     def __init__(self, request_id: int, config: SessionConfig, model: str) -> None:
         self.request_id = request_id
@@ -140,7 +140,6 @@ class _Ask:
         self.answer = AnswerDecoder(model=model)
         self.head: HTTPResponse | None = None  # the response head, once it came
         self.refused: bytearray | None = None  # the body of a refused answer (not SSE), kept to read it
-        self.status = 0
 
 
 class PerplexitySession:
