@@ -1,7 +1,8 @@
 """PerplexityClient at the byte level: real HTTP/1.1 bytes in, every byte out checked.
 
 No sockets: the test reads ``transmit()`` and feeds the response bytes a server would send,
-in whole and in 1-byte pieces, chunked and not, CRLF and LF bodies, gzip.
+in whole and in 1-byte pieces, chunked and not, CRLF and LF bodies, gzip; and a property over
+mutated responses in any split (only named errors, every stream closed after one).
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ import zlib
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from plabs_proto.config import ClientConfig
-from plabs_proto.errors import RemoteProtocolError
+from plabs_proto.errors import LabsError, LocalProtocolError, RemoteProtocolError
 from plabs_proto.events import (
     AnswerFinished,
+    AnswerRevised,
     CloseStream,
     Connected,
     Event,
@@ -217,3 +221,50 @@ def test_a_trace_never_holds_the_session_token() -> None:
     assert all("tok-secret-9" not in line for line in recorder.lines())
     assert sum(b"Cookie: __Secure-next-auth.session-token=[redacted]; __cf_bm=[redacted]" in r.data
                for r in recorder.redacted_records()) == 1
+
+
+# -- hostile bytes at the byte level ----------------------------------------------------------------------
+
+_VALID = sse_response(sse_body())
+
+
+@st.composite
+def _mutated(draw: st.DrawFn) -> tuple[bytes, list[int]]:
+    data = bytearray(_VALID)
+    for _ in range(draw(st.integers(0, 4))):
+        kind = draw(st.sampled_from(["flip", "insert", "delete", "cut"]))
+        at = draw(st.integers(0, max(len(data) - 1, 0)))
+        if kind == "flip" and data:
+            data[at] = draw(st.integers(0, 255))
+        elif kind == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=16))
+        elif kind == "delete":
+            del data[at : at + draw(st.integers(1, 16))]
+        else:
+            del data[at:]
+    cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=8)))
+    return bytes(data), cuts
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=_mutated(), eof=st.booleans())
+def test_hostile_response_bytes_raise_only_named_errors(case: tuple[bytes, list[int]], eof: bool) -> None:
+    data, cuts = case
+    c = ready()
+    ask(c)
+    pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True) if b > a]
+    try:
+        for piece in pieces:
+            c.receive_data(1, piece, 1.5)
+        if eof:
+            c.receive_data(1, b"", 1.6)
+    except LocalProtocolError:  # pragma: no cover - no byte from a server is a misuse of ours
+        raise
+    except LabsError as exc:
+        assert c.state is SessionState.ERROR and isinstance(exc.partial_text, str)
+        assert CloseStream(stream_id=1) in c.transmit()
+    events = c.events()
+    finished = [e for e in events if isinstance(e, AnswerFinished)]
+    if finished:
+        assert "".join(e.text for e in events if isinstance(e, TextDelta)) == finished[0].text or any(
+            isinstance(e, AnswerRevised) for e in events)
