@@ -354,20 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
         "It must be UTF-8: other bytes are refused (exit 2), not replaced",
     )
     ask.add_argument(
-        "--service",
-        choices=("labs", "perplexity"),
-        default="labs",
-        help="labs (default): the Labs Socket.IO endpoint, retired in 2025; perplexity: the ask endpoint "
-        "that answers today (POST /rest/sse/perplexity_ask; signs in with PLABS_SESSION_TOKEN or "
-        "PLABS_COOKIES_FILE when set)",
-    )
-    ask.add_argument(
         "--model",
-        default=None,
-        help=f"the model (default {DEFAULT_MODEL} on labs, {_ask_service.DEFAULT_MODEL} on perplexity; see "
-        "`plabs models`; another name is sent after a warning)",
+        default=DEFAULT_MODEL,
+        help=f"the model (default {DEFAULT_MODEL}; see `plabs models`; another name is sent after a warning)",
     )
-    ask.add_argument("--server", default=None, metavar="URL", help=f"the server (default {DEFAULT_SERVER})")
+    ask.add_argument("--server", default=None, metavar="URL", help=f"the Labs server (default {DEFAULT_SERVER})")
     ask.add_argument("--proxy", default=None, metavar="URL", help="http://[user:pass@]host:port or socks5://...")
     ask.add_argument("--transport", default="upgrade", choices=TRANSPORTS, help="default: upgrade")
     ask.add_argument("--backend", default="asyncio", choices=BACKENDS, help="default: asyncio")
@@ -381,8 +372,16 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--timeout", type=arguments.seconds, default=None, metavar="S", help="overall deadline in seconds")
     ask.add_argument("--trace", default=None, metavar="FILE", help="record the bytes of the session (JSON lines)")
     ask.add_argument("--emulator", action="store_true", help="ask a local emulator started in-process")
+    ask.add_argument(
+        "--service",
+        choices=("labs", "perplexity"),
+        default="labs",
+        help="labs (default): the Labs Socket.IO endpoint, retired in 2025; perplexity: the ask endpoint "
+        f"that answers today (POST /rest/sse/perplexity_ask; model {_ask_service.DEFAULT_MODEL} unless --model "
+        "says; signs in with PLABS_SESSION_TOKEN or PLABS_COOKIES_FILE when set)",
+    )
     output_options(ask)
-    ask.set_defaults(run=_cmd_ask, parser=ask)
+    ask.set_defaults(run=_cmd_ask, parser=ask, model=None)  # --model's default: the service's
 
     rep = commands.add_parser(
         "replay",
