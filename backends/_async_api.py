@@ -19,17 +19,17 @@ from plabs_proto.config import ClientConfig
 from plabs_proto.errors import LocalProtocolError, ResponseError
 from plabs_proto.events import AnswerFinished, AnswerRevised, Connected, Event, TextDelta
 from plabs_proto.labs.session import LabsSession
-from plabs_proto.wire.client import ClientState, LabsClient, Tracer
+from plabs_proto.wire.client import Client, ClientState, Tracer
 
-from ._config import DEFAULT_MODEL, Messages, announce_seed, make_rng, to_messages
+from ._config import Messages, announce_seed, default_model, make_client, make_rng, to_messages
 from ._errors import check_event, opened
 from ._text import AnswerText
 
 __all__ = ["AnyDriver", "AsyncAnswer", "AsyncConnection", "AsyncQuery", "Core", "DriverBase", "OneReader"]
 
 
-#: The sans-IO core a driver runs: the byte-level client, or (curl) the message-level session.
-Core = TypeVar("Core", LabsClient, LabsSession)
+#: The sans-IO core a driver runs: the byte-level client (of either service), or (curl) the message-level session.
+Core = TypeVar("Core", Client, LabsSession)
 
 
 class DriverBase(ABC, Generic[Core]):
@@ -317,8 +317,9 @@ class AsyncConnection(ABC, Generic[Core]):
         self._tracer = tracer
 
     def _new_core(self, config: ClientConfig, rng: random.Random, tracer: Tracer | None) -> Core:
-        """The sans-IO core of this connection (a :class:`LabsClient` unless a backend says otherwise)."""
-        return LabsClient(config, rng=rng, tracer=tracer)  # type: ignore[return-value]
+        """The sans-IO core of this connection (the byte-level client of ``config.service`` unless a
+        backend says otherwise)."""
+        return make_client(config, rng, tracer)  # type: ignore[return-value]
 
     @property
     def client(self) -> Core:
@@ -359,10 +360,11 @@ class AsyncConnection(ABC, Generic[Core]):
             driver.close()
             raise
 
-    def query(self, messages: Messages, *, model: str = DEFAULT_MODEL) -> AsyncQuery:
+    def query(self, messages: Messages, *, model: str | None = None) -> AsyncQuery:
         """Ask; iterate the result for the answer's events (see :class:`AsyncQuery`).
 
-        Raises :class:`~plabs_proto.errors.LocalProtocolError` at once when the
+        ``model`` None: the service's default.  On ``service="perplexity"`` a second query is a
+        follow-up in the thread of the first.  Raises :class:`~plabs_proto.errors.LocalProtocolError` at once when the
         connection is not open or another query on it is still streaming.
         """
         driver = self._driver
@@ -375,7 +377,7 @@ class AsyncConnection(ABC, Generic[Core]):
             )
         messages = to_messages(messages)
         driver.busy = True
-        return AsyncQuery(driver, messages, model)
+        return AsyncQuery(driver, messages, model or default_model(self._client.config.service))
 
     async def aclose(self) -> None:
         """Close the connection (politely when it is healthy); idempotent."""

@@ -24,20 +24,26 @@ from typing import Any, TypedDict
 from plabs_proto.config import DEFAULT_SERVER, ClientConfig, check_seconds
 from plabs_proto.errors import LocalProtocolError
 from plabs_proto.labs.answer import DEFAULT_MODEL, MODELS, normalize_messages
+from plabs_proto.perplexity import request as _ask
 from plabs_proto.wire.browser import BrowserProfile
-from plabs_proto.wire.client import LabsClient, Tracer
+from plabs_proto.wire.client import Client, LabsClient, PerplexityClient, Tracer
 from plabs_proto.wire.proxy import ProxyConfig
 from plabs_proto.wire.trace import SEED_DIRECTION
 
 __all__ = [
-    "CONNECT_TIMEOUT", "DEFAULT_MODEL", "DEFAULT_SERVER", "DEFAULT_TIMEOUT", "MODELS", "AskOptions", "Headers",
-    "Messages", "Options", "SessionOptions", "announce_seed", "make_rng", "parse_options", "to_messages",
+    "CONNECT_TIMEOUT", "COOKIES_FILE_VARIABLE", "DEFAULT_MODEL", "DEFAULT_SERVER", "DEFAULT_TIMEOUT", "MODELS",
+    "TOKEN_VARIABLE", "AskOptions", "Headers", "Messages", "Options", "SessionOptions", "announce_seed",
+    "default_model", "make_client", "make_rng", "parse_options", "to_messages",
 ]
 
 #: Seconds a whole ``ask`` may take (connecting included); ``None`` means no overall deadline.
 DEFAULT_TIMEOUT = 300.0
 #: Upper bound of the connect deadline that ``timeout`` implies.
 CONNECT_TIMEOUT = 30.0
+#: The environment variables a ``service="perplexity"`` session signs in with when given neither
+#: ``session_token`` nor ``cookies_txt``: the token itself, or the path of a cookies.txt export.
+TOKEN_VARIABLE = "PLABS_SESSION_TOKEN"
+COOKIES_FILE_VARIABLE = "PLABS_COOKIES_FILE"
 
 Messages = str | Sequence[Mapping[str, Any]]
 Headers = Mapping[str, str] | Iterable[tuple[str, str]] | None
@@ -55,7 +61,10 @@ class SessionOptions(TypedDict, total=False):
     (``"upgrade"``, ``"websocket"`` or ``"polling"``), ``ssl_context``, ``cafile``,
     ``timeout`` (seconds, default :data:`DEFAULT_TIMEOUT`; see the module docstring),
     ``headers`` (extra HTTP headers: a mapping or (name, value) pairs), ``tracer`` and ``seed`` (see ``ask``); the rest
-    are :class:`~plabs_proto.wire.client.ClientConfig` fields of the same name.
+    are :class:`~plabs_proto.wire.client.ClientConfig` fields of the same name.  ``service``
+    (``"labs"``, the default, or ``"perplexity"``: the ask endpoint that answers today) picks the
+    session; a ``"perplexity"`` one given neither ``session_token`` nor ``cookies_txt`` signs in
+    with :data:`TOKEN_VARIABLE` or :data:`COOKIES_FILE_VARIABLE` when set (anonymous otherwise).
     """
 
     server: str
@@ -80,6 +89,9 @@ class SessionOptions(TypedDict, total=False):
     max_message_size: int | None
     accept_encoding: bool
     permessage_deflate: bool
+    service: str
+    session_token: str | None
+    cookies_txt: str | None
 
 
 class AskOptions(SessionOptions, total=False):
@@ -97,10 +109,41 @@ class Options:
     seed: int | None = None
     model: str = DEFAULT_MODEL
 
-    def new_client(self) -> tuple[LabsClient, int | None]:
+    def new_client(self) -> tuple[Client, int | None]:
         """A fresh client on this config, and the seed of its randomness (see :func:`make_rng`)."""
         rng, seed = make_rng(self.tracer, self.seed)
-        return LabsClient(self.config, rng=rng, tracer=self.tracer), seed
+        return make_client(self.config, rng, self.tracer), seed
+
+
+def make_client(config: ClientConfig, rng: random.Random, tracer: Tracer | None) -> Client:
+    """The byte-level client of ``config.service``: a :class:`LabsClient` or a :class:`PerplexityClient`."""
+    if config.service == "perplexity":
+        return PerplexityClient(config, rng=rng, tracer=tracer)
+    return LabsClient(config, rng=rng, tracer=tracer)
+
+
+def default_model(service: str) -> str:
+    """The model a query of ``service`` uses when none is named."""
+    return _ask.DEFAULT_MODEL if service == "perplexity" else DEFAULT_MODEL
+
+
+def _signed_in(values: dict[str, Any]) -> None:
+    """For the ask service given no token nor cookies: :data:`TOKEN_VARIABLE` or :data:`COOKIES_FILE_VARIABLE`."""
+    if values.get("session_token") is not None or values.get("cookies_txt") is not None:
+        return
+    token = os.environ.get(TOKEN_VARIABLE)
+    if token:
+        values["session_token"] = token.strip()
+    path = os.environ.get(COOKIES_FILE_VARIABLE)
+    if path:
+        try:
+            with open(path, encoding="utf-8") as file:
+                values["cookies_txt"] = file.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LocalProtocolError(
+                f"expected {COOKIES_FILE_VARIABLE} to name a readable cookies.txt file, got {path!r:.200} "
+                f"({type(exc).__name__})"
+            ) from None
 
 
 def parse_options(options: Mapping[str, Any], *, with_model: bool) -> Options:
@@ -118,7 +161,9 @@ def parse_options(options: Mapping[str, Any], *, with_model: bool) -> Options:
             f"expected keyword arguments among {', '.join(sorted(allowed))}, got {', '.join(map(repr, unknown))}"
         )
     values = dict(options)
-    model = values.pop("model", DEFAULT_MODEL)
+    if values.get("service") == "perplexity":
+        _signed_in(values)
+    model = values.pop("model", None) or default_model(values.get("service", "labs"))
     tracer = values.pop("tracer", None)
     seed = values.pop("seed", None)
     if not isinstance(model, str):

@@ -1,6 +1,6 @@
 """The one driver loop of the socket backends (asyncio, trio and sync), over the network seam.
 
-:class:`Driver` runs a :class:`~plabs_proto.wire.client.LabsClient` over a
+:class:`Driver` runs a :class:`~plabs_proto.wire.client.Client` (of either service) over a
 :class:`~._seam.Network` for whoever awaits :meth:`Driver.next_event`:
 instructions out (``transmit()``: open, send, close), bytes and timers in
 (``receive_data``, ``handle_timer`` at the client's ``get_timer()`` deadline),
@@ -19,7 +19,7 @@ from typing import cast
 
 from plabs_proto.errors import LocalProtocolError, NetworkError
 from plabs_proto.events import CloseStream, Event, OpenStream, SendBytes
-from plabs_proto.wire.client import LabsClient
+from plabs_proto.wire.client import Client, ClientState
 
 from ._async_api import DriverBase
 from ._errors import closed_error, stream_error
@@ -29,12 +29,14 @@ __all__ = ["CLOSE_WAIT", "Driver"]
 
 #: Seconds the polite close may spend writing.
 CLOSE_WAIT = 0.25
+#: Seconds an idle wait with nothing to read and no deadline lasts before it looks again (a wake ends it).
+IDLE_WAIT = 60.0
 
 
-class Driver(DriverBase[LabsClient]):
-    """A LabsClient over a :class:`Network`, pumped by whoever awaits :meth:`next_event`."""
+class Driver(DriverBase[Client]):
+    """A client over a :class:`Network`, pumped by whoever awaits :meth:`next_event`."""
 
-    def __init__(self, client: LabsClient, network: Network) -> None:
+    def __init__(self, client: Client, network: Network) -> None:
         self.client = client
         self.network = network
         self.now = network.now
@@ -97,7 +99,7 @@ class Driver(DriverBase[LabsClient]):
                     if stop is not None and stop():
                         return None  # after the flush: what the last input asked for (a pong) is sent
                     if not self.finished:
-                        await self._wait_input()
+                        await self._wait_input(idle=stop is not None)
                 except Exception as exc:  # LabsError from the core, wrapped socket errors, core bugs
                     self._fail(exc)
         finally:
@@ -148,7 +150,7 @@ class Driver(DriverBase[LabsClient]):
         self.client.handle_timer(max(self.network.now(), at))
         raise LocalProtocolError(f"expected a deadline error from the client at {at}, got none")
 
-    async def _wait_input(self) -> None:
+    async def _wait_input(self, *, idle: bool = False) -> None:
         """Read what comes first on any connection, or fire the deadline.  When the deadline has
         already passed (the consumer was busy elsewhere), bytes already waiting are read first,
         once, so the client sees what came before the deadline; then it fires."""
@@ -160,6 +162,11 @@ class Driver(DriverBase[LabsClient]):
         readable = [(sid, stream) for sid, stream in self.streams.items() if sid not in self.at_eof]
         if readable:
             got = await network.receive([stream for _, stream in readable], until)
+        elif at is None and idle and self.client.state is ClientState.READY and self.client.config.service == "perplexity":
+            # Between the ask service's queries every connection may have closed (the server ends an
+            # idle keep-alive): the next query opens one; until then, wait to be woken.
+            await network.sleep_until(now + IDLE_WAIT)
+            got = []
         elif at is None:
             client = self.client
             raise closed_error("no connection is left to read from", partial_text=client.partial_text,

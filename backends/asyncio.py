@@ -23,7 +23,7 @@ import asyncio
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from plabs_proto.wire.client import LabsClient
+from plabs_proto.wire.client import Client
 
 from ._async_api import AsyncAnswer, AsyncConnection
 from ._config import DEFAULT_MODEL, MODELS, AskOptions, Messages, SessionOptions, parse_options, to_messages
@@ -227,7 +227,7 @@ def ask(prompt_or_messages: Messages, **options: Unpack[AskOptions]) -> AsyncAns
     return AsyncAnswer(lambda: Driver(client, AsyncioNetwork()), messages, opts.model, opts.tracer, used_seed)
 
 
-class Connection(AsyncConnection[LabsClient]):
+class Connection(AsyncConnection[Client]):
     """One Labs connection for several queries, run one after another.
 
     ``async with connect(...) as session:`` then ``async for event in

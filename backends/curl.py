@@ -1,4 +1,9 @@
-"""A Chrome-impersonating backend: :class:`~plabs_proto.labs.session.LabsSession` carried by curl_cffi.
+"""A Chrome-impersonating backend: a message-level session carried by curl_cffi.
+
+It carries :class:`~plabs_proto.labs.session.LabsSession` (``service="labs"``, the default) or
+:class:`~plabs_proto.perplexity.session.PerplexitySession` (``service="perplexity"``: the ask's
+event stream is read with curl_cffi's streaming response, each piece handed to the session as
+it arrives).
 
 Every polling request goes through ``curl_cffi``'s ``AsyncConnection(impersonate=...)``
 and the WebSocket through its ``ws_connect``, so the TLS ClientHello, the HTTP/2
@@ -33,7 +38,7 @@ from urllib.parse import urlsplit
 
 from curl_cffi import AsyncSession as CurlHTTP
 from curl_cffi import CurlError
-from curl_cffi.const import CurlECode, CurlHttpVersion, CurlWsFlag
+from curl_cffi.const import CurlECode, CurlHttpVersion, CurlOpt, CurlWsFlag
 from curl_cffi.requests import AsyncWebSocket
 from curl_cffi.requests.websockets import WebSocketClosed
 
@@ -41,6 +46,7 @@ from plabs_proto.config import ClientConfig
 from plabs_proto.errors import LabsError, LocalProtocolError, ProxyError, TLSError
 from plabs_proto.events import Event, HTTPRequest, WebSocketClose, WebSocketConnect, WebSocketSend
 from plabs_proto.labs.session import LabsSession
+from plabs_proto.perplexity.session import PerplexitySession, signed_in_cookie
 from plabs_proto.state import SessionState
 from plabs_proto.wire.client import Tracer
 
@@ -91,14 +97,27 @@ def _check_impersonate(impersonate: object) -> str:
     return impersonate
 
 
-class _CurlDriver(DriverBase[LabsSession]):
-    """One Labs session over one curl session: a pump task runs the inputs and timers.
+#: The sessions curl carries (the core of a curl connection).
+Carried = LabsSession | PerplexitySession
+
+
+def _new_session(config: ClientConfig, rng: random.Random) -> Any:
+    """The message-level session of ``config.service``."""
+    if config.service == "perplexity":
+        return PerplexitySession(config.session_config(), rng=rng)
+    return LabsSession(config.session_config(), rng=rng)
+
+
+class _CurlDriver(DriverBase[Any]):
+    """One session over one curl session: a pump task runs the inputs and timers.
 
     It offers what the shared :class:`~._async_api.AsyncAnswer` and
-    :class:`~._async_api.AsyncQuery` need of a link, with a :class:`LabsSession` as ``client``.
+    :class:`~._async_api.AsyncQuery` need of a link, with the session as ``client``.
     """
 
-    def __init__(self, client: LabsSession, config: ClientConfig, impersonate: str) -> None:
+    client: Carried
+
+    def __init__(self, client: Carried, config: ClientConfig, impersonate: str) -> None:
         self._loop = asyncio.get_running_loop()
         self.client = client
         self.now = self._loop.time
@@ -106,6 +125,9 @@ class _CurlDriver(DriverBase[LabsSession]):
         self.finished = False
         self._proxy = config.proxy if isinstance(config.proxy, str) else None
         self._extra = list(config.headers)
+        # A signed-in session's cookies go in with CURLOPT_COOKIE, which curl sends in one Cookie
+        # header with those of its jar (a Cookie header of our own would be a second one).
+        cookie = signed_in_cookie(config) if config.service == "perplexity" else None
         # timeout=None: curl waits as long as the session does (its deadlines are the session's)
         self._http: CurlHTTP[Any] = CurlHTTP(
             impersonate=cast(Any, impersonate),
@@ -117,6 +139,7 @@ class _CurlDriver(DriverBase[LabsSession]):
             # HTTP/2 over TLS only, as Chrome: over plain http:// curl would otherwise offer an h2c
             # upgrade, which no browser sends (and an Engine.IO server refuses on a polling GET)
             http_version=CurlHttpVersion.V2TLS,
+            curl_options={CurlOpt.COOKIE: cookie} if cookie else None,
         )
         self._http_closed: asyncio.Task[None] | None = None
         self._inbox: asyncio.Queue[tuple[Callable[..., None], tuple[Any, ...]]] = asyncio.Queue()
@@ -224,12 +247,15 @@ class _CurlDriver(DriverBase[LabsSession]):
     # -- the carriers -------------------------------------------------------------------------
 
     async def _request(self, request: HTTPRequest) -> None:
+        if request.incremental:
+            await self._stream(request)
+            return
         try:
             response = await self._http.request(
                 cast(Any, request.method),
                 request.url,
-                headers=[*request.headers, *self._extra],
                 data=request.body or None,
+                **self._headers(request),
             )
         except CurlError as exc:
             self._report(self._failed, request.request_id, self._error(exc, request.url))
@@ -240,6 +266,39 @@ class _CurlDriver(DriverBase[LabsSession]):
         headers = [(name, value or "") for name, value in response.headers.multi_items()]
         self._report(self.client.receive_http_response, request.request_id, response.status_code, headers,
                      response.content)
+
+    def _headers(self, request: HTTPRequest) -> dict[str, Any]:
+        """The request's headers for curl, but a session's ``Cookie`` (a signed-in session's): curl
+        sends that one itself (``CURLOPT_COOKIE``, set once) with the cookies of its jar."""
+        return {"headers": [item for item in [*request.headers, *self._extra] if item[0].lower() != "cookie"]}
+
+    async def _stream(self, request: HTTPRequest) -> None:
+        """A request whose response the session takes in pieces (the ask's event stream)."""
+        client = cast(PerplexitySession, self.client)
+        request_id = request.request_id
+        try:
+            response = await self._http.request(
+                cast(Any, request.method), request.url, data=request.body or None, stream=True,
+                **self._headers(request),
+            )
+        except CurlError as exc:
+            self._report(self._failed, request_id, self._error(exc, request.url))
+            return
+        try:
+            if self._proxy and response.status_code == 407:
+                self._report(self._failed, request_id, self._proxy_refused())
+                return
+            headers = [(name, value or "") for name, value in response.headers.multi_items()
+                       if name.lower() != "content-encoding"]  # curl inflated the body already
+            self._report(client.receive_http_head, request_id, response.status_code, headers)
+            async for piece in response.aiter_content():
+                self._report(client.receive_http_body, request_id, piece)
+            self._report(client.receive_http_end, request_id)
+        except CurlError as exc:
+            self._report(self._failed, request_id, self._error(exc, request.url))
+        finally:
+            with contextlib.suppress(Exception):
+                await response.aclose()
 
     async def _websocket(self, connect: WebSocketConnect) -> None:
         ws_id = connect.ws_id
@@ -360,11 +419,11 @@ def ask(prompt_or_messages: Messages, *, impersonate: str = DEFAULT_IMPERSONATE,
     _check_config(opts.config)
     target = _check_impersonate(impersonate)
     rng, seed = make_rng(opts.tracer, opts.seed)
-    client = LabsSession(opts.config.session_config(), rng=rng)
+    client = _new_session(opts.config, rng)
     return AsyncAnswer(lambda: _CurlDriver(client, opts.config, target), messages, opts.model, opts.tracer, seed)
 
 
-class Connection(AsyncConnection[LabsSession]):
+class Connection(AsyncConnection[Any]):
     """One Labs connection through curl for several queries, one after another (``async with``).
 
     Between queries the pump task keeps answering heartbeats.  Leaving a query
@@ -387,8 +446,8 @@ class Connection(AsyncConnection[LabsSession]):
         self._impersonate = _check_impersonate(impersonate)
         super().__init__(config, tracer=tracer, seed=seed)
 
-    def _new_core(self, config: ClientConfig, rng: random.Random, tracer: Tracer | None) -> LabsSession:
-        return LabsSession(config.session_config(), rng=rng)
+    def _new_core(self, config: ClientConfig, rng: random.Random, tracer: Tracer | None) -> Carried:
+        return cast(Carried, _new_session(config, rng))
 
     def _new_driver(self) -> _CurlDriver:
         return _CurlDriver(self._client, self._config, self._impersonate)

@@ -27,11 +27,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from plabs_proto.config import ClientConfig
 from plabs_proto.events import Connected, Event
-from plabs_proto.wire.client import LabsClient, Tracer
+from plabs_proto.wire.client import Client, Tracer
 
 from ._async_api import AsyncAnswer, AsyncConnection, OneReader
 from ._config import (
-    DEFAULT_MODEL,
     AskOptions,
     Messages,
     SessionOptions,
@@ -171,7 +170,7 @@ class _BlockingDriver(Driver):
 
     network: SelectorNetwork
 
-    def __init__(self, client: LabsClient) -> None:
+    def __init__(self, client: Client) -> None:
         super().__init__(client, SelectorNetwork())
 
     def close(self) -> None:
@@ -208,7 +207,7 @@ def _stepped(reader: OneReader[T]) -> Generator[T, None, None]:
         run_blocking(reader.aclose())
 
 
-class _AsyncConnection(AsyncConnection[LabsClient]):
+class _AsyncConnection(AsyncConnection[Client]):
     """The shared session over the blocking driver, whose helper thread idles between queries."""
 
     def _new_driver(self) -> _BlockingDriver:
@@ -226,7 +225,7 @@ class Connection:
         self._connection = _AsyncConnection(config, tracer=tracer, seed=seed)
 
     @property
-    def client(self) -> LabsClient:
+    def client(self) -> Client:
         """The sans-IO client underneath (its state, partial text, transport)."""
         return self._connection.client
 
@@ -245,7 +244,7 @@ class Connection:
         starts the handshake in the helper thread and returns (see :meth:`~._async_api.AsyncConnection.open`)."""
         run_blocking(self._connection.open(wait=wait))
 
-    def query(self, messages: Messages, *, model: str = DEFAULT_MODEL) -> Generator[Event, None, None]:
+    def query(self, messages: Messages, *, model: str | None = None) -> Generator[Event, None, None]:
         """Ask and stream the answer's events, as :class:`~._async_api.AsyncQuery` does (a
         ResponseError leaves the session usable; any other error, or leaving the generator before
         ``AnswerFinished``, closes it).  Raises :class:`~plabs_proto.errors.LocalProtocolError` at

@@ -33,7 +33,7 @@ if sys.version_info < (3, 11):  # pragma: no cover
 
 from plabs_proto.config import ClientConfig
 from plabs_proto.errors import LocalProtocolError
-from plabs_proto.wire.client import LabsClient, Tracer
+from plabs_proto.wire.client import Client, Tracer
 
 from ._async_api import AsyncAnswer, AsyncConnection
 from ._config import AskOptions, Messages, SessionOptions, parse_options, to_messages
@@ -199,7 +199,7 @@ def ask(prompt_or_messages: Messages, **options: Unpack[AskOptions]) -> AsyncAns
     return AsyncAnswer(lambda: Driver(client, TrioNetwork()), messages, opts.model, opts.tracer, used_seed)
 
 
-class Connection(AsyncConnection[LabsClient]):
+class Connection(AsyncConnection[Client]):
     """One Labs connection for several queries, run one after another: ``async with connect(...)``.
 
     Between queries a task in the session's own nursery (opened by ``async with``, or by

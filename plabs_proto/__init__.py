@@ -9,11 +9,12 @@ session
     A service's protocol state machine at the message level: it asks for HTTP
     requests and WebSocket messages and takes what came back
     (:class:`LabsSession`; beneath it, the Engine.IO layer's
-    :class:`~plabs_proto.labs.engineio_session.EngineIOSession`).  It knows no
+    :class:`~plabs_proto.labs.engineio_session.EngineIOSession`; the ask
+    endpoint's :class:`PerplexitySession`).  It knows no
     byte of HTTP or WebSocket.
 client
     The byte level: a session carried over streams (:class:`~plabs_proto.wire.client.Client`,
-    :class:`LabsClient`): HTTP/1.1, WebSocket, TLS, proxy tunnels, cookies.
+    :class:`LabsClient`, :class:`PerplexityClient`): HTTP/1.1, WebSocket, TLS, proxy tunnels, cookies.
 carrier
     Whatever carries a session's instructions and reports back: the client,
     the curl backend, or your own aiohttp/httpx code.
@@ -35,6 +36,8 @@ event, instruction
 The layers: ``events``, ``errors``, ``config``, ``state`` and ``refusal`` are
 the vocabulary every layer shares; ``labs/`` is the Labs service (the Engine.IO
 codec and session, the Socket.IO codec, the answer, :class:`LabsSession`);
+``perplexity/`` is the ask service (the SSE decoder, the answer, the requests,
+:class:`PerplexitySession`);
 ``wire/`` is the byte level.  A layer calls down and reads events back; none
 calls up, and none reads another's private names.
 
@@ -56,8 +59,10 @@ differ only in step 1):
 8. ``AnswerText.take`` gives the text that is new to the user.
 """
 
-from plabs_proto.config import TRANSPORTS, ClientConfig, SessionConfig
+from plabs_proto.config import SERVICES, TRANSPORTS, ClientConfig, SessionConfig
 from plabs_proto.errors import (
+    AnswerFailedError,
+    AnswerRateLimitedError,
     AnswerRewrittenError,
     ChallengeError,
     HandshakeError,
@@ -70,6 +75,7 @@ from plabs_proto.errors import (
     RedirectError,
     RemoteProtocolError,
     ResponseError,
+    SignInError,
     TLSError,
     UnexpectedPageError,
 )
@@ -86,9 +92,12 @@ from plabs_proto.events import (
     OpenStream,
     QueryFailed,
     ReasoningDelta,
+    SearchQueries,
     SendBytes,
     SessionInstruction,
+    SourcesRead,
     TextDelta,
+    ThreadIdentity,
     TransportSwitched,
     WebSocketClose,
     WebSocketConnect,
@@ -96,16 +105,20 @@ from plabs_proto.events import (
 )
 from plabs_proto.labs.answer import DEFAULT_MODEL, MODELS
 from plabs_proto.labs.session import LabsSession
+from plabs_proto.perplexity.session import PerplexitySession
 from plabs_proto.state import SessionState
-from plabs_proto.wire.client import Client, ClientState, LabsClient
+from plabs_proto.wire.client import Client, ClientState, LabsClient, PerplexityClient
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_MODEL",
     "MODELS",
+    "SERVICES",
     "TRANSPORTS",
+    "AnswerFailedError",
     "AnswerFinished",
+    "AnswerRateLimitedError",
     "AnswerRevised",
     "AnswerRewrittenError",
     "ChallengeError",
@@ -127,6 +140,8 @@ __all__ = [
     "LocalProtocolError",
     "NetworkError",
     "OpenStream",
+    "PerplexityClient",
+    "PerplexitySession",
     "ProxyError",
     "QueryFailed",
     "RateLimitedError",
@@ -134,12 +149,16 @@ __all__ = [
     "RedirectError",
     "RemoteProtocolError",
     "ResponseError",
+    "SearchQueries",
     "SendBytes",
     "SessionConfig",
     "SessionInstruction",
     "SessionState",
+    "SignInError",
+    "SourcesRead",
     "TLSError",
     "TextDelta",
+    "ThreadIdentity",
     "TransportSwitched",
     "UnexpectedPageError",
     "WebSocketClose",

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from plabs_proto.errors import LocalProtocolError
 from plabs_proto.labs.answer import DEFAULT_VERSION
+from plabs_proto.perplexity.request import read_cookies_txt
 from plabs_proto.wire.browser import CHROME, BrowserProfile
 from plabs_proto.wire.proxy import ProxyConfig, parse_proxy_url
 from plabs_proto.wire.tls import check_ssl_context
@@ -31,6 +32,7 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_ORIGIN",
     "DEFAULT_SERVER",
+    "SERVICES",
     "TRANSPORTS",
     "ClientConfig",
     "SessionConfig",
@@ -40,6 +42,8 @@ __all__ = [
 ]
 
 TRANSPORTS = ("upgrade", "websocket", "polling")
+#: The services a session speaks: Perplexity Labs (Socket.IO, retired in 2025) and the ask endpoint (SSE).
+SERVICES = ("labs", "perplexity")
 DEFAULT_SERVER = "https://www.perplexity.ai"
 DEFAULT_ORIGIN = "https://labs.perplexity.ai"
 DEFAULT_JWT = "anonymous-ask-user"
@@ -88,6 +92,31 @@ def _check_bool(name: str, value: object) -> None:
         raise LocalProtocolError(f"expected {name} as True or False, got {value!r:.60}")
 
 
+#: Characters of a cookie value sent as it is (RFC 6265's cookie-octet).
+_COOKIE_OCTETS = frozenset(chr(c) for c in range(0x21, 0x7F)) - set('",;\\')
+
+
+def _check_cookies(token: object, cookies_txt: object) -> None:
+    """Refuse a session token or a cookies.txt text that cannot be sent in a Cookie header (never showing it)."""
+    if token is not None and (not isinstance(token, str) or not token or not set(token) <= _COOKIE_OCTETS):
+        raise LocalProtocolError(
+            "expected session_token as a cookie value (visible ASCII without spaces, quotes, commas, "
+            f"semicolons or backslashes), got {type(token).__name__} of {len(token) if isinstance(token, str) else 0}"
+            " characters (not shown)"
+        )
+    if cookies_txt is None:
+        return
+    if not isinstance(cookies_txt, str):
+        raise LocalProtocolError(f"expected cookies_txt as the text of a cookies.txt export, got {type(cookies_txt).__name__}")
+    for cookie in read_cookies_txt(cookies_txt):
+        if not cookie.name or not set(cookie.name) <= _COOKIE_OCTETS - {"="} or not set(cookie.value) <= _COOKIE_OCTETS:
+            raise LocalProtocolError(
+                f"expected the cookies of cookies_txt to be sendable in a Cookie header, got cookie {cookie.name[:60]!r} "
+                "whose name or value holds a space, a quote, a comma, a semicolon, a backslash or a non-ASCII "
+                "character (value not shown)"
+            )
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SessionConfig:
     """What the message level needs: where, how, who, and how long to wait.
@@ -101,6 +130,16 @@ class SessionConfig:
     (from its open packet) is something else: the most the server accepts from
     *us*.  It never changes our receive limit; a query whose request is not
     smaller is refused with :class:`LocalProtocolError` before it is sent.
+
+    ``service`` picks the session: ``"labs"`` (the Labs Socket.IO session, the
+    default; the endpoint was retired in 2025) or ``"perplexity"`` (the ask
+    endpoint that answers today, ``POST /rest/sse/perplexity_ask``; ``path``,
+    ``transport``, ``origin``, ``jwt`` and ``version`` are Labs's and unused there).
+    Signed-in use of ``"perplexity"``: ``session_token`` (the value of the cookie
+    ``__Secure-next-auth.session-token``) and/or ``cookies_txt`` (the text of a
+    browser's cookies.txt export; its perplexity.ai cookies are sent, expired or
+    not).  Both go in the ``Cookie`` header of every request; neither is ever
+    shown (not in a repr, not in an error).
     """
 
     server: str = DEFAULT_SERVER
@@ -113,9 +152,15 @@ class SessionConfig:
     first_text_timeout: float | None = 60.0
     query_timeout: float | None = None
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    service: str = "labs"
+    session_token: str | None = field(default=None, repr=False)
+    cookies_txt: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         """Refuse a field of the wrong kind now, with :class:`LocalProtocolError`, not with a TypeError later."""
+        if self.service not in SERVICES:
+            raise LocalProtocolError(f"expected a service among {', '.join(SERVICES)}, got {self.service!r:.60}")
+        _check_cookies(self.session_token, self.cookies_txt)
         if self.transport not in TRANSPORTS:
             raise LocalProtocolError(
                 f"expected a transport among {', '.join(TRANSPORTS)}, got {self.transport!r:.60}"

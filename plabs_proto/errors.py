@@ -14,6 +14,7 @@ Hierarchy::
     |   |   +-- RateLimitedError     it answered 429 or Cloudflare error 1015: ``retry_after``
     |   |   +-- ChallengeError       Cloudflare answered a challenge or block page (``cloudflare``)
     |   |   +-- UnexpectedPageError  an HTML page (a login page...) came where Engine.IO was expected
+    |   |   +-- SignInError          the ask service wants a signed-in session (401/403, no Cloudflare page)
     |   +-- ProxyError          the proxy refused or broke the tunnel
     |   +-- TLSError            TLS failed (certificate not trusted, wrong host, ...)
     +-- ResponseError           the server reported a failure for a query (its text)
@@ -70,6 +71,7 @@ __all__ = [
     "RedirectError",
     "RemoteProtocolError",
     "ResponseError",
+    "SignInError",
     "TLSError",
     "UnexpectedPageError",
 ]
@@ -214,6 +216,16 @@ class UnexpectedPageError(HandshakeError):
         super().__init__(message, status=status, **common)
         self.title = title
         self.content_type = content_type
+
+
+class SignInError(HandshakeError):
+    """The ask service answered 401 or 403 without a Cloudflare page: it wants a signed-in session.
+
+    The session token (the cookie ``__Secure-next-auth.session-token``) is missing
+    or expired, or the anonymous cookies of the warm-up did not come back.  Sign in
+    with a browser and give its token (``session_token``) or its cookies.txt export
+    (``cookies_txt``) again.
+    """
 
 
 class ProxyError(RemoteProtocolError):

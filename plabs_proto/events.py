@@ -244,6 +244,17 @@ class HTTPRequest(SessionInstruction):
     lane: int = 0
     incremental: bool = False
 
+    def __repr__(self) -> str:
+        """The request with the values of ``Cookie`` and ``Authorization`` headers hidden (a session token)."""
+        shown = tuple(
+            (name, "[redacted]" if name.lower() in ("cookie", "authorization") else value)
+            for name, value in self.headers
+        )
+        return (
+            f"HTTPRequest(request_id={self.request_id}, method={self.method!r}, url={self.url!r}, "
+            f"headers={shown!r}, body=<{len(self.body)} bytes>, lane={self.lane}, incremental={self.incremental})"
+        )
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WebSocketConnect(SessionInstruction):

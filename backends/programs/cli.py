@@ -73,6 +73,7 @@ from plabs_proto.events import (
     TextDelta,
 )
 from plabs_proto.labs.answer import DEFAULT_MODEL, MODELS
+from plabs_proto.perplexity import request as _ask_service
 from plabs_proto.wire.trace import TraceError, TraceRecorder, config_header, replay
 
 from . import arguments
@@ -372,8 +373,16 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--timeout", type=arguments.seconds, default=None, metavar="S", help="overall deadline in seconds")
     ask.add_argument("--trace", default=None, metavar="FILE", help="record the bytes of the session (JSON lines)")
     ask.add_argument("--emulator", action="store_true", help="ask a local emulator started in-process")
+    ask.add_argument(
+        "--service",
+        choices=("labs", "perplexity"),
+        default="labs",
+        help="labs (default): the Labs Socket.IO endpoint, retired in 2025; perplexity: the ask endpoint "
+        f"that answers today (POST /rest/sse/perplexity_ask; model {_ask_service.DEFAULT_MODEL} unless --model "
+        "says; signs in with PLABS_SESSION_TOKEN or PLABS_COOKIES_FILE when set)",
+    )
     output_options(ask)
-    ask.set_defaults(run=_cmd_ask, parser=ask)
+    ask.set_defaults(run=_cmd_ask, parser=ask, model=None)  # --model's default: the service's
 
     rep = commands.add_parser(
         "replay",
@@ -385,6 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(run=_cmd_replay, parser=rep)
 
     models = commands.add_parser("models", help="list the known models, default first")
+    models.add_argument("--service", choices=("labs", "perplexity"), default="labs",
+                        help="whose models: labs (default) or perplexity (the ask endpoint's built-in list)")
     models.set_defaults(run=_cmd_models, parser=models)
 
     emu = commands.add_parser(
@@ -531,13 +542,18 @@ def _read_prompt(words: Sequence[str]) -> str:
 def _cmd_ask(args: argparse.Namespace, printer: EventPrinter) -> int:
     if args.emulator and args.server is not None:
         raise _UsageError("--emulator and --server cannot be used together")
-    model = _argument(args.model, "--model")
+    perplexity = args.service == "perplexity"
+    model = _argument(args.model, "--model") if args.model is not None else (
+        _ask_service.DEFAULT_MODEL if perplexity else DEFAULT_MODEL)
+    known = [m.id for m in _ask_service.MODELS] if perplexity else list(MODELS)
+    if perplexity and args.trace is not None:
+        raise _Failure("--trace is not available with --service perplexity yet (its replay reads Labs traces)")
     for name in ("server", "proxy"):  # URLs: text sent on the wire (file names may be any bytes)
         if getattr(args, name) is not None:
             setattr(args, name, _argument(getattr(args, name), f"--{name}"))
     prompt = _read_prompt(args.prompt)
-    if model not in MODELS:
-        _print_warning(f"{model!r} is not a known model ({', '.join(MODELS)}); sending it anyway", printer.stderr)
+    if model not in known:
+        _print_warning(f"{model!r} is not a known model ({', '.join(known)}); sending it anyway", printer.stderr)
     if args.cafile is not None:
         try:
             open(args.cafile, "rb").close()  # only checks that it can be read
@@ -554,7 +570,7 @@ def _cmd_ask(args: argparse.Namespace, printer: EventPrinter) -> int:
     try:
         server = args.server or DEFAULT_SERVER
         if args.emulator:
-            emulator = _start_emulator()
+            emulator = _start_perplexity_emulator() if perplexity else _start_emulator()
             server = emulator.url
         options: dict[str, Any] = {
             "server": server,
@@ -562,6 +578,7 @@ def _cmd_ask(args: argparse.Namespace, printer: EventPrinter) -> int:
             "transport": args.transport,
             "cafile": args.cafile,
             "tracer": recorder,
+            "service": args.service,
         }
         if args.timeout is not None:
             options["timeout"] = args.timeout
@@ -596,6 +613,16 @@ def _start_emulator() -> Any:
     for name in _EMULATOR_LOGGERS:
         logging.getLogger(name).setLevel(logging.CRITICAL + 1)
     emulator = EmulatorThread(EmulatorConfig(), host="127.0.0.1", port=0)
+    emulator.start()
+    return emulator
+
+
+def _start_perplexity_emulator() -> Any:
+    try:
+        from .emulator_perplexity import PerplexityEmulatorConfig, PerplexityEmulatorThread
+    except ImportError as exc:
+        raise _Failure(f"the emulator needs aiohttp (pip install 'plabs-proto[emulator]'): {exc}") from None
+    emulator = PerplexityEmulatorThread(PerplexityEmulatorConfig())
     emulator.start()
     return emulator
 
@@ -689,7 +716,11 @@ def _cmd_replay(args: argparse.Namespace, printer: EventPrinter) -> int:
 
 
 def _cmd_models(args: argparse.Namespace, printer: EventPrinter) -> int:
-    names = [DEFAULT_MODEL, *(name for name in MODELS if name != DEFAULT_MODEL)]
+    if args.service == "perplexity":
+        default = _ask_service.DEFAULT_MODEL
+        names = [default, *(m.id for m in _ask_service.MODELS if m.id != default)]
+    else:
+        names = [DEFAULT_MODEL, *(name for name in MODELS if name != DEFAULT_MODEL)]
     printer.stdout.write("".join(name + "\n" for name in names))
     printer.stdout.flush()
     return 0

@@ -61,6 +61,7 @@ from plabs_proto.events import (
     OpenStream,
     SendBytes,
     SessionInstruction,
+    ThreadIdentity,
     TransportSwitched,
     WebSocketClose,
     WebSocketConnect,
@@ -69,6 +70,8 @@ from plabs_proto.events import (
 from plabs_proto.labs.answer import DEFAULT_MODEL
 from plabs_proto.labs.engineio_session import BODY_SLACK
 from plabs_proto.labs.session import LabsSession
+from plabs_proto.perplexity import request as _ask
+from plabs_proto.perplexity.session import PerplexitySession
 from plabs_proto.state import END_STATES, SessionState
 from plabs_proto.wire.headers import CookieJar, RequestHeaders
 from plabs_proto.wire.http import (
@@ -89,7 +92,9 @@ from plabs_proto.wire.websocket import (
     negotiate_deflate,
 )
 
-__all__ = ["CarriedSession", "Client", "ClientState", "IncrementalSession", "LabsClient", "Tracer"]
+__all__ = [
+    "CarriedSession", "Client", "ClientState", "IncrementalSession", "LabsClient", "PerplexityClient", "Tracer",
+]
 
 #: ``tracer(now, stream_id, direction, data)``: called with every byte above TLS ("in" or "out").
 Tracer = Callable[[float, int, str, bytes], None]
@@ -610,6 +615,46 @@ class LabsClient(Client):
         self._now = now
         labs = self._labs
         self._step(lambda: labs.query(messages, model=model, now=now))
+
+
+class PerplexityClient(Client):
+    """A :class:`~plabs_proto.perplexity.session.PerplexitySession` (the ask endpoint) carried at the
+    byte level (see :class:`Client`): one connection, kept alive from the warm-up to the last answer.
+
+    ``rng`` also draws the UUIDs of each ask.
+    """
+
+    def __init__(
+        self, config: ClientConfig | None = None, *, rng: random.Random, tracer: Tracer | None = None
+    ) -> None:
+        config = config or ClientConfig(service="perplexity")
+        self._ask = PerplexitySession(config.session_config(), rng=rng)
+        super().__init__(self._ask, config, rng=rng, tracer=tracer)
+
+    @property
+    def session(self) -> PerplexitySession:
+        """The ask session this client carries."""
+        return self._ask
+
+    @property
+    def thread(self) -> ThreadIdentity | None:
+        """The thread of the last answer (what a follow-up sends back), once the service named it."""
+        return self._ask.thread
+
+    def query(  # type: ignore[override]
+        self,
+        messages: str | Sequence[Mapping[str, Any]],
+        *,
+        model: str = _ask.DEFAULT_MODEL,
+        mode: str = "copilot",
+        now: float,
+    ) -> None:
+        """Ask; the answer comes as events.  One query at a time; a second one is a follow-up
+        in the same thread (see :meth:`PerplexitySession.query
+        <plabs_proto.perplexity.session.PerplexitySession.query>`)."""
+        self._now = now
+        session = self._ask
+        self._step(lambda: session.query(messages, model=model, mode=mode, now=now))
 
 
 def _target(url: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 from plabs_proto.config import ClientConfig
 from plabs_proto.wire.browser import merge_headers
@@ -38,9 +39,22 @@ class CookieJar:
         """The cookies kept (name: value), a copy."""
         return dict(self._kept)
 
-    def header(self) -> str | None:
-        """The ``Cookie`` value of every cookie kept so far (None when there is none)."""
-        return "; ".join(f"{k}={v}" for k, v in self._kept.items()) if self._kept else None
+    def header(self, given: str | None = None) -> str | None:
+        """The ``Cookie`` value of every cookie kept so far (None when there is none).
+
+        ``given`` is a ``Cookie`` value of the session's own (a signed-in session's
+        token): its cookies come first, and one the server set since under the same
+        name is sent with the server's value instead, so one header carries them all.
+        """
+        if given is None:
+            return "; ".join(f"{k}={v}" for k, v in self._kept.items()) if self._kept else None
+        pairs: dict[str, str] = {}
+        for pair in given.split(";"):
+            name, _, value = pair.strip().partition("=")
+            if name:
+                pairs[name] = value
+        pairs.update(self._kept)
+        return "; ".join(f"{k}={v}" for k, v in pairs.items()) if pairs else None
 
     def remember(self, headers: Sequence[tuple[str, str]]) -> None:
         """Keep the ``name=value`` of each Set-Cookie, to send back in a Cookie header.
@@ -65,6 +79,21 @@ class CookieJar:
                 and (name in self._kept or len(self._kept) < _MAX_COOKIES)
             ):
                 self._kept[name] = val
+
+
+def _page(session_headers: Sequence[tuple[str, str]]) -> str | None:
+    """The origin of the page a request comes from: the session's Origin, else its Referer's."""
+    referer = None
+    for name, value in session_headers:
+        key = name.lower()
+        if key == "origin":
+            return value
+        if key == "referer":
+            referer = value
+    if referer is None:
+        return None
+    parts = urlsplit(referer)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else None
 
 
 class RequestHeaders:
@@ -92,30 +121,40 @@ class RequestHeaders:
         Plain (as before profiles): Host, User-Agent, Accept, the session's (Origin, Referer),
         cookies, the caller's (replacing ours of the same name), and a POST's Content-Type last.  ``content_length`` (a POST's) takes
         Chrome's place in a profile's order; h11 keeps that one and adds no second.
+
+        A ``Cookie`` among the session's headers (a signed-in session's) and the cookies
+        kept go out as one ``Cookie`` header (see :meth:`CookieJar.header`).  The
+        ``Sec-Fetch-Site`` of a profile is worked out from the session's Origin (else
+        its Referer, else ``origin``): the page the request comes from.
         """
+        given = None
+        if any(name.lower() == "cookie" for name, _ in session_headers):
+            given = "; ".join(value for name, value in session_headers if name.lower() == "cookie")
+            session_headers = tuple(item for item in session_headers if item[0].lower() != "cookie")
+        cookie = self._cookies.header(given)
         profile = self._config.browser
         if profile is not None:
             headers = profile.fetch_headers(
                 host=self._host,
-                origin=self._config.origin,
+                origin=_page(session_headers) or self._config.origin,
                 server=self._config.server,
                 session_headers=session_headers,
                 content_length=content_length,
                 user_agent=self._caller_user_agent(),
                 accept_encoding=ACCEPT_ENCODING if self._config.accept_encoding else None,
-                cookie=self._cookies.header(),
+                cookie=cookie,
             )
             return merge_headers(headers, self._config.headers)
         headers = [("Host", self._host)]
         if self._config.user_agent is not None:
             headers.append(("User-Agent", self._config.user_agent))
-        headers.append(("Accept", "*/*"))
+        if not any(name.lower() == "accept" for name, _ in session_headers):  # (the session's takes its place)
+            headers.append(("Accept", "*/*"))
         last: list[tuple[str, str]] = []
         for name, value in session_headers:
             (last if name == "Content-Type" else headers).append((name, value))
         if self._config.accept_encoding:
             headers.append(("Accept-Encoding", ACCEPT_ENCODING))
-        cookie = self._cookies.header()
         if cookie is not None:
             headers.append(("Cookie", cookie))
         if self._config.headers:

@@ -1,0 +1,68 @@
+"""``plabs ask --service perplexity`` and ``plabs models --service ...``, in-process against the emulator."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from plabs_proto.backends.programs.cli import main
+from plabs_proto.backends.programs.emulator_perplexity import WEB_RESULTS
+
+from plabs_proto.perplexity.request import MODELS
+
+ANSWER = "The answer, in pieces [1]."
+
+
+def test_ask_prints_the_answer_and_its_citations(perplexity_emulator_factory: Any,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    url = perplexity_emulator_factory(answer=ANSWER, shape="blocks").url
+    assert main(["ask", "--service", "perplexity", "--server", url, "--backend", "sync", "What", "now?"]) == 0
+    out = capsys.readouterr()
+    citations = "".join(f"[{n}] {r['name']} <{r['url']}>\n" for n, r in enumerate(WEB_RESULTS, 1))
+    assert out.out == ANSWER + "\n\nCitations:\n" + citations
+    assert out.err == ""
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio", "curl"])
+def test_ask_json_ends_with_finished(perplexity_emulator_factory: Any, capsys: pytest.CaptureFixture[str],
+                                     backend: str) -> None:
+    if backend == "curl":
+        pytest.importorskip("curl_cffi")
+    url = perplexity_emulator_factory(answer=ANSWER).url
+    assert main(["ask", "--service", "perplexity", "--server", url, "--backend", backend, "--json", "Hi"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert "".join(e["text"] for e in events if e["event"] == "text") == ANSWER
+    assert events[-1]["event"] == "finished" and events[-1]["text"] == ANSWER and events[-1]["model"] == "turbo"
+
+
+def test_ask_with_the_in_process_emulator(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ask", "--service", "perplexity", "--emulator", "--backend", "sync", "Hello"]) == 0
+    assert capsys.readouterr().out.startswith("This is the Perplexity emulator's answer to: Hello")
+
+
+def test_an_unknown_model_is_sent_after_a_warning(perplexity_emulator_factory: Any,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    url = perplexity_emulator_factory(answer=ANSWER).url
+    assert main(["ask", "--service", "perplexity", "--server", url, "--backend", "sync", "--model", "nope", "Hi"]) == 0
+    out = capsys.readouterr()
+    assert "'nope' is not a known model (turbo, pplx_pro" in out.err and out.out.startswith(ANSWER)
+
+
+def test_a_refusal_is_one_error_line(perplexity_emulator_factory: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    url = perplexity_emulator_factory(rate_limit="ask").url
+    assert main(["ask", "--service", "perplexity", "--server", url, "--backend", "sync", "Hi"]) != 0
+    err = capsys.readouterr().err
+    assert "plabs: error:" in err and "429" in err
+
+
+def test_models_of_each_service(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "--service", "perplexity"]) == 0
+    assert capsys.readouterr().out.splitlines() == [model.id for model in MODELS]
+    assert main(["models"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "r1-1776"
+
+
+def test_trace_is_refused_for_perplexity_for_now(capsys: pytest.CaptureFixture[str], tmp_path: Any) -> None:
+    assert main(["ask", "--service", "perplexity", "--trace", str(tmp_path / "t.jsonl"), "Hi"]) != 0
+    assert "--trace is not available with --service perplexity" in capsys.readouterr().err
