@@ -472,12 +472,11 @@ class EngineIOSession:
             event = None
         if event is None:
             self._work = None
-            return events.popleft() if events else None
         return event
 
     def events(self) -> Iterator[Event]:
-        """Every event, read as the caller iterates (:meth:`next_event` in a loop, at a third of the cost:
-        the hot path).  Stop iterating once the layer above has ended: what came after is never read."""
+        """Every event, read as the caller iterates (:meth:`next_event` in a loop, at a fraction of the
+        cost: the hot path).  Stop iterating once the layer above has ended: what came after is never read."""
         queued = self._events
         while queued:
             yield queued.popleft()
@@ -485,16 +484,11 @@ class EngineIOSession:
         if work is None:
             return
         try:
-            for event in work:
-                yield event
-                while queued:
-                    yield queued.popleft()
+            yield from work
         except _Ended:
             pass
         if self._work is work:
             self._work = None
-        while queued:
-            yield queued.popleft()
 
     def transmit(self) -> list[SessionInstruction]:
         """What the carrier must do now, in order."""
@@ -723,7 +717,8 @@ class EngineIOSession:
             for waiting in queued:
                 self._send(waiting)
         elif kind is engineio.PacketType.CLOSE:
-            self._closed(Closed(reason="Engine.IO session closed by the server", cut="got an Engine.IO close packet"))
+            self._end(None)
+            yield Closed(reason="Engine.IO session closed by the server", cut="got an Engine.IO close packet")
         else:
             raise RemoteProtocolError(
                 "expected an Engine.IO packet a server sends (open, close, ping, message, noop), "

@@ -186,6 +186,9 @@ class Client:
         if self._tls:
             self._ssl_context = config.ssl_context or make_ssl_context(config.cafile)
         self._session = session
+        #: The next event, or None when there is none for now: the session's own ``next_event``
+        #: (events wait in the session's queue alone, and are taken from it without a call of ours).
+        self.next_event: Callable[[], Event | None] = session.next_event
         self._rng = rng
         self._tracer = tracer
         self._instructions: list[Instruction] = []
@@ -304,10 +307,6 @@ class Client:
     def get_timer(self) -> float | None:
         """The next deadline (same clock as ``now``), or None."""
         return self._session.get_timer()
-
-    def next_event(self) -> Event | None:
-        """The next event, or None when there is none for now (the session's own queue: held once)."""
-        return self._session.next_event()
 
     def events(self) -> list[Event]:
         """Every pending event at once."""
