@@ -59,55 +59,137 @@ differ only in step 1):
 8. ``AnswerText.take`` gives the text that is new to the user.
 """
 
-from plabs_proto.config import SERVICES, TRANSPORTS, ClientConfig, SessionConfig
-from plabs_proto.errors import (
-    AnswerFailedError,
-    AnswerRateLimitedError,
-    AnswerRewrittenError,
-    ChallengeError,
-    HandshakeError,
-    LabsError,
-    LabsTimeout,
-    LocalProtocolError,
-    NetworkError,
-    ProxyError,
-    RateLimitedError,
-    RedirectError,
-    RemoteProtocolError,
-    ResponseError,
-    SignInError,
-    TLSError,
-    UnexpectedPageError,
-)
-from plabs_proto.events import (
-    AnswerFinished,
-    AnswerRevised,
-    Citations,
-    Closed,
-    CloseStream,
-    Connected,
-    Event,
-    HTTPRequest,
-    Instruction,
-    OpenStream,
-    QueryFailed,
-    ReasoningDelta,
-    SearchQueries,
-    SendBytes,
-    SessionInstruction,
-    SourcesRead,
-    TextDelta,
-    ThreadIdentity,
-    TransportSwitched,
-    WebSocketClose,
-    WebSocketConnect,
-    WebSocketSend,
-)
-from plabs_proto.labs.answer import DEFAULT_MODEL, MODELS
-from plabs_proto.labs.session import LabsSession
-from plabs_proto.perplexity.session import PerplexitySession
-from plabs_proto.state import SessionState
-from plabs_proto.wire.client import Client, ClientState, LabsClient, PerplexityClient
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on first use
+    from plabs_proto.config import SERVICES, TRANSPORTS, ClientConfig, SessionConfig
+    from plabs_proto.errors import (
+        AnswerFailedError,
+        AnswerRateLimitedError,
+        AnswerRewrittenError,
+        ChallengeError,
+        HandshakeError,
+        LabsError,
+        LabsTimeout,
+        LocalProtocolError,
+        NetworkError,
+        ProxyError,
+        RateLimitedError,
+        RedirectError,
+        RemoteProtocolError,
+        ResponseError,
+        SignInError,
+        TLSError,
+        UnexpectedPageError,
+    )
+    from plabs_proto.events import (
+        AnswerFinished,
+        AnswerRevised,
+        Citations,
+        Closed,
+        CloseStream,
+        Connected,
+        Event,
+        HTTPRequest,
+        Instruction,
+        OpenStream,
+        QueryFailed,
+        ReasoningDelta,
+        SearchQueries,
+        SendBytes,
+        SessionInstruction,
+        SourcesRead,
+        TextDelta,
+        ThreadIdentity,
+        TransportSwitched,
+        WebSocketClose,
+        WebSocketConnect,
+        WebSocketSend,
+    )
+    from plabs_proto.labs.answer import DEFAULT_MODEL, MODELS
+    from plabs_proto.labs.session import LabsSession
+    from plabs_proto.perplexity.session import PerplexitySession
+    from plabs_proto.state import SessionState
+    from plabs_proto.wire.client import Client, ClientState, LabsClient, PerplexityClient
+
+_EXPORTS: dict[str, str] = {  # name -> the module it comes from
+    "SERVICES": "plabs_proto.config",
+    "TRANSPORTS": "plabs_proto.config",
+    "ClientConfig": "plabs_proto.config",
+    "SessionConfig": "plabs_proto.config",
+    "AnswerFailedError": "plabs_proto.errors",
+    "AnswerRateLimitedError": "plabs_proto.errors",
+    "AnswerRewrittenError": "plabs_proto.errors",
+    "ChallengeError": "plabs_proto.errors",
+    "HandshakeError": "plabs_proto.errors",
+    "LabsError": "plabs_proto.errors",
+    "LabsTimeout": "plabs_proto.errors",
+    "LocalProtocolError": "plabs_proto.errors",
+    "NetworkError": "plabs_proto.errors",
+    "ProxyError": "plabs_proto.errors",
+    "RateLimitedError": "plabs_proto.errors",
+    "RedirectError": "plabs_proto.errors",
+    "RemoteProtocolError": "plabs_proto.errors",
+    "ResponseError": "plabs_proto.errors",
+    "SignInError": "plabs_proto.errors",
+    "TLSError": "plabs_proto.errors",
+    "UnexpectedPageError": "plabs_proto.errors",
+    "AnswerFinished": "plabs_proto.events",
+    "AnswerRevised": "plabs_proto.events",
+    "Citations": "plabs_proto.events",
+    "Closed": "plabs_proto.events",
+    "CloseStream": "plabs_proto.events",
+    "Connected": "plabs_proto.events",
+    "Event": "plabs_proto.events",
+    "HTTPRequest": "plabs_proto.events",
+    "Instruction": "plabs_proto.events",
+    "OpenStream": "plabs_proto.events",
+    "QueryFailed": "plabs_proto.events",
+    "ReasoningDelta": "plabs_proto.events",
+    "SearchQueries": "plabs_proto.events",
+    "SendBytes": "plabs_proto.events",
+    "SessionInstruction": "plabs_proto.events",
+    "SourcesRead": "plabs_proto.events",
+    "TextDelta": "plabs_proto.events",
+    "ThreadIdentity": "plabs_proto.events",
+    "TransportSwitched": "plabs_proto.events",
+    "WebSocketClose": "plabs_proto.events",
+    "WebSocketConnect": "plabs_proto.events",
+    "WebSocketSend": "plabs_proto.events",
+    "DEFAULT_MODEL": "plabs_proto.labs.answer",
+    "MODELS": "plabs_proto.labs.answer",
+    "LabsSession": "plabs_proto.labs.session",
+    "PerplexitySession": "plabs_proto.perplexity.session",
+    "SessionState": "plabs_proto.state",
+    "Client": "plabs_proto.wire.client",
+    "ClientState": "plabs_proto.wire.client",
+    "LabsClient": "plabs_proto.wire.client",
+    "PerplexityClient": "plabs_proto.wire.client",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The names of ``__all__`` and the submodules, imported when first used (PEP 562).
+
+    ``import plabs_proto`` then costs next to nothing, so a program built on it (the ``plabs``
+    command) starts its own code, and its Ctrl-C handling, before the heavy imports.
+    """
+    module = _EXPORTS.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+    else:
+        try:
+            value = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __version__ = "0.1.0"
 

@@ -64,6 +64,34 @@ def test_ctrl_c_while_starting_exits_130_without_a_traceback(where: str, args: l
     assert "Traceback" not in result.stderr and result.stdout == "", result.stderr
 
 
+INTERRUPT_IMPORT = textwrap.dedent("""
+    import importlib, os, signal, sys
+    from plabs_proto import __main__ as entry  # the plabs command's entry point; the package imports nothing yet
+
+    fired = []
+
+    def hook(frame, event, arg):  # Ctrl-C the moment the command line's module starts to run
+        if event == "call" and frame.f_code.co_filename.endswith("cli.py") and not fired:
+            fired.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    sys.setprofile(hook)
+    status = entry.main()
+    sys.setprofile(None)
+    print("fired" if fired else "not fired", file=sys.stderr)
+    sys.exit(status)
+""")
+
+
+def test_ctrl_c_while_the_command_is_imported_exits_130_without_a_traceback() -> None:
+    """The plabs entry point imports the command line inside main(): an interrupt among its imports
+    (the slowest part of starting) is the quiet 130 of any other Ctrl-C."""
+    result = run(code=INTERRUPT_IMPORT)
+    assert result.stderr.endswith("fired\n"), result.stderr
+    assert result.returncode == 130, result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == "", result.stderr
+
+
 @pytest.mark.parametrize(("args", "stdin"), [(["ask", ""], ""), (["ask", "  ", " "], ""), (["ask", "-"], " \n")])
 def test_an_empty_prompt_is_one_line(args: list[str], stdin: str) -> None:
     result = run(*args, stdin=stdin)
