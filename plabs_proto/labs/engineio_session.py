@@ -23,6 +23,7 @@ which the layer above calls :meth:`abort`.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -164,7 +165,15 @@ def _batch(queue: list[engineio.Packet], limit: int) -> int:
     return count
 
 
-def _websocket_closed(code: int, reason: str, *, carrying: bool, max_payload: int | None) -> Closed:
+#: The event for a WebSocket whose connection ended without a close frame.
+_DROPPED = Closed(
+    reason="the server closed the connection",
+    cut="but the server closed the connection",
+    error="expected the WebSocket connection to stay open, but the server closed it",
+)
+
+
+def _websocket_closed(code: int, reason: str, carrying: bool, max_payload: int | None) -> Closed:
     """The event for a WebSocket the server closed with ``code``; ``carrying``: it carried the session."""
     note = ""
     if code == 1009:  # RFC 6455: the endpoint got a message too big for it to process
@@ -351,7 +360,7 @@ class EngineIOSession:
 
     def receive_http_response(self, request_id: int, response: HTTPResponse, now: float) -> None:
         """The response to a request of this session (late news of one nobody waits for is ignored)."""
-        purpose = self._take_request(request_id)
+        purpose = self._requests.take(request_id, None if self._ws is None else self._ws.id)
         if purpose is None:
             return
         body = response.body
@@ -404,14 +413,9 @@ class EngineIOSession:
         if ws is None:
             return
         ws.closed = True
-        if code is None:
-            self._closed(Closed(
-                reason="the server closed the connection",
-                cut="but the server closed the connection",
-                error="expected the WebSocket connection to stay open, but the server closed it",
-            ))
-        else:
-            self._closed(_websocket_closed(code, reason, carrying=ws.open and self._on_ws, max_payload=self._max_payload))
+        carrying = ws.open and self._on_ws
+        self._events.append(_DROPPED if code is None else _websocket_closed(code, reason, carrying, self._max_payload))
+        self._end(None)
 
     def receive_websocket_refused(self, ws_id: int, response: HTTPResponse, now: float) -> None:
         """The server answered the WebSocket handshake of ``ws_id`` with an HTTP response, not 101: raises."""
@@ -430,7 +434,7 @@ class EngineIOSession:
             ws.closed = True
             what = "the WebSocket"
         else:
-            purpose = self._take_request(id)
+            purpose = self._requests.take(id, None if self._ws is None else self._ws.id)
             if purpose is None:
                 return
             what = f"the HTTP request ({purpose})"
@@ -460,16 +464,11 @@ class EngineIOSession:
         """The next event, or None: what an input brought is read as events are asked for (as h11
         parses), so what came after the event the layer above ended on is never read; its errors
         are raised from here."""
-        events = self._events
-        if events:
-            return events.popleft()
-        work = self._work
-        if work is None:
-            return None
-        try:
-            event = next(work, None)
-        except _Ended:
-            event = None
+        if self._events:
+            return self._events.popleft()
+        event = None
+        with contextlib.suppress(_Ended):
+            event = next(self._work, None) if self._work is not None else None
         if event is None:
             self._work = None
         return event
@@ -510,11 +509,6 @@ class EngineIOSession:
             ws.closed = True
             self._out.append(WebSocketClose(ws_id=ws.id, code=code))
 
-    def _closed(self, event: Closed) -> None:
-        """The server ended the session: the event up, and the end (the WebSocket dropped)."""
-        self._events.append(event)
-        self._end(None)
-
     def _check_live(self) -> None:
         if self._ended:
             raise _Ended
@@ -531,10 +525,6 @@ class EngineIOSession:
         request = self._requests.make(method, sid, body, purpose, lane)
         self._out.append(request)
         return request.request_id
-
-    def _take_request(self, request_id: int) -> str | None:
-        """What the request was for; None for one nobody waits for any more (the session ended)."""
-        return self._requests.take(request_id, self._ws.id if self._ws is not None else None)
 
     def _websocket(self, ws_id: int) -> _WebSocket | None:
         ws = self._ws
