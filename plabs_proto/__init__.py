@@ -33,8 +33,8 @@ event, instruction
     What a session or client hands up (``TextDelta``...) and what it asks its
     carrier to do (``HTTPRequest``..., ``OpenStream``...): frozen dataclasses.
 
-The layers: ``events``, ``errors``, ``config``, ``state`` and ``refusal`` are
-the vocabulary every layer shares; ``labs/`` is the Labs service (the Engine.IO
+The layers: ``events``, ``errors``, ``config``, ``messages``, ``state`` and
+``refusal`` are the vocabulary every layer shares; ``labs/`` is the Labs service (the Engine.IO
 codec and session, the Socket.IO codec, the answer, :class:`LabsSession`);
 ``perplexity/`` is the ask service (the SSE decoder, the answer, the requests,
 :class:`PerplexitySession`);

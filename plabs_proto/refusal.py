@@ -32,7 +32,7 @@ from plabs_proto.errors import (
     UnexpectedPageError,
 )
 from plabs_proto.jsondepth import too_deep
-from plabs_proto.wire.http import HTTPResponse, looks_like_cloudflare
+from plabs_proto.messages import HTTPResponse, looks_like_cloudflare
 
 __all__ = ["SCAN", "clean", "is_page", "page_title", "refusal", "retry_after_seconds", "unexpected_page"]
 

@@ -42,9 +42,8 @@ from plabs_proto.events import (
     WebSocketSend,
 )
 from plabs_proto.labs import engineio
+from plabs_proto.messages import HTTPResponse, Utf8Text
 from plabs_proto.refusal import refusal, unexpected_page
-from plabs_proto.wire.http import HTTPResponse
-from plabs_proto.wire.websocket import Utf8Text
 
 __all__ = ["BODY_SLACK", "ENGINEIO_MAX_PAYLOAD", "Closed", "EngineIOSession", "Message", "Opened", "Upgraded"]
 

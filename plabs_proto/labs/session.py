@@ -63,9 +63,8 @@ from plabs_proto.labs.answer import (
     build_request,
     is_progress_event,
 )
+from plabs_proto.messages import HTTPResponse, Utf8Text
 from plabs_proto.state import SessionState, next_state
-from plabs_proto.wire.http import HTTPResponse
-from plabs_proto.wire.websocket import Utf8Text
 
 __all__ = ["LabsSession"]
 

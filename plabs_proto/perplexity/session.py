@@ -77,6 +77,7 @@ from plabs_proto.events import (
     ThreadIdentity,
 )
 from plabs_proto.labs.answer import normalize_messages
+from plabs_proto.messages import HTTPResponse, Utf8Text
 from plabs_proto.perplexity.answer import END_OF_STREAM, MESSAGE, AnswerDecoder, load_frame
 from plabs_proto.perplexity.request import (
     DEFAULT_MODEL,
@@ -88,8 +89,6 @@ from plabs_proto.perplexity.request import (
 from plabs_proto.perplexity.sse import SSEDecoder
 from plabs_proto.refusal import HEADER_LIMIT, clean, page_title, refusal
 from plabs_proto.state import SessionState, next_state
-from plabs_proto.wire.http import HTTPResponse
-from plabs_proto.wire.websocket import Utf8Text
 
 __all__ = ["ERROR_BODY_LIMIT", "TRANSPORT", "PerplexitySession", "signed_in_cookie"]
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import h11
 
 from plabs_proto.errors import LocalProtocolError, RemoteProtocolError
+from plabs_proto.messages import HeaderLookup, HTTPResponse, looks_like_cloudflare
 from plabs_proto.wire.inflate import inflate_within
 
 __all__ = [
@@ -37,40 +38,8 @@ ACCEPT_ENCODING = "gzip, deflate"
 Headers = Sequence[tuple[str, str]]
 
 
-class _HeaderLookup:
-    """Reading ``headers``, a tuple of (lower-case name, value) pairs, by name."""
-
-    __slots__ = ()
-    headers: tuple[tuple[str, str], ...]
-
-    def header(self, name: str) -> str | None:
-        """The first value of header ``name`` (lower case), or None."""
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
-
-    def header_values(self, name: str) -> list[str]:
-        """Every value of header ``name`` (lower case)."""
-        return [value for key, value in self.headers if key == name]
-
-
 @dataclass(frozen=True, slots=True)
-class HTTPResponse(_HeaderLookup):
-    """A complete response: status, reason, headers (lower-case names) and body."""
-
-    status: int
-    reason: str
-    headers: tuple[tuple[str, str], ...]
-    body: bytes = field(repr=False)
-
-    def text(self) -> str:
-        """The body as text (UTF-8, undecodable bytes replaced)."""
-        return self.body.decode("utf-8", "replace")
-
-
-@dataclass(frozen=True, slots=True)
-class SwitchedProtocol(_HeaderLookup):
+class SwitchedProtocol(HeaderLookup):
     """The server accepted an upgrade (101); ``trailing_data`` already belongs to the new protocol."""
 
     headers: tuple[tuple[str, str], ...]
@@ -78,7 +47,7 @@ class SwitchedProtocol(_HeaderLookup):
 
 
 @dataclass(frozen=True, slots=True)
-class ResponseHead(_HeaderLookup):
+class ResponseHead(HeaderLookup):
     """A response's status line and headers (lower-case names), its body to follow in pieces."""
 
     status: int
@@ -99,25 +68,6 @@ RESPONSE_END = ResponseEnd()
 
 #: What :meth:`HTTPChannel.receive_pieces` hands out: the head, body pieces, the end.
 Piece = ResponseHead | bytes | ResponseEnd
-
-_CLOUDFLARE_MARKERS = (
-    "just a moment...",
-    "cf-please-wait",
-    "attention required! | cloudflare",
-    "cf-browser-verification",
-    "challenges.cloudflare.com",
-    "cf-chl-",
-    "cloudflare ray id",
-)
-
-
-def looks_like_cloudflare(response: HTTPResponse) -> bool:
-    """True when the response is a Cloudflare challenge or block page."""
-    if response.header("cf-mitigated") is not None:
-        return True
-    text = response.body[:65536].decode("utf-8", "replace").lower()
-    return any(marker in text for marker in _CLOUDFLARE_MARKERS)
-
 
 def _codings(raw: list[tuple[bytes, bytes]]) -> list[str]:
     """The content codings of a response head, in the order applied, ``identity`` left out."""

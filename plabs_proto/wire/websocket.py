@@ -43,6 +43,7 @@ from wsproto.frame_protocol import (
 )
 
 from plabs_proto.errors import LocalProtocolError, RemoteProtocolError
+from plabs_proto.messages import Utf8Text
 from plabs_proto.wire.inflate import inflate_within
 
 __all__ = [
@@ -293,25 +294,6 @@ def _frame(opcode: int, payload: bytes, rng: random.Random, *, rsv1: bool = Fals
         header = struct.pack("!BBQ", first, 0x80 | 127, n)
     key = rng.getrandbits(32).to_bytes(4, "big")
     return header + key + bytes(XorMaskerSimple(key).process(bytearray(payload)))
-
-
-@dataclass(frozen=True, slots=True)
-class Utf8Text:
-    """A text frame's payload, not decoded yet (``WebSocketChannel(raw_text=True)``).
-
-    The caller may read what it knows of it as bytes and decode only the rest;
-    :meth:`decode` gives the whole text, or the error for bytes that are not UTF-8.
-    """
-
-    data: bytes
-
-    def decode(self) -> str:
-        try:
-            return self.data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise RemoteProtocolError(
-                f"expected UTF-8 in a WebSocket text frame, got bytes that are not: {exc}"
-            ) from None
 
 
 #: A fragmented message may have any number of fragments as long as, past the first
