@@ -171,6 +171,23 @@ def test_the_thread_limit_at_its_edge_end_to_end(own_gateway: list[Gateway]) -> 
     assert status == 0 and "Traceback" not in err, err
 
 
+@pytest.mark.parametrize(("backend", "needs"), [("trio", "hypercorn"), ("curl", "curl_cffi")])
+def test_a_follow_up_on_the_other_backends(perplexity_emulator_factory: PerplexityEmulatorFactory,
+                                          own_gateway: list[Gateway], backend: str, needs: str) -> None:
+    """Under trio a kept session is held alive by a task of the gateway's; curl keeps its own."""
+    pytest.importorskip(needs)
+    emulator = perplexity_emulator_factory(frame_delay=0.001)
+    gateway = start_gateway("--service", "perplexity", "--server", emulator.url, "--backend", backend)
+    own_gateway.append(gateway)
+    first: Messages = [{"role": "user", "content": f"On {backend}"}]
+    with gateway.client() as client:
+        answer = ask(client, first, stream=True)
+        assert answer == default_answer(f"On {backend}")
+        assert ask(client, turn(first, answer, FOLLOW_UP)) == default_answer(FOLLOW_UP)
+    status, err = stop_gateway(gateway)
+    assert status == 0 and "Traceback" not in err, err
+
+
 @pytest.fixture
 def own_gateway() -> Iterator[list[Gateway]]:
     started: list[Gateway] = []
