@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from conftest import PerplexityEmulatorFactory
+from conftest import NodeFactory, PerplexityEmulatorFactory
 from plabs_proto.backends.programs.emulator_perplexity import WEB_RESULTS, default_answer
 from plabs_proto.backends.programs.gateway import (
     LABS_MODELS,
@@ -28,7 +28,7 @@ from plabs_proto.backends.programs.gateway import (
     fold_history,
     thread_key,
 )
-from test_gateway import Gateway, start_gateway, stop_gateway
+from test_gateway import Gateway, established_to, port_of, start_gateway, stop_gateway, wait_for
 
 from plabs_proto.perplexity.request import DEFAULT_MODEL, MODELS
 
@@ -184,6 +184,24 @@ def test_a_follow_up_on_the_other_backends(perplexity_emulator_factory: Perplexi
         answer = ask(client, first, stream=True)
         assert answer == default_answer(f"On {backend}")
         assert ask(client, turn(first, answer, FOLLOW_UP)) == default_answer(FOLLOW_UP)
+    status, err = stop_gateway(gateway)
+    assert status == 0 and "Traceback" not in err, err
+
+
+def test_a_follow_up_after_the_server_let_the_kept_connection_go(
+    perplexity_node_factory: NodeFactory, own_gateway: list[Gateway]
+) -> None:
+    """In front of perplexity.js (the independent server, which checks follow-ups too and closes a
+    connection idle for 5 s): a kept session whose connection the server closed asks on a new one."""
+    node = perplexity_node_factory()
+    gateway = start_gateway("--service", "perplexity", "--server", node.url)
+    own_gateway.append(gateway)
+    first: Messages = [{"role": "user", "content": "q1"}]
+    with gateway.client() as client:
+        answer = ask(client, first)
+        assert answer == 'Node\'s answer to "q1" [1]'
+        wait_for(lambda: established_to(port_of(node.url)) == 0, 10)
+        assert ask(client, turn(first, answer, "q2"), stream=True) == 'Node\'s answer to "q2" [1]'
     status, err = stop_gateway(gateway)
     assert status == 0 and "Traceback" not in err, err
 
