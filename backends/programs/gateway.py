@@ -273,8 +273,8 @@ class GatewayConfig:
         """The configuration from ``PLABS_SERVER``, ``PLABS_BACKEND``, ``PLABS_TRANSPORT``,
         ``PLABS_PROXY``, ``PLABS_CAFILE``, ``PLABS_API_KEY``, ``PLABS_MAX_SESSIONS``,
         ``PLABS_WARM``, ``PLABS_TIMEOUT``, ``PLABS_ANY_MODEL`` (``1``: any model id),
-        ``PLABS_SERVICE``, ``PLABS_MAX_THREADS`` and ``PLABS_THREAD_AGE`` (unset: the defaults).  This is what ``create_app()`` uses when given nothing, e.g. under
-        ``uvicorn --factory``."""
+        ``PLABS_SERVICE``, ``PLABS_MAX_THREADS`` and ``PLABS_THREAD_AGE`` (unset: the defaults).
+        This is what ``create_app()`` uses when given nothing, e.g. under ``uvicorn --factory``."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in fields(cls):
