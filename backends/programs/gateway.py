@@ -21,10 +21,15 @@ Routes:
   items, ``instructions``), one ``response`` object or its typed events
   (``response.created`` ... ``response.output_text.delta`` ... ``response.completed``).
 * ``GET /v1/models`` and ``GET /v1/models/{id}``: the models served
-  (:attr:`GatewayConfig.models`, the Labs models by default).  A request without
+  (:attr:`GatewayConfig.models`; by default the real model ids of the service in front).  A request without
   a model is a 400; with one not listed, a 404 ``model_not_found`` unless
   ``any_model``.
-* ``GET /health``: ``{"status": "ok", "active": N, "warm": N}``.
+* ``GET /health``: ``{"status": "ok", "active": N, "warm": N}`` (and ``"threads": N`` on the
+  perplexity service).
+
+**Services.** ``GatewayConfig.service`` is ``labs`` (Socket.IO, the default) or
+``perplexity`` (the SSE ask endpoint, ``plabs serve --service perplexity``);
+both go through the same backends' ``connect(service=...)``.
 
 ``usage`` counts the completion as Labs reports it (``tokens_streamed``) and
 estimates what it does not report by :func:`estimate_tokens` (one token per 4
@@ -77,12 +82,23 @@ under asyncio by themselves, under trio from a task of the pool per session,
 which holds the session's ``keep_alive()`` until the session is closed.  A
 session opened for a request sends its query the moment the server acks the
 connection (``open(wait=False)``), not a turn of the event loop later.
+
+**Threads** (perplexity service).  The Labs protocol takes the whole conversation
+with each question; the ask endpoint keeps threads.  A session that answered
+cleanly is kept in a :class:`ThreadCache` under the :func:`thread_key` of the
+conversation up to its answer (and the caller's ``Authorization`` header), never
+back in the warm pool.  A request whose messages but the last (a user message)
+have a kept session's key takes it out and asks there: the session sends a
+follow-up in its thread (``last_backend_uuid``, ``read_write_token``) with the
+last user message alone.  Any other request gets a fresh session and asks
+:func:`fold_history` of its messages, a new thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import json
 import logging
@@ -90,7 +106,7 @@ import math
 import os
 import secrets
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, fields
 from types import ModuleType
@@ -116,6 +132,7 @@ from plabs_proto.events import (
 )
 from plabs_proto.jsondepth import MAX_DEPTH, too_deep
 from plabs_proto.labs.answer import DEFAULT_MODEL, MODELS, normalize_messages
+from plabs_proto.perplexity import request as ask_service
 from plabs_proto.state import SessionState
 from plabs_proto.wire.client import ClientState
 
@@ -126,12 +143,16 @@ __all__ = [
     "MAX_MESSAGES",
     "MAX_MODEL_ID",
     "MAX_PROMPT",
+    "PERPLEXITY_MODELS",
+    "SERVICES",
     "GatewayConfig",
     "GatewayError",
     "ModelCard",
+    "ThreadCache",
     "create_app",
     "estimate_tokens",
     "fold_history",
+    "thread_key",
 ]
 
 logger = logging.getLogger("plabs_proto.gateway")
@@ -141,6 +162,8 @@ access_logger = logging.getLogger("plabs_proto.gateway.access")
 DEFAULT_SERVER = "https://www.perplexity.ai"
 #: Labs backends the gateway can drive; ``auto`` follows the ASGI server's event loop.
 BACKENDS = ("auto", "asyncio", "trio", "curl")
+#: The services the gateway can stand in front of: Labs (Socket.IO) and the SSE ask endpoint.
+SERVICES = ("labs", "perplexity")
 #: Largest request body read (bytes); a larger one is refused with 413.
 MAX_BODY = 8 * 1024 * 1024
 #: Most text a request may send, in UTF-8 bytes over all its messages (and instructions).  Labs's
@@ -183,12 +206,22 @@ class ModelCard:
 # the sonar family on 2025-01-30, sonar-reasoning-pro on 2025-02-07, r1-1776 on 2025-02-21 (00:00 UTC).
 _LABS_CREATED = {"sonar-pro": 1738195200, "sonar": 1738195200, "sonar-reasoning": 1738195200,
                  "sonar-reasoning-pro": 1738886400, "r1-1776": 1740096000}
-#: The Labs models (:data:`plabs_proto.labs.answer.MODELS`), the default first.  A second service
-#: adds its own cards to :attr:`GatewayConfig.models`.
+#: The Labs models (:data:`plabs_proto.labs.answer.MODELS`), the default first.
 LABS_MODELS: tuple[ModelCard, ...] = tuple(
     ModelCard(id=name, owned_by="perplexity", created=_LABS_CREATED.get(name, 0), service="labs")
     for name in (DEFAULT_MODEL, *(name for name in MODELS if name != DEFAULT_MODEL))
 )
+# The ask endpoint's ids carry no dates: each is dated when the first dated public client of the
+# endpoint appeared (gpt4free's Perplexity provider, fa644e4e, 2025-10-01 00:00 UTC; protocol.md §10.1).
+_PERPLEXITY_CREATED = 1759276800
+#: The ask endpoint's built-in models (:data:`plabs_proto.perplexity.request.MODELS`), the default first.
+PERPLEXITY_MODELS: tuple[ModelCard, ...] = tuple(
+    ModelCard(id=model.id, owned_by="perplexity", created=_PERPLEXITY_CREATED, service="perplexity")
+    for model in sorted(ask_service.MODELS, key=lambda model: model.id != ask_service.DEFAULT_MODEL)
+)
+_SERVICE_MODELS = {"labs": LABS_MODELS, "perplexity": PERPLEXITY_MODELS}
+#: What the error messages call each service.
+_SERVICE_NAMES = {"labs": "Perplexity Labs", "perplexity": "Perplexity"}
 
 
 @dataclass(frozen=True)
@@ -204,10 +237,16 @@ class GatewayConfig:
     when set, is required as ``Authorization: Bearer KEY``; it is never shown
     (not in ``repr``, not in logs).  ``models`` are the models served (listed,
     and the only ones taken unless ``any_model``, which passes any other id on
-    to Labs as given).
+    to Labs as given; None: the service's own, :data:`LABS_MODELS` or
+    :data:`PERPLEXITY_MODELS`).  ``service``: ``labs`` or ``perplexity`` (the
+    ask endpoint, see :data:`SERVICES`).  On the perplexity service the gateway
+    keeps the session of each answer for ``thread_age`` seconds, at most
+    ``max_threads`` of them, so that the conversation's next turn continues
+    its thread (see :class:`ThreadCache`).
     """
 
     server: str = DEFAULT_SERVER
+    service: str = "labs"
     backend: str = "auto"
     transport: str = "upgrade"
     proxy: str | None = None
@@ -217,32 +256,41 @@ class GatewayConfig:
     warm: int = 0
     timeout: float | None = 300.0
     any_model: bool = False
-    models: tuple[ModelCard, ...] = LABS_MODELS
+    models: tuple[ModelCard, ...] | None = None
+    max_threads: int = 256
+    thread_age: float = 3600.0
     options: Mapping[str, Any] = field(default_factory=dict)  # more keyword arguments of connect()
+
+    @property
+    def cards(self) -> tuple[ModelCard, ...]:
+        """The models served: :attr:`models`, else the service's own."""
+        if self.models is not None:
+            return self.models
+        return _SERVICE_MODELS.get(self.service, LABS_MODELS)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> GatewayConfig:
         """The configuration from ``PLABS_SERVER``, ``PLABS_BACKEND``, ``PLABS_TRANSPORT``,
         ``PLABS_PROXY``, ``PLABS_CAFILE``, ``PLABS_API_KEY``, ``PLABS_MAX_SESSIONS``,
-        ``PLABS_WARM``, ``PLABS_TIMEOUT`` and ``PLABS_ANY_MODEL`` (``1``: any model id; unset:
-        the defaults).  This is what ``create_app()`` uses when given nothing, e.g. under
-        ``uvicorn --factory``."""
+        ``PLABS_WARM``, ``PLABS_TIMEOUT``, ``PLABS_ANY_MODEL`` (``1``: any model id),
+        ``PLABS_SERVICE``, ``PLABS_MAX_THREADS`` and ``PLABS_THREAD_AGE`` (unset: the defaults).
+        This is what ``create_app()`` uses when given nothing, e.g. under ``uvicorn --factory``."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = env.get(f"PLABS_{f.name.upper()}")
             if raw is None or f.name in ("options", "models"):
                 continue
-            if f.name in ("max_sessions", "warm"):
+            if f.name in ("max_sessions", "warm", "max_threads"):
                 try:
                     values[f.name] = int(raw)
                 except ValueError:
                     raise GatewayError(f"expected PLABS_{f.name.upper()} as a whole number, got {raw!r}") from None
-            elif f.name == "timeout":
+            elif f.name in ("timeout", "thread_age"):
                 try:
                     values[f.name] = float(raw)
                 except ValueError:
-                    raise GatewayError(f"expected PLABS_TIMEOUT as a number of seconds, got {raw!r}") from None
+                    raise GatewayError(f"expected PLABS_{f.name.upper()} as a number of seconds, got {raw!r}") from None
             elif f.name == "any_model":
                 if raw not in ("0", "1"):
                     raise GatewayError(f"expected PLABS_ANY_MODEL as 0 or 1, got {raw!r}")
@@ -255,6 +303,7 @@ class GatewayConfig:
         """The keyword arguments of the backends' ``connect()``."""
         return {
             "server": self.server,
+            "service": self.service,
             "proxy": self.proxy,
             "transport": self.transport,
             "cafile": self.cafile,
@@ -297,19 +346,24 @@ def _running_library() -> str:
 
 def check_config(config: GatewayConfig) -> None:
     """Raise :class:`GatewayError` for a configuration that cannot work (checked at startup)."""
+    if config.service not in SERVICES:
+        raise GatewayError(f"expected the service to be one of {', '.join(SERVICES)}, got {config.service!r}")
     if config.backend not in BACKENDS:
         raise GatewayError(f"expected the backend to be one of {', '.join(BACKENDS)}, got {config.backend!r}")
     if config.backend != "auto":
         _backend_module(config.backend)
-    if config.max_sessions < 0 or config.warm < 0:
+    if config.max_sessions < 0 or config.warm < 0 or config.max_threads < 0:
         raise GatewayError(
-            f"expected max_sessions and warm >= 0, got {config.max_sessions!r} and {config.warm!r}"
+            f"expected max_sessions, warm and max_threads >= 0, got {config.max_sessions!r}, {config.warm!r} "
+            f"and {config.max_threads!r}"
         )
+    if not 0 < config.thread_age < math.inf:
+        raise GatewayError(f"expected thread_age as a number of seconds > 0, got {config.thread_age!r}")
     if config.api_key is not None and not config.api_key:
         raise GatewayError("expected a non-empty api key (or none)")
-    ids = [card.id if isinstance(card, ModelCard) else None for card in config.models]
+    ids = [card.id if isinstance(card, ModelCard) else None for card in config.cards]
     if not ids or None in ids or len(set(ids)) != len(ids):
-        raise GatewayError(f"expected the models as ModelCards with distinct ids, got {config.models!r:.200}")
+        raise GatewayError(f"expected the models as ModelCards with distinct ids, got {config.cards!r:.200}")
     from .. import asyncio as checker
 
     try:
@@ -358,20 +412,20 @@ def _bad_request(message: str, code: str | None = None, param: str | None = None
     return _Refusal(400, message, "invalid_request_error", code, param=param)
 
 
-def _labs_refusal(exc: BaseException) -> _Refusal:
-    """The OpenAI error for a failure of the Labs side."""
+def _labs_refusal(exc: BaseException, name: str = "Perplexity Labs") -> _Refusal:
+    """The OpenAI error for a failure of the service's side (``name``: what to call the service)."""
     if isinstance(exc, LabsTimeout):
-        return _Refusal(504, f"Perplexity Labs timed out: {exc}", "api_error", "labs_timeout", deadline=exc.deadline)
+        return _Refusal(504, f"{name} timed out: {exc}", "api_error", "labs_timeout", deadline=exc.deadline)
     if isinstance(exc, RateLimitedError):
-        return _Refusal(429, f"Perplexity Labs is rate limiting this gateway: {exc}", "rate_limit_error",
+        return _Refusal(429, f"{name} is rate limiting this gateway: {exc}", "rate_limit_error",
                         "labs_rate_limited", retry_after=exc.retry_after)
     if isinstance(exc, ResponseError):
-        return _Refusal(502, f"Perplexity Labs reported a failure: {exc.server_text or exc}", "api_error",
+        return _Refusal(502, f"{name} reported a failure: {exc.server_text or exc}", "api_error",
                         "labs_error", labs_text=exc.server_text)
     if isinstance(exc, LocalProtocolError):  # the request passed the gateway's checks but not the client's
-        return _bad_request(f"the request cannot be sent to Perplexity Labs: {exc}", "invalid_value")
+        return _bad_request(f"the request cannot be sent to {name}: {exc}", "invalid_value")
     if isinstance(exc, LabsError):
-        return _Refusal(502, f"the Perplexity Labs session failed: {exc}", "api_error", "labs_unavailable")
+        return _Refusal(502, f"the {name} session failed: {exc}", "api_error", "labs_unavailable")
     return _Refusal(500, f"internal error of the gateway: {type(exc).__name__}", "api_error", "internal_error")
 
 
@@ -394,14 +448,77 @@ def fold_history(messages: list[dict[str, str]]) -> str:
     """One question from an OpenAI conversation, for a service that takes a single question.
 
     A lone user message is the question itself; otherwise the earlier turns come first, each
-    under its role, then the last message.  (Labs takes the conversation as it is; this is the
-    seam where a service with threads of its own maps a history to a follow-up instead.)
+    under its role, then the last message.  (Labs takes the conversation as it is; the perplexity
+    service asks this when the history continues no thread of this gateway's, see :class:`ThreadCache`.)
     """
     if len(messages) == 1 and messages[0]["role"] == "user":
         return messages[0]["content"]
     *earlier, last = messages
     lines = [f"{message['role']}: {message['content']}" for message in earlier]
     return "\n\n".join([*lines, last["content"]]) if lines else last["content"]
+
+
+def thread_key(caller: str, messages: list[dict[str, str]]) -> str:
+    """What identifies a conversation up to a turn, for one caller (the ``Authorization`` header it
+    sent): the SHA-256 of both, in hex.  The gateway stores a thread under the key of the
+    conversation that ends with the answer, and looks it up with the key of a request's messages
+    but the last."""
+    data = json.dumps([caller, [[message["role"], message["content"]] for message in messages]],
+                      ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class ThreadCache:
+    """The sessions whose last answer this gateway gave, by :func:`thread_key`: the threads a
+    conversation can continue.  At most ``size`` (a new one beyond it pushes the oldest out), each
+    for ``age`` seconds after its answer (one exactly ``age`` old is still taken).  It only holds
+    them: what :meth:`put`, :meth:`expire` and :meth:`drain` hand back is for the caller to close.
+    """
+
+    def __init__(self, size: int, age: float) -> None:
+        self.size = size
+        self.age = age
+        self._kept: OrderedDict[str, tuple[float, Any]] = OrderedDict()  # oldest first
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def put(self, key: str, session: Any, now: float) -> list[Any]:
+        """Keep ``session`` under ``key`` (answered at ``now``); returns the sessions it pushed out."""
+        out = self.expire(now)
+        old = self._kept.pop(key, None)
+        if old is not None:
+            out.append(old[1])
+        self._kept[key] = (now, session)
+        while len(self._kept) > self.size:
+            out.append(self._kept.popitem(last=False)[1][1])
+        return out
+
+    def take(self, key: str, now: float) -> Any | None:
+        """The session kept under ``key``, taken out, when not older than ``age``; else None (an
+        older one stays for :meth:`expire`)."""
+        kept = self._kept.get(key)
+        if kept is None or now - kept[0] > self.age:
+            return None
+        del self._kept[key]
+        return kept[1]
+
+    def expire(self, now: float) -> list[Any]:
+        """Take out and return the sessions older than ``age``."""
+        out = []
+        while self._kept:
+            stored, session = next(iter(self._kept.values()))
+            if now - stored <= self.age:
+                break
+            self._kept.popitem(last=False)
+            out.append(session)
+        return out
+
+    def drain(self) -> list[Any]:
+        """Take out and return every session."""
+        out = [session for _, session in self._kept.values()]
+        self._kept.clear()
+        return out
 
 
 @dataclass
@@ -411,6 +528,7 @@ class _ChatRequest:
     stream: bool
     include_usage: bool
     prompt_tokens: int
+    caller: str = ""  # the Authorization header: threads are kept per API key
 
 
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -492,9 +610,9 @@ def _model(body: dict[str, Any], config: GatewayConfig) -> str:
     if len(model) > MAX_MODEL_ID:
         raise _bad_request(f"expected 'model' of at most {MAX_MODEL_ID} characters, got {len(model)}",
                            "string_above_max_length", "model")
-    if not config.any_model and all(card.id != model for card in config.models):
+    if not config.any_model and all(card.id != model for card in config.cards):
         raise _Refusal(404, f"The model {_shown(model)} does not exist: expected one of "
-                       f"{', '.join(card.id for card in config.models)} (GET /v1/models)",
+                       f"{', '.join(card.id for card in config.cards)} (GET /v1/models)",
                        "invalid_request_error", "model_not_found", param="model")
     try:
         model.encode("utf-8")
@@ -601,11 +719,15 @@ class _Sessions:
         self.lent = 0  # warm sessions serving a request
         self.held: dict[Any, anyio.Event] = {}  # trio: pooled sessions kept alive by a task, and what ends it
         self._group: anyio.abc.TaskGroup | None = None  # keep_warm's, where those tasks run
+        self._holders: anyio.abc.TaskGroup | None = None  # expire_threads's: the same for kept threads
         self.library = ""
         self.module: ModuleType | None = None
         self.stopping = False  # shutdown began: streams end, the pool closes
         self.running: set[_Completion] = set()  # the responses being sent, ended at once by stop()
         self._wake: anyio.Event | None = None
+        self.name = _SERVICE_NAMES.get(config.service, config.service)  # what errors call the service
+        # perplexity: the sessions whose answer a conversation may continue (Labs keeps no threads)
+        self.threads = ThreadCache(config.max_threads, config.thread_age) if config.service == "perplexity" else None
 
     def start(self) -> None:
         self.library = _running_library()
@@ -665,6 +787,44 @@ class _Sessions:
             self._poke()
         return None
 
+    async def follow(self, request: _ChatRequest) -> Any | None:
+        """The kept session whose thread ``request`` continues (its messages but the last, a user's,
+        are the conversation that session answered last, for the same caller), taken out; else None."""
+        threads = self.threads
+        messages = request.messages
+        if threads is None or len(messages) < 2 or messages[-1]["role"] != "user":
+            return None
+        now = time.monotonic()
+        for stale in threads.expire(now):
+            await self.aclose(stale)
+        session = threads.take(thread_key(request.caller, messages[:-1]), now)
+        if session is not None and not self._healthy(session):
+            await self.aclose(session)
+            return None
+        return session
+
+    async def keep(self, session: Any, key: str) -> None:
+        """Keep ``session``, which just answered the conversation of ``key``, for its next turn."""
+        assert self.threads is not None
+        if self.stopping or not self._healthy(session):
+            await self.aclose(session)
+            return
+        self._keep_alive(session)
+        for old in self.threads.put(key, session, time.monotonic()):
+            await self.aclose(old)
+
+    async def expire_threads(self) -> None:
+        """Close the kept sessions as they grow too old, until shutdown (run in the app's task group)."""
+        assert self.threads is not None
+        async with anyio.create_task_group() as group:
+            self._holders = group
+            while not self.stopping:
+                for stale in self.threads.expire(time.monotonic()):
+                    await self.aclose(stale)
+                await anyio.sleep(_POOL_CHECK)
+            self._holders = None
+            group.cancel_scope.cancel()
+
     async def open(self, *, wait: bool = True) -> Any:
         """A new session, connected (``wait``) or connecting, so that its first query goes out as
         the connect ack arrives (raises the backend's errors; closes what it opened on any)."""
@@ -681,11 +841,19 @@ class _Sessions:
         """How many more sessions the pool wants."""
         return self.config.warm - (len(self.idle) + self.opening + self.lent)
 
-    async def release(self, session: Any, *, lent: bool, clean: bool) -> None:
-        """A request is done with ``session``: back into the pool after a clean finish when the
-        pool wants it, else closed (the pool then opens a replacement)."""
+    async def release(self, session: Any, *, lent: bool, clean: bool, thread: str | None = None) -> None:
+        """A request is done with ``session``: after a clean finish, kept for its thread's next turn
+        (``thread``: its key, perplexity) or back into the pool when the pool wants it; else closed
+        (the pool then opens a replacement).  A session with a thread never goes back to the pool."""
         if lent:
             self.lent -= 1
+        if self.threads is not None:
+            if clean and thread is not None:
+                await self.keep(session, thread)
+            else:
+                await self.aclose(session)
+            self._poke()
+            return
         if clean and not self.stopping and self._wanted() > 0 and self._healthy(session):
             self._keep_alive(session)
             self.idle.append(session)
@@ -705,9 +873,10 @@ class _Sessions:
     def _keep_alive(self, session: Any) -> None:
         """Under trio, have a task of the pool hold ``session.keep_alive()`` (its pings answered
         between queries, in whichever task the queries run) until the session is closed."""
-        if self.library == "trio" and session not in self.held and self._group is not None:
+        group = self._group or self._holders
+        if self.library == "trio" and session not in self.held and group is not None:
             done = self.held[session] = anyio.Event()
-            self._group.start_soon(self._hold, session, done)
+            group.start_soon(self._hold, session, done)
 
     async def _hold(self, session: Any, done: anyio.Event) -> None:
         try:
@@ -757,6 +926,8 @@ class _Sessions:
         self.stop()
         idle = list(self.idle)
         self.idle.clear()
+        if self.threads is not None:
+            idle += self.threads.drain()
         for session in idle:
             await self.aclose(session)
 
@@ -803,6 +974,7 @@ class _Completion:
         self.session: Any = None
         self.lent = False  # the session came from the warm pool
         self.clean = False
+        self.answer: str | None = None  # the final answer's text, once it came
         self.interrupted = ""  # why the work was cancelled: "disconnect" or "shutdown"
         self._cancel: anyio.CancelScope | None = None  # the work's, while it runs
         model = json.dumps(request.model, ensure_ascii=False)
@@ -837,7 +1009,11 @@ class _Completion:
             self._cancel = None
             session, self.session = self.session, None
             if session is not None:
-                await self.sessions.release(session, lent=self.lent, clean=self.clean)
+                thread = None
+                if self.clean and self.answer is not None and self.sessions.threads is not None:
+                    answered = [*self.request.messages, {"role": "assistant", "content": self.answer}]
+                    thread = thread_key(self.request.caller, normalize_messages(answered))
+                await self.sessions.release(session, lent=self.lent, clean=self.clean, thread=thread)
             self._leave()
 
     def interrupt(self, why: str) -> None:
@@ -859,14 +1035,22 @@ class _Completion:
         self.interrupt("disconnect")
 
     async def _events(self) -> AsyncIterator[Event]:
-        session = await self.sessions.take()
+        sessions = self.sessions
+        question: str | list[dict[str, str]] = self.request.messages
+        session = await sessions.follow(self.request)  # a follow-up: the session sends the last turn only
         if session is None:
-            session = await self.sessions.open(wait=False)
-        else:
-            self.lent = True
+            if sessions.threads is not None:  # a new thread: the history folded into the question
+                question = fold_history(self.request.messages)
+            session = await sessions.take()
+            if session is None:
+                session = await sessions.open(wait=False)
+            else:
+                self.lent = True
         self.session = session
-        async with session.query(self.request.messages, model=self.request.model) as query:
+        async with session.query(question, model=self.request.model) as query:
             async for event in query:
+                if type(event) is AnswerFinished:
+                    self.answer = event.text
                 yield event
 
     async def _respond(self, send: Send) -> None:
@@ -877,7 +1061,7 @@ class _Completion:
             else:
                 await self._whole(events, send)
         except LabsError as exc:
-            await self._fail(_labs_refusal(exc), send)
+            await self._fail(_labs_refusal(exc, self.sessions.name), send)
         finally:
             with anyio.CancelScope(shield=True):
                 await events.aclose()  # type: ignore[attr-defined]
@@ -1237,7 +1421,7 @@ def create_app(config: GatewayConfig | None = None, **settings: Any) -> Starlett
     check_config(config)
     sessions = _Sessions(config)
     key = config.api_key.encode() if config.api_key is not None else None
-    cards = {card.id: card for card in config.models}
+    cards = {card.id: card for card in config.cards}
 
     def authorize(headers: Headers) -> None:
         if key is None:
@@ -1275,6 +1459,7 @@ def create_app(config: GatewayConfig | None = None, **settings: Any) -> Starlett
             try:
                 authorize(Headers(scope=scope))
                 request = parse(await read_json(receive), config)
+                request.caller = Headers(scope=scope).get("authorization", "")
                 scope[_MODEL_KEY] = request.model
                 sessions.ensure_started()
                 if sessions.stopping:
@@ -1310,7 +1495,7 @@ def create_app(config: GatewayConfig | None = None, **settings: Any) -> Starlett
             authorize(request.headers)
         except _Refusal as refusal:
             return refusal.response()
-        return JSONResponse({"object": "list", "data": [card.as_openai() for card in config.models]})
+        return JSONResponse({"object": "list", "data": [card.as_openai() for card in config.cards]})
 
     async def model(request: Request) -> Response:
         try:
@@ -1325,7 +1510,10 @@ def create_app(config: GatewayConfig | None = None, **settings: Any) -> Starlett
         return JSONResponse(card.as_openai())
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "active": sessions.active, "warm": len(sessions.idle)})
+        body: dict[str, Any] = {"status": "ok", "active": sessions.active, "warm": len(sessions.idle)}
+        if sessions.threads is not None:
+            body["threads"] = len(sessions.threads)  # conversations whose next turn continues a thread
+        return JSONResponse(body)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -1350,6 +1538,8 @@ def create_app(config: GatewayConfig | None = None, **settings: Any) -> Starlett
         async with anyio.create_task_group() as group:
             if config.warm:
                 group.start_soon(sessions.keep_warm)
+            if sessions.threads is not None:
+                group.start_soon(sessions.expire_threads)
             try:
                 yield
             finally:

@@ -1,8 +1,14 @@
 """``plabs serve``: run the OpenAI-compatible gateway (:mod:`plabs_proto.backends.programs.gateway`).
 
-    plabs serve [--host 127.0.0.1] [--port 8000] [--server URL | --emulator]
+    plabs serve [--service labs|perplexity] [--host 127.0.0.1] [--port 8000] [--server URL | --emulator]
                 [--backend asyncio|trio|curl] [--transport T] [--proxy URL] [--cafile PEM]
                 [--api-key KEY] [--max-sessions N] [--warm N] [--timeout S] [--any-model] [--quiet]
+                [--max-threads N] [--thread-age S]
+
+``--service labs`` (the default) serves Perplexity Labs over Socket.IO;
+``--service perplexity`` the ask endpoint that answers today (``POST
+/rest/sse/perplexity_ask``), where a conversation's next turn continues the
+thread of the answer this gateway gave (see the gateway's ``ThreadCache``).
 
 With the asyncio backend (the default) uvicorn serves the app; with ``trio``,
 hypercorn's trio worker does (the ``gateway-trio`` extra).  The command binds to
@@ -10,7 +16,7 @@ hypercorn's trio worker does (the ``gateway-trio`` extra).  The command binds to
 standard output once it listens, logs one line per request on standard error
 (method, path, status, seconds, model; ``--quiet``: none), and on Ctrl-C (or
 SIGTERM) ends every open stream at once (with an error event), closes their
-Labs sessions and the warm pool, and exits with status 0.
+sessions, the warm pool and the kept threads, and exits with status 0.
 
 This module only parses and starts: it imports Starlette and the ASGI servers
 when the command runs, so ``plabs`` works without the ``gateway`` extra.
@@ -41,13 +47,17 @@ def add_serve_command(commands: Any) -> argparse.ArgumentParser:
     """Add ``serve`` to the ``plabs`` subcommands (``commands`` is ``add_subparsers()``'s result)."""
     sub: argparse.ArgumentParser = commands.add_parser(
         "serve",
-        help="serve an OpenAI-compatible API (/v1/chat/completions, /v1/responses) backed by Labs",
-        description="Serve OpenAI's chat completions and responses APIs, answered by Perplexity Labs, until Ctrl-C "
-        "(prints its base URL on one line).",
+        help="serve an OpenAI-compatible API (/v1/chat/completions, /v1/responses) backed by Perplexity",
+        description="Serve OpenAI's chat completions and responses APIs, answered by Perplexity Labs (--service "
+        "labs, the default) or Perplexity's SSE ask endpoint (--service perplexity), until Ctrl-C (prints its base "
+        "URL on one line).",
     )
+    sub.add_argument("--service", choices=("labs", "perplexity"), default="labs",
+                     help="labs (default): the Socket.IO service; perplexity: POST /rest/sse/perplexity_ask, "
+                     "the endpoint that answers today")
     sub.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1)")
     sub.add_argument("--port", type=port, default=8000, help="default: 8000 (0: a free port)")
-    sub.add_argument("--server", default=None, metavar="URL", help="the Labs server (default https://www.perplexity.ai)")
+    sub.add_argument("--server", default=None, metavar="URL", help="the server (default https://www.perplexity.ai)")
     sub.add_argument("--emulator", action="store_true", help="answer from a local emulator started in-process")
     sub.add_argument("--backend", default="asyncio", choices=("asyncio", "trio", "curl"), help="default: asyncio")
     sub.add_argument("--transport", default="upgrade", choices=("upgrade", "websocket", "polling"),
@@ -66,6 +76,10 @@ def add_serve_command(commands: Any) -> argparse.ArgumentParser:
                      help="pass any model id on to Labs (default: 404 model_not_found for ids `plabs models` "
                      "does not list)")
     sub.add_argument("--quiet", action="store_true", help="no access log (one line per request on stderr)")
+    sub.add_argument("--max-threads", type=count, default=None, metavar="N",
+                     help="--service perplexity: keep at most N threads for conversations to continue (default 256)")
+    sub.add_argument("--thread-age", type=seconds, default=None, metavar="S",
+                     help="--service perplexity: keep each thread S seconds after its answer (default 3600)")
     sub.set_defaults(run=_cmd_serve, parser=sub)
     return sub
 
@@ -86,6 +100,7 @@ def _cmd_serve(args: argparse.Namespace, printer: Any) -> int:
         return _error(f"plabs serve needs starlette and uvicorn ({_EXTRA}): {exc}")
     api_key = args.api_key if args.api_key is not None else os.environ.get("PLABS_API_KEY") or None
     settings: dict[str, Any] = {
+        "service": args.service,
         "backend": args.backend,
         "transport": args.transport,
         "proxy": args.proxy,
@@ -97,17 +112,25 @@ def _cmd_serve(args: argparse.Namespace, printer: Any) -> int:
     }
     if args.timeout is not None:
         settings["timeout"] = args.timeout
+    if args.max_threads is not None:
+        settings["max_threads"] = args.max_threads
+    if args.thread_age is not None:
+        settings["thread_age"] = args.thread_age
     emulator: Any = None
     try:
         if args.emulator:
             try:
                 from .emulator import EmulatorConfig, EmulatorThread
+                from .emulator_perplexity import PerplexityEmulatorThread
             except ImportError as exc:
                 return _error(f"the emulator needs python-socketio and aiohttp (pip install "
                               f"'plabs-proto[emulator]'): {exc}")
             for name in ("aiohttp.access", "aiohttp.server", "aiohttp.web", "engineio.server", "socketio.server"):
                 logging.getLogger(name).setLevel(logging.CRITICAL + 1)
-            emulator = EmulatorThread(EmulatorConfig(), host="127.0.0.1", port=0)
+            if args.service == "perplexity":
+                emulator = PerplexityEmulatorThread(host="127.0.0.1", port=0)
+            else:
+                emulator = EmulatorThread(EmulatorConfig(), host="127.0.0.1", port=0)
             emulator.start()
             settings["server"] = emulator.url
         elif args.server is not None:
