@@ -16,8 +16,15 @@ import pytest
 from peer import KEY, ws_frame
 from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode
 
-from plabs_proto.errors import LocalProtocolError, RemoteProtocolError
-from plabs_proto.wire.http import BodyDecoder, HTTPChannel, HTTPResponse, looks_like_cloudflare
+from plabs_proto.errors import LocalProtocolError, ProxyError, RemoteProtocolError
+from plabs_proto.wire.http import (
+    BodyDecoder,
+    HTTPChannel,
+    HTTPResponse,
+    SwitchedProtocol,
+    looks_like_cloudflare,
+)
+from plabs_proto.wire.proxy import HTTPConnectTunnel, ProxyConfig, SOCKS5Tunnel, parse_proxy_url
 from plabs_proto.wire.websocket import (
     DeflateParameters,
     Utf8Text,
@@ -412,3 +419,275 @@ def test_a_response_that_closes_the_connection_leaves_the_channel_closed() -> No
     assert http.closed is True and not http.reusable and not http.busy
     with pytest.raises(LocalProtocolError, match="closed or not reusable"):
         http.request("GET", "/", [("Host", "x")])
+
+
+def test_bytes_while_no_request_is_out_are_refused_and_an_eof_closes() -> None:
+    http = HTTPChannel(max_body=10)
+    with pytest.raises(RemoteProtocolError) as caught:
+        http.receive_data(b"x" * 61)
+    assert str(caught.value) == f"expected no bytes while no HTTP request is outstanding, got {b'x' * 60!r}"
+    assert http.receive_data(b"") is None
+    assert http.closed is True and not http.reusable
+
+
+def test_an_eof_before_the_response_head_is_complete_closes_the_channel() -> None:
+    for before in (b"", b"HTTP/1.1 200 OK\r\nContent-"):
+        http = HTTPChannel(max_body=10)
+        http.request("GET", "/", [("Host", "x")])
+        if before:
+            assert http.receive_data(before) is None
+        with pytest.raises(RemoteProtocolError) as caught:
+            http.receive_data(b"")
+        assert str(caught.value) == "expected an HTTP response, got end of stream before a complete response head"
+        assert http.closed is True
+
+
+def test_a_coding_we_never_offered_closes_the_channel() -> None:
+    http = HTTPChannel(max_body=10)
+    http.request("GET", "/", [("Host", "x")])
+    with pytest.raises(RemoteProtocolError) as caught:
+        http.receive_data(b"HTTP/1.1 200 OK\r\nContent-Encoding: br\r\nContent-Length: 2\r\n\r\nxx")
+    assert str(caught.value) == (
+        "expected a response body as it is or in one Content-Encoding we offer (gzip, deflate), "
+        "got Content-Encoding 'br' (HTTP 200)"
+    )
+    assert http.closed is True
+
+
+def channel_with_request(*headers: tuple[str, str]) -> HTTPChannel:
+    http = HTTPChannel(max_body=100)
+    http.request("GET", "/", [("Host", "x"), *headers])
+    return http
+
+
+def test_a_request_while_busy_or_closed_is_refused_by_name() -> None:
+    http = channel_with_request()
+    with pytest.raises(LocalProtocolError) as caught:
+        http.request("GET", "/two", [("Host", "x")])
+    assert str(caught.value) == "cannot send GET /two: this HTTP connection is waiting for a response"
+    http.receive_data(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+    with pytest.raises(LocalProtocolError) as caught:
+        http.request("POST", "/three", [("Host", "x")])
+    assert str(caught.value) == "cannot send POST /three: this HTTP connection is closed or not reusable"
+
+
+def test_a_post_always_says_its_length() -> None:
+    assert HTTPChannel(max_body=1).request("POST", "/p", [("Host", "x")]) == (
+        b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    )
+    assert HTTPChannel(max_body=1).request("POST", "/p", [("Host", "x")], b"abc") == (
+        b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+    )
+    assert HTTPChannel(max_body=1).request("GET", "/g", [("Host", "x")]) == b"GET /g HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def test_informational_responses_before_the_answer_are_passed_over() -> None:
+    http = channel_with_request()
+    response = http.receive_data(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert isinstance(response, HTTPResponse) and response.body == b"ok"
+    assert http.reusable
+    http = channel_with_request(("Upgrade", "websocket"), ("Connection", "Upgrade"))
+    switched = http.receive_data(
+        b"HTTP/1.1 100 Continue\r\nX-Not: this\r\n\r\n"
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nrest"
+    )
+    assert isinstance(switched, SwitchedProtocol)
+    assert switched.headers == (("upgrade", "websocket"), ("connection", "Upgrade"))
+    assert switched.trailing_data == b"rest"
+    assert http.busy is False and http.closed is True and not http.reusable
+
+
+def test_an_eof_inside_the_body_and_a_garbled_head_name_what_came() -> None:
+    http = channel_with_request()
+    assert http.receive_data(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345") is None
+    with pytest.raises(RemoteProtocolError) as caught:
+        http.receive_data(b"")
+    assert str(caught.value) == (
+        "expected the rest of the HTTP response, got end of stream (peer closed connection without sending "
+        "complete message body (received 5 bytes, expected 10))"
+    )
+    assert http.closed is True
+    http = channel_with_request()
+    with pytest.raises(RemoteProtocolError) as caught:
+        http.receive_data(b"garbage\r\n\r\n")
+    assert str(caught.value) == (
+        "expected a valid HTTP/1.1 response, got one h11 refuses: illegal status line: bytearray(b'garbage')"
+    )
+    assert http.closed is True
+
+
+def test_an_eof_delimited_body_ends_at_the_eof() -> None:
+    http = channel_with_request()
+    assert http.receive_data(b"HTTP/1.0 200 OK\r\n\r\n12345") is None
+    response = http.receive_data(b"")
+    assert isinstance(response, HTTPResponse) and response.body == b"12345"
+    assert http.closed is True
+
+
+def test_a_coded_body_is_bounded_across_its_pieces() -> None:
+    first, second = gzipped_pieces(b"a" * 600, b"b" * 600)
+    decoder = BodyDecoder("gzip", limit=1200)
+    assert decoder.feed(first) + decoder.feed(second) == b"a" * 600 + b"b" * 600
+    decoder.end()
+    decoder = BodyDecoder("gzip", limit=1199)
+    assert decoder.feed(first) == b"a" * 600
+    with pytest.raises(RemoteProtocolError, match="at most 1199 bytes"):
+        decoder.feed(second)
+
+
+def test_bytes_after_the_gzip_stream_are_counted_whether_they_come_with_it_or_later() -> None:
+    body = gzip.compress(b"data")
+    for pieces, count in (([body + b"xyz"], 3), ([body, b"wxyz"], 4)):
+        decoder = BodyDecoder("gzip", limit=100)
+        with pytest.raises(RemoteProtocolError) as caught:
+            for piece in pieces:
+                decoder.feed(piece)
+        assert str(caught.value) == (
+            f"expected nothing after the end of the gzip stream in the HTTP body, got {count} more bytes"
+        )
+    decoder = BodyDecoder("gzip", limit=100)
+    assert decoder.feed(body) == b"data"
+    assert decoder.feed(b"") == b""
+
+
+def test_gzip_means_gzip() -> None:
+    with pytest.raises(RemoteProtocolError, match="expected a gzip-encoded HTTP body"):
+        BodyDecoder("gzip", limit=100).feed(zlib.compress(b"zlib, not gzip"))
+    with pytest.raises(LocalProtocolError) as caught:
+        BodyDecoder("br", limit=100)
+    assert str(caught.value) == "expected gzip, x-gzip or deflate as a body coding, got 'br'"
+
+
+def gzipped_pieces(*parts: bytes) -> list[bytes]:
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    pieces = [packer.compress(part) + packer.flush(zlib.Z_SYNC_FLUSH) for part in parts]
+    pieces[-1] += packer.flush()
+    return pieces
+
+
+# -- proxy.py --------------------------------------------------------------------------------------------------
+
+
+def test_proxy_ports_from_1_to_65535() -> None:
+    assert ProxyConfig("http", "p", 65535).port == 65535
+    assert parse_proxy_url("http://p:65535").port == 65535
+    assert parse_proxy_url("socks5://p:1").port == 1
+    for port in (0, 65536, True):
+        with pytest.raises(LocalProtocolError) as caught:
+            ProxyConfig("http", "p", port)
+        assert str(caught.value) == f"expected a proxy port between 1 and 65535, got {port!r}"
+    for text in ("0", "65536", "065535", "99999"):
+        with pytest.raises(LocalProtocolError) as caught:
+            parse_proxy_url(f"http://p:{text}")
+        assert str(caught.value) == f"expected a proxy port between 1 and 65535, got 'http://p:{text}'"
+    with pytest.raises(LocalProtocolError) as caught:
+        ProxyConfig("http", "", 1)
+    assert str(caught.value) == "expected a proxy host, got an empty one"
+
+
+def test_proxy_url_shapes_refused_by_name() -> None:
+    cases = {
+        "http": "expected a proxy URL starting with http://, socks5:// or socks5h://, got 'http'",
+        "socks5": "expected a proxy URL starting with http://, socks5:// or socks5h://, got 'socks5'",
+        "http://a:b:c": "expected an IPv6 proxy host written inside '[...]', got 'http://a:b:c'",
+        "http://[::1]]:80": "expected ':port' after the IPv6 proxy host, got 'http://[::1]]:80'",
+        "http://%ff:pw@host": "expected percent-encoded UTF-8 user name and password in the proxy URL, "
+        "got 'http://%ff:***@host'",
+        "http://u:%ff@host": "expected percent-encoded UTF-8 user name and password in the proxy URL, "
+        "got 'http://u:***@host'",
+    }
+    for url, message in cases.items():
+        with pytest.raises(LocalProtocolError) as caught:
+            parse_proxy_url(url)
+        assert str(caught.value) == message
+    with pytest.raises(LocalProtocolError) as caught:
+        parse_proxy_url(b"http://p:1")  # type: ignore[arg-type]
+    assert str(caught.value) == "expected the proxy URL as a str, got bytes"
+    long = "ftp://" + "h" * 300
+    with pytest.raises(LocalProtocolError) as caught:
+        parse_proxy_url(long)
+    assert str(caught.value).endswith(f"got {long[:200]!r}")
+
+
+def test_proxy_urls_with_odd_but_valid_parts() -> None:
+    config = parse_proxy_url("http://u:a://b@Xproxy:1")
+    assert (config.username, config.password, config.host, config.port) == ("u", "a://b", "Xproxy", 1)
+    assert repr(parse_proxy_url("http://u@p:1")) == (
+        "ProxyConfig(scheme='http', host='p', port=1, username='u', password=None)"
+    )
+
+
+def test_a_password_full_of_separators_is_redacted_whole() -> None:
+    with pytest.raises(LocalProtocolError) as caught:
+        parse_proxy_url("http://user:p:w@x://y@host/path")
+    assert str(caught.value) == "expected a proxy URL without a path, query or fragment, got 'http://user:***@host/path'"
+
+
+def connect_refused(head: bytes) -> str:
+    tunnel = HTTPConnectTunnel("example.com", 443)
+    tunnel.start()
+    with pytest.raises(ProxyError) as caught:
+        tunnel.receive_data(head)
+    return str(caught.value)
+
+
+def test_the_proxy_refusal_shows_60_characters_of_its_reason() -> None:
+    assert connect_refused(b"HTTP/1.1 403 Verboten\xff\r\n\r\n") == (
+        "HTTP proxy refused the tunnel to example.com:443: 403 Verboten\ufffd"
+    )
+    reason = b"r" * 61
+    assert connect_refused(b"HTTP/1.1 403 " + reason + b"\r\n\r\n") == (
+        "HTTP proxy refused the tunnel to example.com:443: 403 " + "r" * 60
+    )
+
+
+def socks_after_greeting(credentials: bool = False) -> SOCKS5Tunnel:
+    tunnel = SOCKS5Tunnel("example.com", 443, **({"username": "u", "password": "p"} if credentials else {}))
+    tunnel.start()
+    tunnel.data_to_send()
+    return tunnel
+
+
+def test_socks5_replies_are_judged_as_soon_as_their_bytes_tell() -> None:
+    tunnel = socks_after_greeting()
+    tunnel.receive_data(b"\x05\x00")
+    with pytest.raises(ProxyError, match=r"general SOCKS server failure \(reply 0x01\)"):
+        tunnel.receive_data(b"\x05\x01")  # two bytes say it
+    tunnel = socks_after_greeting()
+    tunnel.receive_data(b"\x05\x00")
+    with pytest.raises(ProxyError, match="expected address type 0x01, 0x03 or 0x04, got 0x09"):
+        tunnel.receive_data(b"\x05\x00\x00\x09")  # four bytes say it
+
+
+def test_socks5_errors_show_60_bytes_of_what_came() -> None:
+    tunnel = socks_after_greeting()
+    tunnel.receive_data(b"\x05\x00")
+    sent = b"\x04" + b"v" * 70
+    with pytest.raises(ProxyError) as caught:
+        tunnel.receive_data(sent)
+    assert str(caught.value).endswith(f"expected version 0x05, got {sent[:60]!r}")
+    tunnel = socks_after_greeting()
+    tunnel.receive_data(b"\x05\x00")
+    sent = b"\x05\x00\x00\x09" + b"a" * 70
+    with pytest.raises(ProxyError) as caught:
+        tunnel.receive_data(sent)
+    assert str(caught.value).endswith(f"got 0x09 in {sent[:60]!r}")
+    tunnel = socks_after_greeting()
+    tunnel.receive_data(b"\x05\x00")
+    partial = b"\x05\x00\x00\x03\xff" + b"d" * 100
+    assert tunnel.receive_data(partial) == b""
+    with pytest.raises(ProxyError) as caught:
+        tunnel.receive_data(b"")
+    assert str(caught.value) == (
+        "SOCKS5 proxy closed the connection before its connect reply for the connection to example.com:443: "
+        f"expected 0x05, reply code, 0x00, address type, address, port, got {partial[:60]!r}"
+    )
+
+
+def test_socks5_eof_after_the_login_waits_for_the_connect_reply() -> None:
+    tunnel = socks_after_greeting(credentials=True)
+    tunnel.receive_data(b"\x05\x02")
+    tunnel.receive_data(b"\x01\x00")
+    with pytest.raises(ProxyError) as caught:
+        tunnel.receive_data(b"")
+    assert str(caught.value).startswith("SOCKS5 proxy closed the connection before its connect reply ")
