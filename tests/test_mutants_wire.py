@@ -691,3 +691,51 @@ def test_socks5_eof_after_the_login_waits_for_the_connect_reply() -> None:
     with pytest.raises(ProxyError) as caught:
         tunnel.receive_data(b"")
     assert str(caught.value).startswith("SOCKS5 proxy closed the connection before its connect reply ")
+
+
+def test_tunnel_targets_from_port_1_and_names_idna_cannot_encode() -> None:
+    tunnel = SOCKS5Tunnel("Xample.test", 1)
+    tunnel.start()
+    tunnel.data_to_send()
+    tunnel.receive_data(b"\x05\x00")
+    assert tunnel.data_to_send() == b"\x05\x01\x00\x03\x0bXample.test\x00\x01"
+    for port in (0, 65536):
+        with pytest.raises(LocalProtocolError) as caught:
+            HTTPConnectTunnel("example.com", port)
+        assert str(caught.value) == f"expected a target port between 1 and 65535, got {port}"
+    with pytest.raises(LocalProtocolError) as caught:
+        SOCKS5Tunnel("ü" * 64, 443)
+    assert str(caught.value) == f"expected a target host name that IDNA can encode, got {'ü' * 64!r}"
+
+
+def test_proxy_credentials_refused_by_name() -> None:
+    cases = [
+        (lambda: SOCKS5Tunnel("h", 1, password="p"), "a proxy password was given without a user name"),
+        (lambda: SOCKS5Tunnel("h", 1, username="", password="p"), "expected a non-empty SOCKS5 user name"),
+        (lambda: HTTPConnectTunnel("h", 1, username="a:b", password="p"),
+         "an HTTP proxy user name cannot contain ':' (Basic authentication)"),
+    ]
+    for make, message in cases:
+        with pytest.raises(LocalProtocolError) as caught:
+            make()
+        assert str(caught.value) == message
+
+
+def test_the_connect_answer_must_be_2xx_and_garbage_is_shown_to_60_bytes() -> None:
+    tunnel = HTTPConnectTunnel("example.com", 443)
+    assert tunnel.response is None
+    assert connect_refused(b"HTTP/1.1 300 Multiple Choices\r\n\r\n").endswith(": 300 Multiple Choices")
+    garbage = b"G" * 61 + b"\r\n\r\n"
+    message = connect_refused(garbage)
+    assert message.endswith(f"expected an HTTP response, got {garbage[:60]!r}")
+
+
+def test_bytes_after_the_tunnels_eof_are_refused_with_60_of_them() -> None:
+    tunnel = HTTPConnectTunnel("example.com", 443)
+    tunnel.start()
+    assert tunnel.receive_data(b"HTTP/1.1 200 OK\r\n\r\n") == b""
+    assert tunnel.receive_data(b"") == b"" and tunnel.eof
+    late = bytes(range(61))
+    with pytest.raises(LocalProtocolError) as caught:
+        tunnel.receive_data(late)
+    assert str(caught.value) == f"cannot receive data after EOF, got {late[:60]!r}"
