@@ -525,14 +525,22 @@ def test_an_eof_delimited_body_ends_at_the_eof() -> None:
 
 
 def test_a_coded_body_is_bounded_across_its_pieces() -> None:
-    first, second = gzipped_pieces(b"a" * 600, b"b" * 600)
+    pieces = gzipped_pieces(b"a" * 400, b"b" * 400, b"c" * 400)
     decoder = BodyDecoder("gzip", limit=1200)
-    assert decoder.feed(first) + decoder.feed(second) == b"a" * 600 + b"b" * 600
+    assert b"".join(decoder.feed(piece) for piece in pieces) == b"a" * 400 + b"b" * 400 + b"c" * 400
     decoder.end()
     decoder = BodyDecoder("gzip", limit=1199)
-    assert decoder.feed(first) == b"a" * 600
+    assert decoder.feed(pieces[0]) + decoder.feed(pieces[1]) == b"a" * 400 + b"b" * 400
     with pytest.raises(RemoteProtocolError, match="at most 1199 bytes"):
-        decoder.feed(second)
+        decoder.feed(pieces[2])
+
+
+def test_a_fresh_channel_is_idle_and_a_request_h11_refuses_is_ours() -> None:
+    http = HTTPChannel(max_body=10)
+    assert http.busy is False and http.closed is False and http.reusable is True
+    with pytest.raises(LocalProtocolError) as caught:
+        http.request("GET", "/", [("Host", "x"), ("X-Bad", "a\r\nInjected: yes")])
+    assert str(caught.value).startswith("cannot send GET /: ")
 
 
 def test_bytes_after_the_gzip_stream_are_counted_whether_they_come_with_it_or_later() -> None:
