@@ -17,9 +17,10 @@ import pytest
 from peer import ClientFrames, ws_frame
 from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode
 
-from plabs_proto.errors import LocalProtocolError, ProxyError, RemoteProtocolError
+from plabs_proto.errors import LocalProtocolError, ProxyError, RemoteProtocolError, TLSError
 from plabs_proto.wire.http import BodyDecoder, HTTPChannel, HTTPResponse
 from plabs_proto.wire.proxy import HTTPConnectTunnel, SOCKS5Tunnel
+from plabs_proto.wire.tls import TLSLayer, make_ssl_context
 from plabs_proto.wire.websocket import DeflateParameters, WebSocketChannel
 
 MiB = 1 << 20
@@ -497,3 +498,17 @@ def test_informational_answers_count_toward_the_proxy_head_limit() -> None:
     with pytest.raises(ProxyError) as caught:
         tunnel.receive_data(rest[9:10])
     assert str(caught.value).startswith(head_too_long(16385))
+
+
+# -- TLS: what a failed handshake shows of the peer's bytes ---------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [59, 60, 61, 200])
+def test_a_failed_tls_handshake_shows_the_first_60_bytes_that_came(size: int) -> None:
+    answer = (b"HTTP/1.1 400 Bad Request\r\nX-Pad: " + b"p" * 200)[:size]
+    client = TLSLayer(make_ssl_context(), "example.com")
+    client.start()
+    client.data_to_send()
+    with pytest.raises(TLSError) as caught:
+        client.receive_data(answer)
+    assert str(caught.value).endswith(f"; expected a TLS server's reply, got {answer[:60]!r}")

@@ -740,9 +740,11 @@ def test_the_connect_answer_must_be_2xx_and_garbage_is_shown_to_60_bytes() -> No
 
 def test_bytes_after_the_tunnels_eof_are_refused_with_60_of_them() -> None:
     tunnel = HTTPConnectTunnel("example.com", 443)
+    assert tunnel.eof is False and tunnel.established is False
     tunnel.start()
     assert tunnel.receive_data(b"HTTP/1.1 200 OK\r\n\r\n") == b""
-    assert tunnel.receive_data(b"") == b"" and tunnel.eof
+    assert tunnel.eof is False and tunnel.established is True
+    assert tunnel.receive_data(b"") == b"" and tunnel.eof is True
     late = bytes(range(61))
     with pytest.raises(LocalProtocolError) as caught:
         tunnel.receive_data(late)
