@@ -25,6 +25,7 @@ from plabs_proto.wire.http import (
     looks_like_cloudflare,
 )
 from plabs_proto.wire.proxy import HTTPConnectTunnel, ProxyConfig, SOCKS5Tunnel, parse_proxy_url
+from plabs_proto.wire.stack import StreamStack
 from plabs_proto.wire.websocket import (
     DeflateParameters,
     Utf8Text,
@@ -749,3 +750,82 @@ def test_bytes_after_the_tunnels_eof_are_refused_with_60_of_them() -> None:
     with pytest.raises(LocalProtocolError) as caught:
         tunnel.receive_data(late)
     assert str(caught.value) == f"cannot receive data after EOF, got {late[:60]!r}"
+
+
+# -- stack.py --------------------------------------------------------------------------------------------------
+
+
+class Recorder:
+    """A pass-through Layer that records what comes up and says ``<eof>`` when the stream below ends.
+
+    ``ends_on``: bytes after which this layer's own stream has ended (as TLS after a close_notify),
+    though the one below goes on; what follows them is dropped.
+    """
+
+    def __init__(self, ends_on: bytes | None = None) -> None:
+        self.got: list[bytes] = []
+        self.ends_on = ends_on
+        self._eof = False
+        self._out: list[bytes] = []
+
+    def start(self) -> None:
+        pass
+
+    def receive_data(self, data: bytes) -> bytes:
+        self.got.append(data)
+        if self._eof:
+            return b""
+        if not data:
+            self._eof = True
+            return b"<eof>"
+        if self.ends_on is not None and data.endswith(self.ends_on):
+            self._eof = True
+        return data
+
+    def send(self, data: bytes) -> None:
+        self._out.append(data)
+
+    def data_to_send(self) -> bytes:
+        out = b"".join(self._out)
+        self._out.clear()
+        return out
+
+    @property
+    def established(self) -> bool:
+        return True
+
+    @property
+    def eof(self) -> bool:
+        return self._eof
+
+
+def test_the_end_of_a_layers_stream_goes_up_once_through_every_layer() -> None:
+    bottom, middle, top = Recorder(ends_on=b"END"), Recorder(), Recorder()
+    stack = StreamStack([bottom, middle, top])
+    assert stack.receive_data(b"abc") == b"abc"
+    # The bottom layer's stream ends (TCP goes on): the layers above get its last bytes, then one EOF,
+    # and each says <eof> once.
+    assert stack.receive_data(b"xEND") == b"xEND<eof><eof>"  # the middle says <eof>, then the top
+    assert stack.receive_data(b"more") == b""
+    assert stack.receive_data(b"") == b""
+    assert bottom.got == [b"abc", b"xEND", b"more", b""]
+    assert middle.got == [b"abc", b"xEND", b""]
+    assert top.got == [b"abc", b"xEND", b"<eof>", b""]
+    assert stack.eof
+    # The middle layer's stream ends: the top one gets its EOF once, whatever comes below after it.
+    bottom, middle, top = Recorder(), Recorder(ends_on=b"END"), Recorder()
+    stack = StreamStack([bottom, middle, top])
+    assert stack.receive_data(b"xEND") == b"xEND<eof>"
+    assert stack.receive_data(b"more") == b""
+    assert top.got == [b"xEND", b""]
+    assert stack.eof
+
+
+def test_a_plain_stack_ends_at_tcp_eof_and_refuses_bytes_after_it() -> None:
+    stack = StreamStack()
+    assert stack.eof is False
+    assert stack.receive_data(b"") == b"" and stack.eof is True
+    late = bytes(range(61))
+    with pytest.raises(LocalProtocolError) as caught:
+        stack.receive_data(late)
+    assert str(caught.value) == f"cannot receive data after TCP EOF: expected nothing more, got {late[:60]!r}"
