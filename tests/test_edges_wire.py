@@ -18,6 +18,7 @@ from peer import ClientFrames, ws_frame
 from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode
 
 from plabs_proto.errors import LocalProtocolError, ProxyError, RemoteProtocolError, TLSError
+from plabs_proto.jsondepth import MAX_DEPTH, check_depth, too_deep
 from plabs_proto.wire.http import BodyDecoder, HTTPChannel, HTTPResponse
 from plabs_proto.wire.proxy import HTTPConnectTunnel, SOCKS5Tunnel
 from plabs_proto.wire.tls import TLSLayer, make_ssl_context
@@ -512,3 +513,23 @@ def test_a_failed_tls_handshake_shows_the_first_60_bytes_that_came(size: int) ->
     with pytest.raises(TLSError) as caught:
         client.receive_data(answer)
     assert str(caught.value).endswith(f"; expected a TLS server's reply, got {answer[:60]!r}")
+
+
+# -- JSON depth: MAX_DEPTH counted exactly, whatever else the text holds ------------------------------------
+
+
+def test_the_depth_is_counted_where_the_json_starts_and_brackets_count_only_while_open() -> None:
+    at_limit = "[" * MAX_DEPTH + "]" * MAX_DEPTH
+    assert not too_deep(at_limit + ",[]")  # more than MAX_DEPTH brackets in all, never more open at once
+    assert not too_deep("[" * 5 + at_limit, 5)  # what precedes start is not the JSON's
+    assert too_deep("[" * 5 + at_limit, 4)
+    check_depth("42" + "[" * 5 + at_limit, "a packet", 7)  # taken: from its start it is at the limit
+    # Closing one level takes one level off: 3 open, 1 closed, 99 more open is 101.
+    assert too_deep("[[[]" + "[" * 99 + "]" * 101)
+    assert not too_deep("[[[]" + "[" * 98 + "]" * 100)
+    with pytest.raises(RemoteProtocolError) as caught:
+        check_depth("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1), "a reply")
+    text = "[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1)
+    assert str(caught.value) == (
+        f"expected a reply nested at most {MAX_DEPTH} deep, got deeper nesting in {text[:60]!r}... (202 chars)"
+    )
