@@ -22,9 +22,9 @@ case $module in
     stack)     path=plabs_proto/wire/stack.py
                tests='"tests/test_stack.py", "tests/test_mutants_wire.py", "tests/test_proxy.py"' ;;
     tls)       path=plabs_proto/wire/tls.py
-               tests='"tests/test_tls.py", "tests/test_stack.py", "tests/test_mutants_wire.py"' ;;
+               tests='"tests/test_tls.py", "tests/test_stack.py", "tests/test_edges_wire.py", "tests/test_mutants_wire.py"' ;;
     jsondepth) path=plabs_proto/jsondepth.py
-               tests='"tests/test_hostile_input.py", "tests/test_mutants_wire.py"' ;;
+               tests='"tests/test_hostile_input.py", "tests/test_edges_wire.py", "tests/test_mutants_wire.py"' ;;
     refusal)   path=plabs_proto/refusal.py
                tests='"tests/test_refusals.py", "tests/test_mutants_wire.py"' ;;
     *) echo "benchmarks/mutate.sh: unknown module $module" >&2; exit 2 ;;
