@@ -236,7 +236,7 @@ def test_connect_endless_informational_responses_are_bounded() -> None:
             assert tunnel.receive_data(b"HTTP/1.1 100 Continue\r\n\r\n") == b""
     assert str(info.value) == (
         "HTTP proxy's answer to the CONNECT to example.com:443 is longer than 16384 bytes without ending: "
-        "expected a short HTTP response head, got "
+        "expected an HTTP response head of at most 16384 bytes, got 16400 bytes starting "
         "b'HTTP/1.1 100 Continue\\r\\n\\r\\nHTTP/1.1 100 Continue\\r\\n\\r\\nHTTP/1.1 1'"
     )
 

@@ -169,6 +169,9 @@ class BodyDecoder:
 _FREE_PIECES = 1024
 _MIN_PIECE = 64
 
+#: The longest unfinished response head (or chunk size line) h11 holds before refusing it.
+_MAX_HEAD = 65536
+
 
 def _headers(raw: list[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
     return tuple((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in raw)
@@ -184,7 +187,7 @@ class HTTPChannel:
     """
 
     def __init__(self, *, max_body: int, limit_name: str = "max_body") -> None:
-        self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=65536)
+        self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD)
         self.max_body = max_body
         self.limit_name = limit_name
         self._decoder: BodyDecoder | None = None
@@ -195,6 +198,7 @@ class HTTPChannel:
         self._response: h11.Response | h11.InformationalResponse | None = None
         self._body = bytearray()
         self._pieces = 0
+        self._head = 0  # bytes received while no response head was complete
         self._closed = False
 
     @property
@@ -242,6 +246,7 @@ class HTTPChannel:
         self._response = None
         self._body = bytearray()
         self._pieces = 0
+        self._head = 0
         self._decoder = None
         self._raw = 0
         return out
@@ -286,6 +291,8 @@ class HTTPChannel:
             raise RemoteProtocolError(
                 "expected an HTTP response, got end of stream before a complete response head"
             )
+        if self._response is None:
+            self._head += len(data)
         try:
             self._conn.receive_data(data)
             while True:
@@ -317,7 +324,7 @@ class HTTPChannel:
                         if self._raw > self.max_body:
                             raise RemoteProtocolError(
                                 f"expected an HTTP response body of at most {self.max_body} bytes "
-                                f"({self.limit_name}), got more than that"
+                                f"({self.limit_name}), got at least {self._raw} bytes"
                             )
                         self._pieces += 1
                         if self._pieces > _FREE_PIECES + self._raw // _MIN_PIECE:
@@ -337,6 +344,11 @@ class HTTPChannel:
                     return
         except h11.RemoteProtocolError as exc:
             self._closed = True
+            if exc.error_status_hint == 431 and self._response is None:  # h11's bound on an unfinished head
+                raise RemoteProtocolError(
+                    f"expected an HTTP response head of at most {_MAX_HEAD} bytes, "
+                    f"got {self._head} bytes without its end"
+                ) from exc
             if not data:
                 raise RemoteProtocolError(
                     f"expected the rest of the HTTP response, got end of stream ({exc})"

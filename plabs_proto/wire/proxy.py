@@ -350,6 +350,8 @@ class HTTPConnectTunnel(_Tunnel):
             try:
                 event = self._h11.next_event()
             except h11.ProtocolError as exc:
+                if exc.error_status_hint == 431:  # h11's bound on an unfinished head
+                    raise ProxyError(self._too_long()) from None
                 raise ProxyError(
                     f"HTTP proxy sent an invalid answer to the CONNECT to {self._target} ({exc}): "
                     f"expected an HTTP response, got {self._excerpt()}"
@@ -367,12 +369,16 @@ class HTTPConnectTunnel(_Tunnel):
                 f"HTTP proxy sent an unexpected {type(event).__name__} before answering the CONNECT to "
                 f"{self._target}: expected an HTTP response, got {self._excerpt()}"
             )
-        if self._received > _MAX_RESPONSE_HEAD:
-            raise ProxyError(
-                f"HTTP proxy's answer to the CONNECT to {self._target} is longer than {_MAX_RESPONSE_HEAD} "
-                f"bytes without ending: expected a short HTTP response head, got {self._excerpt()}"
-            )
+        if self._received > _MAX_RESPONSE_HEAD:  # (with 1xx answers before it: h11 counts only the last)
+            raise ProxyError(self._too_long())
         return b""
+
+    def _too_long(self) -> str:
+        return (
+            f"HTTP proxy's answer to the CONNECT to {self._target} is longer than {_MAX_RESPONSE_HEAD} "
+            f"bytes without ending: expected an HTTP response head of at most {_MAX_RESPONSE_HEAD} bytes, "
+            f"got {self._received} bytes starting {self._excerpt()}"
+        )
 
     def _establish(self, response: h11.Response) -> bytes:
         self.response = response
@@ -431,8 +437,12 @@ class SOCKS5Tunnel(_Tunnel):
     ) -> None:
         host, self._target = _target(target_host, target_port)
         self._credentials = _credential_bytes(username, password)
-        if self._credentials is not None and not all(len(part) <= 255 for part in self._credentials):
-            raise LocalProtocolError("SOCKS5 user names and passwords are limited to 255 bytes (UTF-8)")
+        if self._credentials is not None:
+            for which, part in zip(("user name", "password"), self._credentials, strict=True):
+                if len(part) > 255:
+                    raise LocalProtocolError(
+                        f"expected a SOCKS5 {which} of at most 255 bytes (UTF-8), got {len(part)} bytes"
+                    )
         if self._credentials is not None and not self._credentials[0]:
             raise LocalProtocolError("expected a non-empty SOCKS5 user name")
         try:

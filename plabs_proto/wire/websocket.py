@@ -365,7 +365,9 @@ class WebSocketChannel:
         if self._close_sent:
             return b""
         self._close_sent = True
-        return _frame(Opcode.CLOSE, struct.pack("!H", code) + reason.encode("utf-8")[:123], self._rng)
+        # At most 123 bytes of reason (a control frame holds 125), cut between characters: the peer checks UTF-8.
+        said = reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")
+        return _frame(Opcode.CLOSE, struct.pack("!H", code) + said, self._rng)
 
     def data_to_send(self) -> bytes:
         """Pongs and close replies produced while receiving."""

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Mutation testing of one module of the byte level (issue 19), with mutmut, in a scratch copy:
+#   benchmarks/mutate.sh inflate          (or websocket, http, proxy, stack, tls, jsondepth, refusal)
+# The copy (/tmp/plabs-mutate-MODULE) holds the worktree's tracked files as they are now, with backends/
+# moved under plabs_proto/ (mutmut's mutants/ copy does not see the package-dir mapping, and
+# tests/conftest.py imports the backends) and a [tool.mutmut] section naming the module and the test
+# files that exercise it; the worktree itself gets no mutmut config and no mutants/.
+# Needs mutmut in .venv (.venv/bin/pip install mutmut==3.8.1; not a project dependency).
+# Afterwards: cd /tmp/plabs-mutate-MODULE && mutmut results  (mutmut show NAME shows a mutant's diff).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+module=${1:?usage: benchmarks/mutate.sh MODULE}
+case $module in
+    inflate)   path=plabs_proto/wire/inflate.py
+               tests='"tests/test_edges_wire.py", "tests/test_encoding.py"' ;;
+    websocket) path=plabs_proto/wire/websocket.py
+               tests='"tests/test_websocket.py", "tests/test_edges_wire.py", "tests/test_mutants_wire.py", "tests/test_encoding.py"' ;;
+    http)      path=plabs_proto/wire/http.py
+               tests='"tests/test_edges_wire.py", "tests/test_mutants_wire.py", "tests/test_encoding.py", "tests/test_client_limits.py"' ;;
+    proxy)     path=plabs_proto/wire/proxy.py
+               tests='"tests/test_proxy.py", "tests/test_edges_wire.py", "tests/test_mutants_wire.py", "tests/test_stack.py"' ;;
+    stack)     path=plabs_proto/wire/stack.py
+               tests='"tests/test_stack.py", "tests/test_mutants_wire.py", "tests/test_proxy.py"' ;;
+    tls)       path=plabs_proto/wire/tls.py
+               tests='"tests/test_tls.py", "tests/test_stack.py", "tests/test_edges_wire.py", "tests/test_mutants_wire.py"' ;;
+    jsondepth) path=plabs_proto/jsondepth.py
+               tests='"tests/test_hostile_input.py", "tests/test_edges_wire.py", "tests/test_mutants_wire.py"' ;;
+    refusal)   path=plabs_proto/refusal.py
+               tests='"tests/test_refusals.py", "tests/test_mutants_wire.py"' ;;
+    *) echo "benchmarks/mutate.sh: unknown module $module" >&2; exit 2 ;;
+esac
+venv=$PWD/.venv
+scratch=/tmp/plabs-mutate-$module
+rm -rf "$scratch"
+mkdir -p "$scratch"
+git ls-files -z | grep -zv '^tests/node_server/' | tar --null -T - -c | tar -x -C "$scratch"
+cd "$scratch"
+mv backends plabs_proto/backends
+cat >> pyproject.toml <<TOML
+
+[tool.mutmut]
+source_paths = ["plabs_proto"]
+only_mutate = ["$path"]
+pytest_add_cli_args_test_selection = [$tests]
+pytest_add_cli_args = ["-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly"]
+TOML
+PATH=$venv/bin:$PATH nice -n 10 "$venv/bin/mutmut" run --max-children 1
+PATH=$venv/bin:$PATH "$venv/bin/mutmut" results
