@@ -316,7 +316,8 @@ class AnswerDecoder:
         model = frame.get("display_model")
         if isinstance(model, str) and model:
             self._model = model
-        citations = self._blocks.take(frame.get("blocks"))
+        blocks = self._blocks
+        citations = blocks.take(frame.get("blocks"))
         legacy = frame.get("text")
         if legacy is not None and legacy != "":
             legacy_citations = self._legacy.read(legacy, self._search, events)
@@ -325,12 +326,12 @@ class AnswerDecoder:
         top = frame.get("web_results")
         if isinstance(top, list):
             citations = top
-        if self._blocks.stale:
-            self._blocks.steps(self._search, events)
+        if blocks.stale:
+            blocks.steps(self._search, events)
         if citations is not None:
             self._search.cite(citations, events)
-        answer, thinking = self._blocks.texts(self._legacy)
-        self._texts.update(events, answer, thinking, self._blocks.touched)
+        answer, thinking = blocks.texts(self._legacy)
+        self._texts.update(events, answer, thinking, blocks.touched)
         status = frame.get("status")
         if isinstance(status, str) and status.upper() == "COMPLETED":
             events.extend(self._finish())

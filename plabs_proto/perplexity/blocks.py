@@ -58,9 +58,11 @@ class Blocks:
 
     def take(self, blocks: object) -> list[Any] | None:
         """Take the blocks of a frame (None when it has none); return the web results when they changed."""
-        self.touched = {}
-        self._stale_plans = set()
-        self._stale_workflow = self.stale = False
+        if self.touched:
+            self.touched.clear()
+        if self.stale:
+            self._stale_plans.clear()
+            self._stale_workflow = self.stale = False
         if blocks is None:
             return None
         limits = self._limits
@@ -243,8 +245,10 @@ class Blocks:
             if not is_answer_usage(usage):
                 return patches_left, ""
             # a first patch may add chunks at once (OmniRoute starts every block with no chunks)
-            self._keep(self._markdown, usage, "answer tracks (markdown usages)")
-            root: Any = self._markdown.get(usage) or {"chunks": []}
+            root: Any = self._markdown.get(usage)
+            if not root:
+                self._keep(self._markdown, usage, "answer tracks (markdown usages)")
+                root = {"chunks": []}
             kind = "text"
         elif field == "workflow_block":
             root = {} if self._workflow is None else self._workflow
