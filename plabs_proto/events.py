@@ -20,6 +20,7 @@ are two families:
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,7 @@ __all__ = [
     "Closed",
     "Connected",
     "Event",
+    "EventQueue",
     "HTTPRequest",
     "Instruction",
     "OpenStream",
@@ -168,6 +170,24 @@ class Closed(Event):
     """The session ended (our close, or the server's disconnect)."""
 
     reason: str
+
+
+class EventQueue:
+    """The events a session holds for its user, the one place they wait: taken one at a time
+    (:meth:`next_event`) or all at once (:meth:`events`).  Each session is one."""
+
+    def __init__(self) -> None:
+        self._events: deque[Event] = deque()
+
+    def next_event(self) -> Event | None:
+        """The next event, or None when there is none for now."""
+        return self._events.popleft() if self._events else None
+
+    def events(self) -> list[Event]:
+        """Every pending event at once."""
+        out = list(self._events)
+        self._events.clear()
+        return out
 
 
 # -- instructions for the caller's I/O layer ---------------------------------------------------------

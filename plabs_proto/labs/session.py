@@ -36,7 +36,6 @@ requests still out have nobody waiting for them: drop them.
 from __future__ import annotations
 
 import random
-from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -47,7 +46,7 @@ from plabs_proto.events import (
     AnswerFinished,
     Closed,
     Connected,
-    Event,
+    EventQueue,
     QueryFailed,
     ReasoningDelta,
     SessionInstruction,
@@ -74,7 +73,7 @@ _Message = eio.Message
 _DISCONNECT = socketio.encode_packet(socketio.Packet(socketio.PacketType.DISCONNECT))
 
 
-class LabsSession:
+class LabsSession(EventQueue):
     """A sans-IO Labs session at the message level.  See the module docstring for the loop.
 
     ``rng`` supplies the ``t`` cache buster of polling URLs: pass
@@ -87,7 +86,7 @@ class LabsSession:
         self.config = config = config or SessionConfig()
         self._engine = eio.EngineIOSession(config, rng=rng)
         self._state = SessionState.IDLE
-        self._events: deque[Event] = deque()
+        EventQueue.__init__(self)  # the events wait here, for next_event() and events()
         self._deadlines: dict[str, float] = {}
         self.socket_sid = ""  #: the Socket.IO session id ("" until the connect ack)
         self._sio = socketio.PacketDecoder()
@@ -352,16 +351,6 @@ class LabsSession:
             return heartbeat
         first = min(deadlines.values())
         return first if heartbeat is None or first < heartbeat else heartbeat
-
-    def next_event(self) -> Event | None:
-        """The next event, or None when there is none for now."""
-        return self._events.popleft() if self._events else None
-
-    def events(self) -> list[Event]:
-        """Every pending event at once."""
-        out = list(self._events)
-        self._events.clear()
-        return out
 
     def transmit(self) -> list[SessionInstruction]:
         """What the carrier must do now, in order (each call ends the window in which pings share a pong)."""

@@ -48,7 +48,6 @@ server set, compression, proxies, TLS).
 from __future__ import annotations
 
 import random
-from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -70,6 +69,7 @@ from plabs_proto.events import (
     Closed,
     Connected,
     Event,
+    EventQueue,
     HTTPRequest,
     ReasoningDelta,
     SessionInstruction,
@@ -141,7 +141,7 @@ class _Ask:
         self.refused: bytearray | None = None  # the body of a refused answer (not SSE), kept to read it
 
 
-class PerplexitySession:
+class PerplexitySession(EventQueue):
     """A sans-IO session of the ask service at the message level.  See the module docstring for the loop.
 
     ``rng`` draws the UUIDs of each ask (``frontend_uuid``...): pass
@@ -155,7 +155,7 @@ class PerplexitySession:
         self.config = config = config or SessionConfig(service="perplexity")
         self._rng = rng
         self._state = SessionState.IDLE
-        self._events: deque[Event] = deque()
+        EventQueue.__init__(self)  # the events wait here, for next_event() and events()
         self._out: list[SessionInstruction] = []
         self._deadlines: dict[str, float] = {}
         self._next_id = 1
@@ -453,16 +453,6 @@ class PerplexitySession:
     def get_timer(self) -> float | None:
         """The next deadline (same clock as ``now``), or None."""
         return min(self._deadlines.values()) if self._deadlines else None
-
-    def next_event(self) -> Event | None:
-        """The next event, or None when there is none for now."""
-        return self._events.popleft() if self._events else None
-
-    def events(self) -> list[Event]:
-        """Every pending event at once."""
-        out = list(self._events)
-        self._events.clear()
-        return out
 
     def transmit(self) -> list[SessionInstruction]:
         """What the carrier must do now, in order (HTTP requests)."""
