@@ -63,6 +63,16 @@ def test_models_of_each_service(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.splitlines()[0] == "r1-1776"
 
 
-def test_trace_is_refused_for_perplexity_for_now(capsys: pytest.CaptureFixture[str], tmp_path: Any) -> None:
-    assert main(["ask", "--service", "perplexity", "--trace", str(tmp_path / "t.jsonl"), "Hi"]) != 0
-    assert "--trace is not available with --service perplexity" in capsys.readouterr().err
+@pytest.mark.parametrize("backend", ["sync", "asyncio"])
+def test_trace_then_replay_prints_the_same(perplexity_emulator_factory: Any, capsys: pytest.CaptureFixture[str],
+                                           tmp_path: Any, backend: str) -> None:
+    url = perplexity_emulator_factory(answer=ANSWER, shape="workflow").url
+    trace = str(tmp_path / "t.jsonl")
+    assert main(["ask", "--service", "perplexity", "--server", url, "--backend", backend, "--trace", trace, "Hi"]) == 0
+    asked = capsys.readouterr()
+    assert asked.out.startswith(ANSWER)
+    with open(trace, encoding="utf-8") as handle:
+        header = json.loads(handle.readline())
+    assert header["service"] == "perplexity" and header["model"] == "turbo" and "cookies" not in header
+    assert main(["replay", trace]) == 0
+    assert capsys.readouterr() == asked

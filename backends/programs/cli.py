@@ -546,8 +546,6 @@ def _cmd_ask(args: argparse.Namespace, printer: EventPrinter) -> int:
     model = _argument(args.model, "--model") if args.model is not None else (
         _ask_service.DEFAULT_MODEL if perplexity else DEFAULT_MODEL)
     known = [m.id for m in _ask_service.MODELS] if perplexity else list(MODELS)
-    if perplexity and args.trace is not None:
-        raise _Failure("--trace is not available with --service perplexity yet (its replay reads Labs traces)")
     for name in ("server", "proxy"):  # URLs: text sent on the wire (file names may be any bytes)
         if getattr(args, name) is not None:
             setattr(args, name, _argument(getattr(args, name), f"--{name}"))
