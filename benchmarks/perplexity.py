@@ -3,6 +3,7 @@
     python benchmarks/perplexity.py rtt  [--delay 0.025] [--runs 5]
     python benchmarks/perplexity.py cpu  [--events 5000] [--chunk 8] [--shape blocks] [--repeat 3] [--profile KIND]
     python benchmarks/perplexity.py size [--kib 512 1024] [--events 256] [--repeat 3]
+    python benchmarks/perplexity.py layers [--events 5000] [--chunk 8] [--shape blocks]
 
 The server is a burst server of the ask endpoint (``serve``, a child process): ``GET
 /api/auth/session`` answers ``{}`` with a ``__cf_bm`` cookie; ``POST /rest/sse/perplexity_ask``
@@ -575,6 +576,59 @@ def run_size(args: argparse.Namespace) -> dict[str, Any]:
             "peak": {f"{k[0]}-{k[1]}": v for k, v in peak.items()}}
 
 
+def run_layers(args: argparse.Namespace) -> dict[str, float]:
+    from plabs_proto.perplexity.answer import AnswerDecoder, load_frame
+    from plabs_proto.perplexity.sse import SSEDecoder
+
+    events = sse_events(args.shape, answer_text(args.events * args.chunk), args.chunk)
+    body = b"".join(events)
+    response = ask_head() + chunked_body(events)
+    pieces = [body[start : start + CHUNK_BYTES] for start in range(0, len(body), CHUNK_BYTES)]
+
+    def sse() -> list[Any]:
+        decoder = SSEDecoder()
+        return [event for piece in pieces for event in decoder.feed(piece)]
+
+    datas = [event.data for event in sse() if event.event == "message"]
+
+    def loads() -> None:
+        for data in datas:
+            json.loads(data)
+
+    def frames() -> None:
+        for data in datas:
+            load_frame(data)
+
+    def decode() -> None:
+        decoder = AnswerDecoder(model="turbo")
+        for data in datas:
+            decoder.feed(load_frame(data))
+
+    answer = answer_text(args.events * args.chunk)
+
+    def core() -> None:
+        if core_ask(warmup_response(), response) != answer:
+            raise SystemExit("the core gave a wrong answer")
+
+    layers: dict[str, Callable[[], object]] = {
+        "json.loads of each event's data": loads, "the SSE decoder": sse,
+        "load_frame (depth check + json.loads)": frames, "load_frame + AnswerDecoder.feed": decode,
+        "the whole core (bytes, h11, SSE, answer)": core,
+    }
+    times: dict[str, list[float]] = {name: [] for name in layers}
+    for _ in range(7):
+        for name, call in layers.items():
+            c0 = time.process_time()
+            call()
+            times[name].append((time.process_time() - c0) / len(datas) * 1e6)
+    per = {name: statistics.median(values) for name, values in times.items()}
+    print(header("Where the core's CPU per event goes (benchmarks/perplexity.py layers)"))
+    print(f"{len(datas)} events of the {args.shape} shape, in memory; medians of 7 interleaved runs")
+    print()
+    print(table(["layer", "CPU µs/event"], [[name, f"{value:.1f}"] for name, value in per.items()]))
+    return per
+
+
 # -- main -----------------------------------------------------------------------------------------------
 
 
@@ -609,6 +663,10 @@ def main(argv: list[str] | None = None) -> Any:
     size.add_argument("--events", type=int, default=256)
     size.add_argument("--repeat", type=int, default=3)
     size.add_argument("--rounds", type=int, default=2)
+    layers = sub.add_parser("layers")
+    layers.add_argument("--events", type=int, default=5000)
+    layers.add_argument("--chunk", type=int, default=8)
+    layers.add_argument("--shape", default="blocks", choices=("steps", "blocks", "workflow"))
     sworker = sub.add_parser("size-worker")
     sworker.add_argument("--shape", required=True)
     sworker.add_argument("--kib", type=int, required=True)
@@ -626,7 +684,9 @@ def main(argv: list[str] | None = None) -> Any:
     if args.command == "size-worker":
         size_worker(args.shape, args.kib, args.events, args.repeat, args.memory, args.profile)
         return None
-    return {"rtt": run_rtt, "cpu": run_cpu, "size": run_size}[args.command](args)
+    commands: dict[str, Callable[[argparse.Namespace], Any]] = {
+        "rtt": run_rtt, "cpu": run_cpu, "size": run_size, "layers": run_layers}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":
