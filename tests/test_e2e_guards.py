@@ -160,7 +160,8 @@ def plabs(*args: str) -> subprocess.CompletedProcess[str]:
     [
         ("redirect", 3, "expected HTTP 200 for the Engine.IO handshake (polling GET), got HTTP 302 Found "
                         "redirecting to 'http://127.0.0.1:9/moved/': the service moved; redirects are not "
-                        "followed (point server= at the new address if you trust it)"),
+                        "followed (point server= at the new address if you trust it); Perplexity Labs was retired "
+                        "in 2025: --service perplexity reaches the current endpoint (POST /rest/sse/perplexity_ask)"),
         ("rate_limit", 4, "expected HTTP 200 for the Engine.IO handshake (polling GET), got HTTP 429 Too Many "
                           "Requests: rate limited; Retry-After '7': retry in 7 s"),
         ("cloudflare", 5, "Cloudflare blocked the Engine.IO handshake (polling GET): expected HTTP 200, got HTTP "

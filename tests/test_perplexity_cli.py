@@ -63,6 +63,35 @@ def test_models_of_each_service(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.splitlines()[0] == "r1-1776"
 
 
-def test_trace_is_refused_for_perplexity_for_now(capsys: pytest.CaptureFixture[str], tmp_path: Any) -> None:
-    assert main(["ask", "--service", "perplexity", "--trace", str(tmp_path / "t.jsonl"), "Hi"]) != 0
-    assert "--trace is not available with --service perplexity" in capsys.readouterr().err
+@pytest.mark.parametrize("backend", ["sync", "asyncio"])
+def test_trace_then_replay_prints_the_same(perplexity_emulator_factory: Any, capsys: pytest.CaptureFixture[str],
+                                           tmp_path: Any, backend: str) -> None:
+    url = perplexity_emulator_factory(answer=ANSWER, shape="workflow").url
+    trace = str(tmp_path / "t.jsonl")
+    assert main(["ask", "--service", "perplexity", "--server", url, "--backend", backend, "--trace", trace, "Hi"]) == 0
+    asked = capsys.readouterr()
+    assert asked.out.startswith(ANSWER)
+    with open(trace, encoding="utf-8") as handle:
+        header = json.loads(handle.readline())
+    assert header["service"] == "perplexity" and header["model"] == "turbo" and "cookies" not in header
+    assert main(["replay", trace]) == 0
+    assert capsys.readouterr() == asked
+
+
+def test_a_redirect_names_the_current_endpoint_only_on_labs(perplexity_emulator_factory: Any,
+                                                            emulator_factory: Any,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Labs moved: its redirect's one error line points at --service perplexity; the ask service's does not."""
+    hint = "Perplexity Labs was retired in 2025: --service perplexity reaches the current endpoint"
+    labs = emulator_factory(redirect="polling", redirect_to="http://127.0.0.1:9/moved/").url
+    assert main(["ask", "--server", labs, "--backend", "sync", "--transport", "polling", "Hi"]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("plabs: error: expected HTTP 200 for the Engine.IO handshake (polling GET), got HTTP 302")
+    assert err.endswith(f"; {hint} (POST /rest/sse/perplexity_ask)\n") and err.count("\n") == 1
+    assert main(["ask", "--server", labs, "--backend", "sync", "--transport", "polling", "--json", "Hi"]) == 3
+    out = capsys.readouterr()
+    assert hint in json.loads(out.out)["message"] and hint in out.err
+    ask = perplexity_emulator_factory(redirect="ask").url
+    assert main(["ask", "--service", "perplexity", "--server", ask, "--backend", "sync", "Hi"]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("plabs: error: expected HTTP 200 for the ask") and "302" in err and hint not in err

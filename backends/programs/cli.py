@@ -546,8 +546,6 @@ def _cmd_ask(args: argparse.Namespace, printer: EventPrinter) -> int:
     model = _argument(args.model, "--model") if args.model is not None else (
         _ask_service.DEFAULT_MODEL if perplexity else DEFAULT_MODEL)
     known = [m.id for m in _ask_service.MODELS] if perplexity else list(MODELS)
-    if perplexity and args.trace is not None:
-        raise _Failure("--trace is not available with --service perplexity yet (its replay reads Labs traces)")
     for name in ("server", "proxy"):  # URLs: text sent on the wire (file names may be any bytes)
         if getattr(args, name) is not None:
             setattr(args, name, _argument(getattr(args, name), f"--{name}"))
@@ -841,8 +839,14 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-def _describe(exc: BaseException) -> str | None:
-    """The message for an error the CLI reports in one line, or None for a bug (traceback)."""
+def _describe(exc: BaseException, service: str | None = None) -> str | None:
+    """The message for an error the CLI reports in one line, or None for a bug (traceback).
+
+    A redirect met by ``plabs ask`` on the Labs service says where the service answers today.
+    """
+    if isinstance(exc, RedirectError) and service == "labs":
+        return (f"{exc}; Perplexity Labs was retired in 2025: --service perplexity reaches the current endpoint "
+                "(POST /rest/sse/perplexity_ask)")
     if isinstance(exc, LabsError | TraceError | _Failure):
         return str(exc)
     if isinstance(exc, OSError):
@@ -861,10 +865,13 @@ def _quiet_stdout() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``plabs``; returns the exit status (``SystemExit`` 2 for usage errors)."""
     printer = EventPrinter(json_lines=False, reasoning=False, stdout=sys.stdout, stderr=sys.stderr)
+    service: str | None = None  # plabs ask's, once parsed
     try:  # from the start: a Ctrl-C while the command is still starting is an interrupt like any other
         args = build_parser().parse_args(argv)
         if args.command in ("ask", "replay"):
             printer = _printer(args)
+        if args.command == "ask":
+            service = args.service
         run: Callable[[argparse.Namespace, EventPrinter], int] = args.run
         return run(args, printer)
     except _UsageError as exc:
@@ -881,7 +888,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _quiet_stdout()
             return 1
         for leaf in leaves:
-            message = _describe(leaf)
+            message = _describe(leaf, service)
             if message is not None:
                 printer.error(leaf, message)
                 return _exit_status(leaf)

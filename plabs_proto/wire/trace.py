@@ -1,4 +1,4 @@
-"""Byte traces of a Labs session, and their replay through the core.
+"""Byte traces of a session (Labs or the ask service), and their replay through the core.
 
 A trace is JSON lines.  The first line is a header saying how the session was
 started::
@@ -7,21 +7,28 @@ started::
      "model": "r1-1776", "messages": [{"role": "user", "content": "hi"}], "seed": 42,
      "origin": "https://labs.perplexity.ai", "jwt": "anonymous-ask-user", "version": "2.18"}
 
-(optional keys: ``path``, ``user_agent``, ``browser``, ``timeouts``, ``headers``,
+(optional keys: ``service``, ``cookies``, ``path``, ``user_agent``, ``browser``, ``timeouts``, ``headers``,
 ``accept_encoding``, ``permessage_deflate``: the last two are written always, and a header
 without them is from before the client offered compression, so its replay offers none); every other line is
 one chunk of bytes the client wrote or received above TLS::
 
     {"t": 0.012345, "stream": 1, "dir": "in", "b64": "SFRUUC8xLjEgMjAwIE9L..."}
 
-``browser`` names the header profile (:data:`plabs_proto.wire.browser.PROFILES`), ``null`` for
+``service`` is ``"labs"`` (the default, and what a trace without the key is) or
+``"perplexity"``: the ask service, replayed through
+:class:`~plabs_proto.wire.client.PerplexityClient` (``transport``, ``origin``, ``jwt`` and
+``version`` are Labs's and unused there).  ``cookies`` names the caller's own cookies of a
+signed-in ask session (the session token, a cookies.txt export's), in the order its
+``Cookie`` header sends them; their values are never written, and a replay sends each as
+``[redacted]``, as the redacted trace does.  ``browser`` names the header profile (:data:`plabs_proto.wire.browser.PROFILES`), ``null`` for
 none; a trace without the key predates profiles and is replayed without one, as it was
 recorded.  ``t`` is seconds since the session started, ``b64`` the bytes (``""`` on an
 ``"in"`` line is end of file).  :class:`TraceRecorder` makes traces (it is a
-client ``tracer``), :func:`replay` feeds one back through
-:class:`~plabs_proto.wire.client.LabsClient` and gives its events again: the seed
-in the header makes the client's random choices (cache buster, WebSocket key
-and masks) repeat, so a replay also writes the same bytes as the session did.
+client ``tracer``), :func:`replay` feeds one back through the service's client
+(:class:`~plabs_proto.wire.client.LabsClient` or :class:`~plabs_proto.wire.client.PerplexityClient`)
+and gives its events again: the seed in the header makes the client's random choices
+(cache buster, WebSocket key and masks; the ask's UUIDs) repeat, so a replay also writes
+the same bytes as the session did.
 
 Redaction: the values of ``Cookie``, ``Set-Cookie``, ``Authorization`` and
 ``Proxy-Authorization`` headers are replaced by ``[redacted]`` (cookie names
@@ -43,12 +50,13 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from plabs_proto.config import DEFAULT_JWT, DEFAULT_ORIGIN, DEFAULT_SERVER, TRANSPORTS, ClientConfig
+from plabs_proto.config import DEFAULT_JWT, DEFAULT_ORIGIN, DEFAULT_SERVER, SERVICES, TRANSPORTS, ClientConfig
 from plabs_proto.errors import LocalProtocolError
 from plabs_proto.events import Event
 from plabs_proto.labs.answer import DEFAULT_MODEL, DEFAULT_VERSION
+from plabs_proto.perplexity.session import signed_in_cookie
 from plabs_proto.wire.browser import CHROME, PROFILES
-from plabs_proto.wire.client import ClientState, LabsClient, Tracer
+from plabs_proto.wire.client import Client, ClientState, LabsClient, PerplexityClient, Tracer
 
 __all__ = [
     "REDACTED",
@@ -74,6 +82,8 @@ REDACTED = "[redacted]"
 _REDACTED = REDACTED.encode("ascii")
 _SENSITIVE = frozenset({b"cookie", b"set-cookie", b"authorization", b"proxy-authorization"})
 _TIMEOUT_NAMES = ("connect", "first_text", "query")
+#: The characters of a cookie name in a trace header (RFC 6265's token, less what cookies.txt cannot hold).
+_COOKIE_NAME = frozenset(chr(c) for c in range(0x21, 0x7F)) - set('"(),/:;<=>?@[\\]{}')
 #: The ``direction`` of the tracer call that announces the seed (stream 0, data the decimal seed).
 SEED_DIRECTION = "seed"
 
@@ -114,6 +124,8 @@ class TraceHeader:
     headers: tuple[tuple[str, str], ...] = ()
     accept_encoding: bool = False
     permessage_deflate: bool = False
+    service: str = "labs"
+    cookies: tuple[str, ...] = ()
 
     def client_config(self) -> ClientConfig:
         """The :class:`ClientConfig` of the replayed client (plain HTTP: the trace is above TLS)."""
@@ -124,7 +136,12 @@ class TraceHeader:
             extra["user_agent"] = self.user_agent
         for name, value in self.timeouts:
             extra[f"{name}_timeout"] = value
+        if self.cookies:
+            extra["cookies_txt"] = "".join(
+                f".perplexity.ai\tTRUE\t/\tTRUE\t0\t{name}\t{REDACTED}\n" for name in self.cookies
+            )
         return ClientConfig(
+            service=self.service,
             browser=None if self.browser is None else PROFILES[self.browser],
             server=self.server,
             transport=self.transport,
@@ -156,10 +173,13 @@ def make_header(
     headers: Sequence[tuple[str, str]] = (),
     accept_encoding: bool = True,
     permessage_deflate: bool = True,
+    service: str = "labs",
+    cookies: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The header dict for :class:`TraceRecorder` (a prompt string becomes one user message).
 
     ``browser`` is the name of the header profile the session used (``None``: none).
+    ``cookies`` are the names (never the values) of a signed-in ask session's own cookies.
 
     ``seed`` may be left ``None`` when the backend draws it and announces it to the recorder.
     """
@@ -169,6 +189,7 @@ def make_header(
         listed = [dict(message) for message in messages]
     header: dict[str, Any] = {
         "plabs_trace": TRACE_VERSION,
+        "service": service,
         "server": server,
         "transport": transport,
         "model": model or DEFAULT_MODEL,
@@ -189,6 +210,8 @@ def make_header(
         header["timeouts"] = dict(timeouts)
     if headers:
         header["headers"] = [[name, redact_header_value(name, value)] for name, value in headers]
+    if cookies:
+        header["cookies"] = list(cookies)
     return header
 
 
@@ -202,9 +225,14 @@ def config_header(
     """The header for a session of a client made with ``config`` (see :func:`make_header`).
 
     Extra request headers are kept with sensitive values redacted, as in the
-    trace's bytes, so a replay writes the same (redacted) bytes.
+    trace's bytes, so a replay writes the same (redacted) bytes; so are the names
+    of a signed-in session's cookies (never their values).
     """
+    cookie = signed_in_cookie(config) if config.service == "perplexity" else None
+    names = [pair.split("=", 1)[0] for pair in cookie.split("; ")] if cookie is not None else []
     return make_header(
+        service=config.service,
+        cookies=names,
         server=config.server,
         transport=config.transport,
         model=model,
@@ -508,6 +536,9 @@ def parse_header(line: str, lineno: int = 1) -> TraceHeader:
             f"trace line {lineno}: expected trace format version {TRACE_VERSION}, "
             f"got {obj['plabs_trace']!r:.60}"
         )
+    service = obj.get("service", "labs")  # absent: a trace from before the ask service
+    if service not in SERVICES:
+        raise TraceError(f"trace line {lineno}: expected a service among {', '.join(SERVICES)}, got {service!r:.60}")
     server = _field(obj, "server", str, lineno, "the server URL")
     transport = _field(obj, "transport", str, lineno, "the transport")
     if transport not in TRANSPORTS:
@@ -540,6 +571,14 @@ def parse_header(line: str, lineno: int = 1) -> TraceHeader:
             if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
                 raise TraceError(f"trace line {lineno}: expected [name, value] pairs in 'headers', got {pair!r:.60}")
             headers.append((pair[0], pair[1]))
+    cookies: list[str] = []
+    if "cookies" in obj:
+        for name in _field(obj, "cookies", list, lineno, "a list of cookie names"):
+            if not (isinstance(name, str) and name and set(name) <= _COOKIE_NAME):
+                raise TraceError(f"trace line {lineno}: expected cookie names in 'cookies', got {name!r:.60}")
+            cookies.append(name)
+        if cookies and service != "perplexity":
+            raise TraceError(f"trace line {lineno}: expected no 'cookies' on a {service} trace, got {len(cookies)}")
     timeouts: list[tuple[str, float | None]] = []
     if "timeouts" in obj:
         raw = _field(obj, "timeouts", dict, lineno, "an object of timeouts")
@@ -563,6 +602,8 @@ def parse_header(line: str, lineno: int = 1) -> TraceHeader:
         browser=browser,
         timeouts=tuple(timeouts),
         headers=tuple(headers),
+        service=service,
+        cookies=tuple(cookies),
         **strings,
     )
 
@@ -614,9 +655,10 @@ def read_trace(lines: Iterable[str]) -> tuple[TraceHeader, Iterator[TraceRecord]
 
 
 def replay(lines: Iterable[str], *, tracer: Tracer | None = None) -> Iterator[Event]:
-    """Feed a trace back through a :class:`LabsClient`; yield its events as they come.
+    """Feed a trace back through the client of its service; yield its events as they come.
 
-    The client is built from the header (plain HTTP, the header's seed), connects
+    The client (a :class:`LabsClient` or a :class:`PerplexityClient`, as the header's
+    ``service`` says) is built from the header (plain HTTP, the header's seed), connects
     and queries at ``t = 0``, then gets every "in" chunk at its time, with
     ``handle_timer`` fired first when a deadline passed.  At the end of the trace
     the client is closed like a backend closes it.  Errors the client raises
@@ -626,9 +668,17 @@ def replay(lines: Iterable[str], *, tracer: Tracer | None = None) -> Iterator[Ev
     """
     header, records = read_trace(lines)
     try:
-        client = LabsClient(header.client_config(), rng=random.Random(header.seed), tracer=tracer)
-        client.connect(0.0)
-        client.query(list(header.messages), model=header.model, now=0.0)
+        config = header.client_config()
+        rng = random.Random(header.seed)
+        client: Client
+        if header.service == "perplexity":
+            client = asker = PerplexityClient(config, rng=rng, tracer=tracer)
+            asker.connect(0.0)
+            asker.query(list(header.messages), model=header.model, now=0.0)
+        else:
+            client = labs = LabsClient(config, rng=rng, tracer=tracer)
+            labs.connect(0.0)
+            labs.query(list(header.messages), model=header.model, now=0.0)
     except LocalProtocolError as exc:
         raise TraceError(f"trace line 1: the header does not start a session: {exc}") from None
     client.transmit()
