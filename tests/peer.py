@@ -40,13 +40,13 @@ def http_response(status: int, body: bytes | str = b"", *, reason: str = "", hea
     return head.encode("latin-1") + b"\r\n" + body
 
 
-# -- what the client sends: the Chrome 131 (macOS) profile, byte for byte ----------------------------------
+# -- what the client sends: the Chrome 152 (Windows) profile, byte for byte ----------------------------------
 
 CHROME_UA = (
-    b"Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) "
-    b"Chrome/131.0.0.0 Safari/537.36"
+    b"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    b"Chrome/152.0.0.0 Safari/537.36"
 )
-CHROME_CH_UA = b'"Google Chrome";v="131", "Chromium";v="131", "Not_A Brand";v="24"'
+CHROME_CH_UA = b'"Chromium";v="152", "Not?A_Brand";v="24", "Google Chrome";v="152"'
 ORIGIN = b"https://labs.perplexity.ai"
 
 
@@ -62,7 +62,7 @@ def chrome_request(method: str, target: str, body: bytes = b"", *, host: bytes =
         method.encode() + b" " + target.encode() + b" HTTP/1.1\r\nHost: " + host + b"\r\n"
         + b"Connection: keep-alive\r\n"
         + (b"Content-Length: " + str(len(body)).encode() + b"\r\n" if post else b"")
-        + b'sec-ch-ua-platform: "macOS"\r\n'
+        + b'sec-ch-ua-platform: "Windows"\r\n'
         + b"User-Agent: " + CHROME_UA + b"\r\n"
         + b"sec-ch-ua: " + CHROME_CH_UA + b"\r\n"
         + (b"Content-Type: text/plain;charset=UTF-8\r\n" if post else b"")

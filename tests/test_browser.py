@@ -118,7 +118,7 @@ def test_a_user_agent_of_the_callers_drops_the_client_hints() -> None:
     firefox = b"User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0\r\n"
     expected = (
         chrome_request("GET", POLL)
-        .replace(b'sec-ch-ua-platform: "macOS"\r\n', b"")
+        .replace(b'sec-ch-ua-platform: "Windows"\r\n', b"")
         .replace(b"sec-ch-ua: " + CHROME_CH_UA + b"\r\n", b"")
         .replace(b"sec-ch-ua-mobile: ?0\r\n", b"")
         .replace(b"User-Agent: " + CHROME_UA + b"\r\n", firefox)
@@ -229,14 +229,14 @@ def test_merge_headers_replaces_every_one_of_a_name_at_the_first_place() -> None
 
 def test_a_trace_header_names_the_profile_and_an_old_one_replays_without() -> None:
     header = make_header(server="http://127.0.0.1:9", messages="hi", seed=1)
-    assert header["browser"] == "chrome131-macos"
+    assert header["browser"] == "chrome152"
     assert parse_header(json.dumps(header)).client_config().browser is CHROME
     del header["browser"]
     assert parse_header(json.dumps(header)).client_config().browser is None
     header["browser"] = None
     assert parse_header(json.dumps(header)).client_config().browser is None
     header["browser"] = "netscape4"
-    with pytest.raises(TraceError, match="trace line 1: expected a browser profile among chrome131-macos"):
+    with pytest.raises(TraceError, match="trace line 1: expected a browser profile among chrome131-macos, chrome152"):
         parse_header(json.dumps(header))
 
 

@@ -5,9 +5,9 @@ Labs is a web page (``https://labs.perplexity.ai``) whose script talks to
 (a cross-origin, same-site CORS request) and the upgrade is a ``WebSocket``.  A
 client that sends a library's headers is easy to refuse (protocol.md §9), so the
 byte level (:class:`~plabs_proto.wire.client.LabsClient`) sends, by default, the
-headers of :data:`CHROME`: Chrome 131 on macOS, the version and platform of
-curl_cffi's ``chrome131`` target, so the pure-Python path and the curl backend
-(``--impersonate chrome131``) tell the same story.
+headers of :data:`CHROME`: Chrome 152 on Windows, the version and platform of
+curl_cffi 0.17's newest target (``chrome152``, its ``chrome``), so the pure-Python path and
+the curl backend (whose default is that target) tell the same story.
 
 One profile, three request kinds:
 
@@ -44,9 +44,9 @@ module; none is copied):
   ``Accept-Language`` and ``Sec-WebSocket-Key``.  (An older Chrome 65 handshake in
   gdut17/websocket's README.md has User-Agent after Sec-WebSocket-Version; every later one
   has it after Cache-Control.)
-* The ``sec-ch-ua`` value (with its GREASE brand ``"Not_A Brand";v="24"``), the
-  User-Agent and ``Accept-Language`` are those curl_cffi 0.17's ``chrome131`` target
-  sends (captured on loopback).
+* The ``sec-ch-ua`` value (with its GREASE brand ``"Not?A_Brand";v="24"``), the
+  User-Agent, the platform and ``Accept-Language`` are those curl_cffi 0.17's
+  ``chrome152`` target sends (captured on loopback).
 
 Where we knowingly differ from Chrome:
 
@@ -75,7 +75,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-__all__ = ["CHROME", "PROFILES", "BrowserProfile", "fetch_site", "merge_headers"]
+__all__ = ["CHROME", "CHROME_131", "PROFILES", "BrowserProfile", "fetch_site", "merge_headers"]
 
 Headers = list[tuple[str, str]]
 
@@ -127,7 +127,7 @@ class BrowserProfile:
 
     ``sec_ch_ua``, ``sec_ch_ua_mobile`` and ``sec_ch_ua_platform`` are the User-Agent
     client hints, sent (as Chrome does) only with the profile's own ``user_agent``: a
-    caller who sets another User-Agent gets no hints, since hints naming Chrome 131
+    caller who sets another User-Agent gets no hints, since hints naming Chrome 152
     beside a User-Agent that does not would contradict it (Firefox and Safari send
     none).  ``name`` is how a trace records the profile (see :data:`PROFILES`).
     """
@@ -304,8 +304,23 @@ def fetch_site(origin: str, server: str) -> str:
     return "cross-site"
 
 
-#: Chrome 131 on macOS: curl_cffi's ``chrome131`` target (its User-Agent, client hints and language).
+#: Chrome 152 on Windows: curl_cffi 0.17's ``chrome152`` target, its ``chrome`` (the curl backend's default), with
+#: its User-Agent, client hints and language as it sends them (captured on loopback), so that both paths name the
+#: same Chrome.
 CHROME = BrowserProfile(
+    name="chrome152",
+    user_agent=(
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
+        "(KHTML, like Gecko) Chrome/152.0.0.0 Safari/537.36"
+    ),
+    sec_ch_ua='"Chromium";v="152", "Not?A_Brand";v="24", "Google Chrome";v="152"',
+    sec_ch_ua_mobile="?0",
+    sec_ch_ua_platform='"Windows"',
+    accept_language="en-US,en;q=0.9",
+)
+
+#: Chrome 131 on macOS (curl_cffi's ``chrome131``): the profile before 0.2, kept so that its traces replay.
+CHROME_131 = BrowserProfile(
     name="chrome131-macos",
     user_agent=(
         "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 "
@@ -318,4 +333,4 @@ CHROME = BrowserProfile(
 )
 
 #: The profiles a trace can name, by :attr:`BrowserProfile.name`.
-PROFILES: dict[str, BrowserProfile] = {CHROME.name: CHROME}
+PROFILES: dict[str, BrowserProfile] = {CHROME.name: CHROME, CHROME_131.name: CHROME_131}
