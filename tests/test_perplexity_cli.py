@@ -95,3 +95,15 @@ def test_a_redirect_names_the_current_endpoint_only_on_labs(perplexity_emulator_
     assert main(["ask", "--service", "perplexity", "--server", ask, "--backend", "sync", "Hi"]) == 3
     err = capsys.readouterr().err
     assert err.startswith("plabs: error: expected HTTP 200 for the ask") and "302" in err and hint not in err
+
+
+def test_the_live_site_is_asked_over_curl_when_it_is_installed() -> None:
+    """curl_cffi speaks with Chrome's TLS and HTTP/2 fingerprint: the default for the live site (it keeps
+    no byte trace, so --trace falls back to asyncio); a server of your own, or the emulator, gets asyncio."""
+    from plabs_proto.backends.programs.cli import choose_backend
+
+    assert choose_backend(None, live=True, traced=False, impersonate=None) == "curl"  # curl_cffi is a dev extra
+    assert choose_backend(None, live=True, traced=True, impersonate=None) == "asyncio"
+    assert choose_backend(None, live=False, traced=False, impersonate=None) == "asyncio"
+    assert choose_backend(None, live=False, traced=False, impersonate="chrome") == "curl"
+    assert choose_backend("trio", live=True, traced=False, impersonate=None) == "trio"

@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import builtins
 import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -362,7 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--proxy", type=arguments.proxy, default=None, metavar="URL",
                      help="http://[user:pass@]host:port or socks5://...")
     ask.add_argument("--transport", default="upgrade", choices=TRANSPORTS, help="default: upgrade")
-    ask.add_argument("--backend", default="asyncio", choices=BACKENDS, help="default: asyncio")
+    ask.add_argument("--backend", default=None, choices=BACKENDS,
+                     help="default: curl for the live site when curl_cffi is installed (Chrome's TLS and HTTP/2 "
+                          "fingerprint: the best chance against Cloudflare), else asyncio")
     ask.add_argument(
         "--impersonate",
         default=None,
@@ -580,6 +583,8 @@ def _cmd_ask(args: argparse.Namespace, printer: EventPrinter) -> int:
         }
         if args.timeout is not None:
             options["timeout"] = args.timeout
+        args.backend = choose_backend(args.backend, live=server == DEFAULT_SERVER, traced=recorder is not None,
+                                      impersonate=args.impersonate)
         if args.backend == "curl":
             options["impersonate"] = args.impersonate or "chrome"
         elif args.impersonate is not None:
@@ -755,6 +760,17 @@ def _emulator_settings(args: argparse.Namespace, names: tuple[str, ...]) -> dict
     if args.retry_after == "":
         settings["retry_after"] = None  # no Retry-After header
     return settings
+
+
+def choose_backend(backend: str | None, *, live: bool, traced: bool, impersonate: str | None) -> str:
+    """The backend of ``plabs ask``: the one named, else curl for the live site when curl_cffi is installed
+    (it speaks with Chrome's TLS and HTTP/2 fingerprint, the best chance against Cloudflare; it keeps no
+    byte trace, so not with ``--trace``) or when ``--impersonate`` asks for it, else asyncio."""
+    if backend is not None:
+        return backend
+    if impersonate is not None or (live and not traced and importlib.util.find_spec("curl_cffi") is not None):
+        return "curl"
+    return "asyncio"
 
 
 def _check_guard_steps(args: argparse.Namespace, steps: Sequence[str], service: str) -> None:
