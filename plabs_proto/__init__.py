@@ -1,4 +1,5 @@
-"""plabs-proto: a sans-IO Perplexity client (Perplexity Labs: Socket.IO v5 over Engine.IO v4).
+"""plabs-proto: a sans-IO Perplexity client, two services on one core: Perplexity Labs (Socket.IO v5 over
+Engine.IO v4, retired in 2025, still the default) and the ask endpoint the web app uses today (Server-Sent Events).
 
 The core (this package) parses and emits every byte of a session and does no
 I/O; the backends in ``plabs_proto.backends`` carry it over real sockets.
@@ -41,8 +42,9 @@ codec and session, the Socket.IO codec, the answer, :class:`LabsSession`);
 ``wire/`` is the byte level.  A layer calls down and reads events back; none
 calls up, and none reads another's private names.
 
-One answer frame, from the socket to the user's text (asyncio; trio and sync
-differ only in step 1):
+One Labs answer frame, from the socket to the user's text (asyncio; trio and sync
+differ only in step 1; an ask-service event takes steps 1 to 3, then ``HTTPChannel.receive_pieces``
+and ``PerplexitySession.receive_http_body``, ``SSEDecoder.feed`` and ``AnswerDecoder.feed``, then 6 to 8):
 
 1. the stream's protocol keeps the bytes; ``AsyncioNetwork.receive`` hands them to the driver;
 2. ``Driver`` calls ``Client.receive_data(stream_id, data, now)``;

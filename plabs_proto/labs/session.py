@@ -68,7 +68,6 @@ from plabs_proto.state import SessionState, next_state
 __all__ = ["LabsSession"]
 
 _CLOSED, _ERROR, _QUERYING = SessionState.CLOSED, SessionState.ERROR, SessionState.QUERYING
-_CONNECT_TEXT_TYPE = socketio.PacketType.CONNECT
 _Message = eio.Message
 _DISCONNECT = socketio.encode_packet(socketio.Packet(socketio.PacketType.DISCONNECT))
 
@@ -139,7 +138,7 @@ class LabsSession(EventQueue):
         if self.config.connect_timeout is not None:
             self._deadlines["connect"] = now + self.config.connect_timeout
         self._engine.open(now)
-        connect = socketio.Packet(_CONNECT_TEXT_TYPE, data={"jwt": self.config.jwt})
+        connect = socketio.Packet(socketio.PacketType.CONNECT, data={"jwt": self.config.jwt})
         self._engine.send(socketio.encode_packet(connect))  # goes out once the Engine.IO session is open
 
     def query(self, messages: str | Sequence[Mapping[str, Any]], *, model: str = DEFAULT_MODEL, now: float) -> None:
