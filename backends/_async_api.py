@@ -15,11 +15,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, Generic, TypeAlias, TypeVar, cast
 
-from plabs_proto.config import ClientConfig
+from plabs_proto.config import ClientConfig, check_mode
 from plabs_proto.errors import LocalProtocolError, ResponseError
 from plabs_proto.events import AnswerFinished, AnswerRevised, Connected, Event, TextDelta
 from plabs_proto.labs.session import LabsSession
-from plabs_proto.wire.client import Client, ClientState, Tracer
+from plabs_proto.perplexity.request import Model
+from plabs_proto.perplexity.session import Catalog, PerplexitySession
+from plabs_proto.wire.client import Client, ClientState, PerplexityClient, Tracer
 
 from ._config import Messages, announce_seed, default_model, make_client, make_rng, to_messages
 from ._errors import check_event, opened
@@ -108,6 +110,12 @@ class DriverBase(ABC, Generic[Core]):
 
 #: What a backend's driver offers the classes below (its core is a LabsClient or a LabsSession).
 AnyDriver: TypeAlias = DriverBase[Any]
+
+
+def _query_options(model: str, mode: str | None) -> dict[str, str]:
+    """The keyword arguments of the core's ``query``: the model, and the mode when one was given
+    (only the ask service has modes: a Labs core is never given one)."""
+    return {"model": model} if mode is None else {"model": model, "mode": mode}
 
 
 def _release(close: Callable[[], None]) -> None:
@@ -240,10 +248,11 @@ class AsyncQuery(OneReader[Event]):
 
     _what = "one query's events"
 
-    def __init__(self, driver: AnyDriver, messages: Messages, model: str) -> None:
+    def __init__(self, driver: AnyDriver, messages: Messages, model: str, *, mode: str | None = None) -> None:
         self._driver = driver
         self._messages = messages
         self._model = model
+        self._mode = mode
         self._started = False
 
     async def next_item(self) -> Event:
@@ -257,7 +266,7 @@ class AsyncQuery(OneReader[Event]):
                     client.events()  # what idling left (nothing of this query's)
                 elif driver.error is not None:  # open(wait=False): the handshake failed already
                     raise driver.error
-                driver.command(client.query, self._messages, model=self._model)
+                driver.command(client.query, self._messages, **_query_options(self._model, self._mode))
             while True:
                 event = await driver.next_event()
                 if type(event) is Connected:  # the ack, after open(wait=False)
@@ -360,13 +369,15 @@ class AsyncConnection(ABC, Generic[Core]):
             driver.close()
             raise
 
-    def query(self, messages: Messages, *, model: str | None = None) -> AsyncQuery:
+    def query(self, messages: Messages, *, model: str | None = None, mode: str | None = None) -> AsyncQuery:
         """Ask; iterate the result for the answer's events (see :class:`AsyncQuery`).
 
-        ``model`` None: the service's default.  On ``service="perplexity"`` a second query is a
+        ``model`` None: the service's default.  ``mode`` (``service="perplexity"`` only: one of
+        :data:`~plabs_proto.perplexity.request.MODES`) None: the config's ``mode``, else the session's default.  On ``service="perplexity"`` a second query is a
         follow-up in the thread of the first.  Raises :class:`~plabs_proto.errors.LocalProtocolError` at once when the
         connection is not open or another query on it is still streaming.
         """
+        check_mode(self._client.config.service, mode)
         driver = self._driver
         if driver is None:
             raise LocalProtocolError("cannot query: the connection is not open (open it, or use it as a context manager)")
@@ -377,7 +388,41 @@ class AsyncConnection(ABC, Generic[Core]):
             )
         messages = to_messages(messages)
         driver.busy = True
-        return AsyncQuery(driver, messages, model or default_model(self._client.config.service))
+        return AsyncQuery(driver, messages, model or default_model(self._client.config.service), mode=mode)
+
+    async def catalog(self) -> tuple[Model, ...]:
+        """The service's own models (``GET /rest/models/config/v2``, see
+        :meth:`~plabs_proto.perplexity.session.PerplexitySession.request_catalog`), asked on this
+        open connection between queries; ``service="perplexity"`` only.  An error of the server's
+        closes the connection and is raised."""
+        core = self._client
+        if not isinstance(core, (PerplexityClient, PerplexitySession)):
+            raise LocalProtocolError(
+                f"expected service=\"perplexity\" to ask for the model catalog, got {self._client.config.service!r} "
+                "(the Labs models are plabs_proto.labs.answer.MODELS)"
+            )
+        driver = self._driver
+        if driver is None or driver.connected is None:
+            raise LocalProtocolError("cannot ask for the catalog: the connection is not open (open it and wait)")
+        if driver.busy:
+            raise LocalProtocolError("cannot ask for the catalog while a query is still streaming on this session")
+        driver.busy = True
+        try:
+            await driver.stop_idling()
+            driver.command(core.request_catalog)
+            while True:
+                event = await driver.next_event()
+                if type(event) is Catalog:
+                    return event.models
+        except LocalProtocolError:
+            raise
+        except BaseException:
+            driver.close()
+            raise
+        finally:
+            driver.busy = False
+            if not driver.finished:
+                driver.start_idling()
 
     async def aclose(self) -> None:
         """Close the connection (politely when it is healthy); idempotent."""

@@ -65,6 +65,8 @@ class SessionOptions(TypedDict, total=False):
     (``"labs"``, the default, or ``"perplexity"``: the ask endpoint that answers today) picks the
     session; a ``"perplexity"`` one given neither ``session_token`` nor ``cookies_txt`` signs in
     with :data:`TOKEN_VARIABLE` or :data:`COOKIES_FILE_VARIABLE` when set (anonymous otherwise).
+    ``mode`` (``service="perplexity"`` only: one of :data:`~plabs_proto.perplexity.request.MODES`)
+    is the ask's ``params.mode`` of every query; None, the session's default.
     """
 
     server: str
@@ -92,6 +94,7 @@ class SessionOptions(TypedDict, total=False):
     service: str
     session_token: str | None
     cookies_txt: str | None
+    mode: str | None
 
 
 class AskOptions(SessionOptions, total=False):

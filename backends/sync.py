@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from plabs_proto.config import ClientConfig
 from plabs_proto.events import Connected, Event
+from plabs_proto.perplexity.request import Model
 from plabs_proto.wire.client import Client, Tracer
 
 from ._async_api import AsyncAnswer, AsyncConnection, OneReader
@@ -244,12 +245,20 @@ class Connection:
         starts the handshake in the helper thread and returns (see :meth:`~._async_api.AsyncConnection.open`)."""
         run_blocking(self._connection.open(wait=wait))
 
-    def query(self, messages: Messages, *, model: str | None = None) -> Generator[Event, None, None]:
+    def query(
+        self, messages: Messages, *, model: str | None = None, mode: str | None = None
+    ) -> Generator[Event, None, None]:
         """Ask and stream the answer's events, as :class:`~._async_api.AsyncQuery` does (a
         ResponseError leaves the session usable; any other error, or leaving the generator before
         ``AnswerFinished``, closes it).  Raises :class:`~plabs_proto.errors.LocalProtocolError` at
-        once when the session is not open or another query on it is still streaming."""
-        return _stepped(self._connection.query(messages, model=model))
+        once when the session is not open or another query on it is still streaming.  ``mode`` as
+        for :meth:`~._async_api.AsyncConnection.query`."""
+        return _stepped(self._connection.query(messages, model=model, mode=mode))
+
+    def catalog(self) -> tuple[Model, ...]:
+        """The service's own models, asked on this open session (``service="perplexity"`` only; see
+        :meth:`~._async_api.AsyncConnection.catalog`)."""
+        return run_blocking(self._connection.catalog())
 
     def close(self) -> None:
         """Close the session (politely when it is healthy); idempotent."""

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from plabs_proto.errors import LocalProtocolError
 from plabs_proto.labs.answer import DEFAULT_VERSION
-from plabs_proto.perplexity.request import read_cookies_txt
+from plabs_proto.perplexity.request import MODES, read_cookies_txt
 from plabs_proto.wire.browser import CHROME, BrowserProfile
 from plabs_proto.wire.proxy import ProxyConfig, parse_proxy_url
 from plabs_proto.wire.tls import check_ssl_context
@@ -37,6 +37,7 @@ __all__ = [
     "ClientConfig",
     "SessionConfig",
     "check_header_text",
+    "check_mode",
     "check_seconds",
     "split_server",
 ]
@@ -92,6 +93,20 @@ def _check_bool(name: str, value: object) -> None:
         raise LocalProtocolError(f"expected {name} as True or False, got {value!r:.60}")
 
 
+def check_mode(service: str, mode: object) -> None:
+    """Refuse an ask mode that ``service`` cannot send: None (the session's default) is always
+    taken; otherwise one of :data:`~plabs_proto.perplexity.request.MODES`, on ``"perplexity"`` only."""
+    if mode is None:
+        return
+    if service != "perplexity":
+        raise LocalProtocolError(
+            f"expected no mode on service {service!r:.60} (modes are the ask service's: service=\"perplexity\"), "
+            f"got mode={mode!r:.60}"
+        )
+    if not isinstance(mode, str) or mode not in MODES:
+        raise LocalProtocolError(f"expected the mode to be one of {', '.join(MODES)}, got {mode!r:.60}")
+
+
 #: Characters of a cookie value sent as it is (RFC 6265's cookie-octet).
 _COOKIE_OCTETS = frozenset(chr(c) for c in range(0x21, 0x7F)) - set('",;\\')
 
@@ -139,7 +154,9 @@ class SessionConfig:
     ``__Secure-next-auth.session-token``) and/or ``cookies_txt`` (the text of a
     browser's cookies.txt export; its perplexity.ai cookies are sent, expired or
     not).  Both go in the ``Cookie`` header of every request; neither is ever
-    shown (not in a repr, not in an error).
+    shown (not in a repr, not in an error).  ``mode`` is the ask's ``params.mode``
+    (``"perplexity"`` only: one of :data:`~plabs_proto.perplexity.request.MODES`)
+    for a query that names none; ``None``, the session's default (``"copilot"``).
     """
 
     server: str = DEFAULT_SERVER
@@ -155,12 +172,14 @@ class SessionConfig:
     service: str = "labs"
     session_token: str | None = field(default=None, repr=False)
     cookies_txt: str | None = field(default=None, repr=False)
+    mode: str | None = None
 
     def __post_init__(self) -> None:
         """Refuse a field of the wrong kind now, with :class:`LocalProtocolError`, not with a TypeError later."""
         if self.service not in SERVICES:
             raise LocalProtocolError(f"expected a service among {', '.join(SERVICES)}, got {self.service!r:.60}")
         _check_cookies(self.session_token, self.cookies_txt)
+        check_mode(self.service, self.mode)
         if self.transport not in TRANSPORTS:
             raise LocalProtocolError(
                 f"expected a transport among {', '.join(TRANSPORTS)}, got {self.transport!r:.60}"

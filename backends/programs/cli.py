@@ -4,7 +4,7 @@ Commands::
 
     plabs ask [options] [PROMPT...]   stream an answer (no PROMPT, or "-": read standard input)
     plabs replay [--json] FILE        print the events of a recorded trace again
-    plabs models                      the known models, default first
+    plabs models                      the known models, default first (--live: the service's own catalog)
     plabs emulator [options]          run the local Labs emulator in the foreground (prints its URL)
     plabs serve [options]             serve an OpenAI-compatible API backed by Labs
 
@@ -384,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
         f"that answers today (POST /rest/sse/perplexity_ask; model {_ask_service.DEFAULT_MODEL} unless --model "
         "says; signs in with PLABS_SESSION_TOKEN or PLABS_COOKIES_FILE when set)",
     )
+    ask.add_argument("--mode", default=None, choices=_ask_service.MODES,
+                     help="with --service perplexity: the ask's mode (default copilot)")
     output_options(ask)
     ask.set_defaults(run=_cmd_ask, parser=ask, model=None)  # --model's default: the service's
 
@@ -399,6 +401,16 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="list the known models, default first")
     models.add_argument("--service", choices=("labs", "perplexity"), default="labs",
                         help="whose models: labs (default) or perplexity (the ask endpoint's built-in list)")
+    models.add_argument("--live", action="store_true",
+                        help="with --service perplexity: ask the server for its own catalog "
+                        "(GET /rest/models/config/v2) instead of printing the built-in list")
+    models.add_argument("--server", default=None, metavar="URL",
+                        help=f"with --live: the server to ask (default {DEFAULT_SERVER})")
+    models.add_argument("--backend", default=None, choices=BACKENDS,
+                        help="with --live: as for `plabs ask` (default: curl for the live site when installed)")
+    models.add_argument("--cafile", default=None, metavar="PEM", help="with --live: trust these CA certificates instead")
+    models.add_argument("--timeout", type=arguments.seconds, default=None, metavar="S",
+                        help="with --live: overall deadline in seconds")
     models.set_defaults(run=_cmd_models, parser=models)
 
     emu = commands.add_parser(
@@ -546,6 +558,8 @@ def _cmd_ask(args: argparse.Namespace, printer: EventPrinter) -> int:
     if args.emulator and args.server is not None:
         raise _UsageError("--emulator and --server cannot be used together")
     perplexity = args.service == "perplexity"
+    if args.mode is not None and not perplexity:
+        raise _UsageError("--mode needs --service perplexity (Labs has no modes)")
     model = _argument(args.model, "--model") if args.model is not None else (
         _ask_service.DEFAULT_MODEL if perplexity else DEFAULT_MODEL)
     known = [m.id for m in _ask_service.MODELS] if perplexity else list(MODELS)
@@ -581,6 +595,8 @@ def _cmd_ask(args: argparse.Namespace, printer: EventPrinter) -> int:
             "tracer": recorder,
             "service": args.service,
         }
+        if args.mode is not None:
+            options["mode"] = args.mode
         if args.timeout is not None:
             options["timeout"] = args.timeout
         args.backend = choose_backend(args.backend, live=server == DEFAULT_SERVER, traced=recorder is not None,
@@ -719,7 +735,16 @@ def _cmd_replay(args: argparse.Namespace, printer: EventPrinter) -> int:
 
 
 def _cmd_models(args: argparse.Namespace, printer: EventPrinter) -> int:
-    if args.service == "perplexity":
+    live_only = ("server", "backend", "cafile", "timeout")
+    if not args.live:
+        for name in live_only:
+            if getattr(args, name) is not None:
+                raise _UsageError(f"--{name} needs --live (without it the built-in list is printed)")
+    elif args.service != "perplexity":
+        raise _UsageError("--live needs --service perplexity (Labs has no catalog to ask for)")
+    if args.live:
+        names = _live_models(args)
+    elif args.service == "perplexity":
         default = _ask_service.DEFAULT_MODEL
         names = [default, *(m.id for m in _ask_service.MODELS if m.id != default)]
     else:
@@ -727,6 +752,53 @@ def _cmd_models(args: argparse.Namespace, printer: EventPrinter) -> int:
     printer.stdout.write("".join(name + "\n" for name in names))
     printer.stdout.flush()
     return 0
+
+
+def _live_models(args: argparse.Namespace) -> list[str]:
+    """The ids of the service's own catalog, asked of ``--server`` over a session of its own: the
+    anonymous model (what needs no sign-in) first, the rest in the catalog's order."""
+    server = _argument(args.server, "--server") if args.server is not None else DEFAULT_SERVER
+    options: dict[str, Any] = {"server": server, "cafile": args.cafile, "service": "perplexity"}
+    if args.timeout is not None:
+        options["timeout"] = args.timeout
+    backend = choose_backend(args.backend, live=server == DEFAULT_SERVER, traced=False, impersonate=None)
+    if backend == "sync":
+        from .. import sync
+
+        with sync.connect(**options) as session:
+            models = session.catalog()
+    else:
+        models = _run_async(backend, _catalog, options)
+    return [m.id for m in models if not m.signed_in] + [m.id for m in models if m.signed_in]
+
+
+async def _catalog(backend: Any, options: dict[str, Any]) -> tuple[Any, ...]:
+    """The catalog asked on an async backend's session."""
+    async with backend.connect(**options) as session:
+        return tuple(await session.catalog())
+
+
+def _run_async(name: str, function: Callable[[Any, dict[str, Any]], Any], options: dict[str, Any]) -> Any:
+    """``function(backend, options)`` run on the async backend ``name`` (asyncio, trio or curl)."""
+    if name == "trio":
+        try:
+            import trio
+
+            from .. import trio as trio_backend
+        except ImportError as exc:
+            raise _Failure(f"the trio backend needs trio (pip install 'plabs-proto[trio]'): {exc}") from None
+        return trio.run(function, trio_backend, options)
+    import asyncio
+
+    if name == "curl":
+        try:
+            from .. import curl as curl_backend
+        except ImportError as exc:
+            raise _Failure(f"the curl backend needs curl_cffi (pip install 'plabs-proto[impersonate]'): {exc}") from None
+        return asyncio.run(function(curl_backend, options))
+    from .. import asyncio as asyncio_backend
+
+    return asyncio.run(function(asyncio_backend, options))
 
 
 def _cmd_emulator(args: argparse.Namespace, printer: EventPrinter) -> int:

@@ -33,6 +33,7 @@ __all__ = [
     "ASK_PATH",
     "BASE_URL",
     "CATALOG_PATH",
+    "DEFAULT_MODE",
     "DEFAULT_MODEL",
     "MODELS",
     "MODES",
@@ -63,6 +64,8 @@ SESSION_COOKIE = "__Secure-next-auth.session-token"
 """The cookie that holds a signed-in session."""
 MODES = ("copilot", "concise")
 """``params.mode``: the web app posts ``copilot`` (OmniRoute, gpt4free 2026); ``concise`` is the older quick mode."""
+DEFAULT_MODE = MODES[0]
+"""The mode of an ask that names none."""
 DEFAULT_MODEL = "turbo"
 """The model anonymous use gets (and ``pplx_pro`` is the signed-in "Best")."""
 
@@ -175,7 +178,7 @@ def ask_body(
     *,
     rng: random.Random,
     model: str = DEFAULT_MODEL,
-    mode: str = "copilot",
+    mode: str = DEFAULT_MODE,
     language: str = "en-US",
     timezone: str = "UTC",
     sources: Iterable[str] = ("web",),

@@ -20,7 +20,9 @@ caller, the carrier, does in a loop what it does for
 and reads ``next_event()`` for what happened.  Commands are ``connect(now)``
 (the warm-up ``GET /api/auth/session``, which sets the anonymous cookies; READY
 on its 200), ``query(messages, model=..., mode=..., now=...)`` (the ask; a second
-one is a follow-up in the same thread) and ``close(now)``.  The states and the
+one is a follow-up in the same thread), ``request_catalog(now=...)`` (``GET
+/rest/models/config/v2``, answered by a :class:`Catalog` event with the service's
+own models) and ``close(now)``.  The states and the
 moves between them are :mod:`plabs_proto.state`'s.
 
 The answer: SSE events (:class:`~plabs_proto.perplexity.sse.SSEDecoder`), the
@@ -47,8 +49,10 @@ server set, compression, proxies, TLS).
 
 from __future__ import annotations
 
+import json
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -76,13 +80,18 @@ from plabs_proto.events import (
     TextDelta,
     ThreadIdentity,
 )
+from plabs_proto.jsondepth import check_depth
 from plabs_proto.labs.answer import normalize_messages
 from plabs_proto.messages import HTTPResponse, Utf8Text
 from plabs_proto.perplexity.answer import END_OF_STREAM, MESSAGE, AnswerDecoder, load_frame
 from plabs_proto.perplexity.request import (
+    DEFAULT_MODE,
     DEFAULT_MODEL,
     SESSION_COOKIE,
+    Model,
     ask_request,
+    catalog_request,
+    parse_catalog,
     read_cookies_txt,
     warmup_request,
 )
@@ -90,14 +99,23 @@ from plabs_proto.perplexity.sse import SSEDecoder
 from plabs_proto.refusal import HEADER_LIMIT, clean, page_title, refusal
 from plabs_proto.state import SessionState, next_state
 
-__all__ = ["ERROR_BODY_LIMIT", "TRANSPORT", "PerplexitySession", "signed_in_cookie"]
+__all__ = ["ERROR_BODY_LIMIT", "TRANSPORT", "Catalog", "PerplexitySession", "signed_in_cookie"]
 
 #: What ``Connected.transport`` says for this service.
 TRANSPORT = "sse"
 #: Most bytes of a refused answer's body kept to read the refusal from (a Cloudflare page, a JSON error).
 ERROR_BODY_LIMIT = 64 * 1024
 
-_CLOSED, _ERROR, _QUERYING = SessionState.CLOSED, SessionState.ERROR, SessionState.QUERYING
+_CLOSED, _ERROR, _QUERYING, _READY = SessionState.CLOSED, SessionState.ERROR, SessionState.QUERYING, SessionState.READY
+_CATALOG = "the model catalog (GET /rest/models/config/v2)"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Catalog(Event):
+    """The service's own models, the answer to ``request_catalog()`` (see
+    :func:`~plabs_proto.perplexity.request.parse_catalog`), in the catalog's order."""
+
+    models: tuple[Model, ...]
 
 
 def _query_text(messages: str | Sequence[Mapping[str, Any]], follow_up: bool) -> str:
@@ -162,6 +180,7 @@ class PerplexitySession(EventQueue):
         self._warmup_id: int | None = None
         self._ask: _Ask | None = None  # the ask in flight (its answer streaming, or waiting for the warm-up)
         self._pending: tuple[str, dict[str, Any]] | None = None  # a query made while connecting
+        self._catalog_id: int | None = None  # the catalog request in flight
         self._thread: ThreadIdentity | None = None
         self._cookie = signed_in_cookie(config)
         self._server = config.server.rstrip("/")
@@ -215,7 +234,7 @@ class PerplexitySession(EventQueue):
         messages: str | Sequence[Mapping[str, Any]],
         *,
         model: str = DEFAULT_MODEL,
-        mode: str = "copilot",
+        mode: str | None = None,
         now: float,
     ) -> None:
         """Ask; the answer comes as events.  One query at a time.
@@ -225,14 +244,17 @@ class PerplexitySession(EventQueue):
         (``last_backend_uuid``, ``read_write_token``, ``query_source: "followup"``),
         and sends only the last user message of ``messages``.  ``model`` is a
         ``model_preference`` (anonymous use gets ``"turbo"`` only), ``mode``
-        ``"copilot"`` or ``"concise"``.
+        ``"copilot"`` or ``"concise"`` (None: ``config.mode``, else ``"copilot"``).
         """
         if self._ask is not None or self._pending is not None:
             raise LocalProtocolError(
                 "cannot start a query while another one is still streaming on this session: "
                 "queries run one after another"
             )
+        if self._catalog_id is not None:
+            raise LocalProtocolError("cannot start a query while the model catalog is being fetched: wait for Catalog")
         new_state = next_state(self._state, _state.QUERY)
+        mode = self.config.mode or DEFAULT_MODE if mode is None else mode
         options: dict[str, Any] = {"model": model or DEFAULT_MODEL, "mode": mode, "follow_up": self._thread}
         text = _query_text(messages, self._thread is not None)
         ask_request(text, rng=random.Random(0), server=self._server, **options)  # checks it all now, draws nothing
@@ -246,6 +268,19 @@ class PerplexitySession(EventQueue):
         else:
             self._pending = (text, options)
 
+    def request_catalog(self, *, now: float) -> None:
+        """Ask for the service's model catalog (``GET /rest/models/config/v2``); a :class:`Catalog`
+        event brings it.  Only when ready (after the warm-up, whose cookies it goes with, and
+        between queries); one at a time."""
+        if self._state is not _READY or self._ask is not None or self._catalog_id is not None:
+            doing = "the catalog is being fetched already" if self._catalog_id is not None else f"it is {self._state.value}"
+            raise LocalProtocolError(
+                f"expected a ready session (connected, no query streaming) to ask for the catalog, but {doing}"
+            )
+        request = catalog_request(self._server)
+        self._catalog_id = self._request(request.method, request.url, request.headers, request.body,
+                                         incremental=False)
+
     def close(self, now: float) -> None:
         """End the session (no request says goodbye: an answer still streaming is dropped)."""
         state = self._state
@@ -253,7 +288,7 @@ class PerplexitySession(EventQueue):
         if state in _state.END_STATES:
             return
         self._deadlines.clear()
-        self._warmup_id = None
+        self._warmup_id = self._catalog_id = None
         self._ask = self._pending = None
         self._events.append(Closed(reason="closed by the client"))
 
@@ -269,7 +304,7 @@ class PerplexitySession(EventQueue):
             exc.partial_reasoning = self.partial_reasoning
         self._state = next_state(self._state, _state.FAILED)
         self._deadlines.clear()
-        self._warmup_id = None
+        self._warmup_id = self._catalog_id = None
         self._ask = self._pending = None
 
     # -- inputs ---------------------------------------------------------------------------------
@@ -294,6 +329,14 @@ class PerplexitySession(EventQueue):
                 self.receive_http_end(request_id, now)
             return
         response = self._response(status, reason, headers, body)
+        if request_id == self._catalog_id and request_id is not None:
+            self._catalog_id = None
+            try:
+                self._events.append(Catalog(models=_read_catalog(response, self._refused)))
+            except LabsError as exc:
+                self._failed(exc)
+                raise
+            return
         if request_id != self._warmup_id:
             return  # an answer nobody waits for any more
         self._warmup_id = None
@@ -388,7 +431,7 @@ class PerplexitySession(EventQueue):
         news of a request nobody waits for any more is ignored.
         """
         ask = self._ask
-        if id != self._warmup_id and (ask is None or id != ask.request_id):
+        if id != self._warmup_id and id != self._catalog_id and (ask is None or id != ask.request_id):
             return
         url = urlsplit(self._server)
         host = url.hostname or ""
@@ -542,3 +585,24 @@ class PerplexitySession(EventQueue):
         """An input or the timer raised ``exc``: an error of the server's fails the session (a local one does not)."""
         if not isinstance(exc, LocalProtocolError) and self._state is not _ERROR:
             self.fail(exc)
+
+
+def _read_catalog(response: HTTPResponse, refused: Callable[[HTTPResponse, str], LabsError]) -> tuple[Model, ...]:
+    """The models of the catalog's answer; a refusal (another status than 200) or a body that is
+    not a JSON catalog raises (``refused(response, what)`` makes the refusal's error)."""
+    if response.status != 200:
+        raise refused(response, _CATALOG)
+    try:
+        text = response.body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RemoteProtocolError(f"expected {_CATALOG} as UTF-8 JSON, got a byte that is not UTF-8 at {exc.start}") from None
+    check_depth(text, "the model catalog")
+    try:
+        data = json.loads(text, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:
+        raise RemoteProtocolError(f"expected {_CATALOG} as JSON, got {clean(text[:200], 100)!r} ({exc})") from None
+    return parse_catalog(data)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")

@@ -645,7 +645,7 @@ class PerplexityClient(Client):
         messages: str | Sequence[Mapping[str, Any]],
         *,
         model: str = _ask.DEFAULT_MODEL,
-        mode: str = "copilot",
+        mode: str | None = None,
         now: float,
     ) -> None:
         """Ask; the answer comes as events.  One query at a time; a second one is a follow-up
@@ -654,6 +654,14 @@ class PerplexityClient(Client):
         self._now = now
         session = self._ask
         self._step(lambda: session.query(messages, model=model, mode=mode, now=now))
+
+    def request_catalog(self, *, now: float) -> None:
+        """Ask for the service's model catalog; a :class:`~plabs_proto.perplexity.session.Catalog`
+        event brings it (see :meth:`PerplexitySession.request_catalog
+        <plabs_proto.perplexity.session.PerplexitySession.request_catalog>`)."""
+        self._now = now
+        session = self._ask
+        self._step(lambda: session.request_catalog(now=now))
 
 
 def _target(url: str) -> str:

@@ -7,7 +7,7 @@ started::
      "model": "r1-1776", "messages": [{"role": "user", "content": "hi"}], "seed": 42,
      "origin": "https://labs.perplexity.ai", "jwt": "anonymous-ask-user", "version": "2.18"}
 
-(optional keys: ``service``, ``cookies``, ``path``, ``user_agent``, ``browser``, ``timeouts``, ``headers``,
+(optional keys: ``service``, ``cookies``, ``mode``, ``path``, ``user_agent``, ``browser``, ``timeouts``, ``headers``,
 ``accept_encoding``, ``permessage_deflate``: the last two are written always, and a header
 without them is from before the client offered compression, so its replay offers none); every other line is
 one chunk of bytes the client wrote or received above TLS::
@@ -126,6 +126,7 @@ class TraceHeader:
     permessage_deflate: bool = False
     service: str = "labs"
     cookies: tuple[str, ...] = ()
+    mode: str | None = None
 
     def client_config(self) -> ClientConfig:
         """The :class:`ClientConfig` of the replayed client (plain HTTP: the trace is above TLS)."""
@@ -134,6 +135,8 @@ class TraceHeader:
             extra["path"] = self.path
         if self.user_agent is not None:
             extra["user_agent"] = self.user_agent
+        if self.mode is not None:
+            extra["mode"] = self.mode
         for name, value in self.timeouts:
             extra[f"{name}_timeout"] = value
         if self.cookies:
@@ -175,11 +178,13 @@ def make_header(
     permessage_deflate: bool = True,
     service: str = "labs",
     cookies: Sequence[str] = (),
+    mode: str | None = None,
 ) -> dict[str, Any]:
     """The header dict for :class:`TraceRecorder` (a prompt string becomes one user message).
 
     ``browser`` is the name of the header profile the session used (``None``: none).
-    ``cookies`` are the names (never the values) of a signed-in ask session's own cookies.
+    ``cookies`` are the names (never the values) of a signed-in ask session's own cookies;
+    ``mode`` the ask session's configured mode (None: its default, and no key).
 
     ``seed`` may be left ``None`` when the backend draws it and announces it to the recorder.
     """
@@ -212,6 +217,8 @@ def make_header(
         header["headers"] = [[name, redact_header_value(name, value)] for name, value in headers]
     if cookies:
         header["cookies"] = list(cookies)
+    if mode is not None:
+        header["mode"] = mode
     return header
 
 
@@ -233,6 +240,7 @@ def config_header(
     return make_header(
         service=config.service,
         cookies=names,
+        mode=config.mode,
         server=config.server,
         transport=config.transport,
         model=model,
@@ -551,7 +559,7 @@ def parse_header(line: str, lineno: int = 1) -> TraceHeader:
         raise TraceError(f"trace line {lineno}: expected every message to be an object, got {messages!r:.60}")
     seed = _field(obj, "seed", int, lineno, "an integer seed")
     strings: dict[str, Any] = {}
-    for key in ("origin", "jwt", "version", "path", "user_agent"):
+    for key in ("origin", "jwt", "version", "path", "user_agent", "mode"):
         if key in obj:
             strings[key] = _field(obj, key, str, lineno, "a string")
     browser = obj.get("browser")  # absent: a trace from before header profiles
