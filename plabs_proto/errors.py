@@ -98,6 +98,14 @@ class LabsError(Exception):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r})"
 
+    def keep_partial(self, text: str, reasoning: str) -> None:
+        """Keep the answer (and reasoning) so far, unless the error already holds some: a session that
+        fails because of this error calls it, so that nothing that had arrived is lost."""
+        if not self.partial_text:
+            self.partial_text = text
+        if not self.partial_reasoning:
+            self.partial_reasoning = reasoning
+
 
 class LocalProtocolError(LabsError):
     """The caller asked for something the protocol or the client's state does not allow."""

@@ -189,10 +189,7 @@ class LabsSession(EventQueue):
         WebSocket frame, a proxy): below the messages, the session would never
         see it otherwise.  The session calls it for its own errors.
         """
-        if not exc.partial_text:
-            exc.partial_text = self.partial_text
-        if not exc.partial_reasoning:
-            exc.partial_reasoning = self.partial_reasoning
+        exc.keep_partial(self.partial_text, self.partial_reasoning)
         self._state = next_state(self._state, _state.FAILED)
         self._deadlines.clear()
         self._engine.abort()

@@ -298,10 +298,7 @@ class PerplexitySession(EventQueue):
         The byte level calls it for an error of its own bytes (TLS, HTTP, a
         proxy); the session calls it for its own errors.
         """
-        if not exc.partial_text:
-            exc.partial_text = self.partial_text
-        if not exc.partial_reasoning:
-            exc.partial_reasoning = self.partial_reasoning
+        exc.keep_partial(self.partial_text, self.partial_reasoning)
         self._state = next_state(self._state, _state.FAILED)
         self._deadlines.clear()
         self._warmup_id = self._catalog_id = None
