@@ -49,7 +49,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import IO, Any
+from typing import IO, Any, Protocol, TypeVar
 
 import pytest
 import trustme
@@ -119,28 +119,44 @@ def _key(options: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((name, repr(value)) for name, value in options.items()))
 
 
+class _Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+_S = TypeVar("_S", bound=_Stoppable)
+
+
+@contextlib.contextmanager
+def _one_per_options(make: Callable[..., _S]) -> Iterator[Callable[..., _S]]:
+    """A server ``make`` starts, one per distinct set of options, shared by the whole run; all stopped at its end."""
+    running: dict[tuple[tuple[str, str], ...], _S] = {}
+
+    def start(**options: Any) -> _S:
+        key = _key(options)
+        if key not in running:
+            running[key] = make(**options)
+        return running[key]
+
+    try:
+        yield start
+    finally:
+        for server in running.values():
+            server.stop()
+
+
 EmulatorFactory = Callable[..., EmulatorThread]
 NodeFactory = Callable[..., NodeServer]
 
 
 @pytest.fixture(scope="session")
 def emulator_factory() -> Iterator[EmulatorFactory]:
-    running: dict[tuple[tuple[str, str], ...], EmulatorThread] = {}
-
-    def start(*, certfile: str | None = None, keyfile: str | None = None, **config: Any) -> EmulatorThread:
-        key = _key({"certfile": certfile, "keyfile": keyfile, **config})
-        emulator = running.get(key)
-        if emulator is None:
-            emulator = EmulatorThread(EmulatorConfig(**config), certfile=certfile, keyfile=keyfile)
-            emulator.start()
-            running[key] = emulator
+    def make(*, certfile: str | None = None, keyfile: str | None = None, **config: Any) -> EmulatorThread:
+        emulator = EmulatorThread(EmulatorConfig(**config), certfile=certfile, keyfile=keyfile)
+        emulator.start()
         return emulator
 
-    try:
+    with _one_per_options(make) as start:
         yield start
-    finally:
-        for emulator in running.values():
-            emulator.stop()
 
 
 NPM_CI = ("ci", "--prefer-offline", "--no-audit", "--no-fund", "--loglevel=error")
@@ -207,21 +223,8 @@ def node_ready() -> None:
 
 @pytest.fixture(scope="session")
 def node_factory(node_ready: None) -> Iterator[NodeFactory]:
-    running: dict[tuple[tuple[str, str], ...], NodeServer] = {}
-
-    def start(**options: Any) -> NodeServer:
-        key = _key(options)
-        server = running.get(key)
-        if server is None:
-            server = start_node_server(**options)
-            running[key] = server
-        return server
-
-    try:
+    with _one_per_options(start_node_server) as start:
         yield start
-    finally:
-        for server in running.values():
-            server.stop()
 
 
 PerplexityEmulatorFactory = Callable[..., PerplexityEmulatorThread]
@@ -229,24 +232,13 @@ PerplexityEmulatorFactory = Callable[..., PerplexityEmulatorThread]
 
 @pytest.fixture(scope="session")
 def perplexity_emulator_factory() -> Iterator[PerplexityEmulatorFactory]:
-    running: dict[tuple[tuple[str, str], ...], PerplexityEmulatorThread] = {}
-
-    def start(
-        *, certfile: str | None = None, keyfile: str | None = None, **config: Any
-    ) -> PerplexityEmulatorThread:
-        key = _key({"certfile": certfile, "keyfile": keyfile, **config})
-        emulator = running.get(key)
-        if emulator is None:
-            emulator = PerplexityEmulatorThread(PerplexityEmulatorConfig(**config), certfile=certfile, keyfile=keyfile)
-            emulator.start()
-            running[key] = emulator
+    def make(*, certfile: str | None = None, keyfile: str | None = None, **config: Any) -> PerplexityEmulatorThread:
+        emulator = PerplexityEmulatorThread(PerplexityEmulatorConfig(**config), certfile=certfile, keyfile=keyfile)
+        emulator.start()
         return emulator
 
-    try:
+    with _one_per_options(make) as start:
         yield start
-    finally:
-        for emulator in running.values():
-            emulator.stop()
 
 
 @pytest.fixture(scope="session")
@@ -254,21 +246,8 @@ def perplexity_node_factory() -> Iterator[NodeFactory]:
     require_node_server(
         None if shutil.which("node") else "Node.js ('node') is not on PATH; perplexity.js needs it"
     )
-    running: dict[tuple[tuple[str, str], ...], NodeServer] = {}
-
-    def start(**options: Any) -> NodeServer:
-        key = _key(options)
-        server = running.get(key)
-        if server is None:
-            server = start_perplexity_node(**options)
-            running[key] = server
-        return server
-
-    try:
+    with _one_per_options(start_perplexity_node) as start:
         yield start
-    finally:
-        for server in running.values():
-            server.stop()
 
 
 @pytest.fixture(params=["python", "node"])
