@@ -162,9 +162,10 @@ class Driver(DriverBase[Client]):
         readable = [(sid, stream) for sid, stream in self.streams.items() if sid not in self.at_eof]
         if readable:
             got = await network.receive([stream for _, stream in readable], until)
-        elif at is None and idle and self.client.state is ClientState.READY and self.client.config.service == "perplexity":
-            # Between the ask service's queries every connection may have closed (the server ends an
-            # idle keep-alive): the next query opens one; until then, wait to be woken.
+        elif at is None and idle and self.client.state is ClientState.READY:
+            # A session ready between queries with no deadline keeps nothing alive (one whose every
+            # request opens a connection as it needs one, once the server ended an idle keep-alive;
+            # a Labs session always has its heartbeat deadline): wait to be woken by the next query.
             await network.sleep_until(now + IDLE_WAIT)
             got = []
         elif at is None:
