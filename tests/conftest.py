@@ -385,3 +385,14 @@ def lab(anyio_backend: str) -> ModuleType:
     """The backend module (asyncio or trio) of the loop the anyio test runs on."""
     module: ModuleType = asyncio_backend if anyio_backend == "asyncio" else trio_backend
     return module
+
+
+@pytest.fixture
+def own_gateways() -> Iterator[list[Any]]:
+    """Gateways (``test_gateway.Gateway``) a test starts for itself, stopped at its end whatever happened."""
+    started: list[Any] = []
+    yield started
+    for gateway in started:
+        if gateway.process.poll() is None:
+            gateway.process.kill()
+        gateway.process.communicate(timeout=10)

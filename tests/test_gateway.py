@@ -109,17 +109,6 @@ def gateway_factory() -> Iterator[GatewayFactory]:
     assert not failures, failures
 
 
-@pytest.fixture
-def own_gateways() -> Iterator[list[Gateway]]:
-    """Gateways a test starts for itself (stopped at its end whatever happened)."""
-    started: list[Gateway] = []
-    yield started
-    for gateway in started:
-        if gateway.process.poll() is None:
-            gateway.process.kill()
-        gateway.process.communicate(timeout=10)
-
-
 @pytest.fixture(params=["emulator", "node"])
 def labs_url(request: pytest.FixtureRequest, emulator_factory: EmulatorFactory) -> str:
     """The URL of a default Labs server: the emulator, or the Node.js server."""

@@ -28,7 +28,14 @@ from plabs_proto.backends.programs.gateway import (
     fold_history,
     thread_key,
 )
-from test_gateway import Gateway, established_to, port_of, start_gateway, stop_gateway, wait_for
+from test_gateway import (
+    Gateway,
+    established_to,
+    port_of,
+    start_gateway,
+    stop_gateway,
+    wait_for,
+)
 
 from plabs_proto.perplexity.request import DEFAULT_MODEL, MODELS
 
@@ -148,11 +155,11 @@ def test_the_responses_api_continues_a_thread_too(gateway: Gateway) -> None:
     assert second.output_text == default_answer(FOLLOW_UP)
 
 
-def test_the_thread_limit_at_its_edge_end_to_end(own_gateway: list[Gateway]) -> None:
+def test_the_thread_limit_at_its_edge_end_to_end(own_gateways: list[Gateway]) -> None:
     """With --max-threads 2 (and the emulator started in-process): two conversations both continue;
     a third pushes the oldest out, whose next turn then starts a new thread."""
     gateway = start_gateway("--service", "perplexity", "--emulator", "--max-threads", "2")
-    own_gateway.append(gateway)
+    own_gateways.append(gateway)
     with gateway.client() as client:
         a: Messages = [{"role": "user", "content": "Conversation A"}]
         b: Messages = [{"role": "user", "content": "Conversation B"}]
@@ -173,12 +180,12 @@ def test_the_thread_limit_at_its_edge_end_to_end(own_gateway: list[Gateway]) -> 
 
 @pytest.mark.parametrize(("backend", "needs"), [("trio", "hypercorn"), ("curl", "curl_cffi")])
 def test_a_follow_up_on_the_other_backends(perplexity_emulator_factory: PerplexityEmulatorFactory,
-                                          own_gateway: list[Gateway], backend: str, needs: str) -> None:
+                                          own_gateways: list[Gateway], backend: str, needs: str) -> None:
     """Under trio a kept session is held alive by a task of the gateway's; curl keeps its own."""
     pytest.importorskip(needs)
     emulator = perplexity_emulator_factory(frame_delay=0.001)
     gateway = start_gateway("--service", "perplexity", "--server", emulator.url, "--backend", backend)
-    own_gateway.append(gateway)
+    own_gateways.append(gateway)
     first: Messages = [{"role": "user", "content": f"On {backend}"}]
     with gateway.client() as client:
         answer = ask(client, first, stream=True)
@@ -189,13 +196,13 @@ def test_a_follow_up_on_the_other_backends(perplexity_emulator_factory: Perplexi
 
 
 def test_a_follow_up_after_the_server_let_the_kept_connection_go(
-    perplexity_node_factory: NodeFactory, own_gateway: list[Gateway]
+    perplexity_node_factory: NodeFactory, own_gateways: list[Gateway]
 ) -> None:
     """In front of perplexity.js (the independent server, which checks follow-ups too and closes a
     connection idle for 5 s): a kept session whose connection the server closed asks on a new one."""
     node = perplexity_node_factory()
     gateway = start_gateway("--service", "perplexity", "--server", node.url)
-    own_gateway.append(gateway)
+    own_gateways.append(gateway)
     first: Messages = [{"role": "user", "content": "q1"}]
     with gateway.client() as client:
         answer = ask(client, first)
@@ -204,16 +211,6 @@ def test_a_follow_up_after_the_server_let_the_kept_connection_go(
         assert ask(client, turn(first, answer, "q2"), stream=True) == 'Node\'s answer to "q2" [1]'
     status, err = stop_gateway(gateway)
     assert status == 0 and "Traceback" not in err, err
-
-
-@pytest.fixture
-def own_gateway() -> Iterator[list[Gateway]]:
-    started: list[Gateway] = []
-    yield started
-    for gateway in started:
-        if gateway.process.poll() is None:
-            gateway.process.kill()
-        gateway.process.communicate(timeout=10)
 
 
 # -- the thread cache, in process ---------------------------------------------------------------------
