@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import random
 import re
 import select
 import shutil
@@ -51,6 +52,33 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ranges:
+            return int(ranges.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def reserved_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free now that stays free for a long while: below the ephemeral range, where the
+    kernel never picks the local port of an outgoing connection or of a bind to port 0 (a port from
+    :func:`free_port` kept for minutes can be taken by any such socket in the meantime), in a band of
+    its own for each pytest-xdist worker."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    band = 1000 * (int(worker) % 8 if worker.isdigit() else 0)
+    low = max(1024, _ephemeral_low() - 8000) + band
+    for _ in range(200):
+        port = random.randrange(low, low + 1000)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"expected a free port in {low}..{low + 999}, got none in 200 tries")
 
 
 class NodeServer:

@@ -39,7 +39,7 @@ from pathlib import Path
 import pytest
 from conftest import EmulatorFactory
 from plabs_proto.backends.programs.emulator import default_answer
-from servers import free_port, read_until
+from servers import read_until, reserved_port
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -81,7 +81,7 @@ class Shell:
     """The README's shell lines, run one by one in one environment, as a reader would."""
 
     def __init__(self) -> None:
-        self.ports = {name: str(free_port()) for name in PORTS}
+        self.ports = {name: str(reserved_port()) for name in PORTS}
         self.env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "NO_COLOR": "1",
                     "PYTHONUNBUFFERED": "1"}
         for name in ("PLABS_SERVER", "OPENAI_BASE_URL", "OPENAI_API_KEY", "PLABS_API_KEY"):
@@ -125,14 +125,21 @@ class Shell:
                     if words[i - 1] in ("--port", "--bind"))
         process = subprocess.Popen(["bash", "-c", f"exec {line}"], env=self.env, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True)
-        if words[0] == "plabs":
-            line_read = read_until(process, rb"\n", timeout=30)
-            assert re.fullmatch(rb"http://127\.0\.0\.1:%d(/v1)?\n" % port, line_read), line_read
-        deadline = time.monotonic() + 30
-        while not _listening(port):
-            assert process.poll() is None, f"{line!r} exited {process.returncode} before listening"
-            assert time.monotonic() < deadline, f"{line!r} did not listen on {port} within 30 s"
-            time.sleep(0.05)
+        try:
+            if words[0] == "plabs":
+                line_read = read_until(process, rb"\n", timeout=30)
+                assert re.fullmatch(rb"http://127\.0\.0\.1:%d(/v1)?\n" % port, line_read), line_read
+            deadline = time.monotonic() + 30
+            while not _listening(port):
+                assert process.poll() is None, f"{line!r} exited {process.returncode} before listening"
+                assert time.monotonic() < deadline, f"{line!r} did not listen on {port} within 30 s"
+                time.sleep(0.05)
+        except AssertionError as exc:
+            # Never leave the server behind, and say what it printed on stderr.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            _, err = process.communicate()
+            raise AssertionError(f"{exc}\n{line!r} printed on stderr:\n{err.decode(errors='replace')[-3000:]}") from None
         return process
 
     @staticmethod
