@@ -29,7 +29,7 @@ from plabs_proto.backends import asyncio as asyncio_backend
 from plabs_proto.backends import sync as sync_backend
 from plabs_proto.backends import trio as trio_backend
 from plabs_proto.backends.programs.emulator import default_answer, default_reasoning
-from servers import free_port
+from servers import reserved_port
 
 from plabs_proto.errors import (
     AnswerRewrittenError,
@@ -383,7 +383,7 @@ def test_proxy_wrong_password_is_refused(
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_unreachable_proxy_names_no_credentials(backend: str) -> None:
-    port = free_port()
+    port = reserved_port()  # below the ephemeral range: no other test's server gets it meanwhile
     error = raises(backend, NetworkError, server="http://127.0.0.1:9", proxy=f"http://alice:{PROXY_PASSWORD}@127.0.0.1:{port}", timeout=5)
     assert type(error) is NetworkError and (error.host, error.port) == ("127.0.0.1", port)
     assert f"the proxy at 127.0.0.1:{port}" in str(error)
@@ -484,7 +484,7 @@ def test_asyncio_drops_a_connection_stuck_writing_when_the_answer_fails(sockets_
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_connection_refused(backend: str) -> None:
-    port = free_port()
+    port = reserved_port()  # below the ephemeral range: no other test's server gets it meanwhile
     error = raises(backend, NetworkError, server=f"http://127.0.0.1:{port}", timeout=5)
     assert type(error) is NetworkError
     assert f"connect to the server at 127.0.0.1:{port}" in str(error)
