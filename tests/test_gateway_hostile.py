@@ -280,3 +280,19 @@ def test_fuzzed_requests_get_a_4xx_in_openai_shape(unreachable_post: Any, body: 
     else:
         assert 400 <= response.status_code < 500, (response.status_code, error)
         assert error["type"] == "invalid_request_error"
+
+
+def test_a_mode_the_service_does_not_have(post: Any, silent: Silent) -> None:
+    """``mode`` (the ask service's, an extension of OpenAI's request): refused on Labs, checked on the
+    ask service, before any session opens, on both APIs."""
+    labs = refused(post, silent, {"model": "sonar", "messages": USER, "mode": "concise"}, 400,
+                   "unsupported_parameter", "mode")
+    assert labs == ("Perplexity Labs has no ask modes: expected no 'mode', got \"concise\" (modes are the ask "
+                    "service's: plabs serve --service perplexity)")
+    ask = create_app(server=silent.url, service="perplexity", timeout=5)
+    for bad in ("fast", "", "Concise", 1, ["concise"]):
+        for path, body in (("/v1/chat/completions", {"model": "turbo", "messages": USER, "mode": bad}),
+                           ("/v1/responses", {"model": "turbo", "input": "hi", "mode": bad})):
+            message = assert_openai_error(post(path, body, ask), 400, "invalid_value", "mode")
+            assert message == f"expected 'mode' to be one of 'copilot', 'concise', got {json.dumps(bad)}"
+    assert silent.connections() == 0, "a session was opened for a request refused"

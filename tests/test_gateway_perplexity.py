@@ -10,6 +10,7 @@ limits are tested at their edges here, in process, without a clock.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,7 +38,7 @@ from test_gateway import (
     wait_for,
 )
 
-from plabs_proto.perplexity.request import DEFAULT_MODEL, MODELS
+from plabs_proto.perplexity.request import DEFAULT_MODEL, MODELS, parse_catalog
 
 PROMPT = "What is sans-IO?"
 FOLLOW_UP = "Why does it help testing?"
@@ -101,6 +102,77 @@ def test_chat_streamed_and_not(gateway: Gateway) -> None:
     assert "".join(chunk.choices[0].delta.content or "" for chunk in answer) == default_answer(PROMPT)
     assert answer[-1].model_extra is not None and answer[-1].model_extra["citations"] == CITATIONS
     assert usage.choices == [] and usage.usage is not None and usage.usage.total_tokens > 0
+
+
+# -- modes and the service's own catalog ---------------------------------------------------------------
+
+
+def test_a_request_names_its_mode(gateway: Gateway) -> None:
+    """Without a mode the web app's (copilot) is asked; ``mode`` in the request (the openai package's
+    ``extra_body``) asks another, on both APIs, streamed or not (the emulator's answer names it)."""
+    messages: Messages = [{"role": "user", "content": PROMPT}]
+    concise = {"mode": "concise"}
+    with gateway.client() as client:
+        plain = ask(client, messages)
+        whole = client.chat.completions.create(model="turbo", messages=messages, extra_body=concise)
+        chunks = list(client.chat.completions.create(model="turbo", messages=messages, stream=True,
+                                                     extra_body=concise))
+        response = client.responses.create(model="turbo", input=PROMPT, extra_body=concise)
+        copilot = client.responses.create(model="turbo", input=PROMPT, extra_body={"mode": "copilot"})
+    assert plain == default_answer(PROMPT) == copilot.output_text
+    assert whole.choices[0].message.content == default_answer(PROMPT, "concise") != plain
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks) == default_answer(PROMPT, "concise")
+    assert response.output_text == default_answer(PROMPT, "concise")
+
+
+def test_the_gateways_mode_and_the_live_catalog(perplexity_server: Any, own_gateways: list[Gateway],
+                                                request: pytest.FixtureRequest) -> None:
+    """``--live-models``: the models served are the server's own catalog (the anonymous one first),
+    on the emulator and on the Node.js server, whose catalogs differ; a built-in id the catalog lacks
+    is 404.  ``--mode concise``: asked when a request names no mode (the emulator shows it)."""
+    url = perplexity_server()
+    catalog = parse_catalog(httpx.get(url + "/rest/models/config/v2").json())
+    expected = [m.id for m in catalog if not m.signed_in] + [m.id for m in catalog if m.signed_in]
+    assert "r1" not in expected and DEFAULT_MODEL in expected
+    gateway = start_gateway("--service", "perplexity", "--server", url, "--live-models", "--mode", "concise")
+    own_gateways.append(gateway)
+    messages: Messages = [{"role": "user", "content": PROMPT}]
+    with gateway.client() as client:
+        assert [model.id for model in client.models.list()] == expected
+        assert client.models.retrieve(expected[-1]).owned_by == "perplexity"
+        with pytest.raises(openai.NotFoundError) as caught:
+            client.chat.completions.create(model="r1", messages=messages)  # built in, not in this catalog
+        answer = ask(client, messages)
+        asked = client.chat.completions.create(model="turbo", messages=messages, extra_body={"mode": "copilot"})
+    assert isinstance(caught.value.body, dict) and caught.value.body["code"] == "model_not_found"
+    if request.node.callspec.params["perplexity_server"] == "python":  # (the Node.js server's answer names no mode)
+        assert answer == default_answer(PROMPT, "concise")
+        assert asked.choices[0].message.content == default_answer(PROMPT)
+    status, err = stop_gateway(gateway)
+    assert status == 0 and "Traceback" not in err, err
+
+
+def test_a_catalog_the_service_refuses(perplexity_emulator_factory: PerplexityEmulatorFactory,
+                                       own_gateways: list[Gateway]) -> None:
+    """A catalog the service will not give: the gateway still starts (and says so on stderr); what
+    needs the models is answered 502 ``catalog_unavailable`` with the service's words, and asks
+    again each time."""
+    emulator = perplexity_emulator_factory(rate_limit="catalog")
+    gateway = start_gateway("--service", "perplexity", "--server", emulator.url, "--live-models")
+    own_gateways.append(gateway)
+    for _ in range(2):
+        listed = httpx.get(gateway.base_url + "/models", timeout=10)
+        chat = httpx.post(gateway.base_url + "/chat/completions", timeout=10,
+                          json={"model": "turbo", "messages": [{"role": "user", "content": PROMPT}]})
+        for response in (listed, chat):
+            assert response.status_code == 502, response.text
+            error = response.json()["error"]
+            assert (error["type"], error["code"]) == ("api_error", "catalog_unavailable")
+            assert error["message"].startswith("expected Perplexity's model catalog (live_models), got an error: ")
+            assert "429" in error["message"] or "rate" in error["message"].lower()
+    status, err = stop_gateway(gateway)
+    assert status == 0 and "Traceback" not in err, err
+    assert "expected Perplexity's model catalog (live_models), got an error" in err
 
 
 # -- conversations ------------------------------------------------------------------------------------
@@ -273,9 +345,14 @@ def test_the_service_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
 
 @pytest.mark.parametrize(("settings", "message"), [
     ({"service": "pplx"}, "expected the service to be one of labs, perplexity, got 'pplx'"),
+    ({"service": "labs", "live_models": True},
+     "expected live_models on the perplexity service only (Labs has no catalog to ask for), got service 'labs'"),
+    ({"live_models": True, "models": PERPLEXITY_MODELS[:1]}, "expected either models or live_models, got both"),
+    ({"mode": "fast"}, "expected the mode to be one of copilot, concise, got 'fast'"),
+    ({"service": "labs", "mode": "concise"}, "expected no mode on service 'labs'"),
     ({"max_threads": -1}, "expected max_sessions, warm and max_threads >= 0, got 0, 0 and -1"),
     ({"thread_age": 0.0}, "expected thread_age as a number of seconds > 0, got 0.0"),
 ])
 def test_bad_settings_are_refused(settings: dict[str, Any], message: str) -> None:
-    with pytest.raises(GatewayError, match=message.replace("(", r"\(")):
+    with pytest.raises(GatewayError, match=re.escape(message)):
         create_app(**{"service": "perplexity", **settings})

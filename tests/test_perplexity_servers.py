@@ -642,11 +642,11 @@ def test_emulator_config_limits() -> None:
         ({"frame_delay": -0.1}, "frame_delay must be >= 0, got -0.1"),
         ({"shape": "tree"}, "shape must be one of ('steps', 'blocks', 'workflow'), got 'tree'"),
         ({"line_ending": "cr"}, "line_ending must be one of ('crlf', 'lf'), got 'cr'"),
-        ({"rate_limit": "poll"}, "rate_limit must be None or one of ('session', 'ask', 'all'), got 'poll'"),
+        ({"rate_limit": "poll"}, "rate_limit must be None or one of ('session', 'ask', 'catalog', 'all'), got 'poll'"),
         ({"retry_after": "1\r\nX: y"}, "retry_after must be one header line"),
         ({"redirect_to": "https://a/\r\n"}, "redirect_to must be one header line"),
         ({"redirect_status": 304}, "redirect_status must be one of (301, 302, 303, 307, 308), got 304"),
-        ({"redirect": "upgrade"}, "redirect must be None or one of ('session', 'ask', 'all'), got 'upgrade'"),
+        ({"redirect": "upgrade"}, "redirect must be None or one of ('session', 'ask', 'catalog', 'all'), got 'upgrade'"),
         ({"session_token": "a b"}, "session_token must be a cookie value (cookie-octets), got 'a b'"),
     ]:
         with pytest.raises(ValueError, match=re.escape(words)):
@@ -746,7 +746,7 @@ def test_cli_serves_each_shape(shape: str, processes: list[subprocess.Popen[byte
     (["--shape", "steps"], "--shape is not an option of the labs emulator"),
     (["--gzip"], "--gzip is not an option of the labs emulator"),
     (["--service", "perplexity", "--rate-limit", "polling"],
-     "--rate-limit of the perplexity emulator takes one of session, ask, all, got 'polling'"),
+     "--rate-limit of the perplexity emulator takes one of session, ask, catalog, all, got 'polling'"),
     (["--cloudflare", "ask"], "--cloudflare of the labs emulator takes one of polling, post, poll, upgrade, all"),
     (["--service", "perplexity", "--shape", "tree"], "invalid choice: 'tree'"),
     (["--redirect", "session"], "--redirect of the labs emulator takes one of polling, post, poll, upgrade, all"),

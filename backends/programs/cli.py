@@ -99,7 +99,7 @@ EXIT_STATUSES: tuple[tuple[type[HandshakeError], int], ...] = (
 #: imported only when it runs, as it needs the ``emulator`` extra).
 _GUARD_STEPS = ("polling", "post", "poll", "upgrade", "all")
 #: The same for the Perplexity emulator (its ``GUARD_STEPS``), and its answer shapes (``SHAPES``).
-_SSE_GUARD_STEPS = ("session", "ask", "all")
+_SSE_GUARD_STEPS = ("session", "ask", "catalog", "all")
 _ALL_GUARD_STEPS = (*_GUARD_STEPS[:-1], *_SSE_GUARD_STEPS)
 _SHAPES = ("steps", "blocks", "workflow")
 

@@ -55,7 +55,7 @@ __all__ = [
 SHAPES = ("steps", "blocks", "workflow")
 LINE_ENDINGS = ("crlf", "lf")
 #: Where a guard switch answers instead of the service: the warm-up, the ask, or both.
-GUARD_STEPS = ("session", "ask", "all")
+GUARD_STEPS = ("session", "ask", "catalog", "all")
 DEFAULT_ERROR_CODE = "FREE_TIER_RATE_LIMITED"
 #: The example sources every answer cites (``name``, ``url``, ``snippet`` as in ``web_results``).
 WEB_RESULTS: tuple[dict[str, str], ...] = (
@@ -178,8 +178,11 @@ class PerplexityEmulatorConfig:
             raise ValueError(f"session_token must be a cookie value (cookie-octets), got {self.session_token!r}")
 
 
-def default_answer(query: str) -> str:
-    """The answer when none is configured: deterministic, built from the query."""
+def default_answer(query: str, mode: str | None = None) -> str:
+    """The answer when none is configured: deterministic, built from the query, and from the mode
+    the ask named when it is not ``copilot`` (the web app's), so that a client sees which it asked."""
+    if mode is not None and mode != "copilot":
+        return f"This is the Perplexity emulator's {mode} answer to: {query} [1][2]"
     return f"This is the Perplexity emulator's answer to: {query} [1][2]"
 
 
@@ -203,6 +206,7 @@ class _Ask:
     query: str
     model: str
     mode: str
+    asked_mode: str | None  # the mode the ask named (``mode`` is what the frames echo: concise when none)
     frontend_uuid: str | None
     thread: _Thread
     backend_uuid: str
@@ -223,7 +227,7 @@ class _Frames:
     def __init__(self, config: PerplexityEmulatorConfig, ask: _Ask) -> None:
         self.config = config
         self.ask = ask
-        self.answer = config.answer if config.answer is not None else default_answer(ask.query)
+        self.answer = config.answer if config.answer is not None else default_answer(ask.query, ask.asked_mode)
         self.pieces = _pieces(self.answer, config.chunk_size)
         # With the trap, only the first half of the answer is streamed before the early final.
         self.streamed = len(self.pieces) // 2 if config.early_final else len(self.pieces)
@@ -471,6 +475,9 @@ class PerplexityEmulator(Listening):
         return response
 
     async def _catalog(self, request: web.Request) -> web.Response:
+        guarded = self._guarded("catalog")
+        if guarded is not None:
+            return guarded
         return web.json_response(CATALOG)
 
     async def _ask(self, request: web.Request) -> web.StreamResponse:
@@ -540,7 +547,7 @@ class PerplexityEmulator(Listening):
         self._threads[backend_uuid] = thread
         model = params.get("model_preference") or "turbo"
         frontend = params.get("frontend_uuid")
-        return _Ask(query=query, model=model, mode=params.get("mode") or "concise",
+        return _Ask(query=query, model=model, mode=params.get("mode") or "concise", asked_mode=params.get("mode"),
                     frontend_uuid=frontend if isinstance(frontend, str) else None,
                     thread=thread, backend_uuid=backend_uuid)
 

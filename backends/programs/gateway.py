@@ -108,7 +108,7 @@ import secrets
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from types import ModuleType
 from typing import Any
 
@@ -238,8 +238,12 @@ class GatewayConfig:
     (not in ``repr``, not in logs).  ``models`` are the models served (listed,
     and the only ones taken unless ``any_model``, which passes any other id on
     to Labs as given; None: the service's own, :data:`LABS_MODELS` or
-    :data:`PERPLEXITY_MODELS`).  ``service``: ``labs`` or ``perplexity`` (the
-    ask endpoint, see :data:`SERVICES`).  On the perplexity service the gateway
+    :data:`PERPLEXITY_MODELS`).  ``live_models`` (perplexity): serve the
+    service's own catalog instead, asked once as the gateway starts (its
+    anonymous model first).  ``mode`` (perplexity): the ask mode of a request
+    that names none (one of :data:`~plabs_proto.perplexity.request.MODES`; None:
+    the service's default); a request may name its own in a ``mode`` field.
+    ``service``: ``labs`` or ``perplexity`` (the ask endpoint, see :data:`SERVICES`).  On the perplexity service the gateway
     keeps the session of each answer for ``thread_age`` seconds, at most
     ``max_threads`` of them, so that the conversation's next turn continues
     its thread (see :class:`ThreadCache`).
@@ -257,6 +261,8 @@ class GatewayConfig:
     timeout: float | None = 300.0
     any_model: bool = False
     models: tuple[ModelCard, ...] | None = None
+    live_models: bool = False
+    mode: str | None = None
     max_threads: int = 256
     thread_age: float = 3600.0
     options: Mapping[str, Any] = field(default_factory=dict)  # more keyword arguments of connect()
@@ -273,7 +279,8 @@ class GatewayConfig:
         """The configuration from ``PLABS_SERVER``, ``PLABS_BACKEND``, ``PLABS_TRANSPORT``,
         ``PLABS_PROXY``, ``PLABS_CAFILE``, ``PLABS_API_KEY``, ``PLABS_MAX_SESSIONS``,
         ``PLABS_WARM``, ``PLABS_TIMEOUT``, ``PLABS_ANY_MODEL`` (``1``: any model id),
-        ``PLABS_SERVICE``, ``PLABS_MAX_THREADS`` and ``PLABS_THREAD_AGE`` (unset: the defaults).
+        ``PLABS_SERVICE``, ``PLABS_MODE``, ``PLABS_LIVE_MODELS`` (``1``: the service's catalog),
+        ``PLABS_MAX_THREADS`` and ``PLABS_THREAD_AGE`` (unset: the defaults).
         This is what ``create_app()`` uses when given nothing, e.g. under ``uvicorn --factory``."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
@@ -291,9 +298,9 @@ class GatewayConfig:
                     values[f.name] = float(raw)
                 except ValueError:
                     raise GatewayError(f"expected PLABS_{f.name.upper()} as a number of seconds, got {raw!r}") from None
-            elif f.name == "any_model":
+            elif f.name in ("any_model", "live_models"):
                 if raw not in ("0", "1"):
-                    raise GatewayError(f"expected PLABS_ANY_MODEL as 0 or 1, got {raw!r}")
+                    raise GatewayError(f"expected PLABS_{f.name.upper()} as 0 or 1, got {raw!r}")
                 values[f.name] = raw == "1"
             else:
                 values[f.name] = raw
@@ -308,6 +315,7 @@ class GatewayConfig:
             "transport": self.transport,
             "cafile": self.cafile,
             "timeout": self.timeout,
+            **({} if self.mode is None else {"mode": self.mode}),
             **self.options,
         }
 
@@ -361,6 +369,11 @@ def check_config(config: GatewayConfig) -> None:
         raise GatewayError(f"expected thread_age as a number of seconds > 0, got {config.thread_age!r}")
     if config.api_key is not None and not config.api_key:
         raise GatewayError("expected a non-empty api key (or none)")
+    if config.live_models and config.service != "perplexity":
+        raise GatewayError(f"expected live_models on the perplexity service only (Labs has no catalog to ask for), "
+                           f"got service {config.service!r}")
+    if config.live_models and config.models is not None:
+        raise GatewayError("expected either models or live_models, got both")
     ids = [card.id if isinstance(card, ModelCard) else None for card in config.cards]
     if not ids or None in ids or len(set(ids)) != len(ids):
         raise GatewayError(f"expected the models as ModelCards with distinct ids, got {config.cards!r:.200}")
@@ -528,13 +541,14 @@ class _ChatRequest:
     stream: bool
     include_usage: bool
     prompt_tokens: int
+    mode: str | None = None  # the ask mode the request names (perplexity)
     caller: str = ""  # the Authorization header: threads are kept per API key
 
 
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
-def _text_of(content: Any, where: str, param: str, part_types: tuple[str, ...]) -> str:
+def _text_of(content: Any, where: str, param: str, part_types: tuple[str, ...], name: str) -> str:
     """The text of a message's content: a str, or a list of text parts (of ``part_types``)."""
     if isinstance(content, str):
         return content
@@ -551,7 +565,7 @@ def _text_of(content: Any, where: str, param: str, part_types: tuple[str, ...]) 
         if kind not in part_types:
             raise _bad_request(
                 f"{where}.content[{index}]: expected a part of type {' or '.join(map(repr, part_types))}, got "
-                f"{_shown(kind)}: Perplexity Labs takes text only",
+                f"{_shown(kind)}: {name} takes text only",
                 "unsupported_content",
                 param,
             )
@@ -563,8 +577,11 @@ def _text_of(content: Any, where: str, param: str, part_types: tuple[str, ...]) 
     return "\n".join(texts)
 
 
-def _conversation(items: Any, param: str, part_types: tuple[str, ...], first: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """``first`` then the messages ``items``, checked and normalized (Labs's rules), within the limits."""
+def _conversation(
+    items: Any, param: str, part_types: tuple[str, ...], first: list[dict[str, Any]], name: str
+) -> list[dict[str, str]]:
+    """``first`` then the messages ``items``, checked and normalized (Labs's rules), within the limits;
+    ``name`` is what the errors call the service."""
     if not isinstance(items, list) or not items:
         raise _bad_request(f"expected '{param}' as a non-empty list of messages, got {_shown(items)}", param=param)
     if len(items) > MAX_MESSAGES:
@@ -580,13 +597,13 @@ def _conversation(items: Any, param: str, part_types: tuple[str, ...], first: li
             raise _bad_request(f"{where}: expected an object, got {_shown(message)}", param=param)
         if message.get("type", "message") != "message":
             raise _bad_request(f"{where}: expected an item of type 'message', got {_shown(message.get('type'))}: "
-                               "Perplexity Labs takes messages only", "unsupported_content", param)
+                               f"{name} takes messages only", "unsupported_content", param)
         role = message.get("role")
         if not isinstance(role, str) or role not in _ROLES:
             got = _shown(role) if "role" in message else "no 'role'"
             raise _bad_request(f"{where}: expected 'role' to be one of {', '.join(map(repr, _ROLES))}, got {got}",
                                param=param)
-        text = _text_of(message.get("content"), where, param, part_types)
+        text = _text_of(message.get("content"), where, param, part_types, name)
         size += len(text.encode("utf-8", "surrogatepass"))
         if size > MAX_PROMPT:
             raise _bad_request(
@@ -631,12 +648,28 @@ def _stream_flag(body: dict[str, Any]) -> bool:
     return stream
 
 
-def _refuse_tools(body: dict[str, Any]) -> None:
+def _refuse_tools(body: dict[str, Any], service: str) -> None:
     for name in _REFUSED:
         if body.get(name) not in (None, [], "none"):
             raise _bad_request(
-                f"Perplexity Labs cannot call tools: '{name}' is not supported", "unsupported_parameter", name
+                f"{service} cannot call tools: '{name}' is not supported", "unsupported_parameter", name
             )
+
+
+def _mode(body: dict[str, Any], config: GatewayConfig) -> str | None:
+    """The request's ask mode (an extension of OpenAI's request: ``mode``, perplexity only); None:
+    the gateway's ``mode``, else the service's default."""
+    mode = body.get("mode")
+    if mode is None:
+        return None
+    if config.service != "perplexity":
+        raise _bad_request(f"{_SERVICE_NAMES.get(config.service, config.service)} has no ask modes: expected no 'mode', got "
+                           f"{_shown(mode)} (modes are the ask service's: plabs serve --service perplexity)",
+                           "unsupported_parameter", "mode")
+    if not isinstance(mode, str) or mode not in ask_service.MODES:
+        raise _bad_request(f"expected 'mode' to be one of {', '.join(map(repr, ask_service.MODES))}, got "
+                           f"{_shown(mode)}", "invalid_value", "mode")
+    return mode
 
 
 def _object(body: Any) -> dict[str, Any]:
@@ -649,22 +682,24 @@ def parse_chat_request(body: Any, config: GatewayConfig | None = None) -> _ChatR
     """Check an OpenAI chat completion request; raise :class:`_Refusal` (4xx) for a bad one."""
     config = config or GatewayConfig()
     body = _object(body)
-    messages = _conversation(body.get("messages"), "messages", ("text",), [])
+    name = _SERVICE_NAMES.get(config.service, config.service)
+    messages = _conversation(body.get("messages"), "messages", ("text",), [], name)
     model = _model(body, config)
     stream = _stream_flag(body)
     n = body.get("n", 1)
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise _bad_request(f"expected 'n' as a whole number >= 1, got {_shown(n)}", param="n")
     if n is not None and n > 1:
-        raise _bad_request(f"Perplexity Labs gives one answer per request: 'n' must be 1, got {n}",
+        raise _bad_request(f"{name} gives one answer per request: 'n' must be 1, got {n}",
                            "unsupported_parameter", "n")
-    _refuse_tools(body)
+    _refuse_tools(body, name)
+    mode = _mode(body, config)
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise _bad_request(f"expected 'stream_options' as an object, got {_shown(options)}", param="stream_options")
     include_usage = isinstance(options, dict) and options.get("include_usage") is True
     prompt = estimate_tokens("\n\n".join(message["content"] for message in messages))
-    return _ChatRequest(messages, model, stream, include_usage, prompt)
+    return _ChatRequest(messages, model, stream, include_usage, prompt, mode)
 
 
 def parse_responses_request(body: Any, config: GatewayConfig | None = None) -> _ChatRequest:
@@ -678,15 +713,17 @@ def parse_responses_request(body: Any, config: GatewayConfig | None = None) -> _
     items = body.get("input")
     if isinstance(items, str):
         items = [{"role": "user", "content": items}]
-    messages = _conversation(items, "input", ("input_text", "output_text", "text"), first)
+    name = _SERVICE_NAMES.get(config.service, config.service)
+    messages = _conversation(items, "input", ("input_text", "output_text", "text"), first, name)
     model = _model(body, config)
     stream = _stream_flag(body)
-    _refuse_tools(body)
+    _refuse_tools(body, name)
+    mode = _mode(body, config)
     if body.get("previous_response_id") is not None:
         raise _bad_request("this gateway keeps no responses: send the whole conversation in 'input' instead of "
                            "'previous_response_id'", "unsupported_parameter", "previous_response_id")
     prompt = estimate_tokens("\n\n".join(message["content"] for message in messages))
-    return _ChatRequest(messages, model, stream, False, prompt)
+    return _ChatRequest(messages, model, stream, False, prompt, mode)
 
 
 def _completion_tokens(finished: AnswerFinished) -> int:
@@ -725,6 +762,7 @@ class _Sessions:
         self.stopping = False  # shutdown began: streams end, the pool closes
         self.running: set[_Completion] = set()  # the responses being sent, ended at once by stop()
         self._wake: anyio.Event | None = None
+        self._catalog: anyio.Lock | None = None  # held while the service's catalog is asked (live_models)
         self.name = _SERVICE_NAMES.get(config.service, config.service)  # what errors call the service
         # perplexity: the sessions whose answer a conversation may continue (Labs keeps no threads)
         self.threads = ThreadCache(config.max_threads, config.thread_age) if config.service == "perplexity" else None
@@ -745,6 +783,43 @@ class _Sessions:
         """Start on first use when the ASGI server ran no lifespan (no warm pool then)."""
         if self.module is None:
             self.start()
+
+    async def ensure_models(self) -> None:
+        """With ``live_models``: ask the service for its catalog once (again on the next request if
+        it failed), after which :attr:`config` serves the catalog's models, its anonymous model
+        first.  Raises a 502 refusal, in OpenAI's shape, when the service does not answer."""
+        if not self.config.live_models:
+            return
+        if self._catalog is None:
+            self._catalog = anyio.Lock()
+        async with self._catalog:
+            if not self.config.live_models:  # another request asked meanwhile
+                return
+            try:
+                session = await self.open()
+                try:
+                    models = await session.catalog()
+                finally:
+                    await self.aclose(session)
+            except LabsError as exc:
+                raise _Refusal(502, f"expected {self.name}'s model catalog (live_models), got an error: {exc}",
+                               "api_error", "catalog_unavailable") from None
+            ordered = [m for m in models if not m.signed_in] + [m for m in models if m.signed_in]
+            if not ordered:
+                raise _Refusal(502, f"expected {self.name}'s model catalog (live_models) to name a model, got none",
+                               "api_error", "catalog_unavailable")
+            cards = tuple(ModelCard(id=m.id, owned_by="perplexity", created=_PERPLEXITY_CREATED,
+                                    service=self.config.service) for m in ordered)
+            self.config = replace(self.config, models=cards, live_models=False)
+            logger.info("serving the %d models of %s's catalog", len(cards), self.name)
+
+    async def preload_models(self) -> None:
+        """:meth:`ensure_models` as the gateway starts; a failure is logged, and the first request
+        that needs the models asks again."""
+        try:
+            await self.ensure_models()
+        except _Refusal as refusal:
+            logger.warning("%s", refusal.message)
 
     def stop(self) -> None:
         """Begin the shutdown (safe to call more than once): the responses being sent end at once."""
@@ -935,11 +1010,11 @@ class _Sessions:
 # -- the chat completion response (one ASGI callable for both modes) ----------------------------------
 
 
-def _rewritten(sent: str, final: str) -> _Refusal:
-    """The error that ends a stream whose text Labs rewrote after it was sent."""
+def _rewritten(sent: str, final: str, name: str) -> _Refusal:
+    """The error that ends a stream whose text the service (``name``) rewrote after it was sent."""
     return _Refusal(
         502,
-        f"Perplexity Labs rewrote the answer after {len(sent)} characters of it were streamed; "
+        f"{name} rewrote the answer after {len(sent)} characters of it were streamed; "
         "the text streamed is not the final answer, which is in this error's final_text",
         "api_error",
         "answer_rewritten",
@@ -1047,7 +1122,7 @@ class _Completion:
             else:
                 self.lent = True
         self.session = session
-        async with session.query(question, model=self.request.model) as query:
+        async with session.query(question, model=self.request.model, mode=self.request.mode) as query:
             async for event in query:
                 if type(event) is AnswerFinished:
                     self.answer = event.text
@@ -1159,7 +1234,7 @@ class _Completion:
                 finished = event
         assert finished is not None
         if not await self._catch_up(send, sent, finished.text):
-            await self._fail(_rewritten("".join(sent), finished.text), send)
+            await self._fail(_rewritten("".join(sent), finished.text, self.sessions.name), send)
             return
         self.clean = True
         final: dict[str, Any] = {
@@ -1296,7 +1371,7 @@ class _Response(_Completion):
         assert finished is not None
         if not (following and finished.text.startswith(sent)):
             await self._open(send)
-            await self._fail(_rewritten(sent, finished.text), send)
+            await self._fail(_rewritten(sent, finished.text, self.sessions.name), send)
             return
         rest = finished.text[len(sent):]
         if rest:
@@ -1421,7 +1496,6 @@ def create_app(config: GatewayConfig | None = None, **settings: Any) -> Starlett
     check_config(config)
     sessions = _Sessions(config)
     key = config.api_key.encode() if config.api_key is not None else None
-    cards = {card.id: card for card in config.cards}
 
     def authorize(headers: Headers) -> None:
         if key is None:
@@ -1458,16 +1532,18 @@ def create_app(config: GatewayConfig | None = None, **settings: Any) -> Starlett
         async def handle(scope: Scope, receive: Receive, send: Send) -> None:
             try:
                 authorize(Headers(scope=scope))
-                request = parse(await read_json(receive), config)
+                body = await read_json(receive)
+                sessions.ensure_started()
+                await sessions.ensure_models()
+                request = parse(body, sessions.config)
                 request.caller = Headers(scope=scope).get("authorization", "")
                 scope[_MODEL_KEY] = request.model
-                sessions.ensure_started()
                 if sessions.stopping:
                     raise _Refusal(503, "the gateway is shutting down", "api_error", "shutting_down")
                 if not sessions.try_enter():
                     raise _Refusal(
                         429,
-                        f"all {config.max_sessions} Labs sessions of this gateway are busy; try again shortly",
+                        f"all {config.max_sessions} {sessions.name} sessions of this gateway are busy; try again shortly",
                         "rate_limit_error",
                         "rate_limit_exceeded",
                         headers={"Retry-After": str(_BUSY_RETRY)},
@@ -1490,16 +1566,23 @@ def create_app(config: GatewayConfig | None = None, **settings: Any) -> Starlett
     chat_completions = handler(parse_chat_request, _Completion)
     responses = handler(parse_responses_request, _Response)
 
+    async def served(headers: Headers) -> tuple[ModelCard, ...]:
+        """The models served, once the caller is let in (raises _Refusal)."""
+        authorize(headers)
+        sessions.ensure_started()
+        await sessions.ensure_models()
+        return sessions.config.cards
+
     async def models(request: Request) -> Response:
         try:
-            authorize(request.headers)
+            cards = await served(request.headers)
         except _Refusal as refusal:
             return refusal.response()
-        return JSONResponse({"object": "list", "data": [card.as_openai() for card in config.cards]})
+        return JSONResponse({"object": "list", "data": [card.as_openai() for card in cards]})
 
     async def model(request: Request) -> Response:
         try:
-            authorize(request.headers)
+            cards = {card.id: card for card in await served(request.headers)}
             card = cards.get(request.path_params["model"])
             if card is None:
                 raise _Refusal(404, f"The model {_shown(request.path_params['model'])} does not exist: expected "
@@ -1540,6 +1623,8 @@ def create_app(config: GatewayConfig | None = None, **settings: Any) -> Starlett
                 group.start_soon(sessions.keep_warm)
             if sessions.threads is not None:
                 group.start_soon(sessions.expire_threads)
+            if config.live_models:
+                group.start_soon(sessions.preload_models)
             try:
                 yield
             finally:

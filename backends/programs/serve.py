@@ -3,7 +3,7 @@
     plabs serve [--service labs|perplexity] [--host 127.0.0.1] [--port 8000] [--server URL | --emulator]
                 [--backend asyncio|trio|curl] [--transport T] [--proxy URL] [--cafile PEM]
                 [--api-key KEY] [--max-sessions N] [--warm N] [--timeout S] [--any-model] [--quiet]
-                [--max-threads N] [--thread-age S]
+                [--max-threads N] [--thread-age S] [--mode MODE] [--live-models]
 
 ``--service labs`` (the default) serves Perplexity Labs over Socket.IO;
 ``--service perplexity`` the ask endpoint that answers today (``POST
@@ -34,6 +34,8 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+
+from plabs_proto.perplexity.request import DEFAULT_MODE, MODES
 
 from .arguments import count, port, proxy, seconds
 
@@ -75,6 +77,12 @@ def add_serve_command(commands: Any) -> argparse.ArgumentParser:
     sub.add_argument("--any-model", action="store_true",
                      help="pass any model id on to Labs (default: 404 model_not_found for ids `plabs models` "
                      "does not list)")
+    sub.add_argument("--mode", choices=MODES, default=None,
+                     help="--service perplexity: the ask mode of a request that names none (default: "
+                     f"{DEFAULT_MODE}); a request may name its own in a 'mode' field")
+    sub.add_argument("--live-models", action="store_true",
+                     help="--service perplexity: serve the service's own model catalog (asked as the gateway "
+                     "starts) instead of the built-in list")
     sub.add_argument("--quiet", action="store_true", help="no access log (one line per request on stderr)")
     sub.add_argument("--max-threads", type=count, default=None, metavar="N",
                      help="--service perplexity: keep at most N threads for conversations to continue (default 256)")
@@ -109,6 +117,8 @@ def _cmd_serve(args: argparse.Namespace, printer: Any) -> int:
         "max_sessions": args.max_sessions,
         "warm": args.warm,
         "any_model": args.any_model,
+        "live_models": args.live_models,
+        "mode": args.mode,
     }
     if args.timeout is not None:
         settings["timeout"] = args.timeout
