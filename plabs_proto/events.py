@@ -20,7 +20,6 @@ are two families:
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -176,17 +175,33 @@ class EventQueue:
     """The events a session holds for its user, the one place they wait: taken one at a time
     (:meth:`next_event`) or all at once (:meth:`events`).  Each session is one."""
 
+    # A list and the index of the next event to take, not a deque: an empty deque is 600 bytes (a
+    # block of 64 slots), an empty list 56, and at a thousand sessions that is a few percent of each.
+    # Subclasses add events with ``self._events.append``/``extend``.
+
     def __init__(self) -> None:
-        self._events: deque[Event] = deque()
+        self._events: list[Event] = []
+        self._taken = 0  # events[:_taken] were handed out already
 
     def next_event(self) -> Event | None:
         """The next event, or None when there is none for now."""
-        return self._events.popleft() if self._events else None
+        events = self._events
+        taken = self._taken
+        if taken >= len(events):
+            return None
+        event = events[taken]
+        if taken + 1 == len(events):
+            events.clear()
+            self._taken = 0
+        else:
+            self._taken = taken + 1
+        return event
 
     def events(self) -> list[Event]:
         """Every pending event at once."""
-        out = list(self._events)
-        self._events.clear()
+        out = self._events[self._taken :] if self._taken else self._events
+        self._events = []
+        self._taken = 0
         return out
 
 

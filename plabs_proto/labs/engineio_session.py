@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -276,7 +275,7 @@ class EngineIOSession:
         self.host, self.port = self._requests.host, self._requests.port  #: where everything goes
         self._limit = config.max_message_size
         self._transport = config.transport
-        self._events: deque[Event] = deque()
+        self._events: list[Event] = []  # the end's event, when it comes from an input (a list: a deque is 600 B)
         self._out: list[SessionInstruction] = []
         self._ended = False
         self._heartbeat: float | None = None  # the heartbeat deadline
@@ -464,7 +463,7 @@ class EngineIOSession:
         parses), so what came after the event the layer above ended on is never read; its errors
         are raised from here."""
         if self._events:
-            return self._events.popleft()
+            return self._events.pop(0)
         event = None
         with contextlib.suppress(_Ended):
             event = next(self._work, None) if self._work is not None else None
@@ -477,7 +476,7 @@ class EngineIOSession:
         cost: the hot path).  Stop iterating once the layer above has ended: what came after is never read."""
         queued = self._events
         while queued:
-            yield queued.popleft()
+            yield queued.pop(0)
         work = self._work
         if work is None:
             return
