@@ -592,7 +592,8 @@ class LabsClient(Client):
         self, config: ClientConfig | None = None, *, rng: random.Random, tracer: Tracer | None = None
     ) -> None:
         config = config or ClientConfig()
-        self._labs = LabsSession(config.session_config(), rng=rng)  # draws the cache buster first
+        # The session takes the config as it is (a ClientConfig is a SessionConfig): no copy per session.
+        self._labs = LabsSession(config, rng=rng)  # draws the cache buster first
         super().__init__(self._labs, config, rng=rng, tracer=tracer)
 
     @property
@@ -627,7 +628,7 @@ class PerplexityClient(Client):
         self, config: ClientConfig | None = None, *, rng: random.Random, tracer: Tracer | None = None
     ) -> None:
         config = config or ClientConfig(service="perplexity")
-        self._ask = PerplexitySession(config.session_config(), rng=rng)
+        self._ask = PerplexitySession(config, rng=rng)  # (the config as it is, as above)
         super().__init__(self._ask, config, rng=rng, tracer=tracer)
 
     @property
