@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Mutation testing of one module of the byte level (issue 19), with mutmut, in a scratch copy:
-#   benchmarks/mutate.sh inflate          (or websocket, http, proxy, stack, tls, jsondepth, refusal)
+#   benchmarks/mutate.sh inflate          (or websocket, http, proxy, stack, tls, jsondepth, refusal,
+#                                          engineio_session, session, client, config, state)
 # The copy (/tmp/plabs-mutate-MODULE) holds the worktree's tracked files as they are now, with backends/
 # moved under plabs_proto/ (mutmut's mutants/ copy does not see the package-dir mapping, and
 # tests/conftest.py imports the backends) and a [tool.mutmut] section naming the module and the test
@@ -27,6 +28,10 @@ case $module in
                tests='"tests/test_hostile_input.py", "tests/test_edges_wire.py", "tests/test_mutants_wire.py"' ;;
     refusal)   path=plabs_proto/refusal.py
                tests='"tests/test_refusals.py", "tests/test_mutants_wire.py"' ;;
+    engineio_session) path=plabs_proto/labs/engineio_session.py
+               tests='"tests/test_engineio_session.py", "tests/test_session.py", "tests/test_core_mutants.py", "tests/test_unnoticed.py", "tests/test_mutants_core.py"' ;;
+    session)   path=plabs_proto/labs/session.py
+               tests='"tests/test_session.py", "tests/test_engineio_session.py", "tests/test_core_mutants.py", "tests/test_unnoticed.py", "tests/test_refusals.py", "tests/test_mutants_core.py"' ;;
     *) echo "benchmarks/mutate.sh: unknown module $module" >&2; exit 2 ;;
 esac
 venv=$PWD/.venv
