@@ -1,0 +1,193 @@
+"""Cases mutmut over the message level showed no test pinned down (issue 19, benchmarks/mutation-core.md).
+
+The Engine.IO session, the Labs session, the byte-level client, the configuration and the state
+table: each test feeds what a peer would send and checks what a user or the carrier would see.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from test_engineio_session import OPEN, POST_HEADERS, engine, ok
+from test_session import BASE, T, connected, open_packet, session
+
+from plabs_proto.errors import LabsTimeout, LocalProtocolError, RemoteProtocolError
+from plabs_proto.events import HTTPRequest, WebSocketConnect, WebSocketSend
+from plabs_proto.labs.engineio_session import BODY_SLACK, EngineIOSession, Opened
+from plabs_proto.labs.session import LabsSession
+from plabs_proto.state import SessionState
+
+POLL_SID = f"{BASE}&transport=polling{T}&sid=E1"
+
+# -- limits at their edges: the Engine.IO session ---------------------------------------------------------
+
+
+def polling_engine() -> EngineIOSession:
+    """A polling Engine.IO session, open (maxPayload 1000), its first POST ("40", id 2) and GET (id 3) out."""
+    e = engine("polling")
+    e.open(0.0)
+    e.send("0")
+    e.transmit()
+    e.receive_http_response(1, ok(OPEN), 0.1)
+    assert list(e.events()) == [Opened(sid="E1", max_payload=1000)]
+    post, _poll = e.transmit()
+    assert isinstance(post, HTTPRequest) and post.request_id == 2
+    return e
+
+
+def post(request_id: int, body: bytes) -> HTTPRequest:
+    return HTTPRequest(request_id=request_id, method="POST", url=POLL_SID, headers=POST_HEADERS, body=body, lane=1)
+
+
+@pytest.mark.parametrize("size", [999, 1000])
+def test_a_post_body_stays_below_max_payload(size: int) -> None:
+    """Packets that wait are batched into one POST while its body stays below the server's maxPayload
+    (1000 here): a body of 999 bytes goes as one POST, one of 1000 as two."""
+    e = polling_engine()
+    first, second = "a" * 400, "b" * (size - 403)  # "4" + first, "\x1e", "4" + second
+    e.send(first)
+    e.send(second)
+    assert e.transmit() == []  # one POST at a time
+    e.receive_http_response(2, ok("ok"), 0.2)
+    if size == 999:
+        assert e.transmit() == [post(4, f"4{first}\x1e4{second}".encode())]
+        return
+    assert e.transmit() == [post(4, f"4{first}".encode())]
+    e.receive_http_response(4, ok("ok"), 0.3)
+    assert e.transmit() == [post(5, f"4{second}".encode())]
+
+
+def test_one_packet_larger_than_max_payload_still_goes_alone() -> None:
+    """The server refuses it or not; the session does not hold it back (the layer above checks the query)."""
+    e = polling_engine()
+    e.send("a" * 1200)
+    e.send("b")
+    e.receive_http_response(2, ok("ok"), 0.2)
+    assert e.transmit() == [post(4, b"4" + b"a" * 1200)]
+    e.receive_http_response(4, ok("OK\n"), 0.3)  # any case, any blank around it
+    assert e.transmit() == [post(5, b"4b")]
+
+
+def test_the_heartbeat_deadline_fires_at_its_time_not_before() -> None:
+    e = polling_engine()  # opened at 0.1: pingInterval 25 s + pingTimeout 20 s
+    assert e.get_timer() == 45.1
+    e.handle_timer(45.09)
+    with pytest.raises(LabsTimeout) as info:
+        e.handle_timer(45.1)
+    assert str(info.value) == "expected a ping from the server at least every 45 s (pingInterval + pingTimeout), got none"
+    assert info.value.deadline == "heartbeat"
+
+
+def polling_body(size: int) -> bytes:
+    """A long-polling body of ``size`` bytes (even, at least 4) of noops: no packet over 1 byte of data."""
+    return "\x1e".join(["6"] * (size // 2 - 1) + ["6x"]).encode()
+
+
+def test_a_polling_body_at_the_limit_and_64_kib_is_read_one_byte_more_refused() -> None:
+    """The body bound of a carrier of our own: one packet of max_message_size and 64 KiB of small ones."""
+    s, _ = connected("polling", max_message_size=100)
+    s.receive_http_response(4, 200, [], polling_body(100 + BODY_SLACK), 2.0)
+    assert s.state is SessionState.READY
+    (get,) = s.transmit()
+    assert isinstance(get, HTTPRequest)
+    with pytest.raises(RemoteProtocolError) as info:
+        s.receive_http_response(get.request_id, 200, [], polling_body(100 + BODY_SLACK) + b"x", 3.0)
+    assert str(info.value) == (
+        f"expected an HTTP body of at most {100 + 65536} bytes (max_message_size and 64 KiB), got one of {100 + 65537}"
+    )
+    assert s.state is SessionState.ERROR
+
+
+# -- limits at their edges: the Labs session --------------------------------------------------------------
+
+
+def on_websocket_with_max_payload(max_payload: int) -> tuple[LabsSession, int]:
+    s = session("websocket")
+    s.connect(0.0)
+    (ws,) = s.transmit()
+    assert isinstance(ws, WebSocketConnect)
+    s.receive_websocket_open(ws.ws_id, 0.1)
+    s.receive_websocket_message(ws.ws_id, open_packet(max_payload=max_payload), 0.2)
+    s.receive_websocket_message(ws.ws_id, '40{"sid":"S1"}', 0.3)
+    s.transmit()
+    return s, ws.ws_id
+
+
+def request_size(prompt_length: int) -> int:
+    """The size of the request of a query of ``prompt_length`` ASCII characters, as the refusal names it."""
+    s, _ = on_websocket_with_max_payload(1)
+    with pytest.raises(LocalProtocolError) as info:
+        s.query("x" * prompt_length, model="sonar", now=1.0)
+    return int(str(info.value).split("its request is ")[1].split(" bytes")[0])
+
+
+def test_a_query_one_byte_under_max_payload_is_sent_and_at_max_payload_refused() -> None:
+    """Engine.IO takes a message of exactly maxPayload, but aiohttp's check is >=: what we send stays below."""
+    base = request_size(100) - 100
+    assert request_size(101) == base + 101  # one byte a character
+    limit = 500
+    s, _ = on_websocket_with_max_payload(limit)
+    with pytest.raises(LocalProtocolError) as info:
+        s.query("x" * (limit - base), model="sonar", now=1.0)
+    assert str(info.value) == (
+        f"cannot send the query: its request is {limit} bytes, but the server's maxPayload (in its Engine.IO open "
+        f"packet) is {limit} bytes and a request must be smaller; shorten the prompt"
+    )
+    assert s.state is SessionState.READY and s.transmit() == []
+    s.query("x" * (limit - base - 1), model="sonar", now=1.0)
+    (send,) = s.transmit()
+    assert isinstance(send, WebSocketSend) and len(str(send.data).encode()) == limit - 1
+    assert s.state is SessionState.QUERYING
+
+
+@pytest.mark.parametrize("under", [1, 0])
+def test_a_query_made_before_the_open_packet_is_checked_against_its_max_payload(under: int) -> None:
+    base = request_size(100) - 100
+    limit = 500
+    s = session("websocket")
+    s.connect(0.0)
+    s.query("x" * (limit - base - under), model="sonar", now=0.0)
+    (ws,) = s.transmit()
+    assert isinstance(ws, WebSocketConnect)
+    s.receive_websocket_open(ws.ws_id, 0.1)
+    if under:
+        s.receive_websocket_message(ws.ws_id, open_packet(max_payload=limit), 0.2)
+        s.receive_websocket_message(ws.ws_id, '40{"sid":"S1"}', 0.3)
+        assert s.state is SessionState.QUERYING
+        return
+    with pytest.raises(LocalProtocolError) as info:
+        s.receive_websocket_message(ws.ws_id, open_packet(max_payload=limit), 0.2)
+    assert str(info.value) == (
+        f"cannot send the query: its request is {limit} bytes, but the server's maxPayload (in its Engine.IO open "
+        f"packet) is {limit} bytes and a request must be smaller; shorten the prompt (the query was made before "
+        "the server's limit was known: the session is closed)"
+    )
+    assert s.state is SessionState.ERROR
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("connect", "expected the Labs session to be connected within 5 s, it was not"),
+        ("first_text", "expected the first answer text within 5 s of the query, got none"),
+        ("query", "expected the whole answer within 5 s of the query, it was not complete"),
+    ],
+)
+def test_each_deadline_fires_at_its_time_not_before(name: str, message: str) -> None:
+    config: dict[str, Any] = {"connect_timeout": None, "first_text_timeout": None, "query_timeout": None}
+    config[f"{name}_timeout"] = 5.0
+    if name == "connect":
+        s = session("websocket", **config)
+        s.connect(1.0)
+    else:
+        s, _ = connected("websocket", **config)
+        s.query("hi", model="sonar", now=1.0)
+    assert s.get_timer() == 6.0
+    s.handle_timer(5.999)
+    assert s.state is not SessionState.ERROR
+    with pytest.raises(LabsTimeout) as info:
+        s.handle_timer(6.0)
+    assert str(info.value) == message
+    assert info.value.deadline == name
+    assert s.state is SessionState.ERROR
