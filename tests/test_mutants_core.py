@@ -6,16 +6,26 @@ table: each test feeds what a peer would send and checks what a user or the carr
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
-from test_engineio_session import OPEN, POST_HEADERS, engine, ok
+from test_engineio_session import OPEN, ORIGIN, POST_HEADERS, engine, ok
 from test_session import BASE, T, connected, open_packet, session
 
-from plabs_proto.errors import LabsTimeout, LocalProtocolError, RemoteProtocolError
-from plabs_proto.events import HTTPRequest, WebSocketConnect, WebSocketSend
-from plabs_proto.labs.engineio_session import BODY_SLACK, EngineIOSession, Opened
+from plabs_proto.config import SessionConfig
+from plabs_proto.errors import (
+    HandshakeError,
+    LabsError,
+    LabsTimeout,
+    LocalProtocolError,
+    NetworkError,
+    RemoteProtocolError,
+)
+from plabs_proto.events import HTTPRequest, TransportSwitched, WebSocketConnect, WebSocketSend
+from plabs_proto.labs.engineio_session import BODY_SLACK, Closed, EngineIOSession, Message, Opened
 from plabs_proto.labs.session import LabsSession
+from plabs_proto.messages import HTTPResponse
 from plabs_proto.state import SessionState
 
 POLL_SID = f"{BASE}&transport=polling{T}&sid=E1"
@@ -191,3 +201,188 @@ def test_each_deadline_fires_at_its_time_not_before(name: str, message: str) -> 
     assert str(info.value) == message
     assert info.value.deadline == name
     assert s.state is SessionState.ERROR
+
+
+# -- the Engine.IO session: survivors of mutmut -----------------------------------------------------------
+
+
+def websocket_engine(*, opened: bool = True) -> tuple[EngineIOSession, int]:
+    """A websocket-transport Engine.IO session, its WebSocket open; ``opened``: the open packet came."""
+    e = engine("websocket")
+    e.open(0.0)
+    (connect,) = e.transmit()
+    assert isinstance(connect, WebSocketConnect)
+    e.receive_websocket_open(connect.ws_id, 0.1)
+    if opened:
+        e.receive_websocket_messages(connect.ws_id, [OPEN], 0.2)
+        assert list(e.events()) == [Opened(sid="E1", max_payload=1000)]
+    return e, connect.ws_id
+
+
+def test_a_1009_before_the_open_packet_names_no_max_payload() -> None:
+    e, ws = websocket_engine(opened=False)
+    e.receive_websocket_close(ws, 1009, 0.3)
+    assert list(e.events()) == [
+        Closed(
+            reason="WebSocket closed by the server (1009); 1009 means message too big: the server refused a message "
+            "we sent",
+            cut="got a WebSocket close (1009 '')",
+            note="; 1009 means message too big: the server refused a message we sent",
+        )
+    ]
+
+
+def test_a_websocket_close_without_a_reason_shows_the_code_alone() -> None:
+    e, ws = websocket_engine()
+    e.receive_websocket_close(ws, 1001, 0.3)
+    assert list(e.events()) == [
+        Closed(reason="WebSocket closed by the server (1001)", cut="got a WebSocket close (1001 '')")
+    ]
+    assert e.transmit() == []  # closed by the peer: no close of ours
+
+
+def test_a_failed_websocket_is_reported_once_and_its_session_never_falls_back_to_http() -> None:
+    """The WebSocket fails below HTTP: one NetworkError (no detail unless given); later news of it is
+    ignored, and a websocket-transport session has no goodbye POST to make."""
+    e, ws = websocket_engine()
+    with pytest.raises(NetworkError) as info:
+        e.receive_transport_error(ws, "connection reset", 0.3)
+    assert str(info.value) == (
+        "expected the WebSocket to labs.test port 80 to go through, but it failed below HTTP: connection reset"
+    )
+    e.receive_transport_error(ws, "connection reset again", 0.4)  # the same WebSocket: already reported
+    e.close("1")
+    assert e.transmit() == []
+
+
+def test_news_of_a_refused_websocket_after_the_refusal_is_ignored() -> None:
+    e = engine("websocket")
+    e.open(0.0)
+    (connect,) = e.transmit()
+    assert isinstance(connect, WebSocketConnect)
+    with pytest.raises(HandshakeError):
+        e.receive_websocket_refused(connect.ws_id, HTTPResponse(403, "Forbidden", (), b""), 0.1)
+    e.receive_transport_error(connect.ws_id, "connection reset", 0.2)
+    e.receive_websocket_close(connect.ws_id, None, 0.2)
+    assert e.next_event() is None
+
+
+def test_next_event_is_none_when_nothing_came_and_after_what_came_ran_out() -> None:
+    e, ws = websocket_engine()
+    assert e.next_event() is None
+    assert e.next_event() is None
+    e.receive_websocket_messages(ws, ["4a"], 0.3)
+    assert e.next_event() == Message("4a", 1)
+    assert e.next_event() is None
+    assert e.next_event() is None
+
+
+def test_next_event_after_a_close_packet_in_a_polling_body_is_none() -> None:
+    """The packets after the close belong to no session: next_event gives the Closed, then None, as events() would."""
+    e = polling_engine()
+    e.receive_http_response(3, ok("1\x1e4late\x1e2"), 0.2)
+    assert e.next_event() == Closed(reason="Engine.IO session closed by the server", cut="got an Engine.IO close packet")
+    assert e.next_event() is None
+    assert e.next_event() is None
+    assert e.transmit() == []  # no pong, no further GET
+
+
+def test_the_engine_alone_measures_websocket_messages_unless_told_the_carrier_did() -> None:
+    e = EngineIOSession(SessionConfig(server="http://labs.test", transport="websocket", max_message_size=10),
+                        rng=random.Random(0))
+    e.open(0.0)
+    (connect,) = e.transmit()
+    assert isinstance(connect, WebSocketConnect)
+    e.receive_websocket_open(connect.ws_id, 0.1)
+    e.receive_websocket_messages(connect.ws_id, ["4" + "x" * 20], 0.2, limited=True)
+    assert list(e.events()) == [Message("4" + "x" * 20, 1)]
+    e.receive_websocket_messages(connect.ws_id, ["4" + "x" * 10], 0.3)
+    with pytest.raises(RemoteProtocolError) as info:
+        list(e.events())
+    assert str(info.value) == "expected a WebSocket message of at most 10 bytes (max_message_size), got one of 11"
+
+
+def test_a_websocket_id_given_for_an_http_response_is_a_local_error() -> None:
+    e = engine("upgrade")
+    e.open(0.0)
+    e.transmit()
+    e.receive_http_response(1, ok(OPEN), 0.1)
+    list(e.events())
+    (connect,) = e.transmit()
+    assert isinstance(connect, WebSocketConnect)
+    with pytest.raises(LocalProtocolError) as info:
+        e.receive_http_response(connect.ws_id, ok("ok"), 0.2)
+    assert str(info.value) == f"expected the id of an HTTPRequest this session made, got {connect.ws_id}"
+
+
+def test_an_upgrade_with_nothing_to_post_probes_once_the_websocket_opens() -> None:
+    e = engine("upgrade")
+    e.open(0.0)
+    e.transmit()
+    e.receive_http_response(1, ok(OPEN), 0.1)
+    list(e.events())
+    (connect,) = e.transmit()
+    assert isinstance(connect, WebSocketConnect)
+    e.receive_websocket_open(connect.ws_id, 0.2)
+    assert e.transmit() == [
+        WebSocketSend(ws_id=connect.ws_id, data="2probe"),
+        TransportSwitched(ws_id=connect.ws_id),
+        WebSocketSend(ws_id=connect.ws_id, data="5"),
+    ]
+
+
+def test_no_upgrade_offered_posts_what_waited_and_the_pong_of_the_handshake_together() -> None:
+    """The handshake body holds a ping: its pong and the CONNECT queued before the open go in one POST."""
+    e = engine("upgrade")
+    e.open(0.0)
+    e.send("0")
+    e.transmit()
+    no_upgrade = OPEN.replace('"upgrades":["websocket"]', '"upgrades":[]')
+    e.receive_http_response(1, ok(no_upgrade + "\x1e2"), 0.1)
+    assert list(e.events()) == [Opened(sid="E1", max_payload=1000)]
+    assert e.transport == "polling"
+    assert e.transmit() == [
+        post(2, b"40\x1e3"),
+        HTTPRequest(request_id=3, method="GET", url=POLL_SID, headers=ORIGIN, body=b""),
+    ]
+
+
+def test_a_noop_in_a_polling_body_is_skipped_and_what_follows_it_read() -> None:
+    e = polling_engine()
+    e.receive_http_response(3, ok("6\x1e4a\x1e6\x1e4b"), 0.2)
+    assert list(e.events()) == [Message("a"), Message("b")]
+
+
+def test_an_empty_v3_payload_in_answer_to_the_handshake_is_refused() -> None:
+    e = engine("polling")
+    e.open(0.0)
+    e.transmit()
+    e.receive_http_response(1, ok("0:"), 0.1)
+    with pytest.raises(RemoteProtocolError) as info:
+        list(e.events())
+    assert str(info.value) == "expected the Engine.IO open packet first in the handshake GET, got '0:'"
+
+
+@pytest.mark.parametrize(
+    ("status", "message"),
+    [
+        (413, "the server refused a polling POST (413: the body was larger than the server accepts, its maxPayload "
+              "being 1000 bytes): expected HTTP 200, got HTTP 413: 'too big'"),
+        (500, "the server refused a polling POST: expected HTTP 200, got HTTP 500: 'too big'"),
+    ],
+)
+def test_a_refused_polling_post_says_which_post_and_the_servers_limit(status: int, message: str) -> None:
+    e = polling_engine()
+    with pytest.raises(LabsError) as info:
+        e.receive_http_response(2, HTTPResponse(status, "", (), b"too big"), 0.2)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("request_id", [0, 4])
+def test_a_request_id_the_session_never_made_is_a_local_error(request_id: int) -> None:
+    """Ids run from 1 to the last one made (3 here); an answered one is late news, ignored."""
+    e = polling_engine()
+    e.receive_http_response(1, ok(OPEN), 0.2)  # the handshake, answered already
+    with pytest.raises(LocalProtocolError) as info:
+        e.receive_http_response(request_id, ok("ok"), 0.2)
+    assert str(info.value) == f"expected the id of an HTTPRequest this session made, got {request_id}"
