@@ -6,6 +6,7 @@ table: each test feeds what a peer would send and checks what a user or the carr
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any
 
@@ -22,7 +23,15 @@ from plabs_proto.errors import (
     NetworkError,
     RemoteProtocolError,
 )
-from plabs_proto.events import HTTPRequest, TransportSwitched, WebSocketConnect, WebSocketSend
+from plabs_proto.events import (
+    Citations,
+    HTTPRequest,
+    QueryFailed,
+    TextDelta,
+    TransportSwitched,
+    WebSocketConnect,
+    WebSocketSend,
+)
 from plabs_proto.labs.engineio_session import BODY_SLACK, Closed, EngineIOSession, Message, Opened
 from plabs_proto.labs.session import LabsSession
 from plabs_proto.messages import HTTPResponse
@@ -386,3 +395,107 @@ def test_a_request_id_the_session_never_made_is_a_local_error(request_id: int) -
     with pytest.raises(LocalProtocolError) as info:
         e.receive_http_response(request_id, ok("ok"), 0.2)
     assert str(info.value) == f"expected the id of an HTTPRequest this session made, got {request_id}"
+
+
+def test_an_ipv6_server_and_a_sid_with_url_characters_make_well_formed_urls() -> None:
+    e = EngineIOSession(SessionConfig(server="http://[::1]:8080", transport="upgrade"), rng=random.Random(0))
+    e.open(0.0)
+    (get,) = e.transmit()
+    assert isinstance(get, HTTPRequest) and get.url == f"http://[::1]:8080/socket.io/?EIO=4&transport=polling{T}"
+    e.receive_http_response(get.request_id, ok(OPEN.replace('"sid":"E1"', '"sid":"a/b+c&d"')), 0.1)
+    list(e.events())
+    (connect,) = e.transmit()
+    assert connect == WebSocketConnect(
+        ws_id=2, url="ws://[::1]:8080/socket.io/?EIO=4&transport=websocket&sid=a%2Fb%2Bc%26d", headers=ORIGIN
+    )
+
+
+def test_send_after_the_end_says_so() -> None:
+    e, _ = websocket_engine()
+    e.abort()
+    with pytest.raises(LocalProtocolError) as info:
+        e.send("x")
+    assert str(info.value) == "cannot send on an Engine.IO session that has ended"
+
+
+def test_next_event_after_events_ran_out_is_none() -> None:
+    e, ws = websocket_engine()
+    e.receive_websocket_messages(ws, ["4a"], 0.3)
+    assert list(e.events()) == [Message("4a", 1)]
+    assert e.next_event() is None
+    assert list(e.events()) == []
+
+
+@pytest.mark.parametrize(("origin", "referer"), [("https://labs.test/", "https://labs.test/"), ("https://BOX", "https://BOX/")])
+def test_the_referer_is_the_origin_with_one_slash(origin: str, referer: str) -> None:
+    e = EngineIOSession(SessionConfig(server="http://labs.test", origin=origin), rng=random.Random(0))
+    assert e.sid == ""  # until the open packet
+    assert e.next_event() is None
+    e.open(0.0)
+    (get,) = e.transmit()
+    assert isinstance(get, HTTPRequest) and get.headers == (("Origin", origin), ("Referer", referer))
+
+
+# -- the Labs session: survivors of mutmut ----------------------------------------------------------------
+
+
+def frame(payload: dict[str, Any]) -> str:
+    return "42" + json.dumps(["sonar_query_progress", payload], separators=(",", ":"))
+
+
+def test_a_status_of_the_wrong_type_is_a_local_error() -> None:
+    s, _ = connected("polling")
+    with pytest.raises(LocalProtocolError) as info:
+        s.receive_http_response(4, "200", [], b"6", 2.0)  # type: ignore[arg-type]
+    assert str(info.value) == "expected an int status, a bytes body and a str reason, got str, bytes and str"
+    assert s.state is SessionState.READY
+
+
+def test_the_timer_is_the_heartbeat_when_it_comes_before_every_deadline() -> None:
+    s, _ = connected("websocket", first_text_timeout=100.0)  # opened at 0.5: the heartbeat at 45.5
+    s.query("hi", model="sonar", now=1.0)
+    assert s.get_timer() == 45.5
+
+
+def test_text_after_the_first_keeps_the_query_deadline() -> None:
+    s, ws = connected("websocket", first_text_timeout=None, query_timeout=30.0)
+    assert ws is not None
+    s.query("hi", model="sonar", now=1.0)
+    s.receive_websocket_messages(ws, [frame({"output": "He"}), frame({"output": "Hello"})], 2.0)
+    assert [e.text for e in s.events() if isinstance(e, TextDelta)] == ["He", "llo"]
+    assert s.get_timer() == 31.0 and s.state is SessionState.QUERYING
+
+
+def test_citations_in_the_middle_of_an_answer_do_not_end_it() -> None:
+    s, ws = connected("websocket")
+    assert ws is not None
+    s.query("hi", model="sonar", now=1.0)
+    s.receive_websocket_messages(ws, [frame({"output": "He", "citations": ["https://a.test"]})], 2.0)
+    assert s.events() == [TextDelta(text="He"), Citations(citations=("https://a.test",))]
+    assert s.state is SessionState.QUERYING
+    assert s.partial_text == "He"
+
+
+def test_a_failed_answer_ends_the_query_and_its_deadlines() -> None:
+    s, ws = connected("websocket", first_text_timeout=5.0, query_timeout=30.0)
+    assert ws is not None
+    s.query("hi", model="sonar", now=1.0)
+    s.receive_websocket_messages(ws, [frame({"status": "failed", "text": "overloaded"})], 2.0)
+    assert s.events() == [
+        QueryFailed(model="sonar", message="overloaded", partial_text="", partial_reasoning="")
+    ]
+    assert s.state is SessionState.READY
+    assert s.get_timer() == 45.5  # the heartbeat alone
+    s.query("again", model="sonar", now=3.0)
+    assert s.state is SessionState.QUERYING
+
+
+@pytest.mark.parametrize(("output", "text", "reasoning"), [("He", "He", ""), ("<think>hmm", "", "hmm")])
+def test_an_error_keeps_the_answer_and_the_reasoning_so_far(output: str, text: str, reasoning: str) -> None:
+    s, ws = connected("websocket")
+    assert ws is not None
+    s.query("hi", model="sonar", now=1.0)
+    s.receive_websocket_messages(ws, [frame({"output": output})], 2.0)
+    with pytest.raises(NetworkError) as info:
+        s.receive_transport_error(ws, "connection reset", 3.0)
+    assert (info.value.partial_text, info.value.partial_reasoning) == (text, reasoning)
