@@ -11,10 +11,15 @@ import random
 from typing import Any
 
 import pytest
+from peer import Harness, switching_protocols, ws_frame
+from peer import open_packet as open_packet_bytes
+from test_client import KEY
 from test_engineio_session import OPEN, ORIGIN, POST_HEADERS, engine, ok
+from test_perplexity_client import ready as perplexity_ready
+from test_perplexity_client import sent
 from test_session import BASE, T, connected, open_packet, session
 
-from plabs_proto.config import SessionConfig
+from plabs_proto.config import ClientConfig, SessionConfig
 from plabs_proto.errors import (
     HandshakeError,
     LabsError,
@@ -36,6 +41,7 @@ from plabs_proto.labs.engineio_session import BODY_SLACK, Closed, EngineIOSessio
 from plabs_proto.labs.session import LabsSession
 from plabs_proto.messages import HTTPResponse
 from plabs_proto.state import SessionState
+from plabs_proto.wire.client import LabsClient, PerplexityClient
 
 POLL_SID = f"{BASE}&transport=polling{T}&sid=E1"
 
@@ -499,3 +505,49 @@ def test_an_error_keeps_the_answer_and_the_reasoning_so_far(output: str, text: s
     with pytest.raises(NetworkError) as info:
         s.receive_transport_error(ws, "connection reset", 3.0)
     assert (info.value.partial_text, info.value.partial_reasoning) == (text, reasoning)
+
+
+def test_the_socketio_sid_is_empty_until_the_connect_ack() -> None:
+    s = session("websocket")
+    assert s.socket_sid == ""
+    s, _ = connected("websocket")
+    assert s.socket_sid == "S1"
+
+
+# -- the byte-level client: survivors of mutmut -----------------------------------------------------------
+
+
+def test_a_perplexity_client_by_default_asks_the_perplexity_service() -> None:
+    c = PerplexityClient(rng=random.Random(0))
+    assert c.config.service == "perplexity" and c.session.state is SessionState.IDLE
+
+
+def test_the_model_and_mode_of_a_perplexity_query_go_in_the_ask() -> None:
+    c = perplexity_ready()
+    c.query("Hello", model="pro", mode="concise", now=1.0)
+    body = json.loads(sent(c.transmit()).partition(b"\r\n\r\n")[2])
+    assert (body["params"]["model_preference"], body["params"]["mode"]) == ("pro", "concise")
+
+
+def test_a_refused_ask_shows_the_reason_phrase_of_its_status_line() -> None:
+    c = perplexity_ready()
+    c.query("Hello", now=1.0)
+    c.transmit()
+    with pytest.raises(LabsError) as info:
+        c.receive_data(1, b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 2\r\n\r\nno", 1.5)
+    assert "HTTP 500 Internal Server Error" in str(info.value)
+
+
+def test_the_tracer_sees_the_goodbye_at_the_time_of_close() -> None:
+    seen: list[tuple[float, str]] = []
+    client = LabsClient(ClientConfig(server="http://labs.test", transport="websocket"), rng=random.Random(0),
+                        tracer=lambda now, stream, direction, data: seen.append((now, direction)))
+    h = Harness(client)
+    client.connect(0.0)
+    h.take(1)
+    h.reply(1, switching_protocols(KEY) + ws_frame(open_packet_bytes(upgrades=())))
+    h.reply(1, ws_frame('40{"sid":"S9"}'))
+    seen.clear()
+    client.close(7.0)
+    h.pump()
+    assert seen == [(7.0, "out")]  # the Socket.IO and Engine.IO goodbyes and the close frame, in one write
