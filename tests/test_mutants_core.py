@@ -11,9 +11,11 @@ import random
 from typing import Any
 
 import pytest
-from peer import Harness, switching_protocols, ws_frame
+from peer import Harness, http_response, switching_protocols, ws_frame
 from peer import open_packet as open_packet_bytes
-from test_client import KEY
+from test_client import KEY, make
+from test_client import POLL_SID as CLIENT_POLL_SID
+from test_client import post as post_bytes
 from test_engineio_session import OPEN, ORIGIN, POST_HEADERS, engine, ok
 from test_perplexity_client import ready as perplexity_ready
 from test_perplexity_client import sent
@@ -37,6 +39,7 @@ from plabs_proto.events import (
     WebSocketConnect,
     WebSocketSend,
 )
+from plabs_proto.events import Closed as ClosedEvent
 from plabs_proto.labs.engineio_session import BODY_SLACK, Closed, EngineIOSession, Message, Opened
 from plabs_proto.labs.session import LabsSession
 from plabs_proto.messages import HTTPResponse
@@ -548,6 +551,34 @@ def test_the_tracer_sees_the_goodbye_at_the_time_of_close() -> None:
     h.reply(1, switching_protocols(KEY) + ws_frame(open_packet_bytes(upgrades=())))
     h.reply(1, ws_frame('40{"sid":"S9"}'))
     seen.clear()
+    client.query("hi", model="sonar", now=3.0)
     client.close(7.0)
     h.pump()
-    assert seen == [(7.0, "out")]  # the Socket.IO and Engine.IO goodbyes and the close frame, in one write
+    assert seen == [(3.0, "out"), (7.0, "out")]  # the query; the goodbyes and the close frame in one write
+
+
+def test_no_goodbye_post_goes_on_a_connection_whose_post_is_still_out() -> None:
+    h = make("polling")
+    c = h.client
+    c.connect(0.0)
+    h.take(1)
+    h.reply(1, http_response(200, open_packet_bytes()))
+    assert h.take(2) == post_bytes(CLIENT_POLL_SID, b'40{"jwt":"anonymous-ask-user"}')  # its answer never comes
+    c.close(1.0)
+    assert h.take(2) == b""
+    assert sorted(h.closed) == [1, 2]
+
+
+def test_a_ping_and_a_close_frame_in_one_read_end_the_session_cleanly() -> None:
+    """The pong the ping asks for has no open WebSocket left to go on: dropped, not an error."""
+    h = make("websocket")
+    c = h.client
+    c.connect(0.0)
+    h.take(1)
+    h.reply(1, switching_protocols(KEY) + ws_frame(open_packet_bytes(upgrades=())) + ws_frame('40{"sid":"S9"}'))
+    h.take(1)
+    h.reply(1, ws_frame("2") + ws_frame(b"\x03\xe8", opcode=8))
+    assert c.state is SessionState.CLOSED
+    assert h.events()[-1] == ClosedEvent(reason="WebSocket closed by the server (1000)")
+    echo = h.take(1)
+    assert echo[:2] == b"\x88\x82" and len(echo) == 8  # the close frame's echo (1000, masked), and no pong
