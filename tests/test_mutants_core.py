@@ -45,6 +45,7 @@ from plabs_proto.labs.session import LabsSession
 from plabs_proto.messages import HTTPResponse
 from plabs_proto.state import SessionState
 from plabs_proto.wire.client import LabsClient, PerplexityClient
+from plabs_proto.wire.websocket import Utf8Text
 
 POLL_SID = f"{BASE}&transport=polling{T}&sid=E1"
 
@@ -582,3 +583,9 @@ def test_a_ping_and_a_close_frame_in_one_read_end_the_session_cleanly() -> None:
     assert h.events()[-1] == ClosedEvent(reason="WebSocket closed by the server (1000)")
     echo = h.take(1)
     assert echo[:2] == b"\x88\x82" and len(echo) == 8  # the close frame's echo (1000, masked), and no pong
+
+
+def test_messages_after_a_binary_one_in_the_same_read_are_read() -> None:
+    e, ws = websocket_engine()
+    e.receive_websocket_messages(ws, [b"\x01", bytearray(b"\x02"), "4a", Utf8Text(b"4b")], 0.3)
+    assert list(e.events()) == [Message(b"\x01"), Message(b"\x02"), Message("4a", 1), Message(Utf8Text(b"4b"), 1)]
