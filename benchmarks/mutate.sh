@@ -36,7 +36,7 @@ case $module in
                tests='"tests/test_session.py", "tests/test_engineio_session.py", "tests/test_core_mutants.py", "tests/test_unnoticed.py", "tests/test_refusals.py", "tests/test_mutants_core.py"'
                skip='utf8_fast_path or any_input_sequence or any_guarded_answer or retry_after_never' ;;
     client)    path=plabs_proto/wire/client.py
-               tests='"tests/test_client.py", "tests/test_client_hostile.py", "tests/test_client_limits.py", "tests/test_client_lifecycle.py", "tests/test_client_fuzz.py", "tests/test_unnoticed.py", "tests/test_perplexity_client.py", "tests/test_mutants_core.py"'
+               tests='"tests/test_client.py", "tests/test_client_hostile.py", "tests/test_client_limits.py", "tests/test_client_lifecycle.py", "tests/test_client_fuzz.py", "tests/test_unnoticed.py", "tests/test_perplexity_client.py", "tests/test_encoding.py", "tests/test_mutants_core.py"'
                skip='tiny_packets_costs_little_memory or hostile_response_bytes or any_chunking or any_polling_body or reasonable_size or flood' ;;
     config)    path=plabs_proto/config.py
                tests='"tests/test_hostile_input.py", "tests/test_perplexity_session.py", "tests/test_perplexity_request.py", "tests/test_engineio_session.py", "tests/test_client.py", "tests/test_mutants_core.py"'

@@ -589,3 +589,28 @@ def test_messages_after_a_binary_one_in_the_same_read_are_read() -> None:
     e, ws = websocket_engine()
     e.receive_websocket_messages(ws, [b"\x01", bytearray(b"\x02"), "4a", Utf8Text(b"4b")], 0.3)
     assert list(e.events()) == [Message(b"\x01"), Message(b"\x02"), Message("4a", 1), Message(Utf8Text(b"4b"), 1)]
+
+
+def websocket_client() -> Harness:
+    """A LabsClient on the WebSocket transport, connected (stream 1)."""
+    h = make("websocket")
+    h.client.connect(0.0)
+    h.take(1)
+    h.reply(1, switching_protocols(KEY) + ws_frame(open_packet_bytes(upgrades=())) + ws_frame('40{"sid":"S9"}'))
+    h.take(1)
+    return h
+
+
+def test_a_websocket_ping_from_the_server_is_answered_with_a_pong() -> None:
+    h = websocket_client()
+    h.reply(1, ws_frame(b"hb", opcode=9))
+    pong = h.take(1)
+    assert pong[:2] == b"\x8a\x82" and len(pong) == 8  # a masked pong of the 2 bytes
+    assert bytes(b ^ pong[2 + i % 4] for i, b in enumerate(pong[6:])) == b"hb"
+
+
+def test_the_reason_of_the_servers_close_frame_is_shown() -> None:
+    h = websocket_client()
+    h.reply(1, ws_frame(b"\x03\xe9going away", opcode=8))
+    assert h.events()[-1] == ClosedEvent(reason="WebSocket closed by the server (1001 going away)")
+    assert h.client.state is SessionState.CLOSED
