@@ -614,3 +614,17 @@ def test_the_reason_of_the_servers_close_frame_is_shown() -> None:
     h.reply(1, ws_frame(b"\x03\xe9going away", opcode=8))
     assert h.events()[-1] == ClosedEvent(reason="WebSocket closed by the server (1001 going away)")
     assert h.client.state is SessionState.CLOSED
+
+
+# -- the state table: survivors of mutmut -----------------------------------------------------------------
+
+
+def test_a_refused_command_without_a_hint_says_exactly_what_and_where() -> None:
+    s = session("websocket")
+    s.close(0.0)
+    with pytest.raises(LocalProtocolError) as info:
+        s.query("hi", model="sonar", now=1.0)
+    assert str(info.value) == "cannot query when the session is closed"
+    with pytest.raises(LocalProtocolError) as info:
+        s.connect(1.0)
+    assert str(info.value) == "cannot connect when the session is closed"
