@@ -628,3 +628,30 @@ def test_a_refused_command_without_a_hint_says_exactly_what_and_where() -> None:
     with pytest.raises(LocalProtocolError) as info:
         s.connect(1.0)
     assert str(info.value) == "cannot connect when the session is closed"
+
+
+def test_the_tracer_sees_every_byte_in_with_its_time_and_stream_and_the_end_of_file() -> None:
+    seen: list[tuple[float, int, str, bytes]] = []
+    client = LabsClient(ClientConfig(server="http://labs.test", transport="websocket"), rng=random.Random(0),
+                        tracer=lambda now, stream, direction, data: seen.append((now, stream, direction, data)))
+    h = Harness(client)
+    client.connect(0.0)
+    h.take(1)
+    h.now = 0.5
+    first = switching_protocols(KEY) + ws_frame(open_packet_bytes(upgrades=()))
+    h.reply(1, first)
+    assert (0.5, 1, "in", first) in seen
+    seen.clear()
+    h.now = 2.0
+    with pytest.raises(RemoteProtocolError):
+        h.reply(1, b"")  # dropped without a close frame
+    assert seen == [(2.0, 1, "in", b"")]
+
+
+def test_a_refused_websocket_upgrade_shows_the_reason_phrase() -> None:
+    h = make("websocket")
+    h.client.connect(0.0)
+    h.take(1)
+    with pytest.raises(LabsError) as info:
+        h.reply(1, b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno")
+    assert "HTTP 403 Forbidden" in str(info.value)
