@@ -11,7 +11,7 @@ import random
 from typing import Any
 
 import pytest
-from peer import Harness, http_response, switching_protocols, ws_frame
+from peer import ClientFrames, Harness, http_response, switching_protocols, ws_frame
 from peer import open_packet as open_packet_bytes
 from test_client import KEY, make
 from test_client import POLL_SID as CLIENT_POLL_SID
@@ -44,7 +44,7 @@ from plabs_proto.labs.engineio_session import BODY_SLACK, Closed, EngineIOSessio
 from plabs_proto.labs.session import LabsSession
 from plabs_proto.messages import HTTPResponse
 from plabs_proto.state import SessionState
-from plabs_proto.wire.client import LabsClient, PerplexityClient
+from plabs_proto.wire.client import Client, LabsClient, PerplexityClient
 from plabs_proto.wire.websocket import Utf8Text
 
 POLL_SID = f"{BASE}&transport=polling{T}&sid=E1"
@@ -655,3 +655,31 @@ def test_a_refused_websocket_upgrade_shows_the_reason_phrase() -> None:
     with pytest.raises(LabsError) as info:
         h.reply(1, b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno")
     assert "HTTP 403 Forbidden" in str(info.value)
+
+
+def test_a_perplexity_client_asks_for_the_catalog_on_its_connection() -> None:
+    c = perplexity_ready()
+    c.request_catalog(now=1.0)
+    assert sent(c.transmit()).startswith(b"GET /rest/models/config/v2 HTTP/1.1\r\n")
+    with pytest.raises(LocalProtocolError, match="the catalog is being fetched already"):
+        c.request_catalog(now=1.1)
+
+
+def test_a_plain_client_carries_any_session_and_passes_its_query_on() -> None:
+    """``Client`` over a session made by hand (what a carrier of another service does)."""
+    config = ClientConfig(server="http://labs.test", transport="websocket")
+    seen: list[float] = []
+    rng = random.Random(0)  # drawn from as LabsClient draws: the session's cache buster first
+    client = Client(LabsSession(config.session_config(), rng=rng), config, rng=rng,
+                    tracer=lambda now, stream, direction, data: seen.append(now) if direction == "out" else None)
+    h = Harness(client)  # type: ignore[arg-type]
+    client.connect(0.0)
+    h.take(1)
+    h.reply(1, switching_protocols(KEY) + ws_frame(open_packet_bytes(upgrades=())) + ws_frame('40{"sid":"S9"}'))
+    h.take(1)
+    seen.clear()
+    client.query("hi", model="sonar", now=3.0)
+    frames = ClientFrames()
+    (query,) = frames.feed(h.take(1))
+    assert isinstance(query, str) and '"model":"sonar"' in query and '"content":"hi"' in query
+    assert seen == [3.0] and client.state is SessionState.QUERYING
