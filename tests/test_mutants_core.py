@@ -683,3 +683,16 @@ def test_a_plain_client_carries_any_session_and_passes_its_query_on() -> None:
     (query,) = frames.feed(h.take(1))
     assert isinstance(query, str) and '"model":"sonar"' in query and '"content":"hi"' in query
     assert seen == [3.0] and client.state is SessionState.QUERYING
+
+
+def test_stream_ids_run_from_1_to_the_last_opened_and_a_failed_client_takes_no_more_bytes() -> None:
+    h = websocket_client()  # one stream: 1
+    for stream_id in (0, 2):
+        with pytest.raises(LocalProtocolError) as info:
+            h.client.receive_data(stream_id, b"x", 1.0)
+        assert str(info.value) == f"expected the id of a stream this client opened, got {stream_id}"
+    with pytest.raises(RemoteProtocolError):
+        h.reply(1, b"")  # dropped without a close frame: the client fails and closes its streams
+    with pytest.raises(LocalProtocolError) as info:
+        h.client.receive_data(1, b"late", 2.0)
+    assert str(info.value) == "cannot receive data: the client already failed and closed its streams"
