@@ -641,6 +641,7 @@ def test_the_tracer_sees_every_byte_in_with_its_time_and_stream_and_the_end_of_f
     first = switching_protocols(KEY) + ws_frame(open_packet_bytes(upgrades=()))
     h.reply(1, first)
     assert (0.5, 1, "in", first) in seen
+    assert [entry[:3] for entry in seen if entry[2] == "out"] == [(0.0, 1, "out"), (0.5, 1, "out")]  # the upgrade; the CONNECT
     seen.clear()
     h.now = 2.0
     with pytest.raises(RemoteProtocolError):
@@ -696,3 +697,13 @@ def test_stream_ids_run_from_1_to_the_last_opened_and_a_failed_client_takes_no_m
     with pytest.raises(LocalProtocolError) as info:
         h.client.receive_data(1, b"late", 2.0)
     assert str(info.value) == "cannot receive data: the client already failed and closed its streams"
+
+
+def test_an_ipv6_server_gets_a_bracketed_host_header_and_tls_false_speaks_plain_http_to_https() -> None:
+    h = make("polling", server="http://[::1]:8080", browser=None)
+    h.client.connect(0.0)
+    assert b"\r\nHost: [::1]:8080\r\n" in h.take(1)
+    h = make("polling", server="https://labs.test", tls=False, browser=None)
+    h.client.connect(0.0)
+    assert h.take(1).startswith(b"GET /socket.io/?EIO=4&transport=polling")
+    assert h.opened[0].port == 443
