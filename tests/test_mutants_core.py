@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,6 +33,7 @@ from plabs_proto.errors import (
 )
 from plabs_proto.events import (
     Citations,
+    Connected,
     HTTPRequest,
     QueryFailed,
     TextDelta,
@@ -707,3 +709,12 @@ def test_an_ipv6_server_gets_a_bracketed_host_header_and_tls_false_speaks_plain_
     h.client.connect(0.0)
     assert h.take(1).startswith(b"GET /socket.io/?EIO=4&transport=polling")
     assert h.opened[0].port == 443
+
+
+def test_a_client_loads_the_cafile_it_is_given_and_hands_out_its_sessions_events(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.pem"
+    with pytest.raises(LocalProtocolError, match="expected a readable PEM CA file at"):
+        LabsClient(ClientConfig(server="https://labs.test", cafile=missing), rng=random.Random(0))
+    h = websocket_client()
+    assert h.client.next_event() == Connected(engine_sid="SID1", socket_sid="S9", transport="websocket")
+    assert h.client.next_event() is None
