@@ -718,3 +718,17 @@ def test_a_client_loads_the_cafile_it_is_given_and_hands_out_its_sessions_events
     h = websocket_client()
     assert h.client.next_event() == Connected(engine_sid="SID1", socket_sid="S9", transport="websocket")
     assert h.client.next_event() is None
+
+
+def test_an_idle_keep_alive_connection_the_server_lets_go_is_closed_quietly() -> None:
+    h = make("polling")
+    c = h.client
+    c.connect(0.0)
+    h.take(1)
+    h.reply(1, http_response(200, open_packet_bytes()))
+    h.take(2)
+    h.reply(2, http_response(200, "ok"))  # the CONNECT POST answered: its connection idles, kept alive
+    h.reply(2, b"")
+    assert h.closed == [2] and c.state is SessionState.CONNECTING
+    h.reply(1, http_response(200, '40{"sid":"S1"}'))
+    assert c.state is SessionState.READY
