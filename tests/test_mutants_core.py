@@ -732,3 +732,22 @@ def test_an_idle_keep_alive_connection_the_server_lets_go_is_closed_quietly() ->
     assert h.closed == [2] and c.state is SessionState.CONNECTING
     h.reply(1, http_response(200, '40{"sid":"S1"}'))
     assert c.state is SessionState.READY
+
+
+@pytest.mark.parametrize("extra", [0, 1])
+def test_an_http_body_of_the_limit_and_64_kib_is_taken_and_one_byte_more_refused_by_name(extra: int) -> None:
+    h = make("polling", max_message_size=100)
+    h.client.connect(0.0)
+    h.take(1)
+    body = polling_body(100 + 65536 - 2) + b"\x1e6" + b"x" * extra  # noops: no packet over the limit
+    response = http_response(200, body)
+    if not extra:
+        with pytest.raises(RemoteProtocolError, match="expected the Engine.IO open packet"):
+            h.reply(1, response)  # read whole: the noops are no open packet
+        return
+    with pytest.raises(RemoteProtocolError) as info:
+        h.reply(1, response)
+    assert str(info.value) == (
+        f"expected an HTTP response body of at most {100 + 65536} bytes (max_message_size + 64 KiB), "
+        f"got at least {100 + 65537} bytes"
+    )
