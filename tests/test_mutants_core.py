@@ -742,7 +742,7 @@ def test_an_http_body_of_the_limit_and_64_kib_is_taken_and_one_byte_more_refused
     body = polling_body(100 + 65536 - 2) + b"\x1e6" + b"x" * extra  # noops: no packet over the limit
     response = http_response(200, body)
     if not extra:
-        with pytest.raises(RemoteProtocolError, match="expected the Engine.IO open packet"):
+        with pytest.raises(RemoteProtocolError, match=r"expected the Engine\.IO open packet"):
             h.reply(1, response)  # read whole: the noops are no open packet
         return
     with pytest.raises(RemoteProtocolError) as info:
