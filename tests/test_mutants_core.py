@@ -18,8 +18,8 @@ from test_client import KEY, make
 from test_client import POLL_SID as CLIENT_POLL_SID
 from test_client import post as post_bytes
 from test_engineio_session import OPEN, ORIGIN, POST_HEADERS, engine, ok
+from test_perplexity_client import WARMUP_RESPONSE, sent
 from test_perplexity_client import ready as perplexity_ready
-from test_perplexity_client import sent
 from test_session import BASE, T, connected, open_packet, session
 
 from plabs_proto.config import ClientConfig, SessionConfig
@@ -751,3 +751,15 @@ def test_an_http_body_of_the_limit_and_64_kib_is_taken_and_one_byte_more_refused
         f"expected an HTTP response body of at most {100 + 65536} bytes (max_message_size + 64 KiB), "
         f"got at least {100 + 65537} bytes"
     )
+
+
+def test_the_tracer_sees_the_catalog_request_at_its_time() -> None:
+    seen: list[tuple[float, str]] = []
+    c = PerplexityClient(ClientConfig(server="http://pplx.test", service="perplexity", browser=None),
+                         rng=random.Random(0), tracer=lambda now, stream, direction, data: seen.append((now, direction)))
+    c.connect(0.0)
+    c.transmit()
+    c.receive_data(1, WARMUP_RESPONSE, 0.1)
+    seen.clear()
+    c.request_catalog(now=4.0)
+    assert seen == [(4.0, "out")]
