@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Mutation testing of one module of the byte level (issue 19), with mutmut, in a scratch copy:
-#   benchmarks/mutate.sh inflate          (or websocket, http, proxy, stack, tls, jsondepth, refusal)
+#   benchmarks/mutate.sh inflate          (or websocket, http, proxy, stack, tls, jsondepth, refusal,
+#                                          engineio_session, session, client, config, state)
 # The copy (/tmp/plabs-mutate-MODULE) holds the worktree's tracked files as they are now, with backends/
 # moved under plabs_proto/ (mutmut's mutants/ copy does not see the package-dir mapping, and
 # tests/conftest.py imports the backends) and a [tool.mutmut] section naming the module and the test
@@ -10,6 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 module=${1:?usage: benchmarks/mutate.sh MODULE}
+skip=''  # a -k expression of slow property tests to leave out (a surviving mutant reruns the whole selection)
 case $module in
     inflate)   path=plabs_proto/wire/inflate.py
                tests='"tests/test_edges_wire.py", "tests/test_encoding.py"' ;;
@@ -27,8 +29,25 @@ case $module in
                tests='"tests/test_hostile_input.py", "tests/test_edges_wire.py", "tests/test_mutants_wire.py"' ;;
     refusal)   path=plabs_proto/refusal.py
                tests='"tests/test_refusals.py", "tests/test_mutants_wire.py"' ;;
+    engineio_session) path=plabs_proto/labs/engineio_session.py
+               tests='"tests/test_engineio_session.py", "tests/test_session.py", "tests/test_core_mutants.py", "tests/test_unnoticed.py", "tests/test_mutants_core.py"'
+               skip='utf8_fast_path or any_input_sequence' ;;
+    session)   path=plabs_proto/labs/session.py
+               tests='"tests/test_session.py", "tests/test_engineio_session.py", "tests/test_core_mutants.py", "tests/test_unnoticed.py", "tests/test_refusals.py", "tests/test_mutants_core.py"'
+               skip='utf8_fast_path or any_input_sequence or any_guarded_answer or retry_after_never' ;;
+    client)    path=plabs_proto/wire/client.py
+               tests='"tests/test_client.py", "tests/test_client_hostile.py", "tests/test_client_limits.py", "tests/test_client_lifecycle.py", "tests/test_client_fuzz.py", "tests/test_unnoticed.py", "tests/test_perplexity_client.py", "tests/test_encoding.py", "tests/test_mutants_core.py"'
+               skip='tiny_packets_costs_little_memory or hostile_response_bytes or any_chunking or any_polling_body or reasonable_size or flood' ;;
+    config)    path=plabs_proto/config.py
+               tests='"tests/test_hostile_input.py", "tests/test_perplexity_session.py", "tests/test_perplexity_request.py", "tests/test_engineio_session.py", "tests/test_client.py", "tests/test_mutants_core.py"'
+               skip='hostile or any_ or arbitrary or memory' ;;
+    state)     path=plabs_proto/state.py
+               tests='"tests/test_session.py", "tests/test_perplexity_session.py", "tests/test_core_mutants.py", "tests/test_mutants_core.py"'
+               skip='utf8_fast_path or any_input_sequence' ;;
     *) echo "benchmarks/mutate.sh: unknown module $module" >&2; exit 2 ;;
 esac
+deselect=''
+[ -z "$skip" ] || deselect=", \"-k\", \"not ($skip)\""
 venv=$PWD/.venv
 scratch=/tmp/plabs-mutate-$module
 rm -rf "$scratch"
@@ -42,7 +61,7 @@ cat >> pyproject.toml <<TOML
 source_paths = ["plabs_proto"]
 only_mutate = ["$path"]
 pytest_add_cli_args_test_selection = [$tests]
-pytest_add_cli_args = ["-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly"]
+pytest_add_cli_args = ["-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly"$deselect]
 TOML
 PATH=$venv/bin:$PATH nice -n 10 "$venv/bin/mutmut" run --max-children 1
 PATH=$venv/bin:$PATH "$venv/bin/mutmut" results
