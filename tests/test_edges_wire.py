@@ -12,13 +12,24 @@ import random
 import struct
 import tracemalloc
 import zlib
+from typing import Any
 
 import pytest
 from peer import ClientFrames, ws_frame
 from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode
 
-from plabs_proto.errors import LocalProtocolError, ProxyError, RemoteProtocolError, TLSError
+from plabs_proto.errors import (
+    HandshakeError,
+    LocalProtocolError,
+    ProxyError,
+    RateLimitedError,
+    RedirectError,
+    RemoteProtocolError,
+    TLSError,
+    UnexpectedPageError,
+)
 from plabs_proto.jsondepth import MAX_DEPTH, check_depth, too_deep
+from plabs_proto.refusal import SCAN, clean, is_page, page_title, refusal, retry_after_seconds
 from plabs_proto.wire.http import BodyDecoder, HTTPChannel, HTTPResponse
 from plabs_proto.wire.proxy import HTTPConnectTunnel, SOCKS5Tunnel
 from plabs_proto.wire.tls import TLSLayer, make_ssl_context
@@ -533,3 +544,111 @@ def test_the_depth_is_counted_where_the_json_starts_and_brackets_count_only_whil
     assert str(caught.value) == (
         f"expected a reply nested at most {MAX_DEPTH} deep, got deeper nesting in {text[:60]!r}... (202 chars)"
     )
+
+
+# -- refusal: what is kept of a refusing server's words, at each bound ------------------------------------------
+
+
+def answered(status: int, headers: list[tuple[str, str]] | None = None, body: bytes = b"", reason: str = "") -> Any:
+    """The error :func:`refusal` makes of this answer to the Engine.IO handshake (expected: 200)."""
+    lowered = tuple((name.lower(), value) for name, value in headers or [])
+    return refusal(HTTPResponse(status, reason, lowered, body), "the handshake", 200)
+
+
+@pytest.mark.parametrize("limit", [3, 4, 20, 100, 200, 2048])
+def test_a_cleaned_text_of_exactly_its_limit_is_kept_whole_and_one_more_character_cut(limit: int) -> None:
+    assert clean("a" * limit, limit) == "a" * limit
+    assert clean("a" * (limit + 1), limit) == "a" * (limit - 3) + "..."
+    # Only the first 4 * limit + 64 characters are read: dropped characters count toward them.
+    assert clean("\x00" * (4 * limit + 63) + "b", limit) == "b"
+    assert clean("\x00" * (4 * limit + 64) + "b", limit) == ""
+
+
+def test_a_location_of_2048_characters_is_kept_whole_and_2049_cut() -> None:
+    for size, kept in ((2048, "p" * 2048), (2049, "p" * 2045 + "...")):
+        error = answered(302, [("Location", "p" * size)])
+        assert isinstance(error, RedirectError) and error.location == kept
+        # the message shows 200 characters of it
+        assert f"redirecting to {'p' * 197 + '...'!r}: the service moved" in str(error)
+    error = answered(302, [("Location", "p" * 200)])
+    assert f"redirecting to {'p' * 200!r}: the service moved" in str(error)
+
+
+def test_a_retry_after_of_100_characters_is_shown_whole_and_101_cut() -> None:
+    for size, kept in ((100, "9" * 100), (101, "9" * 97 + "...")):
+        error = answered(429, [("Retry-After", "9" * size)])
+        assert isinstance(error, RateLimitedError)
+        assert (error.retry_after_header, error.retry_after) == (kept, None)
+        assert str(error).endswith(f"rate limited; Retry-After {kept!r} (not a delay we can read)")
+
+
+def test_a_reason_phrase_of_100_characters_is_shown_whole_and_101_cut() -> None:
+    for size, kept in ((100, "R" * 100), (101, "R" * 97 + "...")):
+        error = answered(404, reason="R" * size)
+        assert str(error) == f"the server refused the handshake: expected HTTP 200, got HTTP 404 {kept}: ''"
+
+
+def test_a_body_excerpt_of_200_characters_is_kept_whole_and_201_cut() -> None:
+    for size, kept in ((200, "b" * 200), (201, "b" * 197 + "...")):
+        error = answered(404, body=b"b" * size)
+        assert error.body_excerpt == kept
+        assert str(error) == f"the server refused the handshake: expected HTTP 200, got HTTP 404: {kept!r}"
+    # Only the first 4 * 200 + 64 bytes are read for it.
+    assert answered(404, body=b"\x00" * 863 + b"b").body_excerpt == "b"
+    assert answered(404, body=b"\x00" * 864 + b"b").body_excerpt == ""
+
+
+def test_a_title_of_200_characters_is_kept_whole_and_201_cut() -> None:
+    for size, kept in ((200, "t" * 200), (201, "t" * 197 + "...")):
+        error = answered(200, body=b"<html><title>" + b"t" * size + b"</title>")
+        assert isinstance(error, UnexpectedPageError) and error.title == kept
+        assert f"titled {kept!r}: a login or web page" in str(error)
+    # A title's first 800 bytes are read, whatever cleaning drops of them.
+    assert page_title(b"<title>" + b" " * 799 + b"x</title>") == "x"
+    assert page_title(b"<title>" + b" " * 800 + b"x</title>") is None
+    assert page_title(b"<title>" + b" " * 799 + b"x") == "x"  # (no end tag: the same 800 bytes)
+    assert page_title(b"<title>" + b" " * 800 + b"x") is None
+
+
+def test_a_page_is_searched_in_its_first_64_kib() -> None:
+    assert SCAN == 65536
+    assert page_title(b" " * (SCAN - 8) + b"<title>x") == "x"
+    assert page_title(b" " * (SCAN - 7) + b"<title>x") is None
+    marker = b"error code: 1015"
+    limited = answered(403, body=b" " * (SCAN - len(marker)) + marker)
+    assert isinstance(limited, RateLimitedError) and "rate limited by Cloudflare (error 1015)" in str(limited)
+    plain = answered(403, body=b" " * (SCAN - len(marker) + 1) + marker)
+    assert type(plain) is HandshakeError
+
+
+def test_a_page_is_known_by_a_bracket_within_its_first_1024_bytes() -> None:
+    assert is_page(HTTPResponse(200, "", (), b"\n" * 1023 + b"<html>"))
+    assert not is_page(HTTPResponse(200, "", (), b"\n" * 1024 + b"<html>"))
+    assert isinstance(answered(200, body=b"\n" * 1023 + b"<html>"), UnexpectedPageError)
+    assert type(answered(200, body=b"\n" * 1024 + b"<html>")) is HandshakeError
+
+
+def test_an_engineio_error_code_of_20_characters_is_shown_whole_and_21_cut() -> None:
+    for code, shown in ((10**19, str(10**19)), (10**20, "1" + "0" * 16 + "...")):
+        error = answered(400, body=b'{"code":%d,"message":"Bad request"}' % code)
+        assert f"(Engine.IO error {shown}: Bad request)" in str(error)
+    for size, kept in ((200, "m" * 200), (201, "m" * 197 + "...")):
+        error = answered(400, body=b'{"code":3,"message":"%s"}' % (b"m" * size))
+        assert f"(Engine.IO error 3: {kept})" in str(error)
+
+
+def test_a_delay_of_15_digits_is_read_and_16_are_not() -> None:
+    assert retry_after_seconds("9" * 15, None) == 999_999_999_999_999.0
+    assert retry_after_seconds("0" * 15, None) == 0.0
+    assert retry_after_seconds("9" * 16, None) is None
+    assert retry_after_seconds("0" * 16, None) is None
+
+
+def test_an_http_date_of_64_characters_is_read_and_65_are_not() -> None:
+    now = "Sun, 06 Nov 1994 08:49:37 GMT"
+    for size, seconds in ((64, 90.0), (65, None)):
+        later = "Sun, 06 Nov 1994 08:51:07" + " " * (size - 28) + "GMT"
+        assert len(later) == size
+        assert retry_after_seconds(later, now) == seconds  # the Retry-After date
+        padded_now = "Sun, 06 Nov 1994 08:49:37" + " " * (size - 28) + "GMT"
+        assert retry_after_seconds("Sun, 06 Nov 1994 08:51:07 GMT", padded_now) == seconds  # the Date
