@@ -30,6 +30,7 @@ from plabs_proto.errors import (
 )
 from plabs_proto.jsondepth import MAX_DEPTH, check_depth, too_deep
 from plabs_proto.refusal import SCAN, clean, is_page, page_title, refusal, retry_after_seconds
+from plabs_proto.wire.headers import CookieJar
 from plabs_proto.wire.http import BodyDecoder, HTTPChannel, HTTPResponse
 from plabs_proto.wire.proxy import HTTPConnectTunnel, SOCKS5Tunnel
 from plabs_proto.wire.tls import TLSLayer, make_ssl_context
@@ -652,3 +653,27 @@ def test_an_http_date_of_64_characters_is_read_and_65_are_not() -> None:
         assert retry_after_seconds(later, now) == seconds  # the Retry-After date
         padded_now = "Sun, 06 Nov 1994 08:49:37" + " " * (size - 28) + "GMT"
         assert retry_after_seconds("Sun, 06 Nov 1994 08:51:07 GMT", padded_now) == seconds  # the Date
+
+
+# -- cookies: RFC 6265's minimums, at their edges -----------------------------------------------------------
+
+
+def test_a_cookie_of_4096_characters_is_kept_and_one_of_4097_ignored() -> None:
+    jar = CookieJar()
+    jar.remember([
+        ("set-cookie", "big=" + "x" * 4093 + "; Path=/; Secure"),  # name and value: 4096 characters
+        ("set-cookie", "bigger=" + "y" * 4091),  # 4097
+        ("set-cookie", "e=" + "z" * 4094 + "; Path=/"),  # 4096 again, on a name of one letter
+    ])
+    assert jar.as_dict() == {"big": "x" * 4093, "e": "z" * 4094}
+    assert jar.header() == "big=" + "x" * 4093 + "; e=" + "z" * 4094
+
+
+def test_fifty_cookies_are_kept_and_a_fifty_first_name_ignored_while_known_names_still_change() -> None:
+    jar = CookieJar()
+    jar.remember([("set-cookie", f"c{i}={i}") for i in range(49)])
+    jar.remember([("set-cookie", "c49=49")])  # the fiftieth: kept
+    assert len(jar.as_dict()) == 50 and jar.as_dict()["c49"] == "49"
+    jar.remember([("set-cookie", "c50=50"), ("set-cookie", "c0=new"), ("set-cookie", "c49=last")])
+    assert "c50" not in jar.as_dict()
+    assert jar.header() == "c0=new; " + "; ".join(f"c{i}={i}" for i in range(1, 49)) + "; c49=last"
