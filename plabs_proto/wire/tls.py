@@ -109,7 +109,7 @@ class TLSLayer:
         self._outgoing = ssl.MemoryBIO()
         try:
             self._ssl = context.wrap_bio(self._incoming, self._outgoing, server_hostname=server_hostname)
-        except (ValueError, ssl.SSLError) as exc:
+        except (ValueError, TypeError, ssl.SSLError) as exc:  # (TypeError: a NUL byte in the name)
             raise LocalProtocolError(f"cannot start TLS to {server_hostname!r}: {exc}") from exc
         self._established = False
         self._eof = False
