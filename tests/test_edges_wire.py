@@ -527,6 +527,19 @@ def test_a_failed_tls_handshake_shows_the_first_60_bytes_that_came(size: int) ->
     assert str(caught.value).endswith(f"; expected a TLS server's reply, got {answer[:60]!r}")
 
 
+@pytest.mark.parametrize("first", [1, 30, 59, 60])
+def test_the_60_bytes_shown_are_the_first_that_came_whatever_pieces_they_came_in(first: int) -> None:
+    # A handshake record head announcing 80 bytes: the client waits for them, then fails on their content.
+    answer = b"\x16\x03\x03\x00\x50" + bytes(range(65, 65 + 80))
+    client = TLSLayer(make_ssl_context(), "example.com")
+    client.start()
+    client.data_to_send()
+    assert client.receive_data(answer[:first]) == b""
+    with pytest.raises(TLSError) as caught:
+        client.receive_data(answer[first:])
+    assert str(caught.value).endswith(f"; expected a TLS server's reply, got {answer[:60]!r}")
+
+
 # -- JSON depth: MAX_DEPTH counted exactly, whatever else the text holds ------------------------------------
 
 

@@ -10,13 +10,16 @@ from __future__ import annotations
 import base64
 import gzip
 import random
+import ssl
 import zlib
+from pathlib import Path
 
 import pytest
-from peer import KEY, ws_frame
+from conftest import TLSFiles
+from peer import KEY, MemoryTLSServer, ws_frame
 from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode
 
-from plabs_proto.errors import LocalProtocolError, ProxyError, RemoteProtocolError
+from plabs_proto.errors import LocalProtocolError, ProxyError, RemoteProtocolError, TLSError
 from plabs_proto.wire.http import (
     BodyDecoder,
     HTTPChannel,
@@ -26,6 +29,7 @@ from plabs_proto.wire.http import (
 )
 from plabs_proto.wire.proxy import HTTPConnectTunnel, ProxyConfig, SOCKS5Tunnel, parse_proxy_url
 from plabs_proto.wire.stack import StreamStack
+from plabs_proto.wire.tls import TLSLayer, make_ssl_context
 from plabs_proto.wire.websocket import (
     DeflateParameters,
     Utf8Text,
@@ -829,3 +833,116 @@ def test_a_plain_stack_ends_at_tcp_eof_and_refuses_bytes_after_it() -> None:
     with pytest.raises(LocalProtocolError) as caught:
         stack.receive_data(late)
     assert str(caught.value) == f"cannot receive data after TCP EOF: expected nothing more, got {late[:60]!r}"
+
+
+# -- tls.py: plaintext of several records, and what a failed connection says ----------------------------------
+
+
+def tls_connected(tls_files: TLSFiles) -> tuple[TLSLayer, MemoryTLSServer]:
+    """A TLSLayer to "localhost" and an in-memory server, their handshake done."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls_files.certfile, tls_files.keyfile)
+    client, server = TLSLayer(make_ssl_context(tls_files.cafile), "localhost"), MemoryTLSServer(context)
+    client.start()
+    while not (client.established and server.handshake_done):
+        server.receive_data(client.data_to_send())
+        if reply := server.data_to_send():
+            client.receive_data(reply)
+    return client, server
+
+
+@pytest.mark.parametrize("size", [16384, 16385, 20000, 40000])
+def test_several_records_in_one_read_give_all_their_plaintext(tls_files: TLSFiles, size: int) -> None:
+    client, server = tls_connected(tls_files)
+    sent = bytes(random.Random(size).getrandbits(8) for _ in range(size))
+    server.send(sent)  # records of at most 16 KiB: one, two, two and three of them
+    assert client.receive_data(server.data_to_send()) == sent
+
+
+def test_a_failed_handshake_names_openssls_reason_and_words(tls_files: TLSFiles) -> None:
+    client = TLSLayer(make_ssl_context(tls_files.cafile), "localhost")
+    client.start()
+    client.data_to_send()
+    with pytest.raises(TLSError) as caught:
+        client.receive_data(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+    cause = caught.value.__cause__
+    assert isinstance(cause, ssl.SSLError) and cause.reason
+    assert str(caught.value) == (
+        f"TLS handshake with 'localhost' failed: {cause.reason} ({cause}); "
+        "expected a TLS server's reply, got b'HTTP/1.1 400 Bad Request\\r\\n\\r\\n'"
+    )
+
+
+def test_after_a_broken_record_sending_and_closing_raise_tls_errors(tls_files: TLSFiles) -> None:
+    client, server = tls_connected(tls_files)
+    server.send(b"secret payload")
+    record = bytearray(server.data_to_send())
+    record[-1] ^= 0xFF  # the authentication tag broken
+    with pytest.raises(TLSError):
+        client.receive_data(bytes(record))
+    with pytest.raises(TLSError) as caught:
+        client.send(b"more")
+    cause = caught.value.__cause__
+    assert isinstance(cause, ssl.SSLError)
+    # An error without OpenSSL's reason (here, an EOF error) is shown in its own words only.
+    detail = f"{cause.reason} ({cause})" if cause.reason else str(cause)
+    assert str(caught.value) == f"TLS connection with 'localhost' failed: {detail}"
+    with pytest.raises(TLSError, match=r"^TLS connection with 'localhost' failed: "):
+        client.close()
+
+
+def test_a_tls_layer_starts_neither_established_nor_at_eof(tls_files: TLSFiles) -> None:
+    client = TLSLayer(make_ssl_context(tls_files.cafile), "localhost")
+    assert client.established is False and client.eof is False
+
+
+@pytest.mark.parametrize(("host", "why"), [
+    (".example.com", "encoding with 'idna' codec failed (UnicodeError: label empty or too long)"),
+    ("a\x00b.example", "argument must be encoded string without null bytes, not str"),
+])
+def test_a_host_name_tls_cannot_send_is_a_local_error_naming_it(host: str, why: str) -> None:
+    with pytest.raises(LocalProtocolError) as caught:
+        TLSLayer(make_ssl_context(), host)
+    assert str(caught.value) == f"cannot start TLS to {host!r}: {why}"
+
+
+def test_each_refused_ssl_context_is_named_in_its_own_words(tls_files: TLSFiles) -> None:
+    def refusal_of(context: object, host: str = "localhost") -> str:
+        with pytest.raises(LocalProtocolError) as caught:
+            TLSLayer(context, host)  # type: ignore[arg-type]
+        return str(caught.value)
+
+    assert refusal_of(None) == "expected an ssl.SSLContext, got NoneType"
+    assert refusal_of(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)) == (
+        "expected a client-side ssl.SSLContext (for example from make_ssl_context()), "
+        "got one made with PROTOCOL_TLS_SERVER"
+    )
+    unverified = make_ssl_context(tls_files.cafile)
+    unverified.check_hostname = False
+    assert refusal_of(unverified) == (
+        "the ssl.SSLContext has check_hostname == False: host name checking cannot be turned off; "
+        "to trust a private CA pass its certificate as make_ssl_context(cafile=...)"
+    )
+    unverified.verify_mode = ssl.CERT_NONE
+    assert refusal_of(unverified) == (
+        "the ssl.SSLContext has verify_mode == CERT_NONE: certificate verification cannot be "
+        "turned off; to trust a private CA pass its certificate as make_ssl_context(cafile=...)"
+    )
+    assert refusal_of(make_ssl_context(tls_files.cafile), "") == (
+        "expected a server host name for TLS (SNI), got an empty one"
+    )
+
+
+def test_a_ca_file_that_cannot_be_loaded_is_named_with_the_reason(tmp_path: Path) -> None:
+    missing, garbage = tmp_path / "nope.pem", tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    with pytest.raises(LocalProtocolError) as caught:
+        make_ssl_context(missing)
+    assert str(caught.value) == (
+        f"expected a readable PEM CA file at {str(missing)!r}, could not load it: No such file or directory"
+    )
+    with pytest.raises(LocalProtocolError) as caught:
+        make_ssl_context(garbage)
+    cause = caught.value.__cause__
+    assert isinstance(cause, ssl.SSLError)
+    assert str(caught.value) == f"expected a readable PEM CA file at {str(garbage)!r}, could not load it: {cause}"
