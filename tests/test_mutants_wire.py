@@ -19,7 +19,14 @@ from conftest import TLSFiles
 from peer import KEY, MemoryTLSServer, ws_frame
 from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode
 
-from plabs_proto.errors import LocalProtocolError, ProxyError, RemoteProtocolError, TLSError
+from plabs_proto.errors import (
+    LocalProtocolError,
+    ProxyError,
+    RemoteProtocolError,
+    TLSError,
+    UnexpectedPageError,
+)
+from plabs_proto.refusal import is_page, page_title, unexpected_page
 from plabs_proto.wire.http import (
     BodyDecoder,
     HTTPChannel,
@@ -912,7 +919,7 @@ def test_each_refused_ssl_context_is_named_in_its_own_words(tls_files: TLSFiles)
             TLSLayer(context, host)  # type: ignore[arg-type]
         return str(caught.value)
 
-    assert refusal_of(None) == "expected an ssl.SSLContext, got NoneType"
+    assert refusal_of("a context") == "expected an ssl.SSLContext, got str"
     assert refusal_of(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)) == (
         "expected a client-side ssl.SSLContext (for example from make_ssl_context()), "
         "got one made with PROTOCOL_TLS_SERVER"
@@ -946,3 +953,31 @@ def test_a_ca_file_that_cannot_be_loaded_is_named_with_the_reason(tmp_path: Path
     cause = caught.value.__cause__
     assert isinstance(cause, ssl.SSLError)
     assert str(caught.value) == f"expected a readable PEM CA file at {str(garbage)!r}, could not load it: {cause}"
+
+
+# -- refusal.py: reading a page --------------------------------------------------------------------------------
+
+
+def test_the_first_title_of_a_page_is_its_title_wherever_it_starts() -> None:
+    assert page_title(b"<title>Login</title>") == "Login"  # at the very first byte
+    assert page_title(b"<title>Login</title><svg><title>icon</title></svg>") == "Login"
+    assert page_title(b"<p>a stray </title> here</p><title>Login</title>") == "Login"
+
+
+def test_a_page_is_told_from_engineio_by_its_first_byte_and_its_content_type() -> None:
+    def page(body: bytes, content_type: str | None = None) -> bool:
+        headers = () if content_type is None else (("content-type", content_type),)
+        return is_page(HTTPResponse(200, "OK", headers, body))
+
+    assert not page(b'0{"sid":"S1"}', "text/html")  # Engine.IO, whatever its type says
+    assert not page(b"X<html>")  # a page starts with "<" (after blanks and a byte order mark)
+    assert page(b"\xef\xbb\xbf\r\n\t <html>")
+    assert page(b"Welcome", "text/html; charset=UTF-8; profile=x")
+    assert not page(b"Welcome", "text/plain; charset=UTF-8")
+
+
+def test_an_unexpected_page_keeps_an_excerpt_of_its_body() -> None:
+    body = b"<html><title>Sign in</title>\n<body>Please\tlog in</body></html>"
+    error = unexpected_page(HTTPResponse(200, "OK", (), body), "the handshake", "HTTP 200")
+    assert isinstance(error, UnexpectedPageError)
+    assert error.body_excerpt == "<html><title>Sign in</title> <body>Please log in</body></html>"
