@@ -31,7 +31,7 @@ case $module in
     browser)   path=plabs_proto/wire/browser.py
                tests='"tests/test_browser.py", "tests/test_mutants_wire.py"' ;;
     trace)     path=plabs_proto/wire/trace.py
-               tests='"tests/test_trace.py", "tests/test_trace_perplexity.py", "tests/test_mutants_wire.py"' ;;
+               tests='"tests/test_trace.py", "tests/test_trace_perplexity.py", "tests/test_edges_wire.py", "tests/test_mutants_wire.py"' ;;
     headers)   path=plabs_proto/wire/headers.py
                tests='"tests/test_browser.py", "tests/test_hostile_input.py", "tests/test_client.py", "tests/test_edges_wire.py", "tests/test_mutants_wire.py"' ;;
     *) echo "benchmarks/mutate.sh: unknown module $module" >&2; exit 2 ;;

@@ -8,6 +8,7 @@ the peer (wsproto's server side, socksio's wire format as RFC 1928/1929 spell it
 
 from __future__ import annotations
 
+import json
 import random
 import struct
 import tracemalloc
@@ -34,6 +35,7 @@ from plabs_proto.wire.headers import CookieJar
 from plabs_proto.wire.http import BodyDecoder, HTTPChannel, HTTPResponse
 from plabs_proto.wire.proxy import HTTPConnectTunnel, SOCKS5Tunnel
 from plabs_proto.wire.tls import TLSLayer, make_ssl_context
+from plabs_proto.wire.trace import TraceError, TraceRecorder, make_header, read_trace
 from plabs_proto.wire.websocket import DeflateParameters, WebSocketChannel
 
 MiB = 1 << 20
@@ -690,3 +692,42 @@ def test_fifty_cookies_are_kept_and_a_fifty_first_name_ignored_while_known_names
     jar.remember([("set-cookie", "c50=50"), ("set-cookie", "c0=new"), ("set-cookie", "c49=last")])
     assert "c50" not in jar.as_dict()
     assert jar.header() == "c0=new; " + "; ".join(f"c{i}={i}" for i in range(1, 49)) + "; c49=last"
+
+
+# -- traces: what a bad line shows of itself (60 characters) ------------------------------------------------
+
+TRACE_HEADER = json.dumps({"plabs_trace": 1, "server": "http://labs.test", "transport": "polling",
+                           "model": "sonar", "messages": [{"role": "user", "content": "hi"}], "seed": 1})
+
+
+@pytest.mark.parametrize("size", [59, 60, 61])
+def test_a_trace_line_that_is_no_json_is_shown_up_to_60_characters(size: int) -> None:
+    line = "x" * size
+    with pytest.raises(TraceError) as caught:
+        read_trace([line])
+    assert str(caught.value) == f"trace line 1: expected a JSON object, got {line[:60]!r}"
+    _, records = read_trace([TRACE_HEADER, "  " + line + "  "])
+    with pytest.raises(TraceError) as caught:
+        next(records)
+    assert str(caught.value) == f"trace line 2: expected a JSON object, got {line[:60]!r}"
+
+
+@pytest.mark.parametrize("size", [57, 58, 59])
+def test_a_value_of_the_wrong_kind_is_shown_in_at_most_60_characters_of_its_repr(size: int) -> None:
+    seed = "1" * size  # its repr: size + 2 characters
+    with pytest.raises(TraceError) as caught:
+        read_trace([TRACE_HEADER.replace('"seed": 1', json.dumps({"seed": seed})[1:-1])])
+    assert str(caught.value) == f"trace line 1: expected an integer seed in 'seed', got {repr(seed)[:60]}"
+
+
+@pytest.mark.parametrize("size", [59, 60, 61])
+def test_bad_base64_and_a_bad_seed_are_shown_up_to_60_characters(size: int) -> None:
+    b64 = "!" * size
+    line = json.dumps({"t": 0, "stream": 1, "dir": "in", "b64": b64})
+    with pytest.raises(TraceError) as caught:
+        next(read_trace([TRACE_HEADER, line])[1])
+    assert str(caught.value) == f"trace line 2: expected base64 data in 'b64', got {b64[:60]!r}"
+    recorder = TraceRecorder(make_header(messages="hi"))
+    with pytest.raises(LocalProtocolError) as caught_seed:
+        recorder(0.0, 0, "seed", b"s" * size)
+    assert str(caught_seed.value) == f"expected a decimal seed, got {b's' * min(size, 60)!r}"
