@@ -22,11 +22,13 @@ from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode
 from plabs_proto.errors import (
     LocalProtocolError,
     ProxyError,
+    RateLimitedError,
+    RedirectError,
     RemoteProtocolError,
     TLSError,
     UnexpectedPageError,
 )
-from plabs_proto.refusal import is_page, page_title, unexpected_page
+from plabs_proto.refusal import is_page, page_title, refusal, unexpected_page
 from plabs_proto.wire.http import (
     BodyDecoder,
     HTTPChannel,
@@ -981,3 +983,25 @@ def test_an_unexpected_page_keeps_an_excerpt_of_its_body() -> None:
     error = unexpected_page(HTTPResponse(200, "OK", (), body), "the handshake", "HTTP 200")
     assert isinstance(error, UnexpectedPageError)
     assert error.body_excerpt == "<html><title>Sign in</title> <body>Please log in</body></html>"
+
+
+def test_a_title_that_is_not_utf8_is_read_with_replacement_characters() -> None:
+    assert page_title(b"<title>Caf\xe9 \xff</title>") == "Caf\ufffd \ufffd"
+
+
+@pytest.mark.parametrize(("status", "redirect"), [
+    (299, False), (300, True), (301, True), (304, False), (305, True), (399, True), (400, False),
+])
+def test_every_3xx_but_304_is_a_redirect(status: int, redirect: bool) -> None:
+    error = refusal(HTTPResponse(status, "", (("location", "/elsewhere/"),), b""), "the handshake", 200)
+    assert isinstance(error, RedirectError) is redirect
+    if redirect:
+        assert str(error) == (
+            f"expected HTTP 200 for the handshake, got HTTP {status} redirecting to '/elsewhere/': the service "
+            "moved; redirects are not followed (point server= at the new address if you trust it)"
+        )
+
+
+def test_a_rate_limit_keeps_an_excerpt_of_its_body() -> None:
+    error = refusal(HTTPResponse(429, "", (), b"Slow down,\r\n  please"), "the handshake", 200)
+    assert isinstance(error, RateLimitedError) and error.body_excerpt == "Slow down, please"
