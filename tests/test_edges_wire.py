@@ -612,6 +612,9 @@ def test_a_body_excerpt_of_200_characters_is_kept_whole_and_201_cut() -> None:
     # Only the first 4 * 200 + 64 bytes are read for it.
     assert answered(404, body=b"\x00" * 863 + b"b").body_excerpt == "b"
     assert answered(404, body=b"\x00" * 864 + b"b").body_excerpt == ""
+    # 864 bytes, not characters: three-byte characters that cleaning drops (U+200B) fill them sooner.
+    assert answered(404, body="\u200b".encode() * 287 + b"\x00\x00b").body_excerpt == "b"
+    assert answered(404, body="\u200b".encode() * 288 + b"b").body_excerpt == ""
 
 
 def test_a_title_of_200_characters_is_kept_whole_and_201_cut() -> None:
@@ -658,6 +661,7 @@ def test_a_delay_of_15_digits_is_read_and_16_are_not() -> None:
     assert retry_after_seconds("0" * 15, None) == 0.0
     assert retry_after_seconds("9" * 16, None) is None
     assert retry_after_seconds("0" * 16, None) is None
+    assert retry_after_seconds("1" * 14 + "x", None) is None  # 15 characters, not all digits
 
 
 def test_an_http_date_of_64_characters_is_read_and_65_are_not() -> None:

@@ -16,10 +16,13 @@ from pathlib import Path
 
 import pytest
 from conftest import TLSFiles
-from peer import KEY, MemoryTLSServer, ws_frame
+from peer import KEY, Harness, MemoryTLSServer, ws_frame
 from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode
 
+from plabs_proto.config import ClientConfig
 from plabs_proto.errors import (
+    ChallengeError,
+    HandshakeError,
     LocalProtocolError,
     ProxyError,
     RateLimitedError,
@@ -29,6 +32,8 @@ from plabs_proto.errors import (
     UnexpectedPageError,
 )
 from plabs_proto.refusal import is_page, page_title, refusal, unexpected_page
+from plabs_proto.wire.browser import CHROME, fetch_site
+from plabs_proto.wire.client import LabsClient
 from plabs_proto.wire.http import (
     BodyDecoder,
     HTTPChannel,
@@ -993,8 +998,10 @@ def test_a_title_that_is_not_utf8_is_read_with_replacement_characters() -> None:
     (299, False), (300, True), (301, True), (304, False), (305, True), (399, True), (400, False),
 ])
 def test_every_3xx_but_304_is_a_redirect(status: int, redirect: bool) -> None:
-    error = refusal(HTTPResponse(status, "", (("location", "/elsewhere/"),), b""), "the handshake", 200)
+    response = HTTPResponse(status, "", (("location", "/elsewhere/"),), b"<p>Moved</p>")
+    error = refusal(response, "the handshake", 200)
     assert isinstance(error, RedirectError) is redirect
+    assert error.body_excerpt == "<p>Moved</p>"
     if redirect:
         assert str(error) == (
             f"expected HTTP 200 for the handshake, got HTTP {status} redirecting to '/elsewhere/': the service "
@@ -1005,3 +1012,57 @@ def test_every_3xx_but_304_is_a_redirect(status: int, redirect: bool) -> None:
 def test_a_rate_limit_keeps_an_excerpt_of_its_body() -> None:
     error = refusal(HTTPResponse(429, "", (), b"Slow down,\r\n  please"), "the handshake", 200)
     assert isinstance(error, RateLimitedError) and error.body_excerpt == "Slow down, please"
+
+
+def test_a_retry_after_date_in_another_zone_counts_its_offset() -> None:
+    error = refusal(HTTPResponse(429, "", (("retry-after", "Sun, 06 Nov 1994 09:51:07 +0100"),
+                                           ("date", "Sun, 06 Nov 1994 08:49:37 GMT")), b""), "the handshake", 200)
+    assert isinstance(error, RateLimitedError) and error.retry_after == 90.0
+
+
+def test_a_cloudflare_page_without_a_title_is_a_challenge_named_without_one() -> None:
+    body = b"<html><body>Checking your browser before accessing. Cloudflare Ray ID: 1</body></html>"
+    error = refusal(HTTPResponse(403, "Forbidden", (("cf-mitigated", "challenge"),), body), "the handshake", 200)
+    assert isinstance(error, ChallengeError)
+    assert (error.title, error.body_excerpt) == (None, body.decode())
+    assert str(error) == (
+        "Cloudflare blocked the handshake: expected HTTP 200, got HTTP 403 Forbidden with a Cloudflare challenge "
+        "page; only a browser-like client gets through (try the curl backend)"
+    )
+
+
+def test_a_plain_refusal_keeps_its_status() -> None:
+    error = refusal(HTTPResponse(503, "Service Unavailable", (), b"down"), "the handshake", 200)
+    assert type(error) is HandshakeError and (error.status, error.body_excerpt) == (503, "down")
+
+
+# -- browser.py: Sec-Fetch-Site, and a header the order does not name -------------------------------------------
+
+
+@pytest.mark.parametrize(("origin", "server", "site"), [
+    ("http://labs.test", "http://www.labs.test", "same-site"),
+    ("http://labs.test:80", "http://labs.test/", "same-origin"),  # http's default port
+    ("https://labs.perplexity.ai", "http://labs.test", "cross-site"),
+])
+def test_a_polling_request_says_how_its_origin_and_server_are_related(origin: str, server: str, site: str) -> None:
+    client = LabsClient(ClientConfig(server=server, origin=origin, transport="polling"), rng=random.Random(0))
+    harness = Harness(client)
+    client.connect(0.0)
+    assert f"\r\nSec-Fetch-Site: {site}\r\n".encode() in harness.take(1)
+
+
+@pytest.mark.parametrize(("origin", "server", "site"), [
+    ("https://labs.perplexity.ai.", "https://www.perplexity.ai", "same-site"),  # a fully qualified name
+    ("https://labs.perplexity.ai", "https://www.other.ai", "cross-site"),  # the last label alone is no site
+    ("https://perplexity.ai", "https://www.perplexity.ai", "same-site"),
+    ("http://:3000/", "http://:8000/", "cross-site"),  # no host: no site
+])
+def test_the_site_is_the_last_two_labels_of_a_host(origin: str, server: str, site: str) -> None:
+    assert fetch_site(origin, server) == site
+
+
+def test_a_header_the_order_does_not_name_goes_last() -> None:
+    headers = CHROME.fetch_headers(host="labs.test", origin="http://labs.test", server="http://labs.test",
+                                   session_headers=[("X-Trace", "1"), ("Origin", "http://labs.test")])
+    assert headers[-1] == ("X-Trace", "1")
+    assert ("Origin", "http://labs.test") in headers[:-1]
