@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import json
 import random
 import ssl
 import zlib
@@ -31,8 +32,9 @@ from plabs_proto.errors import (
     TLSError,
     UnexpectedPageError,
 )
+from plabs_proto.perplexity.session import SESSION_COOKIE
 from plabs_proto.refusal import is_page, page_title, refusal, unexpected_page
-from plabs_proto.wire.browser import CHROME, fetch_site
+from plabs_proto.wire.browser import CHROME, CHROME_131, fetch_site
 from plabs_proto.wire.client import LabsClient
 from plabs_proto.wire.http import (
     BodyDecoder,
@@ -44,6 +46,14 @@ from plabs_proto.wire.http import (
 from plabs_proto.wire.proxy import HTTPConnectTunnel, ProxyConfig, SOCKS5Tunnel, parse_proxy_url
 from plabs_proto.wire.stack import StreamStack
 from plabs_proto.wire.tls import TLSLayer, make_ssl_context
+from plabs_proto.wire.trace import (
+    TraceRecord,
+    TraceRecorder,
+    config_header,
+    parse_header,
+    redact_header_value,
+    redact_records,
+)
 from plabs_proto.wire.websocket import (
     DeflateParameters,
     Utf8Text,
@@ -1066,3 +1076,71 @@ def test_a_header_the_order_does_not_name_goes_last() -> None:
                                    session_headers=[("X-Trace", "1"), ("Origin", "http://labs.test")])
     assert headers[-1] == ("X-Trace", "1")
     assert ("Origin", "http://labs.test") in headers[:-1]
+
+
+# -- trace.py: the header says how the session was started, and redaction leaks no value --------------------
+
+
+def test_a_trace_header_gives_back_every_option_it_was_made_from() -> None:
+    config = ClientConfig(
+        server="http://labs.test", transport="polling", origin="http://page.test", jwt="jwt-1", version="9.9",
+        path="/sio/", user_agent="Agent/1", browser=CHROME_131, connect_timeout=3.0, first_text_timeout=None,
+        query_timeout=7.5, headers=(("X-Trace", "1"), ("Authorization", "Bearer secret")),
+        accept_encoding=False, permessage_deflate=False,
+    )
+    header = config_header(config, model="sonar", messages=[{"role": "user", "content": "café"}], seed=5)
+    line = TraceRecorder(header).lines()[0]
+    assert '"messages":[{"role":"user","content":"café"}]' in line  # compact, and not ASCII-escaped
+    again = parse_header(line).client_config()
+    for name in ("server", "transport", "origin", "jwt", "version", "path", "user_agent", "browser",
+                 "connect_timeout", "first_text_timeout", "query_timeout", "accept_encoding", "permessage_deflate"):
+        assert getattr(again, name) == getattr(config, name), name
+    assert again.headers == (("X-Trace", "1"), ("Authorization", "[redacted]"))
+
+
+def test_a_signed_in_ask_trace_names_its_cookies_and_mode_but_no_value() -> None:
+    config = ClientConfig(service="perplexity", server="http://ask.test", session_token="tok=en", mode="copilot",
+                          cookies_txt=".perplexity.ai\tTRUE\t/\tTRUE\t0\tcf\tv=1=2\n")
+    header = config_header(config, messages="hi", seed=1)
+    assert (header["cookies"], header["mode"]) == (["cf", SESSION_COOKIE], "copilot")
+    assert "tok=en" not in json.dumps(header) and "v=1=2" not in json.dumps(header)
+    labs = config_header(ClientConfig(server="http://labs.test"), messages="hi", seed=1)
+    assert "cookies" not in labs and "mode" not in labs
+
+
+@pytest.mark.parametrize(("name", "value", "redacted"), [
+    ("Cookie", "session=abc=def; theme=dark;  bare", "session=[redacted]; theme=[redacted];  [redacted]"),
+    ("Set-Cookie", "id=a=b; Path=/; HttpOnly", "id=[redacted]; Path=/; HttpOnly"),
+    ("Set-Cookie", "opaque; Path=/", "[redacted]; Path=/"),
+    ("Authorization", "Basic dXNlcjpwYXNz", "[redacted]"),
+    ("cookie", "a=\u2603", "a=[redacted]"),  # not Latin-1: read with a replacement, still redacted
+    ("X-Api", "v", "v"),
+    ("X-\u2603", "v", "v"),
+    ("Cookie", "", ""),
+])
+def test_a_sensitive_header_keeps_names_and_attributes_and_loses_every_value(
+    name: str, value: str, redacted: str
+) -> None:
+    assert redact_header_value(name, value) == redacted
+
+
+def test_redaction_reads_past_a_chunked_body_with_extensions_and_trailers() -> None:
+    body = b"10;a=1;b=2\r\n" + b"x" * 16 + b"\r\n0\r\nX-Trailer: 1\r\n\r\n"
+    first = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body
+    second = b"HTTP/1.1 200 OK\r\nSet-Cookie: s=secret\r\nContent-Length: 0\r\n\r\n"
+    (record,) = redact_records([TraceRecord(0.0, 1, "in", first + second)])
+    assert record.data == first + second.replace(b"secret", b"[redacted]")
+    bare = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"  # no trailers
+    (record,) = redact_records([TraceRecord(0.0, 1, "in", bare + second)])
+    assert record.data == bare + second.replace(b"secret", b"[redacted]")
+
+
+def test_a_redaction_lands_in_the_record_where_the_value_starts() -> None:
+    head = b"GET / HTTP/1.1\r\nCookie: a=1\r\nAuthorization: x\r\nProxy-Authorization: y\r\n\r\n"
+    cut = head.index(b"a=1")  # the second record starts with the first value
+    records = [TraceRecord(0.0, 1, "out", head[:cut]), TraceRecord(0.1, 1, "out", head[cut:])]
+    redacted = redact_records(records)
+    assert [r.data for r in redacted] == [
+        head[:cut],
+        b"a=[redacted]\r\nAuthorization: [redacted]\r\nProxy-Authorization: [redacted]\r\n\r\n",
+    ]
