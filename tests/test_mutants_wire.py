@@ -32,7 +32,7 @@ from plabs_proto.errors import (
     TLSError,
     UnexpectedPageError,
 )
-from plabs_proto.perplexity.session import SESSION_COOKIE
+from plabs_proto.perplexity.session import SESSION_COOKIE, signed_in_cookie
 from plabs_proto.refusal import is_page, page_title, refusal, unexpected_page
 from plabs_proto.wire.browser import CHROME, CHROME_131, fetch_site
 from plabs_proto.wire.client import LabsClient
@@ -47,10 +47,13 @@ from plabs_proto.wire.proxy import HTTPConnectTunnel, ProxyConfig, SOCKS5Tunnel,
 from plabs_proto.wire.stack import StreamStack
 from plabs_proto.wire.tls import TLSLayer, make_ssl_context
 from plabs_proto.wire.trace import (
+    TraceError,
     TraceRecord,
     TraceRecorder,
     config_header,
+    make_header,
     parse_header,
+    read_trace,
     redact_header_value,
     redact_records,
 )
@@ -1104,6 +1107,9 @@ def test_a_signed_in_ask_trace_names_its_cookies_and_mode_but_no_value() -> None
     header = config_header(config, messages="hi", seed=1)
     assert (header["cookies"], header["mode"]) == (["cf", SESSION_COOKIE], "copilot")
     assert "tok=en" not in json.dumps(header) and "v=1=2" not in json.dumps(header)
+    again = parse_header(json.dumps(header)).client_config()
+    assert again.mode == "copilot"
+    assert signed_in_cookie(again) == f"cf=[redacted]; {SESSION_COOKIE}=[redacted]"
     labs = config_header(ClientConfig(server="http://labs.test"), messages="hi", seed=1)
     assert "cookies" not in labs and "mode" not in labs
 
@@ -1144,3 +1150,24 @@ def test_a_redaction_lands_in_the_record_where_the_value_starts() -> None:
         head[:cut],
         b"a=[redacted]\r\nAuthorization: [redacted]\r\nProxy-Authorization: [redacted]\r\n\r\n",
     ]
+
+
+@pytest.mark.parametrize(("field", "value", "expected"), [
+    ("dir", 1, "'in' or 'out' in 'dir', got 1"),
+    ("b64", 5, "base64 data in 'b64', got 5"),
+    ("t", "0", "a time in seconds in 't', got '0'"),
+])
+def test_a_record_field_of_the_wrong_kind_is_named_with_its_line(field: str, value: object, expected: str) -> None:
+    record = {"t": 0, "stream": 1, "dir": "in", "b64": ""} | {field: value}
+    header = json.dumps({"plabs_trace": 1, "server": "http://labs.test", "transport": "polling",
+                         "model": "sonar", "messages": [], "seed": 1})
+    with pytest.raises(TraceError) as caught:
+        next(read_trace([header, "", json.dumps(record)])[1])
+    assert str(caught.value) == f"trace line 3: expected {expected}"
+
+
+def test_record_times_are_kept_to_the_microsecond_from_the_first_chunk() -> None:
+    recorder = TraceRecorder(make_header(messages="hi"))
+    recorder(1.0, 1, "out", b"a")
+    recorder(1.12345678, 1, "in", b"b")
+    assert [record.t for record in recorder.records] == [0.0, 0.123457]
