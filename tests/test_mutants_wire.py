@@ -1099,6 +1099,8 @@ def test_a_trace_header_gives_back_every_option_it_was_made_from() -> None:
                  "connect_timeout", "first_text_timeout", "query_timeout", "accept_encoding", "permessage_deflate"):
         assert getattr(again, name) == getattr(config, name), name
     assert again.headers == (("X-Trace", "1"), ("Authorization", "[redacted]"))
+    plain = config_header(ClientConfig(server="http://labs.test", browser=None), messages="hi", seed=5)
+    assert plain["browser"] is None and parse_header(json.dumps(plain)).client_config().browser is None
 
 
 def test_a_signed_in_ask_trace_names_its_cookies_and_mode_but_no_value() -> None:
@@ -1110,7 +1112,7 @@ def test_a_signed_in_ask_trace_names_its_cookies_and_mode_but_no_value() -> None
     again = parse_header(json.dumps(header)).client_config()
     assert again.mode == "copilot"
     assert signed_in_cookie(again) == f"cf=[redacted]; {SESSION_COOKIE}=[redacted]"
-    labs = config_header(ClientConfig(server="http://labs.test"), messages="hi", seed=1)
+    labs = config_header(ClientConfig(server="http://labs.test", session_token="tok"), messages="hi", seed=1)
     assert "cookies" not in labs and "mode" not in labs
 
 
