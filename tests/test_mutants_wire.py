@@ -1133,7 +1133,7 @@ def test_a_sensitive_header_keeps_names_and_attributes_and_loses_every_value(
 
 
 def test_redaction_reads_past_a_chunked_body_with_extensions_and_trailers() -> None:
-    body = b"10;a=1;b=2\r\n" + b"x" * 16 + b"\r\n0\r\nX-Trailer: 1\r\n\r\n"
+    body = b"20;a=1;b=2\r\n" + b"x" * 32 + b"\r\n0\r\nX-Trailer: 1\r\n\r\n"  # (hex: 32 bytes)
     first = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body
     second = b"HTTP/1.1 200 OK\r\nSet-Cookie: s=secret\r\nContent-Length: 0\r\n\r\n"
     (record,) = redact_records([TraceRecord(0.0, 1, "in", first + second)])
