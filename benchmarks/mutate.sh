@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Mutation testing of one module of the byte level (issue 19), with mutmut, in a scratch copy:
 #   benchmarks/mutate.sh inflate          (or websocket, http, proxy, stack, tls, jsondepth, refusal,
-#                                          engineio_session, session, client, config, state)
+#                                          browser, trace, headers, engineio_session, session, client,
+#                                          config, state)
 # The copy (/tmp/plabs-mutate-MODULE) holds the worktree's tracked files as they are now, with backends/
 # moved under plabs_proto/ (mutmut's mutants/ copy does not see the package-dir mapping, and
 # tests/conftest.py imports the backends) and a [tool.mutmut] section naming the module and the test
@@ -28,7 +29,7 @@ case $module in
     jsondepth) path=plabs_proto/jsondepth.py
                tests='"tests/test_hostile_input.py", "tests/test_edges_wire.py", "tests/test_mutants_wire.py"' ;;
     refusal)   path=plabs_proto/refusal.py
-               tests='"tests/test_refusals.py", "tests/test_mutants_wire.py"' ;;
+               tests='"tests/test_refusals.py", "tests/test_edges_wire.py", "tests/test_mutants_wire.py"' ;;
     engineio_session) path=plabs_proto/labs/engineio_session.py
                tests='"tests/test_engineio_session.py", "tests/test_session.py", "tests/test_core_mutants.py", "tests/test_unnoticed.py", "tests/test_mutants_core.py"'
                skip='utf8_fast_path or any_input_sequence' ;;
@@ -44,6 +45,12 @@ case $module in
     state)     path=plabs_proto/state.py
                tests='"tests/test_session.py", "tests/test_perplexity_session.py", "tests/test_core_mutants.py", "tests/test_mutants_core.py"'
                skip='utf8_fast_path or any_input_sequence' ;;
+    browser)   path=plabs_proto/wire/browser.py
+               tests='"tests/test_browser.py", "tests/test_mutants_wire.py"' ;;
+    trace)     path=plabs_proto/wire/trace.py
+               tests='"tests/test_trace.py", "tests/test_trace_perplexity.py", "tests/test_edges_wire.py", "tests/test_mutants_wire.py"' ;;
+    headers)   path=plabs_proto/wire/headers.py
+               tests='"tests/test_browser.py", "tests/test_hostile_input.py", "tests/test_client.py", "tests/test_edges_wire.py", "tests/test_mutants_wire.py"' ;;
     *) echo "benchmarks/mutate.sh: unknown module $module" >&2; exit 2 ;;
 esac
 deselect=''

@@ -8,20 +8,34 @@ the peer (wsproto's server side, socksio's wire format as RFC 1928/1929 spell it
 
 from __future__ import annotations
 
+import json
 import random
 import struct
 import tracemalloc
 import zlib
+from typing import Any
 
 import pytest
 from peer import ClientFrames, ws_frame
 from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode
 
-from plabs_proto.errors import LocalProtocolError, ProxyError, RemoteProtocolError, TLSError
+from plabs_proto.errors import (
+    HandshakeError,
+    LocalProtocolError,
+    ProxyError,
+    RateLimitedError,
+    RedirectError,
+    RemoteProtocolError,
+    TLSError,
+    UnexpectedPageError,
+)
 from plabs_proto.jsondepth import MAX_DEPTH, check_depth, too_deep
+from plabs_proto.refusal import SCAN, clean, is_page, page_title, refusal, retry_after_seconds
+from plabs_proto.wire.headers import CookieJar
 from plabs_proto.wire.http import BodyDecoder, HTTPChannel, HTTPResponse
 from plabs_proto.wire.proxy import HTTPConnectTunnel, SOCKS5Tunnel
 from plabs_proto.wire.tls import TLSLayer, make_ssl_context
+from plabs_proto.wire.trace import TraceError, TraceRecorder, make_header, read_trace
 from plabs_proto.wire.websocket import DeflateParameters, WebSocketChannel
 
 MiB = 1 << 20
@@ -515,6 +529,19 @@ def test_a_failed_tls_handshake_shows_the_first_60_bytes_that_came(size: int) ->
     assert str(caught.value).endswith(f"; expected a TLS server's reply, got {answer[:60]!r}")
 
 
+@pytest.mark.parametrize("first", [1, 30, 59, 60])
+def test_the_60_bytes_shown_are_the_first_that_came_whatever_pieces_they_came_in(first: int) -> None:
+    # A handshake record head announcing 80 bytes: the client waits for them, then fails on their content.
+    answer = b"\x16\x03\x03\x00\x50" + bytes(range(65, 65 + 80))
+    client = TLSLayer(make_ssl_context(), "example.com")
+    client.start()
+    client.data_to_send()
+    assert client.receive_data(answer[:first]) == b""
+    with pytest.raises(TLSError) as caught:
+        client.receive_data(answer[first:])
+    assert str(caught.value).endswith(f"; expected a TLS server's reply, got {answer[:60]!r}")
+
+
 # -- JSON depth: MAX_DEPTH counted exactly, whatever else the text holds ------------------------------------
 
 
@@ -533,3 +560,178 @@ def test_the_depth_is_counted_where_the_json_starts_and_brackets_count_only_whil
     assert str(caught.value) == (
         f"expected a reply nested at most {MAX_DEPTH} deep, got deeper nesting in {text[:60]!r}... (202 chars)"
     )
+
+
+# -- refusal: what is kept of a refusing server's words, at each bound ------------------------------------------
+
+
+def answered(status: int, headers: list[tuple[str, str]] | None = None, body: bytes = b"", reason: str = "") -> Any:
+    """The error :func:`refusal` makes of this answer to the Engine.IO handshake (expected: 200)."""
+    lowered = tuple((name.lower(), value) for name, value in headers or [])
+    return refusal(HTTPResponse(status, reason, lowered, body), "the handshake", 200)
+
+
+@pytest.mark.parametrize("limit", [3, 4, 20, 100, 200, 2048])
+def test_a_cleaned_text_of_exactly_its_limit_is_kept_whole_and_one_more_character_cut(limit: int) -> None:
+    assert clean("a" * limit, limit) == "a" * limit
+    assert clean("a" * (limit + 1), limit) == "a" * (limit - 3) + "..."
+    # Only the first 4 * limit + 64 characters are read: dropped characters count toward them.
+    assert clean("\x00" * (4 * limit + 63) + "b", limit) == "b"
+    assert clean("\x00" * (4 * limit + 64) + "b", limit) == ""
+
+
+def test_a_location_of_2048_characters_is_kept_whole_and_2049_cut() -> None:
+    for size, kept in ((2048, "p" * 2048), (2049, "p" * 2045 + "...")):
+        error = answered(302, [("Location", "p" * size)])
+        assert isinstance(error, RedirectError) and error.location == kept
+        # the message shows 200 characters of it
+        assert f"redirecting to {'p' * 197 + '...'!r}: the service moved" in str(error)
+    error = answered(302, [("Location", "p" * 200)])
+    assert f"redirecting to {'p' * 200!r}: the service moved" in str(error)
+
+
+def test_a_retry_after_of_100_characters_is_shown_whole_and_101_cut() -> None:
+    for size, kept in ((100, "9" * 100), (101, "9" * 97 + "...")):
+        error = answered(429, [("Retry-After", "9" * size)])
+        assert isinstance(error, RateLimitedError)
+        assert (error.retry_after_header, error.retry_after) == (kept, None)
+        assert str(error).endswith(f"rate limited; Retry-After {kept!r} (not a delay we can read)")
+
+
+def test_a_reason_phrase_of_100_characters_is_shown_whole_and_101_cut() -> None:
+    for size, kept in ((100, "R" * 100), (101, "R" * 97 + "...")):
+        error = answered(404, reason="R" * size)
+        assert str(error) == f"the server refused the handshake: expected HTTP 200, got HTTP 404 {kept}: ''"
+
+
+def test_a_body_excerpt_of_200_characters_is_kept_whole_and_201_cut() -> None:
+    for size, kept in ((200, "b" * 200), (201, "b" * 197 + "...")):
+        error = answered(404, body=b"b" * size)
+        assert error.body_excerpt == kept
+        assert str(error) == f"the server refused the handshake: expected HTTP 200, got HTTP 404: {kept!r}"
+    # Only the first 4 * 200 + 64 bytes are read for it.
+    assert answered(404, body=b"\x00" * 863 + b"b").body_excerpt == "b"
+    assert answered(404, body=b"\x00" * 864 + b"b").body_excerpt == ""
+    # 864 bytes, not characters: three-byte characters that cleaning drops (U+200B) fill them sooner.
+    assert answered(404, body="\u200b".encode() * 287 + b"\x00\x00b").body_excerpt == "b"
+    assert answered(404, body="\u200b".encode() * 288 + b"b").body_excerpt == ""
+
+
+def test_a_title_of_200_characters_is_kept_whole_and_201_cut() -> None:
+    for size, kept in ((200, "t" * 200), (201, "t" * 197 + "...")):
+        error = answered(200, body=b"<html><title>" + b"t" * size + b"</title>")
+        assert isinstance(error, UnexpectedPageError) and error.title == kept
+        assert f"titled {kept!r}: a login or web page" in str(error)
+    # A title's first 800 bytes are read, whatever cleaning drops of them.
+    assert page_title(b"<title>" + b" " * 799 + b"x</title>") == "x"
+    assert page_title(b"<title>" + b" " * 800 + b"x</title>") is None
+    assert page_title(b"<title>" + b" " * 799 + b"x") == "x"  # (no end tag: the same 800 bytes)
+    assert page_title(b"<title>" + b" " * 800 + b"x") is None
+
+
+def test_a_page_is_searched_in_its_first_64_kib() -> None:
+    assert SCAN == 65536
+    assert page_title(b" " * (SCAN - 8) + b"<title>x") == "x"
+    assert page_title(b" " * (SCAN - 7) + b"<title>x") is None
+    marker = b"error code: 1015"
+    limited = answered(403, body=b" " * (SCAN - len(marker)) + marker)
+    assert isinstance(limited, RateLimitedError) and "rate limited by Cloudflare (error 1015)" in str(limited)
+    plain = answered(403, body=b" " * (SCAN - len(marker) + 1) + marker)
+    assert type(plain) is HandshakeError
+
+
+def test_a_page_is_known_by_a_bracket_within_its_first_1024_bytes() -> None:
+    assert is_page(HTTPResponse(200, "", (), b"\n" * 1023 + b"<html>"))
+    assert not is_page(HTTPResponse(200, "", (), b"\n" * 1024 + b"<html>"))
+    assert isinstance(answered(200, body=b"\n" * 1023 + b"<html>"), UnexpectedPageError)
+    assert type(answered(200, body=b"\n" * 1024 + b"<html>")) is HandshakeError
+
+
+def test_an_engineio_error_code_of_20_characters_is_shown_whole_and_21_cut() -> None:
+    for code, shown in ((10**19, str(10**19)), (10**20, "1" + "0" * 16 + "...")):
+        error = answered(400, body=b'{"code":%d,"message":"Bad request"}' % code)
+        assert f"(Engine.IO error {shown}: Bad request)" in str(error)
+    for size, kept in ((200, "m" * 200), (201, "m" * 197 + "...")):
+        error = answered(400, body=b'{"code":3,"message":"%s"}' % (b"m" * size))
+        assert f"(Engine.IO error 3: {kept})" in str(error)
+
+
+def test_a_delay_of_15_digits_is_read_and_16_are_not() -> None:
+    assert retry_after_seconds("9" * 15, None) == 999_999_999_999_999.0
+    assert retry_after_seconds("0" * 15, None) == 0.0
+    assert retry_after_seconds("9" * 16, None) is None
+    assert retry_after_seconds("0" * 16, None) is None
+    assert retry_after_seconds("1" * 14 + "x", None) is None  # 15 characters, not all digits
+
+
+def test_an_http_date_of_64_characters_is_read_and_65_are_not() -> None:
+    now = "Sun, 06 Nov 1994 08:49:37 GMT"
+    for size, seconds in ((64, 90.0), (65, None)):
+        later = "Sun, 06 Nov 1994 08:51:07" + " " * (size - 28) + "GMT"
+        assert len(later) == size
+        assert retry_after_seconds(later, now) == seconds  # the Retry-After date
+        padded_now = "Sun, 06 Nov 1994 08:49:37" + " " * (size - 28) + "GMT"
+        assert retry_after_seconds("Sun, 06 Nov 1994 08:51:07 GMT", padded_now) == seconds  # the Date
+
+
+# -- cookies: RFC 6265's minimums, at their edges -----------------------------------------------------------
+
+
+def test_a_cookie_of_4096_characters_is_kept_and_one_of_4097_ignored() -> None:
+    jar = CookieJar()
+    jar.remember([
+        ("set-cookie", "big=" + "x" * 4093 + "; Path=/; Secure"),  # name and value: 4096 characters
+        ("set-cookie", "bigger=" + "y" * 4091),  # 4097
+        ("set-cookie", "e=" + "z" * 4094 + "; Path=/"),  # 4096 again, on a name of one letter
+    ])
+    assert jar.as_dict() == {"big": "x" * 4093, "e": "z" * 4094}
+    assert jar.header() == "big=" + "x" * 4093 + "; e=" + "z" * 4094
+
+
+def test_fifty_cookies_are_kept_and_a_fifty_first_name_ignored_while_known_names_still_change() -> None:
+    jar = CookieJar()
+    jar.remember([("set-cookie", f"c{i}={i}") for i in range(49)])
+    jar.remember([("set-cookie", "c49=49")])  # the fiftieth: kept
+    assert len(jar.as_dict()) == 50 and jar.as_dict()["c49"] == "49"
+    jar.remember([("set-cookie", "c50=50"), ("set-cookie", "c0=new"), ("set-cookie", "c49=last")])
+    assert "c50" not in jar.as_dict()
+    assert jar.header() == "c0=new; " + "; ".join(f"c{i}={i}" for i in range(1, 49)) + "; c49=last"
+
+
+# -- traces: what a bad line shows of itself (60 characters) ------------------------------------------------
+
+TRACE_HEADER = json.dumps({"plabs_trace": 1, "server": "http://labs.test", "transport": "polling",
+                           "model": "sonar", "messages": [{"role": "user", "content": "hi"}], "seed": 1})
+
+
+@pytest.mark.parametrize("size", [59, 60, 61])
+def test_a_trace_line_that_is_no_json_is_shown_up_to_60_characters(size: int) -> None:
+    line = "x" * size
+    with pytest.raises(TraceError) as caught:
+        read_trace([line])
+    assert str(caught.value) == f"trace line 1: expected a JSON object, got {line[:60]!r}"
+    _, records = read_trace([TRACE_HEADER, "  " + line + "  "])
+    with pytest.raises(TraceError) as caught:
+        next(records)
+    assert str(caught.value) == f"trace line 2: expected a JSON object, got {line[:60]!r}"
+
+
+@pytest.mark.parametrize("size", [57, 58, 59])
+def test_a_value_of_the_wrong_kind_is_shown_in_at_most_60_characters_of_its_repr(size: int) -> None:
+    seed = "1" * size  # its repr: size + 2 characters
+    with pytest.raises(TraceError) as caught:
+        read_trace([TRACE_HEADER.replace('"seed": 1', json.dumps({"seed": seed})[1:-1])])
+    assert str(caught.value) == f"trace line 1: expected an integer seed in 'seed', got {repr(seed)[:60]}"
+
+
+@pytest.mark.parametrize("size", [59, 60, 61])
+def test_bad_base64_and_a_bad_seed_are_shown_up_to_60_characters(size: int) -> None:
+    b64 = "!" * size
+    line = json.dumps({"t": 0, "stream": 1, "dir": "in", "b64": b64})
+    with pytest.raises(TraceError) as caught:
+        next(read_trace([TRACE_HEADER, line])[1])
+    assert str(caught.value) == f"trace line 2: expected base64 data in 'b64', got {b64[:60]!r}"
+    recorder = TraceRecorder(make_header(messages="hi"))
+    with pytest.raises(LocalProtocolError) as caught_seed:
+        recorder(0.0, 0, "seed", b"s" * size)
+    assert str(caught_seed.value) == f"expected a decimal seed, got {b's' * min(size, 60)!r}"

@@ -9,14 +9,33 @@ from __future__ import annotations
 
 import base64
 import gzip
+import json
 import random
+import ssl
 import zlib
+from pathlib import Path
 
 import pytest
-from peer import KEY, ws_frame
+from conftest import TLSFiles
+from peer import KEY, Harness, MemoryTLSServer, ws_frame
 from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode
 
-from plabs_proto.errors import LocalProtocolError, ProxyError, RemoteProtocolError
+from plabs_proto.config import ClientConfig
+from plabs_proto.errors import (
+    ChallengeError,
+    HandshakeError,
+    LocalProtocolError,
+    ProxyError,
+    RateLimitedError,
+    RedirectError,
+    RemoteProtocolError,
+    TLSError,
+    UnexpectedPageError,
+)
+from plabs_proto.perplexity.session import SESSION_COOKIE, signed_in_cookie
+from plabs_proto.refusal import is_page, page_title, refusal, unexpected_page
+from plabs_proto.wire.browser import CHROME, CHROME_131, fetch_site
+from plabs_proto.wire.client import LabsClient
 from plabs_proto.wire.http import (
     BodyDecoder,
     HTTPChannel,
@@ -26,6 +45,18 @@ from plabs_proto.wire.http import (
 )
 from plabs_proto.wire.proxy import HTTPConnectTunnel, ProxyConfig, SOCKS5Tunnel, parse_proxy_url
 from plabs_proto.wire.stack import StreamStack
+from plabs_proto.wire.tls import TLSLayer, make_ssl_context
+from plabs_proto.wire.trace import (
+    TraceError,
+    TraceRecord,
+    TraceRecorder,
+    config_header,
+    make_header,
+    parse_header,
+    read_trace,
+    redact_header_value,
+    redact_records,
+)
 from plabs_proto.wire.websocket import (
     DeflateParameters,
     Utf8Text,
@@ -829,3 +860,316 @@ def test_a_plain_stack_ends_at_tcp_eof_and_refuses_bytes_after_it() -> None:
     with pytest.raises(LocalProtocolError) as caught:
         stack.receive_data(late)
     assert str(caught.value) == f"cannot receive data after TCP EOF: expected nothing more, got {late[:60]!r}"
+
+
+# -- tls.py: plaintext of several records, and what a failed connection says ----------------------------------
+
+
+def tls_connected(tls_files: TLSFiles) -> tuple[TLSLayer, MemoryTLSServer]:
+    """A TLSLayer to "localhost" and an in-memory server, their handshake done."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls_files.certfile, tls_files.keyfile)
+    client, server = TLSLayer(make_ssl_context(tls_files.cafile), "localhost"), MemoryTLSServer(context)
+    client.start()
+    while not (client.established and server.handshake_done):
+        server.receive_data(client.data_to_send())
+        if reply := server.data_to_send():
+            client.receive_data(reply)
+    return client, server
+
+
+@pytest.mark.parametrize("size", [16384, 16385, 20000, 40000])
+def test_several_records_in_one_read_give_all_their_plaintext(tls_files: TLSFiles, size: int) -> None:
+    client, server = tls_connected(tls_files)
+    sent = bytes(random.Random(size).getrandbits(8) for _ in range(size))
+    server.send(sent)  # records of at most 16 KiB: one, two, two and three of them
+    assert client.receive_data(server.data_to_send()) == sent
+
+
+def test_a_failed_handshake_names_openssls_reason_and_words(tls_files: TLSFiles) -> None:
+    client = TLSLayer(make_ssl_context(tls_files.cafile), "localhost")
+    client.start()
+    client.data_to_send()
+    with pytest.raises(TLSError) as caught:
+        client.receive_data(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+    cause = caught.value.__cause__
+    assert isinstance(cause, ssl.SSLError) and cause.reason
+    assert str(caught.value) == (
+        f"TLS handshake with 'localhost' failed: {cause.reason} ({cause}); "
+        "expected a TLS server's reply, got b'HTTP/1.1 400 Bad Request\\r\\n\\r\\n'"
+    )
+
+
+def test_after_a_broken_record_sending_and_closing_raise_tls_errors(tls_files: TLSFiles) -> None:
+    client, server = tls_connected(tls_files)
+    server.send(b"secret payload")
+    record = bytearray(server.data_to_send())
+    record[-1] ^= 0xFF  # the authentication tag broken
+    with pytest.raises(TLSError):
+        client.receive_data(bytes(record))
+    with pytest.raises(TLSError) as caught:
+        client.send(b"more")
+    cause = caught.value.__cause__
+    assert isinstance(cause, ssl.SSLError)
+    # An error without OpenSSL's reason (here, an EOF error) is shown in its own words only.
+    detail = f"{cause.reason} ({cause})" if cause.reason else str(cause)
+    assert str(caught.value) == f"TLS connection with 'localhost' failed: {detail}"
+    with pytest.raises(TLSError, match=r"^TLS connection with 'localhost' failed: "):
+        client.close()
+
+
+def test_a_tls_layer_starts_neither_established_nor_at_eof(tls_files: TLSFiles) -> None:
+    client = TLSLayer(make_ssl_context(tls_files.cafile), "localhost")
+    assert client.established is False and client.eof is False
+
+
+@pytest.mark.parametrize(("host", "why"), [
+    (".example.com", "encoding with 'idna' codec failed (UnicodeError: label empty or too long)"),
+    ("a\x00b.example", "argument must be encoded string without null bytes, not str"),
+])
+def test_a_host_name_tls_cannot_send_is_a_local_error_naming_it(host: str, why: str) -> None:
+    with pytest.raises(LocalProtocolError) as caught:
+        TLSLayer(make_ssl_context(), host)
+    assert str(caught.value) == f"cannot start TLS to {host!r}: {why}"
+
+
+def test_each_refused_ssl_context_is_named_in_its_own_words(tls_files: TLSFiles) -> None:
+    def refusal_of(context: object, host: str = "localhost") -> str:
+        with pytest.raises(LocalProtocolError) as caught:
+            TLSLayer(context, host)  # type: ignore[arg-type]
+        return str(caught.value)
+
+    assert refusal_of("a context") == "expected an ssl.SSLContext, got str"
+    assert refusal_of(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)) == (
+        "expected a client-side ssl.SSLContext (for example from make_ssl_context()), "
+        "got one made with PROTOCOL_TLS_SERVER"
+    )
+    unverified = make_ssl_context(tls_files.cafile)
+    unverified.check_hostname = False
+    assert refusal_of(unverified) == (
+        "the ssl.SSLContext has check_hostname == False: host name checking cannot be turned off; "
+        "to trust a private CA pass its certificate as make_ssl_context(cafile=...)"
+    )
+    unverified.verify_mode = ssl.CERT_NONE
+    assert refusal_of(unverified) == (
+        "the ssl.SSLContext has verify_mode == CERT_NONE: certificate verification cannot be "
+        "turned off; to trust a private CA pass its certificate as make_ssl_context(cafile=...)"
+    )
+    assert refusal_of(make_ssl_context(tls_files.cafile), "") == (
+        "expected a server host name for TLS (SNI), got an empty one"
+    )
+
+
+def test_a_ca_file_that_cannot_be_loaded_is_named_with_the_reason(tmp_path: Path) -> None:
+    missing, garbage = tmp_path / "nope.pem", tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    with pytest.raises(LocalProtocolError) as caught:
+        make_ssl_context(missing)
+    assert str(caught.value) == (
+        f"expected a readable PEM CA file at {str(missing)!r}, could not load it: No such file or directory"
+    )
+    with pytest.raises(LocalProtocolError) as caught:
+        make_ssl_context(garbage)
+    cause = caught.value.__cause__
+    assert isinstance(cause, ssl.SSLError)
+    assert str(caught.value) == f"expected a readable PEM CA file at {str(garbage)!r}, could not load it: {cause}"
+
+
+# -- refusal.py: reading a page --------------------------------------------------------------------------------
+
+
+def test_the_first_title_of_a_page_is_its_title_wherever_it_starts() -> None:
+    assert page_title(b"<title>Login</title>") == "Login"  # at the very first byte
+    assert page_title(b"<title>Login</title><svg><title>icon</title></svg>") == "Login"
+    assert page_title(b"<p>a stray </title> here</p><title>Login</title>") == "Login"
+
+
+def test_a_page_is_told_from_engineio_by_its_first_byte_and_its_content_type() -> None:
+    def page(body: bytes, content_type: str | None = None) -> bool:
+        headers = () if content_type is None else (("content-type", content_type),)
+        return is_page(HTTPResponse(200, "OK", headers, body))
+
+    assert not page(b'0{"sid":"S1"}', "text/html")  # Engine.IO, whatever its type says
+    assert not page(b"X<html>")  # a page starts with "<" (after blanks and a byte order mark)
+    assert page(b"\xef\xbb\xbf\r\n\t <html>")
+    assert page(b"Welcome", "text/html; charset=UTF-8; profile=x")
+    assert not page(b"Welcome", "text/plain; charset=UTF-8")
+
+
+def test_an_unexpected_page_keeps_an_excerpt_of_its_body() -> None:
+    body = b"<html><title>Sign in</title>\n<body>Please\tlog in</body></html>"
+    error = unexpected_page(HTTPResponse(200, "OK", (), body), "the handshake", "HTTP 200")
+    assert isinstance(error, UnexpectedPageError)
+    assert error.body_excerpt == "<html><title>Sign in</title> <body>Please log in</body></html>"
+
+
+def test_a_title_that_is_not_utf8_is_read_with_replacement_characters() -> None:
+    assert page_title(b"<title>Caf\xe9 \xff</title>") == "Caf\ufffd \ufffd"
+
+
+@pytest.mark.parametrize(("status", "redirect"), [
+    (299, False), (300, True), (301, True), (304, False), (305, True), (399, True), (400, False),
+])
+def test_every_3xx_but_304_is_a_redirect(status: int, redirect: bool) -> None:
+    response = HTTPResponse(status, "", (("location", "/elsewhere/"),), b"<p>Moved</p>")
+    error = refusal(response, "the handshake", 200)
+    assert isinstance(error, RedirectError) is redirect
+    assert error.body_excerpt == "<p>Moved</p>"
+    if redirect:
+        assert str(error) == (
+            f"expected HTTP 200 for the handshake, got HTTP {status} redirecting to '/elsewhere/': the service "
+            "moved; redirects are not followed (point server= at the new address if you trust it)"
+        )
+
+
+def test_a_rate_limit_keeps_an_excerpt_of_its_body() -> None:
+    error = refusal(HTTPResponse(429, "", (), b"Slow down,\r\n  please"), "the handshake", 200)
+    assert isinstance(error, RateLimitedError) and error.body_excerpt == "Slow down, please"
+
+
+def test_a_retry_after_date_in_another_zone_counts_its_offset() -> None:
+    error = refusal(HTTPResponse(429, "", (("retry-after", "Sun, 06 Nov 1994 09:51:07 +0100"),
+                                           ("date", "Sun, 06 Nov 1994 08:49:37 GMT")), b""), "the handshake", 200)
+    assert isinstance(error, RateLimitedError) and error.retry_after == 90.0
+
+
+def test_a_cloudflare_page_without_a_title_is_a_challenge_named_without_one() -> None:
+    body = b"<html><body>Checking your browser before accessing. Cloudflare Ray ID: 1</body></html>"
+    error = refusal(HTTPResponse(403, "Forbidden", (("cf-mitigated", "challenge"),), body), "the handshake", 200)
+    assert isinstance(error, ChallengeError)
+    assert (error.title, error.body_excerpt) == (None, body.decode())
+    assert str(error) == (
+        "Cloudflare blocked the handshake: expected HTTP 200, got HTTP 403 Forbidden with a Cloudflare challenge "
+        "page; only a browser-like client gets through (try the curl backend)"
+    )
+
+
+def test_a_plain_refusal_keeps_its_status() -> None:
+    error = refusal(HTTPResponse(503, "Service Unavailable", (), b"down"), "the handshake", 200)
+    assert type(error) is HandshakeError and (error.status, error.body_excerpt) == (503, "down")
+
+
+# -- browser.py: Sec-Fetch-Site, and a header the order does not name -------------------------------------------
+
+
+@pytest.mark.parametrize(("origin", "server", "site"), [
+    ("http://labs.test", "http://www.labs.test", "same-site"),
+    ("http://labs.test:80", "http://labs.test/", "same-origin"),  # http's default port
+    ("https://labs.perplexity.ai", "http://labs.test", "cross-site"),
+])
+def test_a_polling_request_says_how_its_origin_and_server_are_related(origin: str, server: str, site: str) -> None:
+    client = LabsClient(ClientConfig(server=server, origin=origin, transport="polling"), rng=random.Random(0))
+    harness = Harness(client)
+    client.connect(0.0)
+    assert f"\r\nSec-Fetch-Site: {site}\r\n".encode() in harness.take(1)
+
+
+@pytest.mark.parametrize(("origin", "server", "site"), [
+    ("https://labs.perplexity.ai.", "https://www.perplexity.ai", "same-site"),  # a fully qualified name
+    ("https://labs.perplexity.ai", "https://www.other.ai", "cross-site"),  # the last label alone is no site
+    ("https://perplexity.ai", "https://www.perplexity.ai", "same-site"),
+    ("http://:3000/", "http://:8000/", "cross-site"),  # no host: no site
+])
+def test_the_site_is_the_last_two_labels_of_a_host(origin: str, server: str, site: str) -> None:
+    assert fetch_site(origin, server) == site
+
+
+def test_a_header_the_order_does_not_name_goes_last() -> None:
+    headers = CHROME.fetch_headers(host="labs.test", origin="http://labs.test", server="http://labs.test",
+                                   session_headers=[("X-Trace", "1"), ("Origin", "http://labs.test")])
+    assert headers[-1] == ("X-Trace", "1")
+    assert ("Origin", "http://labs.test") in headers[:-1]
+
+
+# -- trace.py: the header says how the session was started, and redaction leaks no value --------------------
+
+
+def test_a_trace_header_gives_back_every_option_it_was_made_from() -> None:
+    config = ClientConfig(
+        server="http://labs.test", transport="polling", origin="http://page.test", jwt="jwt-1", version="9.9",
+        path="/sio/", user_agent="Agent/1", browser=CHROME_131, connect_timeout=3.0, first_text_timeout=None,
+        query_timeout=7.5, headers=(("X-Trace", "1"), ("Authorization", "Bearer secret")),
+        accept_encoding=False, permessage_deflate=False,
+    )
+    header = config_header(config, model="sonar", messages=[{"role": "user", "content": "café"}], seed=5)
+    line = TraceRecorder(header).lines()[0]
+    assert '"messages":[{"role":"user","content":"café"}]' in line  # compact, and not ASCII-escaped
+    again = parse_header(line).client_config()
+    for name in ("server", "transport", "origin", "jwt", "version", "path", "user_agent", "browser",
+                 "connect_timeout", "first_text_timeout", "query_timeout", "accept_encoding", "permessage_deflate"):
+        assert getattr(again, name) == getattr(config, name), name
+    assert again.headers == (("X-Trace", "1"), ("Authorization", "[redacted]"))
+    plain = config_header(ClientConfig(server="http://labs.test", browser=None), messages="hi", seed=5)
+    assert plain["browser"] is None and parse_header(json.dumps(plain)).client_config().browser is None
+
+
+def test_a_signed_in_ask_trace_names_its_cookies_and_mode_but_no_value() -> None:
+    config = ClientConfig(service="perplexity", server="http://ask.test", session_token="tok=en", mode="copilot",
+                          cookies_txt=".perplexity.ai\tTRUE\t/\tTRUE\t0\tcf\tv=1=2\n")
+    header = config_header(config, messages="hi", seed=1)
+    assert (header["cookies"], header["mode"]) == (["cf", SESSION_COOKIE], "copilot")
+    assert "tok=en" not in json.dumps(header) and "v=1=2" not in json.dumps(header)
+    again = parse_header(json.dumps(header)).client_config()
+    assert again.mode == "copilot"
+    assert signed_in_cookie(again) == f"cf=[redacted]; {SESSION_COOKIE}=[redacted]"
+    labs = config_header(ClientConfig(server="http://labs.test", session_token="tok"), messages="hi", seed=1)
+    assert "cookies" not in labs and "mode" not in labs
+
+
+@pytest.mark.parametrize(("name", "value", "redacted"), [
+    ("Cookie", "session=abc=def; theme=dark;  bare", "session=[redacted]; theme=[redacted];  [redacted]"),
+    ("Set-Cookie", "id=a=b; Path=/; HttpOnly", "id=[redacted]; Path=/; HttpOnly"),
+    ("Set-Cookie", "opaque; Path=/", "[redacted]; Path=/"),
+    ("Authorization", "Basic dXNlcjpwYXNz", "[redacted]"),
+    ("cookie", "a=\u2603", "a=[redacted]"),  # not Latin-1: read with a replacement, still redacted
+    ("X-Api", "v", "v"),
+    ("X-\u2603", "v", "v"),
+    ("Cookie", "", ""),
+])
+def test_a_sensitive_header_keeps_names_and_attributes_and_loses_every_value(
+    name: str, value: str, redacted: str
+) -> None:
+    assert redact_header_value(name, value) == redacted
+
+
+def test_redaction_reads_past_a_chunked_body_with_extensions_and_trailers() -> None:
+    body = b"20;a=1;b=2\r\n" + b"x" * 32 + b"\r\n0\r\nX-Trailer: 1\r\n\r\n"  # (hex: 32 bytes)
+    first = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body
+    second = b"HTTP/1.1 200 OK\r\nSet-Cookie: s=secret\r\nContent-Length: 0\r\n\r\n"
+    (record,) = redact_records([TraceRecord(0.0, 1, "in", first + second)])
+    assert record.data == first + second.replace(b"secret", b"[redacted]")
+    bare = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"  # no trailers
+    (record,) = redact_records([TraceRecord(0.0, 1, "in", bare + second)])
+    assert record.data == bare + second.replace(b"secret", b"[redacted]")
+
+
+def test_a_redaction_lands_in_the_record_where_the_value_starts() -> None:
+    head = b"GET / HTTP/1.1\r\nCookie: a=1\r\nAuthorization: x\r\nProxy-Authorization: y\r\n\r\n"
+    cut = head.index(b"a=1")  # the second record starts with the first value
+    records = [TraceRecord(0.0, 1, "out", head[:cut]), TraceRecord(0.1, 1, "out", head[cut:])]
+    redacted = redact_records(records)
+    assert [r.data for r in redacted] == [
+        head[:cut],
+        b"a=[redacted]\r\nAuthorization: [redacted]\r\nProxy-Authorization: [redacted]\r\n\r\n",
+    ]
+
+
+@pytest.mark.parametrize(("field", "value", "expected"), [
+    ("dir", 1, "'in' or 'out' in 'dir', got 1"),
+    ("b64", 5, "base64 data in 'b64', got 5"),
+    ("t", "0", "a time in seconds in 't', got '0'"),
+])
+def test_a_record_field_of_the_wrong_kind_is_named_with_its_line(field: str, value: object, expected: str) -> None:
+    record = {"t": 0, "stream": 1, "dir": "in", "b64": ""} | {field: value}
+    header = json.dumps({"plabs_trace": 1, "server": "http://labs.test", "transport": "polling",
+                         "model": "sonar", "messages": [], "seed": 1})
+    with pytest.raises(TraceError) as caught:
+        next(read_trace([header, "", json.dumps(record)])[1])
+    assert str(caught.value) == f"trace line 3: expected {expected}"
+
+
+def test_record_times_are_kept_to_the_microsecond_from_the_first_chunk() -> None:
+    recorder = TraceRecorder(make_header(messages="hi"))
+    recorder(1.0, 1, "out", b"a")
+    recorder(1.12345678, 1, "in", b"b")
+    assert [record.t for record in recorder.records] == [0.0, 0.123457]

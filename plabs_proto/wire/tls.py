@@ -56,7 +56,8 @@ def make_ssl_context(cafile: str | os.PathLike[str] | None = None) -> ssl.SSLCon
         context = ssl.create_default_context(cafile=cafile)
     except (OSError, ssl.SSLError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise LocalProtocolError(f"expected a readable PEM CA file at {cafile!r}, could not load it: {reason}") from exc
+        path = cafile if cafile is None else os.fspath(cafile)  # (a Path shown as its path, not its repr)
+        raise LocalProtocolError(f"expected a readable PEM CA file at {path!r}, could not load it: {reason}") from exc
     context.set_alpn_protocols(["http/1.1"])  # Chrome offers h2 too; we speak HTTP/1.1 only
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers(":".join(CHROME_TLS12_CIPHERS))
@@ -108,7 +109,7 @@ class TLSLayer:
         self._outgoing = ssl.MemoryBIO()
         try:
             self._ssl = context.wrap_bio(self._incoming, self._outgoing, server_hostname=server_hostname)
-        except (ValueError, ssl.SSLError) as exc:
+        except (ValueError, TypeError, ssl.SSLError) as exc:  # (TypeError: a NUL byte in the name)
             raise LocalProtocolError(f"cannot start TLS to {server_hostname!r}: {exc}") from exc
         self._established = False
         self._eof = False
