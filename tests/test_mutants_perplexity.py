@@ -5,3 +5,240 @@ the mutants and why the ones still alive are equivalent.
 """
 
 from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from plabs_proto.errors import LocalProtocolError, RemoteProtocolError
+from plabs_proto.events import AnswerRevised, Citations, Event, TextDelta
+from plabs_proto.perplexity.answer import DEFAULT_MAX_CHUNKS, MAX_POINTER, AnswerDecoder
+from plabs_proto.perplexity.sse import SSEDecoder, SSEEvent
+
+# -- sse.py: the event stream's bytes ------------------------------------------------------------------------
+
+
+def test_the_smallest_limits_are_taken_and_below_them_refused() -> None:
+    assert SSEDecoder(max_data=0).feed(b"data\n\n") == [SSEEvent(data="")]
+    decoder = SSEDecoder(max_line=1)
+    assert decoder.feed(b"\n:\r\nx\n\n") == []  # lines of one character: taken
+    with pytest.raises(RemoteProtocolError) as caught:
+        decoder.feed(b"ab")
+    assert str(caught.value) == "expected a line of at most 1 characters, got 2 or more"
+    for limits in ({"max_line": 0}, {"max_data": -1}):
+        with pytest.raises(LocalProtocolError) as refused:
+            SSEDecoder(**limits)
+        assert str(refused.value) == (
+            f"expected max_line >= 1 and max_data >= 0, got max_line={limits.get('max_line', 16 * 1024 * 1024 + 1024)}, "
+            f"max_data={limits.get('max_data', 16 * 1024 * 1024)}"
+        )
+
+
+def test_every_line_of_a_piece_counts_from_its_own_start() -> None:
+    # two lines of exactly the limit in one piece: both taken (the second starts 11 characters in)
+    decoder = SSEDecoder(max_line=10)
+    assert decoder.feed(b"data: 4567\ndata: 89ab\n\n") == [SSEEvent(data="4567\n89ab")]
+    with pytest.raises(RemoteProtocolError) as caught:
+        decoder.feed(b"data: 1\ndata: 89abc\n")
+    assert str(caught.value) == "expected a line of at most 10 characters, got 11 or more"
+
+
+def test_nothing_is_taken_after_a_limit_was_passed() -> None:
+    for limits, stream in (({"max_line": 4}, b"data: x\n"), ({"max_data": 1}, b"data: xy\n")):
+        decoder = SSEDecoder(**limits)
+        with pytest.raises(RemoteProtocolError):
+            decoder.feed(stream)
+        with pytest.raises(LocalProtocolError) as caught:
+            decoder.feed(b"\n\n")
+        assert str(caught.value) == "expected no feed() after end() or an error, got 2 more bytes"
+        with pytest.raises(LocalProtocolError) as ended:
+            decoder.end()
+        assert str(ended.value) == "expected one end() and no end() after an error, got another"
+
+
+def test_the_utf8_errors_show_the_bytes_found() -> None:
+    with pytest.raises(RemoteProtocolError) as caught:
+        SSEDecoder().feed(b"data: \xffabcdef\n\n")
+    assert str(caught.value) == "expected UTF-8 in the event stream, got b'\\xffabc' (invalid start byte)"
+    decoder = SSEDecoder()
+    decoder.feed(b"data: \xe2\x82")
+    with pytest.raises(RemoteProtocolError) as cut:
+        decoder.end()
+    assert str(cut.value) == (
+        "expected the event stream to end after a whole UTF-8 sequence, got b'\\xe2\\x82' at its end"
+    )
+
+
+def test_a_second_end_is_refused() -> None:
+    decoder = SSEDecoder()
+    assert decoder.end() is False
+    with pytest.raises(LocalProtocolError) as caught:
+        decoder.end()
+    assert str(caught.value) == "expected one end() and no end() after an error, got another"
+
+
+def test_an_unfinished_line_of_one_character_is_an_unfinished_event() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: a\n\nx") == [SSEEvent(data="a")]
+    assert decoder.end() is True
+
+
+def test_only_a_bom_at_the_start_of_the_stream_is_dropped_not_one_at_the_start_of_a_piece() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: a") == []
+    assert decoder.feed(b"\xef\xbb\xbfb\n\n") == [SSEEvent(data="a\ufeffb")]
+    decoder = SSEDecoder()
+    assert decoder.feed(b"\xef\xbb\xbf") == []
+    assert decoder.feed(b"\xef\xbb\xbfdata: c\n\n") == []  # the second BOM is part of the field's name
+
+
+def test_a_retry_of_18_digits_is_taken_and_one_of_19_ignored() -> None:
+    decoder = SSEDecoder()
+    assert decoder.retry is None
+    assert decoder.feed(b"retry: " + b"9" * 18 + b"\ndata: a\n\n") == [SSEEvent(data="a", retry=10**18 - 1)]
+    assert decoder.retry == 10**18 - 1
+    assert decoder.feed(b"retry: 1" + b"0" * 18 + b"\ndata: b\n\n") == [SSEEvent(data="b")]
+    assert decoder.retry == 10**18 - 1
+
+# -- patch.py: RFC 6902 patches, seen through what they patch ------------------------------------------------
+
+
+def diff(field: str, *patches: dict[str, Any], usage: str = "ask_text") -> dict[str, Any]:
+    """A frame with one diff_block against ``field``."""
+    return {"blocks": [{"intended_usage": usage, "diff_block": {"field": field, "patches": list(patches)}}]}
+
+
+def web(*patches: dict[str, Any]) -> dict[str, Any]:
+    return diff("web_result_block", *patches, usage="web_results")
+
+
+def cited(events: list[Event]) -> list[str]:
+    """The URLs of the last Citations event."""
+    last = [event for event in events if isinstance(event, Citations)][-1]
+    return [citation["url"] for citation in last.citations]
+
+
+def urls(decoder: AnswerDecoder, *patches: dict[str, Any]) -> list[str]:
+    return cited(decoder.feed(web(*patches)))
+
+
+def start(*results: str, max_chunks: int = DEFAULT_MAX_CHUNKS) -> AnswerDecoder:
+    """A decoder whose web results are ``results``."""
+    decoder = AnswerDecoder(max_chunks=max_chunks)
+    assert urls(decoder, {"op": "replace", "path": "", "value": {"web_results": list(results)}}) == list(results)
+    return decoder
+
+
+def test_add_replace_and_remove_at_each_index_of_an_array() -> None:
+    d = start("a", "b")
+    assert urls(d, {"op": "add", "path": "/web_results/2", "value": "c"}) == ["a", "b", "c"]  # at the end
+    assert urls(d, {"op": "add", "path": "/web_results/0", "value": "z"}) == ["z", "a", "b", "c"]
+    assert urls(d, {"op": "add", "path": "/web_results/-", "value": "d"}) == ["z", "a", "b", "c", "d"]
+    assert urls(d, {"op": "replace", "path": "/web_results/4", "value": "D"}) == ["z", "a", "b", "c", "D"]
+    assert urls(d, {"op": "replace", "path": "/web_results/0", "value": "Z"}) == ["Z", "a", "b", "c", "D"]
+    assert urls(d, {"op": "remove", "path": "/web_results/4"}) == ["Z", "a", "b", "c"]
+    assert urls(d, {"op": "remove", "path": "/web_results/0"}) == ["a", "b", "c"]
+    assert urls(d, {"op": "remove", "path": "/web_results/1", "value": "ignored"}) == ["a", "c"]
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ({"op": "add", "path": "/web_results/3", "value": "x"},
+         "expected the add patch's index in '/web_results/3' of the web_result_block to be at most 2, got 3"),
+        ({"op": "replace", "path": "/web_results/2", "value": "x"},
+         "expected the replace patch's index in '/web_results/2' of the web_result_block to be at most 1, got 2"),
+        ({"op": "remove", "path": "/web_results/2"},
+         "expected the remove patch's index in '/web_results/2' of the web_result_block to be at most 1, got 2"),
+        ({"op": "remove", "path": "/web_results/-"},
+         "expected an array index in the patch path '/web_results/-' of the web_result_block, got '-'"),
+        ({"op": "add", "path": "/web_results/" + "9" * 18, "value": "x"},
+         "to be at most 2, got 999999999999999999"),  # 18 digits: an index, out of range
+        ({"op": "add", "path": "/web_results/" + "1" * 19, "value": "x"},
+         "expected an array index in the patch path '/web_results/1111111111111111111'"),  # 19: not one
+        ({"op": "add", "path": "/web_results/-1", "value": "x"}, "expected an array index in the patch path"),
+        ({"op": "add", "path": "/web_results/1/url", "value": "x"},
+         "expected an object or array at the parent of '/web_results/1/url' in the web_result_block, got str: 'b'"),
+        ({"op": "add", "path": "/web_results/2/url", "value": "x"},
+         "expected an index below 2 at '/web_results/2' in the web_result_block, got '2'"),
+        ({"op": "add", "path": "/web_results/01/url", "value": "x"},
+         "expected an index below 2 at '/web_results/01' in the web_result_block, got '01'"),
+        ({"op": "replace", "path": "/other", "value": "x"},
+         "expected the replace patch's path '/other' in the web_result_block, got no member 'other'"),
+        ({"op": "remove", "path": "/a~1b"},
+         "expected the remove patch's path '/a/b' in the web_result_block, got no member 'a/b'"),
+        ({"op": "remove", "path": "/~01"},  # ~1 read after ~0 would make this '/'
+         "expected the remove patch's path '/~1' in the web_result_block, got no member '~1'"),
+        ({"op": "add", "path": "/x/y", "value": 1},
+         "expected the patch path '/x' in the web_result_block, got no member 'x'"),
+        ({"op": "move", "path": "/x", "from": "/y"}, "expected a patch 'op' of add, replace or remove, got str: 'move'"),
+        ({"path": "/x", "value": 1}, "expected a patch 'op' of add, replace or remove, got NoneType: None"),
+        ({"op": "add", "path": 5, "value": 1}, "expected a patch 'path' to be a string, got int: 5"),
+        ({"op": "add", "path": "x", "value": 1}, "expected a patch 'path' that is empty or starts with '/', got str: 'x'"),
+        ({"op": "replace", "path": "/x"}, "expected a 'value' in an replace patch at '/x', got none"),
+        ([], "expected each patch to be a JSON object, got list: []"),
+    ],
+)
+def test_a_patch_that_does_not_fit_is_refused_naming_what_it_found(patch: Any, message: str) -> None:
+    d = start("a", "b")
+    with pytest.raises(RemoteProtocolError) as caught:
+        d.feed(web(patch))
+    assert message in str(caught.value) and str(caught.value).startswith("expected ")
+
+
+def test_a_patch_without_a_path_replaces_the_whole_block() -> None:
+    d = start("a")
+    assert urls(d, {"op": "add", "value": {"web_results": ["b"]}}) == ["b"]  # no path: the root
+    assert d.feed(web({"op": "remove", "path": ""})) == [Citations(citations=())]  # an empty block
+
+
+def test_the_path_length_limit() -> None:
+    assert MAX_POINTER == 32
+    deep: dict[str, Any] = {}
+    for _ in range(MAX_POINTER - 1):
+        deep = {"k": deep}
+    d = start("a")
+    d.feed(web({"op": "add", "path": "/deep", "value": deep}))
+    path = "/deep" + "/k" * (MAX_POINTER - 2)
+    assert path.count("/") == MAX_POINTER - 1
+    d.feed(web({"op": "add", "path": path + "/k", "value": 1}))  # 32 tokens: taken
+    d.feed(web({"op": "replace", "path": path + "/k", "value": 2}))
+    with pytest.raises(RemoteProtocolError) as caught:  # 33 tokens: refused, whatever the field
+        start("a").feed(diff("unknown_block", {"op": "add", "path": path + "/k/k", "value": 1}))
+    assert str(caught.value) == "expected a patch 'path' of at most 32 tokens, got 33"
+
+
+def test_the_members_limit_of_an_object_and_an_array() -> None:
+    # a patch may grow an object or an array to max_chunks members, no more
+    d = start("a", max_chunks=3)
+    d.feed(web({"op": "add", "path": "/b", "value": 1}, {"op": "add", "path": "/c", "value": 2}))  # 3 members
+    d.feed(web({"op": "add", "path": "/b", "value": 3}))  # an existing member: replaced, not a fourth
+    with pytest.raises(RemoteProtocolError) as caught:
+        d.feed(web({"op": "add", "path": "/d", "value": 4}))
+    assert str(caught.value) == "expected at most 3 members in an object, got 4 at '/d'"
+    d = start("a", "b", "c", max_chunks=3)
+    assert urls(d, {"op": "replace", "path": "/web_results/0", "value": "x"}) == ["x", "b", "c"]
+    with pytest.raises(RemoteProtocolError) as caught:
+        d.feed(web({"op": "add", "path": "/web_results/0", "value": "y"}))
+    assert str(caught.value) == "expected at most 3 members in an array, got 4 at '/web_results/0'"
+
+
+def answer(*patches: dict[str, Any]) -> dict[str, Any]:
+    return diff("markdown_block", *patches)
+
+
+def test_a_patch_before_the_text_sent_revises_it_and_one_after_only_adds() -> None:
+    d = AnswerDecoder()
+    assert d.feed(answer({"op": "replace", "path": "", "value": {"chunks": ["ab", "cd"]}})) == [TextDelta(text="abcd")]
+    assert d.feed(answer({"op": "add", "path": "/chunks/2", "value": "ef"})) == [TextDelta(text="ef")]
+    assert d.feed(answer({"op": "add", "path": "/chunks/-", "value": "gh"})) == [TextDelta(text="gh")]
+    assert d.feed(answer({"op": "add", "path": "/chunks/3", "value": "X"})) == [
+        AnswerRevised(text="abcdefXgh", reasoning="")
+    ]
+    # the lowest index of a frame counts, in whatever order its patches come
+    assert d.feed(answer({"op": "replace", "path": "/chunks/4", "value": "GH"},
+                         {"op": "replace", "path": "/chunks/1", "value": "CD"})) == [
+        AnswerRevised(text="abCDefXGH", reasoning="")
+    ]
+    assert d.feed(answer({"op": "remove", "path": "/chunks/0"})) == [AnswerRevised(text="CDefXGH", reasoning="")]
+    assert d.feed(answer({"op": "remove", "path": "/chunks/2"})) == [AnswerRevised(text="CDefGH", reasoning="")]
