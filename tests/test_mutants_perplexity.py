@@ -242,3 +242,19 @@ def test_a_patch_before_the_text_sent_revises_it_and_one_after_only_adds() -> No
     ]
     assert d.feed(answer({"op": "remove", "path": "/chunks/0"})) == [AnswerRevised(text="CDefXGH", reasoning="")]
     assert d.feed(answer({"op": "remove", "path": "/chunks/2"})) == [AnswerRevised(text="CDefGH", reasoning="")]
+
+
+def test_a_rewrite_budget_set_after_construction_counts() -> None:
+    # max_rewrite is a property like the other limits: set on a decoder, it is the one applied (it was
+    # read once, at construction, so a budget set later was ignored)
+    d = AnswerDecoder()
+    d.max_rewrite = 4
+    assert d.feed(answer({"op": "replace", "path": "", "value": {"chunks": ["ab", "cd"]}})) == [TextDelta(text="abcd")]
+    assert d.feed(answer({"op": "replace", "path": "/chunks/0", "value": "x"})) == [
+        AnswerRevised(text="xcd", reasoning="")
+    ]  # "abcd" joined again: 4 characters, the budget
+    with pytest.raises(RemoteProtocolError) as caught:
+        d.feed(answer({"op": "replace", "path": "/chunks/0", "value": "y"}))  # "xcd" again: 7 in all
+    assert str(caught.value) == (
+        "expected the service to rewrite at most 4 characters of text already sent, in all, got 7"
+    )

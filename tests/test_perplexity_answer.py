@@ -756,7 +756,7 @@ def test_the_rewrite_budget() -> None:
     events = run(frames, AnswerDecoder(max_rewrite=12))
     assert followed(events) == ("x2cd", "")
     with pytest.raises(RemoteProtocolError, match="expected the service to rewrite at most 11 characters of text "
-                                                  "already sent, in all, got more"):
+                                                  "already sent, in all, got 12"):
         run(frames, AnswerDecoder(max_rewrite=11))
 
 
