@@ -258,3 +258,21 @@ def test_a_rewrite_budget_set_after_construction_counts() -> None:
     assert str(caught.value) == (
         "expected the service to rewrite at most 4 characters of text already sent, in all, got 7"
     )
+
+
+def test_a_frame_that_changes_a_chunk_sent_and_then_one_not_yet_sent_revises_the_text() -> None:
+    d = AnswerDecoder()
+    assert d.feed(answer({"op": "replace", "path": "", "value": {"chunks": ["ab", "cd"]}})) == [TextDelta(text="abcd")]
+    # chunk 0 (sent) changes, then chunk 2 (new) is added and changed: the text is revised, not extended
+    assert d.feed(answer({"op": "replace", "path": "/chunks/0", "value": "AB"},
+                         {"op": "add", "path": "/chunks/-", "value": "ef"},
+                         {"op": "replace", "path": "/chunks/2", "value": "EF"})) == [
+        AnswerRevised(text="ABcdEF", reasoning="")
+    ]
+
+
+def test_removing_a_whole_block_leaves_an_empty_object_to_patch() -> None:
+    d = AnswerDecoder()
+    assert d.feed(answer({"op": "replace", "path": "", "value": {"chunks": ["ab"]}})) == [TextDelta(text="ab")]
+    assert d.feed(answer({"op": "remove", "path": ""})) == []
+    assert d.feed(answer({"op": "add", "path": "/chunks", "value": ["new"]})) == [AnswerRevised(text="new", reasoning="")]
