@@ -9,10 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from test_perplexity_session import SSE_HEAD, asked, frame, markdown, ready, sse, texts
 
 from plabs_proto.errors import LocalProtocolError, RemoteProtocolError
 from plabs_proto.events import AnswerRevised, Citations, Event, TextDelta
 from plabs_proto.perplexity.answer import DEFAULT_MAX_CHUNKS, MAX_POINTER, AnswerDecoder
+from plabs_proto.perplexity.request import read_cookies_txt
 from plabs_proto.perplexity.sse import SSEDecoder, SSEEvent
 
 # -- sse.py: the event stream's bytes ------------------------------------------------------------------------
@@ -276,3 +278,36 @@ def test_removing_a_whole_block_leaves_an_empty_object_to_patch() -> None:
     assert d.feed(answer({"op": "replace", "path": "", "value": {"chunks": ["ab"]}})) == [TextDelta(text="ab")]
     assert d.feed(answer({"op": "remove", "path": ""})) == []
     assert d.feed(answer({"op": "add", "path": "/chunks", "value": ["new"]})) == [AnswerRevised(text="new", reasoning="")]
+
+
+# -- request.py and session.py: their limits at the edges ----------------------------------------------------
+
+
+def test_a_cookie_expiry_of_18_digits_is_taken_and_one_of_19_refused() -> None:
+    line = ".perplexity.ai\tTRUE\t/\tTRUE\t{}\tname\tvalue"
+    (cookie,) = read_cookies_txt(line.format("9" * 18), now=1e9)
+    assert (cookie.name, cookie.value, cookie.expires) == ("name", "value", 10**18 - 1)
+    with pytest.raises(LocalProtocolError) as caught:
+        read_cookies_txt(line.format("1" + "0" * 18))
+    assert str(caught.value) == (
+        "cookies.txt line 1: expected the expiry as a whole number of seconds (at most 18 digits), "
+        "got '1000000000000000000'"
+    )
+
+
+def test_a_line_of_the_session_stream_may_be_1024_characters_longer_than_an_event() -> None:
+    # the session's SSE decoder takes lines of max_message_size + 1024 characters (room for "data: "
+    # and the field name around an event at the limit), not one more
+    limit = 1000
+    for extra, ok in ((1024, True), (1025, False)):
+        s = ready(max_message_size=limit)
+        asked(s)
+        s.receive_http_head(2, 200, SSE_HEAD, 1.1)
+        comment = b":" + b"x" * (limit + extra - 1) + b"\n"
+        if ok:
+            s.receive_http_body(2, comment + sse(frame("COMPLETED", blocks=[markdown(["x"])])), 1.2)
+            assert texts(s.events()) == "x"
+        else:
+            with pytest.raises(RemoteProtocolError) as caught:
+                s.receive_http_body(2, comment, 1.2)
+            assert str(caught.value) == "expected a line of at most 2024 characters, got 2025 or more"
