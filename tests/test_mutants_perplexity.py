@@ -13,7 +13,8 @@ from test_perplexity_session import SSE_HEAD, asked, frame, markdown, ready, sse
 
 from plabs_proto.errors import LocalProtocolError, RemoteProtocolError
 from plabs_proto.events import AnswerRevised, Citations, Event, TextDelta
-from plabs_proto.perplexity.answer import DEFAULT_MAX_CHUNKS, MAX_POINTER, AnswerDecoder
+from plabs_proto.jsondepth import MAX_DEPTH
+from plabs_proto.perplexity.answer import DEFAULT_MAX_CHUNKS, MAX_POINTER, AnswerDecoder, load_frame
 from plabs_proto.perplexity.request import read_cookies_txt
 from plabs_proto.perplexity.sse import SSEDecoder, SSEEvent
 
@@ -278,6 +279,23 @@ def test_removing_a_whole_block_leaves_an_empty_object_to_patch() -> None:
     assert d.feed(answer({"op": "replace", "path": "", "value": {"chunks": ["ab"]}})) == [TextDelta(text="ab")]
     assert d.feed(answer({"op": "remove", "path": ""})) == []
     assert d.feed(answer({"op": "add", "path": "/chunks", "value": ["new"]})) == [AnswerRevised(text="new", reasoning="")]
+
+
+def test_the_depth_limit_of_a_frame_and_of_its_text() -> None:
+    assert MAX_DEPTH == 100
+    deepest: Any = []
+    for _ in range(MAX_DEPTH - 1):
+        deepest = [deepest]
+    assert load_frame("[" * 100 + "]" * 100) == deepest  # 100 deep: taken
+    with pytest.raises(RemoteProtocolError) as caught:
+        load_frame("[" * 101 + "]" * 101)
+    assert str(caught.value).startswith("expected an answer frame nested at most 100 deep, got deeper nesting in")
+    with pytest.raises(RemoteProtocolError) as shape:  # 100 deep: read, and refused for its shape
+        AnswerDecoder().feed({"text": "[" * 100 + "]" * 100})
+    assert str(shape.value) == "expected a step in 'text' to be a JSON object, got list: [[[...]]]"
+    with pytest.raises(RemoteProtocolError) as deep:
+        AnswerDecoder().feed({"text": "[" * 101 + "]" * 101})
+    assert str(deep.value).startswith("expected the frame's 'text' nested at most 100 deep, got deeper nesting in")
 
 
 # -- request.py and session.py: their limits at the edges ----------------------------------------------------
