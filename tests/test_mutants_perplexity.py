@@ -12,7 +12,15 @@ import pytest
 from test_perplexity_session import SSE_HEAD, asked, frame, markdown, ready, sse, texts
 
 from plabs_proto.errors import LocalProtocolError, RemoteProtocolError
-from plabs_proto.events import AnswerRevised, Citations, Event, TextDelta
+from plabs_proto.events import (
+    AnswerFinished,
+    AnswerRevised,
+    Citations,
+    Event,
+    ReasoningDelta,
+    TextDelta,
+    ThreadIdentity,
+)
 from plabs_proto.jsondepth import MAX_DEPTH
 from plabs_proto.perplexity.answer import DEFAULT_MAX_CHUNKS, MAX_POINTER, AnswerDecoder, load_frame
 from plabs_proto.perplexity.request import read_cookies_txt
@@ -296,6 +304,67 @@ def test_the_depth_limit_of_a_frame_and_of_its_text() -> None:
     with pytest.raises(RemoteProtocolError) as deep:
         AnswerDecoder().feed({"text": "[" * 101 + "]" * 101})
     assert str(deep.value).startswith("expected the frame's 'text' nested at most 100 deep, got deeper nesting in")
+
+
+# -- answer.py: the decoder's frame, its end, its errors -----------------------------------------------------
+
+
+def test_an_error_at_the_end_of_the_stream_carries_the_text_so_far_and_ends_the_decoder() -> None:
+    # the whole answer the service sent (11 characters) is past max_text; the chunks streamed were not
+    workflow = {"steps": [{"items": [
+        {"payload": {"text_payload": {"variant": "thinking", "chunks": ["r"]}}},
+        {"payload": {"text_payload": {"variant": "answer", "chunks": ["ab"], "text": "x" * 11}}},
+    ]}]}
+    d = AnswerDecoder(max_text=10)
+    assert d.feed({"blocks": [{"workflow_block": workflow}]}) == [ReasoningDelta(text="r"), TextDelta(text="ab")]
+    with pytest.raises(RemoteProtocolError) as caught:
+        d.end_of_stream()
+    assert str(caught.value) == "expected the answer to be at most 10 characters, got 11"
+    assert (caught.value.partial_text, caught.value.partial_reasoning) == ("ab", "r")
+    with pytest.raises(LocalProtocolError) as again:
+        d.end_of_stream()
+    assert str(again.value) == "expected no end_of_stream() after an error, got one"
+    with pytest.raises(LocalProtocolError) as fed:
+        d.feed({})
+    assert str(fed.value) == "expected no feed() after an error, got dict: {}"
+
+
+@pytest.mark.parametrize("key", ["backend_uuid", "read_write_token", "thread_url_slug"])
+def test_a_thread_field_that_is_not_a_string_is_named_with_what_came(key: str) -> None:
+    with pytest.raises(RemoteProtocolError) as caught:
+        AnswerDecoder().feed({key: 5})
+    assert str(caught.value) == f"expected {key!r} to be a string, got int: 5"
+
+
+def test_an_error_in_a_frame_carries_the_reasoning_so_far() -> None:
+    d = AnswerDecoder()
+    thinking = {"steps": [{"items": [{"payload": {"text_payload": {"variant": "thinking", "chunks": ["hm"]}}}]}]}
+    assert d.feed({"blocks": [{"workflow_block": thinking}]}) == [ReasoningDelta(text="hm")]
+    with pytest.raises(RemoteProtocolError) as caught:
+        d.feed({"blocks": 5})
+    assert (caught.value.partial_text, caught.value.partial_reasoning) == ("", "hm")
+
+
+def test_a_thread_field_a_frame_leaves_out_is_kept_from_the_frames_before() -> None:
+    d = AnswerDecoder()
+    assert d.feed({"backend_uuid": "b1", "read_write_token": "t1", "thread_url_slug": "s1"}) == [
+        ThreadIdentity(backend_uuid="b1", read_write_token="t1", thread_url_slug="s1")
+    ]
+    assert d.feed({"backend_uuid": "b1", "read_write_token": "t2"}) == [
+        ThreadIdentity(backend_uuid="b1", read_write_token="t2", thread_url_slug="s1")
+    ]
+    assert d.feed({"backend_uuid": "b1", "thread_url_slug": "s2"}) == [
+        ThreadIdentity(backend_uuid="b1", read_write_token="t2", thread_url_slug="s2")
+    ]
+    assert d.feed({"backend_uuid": "b1", "read_write_token": "", "thread_url_slug": None}) == []
+
+
+def test_an_empty_or_odd_display_model_does_not_replace_the_one_named() -> None:
+    d = AnswerDecoder(model="given")
+    d.feed({"display_model": "turbo"})
+    d.feed({"display_model": ""})
+    d.feed({"display_model": 5})
+    assert d.feed({"status": "COMPLETED"}) == [AnswerFinished(model="turbo", text="", reasoning="")]
 
 
 # -- request.py and session.py: their limits at the edges ----------------------------------------------------
