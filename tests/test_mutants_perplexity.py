@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from test_perplexity_session import SSE_HEAD, asked, frame, markdown, ready, sse, texts
 
-from plabs_proto.errors import LocalProtocolError, RemoteProtocolError
+from plabs_proto.errors import AnswerFailedError, LocalProtocolError, RemoteProtocolError
 from plabs_proto.events import (
     AnswerFinished,
     AnswerRevised,
@@ -365,6 +365,32 @@ def test_an_empty_or_odd_display_model_does_not_replace_the_one_named() -> None:
     d.feed({"display_model": ""})
     d.feed({"display_model": 5})
     assert d.feed({"status": "COMPLETED"}) == [AnswerFinished(model="turbo", text="", reasoning="")]
+
+
+def test_the_frames_top_level_web_results_are_the_citations() -> None:
+    d = AnswerDecoder()
+    blocks = [{"intended_usage": "web_results", "web_result_block": {"web_results": ["https://b.test/"]}}]
+    assert d.feed({"web_results": ["https://a.test/"], "blocks": blocks}) == [
+        Citations(citations=({"url": "https://a.test/", "title": ""},))
+    ]
+
+
+def test_an_error_code_that_is_not_a_string_is_shown_as_json_in_100_characters() -> None:
+    with pytest.raises(AnswerFailedError) as caught:
+        AnswerDecoder().feed({"error_code": 5001})
+    assert (caught.value.error_code, str(caught.value)) == (
+        "5001", "the ask service reported a failure for the query: 5001"
+    )
+    with pytest.raises(AnswerFailedError) as long:
+        AnswerDecoder().feed({"error_code": {"k": "v" * 200}})
+    assert long.value.error_code == '{"k": "' + "v" * 93  # the JSON cut to 100 characters, no more
+
+
+def test_an_error_message_that_is_not_a_string_is_passed_over_for_the_text() -> None:
+    with pytest.raises(AnswerFailedError) as caught:
+        AnswerDecoder().feed({"status": "failed", "error_message": ["x"], "text": "boom"})
+    assert (caught.value.error_code, caught.value.server_text) == (None, "boom")
+    assert str(caught.value) == "the ask service reported a failure for the query: boom"
 
 
 # -- request.py and session.py: their limits at the edges ----------------------------------------------------
