@@ -11,7 +11,13 @@ from typing import Any
 import pytest
 from test_perplexity_session import SSE_HEAD, asked, frame, markdown, ready, sse, texts
 
-from plabs_proto.errors import AnswerFailedError, LocalProtocolError, RemoteProtocolError
+from plabs_proto.errors import (
+    AnswerFailedError,
+    AnswerRateLimitedError,
+    LabsError,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
 from plabs_proto.events import (
     AnswerFinished,
     AnswerRevised,
@@ -391,6 +397,34 @@ def test_an_error_message_that_is_not_a_string_is_passed_over_for_the_text() -> 
         AnswerDecoder().feed({"status": "failed", "error_message": ["x"], "text": "boom"})
     assert (caught.value.error_code, caught.value.server_text) == (None, "boom")
     assert str(caught.value) == "the ask service reported a failure for the query: boom"
+
+
+@pytest.mark.parametrize(
+    ("frame", "error", "message", "code", "words"),
+    [
+        ({"status": "failed"}, AnswerFailedError, "reported a failure for the query: (no text)", None, ""),
+        # the text of a frame that did not fail is answer text, not the failure's words
+        ({"error_code": "X", "text": "partial"}, AnswerFailedError, "reported a failure for the query: X", "X", ""),
+        ({"error_code": "E" * 150}, AnswerFailedError, "reported a failure for the query: " + "E" * 97 + "...",
+         "E" * 97 + "...", ""),  # a code is cut to 100 characters
+        ({"error_code": "FREE_TIER_RATE_LIMITED", "error_message": "slow down"}, AnswerRateLimitedError,
+         "refused the query for a quota: slow down (FREE_TIER_RATE_LIMITED)", "FREE_TIER_RATE_LIMITED", "slow down"),
+    ],
+)
+def test_the_failures_words_and_code(
+    frame: dict[str, Any], error: type[LabsError], message: str, code: str | None, words: str
+) -> None:
+    with pytest.raises(error) as caught:
+        AnswerDecoder().feed(frame)
+    assert str(caught.value) == "the ask service " + message
+    assert (caught.value.error_code, caught.value.server_text) == (code, words)  # type: ignore[attr-defined]
+
+
+def test_a_model_that_is_not_a_string_is_refused_and_no_thread_before_one_is_named() -> None:
+    with pytest.raises(LocalProtocolError) as caught:
+        AnswerDecoder(model=5)  # type: ignore[arg-type]
+    assert str(caught.value) == "expected the model as a str, got int: 5"
+    assert AnswerDecoder().thread is None
 
 
 # -- request.py and session.py: their limits at the edges ----------------------------------------------------
