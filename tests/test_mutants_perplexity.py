@@ -427,6 +427,79 @@ def test_a_model_that_is_not_a_string_is_refused_and_no_thread_before_one_is_nam
     assert AnswerDecoder().thread is None
 
 
+# -- blocks.py: the blocks and workflow shapes ---------------------------------------------------------------
+
+
+def workflow(steps: Any) -> dict[str, Any]:
+    return {"blocks": [{"intended_usage": "workflow_root", "workflow_block": {"steps": steps}}]}
+
+
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        ({"blocks": [{"intended_usage": "plan", "plan_block": 5}]}, "expected a plan_block to be a JSON object, got int: 5"),
+        ({"blocks": [{"intended_usage": "plan", "plan_block": {"steps": [5]}}]},
+         "expected a plan step to be a JSON object, got int: 5"),
+        ({"blocks": [{"intended_usage": "plan", "plan_block": {"steps": [{"search_web_content": 5}]}}]},
+         "expected 'search_web_content' to be a JSON object, got int: 5"),
+        ({"blocks": [{"intended_usage": "plan", "plan_block": {"steps": [{"read_results_content": 5}]}}]},
+         "expected 'read_results_content' to be a JSON object, got int: 5"),
+        ({"blocks": [{"intended_usage": "ask_text", "markdown_block": 5}]},
+         "expected 'markdown_block' to be a JSON object, got int: 5"),
+        ({"blocks": [{"intended_usage": "ask_text", "markdown_block": {"chunks": "abc"}}]},
+         "expected 'chunks' to be a list in a markdown_block, got str: 'abc'"),
+        ({"blocks": [{"intended_usage": "ask_text", "markdown_block": {"chunks": ["a"], "chunk_starting_offset": 2}}]},
+         "expected 'chunk_starting_offset' 0 in the first markdown_block, got int: 2"),
+        (diff("workflow_block", {"op": "replace", "path": "", "value": 5}, usage="workflow_root"),
+         "expected the workflow_block to be a JSON object, got int: 5"),
+        (workflow([5]), "expected a workflow step to be a JSON object, got int: 5"),
+        (workflow([{"items": 5}]), "expected items in a workflow step to be a list, got int: 5"),
+        (workflow([{"items": [5]}]), "expected a workflow item to be a JSON object, got int: 5"),
+        (workflow([{"items": [{"payload": 5}]}]), "expected an item's 'payload' to be a JSON object, got int: 5"),
+    ],
+)
+def test_a_block_of_the_wrong_shape_is_refused_naming_the_part(frame: dict[str, Any], message: str) -> None:
+    with pytest.raises(RemoteProtocolError) as caught:
+        AnswerDecoder().feed(frame)
+    assert str(caught.value) == message
+
+
+def md_frame(chunks: list[str] | None = None, offset: int | None = None, **more: Any) -> dict[str, Any]:
+    block: dict[str, Any] = dict(more)
+    if chunks is not None:
+        block["chunks"] = chunks
+    if offset is not None:
+        block["chunk_starting_offset"] = offset
+    return {"blocks": [{"intended_usage": "ask_text", "markdown_block": block}]}
+
+
+def test_a_markdown_block_without_chunks_keeps_the_chunks_held() -> None:
+    d = AnswerDecoder()
+    assert d.feed(md_frame(["ab"])) == [TextDelta(text="ab")]
+    assert d.feed(md_frame(progress="DONE")) == []
+    assert d.feed(md_frame(["cd"], 1)) == [TextDelta(text="cd")]
+
+
+def test_chunks_from_an_offset_are_compared_with_the_chunks_held_from_that_offset() -> None:
+    d = AnswerDecoder()
+    assert d.feed(md_frame(["b", "a", "c"])) == [TextDelta(text="bac")]
+    # from chunk 1: "a" is the same, "b" replaces "c"
+    assert d.feed(md_frame(["a", "b"], 1)) == [AnswerRevised(text="bab", reasoning="")]
+    # chunks the same from the offset on, then one more: only added, nothing joined again
+    d = AnswerDecoder(max_rewrite=0)
+    assert d.feed(md_frame(["x", "b", "c"])) == [TextDelta(text="xbc")]
+    assert d.feed(md_frame(["b", "c", "d"], 1)) == [TextDelta(text="d")]
+
+
+def test_the_answer_tracks_limit_counts_whole_markdown_blocks_too() -> None:
+    d = AnswerDecoder(max_blocks=1)
+    assert d.feed(md_frame(["a"])) == [TextDelta(text="a")]
+    assert d.feed(md_frame(["a", "b"])) == [TextDelta(text="b")]  # the same track again: taken
+    with pytest.raises(RemoteProtocolError) as caught:
+        d.feed({"blocks": [{"intended_usage": "ask_text_1_markdown", "markdown_block": {"chunks": ["x"]}}]})
+    assert str(caught.value) == "expected at most 1 answer tracks (markdown usages), got 2"
+
+
 # -- request.py and session.py: their limits at the edges ----------------------------------------------------
 
 
