@@ -456,6 +456,11 @@ def workflow(steps: Any) -> dict[str, Any]:
         (workflow([{"items": 5}]), "expected items in a workflow step to be a list, got int: 5"),
         (workflow([{"items": [5]}]), "expected a workflow item to be a JSON object, got int: 5"),
         (workflow([{"items": [{"payload": 5}]}]), "expected an item's 'payload' to be a JSON object, got int: 5"),
+        (workflow([{"items": [{"payload": {"queries_payload": 5}}]}]),
+         "expected 'queries_payload' to be a JSON object, got int: 5"),
+        (workflow([{"items": [{"payload": {"sources_payload": 5}}]}]),
+         "expected 'sources_payload' to be a JSON object, got int: 5"),
+        (workflow([{"items": [{"payload": {"text_payload": 5}}]}]), "expected a 'text_payload' to be a JSON object, got int: 5"),
     ],
 )
 def test_a_block_of_the_wrong_shape_is_refused_naming_the_part(frame: dict[str, Any], message: str) -> None:
