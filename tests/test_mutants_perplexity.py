@@ -6,6 +6,7 @@ the mutants and why the ones still alive are equivalent.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -503,6 +504,29 @@ def test_the_answer_tracks_limit_counts_whole_markdown_blocks_too() -> None:
     with pytest.raises(RemoteProtocolError) as caught:
         d.feed({"blocks": [{"intended_usage": "ask_text_1_markdown", "markdown_block": {"chunks": ["x"]}}]})
     assert str(caught.value) == "expected at most 1 answer tracks (markdown usages), got 2"
+
+
+# -- legacy.py: the steps shape's limits -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        ({"chunks": ["a", "b"]}, "expected at most 2 'chunks', got 3"),
+        ({"structured_answer": [{"text": "a"}, {"text": "b"}]}, "expected at most 2 'structured_answer', got 3"),
+    ],
+)
+def test_the_chunk_limit_of_an_answer_object(answer: dict[str, list[Any]], message: str) -> None:
+    assert AnswerDecoder(max_chunks=2).feed({"text": json.dumps(answer)}) == [TextDelta(text="ab")]
+    (key, parts), = answer.items()
+    with pytest.raises(RemoteProtocolError) as caught:
+        AnswerDecoder(max_chunks=2).feed({"text": json.dumps({key: [*parts, parts[0]]})})
+    assert str(caught.value) == message
+    d = AnswerDecoder(max_chunks=2)  # chunks sent in pieces count together
+    d.feed({"text": json.dumps({"chunks": ["a"]})})
+    with pytest.raises(RemoteProtocolError) as grown:
+        d.feed({"text": json.dumps({"chunks": ["b", "c"]})})
+    assert str(grown.value) == "expected at most 2 chunks in a text, got 3"
 
 
 # -- request.py and session.py: their limits at the edges ----------------------------------------------------
