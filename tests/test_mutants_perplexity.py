@@ -457,6 +457,11 @@ def workflow(steps: Any) -> dict[str, Any]:
         (workflow([{"items": 5}]), "expected items in a workflow step to be a list, got int: 5"),
         (workflow([{"items": [5]}]), "expected a workflow item to be a JSON object, got int: 5"),
         (workflow([{"items": [{"payload": 5}]}]), "expected an item's 'payload' to be a JSON object, got int: 5"),
+        ({"blocks": [{"workflow_block": 5}]}, "expected 'workflow_block' to be a JSON object, got int: 5"),
+        ({"blocks": [{"intended_usage": "ask_text", "diff_block": {"field": 3, "patches": []}}]},
+         "expected the diff_block's 'field' to be a string, got int: 3"),
+        ({"blocks": [{"intended_usage": "ask_text", "diff_block": {"field": "markdown_block", "patches": {}}}]},
+         "expected 'patches' to be a list, got dict: {}"),
         (workflow([{"items": [{"payload": {"queries_payload": 5}}]}]),
          "expected 'queries_payload' to be a JSON object, got int: 5"),
         (workflow([{"items": [{"payload": {"sources_payload": 5}}]}]),
@@ -504,6 +509,47 @@ def test_the_answer_tracks_limit_counts_whole_markdown_blocks_too() -> None:
     with pytest.raises(RemoteProtocolError) as caught:
         d.feed({"blocks": [{"intended_usage": "ask_text_1_markdown", "markdown_block": {"chunks": ["x"]}}]})
     assert str(caught.value) == "expected at most 1 answer tracks (markdown usages), got 2"
+
+
+def test_which_blocks_are_answer_text_and_which_are_not() -> None:
+    # a markdown block of another usage (no "markdown" in it, not ask_text) is not answer text, whole or patched
+    other = {"blocks": [{"intended_usage": "summary", "markdown_block": {"chunks": ["zzz"]}}]}
+    assert AnswerDecoder().feed(other) == []
+    assert AnswerDecoder().feed(diff("markdown_block", {"op": "replace", "path": "", "value": {"chunks": ["zzz"]}},
+                                     usage="summary")) == []
+    # a diff_block without a field patches the block its usage implies: markdown for the answer's usages...
+    no_field = {"blocks": [{"intended_usage": "ask_text", "diff_block": {
+        "patches": [{"op": "replace", "path": "", "value": {"chunks": ["hi"]}}]}}]}
+    assert AnswerDecoder().feed(no_field) == [TextDelta(text="hi")]
+    # ...the workflow for workflow_root, and nothing for any other usage
+    d = AnswerDecoder()
+    assert d.feed(workflow([{"items": [{"payload": {"text_payload": {"variant": "answer", "chunks": ["a"]}}}]}])) == [
+        TextDelta(text="a")
+    ]
+    path = "/steps/0/items/0/payload/text_payload/chunks/-"
+    assert d.feed({"blocks": [{"intended_usage": "other", "diff_block": {
+        "patches": [{"op": "add", "path": path, "value": "x"}]}}]}) == []
+    assert d.feed({"blocks": [{"intended_usage": "workflow_root", "diff_block": {
+        "patches": [{"op": "add", "path": path, "value": "b"}]}}]}) == [TextDelta(text="b")]
+    # a diff_block without patches changes nothing
+    assert d.feed({"blocks": [{"intended_usage": "workflow_root", "diff_block": {"field": "workflow_block"}}]}) == []
+    # the sources of sources_mode_block are citations as web_result_block's are
+    assert AnswerDecoder().feed({"blocks": [{"sources_mode_block": {"web_results": ["https://s.test/"]}}]}) == [
+        Citations(citations=({"url": "https://s.test/", "title": ""},))
+    ]
+
+
+def test_a_track_or_plan_already_kept_is_not_one_more_at_the_limit() -> None:
+    d = AnswerDecoder(max_blocks=1)
+    assert d.feed(md_frame()) == []  # an empty ask_text block: the one track
+    assert d.feed(answer({"op": "add", "path": "/chunks", "value": ["a"]})) == [TextDelta(text="a")]
+    d = AnswerDecoder(max_blocks=1)
+    plan = {"blocks": [{"intended_usage": "plan", "plan_block": {"steps": []}}]}
+    d.feed(plan)
+    d.feed(plan)
+    with pytest.raises(RemoteProtocolError) as caught:
+        d.feed({"blocks": [{"intended_usage": "plan2", "plan_block": {"steps": []}}]})
+    assert str(caught.value) == "expected at most 1 plans, got 2"
 
 
 # -- legacy.py: the steps shape's limits -------------------------------------------------------------------
