@@ -547,6 +547,7 @@ def test_a_track_or_plan_already_kept_is_not_one_more_at_the_limit() -> None:
     plan = {"blocks": [{"intended_usage": "plan", "plan_block": {"steps": []}}]}
     d.feed(plan)
     d.feed(plan)
+    d.feed(diff("plan_block", {"op": "add", "path": "/steps/-", "value": {}}, usage="plan"))  # patched: the same plan
     with pytest.raises(RemoteProtocolError) as caught:
         d.feed({"blocks": [{"intended_usage": "plan2", "plan_block": {"steps": []}}]})
     assert str(caught.value) == "expected at most 1 plans, got 2"
