@@ -25,6 +25,7 @@ from plabs_proto.events import (
     Citations,
     Event,
     ReasoningDelta,
+    SearchQueries,
     TextDelta,
     ThreadIdentity,
 )
@@ -551,6 +552,20 @@ def test_a_track_or_plan_already_kept_is_not_one_more_at_the_limit() -> None:
     with pytest.raises(RemoteProtocolError) as caught:
         d.feed({"blocks": [{"intended_usage": "plan2", "plan_block": {"steps": []}}]})
     assert str(caught.value) == "expected at most 1 plans, got 2"
+
+
+def test_a_plan_or_web_block_may_begin_with_a_patch() -> None:
+    d = AnswerDecoder(max_blocks=1)
+    steps = [{"search_web_content": {"queries": ["q"]}}]
+    assert d.feed(diff("plan_block", {"op": "add", "path": "/steps", "value": steps}, usage="plan")) == [
+        SearchQueries(queries=("q",))
+    ]
+    with pytest.raises(RemoteProtocolError) as caught:
+        d.feed(diff("plan_block", {"op": "add", "path": "/steps", "value": []}, usage="plan2"))
+    assert str(caught.value) == "expected at most 1 plans, got 2"
+    for field in ("web_result_block", "sources_mode_block"):
+        assert AnswerDecoder().feed(diff(field, {"op": "add", "path": "/web_results", "value": ["https://w.test/"]},
+                                         usage="sources")) == [Citations(citations=({"url": "https://w.test/", "title": ""},))]
 
 
 # -- legacy.py: the steps shape's limits -------------------------------------------------------------------
