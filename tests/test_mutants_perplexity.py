@@ -26,6 +26,7 @@ from plabs_proto.events import (
     Event,
     ReasoningDelta,
     SearchQueries,
+    SourcesRead,
     TextDelta,
     ThreadIdentity,
 )
@@ -566,6 +567,25 @@ def test_a_plan_or_web_block_may_begin_with_a_patch() -> None:
     for field in ("web_result_block", "sources_mode_block"):
         assert AnswerDecoder().feed(diff(field, {"op": "add", "path": "/web_results", "value": ["https://w.test/"]},
                                          usage="sources")) == [Citations(citations=({"url": "https://w.test/", "title": ""},))]
+
+
+def test_a_patch_deep_in_a_search_step_or_one_replacing_a_payload_is_read() -> None:
+    d = AnswerDecoder()
+    assert d.feed(workflow([{"items": [
+        {"payload": {"queries_payload": {"queries": ["q1"]}}},
+        {"payload": {"sources_payload": {"sources": []}}},
+        {"payload": {"text_payload": {"variant": "answer", "chunks": ["a"]}}},
+    ]}])) == [SearchQueries(queries=("q1",)), TextDelta(text="a")]
+    add = {"op": "add", "path": "/steps/0/items/0/payload/queries_payload/queries/-", "value": "q2"}
+    assert d.feed(diff("workflow_block", add, usage="workflow_root")) == [SearchQueries(queries=("q2",))]
+    add = {"op": "add", "path": "/steps/0/items/1/payload/sources_payload/sources/-", "value": "https://s.test/"}
+    assert d.feed(diff("workflow_block", add, usage="workflow_root")) == [
+        SourcesRead(sources=({"url": "https://s.test/", "title": ""},))
+    ]
+    # a path of five tokens replaces an item's payload: the payloads are read again
+    payload = {"text_payload": {"variant": "answer", "chunks": ["b"]}}
+    assert d.feed(diff("workflow_block", {"op": "replace", "path": "/steps/0/items/2/payload", "value": payload},
+                       usage="workflow_root")) == [AnswerRevised(text="b", reasoning="")]
 
 
 # -- legacy.py: the steps shape's limits -------------------------------------------------------------------
