@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Mutation testing of one module of the byte level (issue 19), with mutmut, in a scratch copy:
+# Mutation testing of one module (issue 19), with mutmut, in a scratch copy:
 #   benchmarks/mutate.sh inflate          (or websocket, http, proxy, stack, tls, jsondepth, refusal,
 #                                          browser, trace, headers, engineio_session, session, client,
-#                                          config, state)
+#                                          config, state; pplx-sse, pplx-patch, pplx-answer, ... for
+#                                          plabs_proto/perplexity/)
 # The copy (/tmp/plabs-mutate-MODULE) holds the worktree's tracked files as they are now, with backends/
 # moved under plabs_proto/ (mutmut's mutants/ copy does not see the package-dir mapping, and
 # tests/conftest.py imports the backends) and a [tool.mutmut] section naming the module and the test
@@ -51,6 +52,16 @@ case $module in
                tests='"tests/test_trace.py", "tests/test_trace_perplexity.py", "tests/test_edges_wire.py", "tests/test_mutants_wire.py"' ;;
     headers)   path=plabs_proto/wire/headers.py
                tests='"tests/test_browser.py", "tests/test_hostile_input.py", "tests/test_client.py", "tests/test_edges_wire.py", "tests/test_mutants_wire.py"' ;;
+    # the Perplexity service (benchmarks/mutation-perplexity.md)
+    pplx-sse)  path=plabs_proto/perplexity/sse.py
+               tests='"tests/test_sse.py", "tests/test_mutants_perplexity.py"' ;;
+    pplx-patch|pplx-answer|pplx-blocks|pplx-legacy|pplx-search|pplx-text|pplx-shape)
+               path=plabs_proto/perplexity/${module#pplx-}.py
+               tests='"tests/test_perplexity_answer.py", "tests/test_mutants_perplexity.py"' ;;
+    pplx-request) path=plabs_proto/perplexity/request.py
+               tests='"tests/test_perplexity_request.py", "tests/test_mutants_perplexity.py"' ;;
+    pplx-session) path=plabs_proto/perplexity/session.py
+               tests='"tests/test_perplexity_session.py", "tests/test_perplexity_request.py", "tests/test_mutants_perplexity.py"' ;;
     *) echo "benchmarks/mutate.sh: unknown module $module" >&2; exit 2 ;;
 esac
 deselect=''

@@ -6,6 +6,7 @@ read in its repository (protocol.md §10 names the versions read).
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import time
@@ -183,8 +184,10 @@ WORKFLOW_UPDATE = {
 
 def test_the_workflow_shape() -> None:
     decoder = AnswerDecoder()
-    assert decoder.feed({**WORKFLOW_FIRST, "status": "PENDING"}) == [TextDelta(text="Pong! How can I help you to")]
-    assert decoder.feed({**WORKFLOW_UPDATE, "status": "PENDING", "final": True}) == [TextDelta(text="day?")]
+    # copies: the decoder keeps and patches the blocks it is given
+    first, update = copy.deepcopy(WORKFLOW_FIRST), copy.deepcopy(WORKFLOW_UPDATE)
+    assert decoder.feed({**first, "status": "PENDING"}) == [TextDelta(text="Pong! How can I help you to")]
+    assert decoder.feed({**update, "status": "PENDING", "final": True}) == [TextDelta(text="day?")]
     assert not decoder.finished  # final on a PENDING frame does not end the answer
     events = decoder.feed({"status": "COMPLETED", "final": True, "final_sse_message": True})
     assert events == [AnswerFinished(model="", text="Pong! How can I help you today?", reasoning="")]
@@ -753,7 +756,7 @@ def test_the_rewrite_budget() -> None:
     events = run(frames, AnswerDecoder(max_rewrite=12))
     assert followed(events) == ("x2cd", "")
     with pytest.raises(RemoteProtocolError, match="expected the service to rewrite at most 11 characters of text "
-                                                  "already sent, in all, got more"):
+                                                  "already sent, in all, got 12"):
         run(frames, AnswerDecoder(max_rewrite=11))
 
 

@@ -252,7 +252,7 @@ def test_cookies_txt() -> None:
         (".perplexity.ai\tYES\t/\tTRUE\t0\tname\tsecret-value",
          "cookies.txt line 2: expected TRUE or FALSE in the include-subdomains and secure fields, got 'YES' and 'TRUE'"),
         (".perplexity.ai\tTRUE\t/\tTRUE\tsoon\tname\tsecret-value",
-         "cookies.txt line 2: expected the expiry as a whole number of seconds, got 'soon'"),
+         "cookies.txt line 2: expected the expiry as a whole number of seconds (at most 18 digits), got 'soon'"),
         (".perplexity.ai\tTRUE\t/\tTRUE\t0\t\tsecret-value",
          "cookies.txt line 2: expected a domain and a cookie name, got an empty one"),
         (".perplexity.ai\tTRUE\t/\tTRUE\t0\tname\tsecret-value\textra",

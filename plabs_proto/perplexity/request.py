@@ -363,8 +363,8 @@ def read_cookies_txt(text: str, *, now: float | None = None, domain: str = "perp
             )
         if not expires.strip().isdigit() or len(expires.strip()) > 18:
             raise LocalProtocolError(
-                f"cookies.txt line {number}: expected the expiry as a whole number of seconds, "
-                f"got {expires[:20]!r}"
+                f"cookies.txt line {number}: expected the expiry as a whole number of seconds (at most 18 "
+                f"digits), got {expires[:20]!r}"
             )
         if not name or not host:
             raise LocalProtocolError(f"cookies.txt line {number}: expected a domain and a cookie name, got an empty one")

@@ -69,11 +69,11 @@ class _Change:
 class Texts:
     """The answer and the reasoning reported so far; :meth:`update` and :meth:`finish` add what a frame changed."""
 
-    __slots__ = ("_budget", "_limits", "_pieces", "answer", "reasoning")
+    __slots__ = ("_limits", "_pieces", "_rewritten", "answer", "reasoning")
 
     def __init__(self, limits: Limits) -> None:
         self._limits = limits
-        self._budget = limits.rewrite
+        self._rewritten = 0  # characters of text already sent joined again, in all (at most limits.rewrite)
         self.answer = Text()
         self.reasoning = Text()
         self._pieces: list[Text] = []  # each thinking item's text, followed on its own
@@ -126,11 +126,11 @@ class Texts:
             return _Change(delta=delta, ref=chunks, count=len(chunks)) if delta or len(chunks) != text.count else None
         if chunks is not None and (chunks or not whole):
             if chunks is text.ref:
-                self._budget -= text.length
-                if self._budget < 0:
+                self._rewritten += text.length
+                if self._rewritten > self._limits.rewrite:
                     fail(
                         f"expected the service to rewrite at most {self._limits.rewrite} characters of text already "
-                        f"sent, in all, got more"
+                        f"sent, in all, got {self._rewritten}"
                     )
             new = self._join(chunks, what)
             self._limit(len(new), what)

@@ -1,0 +1,644 @@
+"""Tests that kill the mutants mutmut found alive in the Perplexity service's modules (issue 19).
+
+Each test says what a user or the peer would see go wrong; benchmarks/mutation-perplexity.md lists
+the mutants and why the ones still alive are equivalent.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from test_perplexity_session import SSE_HEAD, asked, frame, markdown, ready, sse, texts
+
+from plabs_proto.errors import (
+    AnswerFailedError,
+    AnswerRateLimitedError,
+    LabsError,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
+from plabs_proto.events import (
+    AnswerFinished,
+    AnswerRevised,
+    Citations,
+    Event,
+    ReasoningDelta,
+    SearchQueries,
+    SourcesRead,
+    TextDelta,
+    ThreadIdentity,
+)
+from plabs_proto.jsondepth import MAX_DEPTH
+from plabs_proto.perplexity.answer import DEFAULT_MAX_CHUNKS, MAX_POINTER, AnswerDecoder, load_frame
+from plabs_proto.perplexity.request import read_cookies_txt
+from plabs_proto.perplexity.sse import SSEDecoder, SSEEvent
+
+# -- sse.py: the event stream's bytes ------------------------------------------------------------------------
+
+
+def test_the_smallest_limits_are_taken_and_below_them_refused() -> None:
+    assert SSEDecoder(max_data=0).feed(b"data\n\n") == [SSEEvent(data="")]
+    decoder = SSEDecoder(max_line=1)
+    assert decoder.feed(b"\n:\r\nx\n\n") == []  # lines of one character: taken
+    with pytest.raises(RemoteProtocolError) as caught:
+        decoder.feed(b"ab")
+    assert str(caught.value) == "expected a line of at most 1 characters, got 2 or more"
+    for limits in ({"max_line": 0}, {"max_data": -1}):
+        with pytest.raises(LocalProtocolError) as refused:
+            SSEDecoder(**limits)
+        assert str(refused.value) == (
+            f"expected max_line >= 1 and max_data >= 0, got max_line={limits.get('max_line', 16 * 1024 * 1024 + 1024)}, "
+            f"max_data={limits.get('max_data', 16 * 1024 * 1024)}"
+        )
+
+
+def test_every_line_of_a_piece_counts_from_its_own_start() -> None:
+    # two lines of exactly the limit in one piece: both taken (the second starts 11 characters in)
+    decoder = SSEDecoder(max_line=10)
+    assert decoder.feed(b"data: 4567\ndata: 89ab\n\n") == [SSEEvent(data="4567\n89ab")]
+    with pytest.raises(RemoteProtocolError) as caught:
+        decoder.feed(b"data: 1\ndata: 89abc\n")
+    assert str(caught.value) == "expected a line of at most 10 characters, got 11 or more"
+
+
+def test_nothing_is_taken_after_a_limit_was_passed() -> None:
+    for limits, stream in (({"max_line": 4}, b"data: x\n"), ({"max_data": 1}, b"data: xy\n")):
+        decoder = SSEDecoder(**limits)
+        with pytest.raises(RemoteProtocolError):
+            decoder.feed(stream)
+        with pytest.raises(LocalProtocolError) as caught:
+            decoder.feed(b"\n\n")
+        assert str(caught.value) == "expected no feed() after end() or an error, got 2 more bytes"
+        with pytest.raises(LocalProtocolError) as ended:
+            decoder.end()
+        assert str(ended.value) == "expected one end() and no end() after an error, got another"
+
+
+def test_the_utf8_errors_show_the_bytes_found() -> None:
+    with pytest.raises(RemoteProtocolError) as caught:
+        SSEDecoder().feed(b"data: \xffabcdef\n\n")
+    assert str(caught.value) == "expected UTF-8 in the event stream, got b'\\xffabc' (invalid start byte)"
+    decoder = SSEDecoder()
+    decoder.feed(b"data: \xe2\x82")
+    with pytest.raises(RemoteProtocolError) as cut:
+        decoder.end()
+    assert str(cut.value) == (
+        "expected the event stream to end after a whole UTF-8 sequence, got b'\\xe2\\x82' at its end"
+    )
+
+
+def test_a_second_end_is_refused() -> None:
+    decoder = SSEDecoder()
+    assert decoder.end() is False
+    with pytest.raises(LocalProtocolError) as caught:
+        decoder.end()
+    assert str(caught.value) == "expected one end() and no end() after an error, got another"
+
+
+def test_an_unfinished_line_of_one_character_is_an_unfinished_event() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: a\n\nx") == [SSEEvent(data="a")]
+    assert decoder.end() is True
+
+
+def test_only_a_bom_at_the_start_of_the_stream_is_dropped_not_one_at_the_start_of_a_piece() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: a") == []
+    assert decoder.feed(b"\xef\xbb\xbfb\n\n") == [SSEEvent(data="a\ufeffb")]
+    decoder = SSEDecoder()
+    assert decoder.feed(b"\xef\xbb\xbf") == []
+    assert decoder.feed(b"\xef\xbb\xbfdata: c\n\n") == []  # the second BOM is part of the field's name
+
+
+def test_a_retry_of_18_digits_is_taken_and_one_of_19_ignored() -> None:
+    decoder = SSEDecoder()
+    assert decoder.retry is None
+    assert decoder.feed(b"retry: " + b"9" * 18 + b"\ndata: a\n\n") == [SSEEvent(data="a", retry=10**18 - 1)]
+    assert decoder.retry == 10**18 - 1
+    assert decoder.feed(b"retry: 1" + b"0" * 18 + b"\ndata: b\n\n") == [SSEEvent(data="b")]
+    assert decoder.retry == 10**18 - 1
+
+# -- patch.py: RFC 6902 patches, seen through what they patch ------------------------------------------------
+
+
+def diff(field: str, *patches: dict[str, Any], usage: str = "ask_text") -> dict[str, Any]:
+    """A frame with one diff_block against ``field``."""
+    return {"blocks": [{"intended_usage": usage, "diff_block": {"field": field, "patches": list(patches)}}]}
+
+
+def web(*patches: dict[str, Any]) -> dict[str, Any]:
+    return diff("web_result_block", *patches, usage="web_results")
+
+
+def cited(events: list[Event]) -> list[str]:
+    """The URLs of the last Citations event."""
+    last = [event for event in events if isinstance(event, Citations)][-1]
+    return [citation["url"] for citation in last.citations]
+
+
+def urls(decoder: AnswerDecoder, *patches: dict[str, Any]) -> list[str]:
+    return cited(decoder.feed(web(*patches)))
+
+
+def start(*results: str, max_chunks: int = DEFAULT_MAX_CHUNKS) -> AnswerDecoder:
+    """A decoder whose web results are ``results``."""
+    decoder = AnswerDecoder(max_chunks=max_chunks)
+    assert urls(decoder, {"op": "replace", "path": "", "value": {"web_results": list(results)}}) == list(results)
+    return decoder
+
+
+def test_add_replace_and_remove_at_each_index_of_an_array() -> None:
+    d = start("a", "b")
+    assert urls(d, {"op": "add", "path": "/web_results/2", "value": "c"}) == ["a", "b", "c"]  # at the end
+    assert urls(d, {"op": "add", "path": "/web_results/0", "value": "z"}) == ["z", "a", "b", "c"]
+    assert urls(d, {"op": "add", "path": "/web_results/-", "value": "d"}) == ["z", "a", "b", "c", "d"]
+    assert urls(d, {"op": "replace", "path": "/web_results/4", "value": "D"}) == ["z", "a", "b", "c", "D"]
+    assert urls(d, {"op": "replace", "path": "/web_results/0", "value": "Z"}) == ["Z", "a", "b", "c", "D"]
+    assert urls(d, {"op": "remove", "path": "/web_results/4"}) == ["Z", "a", "b", "c"]
+    assert urls(d, {"op": "remove", "path": "/web_results/0"}) == ["a", "b", "c"]
+    assert urls(d, {"op": "remove", "path": "/web_results/1", "value": "ignored"}) == ["a", "c"]
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ({"op": "add", "path": "/web_results/3", "value": "x"},
+         "expected the add patch's index in '/web_results/3' of the web_result_block to be at most 2, got 3"),
+        ({"op": "replace", "path": "/web_results/2", "value": "x"},
+         "expected the replace patch's index in '/web_results/2' of the web_result_block to be at most 1, got 2"),
+        ({"op": "remove", "path": "/web_results/2"},
+         "expected the remove patch's index in '/web_results/2' of the web_result_block to be at most 1, got 2"),
+        ({"op": "remove", "path": "/web_results/-"},
+         "expected an array index in the patch path '/web_results/-' of the web_result_block, got '-'"),
+        ({"op": "add", "path": "/web_results/" + "9" * 18, "value": "x"},
+         "to be at most 2, got 999999999999999999"),  # 18 digits: an index, out of range
+        ({"op": "add", "path": "/web_results/" + "1" * 19, "value": "x"},
+         "expected an array index in the patch path '/web_results/1111111111111111111'"),  # 19: not one
+        ({"op": "add", "path": "/web_results/-1", "value": "x"}, "expected an array index in the patch path"),
+        ({"op": "add", "path": "/web_results/1/url", "value": "x"},
+         "expected an object or array at the parent of '/web_results/1/url' in the web_result_block, got str: 'b'"),
+        ({"op": "add", "path": "/web_results/2/url", "value": "x"},
+         "expected an index below 2 at '/web_results/2' in the web_result_block, got '2'"),
+        ({"op": "add", "path": "/web_results/01/url", "value": "x"},
+         "expected an index below 2 at '/web_results/01' in the web_result_block, got '01'"),
+        ({"op": "replace", "path": "/other", "value": "x"},
+         "expected the replace patch's path '/other' in the web_result_block, got no member 'other'"),
+        ({"op": "remove", "path": "/a~1b"},
+         "expected the remove patch's path '/a/b' in the web_result_block, got no member 'a/b'"),
+        ({"op": "remove", "path": "/~01"},  # ~1 read after ~0 would make this '/'
+         "expected the remove patch's path '/~1' in the web_result_block, got no member '~1'"),
+        ({"op": "add", "path": "/x/y", "value": 1},
+         "expected the patch path '/x' in the web_result_block, got no member 'x'"),
+        ({"op": "move", "path": "/x", "from": "/y"}, "expected a patch 'op' of add, replace or remove, got str: 'move'"),
+        ({"path": "/x", "value": 1}, "expected a patch 'op' of add, replace or remove, got NoneType: None"),
+        ({"op": "add", "path": 5, "value": 1}, "expected a patch 'path' to be a string, got int: 5"),
+        ({"op": "add", "path": "x", "value": 1}, "expected a patch 'path' that is empty or starts with '/', got str: 'x'"),
+        ({"op": "replace", "path": "/x"}, "expected a 'value' in an replace patch at '/x', got none"),
+        ([], "expected each patch to be a JSON object, got list: []"),
+    ],
+)
+def test_a_patch_that_does_not_fit_is_refused_naming_what_it_found(patch: Any, message: str) -> None:
+    d = start("a", "b")
+    with pytest.raises(RemoteProtocolError) as caught:
+        d.feed(web(patch))
+    assert message in str(caught.value) and str(caught.value).startswith("expected ")
+
+
+def test_a_patch_without_a_path_replaces_the_whole_block() -> None:
+    d = start("a")
+    assert urls(d, {"op": "add", "value": {"web_results": ["b"]}}) == ["b"]  # no path: the root
+    assert d.feed(web({"op": "remove", "path": ""})) == [Citations(citations=())]  # an empty block
+
+
+def test_the_path_length_limit() -> None:
+    assert MAX_POINTER == 32
+    deep: dict[str, Any] = {}
+    for _ in range(MAX_POINTER - 1):
+        deep = {"k": deep}
+    d = start("a")
+    d.feed(web({"op": "add", "path": "/deep", "value": deep}))
+    path = "/deep" + "/k" * (MAX_POINTER - 2)
+    assert path.count("/") == MAX_POINTER - 1
+    d.feed(web({"op": "add", "path": path + "/k", "value": 1}))  # 32 tokens: taken
+    d.feed(web({"op": "replace", "path": path + "/k", "value": 2}))
+    with pytest.raises(RemoteProtocolError) as caught:  # 33 tokens: refused, whatever the field
+        start("a").feed(diff("unknown_block", {"op": "add", "path": path + "/k/k", "value": 1}))
+    assert str(caught.value) == "expected a patch 'path' of at most 32 tokens, got 33"
+
+
+def test_the_members_limit_of_an_object_and_an_array() -> None:
+    # a patch may grow an object or an array to max_chunks members, no more
+    d = start("a", max_chunks=3)
+    d.feed(web({"op": "add", "path": "/b", "value": 1}, {"op": "add", "path": "/c", "value": 2}))  # 3 members
+    d.feed(web({"op": "add", "path": "/b", "value": 3}))  # an existing member: replaced, not a fourth
+    with pytest.raises(RemoteProtocolError) as caught:
+        d.feed(web({"op": "add", "path": "/d", "value": 4}))
+    assert str(caught.value) == "expected at most 3 members in an object, got 4 at '/d'"
+    d = start("a", "b", "c", max_chunks=3)
+    assert urls(d, {"op": "replace", "path": "/web_results/0", "value": "x"}) == ["x", "b", "c"]
+    with pytest.raises(RemoteProtocolError) as caught:
+        d.feed(web({"op": "add", "path": "/web_results/0", "value": "y"}))
+    assert str(caught.value) == "expected at most 3 members in an array, got 4 at '/web_results/0'"
+
+
+def answer(*patches: dict[str, Any]) -> dict[str, Any]:
+    return diff("markdown_block", *patches)
+
+
+def test_a_patch_before_the_text_sent_revises_it_and_one_after_only_adds() -> None:
+    d = AnswerDecoder()
+    assert d.feed(answer({"op": "replace", "path": "", "value": {"chunks": ["ab", "cd"]}})) == [TextDelta(text="abcd")]
+    assert d.feed(answer({"op": "add", "path": "/chunks/2", "value": "ef"})) == [TextDelta(text="ef")]
+    assert d.feed(answer({"op": "add", "path": "/chunks/-", "value": "gh"})) == [TextDelta(text="gh")]
+    assert d.feed(answer({"op": "add", "path": "/chunks/3", "value": "X"})) == [
+        AnswerRevised(text="abcdefXgh", reasoning="")
+    ]
+    # the lowest index of a frame counts, in whatever order its patches come
+    assert d.feed(answer({"op": "replace", "path": "/chunks/4", "value": "GH"},
+                         {"op": "replace", "path": "/chunks/1", "value": "CD"})) == [
+        AnswerRevised(text="abCDefXGH", reasoning="")
+    ]
+    assert d.feed(answer({"op": "remove", "path": "/chunks/0"})) == [AnswerRevised(text="CDefXGH", reasoning="")]
+    assert d.feed(answer({"op": "remove", "path": "/chunks/2"})) == [AnswerRevised(text="CDefGH", reasoning="")]
+
+
+def test_a_rewrite_budget_set_after_construction_counts() -> None:
+    # max_rewrite is a property like the other limits: set on a decoder, it is the one applied (it was
+    # read once, at construction, so a budget set later was ignored)
+    d = AnswerDecoder()
+    d.max_rewrite = 4
+    assert d.feed(answer({"op": "replace", "path": "", "value": {"chunks": ["ab", "cd"]}})) == [TextDelta(text="abcd")]
+    assert d.feed(answer({"op": "replace", "path": "/chunks/0", "value": "x"})) == [
+        AnswerRevised(text="xcd", reasoning="")
+    ]  # "abcd" joined again: 4 characters, the budget
+    with pytest.raises(RemoteProtocolError) as caught:
+        d.feed(answer({"op": "replace", "path": "/chunks/0", "value": "y"}))  # "xcd" again: 7 in all
+    assert str(caught.value) == (
+        "expected the service to rewrite at most 4 characters of text already sent, in all, got 7"
+    )
+
+
+def test_a_frame_that_changes_a_chunk_sent_and_then_one_not_yet_sent_revises_the_text() -> None:
+    d = AnswerDecoder()
+    assert d.feed(answer({"op": "replace", "path": "", "value": {"chunks": ["ab", "cd"]}})) == [TextDelta(text="abcd")]
+    # chunk 0 (sent) changes, then chunk 2 (new) is added and changed: the text is revised, not extended
+    assert d.feed(answer({"op": "replace", "path": "/chunks/0", "value": "AB"},
+                         {"op": "add", "path": "/chunks/-", "value": "ef"},
+                         {"op": "replace", "path": "/chunks/2", "value": "EF"})) == [
+        AnswerRevised(text="ABcdEF", reasoning="")
+    ]
+
+
+def test_removing_a_whole_block_leaves_an_empty_object_to_patch() -> None:
+    d = AnswerDecoder()
+    assert d.feed(answer({"op": "replace", "path": "", "value": {"chunks": ["ab"]}})) == [TextDelta(text="ab")]
+    assert d.feed(answer({"op": "remove", "path": ""})) == []
+    assert d.feed(answer({"op": "add", "path": "/chunks", "value": ["new"]})) == [AnswerRevised(text="new", reasoning="")]
+
+
+def test_the_depth_limit_of_a_frame_and_of_its_text() -> None:
+    assert MAX_DEPTH == 100
+    deepest: Any = []
+    for _ in range(MAX_DEPTH - 1):
+        deepest = [deepest]
+    assert load_frame("[" * 100 + "]" * 100) == deepest  # 100 deep: taken
+    with pytest.raises(RemoteProtocolError) as caught:
+        load_frame("[" * 101 + "]" * 101)
+    assert str(caught.value).startswith("expected an answer frame nested at most 100 deep, got deeper nesting in")
+    with pytest.raises(RemoteProtocolError) as shape:  # 100 deep: read, and refused for its shape
+        AnswerDecoder().feed({"text": "[" * 100 + "]" * 100})
+    assert str(shape.value) == "expected a step in 'text' to be a JSON object, got list: [[[...]]]"
+    with pytest.raises(RemoteProtocolError) as deep:
+        AnswerDecoder().feed({"text": "[" * 101 + "]" * 101})
+    assert str(deep.value).startswith("expected the frame's 'text' nested at most 100 deep, got deeper nesting in")
+
+
+# -- answer.py: the decoder's frame, its end, its errors -----------------------------------------------------
+
+
+def test_an_error_at_the_end_of_the_stream_carries_the_text_so_far_and_ends_the_decoder() -> None:
+    # the whole answer the service sent (11 characters) is past max_text; the chunks streamed were not
+    workflow = {"steps": [{"items": [
+        {"payload": {"text_payload": {"variant": "thinking", "chunks": ["r"]}}},
+        {"payload": {"text_payload": {"variant": "answer", "chunks": ["ab"], "text": "x" * 11}}},
+    ]}]}
+    d = AnswerDecoder(max_text=10)
+    assert d.feed({"blocks": [{"workflow_block": workflow}]}) == [ReasoningDelta(text="r"), TextDelta(text="ab")]
+    with pytest.raises(RemoteProtocolError) as caught:
+        d.end_of_stream()
+    assert str(caught.value) == "expected the answer to be at most 10 characters, got 11"
+    assert (caught.value.partial_text, caught.value.partial_reasoning) == ("ab", "r")
+    with pytest.raises(LocalProtocolError) as again:
+        d.end_of_stream()
+    assert str(again.value) == "expected no end_of_stream() after an error, got one"
+    with pytest.raises(LocalProtocolError) as fed:
+        d.feed({})
+    assert str(fed.value) == "expected no feed() after an error, got dict: {}"
+
+
+@pytest.mark.parametrize("key", ["backend_uuid", "read_write_token", "thread_url_slug"])
+def test_a_thread_field_that_is_not_a_string_is_named_with_what_came(key: str) -> None:
+    with pytest.raises(RemoteProtocolError) as caught:
+        AnswerDecoder().feed({key: 5})
+    assert str(caught.value) == f"expected {key!r} to be a string, got int: 5"
+
+
+def test_an_error_in_a_frame_carries_the_reasoning_so_far() -> None:
+    d = AnswerDecoder()
+    thinking = {"steps": [{"items": [{"payload": {"text_payload": {"variant": "thinking", "chunks": ["hm"]}}}]}]}
+    assert d.feed({"blocks": [{"workflow_block": thinking}]}) == [ReasoningDelta(text="hm")]
+    with pytest.raises(RemoteProtocolError) as caught:
+        d.feed({"blocks": 5})
+    assert (caught.value.partial_text, caught.value.partial_reasoning) == ("", "hm")
+
+
+def test_a_thread_field_a_frame_leaves_out_is_kept_from_the_frames_before() -> None:
+    d = AnswerDecoder()
+    assert d.feed({"backend_uuid": "b1", "read_write_token": "t1", "thread_url_slug": "s1"}) == [
+        ThreadIdentity(backend_uuid="b1", read_write_token="t1", thread_url_slug="s1")
+    ]
+    assert d.feed({"backend_uuid": "b1", "read_write_token": "t2"}) == [
+        ThreadIdentity(backend_uuid="b1", read_write_token="t2", thread_url_slug="s1")
+    ]
+    assert d.feed({"backend_uuid": "b1", "thread_url_slug": "s2"}) == [
+        ThreadIdentity(backend_uuid="b1", read_write_token="t2", thread_url_slug="s2")
+    ]
+    assert d.feed({"backend_uuid": "b1", "read_write_token": "", "thread_url_slug": None}) == []
+
+
+def test_an_empty_or_odd_display_model_does_not_replace_the_one_named() -> None:
+    d = AnswerDecoder(model="given")
+    d.feed({"display_model": "turbo"})
+    d.feed({"display_model": ""})
+    d.feed({"display_model": 5})
+    assert d.feed({"status": "COMPLETED"}) == [AnswerFinished(model="turbo", text="", reasoning="")]
+
+
+def test_the_frames_top_level_web_results_are_the_citations() -> None:
+    d = AnswerDecoder()
+    blocks = [{"intended_usage": "web_results", "web_result_block": {"web_results": ["https://b.test/"]}}]
+    assert d.feed({"web_results": ["https://a.test/"], "blocks": blocks}) == [
+        Citations(citations=({"url": "https://a.test/", "title": ""},))
+    ]
+
+
+def test_an_error_code_that_is_not_a_string_is_shown_as_json_in_100_characters() -> None:
+    with pytest.raises(AnswerFailedError) as caught:
+        AnswerDecoder().feed({"error_code": 5001})
+    assert (caught.value.error_code, str(caught.value)) == (
+        "5001", "the ask service reported a failure for the query: 5001"
+    )
+    with pytest.raises(AnswerFailedError) as long:
+        AnswerDecoder().feed({"error_code": {"k": "v" * 200}})
+    assert long.value.error_code == '{"k": "' + "v" * 93  # the JSON cut to 100 characters, no more
+
+
+def test_an_error_message_that_is_not_a_string_is_passed_over_for_the_text() -> None:
+    with pytest.raises(AnswerFailedError) as caught:
+        AnswerDecoder().feed({"status": "failed", "error_message": ["x"], "text": "boom"})
+    assert (caught.value.error_code, caught.value.server_text) == (None, "boom")
+    assert str(caught.value) == "the ask service reported a failure for the query: boom"
+
+
+@pytest.mark.parametrize(
+    ("frame", "error", "message", "code", "words"),
+    [
+        ({"status": "failed"}, AnswerFailedError, "reported a failure for the query: (no text)", None, ""),
+        # the text of a frame that did not fail is answer text, not the failure's words
+        ({"error_code": "X", "text": "partial"}, AnswerFailedError, "reported a failure for the query: X", "X", ""),
+        ({"error_code": "E" * 150}, AnswerFailedError, "reported a failure for the query: " + "E" * 97 + "...",
+         "E" * 97 + "...", ""),  # a code is cut to 100 characters
+        ({"error_code": "FREE_TIER_RATE_LIMITED", "error_message": "slow down"}, AnswerRateLimitedError,
+         "refused the query for a quota: slow down (FREE_TIER_RATE_LIMITED)", "FREE_TIER_RATE_LIMITED", "slow down"),
+    ],
+)
+def test_the_failures_words_and_code(
+    frame: dict[str, Any], error: type[LabsError], message: str, code: str | None, words: str
+) -> None:
+    with pytest.raises(error) as caught:
+        AnswerDecoder().feed(frame)
+    assert str(caught.value) == "the ask service " + message
+    assert (caught.value.error_code, caught.value.server_text) == (code, words)  # type: ignore[attr-defined]
+
+
+def test_a_model_that_is_not_a_string_is_refused_and_no_thread_before_one_is_named() -> None:
+    with pytest.raises(LocalProtocolError) as caught:
+        AnswerDecoder(model=5)  # type: ignore[arg-type]
+    assert str(caught.value) == "expected the model as a str, got int: 5"
+    assert AnswerDecoder().thread is None
+
+
+# -- blocks.py: the blocks and workflow shapes ---------------------------------------------------------------
+
+
+def workflow(steps: Any) -> dict[str, Any]:
+    return {"blocks": [{"intended_usage": "workflow_root", "workflow_block": {"steps": steps}}]}
+
+
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        ({"blocks": [{"intended_usage": "plan", "plan_block": 5}]}, "expected a plan_block to be a JSON object, got int: 5"),
+        ({"blocks": [{"intended_usage": "plan", "plan_block": {"steps": [5]}}]},
+         "expected a plan step to be a JSON object, got int: 5"),
+        ({"blocks": [{"intended_usage": "plan", "plan_block": {"steps": [{"search_web_content": 5}]}}]},
+         "expected 'search_web_content' to be a JSON object, got int: 5"),
+        ({"blocks": [{"intended_usage": "plan", "plan_block": {"steps": [{"read_results_content": 5}]}}]},
+         "expected 'read_results_content' to be a JSON object, got int: 5"),
+        ({"blocks": [{"intended_usage": "ask_text", "markdown_block": 5}]},
+         "expected 'markdown_block' to be a JSON object, got int: 5"),
+        ({"blocks": [{"intended_usage": "ask_text", "markdown_block": {"chunks": "abc"}}]},
+         "expected 'chunks' to be a list in a markdown_block, got str: 'abc'"),
+        ({"blocks": [{"intended_usage": "ask_text", "markdown_block": {"chunks": ["a"], "chunk_starting_offset": 2}}]},
+         "expected 'chunk_starting_offset' 0 in the first markdown_block, got int: 2"),
+        (diff("workflow_block", {"op": "replace", "path": "", "value": 5}, usage="workflow_root"),
+         "expected the workflow_block to be a JSON object, got int: 5"),
+        (workflow([5]), "expected a workflow step to be a JSON object, got int: 5"),
+        (workflow([{"items": 5}]), "expected items in a workflow step to be a list, got int: 5"),
+        (workflow([{"items": [5]}]), "expected a workflow item to be a JSON object, got int: 5"),
+        (workflow([{"items": [{"payload": 5}]}]), "expected an item's 'payload' to be a JSON object, got int: 5"),
+        ({"blocks": [{"workflow_block": 5}]}, "expected 'workflow_block' to be a JSON object, got int: 5"),
+        ({"blocks": [{"intended_usage": "ask_text", "diff_block": {"field": 3, "patches": []}}]},
+         "expected the diff_block's 'field' to be a string, got int: 3"),
+        ({"blocks": [{"intended_usage": "ask_text", "diff_block": {"field": "markdown_block", "patches": {}}}]},
+         "expected 'patches' to be a list, got dict: {}"),
+        (workflow([{"items": [{"payload": {"queries_payload": 5}}]}]),
+         "expected 'queries_payload' to be a JSON object, got int: 5"),
+        (workflow([{"items": [{"payload": {"sources_payload": 5}}]}]),
+         "expected 'sources_payload' to be a JSON object, got int: 5"),
+        (workflow([{"items": [{"payload": {"text_payload": 5}}]}]), "expected a 'text_payload' to be a JSON object, got int: 5"),
+    ],
+)
+def test_a_block_of_the_wrong_shape_is_refused_naming_the_part(frame: dict[str, Any], message: str) -> None:
+    with pytest.raises(RemoteProtocolError) as caught:
+        AnswerDecoder().feed(frame)
+    assert str(caught.value) == message
+
+
+def md_frame(chunks: list[str] | None = None, offset: int | None = None, **more: Any) -> dict[str, Any]:
+    block: dict[str, Any] = dict(more)
+    if chunks is not None:
+        block["chunks"] = chunks
+    if offset is not None:
+        block["chunk_starting_offset"] = offset
+    return {"blocks": [{"intended_usage": "ask_text", "markdown_block": block}]}
+
+
+def test_a_markdown_block_without_chunks_keeps_the_chunks_held() -> None:
+    d = AnswerDecoder()
+    assert d.feed(md_frame(["ab"])) == [TextDelta(text="ab")]
+    assert d.feed(md_frame(progress="DONE")) == []
+    assert d.feed(md_frame(["cd"], 1)) == [TextDelta(text="cd")]
+
+
+def test_chunks_from_an_offset_are_compared_with_the_chunks_held_from_that_offset() -> None:
+    d = AnswerDecoder()
+    assert d.feed(md_frame(["b", "a", "c"])) == [TextDelta(text="bac")]
+    # from chunk 1: "a" is the same, "b" replaces "c"
+    assert d.feed(md_frame(["a", "b"], 1)) == [AnswerRevised(text="bab", reasoning="")]
+    # chunks the same from the offset on, then one more: only added, nothing joined again
+    d = AnswerDecoder(max_rewrite=0)
+    assert d.feed(md_frame(["x", "b", "c"])) == [TextDelta(text="xbc")]
+    assert d.feed(md_frame(["b", "c", "d"], 1)) == [TextDelta(text="d")]
+
+
+def test_the_answer_tracks_limit_counts_whole_markdown_blocks_too() -> None:
+    d = AnswerDecoder(max_blocks=1)
+    assert d.feed(md_frame(["a"])) == [TextDelta(text="a")]
+    assert d.feed(md_frame(["a", "b"])) == [TextDelta(text="b")]  # the same track again: taken
+    with pytest.raises(RemoteProtocolError) as caught:
+        d.feed({"blocks": [{"intended_usage": "ask_text_1_markdown", "markdown_block": {"chunks": ["x"]}}]})
+    assert str(caught.value) == "expected at most 1 answer tracks (markdown usages), got 2"
+
+
+def test_which_blocks_are_answer_text_and_which_are_not() -> None:
+    # a markdown block of another usage (no "markdown" in it, not ask_text) is not answer text, whole or patched
+    other = {"blocks": [{"intended_usage": "summary", "markdown_block": {"chunks": ["zzz"]}}]}
+    assert AnswerDecoder().feed(other) == []
+    assert AnswerDecoder().feed(diff("markdown_block", {"op": "replace", "path": "", "value": {"chunks": ["zzz"]}},
+                                     usage="summary")) == []
+    # a diff_block without a field patches the block its usage implies: markdown for the answer's usages...
+    no_field = {"blocks": [{"intended_usage": "ask_text", "diff_block": {
+        "patches": [{"op": "replace", "path": "", "value": {"chunks": ["hi"]}}]}}]}
+    assert AnswerDecoder().feed(no_field) == [TextDelta(text="hi")]
+    # ...the workflow for workflow_root, and nothing for any other usage
+    d = AnswerDecoder()
+    assert d.feed(workflow([{"items": [{"payload": {"text_payload": {"variant": "answer", "chunks": ["a"]}}}]}])) == [
+        TextDelta(text="a")
+    ]
+    path = "/steps/0/items/0/payload/text_payload/chunks/-"
+    assert d.feed({"blocks": [{"intended_usage": "other", "diff_block": {
+        "patches": [{"op": "add", "path": path, "value": "x"}]}}]}) == []
+    assert d.feed({"blocks": [{"intended_usage": "workflow_root", "diff_block": {
+        "patches": [{"op": "add", "path": path, "value": "b"}]}}]}) == [TextDelta(text="b")]
+    # a diff_block without patches changes nothing
+    assert d.feed({"blocks": [{"intended_usage": "workflow_root", "diff_block": {"field": "workflow_block"}}]}) == []
+    # the sources of sources_mode_block are citations as web_result_block's are
+    assert AnswerDecoder().feed({"blocks": [{"sources_mode_block": {"web_results": ["https://s.test/"]}}]}) == [
+        Citations(citations=({"url": "https://s.test/", "title": ""},))
+    ]
+
+
+def test_a_track_or_plan_already_kept_is_not_one_more_at_the_limit() -> None:
+    d = AnswerDecoder(max_blocks=1)
+    assert d.feed(md_frame()) == []  # an empty ask_text block: the one track
+    assert d.feed(answer({"op": "add", "path": "/chunks", "value": ["a"]})) == [TextDelta(text="a")]
+    d = AnswerDecoder(max_blocks=1)
+    plan = {"blocks": [{"intended_usage": "plan", "plan_block": {"steps": []}}]}
+    d.feed(plan)
+    d.feed(plan)
+    d.feed(diff("plan_block", {"op": "add", "path": "/steps/-", "value": {}}, usage="plan"))  # patched: the same plan
+    with pytest.raises(RemoteProtocolError) as caught:
+        d.feed({"blocks": [{"intended_usage": "plan2", "plan_block": {"steps": []}}]})
+    assert str(caught.value) == "expected at most 1 plans, got 2"
+
+
+def test_a_plan_or_web_block_may_begin_with_a_patch() -> None:
+    d = AnswerDecoder(max_blocks=1)
+    steps = [{"search_web_content": {"queries": ["q"]}}]
+    assert d.feed(diff("plan_block", {"op": "add", "path": "/steps", "value": steps}, usage="plan")) == [
+        SearchQueries(queries=("q",))
+    ]
+    with pytest.raises(RemoteProtocolError) as caught:
+        d.feed(diff("plan_block", {"op": "add", "path": "/steps", "value": []}, usage="plan2"))
+    assert str(caught.value) == "expected at most 1 plans, got 2"
+    for field in ("web_result_block", "sources_mode_block"):
+        assert AnswerDecoder().feed(diff(field, {"op": "add", "path": "/web_results", "value": ["https://w.test/"]},
+                                         usage="sources")) == [Citations(citations=({"url": "https://w.test/", "title": ""},))]
+
+
+def test_a_patch_deep_in_a_search_step_or_one_replacing_a_payload_is_read() -> None:
+    d = AnswerDecoder()
+    assert d.feed(workflow([{"items": [
+        {"payload": {"queries_payload": {"queries": ["q1"]}}},
+        {"payload": {"sources_payload": {"sources": []}}},
+        {"payload": {"text_payload": {"variant": "answer", "chunks": ["a"]}}},
+    ]}])) == [SearchQueries(queries=("q1",)), TextDelta(text="a")]
+    add = {"op": "add", "path": "/steps/0/items/0/payload/queries_payload/queries/-", "value": "q2"}
+    assert d.feed(diff("workflow_block", add, usage="workflow_root")) == [SearchQueries(queries=("q2",))]
+    add = {"op": "add", "path": "/steps/0/items/1/payload/sources_payload/sources/-", "value": "https://s.test/"}
+    assert d.feed(diff("workflow_block", add, usage="workflow_root")) == [
+        SourcesRead(sources=({"url": "https://s.test/", "title": ""},))
+    ]
+    # a path of five tokens replaces an item's payload: the payloads are read again
+    payload = {"text_payload": {"variant": "answer", "chunks": ["b"]}}
+    assert d.feed(diff("workflow_block", {"op": "replace", "path": "/steps/0/items/2/payload", "value": payload},
+                       usage="workflow_root")) == [AnswerRevised(text="b", reasoning="")]
+
+
+# -- legacy.py: the steps shape's limits -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        ({"chunks": ["a", "b"]}, "expected at most 2 'chunks', got 3"),
+        ({"structured_answer": [{"text": "a"}, {"text": "b"}]}, "expected at most 2 'structured_answer', got 3"),
+    ],
+)
+def test_the_chunk_limit_of_an_answer_object(answer: dict[str, list[Any]], message: str) -> None:
+    assert AnswerDecoder(max_chunks=2).feed({"text": json.dumps(answer)}) == [TextDelta(text="ab")]
+    (key, parts), = answer.items()
+    with pytest.raises(RemoteProtocolError) as caught:
+        AnswerDecoder(max_chunks=2).feed({"text": json.dumps({key: [*parts, parts[0]]})})
+    assert str(caught.value) == message
+    d = AnswerDecoder(max_chunks=2)  # chunks sent in pieces count together
+    d.feed({"text": json.dumps({"chunks": ["a"]})})
+    with pytest.raises(RemoteProtocolError) as grown:
+        d.feed({"text": json.dumps({"chunks": ["b", "c"]})})
+    assert str(grown.value) == "expected at most 2 chunks in a text, got 3"
+
+
+# -- request.py and session.py: their limits at the edges ----------------------------------------------------
+
+
+def test_a_cookie_expiry_of_18_digits_is_taken_and_one_of_19_refused() -> None:
+    line = ".perplexity.ai\tTRUE\t/\tTRUE\t{}\tname\tvalue"
+    (cookie,) = read_cookies_txt(line.format("9" * 18), now=1e9)
+    assert (cookie.name, cookie.value, cookie.expires) == ("name", "value", 10**18 - 1)
+    with pytest.raises(LocalProtocolError) as caught:
+        read_cookies_txt(line.format("1" + "0" * 18))
+    assert str(caught.value) == (
+        "cookies.txt line 1: expected the expiry as a whole number of seconds (at most 18 digits), "
+        "got '1000000000000000000'"
+    )
+
+
+def test_a_line_of_the_session_stream_may_be_1024_characters_longer_than_an_event() -> None:
+    # the session's SSE decoder takes lines of max_message_size + 1024 characters (room for "data: "
+    # and the field name around an event at the limit), not one more
+    limit = 1000
+    for extra, ok in ((1024, True), (1025, False)):
+        s = ready(max_message_size=limit)
+        asked(s)
+        s.receive_http_head(2, 200, SSE_HEAD, 1.1)
+        comment = b":" + b"x" * (limit + extra - 1) + b"\n"
+        if ok:
+            s.receive_http_body(2, comment + sse(frame("COMPLETED", blocks=[markdown(["x"])])), 1.2)
+            assert texts(s.events()) == "x"
+        else:
+            with pytest.raises(RemoteProtocolError) as caught:
+                s.receive_http_body(2, comment, 1.2)
+            assert str(caught.value) == "expected a line of at most 2024 characters, got 2025 or more"
