@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Mutation testing of one module of the byte level (issue 19), with mutmut, in a scratch copy:
-#   benchmarks/mutate.sh inflate          (or websocket, http, proxy, stack, tls, jsondepth, refusal)
+#   benchmarks/mutate.sh inflate          (or websocket, http, proxy, stack, tls, jsondepth, refusal;
+#                                           the programs: gateway, arguments, serve, cli)
 # The copy (/tmp/plabs-mutate-MODULE) holds the worktree's tracked files as they are now, with backends/
 # moved under plabs_proto/ (mutmut's mutants/ copy does not see the package-dir mapping, and
 # tests/conftest.py imports the backends) and a [tool.mutmut] section naming the module and the test
@@ -27,6 +28,16 @@ case $module in
                tests='"tests/test_hostile_input.py", "tests/test_edges_wire.py", "tests/test_mutants_wire.py"' ;;
     refusal)   path=plabs_proto/refusal.py
                tests='"tests/test_refusals.py", "tests/test_mutants_wire.py"' ;;
+    # The programs: only tests that run the module in process count (mutmut's mutants are not what a
+    # `plabs` subprocess imports); -k leaves out the tests that start a gateway or a `plabs` subprocess.
+    gateway)   path=plabs_proto/backends/programs/gateway.py
+               tests='"tests/test_mutants_programs.py", "tests/test_gateway_hostile.py", "tests/test_gateway.py", "tests/test_gateway_perplexity.py", "-k", "not end_to_end and not retry_what and (hostile or mutants_programs or in_process or root_path or estimate_tokens or fold_history or config_from or models_served or thread_cache or thread_keys or from_the_environment or bad_settings)"' ;;
+    arguments) path=plabs_proto/backends/programs/arguments.py
+               tests='"tests/test_mutants_programs.py", "-k", "arguments"' ;;
+    serve)     path=plabs_proto/backends/programs/serve.py
+               tests='"tests/test_mutants_programs.py", "-k", "serve"' ;;
+    cli)       path=plabs_proto/backends/programs/cli.py
+               tests='"tests/test_mutants_programs.py", "tests/test_cli.py", "-k", "printer or plabs_in_process"' ;;
     *) echo "benchmarks/mutate.sh: unknown module $module" >&2; exit 2 ;;
 esac
 venv=$PWD/.venv
