@@ -37,7 +37,7 @@ case $module in
     serve)     path=plabs_proto/backends/programs/serve.py
                tests='"tests/test_mutants_programs.py", "-k", "serve"' ;;
     cli)       path=plabs_proto/backends/programs/cli.py
-               tests='"tests/test_mutants_programs.py", "tests/test_cli.py", "-k", "printer or plabs_in_process"' ;;
+               tests='"tests/test_mutants_programs.py", "tests/test_perplexity_cli.py", "tests/test_cli.py", "-k", "printer or plabs_in_process or perplexity_cli"' ;;
     *) echo "benchmarks/mutate.sh: unknown module $module" >&2; exit 2 ;;
 esac
 venv=$PWD/.venv

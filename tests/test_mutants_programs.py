@@ -9,15 +9,28 @@ front of a listening socket that never answers (a refused request opens no conne
 from __future__ import annotations
 
 import asyncio
+import io
+import json
+import logging
+import os
+import re
+import signal
 import socket
+import sys
+import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import pytest
+from conftest import EmulatorFactory
+from plabs_proto.backends.programs.emulator import SONAR_CITATIONS, default_answer, default_reasoning
+from plabs_proto.backends.programs.gateway import MAX_BODY, create_app
+from servers import free_port
 from test_gateway import assert_openai_error
 
-from plabs_proto.backends.programs.gateway import MAX_BODY, create_app
+from plabs_proto.labs.answer import DEFAULT_MODEL, MODELS
 
 KEY = "sk-mutant-0123456789"
 USER = [{"role": "user", "content": "hi"}]
@@ -180,3 +193,392 @@ def test_the_arguments_past_their_edges_are_refused(capsys: pytest.CaptureFixtur
         assert "ftp" in shown
     else:
         assert shown == f"plabs {argv[0]}: error: {line}"
+
+
+# -- the gateway's other limits ----------------------------------------------------------------------------
+
+
+def test_max_sessions_at_its_edge(emulator_factory: EmulatorFactory) -> None:
+    """With --max-sessions 2, two requests at once are answered and a third is 429 (Retry-After: 1, the
+    message naming the limit); once they are done, the next is answered again."""
+    emulator = emulator_factory(answer="slow " * 20, chunk_size=5, frame_delay=0.02)
+    app = create_app(server=emulator.url, max_sessions=2)
+    body = b'{"model": "sonar", "messages": [{"role": "user", "content": "hi"}]}'
+
+    async def main() -> tuple[list[httpx.Response], httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=30) as client:
+            at_once = await asyncio.gather(*(client.post("/v1/chat/completions", content=body) for _ in range(3)))
+            return list(at_once), await client.post("/v1/chat/completions", content=body)
+
+    at_once, after = asyncio.run(main())
+    assert sorted(response.status_code for response in at_once) == [200, 200, 429]
+    busy = next(response for response in at_once if response.status_code == 429)
+    message = assert_openai_error(busy, 429, "rate_limit_exceeded", None)
+    assert message == "all 2 Labs sessions of this gateway are busy; try again shortly"
+    assert busy.headers["retry-after"] == "1" and busy.json()["error"]["type"] == "rate_limit_error"
+    assert after.status_code == 200 and after.json()["choices"][0]["message"]["content"] == "slow " * 20
+
+
+@pytest.mark.parametrize(("model", "shown"), [
+    ("m" * 38, '"' + "m" * 38 + '"'),  # 40 characters of JSON: shown whole
+    ("m" * 39, '"' + "m" * 36 + "..."),  # 41: cut to 37 and "..."
+])
+def test_an_unknown_model_is_shown_in_at_most_40_characters(silent: Silent, model: str, shown: str) -> None:
+    app = create_app(server=silent.url)
+    body = json.dumps({"model": model, "messages": USER}).encode()
+    message = assert_openai_error(call(app, "POST", "/v1/chat/completions", body), 404, "model_not_found", "model")
+    assert message == (f"The model {shown} does not exist: expected one of r1-1776, sonar-pro, sonar, sonar-reasoning, "
+                       "sonar-reasoning-pro (GET /v1/models)")
+
+
+# -- plabs, in process (cli.py): what a user sees on stdout, stderr and in the exit status ---------------------
+
+
+def plabs(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """``plabs ARGV`` run in this process: its exit status, stdout and stderr."""
+    from plabs_proto.backends.programs.cli import main
+
+    try:
+        status: Any = main(list(argv))
+    except SystemExit as exc:
+        status = exc.code
+    out, err = capsys.readouterr()
+    return int(status), out, err
+
+
+def stdin(monkeypatch: pytest.MonkeyPatch, data: bytes | None) -> None:
+    """Standard input holding ``data`` (not a terminal); None: no standard input at all."""
+    monkeypatch.setattr(sys, "stdin", None if data is None else io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def labs_url(emulator_factory: EmulatorFactory) -> str:
+    return emulator_factory(frame_delay=0).url
+
+
+def test_plabs_in_process_ask_answer_reasoning_and_citations(capsys: pytest.CaptureFixture[str],
+                                                              labs_url: str) -> None:
+    prompt = "What is a trace?"
+    assert plabs(capsys, "ask", "--server", labs_url, "--backend", "sync", prompt) == (
+        0, default_answer(DEFAULT_MODEL, prompt) + "\n", default_reasoning(DEFAULT_MODEL, prompt) + "\n")
+    citations = "".join(f"[{n}] {url}\n" for n, url in enumerate(SONAR_CITATIONS, 1))
+    assert plabs(capsys, "ask", "--server", labs_url, "--model", "sonar-reasoning", "--no-reasoning", "Cite",
+                 " it ") == (0, default_answer("sonar-reasoning", "Cite  it") + "\n\nCitations:\n" + citations, "")
+
+
+def test_plabs_in_process_ask_json(capsys: pytest.CaptureFixture[str], labs_url: str) -> None:
+    status, out, err = plabs(capsys, "ask", "--server", labs_url, "--json", "--model", "sonar-reasoning", "Hi")
+    events = [json.loads(line) for line in out.splitlines()]
+    assert (status, err) == (0, "")
+    kinds = [event["event"] for event in events]
+    assert kinds[-2:] == ["citations", "finished"] and set(kinds[:-2]) == {"reasoning", "text"}
+    finished = events[-1]
+    assert finished["text"] == default_answer("sonar-reasoning", "Hi") == "".join(
+        e["text"] for e in events if e["event"] == "text")
+    assert finished["reasoning"] == "".join(e["text"] for e in events if e["event"] == "reasoning")
+    assert events[-2] == {"event": "citations", "citations": list(SONAR_CITATIONS)}
+    quiet = plabs(capsys, "ask", "--server", labs_url, "--json", "--no-reasoning", "--model", "sonar-reasoning", "Hi")
+    assert "reasoning" not in {json.loads(line)["event"] for line in quiet[1].splitlines()}
+
+
+def test_plabs_in_process_prompt_from_stdin(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                                            labs_url: str) -> None:
+    ask = ("ask", "--server", labs_url, "--no-reasoning")
+    stdin(monkeypatch, b"  A prompt\nover two lines \n")
+    assert plabs(capsys, *ask, "-") == (0, default_answer(DEFAULT_MODEL, "A prompt\nover two lines") + "\n", "")
+    stdin(monkeypatch, b"piped\n")
+    assert plabs(capsys, *ask) == (0, default_answer(DEFAULT_MODEL, "piped") + "\n", "")
+
+
+@pytest.mark.parametrize(("argv", "data", "line"), [
+    (["-"], b" \n\t", "plabs ask: error: expected a prompt on standard input, got nothing"),
+    (["-"], b"ok\xffno",
+     "plabs ask: error: expected UTF-8 text on standard input, got the byte 0xff at offset 2 (convert the text to "
+     "UTF-8 first, e.g. with iconv)"),
+    (["-", "extra", "words"], b"x",
+     "plabs ask: error: \"-\" reads the prompt from standard input and takes no other words, got 2 more: "
+     "'extra words'"),
+    (["-", "extra"], b"x",
+     "plabs ask: error: \"-\" reads the prompt from standard input and takes no other words, got 1 more: 'extra'"),
+    ([], None, "plabs ask: error: expected a PROMPT (or a prompt on standard input, or \"-\")"),
+    (["-"], None, "plabs ask: error: expected a prompt on standard input, but there is no standard input"),
+    (["  "], b"", "plabs ask: error: expected a prompt, got an empty one"),
+    (["ok", "\udcffbad"], b"",
+     "plabs ask: error: expected UTF-8 text in the prompt, got the byte 0xff at offset 3 (convert the text to UTF-8 "
+     "first, e.g. with iconv)"),
+    (["--model", "m\udcfe", "hi"], b"",
+     "plabs ask: error: expected UTF-8 text in --model, got the byte 0xfe at offset 1 (convert the text to UTF-8 "
+     "first, e.g. with iconv)"),
+    (["--mode", "copilot", "hi"], b"", "plabs ask: error: --mode needs --service perplexity (Labs has no modes)"),
+    (["--emulator", "--server", "http://127.0.0.1:1", "hi"], b"",
+     "plabs ask: error: --emulator and --server cannot be used together"),
+])
+def test_plabs_in_process_ask_usage_errors(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                                           argv: list[str], data: bytes | None, line: str) -> None:
+    stdin(monkeypatch, data)
+    status, out, err = plabs(capsys, "ask", "--server", "http://127.0.0.1:1", *argv) if "--emulator" not in argv \
+        else plabs(capsys, "ask", *argv)
+    assert (status, out, err.splitlines()[-1]) == (2, "", line)
+    usage = err.startswith("usage: plabs ask")
+    assert usage == (line.endswith("got nothing") is False and "UTF-8" not in line and "empty one" not in line)
+
+
+def test_plabs_in_process_unknown_model_is_sent_after_one_warning(capsys: pytest.CaptureFixture[str],
+                                                                   labs_url: str) -> None:
+    status, out, err = plabs(capsys, "ask", "--server", labs_url, "--no-reasoning", "--model", "sonar-next", "new")
+    assert status == 0 and out.startswith(default_answer("sonar-next", "new") + "\n")
+    assert err == f"plabs: warning: 'sonar-next' is not a known model ({', '.join(MODELS)}); sending it anyway\n"
+
+
+@pytest.mark.parametrize(("argv", "status", "line"), [
+    (["ask", "--server", "http://127.0.0.1:1", "--cafile", "/nonexistent/ca.pem", "hi"], 1,
+     "plabs: error: cannot read the CA file '/nonexistent/ca.pem': No such file or directory"),
+    (["ask", "--server", "http://127.0.0.1:1", "--trace", "/nonexistent/t.jsonl", "hi"], 1,
+     "plabs: error: cannot write the trace to '/nonexistent/t.jsonl': No such file or directory"),
+    (["ask", "--backend", "asyncio", "--impersonate", "chrome", "--server", "http://127.0.0.1:1", "hi"], 1,
+     "plabs: error: --impersonate needs --backend curl (only curl speaks as a browser)"),
+    (["ask", "--backend", "curl", "--trace", "TRACE", "--server", "http://127.0.0.1:1", "hi"], 1,
+     "plabs: error: --trace records our own bytes; with --backend curl, curl keeps them (drop --trace)"),
+    (["ask", "--impersonate", "chrome", "--trace", "TRACE", "--server", "http://127.0.0.1:1", "hi"], 1,
+     "plabs: error: --trace records our own bytes; with --backend curl, curl keeps them (drop --trace)"),
+    (["replay", "/nonexistent/t.jsonl"], 1,
+     "plabs: error: cannot read the trace '/nonexistent/t.jsonl': No such file or directory"),
+    (["models", "--server", "http://127.0.0.1:1"], 2,
+     "plabs models: error: --server needs --live (without it the built-in list is printed)"),
+    (["models", "--timeout", "3"], 2,
+     "plabs models: error: --timeout needs --live (without it the built-in list is printed)"),
+    (["models", "--live"], 2,
+     "plabs models: error: --live needs --service perplexity (Labs has no catalog to ask for)"),
+    (["emulator", "--keyfile", "key.pem"], 2, "plabs emulator: error: --keyfile needs --certfile"),
+    (["emulator", "--shape", "steps"], 2, "plabs emulator: error: --shape is not an option of the labs emulator"),
+    (["emulator", "--service", "perplexity", "--ping-interval", "3"], 2,
+     "plabs emulator: error: --ping-interval is not an option of the perplexity emulator"),
+    (["emulator", "--service", "perplexity", "--rate-limit", "poll"], 2,
+     "plabs emulator: error: --rate-limit of the perplexity emulator takes one of session, ask, all, got 'poll'"),
+    (["emulator", "--redirect", "ask"], 2,
+     "plabs emulator: error: --redirect of the labs emulator takes one of polling, post, poll, upgrade, all, "
+     "got 'ask'"),
+])
+def test_plabs_in_process_one_error_line(capsys: pytest.CaptureFixture[str], tmp_path: Any, argv: list[str],
+                                         status: int, line: str) -> None:
+    """(A trace refused with the curl backend leaves the file as it was: an old trace there is not emptied.)"""
+    trace = tmp_path / "old.jsonl"
+    trace.write_text("an old trace\n")
+    got, out, err = plabs(capsys, *(str(trace) if arg == "TRACE" else arg for arg in argv))
+    assert (got, out, err.splitlines()[-1]) == (status, "", line)
+    assert (err.count("\n") == 1) == (status == 1)
+    assert trace.read_text() == "an old trace\n"
+
+
+@pytest.mark.parametrize(("guard", "status", "fields"), [
+    ({"redirect": "polling", "redirect_to": "http://127.0.0.1:9/moved/"}, 3,
+     {"error": "RedirectError", "status": 302, "location": "http://127.0.0.1:9/moved/"}),
+    ({"rate_limit": "polling", "retry_after": "7"}, 4, {"error": "RateLimitedError", "status": 429, "retry_after": 7.0}),
+    ({"cloudflare": "polling"}, 5, {"error": "ChallengeError", "status": 403, "title": "Just a moment..."}),
+    ({"login_page": "polling"}, 6, {"error": "UnexpectedPageError", "status": 200, "title": "Sign in - Perplexity"}),
+])
+def test_plabs_in_process_refusals_exit_with_their_status(capsys: pytest.CaptureFixture[str],
+                                                          emulator_factory: EmulatorFactory, guard: dict[str, Any],
+                                                          status: int, fields: dict[str, Any]) -> None:
+    url = emulator_factory(**guard).url
+    got, out, err = plabs(capsys, "ask", "--server", url, "--transport", "polling", "hi")
+    assert (got, out) == (status, "") and err.startswith("plabs: error: ") and err.count("\n") == 1
+    got, out, err = plabs(capsys, "ask", "--server", url, "--transport", "polling", "--json", "hi")
+    [event] = [json.loads(line) for line in out.splitlines()]
+    assert got == status and event == {"event": "error", "message": err[len("plabs: error: "):-1], **fields}
+    assert ("Perplexity Labs was retired in 2025" in err) == (status == 3)
+
+
+def test_plabs_in_process_a_refused_connection_and_a_failure_midway(capsys: pytest.CaptureFixture[str],
+                                                                    emulator_factory: EmulatorFactory) -> None:
+    status, out, err = plabs(capsys, "ask", "--json", "--server", "http://127.0.0.1:1", "hi")
+    [event] = [json.loads(line) for line in out.splitlines()]
+    assert (status, event["event"], event["error"]) == (1, "error", "NetworkError") and set(event) == {
+        "event", "error", "message"}
+    assert err == f"plabs: error: {event['message']}\n"
+    url = emulator_factory(answer="Half an answer.", fail="Error in processing query", fail_after=1,
+                           frame_delay=0.001).url
+    status, out, err = plabs(capsys, "ask", "--server", url, "--model", "sonar", "fail please")
+    assert (status, out) == (1, "Half an \n")
+    assert err.startswith("plabs: error: ") and "Error in processing query" in err and err.count("\n") == 1
+
+
+def test_plabs_in_process_trace_then_replay(capsys: pytest.CaptureFixture[str], labs_url: str, tmp_path: Any,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    trace = str(tmp_path / "t.jsonl")
+    asked = plabs(capsys, "ask", "--server", labs_url, "--backend", "asyncio", "--trace", trace, "Trace me")
+    assert asked[0] == 0 and asked[1] == default_answer(DEFAULT_MODEL, "Trace me") + "\n"
+    assert plabs(capsys, "replay", trace) == asked
+    with open(trace, encoding="utf-8") as handle:
+        lines = handle.read()
+    monkeypatch.setattr(sys, "stdin", io.StringIO(lines))
+    assert plabs(capsys, "replay", "-") == asked
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b"\xff\n")
+    assert plabs(capsys, "replay", str(bad))[0] == 1
+
+
+def test_plabs_in_process_models(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, err = plabs(capsys, "models")
+    assert (status, err) == (0, "") and out == "".join(
+        f"{name}\n" for name in (DEFAULT_MODEL, *(n for n in MODELS if n != DEFAULT_MODEL)))
+
+
+# -- plabs serve, in process (serve.py): the command run in this process's main thread, asked from another ------
+
+
+@pytest.fixture
+def access_log() -> Iterator[None]:
+    """The access logger as it was: each in-process ``plabs serve`` adds its handler (on that test's stderr)."""
+    logger = logging.getLogger("plabs_proto.gateway.access")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
+
+
+def serving(capsys: pytest.CaptureFixture[str], argv: list[str], ask: Any, host: str = "127.0.0.1",
+            ) -> tuple[int, str, str, Any]:
+    """``plabs serve --port P ARGV`` in this process until ``ask(base)`` (run in a thread once the port
+    listens; base is ``http://HOST:P``) is done, then Ctrl-C: exit status, stdout, stderr, what ask returned."""
+    if ":" in host:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind((host, 0))
+            port = probe.getsockname()[1]
+    else:
+        port = free_port(host)
+    shown = f"[{host}]" if ":" in host else host
+    got: dict[str, Any] = {}
+
+    def client() -> None:
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    socket.create_connection((host, port), timeout=1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.02)
+            got["value"] = ask(f"http://{shown}:{port}")
+        except BaseException as exc:
+            got["error"] = exc
+        finally:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        status, out, err = plabs(capsys, "serve", "--port", str(port), "--host", host, *argv)
+    finally:
+        thread.join(30)
+    if "error" in got:
+        raise got["error"]
+    assert out == f"http://{shown}:{port}/v1\n"
+    return status, out, err, got["value"]
+
+
+CHAT = {"model": "sonar", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_serve_in_process_key_and_access_log(capsys: pytest.CaptureFixture[str], labs_url: str,
+                                             access_log: None) -> None:
+    def ask(base: str) -> list[httpx.Response]:
+        key = {"Authorization": f"Bearer {KEY}"}
+        return [httpx.get(base + "/v1/models"), httpx.get(base + "/v1/models", headers=key),
+                httpx.post(base + "/v1/chat/completions", json=CHAT, headers=key, timeout=30)]
+
+    status, _, err, (refused, listed, answered) = serving(capsys, ["--server", labs_url, "--api-key", KEY], ask)
+    assert status == 0 and (refused.status_code, listed.status_code, answered.status_code) == (401, 200, 200)
+    assert answered.json()["choices"][0]["message"]["content"] == default_answer("sonar", "hi")
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
+    lines = err.splitlines()
+    assert len(lines) == 3 and KEY not in err, lines
+    assert re.fullmatch(stamp + r" GET /v1/models 401 \d+\.\d{3}s", lines[0]), lines
+    assert re.fullmatch(stamp + r" GET /v1/models 200 \d+\.\d{3}s", lines[1]), lines
+    assert re.fullmatch(stamp + r" POST /v1/chat/completions 200 \d+\.\d{3}s model=sonar", lines[2]), lines
+
+
+def test_serve_in_process_key_from_the_environment_and_quiet(capsys: pytest.CaptureFixture[str], labs_url: str,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              access_log: None) -> None:
+    monkeypatch.setenv("PLABS_API_KEY", KEY)
+
+    def ask(base: str) -> tuple[int, int]:
+        return (httpx.get(base + "/v1/models").status_code,
+                httpx.get(base + "/v1/models", headers={"Authorization": f"Bearer {KEY}"}).status_code)
+
+    assert serving(capsys, ["--server", labs_url, "--quiet"], ask)[::2] == (0, "")
+    assert serving(capsys, ["--server", labs_url, "--quiet"], ask)[3] == (401, 200)
+    monkeypatch.setenv("PLABS_API_KEY", "")  # empty: no key
+    assert serving(capsys, ["--server", labs_url, "--quiet"], ask)[3] == (200, 200)
+
+
+def test_serve_in_process_the_settings_reach_the_gateway(capsys: pytest.CaptureFixture[str],
+                                                         emulator_factory: EmulatorFactory,
+                                                         perplexity_emulator_factory: Any, access_log: None) -> None:
+    """--max-sessions, --timeout, --max-threads, --warm and --service as a client sees them."""
+    slow = emulator_factory(answer="slow " * 20, chunk_size=5, frame_delay=0.05).url
+
+    def timed_out(base: str) -> httpx.Response:
+        return httpx.post(base + "/v1/chat/completions", json=CHAT, timeout=30)
+
+    response = serving(capsys, ["--server", slow, "--timeout", "0.3", "--quiet"], timed_out)[3]
+    assert assert_openai_error(response, 504, "labs_timeout", None).startswith("Perplexity Labs timed out: ")
+
+    def busy(base: str) -> list[int]:
+        async def main() -> list[int]:
+            async with httpx.AsyncClient(timeout=30) as client:
+                posts = [client.post(base + "/v1/chat/completions", json=CHAT) for _ in range(2)]
+                return sorted(response.status_code for response in await asyncio.gather(*posts))
+
+        return asyncio.run(main())
+
+    assert serving(capsys, ["--server", slow, "--max-sessions", "1", "--quiet"], busy)[3] == [200, 429]
+
+    def warm(base: str) -> int:
+        deadline = time.monotonic() + 20
+        while (count := int(httpx.get(base + "/health").json()["warm"])) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return count
+
+    assert serving(capsys, ["--server", slow, "--warm", "2", "--quiet"], warm)[3] == 2
+    ask_url = perplexity_emulator_factory(frame_delay=0).url
+
+    def threads(base: str) -> tuple[str, int]:
+        answered = httpx.post(base + "/v1/chat/completions", json=CHAT, timeout=30).json()
+        return answered["model"], int(httpx.get(base + "/health").json()["threads"])
+
+    perplexity = ["--service", "perplexity", "--server", ask_url, "--quiet"]
+    assert serving(capsys, [*perplexity, "--any-model"], threads)[3] == ("sonar", 1)
+    assert serving(capsys, [*perplexity, "--any-model", "--max-threads", "0"], threads)[3] == ("sonar", 0)
+    unknown = serving(capsys, perplexity, lambda base: httpx.post(base + "/v1/chat/completions", json=CHAT))[3]
+    assert assert_openai_error(unknown, 404, "model_not_found", "model").startswith('The model "sonar" does not exist')
+
+
+def test_serve_in_process_the_emulator_trio_and_ipv6(capsys: pytest.CaptureFixture[str], access_log: None) -> None:
+    def chat(base: str) -> str:
+        response = httpx.post(base + "/v1/chat/completions", json=CHAT, timeout=30)
+        return str(response.json()["choices"][0]["message"]["content"])
+
+    assert serving(capsys, ["--emulator", "--quiet"], chat)[3] == default_answer("sonar", "hi")
+    assert serving(capsys, ["--emulator", "--quiet", "--backend", "trio"], chat)[3] == default_answer("sonar", "hi")
+    assert serving(capsys, ["--emulator", "--quiet"], chat, host="::1")[3] == default_answer("sonar", "hi")
+    pplx = {**CHAT, "model": "turbo"}
+    answer = serving(capsys, ["--emulator", "--quiet", "--service", "perplexity"],
+                     lambda base: httpx.post(base + "/v1/chat/completions", json=pplx, timeout=30).json())[3]
+    assert answer["choices"][0]["message"]["content"].startswith("This is the Perplexity emulator's answer to: hi")
+
+
+def test_serve_in_process_errors_are_one_line(capsys: pytest.CaptureFixture[str], access_log: None) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert plabs(capsys, "serve", "--port", str(port), "--server", "http://127.0.0.1:1") == (
+            1, "", f"plabs: error: cannot listen on 127.0.0.1:{port}: Address already in use\n")
+    status, out, err = plabs(capsys, "serve", "--server", "ftp://127.0.0.1:1")
+    assert (status, out) == (1, "") and err.startswith("plabs: error: expected an http:// or https:// server URL")
+    assert err.count("\n") == 1
+    status, out, err = plabs(capsys, "serve", "--emulator", "--server", "http://127.0.0.1:1")
+    assert (status, out, err.splitlines()[-1]) == (
+        2, "", "plabs serve: error: --emulator and --server cannot be used together")

@@ -1445,7 +1445,7 @@ def create_app(config: GatewayConfig | None = None, **settings: Any) -> Starlett
             part = message.get("body", b"")
             size += len(part)
             if size > MAX_BODY:
-                raise _Refusal(413, f"expected a request body of at most {MAX_BODY} bytes, got more",
+                raise _Refusal(413, f"expected a request body of at most {MAX_BODY} bytes, got {size} or more",
                                "invalid_request_error", "request_too_large")
             parts.append(part)
             if not message.get("more_body", False):
