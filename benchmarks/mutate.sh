@@ -6,6 +6,7 @@
 # moved under plabs_proto/ (mutmut's mutants/ copy does not see the package-dir mapping, and
 # tests/conftest.py imports the backends) and a [tool.mutmut] section naming the module and the test
 # files that exercise it; the worktree itself gets no mutmut config and no mutants/.
+# More arguments are mutant names (globs) for mutmut run: a sample, e.g. 'plabs_proto.*x_create_app*'.
 # Needs mutmut in .venv (.venv/bin/pip install mutmut==3.8.1; not a project dependency).
 # Afterwards: cd /tmp/plabs-mutate-MODULE && mutmut results  (mutmut show NAME shows a mutant's diff).
 set -euo pipefail
@@ -29,9 +30,11 @@ case $module in
     refusal)   path=plabs_proto/refusal.py
                tests='"tests/test_refusals.py", "tests/test_mutants_wire.py"' ;;
     # The programs: only tests that run the module in process count (mutmut's mutants are not what a
-    # `plabs` subprocess imports); -k leaves out the tests that start a gateway or a `plabs` subprocess.
+    # `plabs` subprocess imports); -k leaves out the tests that start a gateway or a `plabs` subprocess, and
+    # for the gateway those that serve it with uvicorn (which takes mutmut's trampoline of _App.__call__,
+    # a plain function returning a coroutine, for an ASGI2 app and fails at startup).
     gateway)   path=plabs_proto/backends/programs/gateway.py
-               tests='"tests/test_mutants_programs.py", "tests/test_gateway_hostile.py", "tests/test_gateway.py", "tests/test_gateway_perplexity.py", "-k", "not end_to_end and not retry_what and (hostile or mutants_programs or in_process or root_path or estimate_tokens or fold_history or config_from or models_served or thread_cache or thread_keys or from_the_environment or bad_settings)"' ;;
+               tests='"tests/test_mutants_programs.py", "tests/test_gateway_hostile.py", "tests/test_gateway.py", "tests/test_gateway_perplexity.py", "-k", "not end_to_end and not retry_what and not serve_in_process and (hostile or mutants_programs or in_process or root_path or estimate_tokens or fold_history or config_from or models_served or thread_cache or thread_keys or from_the_environment or bad_settings)"' ;;
     arguments) path=plabs_proto/backends/programs/arguments.py
                tests='"tests/test_mutants_programs.py", "-k", "arguments"' ;;
     serve)     path=plabs_proto/backends/programs/serve.py
@@ -55,5 +58,5 @@ only_mutate = ["$path"]
 pytest_add_cli_args_test_selection = [$tests]
 pytest_add_cli_args = ["-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly"]
 TOML
-PATH=$venv/bin:$PATH nice -n 10 "$venv/bin/mutmut" run --max-children 1
+PATH=$venv/bin:$PATH nice -n 10 "$venv/bin/mutmut" run --max-children 1 "${@:2}"
 PATH=$venv/bin:$PATH "$venv/bin/mutmut" results

@@ -9,6 +9,7 @@ front of a listening socket that never answers (a refused request opens no conne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -465,14 +466,19 @@ def serving(capsys: pytest.CaptureFixture[str], argv: list[str], ask: Any, host:
         except BaseException as exc:
             got["error"] = exc
         finally:
-            os.kill(os.getpid(), signal.SIGINT)
+            if not done.is_set():  # (a server that stopped by itself is not interrupted)
+                os.kill(os.getpid(), signal.SIGINT)
 
+    done = threading.Event()
     thread = threading.Thread(target=client)
     thread.start()
     try:
         status, out, err = plabs(capsys, "serve", "--port", str(port), "--host", host, *argv)
     finally:
-        thread.join(30)
+        done.set()
+        while thread.is_alive():
+            with contextlib.suppress(KeyboardInterrupt):  # a Ctrl-C sent as the server stopped by itself
+                thread.join(30)
     if "error" in got:
         raise got["error"]
     assert out == f"http://{shown}:{port}/v1\n"
