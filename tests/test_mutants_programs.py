@@ -588,3 +588,167 @@ def test_serve_in_process_errors_are_one_line(capsys: pytest.CaptureFixture[str]
     status, out, err = plabs(capsys, "serve", "--emulator", "--server", "http://127.0.0.1:1")
     assert (status, out, err.splitlines()[-1]) == (
         2, "", "plabs serve: error: --emulator and --server cannot be used together")
+
+
+# -- the gateway's answers, in process: the bytes a client reads -------------------------------------------------
+
+PROMPT = "Say something about sans-IO"
+
+
+def asgi(app: Any, *requests: tuple[str, str, Any]) -> list[httpx.Response]:
+    """Each (method, path, JSON body) request to ``app`` in turn, in process."""
+
+    async def main() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=30) as client:
+            return [await client.request(method, path, json=body) for method, path, body in requests]
+
+    return asyncio.run(main())
+
+
+def sse(text: str) -> list[Any]:
+    """The JSON objects of a stream's ``data:`` lines (not ``[DONE]``)."""
+    return [json.loads(line[6:]) for line in text.split("\n") if line.startswith("data: {")]
+
+
+def test_in_process_chat_whole_and_streamed(emulator_factory: EmulatorFactory) -> None:
+    from plabs_proto.backends.programs.gateway import estimate_tokens
+
+    model = "sonar-reasoning"
+    app = create_app(server=emulator_factory(frame_delay=0).url)
+    body = {"model": model, "messages": [{"role": "user", "content": PROMPT}]}
+    whole, streamed = asgi(app, ("POST", "/v1/chat/completions", body),
+                           ("POST", "/v1/chat/completions", {**body, "stream": True,
+                                                             "stream_options": {"include_usage": True}}))
+    answer, reasoning = default_answer(model, PROMPT), default_reasoning(model, PROMPT)
+    assert whole.headers["content-type"] == "application/json"
+    assert int(whole.headers["content-length"]) == len(whole.content)
+    got = whole.json()
+    assert re.fullmatch(r"chatcmpl-[0-9a-f]{24}", got.pop("id")) and abs(got.pop("created") - time.time()) < 60
+    usage = got.pop("usage")
+    assert got == {"object": "chat.completion", "model": model, "citations": list(SONAR_CITATIONS), "choices": [
+        {"index": 0, "finish_reason": "stop",
+         "message": {"role": "assistant", "content": answer, "reasoning_content": reasoning}}]}
+    assert usage["prompt_tokens"] == estimate_tokens(PROMPT) and usage["completion_tokens"] > 0
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert streamed.status_code == 200 and streamed.headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert (streamed.headers["cache-control"], streamed.headers["x-accel-buffering"]) == ("no-cache", "no")
+    assert streamed.text.endswith("\n\ndata: [DONE]\n\n")
+    chunks = sse(streamed.text)
+    *deltas, final, last = chunks
+    assert len({(c["id"], c["created"], c["model"], c["object"]) for c in chunks}) == 1
+    assert chunks[0]["id"].startswith("chatcmpl-") and chunks[0]["object"] == "chat.completion.chunk"
+    assert deltas[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert all("role" not in c["choices"][0]["delta"] for c in deltas[1:])
+    assert all(c["choices"][0]["finish_reason"] is None and c["choices"][0]["index"] == 0 for c in deltas)
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in deltas) == answer
+    assert "".join(c["choices"][0]["delta"].get("reasoning_content", "") for c in deltas) == reasoning
+    assert final["choices"] == [{"index": 0, "delta": {}, "finish_reason": "stop"}]
+    assert final["citations"] == list(SONAR_CITATIONS) and "reasoning_revised" not in final
+    assert last["choices"] == [] and last["usage"] == usage and set(last) == {"id", "object", "created", "model",
+                                                                              "choices", "usage"}
+    plain = asgi(app, ("POST", "/v1/chat/completions", {**body, "stream": True}))[0]
+    assert "usage" not in sse(plain.text)[-1] and sse(plain.text)[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_in_process_an_empty_answer_still_streams_its_role_and_end(emulator_factory: EmulatorFactory) -> None:
+    app = create_app(server=emulator_factory(frame_delay=0, answer="", no_reasoning=True).url)
+    streamed = asgi(app, ("POST", "/v1/chat/completions", {**CHAT, "stream": True}))[0]
+    first, final = sse(streamed.text)
+    assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert final["choices"][0]["finish_reason"] == "stop" and streamed.text.endswith("data: [DONE]\n\n")
+
+
+def test_in_process_responses_whole_and_streamed(emulator_factory: EmulatorFactory) -> None:
+    from plabs_proto.backends.programs.gateway import estimate_tokens
+
+    model = "sonar-reasoning"
+    app = create_app(server=emulator_factory(frame_delay=0).url)
+    body = {"model": model, "input": PROMPT, "instructions": "Be brief."}
+    whole, streamed = asgi(app, ("POST", "/v1/responses", body), ("POST", "/v1/responses", {**body, "stream": True}))
+    answer, reasoning = default_answer(model, PROMPT), default_reasoning(model, PROMPT)
+    got = whole.json()
+    assert re.fullmatch(r"resp_[0-9a-f]{24}", got.pop("id")) and abs(got.pop("created_at") - time.time()) < 60
+    [item] = got.pop("output")
+    assert re.fullmatch(r"msg_[0-9a-f]{24}", item.pop("id"))
+    assert item == {"type": "message", "status": "completed", "role": "assistant",
+                    "content": [{"type": "output_text", "text": answer, "annotations": []}]}
+    usage = got.pop("usage")
+    prompt = estimate_tokens("Be brief.\n\n" + PROMPT)
+    assert usage["input_tokens"] == prompt and usage["input_tokens_details"] == {"cached_tokens": 0}
+    assert usage["output_tokens_details"] == {"reasoning_tokens": estimate_tokens(reasoning)}
+    assert usage["total_tokens"] == prompt + usage["output_tokens"] and usage["output_tokens"] > 0
+    assert got == {"object": "response", "status": "completed", "model": model, "error": None,
+                   "incomplete_details": None, "instructions": None, "parallel_tool_calls": False,
+                   "tool_choice": "none", "tools": [], "text": {"format": {"type": "text"}}}
+    assert streamed.headers["content-type"] == "text/event-stream; charset=utf-8"
+    kinds = re.findall(r"^event: (\S+)$", streamed.text, re.MULTILINE)
+    events = sse(streamed.text)
+    assert [event["type"] for event in events] == kinds
+    assert kinds[:4] == ["response.created", "response.in_progress", "response.output_item.added",
+                         "response.content_part.added"]
+    assert kinds[-4:] == ["response.output_text.done", "response.content_part.done", "response.output_item.done",
+                          "response.completed"]
+    assert set(kinds[4:-4]) == {"response.output_text.delta"}
+    assert [event["sequence_number"] for event in events] == list(range(len(events)))
+    assert "".join(event["delta"] for event in events[4:-4]) == answer
+    assert events[0]["response"]["status"] == "in_progress" and events[0]["response"]["output"] == []
+    assert events[2]["item"]["status"] == "in_progress" and events[2]["item"]["content"] == []
+    assert events[3]["part"] == {"type": "output_text", "text": "", "annotations": []}
+    assert events[-4]["text"] == answer and events[-3]["part"]["text"] == answer
+    assert events[-2]["item"]["content"][0]["text"] == answer and events[-2]["item"]["status"] == "completed"
+    completed = events[-1]["response"]
+    assert completed["status"] == "completed" and completed["output"][0]["content"][0]["text"] == answer
+    assert completed["usage"] == usage and completed["id"] == events[0]["response"]["id"]
+    assert all(event["item_id"] == events[2]["item"]["id"] for event in events[3:-2] if "item_id" in event)
+
+
+def test_in_process_failures_before_and_after_the_first_chunk(emulator_factory: EmulatorFactory) -> None:
+    failing = create_app(server=emulator_factory(fail="Error in processing query").url)
+    for stream in (False, True):
+        for path, body in (("/v1/chat/completions", CHAT), ("/v1/responses", {"model": "sonar", "input": "hi"})):
+            response = asgi(failing, ("POST", path, {**body, "stream": stream}))[0]
+            message = assert_openai_error(response, 502, "labs_error", None)
+            assert message == "Perplexity Labs reported a failure: Error in processing query"
+            assert response.json()["error"]["labs_text"] == "Error in processing query"
+    midway = create_app(server=emulator_factory(fail="Error in processing query", fail_after=3, frame_delay=0).url)
+    chat, responses = asgi(midway, ("POST", "/v1/chat/completions", {**CHAT, "stream": True}),
+                           ("POST", "/v1/responses", {"model": "sonar", "input": "hi", "stream": True}))
+    *chunks, failure = sse(chat.text)
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == default_answer("sonar", "hi")[:24]
+    assert failure["error"]["code"] == "labs_error" and "[DONE]" not in chat.text
+    last = sse(responses.text)[-1]
+    assert last["type"] == "response.failed" and last["response"]["status"] == "failed"
+    assert last["response"]["error"] == {"code": "labs_error",
+                                         "message": "Perplexity Labs reported a failure: Error in processing query"}
+
+
+def test_in_process_a_rewritten_answer(emulator_factory: EmulatorFactory) -> None:
+    app = create_app(server=emulator_factory(answer="The first version of the answer.", frame_delay=0,
+                                             final_output="Another text entirely.", no_reasoning=True).url)
+    chat, responses, whole = asgi(app, ("POST", "/v1/chat/completions", {**CHAT, "stream": True}),
+                                  ("POST", "/v1/responses", {"model": "sonar", "input": "hi", "stream": True}),
+                                  ("POST", "/v1/chat/completions", CHAT))
+    *chunks, failure = sse(chat.text)
+    sent = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    assert sent and "The first version of the answer.".startswith(sent)
+    assert failure["error"]["code"] == "answer_rewritten" and failure["error"]["final_text"] == "Another text entirely."
+    assert failure["error"]["message"].startswith(f"Perplexity Labs rewrote the answer after {len(sent)} characters")
+    last = sse(responses.text)[-1]
+    assert last["type"] == "response.failed" and last["response"]["error"]["code"] == "answer_rewritten"
+    assert whole.json()["choices"][0]["message"]["content"] == "Another text entirely."
+
+
+def test_in_process_what_the_service_did_has_its_status(emulator_factory: EmulatorFactory) -> None:
+    limited = create_app(server=emulator_factory(rate_limit="polling", retry_after="7").url, transport="polling")
+    for stream in (False, True):
+        response = asgi(limited, ("POST", "/v1/chat/completions", {**CHAT, "stream": stream}))[0]
+        assert_openai_error(response, 429, "labs_rate_limited", None)
+        assert response.headers["retry-after"] == "7" and response.json()["error"]["retry_after"] == 7
+    slow = create_app(server=emulator_factory(silent=True).url, timeout=0.3)
+    message = assert_openai_error(asgi(slow, ("POST", "/v1/chat/completions", CHAT))[0], 504, "labs_timeout", None)
+    assert message.startswith("Perplexity Labs timed out: ")
+    closed = create_app(server="http://127.0.0.1:1")
+    message = assert_openai_error(asgi(closed, ("POST", "/v1/chat/completions", CHAT))[0], 502, "labs_unavailable",
+                                  None)
+    assert message.startswith("the Perplexity Labs session failed: expected to connect to the server at 127.0.0.1:1")
