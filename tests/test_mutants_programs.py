@@ -752,3 +752,39 @@ def test_in_process_what_the_service_did_has_its_status(emulator_factory: Emulat
     message = assert_openai_error(asgi(closed, ("POST", "/v1/chat/completions", CHAT))[0], 502, "labs_unavailable",
                                   None)
     assert message.startswith("the Perplexity Labs session failed: expected to connect to the server at 127.0.0.1:1")
+
+
+def test_in_process_models_and_health(silent: Silent) -> None:
+    from plabs_proto.backends.programs.gateway import LABS_MODELS
+
+    app = create_app(server=silent.url)
+    listed, one, unknown, health = asgi(app, ("GET", "/v1/models", None), ("GET", "/models/r1-1776", None),
+                                        ("GET", "/v1/models/gpt-4o", None), ("GET", "/health", None))
+    assert listed.json() == {"object": "list", "data": [
+        {"id": card.id, "object": "model", "created": card.created, "owned_by": "perplexity"} for card in LABS_MODELS]}
+    assert [card["id"] for card in listed.json()["data"]] == ["r1-1776", "sonar-pro", "sonar", "sonar-reasoning",
+                                                               "sonar-reasoning-pro"]
+    assert one.json() == {"id": "r1-1776", "object": "model", "created": 1740096000, "owned_by": "perplexity"}
+    message = assert_openai_error(unknown, 404, "model_not_found", "model")
+    assert message == ('The model "gpt-4o" does not exist: expected one of r1-1776, sonar-pro, sonar, sonar-reasoning, '
+                       "sonar-reasoning-pro")
+    assert health.json() == {"status": "ok", "active": 0, "warm": 0}
+    threads = create_app(server=silent.url, service="perplexity")
+    assert asgi(threads, ("GET", "/health", None))[0].json() == {"status": "ok", "active": 0, "warm": 0, "threads": 0}
+
+
+def test_fold_history_of_a_conversation_that_begins_with_the_user() -> None:
+    from plabs_proto.backends.programs.gateway import fold_history
+
+    assert fold_history([{"role": "system", "content": "Be brief."}]) == "Be brief."  # a lone message: itself
+    assert fold_history([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"},
+                         {"role": "user", "content": "q2"}]) == "user: q\n\nassistant: a\n\nq2"
+
+
+def test_a_thread_key_takes_any_text_an_answer_may_hold() -> None:
+    """An answer decoded from the service's JSON may hold a lone surrogate ("\\ud800"): its thread is still kept."""
+    from plabs_proto.backends.programs.gateway import thread_key
+
+    key = thread_key("Bearer k", [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a\ud800"}])
+    assert re.fullmatch(r"[0-9a-f]{64}", key)
+    assert key != thread_key("Bearer k", [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a\udc00"}])

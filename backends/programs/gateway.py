@@ -451,11 +451,8 @@ def fold_history(messages: list[dict[str, str]]) -> str:
     under its role, then the last message.  (Labs takes the conversation as it is; the perplexity
     service asks this when the history continues no thread of this gateway's, see :class:`ThreadCache`.)
     """
-    if len(messages) == 1 and messages[0]["role"] == "user":
-        return messages[0]["content"]
     *earlier, last = messages
-    lines = [f"{message['role']}: {message['content']}" for message in earlier]
-    return "\n\n".join([*lines, last["content"]]) if lines else last["content"]
+    return "\n\n".join([*(f"{message['role']}: {message['content']}" for message in earlier), last["content"]])
 
 
 def thread_key(caller: str, messages: list[dict[str, str]]) -> str:
