@@ -710,6 +710,7 @@ def test_in_process_failures_before_and_after_the_first_chunk(emulator_factory: 
             response = asgi(failing, ("POST", path, {**body, "stream": stream}))[0]
             message = assert_openai_error(response, 502, "labs_error", None)
             assert message == "Perplexity Labs reported a failure: Error in processing query"
+            assert response.json()["error"]["type"] == "api_error"
             assert response.json()["error"]["labs_text"] == "Error in processing query"
     midway = create_app(server=emulator_factory(fail="Error in processing query", fail_after=3, frame_delay=0).url)
     chat, responses = asgi(midway, ("POST", "/v1/chat/completions", {**CHAT, "stream": True}),
@@ -723,7 +724,8 @@ def test_in_process_failures_before_and_after_the_first_chunk(emulator_factory: 
                                          "message": "Perplexity Labs reported a failure: Error in processing query"}
 
 
-def test_in_process_a_rewritten_answer(emulator_factory: EmulatorFactory) -> None:
+def test_in_process_a_rewritten_answer(emulator_factory: EmulatorFactory, caplog: pytest.LogCaptureFixture) -> None:
+    """The client gets the final text in the error; the operator a warning naming the 502."""
     app = create_app(server=emulator_factory(answer="The first version of the answer.", frame_delay=0,
                                              final_output="Another text entirely.", no_reasoning=True).url)
     chat, responses, whole = asgi(app, ("POST", "/v1/chat/completions", {**CHAT, "stream": True}),
@@ -737,21 +739,28 @@ def test_in_process_a_rewritten_answer(emulator_factory: EmulatorFactory) -> Non
     last = sse(responses.text)[-1]
     assert last["type"] == "response.failed" and last["response"]["error"]["code"] == "answer_rewritten"
     assert whole.json()["choices"][0]["message"]["content"] == "Another text entirely."
+    warnings = [r.getMessage() for r in caplog.records if r.name == "plabs_proto.gateway" and r.levelname == "WARNING"]
+    assert len(warnings) == 2 and all(w.startswith("chat completion failed (502): Perplexity Labs rewrote the answer")
+                                      for w in warnings)
 
 
 def test_in_process_what_the_service_did_has_its_status(emulator_factory: EmulatorFactory) -> None:
     limited = create_app(server=emulator_factory(rate_limit="polling", retry_after="7").url, transport="polling")
     for stream in (False, True):
         response = asgi(limited, ("POST", "/v1/chat/completions", {**CHAT, "stream": stream}))[0]
-        assert_openai_error(response, 429, "labs_rate_limited", None)
+        message = assert_openai_error(response, 429, "labs_rate_limited", None)
+        assert message.startswith("Perplexity Labs is rate limiting this gateway: ")
+        assert response.json()["error"]["type"] == "rate_limit_error"
         assert response.headers["retry-after"] == "7" and response.json()["error"]["retry_after"] == 7
     slow = create_app(server=emulator_factory(silent=True).url, timeout=0.3)
-    message = assert_openai_error(asgi(slow, ("POST", "/v1/chat/completions", CHAT))[0], 504, "labs_timeout", None)
-    assert message.startswith("Perplexity Labs timed out: ")
+    response = asgi(slow, ("POST", "/v1/chat/completions", CHAT))[0]
+    message = assert_openai_error(response, 504, "labs_timeout", None)
+    assert message.startswith("Perplexity Labs timed out: ") and response.json()["error"]["type"] == "api_error"
+    assert response.json()["error"]["deadline"] == "query"
     closed = create_app(server="http://127.0.0.1:1")
-    message = assert_openai_error(asgi(closed, ("POST", "/v1/chat/completions", CHAT))[0], 502, "labs_unavailable",
-                                  None)
-    assert message.startswith("the Perplexity Labs session failed: expected to connect to the server at 127.0.0.1:1")
+    response = asgi(closed, ("POST", "/v1/chat/completions", CHAT))[0]
+    message = assert_openai_error(response, 502, "labs_unavailable", None)
+    assert response.json()["error"]["type"] == "api_error" and message.startswith("the Perplexity Labs session failed: expected to connect to the server at 127.0.0.1:1")
 
 
 def test_in_process_models_and_health(silent: Silent) -> None:
@@ -788,3 +797,50 @@ def test_a_thread_key_takes_any_text_an_answer_may_hold() -> None:
     key = thread_key("Bearer k", [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a\ud800"}])
     assert re.fullmatch(r"[0-9a-f]{64}", key)
     assert key != thread_key("Bearer k", [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a\udc00"}])
+
+
+@pytest.mark.parametrize("broken", ["closed", "failing"])
+def test_serve_in_process_an_error_with_stderr_gone_is_still_status_1(monkeypatch: pytest.MonkeyPatch,
+                                                                       broken: str, access_log: None) -> None:
+    """(A closed stderr raises ValueError, a failing one OSError: either way the status tells.)"""
+    from plabs_proto.backends.programs.cli import main
+
+    class Failing(io.StringIO):
+        def write(self, text: str) -> int:
+            raise OSError(5, "Input/output error")
+
+    stream = io.StringIO() if broken == "closed" else Failing()
+    if broken == "closed":
+        stream.close()
+    monkeypatch.setattr(sys, "stderr", stream)
+    assert main(["serve", "--server", "ftp://127.0.0.1:1"]) == 1
+
+
+def test_in_process_the_ask_services_query_limit_at_its_edge(perplexity_emulator_factory: Any) -> None:
+    """The ask endpoint takes a query of at most 100000 characters (fewer than MAX_PROMPT's bytes): one more is a
+    400 that names both, before anything is asked."""
+    app = create_app(server=perplexity_emulator_factory(frame_delay=0).url, service="perplexity")
+    at, over = ({"model": "turbo", "messages": [{"role": "user", "content": "x" * size}]} for size in (100_000, 100_001))
+    taken, refused = asgi(app, ("POST", "/v1/chat/completions", at), ("POST", "/v1/chat/completions", over))
+    assert taken.status_code == 200 and taken.json()["choices"][0]["message"]["content"]
+    message = assert_openai_error(refused, 400, "invalid_value", None)
+    assert message == ("the request cannot be sent to Perplexity: expected a query of at most 100000 characters, "
+                       "got 100001")
+
+
+def test_the_configuration_from_the_environment() -> None:
+    from plabs_proto.backends.programs.gateway import GatewayConfig, GatewayError
+
+    config = GatewayConfig.from_env({"PLABS_WARM": "2", "PLABS_MAX_SESSIONS": "3", "PLABS_TIMEOUT": "2.5",
+                                     "PLABS_MODELS": "sonar", "PLABS_OPTIONS": "x", "PLABS_ANY_MODEL": "1"})
+    assert (config.warm, config.max_sessions, config.timeout, config.models, config.options, config.any_model) == (
+        2, 3, 2.5, None, {}, True)
+    with pytest.raises(GatewayError) as caught:
+        GatewayConfig.from_env({"PLABS_TIMEOUT": "soon"})
+    assert str(caught.value) == "expected PLABS_TIMEOUT as a number of seconds, got 'soon'"
+    with pytest.raises(GatewayError) as caught:
+        GatewayConfig.from_env({"PLABS_WARM": "2.0"})
+    assert str(caught.value) == "expected PLABS_WARM as a whole number, got '2.0'"
+    with pytest.raises(GatewayError) as caught:
+        GatewayConfig.from_env({"PLABS_ANY_MODEL": "yes"})
+    assert str(caught.value) == "expected PLABS_ANY_MODEL as 0 or 1, got 'yes'"

@@ -412,7 +412,7 @@ def _bad_request(message: str, code: str | None = None, param: str | None = None
     return _Refusal(400, message, "invalid_request_error", code, param=param)
 
 
-def _labs_refusal(exc: BaseException, name: str = "Perplexity Labs") -> _Refusal:
+def _labs_refusal(exc: LabsError, name: str = "Perplexity Labs") -> _Refusal:
     """The OpenAI error for a failure of the service's side (``name``: what to call the service)."""
     if isinstance(exc, LabsTimeout):
         return _Refusal(504, f"{name} timed out: {exc}", "api_error", "labs_timeout", deadline=exc.deadline)
@@ -424,9 +424,7 @@ def _labs_refusal(exc: BaseException, name: str = "Perplexity Labs") -> _Refusal
                         "labs_error", labs_text=exc.server_text)
     if isinstance(exc, LocalProtocolError):  # the request passed the gateway's checks but not the client's
         return _bad_request(f"the request cannot be sent to {name}: {exc}", "invalid_value")
-    if isinstance(exc, LabsError):
-        return _Refusal(502, f"the {name} session failed: {exc}", "api_error", "labs_unavailable")
-    return _Refusal(500, f"internal error of the gateway: {type(exc).__name__}", "api_error", "internal_error")
+    return _Refusal(502, f"the {name} session failed: {exc}", "api_error", "labs_unavailable")
 
 
 def _shown(value: Any) -> str:
