@@ -439,9 +439,10 @@ def access_log() -> Iterator[None]:
 
 
 def serving(capsys: pytest.CaptureFixture[str], argv: list[str], ask: Any, host: str = "127.0.0.1",
-            ) -> tuple[int, str, str, Any]:
+            stop: bool = True) -> tuple[int, str, str, Any]:
     """``plabs serve --port P ARGV`` in this process until ``ask(base)`` (run in a thread once the port
-    listens; base is ``http://HOST:P``) is done, then Ctrl-C: exit status, stdout, stderr, what ask returned."""
+    listens; base is ``http://HOST:P``) is done, then Ctrl-C (unless ``stop`` is False: ask sends its own
+    signal): exit status, stdout, stderr, what ask returned."""
     if ":" in host:
         with socket.socket(socket.AF_INET6) as probe:
             probe.bind((host, 0))
@@ -466,7 +467,7 @@ def serving(capsys: pytest.CaptureFixture[str], argv: list[str], ask: Any, host:
         except BaseException as exc:
             got["error"] = exc
         finally:
-            if not done.is_set():  # (a server that stopped by itself is not interrupted)
+            if stop and not done.is_set():  # (a server that stopped by itself is not interrupted)
                 os.kill(os.getpid(), signal.SIGINT)
 
     done = threading.Event()
@@ -844,3 +845,26 @@ def test_the_configuration_from_the_environment() -> None:
     with pytest.raises(GatewayError) as caught:
         GatewayConfig.from_env({"PLABS_ANY_MODEL": "yes"})
     assert str(caught.value) == "expected PLABS_ANY_MODEL as 0 or 1, got 'yes'"
+
+
+@pytest.mark.parametrize(("backend", "sig"), [("asyncio", signal.SIGINT), ("asyncio", signal.SIGTERM),
+                                               ("trio", signal.SIGINT), ("trio", signal.SIGTERM)])
+def test_serve_in_process_ctrl_c_or_sigterm_ends_open_streams(capsys: pytest.CaptureFixture[str],
+                                                               emulator_factory: EmulatorFactory, backend: str,
+                                                               sig: signal.Signals, access_log: None) -> None:
+    """A stream open when the signal comes ends at once with a shutting_down error event; the exit status is 0."""
+    slow = emulator_factory(answer="slow " * 200, chunk_size=5, frame_delay=0.05).url
+
+    def ask(base: str) -> str:
+        with httpx.stream("POST", base + "/v1/chat/completions", json={**CHAT, "stream": True}, timeout=30) as response:
+            lines = response.iter_lines()
+            got = [next(lines)]
+            os.kill(os.getpid(), sig)
+            got += list(lines)
+        return "\n".join(got)
+
+    started = time.monotonic()
+    status, _, err, text = serving(capsys, ["--server", slow, "--backend", backend, "--quiet"], ask, stop=False)
+    assert (status, err) == (0, "") and time.monotonic() - started < 8
+    *_, last = sse(text)
+    assert last["error"]["code"] == "shutting_down" and "[DONE]" not in text
