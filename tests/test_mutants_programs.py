@@ -693,15 +693,25 @@ def test_in_process_responses_whole_and_streamed(emulator_factory: EmulatorFacto
     assert set(kinds[4:-4]) == {"response.output_text.delta"}
     assert [event["sequence_number"] for event in events] == list(range(len(events)))
     assert "".join(event["delta"] for event in events[4:-4]) == answer
-    assert events[0]["response"]["status"] == "in_progress" and events[0]["response"]["output"] == []
+    for opening in (events[0], events[1]):
+        assert opening["response"]["status"] == "in_progress" and opening["response"]["output"] == []
+        assert opening["response"]["usage"] is None and opening["response"]["id"] == events[-1]["response"]["id"]
     assert events[2]["item"]["status"] == "in_progress" and events[2]["item"]["content"] == []
+    assert events[2]["output_index"] == events[-2]["output_index"] == 0
+    text_kinds = {"response.content_part.added", "response.output_text.delta", "response.output_text.done",
+                  "response.content_part.done"}
+    for event in events:
+        if event["type"] in text_kinds:
+            assert (event["item_id"], event["output_index"], event["content_index"]) == (events[2]["item"]["id"], 0, 0)
+    assert (streamed.headers["cache-control"], streamed.headers["x-accel-buffering"]) == ("no-cache", "no")
+    assert whole.headers["content-type"] == "application/json"
+    assert int(whole.headers["content-length"]) == len(whole.content)
     assert events[3]["part"] == {"type": "output_text", "text": "", "annotations": []}
     assert events[-4]["text"] == answer and events[-3]["part"]["text"] == answer
     assert events[-2]["item"]["content"][0]["text"] == answer and events[-2]["item"]["status"] == "completed"
     completed = events[-1]["response"]
     assert completed["status"] == "completed" and completed["output"][0]["content"][0]["text"] == answer
     assert completed["usage"] == usage and completed["id"] == events[0]["response"]["id"]
-    assert all(event["item_id"] == events[2]["item"]["id"] for event in events[3:-2] if "item_id" in event)
 
 
 def test_in_process_failures_before_and_after_the_first_chunk(emulator_factory: EmulatorFactory) -> None:
@@ -868,3 +878,26 @@ def test_serve_in_process_ctrl_c_or_sigterm_ends_open_streams(capsys: pytest.Cap
     assert (status, err) == (0, "") and time.monotonic() - started < 8
     *_, last = sse(text)
     assert last["error"]["code"] == "shutting_down" and "[DONE]" not in text
+
+
+def test_in_process_r1_without_think_streams_all_as_content(emulator_factory: EmulatorFactory) -> None:
+    """r1-1776 without </think>: streamed as reasoning, revised to the answer at the end; the content sent is exact,
+    the final chunk says the reasoning was taken back, and the Responses API sends the whole answer as deltas."""
+    app = create_app(server=emulator_factory(no_reasoning=True, answer="Short and plain.", frame_delay=0).url)
+    body = {"model": "r1-1776", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    chat, responses = asgi(app, ("POST", "/v1/chat/completions", body),
+                           ("POST", "/v1/responses", {"model": "r1-1776", "input": "hi", "stream": True}))
+    *chunks, final = sse(chat.text)
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == "Short and plain."
+    assert final["reasoning_revised"] is True and final["reasoning_content_final"] == ""
+    events = sse(responses.text)
+    assert "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta") == "Short and plain."
+    assert events[-1]["response"]["output"][0]["content"][0]["text"] == "Short and plain."
+
+
+def test_in_process_a_responses_answer_keeps_its_thread(perplexity_emulator_factory: Any) -> None:
+    app = create_app(server=perplexity_emulator_factory(frame_delay=0).url, service="perplexity")
+    for stream in (False, True):
+        answered, health = asgi(app, ("POST", "/v1/responses", {"model": "turbo", "input": f"hi {stream}",
+                                                                "stream": stream}), ("GET", "/health", None))
+        assert answered.status_code == 200 and health.json()["threads"] == 1 + stream

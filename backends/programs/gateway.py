@@ -1289,8 +1289,7 @@ class _Response(_Completion):
             elif isinstance(event, AnswerFinished):
                 finished = event
         assert finished is not None
-        if not (following and finished.text.startswith(sent)):
-            await self._open(send)
+        if not (following and finished.text.startswith(sent)):  # (then text was sent: the stream has begun)
             await self._fail(_rewritten(sent, finished.text), send)
             return
         rest = finished.text[len(sent):]
