@@ -210,7 +210,9 @@ def test_max_sessions_at_its_edge(emulator_factory: EmulatorFactory) -> None:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=30) as client:
             at_once = await asyncio.gather(*(client.post("/v1/chat/completions", content=body) for _ in range(3)))
-            return list(at_once), await client.post("/v1/chat/completions", content=body)
+            after = await client.post("/v1/chat/completions", content=body)
+            assert (await client.get("/health")).json()["active"] == 0  # every request left its slot
+            return list(at_once), after
 
     at_once, after = asyncio.run(main())
     assert sorted(response.status_code for response in at_once) == [200, 200, 429]
@@ -895,9 +897,46 @@ def test_in_process_r1_without_think_streams_all_as_content(emulator_factory: Em
     assert events[-1]["response"]["output"][0]["content"][0]["text"] == "Short and plain."
 
 
-def test_in_process_a_responses_answer_keeps_its_thread(perplexity_emulator_factory: Any) -> None:
+def test_in_process_an_answer_keeps_its_thread(perplexity_emulator_factory: Any) -> None:
+    """Every clean answer, on both APIs, whole or streamed, keeps its session for the conversation's next turn."""
     app = create_app(server=perplexity_emulator_factory(frame_delay=0).url, service="perplexity")
-    for stream in (False, True):
-        answered, health = asgi(app, ("POST", "/v1/responses", {"model": "turbo", "input": f"hi {stream}",
-                                                                "stream": stream}), ("GET", "/health", None))
-        assert answered.status_code == 200 and health.json()["threads"] == 1 + stream
+    kept = 0
+    for path in ("/v1/responses", "/v1/chat/completions"):
+        for stream in (False, True):
+            body = {"model": "turbo", "input": f"{path} {stream}", "stream": stream,
+                    "messages": [{"role": "user", "content": f"{path} {stream}"}]}
+            answered, health = asgi(app, ("POST", path, body), ("GET", "/health", None))
+            kept += 1
+            assert answered.status_code == 200 and health.json()["threads"] == kept
+
+
+def test_in_process_usage_counts_what_the_service_counted(emulator_factory: EmulatorFactory,
+                                                          perplexity_emulator_factory: Any) -> None:
+    """Labs counts its answer (tokens_streamed: here 5 frames of 8 characters); the ask service does not, so
+    the completion is estimated (a token per 4 bytes, reasoning included)."""
+    from plabs_proto.backends.programs.gateway import estimate_tokens
+
+    labs = create_app(server=emulator_factory(answer="x" * 40, no_reasoning=True, chunk_size=8, frame_delay=0).url)
+    chat, responses = asgi(labs, ("POST", "/v1/chat/completions", CHAT),
+                           ("POST", "/v1/responses", {"model": "sonar", "input": "hi"}))
+    assert chat.json()["usage"] == {"prompt_tokens": 1, "completion_tokens": 5, "total_tokens": 6}
+    usage = responses.json()["usage"]
+    assert (usage["input_tokens"], usage["output_tokens"], usage["total_tokens"]) == (1, 5, 6)
+    assert usage["output_tokens_details"] == {"reasoning_tokens": 0}
+    ask = create_app(server=perplexity_emulator_factory(answer="y" * 40, frame_delay=0).url, service="perplexity")
+    answered = asgi(ask, ("POST", "/v1/chat/completions", {**CHAT, "model": "turbo"}))[0].json()
+    message = answered["choices"][0]["message"]
+    estimated = estimate_tokens(message["content"]) + estimate_tokens(message.get("reasoning_content", ""))
+    assert answered["usage"]["completion_tokens"] == estimated >= 10
+
+
+def test_in_process_a_backend_that_needs_another_event_loop(silent: Silent, caplog: pytest.LogCaptureFixture) -> None:
+    """--backend trio under an asyncio server: the request gets OpenAI's 500, the log says why."""
+    app = create_app(server=silent.url, backend="trio")
+    response = asgi(app, ("POST", "/v1/chat/completions", CHAT))[0]
+    message = assert_openai_error(response, 500, "internal_error", None)
+    assert message == "internal error of the gateway: GatewayError"
+    [record] = [r for r in caplog.records if r.name == "plabs_proto.gateway"]
+    assert record.exc_info is not None
+    assert str(record.exc_info[1]) == "the trio backend needs an ASGI server running trio, but it runs asyncio"
+    assert silent.connections() == 0
