@@ -598,13 +598,19 @@ def test_serve_in_process_errors_are_one_line(capsys: pytest.CaptureFixture[str]
 PROMPT = "Say something about sans-IO"
 
 
-def asgi(app: Any, *requests: tuple[str, str, Any]) -> list[httpx.Response]:
-    """Each (method, path, JSON body) request to ``app`` in turn, in process."""
+def asgi(app: Any, *requests: tuple[str, str, Any], lifespan: bool = False) -> list[httpx.Response]:
+    """Each (method, path, JSON body) request to ``app`` in turn, in process (inside the app's lifespan when
+    ``lifespan``: what it keeps, the ask service's threads, is closed at its end)."""
 
     async def main() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=30) as client:
+        async with contextlib.AsyncExitStack() as stack:
+            if lifespan:
+                await stack.enter_async_context(app.router.lifespan_context(app))
+            client = await stack.enter_async_context(
+                httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=30))
             return [await client.request(method, path, json=body) for method, path, body in requests]
+        raise AssertionError("unreachable")
 
     return asyncio.run(main())
 
@@ -900,14 +906,15 @@ def test_in_process_r1_without_think_streams_all_as_content(emulator_factory: Em
 def test_in_process_an_answer_keeps_its_thread(perplexity_emulator_factory: Any) -> None:
     """Every clean answer, on both APIs, whole or streamed, keeps its session for the conversation's next turn."""
     app = create_app(server=perplexity_emulator_factory(frame_delay=0).url, service="perplexity")
-    kept = 0
+    requests: list[tuple[str, str, Any]] = []
     for path in ("/v1/responses", "/v1/chat/completions"):
         for stream in (False, True):
             body = {"model": "turbo", "input": f"{path} {stream}", "stream": stream,
                     "messages": [{"role": "user", "content": f"{path} {stream}"}]}
-            answered, health = asgi(app, ("POST", path, body), ("GET", "/health", None))
-            kept += 1
-            assert answered.status_code == 200 and health.json()["threads"] == kept
+            requests += [("POST", path, body), ("GET", "/health", None)]
+    responses = asgi(app, *requests, lifespan=True)
+    assert all(answered.status_code == 200 for answered in responses[::2])
+    assert [health.json()["threads"] for health in responses[1::2]] == [1, 2, 3, 4]
 
 
 def test_in_process_usage_counts_what_the_service_counted(emulator_factory: EmulatorFactory,
@@ -940,3 +947,36 @@ def test_in_process_a_backend_that_needs_another_event_loop(silent: Silent, capl
     assert record.exc_info is not None
     assert str(record.exc_info[1]) == "the trio backend needs an ASGI server running trio, but it runs asyncio"
     assert silent.connections() == 0
+
+
+def test_in_process_a_conversation_continues_its_thread_per_caller(perplexity_emulator_factory: Any) -> None:
+    """A later turn whose history this gateway answered, for the same Authorization, is a follow-up (only its
+    question goes out, and the emulator answers that); any other history is folded into a new thread."""
+    from plabs_proto.backends.programs.emulator_perplexity import default_answer as ask_answer
+    from plabs_proto.backends.programs.gateway import fold_history
+
+    app = create_app(server=perplexity_emulator_factory(frame_delay=0).url, service="perplexity")
+
+    first = [{"role": "user", "content": "What is sans-IO?"}]
+    second = [*first, {"role": "assistant", "content": ask_answer(first[0]["content"])},
+              {"role": "user", "content": "Why?"}]
+    other = [*first, {"role": "assistant", "content": "Not ours."}, {"role": "user", "content": "Why?"}]
+
+    async def main() -> list[str]:
+        transport = httpx.ASGITransport(app=app)
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+                transport=transport, base_url="http://gateway", timeout=30) as client:
+            answers = []
+            for messages, caller in ((first, "Bearer one"), (second, "Bearer two"), (other, "Bearer one"),
+                                     (second, "Bearer one"), (second, "Bearer one")):
+                response = await client.post("/v1/chat/completions", json={"model": "turbo", "messages": messages},
+                                             headers={"Authorization": caller})
+                answers.append(response.json()["choices"][0]["message"]["content"])
+            return answers
+
+    answered, by_another, not_ours, follow_up, again = asyncio.run(main())
+    assert answered == second[1]["content"]
+    assert by_another == ask_answer(fold_history(second))  # another caller: a new thread
+    assert not_ours == ask_answer(fold_history(other))
+    assert follow_up == ask_answer("Why?")  # the follow-up, in the thread of the first answer
+    assert again == ask_answer(fold_history(second))  # taken: a thread continues once
