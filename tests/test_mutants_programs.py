@@ -280,6 +280,8 @@ def test_plabs_in_process_ask_json(capsys: pytest.CaptureFixture[str], labs_url:
     assert finished["text"] == default_answer("sonar-reasoning", "Hi") == "".join(
         e["text"] for e in events if e["event"] == "text")
     assert finished["reasoning"] == "".join(e["text"] for e in events if e["event"] == "reasoning")
+    assert set(finished) == {"event", "model", "text", "reasoning", "citations", "elapsed_time", "tokens_streamed"}
+    assert finished["tokens_streamed"] > 0 and finished["model"] == "sonar-reasoning"
     assert events[-2] == {"event": "citations", "citations": list(SONAR_CITATIONS)}
     quiet = plabs(capsys, "ask", "--server", labs_url, "--json", "--no-reasoning", "--model", "sonar-reasoning", "Hi")
     assert "reasoning" not in {json.loads(line)["event"] for line in quiet[1].splitlines()}
@@ -359,6 +361,8 @@ def test_plabs_in_process_unknown_model_is_sent_after_one_warning(capsys: pytest
      "plabs emulator: error: --ping-interval is not an option of the perplexity emulator"),
     (["emulator", "--service", "perplexity", "--rate-limit", "poll"], 2,
      "plabs emulator: error: --rate-limit of the perplexity emulator takes one of session, ask, all, got 'poll'"),
+    (["emulator", "--redirect-to", "http://x/\nLocation: y"], 2,
+     "plabs emulator: error: redirect_to must be one header line, got 'http://x/\\nLocation: y'"),
     (["emulator", "--redirect", "ask"], 2,
      "plabs emulator: error: --redirect of the labs emulator takes one of polling, post, poll, upgrade, all, "
      "got 'ask'"),
@@ -980,3 +984,119 @@ def test_in_process_a_conversation_continues_its_thread_per_caller(perplexity_em
     assert not_ours == ask_answer(fold_history(other))
     assert follow_up == ask_answer("Why?")  # the follow-up, in the thread of the first answer
     assert again == ask_answer(fold_history(second))  # taken: a thread continues once
+
+
+def test_plabs_in_process_citations_of_every_shape_and_a_text_stdin(capsys: pytest.CaptureFixture[str],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from plabs_proto.backends.programs.cli import EventPrinter
+    from plabs_proto.events import AnswerFinished, Citations
+
+    out, err = io.StringIO(), io.StringIO()
+    printer = EventPrinter(json_lines=False, reasoning=False, stdout=out, stderr=err)
+    printer.event(Citations(citations=({"name": "N", "url": "https://n"}, {"title": "T", "link": "https://t"},
+                                       {"title": "", "url": "https://u"}, "https://s", {"x": "é"})))
+    printer.event(AnswerFinished(model="m", text="", reasoning="", citations=()))
+    assert out.getvalue() == ("\nCitations:\n[1] N <https://n>\n[2] T <https://t>\n[3] https://u\n[4] https://s\n"
+                              '[5] {"x": "é"}\n')
+    monkeypatch.setattr(sys, "stdin", io.StringIO("ok\udcff"))  # a text stream, no bytes beneath
+    status, _, err_text = plabs(capsys, "ask", "--server", "http://127.0.0.1:1", "-")
+    assert (status, err_text.splitlines()[-1]) == (2, "plabs ask: error: expected UTF-8 text in standard input, "
+                                                      "got the byte 0xff at offset 2 (convert the text to UTF-8 "
+                                                      "first, e.g. with iconv)")
+
+
+def test_plabs_in_process_a_warning_on_a_failing_stderr_does_not_stop_the_answer(
+        labs_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from plabs_proto.backends.programs.cli import main
+
+    class Failing(io.StringIO):
+        def write(self, text: str) -> int:
+            raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(sys, "stderr", Failing())
+    assert main(["ask", "--server", labs_url, "--no-reasoning", "--model", "sonar-next", "hi"]) == 0
+    assert capsys.readouterr().out.startswith(default_answer("sonar-next", "hi"))
+
+
+def test_plabs_in_process_trio_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """(trio raises them inside exception groups.)"""
+    status, out, err = plabs(capsys, "ask", "--backend", "trio", "--server", "http://127.0.0.1:1", "hi")
+    assert (status, out) == (1, "") and err.count("\n") == 1
+    assert err.startswith("plabs: error: expected to connect to the server at 127.0.0.1:1, ")
+
+
+def test_plabs_in_process_models_live(capsys: pytest.CaptureFixture[str], perplexity_emulator_factory: Any) -> None:
+    url = perplexity_emulator_factory().url
+    status, out, err = plabs(capsys, "models", "--service", "perplexity", "--live", "--server", url,
+                             "--backend", "asyncio")
+    assert (status, err) == (0, "") and out.splitlines()[0] == "turbo" and len(out.splitlines()) > 1
+
+
+def emulating(capsys: pytest.CaptureFixture[str], argv: list[str], ask: Any) -> tuple[int, str, str, Any]:
+    """``plabs emulator --port P ARGV`` in this process until ``ask(url)`` is done in a thread, then Ctrl-C."""
+    port = free_port()
+    got: dict[str, Any] = {}
+    done = threading.Event()
+
+    def client() -> None:
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.02)
+            got["value"] = ask(f"http://127.0.0.1:{port}")
+        except BaseException as exc:
+            got["error"] = exc
+        finally:
+            if not done.is_set():
+                os.kill(os.getpid(), signal.SIGINT)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        status, out, err = plabs(capsys, "emulator", "--host", "127.0.0.1", "--port", str(port), *argv)
+    finally:
+        done.set()
+        while thread.is_alive():
+            with contextlib.suppress(KeyboardInterrupt):
+                thread.join(30)
+    if "error" in got:
+        raise got["error"]
+    return status, out, err, got["value"]
+
+
+def test_plabs_in_process_emulator_serves_what_it_is_told(capsys: pytest.CaptureFixture[str]) -> None:
+    from plabs_proto.backends import sync
+    from plabs_proto.errors import ChallengeError, RateLimitedError
+
+    def answer(url: str, **options: Any) -> Any:
+        try:
+            with sync.connect(server=url, **options) as session:
+                events = list(session.query("hi", model="sonar-reasoning" if "service" not in options else "turbo"))
+            finished = events[-1]
+            return finished.text, finished.reasoning
+        except (ChallengeError, RateLimitedError) as exc:
+            return type(exc).__name__, getattr(exc, "retry_after", None)
+
+    status, out, err, got = emulating(capsys, ["--answer", "Served.", "--reasoning", "Thought.", "--frame-delay", "0"],
+                                      answer)
+    url = out.strip()
+    assert (status, got) == (0, ("Served.", "Thought.")) and url.startswith("http://127.0.0.1:")
+    assert err == (f'plabs: the Labs emulator serves {url} until Ctrl-C: `plabs ask --server {url} "..."`, '
+                   f'or server="{url}" in Python\n')
+    assert emulating(capsys, ["--cloudflare", "polling", "--rate-limit-page", "cloudflare"], answer)[3] == (
+        "ChallengeError", None)
+    status, out, err, got = emulating(capsys, ["--service", "perplexity", "--rate-limit", "ask", "--retry-after", "9"],
+                                      lambda url: answer(url, service="perplexity"))
+    url = out.strip()
+    assert (status, got) == (0, ("RateLimitedError", 9.0))
+    assert err == (f"plabs: the Perplexity emulator serves {url} until Ctrl-C: `plabs ask --service perplexity "
+                   f'--server {url} "..."`, or server="{url}" in Python\n')
+    served = emulating(capsys, ["--service", "perplexity", "--answer", "Half and half.", "--early-final",
+                                "--frame-delay", "0.001"], lambda url: answer(url, service="perplexity"))[3]
+    assert served[0] == "Half and half."
