@@ -989,6 +989,7 @@ def test_in_process_a_conversation_continues_its_thread_per_caller(perplexity_em
 def test_plabs_in_process_citations_of_every_shape_and_a_text_stdin(capsys: pytest.CaptureFixture[str],
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from plabs_proto.backends.programs.cli import EventPrinter
+
     from plabs_proto.events import AnswerFinished, Citations
 
     out, err = io.StringIO(), io.StringIO()
@@ -1072,6 +1073,7 @@ def emulating(capsys: pytest.CaptureFixture[str], argv: list[str], ask: Any) -> 
 
 def test_plabs_in_process_emulator_serves_what_it_is_told(capsys: pytest.CaptureFixture[str]) -> None:
     from plabs_proto.backends import sync
+
     from plabs_proto.errors import ChallengeError, RateLimitedError
 
     def answer(url: str, **options: Any) -> Any:
