@@ -1102,3 +1102,15 @@ def test_plabs_in_process_emulator_serves_what_it_is_told(capsys: pytest.Capture
     served = emulating(capsys, ["--service", "perplexity", "--answer", "Half and half.", "--early-final",
                                 "--frame-delay", "0.001"], lambda url: answer(url, service="perplexity"))[3]
     assert served[0] == "Half and half."
+
+
+def test_plabs_in_process_a_closed_stderr_is_no_terminal(labs_url: str, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """(No waiting indicator is written to it: the answer still comes.)"""
+    from plabs_proto.backends.programs.cli import main
+
+    closed = io.StringIO()
+    closed.close()
+    monkeypatch.setattr(sys, "stderr", closed)
+    assert main(["ask", "--server", labs_url, "--no-reasoning", "--model", "sonar", "hi"]) == 0
+    assert capsys.readouterr().out == default_answer("sonar", "hi") + "\n"
