@@ -486,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _printer(args: argparse.Namespace) -> EventPrinter:
-    dim = sys.stderr.isatty() and not os.environ.get("NO_COLOR")
+    dim = _is_terminal(sys.stderr) and not os.environ.get("NO_COLOR")
     return EventPrinter(
         json_lines=args.json, reasoning=not args.no_reasoning, stdout=sys.stdout, stderr=sys.stderr, dim=dim
     )
