@@ -1114,3 +1114,48 @@ def test_plabs_in_process_a_closed_stderr_is_no_terminal(labs_url: str, monkeypa
     monkeypatch.setattr(sys, "stderr", closed)
     assert main(["ask", "--server", labs_url, "--no-reasoning", "--model", "sonar", "hi"]) == 0
     assert capsys.readouterr().out.startswith(default_answer("sonar", "hi") + "\n\nCitations:\n")
+
+
+def test_in_process_a_shutdown_ends_open_streams(emulator_factory: EmulatorFactory) -> None:
+    """begin_shutdown (what plabs serve calls on Ctrl-C) once the first chunk is out: the stream ends at once
+    with a shutting_down event; a new request is a 503.  (Driven through ASGI by hand: httpx's ASGITransport
+    hands over a response only once it is complete.)"""
+    from plabs_proto.backends.programs.gateway import begin_shutdown
+
+    app = create_app(server=emulator_factory(answer="slow " * 200, chunk_size=5, frame_delay=0.05).url)
+    sent: list[Any] = []
+    asked: list[bool] = []
+
+    async def receive() -> dict[str, Any]:
+        if not asked:
+            asked.append(True)
+            return {"type": "http.request", "body": json.dumps({**CHAT, "stream": True}).encode(), "more_body": False}
+        await asyncio.Event().wait()  # the client stays
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body" and len(sent) == 2:
+            begin_shutdown(app)
+
+    async def main() -> httpx.Response:
+        scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "root_path": "",
+                 "headers": [(b"content-type", b"application/json")], "query_string": b"", "http_version": "1.1",
+                 "scheme": "http", "server": ("gateway", 80), "client": ("test", 1)}
+        async with app.router.lifespan_context(app):
+            await app(scope, receive, send)
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=30) as client:
+                return await client.post("/v1/chat/completions", json=CHAT)
+
+    started = time.monotonic()
+    after = asyncio.run(main())
+    assert time.monotonic() - started < 5
+    assert sent[0]["status"] == 200 and [m["more_body"] for m in sent[1:]] == [True, False]
+    text = b"".join(m["body"] for m in sent[1:]).decode()
+    *_, last = sse(text)
+    assert last == {"error": {"message": "the gateway is shutting down", "type": "api_error", "param": None,
+                              "code": "shutting_down"}}
+    assert "[DONE]" not in text
+    message = assert_openai_error(after, 503, "shutting_down", None)
+    assert message == "the gateway is shutting down" and after.json()["error"]["type"] == "api_error"
