@@ -565,6 +565,20 @@ def test_serve_in_process_the_settings_reach_the_gateway(capsys: pytest.CaptureF
 
     perplexity = ["--service", "perplexity", "--server", ask_url, "--quiet"]
     assert serving(capsys, [*perplexity, "--any-model"], threads)[3] == ("sonar", 1)
+
+    def second_turn(base: str) -> str:
+        first = [{"role": "user", "content": "q"}]
+        answer = httpx.post(base + "/v1/chat/completions", json={"model": "turbo", "messages": first}, timeout=30)
+        second = [*first, {"role": "assistant", "content": answer.json()["choices"][0]["message"]["content"]},
+                  {"role": "user", "content": "Why?"}]
+        followed = httpx.post(base + "/v1/chat/completions", json={"model": "turbo", "messages": second}, timeout=30)
+        return str(followed.json()["choices"][0]["message"]["content"])
+
+    from plabs_proto.backends.programs.emulator_perplexity import default_answer as ask_answer
+
+    assert serving(capsys, perplexity, second_turn)[3] == ask_answer("Why?")  # the thread continued
+    expired = serving(capsys, [*perplexity, "--thread-age", "1e-9"], second_turn)[3]
+    assert expired != ask_answer("Why?") and expired.startswith(ask_answer("user: q")[:40])  # too old: a new thread
     assert serving(capsys, [*perplexity, "--any-model", "--max-threads", "0"], threads)[3] == ("sonar", 0)
     unknown = serving(capsys, perplexity, lambda base: httpx.post(base + "/v1/chat/completions", json=CHAT))[3]
     assert assert_openai_error(unknown, 404, "model_not_found", "model").startswith('The model "sonar" does not exist')
