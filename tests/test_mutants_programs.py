@@ -1173,3 +1173,63 @@ def test_in_process_a_shutdown_ends_open_streams(emulator_factory: EmulatorFacto
     assert "[DONE]" not in text
     message = assert_openai_error(after, 503, "shutting_down", None)
     assert message == "the gateway is shutting down" and after.json()["error"]["type"] == "api_error"
+
+
+@pytest.mark.parametrize(("path", "body", "status", "code", "param", "message"), [
+    ("/v1/chat/completions", {"model": 3, "messages": USER}, 400, None, "model", "expected 'model' as a string, got 3"),
+    ("/v1/chat/completions", {"model": "sonar", "messages": USER, "stream": "yes"}, 400, None, "stream",
+     "expected 'stream' as true or false, got \"yes\""),
+    ("/v1/chat/completions", {"model": "sonar", "messages": USER, "tools": [{"type": "function"}]}, 400,
+     "unsupported_parameter", "tools", "Perplexity Labs cannot call tools: 'tools' is not supported"),
+    ("/v1/chat/completions", {"model": "sonar", "messages": USER, "function_call": "auto"}, 400,
+     "unsupported_parameter", "function_call", "Perplexity Labs cannot call tools: 'function_call' is not supported"),
+    ("/v1/chat/completions", {"model": "sonar", "messages": [{"role": "user", "content": [3]}]}, 400, None,
+     "messages", "messages[0].content[0]: expected an object, got 3"),
+    ("/v1/chat/completions", {"model": "sonar", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "https://i"}}]}]}, 400, "unsupported_content", "messages",
+     "messages[0].content[0]: expected a part of type 'text', got \"image_url\": Perplexity Labs takes text only"),
+    ("/v1/responses", {"model": "sonar", "input": "hi", "instructions": 3}, 400, None, "instructions",
+     "expected 'instructions' as a string, got 3"),
+    ("/v1/responses", {"model": "sonar", "input": "hi", "previous_response_id": "resp_1"}, 400,
+     "unsupported_parameter", "previous_response_id",
+     "this gateway keeps no responses: send the whole conversation in 'input' instead of 'previous_response_id'"),
+])
+def test_the_refusals_say_what_was_expected_and_what_came(silent: Silent, path: str, body: Any, status: int,
+                                                          code: str | None, param: str | None, message: str) -> None:
+    app = create_app(server=silent.url)
+    assert assert_openai_error(call(app, "POST", path, json.dumps(body).encode()), status, code, param) == message
+    assert silent.connections() == 0
+
+
+def test_text_parts_are_joined_and_a_model_id_must_be_utf8(silent: Silent) -> None:
+    from plabs_proto.backends.programs.gateway import (
+        GatewayConfig,
+        parse_chat_request,
+        parse_responses_request,
+    )
+
+    parts = [{"type": "text", "text": "hi"}, {"type": "text", "text": ""}, {"type": "text", "text": "there"}]
+    assert parse_chat_request({"model": "sonar", "messages": [{"role": "user", "content": parts}]}).messages == [
+        {"role": "user", "content": "hi\nthere"}]
+    items = [{"role": "user", "content": [{"type": "input_text", "text": "a"}, {"type": "text", "text": "b"}]}]
+    assert parse_responses_request({"model": "sonar", "input": items}).messages == [{"role": "user", "content": "a\nb"}]
+    app = create_app(server=silent.url, any_model=True)
+    body = b'{"model": "\\udfff", "messages": [{"role": "user", "content": "hi"}]}'
+    message = assert_openai_error(call(app, "POST", "/v1/chat/completions", body), 400, None, "model")
+    assert message == 'expected \'model\' as text that can be sent as UTF-8, got "\\udfff"'
+    assert GatewayConfig().any_model is False
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"backend": "uvloop"}, "expected the backend to be one of auto, asyncio, trio, curl, got 'uvloop'"),
+    ({"api_key": ""}, "expected a non-empty api key (or none)"),
+])
+def test_bad_gateway_settings_are_refused_at_startup(settings: dict[str, Any], message: str) -> None:
+    from plabs_proto.backends.programs.gateway import GatewayConfig, GatewayError
+
+    with pytest.raises(GatewayError) as caught:
+        create_app(**settings)
+    assert str(caught.value) == message
+    with pytest.raises(GatewayError) as caught:
+        create_app(GatewayConfig(), server="http://127.0.0.1:1")  # type: ignore[call-arg]
+    assert str(caught.value) == "give either a GatewayConfig or keyword settings, not both"
