@@ -858,7 +858,8 @@ def test_in_process_the_ask_services_query_limit_at_its_edge(perplexity_emulator
     400 that names both, before anything is asked."""
     app = create_app(server=perplexity_emulator_factory(frame_delay=0).url, service="perplexity")
     at, over = ({"model": "turbo", "messages": [{"role": "user", "content": "x" * size}]} for size in (100_000, 100_001))
-    taken, refused = asgi(app, ("POST", "/v1/chat/completions", at), ("POST", "/v1/chat/completions", over))
+    taken, refused = asgi(app, ("POST", "/v1/chat/completions", at), ("POST", "/v1/chat/completions", over),
+                           lifespan=True)  # (the lifespan closes the thread kept)
     assert taken.status_code == 200 and taken.json()["choices"][0]["message"]["content"]
     message = assert_openai_error(refused, 400, "invalid_value", None)
     assert message == ("the request cannot be sent to Perplexity: expected a query of at most 100000 characters, "
@@ -949,7 +950,7 @@ def test_in_process_usage_counts_what_the_service_counted(emulator_factory: Emul
     assert (usage["input_tokens"], usage["output_tokens"], usage["total_tokens"]) == (1, 5, 6)
     assert usage["output_tokens_details"] == {"reasoning_tokens": 0}
     ask = create_app(server=perplexity_emulator_factory(answer="y" * 40, frame_delay=0).url, service="perplexity")
-    answered = asgi(ask, ("POST", "/v1/chat/completions", {**CHAT, "model": "turbo"}))[0].json()
+    answered = asgi(ask, ("POST", "/v1/chat/completions", {**CHAT, "model": "turbo"}), lifespan=True)[0].json()
     message = answered["choices"][0]["message"]
     estimated = estimate_tokens(message["content"]) + estimate_tokens(message.get("reasoning_content", ""))
     assert answered["usage"]["completion_tokens"] == estimated >= 10
