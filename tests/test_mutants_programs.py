@@ -1234,3 +1234,23 @@ def test_bad_gateway_settings_are_refused_at_startup(settings: dict[str, Any], m
     with pytest.raises(GatewayError) as caught:
         create_app(GatewayConfig(), server="http://127.0.0.1:1")  # type: ignore[call-arg]
     assert str(caught.value) == "give either a GatewayConfig or keyword settings, not both"
+
+
+def test_plabs_in_process_version_backend_choices_mode_and_impersonate(
+        capsys: pytest.CaptureFixture[str], labs_url: str, perplexity_emulator_factory: Any) -> None:
+    from importlib.metadata import version
+
+    status, out, _ = plabs(capsys, "--version")
+    assert (status, out) == (0, f"plabs {version('plabs-proto')}\n")
+    status, _, err = plabs(capsys, "ask", "--backend", "nosuch", "hi")
+    assert status == 2 and "argument --backend: invalid choice: 'nosuch'" in err.splitlines()[-1]
+    ask_url = perplexity_emulator_factory(answer="In a mode.").url
+    status, out, err = plabs(capsys, "ask", "--service", "perplexity", "--server", ask_url, "--mode", "copilot", "hi")
+    assert (status, err) == (0, "") and out.startswith("In a mode.\n\nCitations:\n")
+    pytest.importorskip("curl_cffi")
+    status, out, err = plabs(capsys, "ask", "--server", labs_url, "--impersonate", "chrome", "--no-reasoning",
+                             "--model", "sonar", "hi")  # --impersonate alone picks curl
+    assert (status, err) == (0, "") and out.startswith(default_answer("sonar", "hi"))
+    status, out, err = plabs(capsys, "models", "--service", "perplexity", "--live", "--server", ask_url,
+                             "--backend", "curl")
+    assert (status, err) == (0, "") and out.splitlines()[0] == "turbo"
