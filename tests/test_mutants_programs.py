@@ -856,11 +856,11 @@ def test_serve_in_process_an_error_with_stderr_gone_is_still_status_1(monkeypatc
 def test_in_process_the_ask_services_query_limit_at_its_edge(perplexity_emulator_factory: Any) -> None:
     """The ask endpoint takes a query of at most 100000 characters (fewer than MAX_PROMPT's bytes): one more is a
     400 that names both, before anything is asked."""
-    app = create_app(server=perplexity_emulator_factory(frame_delay=0).url, service="perplexity")
+    app = create_app(server=perplexity_emulator_factory(frame_delay=0, answer="Taken.").url, service="perplexity")
     at, over = ({"model": "turbo", "messages": [{"role": "user", "content": "x" * size}]} for size in (100_000, 100_001))
     taken, refused = asgi(app, ("POST", "/v1/chat/completions", at), ("POST", "/v1/chat/completions", over),
                            lifespan=True)  # (the lifespan closes the thread kept)
-    assert taken.status_code == 200 and taken.json()["choices"][0]["message"]["content"]
+    assert taken.status_code == 200 and taken.json()["choices"][0]["message"]["content"] == "Taken."
     message = assert_openai_error(refused, 400, "invalid_value", None)
     assert message == ("the request cannot be sent to Perplexity: expected a query of at most 100000 characters, "
                        "got 100001")
