@@ -3,11 +3,13 @@
 #   benchmarks/mutate.sh inflate          (or websocket, http, proxy, stack, tls, jsondepth, refusal,
 #                                          browser, trace, headers, engineio_session, session, client,
 #                                          config, state; pplx-sse, pplx-patch, pplx-answer, ... for
-#                                          plabs_proto/perplexity/)
+#                                          plabs_proto/perplexity/; the programs: gateway, arguments,
+#                                          serve, cli)
 # The copy (/tmp/plabs-mutate-MODULE) holds the worktree's tracked files as they are now, with backends/
 # moved under plabs_proto/ (mutmut's mutants/ copy does not see the package-dir mapping, and
 # tests/conftest.py imports the backends) and a [tool.mutmut] section naming the module and the test
 # files that exercise it; the worktree itself gets no mutmut config and no mutants/.
+# More arguments are mutant names (globs) for mutmut run: a sample, e.g. 'plabs_proto.*x_create_app*'.
 # Needs mutmut in .venv (.venv/bin/pip install mutmut==3.8.1; not a project dependency).
 # Afterwards: cd /tmp/plabs-mutate-MODULE && mutmut results  (mutmut show NAME shows a mutant's diff).
 set -euo pipefail
@@ -62,6 +64,18 @@ case $module in
                tests='"tests/test_perplexity_request.py", "tests/test_mutants_perplexity.py"' ;;
     pplx-session) path=plabs_proto/perplexity/session.py
                tests='"tests/test_perplexity_session.py", "tests/test_perplexity_request.py", "tests/test_mutants_perplexity.py"' ;;
+    # The programs: only tests that run the module in process count (mutmut's mutants are not what a
+    # `plabs` subprocess imports); -k leaves out the tests that start a gateway or a `plabs` subprocess, and
+    # for the gateway those that serve it with uvicorn (which takes mutmut's trampoline of _App.__call__,
+    # a plain function returning a coroutine, for an ASGI2 app and fails at startup).
+    gateway)   path=plabs_proto/backends/programs/gateway.py
+               tests='"tests/test_mutants_programs.py", "tests/test_gateway_hostile.py", "tests/test_gateway.py", "tests/test_gateway_perplexity.py", "-k", "not end_to_end and not retry_what and not serve_in_process and (hostile or mutants_programs or in_process or root_path or estimate_tokens or fold_history or config_from or models_served or thread_cache or thread_keys or from_the_environment or bad_settings)"' ;;
+    arguments) path=plabs_proto/backends/programs/arguments.py
+               tests='"tests/test_mutants_programs.py", "-k", "arguments"' ;;
+    serve)     path=plabs_proto/backends/programs/serve.py
+               tests='"tests/test_mutants_programs.py", "-k", "serve"' ;;
+    cli)       path=plabs_proto/backends/programs/cli.py
+               tests='"tests/test_mutants_programs.py", "tests/test_perplexity_cli.py", "tests/test_cli.py", "-k", "printer or plabs_in_process or perplexity_cli"' ;;
     *) echo "benchmarks/mutate.sh: unknown module $module" >&2; exit 2 ;;
 esac
 deselect=''
@@ -81,5 +95,5 @@ only_mutate = ["$path"]
 pytest_add_cli_args_test_selection = [$tests]
 pytest_add_cli_args = ["-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly"$deselect]
 TOML
-PATH=$venv/bin:$PATH nice -n 10 "$venv/bin/mutmut" run --max-children 1
+PATH=$venv/bin:$PATH nice -n 10 "$venv/bin/mutmut" run --max-children 1 "${@:2}"
 PATH=$venv/bin:$PATH "$venv/bin/mutmut" results

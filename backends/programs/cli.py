@@ -102,6 +102,7 @@ _GUARD_STEPS = ("polling", "post", "poll", "upgrade", "all")
 _SSE_GUARD_STEPS = ("session", "ask", "catalog", "all")
 _ALL_GUARD_STEPS = (*_GUARD_STEPS[:-1], *_SSE_GUARD_STEPS)
 _SHAPES = ("steps", "blocks", "workflow")
+_CURL_NO_TRACE = "--trace records our own bytes; with --backend curl, curl keeps them (drop --trace)"
 
 
 class _UsageError(Exception):
@@ -485,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _printer(args: argparse.Namespace) -> EventPrinter:
-    dim = sys.stderr.isatty() and not os.environ.get("NO_COLOR")
+    dim = _is_terminal(sys.stderr) and not os.environ.get("NO_COLOR")
     return EventPrinter(
         json_lines=args.json, reasoning=not args.no_reasoning, stdout=sys.stdout, stderr=sys.stderr, dim=dim
     )
@@ -576,6 +577,8 @@ def _cmd_ask(args: argparse.Namespace, printer: EventPrinter) -> int:
             raise _Failure(f"cannot read the CA file {args.cafile!r}: {exc.strerror or exc}") from None
     trace_file: IO[str] | None = None
     if args.trace is not None:
+        if choose_backend(args.backend, live=False, traced=True, impersonate=args.impersonate) == "curl":
+            raise _Failure(_CURL_NO_TRACE)  # refused before the file is opened (and an old trace emptied)
         try:
             trace_file = open(args.trace, "w", encoding="utf-8")  # noqa: SIM115 - closed in the finally below
         except OSError as exc:
@@ -678,8 +681,7 @@ def _ask_curl(
 ) -> None:
     import asyncio
 
-    if recorder is not None:
-        raise _Failure("--trace records our own bytes; with --backend curl, curl keeps them (drop --trace)")
+    assert recorder is None  # _cmd_ask refuses --trace with curl before opening the file
     try:
         from .. import curl as backend
     except ImportError as exc:

@@ -425,7 +425,7 @@ def _bad_request(message: str, code: str | None = None, param: str | None = None
     return _Refusal(400, message, "invalid_request_error", code, param=param)
 
 
-def _labs_refusal(exc: BaseException, name: str = "Perplexity Labs") -> _Refusal:
+def _labs_refusal(exc: LabsError, name: str = "Perplexity Labs") -> _Refusal:
     """The OpenAI error for a failure of the service's side (``name``: what to call the service)."""
     if isinstance(exc, LabsTimeout):
         return _Refusal(504, f"{name} timed out: {exc}", "api_error", "labs_timeout", deadline=exc.deadline)
@@ -437,9 +437,7 @@ def _labs_refusal(exc: BaseException, name: str = "Perplexity Labs") -> _Refusal
                         "labs_error", labs_text=exc.server_text)
     if isinstance(exc, LocalProtocolError):  # the request passed the gateway's checks but not the client's
         return _bad_request(f"the request cannot be sent to {name}: {exc}", "invalid_value")
-    if isinstance(exc, LabsError):
-        return _Refusal(502, f"the {name} session failed: {exc}", "api_error", "labs_unavailable")
-    return _Refusal(500, f"internal error of the gateway: {type(exc).__name__}", "api_error", "internal_error")
+    return _Refusal(502, f"the {name} session failed: {exc}", "api_error", "labs_unavailable")
 
 
 def _shown(value: Any) -> str:
@@ -464,11 +462,8 @@ def fold_history(messages: list[dict[str, str]]) -> str:
     under its role, then the last message.  (Labs takes the conversation as it is; the perplexity
     service asks this when the history continues no thread of this gateway's, see :class:`ThreadCache`.)
     """
-    if len(messages) == 1 and messages[0]["role"] == "user":
-        return messages[0]["content"]
     *earlier, last = messages
-    lines = [f"{message['role']}: {message['content']}" for message in earlier]
-    return "\n\n".join([*lines, last["content"]]) if lines else last["content"]
+    return "\n\n".join([*(f"{message['role']}: {message['content']}" for message in earlier), last["content"]])
 
 
 def thread_key(caller: str, messages: list[dict[str, str]]) -> str:
@@ -1369,8 +1364,7 @@ class _Response(_Completion):
             elif isinstance(event, AnswerFinished):
                 finished = event
         assert finished is not None
-        if not (following and finished.text.startswith(sent)):
-            await self._open(send)
+        if not (following and finished.text.startswith(sent)):  # (then text was sent: the stream has begun)
             await self._fail(_rewritten(sent, finished.text, self.sessions.name), send)
             return
         rest = finished.text[len(sent):]
@@ -1519,7 +1513,7 @@ def create_app(config: GatewayConfig | None = None, **settings: Any) -> Starlett
             part = message.get("body", b"")
             size += len(part)
             if size > MAX_BODY:
-                raise _Refusal(413, f"expected a request body of at most {MAX_BODY} bytes, got more",
+                raise _Refusal(413, f"expected a request body of at most {MAX_BODY} bytes, got {size} or more",
                                "invalid_request_error", "request_too_large")
             parts.append(part)
             if not message.get("more_body", False):
