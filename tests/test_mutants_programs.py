@@ -218,7 +218,7 @@ def test_max_sessions_at_its_edge(emulator_factory: EmulatorFactory) -> None:
     assert sorted(response.status_code for response in at_once) == [200, 200, 429]
     busy = next(response for response in at_once if response.status_code == 429)
     message = assert_openai_error(busy, 429, "rate_limit_exceeded", None)
-    assert message == "all 2 Labs sessions of this gateway are busy; try again shortly"
+    assert message == "all 2 Perplexity Labs sessions of this gateway are busy; try again shortly"
     assert busy.headers["retry-after"] == "1" and busy.json()["error"]["type"] == "rate_limit_error"
     assert after.status_code == 200 and after.json()["choices"][0]["message"]["content"] == "slow " * 20
 
@@ -360,7 +360,7 @@ def test_plabs_in_process_unknown_model_is_sent_after_one_warning(capsys: pytest
     (["emulator", "--service", "perplexity", "--ping-interval", "3"], 2,
      "plabs emulator: error: --ping-interval is not an option of the perplexity emulator"),
     (["emulator", "--service", "perplexity", "--rate-limit", "poll"], 2,
-     "plabs emulator: error: --rate-limit of the perplexity emulator takes one of session, ask, all, got 'poll'"),
+     "plabs emulator: error: --rate-limit of the perplexity emulator takes one of session, ask, catalog, all, got 'poll'"),
     (["emulator", "--redirect-to", "http://x/\nLocation: y"], 2,
      "plabs emulator: error: redirect_to must be one header line, got 'http://x/\\nLocation: y'"),
     (["emulator", "--redirect", "ask"], 2,
