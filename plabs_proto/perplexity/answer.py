@@ -115,13 +115,19 @@ def load_frame(data: str) -> Any:
     """
     check_depth(data, "an answer frame")
     try:
-        return json.loads(data, parse_constant=_refuse_constant)
+        if data[:1] == "\ufeff":  # (as json.loads says it)
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", data, 0)
+        return _DECODER.decode(data)
     except (ValueError, RecursionError) as exc:
         raise RemoteProtocolError(f"expected an answer frame of JSON, got {excerpt(data)} ({exc})") from None
 
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+# One decoder for every frame: json.loads with parse_constant would build a new one (and its scanner) each time.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
 
 
 class AnswerDecoder:
