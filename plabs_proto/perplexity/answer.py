@@ -345,9 +345,11 @@ class AnswerDecoder:
 
     def _check_failure(self, frame: dict[str, Any]) -> None:
         status = frame.get("status")
+        code = frame.get("error_code")
+        if code is None and "error_message" not in frame and type(status) is str and status.lower() != "failed":
+            return  # (the common frame: no failure reported)
         if status is not None and not isinstance(status, str):
             fail(f"expected 'status' to be a string, got {excerpt(status)}")
-        code = frame.get("error_code")
         if not isinstance(code, str):
             code = json.dumps(code)[:100] if code else None
         error_message = frame.get("error_message")
@@ -373,6 +375,14 @@ class AnswerDecoder:
         )
 
     def _identity(self, frame: dict[str, Any], events: list[Event]) -> None:
+        old = self._thread
+        if (
+            old is not None
+            and frame.get("backend_uuid") == old[0]
+            and frame.get("read_write_token") == old[1]
+            and frame.get("thread_url_slug") == old[2]
+        ):
+            return  # the thread named again, as every frame of an answer does
         values: list[str | None] = []
         for key in ("backend_uuid", "read_write_token", "thread_url_slug"):
             value = frame.get(key)
