@@ -87,12 +87,13 @@ class Texts:
         """
         chunks, whole = answer
         text = self.answer
-        if chunks and chunks is text.ref and not thinking and not self._pieces:
+        held = text.ref
+        if chunks and held is not None and chunks is held and not thinking and not self._pieces:
             # the common frame: the answer's chunk list grew (or stayed), no reasoning; as _change and _emit do it
             count = text.count
-            if not touched or touched.get(id(chunks), count) >= count:
-                more = len(chunks) - count
-                delta = chunks[count] if more == 1 and type(chunks[count]) is str else self._join(chunks[count:], "answer")
+            if not touched or touched.get(id(held), count) >= count:
+                more = len(held) - count
+                delta = held[count] if more == 1 and type(held[count]) is str else self._join(held[count:], "answer")
                 self._limit(text.length + len(delta), "answer")
                 self._limit(self.reasoning.length, "reasoning")
                 if delta:
