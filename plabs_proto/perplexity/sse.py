@@ -166,23 +166,38 @@ class SSEDecoder:
                 start += 1
         events: list[SSEEvent] = []
         lf_only = _LONE_CR.search(text, start) is None  # every line end is LF or CRLF
+        max_line = self.max_line
         for match in (_LF if lf_only else _LINE_END).finditer(text, start):
             end = match.start()
             if lf_only and end > start and text[end - 1] == "\r":
                 end -= 1
-            self._add(text, start, end)
-            if self._line_len == 0:
-                line = ""
-            elif len(self._line) == 1:
-                line = self._line[0]
+            if self._line_len:  # the line began in an earlier piece
+                self._add(text, start, end)
+                line = self._line[0] if len(self._line) == 1 else "".join(self._line)
+                self._line = []
+                self._line_len = 0
+            elif end - start > max_line:
+                raise self._fail(f"expected a line of at most {max_line} characters, got {end - start} or more")
             else:
-                line = "".join(self._line)
-            self._line = []
-            self._line_len = 0
-            event = self._process(line)
-            if event is not None:
-                events.append(event)
+                line = text[start:end]
             start = match.end()
+            if line[:6] == "data: ":  # (the common line, as _process takes it)
+                self._pending = True
+                size = self._data_len + len(line) - 6 + (1 if self._data else 0)
+                if size > self.max_data:
+                    raise self._fail(f"expected an event's data of at most {self.max_data} characters, got {size}")
+                self._data.append(line[6:])
+                self._data_len = size
+            elif not line:
+                self._pending = False
+                if self._data:
+                    events.append(self._event_now())
+                else:
+                    self._event = ""
+            elif line[0] != ":":
+                event = self._process(line)
+                if event is not None:
+                    events.append(event)
         if start < len(text):
             self._add(text, start, len(text))
         elif text[-1] == "\r":
@@ -225,9 +240,14 @@ class SSEDecoder:
         return None
 
     def _dispatch(self) -> SSEEvent | None:
+        """The event a blank line dispatches (None when it has no data: its type is forgotten)."""
         if not self._data:
             self._event = ""
             return None
+        return self._event_now()
+
+    def _event_now(self) -> SSEEvent:
+        """The event of the data held (there is some), dispatched."""
         data = self._data[0] if len(self._data) == 1 else "\n".join(self._data)
         event = SSEEvent(event=self._event or "message", data=data, id=self._id, retry=self._retry)
         self._data = []
