@@ -189,9 +189,10 @@ class Blocks:
         if chunks is not None and not isinstance(chunks, list):
             fail(f"expected 'chunks' to be a list in a markdown_block, got {excerpt(chunks)}")
         offset = value.get("chunk_starting_offset")
-        self._keep(self._markdown, usage, "answer tracks (markdown usages)")
-        doc = dict(value)
         old_doc = self._markdown.get(usage)
+        if old_doc is None:
+            self._keep(self._markdown, usage, "answer tracks (markdown usages)")
+        doc = dict(value)
         old = old_doc.get("chunks") if isinstance(old_doc, dict) else None
         limit = self._limits.chunks
         if chunks is None:
@@ -206,6 +207,8 @@ class Blocks:
         else:
             if offset is None:
                 absorb(old, chunks, limit)
+            elif offset == len(old) and type(offset) is int:
+                grow(old, chunks, limit)  # the chunks after the ones held (as below, with nothing to compare)
             else:
                 if type(offset) is not int or not 0 <= offset <= len(old):
                     fail(

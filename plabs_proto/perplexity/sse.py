@@ -42,10 +42,8 @@ DEFAULT_MAX_LINE = DEFAULT_MAX_DATA + 1024
 """Longest line, in characters, without its line end (a ``data:`` line holds a whole frame)."""
 
 _LINE_END = re.compile(r"\r\n|\r|\n")
-# When every CR is part of a CRLF (the common case), the line ends are found by searching for LF alone,
-# which the regex engine does as fast as str.find: about 25 times faster than _LINE_END on long lines.
-_LF = re.compile("\n")
-_LONE_CR = re.compile(r"\r(?!\n)")
+# While every CR is part of a CRLF (the common case), the line ends are found by str.find of LF (memchr,
+# many times faster than _LINE_END's scan on long lines), and each line is checked for a CR with another.
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -165,12 +163,27 @@ class SSEDecoder:
             if text[start : start + 1] == "\n":
                 start += 1
         events: list[SSEEvent] = []
-        lf_only = _LONE_CR.search(text, start) is None  # every line end is LF or CRLF
         max_line = self.max_line
-        for match in (_LF if lf_only else _LINE_END).finditer(text, start):
-            end = match.start()
-            if lf_only and end > start and text[end - 1] == "\r":
-                end -= 1
+        find = text.find
+        lf_only = True  # until a lone CR is seen, every line end is LF or CRLF: str.find (memchr) finds them
+        while True:
+            if lf_only:
+                lf = find("\n", start)
+                if lf < 0:
+                    if find("\r", start) >= 0:
+                        lf_only = False  # a CR ends a line in what is left
+                        continue
+                    break
+                end = lf - 1 if lf > start and text[lf - 1] == "\r" else lf
+                if find("\r", start, end) >= 0:
+                    lf_only = False  # a lone CR ends a line before this LF
+                    continue
+                after = lf + 1
+            else:
+                match = _LINE_END.search(text, start)
+                if match is None:
+                    break
+                end, after = match.span()
             if self._line_len:  # the line began in an earlier piece
                 self._add(text, start, end)
                 line = self._line[0] if len(self._line) == 1 else "".join(self._line)
@@ -180,7 +193,7 @@ class SSEDecoder:
                 raise self._fail(f"expected a line of at most {max_line} characters, got {end - start} or more")
             else:
                 line = text[start:end]
-            start = match.end()
+            start = after
             if line[:6] == "data: ":  # (the common line, as _process takes it)
                 self._pending = True
                 size = self._data_len + len(line) - 6 + (1 if self._data else 0)
@@ -194,6 +207,9 @@ class SSEDecoder:
                     events.append(self._event_now())
                 else:
                     self._event = ""
+            elif line[:7] == "event: ":
+                self._pending = True
+                self._event = line[7:]
             elif line[0] != ":":
                 event = self._process(line)
                 if event is not None:
