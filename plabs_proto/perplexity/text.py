@@ -95,7 +95,7 @@ class Texts:
                 more = len(held) - count
                 delta = held[count] if more == 1 and type(held[count]) is str else self._join(held[count:], "answer")
                 self._limit(text.length + len(delta), "answer")
-                self._limit(self.reasoning.length, "reasoning")
+                # (no reasoning to check: with no thinking pieces followed, the reasoning is empty)
                 if delta:
                     events.append(TextDelta(text=delta))
                     text.parts.append(delta)
