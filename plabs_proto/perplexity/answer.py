@@ -115,13 +115,19 @@ def load_frame(data: str) -> Any:
     """
     check_depth(data, "an answer frame")
     try:
-        return json.loads(data, parse_constant=_refuse_constant)
+        if data[:1] == "\ufeff":  # (as json.loads says it)
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", data, 0)
+        return _DECODER.decode(data)
     except (ValueError, RecursionError) as exc:
         raise RemoteProtocolError(f"expected an answer frame of JSON, got {excerpt(data)} ({exc})") from None
 
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+# One decoder for every frame: json.loads with parse_constant would build a new one (and its scanner) each time.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
 
 
 class AnswerDecoder:
@@ -339,9 +345,11 @@ class AnswerDecoder:
 
     def _check_failure(self, frame: dict[str, Any]) -> None:
         status = frame.get("status")
+        code = frame.get("error_code")
+        if code is None and "error_message" not in frame and type(status) is str and status.lower() != "failed":
+            return  # (the common frame: no failure reported)
         if status is not None and not isinstance(status, str):
             fail(f"expected 'status' to be a string, got {excerpt(status)}")
-        code = frame.get("error_code")
         if not isinstance(code, str):
             code = json.dumps(code)[:100] if code else None
         error_message = frame.get("error_message")
@@ -367,6 +375,14 @@ class AnswerDecoder:
         )
 
     def _identity(self, frame: dict[str, Any], events: list[Event]) -> None:
+        old = self._thread
+        if (
+            old is not None
+            and frame.get("backend_uuid") == old[0]
+            and frame.get("read_write_token") == old[1]
+            and frame.get("thread_url_slug") == old[2]
+        ):
+            return  # the thread named again, as every frame of an answer does
         values: list[str | None] = []
         for key in ("backend_uuid", "read_write_token", "thread_url_slug"):
             value = frame.get(key)

@@ -13,7 +13,7 @@ from typing import Any
 
 from plabs_proto.events import Event
 from plabs_proto.perplexity.legacy import Legacy
-from plabs_proto.perplexity.patch import apply, parse, touch
+from plabs_proto.perplexity.patch import append_chunk, apply, parse, touch
 from plabs_proto.perplexity.search import Search
 from plabs_proto.perplexity.shape import Limits, as_dict, as_list, excerpt, fail
 from plabs_proto.perplexity.text import Pair, absorb, grow, has_text
@@ -139,20 +139,22 @@ class Blocks:
                     answer = pair
         if answer == (None, None) and self._markdown:
             # one track: ask_text when it has text, else the first that has, else ask_text, else the first
-            tracks = [(doc.get("chunks"), doc.get("answer")) for doc in self._markdown.values()]
-            usages = list(self._markdown)
-            ranked = sorted(range(len(usages)), key=lambda n: (not has_text(tracks[n]), usages[n] != "ask_text", n))
-            answer = tracks[ranked[0]]
+            doc = self._markdown.get("ask_text")
+            if doc is not None and (doc.get("chunks") or doc.get("answer")):
+                answer = (doc.get("chunks"), doc.get("answer"))  # (ranked first, as below)
+            else:
+                tracks = [(doc.get("chunks"), doc.get("answer")) for doc in self._markdown.values()]
+                usages = list(self._markdown)
+                ranked = sorted(
+                    range(len(usages)), key=lambda n: (not has_text(tracks[n]), usages[n] != "ask_text", n)
+                )
+                answer = tracks[ranked[0]]
         if not has_text(answer):
             answer = legacy.answer() or answer
         limit = self._limits.chunks
-        for chunks, whole in (answer, *reasoning):
-            if chunks is not None and not isinstance(chunks, list):
-                fail(f"expected 'chunks' to be a list, got {excerpt(chunks)}")
-            if whole is not None and not isinstance(whole, str):
-                fail(f"expected the whole text to be a string, got {excerpt(whole)}")
-            if chunks is not None and len(chunks) > limit:
-                fail(f"expected at most {limit} chunks in a text, got {len(chunks)}")
+        _check_text(answer, limit)
+        for pair in reasoning:
+            _check_text(pair, limit)
         return answer, reasoning
 
     def _whole(self, usage: str, field: str, value: object) -> str:
@@ -187,9 +189,10 @@ class Blocks:
         if chunks is not None and not isinstance(chunks, list):
             fail(f"expected 'chunks' to be a list in a markdown_block, got {excerpt(chunks)}")
         offset = value.get("chunk_starting_offset")
-        self._keep(self._markdown, usage, "answer tracks (markdown usages)")
-        doc = dict(value)
         old_doc = self._markdown.get(usage)
+        if old_doc is None:
+            self._keep(self._markdown, usage, "answer tracks (markdown usages)")
+        doc = dict(value)
         old = old_doc.get("chunks") if isinstance(old_doc, dict) else None
         limit = self._limits.chunks
         if chunks is None:
@@ -204,6 +207,8 @@ class Blocks:
         else:
             if offset is None:
                 absorb(old, chunks, limit)
+            elif offset == len(old) and type(offset) is int:
+                grow(old, chunks, limit)  # the chunks after the ones held (as below, with nothing to compare)
             else:
                 if type(offset) is not int or not 0 <= offset <= len(old):
                     fail(
@@ -265,6 +270,8 @@ class Blocks:
                 parse(patch)
             return patches_left, ""
         for patch in patches:
+            if field == "markdown_block" and append_chunk(root, patch, self._limits.chunks):
+                continue
             root, tokens = apply(root, patch, field, self._limits.chunks, self.touched)
             if field == "workflow_block" and (
                 len(tokens) <= 5 or "queries_payload" in tokens or "sources_payload" in tokens
@@ -309,3 +316,14 @@ class Blocks:
                 found.append(as_dict(item.get("payload"), "an item's 'payload'"))
         self._payloads = found
         return found
+
+
+def _check_text(pair: Pair, limit: int) -> None:
+    """Refuse a text whose chunks are not a list of at most ``limit``, or whose whole text is not a string."""
+    chunks, whole = pair
+    if chunks is not None and type(chunks) is not list and not isinstance(chunks, list):
+        fail(f"expected 'chunks' to be a list, got {excerpt(chunks)}")
+    if whole is not None and type(whole) is not str and not isinstance(whole, str):
+        fail(f"expected the whole text to be a string, got {excerpt(whole)}")
+    if chunks is not None and len(chunks) > limit:
+        fail(f"expected at most {limit} chunks in a text, got {len(chunks)}")

@@ -13,7 +13,7 @@ from typing import Any
 
 from plabs_proto.perplexity.shape import excerpt, fail
 
-__all__ = ["MAX_POINTER", "apply", "parse", "touch"]
+__all__ = ["MAX_POINTER", "append_chunk", "apply", "parse", "touch"]
 
 MAX_POINTER = 32
 """Most tokens in a patch's path."""
@@ -43,10 +43,37 @@ def parse(patch: object) -> tuple[str, list[str], Any]:
         fail(f"expected a patch 'path' that is empty or starts with '/', got {excerpt(path)}")
     if path.count("/") > MAX_POINTER:
         fail(f"expected a patch 'path' of at most {MAX_POINTER} tokens, got {path.count('/')}")
-    tokens = [token.replace("~1", "/").replace("~0", "~") for token in path.split("/")[1:]]
+    tokens = path.split("/")[1:]
+    if "~" in path:
+        tokens = [token.replace("~1", "/").replace("~0", "~") for token in tokens]
     if op != "remove" and "value" not in patch:
         fail(f"expected a 'value' in an {op} patch at {path!r}, got none")
     return op, tokens, patch.get("value")
+
+
+def append_chunk(root: Any, patch: object, max_members: int) -> bool:
+    """Apply ``patch`` if it adds a member at the end of ``root["chunks"]``; say whether it did.
+
+    The common patch of an answer streaming in a markdown block (``{"op": "add",
+    "path": "/chunks/<n>"}`` with ``n`` the chunks held, or ``/chunks/-``), taken
+    without parsing its path: when it is one, ``root`` ends as :func:`apply` would
+    leave it (nothing is touched: the list only grew); otherwise (anything else,
+    an error included) ``root`` is left as it was and False says to :func:`apply` it.
+    """
+    if type(patch) is not dict or type(root) is not dict or patch.get("op") != "add":
+        return False
+    path = patch.get("path")
+    if type(path) is not str or path[:8] != "/chunks/" or "value" not in patch:
+        return False
+    chunks = root.get("chunks")
+    if type(chunks) is not list:
+        return False
+    size = len(chunks)
+    key = path[8:]
+    if size >= max_members or (key != "-" and key != str(size)):
+        return False
+    chunks.append(patch["value"])
+    return True
 
 
 def apply(
@@ -60,17 +87,31 @@ def apply(
     if not tokens:
         return ({} if op == "remove" else value), tokens
     target = root
-    for depth, token in enumerate(tokens[:-1]):
-        target = _step(target, token, tokens[: depth + 1], field)
-    key = tokens[-1]
-    where = "/" + "/".join(tokens)
+    last = len(tokens) - 1
+    for depth in range(last):
+        token = tokens[depth]
+        kind = type(target)
+        if kind is dict or (kind is not list and isinstance(target, dict)):
+            if token not in target:
+                fail(f"expected the patch path {_where(tokens, depth)!r} in the {field}, got no member {token!r}")
+            target = target[token]
+        elif kind is list or isinstance(target, list):
+            if not _INDEX.fullmatch(token) or int(token) >= len(target):
+                fail(f"expected an index below {len(target)} at {_where(tokens, depth)!r} in the {field}, got {token!r}")
+            target = target[int(token)]
+        else:
+            fail(f"expected an object or array at {_where(tokens, depth)!r} in the {field}, got {excerpt(target)}")
+    key = tokens[last]
     if isinstance(target, dict):
         if op == "add":
             if key not in target and len(target) >= max_members:
-                fail(f"expected at most {max_members} members in an object, got {len(target) + 1} at {where!r}")
+                fail(
+                    f"expected at most {max_members} members in an object, got {len(target) + 1} "
+                    f"at {_where(tokens, last)!r}"
+                )
             target[key] = value
         elif key not in target:
-            fail(f"expected the {op} patch's path {where!r} in the {field}, got no member {key!r}")
+            fail(f"expected the {op} patch's path {_where(tokens, last)!r} in the {field}, got no member {key!r}")
         elif op == "replace":
             target[key] = value
         else:
@@ -82,18 +123,20 @@ def apply(
         elif _INDEX.fullmatch(key):
             index = int(key)
         else:
-            fail(f"expected an array index in the patch path {where!r} of the {field}, got {key!r}")
+            fail(f"expected an array index in the patch path {_where(tokens, last)!r} of the {field}, got {key!r}")
         if index > size or (op != "add" and index == size):
             fail(
-                f"expected the {op} patch's index in {where!r} of the {field} to be at most "
+                f"expected the {op} patch's index in {_where(tokens, last)!r} of the {field} to be at most "
                 f"{size if op == 'add' else size - 1}, got {index}"
             )
         if op == "add":
             if size >= max_members:
-                fail(f"expected at most {max_members} members in an array, got {size + 1} at {where!r}")
+                fail(f"expected at most {max_members} members in an array, got {size + 1} at {_where(tokens, last)!r}")
             if index < size:
                 touch(touched, target, index)
-            target.insert(index, value)
+                target.insert(index, value)
+            else:
+                target.append(value)
         else:
             touch(touched, target, index)
             if op == "replace":
@@ -101,20 +144,14 @@ def apply(
             else:
                 del target[index]
     else:
-        fail(f"expected an object or array at the parent of {where!r} in the {field}, got {excerpt(target)}")
+        fail(
+            f"expected an object or array at the parent of {_where(tokens, last)!r} in the {field}, "
+            f"got {excerpt(target)}"
+        )
     return root, tokens
 
 
-def _step(target: Any, token: str, tokens: list[str], field: str) -> Any:
-    """The member ``token`` of ``target``, on the way down the path ``tokens``."""
-    where = "/" + "/".join(tokens)
-    if isinstance(target, dict):
-        if token not in target:
-            fail(f"expected the patch path {where!r} in the {field}, got no member {token!r}")
-        return target[token]
-    if isinstance(target, list):
-        if not _INDEX.fullmatch(token) or int(token) >= len(target):
-            fail(f"expected an index below {len(target)} at {where!r} in the {field}, got {token!r}")
-        return target[int(token)]
-    fail(f"expected an object or array at {where!r} in the {field}, got {excerpt(target)}")
+def _where(tokens: list[str], depth: int) -> str:
+    """The path down to ``tokens[depth]``, for an error message."""
+    return "/" + "/".join(tokens[: depth + 1])
 

@@ -42,10 +42,8 @@ DEFAULT_MAX_LINE = DEFAULT_MAX_DATA + 1024
 """Longest line, in characters, without its line end (a ``data:`` line holds a whole frame)."""
 
 _LINE_END = re.compile(r"\r\n|\r|\n")
-# When every CR is part of a CRLF (the common case), the line ends are found by searching for LF alone,
-# which the regex engine does as fast as str.find: about 25 times faster than _LINE_END on long lines.
-_LF = re.compile("\n")
-_LONE_CR = re.compile(r"\r(?!\n)")
+# While every CR is part of a CRLF (the common case), the line ends are found by str.find of LF (memchr,
+# many times faster than _LINE_END's scan on long lines), and each line is checked for a CR with another.
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -165,24 +163,57 @@ class SSEDecoder:
             if text[start : start + 1] == "\n":
                 start += 1
         events: list[SSEEvent] = []
-        lf_only = _LONE_CR.search(text, start) is None  # every line end is LF or CRLF
-        for match in (_LF if lf_only else _LINE_END).finditer(text, start):
-            end = match.start()
-            if lf_only and end > start and text[end - 1] == "\r":
-                end -= 1
-            self._add(text, start, end)
-            if self._line_len == 0:
-                line = ""
-            elif len(self._line) == 1:
-                line = self._line[0]
+        max_line = self.max_line
+        find = text.find
+        lf_only = True  # until a lone CR is seen, every line end is LF or CRLF: str.find (memchr) finds them
+        while True:
+            if lf_only:
+                lf = find("\n", start)
+                if lf < 0:
+                    if find("\r", start) >= 0:
+                        lf_only = False  # a CR ends a line in what is left
+                        continue
+                    break
+                end = lf - 1 if lf > start and text[lf - 1] == "\r" else lf
+                if find("\r", start, end) >= 0:
+                    lf_only = False  # a lone CR ends a line before this LF
+                    continue
+                after = lf + 1
             else:
-                line = "".join(self._line)
-            self._line = []
-            self._line_len = 0
-            event = self._process(line)
-            if event is not None:
-                events.append(event)
-            start = match.end()
+                match = _LINE_END.search(text, start)
+                if match is None:
+                    break
+                end, after = match.span()
+            if self._line_len:  # the line began in an earlier piece
+                self._add(text, start, end)
+                line = self._line[0] if len(self._line) == 1 else "".join(self._line)
+                self._line = []
+                self._line_len = 0
+            elif end - start > max_line:
+                raise self._fail(f"expected a line of at most {max_line} characters, got {end - start} or more")
+            else:
+                line = text[start:end]
+            start = after
+            if line[:6] == "data: ":  # (the common line, as _process takes it)
+                self._pending = True
+                size = self._data_len + len(line) - 6 + (1 if self._data else 0)
+                if size > self.max_data:
+                    raise self._fail(f"expected an event's data of at most {self.max_data} characters, got {size}")
+                self._data.append(line[6:])
+                self._data_len = size
+            elif not line:
+                self._pending = False
+                if self._data:
+                    events.append(self._event_now())
+                else:
+                    self._event = ""
+            elif line[:7] == "event: ":
+                self._pending = True
+                self._event = line[7:]
+            elif line[0] != ":":
+                event = self._process(line)
+                if event is not None:
+                    events.append(event)
         if start < len(text):
             self._add(text, start, len(text))
         elif text[-1] == "\r":
@@ -225,9 +256,14 @@ class SSEDecoder:
         return None
 
     def _dispatch(self) -> SSEEvent | None:
+        """The event a blank line dispatches (None when it has no data: its type is forgotten)."""
         if not self._data:
             self._event = ""
             return None
+        return self._event_now()
+
+    def _event_now(self) -> SSEEvent:
+        """The event of the data held (there is some), dispatched."""
         data = self._data[0] if len(self._data) == 1 else "\n".join(self._data)
         event = SSEEvent(event=self._event or "message", data=data, id=self._id, retry=self._retry)
         self._data = []

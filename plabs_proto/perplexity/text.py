@@ -86,7 +86,23 @@ class Texts:
         ``touched`` says where this frame's patches changed a chunk list (by the list's ``id``).
         """
         chunks, whole = answer
-        self._emit(events, self._change(self.answer, chunks, whole, "answer", touched), self._thinking(thinking, touched))
+        text = self.answer
+        held = text.ref
+        if chunks and held is not None and chunks is held and not thinking and not self._pieces:
+            # the common frame: the answer's chunk list grew (or stayed), no reasoning; as _change and _emit do it
+            count = text.count
+            if not touched or touched.get(id(held), count) >= count:
+                more = len(held) - count
+                delta = held[count] if more == 1 and type(held[count]) is str else self._join(held[count:], "answer")
+                self._limit(text.length + len(delta), "answer")
+                # (no reasoning to check: with no thinking pieces followed, the reasoning is empty)
+                if delta:
+                    events.append(TextDelta(text=delta))
+                    text.parts.append(delta)
+                    text.length += len(delta)
+                text.count = count + more
+                return
+        self._emit(events, self._change(text, chunks, whole, "answer", touched), self._thinking(thinking, touched))
 
     def finish(self, events: list[Event], answer: Pair, thinking: list[Pair]) -> tuple[str, str]:
         """Add the events that bring the texts to their last state; return the whole answer and reasoning."""

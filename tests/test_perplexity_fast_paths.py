@@ -1,0 +1,210 @@
+"""The answer decoder's fast paths give what its general paths give, for any input.
+
+The common frame of the blocks shape (a ``diff_block`` that appends one chunk to the
+answer) is taken by shorter paths: :func:`~plabs_proto.perplexity.patch.append_chunk`
+instead of :func:`~plabs_proto.perplexity.patch.apply`, and the answer's delta read
+without comparing texts.  Each property here runs the same input through both.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from plabs_proto.errors import LabsError
+from plabs_proto.events import Event
+from plabs_proto.perplexity.answer import AnswerDecoder
+from plabs_proto.perplexity.patch import append_chunk, apply
+from plabs_proto.perplexity.shape import Limits
+from plabs_proto.perplexity.text import Text, Texts
+
+
+class Patch(dict):  # type: ignore[type-arg]
+    """A patch as a dict of another type: the fast path declines it, the general path takes it the same."""
+
+
+chunk = st.text(alphabet="ab\u00e9\U0001f600 ", max_size=3)
+member = st.one_of(chunk, st.none(), st.integers(), st.lists(chunk, max_size=2))
+path = st.one_of(
+    st.builds(lambda n: f"/chunks/{n}", st.integers(min_value=0, max_value=6)),
+    st.sampled_from(["/chunks/-", "/chunks/01", "/chunks/", "/chunks", "/chunks/-1", "/chunks/1/0", "/chunkz/0",
+                     "/chunks/~0", "", "/answer", "chunks/0"]),
+)
+patch = st.one_of(
+    st.fixed_dictionaries({"op": st.sampled_from(["add", "replace", "remove", "move"]), "path": path},
+                          optional={"value": member}),
+    member,
+)
+root = st.one_of(
+    st.fixed_dictionaries({"chunks": st.lists(chunk, max_size=5)}, optional={"answer": chunk}),
+    st.fixed_dictionaries({"chunks": st.one_of(st.none(), chunk, st.dictionaries(chunk, chunk, max_size=2))}),
+    st.lists(chunk, max_size=2),
+    st.none(),
+)
+
+
+def outcome(call: Any, *args: Any) -> tuple[str, Any]:
+    """``("ok", what call(*args) returned)``, or the type and words of the LabsError it raised."""
+    try:
+        return "ok", call(*args)
+    except LabsError as exc:
+        return type(exc).__name__, str(exc)
+
+
+@settings(max_examples=500, deadline=None)
+@given(root=root, patch=patch, most=st.integers(min_value=0, max_value=7))
+def test_append_chunk_does_what_apply_does_or_nothing(root: Any, patch: Any, most: int) -> None:
+    fast, general = copy.deepcopy(root), copy.deepcopy(root)
+    touched: dict[int, int] = {}
+    if append_chunk(fast, patch, most):
+        done, (patched, _) = outcome(apply, general, patch, "markdown_block", most, touched)
+        assert done == "ok" and patched is general
+        assert fast == general and touched == {}
+    else:
+        assert fast == root  # declined: nothing changed
+
+
+operation = st.one_of(
+    st.tuples(st.just("append"), chunk),  # at /chunks/<n>: the fast path's patch
+    st.tuples(st.just("dash"), chunk),  # at /chunks/-
+    st.tuples(st.just("insert"), st.integers(min_value=0, max_value=8), chunk),
+    st.tuples(st.just("replace"), st.integers(min_value=0, max_value=8), chunk),
+    st.tuples(st.just("remove"), st.integers(min_value=0, max_value=8)),
+    st.tuples(st.just("whole"), st.lists(chunk, max_size=4)),
+    st.tuples(st.just("answer"), chunk),
+    st.tuples(st.just("track"), st.integers(min_value=0, max_value=8), st.lists(chunk, max_size=3)),
+    st.tuples(st.just("thread"), st.sampled_from(["b1", "b2", ""]), st.sampled_from(["t1", None, 7])),
+)
+
+
+def frames_of(groups: list[list[Any]], make: type[dict]) -> list[dict[str, Any]]:  # type: ignore[type-arg]
+    """One frame per group of operations on the ask_text track (and a second track); ``make`` builds each patch."""
+    frames: list[dict[str, Any]] = [{"status": "PENDING", "backend_uuid": "b1", "read_write_token": "t1",
+                                     "blocks": [{"intended_usage": "ask_text", "diff_block": {
+                                         "field": "markdown_block",
+                                         "patches": [make(op="replace", path="", value={"chunks": []})]}}]}]
+    size = 0  # the chunks the ask_text track holds (as far as the patches go)
+    for group in groups:
+        patches: list[Any] = []
+        frame: dict[str, Any] = {"status": "PENDING", "backend_uuid": "b1", "read_write_token": "t1"}
+        blocks: list[Any] = [{"intended_usage": "ask_text", "diff_block": {"field": "markdown_block",
+                                                                           "patches": patches}}]
+        for op in group:
+            kind = op[0]
+            if kind == "append":
+                patches.append(make(op="add", path=f"/chunks/{size}", value=op[1]))
+                size += 1
+            elif kind == "dash":
+                patches.append(make(op="add", path="/chunks/-", value=op[1]))
+                size += 1
+            elif kind == "insert":
+                patches.append(make(op="add", path=f"/chunks/{op[1]}", value=op[2]))
+                size += op[1] <= size
+            elif kind == "replace":
+                patches.append(make(op="replace", path=f"/chunks/{op[1]}", value=op[2]))
+            elif kind == "remove":
+                patches.append(make(op="remove", path=f"/chunks/{op[1]}"))
+                size -= op[1] < size
+            elif kind == "whole":
+                patches.append(make(op="replace", path="/chunks", value=list(op[1])))
+                size = len(op[1])
+            elif kind == "answer":
+                patches.append(make(op="add", path="/answer", value=op[1]))
+            elif kind == "track":
+                blocks.append({"intended_usage": "ask_text_0_markdown", "markdown_block": {
+                    "chunks": list(op[2]), "chunk_starting_offset": op[1]}})
+            else:
+                frame["backend_uuid"], frame["read_write_token"] = op[1], op[2]
+        frame["blocks"] = blocks
+        frames.append(frame)
+    return [*frames, {"status": "COMPLETED", "backend_uuid": "b1"}]
+
+
+def decoded(frames: list[dict[str, Any]]) -> tuple[list[Event], tuple[str, str, str] | None]:
+    """The events of the frames, and the error that stopped them (its type and words), if any."""
+    decoder = AnswerDecoder(max_chunks=6)
+    events: list[Event] = []
+    try:
+        for frame in frames:
+            events += decoder.feed(frame)
+    except LabsError as exc:
+        return events, (type(exc).__name__, str(exc), exc.partial_text)
+    return events, None
+
+
+@settings(max_examples=400, deadline=None)
+@given(groups=st.lists(st.lists(operation, max_size=4), max_size=10))
+def test_the_fast_paths_give_the_general_paths_events(groups: list[list[Any]]) -> None:
+    """The same frames, with each patch a plain dict (the fast paths take the appends) and a dict of
+    another type (only the general paths take them): the same events, and the same error if any."""
+    assert decoded(frames_of(groups, dict)) == decoded(frames_of(groups, Patch))
+
+
+def general_update(texts: Texts, events: list[Event], answer: Any, thinking: list[Any], touched: dict[int, int]) -> None:
+    """What Texts.update does when its fast path does not apply: compare each text with what was reported."""
+    chunks, whole = answer
+    texts._emit(events, texts._change(texts.answer, chunks, whole, "answer", touched), texts._thinking(thinking, touched))
+
+
+text_step = st.one_of(
+    st.tuples(st.just("grow"), st.lists(st.one_of(chunk, st.none()), max_size=3)),
+    st.tuples(st.just("touch"), st.integers(min_value=0, max_value=6), chunk),
+    st.tuples(st.just("new"), st.lists(chunk, max_size=4)),
+    st.tuples(st.just("whole"), chunk),
+    st.tuples(st.just("think"), chunk),
+    st.tuples(st.just("limit"), st.integers(min_value=0, max_value=12)),  # max_text changed between frames
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(steps=st.lists(text_step, max_size=12), most=st.integers(min_value=0, max_value=12))
+def test_the_answers_fast_update_is_the_general_one(steps: list[Any], most: int) -> None:
+    """Texts.update (whose fast path takes a chunk list that only grew) against the general comparison
+    it skips, on the same chunk lists: the same events, the same texts, the same error."""
+    limits = [Limits(text=most, blocks=10, steps=10, patches=10, chunks=10, rewrite=4 * most) for _ in "ab"]
+    fast, general = Texts(limits[0]), Texts(limits[1])
+    chunks: list[Any] = []
+    for step in steps:
+        touched: dict[int, int] = {}
+        thinking: list[Any] = []
+        whole = None
+        if step[0] == "grow":
+            chunks.extend(step[1])
+        elif step[0] == "touch" and step[1] < len(chunks):
+            chunks[step[1]] = step[2]
+            touched[id(chunks)] = step[1]
+        elif step[0] == "new":
+            chunks = list(step[1])
+        elif step[0] == "whole":
+            whole = step[1]
+        elif step[0] == "think":
+            thinking = [(None, step[1])]
+        elif step[0] == "limit":
+            limits[0].text = limits[1].text = step[1]
+        fast_events: list[Event] = []
+        general_events: list[Event] = []
+        got = outcome(fast.update, fast_events, (chunks, whole), thinking, touched)
+        want = outcome(general_update, general, general_events, (chunks, whole), thinking, touched)
+        assert (got, fast_events) == (want, general_events)
+        if got[0] != "ok":
+            break
+        assert fast.answer.text() == general.answer.text() and fast.reasoning.text() == general.reasoning.text()
+        assert (fast.answer.ref is chunks) == (general.answer.ref is chunks)
+        assert fast.answer.count == general.answer.count
+
+
+def test_a_text_follows_its_chunk_list() -> None:
+    """The fast path in one example: each frame's new chunk is one TextDelta; a changed chunk is a revision."""
+    texts = Texts(Limits(text=100, blocks=10, steps=10, patches=10, chunks=10, rewrite=100))
+    chunks = ["Hel"]
+    events: list[Event] = []
+    texts.update(events, (chunks, None), [], {})
+    chunks.append("lo")
+    texts.update(events, (chunks, None), [], {})
+    chunks[0] = "Jel"
+    texts.update(events, (chunks, None), [], {id(chunks): 0})
+    assert [type(event).__name__ for event in events] == ["TextDelta", "TextDelta", "AnswerRevised"]
+    assert texts.answer.text() == "Jello" and isinstance(texts.answer, Text)
