@@ -23,6 +23,8 @@
   ``PROXY_USER``/``PROXY_PASSWORD``, shared by the run; ``fresh_proxy(scheme)``: a new
   one for this test only (pproxy remembers a client address once it has logged in, so
   a wrong-password test needs a proxy nobody used).
+* ``silent``: a :class:`servers.Silent` server for the module, a socket that listens and never
+  answers (``silent.connections()`` says whether anything connected).
 * ``sockets_to(port)``: how many sockets this process holds open to 127.0.0.1:``port``
   (Linux ``/proc``), to check that a client closed every connection it made.
 
@@ -61,7 +63,7 @@ from plabs_proto.backends.programs.emulator_perplexity import (
     PerplexityEmulatorConfig,
     PerplexityEmulatorThread,
 )
-from servers import NODE_SERVER_DIR, NodeServer, free_port, start_node_server, start_perplexity_node
+from servers import NODE_SERVER_DIR, NodeServer, Silent, free_port, start_node_server, start_perplexity_node
 
 settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
 settings.register_profile("explore", print_blob=True)
@@ -396,3 +398,11 @@ def own_gateways() -> Iterator[list[Any]]:
         if gateway.process.poll() is None:
             gateway.process.kill()
         gateway.process.communicate(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def silent() -> Iterator[Silent]:
+    """A :class:`servers.Silent` server for this module."""
+    server = Silent()
+    yield server
+    server.sock.close()

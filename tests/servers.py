@@ -81,6 +81,27 @@ def reserved_port(host: str = "127.0.0.1") -> int:
     raise AssertionError(f"expected a free port in {low}..{low + 999}, got none in 200 tries")
 
 
+class Silent:
+    """A server that never answers: a listening socket nobody accepts on (a client that opened a
+    session would leave a connection waiting there); ``connections()`` counts and closes what came
+    since it was last asked."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.setblocking(False)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def connections(self) -> int:
+        count = 0
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except BlockingIOError:
+                return count
+            conn.close()
+            count += 1
+
+
 class NodeServer:
     """A running ``node server.js`` process; stop it with :meth:`stop` or ``with``."""
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -32,37 +31,12 @@ from plabs_proto.backends.programs.gateway import (
     parse_chat_request,
     parse_responses_request,
 )
+from servers import Silent
 from test_gateway import Gateway, assert_openai_error, start_gateway, stop_gateway
 
 from plabs_proto.jsondepth import MAX_DEPTH
 
 USER = [{"role": "user", "content": "hi"}]
-
-
-class Silent:
-    """A Labs server that never answers: a listening socket; ``connections()`` takes what came."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.setblocking(False)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-
-    def connections(self) -> int:
-        count = 0
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except BlockingIOError:
-                return count
-            conn.close()
-            count += 1
-
-
-@pytest.fixture(scope="module")
-def silent() -> Iterator[Silent]:
-    server = Silent()
-    yield server
-    server.sock.close()
 
 
 @pytest.fixture(scope="module")

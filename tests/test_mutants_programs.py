@@ -28,39 +28,13 @@ import pytest
 from conftest import EmulatorFactory
 from plabs_proto.backends.programs.emulator import SONAR_CITATIONS, default_answer, default_reasoning
 from plabs_proto.backends.programs.gateway import MAX_BODY, create_app
-from servers import free_port
+from servers import Silent, reserved_port
 from test_gateway import assert_openai_error
 
 from plabs_proto.labs.answer import DEFAULT_MODEL, MODELS
 
 KEY = "sk-mutant-0123456789"
 USER = [{"role": "user", "content": "hi"}]
-
-
-class Silent:
-    """A server that never answers; ``connections()`` counts (and closes) what came since last asked."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.setblocking(False)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-
-    def connections(self) -> int:
-        count = 0
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except BlockingIOError:
-                return count
-            conn.close()
-            count += 1
-
-
-@pytest.fixture(scope="module")
-def silent() -> Iterator[Silent]:
-    server = Silent()
-    yield server
-    server.sock.close()
 
 
 def call(app: Any, method: str, path: str, content: Any = None, headers: dict[str, str] | None = None) -> httpx.Response:
@@ -444,19 +418,14 @@ def access_log() -> Iterator[None]:
     logger.handlers[:], logger.level, logger.propagate = saved
 
 
-def serving(capsys: pytest.CaptureFixture[str], argv: list[str], ask: Any, host: str = "127.0.0.1",
-            stop: bool = True) -> tuple[int, str, str, Any]:
-    """``plabs serve --port P ARGV`` in this process until ``ask(base)`` (run in a thread once the port
-    listens; base is ``http://HOST:P``) is done, then Ctrl-C (unless ``stop`` is False: ask sends its own
-    signal): exit status, stdout, stderr, what ask returned."""
-    if ":" in host:
-        with socket.socket(socket.AF_INET6) as probe:
-            probe.bind((host, 0))
-            port = probe.getsockname()[1]
-    else:
-        port = free_port(host)
+def in_process(capsys: pytest.CaptureFixture[str], argv: list[str], host: str, port: int, ask: Any,
+               stop: bool = True) -> tuple[int, str, str, Any]:
+    """``plabs ARGV`` (a server listening on HOST:PORT) in this process until ``ask(url)`` is done in a
+    thread (run once the port accepts connections; url is ``http://HOST:PORT``), then Ctrl-C (unless
+    ``stop`` is False: ask sends its own signal): exit status, stdout, stderr, what ask returned."""
     shown = f"[{host}]" if ":" in host else host
     got: dict[str, Any] = {}
+    done = threading.Event()
 
     def client() -> None:
         try:
@@ -476,11 +445,10 @@ def serving(capsys: pytest.CaptureFixture[str], argv: list[str], ask: Any, host:
             if stop and not done.is_set():  # (a server that stopped by itself is not interrupted)
                 os.kill(os.getpid(), signal.SIGINT)
 
-    done = threading.Event()
     thread = threading.Thread(target=client)
     thread.start()
     try:
-        status, out, err = plabs(capsys, "serve", "--port", str(port), "--host", host, *argv)
+        status, out, err = plabs(capsys, *argv)
     finally:
         done.set()
         while thread.is_alive():
@@ -488,8 +456,24 @@ def serving(capsys: pytest.CaptureFixture[str], argv: list[str], ask: Any, host:
                 thread.join(30)
     if "error" in got:
         raise got["error"]
-    assert out == f"http://{shown}:{port}/v1\n"
     return status, out, err, got["value"]
+
+
+def serving(capsys: pytest.CaptureFixture[str], argv: list[str], ask: Any, host: str = "127.0.0.1",
+            stop: bool = True) -> tuple[int, str, str, Any]:
+    """``plabs serve --port P ARGV`` in this process until ``ask(base)`` is done (see :func:`in_process`);
+    its first line on stdout is its base URL alone."""
+    if ":" in host:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind((host, 0))
+            port = probe.getsockname()[1]
+    else:
+        port = reserved_port(host)
+    status, out, err, value = in_process(capsys, ["serve", "--port", str(port), "--host", host, *argv], host, port,
+                                         ask, stop)
+    shown = f"[{host}]" if ":" in host else host
+    assert out == f"http://{shown}:{port}/v1\n"
+    return status, out, err, value
 
 
 CHAT = {"model": "sonar", "messages": [{"role": "user", "content": "hi"}]}
@@ -1050,40 +1034,8 @@ def test_plabs_in_process_models_live(capsys: pytest.CaptureFixture[str], perple
 
 def emulating(capsys: pytest.CaptureFixture[str], argv: list[str], ask: Any) -> tuple[int, str, str, Any]:
     """``plabs emulator --port P ARGV`` in this process until ``ask(url)`` is done in a thread, then Ctrl-C."""
-    port = free_port()
-    got: dict[str, Any] = {}
-    done = threading.Event()
-
-    def client() -> None:
-        try:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.02)
-            got["value"] = ask(f"http://127.0.0.1:{port}")
-        except BaseException as exc:
-            got["error"] = exc
-        finally:
-            if not done.is_set():
-                os.kill(os.getpid(), signal.SIGINT)
-
-    thread = threading.Thread(target=client)
-    thread.start()
-    try:
-        status, out, err = plabs(capsys, "emulator", "--host", "127.0.0.1", "--port", str(port), *argv)
-    finally:
-        done.set()
-        while thread.is_alive():
-            with contextlib.suppress(KeyboardInterrupt):
-                thread.join(30)
-    if "error" in got:
-        raise got["error"]
-    return status, out, err, got["value"]
+    port = reserved_port()
+    return in_process(capsys, ["emulator", "--host", "127.0.0.1", "--port", str(port), *argv], "127.0.0.1", port, ask)
 
 
 def test_plabs_in_process_emulator_serves_what_it_is_told(capsys: pytest.CaptureFixture[str]) -> None:
