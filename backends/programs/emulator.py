@@ -903,6 +903,11 @@ def run_server(
             await asyncio.Event().wait()
         finally:
             await server.stop()
+            # A connection closed by the stop is closed for good by a callback the loop runs next
+            # (connection_lost): let it run before asyncio.run closes the loop, or the socket is left
+            # to the garbage collector (an "unclosed transport" warning when run inside a program).
+            for _ in range(3):
+                await asyncio.sleep(0)
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
