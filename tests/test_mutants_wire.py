@@ -8,9 +8,11 @@ edges are in test_edges_wire.py.
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import json
 import random
+import re
 import ssl
 import zlib
 from pathlib import Path
@@ -24,6 +26,7 @@ from plabs_proto.config import ClientConfig
 from plabs_proto.errors import (
     ChallengeError,
     HandshakeError,
+    LabsTimeout,
     LocalProtocolError,
     ProxyError,
     RateLimitedError,
@@ -32,10 +35,11 @@ from plabs_proto.errors import (
     TLSError,
     UnexpectedPageError,
 )
+from plabs_proto.events import AnswerFinished
 from plabs_proto.perplexity.session import SESSION_COOKIE, signed_in_cookie
 from plabs_proto.refusal import is_page, page_title, refusal, unexpected_page
 from plabs_proto.wire.browser import CHROME, CHROME_131, fetch_site
-from plabs_proto.wire.client import LabsClient
+from plabs_proto.wire.client import LabsClient, PerplexityClient
 from plabs_proto.wire.http import (
     BodyDecoder,
     HTTPChannel,
@@ -56,6 +60,7 @@ from plabs_proto.wire.trace import (
     read_trace,
     redact_header_value,
     redact_records,
+    replay,
 )
 from plabs_proto.wire.websocket import (
     DeflateParameters,
@@ -1173,3 +1178,76 @@ def test_record_times_are_kept_to_the_microsecond_from_the_first_chunk() -> None
     recorder(1.0, 1, "out", b"a")
     recorder(1.12345678, 1, "in", b"b")
     assert [record.t for record in recorder.records] == [0.0, 0.123457]
+
+
+# -- trace.py: a replay starts at t = 0 with the trace's model, and fires each deadline when it passes ---------
+
+DATA = Path(__file__).resolve().parent / "data"
+ASK_ANSWER_FRAME = {
+    "backend_uuid": "b-1", "read_write_token": "rw-1", "thread_url_slug": "s-1", "status": "COMPLETED",
+    "final": True, "display_model": "pplx_pro",
+    "blocks": [{"intended_usage": "ask_text", "markdown_block": {"chunks": ["Yes."], "chunk_starting_offset": 0}}],
+}
+
+
+def out_bytes(records: list[TraceRecord]) -> dict[int, bytes]:
+    sent: dict[int, bytes] = {}
+    for record in records:
+        if record.direction == "out":
+            sent[record.stream] = sent.get(record.stream, b"") + record.data
+    return sent
+
+
+def test_a_replayed_ask_writes_the_model_of_its_trace() -> None:
+    """An ask traced with a model that is not the default replays the same request bytes."""
+    config = ClientConfig(server="http://pplx.test", service="perplexity", browser=None)
+    recorder = TraceRecorder(config_header(config, model="pplx_pro", messages="Hello", seed=4))
+    live = PerplexityClient(config, rng=random.Random(4), tracer=recorder)
+    live.connect(0.0)
+    live.query("Hello", model="pplx_pro", now=0.0)
+    live.transmit()
+    live.receive_data(1, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", 0.1)
+    live.transmit()
+    body = f"event: message\r\ndata: {json.dumps(ASK_ANSWER_FRAME)}\r\n\r\nevent: end_of_stream\r\ndata: {{}}\r\n\r\n"
+    live.receive_data(
+        1, b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(body), body.encode()), 0.2,
+    )
+    live.close(0.3)
+    live.transmit()
+    lines = recorder.lines()
+    assert b'"model_preference":"pplx_pro"' in out_bytes(recorder.records)[1]
+    replayed = TraceRecorder({})
+    events = list(replay(lines, tracer=replayed))
+    assert [event.text for event in events if isinstance(event, AnswerFinished)] == ["Yes."]
+    assert out_bytes(replayed.records) == out_bytes(list(read_trace(lines)[1]))
+
+
+def with_timeout(lines: list[str], name: str, seconds: float) -> list[str]:
+    header = json.loads(lines[0])
+    header["timeouts"] = {**header["timeouts"], name: seconds}
+    return [json.dumps(header), *lines[1:]]
+
+
+def first_in(lines: list[str]) -> float:
+    return min(record.t for record in read_trace(lines)[1] if record.direction == "in")
+
+
+@pytest.mark.parametrize("trace", ["emulator_trace.jsonl", "perplexity_emulator_trace.jsonl"])
+@pytest.mark.parametrize("name", ["connect", "first_text"])
+def test_a_deadline_that_passes_at_the_first_bytes_fires_before_they_are_read(trace: str, name: str) -> None:
+    """The client connects and queries at t = 0: a deadline equal to the first reply's time fires first."""
+    lines = (DATA / trace).read_text(encoding="utf-8").splitlines()
+    at = first_in(lines)
+    assert 0 < at < 1  # within the first second, so t = 1 for t = 0 would show
+    before = sum(len(r.data) for r in read_trace(lines)[1] if r.direction == "out" and r.t < at)
+    written = TraceRecorder({})
+    with pytest.raises(LabsTimeout, match=rf"within {re.escape(str(at))} s"):
+        list(replay(with_timeout(lines, name, at), tracer=written))
+    assert sum(len(r.data) for r in written.records if r.direction == "out") == before  # the reply was never read
+    # One microsecond later the deadline has not passed at the reply: it is read and answered (a later
+    # reply may still come too late).
+    written = TraceRecorder({})
+    with contextlib.suppress(LabsTimeout):
+        list(replay(with_timeout(lines, name, at + 1e-6), tracer=written))
+    assert sum(len(r.data) for r in written.records if r.direction == "out") > before
