@@ -38,7 +38,7 @@ from plabs_proto.errors import (
 from plabs_proto.events import AnswerFinished
 from plabs_proto.perplexity.session import SESSION_COOKIE, signed_in_cookie
 from plabs_proto.refusal import is_page, page_title, refusal, unexpected_page
-from plabs_proto.wire.browser import CHROME, CHROME_131, fetch_site
+from plabs_proto.wire.browser import CHROME, CHROME_131, PROFILES, fetch_site
 from plabs_proto.wire.client import LabsClient, PerplexityClient
 from plabs_proto.wire.http import (
     BodyDecoder,
@@ -1251,3 +1251,58 @@ def test_a_deadline_that_passes_at_the_first_bytes_fires_before_they_are_read(tr
     with contextlib.suppress(LabsTimeout):
         list(replay(with_timeout(lines, name, at + 1e-6), tracer=written))
     assert sum(len(r.data) for r in written.records if r.direction == "out") > before
+
+
+# -- trace.py: what a bad header says, with the line it is on ------------------------------------------------
+
+GOOD_HEADER = {"plabs_trace": 1, "server": "http://labs.test", "transport": "polling", "model": "sonar",
+               "messages": [], "seed": 1}
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    ({"server": 5}, "expected the server URL in 'server', got 5"),
+    ({"transport": 5}, "expected the transport in 'transport', got 5"),
+    ({"model": None}, "expected the model in 'model', got None"),
+    ({"messages": {}}, "expected a list of messages in 'messages', got {}"),
+    ({"origin": 1}, "expected a string in 'origin', got 1"),
+    ({"browser": 7}, f"expected a browser profile among {', '.join(sorted(PROFILES))} or null in 'browser', got 7"),
+    ({"browser": "lynx"},
+     f"expected a browser profile among {', '.join(sorted(PROFILES))} or null in 'browser', got 'lynx'"),
+    ({"accept_encoding": "yes"}, "expected true or false in 'accept_encoding', got 'yes'"),
+    ({"headers": "X-A: 1"}, "expected a list of [name, value] pairs in 'headers', got 'X-A: 1'"),
+    ({"headers": [["X-A"]]}, "expected [name, value] pairs in 'headers', got ['X-A']"),
+    ({"headers": [("X-A", 1)]}, "expected [name, value] pairs in 'headers', got ['X-A', 1]"),
+    ({"timeouts": []}, "expected an object of timeouts in 'timeouts', got []"),
+    ({"timeouts": {"read": 1}}, "expected timeouts among connect, first_text, query, got 'read'"),
+    ({"timeouts": {"connect": True}}, "expected timeout 'connect' in seconds or null, got True"),
+    ({"plabs_trace": 2}, "expected trace format version 1, got 2"),
+])
+def test_a_bad_header_field_is_named_with_its_line(change: dict[str, object], expected: str) -> None:
+    """The header is the first line that is not blank: its number is the one named."""
+    with pytest.raises(TraceError) as caught:
+        read_trace(["", "  ", json.dumps(GOOD_HEADER | change)])
+    assert str(caught.value) == f"trace line 3: {expected}"
+
+
+def test_a_header_that_is_not_one_shows_60_characters_of_itself() -> None:
+    listed = json.dumps(list(range(40)))  # JSON, but no object
+    unmarked = json.dumps({"server": "http://labs.test/" + "x" * 60})  # an object, but no trace header
+    with pytest.raises(TraceError) as caught:
+        read_trace([listed])
+    assert str(caught.value) == f"trace line 1: expected a JSON object, got {listed[:60]!r}"
+    with pytest.raises(TraceError) as caught:
+        read_trace([unmarked])
+    assert str(caught.value) == (
+        f"trace line 1: expected a plabs trace header (a 'plabs_trace' key), got {unmarked[:60]!r}"
+    )
+    with pytest.raises(TraceError) as caught:
+        read_trace(["", " "])
+    assert str(caught.value) == "trace line 1: expected a plabs trace header, got an empty trace"
+
+
+def test_a_cookie_name_may_use_every_character_a_cookie_name_may_hold() -> None:
+    allowed = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"(),/:;<=>?@[\\]{}')
+    header = GOOD_HEADER | {"service": "perplexity", "transport": "upgrade", "cookies": [allowed]}
+    assert read_trace([json.dumps(header)])[0].cookies == (allowed,)
+    with pytest.raises(TraceError, match=r"expected cookie names in 'cookies', got 'a;b'"):
+        read_trace([json.dumps(header | {"cookies": ["a;b"]})])
