@@ -1306,3 +1306,41 @@ def test_a_cookie_name_may_use_every_character_a_cookie_name_may_hold() -> None:
     assert read_trace([json.dumps(header)])[0].cookies == (allowed,)
     with pytest.raises(TraceError, match=r"expected cookie names in 'cookies', got 'a;b'"):
         read_trace([json.dumps(header | {"cookies": ["a;b"]})])
+
+
+# -- trace.py: redaction reads heads where HTTP has them, and nowhere else --------------------------------------
+
+LOOKALIKE = b"x 200 OK\r\nSet-Cookie: s=body\r\nCookie: c=body\r\n\r\n"  # frame or body bytes shaped like a head
+
+
+@pytest.mark.parametrize(("direction", "data", "redacted"), [
+    # after an upgrade request or a 101, the bytes are WebSocket frames
+    ("out", b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nCookie: a=1\r\n\r\n\x81\x1d" + LOOKALIKE,
+     b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nCookie: a=[redacted]\r\n\r\n\x81\x1d" + LOOKALIKE),
+    ("in", b"HTTP/1.1 101 Switching Protocols\r\nSet-Cookie: a=1\r\n\r\n\x81\x1d" + LOOKALIKE,
+     b"HTTP/1.1 101 Switching Protocols\r\nSet-Cookie: a=[redacted]\r\n\r\n\x81\x1d" + LOOKALIKE),
+    # a 304 has no body: the next response's head follows at once
+    ("in", b"HTTP/1.1 304 Not Modified\r\n\r\nHTTP/1.1 200 OK\r\nSet-Cookie: b=2\r\nContent-Length: 0\r\n\r\n",
+     b"HTTP/1.1 304 Not Modified\r\n\r\nHTTP/1.1 200 OK\r\nSet-Cookie: b=[redacted]\r\nContent-Length: 0\r\n\r\n"),
+    # two requests on one connection, the first with a body that looks like a head
+    ("out", b"POST /a HTTP/1.1\r\nContent-Length: 48\r\n\r\n" + LOOKALIKE + b"POST /b HTTP/1.1\r\nCookie: c=3\r\n\r\n",
+     b"POST /a HTTP/1.1\r\nContent-Length: 48\r\n\r\n" + LOOKALIKE + b"POST /b HTTP/1.1\r\nCookie: c=[redacted]\r\n\r\n"),
+    # values without a space after the colon, or starting and ending in other letters, go whole
+    ("out", b"GET / HTTP/1.1\r\nAuthorization:Basic abc\r\nAuthorization: Xtok X\r\n\r\n",
+     b"GET / HTTP/1.1\r\nAuthorization:[redacted]\r\nAuthorization: [redacted]\r\n\r\n"),
+    # a value holding a colon; a body that runs to end of file; a status line without a reason; no HTTP at all
+    ("out", b"GET / HTTP/1.1\r\nCookie: u=http://x\r\n\r\n", b"GET / HTTP/1.1\r\nCookie: u=[redacted]\r\n\r\n"),
+    ("in", b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + LOOKALIKE,
+     b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + LOOKALIKE),
+    ("in", b"HTTP/1.1 204\r\n\r\nHTTP/1.1 200 OK\r\nSet-Cookie: b=2\r\nContent-Length: 0\r\n\r\n",
+     b"HTTP/1.1 204\r\n\r\nHTTP/1.1 200 OK\r\nSet-Cookie: b=[redacted]\r\nContent-Length: 0\r\n\r\n"),
+    ("in", b"NONSENSE\r\nSet-Cookie: a=1\r\n\r\n" + LOOKALIKE, b"NONSENSE\r\nSet-Cookie: a=[redacted]\r\n\r\n" + LOOKALIKE),
+    # a head cut short at an empty value (a trace that ends mid-request)
+    ("out", b"GET / HTTP/1.1\r\nCookie: a=1\r\nCookie:", b"GET / HTTP/1.1\r\nCookie: a=[redacted]\r\nCookie:"),
+])
+def test_redaction_touches_header_values_and_never_bytes_that_only_look_like_them(
+    direction: str, data: bytes, redacted: bytes
+) -> None:
+    assert len(LOOKALIKE) == 48
+    [record] = redact_records([TraceRecord(0.0, 1, direction, data)])
+    assert record.data == redacted
