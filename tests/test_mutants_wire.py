@@ -8,9 +8,11 @@ edges are in test_edges_wire.py.
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import json
 import random
+import re
 import ssl
 import zlib
 from pathlib import Path
@@ -24,6 +26,7 @@ from plabs_proto.config import ClientConfig
 from plabs_proto.errors import (
     ChallengeError,
     HandshakeError,
+    LabsTimeout,
     LocalProtocolError,
     ProxyError,
     RateLimitedError,
@@ -32,10 +35,11 @@ from plabs_proto.errors import (
     TLSError,
     UnexpectedPageError,
 )
+from plabs_proto.events import AnswerFinished
 from plabs_proto.perplexity.session import SESSION_COOKIE, signed_in_cookie
 from plabs_proto.refusal import is_page, page_title, refusal, unexpected_page
-from plabs_proto.wire.browser import CHROME, CHROME_131, fetch_site
-from plabs_proto.wire.client import LabsClient
+from plabs_proto.wire.browser import CHROME, CHROME_131, PROFILES, fetch_site
+from plabs_proto.wire.client import LabsClient, PerplexityClient
 from plabs_proto.wire.http import (
     BodyDecoder,
     HTTPChannel,
@@ -56,6 +60,7 @@ from plabs_proto.wire.trace import (
     read_trace,
     redact_header_value,
     redact_records,
+    replay,
 )
 from plabs_proto.wire.websocket import (
     DeflateParameters,
@@ -1173,3 +1178,169 @@ def test_record_times_are_kept_to_the_microsecond_from_the_first_chunk() -> None
     recorder(1.0, 1, "out", b"a")
     recorder(1.12345678, 1, "in", b"b")
     assert [record.t for record in recorder.records] == [0.0, 0.123457]
+
+
+# -- trace.py: a replay starts at t = 0 with the trace's model, and fires each deadline when it passes ---------
+
+DATA = Path(__file__).resolve().parent / "data"
+ASK_ANSWER_FRAME = {
+    "backend_uuid": "b-1", "read_write_token": "rw-1", "thread_url_slug": "s-1", "status": "COMPLETED",
+    "final": True, "display_model": "pplx_pro",
+    "blocks": [{"intended_usage": "ask_text", "markdown_block": {"chunks": ["Yes."], "chunk_starting_offset": 0}}],
+}
+
+
+def out_bytes(records: list[TraceRecord]) -> dict[int, bytes]:
+    sent: dict[int, bytes] = {}
+    for record in records:
+        if record.direction == "out":
+            sent[record.stream] = sent.get(record.stream, b"") + record.data
+    return sent
+
+
+def test_a_replayed_ask_writes_the_model_of_its_trace() -> None:
+    """An ask traced with a model that is not the default replays the same request bytes."""
+    config = ClientConfig(server="http://pplx.test", service="perplexity", browser=None)
+    recorder = TraceRecorder(config_header(config, model="pplx_pro", messages="Hello", seed=4))
+    live = PerplexityClient(config, rng=random.Random(4), tracer=recorder)
+    live.connect(0.0)
+    live.query("Hello", model="pplx_pro", now=0.0)
+    live.transmit()
+    live.receive_data(1, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", 0.1)
+    live.transmit()
+    body = f"event: message\r\ndata: {json.dumps(ASK_ANSWER_FRAME)}\r\n\r\nevent: end_of_stream\r\ndata: {{}}\r\n\r\n"
+    live.receive_data(
+        1, b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(body), body.encode()), 0.2,
+    )
+    live.close(0.3)
+    live.transmit()
+    lines = recorder.lines()
+    assert b'"model_preference":"pplx_pro"' in out_bytes(recorder.records)[1]
+    replayed = TraceRecorder({})
+    events = list(replay(lines, tracer=replayed))
+    assert [event.text for event in events if isinstance(event, AnswerFinished)] == ["Yes."]
+    assert out_bytes(replayed.records) == out_bytes(list(read_trace(lines)[1]))
+
+
+def with_timeout(lines: list[str], name: str, seconds: float) -> list[str]:
+    header = json.loads(lines[0])
+    header["timeouts"] = {**header["timeouts"], name: seconds}
+    return [json.dumps(header), *lines[1:]]
+
+
+def first_in(lines: list[str]) -> float:
+    return min(record.t for record in read_trace(lines)[1] if record.direction == "in")
+
+
+@pytest.mark.parametrize("trace", ["emulator_trace.jsonl", "perplexity_emulator_trace.jsonl"])
+@pytest.mark.parametrize("name", ["connect", "first_text"])
+def test_a_deadline_that_passes_at_the_first_bytes_fires_before_they_are_read(trace: str, name: str) -> None:
+    """The client connects and queries at t = 0: a deadline equal to the first reply's time fires first."""
+    lines = (DATA / trace).read_text(encoding="utf-8").splitlines()
+    at = first_in(lines)
+    assert 0 < at < 1  # within the first second, so t = 1 for t = 0 would show
+    before = sum(len(r.data) for r in read_trace(lines)[1] if r.direction == "out" and r.t < at)
+    written = TraceRecorder({})
+    with pytest.raises(LabsTimeout, match=rf"within {re.escape(str(at))} s"):
+        list(replay(with_timeout(lines, name, at), tracer=written))
+    assert sum(len(r.data) for r in written.records if r.direction == "out") == before  # the reply was never read
+    # One microsecond later the deadline has not passed at the reply: it is read and answered (a later
+    # reply may still come too late).
+    written = TraceRecorder({})
+    with contextlib.suppress(LabsTimeout):
+        list(replay(with_timeout(lines, name, at + 1e-6), tracer=written))
+    assert sum(len(r.data) for r in written.records if r.direction == "out") > before
+
+
+# -- trace.py: what a bad header says, with the line it is on ------------------------------------------------
+
+GOOD_HEADER = {"plabs_trace": 1, "server": "http://labs.test", "transport": "polling", "model": "sonar",
+               "messages": [], "seed": 1}
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    ({"server": 5}, "expected the server URL in 'server', got 5"),
+    ({"transport": 5}, "expected the transport in 'transport', got 5"),
+    ({"model": None}, "expected the model in 'model', got None"),
+    ({"messages": {}}, "expected a list of messages in 'messages', got {}"),
+    ({"origin": 1}, "expected a string in 'origin', got 1"),
+    ({"browser": 7}, f"expected a browser profile among {', '.join(sorted(PROFILES))} or null in 'browser', got 7"),
+    ({"browser": "lynx"},
+     f"expected a browser profile among {', '.join(sorted(PROFILES))} or null in 'browser', got 'lynx'"),
+    ({"accept_encoding": "yes"}, "expected true or false in 'accept_encoding', got 'yes'"),
+    ({"headers": "X-A: 1"}, "expected a list of [name, value] pairs in 'headers', got 'X-A: 1'"),
+    ({"headers": [["X-A"]]}, "expected [name, value] pairs in 'headers', got ['X-A']"),
+    ({"headers": [("X-A", 1)]}, "expected [name, value] pairs in 'headers', got ['X-A', 1]"),
+    ({"timeouts": []}, "expected an object of timeouts in 'timeouts', got []"),
+    ({"timeouts": {"read": 1}}, "expected timeouts among connect, first_text, query, got 'read'"),
+    ({"timeouts": {"connect": True}}, "expected timeout 'connect' in seconds or null, got True"),
+    ({"plabs_trace": 2}, "expected trace format version 1, got 2"),
+])
+def test_a_bad_header_field_is_named_with_its_line(change: dict[str, object], expected: str) -> None:
+    """The header is the first line that is not blank: its number is the one named."""
+    with pytest.raises(TraceError) as caught:
+        read_trace(["", "  ", json.dumps(GOOD_HEADER | change)])
+    assert str(caught.value) == f"trace line 3: {expected}"
+
+
+def test_a_header_that_is_not_one_shows_60_characters_of_itself() -> None:
+    listed = json.dumps(list(range(40)))  # JSON, but no object
+    unmarked = json.dumps({"server": "http://labs.test/" + "x" * 60})  # an object, but no trace header
+    with pytest.raises(TraceError) as caught:
+        read_trace([listed])
+    assert str(caught.value) == f"trace line 1: expected a JSON object, got {listed[:60]!r}"
+    with pytest.raises(TraceError) as caught:
+        read_trace([unmarked])
+    assert str(caught.value) == (
+        f"trace line 1: expected a plabs trace header (a 'plabs_trace' key), got {unmarked[:60]!r}"
+    )
+    with pytest.raises(TraceError) as caught:
+        read_trace(["", " "])
+    assert str(caught.value) == "trace line 1: expected a plabs trace header, got an empty trace"
+
+
+def test_a_cookie_name_may_use_every_character_a_cookie_name_may_hold() -> None:
+    allowed = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"(),/:;<=>?@[\\]{}')
+    header = GOOD_HEADER | {"service": "perplexity", "transport": "upgrade", "cookies": [allowed]}
+    assert read_trace([json.dumps(header)])[0].cookies == (allowed,)
+    with pytest.raises(TraceError, match=r"expected cookie names in 'cookies', got 'a;b'"):
+        read_trace([json.dumps(header | {"cookies": ["a;b"]})])
+
+
+# -- trace.py: redaction reads heads where HTTP has them, and nowhere else --------------------------------------
+
+LOOKALIKE = b"x 200 OK\r\nSet-Cookie: s=body\r\nCookie: c=body\r\n\r\n"  # frame or body bytes shaped like a head
+
+
+@pytest.mark.parametrize(("direction", "data", "redacted"), [
+    # after an upgrade request or a 101, the bytes are WebSocket frames
+    ("out", b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nCookie: a=1\r\n\r\n\x81\x1d" + LOOKALIKE,
+     b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nCookie: a=[redacted]\r\n\r\n\x81\x1d" + LOOKALIKE),
+    ("in", b"HTTP/1.1 101 Switching Protocols\r\nSet-Cookie: a=1\r\n\r\n\x81\x1d" + LOOKALIKE,
+     b"HTTP/1.1 101 Switching Protocols\r\nSet-Cookie: a=[redacted]\r\n\r\n\x81\x1d" + LOOKALIKE),
+    # a 304 has no body: the next response's head follows at once
+    ("in", b"HTTP/1.1 304 Not Modified\r\n\r\nHTTP/1.1 200 OK\r\nSet-Cookie: b=2\r\nContent-Length: 0\r\n\r\n",
+     b"HTTP/1.1 304 Not Modified\r\n\r\nHTTP/1.1 200 OK\r\nSet-Cookie: b=[redacted]\r\nContent-Length: 0\r\n\r\n"),
+    # two requests on one connection, the first with a body that looks like a head
+    ("out", b"POST /a HTTP/1.1\r\nContent-Length: 48\r\n\r\n" + LOOKALIKE + b"POST /b HTTP/1.1\r\nCookie: c=3\r\n\r\n",
+     b"POST /a HTTP/1.1\r\nContent-Length: 48\r\n\r\n" + LOOKALIKE + b"POST /b HTTP/1.1\r\nCookie: c=[redacted]\r\n\r\n"),
+    # values without a space after the colon, or starting and ending in other letters, go whole
+    ("out", b"GET / HTTP/1.1\r\nAuthorization:Basic abc\r\nAuthorization: Xtok X\r\n\r\n",
+     b"GET / HTTP/1.1\r\nAuthorization:[redacted]\r\nAuthorization: [redacted]\r\n\r\n"),
+    # a value holding a colon; a body that runs to end of file; a status line without a reason; no HTTP at all
+    ("out", b"GET / HTTP/1.1\r\nCookie: u=http://x\r\n\r\n", b"GET / HTTP/1.1\r\nCookie: u=[redacted]\r\n\r\n"),
+    ("in", b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + LOOKALIKE,
+     b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + LOOKALIKE),
+    ("in", b"HTTP/1.1 204\r\n\r\nHTTP/1.1 200 OK\r\nSet-Cookie: b=2\r\nContent-Length: 0\r\n\r\n",
+     b"HTTP/1.1 204\r\n\r\nHTTP/1.1 200 OK\r\nSet-Cookie: b=[redacted]\r\nContent-Length: 0\r\n\r\n"),
+    ("in", b"NONSENSE\r\nSet-Cookie: a=1\r\n\r\n" + LOOKALIKE, b"NONSENSE\r\nSet-Cookie: a=[redacted]\r\n\r\n" + LOOKALIKE),
+    # a head cut short at an empty value (a trace that ends mid-request)
+    ("out", b"GET / HTTP/1.1\r\nCookie: a=1\r\nCookie:", b"GET / HTTP/1.1\r\nCookie: a=[redacted]\r\nCookie:"),
+])
+def test_redaction_touches_header_values_and_never_bytes_that_only_look_like_them(
+    direction: str, data: bytes, redacted: bytes
+) -> None:
+    assert len(LOOKALIKE) == 48
+    [record] = redact_records([TraceRecord(0.0, 1, direction, data)])
+    assert record.data == redacted
