@@ -611,6 +611,22 @@ def test_the_chunk_limit_of_an_answer_object(answer: dict[str, list[Any]], messa
     assert str(grown.value) == "expected at most 2 chunks in a text, got 3"
 
 
+# -- text.py: the answer's limit as it streams -----------------------------------------------------------------
+
+
+def test_an_answer_streamed_chunk_by_chunk_counts_every_chunk_against_its_limit() -> None:
+    d = AnswerDecoder(max_text=5)
+    assert texts(d.feed(frame(blocks=[markdown(["ab"])]))) == "ab"
+    assert d.feed(frame(blocks=[markdown(["ab", "cd"])])) == [TextDelta(text="cd")]
+    assert d.feed(frame(blocks=[markdown(["e"], offset=2)])) == [TextDelta(text="e")]  # 5: the limit, taken
+    with pytest.raises(RemoteProtocolError) as caught:
+        d.feed(frame(blocks=[markdown(["f"], offset=3)]))
+    assert str(caught.value) == "expected the answer to be at most 5 characters, got 6"
+    with pytest.raises(RemoteProtocolError) as bad:
+        AnswerDecoder().feed(frame(blocks=[markdown(["a", 5])]))  # type: ignore[list-item]
+    assert str(bad.value) == "expected the answer's chunks to be strings, got int: 5"
+
+
 # -- request.py and session.py: their limits at the edges ----------------------------------------------------
 
 
