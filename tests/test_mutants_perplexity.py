@@ -33,6 +33,7 @@ from plabs_proto.events import (
 from plabs_proto.jsondepth import MAX_DEPTH
 from plabs_proto.perplexity.answer import DEFAULT_MAX_CHUNKS, MAX_POINTER, AnswerDecoder, load_frame
 from plabs_proto.perplexity.request import read_cookies_txt
+from plabs_proto.perplexity.shape import excerpt
 from plabs_proto.perplexity.sse import SSEDecoder, SSEEvent
 
 # -- sse.py: the event stream's bytes ------------------------------------------------------------------------
@@ -625,6 +626,19 @@ def test_an_answer_streamed_chunk_by_chunk_counts_every_chunk_against_its_limit(
     with pytest.raises(RemoteProtocolError) as bad:
         AnswerDecoder().feed(frame(blocks=[markdown(["a", 5])]))  # type: ignore[list-item]
     assert str(bad.value) == "expected the answer's chunks to be strings, got int: 5"
+
+
+# -- shape.py: what an error shows of a string -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [59, 60, 61])
+def test_an_error_shows_60_characters_of_a_string_and_says_when_there_were_more(size: int) -> None:
+    value = "".join(chr(ord("a") + n % 26) for n in range(size))
+    assert excerpt(value) == f"str: {value[:60]!r}" + ("..." if size > 60 else "")
+    with pytest.raises(RemoteProtocolError) as caught:
+        AnswerDecoder().feed({"text": "[" + value})
+    assert str(caught.value).startswith(f"expected the frame's 'text' to be JSON, got str: {('[' + value)[:60]!r}"
+                                        + ("..." if size >= 60 else " ("))
 
 
 # -- request.py and session.py: their limits at the edges ----------------------------------------------------
