@@ -22,7 +22,7 @@ from test_perplexity_client import WARMUP_RESPONSE, sent
 from test_perplexity_client import ready as perplexity_ready
 from test_session import BASE, T, connected, open_packet, session
 
-from plabs_proto.config import ClientConfig, SessionConfig
+from plabs_proto.config import ClientConfig, SessionConfig, split_server
 from plabs_proto.errors import (
     HandshakeError,
     LabsError,
@@ -763,3 +763,87 @@ def test_the_tracer_sees_the_catalog_request_at_its_time() -> None:
     seen.clear()
     c.request_catalog(now=4.0)
     assert seen == [(4.0, "out")]
+
+
+# -- the configuration: survivors of mutmut ----------------------------------------------------------------
+
+#: Every character RFC 6265 lets a cookie value carry as it is (visible ASCII but '"', ',', ';' and '\').
+COOKIE_OCTETS = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '",;\\')
+
+
+def cookies_txt(name: str, value: str) -> str:
+    return f".perplexity.ai\tTRUE\t/\tTRUE\t0\t{name}\t{value}\n"
+
+
+def test_the_server_path_and_the_socketio_path_lose_only_their_outer_slashes() -> None:
+    assert split_server("https://x.test/apiX/", "/Xsocket.ioX/") == ("https", "x.test", None, "/apiX/Xsocket.ioX/")
+    assert split_server("http://x.test:81", "sio") == ("http", "x.test", 81, "/sio/")
+
+
+@pytest.mark.parametrize("bad", ["https://a.test\rX: 1", "https://a.test\nX: 1"])
+def test_a_carriage_return_or_a_line_feed_alone_is_refused_in_header_text(bad: str) -> None:
+    with pytest.raises(LocalProtocolError) as caught:
+        SessionConfig(origin=bad)
+    assert str(caught.value).startswith("expected origin as ASCII text without CR or LF")
+    with pytest.raises(LocalProtocolError, match="expected the 'X-A' header as ASCII text without CR or LF"):
+        ClientConfig(headers=(("X-A", bad),))
+
+
+def test_a_mode_is_taken_on_the_ask_service_only_and_only_a_known_one() -> None:
+    assert SessionConfig(service="perplexity", mode="concise").mode == "concise"
+    assert SessionConfig(service="perplexity", mode="copilot").mode == "copilot"
+    with pytest.raises(LocalProtocolError) as caught:
+        SessionConfig(service="labs", mode="copilot")
+    assert str(caught.value) == (
+        "expected no mode on service 'labs' (modes are the ask service's: service=\"perplexity\"), got mode='copilot'"
+    )
+    for mode in ("fast", 3):
+        with pytest.raises(LocalProtocolError) as caught:
+            SessionConfig(service="perplexity", mode=mode)  # type: ignore[arg-type]
+        assert str(caught.value) == f"expected the mode to be one of copilot, concise, got {mode!r}"
+
+
+def test_a_session_token_of_every_cookie_character_is_taken_and_a_bad_one_refused_unseen() -> None:
+    assert SessionConfig(service="perplexity", session_token=COOKIE_OCTETS).session_token == COOKIE_OCTETS
+    for token, shown in (("a b", "str of 3"), (5, "int of 0")):
+        with pytest.raises(LocalProtocolError) as caught:
+            SessionConfig(service="perplexity", session_token=token)  # type: ignore[arg-type]
+        assert str(caught.value) == (
+            "expected session_token as a cookie value (visible ASCII without spaces, quotes, commas, "
+            f"semicolons or backslashes), got {shown} characters (not shown)"
+        )
+
+
+def test_cookies_of_every_cookie_character_are_taken_and_a_bad_name_refused_by_its_first_60_characters() -> None:
+    good = cookies_txt(COOKIE_OCTETS.replace("=", ""), COOKIE_OCTETS)
+    assert SessionConfig(service="perplexity", cookies_txt=good).cookies_txt == good
+    for name in ("a" * 60 + " b", "a=b"):
+        with pytest.raises(LocalProtocolError) as caught:
+            SessionConfig(service="perplexity", cookies_txt=cookies_txt(name, "v"))
+        assert str(caught.value) == (
+            f"expected the cookies of cookies_txt to be sendable in a Cookie header, got cookie {name[:60]!r} "
+            "whose name or value holds a space, a quote, a comma, a semicolon, a backslash or a non-ASCII "
+            "character (value not shown)"
+        )
+    with pytest.raises(LocalProtocolError) as caught:
+        SessionConfig(service="perplexity", cookies_txt=5)  # type: ignore[arg-type]
+    assert str(caught.value) == "expected cookies_txt as the text of a cookies.txt export, got int"
+
+
+def test_every_header_is_checked_not_only_the_last() -> None:
+    with pytest.raises(LocalProtocolError, match="expected the 'X-A' header as ASCII text"):
+        ClientConfig(headers=(("X-A", "caf\u00e9"), ("X-B", "ok")))
+    with pytest.raises(LocalProtocolError, match="expected the server host as ASCII text"):
+        ClientConfig(server="http://b\u00fccher.test", headers=(("X-B", "ok"),))
+
+
+def test_the_session_config_of_a_client_config_is_its_message_level_fields() -> None:
+    kw: dict[str, Any] = {
+        "server": "https://x.test/base", "path": "sio", "transport": "polling", "origin": "https://o.test",
+        "jwt": "j", "version": "v", "connect_timeout": 1.0, "first_text_timeout": 2.0, "query_timeout": 3.0,
+        "max_message_size": 4, "service": "perplexity", "session_token": "t", "cookies_txt": "", "mode": "concise",
+    }
+    plain = ClientConfig(**kw, proxy="socks5://proxy.test", browser=None).session_config()
+    assert type(plain) is SessionConfig and plain == SessionConfig(**kw)
+    same = SessionConfig(**kw)
+    assert same.session_config() is same

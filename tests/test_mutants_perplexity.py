@@ -33,6 +33,8 @@ from plabs_proto.events import (
 from plabs_proto.jsondepth import MAX_DEPTH
 from plabs_proto.perplexity.answer import DEFAULT_MAX_CHUNKS, MAX_POINTER, AnswerDecoder, load_frame
 from plabs_proto.perplexity.request import read_cookies_txt
+from plabs_proto.perplexity.search import Search, source
+from plabs_proto.perplexity.shape import excerpt
 from plabs_proto.perplexity.sse import SSEDecoder, SSEEvent
 
 # -- sse.py: the event stream's bytes ------------------------------------------------------------------------
@@ -609,6 +611,60 @@ def test_the_chunk_limit_of_an_answer_object(answer: dict[str, list[Any]], messa
     with pytest.raises(RemoteProtocolError) as grown:
         d.feed({"text": json.dumps({"chunks": ["b", "c"]})})
     assert str(grown.value) == "expected at most 2 chunks in a text, got 3"
+
+
+# -- text.py: the answer's limit as it streams -----------------------------------------------------------------
+
+
+def test_an_answer_streamed_chunk_by_chunk_counts_every_chunk_against_its_limit() -> None:
+    d = AnswerDecoder(max_text=5)
+    assert texts(d.feed(frame(blocks=[markdown(["ab"])]))) == "ab"
+    assert d.feed(frame(blocks=[markdown(["ab", "cd"])])) == [TextDelta(text="cd")]
+    assert d.feed(frame(blocks=[markdown(["e"], offset=2)])) == [TextDelta(text="e")]  # 5: the limit, taken
+    with pytest.raises(RemoteProtocolError) as caught:
+        d.feed(frame(blocks=[markdown(["f"], offset=3)]))
+    assert str(caught.value) == "expected the answer to be at most 5 characters, got 6"
+    with pytest.raises(RemoteProtocolError) as bad:
+        AnswerDecoder().feed(frame(blocks=[markdown(["a", 5])]))  # type: ignore[list-item]
+    assert str(bad.value) == "expected the answer's chunks to be strings, got int: 5"
+
+
+# -- shape.py: what an error shows of a string -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [59, 60, 61])
+def test_an_error_shows_60_characters_of_a_string_and_says_when_there_were_more(size: int) -> None:
+    value = "".join(chr(ord("a") + n % 26) for n in range(size))
+    assert excerpt(value) == f"str: {value[:60]!r}" + ("..." if size > 60 else "")
+    with pytest.raises(RemoteProtocolError) as caught:
+        AnswerDecoder().feed({"text": "[" + value})
+    assert str(caught.value).startswith(f"expected the frame's 'text' to be JSON, got str: {('[' + value)[:60]!r}"
+                                        + ("..." if size >= 60 else " ("))
+
+
+# -- search.py: sources and queries of the wrong shape ---------------------------------------------------------
+
+
+def test_a_source_takes_name_or_title_and_one_without_a_url_is_not_reported() -> None:
+    assert source({"url": "https://a.test", "title": "A"}) == {"url": "https://a.test", "title": "A"}
+    assert source({"url": "https://a.test", "name": "N", "title": "A"}) == {"url": "https://a.test", "title": "N"}
+    assert source({"title": "A"}) == {"url": "", "title": "A"}
+    events: list[Event] = []
+    Search().read([{"title": "A"}, "https://b.test"], events)
+    assert events == [SourcesRead(sources=({"url": "https://b.test", "title": ""},))]
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda: Search().searched(5, []), "expected queries to be a list, got int: 5"),
+    (lambda: Search().read(5, []), "expected sources to be a list, got int: 5"),
+    (lambda: source(5), "expected a source to be a URL or a JSON object, got int: 5"),
+    (lambda: source({"url": 5, "name": "n"}),
+     "expected a source's 'url' and 'name' to be strings, got dict: {'name': 'n', 'url': 5}"),
+])
+def test_queries_and_sources_of_the_wrong_shape_are_refused_naming_what_came(call: Any, message: str) -> None:
+    with pytest.raises(RemoteProtocolError) as caught:
+        call()
+    assert str(caught.value) == message
 
 
 # -- request.py and session.py: their limits at the edges ----------------------------------------------------

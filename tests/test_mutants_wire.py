@@ -40,6 +40,7 @@ from plabs_proto.perplexity.session import SESSION_COOKIE, signed_in_cookie
 from plabs_proto.refusal import is_page, page_title, refusal, unexpected_page
 from plabs_proto.wire.browser import CHROME, CHROME_131, PROFILES, fetch_site
 from plabs_proto.wire.client import LabsClient, PerplexityClient
+from plabs_proto.wire.headers import CookieJar, RequestHeaders
 from plabs_proto.wire.http import (
     BodyDecoder,
     HTTPChannel,
@@ -1344,3 +1345,76 @@ def test_redaction_touches_header_values_and_never_bytes_that_only_look_like_the
     assert len(LOOKALIKE) == 48
     [record] = redact_records([TraceRecord(0.0, 1, direction, data)])
     assert record.data == redacted
+
+
+# -- headers.py: the Cookie header, the page a request comes from, the plain header set ----------------------
+
+PPLX = "https://www.perplexity.ai"
+
+
+def test_the_sessions_cookies_come_first_and_the_servers_replace_those_of_the_same_name() -> None:
+    jar = CookieJar()
+    jar.remember([("set-cookie", "b=server; Path=/"), ("set-cookie", "c=x=y; Secure")])
+    assert jar.as_dict() == {"b": "server", "c": "x=y"}  # a value may hold "="
+    assert jar.header("a=1;b=mine ; d==q; ") == "a=1; b=server; d==q; c=x=y"
+    jar.remember([("set-cookie", "d=server")])
+    assert jar.header("d==q") == "d=server; b=server; c=x=y"  # the name ends at the first "="
+    assert CookieJar().header("") is None and CookieJar().header(" ; ") is None
+    assert CookieJar().header("a=1") == "a=1"
+
+
+def sec_fetch_site(session_headers: tuple[tuple[str, str], ...]) -> str:
+    """The Sec-Fetch-Site of a Chrome request to www.perplexity.ai from a client whose ``origin`` is Labs's."""
+    headers = RequestHeaders(ClientConfig(server=PPLX), "www.perplexity.ai", CookieJar()).request(session_headers)
+    return dict(headers)["Sec-Fetch-Site"]
+
+
+@pytest.mark.parametrize(("session_headers", "site"), [
+    ((("Origin", PPLX),), "same-origin"),
+    ((("Referer", PPLX + "/search/x"),), "same-origin"),
+    ((("Referer", "https://evil.test/"), ("Origin", PPLX)), "same-origin"),  # the Origin wins
+    ((("Referer", "https:search/x"),), "same-site"),  # no host: the client's origin (labs.perplexity.ai)
+    ((), "same-site"),
+])
+def test_the_page_a_request_comes_from_is_the_sessions_origin_else_its_referers(
+    session_headers: tuple[tuple[str, str], ...], site: str
+) -> None:
+    assert sec_fetch_site(session_headers) == site
+
+
+@pytest.mark.parametrize("browser", [None, CHROME])
+def test_the_sessions_cookies_and_the_jars_go_out_in_one_cookie_header(browser: object) -> None:
+    jar = CookieJar()
+    jar.remember([("set-cookie", "a=1")])
+    headers = RequestHeaders(ClientConfig(server=PPLX, browser=browser), "www.perplexity.ai", jar)  # type: ignore[arg-type]
+    for session_headers in (
+        (("Cookie", "t=T"), ("Cookie", "u=U")),
+        (("Origin", PPLX), ("cookie", "t=T; u=U")),
+    ):
+        sent = headers.request(session_headers)
+        assert [value for name, value in sent if name.lower() == "cookie"] == ["t=T; u=U; a=1"]
+        assert ("Origin", PPLX) in sent or session_headers[0][0] != "Origin"  # the session's other headers stay
+
+
+def test_the_plain_headers_of_a_request_and_of_an_upgrade() -> None:
+    jar = CookieJar()
+    jar.remember([("set-cookie", "a=1")])
+    headers = RequestHeaders(ClientConfig(browser=None, user_agent="ua", headers=(("X-A", "1"),)), "h.test", jar)
+    assert headers.request((("accept", "text/event-stream"), ("Content-Type", "application/json"))) == [
+        ("Host", "h.test"), ("User-Agent", "ua"), ("accept", "text/event-stream"),
+        ("Accept-Encoding", "gzip, deflate"), ("Cookie", "a=1"), ("X-A", "1"), ("Content-Type", "application/json"),
+    ]
+    assert headers.upgrade((("Origin", "https://o.test"),), "KEY") == [
+        ("Host", "h.test"), ("User-Agent", "ua"), ("Accept", "*/*"), ("Origin", "https://o.test"),
+        ("Accept-Encoding", "gzip, deflate"), ("Cookie", "a=1"), ("X-A", "1"), ("Connection", "Upgrade"),
+        ("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13"), ("Sec-WebSocket-Key", "KEY"),
+        ("Sec-WebSocket-Extensions", "permessage-deflate; client_max_window_bits"),
+    ]
+
+
+def test_a_profile_without_compression_offers_none_and_keeps_the_callers_headers() -> None:
+    config = ClientConfig(server=PPLX, accept_encoding=False, headers=(("X-A", "1"),))
+    headers = RequestHeaders(config, "www.perplexity.ai", CookieJar())
+    for sent in (headers.request((("Origin", PPLX),)), headers.upgrade((("Origin", PPLX),), "KEY")):
+        assert "Accept-Encoding" not in dict(sent)
+        assert sent[-1] == ("X-A", "1")
