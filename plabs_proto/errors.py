@@ -51,6 +51,7 @@ runs made one space, and each cut to a bounded length (``...`` marks a cut).
 
 from __future__ import annotations
 
+import reprlib
 from typing import TYPE_CHECKING, TypedDict
 
 if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; only type checkers read it here
@@ -74,7 +75,21 @@ __all__ = [
     "SignInError",
     "TLSError",
     "UnexpectedPageError",
+    "excerpt",
 ]
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = 60
+_REPR.maxother = 60
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = 4
+_REPR.maxlevel = 2
+
+
+def excerpt(value: object) -> str:
+    """How an error message shows a value that arrived: ``type: repr``, cut short (60 characters of a string)."""
+    if isinstance(value, str):
+        return f"str: {value[:60]!r}" + ("..." if len(value) > 60 else "")
+    return f"{type(value).__name__}: {_REPR.repr(value)}"
 
 
 class LabsError(Exception):

@@ -656,7 +656,7 @@ def test_failure_frame_from_gpt4free_2861() -> None:
         ({"status": "failed"}, "(no text)"),
         ({"status": "failed", "text": ""}, "(no text)"),
         ({"status": "failed", "text": None}, "(no text)"),
-        ({"status": "failed", "text": {"code": 5}}, "{'code': 5}"),
+        ({"status": "failed", "text": {"code": 5}}, "dict: {'code': 5}"),
         ({"status": "failed", "text": "boom", "final": True, "output": 5}, "boom"),
     ],
 )

@@ -33,12 +33,11 @@ from __future__ import annotations
 import json.decoder
 import math
 import re
-import reprlib
 from collections.abc import Callable, Mapping, Sequence
 from enum import Enum
 from typing import Any, NoReturn
 
-from plabs_proto.errors import LocalProtocolError, RemoteProtocolError
+from plabs_proto.errors import LocalProtocolError, RemoteProtocolError, excerpt
 from plabs_proto.events import (
     AnswerFinished,
     AnswerRevised,
@@ -84,21 +83,6 @@ _OPEN = "<think>"
 _CLOSE = "</think>"
 _WS = re.compile(r"\s*")  # \s is exactly str.isspace(), so this agrees with str.lstrip()
 
-_REPR = reprlib.Repr()
-_REPR.maxstring = 60
-_REPR.maxother = 60
-_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = 4
-_REPR.maxlevel = 2
-
-
-def _excerpt(value: object) -> str:
-    """``type: repr`` of a value, cut short."""
-    if isinstance(value, str):
-        text = repr(value[:60]) + ("..." if len(value) > 60 else "")
-    else:
-        text = _REPR.repr(value)
-    return f"{type(value).__name__}: {text}"
-
 
 def _skip_space(text: str, pos: int) -> int:
     """The index of the first non-whitespace character at or after ``pos``."""
@@ -109,7 +93,7 @@ def _skip_space(text: str, pos: int) -> int:
 def _check_model(model: object) -> str:
     if not isinstance(model, str):
         raise LocalProtocolError(
-            f"expected the model as a str (a Labs model id such as {DEFAULT_MODEL!r}), got {_excerpt(model)}"
+            f"expected the model as a str (a Labs model id such as {DEFAULT_MODEL!r}), got {excerpt(model)}"
         )
     return model or DEFAULT_MODEL
 
@@ -163,7 +147,7 @@ def _content_text(index: int, message: Mapping[Any, Any]) -> str:
         return _check_utf8(content, f"message {index}")
     if not isinstance(content, list):
         raise LocalProtocolError(
-            f"message {index}: expected 'content' to be a str or a list of parts, got {_excerpt(content)}"
+            f"message {index}: expected 'content' to be a str or a list of parts, got {excerpt(content)}"
         )
     texts: list[str] = []
     for part_index, part in enumerate(content):
@@ -174,7 +158,7 @@ def _content_text(index: int, message: Mapping[Any, Any]) -> str:
                 continue  # image and other non-text parts: Labs takes text only
             value = part.get("text")
             if not isinstance(value, str):
-                got = _excerpt(value) if "text" in part else "no 'text' key"
+                got = excerpt(value) if "text" in part else "no 'text' key"
                 raise LocalProtocolError(
                     f"message {index}, part {part_index}: "
                     f"expected 'text' to be a str in a text part, got {got}"
@@ -183,7 +167,7 @@ def _content_text(index: int, message: Mapping[Any, Any]) -> str:
         else:
             raise LocalProtocolError(
                 f"message {index}, part {part_index}: expected a str or a mapping with 'type', "
-                f"got {_excerpt(part)}"
+                f"got {excerpt(part)}"
             )
         if text:
             texts.append(_check_utf8(text, f"message {index}, part {part_index}"))
@@ -204,7 +188,7 @@ def normalize_messages(messages: str | Sequence[Mapping[str, Any]]) -> list[dict
     elif isinstance(messages, (bytes, bytearray, Mapping)) or not isinstance(messages, Sequence):
         raise LocalProtocolError(
             "expected the messages as a str or a sequence of {'role', 'content'} mappings, "
-            f"got {_excerpt(messages)}"
+            f"got {excerpt(messages)}"
         )
     else:
         items = messages
@@ -212,11 +196,11 @@ def normalize_messages(messages: str | Sequence[Mapping[str, Any]]) -> list[dict
     for index, message in enumerate(items):
         if not isinstance(message, Mapping):
             raise LocalProtocolError(
-                f"message {index}: expected a mapping with 'role' and 'content', got {_excerpt(message)}"
+                f"message {index}: expected a mapping with 'role' and 'content', got {excerpt(message)}"
             )
         role = message.get("role")
         if not isinstance(role, str) or role not in ROLES:
-            got = _excerpt(role) if "role" in message else "no 'role' key"
+            got = excerpt(role) if "role" in message else "no 'role' key"
             raise LocalProtocolError(
                 f"message {index}: expected 'role' to be 'user', 'assistant' or 'system', got {got}"
             )
@@ -251,7 +235,7 @@ def build_request(
     model = _check_utf8(_check_model(model), "model")
     for name, value in (("version", version), ("source", source)):
         if not isinstance(value, str):
-            raise LocalProtocolError(f"expected {name} as a str, got {_excerpt(value)}")
+            raise LocalProtocolError(f"expected {name} as a str, got {excerpt(value)}")
         _check_utf8(value, name)
     return {"version": version, "source": source, "model": model, "messages": normalize_messages(messages)}
 
@@ -477,10 +461,10 @@ class AnswerDecoder:
         """
         if self._finished:
             raise LocalProtocolError(
-                f"feed() called after the {self._model} answer had finished, got {_excerpt(payload)}"
+                f"feed() called after the {self._model} answer had finished, got {excerpt(payload)}"
             )
         if not isinstance(payload, dict):
-            raise self._error(f"expected a JSON object as the progress payload, got {_excerpt(payload)}")
+            raise self._error(f"expected a JSON object as the progress payload, got {excerpt(payload)}")
         status = payload.get("status")
         if status == "failed":
             return [self._fail(payload.get("text"))]
@@ -489,13 +473,13 @@ class AnswerDecoder:
         if has_output and not isinstance(output, str):
             raise self._error(
                 f"expected 'output' to be a string in the {self._model} progress payload, "
-                f"got {_excerpt(output)}"
+                f"got {excerpt(output)}"
             )
         citations = payload.get("citations")
         if citations is not None and not isinstance(citations, list):
             raise self._error(
                 f"expected 'citations' to be a list in the {self._model} progress payload, "
-                f"got {_excerpt(citations)}"
+                f"got {excerpt(citations)}"
             )
         final = bool(payload.get("final")) or status == "completed"
 
@@ -558,7 +542,7 @@ class AnswerDecoder:
         if isinstance(text, str):
             message = text or "(no text)"
         else:
-            message = "(no text)" if text is None else _REPR.repr(text)
+            message = "(no text)" if text is None else excerpt(text)
         self._final_view = self._view()
         self._finished = True
         reasoning, partial = self._final_view

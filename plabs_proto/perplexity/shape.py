@@ -7,26 +7,12 @@ expected and what arrived (an :func:`excerpt` of it).
 from __future__ import annotations
 
 import json
-import reprlib
 from typing import Any, NoReturn
 
-from plabs_proto.errors import RemoteProtocolError
+from plabs_proto.errors import RemoteProtocolError, excerpt
 from plabs_proto.jsondepth import check_depth
 
 __all__ = ["Limits", "as_dict", "as_list", "excerpt", "fail", "load"]
-
-_REPR = reprlib.Repr()
-_REPR.maxstring = 60
-_REPR.maxother = 60
-_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = 4
-_REPR.maxlevel = 2
-
-
-def excerpt(value: object) -> str:
-    """``type: repr`` of a value, cut short."""
-    if isinstance(value, str):
-        return f"str: {value[:60]!r}" + ("..." if len(value) > 60 else "")
-    return f"{type(value).__name__}: {_REPR.repr(value)}"
 
 
 def fail(message: str) -> NoReturn:
