@@ -90,7 +90,7 @@ def sse_events(shape: str, answer: str, chunk: int, query: str = PROMPT) -> list
     )
 
     thread = _Thread(slug="bench-thread", read_write_token="rwt-bench", context_uuid="ctx-bench")
-    ask = _Ask(query=query, model="turbo", mode="copilot", frontend_uuid="f-bench", thread=thread,
+    ask = _Ask(query=query, model="turbo", mode="copilot", asked_mode="copilot", frontend_uuid="f-bench", thread=thread,
                backend_uuid="b-bench")
     frames = _Frames(PerplexityEmulatorConfig(shape=shape, answer=answer, chunk_size=chunk), ask)
     events = [f"event: message\r\ndata: {json.dumps(frame)}\r\n\r\n".encode() for frame in frames]

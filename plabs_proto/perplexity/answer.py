@@ -66,11 +66,10 @@ from plabs_proto.errors import (
     AnswerRateLimitedError,
     LabsError,
     LocalProtocolError,
-    RemoteProtocolError,
 )
 from plabs_proto.events import AnswerFinished, Event, ThreadIdentity
-from plabs_proto.jsondepth import check_depth
 from plabs_proto.perplexity.blocks import Blocks
+from plabs_proto.perplexity.frames import load_frame as load_frame
 from plabs_proto.perplexity.legacy import Legacy
 from plabs_proto.perplexity.patch import MAX_POINTER as MAX_POINTER
 from plabs_proto.perplexity.search import Search
@@ -105,29 +104,6 @@ DEFAULT_MAX_PATCHES = 10_000
 """Most patches in one frame (all its ``diff_block`` s together)."""
 DEFAULT_MAX_CHUNKS = 1 << 20
 """Most chunks in one text (and most members a patch may add to one list)."""
-
-
-def load_frame(data: str) -> Any:
-    """The JSON value of an SSE event's data, for :meth:`AnswerDecoder.feed`.
-
-    Nesting deeper than :data:`plabs_proto.jsondepth.MAX_DEPTH`, text that is not
-    JSON, and ``NaN``/``Infinity`` are refused with :class:`RemoteProtocolError`.
-    """
-    check_depth(data, "an answer frame")
-    try:
-        if data[:1] == "\ufeff":  # (as json.loads says it)
-            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", data, 0)
-        return _DECODER.decode(data)
-    except (ValueError, RecursionError) as exc:
-        raise RemoteProtocolError(f"expected an answer frame of JSON, got {excerpt(data)} ({exc})") from None
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-# One decoder for every frame: json.loads with parse_constant would build a new one (and its scanner) each time.
-_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
 
 
 class AnswerDecoder:
