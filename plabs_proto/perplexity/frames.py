@@ -72,11 +72,12 @@ class FrameLoader:
     Use one per answer (the frames of one answer share their first members).
     """
 
-    __slots__ = ("_members", "_prefix", "_run")
+    __slots__ = ("_key", "_members", "_prefix", "_run")
 
     def __init__(self) -> None:
-        self._prefix = ""  # the previous frame's data up to the comma after its last reused member, that comma included
+        self._prefix = ""  # the previous frame's data: its reused members (each with its comma), then perhaps a key
         self._members: dict[str, Any] = {}  # the members decoded from the prefix
+        self._key: str | None = None  # the key the prefix ends with (its value next), or None
         self._run: list[tuple[int, str, Any]] = []  # each member of the prefix: where it ends (after its comma), key, value
 
     def load(self, data: str) -> Any:
@@ -84,13 +85,13 @@ class FrameLoader:
         prefix = self._prefix
         if prefix and data.startswith(prefix):  # (the common frame: decode only what follows the prefix)
             frame = self._members.copy()
-            if self._rest(data, len(prefix), frame, None):
+            if self._rest(data, len(prefix), frame, self._key, None):
                 return frame
         else:
             first = self._shorter(data) if prefix else self._first(data)
             if first is not None:
                 return first
-        self._prefix, self._members, self._run = "", {}, []
+        self._prefix, self._members, self._key, self._run = "", {}, None, []
         return load_frame(data)
 
     def _first(self, data: str) -> dict[str, Any] | None:
@@ -99,8 +100,8 @@ class FrameLoader:
         if data[start : start + 1] != "{":
             return None
         frame: dict[str, Any] = {}
-        run: list[tuple[int, str, Any]] = []
-        if not self._rest(data, start + 1, frame, run):
+        run: list[Any] = []
+        if not self._rest(data, start + 1, frame, None, run):
             return None
         self._learn(data, run)
         return frame
@@ -109,10 +110,13 @@ class FrameLoader:
         """Decode a frame whose data does not start with the whole prefix: reuse the leading members that
         still match (found by bisection), decode the rest, learn the new prefix."""
         prefix, run = self._prefix, self._run
-        low, high = 0, len(run)  # the first `low` members match; the first `high` do not all match
+        ends = [end for end, _, _ in run]
+        if ends[-1:] != [len(prefix)]:
+            ends.append(len(prefix))  # (the prefix ends with a key)
+        low, high = 0, len(ends)  # the first `low` members match; the data does not start with prefix[:ends[high - 1]]
         while high - low > 1:
             middle = (low + high) // 2
-            if data.startswith(prefix[: run[middle - 1][0]]):
+            if data.startswith(prefix[: ends[middle - 1]]):
                 low = middle
             else:
                 high = middle
@@ -121,57 +125,70 @@ class FrameLoader:
         frame: dict[str, Any] = {}
         for _, key, value in run[:low]:
             frame[key] = value
-        more: list[tuple[int, str, Any]] = []
-        if not self._rest(data, run[low - 1][0], frame, more):
+        more: list[Any] = []
+        if not self._rest(data, ends[low - 1], frame, None, more):
             return None
         self._learn(data, run[:low] + more)
         return frame
 
-    def _learn(self, data: str, run: list[tuple[int, str, Any]]) -> None:
-        """Keep the prefix of ``data`` made of the members of ``run``."""
+    def _learn(self, data: str, run: list[Any]) -> None:
+        """Keep the prefix of ``data`` made of the members of ``run`` (and the key its last entry may name)."""
+        key = None
+        end = run[-1][0] if run else 0
+        if run and run[-1][2] is _VALUE:  # where the value of the first member not reused starts, and its key
+            end, key, _ = run.pop()
         members: dict[str, Any] = {}
-        for _, key, value in run:  # (one after another: a repeated key keeps its first place and its last value)
-            members[key] = value
-        self._prefix = data[: run[-1][0]] if run else ""
+        for _, name, value in run:  # (one after another: a repeated key keeps its first place and its last value)
+            members[name] = value
+        self._prefix = data[:end]
         self._members = members
+        self._key = key
         self._run = run
 
-    def _rest(self, data: str, index: int, frame: dict[str, Any], run: list[tuple[int, str, Any]] | None) -> bool:
-        """Decode the members of the object in ``data`` from ``index`` (after its ``{`` or a comma) into
-        ``frame``, to the end of the object and of ``data``; say whether that went as json would have it.
-        ``run``, when given, gets the leading members that may be reused (values neither arrays nor
-        objects, each followed by a comma): where each ends (after its comma), its key and value."""
+    def _rest(
+        self, data: str, index: int, frame: dict[str, Any], key: str | None, run: list[Any] | None
+    ) -> bool:
+        """Decode the members of the object in ``data`` from ``index`` (after its ``{`` or a comma; at the
+        value of ``key`` when one is given) into ``frame``, to the end of the object and of ``data``; say
+        whether that went as json would have it.  ``run``, when given, gets the leading members that may be
+        reused (values neither arrays nor objects, each followed by a comma): where each ends (after its
+        comma), its key and value; then where the next member's value starts, its key, and ``_VALUE``."""
         if data.count("{", index) + data.count("[", index) >= MAX_DEPTH:
             return False  # (the general path checks the depth; the rest nests inside the frame's object)
-        scan, string = _SCAN, _STRING
-        spaces = _SPACES
+        scan, string, spaces = _SCAN, _STRING, _SPACES
         try:
             while True:
-                if data[index] != '"':
-                    index = _skip(data, index)
+                if key is None:
                     if data[index] != '"':
-                        return False
-                key, index = string(data, index + 1, True)
-                if data[index] != ":":
-                    index = _skip(data, index)
+                        index = _skip(data, index)
+                        if data[index] != '"':
+                            return False
+                    key, index = string(data, index + 1, True)
                     if data[index] != ":":
-                        return False
-                index += 1
-                if data[index] in spaces:
-                    index = _skip(data, index)
+                        index = _skip(data, index)
+                        if data[index] != ":":
+                            return False
+                    index += 1
+                    if data[index] in spaces:
+                        index = _skip(data, index)
+                    start = index
+                else:
+                    start = -1  # (at the value of the key the prefix ends with)
                 value, index = scan(data, index)
                 frame[key] = value
                 char = data[index]
                 if char in spaces:
                     index = _skip(data, index)
                     char = data[index]
+                if run is not None and start >= 0:
+                    if char == "," and type(value) is not dict and type(value) is not list:
+                        run.append((index + 1, key, value))
+                    else:
+                        run.append((start, key, _VALUE))
+                        run = None
+                key = None
                 if char == ",":
                     index += 1
-                    if run is not None:
-                        if type(value) is dict or type(value) is list:
-                            run = None
-                        else:
-                            run.append((index, key, value))
                 elif char == "}":
                     index += 1
                     return index == len(data) or _skip(data, index) == len(data)
@@ -179,3 +196,6 @@ class FrameLoader:
                     return False
         except (ValueError, StopIteration, IndexError):
             return False
+
+
+_VALUE: Any = object()  # (in a run: the entry of the member whose value is decoded in every frame)
