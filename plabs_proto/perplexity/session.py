@@ -387,10 +387,10 @@ class PerplexitySession(EventQueue):
                 if len(data) > room:
                     self._refuse(ask)
                 return
-            for event in ask.sse.feed(data):
-                if event.event == MESSAGE:
-                    events = ask.answer.feed(ask.frames.load(event.data))
-                elif event.event == END_OF_STREAM:
+            for kind, text, _, _ in ask.sse.feed_raw(data):
+                if kind == MESSAGE:
+                    events = ask.answer.feed(ask.frames.load(text))
+                elif kind == END_OF_STREAM:
                     events = ask.answer.end_of_stream()
                 else:
                     continue
