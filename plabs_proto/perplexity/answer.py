@@ -132,6 +132,7 @@ class AnswerDecoder:
         "_limits",
         "_model",
         "_search",
+        "_status",
         "_texts",
         "_thread",
     )
@@ -163,6 +164,7 @@ class AnswerDecoder:
         self._legacy = Legacy(self._limits)
         self._search = Search()
         self._thread: tuple[str, str | None, str | None] | None = None
+        self._status: object = None  # the last status seen that is a string neither failed nor COMPLETED
         self._finished = False
         self._broken = False
 
@@ -292,9 +294,18 @@ class AnswerDecoder:
     def _frame(self, frame: object) -> list[Event]:
         if not isinstance(frame, dict):
             fail(f"expected a JSON object as the frame, got {excerpt(frame)}")
-        self._check_failure(frame)
+        status = frame.get("status")
+        if status is not self._status or frame.get("error_code") is not None or "error_message" in frame:
+            self._check_failure(frame)  # (a status seen before, the same object, is known not to be "failed")
         events: list[Event] = []
-        self._identity(frame, events)
+        old = self._thread
+        if (
+            old is None
+            or frame.get("backend_uuid") != old[0]
+            or frame.get("read_write_token") != old[1]
+            or frame.get("thread_url_slug") != old[2]
+        ):
+            self._identity(frame, events)
         model = frame.get("display_model")
         if isinstance(model, str) and model:
             self._model = model
@@ -314,9 +325,11 @@ class AnswerDecoder:
             self._search.cite(citations, events)
         answer, thinking = blocks.texts(self._legacy)
         self._texts.update(events, answer, thinking, blocks.touched)
-        status = frame.get("status")
-        if isinstance(status, str) and status.upper() == "COMPLETED":
-            events.extend(self._finish())
+        if status is not self._status and isinstance(status, str):
+            if status.upper() == "COMPLETED":
+                events.extend(self._finish())
+            else:
+                self._status = status  # (FrameLoader hands the same object again while the status stays)
         return events
 
     def _check_failure(self, frame: dict[str, Any]) -> None:

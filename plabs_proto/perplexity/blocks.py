@@ -149,10 +149,13 @@ class Blocks:
                     range(len(usages)), key=lambda n: (not has_text(tracks[n]), usages[n] != "ask_text", n)
                 )
                 answer = tracks[ranked[0]]
-        if not has_text(answer):
+        chunks, whole = answer
+        if not (chunks or whole):
             answer = legacy.answer() or answer
+            chunks, whole = answer
         limit = self._limits.chunks
-        _check_text(answer, limit)
+        if not (type(chunks) is list and len(chunks) <= limit and (whole is None or type(whole) is str)):
+            _check_text(answer, limit)  # (refuses what the line above does not take)
         for pair in reasoning:
             _check_text(pair, limit)
         return answer, reasoning
