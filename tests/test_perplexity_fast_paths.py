@@ -229,9 +229,13 @@ sse_event = st.builds(
 
 
 @settings(max_examples=300, deadline=None)
-@given(events=st.lists(sse_event, max_size=6), cuts=st.lists(st.integers(min_value=0), max_size=6))
-def test_whole_events_decode_as_the_specification_says(events: list[str], cuts: list[int]) -> None:
-    data = "".join(events).encode()
+@given(
+    events=st.lists(sse_event, max_size=6),
+    tail=st.sampled_from(["", "event: message\r\ndata: cut", "event: message\r\ndata: cut\r\n", "data: x\r\n\r"]),
+    cuts=st.lists(st.integers(min_value=0), max_size=6),
+)
+def test_whole_events_decode_as_the_specification_says(events: list[str], tail: str, cuts: list[int]) -> None:
+    data = ("".join(events) + tail).encode()
     decoder = SSEDecoder()
     got: list[SSEEvent] = []
     for piece in split(data, cuts):

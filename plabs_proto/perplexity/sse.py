@@ -47,6 +47,7 @@ DEFAULT_MAX_LINE = DEFAULT_MAX_DATA + 1024
 """Longest line, in characters, without its line end (a ``data:`` line holds a whole frame)."""
 
 _LINE_END = re.compile(r"\r\n|\r|\n")
+_MESSAGE = "event: message\r\ndata: "  # how the common event starts
 # While every CR is part of a CRLF (the common case), the line ends are found by str.find of LF (memchr,
 # many times faster than _LINE_END's scan on long lines), and each line is checked for a CR with another.
 
@@ -184,6 +185,8 @@ class SSEDecoder:
         find = text.find
         lf_only = True  # until a lone CR is seen, every line end is LF or CRLF: str.find (memchr) finds them
         stop = -1  # where the event at `start` ends (its blank line's CRLFs), when the fast path looked
+        length = len(text)
+        whole = max_line >= 14  # (the line "event: message" is within the limit)
         while True:
             if lf_only and not self._pending and not self._line_len:
                 # An event as the service sends it, whole in this text: [event: TYPE CRLF] data: DATA CRLF CRLF,
@@ -191,21 +194,25 @@ class SSEDecoder:
                 if stop < start:
                     stop = find("\r\n\r\n", start)
                     if stop < 0:
-                        stop = len(text)  # (none in what is left: no need to look again)
-                if stop < len(text):
-                    at = start
-                    kind = "message"
-                    if text.startswith("event: ", start):
-                        at = find("\r\n", start, stop) + 2
-                        kind = text[start + 7 : at - 2]
-                        if at < 2 or at - 2 - start > max_line or "\r" in kind or "\n" in kind:
+                        stop = length  # (none in what is left: no need to look again)
+                if stop < length:
+                    if whole and text.startswith(_MESSAGE, start):  # (the common event: its type needs no reading)
+                        at = start + 22  # where the data starts, after "data: "
+                        kind = "message"
+                    else:
+                        at = start + 6
+                        kind = "message"
+                        if text.startswith("event: ", start):
+                            at = find("\r\n", start, stop) + 8
+                            kind = text[start + 7 : at - 8]
+                            if at < 8 or at - 8 - start > max_line or "\r" in kind or "\n" in kind:
+                                at = -1
+                            elif not kind:
+                                kind = "message"
+                        if at >= 0 and not text.startswith("data: ", at - 6):
                             at = -1
-                        elif not kind:
-                            kind = "message"
-                    if at >= 0 and stop - at <= max_line and stop - at - 6 <= self.max_data and text.startswith(
-                        "data: ", at
-                    ):
-                        data = text[at + 6 : stop]
+                    if at >= 0 and stop - at + 6 <= max_line and stop - at <= self.max_data:
+                        data = text[at:stop]
                         if "\r" not in data and "\n" not in data:
                             retry = self._retry
                             if retry is not None:
