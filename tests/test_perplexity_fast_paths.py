@@ -243,6 +243,23 @@ def test_whole_events_decode_as_the_specification_says(events: list[str], tail: 
     assert (got, decoder.end()) == reference(data)
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"event: a\rb\r\ndata: x\r\n\r\n",  # a lone CR ends the event line: its type is "a"
+        b"event: message\r\ndata: x\ry\r\n\r\n",  # ... and the data line: its data is "x"
+        b"event: message\r\ndata: x\r\n\r\r\n",  # a blank line ended by a lone CR
+        b"event: message\r\ndata: x\r\n\n",  # ... and by a lone LF
+        b"event: message\r\ndata: x\n\r\n",
+        b"data: x\r\n\r\nevent: \r\ndata: \r\n\r\n",  # no type; an empty type and empty data
+        b"event: message\r\ndata:x\r\n\r\n",  # no space after the colon
+    ],
+)
+def test_events_almost_in_the_services_form(data: bytes) -> None:
+    decoder = SSEDecoder()
+    assert (decoder.feed(data), decoder.end()) == reference(data)
+
+
 def test_whole_events_at_the_line_and_data_limits() -> None:
     # the data line "data: 4567" is 10 characters: taken at 10, refused at 9 (as line by line)
     assert SSEDecoder(max_line=10).feed(b"event: m\r\ndata: 4567\r\n\r\n") == [SSEEvent(event="m", data="4567")]

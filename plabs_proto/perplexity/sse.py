@@ -184,42 +184,48 @@ class SSEDecoder:
         max_line = self.max_line
         find = text.find
         lf_only = True  # until a lone CR is seen, every line end is LF or CRLF: str.find (memchr) finds them
-        stop = -1  # where the event at `start` ends (its blank line's CRLFs), when the fast path looked
-        length = len(text)
         whole = max_line >= 14  # (the line "event: message" is within the limit)
         while True:
             if lf_only and not self._pending and not self._line_len:
                 # An event as the service sends it, whole in this text: [event: TYPE CRLF] data: DATA CRLF CRLF,
-                # no other CR or LF; taken at once, as the lines below would take it.
-                if stop < start:
-                    stop = find("\r\n\r\n", start)
-                    if stop < 0:
-                        stop = length  # (none in what is left: no need to look again)
-                if stop < length:
-                    if whole and text.startswith(_MESSAGE, start):  # (the common event: its type needs no reading)
-                        at = start + 22  # where the data starts, after "data: "
+                # no other CR or LF; taken at once (its line ends found by memchr), as the lines below would take it.
+                kind = "message"
+                if whole and text.startswith(_MESSAGE, start):  # (the common event: its type needs no reading)
+                    at = start + 22  # where the data starts, after "data: "
+                elif text.startswith("data: ", start):
+                    at = start + 6
+                elif text.startswith("event: ", start):
+                    at = find("\n", start) + 7
+                    kind = text[start + 7 : at - 8]
+                    if (
+                        at < start + 15
+                        or text[at - 8] != "\r"
+                        or at - 8 - start > max_line
+                        or "\r" in kind
+                        or not text.startswith("data: ", at - 6)
+                    ):
+                        at = -1
+                    elif not kind:
                         kind = "message"
-                    else:
-                        at = start + 6
-                        kind = "message"
-                        if text.startswith("event: ", start):
-                            at = find("\r\n", start, stop) + 8
-                            kind = text[start + 7 : at - 8]
-                            if at < 8 or at - 8 - start > max_line or "\r" in kind or "\n" in kind:
-                                at = -1
-                            elif not kind:
-                                kind = "message"
-                        if at >= 0 and not text.startswith("data: ", at - 6):
-                            at = -1
-                    if at >= 0 and stop - at + 6 <= max_line and stop - at <= self.max_data:
-                        data = text[at:stop]
-                        if "\r" not in data and "\n" not in data:
-                            retry = self._retry
-                            if retry is not None:
-                                self._retry = None
-                            events.append((kind, data, self._id, retry))
-                            start = stop + 4
-                            continue
+                else:
+                    at = -1
+                if at >= 0:
+                    lf = find("\n", at)
+                    stop = lf - 1  # where the data ends, before its CRLF
+                    if (
+                        lf > at
+                        and text[stop] == "\r"
+                        and text.startswith("\r\n", lf + 1)
+                        and stop - at + 6 <= max_line
+                        and stop - at <= self.max_data
+                        and find("\r", at, stop) < 0
+                    ):
+                        retry = self._retry
+                        if retry is not None:
+                            self._retry = None
+                        events.append((kind, text[at:stop], self._id, retry))
+                        start = lf + 3
+                        continue
             if lf_only:
                 lf = find("\n", start)
                 if lf < 0:
