@@ -228,7 +228,7 @@ sse_event = st.builds(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     events=st.lists(sse_event, max_size=6),
     tail=st.sampled_from(["", "event: message\r\ndata: cut", "event: message\r\ndata: cut\r\n", "data: x\r\n\r"]),

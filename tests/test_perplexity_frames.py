@@ -29,7 +29,7 @@ scalars = st.one_of(
     st.text(alphabet='ab",}{[]:\\ \u00e9\n', max_size=6),
 )
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=3),
-                      max_leaves=6)
+                      max_leaves=4)
 members = st.lists(st.tuples(keys, values), min_size=1, max_size=6)
 separators = st.sampled_from([(", ", ": "), (",", ":"), (" ,\t", " :\n"), ("\r\n,", ":")])
 
@@ -81,7 +81,7 @@ def outcome(load: Any, text: str) -> tuple[str, str]:
         return type(exc).__name__, str(exc)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(frames=streams())
 def test_a_stream_of_frames_decodes_as_load_frame_decodes_each(frames: list[str]) -> None:
     loader = FrameLoader()
@@ -92,10 +92,12 @@ def test_a_stream_of_frames_decodes_as_load_frame_decodes_each(frames: list[str]
 def test_the_members_a_frame_shares_are_reused_and_the_rest_decoded() -> None:
     loader = FrameLoader()
     first = loader.load('{"id": "t1", "n": 12, "blocks": [1], "status": "PENDING"}')
-    second = loader.load('{"id": "t1", "n": 12, "blocks": [2], "status": "PENDING"}')
-    assert second == {"id": "t1", "n": 12, "blocks": [2], "status": "PENDING"}
+    second = loader.load('{"id": "t1", "n": 12, "blocks": [1], "status": "COMPLETED"}')
+    assert second == {"id": "t1", "n": 12, "blocks": [1], "status": "COMPLETED"}
     assert second["id"] is first["id"]  # reused, not decoded again
-    assert second["blocks"] is not first["blocks"]  # arrays and objects are always decoded anew
+    # arrays and objects are decoded anew even when their text is the same (the answer decoder patches them)
+    assert second["blocks"] is not first["blocks"]
+    assert loader.load('{"id": "t1", "n": 12, "blocks": [2], "status": "PENDING"}')["blocks"] == [2]
     # a number one digit longer at the prefix's edge, then a change in the first member
     assert loader.load('{"id": "t1", "n": 123, "blocks": [3]}') == {"id": "t1", "n": 123, "blocks": [3]}
     assert loader.load('{"id": "t2", "n": 123, "blocks": [3]}') == {"id": "t2", "n": 123, "blocks": [3]}
