@@ -90,7 +90,7 @@ def sse_events(shape: str, answer: str, chunk: int, query: str = PROMPT) -> list
     )
 
     thread = _Thread(slug="bench-thread", read_write_token="rwt-bench", context_uuid="ctx-bench")
-    ask = _Ask(query=query, model="turbo", mode="copilot", frontend_uuid="f-bench", thread=thread,
+    ask = _Ask(query=query, model="turbo", mode="copilot", asked_mode="copilot", frontend_uuid="f-bench", thread=thread,
                backend_uuid="b-bench")
     frames = _Frames(PerplexityEmulatorConfig(shape=shape, answer=answer, chunk_size=chunk), ask)
     events = [f"event: message\r\ndata: {json.dumps(frame)}\r\n\r\n".encode() for frame in frames]
@@ -578,6 +578,7 @@ def run_size(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_layers(args: argparse.Namespace) -> dict[str, float]:
     from plabs_proto.perplexity.answer import AnswerDecoder, load_frame
+    from plabs_proto.perplexity.frames import FrameLoader
     from plabs_proto.perplexity.sse import SSEDecoder
 
     events = sse_events(args.shape, answer_text(args.events * args.chunk), args.chunk)
@@ -587,9 +588,9 @@ def run_layers(args: argparse.Namespace) -> dict[str, float]:
 
     def sse() -> list[Any]:
         decoder = SSEDecoder()
-        return [event for piece in pieces for event in decoder.feed(piece)]
+        return [event for piece in pieces for event in decoder.feed_raw(piece)]  # (as the session reads)
 
-    datas = [event.data for event in sse() if event.event == "message"]
+    datas = [data for kind, data, _, _ in sse() if kind == "message"]
 
     def loads() -> None:
         for data in datas:
@@ -599,10 +600,15 @@ def run_layers(args: argparse.Namespace) -> dict[str, float]:
         for data in datas:
             load_frame(data)
 
-    def decode() -> None:
-        decoder = AnswerDecoder(model="turbo")
+    def loader() -> None:
+        frames = FrameLoader()
         for data in datas:
-            decoder.feed(load_frame(data))
+            frames.load(data)
+
+    def decode() -> None:
+        decoder, frames = AnswerDecoder(model="turbo"), FrameLoader()
+        for data in datas:
+            decoder.feed(frames.load(data))
 
     answer = answer_text(args.events * args.chunk)
 
@@ -611,8 +617,9 @@ def run_layers(args: argparse.Namespace) -> dict[str, float]:
             raise SystemExit("the core gave a wrong answer")
 
     layers: dict[str, Callable[[], object]] = {
-        "json.loads of each event's data": loads, "the SSE decoder": sse,
-        "load_frame (depth check + json.loads)": frames, "load_frame + AnswerDecoder.feed": decode,
+        "json.loads of each event's data": loads, "the SSE decoder (feed_raw)": sse,
+        "load_frame (depth check + json.loads)": frames, "FrameLoader.load (what the session decodes with)": loader,
+        "FrameLoader.load + AnswerDecoder.feed": decode,
         "the whole core (bytes, h11, SSE, answer)": core,
     }
     times: dict[str, list[float]] = {name: [] for name in layers}

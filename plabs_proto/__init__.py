@@ -44,7 +44,8 @@ calls up, and none reads another's private names.
 
 One Labs answer frame, from the socket to the user's text (asyncio; trio and sync
 differ only in step 1; an ask-service event takes steps 1 to 3, then ``HTTPChannel.receive_pieces``
-and ``PerplexitySession.receive_http_body``, ``SSEDecoder.feed`` and ``AnswerDecoder.feed``, then 6 to 8):
+and ``PerplexitySession.receive_http_body``, ``SSEDecoder.feed_raw``, ``FrameLoader.load`` (which decodes
+only what follows the members a frame shares with the one before) and ``AnswerDecoder.feed``, then 6 to 8):
 
 1. the stream's protocol keeps the bytes; ``AsyncioNetwork.receive`` hands them to the driver;
 2. ``Driver`` calls ``Client.receive_data(stream_id, data, now)``;

@@ -3,7 +3,9 @@
 The common frame of the blocks shape (a ``diff_block`` that appends one chunk to the
 answer) is taken by shorter paths: :func:`~plabs_proto.perplexity.patch.append_chunk`
 instead of :func:`~plabs_proto.perplexity.patch.apply`, and the answer's delta read
-without comparing texts.  Each property here runs the same input through both.
+without comparing texts.  Each property here runs the same input through both.  The
+SSE decoder takes an event in the service's form whole: compared with the
+specification's algorithm and checked at its limits.
 """
 
 from __future__ import annotations
@@ -11,14 +13,17 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_sse import reference, split
 
-from plabs_proto.errors import LabsError
+from plabs_proto.errors import LabsError, RemoteProtocolError
 from plabs_proto.events import Event
 from plabs_proto.perplexity.answer import AnswerDecoder
 from plabs_proto.perplexity.patch import append_chunk, apply
 from plabs_proto.perplexity.shape import Limits
+from plabs_proto.perplexity.sse import SSEDecoder, SSEEvent
 from plabs_proto.perplexity.text import Text, Texts
 
 
@@ -208,3 +213,71 @@ def test_a_text_follows_its_chunk_list() -> None:
     texts.update(events, (chunks, None), [], {id(chunks): 0})
     assert [type(event).__name__ for event in events] == ["TextDelta", "TextDelta", "AnswerRevised"]
     assert texts.answer.text() == "Jello" and isinstance(texts.answer, Text)
+
+
+# -- the SSE decoder's whole events ---------------------------------------------------------------------
+
+# An event as the service sends it ([event: TYPE CRLF] data: DATA CRLF CRLF) is taken at once; anything
+# else in it (a lone CR or LF, a comment, an id, a second data line) goes line by line.
+event_line = st.sampled_from(["", "event: message\r\n", "event: end_of_stream\r\n", "event: \r\n", "event:x\r\n",
+                              "event: a\rb\r\n", "event: a\nb\r\n", ": c\r\n", "id: 7\r\n", "retry: 5\r\n"])
+data_text = st.text(alphabet='{}"ab:\r\n \u00e9', max_size=8)
+sse_event = st.builds(
+    lambda head, data, more, end: f"{head}data: {data}\r\n{more}{end}",
+    event_line, data_text, st.sampled_from(["", "data: x\r\n", ": c\r\n"]), st.sampled_from(["\r\n", "\n", "\r"]),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    events=st.lists(sse_event, max_size=6),
+    tail=st.sampled_from(["", "event: message\r\ndata: cut", "event: message\r\ndata: cut\r\n", "data: x\r\n\r"]),
+    cuts=st.lists(st.integers(min_value=0), max_size=6),
+)
+def test_whole_events_decode_as_the_specification_says(events: list[str], tail: str, cuts: list[int]) -> None:
+    data = ("".join(events) + tail).encode()
+    decoder = SSEDecoder()
+    got: list[SSEEvent] = []
+    for piece in split(data, cuts):
+        got += decoder.feed(piece)
+    assert (got, decoder.end()) == reference(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"event: a\rb\r\ndata: x\r\n\r\n",  # a lone CR ends the event line: its type is "a"
+        b"event: message\r\ndata: x\ry\r\n\r\n",  # ... and the data line: its data is "x"
+        b"event: message\r\ndata: x\r\n\r\r\n",  # a blank line ended by a lone CR
+        b"event: message\r\ndata: x\r\n\n",  # ... and by a lone LF
+        b"event: message\r\ndata: x\n\r\n",
+        b"data: x\r\n\r\nevent: \r\ndata: \r\n\r\n",  # no type; an empty type and empty data
+        b"event: message\r\ndata:x\r\n\r\n",  # no space after the colon
+    ],
+)
+def test_events_almost_in_the_services_form(data: bytes) -> None:
+    decoder = SSEDecoder()
+    assert (decoder.feed(data), decoder.end()) == reference(data)
+
+
+def test_whole_events_at_the_line_and_data_limits() -> None:
+    # the data line "data: 4567" is 10 characters: taken at 10, refused at 9 (as line by line)
+    assert SSEDecoder(max_line=10).feed(b"event: m\r\ndata: 4567\r\n\r\n") == [SSEEvent(event="m", data="4567")]
+    with pytest.raises(RemoteProtocolError, match="expected a line of at most 9 characters, got 10 or more"):
+        SSEDecoder(max_line=9).feed(b"event: m\r\ndata: 4567\r\n\r\n")
+    # the event line "event: abc" is 10 characters
+    assert SSEDecoder(max_line=10).feed(b"event: abc\r\ndata: 4\r\n\r\n") == [SSEEvent(event="abc", data="4")]
+    with pytest.raises(RemoteProtocolError, match="expected a line of at most 9 characters, got 10 or more"):
+        SSEDecoder(max_line=9).feed(b"event: abc\r\ndata: 4\r\n\r\n")
+    assert SSEDecoder(max_data=4).feed(b"data: 4567\r\n\r\n") == [SSEEvent(data="4567")]
+    with pytest.raises(RemoteProtocolError, match="expected an event's data of at most 3 characters, got 4"):
+        SSEDecoder(max_data=3).feed(b"data: 4567\r\n\r\n")
+
+
+def test_whole_events_carry_the_id_and_the_retry_set_before_them() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"id: 7\r\nretry: 50\r\n\r\nevent: message\r\ndata: a\r\n\r\ndata: b\r\n\r\n") == [
+        SSEEvent(data="a", id="7", retry=50),
+        SSEEvent(data="b", id="7"),
+    ]
+    assert decoder.feed_raw(b"event: end_of_stream\r\ndata: {}\r\n\r\n") == [("end_of_stream", "{}", "7", None)]

@@ -66,11 +66,10 @@ from plabs_proto.errors import (
     AnswerRateLimitedError,
     LabsError,
     LocalProtocolError,
-    RemoteProtocolError,
 )
 from plabs_proto.events import AnswerFinished, Event, ThreadIdentity
-from plabs_proto.jsondepth import check_depth
 from plabs_proto.perplexity.blocks import Blocks
+from plabs_proto.perplexity.frames import load_frame as load_frame
 from plabs_proto.perplexity.legacy import Legacy
 from plabs_proto.perplexity.patch import MAX_POINTER as MAX_POINTER
 from plabs_proto.perplexity.search import Search
@@ -107,29 +106,6 @@ DEFAULT_MAX_CHUNKS = 1 << 20
 """Most chunks in one text (and most members a patch may add to one list)."""
 
 
-def load_frame(data: str) -> Any:
-    """The JSON value of an SSE event's data, for :meth:`AnswerDecoder.feed`.
-
-    Nesting deeper than :data:`plabs_proto.jsondepth.MAX_DEPTH`, text that is not
-    JSON, and ``NaN``/``Infinity`` are refused with :class:`RemoteProtocolError`.
-    """
-    check_depth(data, "an answer frame")
-    try:
-        if data[:1] == "\ufeff":  # (as json.loads says it)
-            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", data, 0)
-        return _DECODER.decode(data)
-    except (ValueError, RecursionError) as exc:
-        raise RemoteProtocolError(f"expected an answer frame of JSON, got {excerpt(data)} ({exc})") from None
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-# One decoder for every frame: json.loads with parse_constant would build a new one (and its scanner) each time.
-_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
-
-
 class AnswerDecoder:
     """Turns the ``message`` frames of one ask into events.
 
@@ -156,6 +132,7 @@ class AnswerDecoder:
         "_limits",
         "_model",
         "_search",
+        "_status",
         "_texts",
         "_thread",
     )
@@ -187,6 +164,7 @@ class AnswerDecoder:
         self._legacy = Legacy(self._limits)
         self._search = Search()
         self._thread: tuple[str, str | None, str | None] | None = None
+        self._status: object = None  # the last status seen that is a string neither failed nor COMPLETED
         self._finished = False
         self._broken = False
 
@@ -316,9 +294,18 @@ class AnswerDecoder:
     def _frame(self, frame: object) -> list[Event]:
         if not isinstance(frame, dict):
             fail(f"expected a JSON object as the frame, got {excerpt(frame)}")
-        self._check_failure(frame)
+        status = frame.get("status")
+        if status is not self._status or frame.get("error_code") is not None or "error_message" in frame:
+            self._check_failure(frame)  # (a status seen before, the same object, is known not to be "failed")
         events: list[Event] = []
-        self._identity(frame, events)
+        old = self._thread
+        if (
+            old is None
+            or frame.get("backend_uuid") != old[0]
+            or frame.get("read_write_token") != old[1]
+            or frame.get("thread_url_slug") != old[2]
+        ):
+            self._identity(frame, events)
         model = frame.get("display_model")
         if isinstance(model, str) and model:
             self._model = model
@@ -338,9 +325,11 @@ class AnswerDecoder:
             self._search.cite(citations, events)
         answer, thinking = blocks.texts(self._legacy)
         self._texts.update(events, answer, thinking, blocks.touched)
-        status = frame.get("status")
-        if isinstance(status, str) and status.upper() == "COMPLETED":
-            events.extend(self._finish())
+        if status is not self._status and isinstance(status, str):
+            if status.upper() == "COMPLETED":
+                events.extend(self._finish())
+            else:
+                self._status = status  # (FrameLoader hands the same object again while the status stays)
         return events
 
     def _check_failure(self, frame: dict[str, Any]) -> None:

@@ -73,22 +73,24 @@ class Blocks:
         web_touched = False
         patches_left = limits.patches
         for block in blocks:
-            if not isinstance(block, dict):
+            if type(block) is not dict and not isinstance(block, dict):
                 fail(f"expected each block to be a JSON object, got {excerpt(block)}")
             usage = block.get("intended_usage")
-            if usage is not None and not isinstance(usage, str):
+            if usage is None:
+                usage = ""
+            elif type(usage) is not str and not isinstance(usage, str):
                 fail(f"expected 'intended_usage' to be a string, got {excerpt(usage)}")
-            usage = usage or ""
             for field, value in block.items():
                 if field == "diff_block":
-                    if not isinstance(value, dict):
+                    if type(value) is not dict and not isinstance(value, dict):
                         fail(f"expected 'diff_block' to be a JSON object, got {excerpt(value)}")
                     patches_left, kind = self._diff(usage, value, patches_left)
-                elif field.endswith("_block"):
+                elif field[-6:] == "_block":
                     kind = self._whole(usage, field, value)
                 else:
                     continue
-                web_touched = web_touched or kind == "web"
+                if kind == "web":
+                    web_touched = True
         if not web_touched:
             return None
         citations: list[Any] = []
@@ -149,10 +151,13 @@ class Blocks:
                     range(len(usages)), key=lambda n: (not has_text(tracks[n]), usages[n] != "ask_text", n)
                 )
                 answer = tracks[ranked[0]]
-        if not has_text(answer):
+        chunks, whole = answer
+        if not (chunks or whole):
             answer = legacy.answer() or answer
+            chunks, whole = answer
         limit = self._limits.chunks
-        _check_text(answer, limit)
+        if not (type(chunks) is list and len(chunks) <= limit and (whole is None or type(whole) is str)):
+            _check_text(answer, limit)  # (refuses what the line above does not take)
         for pair in reasoning:
             _check_text(pair, limit)
         return answer, reasoning

@@ -26,7 +26,8 @@ own models) and ``close(now)``.  The states and the
 moves between them are :mod:`plabs_proto.state`'s.
 
 The answer: SSE events (:class:`~plabs_proto.perplexity.sse.SSEDecoder`), the
-JSON of each ``message`` (:func:`~plabs_proto.perplexity.answer.load_frame`),
+JSON of each ``message`` (:class:`~plabs_proto.perplexity.frames.FrameLoader`: only
+what differs from the frame before is decoded again),
 the events it brings (:class:`~plabs_proto.perplexity.answer.AnswerDecoder`).
 It ends on a frame whose ``status`` is ``COMPLETED`` or on ``end_of_stream``
 (protocol.md §10.3), never on ``final`` alone; a body that ends before either
@@ -83,7 +84,8 @@ from plabs_proto.events import (
 from plabs_proto.jsondepth import check_depth
 from plabs_proto.labs.answer import normalize_messages
 from plabs_proto.messages import HTTPResponse, Utf8Text
-from plabs_proto.perplexity.answer import END_OF_STREAM, MESSAGE, AnswerDecoder, load_frame
+from plabs_proto.perplexity.answer import END_OF_STREAM, MESSAGE, AnswerDecoder
+from plabs_proto.perplexity.frames import FrameLoader
 from plabs_proto.perplexity.request import (
     DEFAULT_MODE,
     DEFAULT_MODEL,
@@ -148,12 +150,13 @@ def signed_in_cookie(config: SessionConfig) -> str | None:
 class _Ask:
     """The ask in flight: its request id, its decoders, and the refusal body when it was refused."""
 
-    __slots__ = ("answer", "head", "refused", "request_id", "sse")
+    __slots__ = ("answer", "frames", "head", "refused", "request_id", "sse")
 
     def __init__(self, request_id: int, config: SessionConfig, model: str) -> None:
         self.request_id = request_id
         limit = config.max_message_size
         self.sse = SSEDecoder(max_line=limit + 1024, max_data=limit)
+        self.frames = FrameLoader()
         self.answer = AnswerDecoder(model=model)
         self.head: HTTPResponse | None = None  # the response head, once it came
         self.refused: bytearray | None = None  # the body of a refused answer (not SSE), kept to read it
@@ -384,10 +387,10 @@ class PerplexitySession(EventQueue):
                 if len(data) > room:
                     self._refuse(ask)
                 return
-            for event in ask.sse.feed(data):
-                if event.event == MESSAGE:
-                    events = ask.answer.feed(load_frame(event.data))
-                elif event.event == END_OF_STREAM:
+            for kind, text, _, _ in ask.sse.feed_raw(data):
+                if kind == MESSAGE:
+                    events = ask.answer.feed(ask.frames.load(text))
+                elif kind == END_OF_STREAM:
                     events = ask.answer.end_of_stream()
                 else:
                     continue

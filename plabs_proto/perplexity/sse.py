@@ -19,6 +19,11 @@ The rules followed (HTML Living Standard, "Server-sent events", parsing an event
   time when it is ASCII digits only (at most 18 of them); other fields are ignored;
 * an event with no ``data`` line is not dispatched (its type is forgotten).
 
+Cost: an event as the ask service sends it (``event: TYPE`` CRLF ``data: DATA`` CRLF CRLF,
+no other CR or LF in it) is taken whole, with a few ``str.find`` calls (memchr); anything
+else goes line by line.  :meth:`SSEDecoder.feed_raw` hands out plain tuples, for a caller
+that reads many events (building a frozen :class:`SSEEvent` costs more than the rest).
+
 Bounded: a line longer than ``max_line`` characters, or an event whose data is longer
 than ``max_data`` characters, is refused when its first character past the limit
 arrives, so memory stays within the limits whatever the bytes.  Time is linear in the
@@ -33,7 +38,7 @@ from dataclasses import dataclass
 
 from plabs_proto.errors import LocalProtocolError, RemoteProtocolError
 
-__all__ = ["DEFAULT_MAX_DATA", "DEFAULT_MAX_LINE", "SSEDecoder", "SSEEvent"]
+__all__ = ["DEFAULT_MAX_DATA", "DEFAULT_MAX_LINE", "Raw", "SSEDecoder", "SSEEvent"]
 
 DEFAULT_MAX_DATA = 16 * 1024 * 1024
 """Longest data of one event, in characters (a 1 MiB answer's frame is about 1.2 Mi)."""
@@ -42,6 +47,7 @@ DEFAULT_MAX_LINE = DEFAULT_MAX_DATA + 1024
 """Longest line, in characters, without its line end (a ``data:`` line holds a whole frame)."""
 
 _LINE_END = re.compile(r"\r\n|\r|\n")
+_MESSAGE = "event: message\r\ndata: "  # how the common event starts
 # While every CR is part of a CRLF (the common case), the line ends are found by str.find of LF (memchr,
 # many times faster than _LINE_END's scan on long lines), and each line is checked for a CR with another.
 
@@ -61,6 +67,10 @@ class SSEEvent:
     data: str
     id: str | None = None
     retry: int | None = None
+
+
+Raw = tuple[str, str, str | None, int | None]
+"""An event as :meth:`SSEDecoder.feed_raw` hands it out: ``(event, data, id, retry)``, as in :class:`SSEEvent`."""
 
 
 class SSEDecoder:
@@ -112,6 +122,14 @@ class SSEDecoder:
         Raises :class:`RemoteProtocolError` for bytes that are not UTF-8 or a line or
         data past its limit; the decoder takes nothing more after that.
         """
+        return [SSEEvent(event=event, data=text, id=id, retry=retry) for event, text, id, retry in self.feed_raw(data)]
+
+    def feed_raw(self, data: bytes) -> list[Raw]:
+        """As :meth:`feed`, each event as a plain tuple ``(event, data, id, retry)`` (a :data:`Raw`).
+
+        For a caller that reads many events and keeps none: a tuple costs a fraction of
+        a frozen :class:`SSEEvent` to build.
+        """
         if self._done:
             raise LocalProtocolError(f"expected no feed() after end() or an error, got {len(data)} more bytes")
         try:
@@ -150,7 +168,7 @@ class SSEDecoder:
         self._data = []
         return RemoteProtocolError(message)
 
-    def _text(self, text: str) -> list[SSEEvent]:
+    def _text(self, text: str) -> list[Raw]:
         if not text:
             return []
         start = 0
@@ -162,11 +180,52 @@ class SSEDecoder:
             self._after_cr = False
             if text[start : start + 1] == "\n":
                 start += 1
-        events: list[SSEEvent] = []
+        events: list[Raw] = []
         max_line = self.max_line
         find = text.find
         lf_only = True  # until a lone CR is seen, every line end is LF or CRLF: str.find (memchr) finds them
+        whole = max_line >= 14  # (the line "event: message" is within the limit)
         while True:
+            if lf_only and not self._pending and not self._line_len:
+                # An event as the service sends it, whole in this text: [event: TYPE CRLF] data: DATA CRLF CRLF,
+                # no other CR or LF; taken at once (its line ends found by memchr), as the lines below would take it.
+                kind = "message"
+                if whole and text.startswith(_MESSAGE, start):  # (the common event: its type needs no reading)
+                    at = start + 22  # where the data starts, after "data: "
+                elif text.startswith("data: ", start):
+                    at = start + 6
+                elif text.startswith("event: ", start):
+                    at = find("\n", start) + 7
+                    kind = text[start + 7 : at - 8]
+                    if (
+                        at < start + 15
+                        or text[at - 8] != "\r"
+                        or at - 8 - start > max_line
+                        or "\r" in kind
+                        or not text.startswith("data: ", at - 6)
+                    ):
+                        at = -1
+                    elif not kind:
+                        kind = "message"
+                else:
+                    at = -1
+                if at >= 0:
+                    lf = find("\n", at)
+                    stop = lf - 1  # where the data ends, before its CRLF
+                    if (
+                        lf > at
+                        and text[stop] == "\r"
+                        and text.startswith("\r\n", lf + 1)
+                        and stop - at + 6 <= max_line
+                        and stop - at <= self.max_data
+                        and find("\r", at, stop) < 0
+                    ):
+                        retry = self._retry
+                        if retry is not None:
+                            self._retry = None
+                        events.append((kind, text[at:stop], self._id, retry))
+                        start = lf + 3
+                        continue
             if lf_only:
                 lf = find("\n", start)
                 if lf < 0:
@@ -229,7 +288,7 @@ class SSEDecoder:
         self._line.append(text[start:end] if start or end != len(text) else text)
         self._line_len = size
 
-    def _process(self, line: str) -> SSEEvent | None:
+    def _process(self, line: str) -> Raw | None:
         if not line:
             self._pending = False
             return self._dispatch()
@@ -255,17 +314,17 @@ class SSEDecoder:
             self._retry = self.retry = int(value)
         return None
 
-    def _dispatch(self) -> SSEEvent | None:
+    def _dispatch(self) -> Raw | None:
         """The event a blank line dispatches (None when it has no data: its type is forgotten)."""
         if not self._data:
             self._event = ""
             return None
         return self._event_now()
 
-    def _event_now(self) -> SSEEvent:
+    def _event_now(self) -> Raw:
         """The event of the data held (there is some), dispatched."""
         data = self._data[0] if len(self._data) == 1 else "\n".join(self._data)
-        event = SSEEvent(event=self._event or "message", data=data, id=self._id, retry=self._retry)
+        event = (self._event or "message", data, self._id, self._retry)
         self._data = []
         self._data_len = 0
         self._event = ""
