@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Mutation testing of one module (issue 19), with mutmut, in a scratch copy:
 #   benchmarks/mutate.sh inflate          (or websocket, http, proxy, stack, tls, jsondepth, refusal,
-#                                          browser, trace, headers, engineio_session, session, client,
+#                                          browser, trace, headers, engineio, socketio, answer,
+#                                          engineio_session, session, client,
 #                                          config, state; pplx-sse, pplx-patch, pplx-answer, ... for
 #                                          plabs_proto/perplexity/; the programs: gateway, arguments,
 #                                          serve, cli)
@@ -33,6 +34,15 @@ case $module in
                tests='"tests/test_hostile_input.py", "tests/test_edges_wire.py", "tests/test_mutants_wire.py"' ;;
     refusal)   path=plabs_proto/refusal.py
                tests='"tests/test_refusals.py", "tests/test_edges_wire.py", "tests/test_mutants_wire.py"' ;;
+    engineio)  path=plabs_proto/labs/engineio.py
+               tests='"tests/test_engineio.py", "tests/test_socketio.py", "tests/test_engineio_session.py", "tests/test_session.py", "tests/test_hostile_input.py", "tests/test_core_mutants.py", "tests/test_mutants_core.py"'
+               skip='utf8_fast_path or any_input_sequence' ;;
+    socketio)  path=plabs_proto/labs/socketio.py
+               tests='"tests/test_socketio.py", "tests/test_frame_reader.py", "tests/test_session.py", "tests/test_unnoticed.py", "tests/test_hostile_input.py", "tests/test_core_mutants.py", "tests/test_mutants_core.py"'
+               skip='utf8_fast_path or any_input_sequence' ;;
+    answer)    path=plabs_proto/labs/answer.py
+               tests='"tests/test_labs.py", "tests/test_frame_reader.py", "tests/test_session.py", "tests/test_unnoticed.py", "tests/test_hostile_input.py", "tests/test_core_mutants.py", "tests/test_mutants_core.py"'
+               skip='utf8_fast_path or any_input_sequence' ;;
     engineio_session) path=plabs_proto/labs/engineio_session.py
                tests='"tests/test_engineio_session.py", "tests/test_session.py", "tests/test_core_mutants.py", "tests/test_unnoticed.py", "tests/test_mutants_core.py"'
                skip='utf8_fast_path or any_input_sequence' ;;

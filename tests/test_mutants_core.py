@@ -6,6 +6,7 @@ table: each test feeds what a peer would send and checks what a user or the carr
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 from pathlib import Path
@@ -42,6 +43,7 @@ from plabs_proto.events import (
     WebSocketSend,
 )
 from plabs_proto.events import Closed as ClosedEvent
+from plabs_proto.labs import engineio
 from plabs_proto.labs.engineio_session import BODY_SLACK, Closed, EngineIOSession, Message, Opened
 from plabs_proto.labs.session import LabsSession
 from plabs_proto.messages import HTTPResponse
@@ -847,3 +849,128 @@ def test_the_session_config_of_a_client_config_is_its_message_level_fields() -> 
     assert type(plain) is SessionConfig and plain == SessionConfig(**kw)
     same = SessionConfig(**kw)
     assert same.session_config() is same
+
+
+# -- the Engine.IO codec: survivors of mutmut --------------------------------------------------------------
+
+
+def packet_error(segment: str) -> str:
+    """What decoding ``segment`` alone says is wrong with it."""
+    with pytest.raises(RemoteProtocolError) as info:
+        engineio.decode_packet(segment)
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("body", "index", "count", "segment"),
+    [
+        ("b!!!", 1, 1, "b!!!"),
+        ("bAQIDBA==x", 1, 1, "bAQIDBA==x"),  # valid but for its last character
+        ("b!AQI\x1e4x", 1, 2, "b!AQI"),  # valid but for its first base64 character
+        ("4x\x1eb!!!", 2, 2, "b!!!"),
+        ("bAQID\x1e4x\x1eb!!!", 3, 3, "b!!!"),  # a good binary packet first does not end the check
+    ],
+)
+def test_a_bad_binary_packet_in_a_payload_is_named_by_its_place_before_any_packet(
+    body: str, index: int, count: int, segment: str
+) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        engineio.iter_payload(body)  # the call itself, not the first packet read
+    assert str(info.value) == f"bad packet #{index} of {count} in payload: {packet_error(segment)}"
+
+
+@pytest.mark.parametrize("body", ["4x\x1e\x1e4y\x1eb!!!", "4x\x1e\x1e4y\x1e4z"])
+def test_the_first_bad_segment_of_a_payload_is_the_one_named(body: str) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        engineio.iter_payload(body)
+    assert str(info.value) == (
+        f"expected a packet between record separators, got an empty segment (#2 of 4) in {body!r}"
+    )
+
+
+@pytest.mark.parametrize("size", range(1, 10))
+def test_binary_packets_without_base64_padding_are_read(size: int) -> None:
+    data = bytes(range(200, 200 + size))
+    text = "b" + base64.b64encode(data).decode("ascii").rstrip("=")
+    assert engineio.decode_packet(text) == engineio.Packet(engineio.PacketType.MESSAGE, data)
+    assert engineio.decode_payload(f"{text}\x1e6") == [
+        engineio.Packet(engineio.PacketType.MESSAGE, data),
+        engineio.Packet(engineio.PacketType.NOOP),
+    ]
+
+
+def test_what_arrived_is_shown_whole_up_to_60_characters_and_cut_after() -> None:
+    expected = "expected an Engine.IO packet starting with a type digit 0-6 or 'b', got "
+    assert packet_error("x" * 60) == expected + repr("x" * 60)
+    assert packet_error("x" * 61) == expected + repr("x" * 60) + "... (61 chars)"
+    assert packet_error("") == "expected an Engine.IO packet (type digit 0-6 or 'b'), got ''"
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("0", "0"),
+        ('"' + "x" * 58 + '"', repr("x" * 58)),  # a repr of 60 characters, whole
+        ('"' + "x" * 59 + '"', repr("x" * 59)[:60] + "... (61 chars)"),
+    ],
+)
+def test_a_bad_number_in_the_open_packet_is_shown_whole_up_to_60_characters(value: str, shown: str) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        engineio.parse_open_packet('{"sid":"s","pingInterval":' + value + "}")
+    assert str(info.value) == (
+        f"expected an integer 'pingInterval' in 1..2147483647 in the Engine.IO open packet, got {shown}"
+    )
+
+
+def test_a_sid_of_256_characters_is_taken_and_257_refused_naming_both() -> None:
+    assert engineio.parse_open_packet('{"sid":"' + "s" * 256 + '"}').sid == "s" * 256
+    with pytest.raises(RemoteProtocolError) as info:
+        engineio.parse_open_packet('{"sid":"' + "s" * 257 + '"}')
+    assert str(info.value) == (
+        "expected a 'sid' of at most 256 characters in the Engine.IO open packet, got one of 257: "
+        f"{'s' * 60!r}... (257 chars)"
+    )
+
+
+def test_a_sid_with_control_characters_names_the_first_one_and_where() -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        engineio.parse_open_packet('{"sid":"a\\u0000b\\u0000"}')
+    assert str(info.value) == (
+        "expected a 'sid' of printable characters in the Engine.IO open packet (it goes back in every "
+        "request), got '\\x00' at position 1 of 'a\\x00b\\x00'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: engineio.encode_packet(engineio.Packet(engineio.PacketType.PING, b"x")),
+         "expected str or None data for a PING packet (binary data is only valid for MESSAGE), got bytes"),
+        (lambda: engineio.encode_packet(engineio.Packet(engineio.PacketType.MESSAGE, 5)),  # type: ignore[arg-type]
+         "expected str, bytes or None as Engine.IO packet data, got int"),
+        (lambda: engineio.decode_packet(5), "expected str or bytes to decode, got int"),  # type: ignore[arg-type]
+        (lambda: engineio.iter_payload(b"4x"), "expected the payload as str, got bytes"),  # type: ignore[arg-type]
+    ],
+)
+def test_the_codec_names_the_type_it_was_handed_instead_of_text_or_bytes(call: Any, message: str) -> None:
+    with pytest.raises(LocalProtocolError) as info:
+        call()
+    assert str(info.value) == message
+
+
+def test_an_empty_payload_is_refused_by_name() -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        engineio.iter_payload("")
+    assert str(info.value) == "expected an Engine.IO payload of at least one packet, got ''"
+
+
+def test_a_v3_payload_counts_a_character_beyond_the_bmp_as_two_code_units_however_written() -> None:
+    # "3:" then three UTF-16 code units: "4" and the two halves of U+1F600, written as one
+    # character or as its two surrogates: the same packet.
+    message = engineio.Packet(engineio.PacketType.MESSAGE, "\U0001f600")
+    assert engineio.decode_payload("3:4\U0001f600") == [message]
+    assert engineio.decode_payload("3:4\ud83d\ude00") == [message]
+
+
+def test_a_body_that_is_v3_but_for_a_bad_binary_packet_is_read_as_v4() -> None:
+    assert engineio.decode_payload("4:b4!!") == [engineio.Packet(engineio.PacketType.MESSAGE, ":b4!!")]
