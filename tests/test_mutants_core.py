@@ -43,7 +43,7 @@ from plabs_proto.events import (
     WebSocketSend,
 )
 from plabs_proto.events import Closed as ClosedEvent
-from plabs_proto.labs import engineio
+from plabs_proto.labs import engineio, socketio
 from plabs_proto.labs.engineio_session import BODY_SLACK, Closed, EngineIOSession, Message, Opened
 from plabs_proto.labs.session import LabsSession
 from plabs_proto.messages import HTTPResponse
@@ -974,3 +974,93 @@ def test_a_v3_payload_counts_a_character_beyond_the_bmp_as_two_code_units_howeve
 
 def test_a_body_that_is_v3_but_for_a_bad_binary_packet_is_read_as_v4() -> None:
     assert engineio.decode_payload("4:b4!!") == [engineio.Packet(engineio.PacketType.MESSAGE, ":b4!!")]
+
+
+# -- the Socket.IO codec: survivors of mutmut --------------------------------------------------------------
+
+EVENT_RULE = "a non-empty list whose first element is an event name (not reserved) or a number"
+BYTES_HINT = "(send binary data with encode_binary_packet, as an EVENT or ACK)"
+
+
+def test_bytes_are_found_in_event_data_that_holds_one_list_twice() -> None:
+    shared: list[Any] = []
+    with pytest.raises(LocalProtocolError) as info:
+        socketio.encode_packet(socketio.Packet(socketio.PacketType.EVENT, data=["e", b"x", shared, shared]))
+    assert str(info.value) == f"expected EVENT data without bytes, got data containing bytes {BYTES_HINT}"
+
+
+@pytest.mark.parametrize(
+    ("data", "shown"),
+    [
+        ([], "[]"),
+        ("x" * 58, repr("x" * 58)),  # a repr of 60 characters, whole
+        ("x" * 59, repr("x" * 59)[:60] + "..."),
+    ],
+)
+def test_bad_event_data_is_refused_with_the_rule_and_60_characters_of_it(data: Any, shown: str) -> None:
+    with pytest.raises(LocalProtocolError) as info:
+        socketio.encode_packet(socketio.Packet(socketio.PacketType.EVENT, data=data))
+    assert str(info.value) == f"expected {EVENT_RULE} as EVENT data, got {shown}"
+
+
+def test_json_that_cannot_be_written_is_refused_with_the_encoders_reason() -> None:
+    for encode in (socketio.encode_packet, socketio.encode_binary_packet):
+        with pytest.raises(LocalProtocolError) as info:
+            encode(socketio.Packet(socketio.PacketType.EVENT, data=["e", {b"k": 1}]))
+        assert str(info.value) == (
+            "expected JSON-serialisable packet data, got: keys must be str, int, float, bool or None, not bytes"
+        )
+
+
+def test_only_json_whitespace_may_follow_an_event() -> None:
+    assert socketio.decode_packet('2["a"] \t\r\n').data == ["a"]
+    for space in ("\x0c", "\x0b", "\xa0", "\u2028"):
+        text = f'2["a"]{space}'
+        with pytest.raises(RemoteProtocolError) as info:
+            socketio.decode_packet(text)
+        assert str(info.value) == (
+            "invalid payload: expected a non-empty JSON array starting with an event name (not reserved) "
+            f"or a number for EVENT, got {text!r}"
+        )
+
+
+def test_an_attachment_count_with_leading_zeros_is_read_as_its_number() -> None:
+    # socket.io-parser reads the count with Number(): "0000000000000001" is 1.
+    packet = socketio.decode_packet("5" + "0" * 15 + '1-["a",{"_placeholder":true,"num":0}]')
+    assert (packet.type, packet.attachments) == (socketio.PacketType.BINARY_EVENT, 1)
+
+
+def test_only_the_json_of_a_packet_is_measured_for_depth_100_taken_101_refused() -> None:
+    assert socketio.decode_packet("3" + "[" * 100 + "]" * 100).type == socketio.PacketType.ACK
+    text = "3" + "[" * 101 + "]" * 101
+    with pytest.raises(RemoteProtocolError) as info:
+        socketio.decode_packet(text)
+    assert str(info.value) == (
+        "expected the JSON data of a Socket.IO packet nested at most 100 deep, got deeper nesting in "
+        f"{text[:60]!r}... (203 chars)"
+    )
+    # brackets in the namespace are not JSON
+    packet = socketio.decode_packet("2/" + "[" * 101 + ',["a"]')
+    assert (packet.namespace, packet.data) == ("/" + "[" * 101, ["a"])
+
+
+def test_a_binary_frame_nobody_waits_for_is_shown_by_its_first_20_bytes() -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        socketio.PacketDecoder().feed(b"a" * 21)
+    assert str(info.value) == (
+        "got binary data when not reconstructing a packet: expected a text frame, got 21 bytes "
+        + repr(repr(b"a" * 20))
+    )
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: socketio.decode_packet(5), "expected str to decode, got int"),  # type: ignore[arg-type]
+        (lambda: socketio.PacketDecoder().feed(5), "expected str or bytes to feed, got int"),  # type: ignore[arg-type]
+    ],
+)
+def test_the_socketio_codec_names_the_type_it_was_handed(call: Any, message: str) -> None:
+    with pytest.raises(LocalProtocolError) as info:
+        call()
+    assert str(info.value) == message
