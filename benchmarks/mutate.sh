@@ -5,7 +5,7 @@
 #                                          engineio_session, session, client,
 #                                          config, state; pplx-sse, pplx-patch, pplx-answer, ... for
 #                                          plabs_proto/perplexity/; the programs: gateway, arguments,
-#                                          serve, cli)
+#                                          serve, cli; the backends' backends-config, backends-errors)
 # The copy (/tmp/plabs-mutate-MODULE) holds the worktree's tracked files as they are now, with backends/
 # moved under plabs_proto/ (mutmut's mutants/ copy does not see the package-dir mapping, and
 # tests/conftest.py imports the backends) and a [tool.mutmut] section naming the module and the test
@@ -74,6 +74,12 @@ case $module in
                tests='"tests/test_perplexity_request.py", "tests/test_mutants_perplexity.py"' ;;
     pplx-session) path=plabs_proto/perplexity/session.py
                tests='"tests/test_perplexity_session.py", "tests/test_perplexity_request.py", "tests/test_mutants_perplexity.py"' ;;
+    # The backends' shared pieces (benchmarks/mutation-core.md): the options and the errors, with the
+    # tests that run a backend in process (not the ones that start a `plabs` subprocess).
+    backends-config) path=plabs_proto/backends/_config.py
+               tests='"tests/test_backend_options.py", "tests/test_browser.py", "tests/test_perplexity_catalog.py", "tests/test_perplexity_e2e.py", "-k", "not perplexity_e2e or session_token or cookies_txt"' ;;
+    backends-errors) path=plabs_proto/backends/_errors.py
+               tests='"tests/test_backend_options.py", "tests/test_driver.py", "tests/test_e2e_matrix.py", "tests/test_backend_curl.py", "-k", "not (e2e_matrix or backend_curl) or connection_refused or dropped_mid_answer or unreachable_proxy or network_error"' ;;
     # The programs: only tests that run the module in process count (mutmut's mutants are not what a
     # `plabs` subprocess imports); -k leaves out the tests that start a gateway or a `plabs` subprocess, and
     # for the gateway those that serve it with uvicorn (which takes mutmut's trampoline of _App.__call__,

@@ -932,6 +932,17 @@ def test_a_sid_of_256_characters_is_taken_and_257_refused_naming_both() -> None:
     )
 
 
+@pytest.mark.parametrize(("key", "limit"), [("maxPayload", 2**53 - 1), ("pingInterval", 2**31 - 1), ("pingTimeout", 2**31 - 1)])
+def test_the_open_packets_numbers_are_taken_up_to_their_limit_and_refused_one_past(key: str, limit: int) -> None:
+    field = {"maxPayload": "max_payload", "pingInterval": "ping_interval", "pingTimeout": "ping_timeout"}[key]
+    assert getattr(engineio.parse_open_packet(f'{{"sid":"s","{key}":{limit}}}'), field) == limit
+    with pytest.raises(RemoteProtocolError) as info:
+        engineio.parse_open_packet(f'{{"sid":"s","{key}":{limit + 1}}}')
+    assert str(info.value) == (
+        f"expected an integer {key!r} in 1..{limit} in the Engine.IO open packet, got {limit + 1}"
+    )
+
+
 def test_a_sid_with_control_characters_names_the_first_one_and_where() -> None:
     with pytest.raises(RemoteProtocolError) as info:
         engineio.parse_open_packet('{"sid":"a\\u0000b\\u0000"}')
