@@ -77,9 +77,9 @@ case $module in
     # The backends' shared pieces (benchmarks/mutation-core.md): the options and the errors, with the
     # tests that run a backend in process (not the ones that start a `plabs` subprocess).
     backends-config) path=plabs_proto/backends/_config.py
-               tests='"tests/test_backend_options.py", "tests/test_browser.py", "tests/test_perplexity_catalog.py", "tests/test_perplexity_e2e.py", "-k", "not perplexity_e2e or session_token or cookies_txt"' ;;
+               tests='"tests/test_backend_options.py", "tests/test_browser.py", "tests/test_perplexity_catalog.py", "tests/test_perplexity_e2e.py", "-k", "(not perplexity_e2e or session_token or cookies_txt) and not node"' ;;
     backends-errors) path=plabs_proto/backends/_errors.py
-               tests='"tests/test_backend_options.py", "tests/test_driver.py", "tests/test_e2e_matrix.py", "tests/test_backend_curl.py", "-k", "not (e2e_matrix or backend_curl) or connection_refused or dropped_mid_answer or unreachable_proxy or network_error"' ;;
+               tests='"tests/test_backend_options.py", "tests/test_driver.py", "tests/test_e2e_matrix.py", "tests/test_backend_curl.py", "-k", "(not (e2e_matrix or backend_curl) or connection_refused or dropped_mid_answer or unreachable_proxy or network_error) and not node"' ;;
     # The programs: only tests that run the module in process count (mutmut's mutants are not what a
     # `plabs` subprocess imports); -k leaves out the tests that start a gateway or a `plabs` subprocess, and
     # for the gateway those that serve it with uvicorn (which takes mutmut's trampoline of _App.__call__,

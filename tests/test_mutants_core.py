@@ -33,10 +33,13 @@ from plabs_proto.errors import (
     RemoteProtocolError,
 )
 from plabs_proto.events import (
+    AnswerFinished,
+    AnswerRevised,
     Citations,
     Connected,
     HTTPRequest,
     QueryFailed,
+    ReasoningDelta,
     TextDelta,
     TransportSwitched,
     WebSocketConnect,
@@ -44,6 +47,7 @@ from plabs_proto.events import (
 )
 from plabs_proto.events import Closed as ClosedEvent
 from plabs_proto.labs import engineio, socketio
+from plabs_proto.labs.answer import AnswerDecoder, normalize_messages
 from plabs_proto.labs.engineio_session import BODY_SLACK, Closed, EngineIOSession, Message, Opened
 from plabs_proto.labs.session import LabsSession
 from plabs_proto.messages import HTTPResponse
@@ -1075,3 +1079,58 @@ def test_the_socketio_codec_names_the_type_it_was_handed(call: Any, message: str
     with pytest.raises(LocalProtocolError) as info:
         call()
     assert str(info.value) == message
+
+
+# -- the Labs answer: survivors of mutmut ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("role", "shown"), [("x" * 60, repr("x" * 60)), ("x" * 61, repr("x" * 60) + "...")])
+def test_a_bad_role_is_shown_whole_up_to_60_characters(role: str, shown: str) -> None:
+    with pytest.raises(LocalProtocolError) as info:
+        normalize_messages([{"role": role, "content": "c"}])
+    assert str(info.value) == (
+        f"message 0: expected 'role' to be 'user', 'assistant' or 'system', got str: {shown}"
+    )
+
+
+def test_a_lone_surrogate_in_a_prompt_is_refused_with_where_and_what_to_do() -> None:
+    with pytest.raises(LocalProtocolError) as info:
+        normalize_messages("a\udce9b")
+    assert str(info.value) == (
+        "message 0: expected text that can be sent as UTF-8, got a lone surrogate '\\udce9' at position 1 "
+        "(Python makes one of each byte it could not decode, as in sys.argv or stdin read with the wrong "
+        "encoding: decode those bytes with their real encoding, or with errors='replace')"
+    )
+
+
+@pytest.mark.parametrize("high", ["\ud800", "\udbff"])
+def test_a_surrogate_pair_split_across_frames_comes_out_whole(high: str) -> None:
+    decoder = AnswerDecoder("sonar")
+    assert decoder.feed({"output": "a" + high}) == [TextDelta(text="a")]
+    assert decoder.feed({"output": "a" + high + "\udc00"}) == [TextDelta(text=high + "\udc00")]
+
+
+def test_a_malformed_frame_keeps_the_reasoning_and_the_text_so_far() -> None:
+    decoder = AnswerDecoder("sonar")
+    decoder.feed({"output": "<think>hmm</think>ans"})
+    with pytest.raises(RemoteProtocolError) as info:
+        decoder.feed({"output": 5})
+    assert (info.value.partial_reasoning, info.value.partial_text) == ("hmm", "ans")
+
+
+def test_a_final_frame_before_any_output_finishes_an_empty_answer() -> None:
+    assert AnswerDecoder("sonar").feed({"final": True}) == [AnswerFinished(model="sonar", text="", reasoning="")]
+
+
+@pytest.mark.parametrize("model", ["sonar", "r1-1776"])
+def test_the_start_of_a_close_tag_at_the_very_start_is_held_back_until_it_is_known(model: str) -> None:
+    decoder = AnswerDecoder(model)
+    assert decoder.feed({"output": "</th"}) == []
+    assert decoder.feed({"output": "</think>Hi"}) == [TextDelta(text="Hi")]
+
+
+def test_an_output_that_does_not_extend_the_last_is_read_again_as_the_model_reads_it() -> None:
+    # r1-1776 may omit <think>: untagged output is reasoning until told otherwise, read afresh too.
+    decoder = AnswerDecoder("r1-1776")
+    assert decoder.feed({"output": "abc"}) == [ReasoningDelta(text="abc")]
+    assert decoder.feed({"output": "xyz"}) == [AnswerRevised(text="", reasoning="xyz")]
