@@ -2,8 +2,8 @@
 # Mutation testing of one module (issue 19), with mutmut, in a scratch copy:
 #   benchmarks/mutate.sh inflate          (or websocket, http, proxy, stack, tls, jsondepth, refusal,
 #                                          browser, trace, headers, engineio, socketio, answer,
-#                                          engineio_session, session, client,
-#                                          config, state, errors, events, messages; pplx-sse, pplx-patch, pplx-answer, ... for
+#                                          engineio_session, session, client, config, state,
+#                                          errors, events, messages; pplx-sse, pplx-patch, pplx-answer, ... for
 #                                          plabs_proto/perplexity/; the programs: gateway, arguments,
 #                                          serve, cli; the backends' backends-config, backends-errors)
 # The copy (/tmp/plabs-mutate-MODULE) holds the worktree's tracked files as they are now, with backends/

@@ -25,12 +25,16 @@ from test_session import BASE, T, connected, open_packet, session
 
 from plabs_proto.config import ClientConfig, SessionConfig, split_server
 from plabs_proto.errors import (
+    AnswerFailedError,
+    AnswerRateLimitedError,
     HandshakeError,
     LabsError,
     LabsTimeout,
     LocalProtocolError,
     NetworkError,
+    RateLimitedError,
     RemoteProtocolError,
+    ResponseError,
 )
 from plabs_proto.events import (
     AnswerFinished,
@@ -1134,3 +1138,39 @@ def test_an_output_that_does_not_extend_the_last_is_read_again_as_the_model_read
     decoder = AnswerDecoder("r1-1776")
     assert decoder.feed({"output": "abc"}) == [ReasoningDelta(text="abc")]
     assert decoder.feed({"output": "xyz"}) == [AnswerRevised(text="", reasoning="xyz")]
+
+
+# -- the errors: survivors of mutmut ----------------------------------------------------------------------
+
+REQUIRED: dict[type[LabsError], dict[str, Any]] = {
+    LocalProtocolError: {},
+    RemoteProtocolError: {},
+    HandshakeError: {"status": 403},
+    RateLimitedError: {"status": 429, "retry_after": None, "retry_after_header": None},
+    ResponseError: {},
+    LabsTimeout: {"deadline": "query"},
+    NetworkError: {"host": "h.test", "port": 443},
+    AnswerFailedError: {"error_code": None},
+    AnswerRateLimitedError: {"error_code": "FREE_TIER_RATE_LIMITED"},
+}
+
+
+@pytest.mark.parametrize("cls", list(REQUIRED))
+def test_every_error_keeps_the_answer_so_far_it_is_given_and_has_none_by_default(cls: type[LabsError]) -> None:
+    plain = cls("what went wrong", **REQUIRED[cls])
+    assert (str(plain), repr(plain), plain.args) == (
+        "what went wrong", f"{cls.__name__}('what went wrong')", ("what went wrong",)
+    )
+    assert (plain.partial_text, plain.partial_reasoning) == ("", "")
+    for name in ("server_text", "body_excerpt"):
+        assert getattr(plain, name, "") == ""
+    assert getattr(plain, "cloudflare", False) is False
+    kept = cls("what went wrong", partial_text="Hel", partial_reasoning="hmm", **REQUIRED[cls])
+    assert (kept.partial_text, kept.partial_reasoning) == ("Hel", "hmm")
+
+
+def test_a_rate_limit_in_the_answer_stream_shows_the_services_text_as_its_body() -> None:
+    error = AnswerRateLimitedError("limited", error_code="FREE_TIER_RATE_LIMITED", server_text="slow down")
+    assert (error.status, error.server_text, error.body_excerpt, error.retry_after) == (200, "slow down", "slow down", None)
+    failed = AnswerFailedError("failed", error_code="INTERNAL_ERROR", server_text="oops")
+    assert (failed.server_text, failed.error_code) == ("oops", "INTERNAL_ERROR")
