@@ -41,6 +41,7 @@ from plabs_proto.events import (
     AnswerRevised,
     Citations,
     Connected,
+    EventQueue,
     HTTPRequest,
     QueryFailed,
     ReasoningDelta,
@@ -1174,3 +1175,44 @@ def test_a_rate_limit_in_the_answer_stream_shows_the_services_text_as_its_body()
     assert (error.status, error.server_text, error.body_excerpt, error.retry_after) == (200, "slow down", "slow down", None)
     failed = AnswerFailedError("failed", error_code="INTERNAL_ERROR", server_text="oops")
     assert (failed.server_text, failed.error_code) == ("oops", "INTERNAL_ERROR")
+
+
+# -- the events: survivors of mutmut -------------------------------------------------------------------------
+
+
+def test_a_query_failed_event_becomes_the_error_a_backend_raises() -> None:
+    error = QueryFailed(model="sonar", message="Error in processing query", partial_text="Hel").error()
+    assert str(error) == "Labs server reported a failure for model 'sonar': Error in processing query"
+    assert (error.server_text, error.partial_text, error.partial_reasoning) == ("Error in processing query", "Hel", "")
+
+
+def test_the_repr_of_a_request_hides_its_cookie_and_authorization_values() -> None:
+    request = HTTPRequest(
+        request_id=3, method="POST", url="https://pplx.test/rest/sse/perplexity_ask",
+        headers=(("Cookie", "session=secret"), ("AUTHORIZATION", "Bearer secret"), ("Content-Type", "text/plain")),
+        body=b"{}", lane=1, incremental=True,
+    )
+    assert repr(request) == (
+        "HTTPRequest(request_id=3, method='POST', url='https://pplx.test/rest/sse/perplexity_ask', "
+        "headers=(('Cookie', '[redacted]'), ('AUTHORIZATION', '[redacted]'), ('Content-Type', 'text/plain')), "
+        "body=<2 bytes>, lane=1, incremental=True)"
+    )
+
+
+class HeldQueue(EventQueue):
+    """An event queue that says how many events it holds (as a session adds them: ``_events``)."""
+
+    def add(self, *events: Any) -> None:
+        self._events.extend(events)
+
+    def held(self) -> int:
+        return len(self._events)
+
+
+def test_an_event_queue_taken_one_by_one_lets_go_of_what_it_handed_out() -> None:
+    queue = HeldQueue()
+    deltas = [TextDelta(text=str(i)) for i in range(3)]
+    queue.add(*deltas)
+    assert [queue.next_event(), queue.next_event()] == deltas[:2] and queue.held() == 3
+    assert queue.next_event() == deltas[2] and queue.held() == 0
+    assert queue.next_event() is None
