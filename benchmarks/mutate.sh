@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Mutation testing of one module (issue 19), with mutmut, in a scratch copy:
 #   benchmarks/mutate.sh inflate          (or websocket, http, proxy, stack, tls, jsondepth, refusal,
-#                                          browser, trace, headers, engineio_session, session, client,
-#                                          config, state; pplx-sse, pplx-patch, pplx-answer, ... for
+#                                          browser, trace, headers, engineio, socketio, answer,
+#                                          engineio_session, session, client, config, state,
+#                                          errors, events, messages; pplx-sse, pplx-patch, pplx-answer, ... for
 #                                          plabs_proto/perplexity/; the programs: gateway, arguments,
-#                                          serve, cli)
+#                                          serve, cli; the backends' backends-config, backends-errors)
 # The copy (/tmp/plabs-mutate-MODULE) holds the worktree's tracked files as they are now, with backends/
 # moved under plabs_proto/ (mutmut's mutants/ copy does not see the package-dir mapping, and
 # tests/conftest.py imports the backends) and a [tool.mutmut] section naming the module and the test
@@ -33,6 +34,15 @@ case $module in
                tests='"tests/test_hostile_input.py", "tests/test_edges_wire.py", "tests/test_mutants_wire.py"' ;;
     refusal)   path=plabs_proto/refusal.py
                tests='"tests/test_refusals.py", "tests/test_edges_wire.py", "tests/test_mutants_wire.py"' ;;
+    engineio)  path=plabs_proto/labs/engineio.py
+               tests='"tests/test_engineio.py", "tests/test_socketio.py", "tests/test_engineio_session.py", "tests/test_session.py", "tests/test_hostile_input.py", "tests/test_core_mutants.py", "tests/test_mutants_core.py"'
+               skip='utf8_fast_path or any_input_sequence' ;;
+    socketio)  path=plabs_proto/labs/socketio.py
+               tests='"tests/test_socketio.py", "tests/test_frame_reader.py", "tests/test_session.py", "tests/test_unnoticed.py", "tests/test_hostile_input.py", "tests/test_core_mutants.py", "tests/test_mutants_core.py"'
+               skip='utf8_fast_path or any_input_sequence' ;;
+    answer)    path=plabs_proto/labs/answer.py
+               tests='"tests/test_labs.py", "tests/test_frame_reader.py", "tests/test_session.py", "tests/test_unnoticed.py", "tests/test_hostile_input.py", "tests/test_core_mutants.py", "tests/test_mutants_core.py"'
+               skip='utf8_fast_path or any_input_sequence' ;;
     engineio_session) path=plabs_proto/labs/engineio_session.py
                tests='"tests/test_engineio_session.py", "tests/test_session.py", "tests/test_core_mutants.py", "tests/test_unnoticed.py", "tests/test_mutants_core.py"'
                skip='utf8_fast_path or any_input_sequence' ;;
@@ -48,6 +58,14 @@ case $module in
     state)     path=plabs_proto/state.py
                tests='"tests/test_session.py", "tests/test_perplexity_session.py", "tests/test_core_mutants.py", "tests/test_mutants_core.py"'
                skip='utf8_fast_path or any_input_sequence' ;;
+    errors)    path=plabs_proto/errors.py
+               tests='"tests/test_refusals.py", "tests/test_backend_options.py", "tests/test_session.py", "tests/test_perplexity_session.py", "tests/test_perplexity_answer.py", "tests/test_labs.py", "tests/test_client.py", "tests/test_hostile_input.py", "tests/test_core_mutants.py", "tests/test_mutants_core.py", "tests/test_mutants_perplexity.py", "tests/test_mutants_wire.py"'
+               skip='utf8_fast_path or any_input_sequence or hostile_sse or hostile_catalog or arbitrary or memory' ;;
+    events)    path=plabs_proto/events.py
+               tests='"tests/test_event_queue.py", "tests/test_backend_options.py", "tests/test_labs.py", "tests/test_session.py", "tests/test_client.py", "tests/test_mutants_core.py"'
+               skip='utf8_fast_path or any_input_sequence or arbitrary' ;;
+    messages)  path=plabs_proto/messages.py
+               tests='"tests/test_engineio_session.py", "tests/test_encoding.py", "tests/test_edges_wire.py", "tests/test_mutants_wire.py", "tests/test_mutants_core.py", "tests/test_refusals.py"' ;;
     browser)   path=plabs_proto/wire/browser.py
                tests='"tests/test_browser.py", "tests/test_mutants_wire.py"' ;;
     trace)     path=plabs_proto/wire/trace.py
@@ -64,6 +82,12 @@ case $module in
                tests='"tests/test_perplexity_request.py", "tests/test_mutants_perplexity.py"' ;;
     pplx-session) path=plabs_proto/perplexity/session.py
                tests='"tests/test_perplexity_session.py", "tests/test_perplexity_request.py", "tests/test_mutants_perplexity.py"' ;;
+    # The backends' shared pieces (benchmarks/mutation-core.md): the options and the errors, with the
+    # tests that run a backend in process (not the ones that start a `plabs` subprocess).
+    backends-config) path=plabs_proto/backends/_config.py
+               tests='"tests/test_backend_options.py", "tests/test_browser.py", "tests/test_perplexity_catalog.py", "tests/test_perplexity_e2e.py", "-k", "(not perplexity_e2e or session_token or cookies_txt) and not node"' ;;
+    backends-errors) path=plabs_proto/backends/_errors.py
+               tests='"tests/test_backend_options.py", "tests/test_driver.py", "tests/test_e2e_matrix.py", "tests/test_backend_curl.py", "-k", "(not (e2e_matrix or backend_curl) or connection_refused or unreachable_proxy or network_error or (backend_curl and dropped_mid_answer)) and not node"' ;;
     # The programs: only tests that run the module in process count (mutmut's mutants are not what a
     # `plabs` subprocess imports); -k leaves out the tests that start a gateway or a `plabs` subprocess, and
     # for the gateway those that serve it with uvicorn (which takes mutmut's trampoline of _App.__call__,

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from peer import Harness
 from plabs_proto.backends import _config, _errors, _text
 
 from plabs_proto.config import ClientConfig
@@ -30,6 +31,7 @@ from plabs_proto.events import (
     TextDelta,
 )
 from plabs_proto.labs.answer import MODELS, AnswerDecoder
+from plabs_proto.perplexity import request as perplexity_request
 from plabs_proto.wire.trace import TraceRecorder
 
 
@@ -334,3 +336,97 @@ def test_opened() -> None:
     assert not _errors.opened(TextDelta(text="early"))
     with pytest.raises(RemoteProtocolError, match="the session ended: gone"):
         _errors.opened(Closed(reason="gone"))
+
+
+# -- survivors of mutmut (issue 19, benchmarks/mutation-core.md) ----------------------------------------
+
+
+def test_a_traced_client_without_a_seed_gets_one_and_its_tracer_sees_its_bytes() -> None:
+    seen: list[tuple[float, int, str]] = []
+    opts = _config.parse_options(
+        {"server": "http://labs.test", "transport": "websocket",
+         "tracer": lambda now, stream, direction, data: seen.append((now, stream, direction))},
+        with_model=True,
+    )
+    client, seed = opts.new_client()
+    assert seed is not None  # drawn, so that the trace can be replayed
+    harness = Harness(client)  # type: ignore[arg-type]
+    client.connect(0.0)
+    harness.take(1)
+    assert (0.0, 1, "out") in seen
+
+
+def test_the_ask_service_has_its_own_default_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(_config.TOKEN_VARIABLE, raising=False)
+    monkeypatch.delenv(_config.COOKIES_FILE_VARIABLE, raising=False)
+    assert _config.parse_options({"service": "perplexity"}, with_model=True).model == perplexity_request.DEFAULT_MODEL
+    assert _config.parse_options({"service": "labs"}, with_model=True).model == _config.DEFAULT_MODEL
+    assert _config.default_model("perplexity") == "turbo" and _config.default_model("labs") == "r1-1776"
+
+
+COOKIES = "#HttpOnly_.perplexity.ai\tTRUE\t/\tTRUE\t0\t__Secure-next-auth.session-token\tfrom-the-file\n"
+
+
+def test_a_token_or_cookies_given_outright_win_over_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    path = tmp_path / "cookies.txt"
+    path.write_text(COOKIES)
+    monkeypatch.setenv(_config.TOKEN_VARIABLE, " from-the-environment \n")
+    monkeypatch.setenv(_config.COOKIES_FILE_VARIABLE, str(path))
+
+    def signed_in(**given: Any) -> tuple[Any, Any]:
+        config = _config.parse_options({"service": "perplexity", **given}, with_model=False).config
+        return config.session_token, config.cookies_txt
+
+    assert signed_in() == ("from-the-environment", COOKIES)
+    assert signed_in(session_token="mine") == ("mine", None)
+    assert signed_in(cookies_txt=COOKIES.replace("from-the-file", "given")) == (
+        None, COOKIES.replace("from-the-file", "given"))
+
+
+@pytest.mark.parametrize(("content", "error"), [(None, "FileNotFoundError"), (b"\xff\xfe", "UnicodeDecodeError")])
+def test_an_unreadable_cookies_file_is_refused_by_name_and_why(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, content: bytes | None, error: str
+) -> None:
+    path = tmp_path / "cookies.txt"
+    if content is not None:
+        path.write_bytes(content)
+    monkeypatch.delenv(_config.TOKEN_VARIABLE, raising=False)
+    monkeypatch.setenv(_config.COOKIES_FILE_VARIABLE, str(path))
+    with pytest.raises(LocalProtocolError) as info:
+        _config.parse_options({"service": "perplexity"}, with_model=False)
+    assert str(info.value) == (
+        f"expected {_config.COOKIES_FILE_VARIABLE} to name a readable cookies.txt file, got {str(path)!r} ({error})"
+    )
+
+
+def test_a_bad_option_is_refused_with_the_whole_list_and_a_bad_timeout_by_its_name() -> None:
+    with pytest.raises(LocalProtocolError) as info:
+        _config.parse_options({"colour": "red", "stream": True}, with_model=False)
+    assert str(info.value) == (
+        f"expected keyword arguments among {', '.join(sorted(_config.SessionOptions.__optional_keys__))}, "
+        "got 'colour', 'stream'"
+    )
+    with pytest.raises(LocalProtocolError) as info:
+        _config.parse_options({"timeout": 0}, with_model=False)
+    assert str(info.value) == "expected timeout as a number of seconds > 0 or None, got 0"
+
+
+def test_a_stream_error_without_a_host_a_message_or_an_errno_says_so_plainly() -> None:
+    error = _errors.stream_error(ConnectionResetError(), action="receive from", host="", port=0, proxied=False)
+    assert str(error) == "expected to receive from the server, but the connection failed (ConnectionResetError)"
+    assert (error.errno, error.partial_text, error.partial_reasoning) == (None, "", "")
+    error = _errors.stream_error(EOFError("closed"), action="send to", host="h.test", port=80, proxied=False)
+    assert str(error) == "expected to send to the server at h.test:80, but the connection failed (EOFError: closed)"
+    assert error.errno is None and isinstance(error.__cause__, EOFError)
+
+
+def test_a_session_that_ends_keeps_what_came_of_the_answer_and_an_opening_has_none() -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        _errors.check_event(Closed(reason="bye"), partial_text="abc", partial_reasoning="hmm")
+    assert str(info.value) == "expected the answer to finish, but the session ended: bye"
+    assert (info.value.partial_text, info.value.partial_reasoning) == ("abc", "hmm")
+    with pytest.raises(RemoteProtocolError) as info:
+        _errors.opened(Closed(reason="gone"))
+    assert (info.value.partial_text, info.value.partial_reasoning) == ("", "")

@@ -6,6 +6,7 @@ table: each test feeds what a peer would send and checks what a user or the carr
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 from pathlib import Path
@@ -24,24 +25,34 @@ from test_session import BASE, T, connected, open_packet, session
 
 from plabs_proto.config import ClientConfig, SessionConfig, split_server
 from plabs_proto.errors import (
+    AnswerFailedError,
+    AnswerRateLimitedError,
     HandshakeError,
     LabsError,
     LabsTimeout,
     LocalProtocolError,
     NetworkError,
+    RateLimitedError,
     RemoteProtocolError,
+    ResponseError,
 )
 from plabs_proto.events import (
+    AnswerFinished,
+    AnswerRevised,
     Citations,
     Connected,
+    EventQueue,
     HTTPRequest,
     QueryFailed,
+    ReasoningDelta,
     TextDelta,
     TransportSwitched,
     WebSocketConnect,
     WebSocketSend,
 )
 from plabs_proto.events import Closed as ClosedEvent
+from plabs_proto.labs import engineio, socketio
+from plabs_proto.labs.answer import AnswerDecoder, normalize_messages
 from plabs_proto.labs.engineio_session import BODY_SLACK, Closed, EngineIOSession, Message, Opened
 from plabs_proto.labs.session import LabsSession
 from plabs_proto.messages import HTTPResponse
@@ -847,3 +858,361 @@ def test_the_session_config_of_a_client_config_is_its_message_level_fields() -> 
     assert type(plain) is SessionConfig and plain == SessionConfig(**kw)
     same = SessionConfig(**kw)
     assert same.session_config() is same
+
+
+# -- the Engine.IO codec: survivors of mutmut --------------------------------------------------------------
+
+
+def packet_error(segment: str) -> str:
+    """What decoding ``segment`` alone says is wrong with it."""
+    with pytest.raises(RemoteProtocolError) as info:
+        engineio.decode_packet(segment)
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("body", "index", "count", "segment"),
+    [
+        ("b!!!", 1, 1, "b!!!"),
+        ("bAQIDBA==x", 1, 1, "bAQIDBA==x"),  # valid but for its last character
+        ("b!AQI\x1e4x", 1, 2, "b!AQI"),  # valid but for its first base64 character
+        ("4x\x1eb!!!", 2, 2, "b!!!"),
+        ("bAQID\x1e4x\x1eb!!!", 3, 3, "b!!!"),  # a good binary packet first does not end the check
+    ],
+)
+def test_a_bad_binary_packet_in_a_payload_is_named_by_its_place_before_any_packet(
+    body: str, index: int, count: int, segment: str
+) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        engineio.iter_payload(body)  # the call itself, not the first packet read
+    assert str(info.value) == f"bad packet #{index} of {count} in payload: {packet_error(segment)}"
+
+
+@pytest.mark.parametrize("body", ["4x\x1e\x1e4y\x1eb!!!", "4x\x1e\x1e4y\x1e4z"])
+def test_the_first_bad_segment_of_a_payload_is_the_one_named(body: str) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        engineio.iter_payload(body)
+    assert str(info.value) == (
+        f"expected a packet between record separators, got an empty segment (#2 of 4) in {body!r}"
+    )
+
+
+@pytest.mark.parametrize("size", range(1, 10))
+def test_binary_packets_without_base64_padding_are_read(size: int) -> None:
+    data = bytes(range(200, 200 + size))
+    text = "b" + base64.b64encode(data).decode("ascii").rstrip("=")
+    assert engineio.decode_packet(text) == engineio.Packet(engineio.PacketType.MESSAGE, data)
+    assert engineio.decode_payload(f"{text}\x1e6") == [
+        engineio.Packet(engineio.PacketType.MESSAGE, data),
+        engineio.Packet(engineio.PacketType.NOOP),
+    ]
+
+
+def test_what_arrived_is_shown_whole_up_to_60_characters_and_cut_after() -> None:
+    expected = "expected an Engine.IO packet starting with a type digit 0-6 or 'b', got "
+    assert packet_error("x" * 60) == expected + repr("x" * 60)
+    assert packet_error("x" * 61) == expected + repr("x" * 60) + "... (61 chars)"
+    assert packet_error("") == "expected an Engine.IO packet (type digit 0-6 or 'b'), got ''"
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("0", "0"),
+        ('"' + "x" * 58 + '"', repr("x" * 58)),  # a repr of 60 characters, whole
+        ('"' + "x" * 59 + '"', repr("x" * 59)[:60] + "... (61 chars)"),
+    ],
+)
+def test_a_bad_number_in_the_open_packet_is_shown_whole_up_to_60_characters(value: str, shown: str) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        engineio.parse_open_packet('{"sid":"s","pingInterval":' + value + "}")
+    assert str(info.value) == (
+        f"expected an integer 'pingInterval' in 1..2147483647 in the Engine.IO open packet, got {shown}"
+    )
+
+
+def test_a_sid_of_256_characters_is_taken_and_257_refused_naming_both() -> None:
+    assert engineio.parse_open_packet('{"sid":"' + "s" * 256 + '"}').sid == "s" * 256
+    with pytest.raises(RemoteProtocolError) as info:
+        engineio.parse_open_packet('{"sid":"' + "s" * 257 + '"}')
+    assert str(info.value) == (
+        "expected a 'sid' of at most 256 characters in the Engine.IO open packet, got one of 257: "
+        f"{'s' * 60!r}... (257 chars)"
+    )
+
+
+@pytest.mark.parametrize(("key", "limit"), [("maxPayload", 2**53 - 1), ("pingInterval", 2**31 - 1), ("pingTimeout", 2**31 - 1)])
+def test_the_open_packets_numbers_are_taken_up_to_their_limit_and_refused_one_past(key: str, limit: int) -> None:
+    field = {"maxPayload": "max_payload", "pingInterval": "ping_interval", "pingTimeout": "ping_timeout"}[key]
+    assert getattr(engineio.parse_open_packet(f'{{"sid":"s","{key}":{limit}}}'), field) == limit
+    with pytest.raises(RemoteProtocolError) as info:
+        engineio.parse_open_packet(f'{{"sid":"s","{key}":{limit + 1}}}')
+    assert str(info.value) == (
+        f"expected an integer {key!r} in 1..{limit} in the Engine.IO open packet, got {limit + 1}"
+    )
+
+
+def test_a_sid_with_control_characters_names_the_first_one_and_where() -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        engineio.parse_open_packet('{"sid":"a\\u0000b\\u0000"}')
+    assert str(info.value) == (
+        "expected a 'sid' of printable characters in the Engine.IO open packet (it goes back in every "
+        "request), got '\\x00' at position 1 of 'a\\x00b\\x00'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: engineio.encode_packet(engineio.Packet(engineio.PacketType.PING, b"x")),
+         "expected str or None data for a PING packet (binary data is only valid for MESSAGE), got bytes"),
+        (lambda: engineio.encode_packet(engineio.Packet(engineio.PacketType.MESSAGE, 5)),  # type: ignore[arg-type]
+         "expected str, bytes or None as Engine.IO packet data, got int"),
+        (lambda: engineio.decode_packet(5), "expected str or bytes to decode, got int"),  # type: ignore[arg-type]
+        (lambda: engineio.iter_payload(b"4x"), "expected the payload as str, got bytes"),  # type: ignore[arg-type]
+    ],
+)
+def test_the_codec_names_the_type_it_was_handed_instead_of_text_or_bytes(call: Any, message: str) -> None:
+    with pytest.raises(LocalProtocolError) as info:
+        call()
+    assert str(info.value) == message
+
+
+def test_an_empty_payload_is_refused_by_name() -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        engineio.iter_payload("")
+    assert str(info.value) == "expected an Engine.IO payload of at least one packet, got ''"
+
+
+def test_a_v3_payload_counts_a_character_beyond_the_bmp_as_two_code_units_however_written() -> None:
+    # "3:" then three UTF-16 code units: "4" and the two halves of U+1F600, written as one
+    # character or as its two surrogates: the same packet.
+    message = engineio.Packet(engineio.PacketType.MESSAGE, "\U0001f600")
+    assert engineio.decode_payload("3:4\U0001f600") == [message]
+    assert engineio.decode_payload("3:4\ud83d\ude00") == [message]
+
+
+def test_a_body_that_is_v3_but_for_a_bad_binary_packet_is_read_as_v4() -> None:
+    assert engineio.decode_payload("4:b4!!") == [engineio.Packet(engineio.PacketType.MESSAGE, ":b4!!")]
+
+
+# -- the Socket.IO codec: survivors of mutmut --------------------------------------------------------------
+
+EVENT_RULE = "a non-empty list whose first element is an event name (not reserved) or a number"
+BYTES_HINT = "(send binary data with encode_binary_packet, as an EVENT or ACK)"
+
+
+def test_bytes_are_found_in_event_data_that_holds_one_list_twice() -> None:
+    shared: list[Any] = []
+    with pytest.raises(LocalProtocolError) as info:
+        socketio.encode_packet(socketio.Packet(socketio.PacketType.EVENT, data=["e", b"x", shared, shared]))
+    assert str(info.value) == f"expected EVENT data without bytes, got data containing bytes {BYTES_HINT}"
+
+
+@pytest.mark.parametrize(
+    ("data", "shown"),
+    [
+        ([], "[]"),
+        ("x" * 58, repr("x" * 58)),  # a repr of 60 characters, whole
+        ("x" * 59, repr("x" * 59)[:60] + "..."),
+    ],
+)
+def test_bad_event_data_is_refused_with_the_rule_and_60_characters_of_it(data: Any, shown: str) -> None:
+    with pytest.raises(LocalProtocolError) as info:
+        socketio.encode_packet(socketio.Packet(socketio.PacketType.EVENT, data=data))
+    assert str(info.value) == f"expected {EVENT_RULE} as EVENT data, got {shown}"
+
+
+def test_json_that_cannot_be_written_is_refused_with_the_encoders_reason() -> None:
+    for encode in (socketio.encode_packet, socketio.encode_binary_packet):
+        with pytest.raises(LocalProtocolError) as info:
+            encode(socketio.Packet(socketio.PacketType.EVENT, data=["e", {b"k": 1}]))
+        assert str(info.value) == (
+            "expected JSON-serialisable packet data, got: keys must be str, int, float, bool or None, not bytes"
+        )
+
+
+def test_only_json_whitespace_may_follow_an_event() -> None:
+    assert socketio.decode_packet('2["a"] \t\r\n').data == ["a"]
+    for space in ("\x0c", "\x0b", "\xa0", "\u2028"):
+        text = f'2["a"]{space}'
+        with pytest.raises(RemoteProtocolError) as info:
+            socketio.decode_packet(text)
+        assert str(info.value) == (
+            "invalid payload: expected a non-empty JSON array starting with an event name (not reserved) "
+            f"or a number for EVENT, got {text!r}"
+        )
+
+
+def test_an_attachment_count_with_leading_zeros_is_read_as_its_number() -> None:
+    # socket.io-parser reads the count with Number(): "0000000000000001" is 1.
+    packet = socketio.decode_packet("5" + "0" * 15 + '1-["a",{"_placeholder":true,"num":0}]')
+    assert (packet.type, packet.attachments) == (socketio.PacketType.BINARY_EVENT, 1)
+
+
+def test_only_the_json_of_a_packet_is_measured_for_depth_100_taken_101_refused() -> None:
+    assert socketio.decode_packet("3" + "[" * 100 + "]" * 100).type == socketio.PacketType.ACK
+    text = "3" + "[" * 101 + "]" * 101
+    with pytest.raises(RemoteProtocolError) as info:
+        socketio.decode_packet(text)
+    assert str(info.value) == (
+        "expected the JSON data of a Socket.IO packet nested at most 100 deep, got deeper nesting in "
+        f"{text[:60]!r}... (203 chars)"
+    )
+    # brackets in the namespace are not JSON
+    packet = socketio.decode_packet("2/" + "[" * 101 + ',["a"]')
+    assert (packet.namespace, packet.data) == ("/" + "[" * 101, ["a"])
+
+
+def test_a_binary_frame_nobody_waits_for_is_shown_by_its_first_20_bytes() -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        socketio.PacketDecoder().feed(b"a" * 21)
+    assert str(info.value) == (
+        "got binary data when not reconstructing a packet: expected a text frame, got 21 bytes "
+        + repr(repr(b"a" * 20))
+    )
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: socketio.decode_packet(5), "expected str to decode, got int"),  # type: ignore[arg-type]
+        (lambda: socketio.PacketDecoder().feed(5), "expected str or bytes to feed, got int"),  # type: ignore[arg-type]
+    ],
+)
+def test_the_socketio_codec_names_the_type_it_was_handed(call: Any, message: str) -> None:
+    with pytest.raises(LocalProtocolError) as info:
+        call()
+    assert str(info.value) == message
+
+
+# -- the Labs answer: survivors of mutmut ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("role", "shown"), [("x" * 60, repr("x" * 60)), ("x" * 61, repr("x" * 60) + "...")])
+def test_a_bad_role_is_shown_whole_up_to_60_characters(role: str, shown: str) -> None:
+    with pytest.raises(LocalProtocolError) as info:
+        normalize_messages([{"role": role, "content": "c"}])
+    assert str(info.value) == (
+        f"message 0: expected 'role' to be 'user', 'assistant' or 'system', got str: {shown}"
+    )
+
+
+def test_a_lone_surrogate_in_a_prompt_is_refused_with_where_and_what_to_do() -> None:
+    with pytest.raises(LocalProtocolError) as info:
+        normalize_messages("a\udce9b")
+    assert str(info.value) == (
+        "message 0: expected text that can be sent as UTF-8, got a lone surrogate '\\udce9' at position 1 "
+        "(Python makes one of each byte it could not decode, as in sys.argv or stdin read with the wrong "
+        "encoding: decode those bytes with their real encoding, or with errors='replace')"
+    )
+
+
+@pytest.mark.parametrize("high", ["\ud800", "\udbff"])
+def test_a_surrogate_pair_split_across_frames_comes_out_whole(high: str) -> None:
+    decoder = AnswerDecoder("sonar")
+    assert decoder.feed({"output": "a" + high}) == [TextDelta(text="a")]
+    assert decoder.feed({"output": "a" + high + "\udc00"}) == [TextDelta(text=high + "\udc00")]
+
+
+def test_a_malformed_frame_keeps_the_reasoning_and_the_text_so_far() -> None:
+    decoder = AnswerDecoder("sonar")
+    decoder.feed({"output": "<think>hmm</think>ans"})
+    with pytest.raises(RemoteProtocolError) as info:
+        decoder.feed({"output": 5})
+    assert (info.value.partial_reasoning, info.value.partial_text) == ("hmm", "ans")
+
+
+def test_a_final_frame_before_any_output_finishes_an_empty_answer() -> None:
+    assert AnswerDecoder("sonar").feed({"final": True}) == [AnswerFinished(model="sonar", text="", reasoning="")]
+
+
+@pytest.mark.parametrize("model", ["sonar", "r1-1776"])
+def test_the_start_of_a_close_tag_at_the_very_start_is_held_back_until_it_is_known(model: str) -> None:
+    decoder = AnswerDecoder(model)
+    assert decoder.feed({"output": "</th"}) == []
+    assert decoder.feed({"output": "</think>Hi"}) == [TextDelta(text="Hi")]
+
+
+def test_an_output_that_does_not_extend_the_last_is_read_again_as_the_model_reads_it() -> None:
+    # r1-1776 may omit <think>: untagged output is reasoning until told otherwise, read afresh too.
+    decoder = AnswerDecoder("r1-1776")
+    assert decoder.feed({"output": "abc"}) == [ReasoningDelta(text="abc")]
+    assert decoder.feed({"output": "xyz"}) == [AnswerRevised(text="", reasoning="xyz")]
+
+
+# -- the errors: survivors of mutmut ----------------------------------------------------------------------
+
+REQUIRED: dict[type[LabsError], dict[str, Any]] = {
+    LocalProtocolError: {},
+    RemoteProtocolError: {},
+    HandshakeError: {"status": 403},
+    RateLimitedError: {"status": 429, "retry_after": None, "retry_after_header": None},
+    ResponseError: {},
+    LabsTimeout: {"deadline": "query"},
+    NetworkError: {"host": "h.test", "port": 443},
+    AnswerFailedError: {"error_code": None},
+    AnswerRateLimitedError: {"error_code": "FREE_TIER_RATE_LIMITED"},
+}
+
+
+@pytest.mark.parametrize("cls", list(REQUIRED))
+def test_every_error_keeps_the_answer_so_far_it_is_given_and_has_none_by_default(cls: type[LabsError]) -> None:
+    plain = cls("what went wrong", **REQUIRED[cls])
+    assert (str(plain), repr(plain), plain.args) == (
+        "what went wrong", f"{cls.__name__}('what went wrong')", ("what went wrong",)
+    )
+    assert (plain.partial_text, plain.partial_reasoning) == ("", "")
+    for name in ("server_text", "body_excerpt"):
+        assert getattr(plain, name, "") == ""
+    assert getattr(plain, "cloudflare", False) is False
+    kept = cls("what went wrong", partial_text="Hel", partial_reasoning="hmm", **REQUIRED[cls])
+    assert (kept.partial_text, kept.partial_reasoning) == ("Hel", "hmm")
+
+
+def test_a_rate_limit_in_the_answer_stream_shows_the_services_text_as_its_body() -> None:
+    error = AnswerRateLimitedError("limited", error_code="FREE_TIER_RATE_LIMITED", server_text="slow down")
+    assert (error.status, error.server_text, error.body_excerpt, error.retry_after) == (200, "slow down", "slow down", None)
+    failed = AnswerFailedError("failed", error_code="INTERNAL_ERROR", server_text="oops")
+    assert (failed.server_text, failed.error_code) == ("oops", "INTERNAL_ERROR")
+
+
+# -- the events: survivors of mutmut -------------------------------------------------------------------------
+
+
+def test_a_query_failed_event_becomes_the_error_a_backend_raises() -> None:
+    error = QueryFailed(model="sonar", message="Error in processing query", partial_text="Hel").error()
+    assert str(error) == "Labs server reported a failure for model 'sonar': Error in processing query"
+    assert (error.server_text, error.partial_text, error.partial_reasoning) == ("Error in processing query", "Hel", "")
+
+
+def test_the_repr_of_a_request_hides_its_cookie_and_authorization_values() -> None:
+    request = HTTPRequest(
+        request_id=3, method="POST", url="https://pplx.test/rest/sse/perplexity_ask",
+        headers=(("Cookie", "session=secret"), ("AUTHORIZATION", "Bearer secret"), ("Content-Type", "text/plain")),
+        body=b"{}", lane=1, incremental=True,
+    )
+    assert repr(request) == (
+        "HTTPRequest(request_id=3, method='POST', url='https://pplx.test/rest/sse/perplexity_ask', "
+        "headers=(('Cookie', '[redacted]'), ('AUTHORIZATION', '[redacted]'), ('Content-Type', 'text/plain')), "
+        "body=<2 bytes>, lane=1, incremental=True)"
+    )
+
+
+class HeldQueue(EventQueue):
+    """An event queue that says how many events it holds (as a session adds them: ``_events``)."""
+
+    def add(self, *events: Any) -> None:
+        self._events.extend(events)
+
+    def held(self) -> int:
+        return len(self._events)
+
+
+def test_an_event_queue_taken_one_by_one_lets_go_of_what_it_handed_out() -> None:
+    queue = HeldQueue()
+    deltas = [TextDelta(text=str(i)) for i in range(3)]
+    queue.add(*deltas)
+    assert [queue.next_event(), queue.next_event()] == deltas[:2] and queue.held() == 3
+    assert queue.next_event() == deltas[2] and queue.held() == 0
+    assert queue.next_event() is None

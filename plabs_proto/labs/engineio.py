@@ -90,11 +90,11 @@ _BARE: dict[str, Packet] = {char: Packet(ptype) for char, ptype in _TYPE_BY_CHAR
 _BINARY_TYPES = (bytes, bytearray, memoryview)
 
 
-def _show(value: str | bytes) -> str:
-    """A short ``repr`` of what arrived, for error messages."""
+def _show(value: str) -> str:
+    """A short ``repr`` of the text that arrived, for error messages."""
     if len(value) <= 60:
         return repr(value)
-    return f"{value[:60]!r}... ({len(value)} {'chars' if isinstance(value, str) else 'bytes'})"
+    return f"{value[:60]!r}... ({len(value)} chars)"
 
 
 def _show_value(value: object) -> str:
@@ -392,7 +392,8 @@ MAX_SID_LENGTH = 256
 _OPEN_LIMITS: dict[str, int] = {"pingInterval": MAX_PING_MS, "pingTimeout": MAX_PING_MS, "maxPayload": MAX_PAYLOAD}
 
 
-def _open_int(fields: dict[str, Any], key: str, data: str) -> int:
+def _open_int(fields: dict[str, Any], key: str) -> int:
+    """The open packet's ``key``: a positive integer within its limit, or its default when absent."""
     value = fields.get(key, _OPEN_DEFAULTS[key])
     if isinstance(value, float) and value.is_integer():
         value = int(value)
@@ -458,7 +459,7 @@ def parse_open_packet(data: str | None) -> OpenPacket:
     return OpenPacket(
         sid=sid,
         upgrades=tuple(upgrades),
-        ping_interval=_open_int(fields, "pingInterval", data),
-        ping_timeout=_open_int(fields, "pingTimeout", data),
-        max_payload=_open_int(fields, "maxPayload", data),
+        ping_interval=_open_int(fields, "pingInterval"),
+        ping_timeout=_open_int(fields, "pingTimeout"),
+        max_payload=_open_int(fields, "maxPayload"),
     )

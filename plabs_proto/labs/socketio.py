@@ -189,14 +189,10 @@ def _check_header(packet: Packet) -> str:
 
 
 def _data_json(data: Any) -> str:
+    """The JSON text of packet data that holds no bytes (both encoders take the bytes out first)."""
     try:
         return _dumps(data)
     except (TypeError, ValueError, RecursionError) as exc:
-        if _contains_binary(data):
-            raise LocalProtocolError(
-                "expected JSON-serialisable packet data, got data containing bytes "
-                "(send binary data with encode_binary_packet, as an EVENT or ACK)"
-            ) from None
         raise LocalProtocolError(f"expected JSON-serialisable packet data, got: {exc}") from None
 
 
