@@ -86,8 +86,8 @@ case $module in
                tests='"tests/test_driver.py", "tests/test_backend_sync.py", "tests/test_mutants_backends.py"'
                node=yes ;;
     async-api) path=plabs_proto/backends/_async_api.py
-               tests='"tests/test_mutants_backends.py", "tests/test_backend_sync.py", "tests/test_backend_async.py", "tests/test_backend_curl.py"'
-               skip='hundred or fifty or concurrent_asks'
+               tests='"tests/test_mutants_backends.py", "tests/test_backend_sync.py", "tests/test_backend_async.py", "tests/test_perplexity_catalog.py", "tests/test_e2e_matrix.py::test_query_after_open_without_waiting", "tests/test_e2e_matrix.py::test_refused_connection_raises_from_the_first_query"'
+               skip='hundred or concurrent_asks or models_live or (trio and not catalog)'
                node=yes ;;
     asyncio)   path=plabs_proto/backends/asyncio.py
                tests='"tests/test_mutants_backends.py", "tests/test_backend_async.py"'

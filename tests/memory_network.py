@@ -144,7 +144,8 @@ class MemoryNetwork(Network):
         self.background = work
 
         async def finished() -> None:
-            self._resume(None)  # woken: its wait ends, and it runs to its end
+            if self.background is work:  # not ended on its own (an error ends it)
+                self._resume(None)  # woken: its wait ends, and it runs to its end
             assert self.background is None, "the background work did not end when woken"
 
         return finished

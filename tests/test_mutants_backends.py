@@ -9,18 +9,27 @@ threads of it (the emulators), in memory (``tests/memory_network.py``) or Node.j
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
+import sys
 import threading
+from typing import Any
 
 import pytest
+from conftest import EmulatorFactory
 from memory_network import MemoryNetwork, MemoryStream
+from peer import progress, ws_frame
+from plabs_proto.backends import asyncio as asyncio_backend
+from plabs_proto.backends._async_api import AsyncConnection
 from plabs_proto.backends._driver import IDLE_WAIT, Driver
 from plabs_proto.backends._seam import READ_SIZE, read_buffer, run_blocking
+from test_driver import WebSocketServer
 from test_perplexity_client import ANSWER, WARMUP_RESPONSE, sse_body, sse_response
 
 from plabs_proto.config import ClientConfig
+from plabs_proto.errors import LocalProtocolError, ResponseError
 from plabs_proto.events import AnswerFinished, Connected, Event, TextDelta
-from plabs_proto.wire.client import PerplexityClient
+from plabs_proto.wire.client import Client, ClientState, PerplexityClient
 
 # -- the driver ------------------------------------------------------------------------------------
 
@@ -110,3 +119,157 @@ def test_run_blocking_refuses_a_coroutine_that_suspends_and_closes_it() -> None:
         "expected a blocking network's coroutine to finish without suspending, but it suspended"
     )
     assert ended == ["closed"]
+
+
+# -- the answer, query and connection every backend shares ----------------------------------------
+
+
+class LabsServer(WebSocketServer):
+    """test_driver's Labs server on the WebSocket transport, answering every query with ``script``."""
+
+    def __init__(self, stream: MemoryStream, script: list[str], pings: tuple[float, ...] = ()) -> None:
+        super().__init__(stream, pings)
+        self.script = script
+        self.queries = 0
+
+    def received(self, data: bytes) -> None:
+        before = len(self.seen)
+        super().received(data)
+        for frame in self.seen[before:]:
+            if isinstance(frame, str) and frame.startswith("42"):
+                self.queries += 1
+                for payload in self.script:
+                    self.stream.push(ws_frame(payload))
+
+
+class MemoryConnection(AsyncConnection[Client]):
+    """The shared connection over the in-memory network (it never suspends: stepped by run_blocking)."""
+
+    def __init__(self, network: MemoryNetwork) -> None:
+        super().__init__(ClientConfig(server="http://labs.test", transport="websocket", connect_timeout=10.0), seed=0)
+        self.network = network
+
+    def _new_driver(self) -> Driver:
+        return Driver(self.client, self.network)
+
+
+class RefusingServer(WebSocketServer):
+    """test_driver's Labs server, refusing the Socket.IO connect (a wrong jwt)."""
+
+    def received(self, data: bytes) -> None:
+        if not self.upgraded:
+            super().received(data)
+            return
+        for frame in self.frames.feed(data):
+            if isinstance(frame, str) and frame.startswith("40"):
+                self.stream.push(ws_frame('44{"message":"not authorized"}'))
+
+
+def memory_session(
+    script: list[str], pings: tuple[float, ...] = (), *, wait: bool = True, refuse: bool = False
+) -> tuple[MemoryNetwork, MemoryConnection, list[Any]]:
+    servers: list[Any] = []
+
+    def serve(stream: MemoryStream) -> WebSocketServer:
+        servers.append(RefusingServer(stream) if refuse else LabsServer(stream, script, pings))
+        return servers[-1]
+
+    network = MemoryNetwork(serve)
+    connection = MemoryConnection(network)
+    run_blocking(connection.open(wait=wait))
+    assert (connection.connected is not None) == wait
+    return network, connection, servers
+
+
+def read_query(connection: MemoryConnection, prompt: str, model: str) -> list[Event]:
+    query = connection.query(prompt, model=model)
+    events: list[Event] = []
+    while not query.done:
+        events.append(run_blocking(query.__anext__()))
+    return events
+
+
+def test_between_queries_the_session_answers_pings_in_the_background() -> None:
+    # Once an answer is finished, the session idles in the background (answering the server's
+    # pings) until the next query, which runs on the same connection.
+    script = [progress("sonar", {"output": "Hello", "final": False}),
+              progress("sonar", {"output": "Hello!", "final": True, "citations": []})]
+    network, connection, [server] = memory_session(script, pings=(25.0, 50.0))
+    first = read_query(connection, "one", "sonar")
+    assert first[-1] == AnswerFinished(model="sonar", text="Hello!", reasoning="", citations=())
+    network.idle(until=60.0)  # the consumer is elsewhere
+    assert server.pongs == [25.0, 50.0]
+    second = read_query(connection, "two", "sonar")
+    assert [event for event in second if type(event) is TextDelta] == [TextDelta(text="Hello"), TextDelta(text="!")]
+    assert server.queries == 2 and len(network.streams) == 1 and connection.client.state is ClientState.READY
+    run_blocking(connection.aclose())
+
+
+def test_a_connection_opens_once() -> None:
+    network, connection, [server] = memory_session([])
+    with pytest.raises(LocalProtocolError) as caught:
+        run_blocking(connection.open())
+    assert str(caught.value) == "cannot open this connection: it was opened already"
+    assert len(network.streams) == 1 and not server.stream.closed
+    run_blocking(connection.aclose())
+
+
+def test_a_query_left_unfinished_and_collected_closes_the_connection() -> None:
+    script = [progress("sonar", {"output": "Hel", "final": False})]
+    _, connection, [server] = memory_session(script)
+    query = connection.query("hi", model="sonar")
+    assert run_blocking(query.__anext__()) == TextDelta(text="Hel")
+    del query
+    gc.collect()
+    assert server.stream.closed
+    with pytest.raises(LocalProtocolError) as caught:
+        run_blocking(connection.query("again", model="sonar").__anext__())
+    assert str(caught.value) == "cannot use this session: it is closed"
+
+
+def test_an_answer_collected_after_its_loop_ended_is_released_quietly(emulator_factory: EmulatorFactory) -> None:
+    # Its connection can no longer be closed through the loop (it is closed): collecting it raises
+    # nothing.  (Its socket is left to the garbage collector, which warns: a ResourceWarning.)
+    url = emulator_factory(chunk_size=8, frame_delay=0.02).url
+
+    async def first_text() -> Any:
+        answer = asyncio_backend.ask("hi", server=url, model="sonar", timeout=10)
+        assert await answer.__anext__()
+        return answer
+
+    answer = asyncio.run(first_text())
+    unraisable: list[Any] = []
+    hook, sys.unraisablehook = sys.unraisablehook, unraisable.append
+    try:
+        del answer
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+    raised = [seen.exc_value for seen in unraisable if not isinstance(seen.exc_value, ResourceWarning)]
+    assert raised == []
+
+
+SCRIPT = [progress("sonar", {"output": "Hello", "final": False}),
+          progress("sonar", {"output": "Hello!", "final": True, "citations": []})]
+
+
+def test_after_open_without_waiting_the_first_query_takes_the_connect_ack() -> None:
+    # The handshake ends while the session idles (its Connected event waits in the client): the
+    # first query takes it on its way (connection.connected), then yields only the answer's events.
+    network, connection, servers = memory_session(SCRIPT, wait=False)
+    network.idle(until=1.0)
+    assert connection.connected is None and len(servers) == 1
+    events = read_query(connection, "one", "sonar")
+    assert connection.connected == Connected(engine_sid="SID1", socket_sid="S9", transport="websocket")
+    assert events == [TextDelta(text="Hello"), TextDelta(text="!"),
+                      AnswerFinished(model="sonar", text="Hello!", reasoning="", citations=())]
+    run_blocking(connection.aclose())
+
+
+def test_after_open_without_waiting_a_refused_handshake_is_raised_by_the_first_query() -> None:
+    network, connection, _ = memory_session([], wait=False, refuse=True)
+    network.idle(until=1.0)
+    with pytest.raises(ResponseError) as caught:
+        run_blocking(connection.query("one", model="sonar").__anext__())
+    assert str(caught.value) == "the server refused the Socket.IO connection: not authorized"
+    assert connection.connected is None
