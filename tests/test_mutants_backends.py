@@ -16,11 +16,13 @@ import threading
 from typing import Any
 
 import pytest
-from conftest import EmulatorFactory
+from conftest import EmulatorFactory, PerplexityEmulatorFactory
 from memory_network import MemoryNetwork, MemoryStream
 from peer import progress, ws_frame
 from plabs_proto.backends import asyncio as asyncio_backend
-from plabs_proto.backends._async_api import AsyncConnection
+from plabs_proto.backends import sync as sync_backend
+from plabs_proto.backends._async_api import AsyncAnswer, AsyncConnection
+from plabs_proto.backends._config import to_messages
 from plabs_proto.backends._driver import IDLE_WAIT, Driver
 from plabs_proto.backends._seam import READ_SIZE, read_buffer, run_blocking
 from test_driver import WebSocketServer
@@ -29,7 +31,7 @@ from test_perplexity_client import ANSWER, WARMUP_RESPONSE, sse_body, sse_respon
 from plabs_proto.config import ClientConfig
 from plabs_proto.errors import LocalProtocolError, ResponseError
 from plabs_proto.events import AnswerFinished, Connected, Event, TextDelta
-from plabs_proto.wire.client import Client, ClientState, PerplexityClient
+from plabs_proto.wire.client import Client, ClientState, LabsClient, PerplexityClient, Tracer
 
 # -- the driver ------------------------------------------------------------------------------------
 
@@ -145,8 +147,9 @@ class LabsServer(WebSocketServer):
 class MemoryConnection(AsyncConnection[Client]):
     """The shared connection over the in-memory network (it never suspends: stepped by run_blocking)."""
 
-    def __init__(self, network: MemoryNetwork) -> None:
-        super().__init__(ClientConfig(server="http://labs.test", transport="websocket", connect_timeout=10.0), seed=0)
+    def __init__(self, network: MemoryNetwork, tracer: Tracer | None = None) -> None:
+        config = ClientConfig(server="http://labs.test", transport="websocket", connect_timeout=10.0)
+        super().__init__(config, seed=0, tracer=tracer)
         self.network = network
 
     def _new_driver(self) -> Driver:
@@ -273,3 +276,88 @@ def test_after_open_without_waiting_a_refused_handshake_is_raised_by_the_first_q
         run_blocking(connection.query("one", model="sonar").__anext__())
     assert str(caught.value) == "the server refused the Socket.IO connection: not authorized"
     assert connection.connected is None
+
+
+def test_opening_announces_the_seed_to_the_tracer_at_the_time_it_opens() -> None:
+    traced: list[tuple[float, int, str, bytes]] = []
+    network = MemoryNetwork(lambda stream: LabsServer(stream, []))
+    network.clock = 3.5
+    connection = MemoryConnection(network, tracer=lambda *record: traced.append(record))
+    run_blocking(connection.open())
+    assert traced[0] == (3.5, 0, "seed", b"0")
+    run_blocking(connection.aclose())
+
+
+def test_the_catalog_is_refused_on_labs_before_opening_and_while_busy(
+    perplexity_emulator_factory: PerplexityEmulatorFactory,
+) -> None:
+    labs = sync_backend.connect(server="http://127.0.0.1:9")
+    with pytest.raises(LocalProtocolError) as caught:
+        labs.catalog()
+    assert str(caught.value) == (
+        "expected service=\"perplexity\" to ask for the model catalog, got 'labs' "
+        "(the Labs models are plabs_proto.labs.answer.MODELS)"
+    )
+    url = perplexity_emulator_factory(answer="Yes.").url
+    not_open = "cannot ask for the catalog: the connection is not open (open it and wait)"
+    unopened = sync_backend.connect(server=url, service="perplexity", timeout=10)
+    with pytest.raises(LocalProtocolError) as caught:
+        unopened.catalog()
+    assert str(caught.value) == not_open
+
+    async def main() -> None:
+        connection = asyncio_backend.connect(server=url, service="perplexity", timeout=10)
+        await connection.open(wait=False)
+        with pytest.raises(LocalProtocolError) as caught:
+            await connection.catalog()
+        assert str(caught.value) == not_open
+        await connection.aclose()
+        async with asyncio_backend.connect(server=url, service="perplexity", timeout=10) as connection:
+            asking = asyncio.ensure_future(connection.catalog())
+            await asyncio.sleep(0)  # the catalog is asked for; its answer is awaited
+            with pytest.raises(LocalProtocolError, match="another one is still streaming"):
+                connection.query("Hi")
+            with pytest.raises(LocalProtocolError) as caught:
+                await connection.catalog()
+            assert str(caught.value) == "cannot ask for the catalog while a query is still streaming on this session"
+            assert "turbo" in [model.id for model in await asking]
+            query = connection.query("Hi")  # free again
+            with pytest.raises(LocalProtocolError) as caught:
+                await connection.catalog()
+            assert str(caught.value) == "cannot ask for the catalog while a query is still streaming on this session"
+            assert "".join([event.text async for event in query if type(event) is TextDelta]) == "Yes."
+
+    asyncio.run(main())
+
+
+def memory_answer(script: list[str]) -> tuple[MemoryNetwork, AsyncAnswer]:
+    network = MemoryNetwork(lambda stream: LabsServer(stream, script))
+    config = ClientConfig(server="http://labs.test", transport="websocket", connect_timeout=10.0)
+    client = LabsClient(config, rng=random.Random(0))
+    return network, AsyncAnswer(lambda: Driver(client, network), to_messages("hi"), "sonar", None, None)
+
+
+def test_an_answer_closed_before_or_while_it_is_read_yields_nothing_more() -> None:
+    network, answer = memory_answer(SCRIPT)
+    run_blocking(answer.aclose())
+    with pytest.raises(StopAsyncIteration):
+        run_blocking(answer.__anext__())
+    assert network.connects == []  # it never connected
+    network, answer = memory_answer(SCRIPT)
+    assert run_blocking(answer.__anext__()) == "Hello"
+    run_blocking(answer.aclose())
+    with pytest.raises(StopAsyncIteration):
+        run_blocking(answer.__anext__())
+    assert network.streams[0].closed
+
+
+def test_an_answer_never_read_is_collected_quietly() -> None:
+    _, answer = memory_answer(SCRIPT)
+    unraisable: list[Any] = []
+    hook, sys.unraisablehook = sys.unraisablehook, unraisable.append
+    try:
+        del answer
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+    assert [seen.exc_value for seen in unraisable] == []
