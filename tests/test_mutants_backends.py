@@ -330,11 +330,13 @@ def test_the_catalog_is_refused_on_labs_before_opening_and_while_busy(
     asyncio.run(main())
 
 
-def memory_answer(script: list[str]) -> tuple[MemoryNetwork, AsyncAnswer]:
+def memory_answer(
+    script: list[str], tracer: Tracer | None = None, seed: int | None = None
+) -> tuple[MemoryNetwork, AsyncAnswer]:
     network = MemoryNetwork(lambda stream: LabsServer(stream, script))
     config = ClientConfig(server="http://labs.test", transport="websocket", connect_timeout=10.0)
-    client = LabsClient(config, rng=random.Random(0))
-    return network, AsyncAnswer(lambda: Driver(client, network), to_messages("hi"), "sonar", None, None)
+    client = LabsClient(config, rng=random.Random(seed))
+    return network, AsyncAnswer(lambda: Driver(client, network), to_messages("hi"), "sonar", tracer, seed)
 
 
 def test_an_answer_closed_before_or_while_it_is_read_yields_nothing_more() -> None:
@@ -361,3 +363,39 @@ def test_an_answer_never_read_is_collected_quietly() -> None:
     finally:
         sys.unraisablehook = hook
     assert [seen.exc_value for seen in unraisable] == []
+
+
+def test_an_answer_announces_its_seed_to_the_tracer_when_it_connects() -> None:
+    traced: list[tuple[float, int, str, bytes]] = []
+    network, answer = memory_answer(SCRIPT, tracer=lambda *record: traced.append(record), seed=7)
+    network.clock = 2.5
+    assert run_blocking(answer.__anext__()) == "Hello"
+    assert traced[0] == (2.5, 0, "seed", b"7")
+    run_blocking(answer.aclose())
+
+
+def test_a_query_needs_an_open_connection_and_the_previous_query_finished() -> None:
+    unopened = MemoryConnection(MemoryNetwork(lambda stream: LabsServer(stream, SCRIPT)))
+    with pytest.raises(LocalProtocolError) as caught:
+        unopened.query("one")
+    assert str(caught.value) == (
+        "cannot query: the connection is not open (open it, or use it as a context manager)"
+    )
+    _, connection, _ = memory_session(SCRIPT)
+    first = connection.query("one", model="sonar")
+    with pytest.raises(LocalProtocolError) as caught:
+        connection.query("two", model="sonar")
+    assert str(caught.value) == (
+        "cannot start a query while another one is still streaming on this session: queries run one after another"
+    )
+    assert run_blocking(first.__anext__()) == TextDelta(text="Hello")
+    run_blocking(connection.aclose())
+
+
+def test_a_query_without_a_model_asks_for_the_services_default(
+    perplexity_emulator_factory: PerplexityEmulatorFactory,
+) -> None:
+    url = perplexity_emulator_factory(answer="Yes.").url
+    with sync_backend.connect(server=url, service="perplexity", timeout=10) as connection:
+        finished = list(connection.query("Hi"))[-1]
+    assert isinstance(finished, AnswerFinished) and (finished.model, finished.text) == ("turbo", "Yes.")
