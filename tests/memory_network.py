@@ -150,6 +150,10 @@ class MemoryNetwork(Network):
 
         return finished
 
+    def close(self) -> None:
+        if self.background is not None:  # the background work ends, as a task woken by a closed network does
+            self._resume(None)
+
     def idle(self, until: float) -> None:
         """Let the background work run while the clock goes to ``until`` (the consumer is elsewhere)."""
         self._resume(until)

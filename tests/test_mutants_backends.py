@@ -29,8 +29,8 @@ from test_driver import WebSocketServer
 from test_perplexity_client import ANSWER, WARMUP_RESPONSE, sse_body, sse_response
 
 from plabs_proto.config import ClientConfig
-from plabs_proto.errors import LocalProtocolError, ResponseError
-from plabs_proto.events import AnswerFinished, Connected, Event, TextDelta
+from plabs_proto.errors import LocalProtocolError, RemoteProtocolError, ResponseError
+from plabs_proto.events import AnswerFinished, Connected, Event, ReasoningDelta, TextDelta
 from plabs_proto.wire.client import Client, ClientState, LabsClient, PerplexityClient, Tracer
 
 # -- the driver ------------------------------------------------------------------------------------
@@ -399,3 +399,63 @@ def test_a_query_without_a_model_asks_for_the_services_default(
     with sync_backend.connect(server=url, service="perplexity", timeout=10) as connection:
         finished = list(connection.query("Hi"))[-1]
     assert isinstance(finished, AnswerFinished) and (finished.model, finished.text) == ("turbo", "Yes.")
+
+
+def test_a_session_that_failed_while_idle_refuses_the_next_query_naming_the_failure() -> None:
+    network, connection, [server] = memory_session(SCRIPT)
+    server.stream.push(b"", at=5.0)  # the server goes away between queries
+    network.idle(until=10.0)
+    with pytest.raises(LocalProtocolError) as caught:
+        run_blocking(connection.query("one", model="sonar").__anext__())
+    failure = caught.value.__cause__
+    assert failure is not None and str(caught.value) == f"cannot use this session: it failed ({failure})"
+
+
+def test_a_query_whose_connection_is_closed_meanwhile_raises_with_the_partial_answer() -> None:
+    # Closed from elsewhere (another task) while the answer streams: the query raises with what came.
+    model = "sonar-reasoning"
+    script = [progress(model, {"output": "<think>Weigh</think>\n\nHel", "final": False})]
+    _, connection, _ = memory_session(script)
+    query = connection.query("one", model=model)
+    assert [run_blocking(query.__anext__()) for _ in range(2)] == [ReasoningDelta(text="Weigh"), TextDelta(text="Hel")]
+    run_blocking(connection.aclose())
+    with pytest.raises(RemoteProtocolError) as caught:
+        run_blocking(query.__anext__())
+    assert str(caught.value) == "expected the answer to finish, but the session ended: closed by the client"
+    assert (caught.value.partial_text, caught.value.partial_reasoning) == ("Hel", "Weigh")
+    with pytest.raises(StopAsyncIteration):
+        run_blocking(query.__anext__())
+
+
+def test_a_query_whose_connection_was_collected_says_the_session_is_closed() -> None:
+    _, connection, _ = memory_session(SCRIPT[:1])
+    query = connection.query("one", model="sonar")
+    assert run_blocking(query.__anext__()) == TextDelta(text="Hello")
+    del connection  # closed at once, as it is collected
+    gc.collect()
+    with pytest.raises(LocalProtocolError) as caught:
+        run_blocking(query.__anext__())
+    assert str(caught.value) == "cannot wait for an answer: the session is closed"
+
+
+def test_an_answer_stays_ended_after_its_end_or_an_error() -> None:
+    _, answer = memory_answer(SCRIPT)
+    assert run_blocking(answer.__anext__()) == "Hello"
+    assert run_blocking(answer.__anext__()) == "!"
+    for _ in range(2):
+        with pytest.raises(StopAsyncIteration):
+            run_blocking(answer.__anext__())
+    network, answer = memory_answer(SCRIPT[:1])
+    assert run_blocking(answer.__anext__()) == "Hello"
+    network.streams[0].push(b"")  # the server goes away mid-answer
+    with pytest.raises(RemoteProtocolError):
+        run_blocking(answer.__anext__())
+    with pytest.raises(StopAsyncIteration):
+        run_blocking(answer.__anext__())
+
+
+def test_a_connection_collected_open_closes_its_connection() -> None:
+    _, connection, [server] = memory_session(SCRIPT)
+    del connection
+    gc.collect()
+    assert server.stream.closed
