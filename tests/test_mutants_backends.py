@@ -25,11 +25,12 @@ from plabs_proto.backends._async_api import AsyncAnswer, AsyncConnection
 from plabs_proto.backends._config import to_messages
 from plabs_proto.backends._driver import IDLE_WAIT, Driver
 from plabs_proto.backends._seam import READ_SIZE, read_buffer, run_blocking
+from servers import free_port
 from test_driver import WebSocketServer
 from test_perplexity_client import ANSWER, WARMUP_RESPONSE, sse_body, sse_response
 
 from plabs_proto.config import ClientConfig
-from plabs_proto.errors import LocalProtocolError, RemoteProtocolError, ResponseError
+from plabs_proto.errors import LocalProtocolError, NetworkError, RemoteProtocolError, ResponseError
 from plabs_proto.events import AnswerFinished, Connected, Event, ReasoningDelta, TextDelta
 from plabs_proto.wire.client import Client, ClientState, LabsClient, PerplexityClient, Tracer
 
@@ -459,3 +460,57 @@ def test_a_connection_collected_open_closes_its_connection() -> None:
     del connection
     gc.collect()
     assert server.stream.closed
+
+
+# -- the asyncio backend ---------------------------------------------------------------------------
+
+
+def test_asyncio_an_ask_announces_its_seed_to_its_tracer(emulator_factory: EmulatorFactory) -> None:
+    url = emulator_factory(chunk_size=64).url
+    traced: list[tuple[float, int, str, bytes]] = []
+
+    async def main() -> str:
+        answer = asyncio_backend.ask("hi", server=url, model="sonar", timeout=10, seed=5,
+                                     tracer=lambda *record: traced.append(record))
+        return "".join([text async for text in answer])
+
+    assert asyncio.run(main())
+    assert traced[0][1:] == (0, "seed", b"5") and isinstance(traced[0][0], float)
+
+
+def test_asyncio_connect_takes_the_seed_and_refuses_a_model() -> None:
+    assert asyncio_backend.connect(seed=5).seed == 5
+    with pytest.raises(LocalProtocolError) as caught:
+        asyncio_backend.connect(model="sonar")  # type: ignore[call-arg]
+    assert str(caught.value).startswith("expected keyword arguments among accept_encoding, ")
+    assert str(caught.value).endswith(", version, got 'model'")
+
+
+def test_asyncio_provider_goes_through_the_proxy_it_is_given(emulator_factory: EmulatorFactory) -> None:
+    url = emulator_factory(chunk_size=64).url
+    port = free_port()  # nothing listens there
+
+    async def main() -> None:
+        async for _ in asyncio_backend.PerplexityLabs.create_async_generator(
+            "sonar", [{"role": "user", "content": "hi"}], proxy=f"http://127.0.0.1:{port}", server=url, timeout=10
+        ):
+            pass
+
+    with pytest.raises(NetworkError) as caught:
+        asyncio.run(main())
+    assert f"the proxy at 127.0.0.1:{port}" in str(caught.value)
+
+
+def test_asyncio_a_server_that_ends_the_connection_mid_answer(
+    perplexity_emulator_factory: PerplexityEmulatorFactory,
+) -> None:
+    # The server closes its side (a FIN, read as end of file) after a few frames: the ask raises
+    # with the text that came, at once.
+    url = perplexity_emulator_factory(answer="Several words of an answer.", chunk_size=4, drop_after=5).url
+
+    async def main() -> str:
+        return "".join([text async for text in asyncio_backend.ask("hi", server=url, service="perplexity", timeout=10)])
+
+    with pytest.raises(RemoteProtocolError) as caught:
+        asyncio.run(main())
+    assert caught.value.partial_text == "Several words of an answer."[:12]
