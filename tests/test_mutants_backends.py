@@ -9,10 +9,14 @@ threads of it (the emulators), in memory (``tests/memory_network.py``) or Node.j
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import random
+import socket
+import struct
 import sys
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -25,12 +29,18 @@ from plabs_proto.backends._async_api import AsyncAnswer, AsyncConnection
 from plabs_proto.backends._config import to_messages
 from plabs_proto.backends._driver import IDLE_WAIT, Driver
 from plabs_proto.backends._seam import READ_SIZE, read_buffer, run_blocking
-from servers import free_port
+from servers import Silent, free_port
 from test_driver import WebSocketServer
 from test_perplexity_client import ANSWER, WARMUP_RESPONSE, sse_body, sse_response
 
 from plabs_proto.config import ClientConfig
-from plabs_proto.errors import LocalProtocolError, NetworkError, RemoteProtocolError, ResponseError
+from plabs_proto.errors import (
+    LabsTimeout,
+    LocalProtocolError,
+    NetworkError,
+    RemoteProtocolError,
+    ResponseError,
+)
 from plabs_proto.events import AnswerFinished, Connected, Event, ReasoningDelta, TextDelta
 from plabs_proto.wire.client import Client, ClientState, LabsClient, PerplexityClient, Tracer
 
@@ -514,3 +524,87 @@ def test_asyncio_a_server_that_ends_the_connection_mid_answer(
     with pytest.raises(RemoteProtocolError) as caught:
         asyncio.run(main())
     assert caught.value.partial_text == "Several words of an answer."[:12]
+
+
+def test_asyncio_a_connection_reset_by_the_server_is_a_network_error_at_once() -> None:
+    # The server reads the handshake's request, then resets the connection (RST, not an end of file):
+    # the error names the reset and its errno, long before the timeout.
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def reset() -> None:
+        connection, _ = server.accept()
+        with connection:
+            connection.recv(65536)
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    thread = threading.Thread(target=reset)
+    thread.start()
+
+    async def main() -> str:
+        return "".join([text async for text in asyncio_backend.ask("hi", server=f"http://127.0.0.1:{port}", timeout=20)])
+
+    try:
+        with pytest.raises(NetworkError) as caught:
+            asyncio.run(main())
+    finally:
+        thread.join()
+        server.close()
+    assert caught.value.errno == errno.ECONNRESET
+    assert str(caught.value).startswith(
+        f"expected to receive from the server at 127.0.0.1:{port}, but the connection failed (ConnectionResetError: "
+    )
+
+
+def test_asyncio_a_polite_close_ends_when_the_sockets_are_gone(emulator_factory: EmulatorFactory) -> None:
+    # It waits for its connections to go (at most a second, for a peer that does not read); the
+    # emulator takes the goodbye at once, so the close takes far less.
+    url = emulator_factory(chunk_size=64).url
+
+    async def main() -> float:
+        connection = asyncio_backend.connect(server=url, timeout=10)
+        await connection.open()
+        started = time.monotonic()
+        await connection.aclose()
+        return time.monotonic() - started
+
+    assert asyncio.run(main()) < 0.5
+
+
+def asyncio_ask_until_it_fails(url: str, **options: Any) -> tuple[BaseException, float]:
+    """The error an asyncio ask raises, and after how many seconds (a hang fails after 10 s)."""
+
+    async def main() -> None:
+        async for _ in asyncio_backend.ask("hi", server=url, model="sonar", **options):
+            pass
+
+    started = time.monotonic()
+    with pytest.raises(Exception) as caught:
+        asyncio.run(asyncio.wait_for(main(), 10))
+    return caught.value, time.monotonic() - started
+
+
+def test_asyncio_the_connect_deadline_fires_while_the_server_says_nothing(silent: Silent) -> None:
+    error, took = asyncio_ask_until_it_fails(silent.url, timeout=5, connect_timeout=0.3)
+    assert isinstance(error, LabsTimeout) and error.deadline == "connect"
+    assert 0.3 <= took < 3
+
+
+def test_asyncio_the_connect_deadline_fires_while_the_tcp_connect_stalls() -> None:
+    # A listening socket whose accept queue is full drops new SYNs: the TCP connect itself stalls.
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    fillers = [socket.socket() for _ in range(3)]
+    for filler in fillers:
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+    try:
+        error, took = asyncio_ask_until_it_fails(f"http://127.0.0.1:{port}", timeout=5, connect_timeout=0.3)
+    finally:
+        for filler in fillers:
+            filler.close()
+        server.close()
+    assert isinstance(error, LabsTimeout) and error.deadline == "connect"
+    assert 0.3 <= took < 3
