@@ -109,7 +109,7 @@ case $module in
                tests='"tests/test_mutants_backends.py", "tests/test_emulator.py", "tests/test_emulator_cookie.py"'
                skip='node or thread' ;;
     emulator-pplx) path=plabs_proto/backends/programs/emulator_perplexity.py
-               tests='"tests/test_mutants_backends.py", "tests/test_perplexity_servers.py"'
+               tests='"tests/test_mutants_backends.py", "tests/test_perplexity_servers.py", "tests/test_perplexity_catalog.py::test_the_mode_reaches_the_emulator"'
                skip='node or cli' ;;
     *) echo "benchmarks/mutate.sh: unknown module $module" >&2; exit 2 ;;
 esac
