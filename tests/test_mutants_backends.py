@@ -1,9 +1,9 @@
 """Tests written for the survivors of mutation testing of the backends (issue 19).
 
-The driver, the network seam, the shared answer/query/connection, the asyncio, trio, blocking
-and curl backends, and the emulators' protocol (benchmarks/mutation-backends.md says which
-mutant each test was written for).  They run the client in this process: the servers are
-threads of it (the emulators), in memory (``tests/memory_network.py``) or Node.js.
+The driver, the network seam, the answer, query and connection every backend shares, and the
+asyncio backend (benchmarks/mutation-backends.md says which mutants each test kills).  They run
+the client in this process: the servers are in memory (``tests/memory_network.py``, a fake
+clock), threads of it (the emulators) or plain sockets.
 """
 
 from __future__ import annotations
@@ -568,7 +568,7 @@ def test_asyncio_a_polite_close_ends_when_the_sockets_are_gone(emulator_factory:
         await connection.aclose()
         return time.monotonic() - started
 
-    assert asyncio.run(main()) < 0.5
+    assert asyncio.run(main()) < 0.9  # the bound is 1 s
 
 
 def asyncio_ask_until_it_fails(url: str, **options: Any) -> tuple[BaseException, float]:
