@@ -5,7 +5,9 @@
 #                                          engineio_session, session, client, config, state,
 #                                          errors, events, messages; pplx-sse, pplx-patch, pplx-answer, ... for
 #                                          plabs_proto/perplexity/; the programs: gateway, arguments,
-#                                          serve, cli; the backends' backends-config, backends-errors)
+#                                          serve, cli; the backends: backends-config, backends-errors,
+#                                          driver, seam, async-api, asyncio, trio, sync, curl, emulator,
+#                                          emulator-pplx)
 # The copy (/tmp/plabs-mutate-MODULE) holds the worktree's tracked files as they are now, with backends/
 # moved under plabs_proto/ (mutmut's mutants/ copy does not see the package-dir mapping, and
 # tests/conftest.py imports the backends) and a [tool.mutmut] section naming the module and the test
@@ -16,6 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 module=${1:?usage: benchmarks/mutate.sh MODULE}
+node=''  # set: the tests use the Node.js test server (tests/node_server, its node_modules included, is copied)
 skip=''  # a -k expression of slow property tests to leave out (a surviving mutant reruns the whole selection)
 case $module in
     inflate)   path=plabs_proto/wire/inflate.py
@@ -100,17 +103,52 @@ case $module in
                tests='"tests/test_mutants_programs.py", "-k", "serve"' ;;
     cli)       path=plabs_proto/backends/programs/cli.py
                tests='"tests/test_mutants_programs.py", "tests/test_perplexity_cli.py", "tests/test_cli.py", "-k", "printer or plabs_in_process or perplexity_cli"' ;;
+    # The backends (benchmarks/mutation-backends.md): the client runs in the test process (the servers are
+    # threads of it, or Node.js), so a mutant is what the test runs; -k leaves out the slow concurrency tests.
+    driver)    path=plabs_proto/backends/_driver.py
+               tests='"tests/test_driver.py", "tests/test_mutants_backends.py"' ;;
+    seam)      path=plabs_proto/backends/_seam.py
+               tests='"tests/test_driver.py", "tests/test_backend_sync.py", "tests/test_mutants_backends.py"'
+               node=yes ;;
+    async-api) path=plabs_proto/backends/_async_api.py
+               tests='"tests/test_mutants_backends.py", "tests/test_backend_sync.py", "tests/test_backend_async.py", "tests/test_perplexity_catalog.py", "tests/test_e2e_matrix.py::test_query_after_open_without_waiting", "tests/test_e2e_matrix.py::test_refused_connection_raises_from_the_first_query"'
+               skip='hundred or concurrent_asks or models_live or (trio and not catalog)'
+               node=yes ;;
+    asyncio)   path=plabs_proto/backends/asyncio.py
+               tests='"tests/test_mutants_backends.py", "tests/test_backend_async.py"'
+               skip='hundred or concurrent_asks or trio'
+               node=yes ;;
+    trio)      path=plabs_proto/backends/trio.py
+               tests='"tests/test_mutants_backends.py", "tests/test_backend_async.py"'
+               skip='hundred or concurrent_asks or asyncio'
+               node=yes ;;
+    sync)      path=plabs_proto/backends/sync.py
+               tests='"tests/test_mutants_backends.py", "tests/test_backend_sync.py"'
+               node=yes ;;
+    curl)      path=plabs_proto/backends/curl.py
+               tests='"tests/test_mutants_backends.py", "tests/test_backend_curl.py"'
+               skip='fifty'
+               node=yes ;;
+    # The emulators run in the test process (EmulatorThread, or on the test's loop); not the Node.js flavour.
+    emulator)  path=plabs_proto/backends/programs/emulator.py
+               tests='"tests/test_mutants_backends.py", "tests/test_emulator.py", "tests/test_emulator_cookie.py"'
+               skip='node or thread' ;;
+    emulator-pplx) path=plabs_proto/backends/programs/emulator_perplexity.py
+               tests='"tests/test_mutants_backends.py", "tests/test_perplexity_servers.py", "tests/test_perplexity_catalog.py::test_the_mode_reaches_the_emulator"'
+               skip='node or cli' ;;
     *) echo "benchmarks/mutate.sh: unknown module $module" >&2; exit 2 ;;
 esac
 deselect=''
 [ -z "$skip" ] || deselect=", \"-k\", \"not ($skip)\""
-venv=$PWD/.venv
+root=$PWD
+venv=$root/.venv
 scratch=/tmp/plabs-mutate-$module
 rm -rf "$scratch"
 mkdir -p "$scratch"
 git ls-files -z | grep -zv '^tests/node_server/' | tar --null -T - -c | tar -x -C "$scratch"
 cd "$scratch"
 mv backends plabs_proto/backends
+[ -z "$node" ] || ln -s "$root/tests/node_server" tests/node_server  # mutmut copies it into mutants/
 cat >> pyproject.toml <<TOML
 
 [tool.mutmut]

@@ -8,7 +8,7 @@ sees what the client wrote (at :attr:`MemoryNetwork.clock`); it answers with
 :meth:`MemoryStream.push` (now, or at a later time).
 
 Every deadline the driver hands the seam is recorded (``connects``, ``sends``,
-``goodbyes``), so a test asserts it exactly.  A connection can be made to stall
+``goodbyes``, ``sleeps``), so a test asserts it exactly.  A connection can be made to stall
 (``stall_connect``, :attr:`MemoryStream.stall_sends`: the deadline comes first) or
 fail (``refuse``, :attr:`MemoryStream.send_error`).  Work the driver starts in the
 background (its idling between queries) runs when the test lets time pass
@@ -85,6 +85,7 @@ class MemoryNetwork(Network):
         self.streams: list[MemoryStream] = []
         self.connects: list[tuple[str, int, float | None]] = []
         self.goodbyes: list[tuple[float, bytes, float]] = []  # send_last: (clock, data, deadline)
+        self.sleeps: list[float] = []  # the deadline of every sleep_until
         self.started = 0  # how many works were started in the background
         self.background: Coroutine[Any, Any, None] | None = None
         self._horizon: float | None = None  # while the background work runs: where it stops
@@ -123,6 +124,8 @@ class MemoryNetwork(Network):
         return got
 
     async def sleep_until(self, deadline: float) -> None:
+        assert deadline is not None and deadline > self.clock, f"the driver would spin: a sleep until {deadline}"
+        self.sleeps.append(deadline)
         if not await self._paused(deadline):
             self.clock = max(self.clock, deadline)
 
@@ -141,10 +144,15 @@ class MemoryNetwork(Network):
         self.background = work
 
         async def finished() -> None:
-            self._resume(None)  # woken: its wait ends, and it runs to its end
+            if self.background is work:  # not ended on its own (an error ends it)
+                self._resume(None)  # woken: its wait ends, and it runs to its end
             assert self.background is None, "the background work did not end when woken"
 
         return finished
+
+    def close(self) -> None:
+        if self.background is not None:  # the background work ends, as a task woken by a closed network does
+            self._resume(None)
 
     def idle(self, until: float) -> None:
         """Let the background work run while the clock goes to ``until`` (the consumer is elsewhere)."""
