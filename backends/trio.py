@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
+import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, cast
@@ -38,7 +38,7 @@ from plabs_proto.wire.client import Client, Tracer
 from ._async_api import AsyncAnswer, AsyncConnection
 from ._config import AskOptions, Messages, SessionOptions, parse_options, to_messages
 from ._driver import Driver
-from ._seam import GRACE, READ_SIZE, Network, Stream
+from ._seam import GRACE, Network, Stream, read_buffer
 
 if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; only type checkers read it here
     from typing import Unpack
@@ -78,39 +78,78 @@ def _until(deadline: float | None) -> float:
 
 
 class _TrioStream(Stream):
-    """A trio socket stream."""
+    """One TCP connection: the socket ``trio.open_tcp_stream`` connected, read and written
+    directly (non-blocking) with trio's low-level waits.
+
+    Reading waits until the socket is readable and then reads what it holds into the
+    thread's shared read buffer (:func:`~._seam.read_buffer`), copying out only the bytes
+    read before anything else can run.  Against ``SocketStream.receive_some``, per chunk:
+    no ``recv`` tried first that fails (trio tries before it waits), and no READ_SIZE bytes
+    object allocated and shrunk.  TLS here is sans-IO (the core's MemoryBIO), so the socket
+    carries only raw bytes.
+    """
 
     def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream  # trio turns TCP_NODELAY on for its socket streams
+        # trio turns TCP_NODELAY on for its socket streams; the socket stays as it made it
+        # (non-blocking), now ours alone: the stream's trio socket is left detached.
+        connected = stream.socket
+        self.sock = socket.socket(connected.family, connected.type, connected.proto, connected.detach())
+        self.sock.setblocking(False)
 
     async def send_all(self, data: bytes, deadline: float | None) -> bool:
-        with trio.move_on_at(_until(deadline)):  # a deadline passed still lets bytes that fit at once go
-            try:
-                await self.stream.send_all(data)
-            except _STREAM_ERRORS as exc:
-                raise _os_error(exc) from exc
+        sock = self.sock
+        try:
+            sent = sock.send(data)  # what fits goes at once, even when the deadline has passed
+        except BlockingIOError:
+            sent = 0
+        if sent == len(data):
+            return True
+        rest = memoryview(data)[sent:]
+        with trio.move_on_at(_until(deadline)):
+            while rest:
+                try:
+                    await trio.lowlevel.wait_writable(sock)
+                except _STREAM_ERRORS as exc:  # closed meanwhile (trio.ClosedResourceError)
+                    raise _os_error(exc) from exc
+                with contextlib.suppress(BlockingIOError):
+                    rest = rest[sock.send(rest):]
             return True
         return False
 
-    async def receive(self) -> bytes | OSError:
-        # receive_some, not recv_into a shared buffer: trio checkpoints between the
-        # syscall and our copy, so another task's read could overwrite the buffer.
+    async def receive(self, got: list[tuple[Stream, bytes | OSError]]) -> None:
+        """Wait until the socket is readable, then :meth:`read` it."""
         try:
-            return await self.stream.receive_some(READ_SIZE)
-        except _STREAM_ERRORS as exc:
-            return _os_error(exc)
+            await trio.lowlevel.wait_readable(self.sock)
+        except _STREAM_ERRORS as exc:  # closed meanwhile (trio.ClosedResourceError)
+            got.append((self, _os_error(exc)))
+            return
+        self.read(got)
+
+    def read(self, got: list[tuple[Stream, bytes | OSError]]) -> None:
+        """Append what the socket holds now, chunk by chunk (``b""`` at its end, or the OSError it
+        met), without waiting: read again while a read fills the whole buffer (more may wait); a
+        shorter read took all there was, and the next wait starts with a wait, not a failed read."""
+        view = read_buffer()
+        while True:
+            try:
+                size = self.sock.recv_into(view)
+            except BlockingIOError:  # nothing (more) after all
+                return
+            except OSError as exc:
+                got.append((self, exc))
+                return
+            got.append((self, bytes(view[:size])))  # copied out before any other read
+            if size < len(view):
+                return
 
     def close(self) -> None:
-        sock = self.stream.socket
-        try:
-            sock.close()
-        except RuntimeError:  # collected after trio.run() ended: nothing can be waiting on it
-            with contextlib.suppress(OSError):
-                os.close(sock.detach())
+        with contextlib.suppress(RuntimeError):  # outside trio.run() (collected after it): nobody waits
+            trio.lowlevel.notify_closing(self.sock)  # a task waiting on it gets ClosedResourceError
+        self.sock.close()
 
 
 class TrioNetwork(Network):
-    """The seam on trio: ``open_tcp_stream``, ``send_all``, ``receive_some`` under cancel scopes.
+    """The seam on trio: ``open_tcp_stream``, then the socket itself, waited on under cancel scopes.
 
     ``nursery()`` gives the nursery background work runs in (None: none, the work is not run).
     """
@@ -136,8 +175,7 @@ class TrioNetwork(Network):
         got: list[tuple[Stream, bytes | OSError]] = []
         with trio.move_on_at(_until(deadline)) as self._waiting:
             if len(streams) == 1:
-                only = cast(_TrioStream, streams[0])
-                got.append((only, await only.receive()))
+                await cast(_TrioStream, streams[0]).receive(got)
             else:
                 try:
                     async with trio.open_nursery() as nursery:
@@ -151,7 +189,7 @@ class TrioNetwork(Network):
     async def _receive_into(
         self, stream: _TrioStream, got: list[tuple[Stream, bytes | OSError]], scope: trio.CancelScope
     ) -> None:
-        got.append((stream, await stream.receive()))
+        await stream.receive(got)
         scope.cancel()
 
     async def sleep_until(self, deadline: float) -> None:
