@@ -128,3 +128,75 @@ async def test_closing_a_stream_ends_the_receive_waiting_on_it(server: socket.so
         assert source is stream and isinstance(error, OSError)
         assert "ClosedResourceError" in str(error)
         stream.close()  # twice: nothing more
+
+
+# -- deadlines and wake() without a cancel scope per wait (the run's timers) ----------------------------
+
+
+async def test_a_wait_ends_at_its_deadline_and_the_stream_reads_on(server: socket.socket) -> None:
+    network = TrioNetwork()
+    stream, peer = await connected(network, server)
+    with peer, trio.fail_after(5):
+        deadline = network.now() + 0.05
+        assert await network.receive([stream], deadline) == []
+        assert network.now() >= deadline
+        assert await network.receive([stream], deadline) == []  # the same deadline again: passed, so at once
+        peer.sendall(b"still open")
+        assert await network.receive([stream], network.now() + 5) == [(stream, b"still open")]
+    stream.close()
+
+
+async def test_each_network_waits_for_its_own_deadline(server: socket.socket) -> None:
+    networks = [TrioNetwork(), TrioNetwork()]
+    pairs = [await connected(network, server) for network in networks]
+    ended: dict[int, float] = {}
+
+    async def wait(index: int, deadline: float) -> None:
+        assert await networks[index].receive([pairs[index][0]], deadline) == []
+        ended[index] = networks[index].now()
+
+    start = networks[0].now()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait, 0, start + 0.2)
+            nursery.start_soon(wait, 1, start + 0.05)  # the earlier deadline, handed over second
+    assert start + 0.05 <= ended[1] < start + 0.2 <= ended[0]
+    for stream, peer in pairs:
+        stream.close()
+        peer.close()
+
+
+async def test_wake_ends_a_wait_without_deadline(server: socket.socket) -> None:
+    network = TrioNetwork()
+    stream, peer = await connected(network, server)
+    got: list[list[tuple[Stream, bytes | OSError]]] = []
+
+    async def wait() -> None:
+        got.append(await network.receive([stream], None))
+
+    with peer, trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait)
+            await trio.testing.wait_all_tasks_blocked()
+            network.wake()
+        assert got == [[]]
+        peer.sendall(b"after the wake")
+        assert await network.receive([stream], None) == [(stream, b"after the wake")]
+    stream.close()
+
+
+def test_a_wait_without_deadline_outlives_the_deadline_before_it() -> None:
+    # On trio's mock clock, which jumps to the next deadline whenever every task waits.
+    async def main() -> None:
+        network = TrioNetwork()
+        with socket.create_server(("127.0.0.1", 0)) as listening:
+            stream, peer = await connected(network, listening)
+        with peer:
+            peer.sendall(b"first")
+            assert await network.receive([stream], network.now() + 1) == [(stream, b"first")]  # 1 s to spare
+            with trio.move_on_after(10) as scope:
+                await network.receive([stream], None)  # the second that deadline was, it waits on
+            assert scope.cancelled_caught
+        stream.close()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
