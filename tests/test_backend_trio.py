@@ -10,9 +10,11 @@ from __future__ import annotations
 import random
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import trio
+import trio.abc
 import trio.testing
 from plabs_proto.backends._seam import READ_SIZE, Stream
 from plabs_proto.backends.trio import TrioNetwork
@@ -128,6 +130,34 @@ async def test_closing_a_stream_ends_the_receive_waiting_on_it(server: socket.so
         assert source is stream and isinstance(error, OSError)
         assert "ClosedResourceError" in str(error)
         stream.close()  # twice: nothing more
+
+
+class TwoAddresses(trio.abc.HostnameResolver):
+    """Every name has two addresses: 127.0.0.2, where nothing listens, then 127.0.0.1."""
+
+    async def getaddrinfo(self, host: bytes | None, port: bytes | str | int | None, family: int = 0,
+                          type: int = 0, proto: int = 0, flags: int = 0) -> list[Any]:
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, int(port or 0)))
+                for address in ("127.0.0.2", "127.0.0.1")]
+
+    async def getnameinfo(self, sockaddr: tuple[str, int] | tuple[str, int, int, int], flags: int) -> tuple[str, str]:
+        raise NotImplementedError
+
+
+async def test_a_name_with_several_addresses_connects_to_one_that_answers(server: socket.socket) -> None:
+    # One address (the other tests): connected directly; several: trio's happy eyeballs tries them.
+    network = TrioNetwork()
+    trio.socket.set_custom_hostname_resolver(TwoAddresses())
+    try:
+        stream = await network.connect("two-addresses.test", server.getsockname()[1], network.now() + 5)
+    finally:
+        trio.socket.set_custom_hostname_resolver(None)
+    assert stream is not None
+    peer, _ = server.accept()
+    with peer:
+        peer.sendall(b"hello")
+        assert await network.receive([stream], None) == [(stream, b"hello")]
+    stream.close()
 
 
 # -- deadlines and wake() without a cancel scope per wait (the run's timers) ----------------------------
