@@ -1,0 +1,232 @@
+"""The trio backend's network (``TrioNetwork``) over real sockets: what it reads and writes.
+
+It reads each socket itself (a wait, then ``recv_into`` the thread's shared buffer) and writes
+it itself (``send``, waiting for room only when the kernel takes less): these tests hold it to
+the bytes a peer sent and received, byte for byte.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import trio
+import trio.abc
+import trio.testing
+from plabs_proto.backends._seam import READ_SIZE, Stream
+from plabs_proto.backends.trio import TrioNetwork
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "trio"
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        yield listening
+
+
+async def connected(network: TrioNetwork, server: socket.socket) -> tuple[Stream, socket.socket]:
+    """A stream the network opened to ``server``, and the peer's end of it (a blocking socket)."""
+    stream = await network.connect("127.0.0.1", server.getsockname()[1], None)
+    assert stream is not None
+    peer, _ = server.accept()
+    return stream, peer
+
+
+def by_stream(got: list[tuple[Stream, bytes | OSError]], stream: Stream) -> bytes:
+    chunks = [data for source, data in got if source is stream]
+    assert all(isinstance(data, bytes) for data in chunks)
+    return b"".join(data for data in chunks if isinstance(data, bytes))
+
+
+async def test_one_receive_takes_every_chunk_waiting(server: socket.socket) -> None:
+    network = TrioNetwork()
+    stream, peer = await connected(network, server)
+    # Room in the kernel for more than two reads' worth (the default leaves less than one).
+    stream.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)  # type: ignore[attr-defined]
+    data = random.Random(1).randbytes(2 * READ_SIZE + 1000)
+    with peer:
+        peer.sendall(data)
+        peer.shutdown(socket.SHUT_WR)
+        got = await network.receive([stream], None)
+        # Full reads are followed by another at once; the short one took all there was.
+        assert [len(chunk) for _, chunk in got] == [READ_SIZE, READ_SIZE, 1000]
+        assert by_stream(got, stream) == data
+        assert await network.receive([stream], None) == [(stream, b"")]  # then the end
+    stream.close()
+
+
+async def test_the_shared_buffer_hands_each_stream_its_own_bytes(server: socket.socket) -> None:
+    network = TrioNetwork()
+    (first, first_peer), (second, second_peer) = [await connected(network, server) for _ in range(2)]
+    first_data, second_data = random.Random(2).randbytes(5000), random.Random(3).randbytes(7000)
+    with first_peer, second_peer:
+        first_peer.sendall(first_data)
+        got_first = await network.receive([first], None)
+        second_peer.sendall(second_data)
+        got_second = await network.receive([second], None)  # read into the same buffer
+        assert by_stream(got_first, first) == first_data  # a copy: the second read did not touch it
+        assert by_stream(got_second, second) == second_data
+        # Both at once (the upgrade's two connections): each chunk is its own stream's.
+        first_peer.sendall(second_data)
+        second_peer.sendall(first_data)
+        got: list[tuple[Stream, bytes | OSError]] = []
+        while len(by_stream(got, first)) < len(second_data) or len(by_stream(got, second)) < len(first_data):
+            got += await network.receive([first, second], None)
+        assert (by_stream(got, first), by_stream(got, second)) == (second_data, first_data)
+    first.close()
+    second.close()
+
+
+async def test_send_all_waits_for_room_as_the_peer_reads(server: socket.socket) -> None:
+    network = TrioNetwork()
+    stream, peer = await connected(network, server)
+    data = random.Random(4).randbytes(16 << 20)  # more than the kernel holds for a peer that does not read
+    received = bytearray()
+
+    async def read_all(peer: trio.socket.SocketType) -> None:
+        while chunk := await peer.recv(1 << 16):
+            received.extend(chunk)
+
+    with trio.socket.from_stdlib_socket(peer) as reader:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_all, reader)
+            assert await stream.send_all(data, None) is True
+            stream.close()  # the end: the reader stops
+    assert received == data
+
+
+async def test_send_all_stops_at_the_deadline_when_the_peer_does_not_read(server: socket.socket) -> None:
+    network = TrioNetwork()
+    stream, peer = await connected(network, server)
+    with peer:
+        assert await stream.send_all(bytes(16 << 20), network.now() + 0.05) is False
+        assert await stream.send_all(b"", network.now() - 1) is True  # nothing to write: done at once
+    stream.close()
+
+
+async def test_closing_a_stream_ends_the_receive_waiting_on_it(server: socket.socket) -> None:
+    network = TrioNetwork()
+    stream, peer = await connected(network, server)
+    got: list[tuple[Stream, bytes | OSError]] = []
+
+    async def wait() -> None:
+        got.extend(await network.receive([stream], None))
+
+    with peer:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait)
+            await trio.testing.wait_all_tasks_blocked()
+            stream.close()
+        [(source, error)] = got
+        assert source is stream and isinstance(error, OSError)
+        assert "ClosedResourceError" in str(error)
+        stream.close()  # twice: nothing more
+
+
+class TwoAddresses(trio.abc.HostnameResolver):
+    """Every name has two addresses: 127.0.0.2, where nothing listens, then 127.0.0.1."""
+
+    async def getaddrinfo(self, host: bytes | None, port: bytes | str | int | None, family: int = 0,
+                          type: int = 0, proto: int = 0, flags: int = 0) -> list[Any]:
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, int(port or 0)))
+                for address in ("127.0.0.2", "127.0.0.1")]
+
+    async def getnameinfo(self, sockaddr: tuple[str, int] | tuple[str, int, int, int], flags: int) -> tuple[str, str]:
+        raise NotImplementedError
+
+
+async def test_a_name_with_several_addresses_connects_to_one_that_answers(server: socket.socket) -> None:
+    # One address (the other tests): connected directly; several: trio's happy eyeballs tries them.
+    network = TrioNetwork()
+    trio.socket.set_custom_hostname_resolver(TwoAddresses())
+    try:
+        stream = await network.connect("two-addresses.test", server.getsockname()[1], network.now() + 5)
+    finally:
+        trio.socket.set_custom_hostname_resolver(None)
+    assert stream is not None
+    peer, _ = server.accept()
+    with peer:
+        peer.sendall(b"hello")
+        assert await network.receive([stream], None) == [(stream, b"hello")]
+    stream.close()
+
+
+# -- deadlines and wake() without a cancel scope per wait (the run's timers) ----------------------------
+
+
+async def test_a_wait_ends_at_its_deadline_and_the_stream_reads_on(server: socket.socket) -> None:
+    network = TrioNetwork()
+    stream, peer = await connected(network, server)
+    with peer, trio.fail_after(5):
+        deadline = network.now() + 0.05
+        assert await network.receive([stream], deadline) == []
+        assert network.now() >= deadline
+        assert await network.receive([stream], deadline) == []  # the same deadline again: passed, so at once
+        peer.sendall(b"still open")
+        assert await network.receive([stream], network.now() + 5) == [(stream, b"still open")]
+    stream.close()
+
+
+async def test_each_network_waits_for_its_own_deadline(server: socket.socket) -> None:
+    networks = [TrioNetwork(), TrioNetwork()]
+    pairs = [await connected(network, server) for network in networks]
+    ended: dict[int, float] = {}
+
+    async def wait(index: int, deadline: float) -> None:
+        assert await networks[index].receive([pairs[index][0]], deadline) == []
+        ended[index] = networks[index].now()
+
+    start = networks[0].now()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait, 0, start + 0.2)
+            nursery.start_soon(wait, 1, start + 0.05)  # the earlier deadline, handed over second
+    assert start + 0.05 <= ended[1] < start + 0.2 <= ended[0]
+    for stream, peer in pairs:
+        stream.close()
+        peer.close()
+
+
+async def test_wake_ends_a_wait_without_deadline(server: socket.socket) -> None:
+    network = TrioNetwork()
+    stream, peer = await connected(network, server)
+    got: list[list[tuple[Stream, bytes | OSError]]] = []
+
+    async def wait() -> None:
+        got.append(await network.receive([stream], None))
+
+    with peer, trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait)
+            await trio.testing.wait_all_tasks_blocked()
+            network.wake()
+        assert got == [[]]
+        peer.sendall(b"after the wake")
+        assert await network.receive([stream], None) == [(stream, b"after the wake")]
+    stream.close()
+
+
+def test_a_wait_without_deadline_outlives_the_deadline_before_it() -> None:
+    # On trio's mock clock, which jumps to the next deadline whenever every task waits.
+    async def main() -> None:
+        network = TrioNetwork()
+        with socket.create_server(("127.0.0.1", 0)) as listening:
+            stream, peer = await connected(network, listening)
+        with peer:
+            peer.sendall(b"first")
+            assert await network.receive([stream], network.now() + 1) == [(stream, b"first")]  # 1 s to spare
+            with trio.move_on_after(10) as scope:
+                await network.receive([stream], None)  # the second that deadline was, it waits on
+            assert scope.cancelled_caught
+        stream.close()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
