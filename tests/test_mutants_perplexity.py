@@ -7,6 +7,7 @@ the mutants and why the ones still alive are equivalent.
 from __future__ import annotations
 
 import json
+import random
 from typing import Any
 
 import pytest
@@ -32,7 +33,14 @@ from plabs_proto.events import (
 )
 from plabs_proto.jsondepth import MAX_DEPTH
 from plabs_proto.perplexity.answer import DEFAULT_MAX_CHUNKS, MAX_POINTER, AnswerDecoder, load_frame
-from plabs_proto.perplexity.request import read_cookies_txt
+from plabs_proto.perplexity.request import (
+    Model,
+    ask_body,
+    ask_request,
+    parse_catalog,
+    read_cookies_txt,
+    warmup_request,
+)
 from plabs_proto.perplexity.search import Search, source
 from plabs_proto.perplexity.shape import excerpt
 from plabs_proto.perplexity.sse import SSEDecoder, SSEEvent
@@ -698,3 +706,107 @@ def test_a_line_of_the_session_stream_may_be_1024_characters_longer_than_an_even
             with pytest.raises(RemoteProtocolError) as caught:
                 s.receive_http_body(2, comment, 1.2)
             assert str(caught.value) == "expected a line of at most 2024 characters, got 2025 or more"
+
+
+# -- request.py: the ask, the catalog and cookies.txt, as the service and the caller see them -----------------
+
+
+def test_a_server_is_cut_only_of_its_trailing_slashes() -> None:
+    assert warmup_request("http://SANDBOX/").url == "http://SANDBOX/api/auth/session"
+    assert warmup_request("http://a.test//").url == "http://a.test/api/auth/session"
+
+
+def test_the_ask_goes_to_the_server_given_with_its_origin_and_as_utf8_json() -> None:
+    request = ask_request("Ça va? 日本", rng=random.Random(7), server="http://127.0.0.1:1")
+    assert dict(request.headers)["Origin"] == "http://127.0.0.1:1"
+    assert dict(request.headers)["Referer"] == "http://127.0.0.1:1/"
+    # as the web app's JSON.stringify sends it: the characters in UTF-8, not \u escapes
+    assert request.body.startswith('{"query_str":"Ça va? 日本","params":'.encode())
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({}, "expected a query with some text, got only whitespace"),
+        ({"language": 5}, "expected the language to be a str, got int"),
+        ({"timezone": None}, "expected the timezone to be a str, got NoneType"),
+        ({"search_focus": b"web"}, "expected the search focus to be a str, got bytes"),
+        ({"attachments": [1.5]}, "expected an attachment to be a str, got float"),
+        ({"follow_up": {"backend_uuid": "x"}}, "expected follow_up to be a ThreadIdentity with a backend_uuid, got dict"),
+    ],
+)
+def test_each_option_of_the_wrong_type_is_refused_by_its_name(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(LocalProtocolError) as caught:
+        ask_body(" \t" if not options else "q", rng=random.Random(0), **options)
+    assert str(caught.value) == message
+
+
+def test_the_catalogs_default_search_model_is_the_one_anonymous_use_gets() -> None:
+    catalog = {"models": {"turbo": {}, "experimental": {}}, "default_models": {"search": "experimental"}}
+    assert parse_catalog(catalog) == (Model(id="turbo", signed_in=True), Model(id="experimental", signed_in=False))
+
+
+def test_the_catalog_shows_60_characters_of_what_it_refuses() -> None:
+    with pytest.raises(RemoteProtocolError) as caught:
+        parse_catalog({"models": "m" * 61})
+    assert str(caught.value) == f"expected 'models' to be an object or a list in the model catalog, got {'m' * 60!r}"
+    with pytest.raises(RemoteProtocolError) as entry:
+        parse_catalog({"models": {"k" * 61: []}})
+    assert str(entry.value) == f"expected model {'k' * 60!r} to be a JSON object in the model catalog, got list"
+
+
+def test_the_catalog_takes_1000_models_by_default_and_labels_of_200_characters() -> None:
+    assert len(parse_catalog({"models": {str(n): {} for n in range(1000)}})) == 1000
+    with pytest.raises(RemoteProtocolError) as caught:
+        parse_catalog({"models": {str(n): {} for n in range(1001)}})
+    assert str(caught.value) == "expected at most 1000 models in the catalog, got 1001"
+    (model,) = parse_catalog({"models": {"m": {"label": "L" * 201, "description": "D" * 200}}})
+    assert (model.label, model.description) == ("L" * 200, "D" * 200)
+
+
+COOKIE = ".perplexity.ai\tTRUE\t{path}\tTRUE\t{expires}\tname\t{value}"
+
+
+def test_cookies_txt_values_and_paths_are_taken_as_written() -> None:
+    text = "\n".join([
+        "  # an indented comment",
+        COOKIE.format(path="", expires=0, value="endsX"),
+        COOKIE.format(path="/x", expires=0, value="v1 "),
+    ])
+    assert [(c.path, c.value) for c in read_cookies_txt(text)] == [("/", "endsX"), ("/x", "v1 ")]
+
+
+def test_cookies_txt_for_a_domain_given_with_a_dot_and_capitals_but_not_a_lookalike() -> None:
+    text = "\n".join([
+        COOKIE.format(path="/", expires=0, value="a"),
+        "Perplexity.AI\tFALSE\t/\tFALSE\t0\tb\tb",
+        "perplexity.ai.\tFALSE\t/\tFALSE\t0\tdot\tno",
+        " perplexity.ai\tFALSE\t/\tFALSE\t0\tspace\tno",
+    ])
+    assert [c.value for c in read_cookies_txt(text, domain=".Perplexity.AI")] == ["a", "b"]
+    assert [c.value for c in read_cookies_txt(text)] == ["a", "b"]
+
+
+def test_a_cookie_expiring_at_now_is_left_out_and_one_a_second_later_kept() -> None:
+    text = COOKIE.format(path="/", expires=1_700_000_000, value="v")
+    assert read_cookies_txt(text, now=1_700_000_000) == ()
+    assert [c.expires for c in read_cookies_txt(text, now=1_699_999_999)] == [1_700_000_000]
+
+
+def test_cookies_txt_errors_show_at_most_10_20_characters_of_a_field_and_the_type_of_no_text() -> None:
+    flags = ".perplexity.ai\t{}\t/\t{}\t0\tname\tsecret"
+    with pytest.raises(LocalProtocolError) as caught:
+        read_cookies_txt(flags.format("Y" * 11, "N" * 11))
+    assert str(caught.value) == (
+        "cookies.txt line 1: expected TRUE or FALSE in the include-subdomains and secure fields, "
+        f"got {'Y' * 10!r} and {'N' * 10!r}"
+    )
+    with pytest.raises(LocalProtocolError) as expiry:
+        read_cookies_txt(COOKIE.format(path="/", expires="9" * 21, value="secret"))
+    assert str(expiry.value) == (
+        "cookies.txt line 1: expected the expiry as a whole number of seconds (at most 18 digits), "
+        f"got {'9' * 20!r}"
+    )
+    with pytest.raises(LocalProtocolError) as wrong:
+        read_cookies_txt(b"x")  # type: ignore[arg-type]
+    assert str(wrong.value) == "expected the cookies.txt text as a str, got bytes"
