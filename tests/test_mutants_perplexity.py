@@ -11,20 +11,26 @@ import random
 from typing import Any
 
 import pytest
-from test_perplexity_session import SSE_HEAD, asked, frame, markdown, ready, sse, texts
+from test_perplexity_session import SSE_HEAD, asked, frame, markdown, ready, session, sse, texts
 
+from plabs_proto.config import SessionConfig
 from plabs_proto.errors import (
     AnswerFailedError,
     AnswerRateLimitedError,
     LabsError,
+    LabsTimeout,
     LocalProtocolError,
+    NetworkError,
     RemoteProtocolError,
+    SignInError,
+    UnexpectedPageError,
 )
 from plabs_proto.events import (
     AnswerFinished,
     AnswerRevised,
     Citations,
     Event,
+    HTTPRequest,
     ReasoningDelta,
     SearchQueries,
     SourcesRead,
@@ -42,8 +48,10 @@ from plabs_proto.perplexity.request import (
     warmup_request,
 )
 from plabs_proto.perplexity.search import Search, source
+from plabs_proto.perplexity.session import ERROR_BODY_LIMIT, PerplexitySession
 from plabs_proto.perplexity.shape import excerpt
 from plabs_proto.perplexity.sse import SSEDecoder, SSEEvent
+from plabs_proto.state import SessionState
 
 # -- sse.py: the event stream's bytes ------------------------------------------------------------------------
 
@@ -810,3 +818,352 @@ def test_cookies_txt_errors_show_at_most_10_20_characters_of_a_field_and_the_typ
     with pytest.raises(LocalProtocolError) as wrong:
         read_cookies_txt(b"x")  # type: ignore[arg-type]
     assert str(wrong.value) == "expected the cookies.txt text as a str, got bytes"
+
+
+# -- session.py: what the caller and the service see of the session --------------------------------------------
+
+
+def whole(s: PerplexitySession, status: int, headers: list[tuple[str, str]], *pieces: bytes) -> LabsError:
+    """The error of the ask's response ``status`` with a body of ``pieces``, handed over as they came."""
+    s.receive_http_head(2, status, headers, 1.1)
+    for piece in pieces:
+        s.receive_http_body(2, piece, 1.2)
+    with pytest.raises(LabsError) as caught:
+        s.receive_http_end(2, 1.3)
+    assert s.state is SessionState.ERROR
+    return caught.value
+
+
+ASK = "the ask (POST /rest/sse/perplexity_ask)"
+
+
+def ready_at(server: str) -> PerplexitySession:
+    """A session of ``server`` after its warm-up."""
+    s = PerplexitySession(SessionConfig(server=server, service="perplexity"), rng=random.Random(0))
+    s.connect(0.0)
+    s.transmit()
+    s.receive_http_response(1, 200, [], b"{}", 0.5)
+    return s
+
+
+def test_a_session_made_without_a_config_asks_perplexity() -> None:
+    s = PerplexitySession(rng=random.Random(0))
+    assert s.config == SessionConfig(service="perplexity")
+    s.connect(0.0)
+    assert [r.url for r in s.transmit()] == ["https://www.perplexity.ai/api/auth/session"]  # type: ignore[union-attr]
+
+
+def test_the_ask_goes_to_a_server_whose_name_ends_in_x_with_the_model_asked_for() -> None:
+    s = ready_at("http://SANDBOX/")
+    s.query("Hi", model="pplx_pro", now=1.0)
+    (request,) = s.transmit()
+    assert isinstance(request, HTTPRequest) and request.url == "http://SANDBOX/rest/sse/perplexity_ask"
+    assert json.loads(request.body)["params"]["model_preference"] == "pplx_pro"
+
+
+def test_a_follow_up_of_a_conversation_sends_only_its_last_user_message() -> None:
+    s = ready()
+    asked(s)
+    s.receive_http_head(2, 200, SSE_HEAD, 1.1)
+    s.receive_http_body(2, sse(frame("COMPLETED", blocks=[markdown(["Hi."])])), 1.2)
+    conversation = [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi."},
+                    {"role": "user", "content": "And then?"}, {"role": "assistant", "content": "..."}]
+    s.query(conversation, now=2.0)
+    (follow,) = s.transmit()
+    assert json.loads(follow.body)["query_str"] == "And then?"  # type: ignore[union-attr]
+
+
+def test_a_query_while_one_streams_or_the_catalog_is_fetched_and_after_the_end_is_refused_by_name() -> None:
+    s = ready()
+    asked(s)
+    with pytest.raises(LocalProtocolError) as streaming:
+        s.query("Again", now=1.5)
+    assert str(streaming.value) == (
+        "cannot start a query while another one is still streaming on this session: queries run one after another")
+    s = ready()
+    s.request_catalog(now=1.0)
+    with pytest.raises(LocalProtocolError) as fetching:
+        s.query("Hello", now=1.0)
+    assert str(fetching.value) == "cannot start a query while the model catalog is being fetched: wait for Catalog"
+    for end in ("close", "fail"):  # what the session held in flight is dropped: the state speaks
+        s = ready()
+        s.request_catalog(now=1.0)
+        if end == "close":
+            s.close(1.5)
+        else:
+            s.fail(RemoteProtocolError("gone"))
+        state = "closed" if end == "close" else "error"
+        with pytest.raises(LocalProtocolError) as after:
+            s.query("Hello", now=2.0)
+        assert str(after.value).startswith(f"cannot query when the session is {state}")
+        with pytest.raises(LocalProtocolError) as catalog:
+            s.request_catalog(now=2.0)
+        assert str(catalog.value) == (
+            f"expected a ready session (connected, no query streaming) to ask for the catalog, but it is {state}")
+    s = ready()
+    asked(s)
+    s.receive_http_head(2, 200, SSE_HEAD, 1.1)
+    s.receive_http_body(2, sse(frame(blocks=[markdown(["x"])]), end=False), 1.2)
+    s.fail(RemoteProtocolError("gone"))
+    with pytest.raises(LocalProtocolError) as failed:
+        s.query("Hello", now=2.0)
+    assert str(failed.value).startswith("cannot query when the session is error")
+
+
+def test_a_query_made_while_connecting_leaves_the_session_free_for_the_next() -> None:
+    s = session()
+    s.connect(0.0)
+    s.query("Hello", now=0.1)
+    s.transmit()
+    s.receive_http_response(1, 200, [], b"{}", 0.5)
+    s.transmit()
+    s.receive_http_response(2, 200, SSE_HEAD, sse(frame("COMPLETED", blocks=[markdown(["Hi."])])), 1.0)
+    s.query("Again", now=2.0)
+    assert [r.request_id for r in s.transmit()] == [3]  # type: ignore[union-attr]
+
+
+def test_the_warm_up_is_answered_without_a_connect_deadline() -> None:
+    s = session(connect_timeout=None)
+    s.connect(0.0)
+    s.transmit()
+    s.receive_http_response(1, 200, [], b"{}", 0.5)
+    assert s.state is SessionState.READY and s.get_timer() is None
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda s: s.receive_http_response(2, "200", [], b"", 1.0), "expected an int status and a str reason, got str and str"),
+        (lambda s: s.receive_http_response(2, 200, [], b"", 1.0, reason=None),
+         "expected an int status and a str reason, got int and NoneType"),
+        (lambda s: s.receive_http_response(2, 200, [], "", 1.0), "expected a bytes body, got str"),
+        (lambda s: s.receive_http_body(2, b"abc", 1.0), "expected receive_http_head before the body of request 2, got 3 body bytes"),
+        (lambda s: s.receive_http_end(2, 1.0), "expected receive_http_head before the end of request 2, got none"),
+    ],
+)
+def test_the_carriers_mistakes_are_refused_by_name_and_leave_the_answer_streaming(call: Any, message: str) -> None:
+    s = ready()
+    asked(s)
+    with pytest.raises(LocalProtocolError) as caught:
+        call(s)
+    assert str(caught.value) == message
+    assert s.state is SessionState.QUERYING
+
+
+def test_the_refusals_of_the_warm_up_and_the_ask_say_which_step_and_the_status_and_reason() -> None:
+    s = session()
+    s.connect(0.0)
+    s.transmit()
+    with pytest.raises(LabsError) as warmup:
+        s.receive_http_response(1, 500, [], b"oops", 0.5)
+    assert str(warmup.value) == (
+        "the server refused the warm-up (GET /api/auth/session): expected HTTP 200, got HTTP 500: 'oops'")
+    s = ready()
+    asked(s)
+    with pytest.raises(LabsError) as whole_response:
+        s.receive_http_response(2, 500, [], b"oops", 1.0, reason="Internal Server Error")
+    assert str(whole_response.value) == (
+        f"the server refused {ASK}: expected HTTP 200, got HTTP 500 Internal Server Error: 'oops'")
+    s = ready()
+    asked(s)
+    exc = whole(s, 500, [], b"ab", b"cd")  # the refused body in pieces, kept whole
+    assert str(exc) == f"the server refused {ASK}: expected HTTP 200, got HTTP 500: 'abcd'"
+    assert exc.body_excerpt == "abcd"  # type: ignore[attr-defined]
+
+
+def test_the_refused_body_is_kept_up_to_its_limit_over_several_pieces() -> None:
+    s = ready()
+    asked(s)
+    s.receive_http_head(2, 500, [], 1.1)
+    s.receive_http_body(2, b"x" * (ERROR_BODY_LIMIT - 1), 1.2)
+    s.receive_http_body(2, b"x", 1.2)  # the limit: taken
+    with pytest.raises(LabsError, match="HTTP 500"):
+        s.receive_http_body(2, b"x", 1.2)  # one past it: refused now
+    assert s.state is SessionState.ERROR
+
+
+@pytest.mark.parametrize("token", [None, "tok"])
+def test_a_sign_in_refusal_says_whether_a_token_was_given_and_what_the_server_said(token: str | None) -> None:
+    s = ready(session_token=token)
+    asked(s)
+    exc = whole(s, 401, [("Content-Type", "application/json")], b'{"detail":"no"}')
+    given = "the session token you gave" if token else "no session token was given"
+    assert isinstance(exc, SignInError) and exc.body_excerpt == '{"detail":"no"}'
+    assert str(exc) == (
+        f"{ASK} was refused with HTTP 401: sign-in needed: the session token (cookie "
+        f"__Secure-next-auth.session-token) is missing or expired ({given}); sign in with a browser and give "
+        "session_token= or cookies_txt= again; the server said '{\"detail\":\"no\"}'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "body", "title"),
+    [
+        ("text/html; charset=utf-8", b"<html><title>T</title>\xff", "T"),
+        ("text/html; charset=utf-8; x=y", b"<p>", None),
+        ("application/xhtml+xml", b"<html/>", None),
+        ("application/json", b'{"error":"x"}', None),
+    ],
+)
+def test_a_page_or_json_answered_200_instead_of_the_stream(kind: str, body: bytes, title: str | None) -> None:
+    s = ready()
+    asked(s)
+    exc = whole(s, 200, [("Content-Type", kind)], body)
+    shown = body.decode("utf-8", "replace")
+    named = f" titled {title!r}" if title else ""
+    assert isinstance(exc, UnexpectedPageError)
+    assert str(exc) == (
+        f"expected an event stream (text/event-stream) from {ASK}, got HTTP 200 {kind}{named}: {shown!r}")
+    assert (exc.status, exc.title, exc.content_type, exc.body_excerpt) == (200, title, kind, shown)
+
+
+def test_a_page_answered_200_shows_200_characters_of_its_first_400_bytes() -> None:
+    # the message reads the page's first 400 bytes and the excerpt its first 864, each cut to 200 characters
+    s = ready()
+    asked(s)
+    body = b"\x01" * 400 + b"tail"  # control characters are dropped: nothing shown of the first 400 bytes
+    exc = whole(s, 200, [("Content-Type", "text/html")], body)
+    assert str(exc).endswith("got HTTP 200 text/html: ''") and exc.body_excerpt == "tail"  # type: ignore[attr-defined]
+    s = ready()
+    asked(s)
+    exc = whole(s, 200, [("Content-Type", "text/html")], b"\x01" * 864 + b"tail")
+    assert exc.body_excerpt == ""  # type: ignore[attr-defined]
+    for size in (200, 201):
+        s = ready()
+        asked(s)
+        exc = whole(s, 200, [("Content-Type", "text/html")], b"p" * size)
+        shown = "p" * 200 if size == 200 else "p" * 197 + "..."
+        assert str(exc).endswith(f": {shown!r}") and exc.body_excerpt == shown  # type: ignore[attr-defined]
+
+
+def test_a_late_head_of_another_request_is_ignored() -> None:
+    s = ready()
+    asked(s)
+    s.receive_http_head(1, 500, [], 1.05)  # the warm-up's id: nothing the session waits for
+    s.receive_http_head(2, 200, SSE_HEAD, 1.1)
+    s.receive_http_head(2, 500, [], 1.15)  # a second head of the ask: ignored
+    s.receive_http_body(2, sse(frame("COMPLETED", blocks=[markdown(["Hi."])])), 1.2)
+    assert texts(s.events()) == "Hi." and s.state is SessionState.READY
+
+
+def test_an_event_of_another_type_is_skipped_and_the_events_after_it_read() -> None:
+    s = ready()
+    asked(s)
+    s.receive_http_head(2, 200, SSE_HEAD, 1.1)
+    s.receive_http_body(2, b"event: ping\ndata: {}\n\n" + sse(frame("COMPLETED", blocks=[markdown(["Hi."])])), 1.2)
+    assert texts(s.events()) == "Hi." and s.state is SessionState.READY
+
+
+def test_a_whole_response_that_ends_before_the_answer_is_an_error_that_says_so() -> None:
+    s = ready()
+    asked(s)
+    with pytest.raises(RemoteProtocolError) as caught:
+        s.receive_http_response(2, 200, SSE_HEAD, sse(frame(blocks=[markdown(["Hel"])]), end=False), 1.2)
+    assert str(caught.value) == ("expected the answer to end with a COMPLETED frame or end_of_stream, but the "
+                                 "response body ended after 3 characters of it")
+    assert caught.value.partial_text == "Hel" and s.state is SessionState.ERROR
+
+
+def test_the_text_and_reasoning_so_far_go_with_every_error() -> None:
+    thinking = {"intended_usage": "workflow_root", "workflow_block": {"steps": [{"items": [
+        {"payload": {"text_payload": {"variant": "thinking", "text": "", "chunks": ["Hmm"]}}}]}]}}
+    for end in ("body", "timer", "transport"):
+        s = ready(query_timeout=100)
+        asked(s)
+        s.receive_http_head(2, 200, SSE_HEAD, 1.1)
+        s.receive_http_body(2, sse(frame(blocks=[thinking, markdown(["Hel"])]), end=False), 1.2)
+        with pytest.raises(LabsError) as caught:
+            if end == "body":
+                s.receive_http_end(2, 1.3)
+            elif end == "timer":
+                s.handle_timer(101.0)
+            else:
+                s.receive_transport_error(2, "reset", 1.3)
+        assert (caught.value.partial_text, caught.value.partial_reasoning) == ("Hel", "Hmm")
+
+
+def test_the_first_text_deadline_fires_by_name_and_each_deadline_ends_with_the_answer() -> None:
+    s = ready(first_text_timeout=10)
+    asked(s)
+    with pytest.raises(LabsTimeout) as caught:
+        s.handle_timer(11.0)
+    assert str(caught.value) == "expected the first answer text within 10 s of the query, got none"
+    assert caught.value.deadline == "first_text"
+    s = ready(first_text_timeout=10, query_timeout=100)  # two texts, then the end: no deadline left
+    asked(s)
+    s.receive_http_head(2, 200, SSE_HEAD, 1.1)
+    s.receive_http_body(2, sse(frame(blocks=[markdown(["a"])]), frame(blocks=[markdown(["a", "b"])]), end=False), 1.2)
+    assert s.get_timer() == 101.0
+    s.receive_http_body(2, sse(frame("COMPLETED", blocks=[markdown(["a", "b"])])), 1.3)
+    assert s.state is SessionState.READY and s.get_timer() is None
+    s = ready(first_text_timeout=10)  # an answer without text: its first-text deadline ends with it
+    asked(s)
+    s.receive_http_head(2, 200, SSE_HEAD, 1.1)
+    s.receive_http_body(2, sse(frame("COMPLETED", blocks=[])), 1.2)
+    assert s.state is SessionState.READY and s.get_timer() is None
+
+
+def test_a_transport_error_says_where_and_how_much_came_and_late_ones_are_ignored() -> None:
+    s = ready_at("http://pplx.test")
+    asked(s)
+    with pytest.raises(NetworkError) as caught:
+        s.receive_transport_error(2, "x" * 300, 1.3)
+    assert str(caught.value) == f"expected a response from pplx.test:80, but the request failed ({'x' * 300})"
+    assert caught.value.port == 80
+    s = ready()
+    asked(s)
+    with pytest.raises(NetworkError) as cut:
+        s.receive_transport_error(2, "x" * 301, 1.3)
+    assert str(cut.value) == f"expected a response from pplx.test:443, but the request failed ({'x' * 297}...)"
+    s = ready()
+    s.receive_transport_error(1, "late", 1.0)  # the warm-up, answered already; no request in flight
+    asked(s)
+    s.receive_transport_error(1, "late", 1.0)
+    s.receive_transport_error(99, "never", 1.0)
+    assert s.state is SessionState.QUERYING
+
+
+# -- legacy.py: the steps shape's search steps, citations and spellings ----------------------------------------
+
+
+def test_the_steps_search_results_read_results_and_their_spellings() -> None:
+    steps = [
+        {"stepType": "SEARCH_RESULTS", "content": {"web_results": [{"name": "A", "url": "https://a.test"}]}},
+        {"step_type": "READ_RESULTS", "content": {"urls": ["https://r.test"]}},
+        {"step_type": "READ_RESULTS", "content": {"web_results": [{"name": "W", "url": "https://w.test"}]}},
+        {"step_type": "FINAL", "content": {"answer": "\n " + json.dumps({"answer": "Hi"})}},  # JSON after blanks
+    ]
+    assert AnswerDecoder().feed({"text": "\n " + json.dumps(steps)}) == [  # a steps list after blanks too
+        SourcesRead(sources=({"url": "https://r.test", "title": ""},)),
+        SourcesRead(sources=({"url": "https://w.test", "title": "W"},)),
+        Citations(citations=({"url": "https://a.test", "title": "A"},)),
+        TextDelta(text="Hi"),
+    ]
+
+
+def test_steps_and_answer_objects_without_web_results_keep_the_citations() -> None:
+    cited = Citations(citations=({"url": "https://a.test", "title": "A"},))
+    d = AnswerDecoder()
+    web = {"intended_usage": "web_results", "web_result_block": {"web_results": [{"name": "A", "url": "https://a.test"}]}}
+    searched = json.dumps([{"step_type": "SEARCH_WEB", "content": {"queries": ["q"]}}])
+    assert d.feed({"blocks": [web], "text": searched}) == [SearchQueries(queries=("q",)), cited]
+    d = AnswerDecoder()
+    assert d.feed({"text": json.dumps({"answer": "Hi", "web_results": [{"name": "A", "url": "https://a.test"}]})}) == [
+        cited, TextDelta(text="Hi")]
+    assert d.feed({"text": json.dumps({"answer": "Hi there"})}) == [TextDelta(text=" there")]
+    assert d.feed({"text": json.dumps([{"step_type": "FINAL", "content": {"answer": "Hi there!"}}])}) == [
+        TextDelta(text="!")]
+    assert d.citations == cited.citations
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        [{"step_type": "SEARCH_RESULTS", "content": {"web_results": 5}}],
+        {"answer": "Hi", "web_results": 5},
+    ],
+)
+def test_web_results_that_are_not_a_list_are_refused_by_name(text: Any) -> None:
+    with pytest.raises(RemoteProtocolError) as caught:
+        AnswerDecoder().feed({"text": json.dumps(text)})
+    assert str(caught.value) == "expected 'web_results' to be a list, got int: 5"
