@@ -1167,3 +1167,105 @@ def test_web_results_that_are_not_a_list_are_refused_by_name(text: Any) -> None:
     with pytest.raises(RemoteProtocolError) as caught:
         AnswerDecoder().feed({"text": json.dumps(text)})
     assert str(caught.value) == "expected 'web_results' to be a list, got int: 5"
+
+
+# -- text.py: the answer and the reasoning as frames change them ------------------------------------------------
+
+THOUGHT = "/steps/0/items/0/payload/text_payload/chunks"
+
+
+def thinking(*pieces: list[str], text: str = "") -> dict[str, Any]:
+    """A workflow block whose items are thinking pieces of these chunks (and this whole text)."""
+    items = [{"payload": {"text_payload": {"variant": "thinking", "text": text, "chunks": list(piece)}}}
+             for piece in pieces]
+    return {"intended_usage": "workflow_root", "workflow_block": {"steps": [{"items": items}]}}
+
+
+def workflow_patch(*patches: dict[str, Any]) -> dict[str, Any]:
+    return {"intended_usage": "workflow_root", "diff_block": {"field": "workflow_block", "patches": list(patches)}}
+
+
+def side_track(chunks: list[str], offset: int | None = None) -> dict[str, Any]:
+    """A second answer track (a markdown usage other than ask_text), never the answer while ask_text has text."""
+    block: dict[str, Any] = {"chunks": chunks}
+    if offset is not None:
+        block["chunk_starting_offset"] = offset
+    return {"intended_usage": "markdown_side", "markdown_block": block}
+
+
+def test_the_reasoning_limit_counts_every_delta() -> None:
+    d = AnswerDecoder(max_text=5)
+    assert d.feed({"blocks": [thinking(["ab"])]}) == [ReasoningDelta(text="ab")]
+    assert d.feed({"blocks": [thinking(["ab", "cd"])]}) == [ReasoningDelta(text="cd")]
+    assert d.feed({"blocks": [thinking(["ab", "cd", "e"])]}) == [ReasoningDelta(text="e")]  # 5: the limit
+    with pytest.raises(RemoteProtocolError) as caught:
+        d.feed({"blocks": [thinking(["ab", "cd", "e", "f"])]})
+    assert str(caught.value) == "expected the reasoning to be at most 5 characters, got 6"
+
+
+def test_reasoning_that_begins_or_vanishes_while_the_answer_streams_is_reported_in_its_frame() -> None:
+    d = AnswerDecoder()
+    assert d.feed({"blocks": [markdown(["a"])]}) == [TextDelta(text="a")]
+    assert d.feed({"blocks": [markdown(["a", "b"]), thinking(["Hmm"])]}) == [
+        ReasoningDelta(text="Hmm"), TextDelta(text="b")]
+    no_items = {"intended_usage": "workflow_root", "workflow_block": {"steps": []}}
+    assert d.feed({"blocks": [markdown(["a", "b", "c"]), no_items]}) == [
+        AnswerRevised(text="ab", reasoning=""), TextDelta(text="c")]
+
+
+def test_another_answer_track_changed_does_not_stop_the_answer_and_counts_its_own_chunks() -> None:
+    d = AnswerDecoder()
+    assert d.feed({"blocks": [markdown(["a"]), side_track(["x"])]}) == [TextDelta(text="a")]
+    assert d.feed({"blocks": [markdown(["a", "b"]), side_track(["y"], 0)]}) == [TextDelta(text="b")]
+    d = AnswerDecoder(max_chunks=2)
+    d.feed({"blocks": [markdown(["a"]), side_track(["x"])]})
+    with pytest.raises(RemoteProtocolError) as caught:
+        d.feed({"blocks": [side_track(["y", "z"], 1)]})  # a track that is not the answer: its limit too
+    assert str(caught.value) == "expected at most 2 chunks in a text, got 3"
+
+
+def test_a_chunk_changed_in_the_frame_that_adds_it_is_no_rewrite() -> None:
+    d = AnswerDecoder(max_rewrite=0)
+    assert d.feed({"blocks": [thinking(["a"])]}) == [ReasoningDelta(text="a")]
+    patches = [{"op": "add", "path": f"{THOUGHT}/-", "value": "b"}, {"op": "replace", "path": f"{THOUGHT}/1", "value": "B"}]
+    assert d.feed({"blocks": [workflow_patch(*patches)]}) == [ReasoningDelta(text="B")]
+
+
+def test_a_thinking_items_whole_text_at_the_end_wins_over_its_chunks_within_the_limit() -> None:
+    assert AnswerDecoder().feed({"status": "COMPLETED", "blocks": [thinking(["ab"], text="abcdef")]}) == [
+        ReasoningDelta(text="ab"), ReasoningDelta(text="cdef"),
+        AnswerFinished(model="", text="", reasoning="abcdef")]
+    with pytest.raises(RemoteProtocolError) as caught:
+        AnswerDecoder(max_text=5).feed({"status": "COMPLETED", "blocks": [thinking(["ab"], text="abcdef")]})
+    assert str(caught.value) == "expected the reasoning to be at most 5 characters, got 6"
+
+
+def test_a_thinking_item_whose_chunks_are_removed_keeps_the_reasoning_reported() -> None:
+    d = AnswerDecoder()
+    assert d.feed({"blocks": [thinking(["Hmm"])]}) == [ReasoningDelta(text="Hmm")]
+    assert d.feed({"status": "COMPLETED", "blocks": [workflow_patch({"op": "remove", "path": THOUGHT})]}) == [
+        AnswerFinished(model="", text="", reasoning="Hmm")]
+
+
+def test_an_empty_chunk_list_leaves_the_whole_text_or_empties_the_text() -> None:
+    whole = {"intended_usage": "ask_text", "markdown_block": {"chunks": [], "answer": "Hi"}}
+    assert AnswerDecoder().feed({"blocks": [whole]}) == [TextDelta(text="Hi")]
+    d = AnswerDecoder()
+    assert d.feed({"blocks": [thinking(["a"])]}) == [ReasoningDelta(text="a")]
+    assert d.feed({"blocks": [thinking([])]}) == [AnswerRevised(text="", reasoning="")]
+
+
+@pytest.mark.parametrize(("budget", "ok"), [(2, True), (1, False)])
+def test_a_reasoning_chunk_rewritten_after_it_grew_counts_against_the_rewrite_budget(budget: int, ok: bool) -> None:
+    d = AnswerDecoder(max_rewrite=budget)
+    d.feed({"blocks": [thinking(["a"])]})
+    assert d.feed({"blocks": [workflow_patch({"op": "add", "path": f"{THOUGHT}/-", "value": "b"})]}) == [
+        ReasoningDelta(text="b")]
+    rewrite = {"blocks": [workflow_patch({"op": "replace", "path": f"{THOUGHT}/0", "value": "A"})]}
+    if ok:  # the 2 characters sent ("ab") joined again: at the budget, taken
+        assert d.feed(rewrite) == [AnswerRevised(text="", reasoning="Ab")]
+        return
+    with pytest.raises(RemoteProtocolError) as caught:
+        d.feed(rewrite)
+    assert str(caught.value) == (
+        "expected the service to rewrite at most 1 characters of text already sent, in all, got 2")
