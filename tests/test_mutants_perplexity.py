@@ -1269,3 +1269,85 @@ def test_a_reasoning_chunk_rewritten_after_it_grew_counts_against_the_rewrite_bu
         d.feed(rewrite)
     assert str(caught.value) == (
         "expected the service to rewrite at most 1 characters of text already sent, in all, got 2")
+
+
+def test_a_whole_answer_is_revised_when_it_diverges_and_kept_when_a_block_drops_it() -> None:
+    def answer(text: str | None) -> dict[str, Any]:
+        block = {"progress": "IN_PROGRESS"} if text is None else {"answer": text}
+        return {"blocks": [{"intended_usage": "ask_text", "markdown_block": block}]}
+
+    d = AnswerDecoder(max_text=5)
+    assert d.feed(answer("Hello")) == [TextDelta(text="Hello")]
+    assert d.feed(answer("Bye")) == [AnswerRevised(text="Bye", reasoning="")]
+    assert d.feed(answer(None)) == []  # a block without the answer: the answer reported stays
+    assert d.feed({"status": "COMPLETED"}) == [AnswerFinished(model="", text="Bye", reasoning="")]
+    with pytest.raises(RemoteProtocolError) as caught:
+        AnswerDecoder(max_text=5).feed(answer("abcdef"))
+    assert str(caught.value) == "expected the answer to be at most 5 characters, got 6"
+
+
+def test_chunks_removed_then_added_are_followed_from_where_the_text_stands() -> None:
+    d = AnswerDecoder()
+    assert d.feed({"blocks": [markdown(["a", "b"])]}) == [TextDelta(text="ab")]
+    removed = {"intended_usage": "ask_text",
+               "diff_block": {"field": "markdown_block", "patches": [{"op": "remove", "path": "/chunks/0"}]}}
+    assert d.feed({"blocks": [removed]}) == [AnswerRevised(text="b", reasoning="")]
+    assert d.feed({"blocks": [markdown(["c"], 1)]}) == [TextDelta(text="c")]
+    piece = "/steps/0/items/0/payload/text_payload"
+    for whole, second in (("ab", ReasoningDelta(text="b")), ("xy", AnswerRevised(text="", reasoning="xy"))):
+        d = AnswerDecoder()  # a thinking item's chunks emptied and its whole text taken: new chunks followed again
+        assert d.feed({"blocks": [thinking(["a"])]}) == [ReasoningDelta(text="a")]
+        assert d.feed({"blocks": [workflow_patch({"op": "remove", "path": f"{piece}/chunks/0"},
+                                                 {"op": "replace", "path": f"{piece}/text", "value": whole})]}) == [second]
+        assert d.feed({"blocks": [workflow_patch({"op": "add", "path": f"{piece}/chunks/-", "value": "c"})]}) == [
+            AnswerRevised(text="", reasoning="c")]
+
+
+def test_a_thinking_items_whole_text_is_reported_as_it_streams() -> None:
+    d = AnswerDecoder()
+    assert d.feed({"blocks": [thinking([], text="Hmm")]}) == [ReasoningDelta(text="Hmm")]
+    assert d.feed({"blocks": [thinking([], text="Hmm, so")]}) == [ReasoningDelta(text=", so")]
+
+
+def test_thinking_pieces_join_with_a_blank_line_and_an_earlier_one_changed_revises_the_reasoning() -> None:
+    d = AnswerDecoder()
+    assert d.feed({"blocks": [thinking(["a"], ["b"])]}) == [ReasoningDelta(text="a\n\nb")]  # two at once
+    assert d.feed({"blocks": [thinking(["a"], ["b", "c"])]}) == [ReasoningDelta(text="c")]
+    assert d.feed({"blocks": [thinking(["a", "x"], ["b", "c"])]}) == [AnswerRevised(text="", reasoning="ax\n\nbc")]
+    d = AnswerDecoder()
+    d.feed({"blocks": [thinking(["a"])]})
+    assert d.feed({"blocks": [workflow_patch({"op": "replace", "path": f"{THOUGHT}/0", "value": "A"})]}) == [
+        AnswerRevised(text="", reasoning="A")]
+
+
+@pytest.mark.parametrize(
+    ("first", "then"),
+    [
+        ([["ab"], []], [["ab"], ["c"]]),  # a new piece: "ab\n\nc" is 5, the limit, taken
+        ([["abc"]], [["abc"], ["d"]]),  # "abc\n\nd" is 6: refused, though each piece is within the limit
+        ([["ab"], ["c"]], [["abX"], ["c"]]),  # an earlier piece grown (a revision): "abX\n\nc" is 6, refused
+    ],
+)
+def test_the_reasoning_limit_counts_the_pieces_together_with_their_blank_lines(
+    first: list[list[str]], then: list[list[str]]
+) -> None:
+    d = AnswerDecoder(max_text=5)
+    d.feed({"blocks": [thinking(*first)]})
+    if then == [["ab"], ["c"]]:
+        assert d.feed({"blocks": [thinking(*then)]}) == [ReasoningDelta(text="\n\nc")]
+        return
+    with pytest.raises(RemoteProtocolError) as caught:
+        d.feed({"blocks": [thinking(*then)]})
+    assert str(caught.value) == "expected the reasoning to be at most 5 characters, got 6"
+
+
+def test_an_empty_thinking_piece_dropped_while_another_grows_is_no_revision() -> None:
+    d = AnswerDecoder()
+    assert d.feed({"blocks": [thinking(["a"], [])]}) == [ReasoningDelta(text="a")]
+    assert d.feed({"blocks": [thinking(["a", "b"])]}) == [ReasoningDelta(text="b")]
+
+
+@pytest.mark.parametrize("block", [{"chunks": ["x"]}, {"answer": "x"}])
+def test_blocks_with_answer_text_win_over_a_plain_steps_text(block: dict[str, Any]) -> None:
+    frame = {"blocks": [{"intended_usage": "ask_text", "markdown_block": block}], "text": "plain legacy"}
+    assert AnswerDecoder().feed(frame) == [TextDelta(text="x")]
