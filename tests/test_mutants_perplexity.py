@@ -1351,3 +1351,53 @@ def test_an_empty_thinking_piece_dropped_while_another_grows_is_no_revision() ->
 def test_blocks_with_answer_text_win_over_a_plain_steps_text(block: dict[str, Any]) -> None:
     frame = {"blocks": [{"intended_usage": "ask_text", "markdown_block": block}], "text": "plain legacy"}
     assert AnswerDecoder().feed(frame) == [TextDelta(text="x")]
+
+
+def test_a_thinking_piece_with_text_dropped_revises_the_reasoning() -> None:
+    d = AnswerDecoder()
+    assert d.feed({"blocks": [thinking(["a"], ["b"])]}) == [ReasoningDelta(text="a\n\nb")]
+    assert d.feed({"blocks": [thinking(["a"])]}) == [AnswerRevised(text="", reasoning="a")]
+
+
+def test_a_reasoning_chunk_that_is_no_string_is_refused_by_name() -> None:
+    d = AnswerDecoder()
+    d.feed({"blocks": [thinking(["a"])]})
+    with pytest.raises(RemoteProtocolError) as caught:
+        d.feed({"blocks": [thinking(["a", 5])]})  # type: ignore[list-item]
+    assert str(caught.value) == "expected the reasoning's chunks to be strings, got int: 5"
+
+
+# -- blocks.py: the texts' shapes (the end of the run that was stopped) ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("block", "message"),
+    [
+        ({"intended_usage": "ask_text", "markdown_block": {"answer": 5}}, "expected the whole text to be a string, got int: 5"),
+        (thinking(["a"], text=[1]), "expected the whole text to be a string, got list: [1]"),  # type: ignore[arg-type]
+    ],
+)
+def test_a_whole_answer_or_reasoning_text_that_is_no_string_is_refused_by_name(block: dict[str, Any], message: str) -> None:
+    with pytest.raises(RemoteProtocolError) as caught:
+        AnswerDecoder().feed({"blocks": [block]})
+    assert str(caught.value) == message
+
+
+def test_news_of_a_websocket_is_refused_by_name_on_an_ask_session() -> None:
+    s = ready()
+    calls = [
+        (lambda: s.receive_websocket_open(7, 1.0), "expected no WebSocket on an ask session, got news of WebSocket 7"),
+        (lambda: s.receive_websocket_message(7, "x", 1.0),
+         "expected no WebSocket on an ask session, got a message of WebSocket 7"),
+        (lambda: s.receive_websocket_messages(7, ["x"], 1.0),
+         "expected no WebSocket on an ask session, got messages of WebSocket 7"),
+        (lambda: s.receive_websocket_close(7, 1000, 1.0),
+         "expected no WebSocket on an ask session, got the close of WebSocket 7"),
+        (lambda: s.receive_websocket_refused(7, 403, [], b"", 1.0),
+         "expected no WebSocket on an ask session, got a refusal of WebSocket 7"),
+    ]
+    for call, message in calls:
+        with pytest.raises(LocalProtocolError) as caught:
+            call()
+        assert str(caught.value) == message
+    assert s.state is SessionState.READY
