@@ -1359,12 +1359,24 @@ def test_a_thinking_piece_with_text_dropped_revises_the_reasoning() -> None:
     assert d.feed({"blocks": [thinking(["a"])]}) == [AnswerRevised(text="", reasoning="a")]
 
 
-def test_a_reasoning_chunk_that_is_no_string_is_refused_by_name() -> None:
+@pytest.mark.parametrize("patched", [False, True])
+def test_a_reasoning_chunk_that_is_no_string_is_refused_by_name(patched: bool) -> None:
     d = AnswerDecoder()
     d.feed({"blocks": [thinking(["a"])]})
-    with pytest.raises(RemoteProtocolError) as caught:
-        d.feed({"blocks": [thinking(["a", 5])]})  # type: ignore[list-item]
+    with pytest.raises(RemoteProtocolError) as caught:  # the chunk list sent again, or the one held patched
+        d.feed({"blocks": [workflow_patch({"op": "add", "path": f"{THOUGHT}/-", "value": 5}) if patched
+                           else thinking(["a", 5])]})  # type: ignore[list-item]
     assert str(caught.value) == "expected the reasoning's chunks to be strings, got int: 5"
+
+
+def test_a_reasoning_piece_patched_past_the_limit_is_refused_by_name() -> None:
+    d = AnswerDecoder(max_text=3)
+    d.feed({"blocks": [thinking(["ab"])]})
+    assert d.feed({"blocks": [workflow_patch({"op": "add", "path": f"{THOUGHT}/-", "value": "c"})]}) == [
+        ReasoningDelta(text="c")]  # 3: the limit, taken
+    with pytest.raises(RemoteProtocolError) as caught:
+        d.feed({"blocks": [workflow_patch({"op": "add", "path": f"{THOUGHT}/-", "value": "d"})]})
+    assert str(caught.value) == "expected the reasoning to be at most 3 characters, got 4"
 
 
 # -- blocks.py: the texts' shapes (the end of the run that was stopped) ----------------------------------------
