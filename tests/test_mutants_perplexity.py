@@ -1413,3 +1413,27 @@ def test_news_of_a_websocket_is_refused_by_name_on_an_ask_session() -> None:
             call()
         assert str(caught.value) == message
     assert s.state is SessionState.READY
+
+
+def test_a_transport_error_mid_answer_says_how_much_came() -> None:
+    s = ready()
+    asked(s)
+    s.receive_http_head(2, 200, SSE_HEAD, 1.1)
+    s.receive_http_body(2, sse(frame(blocks=[markdown(["Hel"])]), end=False), 1.2)
+    with pytest.raises(NetworkError) as caught:
+        s.receive_transport_error(2, "reset", 1.3)
+    assert str(caught.value) == (
+        "expected a response from pplx.test:443, but the request failed after 3 characters of the answer (reset)")
+
+
+@pytest.mark.parametrize(
+    ("body", "shown"),
+    [(b"\x01" * 200 + b"tail", ""), (b"y" * 100, "y" * 100), (b"y" * 101, "y" * 97 + "...")],
+)
+def test_a_catalog_that_is_not_json_shows_100_characters_of_its_first_200(body: bytes, shown: str) -> None:
+    s = ready()
+    s.request_catalog(now=1.0)
+    with pytest.raises(RemoteProtocolError) as caught:
+        s.receive_http_response(2, 200, [("Content-Type", "application/json")], body, 1.5)
+    assert str(caught.value).startswith(
+        f"expected the model catalog (GET /rest/models/config/v2) as JSON, got {shown!r} (Expecting value")
