@@ -83,8 +83,8 @@ case $module in
                tests='"tests/test_perplexity_answer.py", "tests/test_mutants_perplexity.py"' ;;
     pplx-request) path=plabs_proto/perplexity/request.py
                tests='"tests/test_perplexity_request.py", "tests/test_mutants_perplexity.py"' ;;
-    pplx-session) path=plabs_proto/perplexity/session.py
-               tests='"tests/test_perplexity_session.py", "tests/test_perplexity_request.py", "tests/test_mutants_perplexity.py"' ;;
+    pplx-session) path=plabs_proto/perplexity/session.py  # test_perplexity_catalog and _client: the in-process ones
+               tests='"tests/test_perplexity_session.py", "tests/test_perplexity_request.py", "tests/test_mutants_perplexity.py", "tests/test_perplexity_catalog.py", "tests/test_perplexity_client.py", "-k", "not (emulator or on_asyncio or over_curl or models_live or usage_errors or ask_mode or every_backend or connection_mode)"' ;;
     # The backends' shared pieces (benchmarks/mutation-core.md): the options and the errors, with the
     # tests that run a backend in process (not the ones that start a `plabs` subprocess).
     backends-config) path=plabs_proto/backends/_config.py

@@ -7,23 +7,30 @@ the mutants and why the ones still alive are equivalent.
 from __future__ import annotations
 
 import json
+import random
 from typing import Any
 
 import pytest
-from test_perplexity_session import SSE_HEAD, asked, frame, markdown, ready, sse, texts
+from test_perplexity_session import SSE_HEAD, asked, frame, markdown, ready, session, sse, texts
 
+from plabs_proto.config import SessionConfig
 from plabs_proto.errors import (
     AnswerFailedError,
     AnswerRateLimitedError,
     LabsError,
+    LabsTimeout,
     LocalProtocolError,
+    NetworkError,
     RemoteProtocolError,
+    SignInError,
+    UnexpectedPageError,
 )
 from plabs_proto.events import (
     AnswerFinished,
     AnswerRevised,
     Citations,
     Event,
+    HTTPRequest,
     ReasoningDelta,
     SearchQueries,
     SourcesRead,
@@ -32,10 +39,19 @@ from plabs_proto.events import (
 )
 from plabs_proto.jsondepth import MAX_DEPTH
 from plabs_proto.perplexity.answer import DEFAULT_MAX_CHUNKS, MAX_POINTER, AnswerDecoder, load_frame
-from plabs_proto.perplexity.request import read_cookies_txt
+from plabs_proto.perplexity.request import (
+    Model,
+    ask_body,
+    ask_request,
+    parse_catalog,
+    read_cookies_txt,
+    warmup_request,
+)
 from plabs_proto.perplexity.search import Search, source
+from plabs_proto.perplexity.session import ERROR_BODY_LIMIT, PerplexitySession
 from plabs_proto.perplexity.shape import excerpt
 from plabs_proto.perplexity.sse import SSEDecoder, SSEEvent
+from plabs_proto.state import SessionState
 
 # -- sse.py: the event stream's bytes ------------------------------------------------------------------------
 
@@ -698,3 +714,726 @@ def test_a_line_of_the_session_stream_may_be_1024_characters_longer_than_an_even
             with pytest.raises(RemoteProtocolError) as caught:
                 s.receive_http_body(2, comment, 1.2)
             assert str(caught.value) == "expected a line of at most 2024 characters, got 2025 or more"
+
+
+# -- request.py: the ask, the catalog and cookies.txt, as the service and the caller see them -----------------
+
+
+def test_a_server_is_cut_only_of_its_trailing_slashes() -> None:
+    assert warmup_request("http://SANDBOX/").url == "http://SANDBOX/api/auth/session"
+    assert warmup_request("http://a.test//").url == "http://a.test/api/auth/session"
+
+
+def test_the_ask_goes_to_the_server_given_with_its_origin_and_as_utf8_json() -> None:
+    request = ask_request("Ça va? 日本", rng=random.Random(7), server="http://127.0.0.1:1")
+    assert dict(request.headers)["Origin"] == "http://127.0.0.1:1"
+    assert dict(request.headers)["Referer"] == "http://127.0.0.1:1/"
+    # as the web app's JSON.stringify sends it: the characters in UTF-8, not \u escapes
+    assert request.body.startswith('{"query_str":"Ça va? 日本","params":'.encode())
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({}, "expected a query with some text, got only whitespace"),
+        ({"language": 5}, "expected the language to be a str, got int"),
+        ({"timezone": None}, "expected the timezone to be a str, got NoneType"),
+        ({"search_focus": b"web"}, "expected the search focus to be a str, got bytes"),
+        ({"attachments": [1.5]}, "expected an attachment to be a str, got float"),
+        ({"follow_up": {"backend_uuid": "x"}}, "expected follow_up to be a ThreadIdentity with a backend_uuid, got dict"),
+    ],
+)
+def test_each_option_of_the_wrong_type_is_refused_by_its_name(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(LocalProtocolError) as caught:
+        ask_body(" \t" if not options else "q", rng=random.Random(0), **options)
+    assert str(caught.value) == message
+
+
+def test_the_catalogs_default_search_model_is_the_one_anonymous_use_gets() -> None:
+    catalog = {"models": {"turbo": {}, "experimental": {}}, "default_models": {"search": "experimental"}}
+    assert parse_catalog(catalog) == (Model(id="turbo", signed_in=True), Model(id="experimental", signed_in=False))
+
+
+def test_the_catalog_shows_60_characters_of_what_it_refuses() -> None:
+    with pytest.raises(RemoteProtocolError) as caught:
+        parse_catalog({"models": "m" * 61})
+    assert str(caught.value) == f"expected 'models' to be an object or a list in the model catalog, got {'m' * 60!r}"
+    with pytest.raises(RemoteProtocolError) as entry:
+        parse_catalog({"models": {"k" * 61: []}})
+    assert str(entry.value) == f"expected model {'k' * 60!r} to be a JSON object in the model catalog, got list"
+
+
+def test_the_catalog_takes_1000_models_by_default_and_labels_of_200_characters() -> None:
+    assert len(parse_catalog({"models": {str(n): {} for n in range(1000)}})) == 1000
+    with pytest.raises(RemoteProtocolError) as caught:
+        parse_catalog({"models": {str(n): {} for n in range(1001)}})
+    assert str(caught.value) == "expected at most 1000 models in the catalog, got 1001"
+    (model,) = parse_catalog({"models": {"m": {"label": "L" * 201, "description": "D" * 200}}})
+    assert (model.label, model.description) == ("L" * 200, "D" * 200)
+
+
+COOKIE = ".perplexity.ai\tTRUE\t{path}\tTRUE\t{expires}\tname\t{value}"
+
+
+def test_cookies_txt_values_and_paths_are_taken_as_written() -> None:
+    text = "\n".join([
+        "  # an indented comment",
+        COOKIE.format(path="", expires=0, value="endsX"),
+        COOKIE.format(path="/x", expires=0, value="v1 "),
+    ])
+    assert [(c.path, c.value) for c in read_cookies_txt(text)] == [("/", "endsX"), ("/x", "v1 ")]
+
+
+def test_cookies_txt_for_a_domain_given_with_a_dot_and_capitals_but_not_a_lookalike() -> None:
+    text = "\n".join([
+        COOKIE.format(path="/", expires=0, value="a"),
+        "Perplexity.AI\tFALSE\t/\tFALSE\t0\tb\tb",
+        "perplexity.ai.\tFALSE\t/\tFALSE\t0\tdot\tno",
+        " perplexity.ai\tFALSE\t/\tFALSE\t0\tspace\tno",
+    ])
+    assert [c.value for c in read_cookies_txt(text, domain=".Perplexity.AI")] == ["a", "b"]
+    assert [c.value for c in read_cookies_txt(text)] == ["a", "b"]
+
+
+def test_a_cookie_expiring_at_now_is_left_out_and_one_a_second_later_kept() -> None:
+    text = COOKIE.format(path="/", expires=1_700_000_000, value="v")
+    assert read_cookies_txt(text, now=1_700_000_000) == ()
+    assert [c.expires for c in read_cookies_txt(text, now=1_699_999_999)] == [1_700_000_000]
+
+
+def test_cookies_txt_errors_show_at_most_10_20_characters_of_a_field_and_the_type_of_no_text() -> None:
+    flags = ".perplexity.ai\t{}\t/\t{}\t0\tname\tsecret"
+    with pytest.raises(LocalProtocolError) as caught:
+        read_cookies_txt(flags.format("Y" * 11, "N" * 11))
+    assert str(caught.value) == (
+        "cookies.txt line 1: expected TRUE or FALSE in the include-subdomains and secure fields, "
+        f"got {'Y' * 10!r} and {'N' * 10!r}"
+    )
+    with pytest.raises(LocalProtocolError) as expiry:
+        read_cookies_txt(COOKIE.format(path="/", expires="9" * 21, value="secret"))
+    assert str(expiry.value) == (
+        "cookies.txt line 1: expected the expiry as a whole number of seconds (at most 18 digits), "
+        f"got {'9' * 20!r}"
+    )
+    with pytest.raises(LocalProtocolError) as wrong:
+        read_cookies_txt(b"x")  # type: ignore[arg-type]
+    assert str(wrong.value) == "expected the cookies.txt text as a str, got bytes"
+
+
+# -- session.py: what the caller and the service see of the session --------------------------------------------
+
+
+def whole(s: PerplexitySession, status: int, headers: list[tuple[str, str]], *pieces: bytes) -> LabsError:
+    """The error of the ask's response ``status`` with a body of ``pieces``, handed over as they came."""
+    s.receive_http_head(2, status, headers, 1.1)
+    for piece in pieces:
+        s.receive_http_body(2, piece, 1.2)
+    with pytest.raises(LabsError) as caught:
+        s.receive_http_end(2, 1.3)
+    assert s.state is SessionState.ERROR
+    return caught.value
+
+
+ASK = "the ask (POST /rest/sse/perplexity_ask)"
+
+
+def ready_at(server: str) -> PerplexitySession:
+    """A session of ``server`` after its warm-up."""
+    s = PerplexitySession(SessionConfig(server=server, service="perplexity"), rng=random.Random(0))
+    s.connect(0.0)
+    s.transmit()
+    s.receive_http_response(1, 200, [], b"{}", 0.5)
+    return s
+
+
+def test_a_session_made_without_a_config_asks_perplexity() -> None:
+    s = PerplexitySession(rng=random.Random(0))
+    assert s.config == SessionConfig(service="perplexity")
+    s.connect(0.0)
+    assert [r.url for r in s.transmit()] == ["https://www.perplexity.ai/api/auth/session"]  # type: ignore[union-attr]
+
+
+def test_the_ask_goes_to_a_server_whose_name_ends_in_x_with_the_model_asked_for() -> None:
+    s = ready_at("http://SANDBOX/")
+    s.query("Hi", model="pplx_pro", now=1.0)
+    (request,) = s.transmit()
+    assert isinstance(request, HTTPRequest) and request.url == "http://SANDBOX/rest/sse/perplexity_ask"
+    assert json.loads(request.body)["params"]["model_preference"] == "pplx_pro"
+
+
+def test_a_follow_up_of_a_conversation_sends_only_its_last_user_message() -> None:
+    s = ready()
+    asked(s)
+    s.receive_http_head(2, 200, SSE_HEAD, 1.1)
+    s.receive_http_body(2, sse(frame("COMPLETED", blocks=[markdown(["Hi."])])), 1.2)
+    conversation = [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi."},
+                    {"role": "user", "content": "And then?"}, {"role": "assistant", "content": "..."}]
+    s.query(conversation, now=2.0)
+    (follow,) = s.transmit()
+    assert json.loads(follow.body)["query_str"] == "And then?"  # type: ignore[union-attr]
+
+
+def test_a_query_while_one_streams_or_the_catalog_is_fetched_and_after_the_end_is_refused_by_name() -> None:
+    s = ready()
+    asked(s)
+    with pytest.raises(LocalProtocolError) as streaming:
+        s.query("Again", now=1.5)
+    assert str(streaming.value) == (
+        "cannot start a query while another one is still streaming on this session: queries run one after another")
+    s = ready()
+    s.request_catalog(now=1.0)
+    with pytest.raises(LocalProtocolError) as fetching:
+        s.query("Hello", now=1.0)
+    assert str(fetching.value) == "cannot start a query while the model catalog is being fetched: wait for Catalog"
+    for end in ("close", "fail"):  # what the session held in flight is dropped: the state speaks
+        s = ready()
+        s.request_catalog(now=1.0)
+        if end == "close":
+            s.close(1.5)
+        else:
+            s.fail(RemoteProtocolError("gone"))
+        state = "closed" if end == "close" else "error"
+        with pytest.raises(LocalProtocolError) as after:
+            s.query("Hello", now=2.0)
+        assert str(after.value).startswith(f"cannot query when the session is {state}")
+        with pytest.raises(LocalProtocolError) as catalog:
+            s.request_catalog(now=2.0)
+        assert str(catalog.value) == (
+            f"expected a ready session (connected, no query streaming) to ask for the catalog, but it is {state}")
+    s = ready()
+    asked(s)
+    s.receive_http_head(2, 200, SSE_HEAD, 1.1)
+    s.receive_http_body(2, sse(frame(blocks=[markdown(["x"])]), end=False), 1.2)
+    s.fail(RemoteProtocolError("gone"))
+    with pytest.raises(LocalProtocolError) as failed:
+        s.query("Hello", now=2.0)
+    assert str(failed.value).startswith("cannot query when the session is error")
+
+
+def test_a_query_made_while_connecting_leaves_the_session_free_for_the_next() -> None:
+    s = session()
+    s.connect(0.0)
+    s.query("Hello", now=0.1)
+    s.transmit()
+    s.receive_http_response(1, 200, [], b"{}", 0.5)
+    s.transmit()
+    s.receive_http_response(2, 200, SSE_HEAD, sse(frame("COMPLETED", blocks=[markdown(["Hi."])])), 1.0)
+    s.query("Again", now=2.0)
+    assert [r.request_id for r in s.transmit()] == [3]  # type: ignore[union-attr]
+
+
+def test_the_warm_up_is_answered_without_a_connect_deadline() -> None:
+    s = session(connect_timeout=None)
+    s.connect(0.0)
+    s.transmit()
+    s.receive_http_response(1, 200, [], b"{}", 0.5)
+    assert s.state is SessionState.READY and s.get_timer() is None
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda s: s.receive_http_response(2, "200", [], b"", 1.0), "expected an int status and a str reason, got str and str"),
+        (lambda s: s.receive_http_response(2, 200, [], b"", 1.0, reason=None),
+         "expected an int status and a str reason, got int and NoneType"),
+        (lambda s: s.receive_http_response(2, 200, [], "", 1.0), "expected a bytes body, got str"),
+        (lambda s: s.receive_http_body(2, b"abc", 1.0), "expected receive_http_head before the body of request 2, got 3 body bytes"),
+        (lambda s: s.receive_http_end(2, 1.0), "expected receive_http_head before the end of request 2, got none"),
+    ],
+)
+def test_the_carriers_mistakes_are_refused_by_name_and_leave_the_answer_streaming(call: Any, message: str) -> None:
+    s = ready()
+    asked(s)
+    with pytest.raises(LocalProtocolError) as caught:
+        call(s)
+    assert str(caught.value) == message
+    assert s.state is SessionState.QUERYING
+
+
+def test_the_refusals_of_the_warm_up_and_the_ask_say_which_step_and_the_status_and_reason() -> None:
+    s = session()
+    s.connect(0.0)
+    s.transmit()
+    with pytest.raises(LabsError) as warmup:
+        s.receive_http_response(1, 500, [], b"oops", 0.5)
+    assert str(warmup.value) == (
+        "the server refused the warm-up (GET /api/auth/session): expected HTTP 200, got HTTP 500: 'oops'")
+    s = ready()
+    asked(s)
+    with pytest.raises(LabsError) as whole_response:
+        s.receive_http_response(2, 500, [], b"oops", 1.0, reason="Internal Server Error")
+    assert str(whole_response.value) == (
+        f"the server refused {ASK}: expected HTTP 200, got HTTP 500 Internal Server Error: 'oops'")
+    s = ready()
+    asked(s)
+    exc = whole(s, 500, [], b"ab", b"cd")  # the refused body in pieces, kept whole
+    assert str(exc) == f"the server refused {ASK}: expected HTTP 200, got HTTP 500: 'abcd'"
+    assert exc.body_excerpt == "abcd"  # type: ignore[attr-defined]
+
+
+def test_the_refused_body_is_kept_up_to_its_limit_over_several_pieces() -> None:
+    s = ready()
+    asked(s)
+    s.receive_http_head(2, 500, [], 1.1)
+    s.receive_http_body(2, b"x" * (ERROR_BODY_LIMIT - 1), 1.2)
+    s.receive_http_body(2, b"x", 1.2)  # the limit: taken
+    with pytest.raises(LabsError, match="HTTP 500"):
+        s.receive_http_body(2, b"x", 1.2)  # one past it: refused now
+    assert s.state is SessionState.ERROR
+
+
+@pytest.mark.parametrize("token", [None, "tok"])
+def test_a_sign_in_refusal_says_whether_a_token_was_given_and_what_the_server_said(token: str | None) -> None:
+    s = ready(session_token=token)
+    asked(s)
+    exc = whole(s, 401, [("Content-Type", "application/json")], b'{"detail":"no"}')
+    given = "the session token you gave" if token else "no session token was given"
+    assert isinstance(exc, SignInError) and exc.body_excerpt == '{"detail":"no"}'
+    assert str(exc) == (
+        f"{ASK} was refused with HTTP 401: sign-in needed: the session token (cookie "
+        f"__Secure-next-auth.session-token) is missing or expired ({given}); sign in with a browser and give "
+        "session_token= or cookies_txt= again; the server said '{\"detail\":\"no\"}'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "body", "title"),
+    [
+        ("text/html; charset=utf-8", b"<html><title>T</title>\xff", "T"),
+        ("text/html; charset=utf-8; x=y", b"<p>", None),
+        ("application/xhtml+xml", b"<html/>", None),
+        ("application/json", b'{"error":"x"}', None),
+    ],
+)
+def test_a_page_or_json_answered_200_instead_of_the_stream(kind: str, body: bytes, title: str | None) -> None:
+    s = ready()
+    asked(s)
+    exc = whole(s, 200, [("Content-Type", kind)], body)
+    shown = body.decode("utf-8", "replace")
+    named = f" titled {title!r}" if title else ""
+    assert isinstance(exc, UnexpectedPageError)
+    assert str(exc) == (
+        f"expected an event stream (text/event-stream) from {ASK}, got HTTP 200 {kind}{named}: {shown!r}")
+    assert (exc.status, exc.title, exc.content_type, exc.body_excerpt) == (200, title, kind, shown)
+
+
+def test_a_page_answered_200_shows_200_characters_of_its_first_400_bytes() -> None:
+    # the message reads the page's first 400 bytes and the excerpt its first 864, each cut to 200 characters
+    s = ready()
+    asked(s)
+    body = b"\x01" * 400 + b"tail"  # control characters are dropped: nothing shown of the first 400 bytes
+    exc = whole(s, 200, [("Content-Type", "text/html")], body)
+    assert str(exc).endswith("got HTTP 200 text/html: ''") and exc.body_excerpt == "tail"  # type: ignore[attr-defined]
+    s = ready()
+    asked(s)
+    exc = whole(s, 200, [("Content-Type", "text/html")], b"\x01" * 864 + b"tail")
+    assert exc.body_excerpt == ""  # type: ignore[attr-defined]
+    for size in (200, 201):
+        s = ready()
+        asked(s)
+        exc = whole(s, 200, [("Content-Type", "text/html")], b"p" * size)
+        shown = "p" * 200 if size == 200 else "p" * 197 + "..."
+        assert str(exc).endswith(f": {shown!r}") and exc.body_excerpt == shown  # type: ignore[attr-defined]
+
+
+def test_a_late_head_of_another_request_is_ignored() -> None:
+    s = ready()
+    asked(s)
+    s.receive_http_head(1, 500, [], 1.05)  # the warm-up's id: nothing the session waits for
+    s.receive_http_head(2, 200, SSE_HEAD, 1.1)
+    s.receive_http_head(2, 500, [], 1.15)  # a second head of the ask: ignored
+    s.receive_http_body(2, sse(frame("COMPLETED", blocks=[markdown(["Hi."])])), 1.2)
+    assert texts(s.events()) == "Hi." and s.state is SessionState.READY
+
+
+def test_an_event_of_another_type_is_skipped_and_the_events_after_it_read() -> None:
+    s = ready()
+    asked(s)
+    s.receive_http_head(2, 200, SSE_HEAD, 1.1)
+    s.receive_http_body(2, b"event: ping\ndata: {}\n\n" + sse(frame("COMPLETED", blocks=[markdown(["Hi."])])), 1.2)
+    assert texts(s.events()) == "Hi." and s.state is SessionState.READY
+
+
+def test_a_whole_response_that_ends_before_the_answer_is_an_error_that_says_so() -> None:
+    s = ready()
+    asked(s)
+    with pytest.raises(RemoteProtocolError) as caught:
+        s.receive_http_response(2, 200, SSE_HEAD, sse(frame(blocks=[markdown(["Hel"])]), end=False), 1.2)
+    assert str(caught.value) == ("expected the answer to end with a COMPLETED frame or end_of_stream, but the "
+                                 "response body ended after 3 characters of it")
+    assert caught.value.partial_text == "Hel" and s.state is SessionState.ERROR
+
+
+def test_the_text_and_reasoning_so_far_go_with_every_error() -> None:
+    thinking = {"intended_usage": "workflow_root", "workflow_block": {"steps": [{"items": [
+        {"payload": {"text_payload": {"variant": "thinking", "text": "", "chunks": ["Hmm"]}}}]}]}}
+    for end in ("body", "timer", "transport"):
+        s = ready(query_timeout=100)
+        asked(s)
+        s.receive_http_head(2, 200, SSE_HEAD, 1.1)
+        s.receive_http_body(2, sse(frame(blocks=[thinking, markdown(["Hel"])]), end=False), 1.2)
+        with pytest.raises(LabsError) as caught:
+            if end == "body":
+                s.receive_http_end(2, 1.3)
+            elif end == "timer":
+                s.handle_timer(101.0)
+            else:
+                s.receive_transport_error(2, "reset", 1.3)
+        assert (caught.value.partial_text, caught.value.partial_reasoning) == ("Hel", "Hmm")
+
+
+def test_the_first_text_deadline_fires_by_name_and_each_deadline_ends_with_the_answer() -> None:
+    s = ready(first_text_timeout=10)
+    asked(s)
+    with pytest.raises(LabsTimeout) as caught:
+        s.handle_timer(11.0)
+    assert str(caught.value) == "expected the first answer text within 10 s of the query, got none"
+    assert caught.value.deadline == "first_text"
+    s = ready(first_text_timeout=10, query_timeout=100)  # two texts, then the end: no deadline left
+    asked(s)
+    s.receive_http_head(2, 200, SSE_HEAD, 1.1)
+    s.receive_http_body(2, sse(frame(blocks=[markdown(["a"])]), frame(blocks=[markdown(["a", "b"])]), end=False), 1.2)
+    assert s.get_timer() == 101.0
+    s.receive_http_body(2, sse(frame("COMPLETED", blocks=[markdown(["a", "b"])])), 1.3)
+    assert s.state is SessionState.READY and s.get_timer() is None
+    s = ready(first_text_timeout=10)  # an answer without text: its first-text deadline ends with it
+    asked(s)
+    s.receive_http_head(2, 200, SSE_HEAD, 1.1)
+    s.receive_http_body(2, sse(frame("COMPLETED", blocks=[])), 1.2)
+    assert s.state is SessionState.READY and s.get_timer() is None
+
+
+def test_a_transport_error_says_where_and_how_much_came_and_late_ones_are_ignored() -> None:
+    s = ready_at("http://pplx.test")
+    asked(s)
+    with pytest.raises(NetworkError) as caught:
+        s.receive_transport_error(2, "x" * 300, 1.3)
+    assert str(caught.value) == f"expected a response from pplx.test:80, but the request failed ({'x' * 300})"
+    assert caught.value.port == 80
+    s = ready()
+    asked(s)
+    with pytest.raises(NetworkError) as cut:
+        s.receive_transport_error(2, "x" * 301, 1.3)
+    assert str(cut.value) == f"expected a response from pplx.test:443, but the request failed ({'x' * 297}...)"
+    s = ready()
+    s.receive_transport_error(1, "late", 1.0)  # the warm-up, answered already; no request in flight
+    asked(s)
+    s.receive_transport_error(1, "late", 1.0)
+    s.receive_transport_error(99, "never", 1.0)
+    assert s.state is SessionState.QUERYING
+
+
+# -- legacy.py: the steps shape's search steps, citations and spellings ----------------------------------------
+
+
+def test_the_steps_search_results_read_results_and_their_spellings() -> None:
+    steps = [
+        {"stepType": "SEARCH_RESULTS", "content": {"web_results": [{"name": "A", "url": "https://a.test"}]}},
+        {"step_type": "READ_RESULTS", "content": {"urls": ["https://r.test"]}},
+        {"step_type": "READ_RESULTS", "content": {"web_results": [{"name": "W", "url": "https://w.test"}]}},
+        {"step_type": "FINAL", "content": {"answer": "\n " + json.dumps({"answer": "Hi"})}},  # JSON after blanks
+    ]
+    assert AnswerDecoder().feed({"text": "\n " + json.dumps(steps)}) == [  # a steps list after blanks too
+        SourcesRead(sources=({"url": "https://r.test", "title": ""},)),
+        SourcesRead(sources=({"url": "https://w.test", "title": "W"},)),
+        Citations(citations=({"url": "https://a.test", "title": "A"},)),
+        TextDelta(text="Hi"),
+    ]
+
+
+def test_steps_and_answer_objects_without_web_results_keep_the_citations() -> None:
+    cited = Citations(citations=({"url": "https://a.test", "title": "A"},))
+    d = AnswerDecoder()
+    web = {"intended_usage": "web_results", "web_result_block": {"web_results": [{"name": "A", "url": "https://a.test"}]}}
+    searched = json.dumps([{"step_type": "SEARCH_WEB", "content": {"queries": ["q"]}}])
+    assert d.feed({"blocks": [web], "text": searched}) == [SearchQueries(queries=("q",)), cited]
+    d = AnswerDecoder()
+    assert d.feed({"text": json.dumps({"answer": "Hi", "web_results": [{"name": "A", "url": "https://a.test"}]})}) == [
+        cited, TextDelta(text="Hi")]
+    assert d.feed({"text": json.dumps({"answer": "Hi there"})}) == [TextDelta(text=" there")]
+    assert d.feed({"text": json.dumps([{"step_type": "FINAL", "content": {"answer": "Hi there!"}}])}) == [
+        TextDelta(text="!")]
+    assert d.citations == cited.citations
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        [{"step_type": "SEARCH_RESULTS", "content": {"web_results": 5}}],
+        {"answer": "Hi", "web_results": 5},
+    ],
+)
+def test_web_results_that_are_not_a_list_are_refused_by_name(text: Any) -> None:
+    with pytest.raises(RemoteProtocolError) as caught:
+        AnswerDecoder().feed({"text": json.dumps(text)})
+    assert str(caught.value) == "expected 'web_results' to be a list, got int: 5"
+
+
+# -- text.py: the answer and the reasoning as frames change them ------------------------------------------------
+
+THOUGHT = "/steps/0/items/0/payload/text_payload/chunks"
+
+
+def thinking(*pieces: list[str], text: str = "") -> dict[str, Any]:
+    """A workflow block whose items are thinking pieces of these chunks (and this whole text)."""
+    items = [{"payload": {"text_payload": {"variant": "thinking", "text": text, "chunks": list(piece)}}}
+             for piece in pieces]
+    return {"intended_usage": "workflow_root", "workflow_block": {"steps": [{"items": items}]}}
+
+
+def workflow_patch(*patches: dict[str, Any]) -> dict[str, Any]:
+    return {"intended_usage": "workflow_root", "diff_block": {"field": "workflow_block", "patches": list(patches)}}
+
+
+def side_track(chunks: list[str], offset: int | None = None) -> dict[str, Any]:
+    """A second answer track (a markdown usage other than ask_text), never the answer while ask_text has text."""
+    block: dict[str, Any] = {"chunks": chunks}
+    if offset is not None:
+        block["chunk_starting_offset"] = offset
+    return {"intended_usage": "markdown_side", "markdown_block": block}
+
+
+def test_the_reasoning_limit_counts_every_delta() -> None:
+    d = AnswerDecoder(max_text=5)
+    assert d.feed({"blocks": [thinking(["ab"])]}) == [ReasoningDelta(text="ab")]
+    assert d.feed({"blocks": [thinking(["ab", "cd"])]}) == [ReasoningDelta(text="cd")]
+    assert d.feed({"blocks": [thinking(["ab", "cd", "e"])]}) == [ReasoningDelta(text="e")]  # 5: the limit
+    with pytest.raises(RemoteProtocolError) as caught:
+        d.feed({"blocks": [thinking(["ab", "cd", "e", "f"])]})
+    assert str(caught.value) == "expected the reasoning to be at most 5 characters, got 6"
+
+
+def test_reasoning_that_begins_or_vanishes_while_the_answer_streams_is_reported_in_its_frame() -> None:
+    d = AnswerDecoder()
+    assert d.feed({"blocks": [markdown(["a"])]}) == [TextDelta(text="a")]
+    assert d.feed({"blocks": [markdown(["a", "b"]), thinking(["Hmm"])]}) == [
+        ReasoningDelta(text="Hmm"), TextDelta(text="b")]
+    no_items = {"intended_usage": "workflow_root", "workflow_block": {"steps": []}}
+    assert d.feed({"blocks": [markdown(["a", "b", "c"]), no_items]}) == [
+        AnswerRevised(text="ab", reasoning=""), TextDelta(text="c")]
+
+
+def test_another_answer_track_changed_does_not_stop_the_answer_and_counts_its_own_chunks() -> None:
+    d = AnswerDecoder()
+    assert d.feed({"blocks": [markdown(["a"]), side_track(["x"])]}) == [TextDelta(text="a")]
+    assert d.feed({"blocks": [markdown(["a", "b"]), side_track(["y"], 0)]}) == [TextDelta(text="b")]
+    d = AnswerDecoder(max_chunks=2)
+    d.feed({"blocks": [markdown(["a"]), side_track(["x"])]})
+    with pytest.raises(RemoteProtocolError) as caught:
+        d.feed({"blocks": [side_track(["y", "z"], 1)]})  # a track that is not the answer: its limit too
+    assert str(caught.value) == "expected at most 2 chunks in a text, got 3"
+
+
+def test_a_chunk_changed_in_the_frame_that_adds_it_is_no_rewrite() -> None:
+    d = AnswerDecoder(max_rewrite=0)
+    assert d.feed({"blocks": [thinking(["a"])]}) == [ReasoningDelta(text="a")]
+    patches = [{"op": "add", "path": f"{THOUGHT}/-", "value": "b"}, {"op": "replace", "path": f"{THOUGHT}/1", "value": "B"}]
+    assert d.feed({"blocks": [workflow_patch(*patches)]}) == [ReasoningDelta(text="B")]
+
+
+def test_a_thinking_items_whole_text_at_the_end_wins_over_its_chunks_within_the_limit() -> None:
+    assert AnswerDecoder().feed({"status": "COMPLETED", "blocks": [thinking(["ab"], text="abcdef")]}) == [
+        ReasoningDelta(text="ab"), ReasoningDelta(text="cdef"),
+        AnswerFinished(model="", text="", reasoning="abcdef")]
+    with pytest.raises(RemoteProtocolError) as caught:
+        AnswerDecoder(max_text=5).feed({"status": "COMPLETED", "blocks": [thinking(["ab"], text="abcdef")]})
+    assert str(caught.value) == "expected the reasoning to be at most 5 characters, got 6"
+
+
+def test_a_thinking_item_whose_chunks_are_removed_keeps_the_reasoning_reported() -> None:
+    d = AnswerDecoder()
+    assert d.feed({"blocks": [thinking(["Hmm"])]}) == [ReasoningDelta(text="Hmm")]
+    assert d.feed({"status": "COMPLETED", "blocks": [workflow_patch({"op": "remove", "path": THOUGHT})]}) == [
+        AnswerFinished(model="", text="", reasoning="Hmm")]
+
+
+def test_an_empty_chunk_list_leaves_the_whole_text_or_empties_the_text() -> None:
+    whole = {"intended_usage": "ask_text", "markdown_block": {"chunks": [], "answer": "Hi"}}
+    assert AnswerDecoder().feed({"blocks": [whole]}) == [TextDelta(text="Hi")]
+    d = AnswerDecoder()
+    assert d.feed({"blocks": [thinking(["a"])]}) == [ReasoningDelta(text="a")]
+    assert d.feed({"blocks": [thinking([])]}) == [AnswerRevised(text="", reasoning="")]
+
+
+@pytest.mark.parametrize(("budget", "ok"), [(2, True), (1, False)])
+def test_a_reasoning_chunk_rewritten_after_it_grew_counts_against_the_rewrite_budget(budget: int, ok: bool) -> None:
+    d = AnswerDecoder(max_rewrite=budget)
+    d.feed({"blocks": [thinking(["a"])]})
+    assert d.feed({"blocks": [workflow_patch({"op": "add", "path": f"{THOUGHT}/-", "value": "b"})]}) == [
+        ReasoningDelta(text="b")]
+    rewrite = {"blocks": [workflow_patch({"op": "replace", "path": f"{THOUGHT}/0", "value": "A"})]}
+    if ok:  # the 2 characters sent ("ab") joined again: at the budget, taken
+        assert d.feed(rewrite) == [AnswerRevised(text="", reasoning="Ab")]
+        return
+    with pytest.raises(RemoteProtocolError) as caught:
+        d.feed(rewrite)
+    assert str(caught.value) == (
+        "expected the service to rewrite at most 1 characters of text already sent, in all, got 2")
+
+
+def test_a_whole_answer_is_revised_when_it_diverges_and_kept_when_a_block_drops_it() -> None:
+    def answer(text: str | None) -> dict[str, Any]:
+        block = {"progress": "IN_PROGRESS"} if text is None else {"answer": text}
+        return {"blocks": [{"intended_usage": "ask_text", "markdown_block": block}]}
+
+    d = AnswerDecoder(max_text=5)
+    assert d.feed(answer("Hello")) == [TextDelta(text="Hello")]
+    assert d.feed(answer("Bye")) == [AnswerRevised(text="Bye", reasoning="")]
+    assert d.feed(answer(None)) == []  # a block without the answer: the answer reported stays
+    assert d.feed({"status": "COMPLETED"}) == [AnswerFinished(model="", text="Bye", reasoning="")]
+    with pytest.raises(RemoteProtocolError) as caught:
+        AnswerDecoder(max_text=5).feed(answer("abcdef"))
+    assert str(caught.value) == "expected the answer to be at most 5 characters, got 6"
+
+
+def test_chunks_removed_then_added_are_followed_from_where_the_text_stands() -> None:
+    d = AnswerDecoder()
+    assert d.feed({"blocks": [markdown(["a", "b"])]}) == [TextDelta(text="ab")]
+    removed = {"intended_usage": "ask_text",
+               "diff_block": {"field": "markdown_block", "patches": [{"op": "remove", "path": "/chunks/0"}]}}
+    assert d.feed({"blocks": [removed]}) == [AnswerRevised(text="b", reasoning="")]
+    assert d.feed({"blocks": [markdown(["c"], 1)]}) == [TextDelta(text="c")]
+    piece = "/steps/0/items/0/payload/text_payload"
+    for whole, second in (("ab", ReasoningDelta(text="b")), ("xy", AnswerRevised(text="", reasoning="xy"))):
+        d = AnswerDecoder()  # a thinking item's chunks emptied and its whole text taken: new chunks followed again
+        assert d.feed({"blocks": [thinking(["a"])]}) == [ReasoningDelta(text="a")]
+        assert d.feed({"blocks": [workflow_patch({"op": "remove", "path": f"{piece}/chunks/0"},
+                                                 {"op": "replace", "path": f"{piece}/text", "value": whole})]}) == [second]
+        assert d.feed({"blocks": [workflow_patch({"op": "add", "path": f"{piece}/chunks/-", "value": "c"})]}) == [
+            AnswerRevised(text="", reasoning="c")]
+
+
+def test_a_thinking_items_whole_text_is_reported_as_it_streams() -> None:
+    d = AnswerDecoder()
+    assert d.feed({"blocks": [thinking([], text="Hmm")]}) == [ReasoningDelta(text="Hmm")]
+    assert d.feed({"blocks": [thinking([], text="Hmm, so")]}) == [ReasoningDelta(text=", so")]
+
+
+def test_thinking_pieces_join_with_a_blank_line_and_an_earlier_one_changed_revises_the_reasoning() -> None:
+    d = AnswerDecoder()
+    assert d.feed({"blocks": [thinking(["a"], ["b"])]}) == [ReasoningDelta(text="a\n\nb")]  # two at once
+    assert d.feed({"blocks": [thinking(["a"], ["b", "c"])]}) == [ReasoningDelta(text="c")]
+    assert d.feed({"blocks": [thinking(["a", "x"], ["b", "c"])]}) == [AnswerRevised(text="", reasoning="ax\n\nbc")]
+    d = AnswerDecoder()
+    d.feed({"blocks": [thinking(["a"])]})
+    assert d.feed({"blocks": [workflow_patch({"op": "replace", "path": f"{THOUGHT}/0", "value": "A"})]}) == [
+        AnswerRevised(text="", reasoning="A")]
+
+
+@pytest.mark.parametrize(
+    ("first", "then"),
+    [
+        ([["ab"], []], [["ab"], ["c"]]),  # a new piece: "ab\n\nc" is 5, the limit, taken
+        ([["abc"]], [["abc"], ["d"]]),  # "abc\n\nd" is 6: refused, though each piece is within the limit
+        ([["ab"], ["c"]], [["abX"], ["c"]]),  # an earlier piece grown (a revision): "abX\n\nc" is 6, refused
+    ],
+)
+def test_the_reasoning_limit_counts_the_pieces_together_with_their_blank_lines(
+    first: list[list[str]], then: list[list[str]]
+) -> None:
+    d = AnswerDecoder(max_text=5)
+    d.feed({"blocks": [thinking(*first)]})
+    if then == [["ab"], ["c"]]:
+        assert d.feed({"blocks": [thinking(*then)]}) == [ReasoningDelta(text="\n\nc")]
+        return
+    with pytest.raises(RemoteProtocolError) as caught:
+        d.feed({"blocks": [thinking(*then)]})
+    assert str(caught.value) == "expected the reasoning to be at most 5 characters, got 6"
+
+
+def test_an_empty_thinking_piece_dropped_while_another_grows_is_no_revision() -> None:
+    d = AnswerDecoder()
+    assert d.feed({"blocks": [thinking(["a"], [])]}) == [ReasoningDelta(text="a")]
+    assert d.feed({"blocks": [thinking(["a", "b"])]}) == [ReasoningDelta(text="b")]
+
+
+@pytest.mark.parametrize("block", [{"chunks": ["x"]}, {"answer": "x"}])
+def test_blocks_with_answer_text_win_over_a_plain_steps_text(block: dict[str, Any]) -> None:
+    frame = {"blocks": [{"intended_usage": "ask_text", "markdown_block": block}], "text": "plain legacy"}
+    assert AnswerDecoder().feed(frame) == [TextDelta(text="x")]
+
+
+def test_a_thinking_piece_with_text_dropped_revises_the_reasoning() -> None:
+    d = AnswerDecoder()
+    assert d.feed({"blocks": [thinking(["a"], ["b"])]}) == [ReasoningDelta(text="a\n\nb")]
+    assert d.feed({"blocks": [thinking(["a"])]}) == [AnswerRevised(text="", reasoning="a")]
+
+
+@pytest.mark.parametrize("patched", [False, True])
+def test_a_reasoning_chunk_that_is_no_string_is_refused_by_name(patched: bool) -> None:
+    d = AnswerDecoder()
+    d.feed({"blocks": [thinking(["a"])]})
+    with pytest.raises(RemoteProtocolError) as caught:  # the chunk list sent again, or the one held patched
+        d.feed({"blocks": [workflow_patch({"op": "add", "path": f"{THOUGHT}/-", "value": 5}) if patched
+                           else thinking(["a", 5])]})  # type: ignore[list-item]
+    assert str(caught.value) == "expected the reasoning's chunks to be strings, got int: 5"
+
+
+def test_a_reasoning_piece_patched_past_the_limit_is_refused_by_name() -> None:
+    d = AnswerDecoder(max_text=3)
+    d.feed({"blocks": [thinking(["ab"])]})
+    assert d.feed({"blocks": [workflow_patch({"op": "add", "path": f"{THOUGHT}/-", "value": "c"})]}) == [
+        ReasoningDelta(text="c")]  # 3: the limit, taken
+    with pytest.raises(RemoteProtocolError) as caught:
+        d.feed({"blocks": [workflow_patch({"op": "add", "path": f"{THOUGHT}/-", "value": "d"})]})
+    assert str(caught.value) == "expected the reasoning to be at most 3 characters, got 4"
+
+
+# -- blocks.py: the texts' shapes (the end of the run that was stopped) ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("block", "message"),
+    [
+        ({"intended_usage": "ask_text", "markdown_block": {"answer": 5}}, "expected the whole text to be a string, got int: 5"),
+        (thinking(["a"], text=[1]), "expected the whole text to be a string, got list: [1]"),  # type: ignore[arg-type]
+    ],
+)
+def test_a_whole_answer_or_reasoning_text_that_is_no_string_is_refused_by_name(block: dict[str, Any], message: str) -> None:
+    with pytest.raises(RemoteProtocolError) as caught:
+        AnswerDecoder().feed({"blocks": [block]})
+    assert str(caught.value) == message
+
+
+def test_news_of_a_websocket_is_refused_by_name_on_an_ask_session() -> None:
+    s = ready()
+    calls = [
+        (lambda: s.receive_websocket_open(7, 1.0), "expected no WebSocket on an ask session, got news of WebSocket 7"),
+        (lambda: s.receive_websocket_message(7, "x", 1.0),
+         "expected no WebSocket on an ask session, got a message of WebSocket 7"),
+        (lambda: s.receive_websocket_messages(7, ["x"], 1.0),
+         "expected no WebSocket on an ask session, got messages of WebSocket 7"),
+        (lambda: s.receive_websocket_close(7, 1000, 1.0),
+         "expected no WebSocket on an ask session, got the close of WebSocket 7"),
+        (lambda: s.receive_websocket_refused(7, 403, [], b"", 1.0),
+         "expected no WebSocket on an ask session, got a refusal of WebSocket 7"),
+    ]
+    for call, message in calls:
+        with pytest.raises(LocalProtocolError) as caught:
+            call()
+        assert str(caught.value) == message
+    assert s.state is SessionState.READY
+
+
+def test_a_transport_error_mid_answer_says_how_much_came() -> None:
+    s = ready()
+    asked(s)
+    s.receive_http_head(2, 200, SSE_HEAD, 1.1)
+    s.receive_http_body(2, sse(frame(blocks=[markdown(["Hel"])]), end=False), 1.2)
+    with pytest.raises(NetworkError) as caught:
+        s.receive_transport_error(2, "reset", 1.3)
+    assert str(caught.value) == (
+        "expected a response from pplx.test:443, but the request failed after 3 characters of the answer (reset)")
+
+
+@pytest.mark.parametrize(
+    ("body", "shown"),
+    [(b"\x01" * 200 + b"tail", ""), (b"y" * 100, "y" * 100), (b"y" * 101, "y" * 97 + "...")],
+)
+def test_a_catalog_that_is_not_json_shows_100_characters_of_its_first_200(body: bytes, shown: str) -> None:
+    s = ready()
+    s.request_catalog(now=1.0)
+    with pytest.raises(RemoteProtocolError) as caught:
+        s.receive_http_response(2, 200, [("Content-Type", "application/json")], body, 1.5)
+    assert str(caught.value).startswith(
+        f"expected the model catalog (GET /rest/models/config/v2) as JSON, got {shown!r} (Expecting value")
