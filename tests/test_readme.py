@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -270,8 +271,16 @@ def test_bring_your_own_client_example_stays_short() -> None:
 
 def _run_block(block: str) -> str:
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        exec(compile(block, "README.md", "exec"), {})
+    namespace: dict[str, Any] = {}
+    try:
+        with contextlib.redirect_stdout(out):
+            exec(compile(block, "README.md", "exec"), namespace)
+    finally:
+        # An example's OpenAI() client keeps its idle connection open until the collector frees it, which
+        # would come out as a ResourceWarning in some later test (the script's exit closes it for a user).
+        for value in namespace.values():
+            if type(value).__module__.startswith("openai"):
+                value.close()
     return out.getvalue()
 
 
