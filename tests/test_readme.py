@@ -37,6 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 from conftest import EmulatorFactory
 from plabs_proto.backends.programs.emulator import default_answer
@@ -279,7 +280,7 @@ def _run_block(block: str) -> str:
         # An example's OpenAI() client keeps its idle connection open until the collector frees it, which
         # would come out as a ResourceWarning in some later test (the script's exit closes it for a user).
         for value in namespace.values():
-            if type(value).__module__.startswith("openai"):
+            if isinstance(value, openai.OpenAI):
                 value.close()
     return out.getvalue()
 
