@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import socket
+import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -230,3 +231,60 @@ def test_a_wait_without_deadline_outlives_the_deadline_before_it() -> None:
         stream.close()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def test_sleep_until_ends_at_its_deadline_or_at_a_wake() -> None:
+    network = TrioNetwork()
+    with trio.fail_after(5):
+        deadline = network.now() + 0.05
+        await network.sleep_until(deadline)
+        assert network.now() >= deadline
+        network.wake()  # no wait under way: nothing to end
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(network.sleep_until, network.now() + 60)
+            await trio.testing.wait_all_tasks_blocked()
+            network.wake()  # ends the sleep at once (else fail_after fires)
+        network.wake()
+
+
+async def test_the_timers_task_is_named_for_whoever_lists_the_run_s_tasks(server: socket.socket) -> None:
+    # One system task per run ends the waits at their deadlines; a debugger's task tree names it.
+    network = TrioNetwork()
+    stream, peer = await connected(network, server)
+    with peer:
+        try:
+            assert await network.receive([stream], network.now() + 0.01) == []
+        finally:
+            stream.close()
+
+    def names(task: trio.lowlevel.Task) -> list[str]:
+        return [task.name] + [name for nursery in task.child_nurseries
+                              for child in nursery.child_tasks for name in names(child)]
+
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    assert names(root).count("plabs_proto.backends.trio timers") == 1
+
+
+async def test_a_reset_connection_is_its_os_error(server: socket.socket) -> None:
+    network = TrioNetwork()
+    stream, peer = await connected(network, server)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    peer.close()  # an RST, not a FIN
+    with trio.fail_after(5):
+        [(source, error)] = await network.receive([stream], None)
+    assert source is stream and isinstance(error, ConnectionResetError)
+    stream.close()
+
+
+def test_a_stream_closed_after_its_run_closes_its_socket() -> None:
+    # An answer collected after trio.run returned: no trio to tell, the socket closes all the same.
+    async def main() -> tuple[Stream, socket.socket]:
+        with socket.create_server(("127.0.0.1", 0)) as listening:
+            return await connected(TrioNetwork(), listening)
+
+    stream, peer = trio.run(main)
+    with peer:
+        stream.close()
+        assert stream.sock.fileno() == -1  # type: ignore[attr-defined]
+        assert peer.recv(10) == b""  # the peer sees the end
