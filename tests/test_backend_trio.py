@@ -271,10 +271,12 @@ async def test_a_reset_connection_is_its_os_error(server: socket.socket) -> None
     stream, peer = await connected(network, server)
     peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     peer.close()  # an RST, not a FIN
-    with trio.fail_after(5):
-        [(source, error)] = await network.receive([stream], None)
+    try:
+        with trio.fail_after(5):
+            [(source, error)] = await network.receive([stream], None)
+    finally:
+        stream.close()
     assert source is stream and isinstance(error, ConnectionResetError)
-    stream.close()
 
 
 def test_a_stream_closed_after_its_run_closes_its_socket() -> None:
@@ -288,3 +290,39 @@ def test_a_stream_closed_after_its_run_closes_its_socket() -> None:
         stream.close()
         assert stream.sock.fileno() == -1  # type: ignore[attr-defined]
         assert peer.recv(10) == b""  # the peer sees the end
+
+
+async def test_send_all_into_a_full_socket_sends_every_byte_in_order(server: socket.socket) -> None:
+    network = TrioNetwork()
+    stream, peer = await connected(network, server)
+    sock = stream.sock  # type: ignore[attr-defined]
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    filled = bytearray()
+    try:
+        while True:  # until the kernel takes nothing: send_all's first send then fails too
+            filled += bytes([len(filled) % 251]) * sock.send(bytes([len(filled) % 251]) * 4096)
+    except BlockingIOError:
+        pass
+    data = random.Random(5).randbytes(100_000)
+    received = bytearray()
+
+    async def read_all(peer: trio.socket.SocketType) -> None:
+        while chunk := await peer.recv(1 << 16):
+            received.extend(chunk)
+
+    with trio.socket.from_stdlib_socket(peer) as reader, trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_all, reader)
+            assert await stream.send_all(data, None) is True
+            stream.close()
+    assert received == filled + data
+
+
+async def test_the_last_send_goes_out_even_after_its_deadline(server: socket.socket) -> None:
+    # The polite close's last bytes: what the kernel takes at once is sent, without a wait.
+    network = TrioNetwork()
+    stream, peer = await connected(network, server)
+    with peer:
+        await network.send_last(stream, b"goodbye", network.now() - 1)
+        stream.close()
+        assert peer.recv(100) == b"goodbye"
