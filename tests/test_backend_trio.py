@@ -326,3 +326,23 @@ async def test_the_last_send_goes_out_even_after_its_deadline(server: socket.soc
         await network.send_last(stream, b"goodbye", network.now() - 1)
         stream.close()
         assert peer.recv(100) == b"goodbye"
+
+
+async def test_closing_a_stream_ends_a_send_waiting_for_room(server: socket.socket) -> None:
+    network = TrioNetwork()
+    stream, peer = await connected(network, server)
+    errors: list[OSError] = []
+
+    async def send() -> None:
+        try:
+            await stream.send_all(bytes(16 << 20), None)  # more than the kernel holds: it waits for room
+        except OSError as exc:
+            errors.append(exc)
+
+    with peer, trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send)
+            await trio.testing.wait_all_tasks_blocked()
+            stream.close()
+    [error] = errors
+    assert "ClosedResourceError" in str(error)
