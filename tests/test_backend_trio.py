@@ -346,3 +346,46 @@ async def test_closing_a_stream_ends_a_send_waiting_for_room(server: socket.sock
             stream.close()
     [error] = errors
     assert "ClosedResourceError" in str(error)
+
+
+async def test_a_wait_on_two_streams_ends_at_its_deadline(server: socket.socket) -> None:
+    # The upgrade's two connections at once: that wait takes a cancel scope, not the timers.
+    network = TrioNetwork()
+    (first, first_peer), (second, second_peer) = [await connected(network, server) for _ in range(2)]
+    with first_peer, second_peer, trio.fail_after(5):
+        deadline = network.now() + 0.05
+        assert await network.receive([first, second], deadline) == []
+        assert network.now() >= deadline
+        second_peer.sendall(b"later")
+        assert await network.receive([first, second], None) == [(second, b"later")]
+    first.close()
+    second.close()
+
+
+class OneName(trio.abc.HostnameResolver):
+    """``one-address.test`` is 127.0.0.1 (one address: connected without happy eyeballs); other names are unknown."""
+
+    async def getaddrinfo(self, host: bytes | None, port: bytes | str | int | None, family: int = 0,
+                          type: int = 0, proto: int = 0, flags: int = 0) -> list[Any]:
+        if host != b"one-address.test":
+            raise socket.gaierror(socket.EAI_NONAME, f"unknown name: {host!r}")
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("127.0.0.1", int(port or 0)))]
+
+    async def getnameinfo(self, sockaddr: tuple[str, int] | tuple[str, int, int, int], flags: int) -> tuple[str, str]:
+        raise NotImplementedError
+
+
+async def test_a_name_with_one_address_connects_to_it(server: socket.socket) -> None:
+    network = TrioNetwork()
+    trio.socket.set_custom_hostname_resolver(OneName())
+    try:
+        stream = await network.connect("one-address.test", server.getsockname()[1], network.now() + 5)
+    finally:
+        trio.socket.set_custom_hostname_resolver(None)
+    assert stream is not None
+    peer, _ = server.accept()
+    with peer:
+        peer.sendall(b"hello")
+        assert await network.receive([stream], None) == [(stream, b"hello")]
+    stream.close()
+
