@@ -388,4 +388,3 @@ async def test_a_name_with_one_address_connects_to_it(server: socket.socket) -> 
         peer.sendall(b"hello")
         assert await network.receive([stream], None) == [(stream, b"hello")]
     stream.close()
-
