@@ -129,7 +129,7 @@ async def test_closing_a_stream_ends_the_receive_waiting_on_it(server: socket.so
             stream.close()
         [(source, error)] = got
         assert source is stream and isinstance(error, OSError)
-        assert "ClosedResourceError" in str(error)
+        assert str(error) == "ClosedResourceError: another task closed this fd"  # trio's type and words
         stream.close()  # twice: nothing more
 
 
@@ -388,3 +388,95 @@ async def test_a_name_with_one_address_connects_to_it(server: socket.socket) -> 
         peer.sendall(b"hello")
         assert await network.receive([stream], None) == [(stream, b"hello")]
     stream.close()
+
+
+class Silent(trio.abc.HostnameResolver):
+    """A name service that never answers."""
+
+    async def getaddrinfo(self, host: bytes | None, port: bytes | str | int | None, family: int = 0,
+                          type: int = 0, proto: int = 0, flags: int = 0) -> list[Any]:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def getnameinfo(self, sockaddr: tuple[str, int] | tuple[str, int, int, int], flags: int) -> tuple[str, str]:
+        raise NotImplementedError
+
+
+async def test_a_connect_ends_at_its_deadline() -> None:
+    network = TrioNetwork()
+    trio.socket.set_custom_hostname_resolver(Silent())
+    try:
+        with trio.fail_after(5):
+            deadline = network.now() + 0.05
+            assert await network.connect("silent.test", 443, deadline) is None
+            assert network.now() >= deadline
+    finally:
+        trio.socket.set_custom_hostname_resolver(None)
+
+
+async def test_a_refused_connection_is_its_os_error(server: socket.socket) -> None:
+    port = server.getsockname()[1]
+    server.close()  # nothing listens there now
+    network = TrioNetwork()
+    with pytest.raises(ConnectionRefusedError):  # one address: connected directly
+        await network.connect("127.0.0.1", port, network.now() + 5)
+    trio.socket.set_custom_hostname_resolver(TwoAddresses())
+    try:
+        with pytest.raises(ConnectionRefusedError):  # several: the first cause, not trio's summary
+            await network.connect("two-addresses.test", port, network.now() + 5)
+    finally:
+        trio.socket.set_custom_hostname_resolver(None)
+
+
+async def test_the_last_send_is_shielded_and_bounded_by_its_deadline(server: socket.socket) -> None:
+    network = TrioNetwork()
+    stream, peer = await connected(network, server)
+    data = random.Random(6).randbytes(16 << 20)  # more than the kernel holds: it waits for room
+    received = bytearray()
+
+    async def read_all(peer: trio.socket.SocketType) -> None:
+        while chunk := await peer.recv(1 << 16):
+            received.extend(chunk)
+
+    with trio.socket.from_stdlib_socket(peer) as reader, trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_all, reader)
+            with trio.CancelScope() as cancelled:
+                cancelled.cancel()  # a consumer cancelled: the polite close still goes out whole
+                await network.send_last(stream, data, network.now() + 5)
+            stream.close()
+    assert received == data
+
+
+async def test_the_last_send_stops_at_its_deadline_and_swallows_errors(server: socket.socket) -> None:
+    network = TrioNetwork()
+    stream, peer = await connected(network, server)
+    with peer, trio.fail_after(5):
+        deadline = network.now() + 0.05
+        await network.send_last(stream, bytes(16 << 20), deadline)  # the peer does not read
+        assert network.now() >= deadline
+    stream.close()
+    stream, peer = await connected(network, server)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    peer.close()  # reset: the send fails, and send_last says nothing
+    await trio.sleep(0.01)
+    await network.send_last(stream, bytes(1 << 20), network.now() + 5)
+    stream.close()
+
+
+async def test_background_work_runs_only_in_an_open_nursery() -> None:
+    async def work() -> None:
+        ran.append(True)
+
+    ran: list[bool] = []
+    coroutine = work()
+    assert TrioNetwork().start(coroutine) is None  # no nursery: not run, and closed (no warning)
+    assert coroutine.cr_frame is None
+    async with trio.open_nursery() as nursery:
+        wait = TrioNetwork(lambda: nursery).start(work())
+        assert wait is not None
+        await wait()
+    assert ran == [True]
+    coroutine = work()
+    assert TrioNetwork(lambda: nursery).start(coroutine) is None  # the nursery closed
+    assert coroutine.cr_frame is None and ran == [True]
