@@ -118,8 +118,8 @@ case $module in
                tests='"tests/test_mutants_backends.py", "tests/test_backend_async.py"'
                skip='hundred or concurrent_asks or trio'
                node=yes ;;
-    trio)      path=plabs_proto/backends/trio.py
-               tests='"tests/test_mutants_backends.py", "tests/test_backend_async.py"'
+    trio)      path=plabs_proto/backends/trio.py  # test_backend_trio: the network over real sockets
+               tests='"tests/test_backend_trio.py", "tests/test_mutants_backends.py", "tests/test_backend_async.py"'
                skip='hundred or concurrent_asks or asyncio'
                node=yes ;;
     sync)      path=plabs_proto/backends/sync.py

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import socket
+import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -128,7 +129,7 @@ async def test_closing_a_stream_ends_the_receive_waiting_on_it(server: socket.so
             stream.close()
         [(source, error)] = got
         assert source is stream and isinstance(error, OSError)
-        assert "ClosedResourceError" in str(error)
+        assert str(error) == "ClosedResourceError: another task closed this fd"  # trio's type and words
         stream.close()  # twice: nothing more
 
 
@@ -230,3 +231,252 @@ def test_a_wait_without_deadline_outlives_the_deadline_before_it() -> None:
         stream.close()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def test_sleep_until_ends_at_its_deadline_or_at_a_wake() -> None:
+    network = TrioNetwork()
+    with trio.fail_after(5):
+        deadline = network.now() + 0.05
+        await network.sleep_until(deadline)
+        assert network.now() >= deadline
+        network.wake()  # no wait under way: nothing to end
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(network.sleep_until, network.now() + 60)
+            await trio.testing.wait_all_tasks_blocked()
+            network.wake()  # ends the sleep at once (else fail_after fires)
+        network.wake()
+
+
+async def test_the_timers_task_is_named_for_whoever_lists_the_run_s_tasks(server: socket.socket) -> None:
+    # One system task per run ends the waits at their deadlines; a debugger's task tree names it.
+    network = TrioNetwork()
+    stream, peer = await connected(network, server)
+    with peer:
+        try:
+            assert await network.receive([stream], network.now() + 0.01) == []
+        finally:
+            stream.close()
+
+    def names(task: trio.lowlevel.Task) -> list[str]:
+        return [task.name] + [name for nursery in task.child_nurseries
+                              for child in nursery.child_tasks for name in names(child)]
+
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    assert names(root).count("plabs_proto.backends.trio timers") == 1
+
+
+async def test_a_reset_connection_is_its_os_error(server: socket.socket) -> None:
+    network = TrioNetwork()
+    stream, peer = await connected(network, server)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    peer.close()  # an RST, not a FIN
+    try:
+        with trio.fail_after(5):
+            [(source, error)] = await network.receive([stream], None)
+    finally:
+        stream.close()
+    assert source is stream and isinstance(error, ConnectionResetError)
+
+
+def test_a_stream_closed_after_its_run_closes_its_socket() -> None:
+    # An answer collected after trio.run returned: no trio to tell, the socket closes all the same.
+    async def main() -> tuple[Stream, socket.socket]:
+        with socket.create_server(("127.0.0.1", 0)) as listening:
+            return await connected(TrioNetwork(), listening)
+
+    stream, peer = trio.run(main)
+    with peer:
+        stream.close()
+        assert stream.sock.fileno() == -1  # type: ignore[attr-defined]
+        assert peer.recv(10) == b""  # the peer sees the end
+
+
+async def test_send_all_into_a_full_socket_sends_every_byte_in_order(server: socket.socket) -> None:
+    network = TrioNetwork()
+    stream, peer = await connected(network, server)
+    sock = stream.sock  # type: ignore[attr-defined]
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    filled = bytearray()
+    try:
+        while True:  # until the kernel takes nothing: send_all's first send then fails too
+            filled += bytes([len(filled) % 251]) * sock.send(bytes([len(filled) % 251]) * 4096)
+    except BlockingIOError:
+        pass
+    data = random.Random(5).randbytes(100_000)
+    received = bytearray()
+
+    async def read_all(peer: trio.socket.SocketType) -> None:
+        while chunk := await peer.recv(1 << 16):
+            received.extend(chunk)
+
+    with trio.socket.from_stdlib_socket(peer) as reader, trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_all, reader)
+            assert await stream.send_all(data, None) is True
+            stream.close()
+    assert received == filled + data
+
+
+async def test_the_last_send_goes_out_even_after_its_deadline(server: socket.socket) -> None:
+    # The polite close's last bytes: what the kernel takes at once is sent, without a wait.
+    network = TrioNetwork()
+    stream, peer = await connected(network, server)
+    with peer:
+        await network.send_last(stream, b"goodbye", network.now() - 1)
+        stream.close()
+        assert peer.recv(100) == b"goodbye"
+
+
+async def test_closing_a_stream_ends_a_send_waiting_for_room(server: socket.socket) -> None:
+    network = TrioNetwork()
+    stream, peer = await connected(network, server)
+    errors: list[OSError] = []
+
+    async def send() -> None:
+        try:
+            await stream.send_all(bytes(16 << 20), None)  # more than the kernel holds: it waits for room
+        except OSError as exc:
+            errors.append(exc)
+
+    with peer, trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send)
+            await trio.testing.wait_all_tasks_blocked()
+            stream.close()
+    [error] = errors
+    assert "ClosedResourceError" in str(error)
+
+
+async def test_a_wait_on_two_streams_ends_at_its_deadline(server: socket.socket) -> None:
+    # The upgrade's two connections at once: that wait takes a cancel scope, not the timers.
+    network = TrioNetwork()
+    (first, first_peer), (second, second_peer) = [await connected(network, server) for _ in range(2)]
+    with first_peer, second_peer, trio.fail_after(5):
+        deadline = network.now() + 0.05
+        assert await network.receive([first, second], deadline) == []
+        assert network.now() >= deadline
+        second_peer.sendall(b"later")
+        assert await network.receive([first, second], None) == [(second, b"later")]
+    first.close()
+    second.close()
+
+
+class OneName(trio.abc.HostnameResolver):
+    """``one-address.test`` is 127.0.0.1 (one address: connected without happy eyeballs); other names are unknown."""
+
+    async def getaddrinfo(self, host: bytes | None, port: bytes | str | int | None, family: int = 0,
+                          type: int = 0, proto: int = 0, flags: int = 0) -> list[Any]:
+        if host != b"one-address.test":
+            raise socket.gaierror(socket.EAI_NONAME, f"unknown name: {host!r}")
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("127.0.0.1", int(port or 0)))]
+
+    async def getnameinfo(self, sockaddr: tuple[str, int] | tuple[str, int, int, int], flags: int) -> tuple[str, str]:
+        raise NotImplementedError
+
+
+async def test_a_name_with_one_address_connects_to_it(server: socket.socket) -> None:
+    network = TrioNetwork()
+    trio.socket.set_custom_hostname_resolver(OneName())
+    try:
+        stream = await network.connect("one-address.test", server.getsockname()[1], network.now() + 5)
+    finally:
+        trio.socket.set_custom_hostname_resolver(None)
+    assert stream is not None
+    peer, _ = server.accept()
+    with peer:
+        peer.sendall(b"hello")
+        assert await network.receive([stream], None) == [(stream, b"hello")]
+    stream.close()
+
+
+class Silent(trio.abc.HostnameResolver):
+    """A name service that never answers."""
+
+    async def getaddrinfo(self, host: bytes | None, port: bytes | str | int | None, family: int = 0,
+                          type: int = 0, proto: int = 0, flags: int = 0) -> list[Any]:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def getnameinfo(self, sockaddr: tuple[str, int] | tuple[str, int, int, int], flags: int) -> tuple[str, str]:
+        raise NotImplementedError
+
+
+async def test_a_connect_ends_at_its_deadline() -> None:
+    network = TrioNetwork()
+    trio.socket.set_custom_hostname_resolver(Silent())
+    try:
+        with trio.fail_after(5):
+            deadline = network.now() + 0.05
+            assert await network.connect("silent.test", 443, deadline) is None
+            assert network.now() >= deadline
+    finally:
+        trio.socket.set_custom_hostname_resolver(None)
+
+
+async def test_a_refused_connection_is_its_os_error(server: socket.socket) -> None:
+    port = server.getsockname()[1]
+    server.close()  # nothing listens there now
+    network = TrioNetwork()
+    with pytest.raises(ConnectionRefusedError):  # one address: connected directly
+        await network.connect("127.0.0.1", port, network.now() + 5)
+    trio.socket.set_custom_hostname_resolver(TwoAddresses())
+    try:
+        with pytest.raises(ConnectionRefusedError):  # several: the first cause, not trio's summary
+            await network.connect("two-addresses.test", port, network.now() + 5)
+    finally:
+        trio.socket.set_custom_hostname_resolver(None)
+
+
+async def test_the_last_send_is_shielded_and_bounded_by_its_deadline(server: socket.socket) -> None:
+    network = TrioNetwork()
+    stream, peer = await connected(network, server)
+    data = random.Random(6).randbytes(16 << 20)  # more than the kernel holds: it waits for room
+    received = bytearray()
+
+    async def read_all(peer: trio.socket.SocketType) -> None:
+        while chunk := await peer.recv(1 << 16):
+            received.extend(chunk)
+
+    with trio.socket.from_stdlib_socket(peer) as reader, trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_all, reader)
+            with trio.CancelScope() as cancelled:
+                cancelled.cancel()  # a consumer cancelled: the polite close still goes out whole
+                await network.send_last(stream, data, network.now() + 5)
+            stream.close()
+    assert received == data
+
+
+async def test_the_last_send_stops_at_its_deadline_and_swallows_errors(server: socket.socket) -> None:
+    network = TrioNetwork()
+    stream, peer = await connected(network, server)
+    with peer, trio.fail_after(5):
+        deadline = network.now() + 0.05
+        await network.send_last(stream, bytes(16 << 20), deadline)  # the peer does not read
+        assert network.now() >= deadline
+    stream.close()
+    stream, peer = await connected(network, server)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    peer.close()  # reset: the send fails, and send_last says nothing
+    await trio.sleep(0.01)
+    await network.send_last(stream, bytes(1 << 20), network.now() + 5)
+    stream.close()
+
+
+async def test_background_work_runs_only_in_an_open_nursery() -> None:
+    async def work() -> None:
+        ran.append(True)
+
+    ran: list[bool] = []
+    coroutine = work()
+    assert TrioNetwork().start(coroutine) is None  # no nursery: not run, and closed (no warning)
+    assert coroutine.cr_frame is None
+    async with trio.open_nursery() as nursery:
+        wait = TrioNetwork(lambda: nursery).start(work())
+        assert wait is not None
+        await wait()
+    assert ran == [True]
+    coroutine = work()
+    assert TrioNetwork(lambda: nursery).start(coroutine) is None  # the nursery closed
+    assert coroutine.cr_frame is None and ran == [True]
