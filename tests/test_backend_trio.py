@@ -87,19 +87,21 @@ async def test_the_shared_buffer_hands_each_stream_its_own_bytes(server: socket.
     second.close()
 
 
+async def read_all(peer: trio.socket.SocketType, received: bytearray) -> None:
+    """Read ``peer`` to its end into ``received``."""
+    while chunk := await peer.recv(1 << 16):
+        received.extend(chunk)
+
+
 async def test_send_all_waits_for_room_as_the_peer_reads(server: socket.socket) -> None:
     network = TrioNetwork()
     stream, peer = await connected(network, server)
     data = random.Random(4).randbytes(16 << 20)  # more than the kernel holds for a peer that does not read
     received = bytearray()
 
-    async def read_all(peer: trio.socket.SocketType) -> None:
-        while chunk := await peer.recv(1 << 16):
-            received.extend(chunk)
-
     with trio.socket.from_stdlib_socket(peer) as reader:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(read_all, reader)
+            nursery.start_soon(read_all, reader, received)
             assert await stream.send_all(data, None) is True
             stream.close()  # the end: the reader stops
     assert received == data
@@ -290,13 +292,9 @@ async def test_send_all_into_a_full_socket_sends_every_byte_in_order(server: soc
     data = random.Random(5).randbytes(100_000)
     received = bytearray()
 
-    async def read_all(peer: trio.socket.SocketType) -> None:
-        while chunk := await peer.recv(1 << 16):
-            received.extend(chunk)
-
     with trio.socket.from_stdlib_socket(peer) as reader, trio.fail_after(5):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(read_all, reader)
+            nursery.start_soon(read_all, reader, received)
             assert await stream.send_all(data, None) is True
             stream.close()
     assert received == filled + data
@@ -424,13 +422,9 @@ async def test_the_last_send_is_shielded_and_bounded_by_its_deadline(server: soc
     data = random.Random(6).randbytes(16 << 20)  # more than the kernel holds: it waits for room
     received = bytearray()
 
-    async def read_all(peer: trio.socket.SocketType) -> None:
-        while chunk := await peer.recv(1 << 16):
-            received.extend(chunk)
-
     with trio.socket.from_stdlib_socket(peer) as reader, trio.fail_after(5):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(read_all, reader)
+            nursery.start_soon(read_all, reader, received)
             with trio.CancelScope() as cancelled:
                 cancelled.cancel()  # a consumer cancelled: the polite close still goes out whole
                 await network.send_last(stream, data, network.now() + 5)

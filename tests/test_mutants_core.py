@@ -334,7 +334,8 @@ def test_the_engine_alone_measures_websocket_messages_unless_told_the_carrier_di
     assert str(info.value) == "expected a WebSocket message of at most 10 bytes (max_message_size), got one of 11"
 
 
-def test_a_websocket_id_given_for_an_http_response_is_a_local_error() -> None:
+def upgrading() -> tuple[EngineIOSession, WebSocketConnect]:
+    """An upgrade session opened by polling, its WebSocket asked for (the instruction given)."""
     e = engine("upgrade")
     e.open(0.0)
     e.transmit()
@@ -342,19 +343,18 @@ def test_a_websocket_id_given_for_an_http_response_is_a_local_error() -> None:
     list(e.events())
     (connect,) = e.transmit()
     assert isinstance(connect, WebSocketConnect)
+    return e, connect
+
+
+def test_a_websocket_id_given_for_an_http_response_is_a_local_error() -> None:
+    e, connect = upgrading()
     with pytest.raises(LocalProtocolError) as info:
         e.receive_http_response(connect.ws_id, ok("ok"), 0.2)
     assert str(info.value) == f"expected the id of an HTTPRequest this session made, got {connect.ws_id}"
 
 
 def test_an_upgrade_with_nothing_to_post_probes_once_the_websocket_opens() -> None:
-    e = engine("upgrade")
-    e.open(0.0)
-    e.transmit()
-    e.receive_http_response(1, ok(OPEN), 0.1)
-    list(e.events())
-    (connect,) = e.transmit()
-    assert isinstance(connect, WebSocketConnect)
+    e, connect = upgrading()
     e.receive_websocket_open(connect.ws_id, 0.2)
     assert e.transmit() == [
         WebSocketSend(ws_id=connect.ws_id, data="2probe"),
