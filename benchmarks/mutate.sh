@@ -3,7 +3,7 @@
 #   benchmarks/mutate.sh inflate          (or websocket, http, proxy, stack, tls, jsondepth, refusal,
 #                                          browser, trace, headers, engineio, socketio, answer,
 #                                          engineio_session, session, client, config, state,
-#                                          errors, events, messages; pplx-sse, pplx-patch, pplx-answer, ... for
+#                                          errors, events, messages; pplx-sse, pplx-frames, pplx-patch, pplx-answer, ... for
 #                                          plabs_proto/perplexity/; the programs: gateway, arguments,
 #                                          serve, cli; the backends: backends-config, backends-errors,
 #                                          driver, seam, async-api, asyncio, trio, sync, curl, emulator,
@@ -76,8 +76,12 @@ case $module in
     headers)   path=plabs_proto/wire/headers.py
                tests='"tests/test_browser.py", "tests/test_hostile_input.py", "tests/test_client.py", "tests/test_edges_wire.py", "tests/test_mutants_wire.py"' ;;
     # the Perplexity service (benchmarks/mutation-perplexity.md)
-    pplx-sse)  path=plabs_proto/perplexity/sse.py
-               tests='"tests/test_sse.py", "tests/test_mutants_perplexity.py"' ;;
+    pplx-sse)  path=plabs_proto/perplexity/sse.py  # test_perplexity_fast_paths: the whole events (its SSE tests)
+               tests='"tests/test_sse.py", "tests/test_perplexity_fast_paths.py", "tests/test_mutants_perplexity.py"'
+               skip='append_chunk_does or fast_paths_give or fast_update or follows_its_chunk_list' ;;
+    pplx-frames) path=plabs_proto/perplexity/frames.py  # test_perplexity_answer: load_frame
+               tests='"tests/test_perplexity_frames.py", "tests/test_perplexity_answer.py", "tests/test_mutants_perplexity.py"'
+               skip='1_mib' ;;
     pplx-patch|pplx-answer|pplx-blocks|pplx-legacy|pplx-search|pplx-text|pplx-shape)
                path=plabs_proto/perplexity/${module#pplx-}.py
                tests='"tests/test_perplexity_answer.py", "tests/test_mutants_perplexity.py"' ;;
