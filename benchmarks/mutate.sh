@@ -118,8 +118,8 @@ case $module in
                tests='"tests/test_mutants_backends.py", "tests/test_backend_sync.py", "tests/test_backend_async.py", "tests/test_perplexity_catalog.py", "tests/test_e2e_matrix.py::test_query_after_open_without_waiting", "tests/test_e2e_matrix.py::test_refused_connection_raises_from_the_first_query"'
                skip='hundred or concurrent_asks or models_live or (trio and not catalog)'
                node=yes ;;
-    asyncio)   path=plabs_proto/backends/asyncio.py
-               tests='"tests/test_mutants_backends.py", "tests/test_backend_async.py"'
+    asyncio)   path=plabs_proto/backends/asyncio.py  # test_backend_asyncio: the network over real sockets
+               tests='"tests/test_backend_asyncio.py", "tests/test_mutants_backends.py", "tests/test_backend_async.py"'
                skip='hundred or concurrent_asks or trio'
                node=yes ;;
     trio)      path=plabs_proto/backends/trio.py  # test_backend_trio: the network over real sockets
