@@ -81,6 +81,40 @@ def test_every_line_of_a_piece_counts_from_its_own_start() -> None:
     assert str(caught.value) == "expected a line of at most 10 characters, got 11 or more"
 
 
+def test_a_line_cut_between_pieces_counts_from_its_own_start() -> None:
+    # "data: 4567" (10 characters) starts 9 characters into the first piece and ends in the next
+    decoder = SSEDecoder(max_line=10)
+    assert decoder.feed(b"data: a\n\ndata: 4567") == [SSEEvent(data="a")]
+    assert decoder.feed(b"\n\n") == [SSEEvent(data="4567")]
+    with pytest.raises(RemoteProtocolError) as caught:
+        SSEDecoder(max_line=10).feed(b"data: a\n\ndata: 45678")
+    assert str(caught.value) == "expected a line of at most 10 characters, got 11 or more"
+
+
+def test_a_piece_that_continues_a_line_is_not_taken_for_a_whole_event() -> None:
+    # the second piece looks like an event in the service's form, but it ends the line the first began
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: ") == []
+    assert decoder.feed(b"data: x\r\n\r\n") == [SSEEvent(data="data: x")]
+    assert decoder.feed(b"event: ") == []
+    assert decoder.feed(b"event: message\r\ndata: y\r\n\r\n") == [SSEEvent(event="event: message", data="y")]
+
+
+def test_a_piece_that_begins_with_a_line_end_and_ends_with_a_cr() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: a\n") == []
+    assert decoder.feed(b"\ndata: b\r") == [SSEEvent(data="a")]  # a blank line first
+    assert decoder.feed(b"\n\n") == [SSEEvent(data="b")]  # the LF after the CR, then a blank line
+
+
+def test_the_data_limit_counts_data_lines_without_a_space_after_the_colon() -> None:
+    # "45", "\n" and "6": 4 characters
+    assert SSEDecoder(max_data=4).feed(b"data:45\ndata:6\n\n") == [SSEEvent(data="45\n6")]
+    with pytest.raises(RemoteProtocolError) as caught:
+        SSEDecoder(max_data=3).feed(b"data:45\ndata:6\n\n")
+    assert str(caught.value) == "expected an event's data of at most 3 characters, got 4"
+
+
 def test_nothing_is_taken_after_a_limit_was_passed() -> None:
     for limits, stream in (({"max_line": 4}, b"data: x\n"), ({"max_data": 1}, b"data: xy\n")):
         decoder = SSEDecoder(**limits)

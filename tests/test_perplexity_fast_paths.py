@@ -253,6 +253,18 @@ def test_whole_events_decode_as_the_specification_says(events: list[str], tail: 
         b"event: message\r\ndata: x\n\r\n",
         b"data: x\r\n\r\nevent: \r\ndata: \r\n\r\n",  # no type; an empty type and empty data
         b"event: message\r\ndata:x\r\n\r\n",  # no space after the colon
+        # near misses, each taken line by line (the names are case-sensitive; a field's value is no data)
+        b"data: a\r\n\r\nid: 12345\r\n\r\ndata: b\r\n\r\n",  # "data: " at the text's start, not the line's
+        b"DATA: x\r\n\r\nXXdata: XXy\r\n\r\n",
+        b"EVENT: x\r\ndata: y\r\n\r\nXXevent: XX\r\ndata: y\r\n\r\n",
+        b"event: ab\rXdata: 123456\r\n\r\n",  # a lone CR in the event line, "data: " after it
+        b"data: a\r\n\r\nevent: b\rX",  # an event line with no LF after it
+        b"event: xy\ndata: z\r\n\r\n",  # an event line ended by LF alone
+        b"data: a\r\n\r\nevent: x\r\nid: 123456\r\n\r\n",  # an event line, then no data line
+        b"event: x\r\nXXdata: XXy\r\n\r\nevent: x\r\nDATA: y\r\n\r\n",
+        b"event: x\r\nid: 12345678data: y\r\n\r\n",  # "data: " further in the next line
+        b"data: a\r\nx\r\n",  # a data line, then a field line, not a blank one: no event yet
+        b"data: xid\r\n\r\ndata: y\r\n\r\n",  # a whole event whose data ends with a field's name
     ],
 )
 def test_events_almost_in_the_services_form(data: bytes) -> None:
