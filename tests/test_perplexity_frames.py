@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from plabs_proto.errors import RemoteProtocolError
 from plabs_proto.jsondepth import MAX_DEPTH
 from plabs_proto.perplexity.frames import FrameLoader, load_frame
+from plabs_proto.perplexity.shape import excerpt
 
 keys = st.sampled_from(["a", "b", "status", "blocks", "x,", '"}', "final", ""])
 scalars = st.one_of(
@@ -118,6 +119,11 @@ def test_a_repeated_key_keeps_its_first_place_and_its_last_value() -> None:
         ('{"id": "t1", "blocks": [1]} x', "Extra data"),
         ('{"id": "t1", "blocks": [1]', "Expecting ',' delimiter"),
         ('{"id": "t1", "blocks": ' + "[" * MAX_DEPTH + "]" * MAX_DEPTH + "}", "nested at most 100 deep"),
+        ('{"id": "t1", "blocks": ' + '{"a": ' * MAX_DEPTH + "1" + "}" * MAX_DEPTH + "}", "nested at most 100 deep"),
+        ('{"id": "t1", "bl\tocks": [1]}', "Invalid control character at"),  # a raw tab in a key
+        ('{"id": "t1", "blocks": [1]}x', "Extra data"),
+        ('{"id": "t1", "blocks" [1]}', "Expecting ':' delimiter"),
+        ('\ufeff{"id": "t1", "blocks": [1]}', "Unexpected UTF-8 BOM"),
     ],
 )
 def test_errors_after_the_shared_members_are_load_frames_own(after: str, message: str) -> None:
@@ -132,6 +138,56 @@ def test_errors_after_the_shared_members_are_load_frames_own(after: str, message
 
 def test_nesting_at_the_limit_is_taken_after_the_shared_members() -> None:
     loader = FrameLoader()
-    loader.load('{"id": "t1", "blocks": []}')
-    deepest = '{"id": "t1", "blocks": ' + "[" * (MAX_DEPTH - 1) + "]" * (MAX_DEPTH - 1) + "}"  # 100 deep in all
-    assert loader.load(deepest) == json.loads(deepest)
+    first = loader.load('{"id": "t[1", "blocks": []}')
+    deepest = '{"id": "t[1", "blocks": ' + "[" * (MAX_DEPTH - 1) + "]" * (MAX_DEPTH - 1) + "}"  # 100 deep in all
+    frame = loader.load(deepest)
+    assert frame == json.loads(deepest)
+    # still reused: only the brackets after the shared members count (not the frame's "{", nor a "[" in "t[1")
+    assert frame["id"] is first["id"]
+
+
+def test_a_frame_with_a_bom_is_refused_in_json_loads_own_words() -> None:
+    data = '\ufeff{"id": "t1", "blocks": []}'
+    with pytest.raises(json.JSONDecodeError) as words:
+        json.loads(data)
+    for load in (load_frame, FrameLoader().load):
+        with pytest.raises(RemoteProtocolError) as caught:
+            load(data)
+        assert str(caught.value) == f"expected an answer frame of JSON, got {excerpt(data)} ({words.value})"
+
+
+@pytest.mark.parametrize("comma", [", ", ","])
+@pytest.mark.parametrize("changed", range(9))
+def test_a_frame_reuses_every_leading_member_that_still_matches(changed: int, comma: str) -> None:
+    # Eight members the frames share, then an array decoded in every frame.  The next frame changes one
+    # member's value (or, for 8, the array's key): every member before it is reused, none after it.
+    names = "abcdefgh"
+    members = [f'"{name}": "{name} value"' for name in names]
+    loader = FrameLoader()
+    first = loader.load("{" + comma.join(members) + comma + '"blocks": []}')
+    if changed < 8:
+        members[changed] = f'"{names[changed]}": "another value"'
+    text = "{" + comma.join(members) + comma + ('"blocks": []}' if changed < 8 else '"blockz": []}')
+    frame = loader.load(text)
+    assert list(frame.items()) == list(json.loads(text).items())
+    assert [frame[name] is first[name] for name in names] == [index < changed for index in range(8)]
+    again = loader.load(text)  # the same frame again: every member reused, those after the change too
+    assert all(again[name] is frame[name] for name in names)
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        ' \n{ "id" :\t"t1" ,\r\n"n" : 12 , "plan" : {"x": 1} , "blocks" : [%d] }\n ',
+        '{"id":"t1","n":12,"plan":{"x":1},"blocks":[%d]}',  # and none at all
+    ],
+)
+def test_frames_with_white_space_anywhere_json_allows_it_reuse_their_members_too(form: str) -> None:
+    loader = FrameLoader()
+    texts = [form % n for n in range(3)]
+    frames = [loader.load(text) for text in texts]
+    for text, frame in zip(texts, frames, strict=True):
+        assert list(frame.items()) == list(json.loads(text).items())
+    assert frames[1]["id"] is frames[0]["id"] and frames[2]["id"] is frames[0]["id"]
+    # objects and arrays are decoded anew in every frame, even when followed by a comma
+    assert frames[1]["plan"] is not frames[0]["plan"] and frames[1]["blocks"] is not frames[0]["blocks"]
