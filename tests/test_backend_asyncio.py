@@ -143,7 +143,7 @@ async def test_a_close_the_peer_does_not_read_is_aborted_after_the_close_wait(se
         stream.close()
         started = loop.time()
         await asyncio.wait_for(network.closed(), 3)
-        assert 1.0 <= loop.time() - started < 1.5  # the close wait, _CLOSE_WAIT
+        assert 1.0 <= loop.time() - started < 2  # the close wait, _CLOSE_WAIT (a second)
         assert network.open  # still writing out
         network.close()
         received = 0
