@@ -253,7 +253,7 @@ class SSEDecoder:
             else:
                 line = text[start:end]
             start = after
-            if line[:6] == "data: ":  # (the common line, as _process takes it)
+            if line[:6] == "data: ":  # (the common line, as _field takes it)
                 self._pending = True
                 size = self._data_len + len(line) - 6 + (1 if self._data else 0)
                 if size > self.max_data:
@@ -269,10 +269,8 @@ class SSEDecoder:
             elif line[:7] == "event: ":
                 self._pending = True
                 self._event = line[7:]
-            elif line[0] != ":":
-                event = self._process(line)
-                if event is not None:
-                    events.append(event)
+            elif line[0] != ":":  # (a comment is skipped)
+                self._field(line)
         if start < len(text):
             self._add(text, start, len(text))
         elif text[-1] == "\r":
@@ -288,12 +286,8 @@ class SSEDecoder:
         self._line.append(text[start:end] if start or end != len(text) else text)
         self._line_len = size
 
-    def _process(self, line: str) -> Raw | None:
-        if not line:
-            self._pending = False
-            return self._dispatch()
-        if line[0] == ":":
-            return None
+    def _field(self, line: str) -> None:
+        """A field line (not blank, not a comment) in the specification's words."""
         self._pending = True
         field, colon, value = line.partition(":")
         if colon and value[:1] == " ":
@@ -312,14 +306,6 @@ class SSEDecoder:
         elif field == "retry" and value and len(value) <= 18 and value.isascii() and value.isdigit():
             # (more than 18 digits is no time anyone waits for, and int() of a huge string is slow)
             self._retry = self.retry = int(value)
-        return None
-
-    def _dispatch(self) -> Raw | None:
-        """The event a blank line dispatches (None when it has no data: its type is forgotten)."""
-        if not self._data:
-            self._event = ""
-            return None
-        return self._event_now()
 
     def _event_now(self) -> Raw:
         """The event of the data held (there is some), dispatched."""
