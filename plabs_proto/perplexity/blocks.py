@@ -85,8 +85,9 @@ class Blocks:
             # The short path: the blocks of the common frame, a diff_block that adds one chunk at the end
             # of an answer track, and a whole markdown_block whose chunks start just after the ones held.
             # It reads the members it needs directly; a block without them, or with a member of another
-            # type (KeyError, TypeError), leaves it before anything changed, for the general path (after
-            # it), which names what is wrong.  Taken, a block leaves the tracks as the general path would.
+            # type (KeyError, TypeError, AttributeError), leaves it before anything changed, for the general
+            # path (after it), which names what is wrong.  Taken, a block leaves the tracks as the general
+            # path would (tests/test_perplexity_fast_paths.py checks it).
             try:
                 if len(block) == 2:
                     usage = block["intended_usage"]
@@ -98,14 +99,8 @@ class Blocks:
                         if value["field"] == "markdown_block" and type(patches) is list and len(patches) == 1:
                             patch = patches[0]
                             size = len(held)
-                            if (
-                                patch["op"] == "add"
-                                and patch["path"] == f"/chunks/{size}"
-                                and type(held) is list
-                                and size < most
-                                and patches_left
-                            ):
-                                held.append(patch["value"])
+                            if patch["op"] == "add" and patch["path"] == f"/chunks/{size}" and size < most and patches_left:
+                                held.append(patch["value"])  # (chunks that are not a list have no append)
                                 patches_left -= 1
                                 if usage == "ask_text":
                                     grown = held
@@ -118,15 +113,14 @@ class Blocks:
                             offset == len(held)
                             and type(offset) is int
                             and type(chunks) is list
-                            and type(held) is list
                             and offset + len(chunks) <= most
                         ):
-                            held.extend(chunks)
+                            held.extend(chunks)  # (nor extend)
                             doc = dict(value)
                             doc["chunks"] = held
                             markdown[usage] = doc
                             continue
-            except (KeyError, TypeError):
+            except (KeyError, TypeError, AttributeError):
                 pass
             short = False
             if type(block) is not dict and not isinstance(block, dict):
@@ -280,10 +274,13 @@ class Blocks:
                         f"expected 'chunk_starting_offset' to be an index from 0 to the {len(old)} chunks held, "
                         f"got {excerpt(offset)}"
                     )
-                same = 0
                 most = min(len(chunks), len(old) - offset)
-                while same < most and old[offset + same] == chunks[same]:
-                    same += 1
+                if old[offset : offset + most] == chunks[:most]:
+                    same = most  # (the chunks held sent again, as the last frame does: compared at once)
+                else:
+                    same = 0
+                    while old[offset + same] == chunks[same]:
+                        same += 1
                 if same < len(old) - offset:
                     touch(self.touched, old, offset + same)
                 del old[offset + same :]
