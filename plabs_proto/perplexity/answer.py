@@ -45,9 +45,13 @@ answer (the steps shape) costs time linear in that frame, which its bytes force.
 A patch that changes a chunk already reported makes the text be joined again;
 that re-joining is bounded in all by ``max_rewrite`` characters.  Search steps are
 read again only from the plans and the workflow a frame changed, and the workflow
-is walked again only when its structure changes.  Every count is bounded (the
-``max_*`` arguments): blocks per frame, answer tracks and plans kept, steps, items,
-patches per frame, chunks per text, characters of answer and of reasoning.
+is walked again only when its structure changes.  The common frame of the blocks
+shape (one chunk added to ``ask_text`` by a ``diff_block``, the second track's whole
+``markdown_block`` starting just after its chunks) takes a short path that reads only
+those members and leaves everything as the general path would, errors included.
+Every count is bounded (the ``max_*`` arguments): blocks per frame, answer tracks
+and plans kept, steps, items, patches per frame, chunks per text, characters of
+answer and of reasoning.
 
 The decoder calls down into its parts: :mod:`~plabs_proto.perplexity.blocks` (the
 blocks and workflow shapes, patched by :mod:`~plabs_proto.perplexity.patch`),
