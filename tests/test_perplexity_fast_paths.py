@@ -254,6 +254,9 @@ SIDE = "ask_text_0_markdown"
 @example(groups=[tracks(SIDE, ["a", "b"]), tracks(SIDE, ["c", "d"])], most=(3, 10))
 @example(groups=[appends("ask_text", 2), appends("ask_text", 3)], most=(6, 2))  # the patch limit
 @example(groups=[appends("ask_text", 1, "plan")], most=(6, 10))
+@example(groups=[appends("ask_text", 1), appends("ask_text", 1, "replace")], most=(6, 10))
+@example(groups=[appends("ask_text", 1), [("append", "ask_text", "b", "before", "replace"), *appends("ask_text", 1)]],
+         most=(6, 10))  # a chunk reported changed, then one added: a revision
 @example(groups=[[*tracks("ask_text", ["a"], form="badanswer"), *appends("ask_text", 1)]], most=(6, 10))
 @example(groups=[[*tracks("ask_text", ["a"], form="answer"), *appends("ask_text", 1)], appends("ask_text", 1)],
          most=(6, 10))
