@@ -14,7 +14,7 @@ import copy
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from test_sse import reference, split
 
@@ -146,6 +146,144 @@ def test_the_fast_paths_give_the_general_paths_events(groups: list[list[Any]]) -
     """The same frames, with each patch a plain dict (the fast paths take the appends) and a dict of
     another type (only the general paths take them): the same events, and the same error if any."""
     assert decoded(frames_of(groups, dict)) == decoded(frames_of(groups, Patch))
+
+
+# The blocks of the common frame are taken by a short path (Blocks.take) that reads their members directly;
+# a block with a member more (one the decoder does not read) goes the general path.  Blocks at the short
+# path's edges (an index or offset one off, a member missing or of another type, the chunk and patch limits)
+# decode the same both ways.
+near_usage = st.sampled_from(["ask_text"] * 24 + ["ask_text_0_markdown"] * 12 + ["", None, "web_results", 5])
+near_append = st.tuples(
+    st.just("append"), near_usage, st.one_of(chunk, chunk, chunk, member),
+    st.sampled_from(["next"] * 40 + ["dash", "before", "after", "01", "none"]),
+    st.sampled_from(["ok"] * 40 + ["tuple", "two", "nofield", "plan", "subclass", "notdict", "replace", "novalue"]),
+)
+near_track = st.tuples(
+    st.just("track"), near_usage, st.lists(chunk, max_size=2),
+    st.sampled_from(["next"] * 40 + ["back", "zero", "after", "true", "float", "none", "missing"]),
+    st.sampled_from(["ok"] * 40 + ["nochunks", "strchunks", "answer", "badanswer", "notdict", "plan"]),
+)
+near_op = st.one_of(
+    *[near_append] * 5, *[near_track] * 4,
+    st.tuples(st.just("chunks"), near_usage, st.sampled_from([{"0": "x"}, "x", 5])),  # a track's chunks not a list
+    st.tuples(st.just("workflow"), st.none(), st.lists(chunk, max_size=2)),
+)
+
+
+def near_frames(groups: list[list[Any]], more: bool) -> list[Any]:
+    """Frames of these operations on the answer tracks, after a frame that starts both (``more``: a member
+    more in each block that is an object), and a COMPLETED frame."""
+    size: dict[Any, int] = {"ask_text": 0, "ask_text_0_markdown": 0}  # the chunks each track holds, if all went well
+    frames: list[Any] = [{"status": "PENDING", "backend_uuid": "b1", "blocks": [
+        {"intended_usage": "ask_text", "diff_block": {"field": "markdown_block", "patches": [
+            {"op": "replace", "path": "", "value": {"chunks": []}}]}},
+        {"intended_usage": "ask_text_0_markdown", "markdown_block": {"chunks": [], "chunk_starting_offset": 0}}]}]
+    for group in copy.deepcopy(groups):  # (the decoder keeps and changes what it is given)
+        blocks: list[Any] = []
+        for op in group:
+            usage, held = op[1], size.get(op[1], 0)
+            if op[0] == "workflow":  # (its answer item, when it has one, is the answer)
+                blocks.append({"intended_usage": "workflow_root", "workflow_block": {"steps": [{"items": [
+                    {"payload": {"text_payload": {"text": "".join(op[2])}}}]}]}})
+            elif op[0] == "chunks":
+                blocks.append({"intended_usage": usage, "diff_block": {"field": "markdown_block", "patches": [
+                    {"op": "replace", "path": "/chunks", "value": op[2]}]}})
+                size[usage] = len(op[2]) if isinstance(op[2], (dict, str)) else held
+            elif op[0] == "append":
+                _, _, value, where, form = op
+                index = {"next": held, "before": held - 1, "after": held + 1}.get(where, 0)
+                path = {"dash": "/chunks/-", "01": "/chunks/01"}.get(where, f"/chunks/{index}")
+                patch: Any = {"op": "replace" if form == "replace" else "add", "path": path, "value": value}
+                if where == "none":
+                    del patch["path"]
+                if form == "novalue":
+                    del patch["value"]
+                patches: Any = [Patch(patch) if form == "subclass" else patch]
+                if form == "tuple":
+                    patches = tuple(patches)
+                elif form == "two":
+                    patches.append({"op": "add", "path": f"/chunks/{held + 1}", "value": "z"})
+                elif form == "notdict":
+                    patches = [value]
+                diff: dict[str, Any] = {"field": "plan_block" if form == "plan" else "markdown_block", "patches": patches}
+                if form == "nofield":
+                    del diff["field"]
+                blocks.append({"intended_usage": usage, "diff_block": diff})
+                if where in ("next", "dash"):
+                    size[usage] = held + 1 + (form == "two")
+            else:
+                _, _, chunks, where, form = op
+                offset: Any = {"next": held, "back": max(held - 1, 0), "zero": 0, "after": held + 1, "true": True,
+                               "float": float(held), "none": None}.get(where)
+                block: Any = {"chunks": list(chunks), "chunk_starting_offset": offset}
+                if where == "missing":
+                    del block["chunk_starting_offset"]
+                if form == "nochunks":
+                    del block["chunks"]
+                elif form == "strchunks":
+                    block["chunks"] = "ab"
+                elif form == "answer":
+                    block["answer"] = "".join(chunks)
+                elif form == "badanswer":
+                    block["answer"] = 5
+                elif form == "notdict":
+                    block = list(chunks)
+                blocks.append({"intended_usage": usage, "plan_block" if form == "plan" else "markdown_block": block})
+                if type(offset) is int:
+                    size[usage] = offset + len(chunks)
+        if more:
+            blocks = [{**block, "note": 0} if isinstance(block, dict) else block for block in blocks]
+        frames.append({"status": "PENDING", "backend_uuid": "b1", "blocks": blocks})
+    return [*frames, {"status": "COMPLETED", "backend_uuid": "b1"}]
+
+
+def appends(usage: str, count: int, form: str = "ok") -> list[Any]:
+    return [("append", usage, "a", "next", form)] * count
+
+
+def tracks(usage: str, *chunks: list[str], where: str = "next", form: str = "ok") -> list[Any]:
+    return [("track", usage, list(piece), where, form) for piece in chunks]
+
+
+SIDE = "ask_text_0_markdown"
+
+
+@settings(max_examples=300, deadline=None)
+@example(groups=[appends("ask_text", 3), appends("ask_text", 1)], most=(3, 10))  # the chunk limit at its edge
+@example(groups=[appends(SIDE, 2), tracks(SIDE, ["a"]), tracks(SIDE, ["b"])], most=(3, 10))
+@example(groups=[tracks(SIDE, ["a", "b"]), tracks(SIDE, ["c", "d"])], most=(3, 10))
+@example(groups=[appends("ask_text", 2), appends("ask_text", 3)], most=(6, 2))  # the patch limit
+@example(groups=[appends("ask_text", 1, "plan")], most=(6, 10))
+@example(groups=[appends("ask_text", 1), appends("ask_text", 1, "replace")], most=(6, 10))
+@example(groups=[appends("ask_text", 1), [("append", "ask_text", "b", "before", "replace"), *appends("ask_text", 1)]],
+         most=(6, 10))  # a chunk reported changed, then one added: a revision
+@example(groups=[[*tracks("ask_text", ["a"], form="badanswer"), *appends("ask_text", 1)]], most=(6, 10))
+@example(groups=[[*tracks("ask_text", ["a"], form="answer"), *appends("ask_text", 1)], appends("ask_text", 1)],
+         most=(6, 10))
+@example(groups=[appends("ask_text", 1), [("chunks", SIDE, {"0": "x"})], appends(SIDE, 1), tracks(SIDE, ["b"])],
+         most=(6, 10))
+@example(groups=[appends("ask_text", 1), [("chunks", SIDE, "x")], tracks(SIDE, ["b"])], most=(6, 10))
+@example(groups=[tracks(SIDE, ["a"]), tracks(SIDE, ["b"], where="true")], most=(6, 10))
+@example(groups=[appends("ask_text", 4), appends("ask_text", 1), appends("ask_text", 1)], most=(1000, 10, 5))
+@example(groups=[tracks(SIDE, ["a"]), tracks(SIDE, [], form="strchunks")], most=(6, 10))
+@example(groups=[appends("ask_text", 1), [("workflow", None, ["a"])], appends("ask_text", 1)], most=(6, 10))
+@example(groups=[tracks(SIDE, ["a"]), tracks(SIDE, ["b"], where="float")], most=(6, 10))
+@given(groups=st.lists(st.lists(near_op, max_size=4), max_size=12),
+       most=st.sampled_from([(3, 10), (6, 2), (1000, 10), (1000, 10, 5)]))
+def test_the_short_path_of_blocks_gives_the_general_paths_events(groups: list[list[Any]], most: Any) -> None:
+    """The same frames, each block as it is and with a member more (the general path): the same events,
+    and the same error if any (``most``: the chunk, patch and text limits)."""
+    def decode(frames: list[Any]) -> tuple[list[Event], tuple[str, str, str] | None]:
+        decoder = AnswerDecoder(max_chunks=most[0], max_patches=most[1], max_text=most[2] if most[2:] else 1000)
+        events: list[Event] = []
+        try:
+            for frame in frames:
+                events += decoder.feed(frame)
+        except LabsError as exc:
+            return events, (type(exc).__name__, str(exc), exc.partial_text)
+        return events, None
+
+    assert decode(near_frames(groups, False)) == decode(near_frames(groups, True))
 
 
 def general_update(texts: Texts, events: list[Event], answer: Any, thinking: list[Any], touched: dict[int, int]) -> None:

@@ -45,9 +45,13 @@ answer (the steps shape) costs time linear in that frame, which its bytes force.
 A patch that changes a chunk already reported makes the text be joined again;
 that re-joining is bounded in all by ``max_rewrite`` characters.  Search steps are
 read again only from the plans and the workflow a frame changed, and the workflow
-is walked again only when its structure changes.  Every count is bounded (the
-``max_*`` arguments): blocks per frame, answer tracks and plans kept, steps, items,
-patches per frame, chunks per text, characters of answer and of reasoning.
+is walked again only when its structure changes.  The common frame of the blocks
+shape (one chunk added to ``ask_text`` by a ``diff_block``, the second track's whole
+``markdown_block`` starting just after its chunks) takes a short path that reads only
+those members and leaves everything as the general path would, errors included.
+Every count is bounded (the ``max_*`` arguments): blocks per frame, answer tracks
+and plans kept, steps, items, patches per frame, chunks per text, characters of
+answer and of reasoning.
 
 The decoder calls down into its parts: :mod:`~plabs_proto.perplexity.blocks` (the
 blocks and workflow shapes, patched by :mod:`~plabs_proto.perplexity.patch`),
@@ -292,10 +296,10 @@ class AnswerDecoder:
     # -- one frame ----------------------------------------------------------------------------------
 
     def _frame(self, frame: object) -> list[Event]:
-        if not isinstance(frame, dict):
+        if type(frame) is not dict and not isinstance(frame, dict):
             fail(f"expected a JSON object as the frame, got {excerpt(frame)}")
         status = frame.get("status")
-        if status is not self._status or frame.get("error_code") is not None or "error_message" in frame:
+        if status is not self._status or "error_code" in frame or "error_message" in frame:
             self._check_failure(frame)  # (a status seen before, the same object, is known not to be "failed")
         events: list[Event] = []
         old = self._thread
@@ -307,24 +311,28 @@ class AnswerDecoder:
         ):
             self._identity(frame, events)
         model = frame.get("display_model")
-        if isinstance(model, str) and model:
+        if model is not self._model and isinstance(model, str) and model:
             self._model = model
         blocks = self._blocks
         citations = blocks.take(frame.get("blocks"))
-        legacy = frame.get("text")
-        if legacy is not None and legacy != "":
-            legacy_citations = self._legacy.read(legacy, self._search, events)
-            if legacy_citations is not None:
-                citations = legacy_citations
-        top = frame.get("web_results")
-        if isinstance(top, list):
-            citations = top
-        if blocks.stale:
-            blocks.steps(self._search, events)
-        if citations is not None:
-            self._search.cite(citations, events)
-        answer, thinking = blocks.texts(self._legacy)
-        self._texts.update(events, answer, thinking, blocks.touched)
+        if "text" in frame or "web_results" in frame:
+            legacy = frame.get("text")
+            if legacy is not None and legacy != "":
+                legacy_citations = self._legacy.read(legacy, self._search, events)
+                if legacy_citations is not None:
+                    citations = legacy_citations
+            top = frame.get("web_results")
+            if isinstance(top, list):
+                citations = top
+        grown = blocks.grown
+        if grown is None or citations is not None or not self._texts.grew(events, grown):
+            # (the common frame, only chunks added to ask_text, takes the shorter way of Texts.grew)
+            if blocks.stale:
+                blocks.steps(self._search, events)
+            if citations is not None:
+                self._search.cite(citations, events)
+            answer, thinking = blocks.texts(self._legacy)
+            self._texts.update(events, answer, thinking, blocks.touched)
         if status is not self._status and isinstance(status, str):
             if status.upper() == "COMPLETED":
                 events.extend(self._finish())

@@ -38,6 +38,7 @@ class Blocks:
         "_stale_workflow",
         "_web",
         "_workflow",
+        "grown",
         "stale",
         "touched",
     )
@@ -55,9 +56,13 @@ class Blocks:
         self._stale_workflow = False  # the workflow's structure or search steps changed in this frame
         self.stale = False
         """Whether this frame changed a plan or the workflow's search steps (see :meth:`steps`)."""
+        self.grown: list[Any] | None = None
+        """The ask_text track's chunks when this frame only added chunks at the end of answer tracks
+        and :meth:`texts` would give them as the answer (with no reasoning), else None."""
 
     def take(self, blocks: object) -> list[Any] | None:
         """Take the blocks of a frame (None when it has none); return the web results when they changed."""
+        self.grown = None
         if self.touched:
             self.touched.clear()
         if self.stale:
@@ -72,7 +77,52 @@ class Blocks:
             fail(f"expected at most {limits.blocks} blocks in a frame, got {len(blocks)}")
         web_touched = False
         patches_left = limits.patches
+        markdown = self._markdown
+        most = limits.chunks
+        grown: list[Any] | None = None
+        short = True  # every block so far took the short path
         for block in blocks:
+            # The short path: the blocks of the common frame, a diff_block that adds one chunk at the end
+            # of an answer track, and a whole markdown_block whose chunks start just after the ones held.
+            # It reads the members it needs directly; a block without them, or with a member of another
+            # type (KeyError, TypeError, AttributeError), leaves it before anything changed, for the general
+            # path (after it), which names what is wrong.  Taken, a block leaves the tracks as the general
+            # path would (tests/test_perplexity_fast_paths.py checks it).
+            try:
+                if len(block) == 2:
+                    usage = block["intended_usage"]
+                    doc = markdown[usage]  # (an answer track already held: a str usage)
+                    held = doc["chunks"]
+                    if "diff_block" in block:
+                        value = block["diff_block"]
+                        patches = value["patches"]
+                        if value["field"] == "markdown_block" and type(patches) is list and len(patches) == 1:
+                            patch = patches[0]
+                            size = len(held)
+                            if patch["op"] == "add" and patch["path"] == f"/chunks/{size}" and size < most and patches_left:
+                                held.append(patch["value"])  # (chunks that are not a list have no append)
+                                patches_left -= 1
+                                if usage == "ask_text":
+                                    grown = held
+                                continue
+                    else:
+                        value = block["markdown_block"]
+                        chunks = value["chunks"]
+                        offset = value["chunk_starting_offset"]
+                        if (
+                            offset == len(held)
+                            and type(offset) is int
+                            and type(chunks) is list
+                            and offset + len(chunks) <= most
+                        ):
+                            held.extend(chunks)  # (nor extend)
+                            doc = dict(value)
+                            doc["chunks"] = held
+                            markdown[usage] = doc
+                            continue
+            except (KeyError, TypeError, AttributeError):
+                pass
+            short = False
             if type(block) is not dict and not isinstance(block, dict):
                 fail(f"expected each block to be a JSON object, got {excerpt(block)}")
             usage = block.get("intended_usage")
@@ -91,6 +141,10 @@ class Blocks:
                     continue
                 if kind == "web":
                     web_touched = True
+        if short and grown is not None and self._workflow is None:
+            whole = markdown["ask_text"].get("answer")
+            if whole is None or type(whole) is str:
+                self.grown = grown  # (texts() would give (grown, whole), [])
         if not web_touched:
             return None
         citations: list[Any] = []
@@ -220,10 +274,13 @@ class Blocks:
                         f"expected 'chunk_starting_offset' to be an index from 0 to the {len(old)} chunks held, "
                         f"got {excerpt(offset)}"
                     )
-                same = 0
                 most = min(len(chunks), len(old) - offset)
-                while same < most and old[offset + same] == chunks[same]:
-                    same += 1
+                if old[offset : offset + most] == chunks[:most]:
+                    same = most  # (the chunks held sent again, as the last frame does: compared at once)
+                else:
+                    same = 0
+                    while old[offset + same] == chunks[same]:
+                        same += 1
                 if same < len(old) - offset:
                     touch(self.touched, old, offset + same)
                 del old[offset + same :]

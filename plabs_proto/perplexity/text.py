@@ -104,6 +104,25 @@ class Texts:
                 return
         self._emit(events, self._change(text, chunks, whole, "answer", touched), self._thinking(thinking, touched))
 
+    def grew(self, events: list[Event], chunks: list[Any]) -> bool:
+        """Add the events of :meth:`update` for an answer whose chunk list, followed, only grew (no reasoning,
+        nothing touched); say whether it was one (else nothing changed: call :meth:`update`)."""
+        text = self.answer
+        if chunks is not text.ref or self._pieces:
+            return False
+        count = text.count
+        more = len(chunks) - count
+        delta = chunks[count] if more == 1 and type(chunks[count]) is str else self._join(chunks[count:], "answer")
+        length = text.length + len(delta)
+        if length > self._limits.text:
+            self._limit(length, "answer")
+        if delta:
+            events.append(TextDelta(text=delta))
+            text.parts.append(delta)
+            text.length = length
+        text.count = count + more
+        return True
+
     def finish(self, events: list[Event], answer: Pair, thinking: list[Pair]) -> tuple[str, str]:
         """Add the events that bring the texts to their last state; return the whole answer and reasoning."""
         chunks, whole = answer
