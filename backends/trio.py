@@ -212,7 +212,7 @@ class _Several:
                 for stream in self.streams:
                     poll.register(stream.sock, select.EPOLLIN)
                     stream.polled = self
-                with contextlib.suppress(_STREAM_ERRORS):  # interrupted (trio.ClosedResourceError)
+                with contextlib.suppress(*_STREAM_ERRORS):  # interrupted (trio.ClosedResourceError)
                     await trio.lowlevel.wait_readable(poll)
         finally:
             for stream in self.streams:
