@@ -173,6 +173,30 @@ _MIN_PIECE = 64
 _MAX_HEAD = 65536
 
 
+#: Requests made before, by their headers: each gives its headers, as h11 checked them, to the
+#: next request with the same ones.  h11 checks every name and value of a request with a regular
+#: expression (about half of what sending a request costs), and a client sends the same headers
+#: request after request (the browser's, the session's), as do the sessions of one process.  A
+#: WebSocket upgrade's (a fresh key each) are not kept; at most ``_MAX_CHECKED`` are (then none).
+_checked: dict[tuple[tuple[str, str], ...], h11.Request] = {}
+_MAX_CHECKED = 64
+
+
+def _request(method: str, target: str, headers: list[tuple[str, str]], upgrading: bool) -> h11.Request:
+    """h11's request, its headers checked once per distinct set (see :data:`_checked`)."""
+    if upgrading:
+        return h11.Request(method=method, target=target, headers=headers)
+    key = tuple(headers)
+    known = _checked.get(key)
+    if known is not None:
+        return h11.Request(method=method, target=target, headers=known.headers)
+    request = h11.Request(method=method, target=target, headers=headers)  # raises for a header h11 refuses
+    if len(_checked) >= _MAX_CHECKED:
+        _checked.clear()
+    _checked[key] = request
+    return request
+
+
 def _headers(raw: list[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
     return tuple((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in raw)
 
@@ -233,8 +257,9 @@ class HTTPChannel:
         all_headers = list(headers)
         if method == "POST" or body:
             all_headers.append(("Content-Length", str(len(body))))
+        upgrading = any(k.lower() == "upgrade" for k, _ in headers)
         try:
-            out = self._conn.send(h11.Request(method=method, target=target, headers=all_headers))
+            out = self._conn.send(_request(method, target, all_headers, upgrading))
             if body:
                 out += self._conn.send(h11.Data(data=body))
             out += self._conn.send(h11.EndOfMessage())
@@ -242,7 +267,7 @@ class HTTPChannel:
             raise LocalProtocolError(f"cannot send {method} {target}: {exc}") from exc
         self._busy = True
         self._incremental = incremental
-        self._upgrading = any(k.lower() == "upgrade" for k, _ in headers)
+        self._upgrading = upgrading
         self._response = None
         self._body = bytearray()
         self._pieces = 0
