@@ -17,6 +17,7 @@ import pytest
 import trio
 import trio.abc
 import trio.testing
+from plabs_proto.backends import trio as trio_backend
 from plabs_proto.backends._seam import READ_SIZE, Stream
 from plabs_proto.backends.trio import TrioNetwork
 
@@ -330,8 +331,15 @@ async def test_closing_a_stream_ends_a_send_waiting_for_room(server: socket.sock
     assert "ClosedResourceError" in str(error)
 
 
-async def test_a_wait_on_two_streams_ends_at_its_deadline(server: socket.socket) -> None:
-    # The upgrade's two connections at once: that wait takes a cancel scope, not the timers.
+@pytest.fixture(params=["epoll", "nursery"])
+def several(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A wait on several connections as it runs on Linux (one epoll set) and elsewhere (a nursery)."""
+    monkeypatch.setattr(trio_backend, "_EPOLL", request.param == "epoll")
+    return str(request.param)
+
+
+async def test_a_wait_on_two_streams_ends_at_its_deadline(server: socket.socket, several: str) -> None:
+    # The upgrade's two connections at once: one epoll set under the run's timers (or a nursery under a cancel scope).
     network = TrioNetwork()
     (first, first_peer), (second, second_peer) = [await connected(network, server) for _ in range(2)]
     with first_peer, second_peer, trio.fail_after(5):
@@ -464,3 +472,92 @@ async def test_background_work_runs_only_in_an_open_nursery() -> None:
     coroutine = work()
     assert TrioNetwork(lambda: nursery).start(coroutine) is None  # the nursery closed
     assert coroutine.cr_frame is None and ran == [True]
+
+
+# -- the upgrade's two connections in one wait (Linux: one epoll set; elsewhere: a nursery) ------------
+
+
+async def test_either_connection_ends_a_wait_on_both_and_both_read_on(server: socket.socket, several: str) -> None:
+    network = TrioNetwork()
+    (first, first_peer), (second, second_peer) = [await connected(network, server) for _ in range(2)]
+    with first_peer, second_peer, trio.fail_after(5):
+        for _ in range(3):  # each wait's set is gone before the next one's
+            second_peer.sendall(b"to the second")
+            assert await network.receive([first, second], None) == [(second, b"to the second")]
+        first_peer.sendall(b"to the first")
+        assert await network.receive([first, second], None) == [(first, b"to the first")]
+        first_peer.sendall(b"both: first")
+        second_peer.sendall(b"both: second")
+        await trio.sleep(0.05)  # both there before the wait: one wait reads both (the nursery: at least one)
+        got = await network.receive([first, second], network.now() + 5)
+        if several == "epoll":
+            assert got == [(first, b"both: first"), (second, b"both: second")]
+        got += [] if len(got) == 2 else await network.receive([first, second], network.now() + 5)
+        assert sorted(got, key=lambda item: item[0] is second) == [(first, b"both: first"), (second, b"both: second")]
+        # Each alone again: nothing of the wait on both is left registered on either socket.
+        second_peer.sendall(b"second alone")
+        assert await network.receive([second], network.now() + 5) == [(second, b"second alone")]
+        first_peer.sendall(b"first alone")
+        assert await network.receive([first], network.now() + 5) == [(first, b"first alone")]
+        second_peer.shutdown(socket.SHUT_WR)  # the end of one connection ends a wait on both
+        assert await network.receive([first, second], None) == [(second, b"")]
+    first.close()
+    second.close()
+
+
+async def test_a_wait_on_both_ends_at_its_deadline_or_on_wake(server: socket.socket, several: str) -> None:
+    network = TrioNetwork()
+    (first, first_peer), (second, second_peer) = [await connected(network, server) for _ in range(2)]
+    got: list[list[tuple[Stream, bytes | OSError]]] = []
+
+    async def wait() -> None:
+        got.append(await network.receive([first, second], None))
+
+    with first_peer, second_peer, trio.fail_after(5):
+        deadline = network.now() + 0.05
+        assert await network.receive([first, second], deadline) == []
+        assert network.now() >= deadline
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait)
+            await trio.testing.wait_all_tasks_blocked()
+            network.wake()
+        assert got == [[]]
+        second_peer.sendall(b"after")
+        assert await network.receive([second], None) == [(second, b"after")]
+    first.close()
+    second.close()
+
+
+async def test_closing_either_connection_ends_a_wait_on_both(server: socket.socket, several: str) -> None:
+    network = TrioNetwork()
+    (first, first_peer), (second, second_peer) = [await connected(network, server) for _ in range(2)]
+    got: list[list[tuple[Stream, bytes | OSError]]] = []
+
+    async def wait() -> None:
+        got.append(await network.receive([first, second], None))
+
+    with first_peer, second_peer, trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait)
+            await trio.testing.wait_all_tasks_blocked()
+            second.close()
+        [[(source, error)]] = got
+        assert source is second and isinstance(error, OSError)
+        assert str(error) == "ClosedResourceError: another task closed this fd"  # as a wait on one says it
+        first_peer.sendall(b"first still open")
+        assert await network.receive([first], None) == [(first, b"first still open")]
+    first.close()
+
+
+async def test_a_connection_closed_before_a_wait_on_both_ends_it(server: socket.socket) -> None:
+    # (epoll) Its socket is gone: there is no descriptor to put in the set; the wait ends at once.
+    network = TrioNetwork()
+    (first, first_peer), (second, second_peer) = [await connected(network, server) for _ in range(2)]
+    second.close()
+    with first_peer, second_peer, trio.fail_after(5):
+        [(source, error)] = await network.receive([first, second], None)
+        assert source is second and isinstance(error, OSError)
+        assert str(error) == "ClosedResourceError: another task closed this fd"
+        first_peer.sendall(b"first still open")
+        assert await network.receive([first], None) == [(first, b"first still open")]
+    first.close()

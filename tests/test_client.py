@@ -35,10 +35,12 @@ from plabs_proto.events import (
     AnswerFinished,
     Citations,
     Closed,
+    CloseStream,
     Connected,
     OpenStream,
     QueryFailed,
     ReasoningDelta,
+    SendBytes,
     TextDelta,
 )
 from plabs_proto.wire.client import ClientState, LabsClient
@@ -102,6 +104,25 @@ def handshake_upgrade(h: Harness, *, ok: bytes = b"OK", ack: bool = True, query:
         h.reply(WS, ws_frame("3probe") + ws_frame('40{"sid":"S1"}') + ws_frame("6"))
         assert frames.feed(h.take(WS)) == ([QUERY] if query else [])
     return frames
+
+
+def test_the_probe_and_the_upgrade_go_out_in_one_write_before_polling_closes() -> None:
+    # Both orders of the two answers: the switch writes 2probe and 5 at once, then closes the polling connection.
+    for first in (1, WS):
+        h = make()
+        c = h.client
+        c.connect(h.now)
+        h.pump()
+        h.reply(1, http_response(200, open_packet()))
+        h.take(1), h.take(WS)
+        answers = {1: http_response(200, b"OK"), WS: switching_protocols(KEY)}
+        h.reply(first, answers.pop(first))
+        [(last, answer)] = answers.items()
+        c.receive_data(last, answer, h.now)
+        [write, close] = c.transmit()
+        assert isinstance(write, SendBytes) and write.stream_id == WS
+        assert ClientFrames().feed(write.data) == ["2probe", "5"]
+        assert close == CloseStream(stream_id=1)
 
 
 def test_upgrade_transcript_python_flavour() -> None:

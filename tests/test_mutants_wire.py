@@ -581,6 +581,27 @@ def test_a_fresh_channel_is_idle_and_a_request_h11_refuses_is_ours() -> None:
     assert str(caught.value).startswith("cannot send GET /: ")
 
 
+def test_requests_with_the_same_headers_are_written_alike_and_a_refused_header_stays_refused() -> None:
+    # h11's check of each header runs once per set of headers; a second request, on another
+    # connection too, is written byte for byte as the first, and one h11 refuses is refused every time.
+    headers = [("Host", "x.test"), ("Origin", "https://o.test"), ("Accept", "*/*")]
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    first, second = HTTPChannel(max_body=10), HTTPChannel(max_body=10)
+    written = first.request("POST", "/a?sid=1", headers, b"40")
+    assert written == (b"POST /a?sid=1 HTTP/1.1\r\nHost: x.test\r\nOrigin: https://o.test\r\nAccept: */*\r\n"
+                       b"Content-Length: 2\r\n\r\n40")
+    assert second.request("POST", "/a?sid=1", list(headers), b"40") == written
+    assert first.receive_data(ok) is not None and first.request("POST", "/b", headers, b"41") == written.replace(
+        b"/a?sid=1", b"/b").replace(b"\r\n\r\n40", b"\r\n\r\n41")
+    assert HTTPChannel(max_body=10).request("GET", "/", headers) == (
+        b"GET / HTTP/1.1\r\nHost: x.test\r\nOrigin: https://o.test\r\nAccept: */*\r\n\r\n")
+    for _ in range(2):
+        with pytest.raises(LocalProtocolError, match=r"^cannot send GET /: "):
+            HTTPChannel(max_body=10).request("GET", "/", [*headers, ("X-Bad", "a\r\nInjected: yes")])
+    with pytest.raises(LocalProtocolError, match=r"^cannot send GET /bad target: "):  # the target is checked each time
+        HTTPChannel(max_body=10).request("GET", "/bad target", headers)
+
+
 def test_bytes_after_the_gzip_stream_are_counted_whether_they_come_with_it_or_later() -> None:
     body = gzip.compress(b"data")
     for pieces, count in (([body + b"xyz"], 3), ([body, b"wxyz"], 4)):
@@ -1380,6 +1401,27 @@ def test_the_page_a_request_comes_from_is_the_sessions_origin_else_its_referers(
     session_headers: tuple[tuple[str, str], ...], site: str
 ) -> None:
     assert sec_fetch_site(session_headers) == site
+
+
+def test_a_profiles_headers_follow_each_input_from_request_to_request() -> None:
+    # The profile's headers are made once per set of inputs and remembered: each input still shows.
+    jar = CookieJar()
+    one = RequestHeaders(ClientConfig(server=PPLX), "www.perplexity.ai", jar)
+    origin = (("Origin", PPLX),)
+    before = one.request(origin)
+    assert "cookie" not in {name.lower() for name, _ in before}
+    assert one.request(origin) == before
+    jar.remember([("set-cookie", "a=1")])
+    assert [value for name, value in one.request(origin) if name == "Cookie"] == ["a=1"]
+    jar.remember([("set-cookie", "a=2")])
+    assert [value for name, value in one.request(origin) if name == "Cookie"] == ["a=2"]
+    assert ("Content-Length", "7") in one.request(origin, 7) and ("Content-Length", "8") in one.request(origin, 8)
+    other = RequestHeaders(ClientConfig(server=PPLX, headers=(("X-A", "1"),)), "other.test", CookieJar())
+    assert ("Host", "other.test") in other.request(origin) and ("X-A", "1") in other.request(origin)
+    assert ("Host", "www.perplexity.ai") in one.request(origin) and ("X-A", "1") not in one.request(origin)
+    sent = one.request(origin)
+    sent.append(("X-Mine", "changed"))  # a caller's change to the list it got is its own
+    assert ("X-Mine", "changed") not in one.request(origin)
 
 
 @pytest.mark.parametrize("browser", [None, CHROME])

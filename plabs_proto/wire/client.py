@@ -202,6 +202,7 @@ class Client:
         self._headers = RequestHeaders(config, self._host_header, self._cookies)
         self._limit = config.max_message_size
         self._out_stream: _Stream | None = None  # WebSocket bytes gathered for one write
+        self._retired: list[_Stream] = []  # the requests' connections, closed once the switch's writes are out
         self._out_data: list[bytes] = []
         self._now = 0.0
 
@@ -356,6 +357,10 @@ class Client:
             elif kind is WebSocketClose:
                 self._on_ws_close(cast(WebSocketClose, instruction))
         self._flush()
+        if self._retired:
+            retired, self._retired = self._retired, []
+            for stream in retired:
+                self._close_stream(stream)
         if self._session.state in END_STATES:
             self._close_all()
 
@@ -400,13 +405,10 @@ class Client:
         self._write(stream, stream.ws.send_text(send.data))
 
     def _on_switch(self) -> None:
-        """The WebSocket carries the session now: the connections of the requests close, once what was
-        written to the WebSocket before this is out."""
-        self._flush()
+        """The WebSocket carries the session now: the connections of the requests close, once what is
+        written to the WebSocket with the switch is out (the probe and the upgrade go in one write)."""
         lanes, self._lanes = self._lanes, {}
-        for stream in lanes.values():
-            if stream is not self._ws_stream:
-                self._close_stream(stream)
+        self._retired += [stream for stream in lanes.values() if stream is not self._ws_stream]
 
     def _on_ws_close(self, close: WebSocketClose) -> None:
         stream = self._ws_stream

@@ -173,7 +173,33 @@ _MIN_PIECE = 64
 _MAX_HEAD = 65536
 
 
+#: Requests made before, by their headers: each gives its headers, as h11 checked them, to the
+#: next request with the same ones.  h11 checks every name and value of a request with a regular
+#: expression (about half of what sending a request costs), and a client sends the same headers
+#: request after request (the browser's, the session's), as do the sessions of one process.  A
+#: WebSocket upgrade's (a fresh key each) are not kept; at most ``_MAX_CHECKED`` are (then none).
+_checked: dict[tuple[tuple[str, str], ...], h11.Request] = {}
+_MAX_CHECKED = 64
+
+
+def _request(method: str, target: str, headers: list[tuple[str, str]], upgrading: bool) -> h11.Request:
+    """h11's request, its headers checked once per distinct set (see :data:`_checked`)."""
+    if upgrading:
+        return h11.Request(method=method, target=target, headers=headers)
+    key = tuple(headers)
+    known = _checked.get(key)
+    if known is not None:
+        return h11.Request(method=method, target=target, headers=known.headers)
+    request = h11.Request(method=method, target=target, headers=headers)  # raises for a header h11 refuses
+    if len(_checked) >= _MAX_CHECKED:
+        _checked.clear()
+    _checked[key] = request
+    return request
+
+
 def _headers(raw: list[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
+    """h11's headers as str, names in lower case (from ``raw_items()``: a list, read at C speed,
+    where iterating h11's headers calls two Python functions per header)."""
     return tuple((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in raw)
 
 
@@ -233,8 +259,9 @@ class HTTPChannel:
         all_headers = list(headers)
         if method == "POST" or body:
             all_headers.append(("Content-Length", str(len(body))))
+        upgrading = any(k.lower() == "upgrade" for k, _ in headers)
         try:
-            out = self._conn.send(h11.Request(method=method, target=target, headers=all_headers))
+            out = self._conn.send(_request(method, target, all_headers, upgrading))
             if body:
                 out += self._conn.send(h11.Data(data=body))
             out += self._conn.send(h11.EndOfMessage())
@@ -242,7 +269,7 @@ class HTTPChannel:
             raise LocalProtocolError(f"cannot send {method} {target}: {exc}") from exc
         self._busy = True
         self._incremental = incremental
-        self._upgrading = any(k.lower() == "upgrade" for k, _ in headers)
+        self._upgrading = upgrading
         self._response = None
         self._body = bytearray()
         self._pieces = 0
@@ -308,7 +335,7 @@ class HTTPChannel:
                         self._busy = False
                         self._closed = True  # the connection now belongs to another protocol
                         trailing, _ = self._conn.trailing_data
-                        yield SwitchedProtocol(_headers([(k, v) for k, v in event.headers]), bytes(trailing))
+                        yield SwitchedProtocol(_headers(event.headers.raw_items()), bytes(trailing))
                         return
                     continue  # 100 Continue and friends
                 if isinstance(event, h11.Response):
@@ -316,7 +343,7 @@ class HTTPChannel:
                     self._decoder = self._body_decoder(event)
                     if self._incremental:
                         yield ResponseHead(
-                            event.status_code, event.reason.decode("latin-1"), _headers(list(event.headers))
+                            event.status_code, event.reason.decode("latin-1"), _headers(event.headers.raw_items())
                         )
                 elif isinstance(event, h11.Data):
                     self._raw += len(event.data)
@@ -357,7 +384,7 @@ class HTTPChannel:
 
     def _body_decoder(self, response: h11.Response) -> BodyDecoder | None:
         """The decoder for the body ``response`` announces (None: the body comes as it is)."""
-        codings = _codings(list(response.headers))
+        codings = _codings(response.headers.raw_items())
         if not codings:
             return None
         if len(codings) > 1 or codings[0] not in ("gzip", "x-gzip", "deflate"):
@@ -375,7 +402,7 @@ class HTTPChannel:
         result = HTTPResponse(
             status=response.status_code,
             reason=response.reason.decode("latin-1"),
-            headers=_headers([(k, v) for k, v in response.headers]),
+            headers=_headers(response.headers.raw_items()),
             body=bytes(self._body),
         )
         self._body = bytearray()
