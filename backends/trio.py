@@ -275,8 +275,13 @@ class TrioNetwork(Network):
                 if deadline is not None:
                     _Timers.of_this_run().add(self, deadline)
             only = self._waiting_on = cast(_TrioStream, streams[0])
-            try:
-                await only.receive(got)
+            try:  # _TrioStream.receive, inline: a coroutine less per wait, and its frame (0.25 KiB) while it waits
+                await trio.lowlevel.wait_readable(only.sock)
+            except _STREAM_ERRORS as exc:  # closed meanwhile, or interrupted (trio.ClosedResourceError both)
+                if only.closed:
+                    got.append((only, _os_error(exc)))
+            else:
+                only.read(got)
             finally:
                 self._waiting_on = None
             return got
