@@ -57,7 +57,8 @@ class _StreamProtocol(asyncio.BufferedProtocol, Stream):
         self.chunks: list[bytes] = []  # bytes not taken yet
         self.waiting = 0  # their length
         self.end: bytes | OSError | None = None  # b"" at EOF, or the error the connection met
-        self.lost: asyncio.Future[None] = network.loop.create_future()
+        #: Done once the connection is lost; made only when :meth:`AsyncioNetwork.closed` waits for it.
+        self.lost: asyncio.Future[None] | None = None
 
     # -- the protocol's side
 
@@ -83,13 +84,19 @@ class _StreamProtocol(asyncio.BufferedProtocol, Stream):
     def connection_lost(self, exc: Exception | None) -> None:
         if self in self.network.open:
             self.network.open.remove(self)
-        if not self.lost.done():
+        if self.lost is not None and not self.lost.done():
             self.lost.set_result(None)
         if self.end is None:
             self.end = b"" if exc is None else exc if isinstance(exc, OSError) else OSError(str(exc))
             self.network.wake()
 
     # -- the driver's side
+
+    def lost_future(self) -> asyncio.Future[None]:
+        """:attr:`lost`, made now if it was not (a connection still open: its loss sets it)."""
+        if self.lost is None:
+            self.lost = self.network.loop.create_future()
+        return self.lost
 
     def take(self, got: list[tuple[Stream, bytes | OSError]]) -> None:
         """Append what came (each read as it came: joining them would copy them once more), then the end."""
@@ -202,7 +209,7 @@ class AsyncioNetwork(Network):
     async def closed(self) -> None:
         """Wait at most :data:`_CLOSE_WAIT` s for every connection to go (:meth:`close` aborts the rest)."""
         if self.open:
-            await asyncio.wait([c.lost for c in self.open], timeout=_CLOSE_WAIT)
+            await asyncio.wait([c.lost_future() for c in self.open], timeout=_CLOSE_WAIT)
 
 
 # -- the public API --------------------------------------------------------------------------------
