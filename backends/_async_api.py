@@ -181,8 +181,9 @@ class AsyncAnswer(OneReader[str]):
         self, make_driver: Callable[[], AnyDriver], messages: Messages, model: str, tracer: Tracer | None,
         seed: int | None,
     ) -> None:
-        self._make_driver = make_driver
-        self._messages = messages
+        #: What the first ``__anext__`` makes the driver with and asks, let go then: a thousand
+        #: answers may stream at once, and these are half a KiB each, needed only to start.
+        self._request: tuple[Callable[[], AnyDriver], Messages] | None = (make_driver, messages)
         self._model = model
         self._tracer = tracer
         self._seed = seed
@@ -193,10 +194,13 @@ class AsyncAnswer(OneReader[str]):
         driver = self._driver
         try:
             if driver is None:
-                driver = self._driver = self._make_driver()
+                request, self._request = self._request, None
+                assert request is not None  # the driver is made once, with it (a failure ends the answer)
+                make_driver, messages = request
+                driver = self._driver = make_driver()
                 announce_seed(self._tracer, self._seed, driver.now())
                 driver.command(driver.client.connect)
-                driver.command(driver.client.query, self._messages, model=self._model)
+                driver.command(driver.client.query, messages, model=self._model)
             client = driver.client
             while True:  # nothing else reads this driver: events the core holds are taken without a coroutine
                 event = client.next_event()

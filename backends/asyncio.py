@@ -57,13 +57,14 @@ class _StreamProtocol(asyncio.BufferedProtocol, Stream):
         self.chunks: list[bytes] = []  # bytes not taken yet
         self.waiting = 0  # their length
         self.end: bytes | OSError | None = None  # b"" at EOF, or the error the connection met
-        self.lost: asyncio.Future[None] = network.loop.create_future()
+        #: Done once the connection is lost; made only when :meth:`AsyncioNetwork.closed` waits for it.
+        self.lost: asyncio.Future[None] | None = None
 
     # -- the protocol's side
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # asyncio turns TCP_NODELAY on itself
-        self.network.open.add(self)
+        self.network.open.append(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._view
@@ -81,14 +82,21 @@ class _StreamProtocol(asyncio.BufferedProtocol, Stream):
         return False  # let the transport close itself
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.network.open.discard(self)
-        if not self.lost.done():
+        if self in self.network.open:
+            self.network.open.remove(self)
+        if self.lost is not None and not self.lost.done():
             self.lost.set_result(None)
         if self.end is None:
             self.end = b"" if exc is None else exc if isinstance(exc, OSError) else OSError(str(exc))
             self.network.wake()
 
     # -- the driver's side
+
+    def lost_future(self) -> asyncio.Future[None]:
+        """:attr:`lost`, made now if it was not (a connection still open: its loss sets it)."""
+        if self.lost is None:
+            self.lost = self.network.loop.create_future()
+        return self.lost
 
     def take(self, got: list[tuple[Stream, bytes | OSError]]) -> None:
         """Append what came (each read as it came: joining them would copy them once more), then the end."""
@@ -117,7 +125,7 @@ class AsyncioNetwork(Network):
 
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
-        self.open: set[_StreamProtocol] = set()  # every connection not lost yet
+        self.open: list[_StreamProtocol] = []  # every connection not lost yet (a set costs 216 bytes even empty)
         self._waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None  # one timer, moved only when the deadline moves
         self._timer_at: float | None = None
@@ -145,21 +153,28 @@ class AsyncioNetwork(Network):
             cast(_StreamProtocol, stream).take(got)
         if got:
             return got
-        await self.sleep_until(deadline)
+        try:
+            await self._arm(deadline)  # the wait itself, not a coroutine of sleep_until's awaiting it
+        finally:
+            self._waiter = None
         for stream in streams:
             cast(_StreamProtocol, stream).take(got)
         return got
 
     async def sleep_until(self, deadline: float | None) -> None:
+        try:
+            await self._arm(deadline)
+        finally:
+            self._waiter = None
+
+    def _arm(self, deadline: float | None) -> asyncio.Future[None]:
+        """The future a wait awaits (set by :meth:`wake`), with the timer moved to ``deadline``."""
         if deadline != self._timer_at:
             self._disarm()
             self._timer_at = deadline
             self._timer = None if deadline is None else self.loop.call_at(deadline, self._ring)
         waiter = self._waiter = self.loop.create_future()
-        try:
-            await waiter
-        finally:
-            self._waiter = None
+        return waiter
 
     def _ring(self) -> None:
         self._timer = self._timer_at = None
@@ -194,7 +209,7 @@ class AsyncioNetwork(Network):
     async def closed(self) -> None:
         """Wait at most :data:`_CLOSE_WAIT` s for every connection to go (:meth:`close` aborts the rest)."""
         if self.open:
-            await asyncio.wait([c.lost for c in self.open], timeout=_CLOSE_WAIT)
+            await asyncio.wait([c.lost_future() for c in self.open], timeout=_CLOSE_WAIT)
 
 
 # -- the public API --------------------------------------------------------------------------------

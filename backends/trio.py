@@ -334,11 +334,21 @@ class TrioNetwork(Network):
                 self._armed = deadline
                 if deadline is not None:
                     _Timers.of_this_run().add(self, deadline)
-            waiting = self._waiting_on = (
-                cast(_TrioStream, streams[0]) if len(streams) == 1 else _Several(cast(Sequence[_TrioStream], streams))
-            )
+            if len(streams) == 1:
+                only = self._waiting_on = cast(_TrioStream, streams[0])
+                try:  # _TrioStream.receive, inline: a coroutine less per wait, and its frame (0.25 KiB) while it waits
+                    await trio.lowlevel.wait_readable(only.sock)
+                except _STREAM_ERRORS as exc:  # closed meanwhile, or interrupted (trio.ClosedResourceError both)
+                    if only.closed:
+                        got.append((only, _os_error(exc)))
+                else:
+                    only.read(got)
+                finally:
+                    self._waiting_on = None
+                return got
+            several = self._waiting_on = _Several(cast(Sequence[_TrioStream], streams))
             try:
-                await waiting.receive(got)
+                await several.receive(got)
             finally:
                 self._waiting_on = None
             return got

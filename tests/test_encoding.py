@@ -558,6 +558,25 @@ def test_the_history_reaches_back_a_whole_window() -> None:
         assert got == [first.decode(), "3", second.decode()]
 
 
+def test_the_history_of_many_messages_reaches_back_a_whole_window() -> None:
+    # Many messages (the history is kept as they came and joined every few): each one repeats
+    # text from 32,400 bytes back, across dozens of earlier messages, and reads back the same.
+    rng = random.Random(4)
+    stream = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(100 * 700)).encode()
+    texts = [stream[i * 700 : (i + 1) * 700] for i in range(50)]
+    sent = b"".join(texts)
+    for i in range(50):  # 300 bytes from 32,400 back (none of them repeated nearer), then filler
+        texts.append(sent[-32_400:][:300] + bytes([97 + i % 26]) * 400)
+        sent += texts[-1]
+    payloads = server_compress(texts)
+    assert all(len(p) < 100 for p in payloads[50:])  # back-references, not the text
+    channel_ = ws()
+    got: list[object] = []
+    for p in payloads:
+        got += channel_.receive_data(frame(p))
+    assert got == [t.decode() for t in texts]
+
+
 def test_our_messages_keep_no_compressor() -> None:
     # Each message is compressed by a compressor made for it (zlib's deflate state is 256 KiB at
     # the largest window): once sent, nothing of it is left.
