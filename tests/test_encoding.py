@@ -577,6 +577,18 @@ def test_the_history_of_many_messages_reaches_back_a_whole_window() -> None:
     assert got == [t.decode() for t in texts]
 
 
+def test_empty_compressed_messages_before_any_text_keep_the_history_empty() -> None:
+    # A server may compress empty messages (a deflate block with nothing in it) before any text:
+    # no history yet, then text, then text that reaches back into it.
+    texts = [b"", b"", b"hello, world", b"", b"hello, world"]
+    payloads = server_compress(texts)
+    channel_ = ws()
+    got: list[object] = []
+    for p in payloads:
+        got += channel_.receive_data(frame(p))
+    assert got == [t.decode() for t in texts]
+
+
 def test_our_messages_keep_no_compressor() -> None:
     # Each message is compressed by a compressor made for it (zlib's deflate state is 256 KiB at
     # the largest window): once sent, nothing of it is left.
@@ -658,11 +670,13 @@ def test_rsv1_without_negotiation_is_refused() -> None:
     cut=st.integers(0, 10**6),
     chunk=st.integers(1, 300),
     takeover=st.booleans(),
+    sizes=st.lists(st.sampled_from([-1, 0, 5, 200, 7]), min_size=1, max_size=4),
 )
 def test_fuzz_compressed_frames_meet_only_labs_errors(
-    edits: list[tuple[int, int]], cut: int, chunk: int, takeover: bool
+    edits: list[tuple[int, int]], cut: int, chunk: int, takeover: bool, sizes: list[int]
 ) -> None:
-    texts = [('42["p",{"output":"' + "Paris! " * k + '"}]').encode() for k in (5, 200, 7)]
+    # (-1: an empty message, which a server may compress too)
+    texts = [('42["p",{"output":"' + "Paris! " * k + '"}]').encode() if k >= 0 else b"" for k in sizes]
     data = bytearray(b"".join(frame(p) for p in server_compress(texts, takeover=takeover)))
     for at, value in edits:
         if data:

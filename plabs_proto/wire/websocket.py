@@ -268,7 +268,7 @@ class _BoundedDeflate(PerMessageDeflate):
             history += self._message
             kept = self._kept + self._inflated
             window = 1 << self.server_max_window_bits
-            while kept - len(history[0]) >= window:
+            while history and kept - len(history[0]) >= window:  # (none yet: every message was empty)
                 kept -= len(history.pop(0))
             if kept > window + _SLACK:
                 history[0] = history[0][kept - window :]
