@@ -389,7 +389,8 @@ class PerplexitySession(EventQueue):
                 return
             for kind, text, _, _ in ask.sse.feed_raw(data):
                 if kind == MESSAGE:
-                    events = ask.answer.feed(ask.frames.load(text))
+                    frame = ask.frames.load(text)
+                    events = ask.answer.feed(frame, ask.frames.changed)
                 elif kind == END_OF_STREAM:
                     events = ask.answer.end_of_stream()
                 else:
