@@ -514,6 +514,10 @@ def fed(texts: list[str], loader: bool) -> tuple[list[Event], tuple[str, str, st
 @example(  # a failure reported after the blocks of a frame that repeats the one before but for them
     groups=[[("append", "a")], [("append", "b")], [("append", "c")]], heads=[[], [], [], [("after", ("error_code", "E2"))]]
 )
+@example(  # a member after the blocks that names another thread, then frames without it again
+    groups=[[("append", "a")], [("append", "b")], [("append", "c")], [("append", "d")], [("append", "e")]],
+    heads=[[], [], [], [("after", ("backend_uuid", "b2"))]],
+)
 @example(  # the same in a frame that FrameLoader leaves to load_frame (100 brackets in its rest)
     groups=[[("append", "a")], [("append", "b")], [("append", "[" * 100)]],
     heads=[[], [], [], [("after", ("error_code", "E2"))]],

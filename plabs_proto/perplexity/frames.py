@@ -72,14 +72,14 @@ class FrameLoader:
     Use one per answer (the frames of one answer share their first members).
     """
 
-    __slots__ = ("_key", "_members", "_prefix", "_run", "_single", "changed")
+    __slots__ = ("_key", "_last", "_members", "_prefix", "_run", "changed")
 
     def __init__(self) -> None:
         self._prefix = ""  # the previous frame's data: its reused members (each with its comma), then perhaps a key
         self._members: dict[str, Any] = {}  # the members decoded from the prefix
         self._key: str | None = None  # the key the prefix ends with (its value next), or None
         self._run: list[tuple[int, str, Any]] = []  # each member of the prefix: where it ends (after its comma), key, value
-        self._single = False  # whether the last frame was the prefix's members and one member after them
+        self._last: str | None = None  # the key after the prefix, when the last frame was its members and that one
         self.changed: str | None = None
         """After :meth:`load`: the key of the one member in which the frame differs from the frame loaded
         before it (every other member the same object, in the same order), or None when that is not so or
@@ -92,18 +92,19 @@ class FrameLoader:
             frame = self._members.copy()
             taken = self._rest(data, len(prefix), frame, self._key, None)
             if taken:
-                # (two such frames in a row, each the prefix's members and the one member after them)
-                single = taken == 1
-                self.changed = self._key if single and self._single else None
-                self._single = single
+                if taken == 1:  # (the prefix's members and one member after them, two frames in a row: changed)
+                    self.changed = self._last
+                    self._last = self._key
+                else:
+                    self.changed = self._last = None
                 return frame
         else:
             first = self._shorter(data) if prefix else self._first(data)
             if first is not None:
-                self.changed, self._single = None, False
+                self.changed = self._last = None
                 return first
         self._prefix, self._members, self._key, self._run = "", {}, None, []
-        self.changed, self._single = None, False
+        self.changed = self._last = None
         return load_frame(data)
 
     def _first(self, data: str) -> dict[str, Any] | None:
