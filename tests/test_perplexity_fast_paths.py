@@ -543,3 +543,11 @@ def test_a_frame_said_to_repeat_the_last_is_still_checked_to_be_an_object() -> N
     decoder.feed({"status": "PENDING", "blocks": []})
     with pytest.raises(RemoteProtocolError, match=r"expected a JSON object as the frame, got list: \[\]$"):
         decoder.feed([], "blocks")
+
+
+def test_a_frame_that_changed_in_another_member_than_blocks_is_read_whole() -> None:
+    texts = ['{"backend_uuid": "b1", "blocks": null, "status": "PENDING"}'] * 3
+    texts.append('{"backend_uuid": "b1", "blocks": null, "status": "FAILED"}')  # (FrameLoader.changed: "status")
+    fast, general = fed(texts, True), fed(texts, False)
+    assert fast == (*general[:2], 0)
+    assert fast[1] is not None and fast[1][0] == "AnswerFailedError"
