@@ -11,6 +11,7 @@ specification's algorithm and checked at its limits.
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -19,8 +20,9 @@ from hypothesis import strategies as st
 from test_sse import reference, split
 
 from plabs_proto.errors import LabsError, RemoteProtocolError
-from plabs_proto.events import Event
+from plabs_proto.events import Event, TextDelta
 from plabs_proto.perplexity.answer import AnswerDecoder
+from plabs_proto.perplexity.frames import FrameLoader, load_frame
 from plabs_proto.perplexity.patch import append_chunk, apply
 from plabs_proto.perplexity.shape import Limits
 from plabs_proto.perplexity.sse import SSEDecoder, SSEEvent
@@ -431,3 +433,121 @@ def test_whole_events_carry_the_id_and_the_retry_set_before_them() -> None:
         SSEEvent(data="b", id="7"),
     ]
     assert decoder.feed_raw(b"event: end_of_stream\r\ndata: {}\r\n\r\n") == [("end_of_stream", "{}", "7", None)]
+
+
+# A frame that repeats the last one's members but its blocks (FrameLoader.changed says "blocks") is fed with
+# only its blocks read: the failure, the thread, the model and the status were checked in the frame before.
+# The same JSON texts decoded by FrameLoader (its `changed` passed on, as the session does) and by load_frame
+# (no `changed`: every member checked) give the same events and the same error.
+head_change = st.one_of(
+    st.tuples(st.just("status"), st.sampled_from(["PENDING", "pending", "IN_PROGRESS", "FAILED", "COMPLETED", None, 5])),
+    st.tuples(st.just("error_code"), st.sampled_from(["E1", "RATE_LIMIT_HIT", None, 0, 3])),
+    st.tuples(st.just("error_message"), st.sampled_from(["went wrong", "", None])),
+    st.tuples(st.just("backend_uuid"), st.sampled_from(["b1", "b2", "", None, 7])),
+    st.tuples(st.just("read_write_token"), st.sampled_from(["t1", "t2", None, []])),
+    st.tuples(st.just("thread_url_slug"), st.sampled_from(["s1", "s2", None])),
+    st.tuples(st.just("display_model"), st.sampled_from(["m1", "m2", "", None, 5])),
+    st.tuples(st.just("text"), st.sampled_from(["", "legacy", '{"answer": "x"}', None, 5])),
+    st.tuples(st.just("web_results"), st.sampled_from([[{"url": "https://a.test"}], [], "x", None])),
+    st.tuples(st.just("after"), st.sampled_from([("final", False), ("status", "COMPLETED"), ("blocks", None),
+                                                  ("error_code", "E2"), ("display_model", "m3")])),
+    st.just(("drop",)),
+)
+
+
+def texts_of(groups: list[list[Any]], heads: list[list[Any]]) -> list[str]:
+    """The JSON texts of ``frames_of(groups)``, each with the leading members changed by its entry of ``heads``
+    (a change stays for the frames after it) and perhaps a member after the blocks."""
+    usual = {"status": "PENDING", "backend_uuid": "b1", "read_write_token": "t1"}
+    head = dict(usual)
+    texts = []
+    for n, frame in enumerate(frames_of(groups, dict)):
+        blocks = frame.pop("blocks", None)
+        tail: dict[str, Any] = {}
+        for change in heads[n] if n < len(heads) else []:
+            if change[0] == "drop":
+                if head:
+                    head.popitem()
+            elif change[0] == "after":
+                tail = dict([change[1]])
+            else:
+                head[change[0]] = change[1]
+        members = {**head, **{key: value for key, value in frame.items() if value != usual.get(key)}}
+        text = json.dumps({**members, "blocks": blocks})
+        texts.append(text[:-1] + ", " + json.dumps(tail)[1:] if tail else text)
+    return texts
+
+
+def fed(texts: list[str], loader: bool) -> tuple[list[Event], tuple[str, str, str] | None, int]:
+    """The events of the texts, decoded by FrameLoader (its `changed` given) or load_frame (none given), the
+    error that stopped them (type, words, partial_text), and how many frames came with ``changed`` "blocks"."""
+    decoder = AnswerDecoder(max_chunks=6)
+    frames = FrameLoader()
+    events: list[Event] = []
+    repeated = 0
+    try:
+        for text in texts:
+            if loader:
+                frame = frames.load(text)
+                repeated += frames.changed == "blocks"
+                events += decoder.feed(frame, frames.changed)
+            else:
+                events += decoder.feed(load_frame(text))
+    except LabsError as exc:
+        return events, (type(exc).__name__, str(exc), exc.partial_text), repeated
+    return events, None, repeated
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    groups=st.lists(st.lists(operation, max_size=3), max_size=8),
+    heads=st.lists(st.lists(head_change, max_size=2) | st.just([]) | st.just([]) | st.just([]), max_size=10),
+)
+@example(groups=[[("append", "a")], [("append", "b")], [("append", "c")], [("append", "d")]], heads=[])
+@example(  # a failure reported in a frame that repeats the one before but for it
+    groups=[[("append", "a")], [("append", "b")], [("append", "c")]], heads=[[], [], [], [("error_code", "E1")]]
+)
+@example(  # a member after the blocks: not a repeat
+    groups=[[("append", "a")], [("append", "b")], [("append", "c")]],
+    heads=[[], [], [("after", ("final", False))], [("after", ("final", False))]],
+)
+@example(  # a failure reported after the blocks of a frame that repeats the one before but for them
+    groups=[[("append", "a")], [("append", "b")], [("append", "c")]], heads=[[], [], [], [("after", ("error_code", "E2"))]]
+)
+@example(  # a member after the blocks that names another thread, then frames without it again
+    groups=[[("append", "a")], [("append", "b")], [("append", "c")], [("append", "d")], [("append", "e")]],
+    heads=[[], [], [], [("after", ("backend_uuid", "b2"))]],
+)
+@example(  # the same in a frame that FrameLoader leaves to load_frame (100 brackets in its rest)
+    groups=[[("append", "a")], [("append", "b")], [("append", "[" * 100)]],
+    heads=[[], [], [], [("after", ("error_code", "E2"))]],
+)
+def test_frames_that_repeat_the_last_but_blocks_give_the_general_paths_events(
+    groups: list[list[Any]], heads: list[list[Any]]
+) -> None:
+    texts = texts_of(groups, heads)
+    fast, general = fed(texts, True), fed(texts, False)
+    assert fast[:2] == general[:2]
+    assert general[2] == 0
+
+
+def test_the_frames_of_a_plain_answer_are_repeats_after_the_second() -> None:
+    texts = texts_of([[("append", "a")], [("append", "b")], [("append", "c")], [("append", "d")]], [])
+    events, error, repeated = fed(texts, True)
+    assert error is None and repeated == 3  # the second append's frame on (the first frame starts the track)
+    assert "".join(event.text for event in events if isinstance(event, TextDelta)) == "abcd"
+
+
+def test_a_frame_said_to_repeat_the_last_is_still_checked_to_be_an_object() -> None:
+    decoder = AnswerDecoder()
+    decoder.feed({"status": "PENDING", "blocks": []})
+    with pytest.raises(RemoteProtocolError, match=r"expected a JSON object as the frame, got list: \[\]$"):
+        decoder.feed([], "blocks")
+
+
+def test_a_frame_that_changed_in_another_member_than_blocks_is_read_whole() -> None:
+    texts = ['{"backend_uuid": "b1", "blocks": null, "status": "PENDING"}'] * 3
+    texts.append('{"backend_uuid": "b1", "blocks": null, "status": "FAILED"}')  # (FrameLoader.changed: "status")
+    fast, general = fed(texts, True), fed(texts, False)
+    assert fast == (*general[:2], 0)
+    assert fast[1] is not None and fast[1][0] == "AnswerFailedError"

@@ -135,6 +135,7 @@ class AnswerDecoder:
         "_legacy",
         "_limits",
         "_model",
+        "_plain",
         "_search",
         "_status",
         "_texts",
@@ -171,6 +172,7 @@ class AnswerDecoder:
         self._status: object = None  # the last status seen that is a string neither failed nor COMPLETED
         self._finished = False
         self._broken = False
+        self._plain = False  # the last frame was taken whole, with no legacy 'text' nor 'web_results' member
 
     # -- the limits (kept where the decoder's parts read them) ------------------------------------------
 
@@ -265,13 +267,29 @@ class AnswerDecoder:
 
     # -- input ----------------------------------------------------------------------------------------
 
-    def feed(self, frame: object) -> list[Event]:
-        """Take one ``message`` frame (its decoded JSON); return the events it brings."""
+    def feed(self, frame: object, changed: str | None = None) -> list[Event]:
+        """Take one ``message`` frame (its decoded JSON); return the events it brings.
+
+        ``changed``: :attr:`FrameLoader.changed <plabs_proto.perplexity.frames.FrameLoader.changed>`
+        for this frame, when every frame loaded is fed here in order: the member in which it differs
+        from the frame fed before it.  When that is ``blocks``, only the blocks are read again (the
+        other members were checked in the frame before, and would check the same).
+        """
         if self._broken:
             raise LocalProtocolError(f"expected no feed() after an error, got {excerpt(frame)}")
         if self._finished:
             return []
         try:
+            if changed == "blocks" and self._plain and type(frame) is dict:
+                # (the members but the blocks were checked in the last frame, which was taken whole:
+                # checking them again would change nothing, so only the blocks are read)
+                events: list[Event] = []
+                blocks = self._blocks
+                citations = blocks.take(frame.get("blocks"))
+                grown = blocks.grown
+                if grown is None or citations is not None or not self._texts.grew(events, grown):
+                    self._follow(citations, events)
+                return events
             return self._frame(frame)
         except LabsError as exc:
             self._broken = True
@@ -313,8 +331,8 @@ class AnswerDecoder:
         model = frame.get("display_model")
         if model is not self._model and isinstance(model, str) and model:
             self._model = model
-        blocks = self._blocks
-        citations = blocks.take(frame.get("blocks"))
+        citations = self._blocks.take(frame.get("blocks"))
+        plain = False
         if "text" in frame or "web_results" in frame:
             legacy = frame.get("text")
             if legacy is not None and legacy != "":
@@ -324,21 +342,29 @@ class AnswerDecoder:
             top = frame.get("web_results")
             if isinstance(top, list):
                 citations = top
-        grown = blocks.grown
+        else:
+            plain = True
+        grown = self._blocks.grown
         if grown is None or citations is not None or not self._texts.grew(events, grown):
             # (the common frame, only chunks added to ask_text, takes the shorter way of Texts.grew)
-            if blocks.stale:
-                blocks.steps(self._search, events)
-            if citations is not None:
-                self._search.cite(citations, events)
-            answer, thinking = blocks.texts(self._legacy)
-            self._texts.update(events, answer, thinking, blocks.touched)
+            self._follow(citations, events)
+        self._plain = plain
         if status is not self._status and isinstance(status, str):
             if status.upper() == "COMPLETED":
                 events.extend(self._finish())
             else:
                 self._status = status  # (FrameLoader hands the same object again while the status stays)
         return events
+
+    def _follow(self, citations: list[Any] | None, events: list[Event]) -> None:
+        """After the blocks (and the legacy members) of a frame: the search and the texts followed."""
+        blocks = self._blocks
+        if blocks.stale:
+            blocks.steps(self._search, events)
+        if citations is not None:
+            self._search.cite(citations, events)
+        answer, thinking = blocks.texts(self._legacy)
+        self._texts.update(events, answer, thinking, blocks.touched)
 
     def _check_failure(self, frame: dict[str, Any]) -> None:
         status = frame.get("status")

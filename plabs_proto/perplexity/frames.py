@@ -72,26 +72,39 @@ class FrameLoader:
     Use one per answer (the frames of one answer share their first members).
     """
 
-    __slots__ = ("_key", "_members", "_prefix", "_run")
+    __slots__ = ("_key", "_last", "_members", "_prefix", "_run", "changed")
 
     def __init__(self) -> None:
         self._prefix = ""  # the previous frame's data: its reused members (each with its comma), then perhaps a key
         self._members: dict[str, Any] = {}  # the members decoded from the prefix
         self._key: str | None = None  # the key the prefix ends with (its value next), or None
         self._run: list[tuple[int, str, Any]] = []  # each member of the prefix: where it ends (after its comma), key, value
+        self._last: str | None = None  # the key after the prefix, when the last frame was its members and that one
+        self.changed: str | None = None
+        """After :meth:`load`: the key of the one member in which the frame differs from the frame loaded
+        before it (every other member the same object, in the same order), or None when that is not so or
+        not known.  For :meth:`AnswerDecoder.feed`'s ``changed``."""
 
     def load(self, data: str) -> Any:
         """The JSON value of ``data``; errors as :func:`load_frame` raises them."""
         prefix = self._prefix
         if prefix and data.startswith(prefix):  # (the common frame: decode only what follows the prefix)
             frame = self._members.copy()
-            if self._rest(data, len(prefix), frame, self._key, None):
+            taken = self._rest(data, len(prefix), frame, self._key, None)
+            if taken:
+                if taken == 1:  # (the prefix's members and one member after them, two frames in a row: changed)
+                    self.changed = self._last
+                    self._last = self._key
+                else:
+                    self.changed = self._last = None
                 return frame
         else:
             first = self._shorter(data) if prefix else self._first(data)
             if first is not None:
+                self.changed = self._last = None
                 return first
         self._prefix, self._members, self._key, self._run = "", {}, None, []
+        self.changed = self._last = None
         return load_frame(data)
 
     def _first(self, data: str) -> dict[str, Any] | None:
@@ -147,27 +160,28 @@ class FrameLoader:
 
     def _rest(
         self, data: str, index: int, frame: dict[str, Any], key: str | None, run: list[Any] | None
-    ) -> bool:
+    ) -> int:
         """Decode the members of the object in ``data`` from ``index`` (after its ``{`` or a comma; at the
         value of ``key`` when one is given) into ``frame``, to the end of the object and of ``data``; say
-        whether that went as json would have it.  ``run``, when given, gets the leading members that may be
+        how many members that took when it went as json would have it, else 0.  ``run``, when given, gets the leading members that may be
         reused (values neither arrays nor objects, each followed by a comma): where each ends (after its
         comma), its key and value; then where the next member's value starts, its key, and ``_VALUE``."""
         if data.count("{", index) + data.count("[", index) >= MAX_DEPTH:
-            return False  # (the general path checks the depth; the rest nests inside the frame's object)
+            return 0  # (the general path checks the depth; the rest nests inside the frame's object)
         scan, string, spaces = _SCAN, _STRING, _SPACES
+        taken = 0
         try:
             while True:
                 if key is None:
                     if data[index] != '"':
                         index = _skip(data, index)
                         if data[index] != '"':
-                            return False
+                            return 0
                     key, index = string(data, index + 1, True)
                     if data[index] != ":":
                         index = _skip(data, index)
                         if data[index] != ":":
-                            return False
+                            return 0
                     index += 1
                     if data[index] in spaces:
                         index = _skip(data, index)
@@ -176,6 +190,7 @@ class FrameLoader:
                     start = -1  # (at the value of the key the prefix ends with)
                 value, index = scan(data, index)
                 frame[key] = value
+                taken += 1
                 char = data[index]
                 if char in spaces:
                     index = _skip(data, index)
@@ -191,11 +206,11 @@ class FrameLoader:
                     index += 1
                 elif char == "}":
                     index += 1
-                    return index == len(data) or _skip(data, index) == len(data)
+                    return taken if index == len(data) or _skip(data, index) == len(data) else 0
                 else:
-                    return False
+                    return 0
         except (ValueError, StopIteration, IndexError):
-            return False
+            return 0
 
 
 _VALUE: Any = object()  # (in a run: the entry of the member whose value is decoded in every frame)

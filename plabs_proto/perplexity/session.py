@@ -387,11 +387,13 @@ class PerplexitySession(EventQueue):
                 if len(data) > room:
                     self._refuse(ask)
                 return
+            frames, answer = ask.frames, ask.answer
             for kind, text, _, _ in ask.sse.feed_raw(data):
                 if kind == MESSAGE:
-                    events = ask.answer.feed(ask.frames.load(text))
+                    frame = frames.load(text)
+                    events = answer.feed(frame, frames.changed)
                 elif kind == END_OF_STREAM:
-                    events = ask.answer.end_of_stream()
+                    events = answer.end_of_stream()
                 else:
                     continue
                 self._take(events)
