@@ -131,8 +131,8 @@ case $module in
                node=yes ;;
     # The emulators run in the test process (EmulatorThread, or on the test's loop); not the Node.js flavour.
     emulator)  path=plabs_proto/backends/programs/emulator.py
-               tests='"tests/test_mutants_backends.py", "tests/test_emulator.py", "tests/test_emulator_cookie.py"'
-               skip='node or thread' ;;
+               tests='"tests/test_mutants_backends.py", "tests/test_emulator.py", "tests/test_emulator_cookie.py", "tests/test_e2e_guards.py::test_each_guard_on_the_opening_get_and_on_the_upgrade", "tests/test_e2e_guards.py::test_a_guard_on_the_polling_requests_after_the_handshake"'
+               skip='node or thread or private_hooks' ;;  # the guards' answers: seen through the client; private_hooks reads backends/ by path
     emulator-pplx) path=plabs_proto/backends/programs/emulator_perplexity.py
                tests='"tests/test_mutants_backends.py", "tests/test_perplexity_servers.py", "tests/test_perplexity_catalog.py::test_the_mode_reaches_the_emulator"'
                skip='node or cli' ;;
