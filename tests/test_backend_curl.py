@@ -11,6 +11,7 @@ import base64
 import contextlib
 import hashlib
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -44,6 +45,7 @@ from plabs_proto.errors import (
     TLSError,
 )
 from plabs_proto.events import AnswerFinished, TextDelta
+from plabs_proto.wire.proxy import ProxyConfig
 
 pytestmark = pytest.mark.anyio
 
@@ -90,10 +92,15 @@ async def test_refused_connection_is_a_network_error(free_tcp_port: int) -> None
 async def test_options_are_checked_at_once() -> None:
     with pytest.raises(LocalProtocolError):
         curl_backend.ask("x", impersonate="")
-    with pytest.raises(LocalProtocolError):
-        curl_backend.ask("x", ssl_context=object())
-    with pytest.raises(LocalProtocolError):
+    with pytest.raises(LocalProtocolError) as caught:
+        curl_backend.ask("x", ssl_context=ssl.create_default_context())
+    assert str(caught.value) == "expected cafile on the curl backend, got ssl_context (curl does its own TLS)"
+    with pytest.raises(LocalProtocolError) as caught:
         curl_backend.connect(tls=False)
+    assert str(caught.value) == "expected tls left as None on the curl backend, got tls=False"
+    with pytest.raises(LocalProtocolError) as caught:
+        curl_backend.connect(proxy=ProxyConfig("http", "127.0.0.1", 9))
+    assert str(caught.value) == "expected the proxy as a URL str on the curl backend, got a ProxyConfig"
     with pytest.raises(LocalProtocolError, match="expected no user_agent on the curl backend"):
         curl_backend.ask("x", user_agent="Mozilla/5.0")
 
