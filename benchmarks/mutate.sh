@@ -126,17 +126,17 @@ case $module in
                tests='"tests/test_backend_trio.py", "tests/test_mutants_backends.py", "tests/test_backend_async.py"'
                skip='hundred or concurrent_asks or asyncio'
                node=yes ;;
-    sync)      path=plabs_proto/backends/sync.py
-               tests='"tests/test_mutants_backends.py", "tests/test_backend_sync.py"'
+    sync)      path=plabs_proto/backends/sync.py  # test_backend_sync: the network over real sockets too
+               tests='"tests/test_backend_sync.py", "tests/test_mutants_backends.py", "tests/test_perplexity_catalog.py::test_a_connection_mode_and_a_query_mode"'
                node=yes ;;
-    curl)      path=plabs_proto/backends/curl.py
-               tests='"tests/test_mutants_backends.py", "tests/test_backend_curl.py"'
+    curl)      path=plabs_proto/backends/curl.py  # and the ask service over curl (_stream), the guards' refusals
+               tests='"tests/test_mutants_backends.py", "tests/test_backend_curl.py", "tests/test_perplexity_e2e.py::test_curl_asks_and_follows_up", "tests/test_perplexity_e2e.py::test_curl_errors", "tests/test_perplexity_catalog.py::test_the_catalog_over_curl", "tests/test_e2e_guards.py::test_the_curl_backend_raises_the_same_errors", "tests/test_e2e_guards.py::test_the_curl_backend_names_a_refused_upgrade_by_its_status"'
                skip='fifty'
                node=yes ;;
     # The emulators run in the test process (EmulatorThread, or on the test's loop); not the Node.js flavour.
     emulator)  path=plabs_proto/backends/programs/emulator.py
-               tests='"tests/test_mutants_backends.py", "tests/test_emulator.py", "tests/test_emulator_cookie.py"'
-               skip='node or thread' ;;
+               tests='"tests/test_mutants_backends.py", "tests/test_emulator.py", "tests/test_emulator_cookie.py", "tests/test_e2e_guards.py::test_each_guard_on_the_opening_get_and_on_the_upgrade", "tests/test_e2e_guards.py::test_a_guard_on_the_polling_requests_after_the_handshake"'
+               skip='node or thread or private_hooks' ;;  # the guards' answers: seen through the client; private_hooks reads backends/ by path
     emulator-pplx) path=plabs_proto/backends/programs/emulator_perplexity.py
                tests='"tests/test_mutants_backends.py", "tests/test_perplexity_servers.py", "tests/test_perplexity_catalog.py::test_the_mode_reaches_the_emulator"'
                skip='node or cli' ;;

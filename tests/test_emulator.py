@@ -37,6 +37,7 @@ from plabs_proto.backends.programs.emulator import (
     EmulatorThread,
     build_output,
     default_answer,
+    default_reasoning,
     validate_request,
 )
 from servers import NodeServerError, start_node_server
@@ -948,3 +949,147 @@ def test_the_installed_engineio_is_in_the_pinned_range_and_has_the_private_hooks
     # The emulator shares nothing with the client: an honest second opinion.
     source = (Path(__file__).parent.parent / "backends" / "programs" / "emulator.py").read_text()
     assert "plabs_proto" not in source and "from ." not in source
+
+
+# -- what the mutation run of emulator.py found untested (benchmarks/mutation-backends.md) --------------
+
+
+@run_async
+async def test_the_prompt_is_the_last_user_message_else_the_last_message() -> None:
+    cases = [
+        ([("user", "first"), ("assistant", "an answer"), ("user", "second")], "second"),
+        ([("user", "the question"), ("assistant", "an answer")], "the question"),
+        ([("system", "be brief"), ("system", "be plain"), ("system", "be kind")], "be kind"),
+    ]
+    async with serving("python", chunk_size=1000, **FAST) as url, labs_client(url) as client:
+        for messages, prompt in cases:
+            request = labs_request("sonar", messages=[{"role": r, "content": c} for r, c in messages])
+            frames = await client.ask(request)
+            assert frames[-1][1]["output"] == default_answer("sonar", prompt)
+
+
+def test_validate_request_names_what_it_got() -> None:
+    def checked(**changes: Any) -> Any:
+        return validate_request(({**labs_request("sonar"), **changes},))
+
+    assert checked(model=7) == "Invalid request: 'model' must be a non-empty string, got 7"
+    assert checked(messages="hi") == "Invalid request: 'messages' must be a non-empty list, got 'hi'"
+    assert checked(messages=["hi"]) == "Invalid request: messages[0] must be an object, got 'hi'"
+    assert checked(messages=[{"role": "robot", "content": "hi"}]) == (
+        "Invalid request: messages[0].role must be one of ['user', 'assistant', 'system'], got 'robot'"
+    )
+    assert checked(messages=[{"role": "user", "content": 5}]) == (
+        "Invalid request: messages[0].content must be a string, got 5"
+    )
+
+
+@run_async
+async def test_a_request_with_no_model_is_answered_on_the_unknown_models_event() -> None:
+    async with serving("python", **FAST) as url, labs_client(url) as client, labs_client(url) as other:
+        for request, text in (
+            ("x", "Invalid request: expected a JSON object, got 'x'"),
+            (labs_request("", messages=[]), "Invalid request: 'model' must be a non-empty string, got ''"),
+        ):
+            frames = await client.ask(request)  # type: ignore[arg-type]
+            assert frames == [("unknown_query_progress", {"status": "failed", "text": text})]
+        await client.ask(labs_request("sonar", "a good one after"))  # the other connection, meanwhile: nothing
+        assert other.events.empty()
+
+
+@run_async
+async def test_each_connection_gets_only_its_own_answer() -> None:
+    async with (
+        serving("python", chunk_size=16, frame_delay=0.005) as url,
+        labs_client(url) as first,
+        labs_client(url) as second,
+    ):
+        got = await asyncio.gather(first.ask(labs_request("sonar", "one")), second.ask(labs_request("sonar", "two")))
+        assert second.events.empty() and first.events.empty()
+    for frames, prompt in zip(got, ("one", "two"), strict=True):
+        full = default_answer("sonar", prompt)
+        assert [event for event, _ in frames] == ["sonar_query_progress"] * len(frames)
+        assert all(full.startswith(data["output"]) for _, data in frames)
+        assert frames[-1][1]["output"] == full
+
+
+@run_async
+async def test_a_reasoning_model_thinks_the_default_reasoning_unless_told() -> None:
+    async with serving("python", chunk_size=1000, **FAST) as url, labs_client(url) as client:
+        frames = await client.ask(labs_request("sonar-reasoning", "why?"))
+    reasoning = "The user asked: \u201cwhy?\u201d. I am sonar-reasoning in the emulator, so I will answer briefly and plainly."
+    assert default_reasoning("sonar-reasoning", "why?") == reasoning
+    assert frames[-1][1]["output"] == f"<think>{reasoning}</think>\n\n{default_answer('sonar-reasoning', 'why?')}"
+
+
+@run_async
+async def test_a_failure_frame_goes_only_to_the_asker() -> None:
+    async with serving("python", fail="boom", **FAST) as url, labs_client(url) as client, labs_client(url) as other:
+        assert await client.ask(labs_request("sonar")) == [("sonar_query_progress", {"status": "failed", "text": "boom"})]
+        await asyncio.sleep(0.05)  # a broadcast frame would have reached the other connection by now
+        assert other.events.empty()
+
+
+@run_async
+async def test_frames_are_paced_by_frame_delay_from_the_second_on() -> None:
+    # 16 characters in chunks of 8: a frame at once, one after the delay, the final frame after another.
+    async with serving("python", answer="x" * 16, no_reasoning=True, frame_delay=0.25) as url, labs_client(url) as client:
+        started = time.monotonic()
+        await client.sio.emit("perplexity_labs", labs_request("sonar"))
+        await asyncio.wait_for(client.events.get(), 5)
+        first = time.monotonic() - started
+        while not (await asyncio.wait_for(client.events.get(), 5))[1].get("final"):
+            pass
+        whole = time.monotonic() - started
+    assert first < 0.2 and 0.5 <= whole < 1.5
+
+
+@run_async
+async def test_drop_after_aborts_a_websocket_only_connection_without_close_frame() -> None:
+    # No request of this session carries its sid: the connection is found through the handshake.
+    async with (
+        serving("python", answer="abcdefgh", chunk_size=2, drop_after=2, **FAST) as url,
+        aiohttp.ClientSession(headers=HEADERS) as session,
+    ):
+        ws = await session.ws_connect(url.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket")
+        assert (await ws_text(ws)).data.startswith('0{"sid":')
+        await ws.send_str('40{"jwt":"anonymous-ask-user"}')
+        assert (await ws_text(ws)).data.startswith('40{"sid":')
+        await ws.send_str(wire_query(labs_request("sonar")))
+        texts: list[str] = []
+        while (message := await ws_text(ws)).type == aiohttp.WSMsgType.TEXT:
+            texts.append(message.data)
+            last = time.monotonic()
+        assert message.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR), message
+        assert time.monotonic() - last < 0.5  # at once once the frames left, not after the flush's 1 s bound
+        await ws.close()
+    assert [progress_data(t)["output"] for t in texts] == ["ab", "abcd"]
+
+
+
+@run_async
+async def test_a_wrong_jwt_is_refused_naming_what_was_expected_and_what_came() -> None:
+    async with serving("python", **FAST) as url, aiohttp.ClientSession(headers=HEADERS) as session:
+        ws = await session.ws_connect(url.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket")
+        assert (await ws_text(ws)).data.startswith('0{"sid":')
+        await ws.send_str('40{"jwt":"wrong"}')
+        refused = (await ws_text(ws)).data
+        await ws.close()
+    assert refused.startswith("44") and json.loads(refused[2:]) == {
+        "message": "not authorized: expected auth {'jwt': 'anonymous-ask-user'}, got {'jwt': 'wrong'}"
+    }
+
+
+@pytest.mark.parametrize(("guard", "status"), [("redirect", 302), ("rate_limit", 429), ("login_page", 200)])
+@run_async
+async def test_a_guard_on_all_steps_answers_the_opening_get_and_the_upgrade(guard: str, status: int) -> None:
+    upgrade = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    async with serving("python", **{guard: "all"}) as url:
+        for target, headers in (("polling", HEADERS), ("websocket", {**HEADERS, **upgrade})):
+            conn = http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1]), timeout=5)
+            try:  # http.client follows no redirect: nothing beyond the emulator is asked
+                await asyncio.to_thread(conn.request, "GET", f"/socket.io/?EIO=4&transport={target}", headers=headers)
+                response = await asyncio.to_thread(conn.getresponse)
+                assert response.status == status and not (await asyncio.to_thread(response.read)).startswith(b"0{")
+            finally:
+                conn.close()

@@ -11,10 +11,11 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import ssl
 from types import ModuleType
 
 import pytest
-from conftest import EmulatorFactory
+from conftest import EmulatorFactory, TLSFiles
 from plabs_proto.backends.programs.emulator import ALLOWED_ORIGIN, EmulatorConfig, default_answer
 
 COOKIE = "__cf_bm=Q1w2E3r4.t5Y6-1732838400-1.0.1.1-abc_DEF"
@@ -93,3 +94,32 @@ async def test_ask_brings_the_cookie_back_on_every_request(
     async with contextlib.aclosing(lab.ask("Cookies?", model="sonar", server=emulator.url, transport=transport)) as answer:
         text = "".join([piece async for piece in answer])
     assert text == default_answer("sonar", "Cookies?")
+
+
+def test_a_cookie_whose_value_holds_an_equals_sign_is_taken_whole(emulator_factory: EmulatorFactory) -> None:
+    # name=value splits at the first "=": a base64 value's padding belongs to the value.
+    port = emulator_factory(cookie="__cf_bm=YWJj=").port
+    body = request(port, "GET", "/socket.io/?EIO=4&transport=polling&t=0a1b2c3d", ORIGIN)[2]
+    target = f"/socket.io/?EIO=4&transport=polling&t=0a1b2c3d&sid={json.loads(body[1:])['sid']}"
+    connect = b'40{"jwt":"anonymous-ask-user"}'
+    assert request(port, "POST", target, {**ORIGIN, "Cookie": "__cf_bm=YWJj="}, connect) == (200, [], b"OK")
+    assert request(port, "POST", target, {**ORIGIN, "Cookie": "__cf_bm=YWJj"}, connect)[0] == 403
+
+
+def test_the_cookie_goes_only_on_a_handshake_served_and_is_secure_over_tls(
+    emulator_factory: EmulatorFactory, tls_files: TLSFiles
+) -> None:
+    handshake = "/socket.io/?EIO=4&transport=polling&t=0a1b2c3d"
+    assert request(emulator_factory().port, "GET", handshake, ORIGIN)[:2] == (200, [])  # no cookie switch
+    refused = emulator_factory(cookie=COOKIE, cloudflare="polling").port
+    assert request(refused, "GET", handshake, ORIGIN)[:2] == (403, [])
+    secure = emulator_factory(cookie=COOKIE, certfile=tls_files.certfile, keyfile=tls_files.keyfile).port
+    context = ssl.create_default_context(cafile=tls_files.cafile)
+    conn = http.client.HTTPSConnection("127.0.0.1", secure, timeout=5, context=context)
+    try:
+        conn.request("GET", handshake, headers=ORIGIN)
+        response = conn.getresponse()
+        assert response.headers.get_all("Set-Cookie") == [COOKIE + "; Path=/; HttpOnly; Secure; SameSite=None"]
+        response.read()
+    finally:
+        conn.close()
