@@ -239,7 +239,16 @@ class _CurlDriver(DriverBase[Any]):
     def _start(self, work: Any) -> None:
         task = self._loop.create_task(work)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._carried)
+
+    def _carried(self, task: asyncio.Task[None]) -> None:
+        """A carrier's end.  A carrier reports its own failures (curl's errors) to the session; one
+        that died of anything else (a bug here or in curl_cffi) ends the answer with that error at
+        once, instead of leaving the consumer waiting for the session's deadline."""
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self._fail(exc)
+            self._wakeup.set()
 
     def _report(self, method: Callable[..., None], *args: Any) -> None:
         self._inbox.put_nowait((method, args))

@@ -82,6 +82,23 @@ async def test_a_session_answers_two_queries(emulator_factory: EmulatorFactory, 
             assert text == events[-1].text == default_answer("sonar", prompt)
 
 
+async def test_a_carrier_that_dies_of_another_error_ends_the_answer_at_once(
+    emulator_factory: EmulatorFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # curl_cffi failing with something other than a CurlError (a bug of its own or ours): the
+    # answer ends with that error now, not at the session's deadline (60 s here).
+    emulator = emulator_factory(**FAST)
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("not a CurlError")
+
+    monkeypatch.setattr(curl_backend.CurlHTTP, "request", broken)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="not a CurlError"):
+        await collect("hello", server=emulator.url, transport="polling", timeout=60)
+    assert time.monotonic() - started < 10
+
+
 async def test_refused_connection_is_a_network_error(free_tcp_port: int) -> None:
     with pytest.raises(NetworkError) as caught:
         await collect("hello", server=f"http://127.0.0.1:{free_tcp_port}", timeout=5)
