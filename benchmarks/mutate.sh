@@ -79,9 +79,9 @@ case $module in
     pplx-sse)  path=plabs_proto/perplexity/sse.py  # test_perplexity_fast_paths: the whole events (its SSE tests)
                tests='"tests/test_sse.py", "tests/test_perplexity_fast_paths.py", "tests/test_mutants_perplexity.py"'
                skip='append_chunk_does or fast_paths_give or fast_update or follows_its_chunk_list' ;;
-    pplx-frames) path=plabs_proto/perplexity/frames.py  # test_perplexity_answer: load_frame
-               tests='"tests/test_perplexity_frames.py", "tests/test_perplexity_answer.py", "tests/test_mutants_perplexity.py"'
-               skip='1_mib' ;;
+    pplx-frames) path=plabs_proto/perplexity/frames.py  # test_perplexity_answer: load_frame; _fast_paths: changed
+               tests='"tests/test_perplexity_frames.py", "tests/test_perplexity_answer.py", "tests/test_perplexity_fast_paths.py", "tests/test_mutants_perplexity.py"'
+               skip='1_mib or append_chunk_does or fast_paths_give or fast_update or short_path_of_blocks' ;;
     pplx-patch|pplx-answer|pplx-blocks|pplx-legacy|pplx-search|pplx-text|pplx-shape)
                path=plabs_proto/perplexity/${module#pplx-}.py
                tests='"tests/test_perplexity_answer.py", "tests/test_mutants_perplexity.py"' ;;

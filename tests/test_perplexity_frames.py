@@ -191,3 +191,23 @@ def test_frames_with_white_space_anywhere_json_allows_it_reuse_their_members_too
     assert frames[1]["id"] is frames[0]["id"] and frames[2]["id"] is frames[0]["id"]
     # objects and arrays are decoded anew in every frame, even when followed by a comma
     assert frames[1]["plan"] is not frames[0]["plan"] and frames[1]["blocks"] is not frames[0]["blocks"]
+
+
+def test_changed_names_the_one_member_a_frame_changed_else_none() -> None:
+    # FrameLoader.changed: the key of the one member in which a frame differs from the one before (two
+    # frames in a row that are the prefix's members and one member after them), else None, never another value.
+    frames = FrameLoader()
+    assert frames.changed is None
+    steps = [
+        ('{"a": 1, "b": [1]}', None),  # the first frame
+        ('{"a": 1, "b": [2]}', None),  # the prefix and one member, but the frame before was the first
+        ('{"a": 1, "b": [3]}', "b"),  # twice in a row
+        ('{"a": 1, "b": [4], "c": 2}', None),  # two members after the prefix
+        ('{"a": 1, "b": [5]}', None),
+        ('{"a": 1, "b": [6]}', "b"),
+        ('{"a": 1, "b": [' + "[], " * 100 + "[]]}", None),  # many brackets, not deep: the general path
+        ('{"z": 0}', None),  # another start
+    ]
+    for text, changed in steps:
+        assert frames.load(text) == json.loads(text)
+        assert frames.changed == changed, text  # ("" is not None)
