@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -24,7 +25,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -52,6 +53,26 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def stalled_listener() -> Iterator[socket.socket]:
+    """A listening socket on 127.0.0.1 whose accept queue is full: it drops new SYNs, so a TCP
+    connect to it stalls (until the socket is closed: then the next SYN is refused)."""
+    server = socket.socket()
+    fillers = [socket.socket() for _ in range(3)]
+    try:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        port = server.getsockname()[1]
+        for filler in fillers:
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+        yield server
+    finally:
+        for filler in fillers:
+            filler.close()
+        server.close()
 
 
 def _ephemeral_low() -> int:

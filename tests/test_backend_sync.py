@@ -21,6 +21,7 @@ from conftest import EmulatorFactory, NodeFactory
 from plabs_proto.backends import sync as sync_backend
 from plabs_proto.backends._seam import run_blocking
 from plabs_proto.backends.programs.emulator import default_answer
+from servers import stalled_listener
 
 from plabs_proto.errors import LocalProtocolError, ResponseError
 from plabs_proto.events import AnswerFinished, TextDelta
@@ -307,23 +308,11 @@ def test_a_connect_with_no_deadline_and_one_that_stalls_past_its_deadline(
     stream, peer = open_stream(network, listener, None)
     peer.close()
     stream.close()
-    # A listening socket whose accept queue is full drops new SYNs: the TCP connect itself stalls.
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(0)
-    port = server.getsockname()[1]
-    fillers = [socket.socket() for _ in range(3)]
-    for filler in fillers:
-        filler.setblocking(False)
-        filler.connect_ex(("127.0.0.1", port))
-    started = time.monotonic()
-    try:
+    with stalled_listener() as server:  # the TCP connect itself stalls
+        port = server.getsockname()[1]
+        started = time.monotonic()
         with rescued(server.close):  # then the next SYN is refused
             assert run_blocking(network.connect("127.0.0.1", port, network.now() + 0.3)) is None
-    finally:
-        for filler in fillers:
-            filler.close()
-        server.close()
     assert 0.3 <= time.monotonic() - started < 2
 
 

@@ -29,7 +29,7 @@ from plabs_proto.backends._async_api import AsyncAnswer, AsyncConnection
 from plabs_proto.backends._config import to_messages
 from plabs_proto.backends._driver import IDLE_WAIT, Driver
 from plabs_proto.backends._seam import READ_SIZE, read_buffer, run_blocking
-from servers import Silent, free_port
+from servers import Silent, free_port, stalled_listener
 from test_driver import WebSocketServer
 from test_perplexity_client import ANSWER, WARMUP_RESPONSE, sse_body, sse_response
 
@@ -591,20 +591,8 @@ def test_asyncio_the_connect_deadline_fires_while_the_server_says_nothing(silent
 
 
 def test_asyncio_the_connect_deadline_fires_while_the_tcp_connect_stalls() -> None:
-    # A listening socket whose accept queue is full drops new SYNs: the TCP connect itself stalls.
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(0)
-    port = server.getsockname()[1]
-    fillers = [socket.socket() for _ in range(3)]
-    for filler in fillers:
-        filler.setblocking(False)
-        filler.connect_ex(("127.0.0.1", port))
-    try:
+    with stalled_listener() as server:  # the TCP connect itself stalls
+        port = server.getsockname()[1]
         error, took = asyncio_ask_until_it_fails(f"http://127.0.0.1:{port}", timeout=5, connect_timeout=0.3)
-    finally:
-        for filler in fillers:
-            filler.close()
-        server.close()
     assert isinstance(error, LabsTimeout) and error.deadline == "connect"
     assert 0.3 <= took < 3
