@@ -1146,6 +1146,16 @@ def test_in_process_a_shutdown_ends_open_streams(emulator_factory: EmulatorFacto
     ("/v1/chat/completions", {"model": "sonar", "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "https://i"}}]}]}, 400, "unsupported_content", "messages",
      "messages[0].content[0]: expected a part of type 'text', got \"image_url\": Perplexity Labs takes text only"),
+    ("/v1/chat/completions", {"model": "sonar", "messages": USER, "n": 2}, 400, "unsupported_parameter", "n",
+     "Perplexity Labs gives one answer per request: 'n' must be 1, got 2"),
+    ("/v1/chat/completions", {"model": "sonar", "messages": USER, "n": 0}, 400, None, "n",
+     "expected 'n' as a whole number >= 1, got 0"),
+    ("/v1/chat/completions", {"model": "sonar", "messages": USER, "n": True}, 400, None, "n",
+     "expected 'n' as a whole number >= 1, got true"),
+    ("/v1/chat/completions", {"model": "sonar", "messages": USER, "n": 1.0}, 400, None, "n",
+     "expected 'n' as a whole number >= 1, got 1.0"),
+    ("/v1/chat/completions", {"model": "sonar", "messages": USER, "stream_options": []}, 400, None, "stream_options",
+     "expected 'stream_options' as an object, got []"),
     ("/v1/responses", {"model": "sonar", "input": "hi", "instructions": 3}, 400, None, "instructions",
      "expected 'instructions' as a string, got 3"),
     ("/v1/responses", {"model": "sonar", "input": "hi", "previous_response_id": "resp_1"}, 400,
@@ -1176,6 +1186,23 @@ def test_text_parts_are_joined_and_a_model_id_must_be_utf8(silent: Silent) -> No
     message = assert_openai_error(call(app, "POST", "/v1/chat/completions", body), 400, None, "model")
     assert message == 'expected \'model\' as text that can be sent as UTF-8, got "\\udfff"'
     assert GatewayConfig().any_model is False
+
+
+def test_n_at_its_edge_and_include_usage_only_when_true() -> None:
+    """``n`` 1 (or absent, or null) is taken, 2 refused (above); ``include_usage`` counts only when true."""
+    from plabs_proto.backends.programs.gateway import GatewayConfig, parse_chat_request
+
+    for extra in ({}, {"n": 1}, {"n": None}):
+        assert parse_chat_request({"model": "sonar", "messages": USER, **extra}).messages == USER
+    usage = [parse_chat_request({"model": "sonar", "messages": USER, "stream_options": options}).include_usage
+             for options in (None, {}, {"include_usage": 1}, {"include_usage": "true"}, {"include_usage": True})]
+    assert usage == [False, False, False, False, True]
+    two = [{"role": "system", "content": "a" * 4}, {"role": "user", "content": "b" * 4}]
+    request = parse_chat_request({"model": "sonar", "messages": two, "stream": True})
+    assert (request.prompt_tokens, request.stream, request.mode) == (3, True, None)  # 10 bytes: "a" * 4, "\n\n", "b" * 4
+    ask = GatewayConfig(service="perplexity")
+    request = parse_chat_request({"model": ask.cards[0].id, "messages": USER, "mode": "concise"}, ask)
+    assert (request.mode, request.stream, request.model) == ("concise", False, ask.cards[0].id)
 
 
 @pytest.mark.parametrize(("settings", "message"), [
