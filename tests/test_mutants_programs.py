@@ -1146,6 +1146,23 @@ def test_in_process_a_shutdown_ends_open_streams(emulator_factory: EmulatorFacto
     ("/v1/chat/completions", {"model": "sonar", "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "https://i"}}]}]}, 400, "unsupported_content", "messages",
      "messages[0].content[0]: expected a part of type 'text', got \"image_url\": Perplexity Labs takes text only"),
+    ("/v1/chat/completions", {"model": "sonar", "messages": "hi"}, 400, None, "messages",
+     "expected 'messages' as a non-empty list of messages, got \"hi\""),
+    ("/v1/chat/completions", {"model": "sonar", "messages": []}, 400, None, "messages",
+     "expected 'messages' as a non-empty list of messages, got []"),
+    ("/v1/chat/completions", {"model": "sonar", "messages": [*USER, 3]}, 400, None, "messages",
+     "messages[1]: expected an object, got 3"),
+    ("/v1/responses", {"model": "sonar", "input": [{"type": "function_call", "role": "user"}]}, 400,
+     "unsupported_content", "input",
+     "input[0]: expected an item of type 'message', got \"function_call\": Perplexity Labs takes messages only"),
+    ("/v1/chat/completions", {"model": "sonar", "messages": [{"role": "tool", "content": "x"}]}, 400, None,
+     "messages", "messages[0]: expected 'role' to be one of 'system', 'developer', 'user', 'assistant', got \"tool\""),
+    ("/v1/chat/completions", {"model": "sonar", "messages": [{"role": 3, "content": "x"}]}, 400, None,
+     "messages", "messages[0]: expected 'role' to be one of 'system', 'developer', 'user', 'assistant', got 3"),
+    ("/v1/chat/completions", {"model": "sonar", "messages": [{"content": "x"}]}, 400, None,
+     "messages", "messages[0]: expected 'role' to be one of 'system', 'developer', 'user', 'assistant', got no 'role'"),
+    ("/v1/chat/completions", b'{"model": "sonar\xff"}', 400, "invalid_json", None,
+     "expected a JSON request body in UTF-8, got the byte 0xff at offset 16"),
     ("/v1/chat/completions", {"model": "sonar", "messages": USER, "n": 2}, 400, "unsupported_parameter", "n",
      "Perplexity Labs gives one answer per request: 'n' must be 1, got 2"),
     ("/v1/chat/completions", {"model": "sonar", "messages": USER, "n": 0}, 400, None, "n",
@@ -1165,7 +1182,9 @@ def test_in_process_a_shutdown_ends_open_streams(emulator_factory: EmulatorFacto
 def test_the_refusals_say_what_was_expected_and_what_came(silent: Silent, path: str, body: Any, status: int,
                                                           code: str | None, param: str | None, message: str) -> None:
     app = create_app(server=silent.url)
-    assert assert_openai_error(call(app, "POST", path, json.dumps(body).encode()), status, code, param) == message
+    response = call(app, "POST", path, body if isinstance(body, bytes) else json.dumps(body).encode())
+    assert assert_openai_error(response, status, code, param) == message
+    assert "www-authenticate" not in response.headers  # only a 401 names the scheme
     assert silent.connections() == 0
 
 
