@@ -1146,6 +1146,33 @@ def test_in_process_a_shutdown_ends_open_streams(emulator_factory: EmulatorFacto
     ("/v1/chat/completions", {"model": "sonar", "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "https://i"}}]}]}, 400, "unsupported_content", "messages",
      "messages[0].content[0]: expected a part of type 'text', got \"image_url\": Perplexity Labs takes text only"),
+    ("/v1/chat/completions", {"model": "sonar", "messages": "hi"}, 400, None, "messages",
+     "expected 'messages' as a non-empty list of messages, got \"hi\""),
+    ("/v1/chat/completions", {"model": "sonar", "messages": []}, 400, None, "messages",
+     "expected 'messages' as a non-empty list of messages, got []"),
+    ("/v1/chat/completions", {"model": "sonar", "messages": [*USER, 3]}, 400, None, "messages",
+     "messages[1]: expected an object, got 3"),
+    ("/v1/responses", {"model": "sonar", "input": [{"type": "function_call", "role": "user"}]}, 400,
+     "unsupported_content", "input",
+     "input[0]: expected an item of type 'message', got \"function_call\": Perplexity Labs takes messages only"),
+    ("/v1/chat/completions", {"model": "sonar", "messages": [{"role": "tool", "content": "x"}]}, 400, None,
+     "messages", "messages[0]: expected 'role' to be one of 'system', 'developer', 'user', 'assistant', got \"tool\""),
+    ("/v1/chat/completions", {"model": "sonar", "messages": [{"role": 3, "content": "x"}]}, 400, None,
+     "messages", "messages[0]: expected 'role' to be one of 'system', 'developer', 'user', 'assistant', got 3"),
+    ("/v1/chat/completions", {"model": "sonar", "messages": [{"content": "x"}]}, 400, None,
+     "messages", "messages[0]: expected 'role' to be one of 'system', 'developer', 'user', 'assistant', got no 'role'"),
+    ("/v1/chat/completions", b'{"model": "sonar\xff"}', 400, "invalid_json", None,
+     "expected a JSON request body in UTF-8, got the byte 0xff at offset 16"),
+    ("/v1/chat/completions", {"model": "sonar", "messages": USER, "n": 2}, 400, "unsupported_parameter", "n",
+     "Perplexity Labs gives one answer per request: 'n' must be 1, got 2"),
+    ("/v1/chat/completions", {"model": "sonar", "messages": USER, "n": 0}, 400, None, "n",
+     "expected 'n' as a whole number >= 1, got 0"),
+    ("/v1/chat/completions", {"model": "sonar", "messages": USER, "n": True}, 400, None, "n",
+     "expected 'n' as a whole number >= 1, got true"),
+    ("/v1/chat/completions", {"model": "sonar", "messages": USER, "n": 1.0}, 400, None, "n",
+     "expected 'n' as a whole number >= 1, got 1.0"),
+    ("/v1/chat/completions", {"model": "sonar", "messages": USER, "stream_options": []}, 400, None, "stream_options",
+     "expected 'stream_options' as an object, got []"),
     ("/v1/responses", {"model": "sonar", "input": "hi", "instructions": 3}, 400, None, "instructions",
      "expected 'instructions' as a string, got 3"),
     ("/v1/responses", {"model": "sonar", "input": "hi", "previous_response_id": "resp_1"}, 400,
@@ -1155,7 +1182,9 @@ def test_in_process_a_shutdown_ends_open_streams(emulator_factory: EmulatorFacto
 def test_the_refusals_say_what_was_expected_and_what_came(silent: Silent, path: str, body: Any, status: int,
                                                           code: str | None, param: str | None, message: str) -> None:
     app = create_app(server=silent.url)
-    assert assert_openai_error(call(app, "POST", path, json.dumps(body).encode()), status, code, param) == message
+    response = call(app, "POST", path, body if isinstance(body, bytes) else json.dumps(body).encode())
+    assert assert_openai_error(response, status, code, param) == message
+    assert "www-authenticate" not in response.headers  # only a 401 names the scheme
     assert silent.connections() == 0
 
 
@@ -1176,6 +1205,23 @@ def test_text_parts_are_joined_and_a_model_id_must_be_utf8(silent: Silent) -> No
     message = assert_openai_error(call(app, "POST", "/v1/chat/completions", body), 400, None, "model")
     assert message == 'expected \'model\' as text that can be sent as UTF-8, got "\\udfff"'
     assert GatewayConfig().any_model is False
+
+
+def test_n_at_its_edge_and_include_usage_only_when_true() -> None:
+    """``n`` 1 (or absent, or null) is taken, 2 refused (above); ``include_usage`` counts only when true."""
+    from plabs_proto.backends.programs.gateway import GatewayConfig, parse_chat_request
+
+    for extra in ({}, {"n": 1}, {"n": None}):
+        assert parse_chat_request({"model": "sonar", "messages": USER, **extra}).messages == USER
+    usage = [parse_chat_request({"model": "sonar", "messages": USER, "stream_options": options}).include_usage
+             for options in (None, {}, {"include_usage": 1}, {"include_usage": "true"}, {"include_usage": True})]
+    assert usage == [False, False, False, False, True]
+    two = [{"role": "system", "content": "a" * 4}, {"role": "user", "content": "b" * 4}]
+    request = parse_chat_request({"model": "sonar", "messages": two, "stream": True})
+    assert (request.prompt_tokens, request.stream, request.mode) == (3, True, None)  # 10 bytes: "a" * 4, "\n\n", "b" * 4
+    ask = GatewayConfig(service="perplexity")
+    request = parse_chat_request({"model": ask.cards[0].id, "messages": USER, "mode": "concise"}, ask)
+    assert (request.mode, request.stream, request.model) == ("concise", False, ask.cards[0].id)
 
 
 @pytest.mark.parametrize(("settings", "message"), [
